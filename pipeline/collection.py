@@ -1,0 +1,247 @@
+"""Discovery of the image files under content/ and their join with the CMS's ID mapping."""
+
+import logging
+import os
+import re
+from dataclasses import dataclass
+
+import h5py
+import numpy as np
+import pandas as pd
+
+from .errors import CollectionError, MappingError
+from .h5io import read_ids, read_strings, write_ids, write_strings
+
+logger = logging.getLogger(__name__)
+
+#: File name extensions taken as images; other files in a record folder are skipped quietly.
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".tif", ".tiff", ".gif", ".bmp", ".webp", ".jp2"})
+MAPPING_COLUMNS = ("id", "ppn", "filename")
+_INTEGER = re.compile(r"^-?[0-9]+$")
+_INT64_MIN, _INT64_MAX = np.iinfo(np.int64).min, np.iinfo(np.int64).max
+
+
+@dataclass(frozen=True)
+class ImageFile:
+    """One image on disk, identified by its path below content/ and a fingerprint of its content."""
+
+    ppn: str
+    filename: str
+    size: int
+    mtime_ns: int
+
+    @property
+    def relpath(self):
+        return f"PPN{self.ppn}/{self.filename}"
+
+    @property
+    def key(self):
+        """Identity of this version of the file: a changed file gets a new key."""
+        return f"{self.relpath}|{self.size}|{self.mtime_ns}"
+
+
+def strip_ppn(value):
+    """Return a PPN without its "PPN" prefix: ``"PPN123"`` and ``"123"`` both give ``"123"``."""
+    value = str(value).strip()
+    return value[3:] if value.upper().startswith("PPN") else value
+
+
+def scan_content(content_dir):
+    """List the image files of a collection.
+
+    Images live one level down, in one folder per catalogue record: ``content/PPN<id>/<file>``.
+    Hidden files and files without an image extension are skipped; files directly in
+    ``content/`` (such as the ID mapping) and folders not named ``PPN...`` are not images.
+
+    Parameters
+    ----------
+    content_dir : str
+        The collection's root folder.
+
+    Returns
+    -------
+    files : list of ImageFile, sorted by relative path
+    """
+    if not os.path.isdir(content_dir):
+        raise CollectionError(
+            f"[paths] content={content_dir!r} is not a folder; set it to the folder that holds the PPN<id>/ folders"
+        )
+    files = []
+    with os.scandir(content_dir) as records:
+        for record in records:
+            if not record.is_dir() or not record.name.upper().startswith("PPN") or record.name.startswith("."):
+                continue
+            ppn = strip_ppn(record.name)
+            with os.scandir(record.path) as entries:
+                for entry in entries:
+                    if entry.name.startswith(".") or not entry.is_file():
+                        continue
+                    if os.path.splitext(entry.name)[1].lower() not in IMAGE_EXTENSIONS:
+                        continue
+                    stat = entry.stat()
+                    files.append(ImageFile(ppn, entry.name, stat.st_size, stat.st_mtime_ns))
+    files.sort(key=lambda f: f.relpath)
+    return files
+
+
+def read_mapping(csv_path):
+    """Read the CMS's ID mapping, a CSV file with the header ``id,ppn,filename``.
+
+    Returns
+    -------
+    mapping : DataFrame with string columns id, ppn (without the "PPN" prefix) and filename,
+        in file order.
+
+    Raises
+    ------
+    MappingError
+        When a column is missing, a value is empty, or an ID or a (ppn, filename) pair repeats.
+    """
+    try:
+        frame = pd.read_csv(csv_path, dtype=str, keep_default_na=False, skipinitialspace=True)
+    except FileNotFoundError:
+        raise MappingError(f"[ids] csv={csv_path!r} does not exist; point it to the CSV file id,ppn,filename") from None
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise MappingError(f"[ids] csv={csv_path!r} is not a readable CSV file: {exc}".replace("\n", " ")) from None
+    frame.columns = [str(c).strip().lower() for c in frame.columns]
+    missing = [c for c in MAPPING_COLUMNS if c not in frame.columns]
+    if missing:
+        raise MappingError(
+            f"[ids] csv={csv_path!r} lacks the column(s) {', '.join(missing)}; its header must be id,ppn,filename"
+        )
+    frame = frame[list(MAPPING_COLUMNS)].apply(lambda col: col.str.strip())
+    frame["ppn"] = frame["ppn"].map(strip_ppn)
+    line = frame.index.to_numpy() + 2  # header is line 1
+    empty = (frame == "").any(axis=1).to_numpy()
+    if empty.any():
+        raise MappingError(f"[ids] csv={csv_path!r} has empty values on line(s) {_first(line[empty])}")
+    for columns, what in ((["id"], "ID"), (["ppn", "filename"], "(ppn, filename) pair")):
+        repeated = frame.duplicated(columns, keep=False).to_numpy()
+        if repeated.any():
+            raise MappingError(f"[ids] csv={csv_path!r} repeats the same {what} on lines {_first(line[repeated])}")
+    return frame.reset_index(drop=True)
+
+
+def _first(values, n=10):
+    values = [str(v) for v in values]
+    return ", ".join(values[:n]) + (f" and {len(values) - n} more" if len(values) > n else "")
+
+
+@dataclass
+class Inventory:
+    """The images to process: those both on disk and in the mapping, plus what did not match."""
+
+    ids: np.ndarray
+    """Database IDs, int64 when every ID is an integer, else str; one per image."""
+    files: list
+    """ImageFile of each image, sorted by relative path; parallel to ``ids``."""
+    unmapped: list
+    """Relative paths of image files on disk that have no row in the mapping."""
+    missing: list
+    """``"id ppn/filename"`` of mapping rows whose file is not on disk."""
+
+    def __len__(self):
+        return len(self.files)
+
+
+def build_inventory(files, mapping):
+    """Join the files on disk with the mapping rows.
+
+    Parameters
+    ----------
+    files : list of ImageFile
+    mapping : DataFrame from :func:`read_mapping`
+
+    Returns
+    -------
+    Inventory
+    """
+    by_name = {(f.ppn, f.filename): f for f in files}
+    rows = {(ppn, name): image_id for image_id, ppn, name in mapping[list(MAPPING_COLUMNS)].itertuples(index=False)}
+    matched = sorted((by_name[key].relpath, image_id, by_name[key]) for key, image_id in rows.items() if key in by_name)
+    missing = [f"{image_id} PPN{ppn}/{name}" for (ppn, name), image_id in rows.items() if (ppn, name) not in by_name]
+    unmapped = [f.relpath for f in files if (f.ppn, f.filename) not in rows]
+    return Inventory(
+        ids=parse_ids([image_id for _, image_id, _ in matched]),
+        files=[f for _, _, f in matched],
+        unmapped=unmapped,
+        missing=missing,
+    )
+
+
+def parse_ids(values):
+    """Return database IDs as int64 when all are integers, else as str."""
+    values = [str(v) for v in values]
+    if values and all(_INTEGER.match(v) for v in values):
+        numbers = [int(v) for v in values]
+        if all(_INT64_MIN <= n <= _INT64_MAX for n in numbers):
+            return np.array(numbers, dtype=np.int64)
+    return np.array(values, dtype=str)
+
+
+def save_inventory(path, inventory, attrs):
+    """Write an Inventory to an HDF5 file with the given file attributes."""
+    with h5py.File(path, "w") as f:
+        f.attrs.update(attrs)
+        write_ids(f, "ids", inventory.ids)
+        write_strings(f, "ppn", [x.ppn for x in inventory.files])
+        write_strings(f, "filename", [x.filename for x in inventory.files])
+        f.create_dataset("size", data=np.array([x.size for x in inventory.files], dtype=np.int64))
+        f.create_dataset("mtime_ns", data=np.array([x.mtime_ns for x in inventory.files], dtype=np.int64))
+        write_strings(f, "unmapped", inventory.unmapped)
+        write_strings(f, "missing", inventory.missing)
+
+
+def load_inventory(path):
+    """Read an Inventory written by :func:`save_inventory`."""
+    with h5py.File(path, "r") as f:
+        files = [
+            ImageFile(ppn, name, int(size), int(mtime))
+            for ppn, name, size, mtime in zip(
+                read_strings(f["ppn"]), read_strings(f["filename"]), f["size"][:], f["mtime_ns"][:]
+            )
+        ]
+        return Inventory(
+            ids=read_ids(f["ids"]),
+            files=files,
+            unmapped=list(read_strings(f["unmapped"])),
+            missing=list(read_strings(f["missing"])),
+        )
+
+
+def log_inventory(inventory, content_dir, shown=20):
+    """Log how many images will be processed, and count and list those that will not."""
+    logger.info("%d mapped images found under %s", len(inventory), content_dir)
+    for items, what in (
+        (inventory.unmapped, "image files have no row in the ID mapping and are left out"),
+        (inventory.missing, "ID mapping rows have no file under the content folder and are left out"),
+    ):
+        if items:
+            logger.warning("%d %s: %s", len(items), what, _first(items, shown))
+
+
+def log_rejected(rejected, shown=20):
+    """Count and list the images that could not be decoded, as (relative path, reason) pairs."""
+    if rejected:
+        listed = "; ".join(f"{path}: {reason}" for path, reason in rejected[:shown])
+        more = f" and {len(rejected) - shown} more" if len(rejected) > shown else ""
+        logger.warning("%d images could not be decoded and are left out: %s%s", len(rejected), listed, more)
+
+
+def take_inventory(content_dir, csv_path):
+    """Scan the collection, read the mapping, join them and log what does not match.
+
+    Raises
+    ------
+    CollectionError
+        When no image is both on disk and in the mapping.
+    """
+    files = scan_content(content_dir)
+    inventory = build_inventory(files, read_mapping(csv_path))
+    log_inventory(inventory, content_dir)
+    if not len(inventory):
+        raise CollectionError(
+            f"no image under [paths] content={content_dir!r} ({len(files)} image files) has a row in "
+            f"[ids] csv={csv_path!r}; check that the mapping's ppn and filename match the PPN<id>/<file> paths"
+        )
+    return inventory

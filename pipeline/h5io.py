@@ -1,0 +1,62 @@
+"""Small HDF5 helpers shared by every artifact: strings, IDs, attributes, atomic writes."""
+
+import contextlib
+import os
+import tempfile
+
+import h5py
+import numpy as np
+
+STRING = h5py.string_dtype("utf-8")
+
+
+def write_strings(group, name, values):
+    """Store a sequence of str as a UTF-8 variable-length string dataset."""
+    return group.create_dataset(name, data=np.asarray(values, dtype=object), dtype=STRING)
+
+
+def read_strings(dataset):
+    """Read a UTF-8 string dataset as an ndarray of str."""
+    if len(dataset) == 0:
+        return np.array([], dtype=str)
+    return dataset.asstr()[:].astype(str)
+
+
+def write_ids(group, name, ids):
+    """Store database IDs: int64 as they are, anything else as UTF-8 strings."""
+    ids = np.asarray(ids)
+    if ids.dtype == np.int64:
+        return group.create_dataset(name, data=ids)
+    return write_strings(group, name, ids)
+
+
+def read_ids(dataset):
+    """Read IDs written by :func:`write_ids`."""
+    if dataset.dtype == np.int64:
+        return dataset[:]
+    return read_strings(dataset)
+
+
+def read_attrs(path):
+    """Return the file attributes of an HDF5 file as a dict (values as plain Python types)."""
+    with h5py.File(path, "r") as f:
+        return {k: (v.item() if isinstance(v, np.generic) else v) for k, v in f.attrs.items()}
+
+
+@contextlib.contextmanager
+def atomic_path(path):
+    """Yield a temporary path beside ``path``; rename it to ``path`` only if the block succeeds.
+
+    The temporary name starts with a dot and ends in ``.tmp``, so no reader mistakes it for
+    the artifact, and a crash leaves ``path`` as it was.
+    """
+    directory, name = os.path.split(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=directory)
+    os.close(fd)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)

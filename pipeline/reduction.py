@@ -1,0 +1,114 @@
+"""StandardScaler + PCA fitted exactly on every descriptor by streaming second moments."""
+
+import logging
+
+import h5py
+import numpy as np
+
+from .errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+
+class Reducer:
+    """Standardise each channel, then project onto the principal components that keep
+    ``variance`` of the total variance.
+
+    Equivalent to scikit-learn's ``StandardScaler()`` followed by
+    ``PCA(n_components=variance, svd_solver="full")``, with the same sign convention for the
+    components, but fitted from the running sum and the sum of outer products (float64), so
+    the descriptors stream through in chunks and memory stays at one c x c matrix.
+
+    Parameters
+    ----------
+    variance : float in (0, 1]
+        Fraction of the variance of the standardised descriptors that the kept components explain.
+    """
+
+    def __init__(self, variance=0.97):
+        self.variance = variance
+
+    def fit(self, chunks):
+        """Fit on an array of shape (n, c) or an iterable of such arrays.
+
+        Returns
+        -------
+        self
+        """
+        if not 0 < self.variance <= 1:
+            raise ConfigError(f"[reduction] variance={self.variance} must be in (0, 1]; the default is 0.97")
+        if isinstance(chunks, np.ndarray):
+            chunks = [chunks]
+        n, shift, total, outer = 0, None, None, None
+        for chunk in chunks:
+            x = np.asarray(chunk, dtype=np.float64)
+            if shift is None:
+                # moments about a first estimate of the mean keep the float64 sums well conditioned
+                shift = x.mean(axis=0)
+                total = np.zeros_like(shift)
+                outer = np.zeros((len(shift), len(shift)))
+            x = x - shift
+            n += len(x)
+            total += x.sum(axis=0)
+            outer += x.T @ x
+        if n < 2:
+            raise ConfigError(f"the reducer needs at least 2 descriptors, got {n}; add images to the collection")
+        centred = total / n
+        covariance = outer / n - np.outer(centred, centred)
+        self.n_samples_seen_ = n
+        self.mean_ = shift + centred
+        var = np.clip(np.diag(covariance), 0, None)
+        self.var_ = var
+        # as StandardScaler: constant channels keep scale 1
+        self.scale_ = np.where(var > 10 * np.finfo(np.float64).eps * np.maximum(1.0, self.mean_**2), np.sqrt(var), 1.0)
+        correlation = covariance / np.outer(self.scale_, self.scale_)
+        eigenvalues, eigenvectors = np.linalg.eigh(correlation)
+        order = np.argsort(eigenvalues)[::-1]
+        eigenvalues = np.clip(eigenvalues[order], 0, None)
+        components = eigenvectors[:, order].T
+        # as scikit-learn's svd_flip(u_based_decision=False): largest loading of each component positive
+        signs = np.sign(components[np.arange(len(components)), np.argmax(np.abs(components), axis=1)])
+        components *= signs[:, None]
+        ratio = eigenvalues / eigenvalues.sum()
+        k = min(int(np.searchsorted(np.cumsum(ratio), self.variance, side="right")) + 1, len(ratio))
+        self.n_components_ = k
+        self.components_ = components[:k]
+        self.explained_variance_ = eigenvalues[:k] * n / (n - 1)
+        self.explained_variance_ratio_ = ratio[:k]
+        logger.info(
+            "reducer fitted on %d descriptors: %d channels -> %d components (%.1f%% of the variance)",
+            n, len(self.mean_), k, 100 * ratio[:k].sum(),
+        )
+        return self
+
+    def transform(self, x):
+        """Project descriptors.
+
+        Parameters
+        ----------
+        x : ndarray of shape (n, c)
+
+        Returns
+        -------
+        reduced : ndarray of shape (n, n_components_), float32
+        """
+        z = (np.asarray(x, dtype=np.float64) - self.mean_) / self.scale_
+        return (z @ self.components_.T).astype(np.float32)
+
+    def save(self, path, attrs):
+        with h5py.File(path, "w") as f:
+            f.attrs.update(attrs)
+            f.attrs["variance"] = self.variance
+            f.attrs["n_samples_seen"] = self.n_samples_seen_
+            for name in ("mean_", "var_", "scale_", "components_", "explained_variance_", "explained_variance_ratio_"):
+                f.create_dataset(name.rstrip("_"), data=getattr(self, name))
+
+    @classmethod
+    def load(cls, path):
+        with h5py.File(path, "r") as f:
+            reducer = cls(variance=float(f.attrs["variance"]))
+            reducer.n_samples_seen_ = int(f.attrs["n_samples_seen"])
+            for name in ("mean_", "var_", "scale_", "components_", "explained_variance_", "explained_variance_ratio_"):
+                setattr(reducer, name, f[name.rstrip("_")][:])
+            reducer.n_components_ = len(reducer.components_)
+        return reducer

@@ -1,0 +1,50 @@
+"""One luigi.Config class per luigi.cfg section."""
+
+import luigi
+
+
+class paths(luigi.Config):
+    content = luigi.Parameter(
+        default="content", significant=False, description="Folder of the collection: content/PPN<id>/<file>."
+    )
+    artifacts = luigi.Parameter(default="artifacts", significant=False, description="Folder of every output.")
+
+
+class ids(luigi.Config):
+    csv = luigi.Parameter(
+        default="content/image_ids.csv", significant=False, description="ID mapping, a CSV file id,ppn,filename."
+    )
+
+
+class resnet(luigi.Config):
+    weights = luigi.Parameter(
+        default="imagenet",
+        description="imagenet (Keras download and cache), random (seeded, tests and smoke runs only) "
+        "or the path of a Keras ResNet50 weights file without the top.",
+    )
+    layer = luigi.Parameter(default="conv5_block3_out", description="Layer whose output gives the local descriptors.")
+    seed = luigi.IntParameter(default=0, description="Seed of the random initialisation when weights = random.")
+    batch_size = luigi.IntParameter(default=16, significant=False, description="Images per forward pass.")
+    decode_threads = luigi.IntParameter(
+        default=2, significant=False, description="Threads decoding images while the model runs."
+    )
+
+
+class reduction(luigi.Config):
+    variance = luigi.FloatParameter(
+        default=0.97, description="Fraction of the variance the PCA components keep, in (0, 1]."
+    )
+
+
+class codebook(luigi.Config):
+    size = luigi.Parameter(
+        default="auto", description="Number of visual words K, or auto: sqrt(descriptors sampled), 2 to 8,500."
+    )
+    sample_size = luigi.IntParameter(
+        default=200_000, description="Most descriptors k-means is fitted on (a seeded uniform sample)."
+    )
+    seed = luigi.IntParameter(default=0, description="Seed of the descriptor sample and of k-means.")
+
+
+class neighbours(luigi.Config):
+    k = luigi.IntParameter(default=5, description="Neighbours per image.")
