@@ -125,8 +125,14 @@ class DescriptorExtractor:
         self.model = model
         self.batch_size = batch_size
         self.decode_threads = decode_threads
+        self._compiled = None
 
     def _forward(self):
+        if self._compiled is None:  # tracing costs seconds: once per extractor
+            self._compiled = self._compile()
+        return self._compiled
+
+    def _compile(self):
         import tensorflow as tf
 
         preprocess = _keras().applications.resnet50.preprocess_input

@@ -18,15 +18,19 @@ from .config import codebook, ids, neighbours, paths, reduction, resnet
 class ContentFolder(luigi.ExternalTask):
     """The collection: ``[paths] content``."""
 
+    path = luigi.Parameter(description="The collection's folder.")
+
     def output(self):
-        return luigi.LocalTarget(paths().content)
+        return luigi.LocalTarget(self.path)
 
 
 class IdMapping(luigi.ExternalTask):
     """The CMS's ID mapping: ``[ids] csv``."""
 
+    path = luigi.Parameter(description="The ID mapping CSV file.")
+
     def output(self):
-        return luigi.LocalTarget(ids().csv)
+        return luigi.LocalTarget(self.path)
 
 
 class Inventory(ArtifactTask):
@@ -35,14 +39,19 @@ class Inventory(ArtifactTask):
     filename = "inventory.h5"
 
     def requires(self):
-        return {"content": ContentFolder(), "mapping": IdMapping()}
+        # the paths as parameters, so a missing input is named in Luigi's summary
+        return {"content": ContentFolder(path=paths().content), "mapping": IdMapping(path=ids().csv)}
 
     def settings(self):
-        csv = os.stat(ids().csv)
+        try:
+            csv = os.stat(ids().csv)
+            fingerprint = [csv.st_size, csv.st_mtime_ns]
+        except OSError:  # IdMapping reports the missing file
+            fingerprint = None
         return {
             "content": os.path.abspath(paths().content),
             "csv": os.path.abspath(ids().csv),
-            "csv_fingerprint": [csv.st_size, csv.st_mtime_ns],
+            "csv_fingerprint": fingerprint,
         }
 
     def run(self):

@@ -1,0 +1,66 @@
+import numpy as np
+import pytest
+
+from pipeline.codebook import Codebook, auto_size, fit_codebook, resolve_size, sample_positions
+from pipeline.errors import ConfigError
+from pipeline.reduction import Reducer
+
+
+@pytest.mark.parametrize("n, k", [(1, 2), (2450, 49), (49_000_000, 7000), (10**9, 8500)])
+def test_auto_size(n, k):
+    assert auto_size(n) == k
+
+
+@pytest.mark.parametrize("size, n, expected", [("auto", 100, 10), ("AUTO", 100, 10), ("7", 100, 7), (100, 100, 100)])
+def test_resolve_size(size, n, expected):
+    assert resolve_size(size, n) == expected
+
+
+@pytest.mark.parametrize("size, message", [("many", "whole number or auto"), ("101", "number of sampled descriptors=100"), ("1", "between 2")])
+def test_bad_size_names_the_setting(size, message):
+    with pytest.raises(ConfigError, match=r"\[codebook\] size=.*" + message):
+        resolve_size(size, 100)
+
+
+def test_sample_is_bounded_seeded_and_uniform():
+    take = sample_positions(1000, 49, 5000, random_state=3)
+    assert take.shape == (1000, 49) and take.sum() == 5000
+    np.testing.assert_array_equal(take, sample_positions(1000, 49, 5000, random_state=3))
+    assert not np.array_equal(take, sample_positions(1000, 49, 5000, random_state=4))
+    assert sample_positions(10, 49, 5000, random_state=3).all()
+
+
+def blobs(seed=0):
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(scale=10, size=(4, 8))
+    return np.concatenate([c + rng.normal(size=(50, 8)) for c in centres]), centres
+
+
+def test_codebook_finds_separated_clusters_and_predicts_nearest_word():
+    x, centres = blobs()
+    codebook = Codebook(4, random_state=0).fit(x)
+    words = codebook.predict(x)
+    assert len(set(words[:50])) == 1 and len(set(words)) == 4
+    brute = np.argmin(((x[:, None, :] - codebook.centers_[None]) ** 2).sum(-1), axis=1)
+    np.testing.assert_array_equal(words, brute)
+
+
+def test_fit_codebook_is_deterministic_and_independent_of_chunking():
+    x, _ = blobs(1)
+    descriptors = x.reshape(40, 5, 8).astype(np.float16)
+    reducer = Reducer(1.0).fit(x)
+
+    def chunks(size):
+        return [(np.arange(s, min(s + size, 40)), descriptors[s : s + size]) for s in range(0, 40, size)]
+
+    a = fit_codebook(chunks(3), 40, 5, reducer, "auto", 120, random_state=0)
+    b = fit_codebook(chunks(17), 40, 5, reducer, "auto", 120, random_state=0)
+    assert a.size == auto_size(120)
+    np.testing.assert_array_equal(a.centers_, b.centers_)
+
+
+def test_save_and_load_round_trip(tmp_path):
+    x, _ = blobs(2)
+    codebook = Codebook(4, random_state=0).fit(x)
+    codebook.save(tmp_path / "c.h5", {"digest": "d"})
+    np.testing.assert_array_equal(Codebook.load(tmp_path / "c.h5").predict(x), codebook.predict(x))

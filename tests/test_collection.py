@@ -1,0 +1,100 @@
+import numpy as np
+import pytest
+
+from pipeline.collection import (
+    ImageFile,
+    build_inventory,
+    load_inventory,
+    parse_ids,
+    read_mapping,
+    save_inventory,
+    scan_content,
+    strip_ppn,
+)
+from pipeline.errors import CollectionError, MappingError
+
+
+def touch(path, data=b"x"):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+
+
+def test_scan_lists_images_one_level_down_and_skips_the_rest(tmp_path):
+    for name in ["PPN1/b.jpg", "PPN1/a.PNG", "PPN2/c.tif", "PPN1/.hidden.jpg", "PPN1/Thumbs.db",
+                 "PPN1/meta.xml", "image_ids.csv", "loose.jpg", "other/d.jpg", "PPN2/sub/e.jpg"]:  # fmt: skip
+        touch(tmp_path / name)
+    files = scan_content(tmp_path)
+    assert [f.relpath for f in files] == ["PPN1/a.PNG", "PPN1/b.jpg", "PPN2/c.tif"]
+    assert files[0].ppn == "1" and files[0].size == 1
+
+
+def test_scan_of_a_missing_folder_names_the_setting(tmp_path):
+    with pytest.raises(CollectionError, match=r"\[paths\] content"):
+        scan_content(tmp_path / "nope")
+
+
+def test_key_changes_with_the_file():
+    a = ImageFile("1", "a.jpg", 10, 100)
+    assert a.key != ImageFile("1", "a.jpg", 11, 100).key != ImageFile("1", "a.jpg", 10, 101).key
+
+
+@pytest.mark.parametrize("value, expected", [("PPN123", "123"), ("123", "123"), (" ppn77X ", "77X")])
+def test_strip_ppn(value, expected):
+    assert strip_ppn(value) == expected
+
+
+def write_csv(tmp_path, text):
+    path = tmp_path / "ids.csv"
+    path.write_text(text)
+    return path
+
+
+def test_read_mapping_normalises_ppn_and_whitespace(tmp_path):
+    frame = read_mapping(write_csv(tmp_path, "id, ppn ,filename\n7, PPN1 ,a.jpg\n8,2,b.jpg\n"))
+    assert frame.values.tolist() == [["7", "1", "a.jpg"], ["8", "2", "b.jpg"]]
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("id,filename\n1,a.jpg\n", "lacks the column.*ppn"),
+        ("id,ppn,filename\n1,PPN1,a.jpg\n1,PPN1,b.jpg\n", "same ID on lines 2, 3"),
+        ("id,ppn,filename\n1,PPN1,a.jpg\n2,1,a.jpg\n", r"same \(ppn, filename\) pair on lines 2, 3"),
+        ("id,ppn,filename\n1,PPN1,a.jpg\n2,,b.jpg\n", "empty values on line.* 3"),
+    ],
+)
+def test_read_mapping_rejects_bad_mappings_in_one_line(tmp_path, text, message):
+    with pytest.raises(MappingError, match=message) as info:
+        read_mapping(write_csv(tmp_path, text))
+    assert "\n" not in str(info.value)
+
+
+def test_read_mapping_of_a_missing_file_names_the_setting(tmp_path):
+    with pytest.raises(MappingError, match=r"\[ids\] csv"):
+        read_mapping(tmp_path / "none.csv")
+
+
+def test_inventory_keeps_mapped_files_and_lists_the_others(tmp_path):
+    for name in ["PPN1/a.jpg", "PPN1/b.jpg", "PPN2/c.jpg"]:
+        touch(tmp_path / name)
+    mapping = read_mapping(write_csv(tmp_path, "id,ppn,filename\n30,PPN2,c.jpg\n10,1,a.jpg\n20,1,gone.jpg\n"))
+    inventory = build_inventory(scan_content(tmp_path), mapping)
+    assert [f.relpath for f in inventory.files] == ["PPN1/a.jpg", "PPN2/c.jpg"]
+    assert inventory.ids.tolist() == [10, 30] and inventory.ids.dtype == np.int64
+    assert inventory.unmapped == ["PPN1/b.jpg"]
+    assert inventory.missing == ["20 PPN1/gone.jpg"]
+
+    save_inventory(tmp_path / "inv.h5", inventory, {"digest": "x"})
+    again = load_inventory(tmp_path / "inv.h5")
+    assert again.files == inventory.files and again.ids.tolist() == [10, 30]
+    assert again.unmapped == inventory.unmapped and again.missing == inventory.missing
+
+
+@pytest.mark.parametrize(
+    "values, dtype",
+    [(["1", "-2", "30"], np.int64), (["1", "a"], np.str_), (["99999999999999999999"], np.str_), (["1.0"], np.str_)],
+)
+def test_ids_are_integers_only_when_all_fit_int64(values, dtype):
+    ids = parse_ids(values)
+    assert ids.dtype.type is dtype
+    assert [str(v) for v in ids] == values

@@ -1,0 +1,94 @@
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipeline.errors import ConfigError, WeightsError
+from pipeline.features import IMAGENET_FILE, DescriptorExtractor, build_model, weights_identity
+
+
+@pytest.fixture(scope="module")
+def model():
+    return build_model(weights="random", seed=0)
+
+
+@pytest.fixture(scope="module")
+def extractor(model):
+    return DescriptorExtractor(model, batch_size=4)
+
+
+@pytest.fixture(scope="module")
+def image_paths(tmp_path_factory):
+    root = tmp_path_factory.mktemp("images")
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(5):
+        path = root / f"{i}.png"
+        Image.fromarray(rng.integers(0, 255, (64 + 8 * i, 80, 3), dtype=np.uint8)).save(path)
+        paths.append(str(path))
+    (root / "bad.jpg").write_bytes(b"<html>404</html>")
+    return paths, str(root / "bad.jpg")
+
+
+def test_default_layer_gives_49_descriptors_of_2048(model):
+    assert tuple(model.output.shape) == (None, 7, 7, 2048)
+
+
+def test_descriptors_do_not_depend_on_batch_neighbours(extractor, image_paths):
+    paths, bad = image_paths
+    together = np.concatenate([d for _, d, _ in extractor.run(paths)])
+    alone = np.concatenate([d for _, d, _ in extractor.run(paths[::-1])])[::-1]
+    assert together.shape == (5, 49, 2048) and together.dtype == np.float16
+    np.testing.assert_array_equal(together, alone)
+    assert np.isfinite(together.astype(np.float32)).all()
+
+
+def test_a_bad_file_fails_alone(extractor, image_paths):
+    paths, bad = image_paths
+    batches = list(extractor.run([paths[0], bad, paths[1]]))
+    assert len(batches) == 1
+    start, descriptors, errors = batches[0]
+    assert start == 0 and list(errors) == [1] and "\n" not in errors[1]
+    clean = next(extractor.run([paths[0], paths[1]]))[1]
+    np.testing.assert_array_equal(descriptors[[0, 2]], clean)
+
+
+def test_batches_cover_every_path_in_order(extractor, image_paths):
+    paths, _ = image_paths
+    starts = [(s, len(d)) for s, d, _ in extractor.run(paths + paths)]
+    assert starts == [(0, 4), (4, 4), (8, 2)]
+
+
+def test_weights_file_path_loads_the_same_model(model, extractor, image_paths, tmp_path):
+    path = tmp_path / "resnet50.weights.h5"
+    model.save_weights(path)
+    loaded = build_model(weights=str(path), seed=1)  # seed is ignored for a file
+    a = next(extractor.run(image_paths[0][:2]))[1]
+    b = next(DescriptorExtractor(loaded, batch_size=4).run(image_paths[0][:2]))[1]
+    np.testing.assert_array_equal(a, b)
+    assert weights_identity(str(path)).startswith("sha256:")
+
+
+def test_unknown_layer_names_the_setting_and_the_choices():
+    with pytest.raises(ConfigError, match=r"\[resnet\] layer='conv9'.*conv5_block3_out"):
+        build_model(weights="random", layer="conv9")
+
+
+def test_imagenet_without_network_says_where_to_put_the_file(tmp_path, monkeypatch):
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+    for proxy in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy"):
+        monkeypatch.setenv(proxy, "http://127.0.0.1:9")  # nothing listens: the download fails at once
+    with pytest.raises(WeightsError) as info:
+        build_model(weights="imagenet")
+    message = str(info.value)
+    assert "\n" not in message
+    assert IMAGENET_FILE in message and str(tmp_path / "models") in message and "random" in message
+
+
+@pytest.mark.parametrize("content", [None, b"not a weights file"])
+def test_unreadable_or_wrong_weights_file_is_a_one_line_error(tmp_path, content):
+    path = tmp_path / "w.h5"
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(WeightsError, match=r"\[resnet\] weights=") as info:
+        build_model(weights=str(path))
+    assert "\n" not in str(info.value)

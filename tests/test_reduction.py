@@ -1,0 +1,53 @@
+import numpy as np
+import pytest
+from sklearn.decomposition import PCA
+from sklearn.preprocessing import StandardScaler
+
+from pipeline.errors import ConfigError
+from pipeline.reduction import Reducer
+
+
+def correlated(n=600, c=24, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, 6)) @ rng.normal(size=(6, c)) + 0.1 * rng.normal(size=(n, c))
+    x[:, 3] = 5.0  # a constant channel, as ReLU outputs that never fire
+    return x * rng.uniform(0.5, 20, size=c) + rng.uniform(-3, 50, size=c)
+
+
+@pytest.mark.parametrize("variance", [0.5, 0.9, 0.97, 1.0])
+def test_matches_standard_scaler_plus_pca(variance):
+    x = correlated()
+    reference = PCA(n_components=variance if variance < 1 else None, svd_solver="full")
+    expected = reference.fit_transform(StandardScaler().fit_transform(x))
+    reducer = Reducer(variance).fit(x)
+    assert reducer.n_components_ == (reference.n_components_ if variance < 1 else x.shape[1])
+    got = reducer.transform(x)
+    k = min(reducer.n_components_, reference.n_components_)
+    # the last components of variance 1.0 have near-zero variance and arbitrary direction
+    k = k if variance < 1 else 6
+    np.testing.assert_allclose(got[:, :k], expected[:, :k], atol=1e-4 * np.abs(expected).max())
+    np.testing.assert_allclose(
+        reducer.explained_variance_ratio_[:k], reference.explained_variance_ratio_[:k], rtol=1e-6, atol=1e-12
+    )
+
+
+def test_streamed_chunks_give_the_whole_fit():
+    x = correlated(seed=1)
+    whole = Reducer(0.97).fit(x)
+    streamed = Reducer(0.97).fit(np.array_split(x, 7))
+    np.testing.assert_allclose(streamed.transform(x), whole.transform(x), rtol=1e-5, atol=1e-4)
+
+
+def test_save_and_load_round_trip(tmp_path):
+    x = correlated(seed=2)
+    reducer = Reducer(0.9).fit(x)
+    reducer.save(tmp_path / "r.h5", {"digest": "d"})
+    again = Reducer.load(tmp_path / "r.h5")
+    np.testing.assert_array_equal(again.transform(x), reducer.transform(x))
+    assert again.variance == 0.9
+
+
+@pytest.mark.parametrize("variance", [0, -0.1, 1.5])
+def test_variance_out_of_range_names_the_setting(variance):
+    with pytest.raises(ConfigError, match=r"\[reduction\] variance"):
+        Reducer(variance).fit(correlated())

@@ -1,0 +1,96 @@
+import itertools
+import os
+
+import numpy as np
+import pytest
+
+from pipeline.collection import ImageFile, Inventory
+from pipeline.errors import ArtifactError
+from pipeline.h5io import atomic_path
+from pipeline.store import (
+    FeatureStore,
+    extract_to_store,
+    index_inventory,
+    iter_descriptors,
+    load_index,
+    save_index,
+)
+
+
+class FakeExtractor:
+    """Descriptors that encode the file name; files named bad* fail to decode."""
+
+    batch_size = 2
+
+    def __init__(self):
+        self.seen = []
+
+    def run(self, paths):
+        for start in range(0, len(paths), self.batch_size):
+            batch = paths[start : start + self.batch_size]
+            self.seen.extend(os.path.basename(p) for p in batch)
+            values = [float(os.path.basename(p).split(".")[0].strip("bad") or 0) for p in batch]
+            descriptors = np.array(values, dtype=np.float16)[:, None, None] * np.ones((1, 3, 2), np.float16)
+            errors = {i: "cannot identify image file" for i, p in enumerate(batch) if "bad" in p}
+            yield start, descriptors, errors
+
+
+def inventory(names):
+    files = [ImageFile("1", name, 10, 20) for name in names]
+    return Inventory(ids=np.arange(100, 100 + len(names)), files=files, unmapped=[], missing=[])
+
+
+def test_extraction_commits_batches_and_resumes_where_it_stopped(tmp_path):
+    store = FeatureStore(tmp_path / "store")
+    inv = inventory(["1.jpg", "2.jpg", "bad3.jpg", "4.jpg", "5.jpg"])
+    first = FakeExtractor()
+    run = first.run
+    first.run = lambda paths: itertools.islice(run(paths), 2)  # killed after 2 batches
+    extract_to_store(store, first, inv.files, "content")
+    assert first.seen == ["1.jpg", "2.jpg", "bad3.jpg", "4.jpg"]
+
+    second = FakeExtractor()
+    assert extract_to_store(store, second, inv.files, "content") == (1, 4)
+    assert second.seen == ["5.jpg"]  # the decode failure is remembered, not retried
+
+    index = index_inventory(store, inv)
+    assert index.ids.tolist() == [100, 101, 103, 104]
+    assert index.rejected == [("PPN1/bad3.jpg", "cannot identify image file")]
+    values = {}
+    for positions, descriptors in iter_descriptors(store, index):
+        values.update(zip(index.ids[positions].tolist(), descriptors[:, 0, 0].tolist()))
+    assert values == {100: 1.0, 101: 2.0, 103: 4.0, 104: 5.0}
+
+    save_index(tmp_path / "index.h5", index, {"digest": "d"})
+    again = load_index(tmp_path / "index.h5")
+    assert again.ids.tolist() == index.ids.tolist() and again.rejected == index.rejected
+    assert list(again.chunk) == list(index.chunk) and again.row.tolist() == index.row.tolist()
+
+
+def test_a_changed_file_is_extracted_again(tmp_path):
+    store = FeatureStore(tmp_path / "store")
+    extract_to_store(store, FakeExtractor(), inventory(["1.jpg", "2.jpg"]).files, "content")
+    changed = [ImageFile("1", "1.jpg", 11, 20), ImageFile("1", "2.jpg", 10, 20)]
+    extractor = FakeExtractor()
+    assert extract_to_store(store, extractor, changed, "content") == (1, 1)
+    assert extractor.seen == ["1.jpg"]
+
+
+def test_leftover_temporary_chunk_is_not_taken_as_done(tmp_path):
+    store = FeatureStore(tmp_path / "store")
+    os.makedirs(store.chunk_dir)
+    (tmp_path / "store" / "chunks" / ".abc.h5.x.tmp").write_bytes(b"half written")
+    assert store.scan() == ({}, {})
+    with pytest.raises(ArtifactError, match="no descriptors in the feature store"):
+        index_inventory(store, inventory(["1.jpg"]))
+
+
+def test_atomic_path_leaves_nothing_when_the_write_fails(tmp_path):
+    target = tmp_path / "a.h5"
+    target.write_bytes(b"previous")
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            open(tmp, "wb").write(b"partial")
+            raise RuntimeError("killed")
+    assert target.read_bytes() == b"previous"
+    assert os.listdir(tmp_path) == ["a.h5"]

@@ -1,0 +1,147 @@
+import os
+import subprocess
+import sys
+
+import h5py
+import luigi
+import numpy as np
+import pytest
+
+from pipeline.collection import load_inventory
+from pipeline.features import RANDOM_WEIGHTS_NOTE
+from pipeline.output import read_similarities
+from tasks import Codebook, Histograms, Similarities
+
+from .conftest import luigi_config, pipeline_config
+
+ARTIFACTS = ("inventory.h5", "features.h5", "reducer.h5", "codebook.h5", "histograms.h5", "similarities.hdf5")
+
+
+def build(monkeypatch, config, task=Similarities):
+    with luigi_config(monkeypatch, config):
+        return luigi.build([task()], local_scheduler=True, detailed_summary=True, workers=1)
+
+
+def mtimes(artifacts):
+    return {name: os.stat(artifacts / name).st_mtime_ns for name in ARTIFACTS}
+
+
+@pytest.fixture(scope="module")
+def run(small_collection, tmp_path_factory):
+    """One pipeline run on the small collection, and the same run again into other artifacts."""
+    content, groups = small_collection
+    outputs = []
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        for name in ("first", "second"):
+            root = tmp_path_factory.mktemp(name)
+            (root / "content").symlink_to(content)
+            result = build(monkeypatch, pipeline_config(root))
+            assert result.status == luigi.execution_summary.LuigiStatusCode.SUCCESS, result.summary_text
+            outputs.append(root)
+    return outputs, groups
+
+
+def test_output_follows_the_contract(run):
+    (root, _), groups = run
+    result = read_similarities(root / "artifacts" / "similarities.hdf5")
+    ids, neighbours, distances = result["ids"], result["neighbours"], result["distances"]
+    mapped = sorted(i for group in groups.values() for i in group)
+    assert sorted(ids.tolist()) == mapped and ids.dtype == np.int64
+    assert neighbours.shape == distances.shape == (len(ids), 5) and distances.dtype == np.float32
+    assert all(ids[i] not in neighbours[i] for i in range(len(ids)))
+    assert set(neighbours.ravel()) <= set(ids)
+    assert (np.diff(distances, axis=1) >= 0).all()
+    where = {image_id: i for i, image_id in enumerate(ids)}
+    for i in range(len(ids)):
+        expected = [[result["ppn"][where[n]], result["filename"][where[n]]] for n in neighbours[i]]
+        assert result["similarities"][i].tolist() == expected
+    assert all(not p.startswith("PPN") for p in result["ppn"])
+    attrs = result["attrs"]
+    assert attrs["k"] == 5 and attrs["metric"] == "euclidean" and attrs["model"] == "ResNet50"
+    assert attrs["layer"] == "conv5_block3_out" and attrs["weights"] == "random"
+    assert attrs["weights_note"] == RANDOM_WEIGHTS_NOTE
+    assert attrs["codebook_size"] == round((len(ids) * 49) ** 0.5)
+    assert {"created", "pipeline_version"} <= set(attrs)
+
+
+def test_near_duplicates_are_found_far_better_than_chance(run):
+    (root, _), groups = run
+    result = read_similarities(root / "artifacts" / "similarities.hdf5")
+    group_of = {i: name for name, members in groups.items() for i in members}
+    first_hits = np.mean([group_of[n[0]] == group_of[i] for i, n in zip(result["ids"], result["neighbours"])])
+    chance = 2 / (len(result["ids"]) - 1)
+    assert first_hits >= 4 * chance, f"first neighbour in the same group for {first_hits:.0%} of the images"
+
+
+def test_unmapped_files_and_rows_without_files_are_listed(run):
+    (root, _), _ = run
+    inventory = load_inventory(root / "artifacts" / "inventory.h5")
+    assert len(inventory.unmapped) == 1 and inventory.unmapped[0].endswith(".jpg")
+    assert len(inventory.missing) == 1 and "99999999.jpg" in inventory.missing[0]
+
+
+def test_same_input_and_config_give_the_same_result(run):
+    (first, second), _ = run
+    a = read_similarities(first / "artifacts" / "similarities.hdf5")
+    b = read_similarities(second / "artifacts" / "similarities.hdf5")
+    for key in ("ids", "neighbours", "distances", "ppn", "filename", "similarities"):
+        np.testing.assert_array_equal(a[key], b[key])
+
+
+def test_rerun_skips_completed_tasks(run, monkeypatch):
+    (root, _), _ = run
+    before = mtimes(root / "artifacts")
+    result = build(monkeypatch, root / "luigi.cfg")
+    assert result.status == luigi.execution_summary.LuigiStatusCode.SUCCESS
+    assert "ran successfully" not in result.summary_text
+    assert mtimes(root / "artifacts") == before
+
+
+def test_changed_setting_reruns_only_the_stages_it_affects(run, monkeypatch, tmp_path):
+    (root, _), _ = run
+    before = mtimes(root / "artifacts")
+    config = pipeline_config(root, neighbours__k=3)
+    assert build(monkeypatch, config).status == luigi.execution_summary.LuigiStatusCode.SUCCESS
+    after = mtimes(root / "artifacts")
+    assert [name for name in ARTIFACTS if after[name] != before[name]] == ["similarities.hdf5"]
+    with h5py.File(root / "artifacts" / "similarities.hdf5") as f:
+        assert f["neighbours"].shape[1] == 3 and f.attrs["k"] == 3
+    pipeline_config(root)  # leave the module's config as it was
+
+
+def test_truncated_artifact_is_made_again(run, monkeypatch):
+    (_, root), _ = run
+    path = root / "artifacts" / "codebook.h5"
+    path.write_bytes(path.read_bytes()[:100])
+    with luigi_config(monkeypatch, root / "luigi.cfg"):
+        assert not Codebook().complete()
+        assert Histograms().complete()  # its own file is intact
+    assert build(monkeypatch, root / "luigi.cfg", Codebook).status == luigi.execution_summary.LuigiStatusCode.SUCCESS
+    with luigi_config(monkeypatch, root / "luigi.cfg"):
+        assert Codebook().complete()
+
+
+def luigi_cli(config, cwd):
+    env = {**os.environ, "LUIGI_CONFIG_PATH": str(config)}
+    luigi_bin = os.path.join(os.path.dirname(sys.executable), "luigi")
+    return subprocess.run(
+        [luigi_bin, "--module", "tasks", "Similarities", "--local-scheduler"],
+        cwd=cwd, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+
+
+def test_cli_exits_non_zero_when_the_mapping_is_missing(tmp_path, small_collection):
+    (tmp_path / "content").symlink_to(small_collection[0])
+    config = pipeline_config(tmp_path, ids__csv=tmp_path / "none.csv")
+    done = luigi_cli(config, tmp_path)
+    assert done.returncode == 20, done.stderr[-2000:]
+    assert not (tmp_path / "artifacts" / "similarities.hdf5").exists()
+
+
+def test_cli_exits_non_zero_on_a_bad_mapping_with_a_one_line_reason(tmp_path, small_collection):
+    (tmp_path / "content").symlink_to(small_collection[0])
+    (tmp_path / "bad.csv").write_text("id,ppn,filename\n1,PPN1,a.jpg\n1,PPN2,b.jpg\n")
+    done = luigi_cli(pipeline_config(tmp_path, ids__csv=tmp_path / "bad.csv"), tmp_path)
+    assert done.returncode == 30
+    assert "repeats the same ID on lines 2, 3" in done.stderr
+    assert not (tmp_path / "artifacts" / "inventory.h5").exists()
