@@ -99,14 +99,13 @@ class Codebook:
         return codebook
 
 
-def fit_codebook(chunks, n_images, n_local, reducer, size, sample_size, random_state):
+def fit_codebook(blocks, reducer, size, sample_size, random_state):
     """Fit the codebook on a seeded uniform sample of the reduced descriptors.
 
     Parameters
     ----------
-    chunks : iterable of (positions, descriptors)
-        ``descriptors`` of shape (n, n_local, c) for the images at ``positions``.
-    n_images, n_local : int
+    blocks : DescriptorBlocks or ArrayBlocks
+        The descriptors, block by block; blocks without a sampled descriptor are not read.
     reducer : Reducer
     size : int or "auto"
     sample_size : int
@@ -117,11 +116,12 @@ def fit_codebook(chunks, n_images, n_local, reducer, size, sample_size, random_s
     -------
     Codebook
     """
-    take = sample_positions(n_images, n_local, sample_size, random_state)
-    sample = [
-        reducer.transform(descriptors[take[positions]].astype(np.float32))
-        for positions, descriptors in chunks
-        if take[positions].any()
-    ]
+    n_images = sum(len(blocks.positions(i)) for i in range(len(blocks)))
+    take = sample_positions(n_images, blocks.n_local(), sample_size, random_state)
+    sample = []
+    for i in range(len(blocks)):
+        chosen = take[blocks.positions(i)]
+        if chosen.any():
+            sample.append(reducer.transform(blocks[i][chosen].astype(np.float32)))
     sample = np.concatenate(sample)
     return Codebook(resolve_size(size, len(sample)), random_state).fit(sample)

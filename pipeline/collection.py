@@ -1,5 +1,6 @@
 """Discovery of the image files under content/ and their join with the CMS's ID mapping."""
 
+import hashlib
 import logging
 import os
 import re
@@ -9,7 +10,7 @@ import h5py
 import numpy as np
 import pandas as pd
 
-from .errors import CollectionError, MappingError
+from .errors import CollectionError, ConfigError, MappingError
 from .h5io import read_ids, read_strings, write_ids, write_strings
 
 logger = logging.getLogger(__name__)
@@ -21,6 +22,9 @@ _INTEGER = re.compile(r"^-?[0-9]+$")
 _INT64_MIN, _INT64_MAX = np.iinfo(np.int64).min, np.iinfo(np.int64).max
 
 
+FINGERPRINTS = ("stat", "sha256")
+
+
 @dataclass(frozen=True)
 class ImageFile:
     """One image on disk, identified by its path below content/ and a fingerprint of its content."""
@@ -29,6 +33,8 @@ class ImageFile:
     filename: str
     size: int
     mtime_ns: int
+    sha256: str = ""
+    """Hex digest of the content, when the fingerprint is ``sha256``."""
 
     @property
     def relpath(self):
@@ -37,7 +43,17 @@ class ImageFile:
     @property
     def key(self):
         """Identity of this version of the file: a changed file gets a new key."""
+        if self.sha256:
+            return f"{self.relpath}|sha256:{self.sha256}"
         return f"{self.relpath}|{self.size}|{self.mtime_ns}"
+
+
+def file_sha256(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def strip_ppn(value):
@@ -46,7 +62,7 @@ def strip_ppn(value):
     return value[3:] if value.upper().startswith("PPN") else value
 
 
-def scan_content(content_dir):
+def scan_content(content_dir, fingerprint="stat"):
     """List the image files of a collection.
 
     Images live one level down, in one folder per catalogue record: ``content/PPN<id>/<file>``.
@@ -57,11 +73,16 @@ def scan_content(content_dir):
     ----------
     content_dir : str
         The collection's root folder.
+    fingerprint : {"stat", "sha256"}
+        How a changed file is recognised: by size and modification time (cheap), or by a hash
+        of its content (reads every file; for storage whose times can't be trusted).
 
     Returns
     -------
     files : list of ImageFile, sorted by relative path
     """
+    if fingerprint not in FINGERPRINTS:
+        raise ConfigError(f"[collection] fingerprint={fingerprint!r} must be one of {', '.join(FINGERPRINTS)}")
     if not os.path.isdir(content_dir):
         raise CollectionError(
             f"[paths] content={content_dir!r} is not a folder; set it to the folder that holds the PPN<id>/ folders"
@@ -79,7 +100,8 @@ def scan_content(content_dir):
                     if os.path.splitext(entry.name)[1].lower() not in IMAGE_EXTENSIONS:
                         continue
                     stat = entry.stat()
-                    files.append(ImageFile(ppn, entry.name, stat.st_size, stat.st_mtime_ns))
+                    sha = file_sha256(entry.path) if fingerprint == "sha256" else ""
+                    files.append(ImageFile(ppn, entry.name, stat.st_size, stat.st_mtime_ns, sha))
     files.sort(key=lambda f: f.relpath)
     return files
 
@@ -143,6 +165,19 @@ class Inventory:
     def __len__(self):
         return len(self.files)
 
+    def fingerprint(self):
+        """A digest of the images and their IDs: equal for equal collections."""
+        digest = hashlib.sha256()
+        for image_id, f in zip(self.ids, self.files):
+            digest.update(f"{image_id}\t{f.key}\n".encode())
+        return digest.hexdigest()[:16]
+
+
+def removed_images(previous, current):
+    """Relative paths of the images of ``previous`` that ``current`` no longer has."""
+    now = {f.relpath for f in current.files}
+    return [f.relpath for f in previous.files if f.relpath not in now]
+
 
 def build_inventory(files, mapping):
     """Join the files on disk with the mapping rows.
@@ -188,6 +223,7 @@ def save_inventory(path, inventory, attrs):
         write_strings(f, "filename", [x.filename for x in inventory.files])
         f.create_dataset("size", data=np.array([x.size for x in inventory.files], dtype=np.int64))
         f.create_dataset("mtime_ns", data=np.array([x.mtime_ns for x in inventory.files], dtype=np.int64))
+        write_strings(f, "sha256", [x.sha256 for x in inventory.files])
         write_strings(f, "unmapped", inventory.unmapped)
         write_strings(f, "missing", inventory.missing)
 
@@ -196,11 +232,12 @@ def load_inventory(path):
     """Read an Inventory written by :func:`save_inventory`."""
     with h5py.File(path, "r") as f:
         files = [
-            ImageFile(ppn, name, int(size), int(mtime))
-            for ppn, name, size, mtime in zip(
-                read_strings(f["ppn"]), read_strings(f["filename"]), f["size"][:], f["mtime_ns"][:]
+            ImageFile(ppn, name, int(size), int(mtime), sha)
+            for ppn, name, size, mtime, sha in zip(
+                read_strings(f["ppn"]), read_strings(f["filename"]), f["size"][:], f["mtime_ns"][:],
+                read_strings(f["sha256"]),
             )
-        ]
+        ]  # fmt: skip
         return Inventory(
             ids=read_ids(f["ids"]),
             files=files,
@@ -228,7 +265,7 @@ def log_rejected(rejected, shown=20):
         logger.warning("%d images could not be decoded and are left out: %s%s", len(rejected), listed, more)
 
 
-def take_inventory(content_dir, csv_path):
+def take_inventory(content_dir, csv_path, fingerprint="stat"):
     """Scan the collection, read the mapping, join them and log what does not match.
 
     Raises
@@ -236,7 +273,7 @@ def take_inventory(content_dir, csv_path):
     CollectionError
         When no image is both on disk and in the mapping.
     """
-    files = scan_content(content_dir)
+    files = scan_content(content_dir, fingerprint)
     inventory = build_inventory(files, read_mapping(csv_path))
     log_inventory(inventory, content_dir)
     if not len(inventory):

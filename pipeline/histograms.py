@@ -6,6 +6,8 @@ import h5py
 import numpy as np
 import scipy.sparse as sp
 
+from .h5io import read_strings, write_strings
+
 logger = logging.getLogger(__name__)
 
 
@@ -31,39 +33,60 @@ def word_histograms(words, size):
     return counts
 
 
-def compute_histograms(chunks, n_images, reducer, codebook):
+def compute_histograms(blocks, keys, reducer, codebook, previous=None, checkpoints=None, block_size=128):
     """Assign every descriptor to its visual word and count per image.
 
     Parameters
     ----------
-    chunks : iterable of (positions, descriptors)
-        ``descriptors`` of shape (n, n_local, c) for the images at ``positions``.
-    n_images : int
+    blocks : DescriptorBlocks or ArrayBlocks
+        Descriptors of the images, read with ``blocks.read(positions)``.
+    keys : ndarray of shape (n_images,), str
+        Identity of each image's descriptors (path and fingerprint).
     reducer : Reducer
     codebook : Codebook
+    previous : (keys, counts), optional
+        Histograms made with the same reducer and codebook: rows of unchanged images are
+        taken from there instead of being computed again.
+    checkpoints : Checkpoints, optional
+        Where each computed block is committed, so a killed run resumes after it.
 
     Returns
     -------
     counts : csr_matrix of shape (n_images, K), int32
-    n_local : int
+    n_reused : int
+        Rows taken from ``previous``.
     """
-    parts, order, n_local = [], [], None
-    for positions, descriptors in chunks:
-        n, n_local, c = descriptors.shape
-        words = codebook.predict(reducer.transform(descriptors.reshape(-1, c))).reshape(n, n_local)
-        parts.append(word_histograms(words, codebook.size))
-        order.append(positions)
-    counts = sp.vstack(parts, format="csr")
-    counts = counts[np.argsort(np.concatenate(order))]
-    if counts.shape[0] != n_images:
-        raise ValueError(f"expected histograms of {n_images} images, got {counts.shape[0]}")
-    logger.info("histograms of %d images over %d words", n_images, codebook.size)
-    return counts, n_local
+    n_images = len(keys)
+    where = {key: i for i, key in enumerate(previous[0])} if previous is not None else {}
+    reused = np.array([p for p, key in enumerate(keys) if key in where], dtype=np.int64)
+    todo = np.array([p for p, key in enumerate(keys) if key not in where], dtype=np.int64)
+    words = []
+    for b, start in enumerate(range(0, len(todo), block_size)):
+        saved = checkpoints.load(b) if checkpoints else None
+        if saved is None:
+            descriptors = blocks.read(todo[start : start + block_size])
+            n, n_local, c = descriptors.shape
+            saved = {"words": codebook.predict(reducer.transform(descriptors.reshape(-1, c))).reshape(n, n_local)}
+            if checkpoints:
+                checkpoints.save(b, saved)
+        words.append(saved["words"])
+    parts = []
+    if len(reused):
+        parts.append(previous[1][np.array([where[keys[p]] for p in reused])])
+    if words:
+        parts.append(word_histograms(np.concatenate(words), codebook.size))
+    stacked = sp.vstack(parts, format="csr") if parts else sp.csr_matrix((0, codebook.size), dtype=np.int32)
+    counts = stacked[np.argsort(np.concatenate([reused, todo]), kind="stable")].astype(np.int32)
+    logger.info(
+        "histograms of %d images over %d words: %d computed, %d reused", n_images, codebook.size, len(todo), len(reused)
+    )
+    return counts, len(reused)
 
 
-def save_histograms(path, counts, n_local, attrs):
+def save_histograms(path, keys, counts, n_local, attrs):
     with h5py.File(path, "w") as f:
         f.attrs.update(attrs)
+        write_strings(f, "keys", keys)
         f.attrs["n_local"] = n_local
         f.attrs["size"] = counts.shape[1]
         f.create_dataset("data", data=counts.data.astype(np.int32))
@@ -71,11 +94,16 @@ def save_histograms(path, counts, n_local, attrs):
         f.create_dataset("indptr", data=counts.indptr.astype(np.int64))
 
 
-def load_histograms(path):
-    """Return the normalised histograms as a csr_matrix of shape (n_images, K), float64."""
+def load_counts(path):
+    """Return (keys, counts csr_matrix of shape (n_images, K) int32, n_local)."""
     with h5py.File(path, "r") as f:
         n_local, size = int(f.attrs["n_local"]), int(f.attrs["size"])
         indptr = f["indptr"][:]
-        return sp.csr_matrix(
-            (f["data"][:].astype(np.float64) / n_local, f["indices"][:], indptr), shape=(len(indptr) - 1, size)
-        )
+        counts = sp.csr_matrix((f["data"][:], f["indices"][:], indptr), shape=(len(indptr) - 1, size))
+        return read_strings(f["keys"]), counts, n_local
+
+
+def load_histograms(path):
+    """Return the normalised histograms as a csr_matrix of shape (n_images, K), float64."""
+    _, counts, n_local = load_counts(path)
+    return (counts.astype(np.float64) / n_local).tocsr()

@@ -27,7 +27,7 @@ def rank_candidates(query, candidates, distances, id_rank, k):
     return candidates[order], distances[order]
 
 
-def balltree_neighbours(histograms, ids, k=5, leaf_size=40, chunk_size=1024):
+def balltree_neighbours(histograms, ids, k=5, leaf_size=40, chunk_size=1024, checkpoints=None):
     """The k nearest other images of every image, by Euclidean distance between histograms.
 
     Ties (common: histograms count out of n_local) are broken by ascending database ID, and
@@ -39,6 +39,9 @@ def balltree_neighbours(histograms, ids, k=5, leaf_size=40, chunk_size=1024):
     ids : ndarray of shape (n_images,)
         Database IDs, for the tie rule.
     k : int
+    checkpoints : Checkpoints, optional
+        Where the neighbours of each chunk of query rows are committed, so a killed run
+        resumes after the last committed chunk.
 
     Returns
     -------
@@ -53,14 +56,19 @@ def balltree_neighbours(histograms, ids, k=5, leaf_size=40, chunk_size=1024):
     id_rank = np.argsort(np.argsort(ids, kind="stable"), kind="stable")
     neighbours = np.empty((n, k), dtype=np.int64)
     distances = np.empty((n, k), dtype=np.float64)
-    for start in range(0, n, chunk_size):
+    for c, start in enumerate(range(0, n, chunk_size)):
         rows = np.arange(start, min(start + chunk_size, n))
-        # the (k+1)-th distance, self included, bounds the k-th other; the radius query then
-        # returns every image tied with it, so the tie rule sees them all
-        nearest, _ = tree.query(x[rows], k=k + 1)
-        radius = nearest[:, k] + 2 * 10.0**-TIE_DECIMALS
-        found, found_distances = tree.query_radius(x[rows], radius, return_distance=True)
-        for i, row in enumerate(rows):
-            neighbours[row], distances[row] = rank_candidates(row, found[i], found_distances[i], id_rank, k)
+        saved = checkpoints.load(c) if checkpoints else None
+        if saved is None:
+            # the (k+1)-th distance, self included, bounds the k-th other; the radius query then
+            # returns every image tied with it, so the tie rule sees them all
+            nearest, _ = tree.query(x[rows], k=k + 1)
+            radius = nearest[:, k] + 2 * 10.0**-TIE_DECIMALS
+            found, found_distances = tree.query_radius(x[rows], radius, return_distance=True)
+            ranked = [rank_candidates(row, found[i], found_distances[i], id_rank, k) for i, row in enumerate(rows)]
+            saved = {"neighbours": np.array([r[0] for r in ranked]), "distances": np.array([r[1] for r in ranked])}
+            if checkpoints:
+                checkpoints.save(c, saved)
+        neighbours[rows], distances[rows] = saved["neighbours"], saved["distances"]
     logger.info("%d nearest neighbours of %d images found with a BallTree", k, n)
     return neighbours, distances

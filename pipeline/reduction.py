@@ -28,8 +28,16 @@ class Reducer:
     def __init__(self, variance=0.97):
         self.variance = variance
 
-    def fit(self, chunks):
-        """Fit on an array of shape (n, c) or an iterable of such arrays.
+    def fit(self, blocks, checkpoints=None):
+        """Fit on an array of shape (n, c), or on a sequence of such arrays (blocks).
+
+        Parameters
+        ----------
+        blocks : ndarray of shape (n, c), or sequence of ndarrays of shape (n_i, ..., c)
+            Blocks are read one at a time, in order; extra leading axes are flattened.
+        checkpoints : Checkpoints, optional
+            Where the running sums are saved now and then; a fit that finds a saved state
+            resumes after its block, with the same result as an uninterrupted fit.
 
         Returns
         -------
@@ -37,11 +45,16 @@ class Reducer:
         """
         if not 0 < self.variance <= 1:
             raise ConfigError(f"[reduction] variance={self.variance} must be in (0, 1]; the default is 0.97")
-        if isinstance(chunks, np.ndarray):
-            chunks = [chunks]
-        n, shift, total, outer = 0, None, None, None
-        for chunk in chunks:
-            x = np.asarray(chunk, dtype=np.float64)
+        if isinstance(blocks, np.ndarray):
+            blocks = [blocks]
+        done, state = checkpoints.latest_state() if checkpoints else (None, None)
+        if state is None:
+            done, n, shift, total, outer = -1, 0, None, None, None
+        else:
+            n, shift, total, outer = int(state["n"]), state["shift"], state["total"], state["outer"]
+        for i in range(done + 1, len(blocks)):
+            x = np.asarray(blocks[i], dtype=np.float64)
+            x = x.reshape(-1, x.shape[-1])
             if shift is None:
                 # moments about a first estimate of the mean keep the float64 sums well conditioned
                 shift = x.mean(axis=0)
@@ -51,6 +64,8 @@ class Reducer:
             n += len(x)
             total += x.sum(axis=0)
             outer += x.T @ x
+            if checkpoints:
+                checkpoints.save_state(i, {"n": n, "shift": shift, "total": total, "outer": outer})
         if n < 2:
             raise ConfigError(f"the reducer needs at least 2 descriptors, got {n}; add images to the collection")
         centred = total / n

@@ -75,7 +75,7 @@ class FeatureStore:
         return name
 
 
-def extract_to_store(store, extractor, files, content_dir):
+def extract_to_store(store, make_extractor, files, content_dir):
     """Extract the descriptors of the files the store does not hold yet.
 
     Batches are formed over the files still to do in their given order, so a resumed run
@@ -84,7 +84,8 @@ def extract_to_store(store, extractor, files, content_dir):
     Parameters
     ----------
     store : FeatureStore
-    extractor : DescriptorExtractor
+    make_extractor : callable returning a DescriptorExtractor
+        Called only when there is something to extract (building the model takes seconds).
     files : list of ImageFile
     content_dir : str
 
@@ -95,8 +96,10 @@ def extract_to_store(store, extractor, files, content_dir):
     done, rejected = store.scan()
     todo = [f for f in files if f.key not in done and f.key not in rejected]
     logger.info("extracting %d images, reusing %d already in the feature store", len(todo), len(files) - len(todo))
+    if not todo:
+        return 0, len(files)
     paths = [os.path.join(content_dir, f.relpath) for f in todo]
-    for start, descriptors, errors in extractor.run(paths):
+    for start, descriptors, errors in make_extractor().run(paths):
         batch = todo[start : start + len(descriptors)]
         good = [i for i in range(len(batch)) if i not in errors]
         store.write_chunk(
@@ -106,6 +109,12 @@ def extract_to_store(store, extractor, files, content_dir):
     return len(todo), len(files) - len(todo)
 
 
+#: Images per block when later stages stream descriptors. Fixed, so that sums over blocks are
+#: the same float for float whatever chunks the store holds (an interrupted or incremental
+#: extraction commits other chunks than a single run).
+BLOCK_SIZE = 128
+
+
 @dataclass
 class FeatureIndex:
     """Where the descriptors of a run's images are: one row per image that has them."""
@@ -113,6 +122,7 @@ class FeatureIndex:
     ids: np.ndarray
     ppn: np.ndarray
     filename: np.ndarray
+    keys: np.ndarray
     chunk: np.ndarray
     row: np.ndarray
     rejected: list
@@ -121,14 +131,9 @@ class FeatureIndex:
     def __len__(self):
         return len(self.ids)
 
-    def groups(self):
-        """Yield (positions, chunk name, rows) for each chunk, in order of first position."""
-        order = np.argsort(self.chunk, kind="stable")
-        names, starts = np.unique(self.chunk[order], return_index=True)
-        bounds = [*starts[1:], len(order)]
-        groups = [(order[s:e], name) for name, s, e in zip(names, starts, bounds)]
-        for positions, name in sorted(groups, key=lambda g: g[0][0]):
-            yield positions, name, self.row[positions]
+    def blocks(self, block_size=BLOCK_SIZE):
+        """Consecutive ranges of positions: [0, b), [b, 2b), ..."""
+        return [np.arange(s, min(s + block_size, len(self))) for s in range(0, len(self), block_size)]
 
 
 def index_inventory(store, inventory):
@@ -155,6 +160,7 @@ def index_inventory(store, inventory):
         ids=inventory.ids[keep],
         ppn=np.array([inventory.files[i].ppn for i in keep], dtype=str),
         filename=np.array([inventory.files[i].filename for i in keep], dtype=str),
+        keys=np.array([inventory.files[i].key for i in keep], dtype=str),
         chunk=np.array(chunk, dtype=str),
         row=np.array(row, dtype=np.int64),
         rejected=failed,
@@ -167,6 +173,7 @@ def save_index(path, index, attrs):
         write_ids(f, "ids", index.ids)
         write_strings(f, "ppn", index.ppn)
         write_strings(f, "filename", index.filename)
+        write_strings(f, "keys", index.keys)
         write_strings(f, "chunk", index.chunk)
         f.create_dataset("row", data=index.row)
         write_strings(f, "rejected_path", [p for p, _ in index.rejected])
@@ -179,31 +186,93 @@ def load_index(path):
             ids=read_ids(f["ids"]),
             ppn=read_strings(f["ppn"]),
             filename=read_strings(f["filename"]),
+            keys=read_strings(f["keys"]),
             chunk=read_strings(f["chunk"]),
             row=f["row"][:],
             rejected=list(zip(read_strings(f["rejected_path"]), read_strings(f["rejected_reason"]))),
         )
 
 
-def iter_descriptors(store, index):
-    """Yield (positions, descriptors) chunk by chunk, descriptors of shape (n, n_local, n_channels) float16."""
-    for positions, name, rows in index.groups():
+def read_block(store, index, positions):
+    """Descriptors of the images at ``positions``: ndarray of shape (n, n_local, c), float16."""
+    chunks = index.chunk[positions]
+    out = None
+    for name in dict.fromkeys(chunks):  # chunks in order of first use
+        mine = np.flatnonzero(chunks == name)
         with h5py.File(os.path.join(store.chunk_dir, name), "r") as f:
-            yield positions, f["descriptors"][:][rows]
+            data = f["descriptors"]
+            if out is None:
+                out = np.empty((len(positions), *data.shape[1:]), dtype=data.dtype)
+            rows = index.row[positions[mine]]
+            order = np.argsort(rows)
+            out[mine[order]] = data[rows[order]]  # h5py reads increasing rows
+    return out
 
 
-def local_descriptor_count(store, index):
-    """Number of local descriptors per image (h * w of the layer), read from the first chunk."""
-    if not len(index):
-        raise ArtifactError("the feature index holds no images")
-    with h5py.File(os.path.join(store.chunk_dir, index.chunk[0]), "r") as f:
-        return int(f["descriptors"].shape[1])
+class DescriptorBlocks:
+    """The descriptors of an index as a sequence of fixed blocks of images, read on demand.
+
+    ``blocks[i]`` is an ndarray of shape (n, n_local, c), float16, for the images at
+    ``blocks.positions(i)``; a stage that resumes at block i reads nothing before it.
+    """
+
+    def __init__(self, store, index, block_size=BLOCK_SIZE):
+        self.store = store
+        self.index = index
+        self._blocks = index.blocks(block_size)
+
+    def __len__(self):
+        return len(self._blocks)
+
+    def positions(self, i):
+        return self._blocks[i]
+
+    def __getitem__(self, i):
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        return read_block(self.store, self.index, self._blocks[i])
+
+    def read(self, positions):
+        """Descriptors of any images, by position."""
+        return read_block(self.store, self.index, np.asarray(positions))
+
+    def n_local(self):
+        """Number of local descriptors per image (h * w of the layer)."""
+        if not len(self.index):
+            raise ArtifactError("the feature index holds no images")
+        with h5py.File(os.path.join(self.store.chunk_dir, self.index.chunk[0]), "r") as f:
+            return int(f["descriptors"].shape[1])
 
 
-def iter_descriptor_rows(store, index):
-    """Yield the pooled descriptors ("the bag") chunk by chunk, as arrays of shape (n, c)."""
-    for _, descriptors in iter_descriptors(store, index):
-        yield descriptors.reshape(-1, descriptors.shape[-1])
+class ArrayBlocks:
+    """In-memory descriptors with the interface of DescriptorBlocks (synthetic data, tests).
+
+    Parameters
+    ----------
+    descriptors : ndarray of shape (n_images, n_local, c)
+    """
+
+    def __init__(self, descriptors, block_size=BLOCK_SIZE):
+        self.descriptors = descriptors
+        n = len(descriptors)
+        self._blocks = [np.arange(s, min(s + block_size, n)) for s in range(0, n, block_size)]
+
+    def __len__(self):
+        return len(self._blocks)
+
+    def positions(self, i):
+        return self._blocks[i]
+
+    def __getitem__(self, i):
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        return self.descriptors[self._blocks[i]]
+
+    def read(self, positions):
+        return self.descriptors[positions]
+
+    def n_local(self):
+        return self.descriptors.shape[1]
 
 
 def extract_features(store, inventory, content_dir, weights, layer, seed, batch_size, decode_threads):
@@ -211,11 +280,14 @@ def extract_features(store, inventory, content_dir, weights, layer, seed, batch_
 
     Returns
     -------
-    FeatureIndex
+    index : FeatureIndex
+    n_extracted, n_reused : int
     """
     from .features import DescriptorExtractor, build_model
 
-    model = build_model(weights=weights, layer=layer, seed=seed)
-    extractor = DescriptorExtractor(model, batch_size=batch_size, decode_threads=decode_threads)
-    extract_to_store(store, extractor, inventory.files, content_dir)
-    return index_inventory(store, inventory)
+    def make_extractor():
+        model = build_model(weights=weights, layer=layer, seed=seed)
+        return DescriptorExtractor(model, batch_size=batch_size, decode_threads=decode_threads)
+
+    n_extracted, n_reused = extract_to_store(store, make_extractor, inventory.files, content_dir)
+    return index_inventory(store, inventory), n_extracted, n_reused

@@ -1,6 +1,11 @@
-"""Thin Luigi tasks wiring the pipeline stages: ``luigi --module tasks Similarities --local-scheduler``."""
+"""Thin Luigi tasks wiring the pipeline stages.
 
-from .config import codebook, ids, neighbours, paths, reduction, resnet
+``luigi --module tasks Nightly --local-scheduler`` (the scheduled run) or
+``luigi --module tasks Similarities --local-scheduler`` (the result alone).
+"""
+
+from .config import codebook, collection, ids, neighbours, paths, reduction, resnet
+from .nightly import Nightly
 from .stages import (
     Codebook,
     ContentFolder,
@@ -19,9 +24,11 @@ __all__ = [
     "Histograms",
     "IdMapping",
     "Inventory",
+    "Nightly",
     "Reducer",
     "Similarities",
     "codebook",
+    "collection",
     "ids",
     "neighbours",
     "paths",

@@ -1,58 +1,109 @@
-"""The base of every stage: an artifact that knows the settings and inputs it was made from."""
+"""The base of every stage: an artifact that records the settings and inputs it was made from."""
 
+import datetime
 import hashlib
 import json
 import os
+import time
+
+import logging
 
 import luigi
 
+from pipeline.checkpoints import Checkpoints
 from pipeline.h5io import atomic_path, read_attrs
 
 from .config import paths
 
+logger = logging.getLogger("luigi-interface")
+
+
+def settings_digest(settings):
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
 
 class ArtifactTask(luigi.Task):
-    """A stage writing one HDF5 file under ``[paths] artifacts``.
+    """A stage of one run writing one HDF5 file under ``[paths] artifacts``.
 
-    The file records a digest of the settings that change the stage's result and of the
-    digests of its inputs. The stage counts as complete only when its file exists and holds
-    the digest the current configuration gives, so changing a setting reruns that stage and
-    everything after it, while a rerun with the same settings skips it.
+    The file records the digest of the settings that change the stage's result and the
+    digests of the artifacts it was made from. The stage is complete when every stage it
+    requires is complete, and its file exists, is readable and records the current settings
+    and the current digests of its inputs. So a rerun skips what is done, a changed setting
+    or input redoes the stages after it, and a truncated or outdated file is made again.
+
+    Subclasses implement :meth:`make`, which writes the artifact to a temporary path.
     """
 
+    date = luigi.DateParameter(
+        default=datetime.date.today(), description="The run's date: one run per date (default today)."
+    )
+    refit = luigi.BoolParameter(
+        default=False, significant=False, description="Refit the reducer and the codebook in this run."
+    )
     filename = None
 
     def settings(self):
         """The settings that change this stage's result (JSON-serialisable)."""
         return {}
 
-    def digest(self):
-        if getattr(self, "_digest", None) is None:
-            upstream = sorted(t.digest() for t in luigi.task.flatten(self.requires()) if isinstance(t, ArtifactTask))
-            payload = json.dumps(
-                {"stage": self.task_family, "settings": self.settings(), "upstream": upstream}, sort_keys=True
-            )
-            self._digest = hashlib.sha256(payload.encode()).hexdigest()[:16]
-        return self._digest
+    def tracked(self):
+        """The required stages whose artifacts this one is made from (all, by default)."""
+        return [t for t in luigi.task.flatten(self.requires()) if isinstance(t, ArtifactTask)]
+
+    def input_digests(self):
+        return {t.task_family: read_attrs(t.output().path)["digest"] for t in self.tracked()}
 
     def output(self):
         return luigi.LocalTarget(os.path.join(paths().artifacts, self.filename), format=luigi.format.Nop)
 
-    def complete(self):
-        path = self.output().path
+    def recorded(self):
+        """The attributes of the existing artifact, or None when there is none or it is unreadable."""
         try:
-            return os.path.isfile(path) and read_attrs(path).get("digest") == self.digest()
-        except OSError:  # unreadable or truncated: make it again
+            return read_attrs(self.output().path)
+        except OSError:  # missing, truncated or not HDF5: make it again
+            return None
+
+    def complete(self):
+        if not all(t.complete() for t in luigi.task.flatten(self.requires())):
             return False
+        attrs = self.recorded()
+        return (
+            attrs is not None
+            and attrs.get("settings_digest") == settings_digest(self.settings())
+            and json.loads(attrs.get("inputs", "null")) == self.input_digests()
+        )
 
-    def attrs(self):
-        """File attributes every artifact carries: its digest and the settings behind it."""
-        return {"digest": self.digest(), "stage": self.task_family, "settings": json.dumps(self.settings())}
+    def run(self):
+        if self.complete():
+            # decided only now that the inputs are made: a stage kept across runs (the
+            # reducer) leaves what follows from it complete as well
+            logger.info("%s: the existing artifact is still valid", self.task_family)
+            return
+        self._started = time.time()
+        with atomic_path(self.output().path) as tmp:
+            self.make(tmp)
+        self.checkpoints().clear()
 
-    def atomic_output(self):
-        """A temporary path renamed over the output on success.
+    def make(self, tmp):
+        raise NotImplementedError
 
-        Unlike ``LocalTarget.temporary_path`` this replaces an outdated artifact and removes
-        the temporary file when the stage fails.
-        """
-        return atomic_path(self.output().path)
+    def digest(self):
+        """This artifact's digest: of its settings and its inputs' digests."""
+        return settings_digest({"settings": self.settings(), "inputs": self.input_digests()})
+
+    def attrs(self, **extra):
+        """File attributes every artifact carries, plus ``extra``."""
+        return {
+            "digest": self.digest(),
+            "settings_digest": settings_digest(self.settings()),
+            "settings": json.dumps(self.settings(), default=str),
+            "inputs": json.dumps(self.input_digests()),
+            "stage": self.task_family,
+            "run_date": self.date.isoformat(),
+            "seconds": round(time.time() - self._started, 3),
+            **extra,
+        }
+
+    def checkpoints(self):
+        """Checkpoints of this stage for its current inputs, under ``<artifacts>/work/``."""
+        return Checkpoints(os.path.join(paths().artifacts, "work", f"{self.task_family}-{self.digest()}"))

@@ -44,7 +44,21 @@ class codebook(luigi.Config):
         default=200_000, description="Most descriptors k-means is fitted on (a seeded uniform sample)."
     )
     seed = luigi.IntParameter(default=0, description="Seed of the descriptor sample and of k-means.")
+    refit_growth = luigi.FloatParameter(
+        default=0.25,
+        description="Refit the reducer and codebook when the number of images has grown by more than "
+        "this fraction since the last fit (they stay frozen otherwise, unless a run asks --refit).",
+    )
 
 
 class neighbours(luigi.Config):
     k = luigi.IntParameter(default=5, description="Neighbours per image.")
+
+
+class collection(luigi.Config):
+    fingerprint = luigi.ChoiceParameter(
+        choices=["stat", "sha256"],
+        default="stat",
+        description="How a changed image is recognised: stat (size and modification time) or sha256 "
+        "(a hash of the content, for storage whose times can't be trusted).",
+    )

@@ -1,18 +1,22 @@
 """The stages from content/ to similarities.hdf5, one Luigi task each."""
 
-import hashlib
+import datetime
 import json
+import logging
 import os
 
 import luigi
 
 from pipeline import collection, features, histograms, output, store
 from pipeline.codebook import Codebook as CodebookModel, fit_codebook
+from pipeline.h5io import read_attrs
 from pipeline.neighbours import balltree_neighbours
 from pipeline.reduction import Reducer as ReducerModel
 
-from .base import ArtifactTask
-from .config import codebook, ids, neighbours, paths, reduction, resnet
+from .base import ArtifactTask, settings_digest
+from .config import codebook, collection as collection_config, ids, neighbours, paths, reduction, resnet
+
+logger = logging.getLogger("luigi-interface")
 
 
 class ContentFolder(luigi.ExternalTask):
@@ -34,7 +38,7 @@ class IdMapping(luigi.ExternalTask):
 
 
 class Inventory(ArtifactTask):
-    """Images both on disk and in the ID mapping; the others counted and listed."""
+    """The images both on disk and in the ID mapping, taken once per run date."""
 
     filename = "inventory.h5"
 
@@ -45,19 +49,32 @@ class Inventory(ArtifactTask):
     def settings(self):
         try:
             csv = os.stat(ids().csv)
-            fingerprint = [csv.st_size, csv.st_mtime_ns]
+            csv_fingerprint = [csv.st_size, csv.st_mtime_ns]
         except OSError:  # IdMapping reports the missing file
-            fingerprint = None
+            csv_fingerprint = None
         return {
+            "date": self.date.isoformat(),
             "content": os.path.abspath(paths().content),
             "csv": os.path.abspath(ids().csv),
-            "csv_fingerprint": fingerprint,
+            "csv_fingerprint": csv_fingerprint,
+            "fingerprint": collection_config().fingerprint,
         }
 
-    def run(self):
-        inventory = collection.take_inventory(paths().content, ids().csv)
-        with self.atomic_output() as tmp:
-            collection.save_inventory(tmp, inventory, self.attrs())
+    def digest(self):
+        # of the settings (the date among them) and of what was found
+        return settings_digest({"settings": self.settings(), "images": self._found})
+
+    def make(self, tmp):
+        inventory = collection.take_inventory(paths().content, ids().csv, collection_config().fingerprint)
+        self._found = inventory.fingerprint()
+        previous = self.recorded() and collection.load_inventory(self.output().path)
+        removed = collection.removed_images(previous, inventory) if previous else []
+        if removed:
+            logger.info("%d images of the previous run are gone: %s", len(removed), ", ".join(removed[:20]))
+        started = datetime.datetime.fromtimestamp(self._started, datetime.timezone.utc).isoformat(timespec="seconds")
+        collection.save_inventory(
+            tmp, inventory, self.attrs(images_total=len(inventory), removed=len(removed), started=started)
+        )
 
 
 class Features(ArtifactTask):
@@ -66,7 +83,7 @@ class Features(ArtifactTask):
     filename = "features.h5"
 
     def requires(self):
-        return Inventory()
+        return Inventory(date=self.date)
 
     def settings(self):
         if getattr(self, "_settings", None) is None:  # hashing a weights file once is enough
@@ -80,14 +97,14 @@ class Features(ArtifactTask):
 
     def store(self):
         """The store of this model configuration, shared by every run that uses it."""
-        key = hashlib.sha256(json.dumps(self.settings(), sort_keys=True).encode()).hexdigest()[:16]
-        return store.FeatureStore(os.path.join(paths().artifacts, "features", key))
+        return store.FeatureStore(os.path.join(paths().artifacts, "features", settings_digest(self.settings())))
 
-    def attrs(self):
-        return {**super().attrs(), "model": features.MODEL, "layer": resnet().layer, "weights": resnet().weights}
+    def blocks(self):
+        """The descriptors of this run's images, block by block."""
+        return store.DescriptorBlocks(self.store(), store.load_index(self.output().path))
 
-    def run(self):
-        index = store.extract_features(
+    def make(self, tmp):
+        index, n_extracted, n_reused = store.extract_features(
             self.store(),
             collection.load_inventory(self.input().path),
             paths().content,
@@ -97,73 +114,102 @@ class Features(ArtifactTask):
             batch_size=resnet().batch_size,
             decode_threads=resnet().decode_threads,
         )
-        with self.atomic_output() as tmp:
-            store.save_index(tmp, index, self.attrs())
+        attrs = self.attrs(
+            images=len(index), extracted=n_extracted, reused=n_reused,
+            model=features.MODEL, layer=resnet().layer, weights=resnet().weights,
+        )  # fmt: skip
+        store.save_index(tmp, index, attrs)
 
 
 class Reducer(ArtifactTask):
-    """StandardScaler + PCA fitted on every descriptor of the collection."""
+    """StandardScaler + PCA over every descriptor; kept across runs until a refit."""
 
     filename = "reducer.h5"
 
     def requires(self):
-        return Features()
+        return Features(date=self.date)
 
     def settings(self):
-        return {"variance": reduction().variance}
+        return {"variance": reduction().variance, "features": settings_digest(self.requires().settings())}
 
-    def run(self):
-        index = store.load_index(self.input().path)
-        reducer = ReducerModel(reduction().variance).fit(store.iter_descriptor_rows(self.requires().store(), index))
-        with self.atomic_output() as tmp:
-            reducer.save(tmp, self.attrs())
+    def complete(self):
+        # frozen: valid for any later run with the same settings, until a refit is asked for
+        # or the collection has grown past [codebook] refit_growth since the fit
+        if not self.requires().complete():
+            return False
+        attrs = self.recorded()
+        if attrs is None or attrs.get("settings_digest") != settings_digest(self.settings()):
+            return False
+        if self.refit and attrs["run_date"] != self.date.isoformat():
+            return False
+        images_now = read_attrs(self.input().path)["images"]
+        return images_now <= attrs["images"] * (1 + codebook().refit_growth)
+
+    def make(self, tmp):
+        blocks = self.requires().blocks()
+        reducer = ReducerModel(reduction().variance).fit(blocks, checkpoints=self.checkpoints())
+        reducer.save(tmp, self.attrs(images=len(blocks.index)))
 
 
 class Codebook(ArtifactTask):
-    """k-means visual words over a sample of the reduced descriptors."""
+    """k-means visual words over a sample of the reduced descriptors; refitted with the reducer."""
 
     filename = "codebook.h5"
 
     def requires(self):
-        return {"features": Features(), "reducer": Reducer()}
+        return {"features": Features(date=self.date), "reducer": Reducer(date=self.date, refit=self.refit)}
+
+    def tracked(self):
+        return [self.requires()["reducer"]]
 
     def settings(self):
         return {"size": str(codebook().size), "sample_size": codebook().sample_size, "seed": codebook().seed}
 
-    def run(self):
-        feature_store = self.requires()["features"].store()
-        index = store.load_index(self.input()["features"].path)
+    def make(self, tmp):
         model = fit_codebook(
-            store.iter_descriptors(feature_store, index),
-            len(index),
-            store.local_descriptor_count(feature_store, index),
+            self.requires()["features"].blocks(),
             ReducerModel.load(self.input()["reducer"].path),
             size=codebook().size,
             sample_size=codebook().sample_size,
             random_state=codebook().seed,
         )
-        with self.atomic_output() as tmp:
-            model.save(tmp, self.attrs())
+        model.save(tmp, self.attrs())
 
 
 class Histograms(ArtifactTask):
-    """Each image's histogram of visual words, sparse."""
+    """Each image's histogram of visual words, sparse; unchanged images keep theirs."""
 
     filename = "histograms.h5"
 
     def requires(self):
-        return {"features": Features(), "reducer": Reducer(), "codebook": Codebook()}
+        return {
+            "features": Features(date=self.date),
+            "reducer": Reducer(date=self.date, refit=self.refit),
+            "codebook": Codebook(date=self.date, refit=self.refit),
+        }
 
-    def run(self):
-        index = store.load_index(self.input()["features"].path)
-        counts, n_local = histograms.compute_histograms(
-            store.iter_descriptors(self.requires()["features"].store(), index),
-            len(index),
+    def previous(self):
+        """The histograms of the last run, when made with the current reducer and codebook."""
+        attrs = self.recorded()
+        if attrs is None:
+            return None
+        inputs, now = json.loads(attrs["inputs"]), self.input_digests()
+        if any(inputs.get(stage) != now[stage] for stage in ("Reducer", "Codebook")):
+            return None
+        keys, counts, _ = histograms.load_counts(self.output().path)
+        return keys, counts
+
+    def make(self, tmp):
+        blocks = self.requires()["features"].blocks()
+        counts, n_reused = histograms.compute_histograms(
+            blocks,
+            blocks.index.keys,
             ReducerModel.load(self.input()["reducer"].path),
             CodebookModel.load(self.input()["codebook"].path),
+            previous=self.previous(),
+            checkpoints=self.checkpoints(),
         )
-        with self.atomic_output() as tmp:
-            histograms.save_histograms(tmp, counts, n_local, self.attrs())
+        histograms.save_histograms(tmp, blocks.index.keys, counts, blocks.n_local(), self.attrs(reused=n_reused))
 
 
 class Similarities(ArtifactTask):
@@ -172,28 +218,33 @@ class Similarities(ArtifactTask):
     filename = "similarities.hdf5"
 
     def requires(self):
-        return {"features": Features(), "codebook": Codebook(), "histograms": Histograms()}
+        return {
+            "features": Features(date=self.date),
+            "codebook": Codebook(date=self.date, refit=self.refit),
+            "histograms": Histograms(date=self.date, refit=self.refit),
+        }
+
+    def tracked(self):
+        return [self.requires()["features"], self.requires()["histograms"]]
 
     def settings(self):
         return {"k": neighbours().k, "metric": "euclidean"}
 
-    def attrs(self):
-        attrs = {
-            **super().attrs(),
-            "metric": "euclidean",
-            "codebook_size": CodebookModel.load(self.input()["codebook"].path).size,
-            "model": features.MODEL,
-            "layer": resnet().layer,
-            "weights": resnet().weights,
-        }
-        if resnet().weights == "random":
-            attrs["weights_note"] = features.RANDOM_WEIGHTS_NOTE
-        return attrs
-
-    def run(self):
+    def make(self, tmp):
         index = store.load_index(self.input()["features"].path)
         nearest, distances = balltree_neighbours(
-            histograms.load_histograms(self.input()["histograms"].path), index.ids, k=neighbours().k
+            histograms.load_histograms(self.input()["histograms"].path),
+            index.ids,
+            k=neighbours().k,
+            checkpoints=self.checkpoints(),
         )
-        with self.atomic_output() as tmp:
-            output.write_similarities(tmp, index.ids, index.ppn, index.filename, nearest, distances, self.attrs())
+        attrs = self.attrs(
+            metric="euclidean",
+            codebook_size=CodebookModel.load(self.input()["codebook"].path).size,
+            model=features.MODEL,
+            layer=resnet().layer,
+            weights=resnet().weights,
+        )
+        if resnet().weights == "random":
+            attrs["weights_note"] = features.RANDOM_WEIGHTS_NOTE
+        output.write_similarities(tmp, index.ids, index.ppn, index.filename, nearest, distances, attrs)

@@ -4,6 +4,7 @@ import pytest
 from pipeline.codebook import Codebook, auto_size, fit_codebook, resolve_size, sample_positions
 from pipeline.errors import ConfigError
 from pipeline.reduction import Reducer
+from pipeline.store import ArrayBlocks
 
 
 @pytest.mark.parametrize("n, k", [(1, 2), (2450, 49), (49_000_000, 7000), (10**9, 8500)])
@@ -45,16 +46,12 @@ def test_codebook_finds_separated_clusters_and_predicts_nearest_word():
     np.testing.assert_array_equal(words, brute)
 
 
-def test_fit_codebook_is_deterministic_and_independent_of_chunking():
+def test_fit_codebook_is_deterministic_and_independent_of_blocks():
     x, _ = blobs(1)
     descriptors = x.reshape(40, 5, 8).astype(np.float16)
     reducer = Reducer(1.0).fit(x)
-
-    def chunks(size):
-        return [(np.arange(s, min(s + size, 40)), descriptors[s : s + size]) for s in range(0, 40, size)]
-
-    a = fit_codebook(chunks(3), 40, 5, reducer, "auto", 120, random_state=0)
-    b = fit_codebook(chunks(17), 40, 5, reducer, "auto", 120, random_state=0)
+    a = fit_codebook(ArrayBlocks(descriptors, block_size=3), reducer, "auto", 120, random_state=0)
+    b = fit_codebook(ArrayBlocks(descriptors, block_size=17), reducer, "auto", 120, random_state=0)
     assert a.size == auto_size(120)
     np.testing.assert_array_equal(a.centers_, b.centers_)
 

@@ -1,8 +1,11 @@
 import numpy as np
+import pytest
 
+from pipeline.checkpoints import Checkpoints
 from pipeline.codebook import Codebook
-from pipeline.histograms import compute_histograms, load_histograms, save_histograms, word_histograms
+from pipeline.histograms import compute_histograms, load_counts, load_histograms, save_histograms, word_histograms
 from pipeline.reduction import Reducer
+from pipeline.store import ArrayBlocks
 
 
 def test_word_histograms_count_per_image():
@@ -12,21 +15,62 @@ def test_word_histograms_count_per_image():
     assert counts.nnz == 3
 
 
-def test_chunked_histograms_equal_the_whole_and_keep_positions(tmp_path):
+@pytest.fixture
+def fitted():
     rng = np.random.default_rng(0)
     descriptors = rng.normal(size=(30, 6, 5)).astype(np.float16)
     flat = descriptors.reshape(-1, 5).astype(np.float32)
     reducer = Reducer(1.0).fit(flat)
     codebook = Codebook(7, random_state=0).fit(reducer.transform(flat))
     whole = word_histograms(codebook.predict(reducer.transform(flat)).reshape(30, 6), 7).toarray()
+    keys = np.array([f"k{i}" for i in range(30)])
+    return descriptors, keys, reducer, codebook, whole
 
-    order = rng.permutation(30)
-    chunks = [(order[s : s + 4], descriptors[order[s : s + 4]]) for s in range(0, 30, 4)]
-    counts, n_local = compute_histograms(chunks, 30, reducer, codebook)
-    assert n_local == 6
+
+@pytest.mark.parametrize("block_size", [1, 4, 64])
+def test_blocked_histograms_equal_the_whole(fitted, block_size, tmp_path):
+    descriptors, keys, reducer, codebook, whole = fitted
+    counts, n_reused = compute_histograms(ArrayBlocks(descriptors), keys, reducer, codebook, block_size=block_size)
+    assert n_reused == 0
     np.testing.assert_array_equal(counts.toarray(), whole)
+    assert counts.getnnz(axis=1).max() <= 6
 
-    save_histograms(tmp_path / "h.h5", counts, n_local, {"digest": "d"})
+    save_histograms(tmp_path / "h.h5", keys, counts, 6, {"digest": "d"})
     normalised = load_histograms(tmp_path / "h.h5")
     np.testing.assert_allclose(normalised.toarray(), whole / 6)
     np.testing.assert_allclose(normalised.sum(axis=1), 1)
+    assert load_counts(tmp_path / "h.h5")[0].tolist() == keys.tolist()
+
+
+class CountingBlocks(ArrayBlocks):
+    def __init__(self, descriptors):
+        super().__init__(descriptors)
+        self.read_positions = []
+
+    def read(self, positions):
+        self.read_positions.extend(np.asarray(positions).tolist())
+        return super().read(positions)
+
+
+def test_unchanged_images_reuse_their_rows(fitted):
+    descriptors, keys, reducer, codebook, whole = fitted
+    previous_keys = np.array([*keys[10:20][::-1], "gone"])
+    previous = (previous_keys, word_histograms(np.zeros((11, 6), dtype=int), 7).tocsr())
+    blocks = CountingBlocks(descriptors)
+    counts, n_reused = compute_histograms(blocks, keys, reducer, codebook, previous=previous, block_size=4)
+    assert n_reused == 10
+    assert sorted(blocks.read_positions) == [*range(10), *range(20, 30)]
+    dense = counts.toarray()
+    np.testing.assert_array_equal(dense[10:20], np.tile([6, 0, 0, 0, 0, 0, 0], (10, 1)))  # the previous rows
+    np.testing.assert_array_equal(dense[:10], whole[:10])
+    np.testing.assert_array_equal(dense[20:], whole[20:])
+
+
+def test_a_resumed_computation_reads_only_the_missing_blocks(fitted, tmp_path):
+    descriptors, keys, reducer, codebook, whole = fitted
+    checkpoints = Checkpoints(str(tmp_path / "work"))
+    compute_histograms(ArrayBlocks(descriptors[:12]), keys[:12], reducer, codebook, checkpoints=checkpoints, block_size=4)
+    blocks = CountingBlocks(descriptors)
+    counts, _ = compute_histograms(blocks, keys, reducer, codebook, checkpoints=checkpoints, block_size=4)
+    assert blocks.read_positions == list(range(12, 30))
+    np.testing.assert_array_equal(counts.toarray(), whole)

@@ -53,3 +53,22 @@ def test_rows_are_sorted_and_string_ids_break_ties():
 def test_k_must_leave_room_for_the_query(k):
     with pytest.raises(ConfigError, match=r"\[neighbours\] k"):
         balltree_neighbours(np.eye(4), np.arange(4), k=k)
+
+
+def test_resumed_query_reuses_committed_chunks(tmp_path):
+    from pipeline.checkpoints import Checkpoints
+
+    rng = np.random.default_rng(5)
+    x = word_histograms(rng.integers(0, 6, size=(40, 5)), 6).toarray() / 5
+    ids = np.arange(40)
+    whole = balltree_neighbours(x, ids, k=3, chunk_size=8)
+    checkpoints = Checkpoints(str(tmp_path / "work"))
+    balltree_neighbours(x, ids, k=3, chunk_size=8, checkpoints=checkpoints)
+    # a committed chunk is taken as it is: mark one to see it used
+    marked = checkpoints.load(2)
+    marked["distances"] = marked["distances"] + 100
+    checkpoints.save(2, marked)
+    resumed = balltree_neighbours(x, ids, k=3, chunk_size=8, checkpoints=checkpoints)
+    np.testing.assert_array_equal(resumed[0], whole[0])
+    np.testing.assert_array_equal(resumed[1][16:24], whole[1][16:24] + 100)
+    np.testing.assert_array_equal(np.delete(resumed[1], range(16, 24), 0), np.delete(whole[1], range(16, 24), 0))

@@ -51,3 +51,38 @@ def test_save_and_load_round_trip(tmp_path):
 def test_variance_out_of_range_names_the_setting(variance):
     with pytest.raises(ConfigError, match=r"\[reduction\] variance"):
         Reducer(variance).fit(correlated())
+
+
+class Killed(Exception):
+    pass
+
+
+class Blocks(list):
+    """Blocks that fail (as a killed process would stop) when block ``fail_at`` is read."""
+
+    fail_at = None
+    read = ()
+
+    def __getitem__(self, i):
+        if i == self.fail_at:
+            raise Killed
+        self.read = [*self.read, i]
+        return list.__getitem__(self, i)
+
+
+def test_a_resumed_fit_equals_an_uninterrupted_one(tmp_path):
+    from pipeline.checkpoints import Checkpoints
+
+    x = correlated(seed=3)
+    blocks = Blocks(np.array_split(x, 8))
+    whole = Reducer(0.97).fit(blocks)
+
+    checkpoints = Checkpoints(str(tmp_path / "work"), state_interval=0)
+    blocks.fail_at, blocks.read = 5, []
+    with pytest.raises(Killed):
+        Reducer(0.97).fit(blocks, checkpoints=checkpoints)
+    blocks.fail_at, blocks.read = None, []
+    resumed = Reducer(0.97).fit(blocks, checkpoints=checkpoints)
+    assert blocks.read == [5, 6, 7]  # blocks 0-4 were not read again
+    np.testing.assert_array_equal(resumed.components_, whole.components_)
+    np.testing.assert_array_equal(resumed.mean_, whole.mean_)

@@ -8,10 +8,10 @@ from pipeline.collection import ImageFile, Inventory
 from pipeline.errors import ArtifactError
 from pipeline.h5io import atomic_path
 from pipeline.store import (
+    DescriptorBlocks,
     FeatureStore,
     extract_to_store,
     index_inventory,
-    iter_descriptors,
     load_index,
     save_index,
 )
@@ -46,20 +46,22 @@ def test_extraction_commits_batches_and_resumes_where_it_stopped(tmp_path):
     first = FakeExtractor()
     run = first.run
     first.run = lambda paths: itertools.islice(run(paths), 2)  # killed after 2 batches
-    extract_to_store(store, first, inv.files, "content")
+    extract_to_store(store, lambda: first, inv.files, "content")
     assert first.seen == ["1.jpg", "2.jpg", "bad3.jpg", "4.jpg"]
 
     second = FakeExtractor()
-    assert extract_to_store(store, second, inv.files, "content") == (1, 4)
+    assert extract_to_store(store, lambda: second, inv.files, "content") == (1, 4)
     assert second.seen == ["5.jpg"]  # the decode failure is remembered, not retried
 
     index = index_inventory(store, inv)
     assert index.ids.tolist() == [100, 101, 103, 104]
     assert index.rejected == [("PPN1/bad3.jpg", "cannot identify image file")]
-    values = {}
-    for positions, descriptors in iter_descriptors(store, index):
-        values.update(zip(index.ids[positions].tolist(), descriptors[:, 0, 0].tolist()))
-    assert values == {100: 1.0, 101: 2.0, 103: 4.0, 104: 5.0}
+    for block_size in (1, 3, 10):  # blocks cut across the chunks of the store
+        blocks = DescriptorBlocks(store, index, block_size=block_size)
+        values = [v for i in range(len(blocks)) for v in blocks[i][:, 0, 0].tolist()]
+        assert values == [1.0, 2.0, 4.0, 5.0]
+        assert blocks.n_local() == 3
+    assert blocks.read([3, 0])[:, 0, 0].tolist() == [5.0, 1.0]
 
     save_index(tmp_path / "index.h5", index, {"digest": "d"})
     again = load_index(tmp_path / "index.h5")
@@ -69,10 +71,10 @@ def test_extraction_commits_batches_and_resumes_where_it_stopped(tmp_path):
 
 def test_a_changed_file_is_extracted_again(tmp_path):
     store = FeatureStore(tmp_path / "store")
-    extract_to_store(store, FakeExtractor(), inventory(["1.jpg", "2.jpg"]).files, "content")
+    extract_to_store(store, FakeExtractor, inventory(["1.jpg", "2.jpg"]).files, "content")
     changed = [ImageFile("1", "1.jpg", 11, 20), ImageFile("1", "2.jpg", 10, 20)]
     extractor = FakeExtractor()
-    assert extract_to_store(store, extractor, changed, "content") == (1, 1)
+    assert extract_to_store(store, lambda: extractor, changed, "content") == (1, 1)
     assert extractor.seen == ["1.jpg"]
 
 

@@ -1,0 +1,90 @@
+"""The scheduled entry point: one run per date, ending with its run report."""
+
+import datetime
+import os
+
+import luigi
+
+from pipeline import collection, store
+from pipeline.h5io import read_attrs
+from pipeline.report import publish_report, read_json, stage_summary
+
+from .base import ArtifactTask
+from .config import paths
+from .stages import Codebook, Features, Histograms, Inventory, Reducer, Similarities
+
+STAGES = (Inventory, Features, Reducer, Codebook, Histograms, Similarities)
+
+
+def now():
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+class Nightly(luigi.Task):
+    """``luigi --module tasks Nightly --local-scheduler [--date YYYY-MM-DD] [--refit]``.
+
+    Brings similarities.hdf5 up to date with the collection and writes the run report;
+    a second call for the same date does nothing.
+    """
+
+    date = luigi.DateParameter(default=datetime.date.today(), description="The run's date (default today).")
+    refit = luigi.BoolParameter(
+        default=False, significant=False, description="Refit the reducer and the codebook in this run."
+    )
+
+    def requires(self):
+        return Similarities(date=self.date, refit=self.refit)
+
+    def output(self):
+        return luigi.LocalTarget(os.path.join(paths().artifacts, "runs", self.date.isoformat(), "run_report.json"))
+
+    def complete(self):
+        report = read_json(self.output().path)
+        return report is not None and report.get("status") == "ok"
+
+    def run(self):
+        date = self.date.isoformat()
+        artifacts = {
+            stage.__name__: read_attrs(stage(date=self.date, refit=self.refit).output().path) for stage in STAGES
+        }
+        seconds = {name: stage_summary(attrs, date)[0] for name, attrs in artifacts.items()}
+        inventory = collection.load_inventory(Inventory(date=self.date).output().path)
+        index = store.load_index(Features(date=self.date).output().path)
+        extracted = artifacts["Features"]["extracted"] if stage_summary(artifacts["Features"], date)[1] else 0
+        report = {
+            "date": date,
+            "status": "ok",
+            "started": artifacts["Inventory"]["started"],
+            "finished": now(),
+            "images_total": len(inventory),
+            "extracted": extracted,
+            "reused": len(inventory) - extracted,
+            "removed": artifacts["Inventory"]["removed"],
+            "rejected": [{"path": path, "reason": reason} for path, reason in index.rejected],
+            "unmapped": inventory.unmapped,
+            "missing": inventory.missing,
+            "refit": stage_summary(artifacts["Reducer"], date)[1],
+            "stage_seconds": seconds,
+            "similarities": os.path.abspath(self.input().path),
+            "images_with_neighbours": len(index),
+        }
+        publish_report(paths().artifacts, date, report)
+
+
+@ArtifactTask.event_handler(luigi.Event.FAILURE)
+def report_failure(task, exception):
+    """A failed stage leaves a report with status failed, the stage and the one-line reason."""
+    date = task.date.isoformat()
+    previous = read_json(os.path.join(paths().artifacts, "runs", date, "run_report.json")) or {}
+    publish_report(
+        paths().artifacts,
+        date,
+        {
+            "date": date,
+            "status": "failed",
+            "started": previous.get("started", now()),
+            "finished": now(),
+            "failed_stage": task.task_family,
+            "error": f"{type(exception).__name__}: {str(exception).splitlines()[0] if str(exception) else ''}",
+        },
+    )
