@@ -1,6 +1,7 @@
 """Small HDF5 helpers shared by every artifact: strings, IDs, attributes, atomic writes."""
 
 import contextlib
+import glob
 import os
 import tempfile
 
@@ -41,6 +42,16 @@ def read_attrs(path):
     """Return the file attributes of an HDF5 file as a dict (values as plain Python types)."""
     with h5py.File(path, "r") as f:
         return {k: (v.item() if isinstance(v, np.generic) else v) for k, v in f.attrs.items()}
+
+
+def remove_stale_temporaries(path):
+    """Remove the temporary files that killed writes of ``path`` left behind; return how many."""
+    directory, name = os.path.split(os.path.abspath(path))
+    stale = glob.glob(os.path.join(glob.escape(directory), f".{glob.escape(name)}.*.tmp"))
+    for tmp in stale:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)
+    return len(stale)
 
 
 @contextlib.contextmanager

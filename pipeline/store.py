@@ -54,6 +54,13 @@ class FeatureStore:
                 rejected.update(zip(read_strings(f["rejected_keys"]), read_strings(f["rejected_reasons"])))
         return done, rejected
 
+    def remove_stale_temporaries(self):
+        """Remove what killed chunk writes left behind (only one run writes at a time)."""
+        if os.path.isdir(self.chunk_dir):
+            for name in os.listdir(self.chunk_dir):
+                if name.startswith(".") and name.endswith(".tmp"):
+                    os.remove(os.path.join(self.chunk_dir, name))
+
     def write_chunk(self, keys, descriptors, rejected):
         """Commit one batch atomically.
 
@@ -93,6 +100,7 @@ def extract_to_store(store, make_extractor, files, content_dir):
     -------
     n_extracted, n_reused : int
     """
+    store.remove_stale_temporaries()
     done, rejected = store.scan()
     todo = [f for f in files if f.key not in done and f.key not in rejected]
     logger.info("extracting %d images, reusing %d already in the feature store", len(todo), len(files) - len(todo))

@@ -11,7 +11,7 @@ import logging
 import luigi
 
 from pipeline.checkpoints import Checkpoints
-from pipeline.h5io import atomic_path, read_attrs
+from pipeline.h5io import atomic_path, read_attrs, remove_stale_temporaries
 
 from .config import paths
 
@@ -80,6 +80,7 @@ class ArtifactTask(luigi.Task):
             logger.info("%s: the existing artifact is still valid", self.task_family)
             return
         self._started = time.time()
+        remove_stale_temporaries(self.output().path)  # Luigi's process lock: no other run writes
         with atomic_path(self.output().path) as tmp:
             self.make(tmp)
         self.checkpoints().clear()

@@ -44,7 +44,10 @@ def pipeline_config(root, **overrides):
         "paths": {"content": root / "content", "artifacts": root / "artifacts"},
         "ids": {"csv": root / "content" / "image_ids.csv"},
         "resnet": {"weights": "random", "batch_size": 4},
-        "retcode": {"task_failed": 30, "missing_data": 20, "unhandled_exception": 40, "scheduling_error": 35},
+        "retcode": {
+            "already_running": 10, "missing_data": 20, "task_failed": 30, "scheduling_error": 35,
+            "unhandled_exception": 40,
+        },  # fmt: skip
     }
     for key, value in overrides.items():
         section, name = key.split("__")

@@ -1,0 +1,205 @@
+"""Nightly runs in real processes: kills, resumes, incremental changes, the run lock."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+
+import h5py
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipeline.output import read_similarities
+from pipeline.store import FeatureStore
+from tasks import Codebook, Features, Histograms, Inventory, Nightly, Reducer, Similarities
+
+from .conftest import luigi_config, pipeline_config
+
+LUIGI = os.path.join(os.path.dirname(sys.executable), "luigi")
+RESULT = ("ids", "neighbours", "distances", "ppn", "filename", "similarities")
+
+
+def command(date, *extra):
+    return [LUIGI, "--module", "tasks", "Nightly", "--local-scheduler", "--date", date, *extra]
+
+
+def environment(root):
+    return {**os.environ, "LUIGI_CONFIG_PATH": str(root / "luigi.cfg")}
+
+
+def nightly(root, date="2026-01-01", *extra):
+    done = subprocess.run(command(date, *extra), cwd=root, env=environment(root), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stderr
+
+
+def nightly_killed_at(root, marker, date="2026-01-01"):
+    """Start a run, SIGKILL it as soon as a log line contains ``marker``; return the log so far."""
+    process = subprocess.Popen(
+        command(date), cwd=root, env=environment(root), stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True
+    )
+    seen = []
+    for line in process.stderr:
+        seen.append(line)
+        if marker in line:
+            process.send_signal(signal.SIGKILL)
+            break
+    process.stderr.read()
+    assert process.wait(timeout=60) == -signal.SIGKILL, f"the run ended before {marker!r}:\n{''.join(seen)[-2000:]}"
+    return "".join(seen)
+
+
+def report(root):
+    return json.loads((root / "artifacts" / "run_report.json").read_text())
+
+
+def project(root, content):
+    """A run folder whose config reads ``content`` and writes its own artifacts."""
+    root.mkdir(parents=True, exist_ok=True)
+    config = pipeline_config(root)
+    text = config.read_text().replace(str(root / "content"), str(content))
+    logging_cfg = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "logging.cfg")
+    config.write_text(text + f"[core]\nlock_pid_dir = {root / 'locks'}\nlogging_conf_file = {logging_cfg}\n")
+    return root
+
+
+def committed_keys(root):
+    stores = list((root / "artifacts" / "features").glob("*"))
+    return set(FeatureStore(str(stores[0])).scan()[0]) if stores else set()
+
+
+@pytest.fixture(scope="module")
+def reference(small_collection, tmp_path_factory):
+    content, _ = small_collection
+    root = project(tmp_path_factory.mktemp("reference"), content)
+    nightly(root)
+    return read_similarities(root / "artifacts" / "similarities.hdf5")
+
+
+@pytest.mark.parametrize(
+    "marker",
+    ["extracted 8 / 18 images", "running   Codebook(", "running   Similarities("],
+    ids=["during-extraction", "during-codebook-fit", "while-writing-output"],
+)
+def test_killed_run_resumes_to_the_same_result(small_collection, reference, tmp_path, marker):
+    content, _ = small_collection
+    root = project(tmp_path, content)
+    nightly_killed_at(root, marker)
+    assert not (root / "artifacts" / "similarities.hdf5").exists()
+    committed = committed_keys(root)
+
+    log = nightly(root)
+    if "extracted" in marker:
+        assert 8 <= len(committed) < 18
+        assert f"extracting {18 - len(committed)} images, reusing {len(committed)}" in log
+    else:
+        assert len(committed) == 18 and "extracting" not in log  # extraction was complete and is not redone
+    resumed = read_similarities(root / "artifacts" / "similarities.hdf5")
+    for key in RESULT:
+        np.testing.assert_array_equal(resumed[key], reference[key], err_msg=key)
+    assert report(root)["status"] == "ok"
+    assert not list((root / "artifacts").rglob("*.tmp"))
+
+
+def test_leftover_temporary_files_make_no_task_complete(tmp_path, monkeypatch, small_collection):
+    root = project(tmp_path, small_collection[0])
+    artifacts = root / "artifacts"
+    artifacts.mkdir()
+    for name in ("inventory.h5", "features.h5", "reducer.h5", "codebook.h5", "histograms.h5", "similarities.hdf5"):
+        (artifacts / f".{name}.x1y2.tmp").write_bytes(b"\x89HDF\r\n\x1a\n half written")
+        (artifacts / f"{name}-luigi-tmp-0000000001").write_bytes(b"half written")
+    with luigi_config(monkeypatch, root / "luigi.cfg"):
+        for task in (Inventory, Features, Reducer, Codebook, Histograms, Similarities, Nightly):
+            assert not task().complete(), task.__name__
+
+
+def add_image(content, ppn_dir, name, source, image_id, rows):
+    with Image.open(source) as image:
+        image.rotate(90, expand=True).save(content / ppn_dir / name, "JPEG", quality=85)
+    rows.append(f"{image_id},{ppn_dir},{name}")
+
+
+def test_incremental_nightly_runs(tmp_path, small_collection):
+    from pipeline.demo import make_collection
+
+    from .conftest import SMALL_BASES
+
+    content = tmp_path / "content"
+    groups = make_collection(content, bases=SMALL_BASES)
+    root = project(tmp_path / "run", content)
+    nightly(root, "2026-01-01")
+    first = report(root)
+    assert (first["images_total"], first["extracted"], first["reused"], first["removed"]) == (18, 18, 0, 0)
+    assert first["refit"] is True and first["status"] == "ok"
+    assert set(first["stage_seconds"]) == {"Inventory", "Features", "Reducer", "Codebook", "Histograms", "Similarities"}
+
+    # a second call for the same date does nothing
+    again = subprocess.run(command("2026-01-01"), cwd=root, env=environment(root), capture_output=True, text=True)
+    assert again.returncode == 0 and "Did not run any tasks" in again.stderr
+
+    mapping = (content / "image_ids.csv").read_text().splitlines()
+    header, rows = mapping[0], mapping[1:]
+    by_id = {int(r.split(",")[0]): r.split(",") for r in rows}
+    deleted_id, changed_id = groups["coffee"][0], groups["page"][0]
+    _, ppn, name = by_id[deleted_id]
+    os.remove(content / ppn / name)
+    _, ppn, name = by_id[changed_id]
+    with Image.open(content / ppn / name) as image:
+        image.convert("L").convert("RGB").save(content / ppn / name, "JPEG", quality=70)
+    _, ppn, name = by_id[groups["astronaut"][0]]
+    add_image(content, ppn, "new-1.jpg", content / ppn / name, 5001, rows)
+    add_image(content, ppn, "new-2.jpg", content / ppn / name, 5002, rows)
+    (content / "image_ids.csv").write_text("\n".join([header, *rows]) + "\n")
+
+    log = nightly(root, "2026-01-02")
+    second = report(root)
+    assert (second["images_total"], second["extracted"], second["reused"], second["removed"]) == (19, 3, 16, 1)
+    assert second["refit"] is False
+    assert "extracting 3 images, reusing 16" in log
+    assert "3 computed, 16 reused" in log  # histograms of unchanged images kept
+    result = read_similarities(root / "artifacts" / "similarities.hdf5")
+    assert deleted_id not in result["ids"] and deleted_id not in result["neighbours"]
+    assert {5001, 5002, changed_id} <= set(result["ids"].tolist())
+    assert len(result["ids"]) == 19
+    assert json.loads((root / "artifacts" / "runs" / "2026-01-01" / "run_report.json").read_text()) == first
+
+    # a refit asked for recomputes every histogram
+    log = nightly(root, "2026-01-03", "--refit")
+    third = report(root)
+    assert third["refit"] is True and third["extracted"] == 0 and "19 computed, 0 reused" in log
+
+
+def test_growth_past_the_threshold_refits(tmp_path, small_collection):
+    content = tmp_path / "content"
+    shutil.copytree(small_collection[0], content, symlinks=True)
+    root = project(tmp_path / "run", content)
+    with open(root / "luigi.cfg", "a") as f:
+        f.write("[codebook]\nrefit_growth = 0.04\n")
+    nightly(root, "2026-01-01")
+    rows = (content / "image_ids.csv").read_text().splitlines()
+    ppn_dir = sorted(p.name for p in content.iterdir() if p.is_dir())[0]
+    source = sorted((content / ppn_dir).iterdir())[0]
+    add_image(content, ppn_dir, "grown.jpg", source, 6001, rows)
+    (content / "image_ids.csv").write_text("\n".join(rows) + "\n")
+    log = nightly(root, "2026-01-02")
+    assert report(root)["refit"] is True  # 19 images are 5.6 % more than the 18 of the fit
+    assert "19 computed, 0 reused" in log
+
+
+def test_a_second_run_at_the_same_time_stops_at_once(tmp_path, small_collection):
+    root = project(tmp_path, small_collection[0])
+    first = subprocess.Popen(
+        command("2026-01-01"), cwd=root, env=environment(root), stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True
+    )
+    for line in first.stderr:
+        if "running   Features(" in line:
+            break
+    second = subprocess.run(command("2026-01-01"), cwd=root, env=environment(root), capture_output=True, text=True, timeout=120)
+    rest = first.stderr.read()
+    assert first.wait(timeout=300) == 0, rest[-2000:]
+    assert second.returncode == 10
+    assert "already running" in second.stdout + second.stderr
+    assert report(root)["status"] == "ok"
