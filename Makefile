@@ -13,12 +13,11 @@ $(BIN)/.installed: requirements.txt pyproject.toml
 	touch $@
 
 demo: $(BIN)/.installed
-	$(BIN)/luigi --module tasks Similarities --local-scheduler
-	@echo "similarities written to artifacts/similarities.hdf5 (demo: random weights, see README)"
+	$(BIN)/luigi --module tasks Nightly --local-scheduler
+	@echo "similarities: artifacts/similarities.hdf5, run report: artifacts/run_report.json (demo: random weights, see README)"
 
 test: $(BIN)/.installed
 	$(BIN)/python -m pytest
 
 clean:
-	rm -rf artifacts/inventory.h5 artifacts/features.h5 artifacts/reducer.h5 artifacts/codebook.h5 \
-	       artifacts/histograms.h5 artifacts/similarities.hdf5 artifacts/features
+	find artifacts -mindepth 1 ! -name .gitkeep -delete
