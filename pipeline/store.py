@@ -139,10 +139,6 @@ class FeatureIndex:
     def __len__(self):
         return len(self.ids)
 
-    def blocks(self, block_size=BLOCK_SIZE):
-        """Consecutive ranges of positions: [0, b), [b, 2b), ..."""
-        return [np.arange(s, min(s + block_size, len(self))) for s in range(0, len(self), block_size)]
-
 
 def index_inventory(store, inventory):
     """Locate every inventory image in the store.
@@ -217,17 +213,21 @@ def read_block(store, index, positions):
     return out
 
 
-class DescriptorBlocks:
-    """The descriptors of an index as a sequence of fixed blocks of images, read on demand.
+def fixed_blocks(n, block_size=BLOCK_SIZE):
+    """Consecutive ranges of positions: [0, b), [b, 2b), ..."""
+    return [np.arange(s, min(s + block_size, n)) for s in range(0, n, block_size)]
 
-    ``blocks[i]`` is an ndarray of shape (n, n_local, c), float16, for the images at
+
+class Blocks:
+    """Descriptors of n images as a sequence of fixed blocks of images, read on demand.
+
+    ``blocks[i]`` is an ndarray of shape (n_i, n_local, c) for the images at
     ``blocks.positions(i)``; a stage that resumes at block i reads nothing before it.
+    Subclasses say how to ``read(positions)`` and ``n_local()``.
     """
 
-    def __init__(self, store, index, block_size=BLOCK_SIZE):
-        self.store = store
-        self.index = index
-        self._blocks = index.blocks(block_size)
+    def __init__(self, n_images, block_size=BLOCK_SIZE):
+        self._blocks = fixed_blocks(n_images, block_size)
 
     def __len__(self):
         return len(self._blocks)
@@ -238,7 +238,16 @@ class DescriptorBlocks:
     def __getitem__(self, i):
         if not 0 <= i < len(self):
             raise IndexError(i)
-        return read_block(self.store, self.index, self._blocks[i])
+        return self.read(self._blocks[i])
+
+
+class DescriptorBlocks(Blocks):
+    """The descriptors of a FeatureIndex, read from the feature store (float16)."""
+
+    def __init__(self, store, index, block_size=BLOCK_SIZE):
+        super().__init__(len(index), block_size)
+        self.store = store
+        self.index = index
 
     def read(self, positions):
         """Descriptors of any images, by position."""
@@ -252,8 +261,8 @@ class DescriptorBlocks:
             return int(f["descriptors"].shape[1])
 
 
-class ArrayBlocks:
-    """In-memory descriptors with the interface of DescriptorBlocks (synthetic data, tests).
+class ArrayBlocks(Blocks):
+    """Descriptors held in memory: synthetic collections and tests.
 
     Parameters
     ----------
@@ -261,20 +270,8 @@ class ArrayBlocks:
     """
 
     def __init__(self, descriptors, block_size=BLOCK_SIZE):
+        super().__init__(len(descriptors), block_size)
         self.descriptors = descriptors
-        n = len(descriptors)
-        self._blocks = [np.arange(s, min(s + block_size, n)) for s in range(0, n, block_size)]
-
-    def __len__(self):
-        return len(self._blocks)
-
-    def positions(self, i):
-        return self._blocks[i]
-
-    def __getitem__(self, i):
-        if not 0 <= i < len(self):
-            raise IndexError(i)
-        return self.descriptors[self._blocks[i]]
 
     def read(self, positions):
         return self.descriptors[positions]

@@ -1,3 +1,4 @@
+import json
 import os
 import subprocess
 import sys
@@ -146,3 +147,6 @@ def test_cli_exits_non_zero_on_a_bad_mapping_with_a_one_line_reason(tmp_path, sm
     assert done.returncode == 30
     assert "repeats the same ID on lines 2, 3" in done.stderr
     assert not (tmp_path / "artifacts" / "inventory.h5").exists()
+    report = json.loads((tmp_path / "artifacts" / "run_report.json").read_text())
+    assert report["status"] == "failed" and report["failed_stage"] == "Inventory"
+    assert report["error"].startswith("MappingError: [ids] csv=") and "\n" not in report["error"]
