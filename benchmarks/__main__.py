@@ -1,0 +1,19 @@
+"""Run every benchmark at a size that finishes in a few minutes on 2 cores, then one summary table."""
+
+import json
+
+from . import extract, reduce
+
+
+def main():
+    results = []
+    for name, bench in (("extract", extract.run), ("reduce", reduce.run)):
+        print(f"\n== {name} ==")
+        results.append(bench())
+    print("\n== summary ==")
+    for figures in results:
+        print(json.dumps(figures))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,103 @@
+"""Extraction throughput: the pipeline's extractor against the bare batched forward pass and
+against the original scripts' one-``predict``-per-image loop, on the same images in one run.
+
+    python -m benchmarks.extract [--images 96] [--batch-size 16] [--per-image 24]
+"""
+
+import argparse
+import os
+import tempfile
+
+import numpy as np
+
+from pipeline.features import DescriptorExtractor, build_model
+from pipeline.images import load_image
+
+from .common import Timer, report, scan_like_images
+
+
+def bare_forward(extractor, pixels, batch_size):
+    """Images per second of the compiled forward pass alone, on pre-decoded tensors."""
+    forward = extractor._forward()
+    forward(pixels[:batch_size]).numpy()  # warm-up
+    with Timer() as t:
+        for start in range(0, len(pixels), batch_size):
+            batch = pixels[start : start + batch_size]
+            if len(batch) < batch_size:
+                batch = np.concatenate([batch, np.zeros((batch_size - len(batch), *batch.shape[1:]), batch.dtype)])
+            forward(batch).numpy()
+    return len(pixels) / t.seconds
+
+
+def pipeline_extraction(extractor, paths):
+    """Images per second of DescriptorExtractor.run: decoding, batching, forward, float16."""
+    for _ in extractor.run(paths[: extractor.batch_size]):  # warm-up
+        pass
+    with Timer() as t:
+        for _ in extractor.run(paths):
+            pass
+    return len(paths) / t.seconds
+
+
+def per_image_predict(model, paths):
+    """Images per second of the original loop: load_img, preprocess, model.predict per image."""
+    import keras
+
+    preprocess = keras.applications.resnet50.preprocess_input
+
+    def one(path):
+        image = keras.utils.load_img(path, target_size=(224, 224))
+        x = preprocess(np.expand_dims(keras.utils.img_to_array(image), 0))
+        return model.predict(x, verbose=0)
+
+    one(paths[0])  # warm-up
+    with Timer() as t:
+        for path in paths:
+            one(path)
+    return len(paths) / t.seconds
+
+
+def run(images=96, batch_size=16, per_image=24):
+    with tempfile.TemporaryDirectory() as directory:
+        paths = scan_like_images(os.path.join(directory, "images"), images)
+        model = build_model(weights="random")
+        extractor = DescriptorExtractor(model, batch_size=batch_size)
+        pixels = np.stack([load_image(p) for p in paths])
+        bare = bare_forward(extractor, pixels, batch_size)
+        pipeline = pipeline_extraction(extractor, paths)
+        single = per_image_predict(model, paths[:per_image])
+    figures = {
+        "bench": "extract",
+        "images": images,
+        "batch_size": batch_size,
+        "pipeline_ips": round(pipeline, 2),
+        "bare_model_ips": round(bare, 2),
+        "per_image_predict_ips": round(single, 2),
+        "ratio_vs_bare": round(pipeline / bare, 3),
+        "speedup_vs_per_image": round(pipeline / single, 2),
+    }
+    report(
+        [
+            ("images (1140 x 840 JPEG), batch size", f"{images}, {batch_size}"),
+            ("pipeline extraction, images/s", figures["pipeline_ips"]),
+            ("bare forward pass on decoded tensors, images/s", figures["bare_model_ips"]),
+            (f"one model.predict per image ({per_image} images), images/s", figures["per_image_predict_ips"]),
+            ("pipeline / bare", figures["ratio_vs_bare"]),
+            ("pipeline / per-image predict", figures["speedup_vs_per_image"]),
+        ],
+        figures,
+    )
+    return figures
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=96)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--per-image", type=int, default=24, help="images for the per-image predict loop")
+    args = parser.parse_args()
+    run(args.images, args.batch_size, args.per_image)
+
+
+if __name__ == "__main__":
+    main()

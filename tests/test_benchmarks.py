@@ -1,0 +1,24 @@
+"""The benchmarks run and end with their JSON figures (no timing is asserted)."""
+
+import json
+
+from benchmarks import extract, reduce
+
+
+def last_json_line(capsys):
+    return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+
+def test_reduce_benchmark_prints_its_figures(capsys):
+    reduce.run(images=20, channels=64)
+    figures = last_json_line(capsys)
+    assert figures["bench"] == "reduce" and figures["descriptors"] == 20 * 49
+    assert figures["max_component_mismatch"] < 1e-4  # the streamed fit found sklearn's components
+
+
+def test_extract_benchmark_prints_its_figures(capsys):
+    extract.run(images=6, batch_size=4, per_image=2)
+    figures = last_json_line(capsys)
+    assert figures["bench"] == "extract"
+    assert {"pipeline_ips", "bare_model_ips", "per_image_predict_ips", "ratio_vs_bare", "speedup_vs_per_image"} <= set(figures)
+    assert all(figures[k] > 0 for k in ("pipeline_ips", "bare_model_ips", "per_image_predict_ips"))
