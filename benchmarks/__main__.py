@@ -2,12 +2,12 @@
 
 import json
 
-from . import extract, reduce
+from . import extract, neighbours, reduce
 
 
 def main():
     results = []
-    for name, bench in (("extract", extract.run), ("reduce", reduce.run)):
+    for name, bench in (("extract", extract.run), ("reduce", reduce.run), ("neighbours", neighbours.run)):
         print(f"\n== {name} ==")
         results.append(bench())
     print("\n== summary ==")

@@ -102,8 +102,3 @@ def load_counts(path):
         counts = sp.csr_matrix((f["data"][:], f["indices"][:], indptr), shape=(len(indptr) - 1, size))
         return read_strings(f["keys"]), counts, n_local
 
-
-def load_histograms(path):
-    """Return the normalised histograms as a csr_matrix of shape (n_images, K), float64."""
-    _, counts, n_local = load_counts(path)
-    return (counts.astype(np.float64) / n_local).tocsr()

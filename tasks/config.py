@@ -53,6 +53,11 @@ class codebook(luigi.Config):
 
 class neighbours(luigi.Config):
     k = luigi.IntParameter(default=5, description="Neighbours per image.")
+    method = luigi.Parameter(
+        default="auto",
+        significant=False,  # both methods give the same result
+        description="balltree, sparse (exact, from sparse products) or auto (balltree for small codebooks).",
+    )
 
 
 class collection(luigi.Config):

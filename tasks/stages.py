@@ -10,7 +10,7 @@ import luigi
 from pipeline import collection, features, histograms, output, store
 from pipeline.codebook import Codebook as CodebookModel, fit_codebook
 from pipeline.h5io import read_attrs
-from pipeline.neighbours import balltree_neighbours
+from pipeline.neighbours import Counts, nearest_neighbours
 from pipeline.reduction import Reducer as ReducerModel
 
 from .base import ArtifactTask, settings_digest
@@ -232,11 +232,9 @@ class Similarities(ArtifactTask):
 
     def make(self, tmp):
         index = store.load_index(self.input()["features"].path)
-        nearest, distances = balltree_neighbours(
-            histograms.load_histograms(self.input()["histograms"].path),
-            index.ids,
-            k=neighbours().k,
-            checkpoints=self.checkpoints(),
+        _, counts, n_local = histograms.load_counts(self.input()["histograms"].path)
+        nearest, distances = nearest_neighbours(
+            Counts(counts, n_local, index.ids), k=neighbours().k, method=neighbours().method, checkpoints=self.checkpoints()
         )
         attrs = self.attrs(
             metric="euclidean",

@@ -22,3 +22,11 @@ def test_extract_benchmark_prints_its_figures(capsys):
     assert figures["bench"] == "extract"
     assert {"pipeline_ips", "bare_model_ips", "per_image_predict_ips", "ratio_vs_bare", "speedup_vs_per_image"} <= set(figures)
     assert all(figures[k] > 0 for k in ("pipeline_ips", "bare_model_ips", "per_image_predict_ips"))
+
+
+def test_neighbours_benchmark_prints_its_figures(capsys):
+    from benchmarks import neighbours
+
+    neighbours.run(images=60, words=(20,))
+    figures = last_json_line(capsys)
+    assert figures["bench"] == "neighbours" and figures["identical"] is True

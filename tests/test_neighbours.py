@@ -1,50 +1,83 @@
 import numpy as np
 import pytest
 
+from pipeline.checkpoints import Checkpoints
 from pipeline.errors import ConfigError
 from pipeline.histograms import word_histograms
-from pipeline.neighbours import balltree_neighbours
+from pipeline.neighbours import Counts, balltree_neighbours, nearest_neighbours, sparse_neighbours
+
+METHODS = [balltree_neighbours, sparse_neighbours]
 
 
-def brute_force(x, ids, k):
-    """The tie rule spelled out: distance rounded to 1e-9, then ascending ID, self excluded."""
-    d = np.sqrt(((x[:, None, :] - x[None, :, :]) ** 2).sum(-1))
+def brute_force(counts, ids, k):
+    """The tie rule spelled out: integer squared distance of the counts, then ascending ID, self excluded."""
+    c = counts.toarray().astype(np.int64)
+    s = ((c[:, None, :] - c[None, :, :]) ** 2).sum(-1)
     result = []
-    for i in range(len(x)):
-        others = [j for j in range(len(x)) if j != i]
-        others.sort(key=lambda j: (round(d[i, j], 9), ids[j]))
+    for i in range(len(c)):
+        others = sorted((j for j in range(len(c)) if j != i), key=lambda j: (s[i, j], ids[j]))
         result.append(others[:k])
-    return np.array(result), np.take_along_axis(d, np.array(result), axis=1)
+    result = np.array(result)
+    return result, np.sqrt(np.take_along_axis(s, result, axis=1)) / c.sum(axis=1)[0]
 
 
+def random_counts(seed, n=60, words=4, n_local=5, zipf=None):
+    rng = np.random.default_rng(seed)
+    if zipf:
+        p = 1.0 / np.arange(1, words + 1) ** zipf
+        draws = rng.choice(words, size=(n, n_local), p=p / p.sum())
+    else:
+        draws = rng.integers(0, words, size=(n, n_local))
+    return word_histograms(draws, words)
+
+
+@pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("seed", [0, 1, 2])
 @pytest.mark.parametrize("k", [1, 5])
-def test_balltree_follows_the_tie_rule_on_tie_heavy_histograms(seed, k):
-    rng = np.random.default_rng(seed)
+def test_methods_follow_the_tie_rule_on_tie_heavy_histograms(method, seed, k):
     # few words and few descriptors: many images share a histogram or a distance
-    words = rng.integers(0, 4, size=(60, 5))
-    x = word_histograms(words, 4).toarray() / 5
-    ids = rng.permutation(1000)[:60]
-    expected, expected_d = brute_force(x, ids, k)
-    got, got_d = balltree_neighbours(x, ids, k=k, chunk_size=7)
+    counts = random_counts(seed)
+    ids = np.random.default_rng(seed).permutation(1000)[:60]
+    expected, expected_d = brute_force(counts, ids, k)
+    got, got_d = method(Counts(counts, 5, ids), k=k, chunk_size=7)
     np.testing.assert_array_equal(got, expected)
-    np.testing.assert_allclose(got_d, expected_d, atol=1e-9)
+    np.testing.assert_allclose(got_d, expected_d, rtol=1e-12)
 
 
-def test_no_image_is_its_own_neighbour_even_among_duplicates():
-    x = np.ones((4, 3)) / 3
-    neighbours, distances = balltree_neighbours(x, np.array([40, 10, 30, 20]), k=3)
+@pytest.mark.parametrize("seed", [3, 4])
+def test_sparse_equals_balltree_on_zipf_words(seed):
+    # word frequencies falling off as 1/rank, as on a real codebook; 49 descriptors per image
+    counts = random_counts(seed, n=400, words=300, n_local=49, zipf=1.0)
+    ids = np.random.default_rng(seed).permutation(400) * 7
+    data = Counts(counts, 49, ids)
+    tree, tree_d = balltree_neighbours(data, k=5)
+    fast, fast_d = sparse_neighbours(data, k=5)
+    np.testing.assert_array_equal(fast, tree)
+    np.testing.assert_array_equal(fast_d, tree_d)
+
+
+def test_sparse_finds_images_that_share_no_word():
+    # image 0 shares no word with anyone: its neighbours come from the disjoint list
+    counts = word_histograms(np.array([[0, 0], [1, 1], [2, 2], [1, 2], [3, 3]]), 4)
+    expected, _ = brute_force(counts, np.arange(5), 3)
+    np.testing.assert_array_equal(sparse_neighbours(Counts(counts, 2, np.arange(5)), k=3)[0], expected)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_no_image_is_its_own_neighbour_even_among_duplicates(method):
+    counts = word_histograms(np.zeros((4, 3), dtype=int), 2)
+    neighbours, distances = method(Counts(counts, 3, np.array([40, 10, 30, 20])), k=3)
     for i, row in enumerate(neighbours):
         assert i not in row
     assert neighbours[0].tolist() == [1, 3, 2]  # equal distances: ascending database ID
     assert (distances == 0).all()
 
 
-def test_rows_are_sorted_and_string_ids_break_ties():
+@pytest.mark.parametrize("method", METHODS)
+def test_rows_are_sorted_and_string_ids_break_ties(method):
     rng = np.random.default_rng(3)
-    x = rng.random((50, 8))
     ids = np.array([f"id{i:03d}" for i in rng.permutation(50)])
-    neighbours, distances = balltree_neighbours(x, ids, k=5)
+    neighbours, distances = method(Counts(random_counts(3, n=50, words=12, n_local=8), 8, ids), k=5)
     assert (np.diff(distances, axis=1) >= 0).all()
     assert neighbours.shape == (50, 5)
 
@@ -52,23 +85,25 @@ def test_rows_are_sorted_and_string_ids_break_ties():
 @pytest.mark.parametrize("k", [0, 4])
 def test_k_must_leave_room_for_the_query(k):
     with pytest.raises(ConfigError, match=r"\[neighbours\] k"):
-        balltree_neighbours(np.eye(4), np.arange(4), k=k)
+        nearest_neighbours(Counts(np.eye(4, dtype=int), 1, np.arange(4)), k=k)
 
 
-def test_resumed_query_reuses_committed_chunks(tmp_path):
-    from pipeline.checkpoints import Checkpoints
+def test_unknown_method_names_the_setting():
+    with pytest.raises(ConfigError, match=r"\[neighbours\] method='kd'"):
+        nearest_neighbours(Counts(np.eye(4, dtype=int), 1, np.arange(4)), k=1, method="kd")
 
-    rng = np.random.default_rng(5)
-    x = word_histograms(rng.integers(0, 6, size=(40, 5)), 6).toarray() / 5
-    ids = np.arange(40)
-    whole = balltree_neighbours(x, ids, k=3, chunk_size=8)
+
+@pytest.mark.parametrize("method", METHODS)
+def test_resumed_query_reuses_committed_chunks(method, tmp_path):
+    data = Counts(random_counts(5, n=40, words=6), 5, np.arange(40))
+    whole = method(data, k=3, chunk_size=8)
     checkpoints = Checkpoints(str(tmp_path / "work"))
-    balltree_neighbours(x, ids, k=3, chunk_size=8, checkpoints=checkpoints)
+    method(data, k=3, chunk_size=8, checkpoints=checkpoints)
     # a committed chunk is taken as it is: mark one to see it used
     marked = checkpoints.load(2)
     marked["distances"] = marked["distances"] + 100
     checkpoints.save(2, marked)
-    resumed = balltree_neighbours(x, ids, k=3, chunk_size=8, checkpoints=checkpoints)
+    resumed = method(data, k=3, chunk_size=8, checkpoints=checkpoints)
     np.testing.assert_array_equal(resumed[0], whole[0])
     np.testing.assert_array_equal(resumed[1][16:24], whole[1][16:24] + 100)
     np.testing.assert_array_equal(np.delete(resumed[1], range(16, 24), 0), np.delete(whole[1], range(16, 24), 0))
