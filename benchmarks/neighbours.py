@@ -37,8 +37,9 @@ def run(images=2000, words=(1000, 256, 64), balltree=True):
         figures["peak_rss_mb"] = round(peak_rss_mb())
         rows.append((f"{images} images, {size} words", line))
         results.append(figures)
-    report(rows, results[0] if len(results) == 1 else {"bench": "neighbours", "runs": results})
-    return results
+    figures = results[0] if len(results) == 1 else {"bench": "neighbours", "runs": results}
+    report(rows, figures)
+    return figures
 
 
 def main():
