@@ -72,12 +72,12 @@ def _check_k(k, n):
         raise ConfigError(f"[neighbours] k={k} must be between 1 and the number of images - 1 = {n - 1}")
 
 
-def _chunked(counts, k, chunk_size, checkpoints, query_chunk):
+def _chunked(counts, k, chunks, checkpoints, query_chunk):
+    """Run ``query_chunk`` over consecutive row ranges, each committed to ``checkpoints``."""
     n = len(counts)
     neighbours = np.empty((n, k), dtype=np.int64)
     distances = np.empty((n, k), dtype=np.float64)
-    for c, start in enumerate(range(0, n, chunk_size)):
-        rows = np.arange(start, min(start + chunk_size, n))
+    for c, rows in enumerate(chunks):
         saved = checkpoints.load(c) if checkpoints else None
         if saved is None:
             ranked = query_chunk(rows)
@@ -115,17 +115,38 @@ def balltree_neighbours(counts, k=5, leaf_size=40, chunk_size=1024, checkpoints=
         found = tree.query_radius(x[rows], nearest[:, k] + 1e-9)
         return [counts.rank(row, found[i], counts.squared(row, found[i]), k) for i, row in enumerate(rows)]
 
-    result = _chunked(counts, k, chunk_size, checkpoints, query_chunk)
+    chunks = [np.arange(s, min(s + chunk_size, len(counts))) for s in range(0, len(counts), chunk_size)]
+    result = _chunked(counts, k, chunks, checkpoints, query_chunk)
     logger.info("%d nearest neighbours of %d images found with a BallTree", k, len(counts))
     return result
 
 
-def sparse_neighbours(counts, k=5, chunk_size=256, checkpoints=None):
+def product_chunks(counts, chunk_size, max_products):
+    """Consecutive ranges of query rows whose products hold at most about ``max_products``
+    entries (bounded by the images sharing each word), and at most ``chunk_size`` rows.
+    The ranges depend only on the data, so a resumed run cuts the same ones."""
+    present = counts.counts.copy()
+    present.data[:] = 1
+    images_per_word = np.diff(present.tocsc().indptr)
+    cost = np.minimum(present @ images_per_word, len(counts))  # upper bound of each row's products
+    chunks, start, total = [], 0, 0
+    for row, c in enumerate(cost):
+        if row > start and (total + c > max_products or row - start == chunk_size):
+            chunks.append(np.arange(start, row))
+            start, total = row, 0
+        total += c
+    chunks.append(np.arange(start, len(counts)))
+    return chunks
+
+
+def sparse_neighbours(counts, k=5, chunk_size=1024, max_products=20_000_000, checkpoints=None):
     """The k nearest other images of every image, exactly, from sparse products.
 
     For a chunk of query rows, the product with all counts gives the dot products with every
     image that shares a visual word; an image that shares none is at S = |a|^2 + |b|^2, so the
-    best of those are the images of smallest norm, taken from one sorted list.
+    best of those are the images of smallest norm, taken from one sorted list. Chunks are cut
+    so that a product holds at most about ``max_products`` entries (12 bytes each), which
+    bounds the memory whatever the collection size.
 
     Parameters and returns as :func:`balltree_neighbours`.
     """
@@ -160,7 +181,7 @@ def sparse_neighbours(counts, k=5, chunk_size=256, checkpoints=None):
             ranked.append(counts.rank(row, candidates, squared, k))
         return ranked
 
-    result = _chunked(counts, k, chunk_size, checkpoints, query_chunk)
+    result = _chunked(counts, k, product_chunks(counts, chunk_size, max_products), checkpoints, query_chunk)
     logger.info("%d nearest neighbours of %d images found by sparse products", k, n)
     return result
 

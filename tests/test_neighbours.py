@@ -107,3 +107,19 @@ def test_resumed_query_reuses_committed_chunks(method, tmp_path):
     np.testing.assert_array_equal(resumed[0], whole[0])
     np.testing.assert_array_equal(resumed[1][16:24], whole[1][16:24] + 100)
     np.testing.assert_array_equal(np.delete(resumed[1], range(16, 24), 0), np.delete(whole[1], range(16, 24), 0))
+
+
+def test_product_chunks_cover_every_row_within_the_budget():
+    from pipeline.neighbours import product_chunks
+
+    data = Counts(random_counts(6, n=300, words=50, n_local=10, zipf=1.0), 10, np.arange(300))
+    chunks = product_chunks(data, chunk_size=64, max_products=3000)
+    assert np.array_equal(np.concatenate(chunks), np.arange(300))
+    assert max(len(c) for c in chunks) <= 64
+    for rows in chunks:
+        products = (data.counts[rows] @ data.counts.T).nnz
+        assert len(rows) == 1 or products <= 3000
+    # a small budget gives the same neighbours as a large one
+    small = sparse_neighbours(data, k=5, max_products=3000)
+    large = sparse_neighbours(data, k=5)
+    np.testing.assert_array_equal(small[0], large[0])
