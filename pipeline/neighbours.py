@@ -20,11 +20,11 @@ logger = logging.getLogger(__name__)
 
 METHODS = ("auto", "balltree", "sparse")
 #: ``method = auto`` takes the BallTree up to this many visual words, the sparse method above.
-#: A tree prunes in few dimensions; over hundreds of dimensions it visits nearly every point,
-#: while the sparse products only touch images that share a word. Measured with
-#: ``python -m benchmarks.neighbours`` (3,000 images, 1/rank word frequencies): 64 words
-#: BallTree 1.9 s, sparse 2.2 s; 256 words 6.0 s and 3.8 s; 2,000 words 43 s and 2.4 s.
-AUTO_MAX_TREE_WORDS = 128
+#: Measured with ``python -m benchmarks.neighbours`` (1/rank word frequencies, 49 descriptors
+#: per image): 20,000 images with 4 words BallTree 6.9 s, sparse 8.8 s; 8 words 12.7 s and
+#: 11.2 s; 16 words 19.6 s and 15.2 s; 2,000 images with 1,000 words 9.9 s and 0.16 s. A tree
+#: prunes only in very few dimensions.
+AUTO_MAX_TREE_WORDS = 4
 
 
 class Counts:
@@ -121,67 +121,37 @@ def balltree_neighbours(counts, k=5, leaf_size=40, chunk_size=1024, checkpoints=
     return result
 
 
-def product_chunks(counts, chunk_size, max_products):
-    """Consecutive ranges of query rows whose products hold at most about ``max_products``
-    entries (bounded by the images sharing each word), and at most ``chunk_size`` rows.
-    The ranges depend only on the data, so a resumed run cuts the same ones."""
-    present = counts.counts.copy()
-    present.data[:] = 1
-    images_per_word = np.diff(present.tocsc().indptr)
-    cost = np.minimum(present @ images_per_word, len(counts))  # upper bound of each row's products
-    chunks, start, total = [], 0, 0
-    for row, c in enumerate(cost):
-        if row > start and (total + c > max_products or row - start == chunk_size):
-            chunks.append(np.arange(start, row))
-            start, total = row, 0
-        total += c
-    chunks.append(np.arange(start, len(counts)))
-    return chunks
-
-
 def sparse_neighbours(counts, k=5, chunk_size=1024, max_products=20_000_000, checkpoints=None):
     """The k nearest other images of every image, exactly, from sparse products.
 
-    For a chunk of query rows, the product with all counts gives the dot products with every
-    image that shares a visual word; an image that shares none is at S = |a|^2 + |b|^2, so the
-    best of those are the images of smallest norm, taken from one sorted list. Chunks are cut
-    so that a product holds at most about ``max_products`` entries (12 bytes each), which
-    bounds the memory whatever the collection size.
+    For a chunk of query rows, the sparse product of their counts with all counts gives the
+    dot products with every image, and from them the exact integer S to every image; the k
+    smallest are found by a partition, and only the images tied with the k-th are ranked
+    by the tie rule. Chunks hold at most ``max_products`` query x image pairs (8 bytes
+    each, 160 MB by default) and ``chunk_size`` rows, which bounds the memory whatever the
+    collection size.
 
     Parameters and returns as :func:`balltree_neighbours`.
     """
     n = len(counts)
     _check_k(k, n)
     transposed = counts.counts.T.tocsr()
-    by_norm = np.lexsort((counts.id_rank, counts.norms))
-    shares = np.zeros(n, dtype=bool)
-
-    def disjoint_best(query, overlap):
-        # the first k images by (norm, ID) that share no word with the query, nor are it
-        shares[overlap] = True
-        shares[query] = True
-        found, start = [], 0
-        while sum(map(len, found)) < k and start < n:
-            block = by_norm[start : start + 4 * k]
-            found.append(block[~shares[block]])
-            start += len(block)
-        shares[overlap] = False
-        shares[query] = False
-        return np.concatenate(found)[:k]
+    rows_per_chunk = max(1, min(chunk_size, max_products // n))
+    chunks = [np.arange(s, min(s + rows_per_chunk, n)) for s in range(0, n, rows_per_chunk)]
+    never = np.iinfo(np.int64).max
 
     def query_chunk(rows):
-        products = (counts.counts[rows] @ transposed).tocsr()
+        dots = (counts.counts[rows] @ transposed).toarray()
+        squared = counts.norms[rows, None] + counts.norms[None, :] - 2 * dots
+        squared[np.arange(len(rows)), rows] = never  # an image is not its own neighbour
+        kth = np.partition(squared, k - 1, axis=1)[:, k - 1]
         ranked = []
         for i, row in enumerate(rows):
-            span = slice(products.indptr[i], products.indptr[i + 1])
-            overlap, dots = products.indices[span], products.data[span]
-            others = disjoint_best(row, overlap)
-            candidates = np.concatenate([overlap, others])
-            squared = counts.norms[row] + counts.norms[candidates] - 2 * np.concatenate([dots, np.zeros(len(others), np.int64)])
-            ranked.append(counts.rank(row, candidates, squared, k))
+            candidates = np.flatnonzero(squared[i] <= kth[i])
+            ranked.append(counts.rank(row, candidates, squared[i, candidates], k))
         return ranked
 
-    result = _chunked(counts, k, product_chunks(counts, chunk_size, max_products), checkpoints, query_chunk)
+    result = _chunked(counts, k, chunks, checkpoints, query_chunk)
     logger.info("%d nearest neighbours of %d images found by sparse products", k, n)
     return result
 

@@ -57,7 +57,7 @@ def test_sparse_equals_balltree_on_zipf_words(seed):
 
 
 def test_sparse_finds_images_that_share_no_word():
-    # image 0 shares no word with anyone: its neighbours come from the disjoint list
+    # image 0 shares no word with anyone: its neighbours have no product with it
     counts = word_histograms(np.array([[0, 0], [1, 1], [2, 2], [1, 2], [3, 3]]), 4)
     expected, _ = brute_force(counts, np.arange(5), 3)
     np.testing.assert_array_equal(sparse_neighbours(Counts(counts, 2, np.arange(5)), k=3)[0], expected)
@@ -109,17 +109,9 @@ def test_resumed_query_reuses_committed_chunks(method, tmp_path):
     np.testing.assert_array_equal(np.delete(resumed[1], range(16, 24), 0), np.delete(whole[1], range(16, 24), 0))
 
 
-def test_product_chunks_cover_every_row_within_the_budget():
-    from pipeline.neighbours import product_chunks
-
+def test_a_small_product_budget_gives_the_same_neighbours():
     data = Counts(random_counts(6, n=300, words=50, n_local=10, zipf=1.0), 10, np.arange(300))
-    chunks = product_chunks(data, chunk_size=64, max_products=3000)
-    assert np.array_equal(np.concatenate(chunks), np.arange(300))
-    assert max(len(c) for c in chunks) <= 64
-    for rows in chunks:
-        products = (data.counts[rows] @ data.counts.T).nnz
-        assert len(rows) == 1 or products <= 3000
-    # a small budget gives the same neighbours as a large one
-    small = sparse_neighbours(data, k=5, max_products=3000)
+    small = sparse_neighbours(data, k=5, max_products=900)  # three query rows at a time
     large = sparse_neighbours(data, k=5)
     np.testing.assert_array_equal(small[0], large[0])
+    np.testing.assert_array_equal(small[1], large[1])
