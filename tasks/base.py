@@ -22,7 +22,18 @@ def settings_digest(settings):
     return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-class ArtifactTask(luigi.Task):
+class RunTask(luigi.Task):
+    """A task of one run: the run's date and whether it refits the reducer and codebook."""
+
+    date = luigi.DateParameter(
+        default=datetime.date.today(), description="The run's date: one run per date (default today)."
+    )
+    refit = luigi.BoolParameter(
+        default=False, significant=False, description="Refit the reducer and the codebook in this run."
+    )
+
+
+class ArtifactTask(RunTask):
     """A stage of one run writing one HDF5 file under ``[paths] artifacts``.
 
     The file records the digest of the settings that change the stage's result and the
@@ -34,12 +45,6 @@ class ArtifactTask(luigi.Task):
     Subclasses implement :meth:`make`, which writes the artifact to a temporary path.
     """
 
-    date = luigi.DateParameter(
-        default=datetime.date.today(), description="The run's date: one run per date (default today)."
-    )
-    refit = luigi.BoolParameter(
-        default=False, significant=False, description="Refit the reducer and the codebook in this run."
-    )
     filename = None
 
     def settings(self):

@@ -9,7 +9,7 @@ from pipeline import collection, store
 from pipeline.h5io import read_attrs
 from pipeline.report import publish_report, read_json, stage_summary
 
-from .base import ArtifactTask
+from .base import ArtifactTask, RunTask
 from .config import paths
 from .stages import Codebook, Features, Histograms, Inventory, Reducer, Similarities
 
@@ -20,17 +20,12 @@ def now():
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
-class Nightly(luigi.Task):
+class Nightly(RunTask):
     """``luigi --module tasks Nightly --local-scheduler [--date YYYY-MM-DD] [--refit]``.
 
     Brings similarities.hdf5 up to date with the collection and writes the run report;
     a second call for the same date does nothing.
     """
-
-    date = luigi.DateParameter(default=datetime.date.today(), description="The run's date (default today).")
-    refit = luigi.BoolParameter(
-        default=False, significant=False, description="Refit the reducer and the codebook in this run."
-    )
 
     def requires(self):
         return Similarities(date=self.date, refit=self.refit)
