@@ -10,6 +10,7 @@ their results are identical.
 
 import logging
 
+import numba
 import numpy as np
 import scipy.sparse as sp
 from sklearn.neighbors import BallTree
@@ -19,12 +20,11 @@ from .errors import ConfigError
 logger = logging.getLogger(__name__)
 
 METHODS = ("auto", "balltree", "sparse")
-#: ``method = auto`` takes the BallTree up to this many visual words, the sparse method above.
-#: Measured with ``python -m benchmarks.neighbours`` (1/rank word frequencies, 49 descriptors
-#: per image): 20,000 images with 4 words BallTree 6.9 s, sparse 8.8 s; 8 words 12.7 s and
-#: 11.2 s; 16 words 19.6 s and 15.2 s; 2,000 images with 1,000 words 9.9 s and 0.16 s. A tree
-#: prunes only in very few dimensions.
-AUTO_MAX_TREE_WORDS = 4
+#: What ``method = auto`` takes. Measured with ``python -m benchmarks.neighbours`` (word
+#: frequencies as rank**-0.6, 49 descriptors per image, 2 cores): at 20,000 images the sparse
+#: method beat the BallTree at every codebook size tried, 2 words (1.5 s against 5.7 s),
+#: 4 (2.2 / 4.8), 8 (4.6 / 9.7), 16 (7.5 / 18.2) and 8,500 (see the README's table).
+AUTO_METHOD = "sparse"
 
 
 class Counts:
@@ -72,37 +72,41 @@ def _check_k(k, n):
         raise ConfigError(f"[neighbours] k={k} must be between 1 and the number of images - 1 = {n - 1}")
 
 
-def _chunked(counts, k, chunks, checkpoints, query_chunk):
-    """Run ``query_chunk`` over consecutive row ranges, each committed to ``checkpoints``."""
-    n = len(counts)
-    neighbours = np.empty((n, k), dtype=np.int64)
-    distances = np.empty((n, k), dtype=np.float64)
-    for c, rows in enumerate(chunks):
+def _chunked(n, k, rows, chunk_size, checkpoints, query_chunk):
+    """Run ``query_chunk(rows) -> (neighbours, distances)`` over chunks of the query rows
+    (all n images when ``rows`` is None), each chunk committed to ``checkpoints``."""
+    rows = np.arange(n) if rows is None else np.asarray(rows, dtype=np.int64)
+    neighbours = np.empty((len(rows), k), dtype=np.int64)
+    distances = np.empty((len(rows), k), dtype=np.float64)
+    for c, start in enumerate(range(0, len(rows), chunk_size)):
+        part = slice(start, start + chunk_size)
         saved = checkpoints.load(c) if checkpoints else None
         if saved is None:
-            ranked = query_chunk(rows)
-            saved = {"neighbours": np.array([r[0] for r in ranked]), "distances": np.array([r[1] for r in ranked])}
+            found, found_d = query_chunk(rows[part])
+            saved = {"neighbours": found, "distances": found_d}
             if checkpoints:
                 checkpoints.save(c, saved)
-        neighbours[rows], distances[rows] = saved["neighbours"], saved["distances"]
+        neighbours[part], distances[part] = saved["neighbours"], saved["distances"]
     return neighbours, distances
 
 
-def balltree_neighbours(counts, k=5, leaf_size=40, chunk_size=1024, checkpoints=None):
+def balltree_neighbours(counts, k=5, rows=None, leaf_size=40, chunk_size=1024, checkpoints=None):
     """The k nearest other images of every image, by a scikit-learn BallTree over the histograms.
 
     Parameters
     ----------
     counts : Counts
     k : int
+    rows : array-like of int, optional
+        Positions of the query images; all images by default.
     checkpoints : Checkpoints, optional
         Where the neighbours of each chunk of query rows are committed, so a killed run
         resumes after the last committed chunk.
 
     Returns
     -------
-    neighbours : ndarray of shape (n_images, k), int64 positions, nearest first
-    distances : ndarray of shape (n_images, k), float64, non-decreasing along each row
+    neighbours : ndarray of shape (n_rows, k), int64 positions, nearest first
+    distances : ndarray of shape (n_rows, k), float64, non-decreasing along each row
     """
     _check_k(k, len(counts))
     x = counts.counts.toarray() / counts.n_local
@@ -113,54 +117,107 @@ def balltree_neighbours(counts, k=5, leaf_size=40, chunk_size=1024, checkpoints=
         # returns every image tied with it, so the tie rule sees them all
         nearest, _ = tree.query(x[rows], k=k + 1)
         found = tree.query_radius(x[rows], nearest[:, k] + 1e-9)
-        return [counts.rank(row, found[i], counts.squared(row, found[i]), k) for i, row in enumerate(rows)]
+        ranked = [counts.rank(row, found[i], counts.squared(row, found[i]), k) for i, row in enumerate(rows)]
+        return np.array([r[0] for r in ranked]), np.array([r[1] for r in ranked])
 
-    chunks = [np.arange(s, min(s + chunk_size, len(counts))) for s in range(0, len(counts), chunk_size)]
-    result = _chunked(counts, k, chunks, checkpoints, query_chunk)
-    logger.info("%d nearest neighbours of %d images found with a BallTree", k, len(counts))
+    result = _chunked(len(counts), k, rows, chunk_size, checkpoints, query_chunk)
+    logger.info("%d nearest neighbours of %d images found with a BallTree", k, len(result[0]))
     return result
 
 
-def sparse_neighbours(counts, k=5, chunk_size=1024, max_products=20_000_000, checkpoints=None):
-    """The k nearest other images of every image, exactly, from sparse products.
+@numba.njit(cache=True)
+def _offer(best, best_s, best_r, fill, k, b, s, r):
+    """Put candidate ``b`` with key (s, r) into the sorted list of the best ``fill`` <= k."""
+    if fill == k and (s > best_s[k - 1] or (s == best_s[k - 1] and r >= best_r[k - 1])):
+        return fill
+    j = fill if fill < k else k - 1
+    while j > 0 and (best_s[j - 1] > s or (best_s[j - 1] == s and best_r[j - 1] > r)):
+        best[j], best_s[j], best_r[j] = best[j - 1], best_s[j - 1], best_r[j - 1]
+        j -= 1
+    best[j], best_s[j], best_r[j] = b, s, r
+    return min(fill + 1, k)
 
-    For a chunk of query rows, the sparse product of their counts with all counts gives the
-    dot products with every image, and from them the exact integer S to every image; the k
-    smallest are found by a partition, and only the images tied with the k-th are ranked
-    by the tie rule. Chunks hold at most ``max_products`` query x image pairs (8 bytes
-    each, 160 MB by default) and ``chunk_size`` rows, which bounds the memory whatever the
-    collection size.
+
+@numba.njit(parallel=True, cache=True)
+def _inverted_file_top_k(rows, indptr, indices, data, post_ptr, post_img, post_cnt, norms, id_rank, by_norm, k, n_threads):
+    """Exact k best (S, ID rank) of each query row; see :func:`sparse_neighbours`."""
+    n, m = len(norms), len(rows)
+    out = np.empty((m, k), dtype=np.int64)
+    out_s = np.empty((m, k), dtype=np.int64)
+    for t in numba.prange(n_threads):
+        dots = np.zeros(n, dtype=np.int32)  # one accumulator per thread, cleared after each query
+        touched = np.empty(n, dtype=np.int32)
+        best = np.empty(k, dtype=np.int64)
+        best_s = np.empty(k, dtype=np.int64)
+        best_r = np.empty(k, dtype=np.int64)
+        for q in range(t, m, n_threads):
+            a = rows[q]
+            n_touched = 0
+            for p in range(indptr[a], indptr[a + 1]):
+                w, c = indices[p], data[p]
+                for e in range(post_ptr[w], post_ptr[w + 1]):
+                    b = post_img[e]
+                    touched[n_touched] = b  # kept only when b is new: no branch to mispredict
+                    n_touched += dots[b] == 0
+                    dots[b] += c * post_cnt[e]
+            fill = 0
+            for j in range(n_touched):
+                b = touched[j]
+                if b != a:
+                    fill = _offer(best, best_s, best_r, fill, k, b, norms[a] + norms[b] - 2 * dots[b], id_rank[b])
+            # images sharing no word with a: S = |a|^2 + |b|^2, so the best of them are among
+            # the first k others in (|b|^2, ID) order
+            taken, j = 0, 0
+            while taken < k:
+                b = by_norm[j]
+                j += 1
+                if b != a:
+                    taken += 1
+                    if dots[b] == 0:
+                        fill = _offer(best, best_s, best_r, fill, k, b, norms[a] + norms[b], id_rank[b])
+            for j in range(n_touched):
+                dots[touched[j]] = 0
+            out[q], out_s[q] = best, best_s
+    return out, out_s
+
+
+def sparse_neighbours(counts, k=5, rows=None, chunk_size=4096, checkpoints=None):
+    """The k nearest other images of every image, exactly, from an inverted file over visual words.
+
+    For each query image, the posting lists of its words (at most n_local of them) give the
+    dot product with every image that shares a word, and from it the exact integer S; every
+    other image shares no word, so its S is |a|^2 + |b|^2 and the best of them are the first
+    images in order of |b|^2 then ID. The work per query is the length of its posting lists,
+    not the collection size; queries run in parallel on all cores (numba), chunk by chunk,
+    and memory is the counts, their inverted file and one accumulator per core.
 
     Parameters and returns as :func:`balltree_neighbours`.
     """
     n = len(counts)
     _check_k(k, n)
-    transposed = counts.counts.T.tocsr()
-    rows_per_chunk = max(1, min(chunk_size, max_products // n))
-    chunks = [np.arange(s, min(s + rows_per_chunk, n)) for s in range(0, n, rows_per_chunk)]
-    never = np.iinfo(np.int64).max
+    csr = counts.counts
+    csc = csr.tocsc()
+    arrays = (
+        csr.indptr.astype(np.int64), csr.indices.astype(np.int32), csr.data.astype(np.int32),
+        csc.indptr.astype(np.int64), csc.indices.astype(np.int32), csc.data.astype(np.int32),
+        counts.norms.astype(np.int64), counts.id_rank.astype(np.int64),
+        np.lexsort((counts.id_rank, counts.norms)).astype(np.int64),
+    )
 
     def query_chunk(rows):
-        dots = (counts.counts[rows] @ transposed).toarray()
-        squared = counts.norms[rows, None] + counts.norms[None, :] - 2 * dots
-        squared[np.arange(len(rows)), rows] = never  # an image is not its own neighbour
-        kth = np.partition(squared, k - 1, axis=1)[:, k - 1]
-        ranked = []
-        for i, row in enumerate(rows):
-            candidates = np.flatnonzero(squared[i] <= kth[i])
-            ranked.append(counts.rank(row, candidates, squared[i, candidates], k))
-        return ranked
+        found, squared = _inverted_file_top_k(rows.astype(np.int64), *arrays, k, numba.get_num_threads())
+        return found, np.sqrt(squared) / counts.n_local
 
-    result = _chunked(counts, k, chunks, checkpoints, query_chunk)
-    logger.info("%d nearest neighbours of %d images found by sparse products", k, n)
+    result = _chunked(n, k, rows, chunk_size, checkpoints, query_chunk)
+    logger.info("%d nearest neighbours of %d images found with an inverted file", k, len(result[0]))
     return result
 
 
 def nearest_neighbours(counts, k=5, method="auto", checkpoints=None):
-    """The k nearest other images of every image, by ``method`` (see METHODS and AUTO_MAX_TREE_WORDS)."""
+    """The k nearest other images of every image, by ``method`` (see METHODS and AUTO_METHOD)."""
     if method not in METHODS:
         raise ConfigError(f"[neighbours] method={method!r} must be one of {', '.join(METHODS)}")
     if method == "auto":
-        method = "balltree" if counts.counts.shape[1] <= AUTO_MAX_TREE_WORDS else "sparse"
+        method = AUTO_METHOD
     find = balltree_neighbours if method == "balltree" else sparse_neighbours
     return find(counts, k=k, checkpoints=checkpoints)

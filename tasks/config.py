@@ -56,7 +56,7 @@ class neighbours(luigi.Config):
     method = luigi.Parameter(
         default="auto",
         significant=False,  # both methods give the same result
-        description="balltree, sparse (exact, from sparse products) or auto (balltree for small codebooks).",
+        description="balltree, sparse (exact, inverted file over visual words) or auto (sparse, measured faster).",
     )
 
 

@@ -27,6 +27,6 @@ def test_extract_benchmark_prints_its_figures(capsys):
 def test_neighbours_benchmark_prints_its_figures(capsys):
     from benchmarks import neighbours
 
-    neighbours.run(images=60, words=(20,))
+    neighbours.run(images=60, words=(20,), tree_queries=60)
     figures = last_json_line(capsys)
     assert figures["bench"] == "neighbours" and figures["identical"] is True

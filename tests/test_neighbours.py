@@ -109,9 +109,10 @@ def test_resumed_query_reuses_committed_chunks(method, tmp_path):
     np.testing.assert_array_equal(np.delete(resumed[1], range(16, 24), 0), np.delete(whole[1], range(16, 24), 0))
 
 
-def test_a_small_product_budget_gives_the_same_neighbours():
+@pytest.mark.parametrize("method", METHODS)
+def test_chunk_size_does_not_change_the_neighbours(method):
     data = Counts(random_counts(6, n=300, words=50, n_local=10, zipf=1.0), 10, np.arange(300))
-    small = sparse_neighbours(data, k=5, max_products=900)  # three query rows at a time
-    large = sparse_neighbours(data, k=5)
+    small = method(data, k=5, chunk_size=3)
+    large = method(data, k=5, chunk_size=1000)
     np.testing.assert_array_equal(small[0], large[0])
     np.testing.assert_array_equal(small[1], large[1])
