@@ -9,6 +9,7 @@ from sklearn.cluster import KMeans
 from sklearn.metrics import pairwise_distances_argmin
 
 from .errors import ConfigError
+from .store import sample_images
 
 logger = logging.getLogger(__name__)
 
@@ -36,23 +37,6 @@ def resolve_size(size, n_descriptors):
             "lower it or use auto"
         )
     return k
-
-
-def sample_positions(n_images, n_local, sample_size, random_state):
-    """Choose which descriptors the codebook is fitted on.
-
-    Returns
-    -------
-    take : ndarray of shape (n_images, n_local), bool
-        All descriptors when there are at most ``sample_size``, else a uniform sample of that many.
-    """
-    take = np.zeros(n_images * n_local, dtype=bool)
-    if n_images * n_local <= sample_size:
-        take[:] = True
-    else:
-        rng = np.random.default_rng(random_state)
-        take[rng.choice(n_images * n_local, size=sample_size, replace=False)] = True
-    return take.reshape(n_images, n_local)
 
 
 class Codebook:
@@ -100,28 +84,25 @@ class Codebook:
 
 
 def fit_codebook(blocks, reducer, size, sample_size, random_state):
-    """Fit the codebook on a seeded uniform sample of the reduced descriptors.
+    """Fit the codebook on the reduced descriptors of a seeded uniform sample of images.
 
     Parameters
     ----------
-    blocks : DescriptorBlocks or ArrayBlocks
-        The descriptors, block by block; blocks without a sampled descriptor are not read.
+    blocks : Blocks
+        The descriptors; only the sampled images are read.
     reducer : Reducer
     size : int or "auto"
     sample_size : int
-        Most descriptors k-means sees; memory stays bounded by it whatever the collection size.
+        Most descriptors k-means sees, taken as whole images: sample_size // n_local images
+        (at least one). Memory and reading stay bounded by it whatever the collection size.
     random_state : int
+        Seed of the sample and of k-means.
 
     Returns
     -------
     Codebook
     """
-    n_images = sum(len(blocks.positions(i)) for i in range(len(blocks)))
-    take = sample_positions(n_images, blocks.n_local(), sample_size, random_state)
-    sample = []
-    for i in range(len(blocks)):
-        chosen = take[blocks.positions(i)]
-        if chosen.any():
-            sample.append(reducer.transform(blocks[i][chosen].astype(np.float32)))
-    sample = np.concatenate(sample)
+    n_local = blocks.n_local()
+    chosen = blocks.subset(sample_images(blocks.n_images, max(1, sample_size // n_local), random_state))
+    sample = np.concatenate([reducer.transform(b.reshape(-1, b.shape[-1])) for b in chosen])
     return Codebook(resolve_size(size, len(sample)), random_state).fit(sample)

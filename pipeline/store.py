@@ -227,6 +227,7 @@ class Blocks:
     """
 
     def __init__(self, n_images, block_size=BLOCK_SIZE):
+        self.n_images = n_images
         self._blocks = fixed_blocks(n_images, block_size)
 
     def __len__(self):
@@ -239,6 +240,39 @@ class Blocks:
         if not 0 <= i < len(self):
             raise IndexError(i)
         return self.read(self._blocks[i])
+
+    def subset(self, positions):
+        """The images at ``positions`` (increasing), as blocks of their own."""
+        return SubsetBlocks(self, positions)
+
+
+class SubsetBlocks(Blocks):
+    """Some images of other blocks, read from them on demand."""
+
+    def __init__(self, parent, positions, block_size=BLOCK_SIZE):
+        super().__init__(len(positions), block_size)
+        self.parent = parent
+        self.chosen = np.asarray(positions, dtype=np.int64)
+
+    def read(self, positions):
+        return self.parent.read(self.chosen[positions])
+
+    def n_local(self):
+        return self.parent.n_local()
+
+
+def sample_images(n_images, n_wanted, random_state):
+    """A seeded uniform sample of image positions, increasing.
+
+    Returns
+    -------
+    positions : ndarray of shape (min(n_images, n_wanted),), int64
+        Every position when ``n_wanted`` is 0 or at least ``n_images``.
+    """
+    if n_wanted <= 0 or n_wanted >= n_images:
+        return np.arange(n_images, dtype=np.int64)
+    rng = np.random.default_rng(random_state)
+    return np.sort(rng.choice(n_images, size=n_wanted, replace=False)).astype(np.int64)
 
 
 class DescriptorBlocks(Blocks):

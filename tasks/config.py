@@ -34,6 +34,12 @@ class reduction(luigi.Config):
     variance = luigi.FloatParameter(
         default=0.97, description="Fraction of the variance the PCA components keep, in (0, 1]."
     )
+    sample_images = luigi.IntParameter(
+        default=20_000,
+        description="Images whose every descriptor the scaler and PCA are fitted on (a seeded uniform "
+        "sample); 0 = all images.",
+    )
+    seed = luigi.IntParameter(default=0, description="Seed of the image sample.")
 
 
 class codebook(luigi.Config):
@@ -41,7 +47,9 @@ class codebook(luigi.Config):
         default="auto", description="Number of visual words K, or auto: sqrt(descriptors sampled), 2 to 8,500."
     )
     sample_size = luigi.IntParameter(
-        default=200_000, description="Most descriptors k-means is fitted on (a seeded uniform sample)."
+        default=200_000,
+        description="Most descriptors k-means is fitted on: the descriptors of a seeded uniform sample of "
+        "sample_size / 49 images.",
     )
     seed = luigi.IntParameter(default=0, description="Seed of the descriptor sample and of k-means.")
     refit_growth = luigi.FloatParameter(

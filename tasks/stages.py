@@ -122,7 +122,7 @@ class Features(ArtifactTask):
 
 
 class Reducer(ArtifactTask):
-    """StandardScaler + PCA over every descriptor; kept across runs until a refit."""
+    """StandardScaler + PCA over every descriptor of a sample of images; kept across runs until a refit."""
 
     filename = "reducer.h5"
 
@@ -130,7 +130,12 @@ class Reducer(ArtifactTask):
         return Features(date=self.date)
 
     def settings(self):
-        return {"variance": reduction().variance, "features": settings_digest(self.requires().settings())}
+        return {
+            "variance": reduction().variance,
+            "sample_images": reduction().sample_images,
+            "seed": reduction().seed,
+            "features": settings_digest(self.requires().settings()),
+        }
 
     def complete(self):
         # frozen: valid for any later run with the same settings, until a refit is asked for
@@ -147,7 +152,8 @@ class Reducer(ArtifactTask):
 
     def make(self, tmp):
         blocks = self.requires().blocks()
-        reducer = ReducerModel(reduction().variance).fit(blocks, checkpoints=self.checkpoints())
+        sample = blocks.subset(store.sample_images(blocks.n_images, reduction().sample_images, reduction().seed))
+        reducer = ReducerModel(reduction().variance).fit(sample, checkpoints=self.checkpoints())
         reducer.save(tmp, self.attrs(images=len(blocks.index)))
 
 

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from pipeline.codebook import Codebook, auto_size, fit_codebook, resolve_size, sample_positions
+from pipeline.codebook import Codebook, auto_size, fit_codebook, resolve_size
 from pipeline.errors import ConfigError
 from pipeline.reduction import Reducer
 from pipeline.store import ArrayBlocks
@@ -21,14 +21,6 @@ def test_resolve_size(size, n, expected):
 def test_bad_size_names_the_setting(size, message):
     with pytest.raises(ConfigError, match=r"\[codebook\] size=.*" + message):
         resolve_size(size, 100)
-
-
-def test_sample_is_bounded_seeded_and_uniform():
-    take = sample_positions(1000, 49, 5000, random_state=3)
-    assert take.shape == (1000, 49) and take.sum() == 5000
-    np.testing.assert_array_equal(take, sample_positions(1000, 49, 5000, random_state=3))
-    assert not np.array_equal(take, sample_positions(1000, 49, 5000, random_state=4))
-    assert sample_positions(10, 49, 5000, random_state=3).all()
 
 
 def blobs(seed=0):
@@ -52,8 +44,19 @@ def test_fit_codebook_is_deterministic_and_independent_of_blocks():
     reducer = Reducer(1.0).fit(x)
     a = fit_codebook(ArrayBlocks(descriptors, block_size=3), reducer, "auto", 120, random_state=0)
     b = fit_codebook(ArrayBlocks(descriptors, block_size=17), reducer, "auto", 120, random_state=0)
-    assert a.size == auto_size(120)
+    assert a.size == auto_size(120)  # 120 // 5 = 24 whole images
     np.testing.assert_array_equal(a.centers_, b.centers_)
+
+
+def test_fit_codebook_reads_only_the_sampled_images():
+    x, _ = blobs(1)
+    reducer = Reducer(1.0).fit(x)
+    blocks = ArrayBlocks(x.reshape(40, 5, 8), block_size=4)
+    seen = []
+    read = blocks.read
+    blocks.read = lambda positions: seen.extend(positions) or read(positions)
+    fit_codebook(blocks, reducer, 3, 50, random_state=0)
+    assert len(seen) == 10 and len(set(seen)) == 10  # 50 descriptors = 10 images of 5, each read once
 
 
 def test_save_and_load_round_trip(tmp_path):

@@ -8,11 +8,13 @@ from pipeline.collection import ImageFile, Inventory
 from pipeline.errors import ArtifactError
 from pipeline.h5io import atomic_path
 from pipeline.store import (
+    ArrayBlocks,
     DescriptorBlocks,
     FeatureStore,
     extract_to_store,
     index_inventory,
     load_index,
+    sample_images,
     save_index,
 )
 
@@ -96,3 +98,20 @@ def test_atomic_path_leaves_nothing_when_the_write_fails(tmp_path):
             raise RuntimeError("killed")
     assert target.read_bytes() == b"previous"
     assert os.listdir(tmp_path) == ["a.h5"]
+
+
+def test_image_sample_is_seeded_uniform_increasing_and_all_when_small():
+    sample = sample_images(1000, 50, random_state=3)
+    assert len(sample) == 50 and len(set(sample)) == 50 and (np.diff(sample) > 0).all()
+    np.testing.assert_array_equal(sample, sample_images(1000, 50, random_state=3))
+    assert not np.array_equal(sample, sample_images(1000, 50, random_state=4))
+    np.testing.assert_array_equal(sample_images(10, 50, random_state=3), np.arange(10))
+    np.testing.assert_array_equal(sample_images(10, 0, random_state=3), np.arange(10))
+
+
+def test_subset_blocks_read_the_chosen_images():
+    descriptors = np.arange(30 * 2 * 3).reshape(30, 2, 3)
+    chosen = np.array([1, 4, 5, 17, 29])
+    subset = ArrayBlocks(descriptors, block_size=4).subset(chosen)
+    assert subset.n_images == 5 and subset.n_local() == 2
+    np.testing.assert_array_equal(np.concatenate(list(subset)), descriptors[chosen])

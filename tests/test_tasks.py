@@ -110,6 +110,15 @@ def test_changed_setting_reruns_only_the_stages_it_affects(run, monkeypatch, tmp
     pipeline_config(root)  # leave the module's config as it was
 
 
+def test_reducer_is_fitted_on_the_configured_image_sample(run, monkeypatch):
+    (root, _), _ = run
+    config = pipeline_config(root, reduction__sample_images=5)
+    assert build(monkeypatch, config).status == luigi.execution_summary.LuigiStatusCode.SUCCESS
+    with h5py.File(root / "artifacts" / "reducer.h5") as f:
+        assert f.attrs["n_samples_seen"] == 5 * 49
+    pipeline_config(root)  # leave the module's config as it was
+
+
 def test_truncated_artifact_is_made_again(run, monkeypatch):
     (_, root), _ = run
     path = root / "artifacts" / "codebook.h5"
