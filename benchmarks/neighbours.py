@@ -24,7 +24,7 @@ from .common import Timer, peak_rss_mb, report
 EXPONENT = 0.6
 
 
-def synthetic_counts(images, words, n_local=49, exponent=EXPONENT, seed=0, block=100_000):
+def synthetic_counts(images, words, n_local=49, exponent=EXPONENT, seed=0, block=20_000):
     """Counts of ``images`` random histograms whose word frequencies fall off as rank**-exponent."""
     rng = np.random.default_rng(seed)
     p = 1.0 / np.arange(1, words + 1) ** exponent

@@ -139,57 +139,55 @@ def _offer(best, best_s, best_r, fill, k, b, s, r):
 
 
 @numba.njit(parallel=True, cache=True)
-def _inverted_file_top_k(rows, indptr, indices, data, post_ptr, post_img, post_cnt, norms, id_rank, by_norm, k, n_threads):
+def _inverted_file_top_k(rows, indptr, indices, data, block_ptr, post_img, post_cnt, norms, id_rank, lightest, k, block, n_threads):
     """Exact k best (S, ID rank) of each query row; see :func:`sparse_neighbours`."""
-    n, m = len(norms), len(rows)
+    n, m, n_blocks = len(norms), len(rows), block_ptr.shape[1] - 1
     out = np.empty((m, k), dtype=np.int64)
     out_s = np.empty((m, k), dtype=np.int64)
     for t in numba.prange(n_threads):
-        dots = np.zeros(n, dtype=np.int32)  # one accumulator per thread, cleared after each query
-        touched = np.empty(n, dtype=np.int32)
+        dots = np.zeros(block, dtype=np.int32)  # one accumulator per thread, cleared after each block
+        touched = np.empty(block, dtype=np.int32)
         best = np.empty(k, dtype=np.int64)
         best_s = np.empty(k, dtype=np.int64)
         best_r = np.empty(k, dtype=np.int64)
         for q in range(t, m, n_threads):
             a = rows[q]
-            n_touched = 0
-            for p in range(indptr[a], indptr[a + 1]):
-                w, c = indices[p], data[p]
-                for e in range(post_ptr[w], post_ptr[w + 1]):
-                    b = post_img[e]
-                    touched[n_touched] = b  # kept only when b is new: no branch to mispredict
-                    n_touched += dots[b] == 0
-                    dots[b] += c * post_cnt[e]
             fill = 0
-            for j in range(n_touched):
-                b = touched[j]
-                if b != a:
-                    fill = _offer(best, best_s, best_r, fill, k, b, norms[a] + norms[b] - 2 * dots[b], id_rank[b])
-            # images sharing no word with a: S = |a|^2 + |b|^2, so the best of them are among
-            # the first k others in (|b|^2, ID) order
-            taken, j = 0, 0
-            while taken < k:
-                b = by_norm[j]
-                j += 1
-                if b != a:
-                    taken += 1
-                    if dots[b] == 0:
+            for tb in range(n_blocks):
+                first = tb * block
+                n_touched = 0
+                for p in range(indptr[a], indptr[a + 1]):
+                    w, c = indices[p], data[p]
+                    for e in range(block_ptr[w, tb], block_ptr[w, tb + 1]):
+                        b = post_img[e] - first
+                        touched[n_touched] = b  # kept only when b is new: no branch to mispredict
+                        n_touched += dots[b] == 0
+                        dots[b] += c * post_cnt[e]
+                for j in range(n_touched):
+                    b = touched[j] + first
+                    if b != a:
+                        fill = _offer(best, best_s, best_r, fill, k, b, norms[a] + norms[b] - 2 * dots[b - first], id_rank[b])
+                # images sharing no word with a: S = |a|^2 + |b|^2, so the best of them are
+                # among the k + 1 first in (|b|^2, ID) order
+                for b in lightest:
+                    if b != a and first <= b < first + block and dots[b - first] == 0:
                         fill = _offer(best, best_s, best_r, fill, k, b, norms[a] + norms[b], id_rank[b])
-            for j in range(n_touched):
-                dots[touched[j]] = 0
+                for j in range(n_touched):
+                    dots[touched[j]] = 0
             out[q], out_s[q] = best, best_s
     return out, out_s
 
 
-def sparse_neighbours(counts, k=5, rows=None, chunk_size=4096, checkpoints=None):
+def sparse_neighbours(counts, k=5, rows=None, chunk_size=4096, block=1 << 15, checkpoints=None):
     """The k nearest other images of every image, exactly, from an inverted file over visual words.
 
     For each query image, the posting lists of its words (at most n_local of them) give the
     dot product with every image that shares a word, and from it the exact integer S; every
     other image shares no word, so its S is |a|^2 + |b|^2 and the best of them are the first
-    images in order of |b|^2 then ID. The work per query is the length of its posting lists,
-    not the collection size; queries run in parallel on all cores (numba), chunk by chunk,
-    and memory is the counts, their inverted file and one accumulator per core.
+    images in order of |b|^2 then ID. The work per query is the length of its posting lists;
+    the images are taken ``block`` at a time so that the accumulator stays in the processor's
+    cache. Queries run in parallel on all cores (numba), chunk by chunk, and memory is the
+    counts, their inverted file and one accumulator per core.
 
     Parameters and returns as :func:`balltree_neighbours`.
     """
@@ -197,15 +195,23 @@ def sparse_neighbours(counts, k=5, rows=None, chunk_size=4096, checkpoints=None)
     _check_k(k, n)
     csr = counts.counts
     csc = csr.tocsc()
+    csc.sort_indices()
+    # block_ptr[w, tb]: where block tb of the images starts in the posting list of word w
+    n_blocks = -(-n // block)
+    starts = np.arange(n_blocks + 1) * block
+    block_ptr = np.empty((csc.shape[1], n_blocks + 1), dtype=np.int64)
+    for w in range(csc.shape[1]):
+        begin, end = csc.indptr[w], csc.indptr[w + 1]
+        block_ptr[w] = begin + np.searchsorted(csc.indices[begin:end], starts)
     arrays = (
         csr.indptr.astype(np.int64), csr.indices.astype(np.int32), csr.data.astype(np.int32),
-        csc.indptr.astype(np.int64), csc.indices.astype(np.int32), csc.data.astype(np.int32),
+        block_ptr, csc.indices.astype(np.int32), csc.data.astype(np.int32),
         counts.norms.astype(np.int64), counts.id_rank.astype(np.int64),
-        np.lexsort((counts.id_rank, counts.norms)).astype(np.int64),
+        np.lexsort((counts.id_rank, counts.norms))[: k + 1].astype(np.int64),
     )
 
     def query_chunk(rows):
-        found, squared = _inverted_file_top_k(rows.astype(np.int64), *arrays, k, numba.get_num_threads())
+        found, squared = _inverted_file_top_k(rows.astype(np.int64), *arrays, k, block, numba.get_num_threads())
         return found, np.sqrt(squared) / counts.n_local
 
     result = _chunked(n, k, rows, chunk_size, checkpoints, query_chunk)

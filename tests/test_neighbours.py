@@ -56,11 +56,23 @@ def test_sparse_equals_balltree_on_zipf_words(seed):
     np.testing.assert_array_equal(fast_d, tree_d)
 
 
+@pytest.mark.parametrize("block", [1, 7, 64])
+def test_sparse_blocks_of_images_give_the_same_neighbours(block):
+    # the lightest images (fewest repeated words) fall in different blocks than most queries
+    counts = random_counts(5, n=150, words=40, n_local=6, zipf=0.6)
+    ids = np.random.default_rng(5).permutation(150)
+    expected, expected_d = brute_force(counts, ids, 4)
+    got, got_d = sparse_neighbours(Counts(counts, 6, ids), k=4, block=block)
+    np.testing.assert_array_equal(got, expected)
+    np.testing.assert_allclose(got_d, expected_d, rtol=1e-12)
+
+
 def test_sparse_finds_images_that_share_no_word():
     # image 0 shares no word with anyone: its neighbours have no product with it
     counts = word_histograms(np.array([[0, 0], [1, 1], [2, 2], [1, 2], [3, 3]]), 4)
     expected, _ = brute_force(counts, np.arange(5), 3)
     np.testing.assert_array_equal(sparse_neighbours(Counts(counts, 2, np.arange(5)), k=3)[0], expected)
+    np.testing.assert_array_equal(sparse_neighbours(Counts(counts, 2, np.arange(5)), k=3, block=2)[0], expected)
 
 
 @pytest.mark.parametrize("method", METHODS)
