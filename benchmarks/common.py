@@ -3,6 +3,7 @@
 import json
 import os
 import resource
+import threading
 import time
 
 import numpy as np
@@ -12,6 +13,33 @@ from PIL import Image
 def peak_rss_mb():
     """Peak resident memory of this process so far, in MB."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+class StagePeak:
+    """Peak resident memory of this process while a block runs, sampled every ``interval`` seconds."""
+
+    def __init__(self, interval=0.05):
+        self.interval = interval
+
+    def _rss_mb(self):
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+    def _sample(self):
+        while not self._stop.wait(self.interval):
+            self.mb = max(self.mb, self._rss_mb())
+
+    def __enter__(self):
+        self.mb = self._rss_mb()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.mb = max(self.mb, self._rss_mb())
 
 
 class Timer:

@@ -15,11 +15,43 @@ from .h5io import atomic_path, read_ids, read_strings, write_ids, write_strings
 logger = logging.getLogger(__name__)
 
 
+#: Version of the chunk layout; part of the store's settings, so a new layout starts a new store.
+FORMAT = 2
+
+
+def quantize(descriptors):
+    """Descriptors as 8-bit codes, each local descriptor scaled between its own min and max.
+
+    Parameters
+    ----------
+    descriptors : ndarray of shape (n, n_local, c)
+
+    Returns
+    -------
+    codes : ndarray of shape (n, n_local, c), uint8
+    offset, scale : ndarray of shape (n, n_local), float32
+        ``codes * scale + offset`` restores each value to within scale / 2.
+    """
+    x = np.asarray(descriptors, dtype=np.float32)
+    offset = x.min(axis=-1)
+    scale = (x.max(axis=-1) - offset) / 255
+    scale[scale == 0] = 1.0
+    codes = np.rint((x - offset[..., None]) / scale[..., None]).astype(np.uint8)
+    return codes, offset, scale
+
+
+def dequantize(codes, offset, scale):
+    """Inverse of :func:`quantize`: ndarray of shape (n, n_local, c), float32."""
+    return codes * scale[..., None] + offset[..., None]
+
+
 class FeatureStore:
     """A folder of chunk files, one per extracted batch, each written whole or not at all.
 
     A chunk holds the keys (relative path plus size and modification time) of its images,
-    their descriptors, and the images of the batch that could not be decoded with the reason.
+    their descriptors as 8-bit codes (see :func:`quantize`; gzip-compressed, about 100 KB per
+    image of 49 x 2048 values, half of float16), and the images of the batch that could not
+    be decoded with the reason.
     An image is done once a chunk names it, so an interrupted extraction loses at most the
     batch in flight, and a changed file (new key) is extracted again.
 
@@ -68,7 +100,7 @@ class FeatureStore:
         ----------
         keys : list of str
             Keys of the images with descriptors.
-        descriptors : ndarray of shape (len(keys), n_local, n_channels), float16
+        descriptors : ndarray of shape (len(keys), n_local, n_channels)
         rejected : dict of str to str
             Key -> reason of the batch's images that could not be decoded.
         """
@@ -76,7 +108,11 @@ class FeatureStore:
         with atomic_path(os.path.join(self.chunk_dir, name)) as tmp:
             with h5py.File(tmp, "w") as f:
                 write_strings(f, "keys", keys)
-                f.create_dataset("descriptors", data=descriptors)
+                codes, offset, scale = quantize(descriptors)
+                chunks = (1, *codes.shape[1:]) if len(codes) else None
+                f.create_dataset("codes", data=codes, chunks=chunks, compression="gzip", compression_opts=1)
+                f.create_dataset("offset", data=offset)
+                f.create_dataset("scale", data=scale)
                 write_strings(f, "rejected_keys", list(rejected))
                 write_strings(f, "rejected_reasons", list(rejected.values()))
         return name
@@ -198,18 +234,18 @@ def load_index(path):
 
 
 def read_block(store, index, positions):
-    """Descriptors of the images at ``positions``: ndarray of shape (n, n_local, c), float16."""
+    """Descriptors of the images at ``positions``: ndarray of shape (n, n_local, c), float32."""
     chunks = index.chunk[positions]
     out = None
     for name in dict.fromkeys(chunks):  # chunks in order of first use
         mine = np.flatnonzero(chunks == name)
         with h5py.File(os.path.join(store.chunk_dir, name), "r") as f:
-            data = f["descriptors"]
             if out is None:
-                out = np.empty((len(positions), *data.shape[1:]), dtype=data.dtype)
+                out = np.empty((len(positions), *f["codes"].shape[1:]), dtype=np.float32)
             rows = index.row[positions[mine]]
             order = np.argsort(rows)
-            out[mine[order]] = data[rows[order]]  # h5py reads increasing rows
+            rows = rows[order]  # h5py reads increasing rows
+            out[mine[order]] = dequantize(f["codes"][rows], f["offset"][rows], f["scale"][rows])
     return out
 
 
@@ -276,7 +312,7 @@ def sample_images(n_images, n_wanted, random_state):
 
 
 class DescriptorBlocks(Blocks):
-    """The descriptors of a FeatureIndex, read from the feature store (float16)."""
+    """The descriptors of a FeatureIndex, read from the feature store."""
 
     def __init__(self, store, index, block_size=BLOCK_SIZE):
         super().__init__(len(index), block_size)
@@ -292,7 +328,7 @@ class DescriptorBlocks(Blocks):
         if not len(self.index):
             raise ArtifactError("the feature index holds no images")
         with h5py.File(os.path.join(self.store.chunk_dir, self.index.chunk[0]), "r") as f:
-            return int(f["descriptors"].shape[1])
+            return int(f["codes"].shape[1])
 
 
 class ArrayBlocks(Blocks):

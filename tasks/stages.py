@@ -92,6 +92,7 @@ class Features(ArtifactTask):
                 "layer": resnet().layer,
                 "weights": features.weights_identity(resnet().weights),
                 "seed": resnet().seed if resnet().weights == "random" else None,
+                "store_format": store.FORMAT,
             }
         return self._settings
 

@@ -10,10 +10,12 @@ from pipeline.h5io import atomic_path
 from pipeline.store import (
     ArrayBlocks,
     DescriptorBlocks,
+    dequantize,
     FeatureStore,
     extract_to_store,
     index_inventory,
     load_index,
+    quantize,
     sample_images,
     save_index,
 )
@@ -115,3 +117,15 @@ def test_subset_blocks_read_the_chosen_images():
     subset = ArrayBlocks(descriptors, block_size=4).subset(chosen)
     assert subset.n_images == 5 and subset.n_local() == 2
     np.testing.assert_array_equal(np.concatenate(list(subset)), descriptors[chosen])
+
+
+def test_quantized_descriptors_come_back_within_half_a_step():
+    rng = np.random.default_rng(0)
+    x = np.maximum(rng.normal(size=(4, 49, 256)), 0).astype(np.float16)  # ReLU-like, as the layer
+    x[1, 3] = 2.5  # a constant descriptor
+    x[2, :, 0] = -1.0  # and negative values, as other layers give
+    codes, offset, scale = quantize(x)
+    assert codes.dtype == np.uint8 and codes.shape == x.shape and offset.shape == scale.shape == (4, 49)
+    back = dequantize(codes, offset, scale)
+    assert (np.abs(back - x.astype(np.float32)) <= scale[..., None] / 2 + 1e-6).all()
+    assert (back[1, 3] == 2.5).all() and (back[0][x[0] == 0] == 0).all()

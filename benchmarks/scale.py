@@ -1,0 +1,85 @@
+"""A simulated collection through reduction, codebook, histograms and neighbours: synthetic
+descriptors stand in for the extraction, and the pipeline's own code runs after it. Prints
+the seconds and the peak resident memory of each stage, the codebook's assignment rate and
+what the feature store would keep per image.
+
+    python -m benchmarks.scale [--images 20000] [--words 1000] [--rank 64]
+
+The descriptors of image i are made from i alone (the same image always reads the same):
+49 draws around latent "themes" projected to 2,048 channels with rank ``--rank``, so that
+the PCA keeps about ``rank`` components.
+"""
+
+import argparse
+
+import numpy as np
+
+from pipeline.codebook import fit_codebook
+from pipeline.histograms import compute_histograms
+from pipeline.neighbours import Counts, sparse_neighbours
+from pipeline.reduction import Reducer
+from pipeline.store import Blocks, sample_images
+
+from .common import StagePeak, Timer, report
+
+
+class SyntheticBlocks(Blocks):
+    """Descriptors of ``n_images`` simulated images, made on demand (float16, like the store)."""
+
+    def __init__(self, n_images, n_local=49, channels=2048, rank=64, themes=512, seed=0):
+        super().__init__(n_images)
+        rng = np.random.default_rng(seed)
+        self.basis = (rng.normal(size=(rank, channels)) / np.sqrt(rank)).astype(np.float32)
+        self.themes = (3 * rng.normal(size=(themes, rank))).astype(np.float32)
+        self.local, self.seed = n_local, seed
+
+    def read(self, positions):
+        z = np.empty((len(positions), self.local, len(self.themes[0])), dtype=np.float32)
+        for i, p in enumerate(positions):
+            rng = np.random.default_rng((self.seed, int(p)))
+            z[i] = self.themes[rng.integers(len(self.themes), size=self.local)] + rng.normal(size=z.shape[1:])
+        return (z @ self.basis).astype(np.float16)
+
+    def n_local(self):
+        return self.local
+
+
+def run(images=20000, words=1000, rank=64, sample_images_=20000, sample_size=200_000):
+    blocks = SyntheticBlocks(images, rank=rank)
+    stages, figures = [], {"bench": "scale", "n_images": images, "words": words}
+    with StagePeak() as peak, Timer() as t:
+        reducer = Reducer(0.97).fit(blocks.subset(sample_images(images, sample_images_, 0)))
+    note = f"{min(images, sample_images_)} images sampled, {reducer.n_components_} components"
+    stages.append(("reduction", t.seconds, peak.mb, note))
+    with StagePeak() as peak, Timer() as t:
+        codebook = fit_codebook(blocks, reducer, words, sample_size, random_state=0)
+    stages.append(("codebook", t.seconds, peak.mb, f"K = {words} on {min(images, sample_size // 49) * 49} descriptors"))
+    keys = np.array([str(i) for i in range(images)])
+    with StagePeak() as peak, Timer() as t:
+        counts, _ = compute_histograms(blocks, keys, reducer, codebook)
+    stages.append(("histograms", t.seconds, peak.mb, f"{images / t.seconds:.0f} images/s assigned"))
+    figures["assignment_ips"] = round(images / t.seconds, 1)
+    with StagePeak() as peak, Timer() as t:
+        sparse_neighbours(Counts(counts, 49, np.arange(images)), k=5)
+    stages.append(("neighbours", t.seconds, peak.mb, "exact, sparse method"))
+    for name, seconds, mb, note in stages:
+        figures[f"{name}_seconds"] = round(seconds, 1)
+        figures[f"{name}_peak_rss_mb"] = round(mb)
+    rows = [(name, f"{seconds:8.1f} s  peak RSS {mb:6.0f} MB  {note}") for name, seconds, mb, note in stages]
+    report(rows, figures)
+    return figures
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=20000)
+    parser.add_argument("--words", type=int, default=1000)
+    parser.add_argument("--rank", type=int, default=64, help="rank of the simulated descriptors")
+    parser.add_argument("--sample-images", type=int, default=20000, help="[reduction] sample_images")
+    parser.add_argument("--sample-size", type=int, default=200_000, help="[codebook] sample_size")
+    args = parser.parse_args()
+    run(args.images, args.words, args.rank, args.sample_images, args.sample_size)
+
+
+if __name__ == "__main__":
+    main()
