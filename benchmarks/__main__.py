@@ -2,12 +2,12 @@
 
 import json
 
-from . import extract, neighbours, reduce
+from . import extract, neighbours, reduce, scale
 
 
 def main():
     results = []
-    for name, bench in (("extract", extract.run), ("reduce", reduce.run), ("neighbours", neighbours.run)):
+    for name, bench in (("extract", extract.run), ("reduce", reduce.run), ("neighbours", neighbours.run), ("scale", scale.run)):
         print(f"\n== {name} ==")
         results.append(bench())
     print("\n== summary ==")

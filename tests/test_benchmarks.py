@@ -21,6 +21,7 @@ def test_extract_benchmark_prints_its_figures(capsys):
     figures = last_json_line(capsys)
     assert figures["bench"] == "extract"
     assert {"pipeline_ips", "bare_model_ips", "per_image_predict_ips", "ratio_vs_bare", "speedup_vs_per_image"} <= set(figures)
+    assert 0 < figures["store_bytes_per_image"] < 49 * 2048  # 8-bit codes, compressed
     assert all(figures[k] > 0 for k in ("pipeline_ips", "bare_model_ips", "per_image_predict_ips"))
 
 
@@ -30,3 +31,14 @@ def test_neighbours_benchmark_prints_its_figures(capsys):
     neighbours.run(images=60, words=(20,), tree_queries=60)
     figures = last_json_line(capsys)
     assert figures["bench"] == "neighbours" and figures["identical"] is True
+
+
+def test_scale_benchmark_prints_each_stage(capsys):
+    from benchmarks import scale
+
+    scale.run(images=300, words=20, rank=8, sample_images_=100, sample_size=2000)
+    figures = last_json_line(capsys)
+    assert figures["bench"] == "scale" and figures["n_images"] == 300
+    for stage in ("reduction", "codebook", "histograms", "neighbours"):
+        assert figures[f"{stage}_peak_rss_mb"] > 0 and figures[f"{stage}_seconds"] >= 0
+    assert figures["assignment_ips"] > 0
