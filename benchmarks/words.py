@@ -1,0 +1,92 @@
+"""How often each visual word is used, on a codebook fitted to descriptors of real photographs:
+the rank-frequency profile the neighbours benchmark draws its synthetic histograms from.
+
+    python -m benchmarks.words [--crops 600] [--words 250 1000]
+
+Random crops (30 to 100 % of the side) of the sample photos that ship with scikit-image and
+scikit-learn, ResNet50 descriptors (random weights here: weights = random), the pipeline's
+reducer (variance 0.97) and codebook; the exponent s of share ~ rank**-s is fitted by least
+squares on log-log over the more frequent half of the words.
+"""
+
+import argparse
+
+import numpy as np
+from PIL import Image
+
+from pipeline.codebook import Codebook
+from pipeline.features import build_model
+from pipeline.histograms import word_histograms
+from pipeline.reduction import Reducer
+
+from .common import Timer, report
+
+PHOTOS = (
+    "astronaut", "camera", "coffee", "chelsea", "rocket", "hubble_deep_field", "immunohistochemistry", "moon",
+    "page", "text", "horse", "coins", "clock", "grass", "gravel", "brick", "colorwheel", "logo",
+    "motorcycle_left", "retina", "skin", "cat", "eagle", "microaneurysms",
+)  # fmt: skip
+
+
+def photos():
+    import skimage.data
+    from sklearn.datasets import load_sample_images
+
+    images = []
+    for name in PHOTOS:
+        a = np.asarray(getattr(skimage.data, name)())
+        if a.dtype == bool:
+            a = a.astype(np.uint8) * 255
+        if a.dtype != np.uint8:
+            a = (255 * (a - a.min()) / (np.ptp(a) + 1e-9)).astype(np.uint8)
+        images.append(Image.fromarray(a).convert("RGB"))
+    return images + [Image.fromarray(a) for a in load_sample_images().images]
+
+
+def crops(images, n, seed=0):
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        image = images[i % len(images)]
+        w, h = image.size
+        s = rng.uniform(0.3, 1.0)
+        cw, ch = int(w * s), int(h * s)
+        x, y = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
+        out.append(np.asarray(image.crop((x, y, x + cw, y + ch)).resize((224, 224), Image.Resampling.BILINEAR)))
+    return np.stack(out).astype(np.float32)
+
+
+def run(n_crops=600, words=(250, 1000), batch_size=16):
+    import keras
+
+    pixels = keras.applications.resnet50.preprocess_input(crops(photos(), n_crops))
+    model = build_model(weights="random")
+    with Timer() as t:
+        maps = np.concatenate([model(pixels[s : s + batch_size], training=False).numpy() for s in range(0, len(pixels), batch_size)])
+    descriptors = maps.reshape(-1, maps.shape[-1])
+    reducer = Reducer(0.97).fit(descriptors)
+    reduced = reducer.transform(descriptors)
+    rows, results = [("crops, descriptors, components", f"{n_crops}, {len(descriptors)}, {reducer.n_components_} ({t.seconds:.0f} s to extract)")], []
+    for k in words:
+        assigned = Codebook(k, random_state=0).fit(reduced).predict(reduced)
+        share = np.sort(np.bincount(assigned, minlength=k))[::-1] / len(assigned)
+        top = share[: k // 2]
+        exponent = -np.polyfit(np.log(np.arange(1, len(top) + 1)), np.log(np.maximum(top, 1e-12)), 1)[0]
+        images_with_top = float((word_histograms(assigned.reshape(n_crops, -1), k)[:, np.argmax(np.bincount(assigned, minlength=k))] > 0).mean())
+        rows.append((f"K = {k}", f"exponent {exponent:.2f}; most used word {share[0]:.2%} of descriptors, in {images_with_top:.0%} of images"))
+        results.append({"words": k, "exponent": round(float(exponent), 3), "top_share": round(float(share[0]), 4)})
+    figures = {"bench": "words", "crops": n_crops, "components": int(reducer.n_components_), "runs": results}
+    report(rows, figures)
+    return figures
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--crops", type=int, default=600)
+    parser.add_argument("--words", type=int, nargs="+", default=[250, 1000])
+    args = parser.parse_args()
+    run(args.crops, tuple(args.words))
+
+
+if __name__ == "__main__":
+    main()
