@@ -44,22 +44,22 @@ class Checkpoints:
         with h5py.File(path, "r") as f:
             return {name: f[name][()] for name in f}
 
-    def save(self, i, arrays):
-        """Commit the arrays of block ``i``."""
-        with atomic_path(self._path("block", i)) as tmp:
+    def _write(self, path, arrays):
+        with atomic_path(path) as tmp:
             with h5py.File(tmp, "w") as f:
                 for name, value in arrays.items():
                     f.create_dataset(name, data=value)
+
+    def save(self, i, arrays):
+        """Commit the arrays of block ``i``."""
+        self._write(self._path("block", i), arrays)
 
     def save_state(self, i, arrays, force=False):
         """Commit a running state reached after block ``i`` when ``state_interval`` has passed
         since the last save (or ``force``); earlier states are removed."""
         if not force and time.monotonic() - self._last_state < self.state_interval:
             return
-        with atomic_path(self._path("state", i)) as tmp:
-            with h5py.File(tmp, "w") as f:
-                for name, value in arrays.items():
-                    f.create_dataset(name, data=value)
+        self._write(self._path("state", i), arrays)
         for old in self._states():
             if old[0] < i:
                 os.remove(old[1])

@@ -72,10 +72,7 @@ def build_model(weights="imagenet", layer=DEFAULT_LAYER, seed=0):
     """
     keras = _keras()
     if weights == "random":
-        logger.warning(
-            "ResNet50 with seeded random weights (seed %d): for tests and smoke runs only, not a real "
-            "similarity; use weights = imagenet on a real collection", seed
-        )
+        logger.warning("ResNet50 with seeded random weights (seed %d): results are %s", seed, RANDOM_WEIGHTS_NOTE)
         keras.utils.set_random_seed(seed)
         source = None
     elif weights == "imagenet":
