@@ -25,6 +25,8 @@ METHODS = ("auto", "balltree", "sparse")
 #: method beat the BallTree at every codebook size tried, 2 words (1.5 s against 5.7 s),
 #: 4 (2.2 / 4.8), 8 (4.6 / 9.7), 16 (7.5 / 18.2) and 8,500 (see the README's table).
 AUTO_METHOD = "sparse"
+#: Accumulator entries the sparse method checks at once against its bound.
+GROUP = 64
 
 
 class Counts:
@@ -144,37 +146,51 @@ def _inverted_file_top_k(rows, indptr, indices, data, block_ptr, post_img, post_
     n, m, n_blocks = len(norms), len(rows), block_ptr.shape[1] - 1
     out = np.empty((m, k), dtype=np.int64)
     out_s = np.empty((m, k), dtype=np.int64)
-    for t in numba.prange(n_threads):
-        dots = np.zeros(block, dtype=np.int32)  # one accumulator per thread, cleared after each block
-        touched = np.empty(block, dtype=np.int32)
-        best = np.empty(k, dtype=np.int64)
-        best_s = np.empty(k, dtype=np.int64)
-        best_r = np.empty(k, dtype=np.int64)
-        for q in range(t, m, n_threads):
-            a = rows[q]
-            fill = 0
-            for tb in range(n_blocks):
-                first = tb * block
-                n_touched = 0
+    out_r = np.empty((m, k), dtype=np.int64)
+    fills = np.zeros(m, dtype=np.int64)
+    accumulators = np.zeros((n_threads, block), dtype=np.int32)
+    min_norm = norms.min()
+    # blocks outside, queries inside: a block's posting lists stay in cache for all the queries
+    for tb in range(n_blocks):
+        first = tb * block
+        size = min(block, n - first)
+        for t in numba.prange(n_threads):
+            dots = accumulators[t]
+            for q in range(t, m, n_threads):
+                a = rows[q]
+                best, best_s, best_r, fill = out[q], out_s[q], out_r[q], fills[q]
                 for p in range(indptr[a], indptr[a + 1]):
                     w, c = indices[p], data[p]
                     for e in range(block_ptr[w, tb], block_ptr[w, tb + 1]):
-                        b = post_img[e] - first
-                        touched[n_touched] = b  # kept only when b is new: no branch to mispredict
-                        n_touched += dots[b] == 0
-                        dots[b] += c * post_cnt[e]
-                for j in range(n_touched):
-                    b = touched[j] + first
-                    if b != a:
-                        fill = _offer(best, best_s, best_r, fill, k, b, norms[a] + norms[b] - 2 * dots[b - first], id_rank[b])
+                        dots[post_img[e]] += c * post_cnt[e]
                 # images sharing no word with a: S = |a|^2 + |b|^2, so the best of them are
                 # among the k + 1 first in (|b|^2, ID) order
                 for b in lightest:
-                    if b != a and first <= b < first + block and dots[b - first] == 0:
+                    if b != a and first <= b < first + size and dots[b - first] == 0:
                         fill = _offer(best, best_s, best_r, fill, k, b, norms[a] + norms[b], id_rank[b])
-                for j in range(n_touched):
-                    dots[touched[j]] = 0
-            out[q], out_s[q] = best, best_s
+                # S <= the k-th best needs 2 a.b >= |a|^2 + |b|^2 - kth >= |a|^2 + min |b|^2 - kth:
+                # most images that share a word fail this on their dot product alone
+                least = 1
+                if fill == k:
+                    least = max(1, (norms[a] + min_norm - best_s[k - 1] + 1) // 2)
+                for g in range(0, size, GROUP):
+                    end = min(g + GROUP, size)
+                    most = 0
+                    for j in range(g, end):  # vectorised: one comparison per group, mostly
+                        most = max(most, dots[j])
+                    if most < least:
+                        dots[g:end] = 0
+                        continue
+                    for j in range(g, end):
+                        if dots[j] >= least:
+                            b = first + j
+                            s = norms[a] + norms[b] - 2 * dots[j]
+                            if b != a and (fill < k or s <= best_s[k - 1]):
+                                fill = _offer(best, best_s, best_r, fill, k, b, s, id_rank[b])
+                                if fill == k:
+                                    least = max(1, (norms[a] + min_norm - best_s[k - 1] + 1) // 2)
+                        dots[j] = 0
+                fills[q] = fill
     return out, out_s
 
 
@@ -184,10 +200,13 @@ def sparse_neighbours(counts, k=5, rows=None, chunk_size=4096, block=1 << 15, ch
     For each query image, the posting lists of its words (at most n_local of them) give the
     dot product with every image that shares a word, and from it the exact integer S; every
     other image shares no word, so its S is |a|^2 + |b|^2 and the best of them are the first
-    images in order of |b|^2 then ID. The work per query is the length of its posting lists;
-    the images are taken ``block`` at a time so that the accumulator stays in the processor's
-    cache. Queries run in parallel on all cores (numba), chunk by chunk, and memory is the
-    counts, their inverted file and one accumulator per core.
+    images in order of |b|^2 then ID. An image can only enter a query's k best if its dot
+    product reaches a bound set by the k-th best so far, so most images that share a word are
+    passed over without looking further. The work per query is the length of its posting
+    lists. The images are taken ``block`` at a time, for a whole chunk of queries, so that the
+    block's accumulator and posting lists stay in the processor's cache. Queries run in
+    parallel on all cores (numba), chunk by chunk, and memory is the counts, their inverted
+    file and one accumulator per core.
 
     Parameters and returns as :func:`balltree_neighbours`.
     """
@@ -205,7 +224,7 @@ def sparse_neighbours(counts, k=5, rows=None, chunk_size=4096, block=1 << 15, ch
         block_ptr[w] = begin + np.searchsorted(csc.indices[begin:end], starts)
     arrays = (
         csr.indptr.astype(np.int64), csr.indices.astype(np.int32), csr.data.astype(np.int32),
-        block_ptr, csc.indices.astype(np.int32), csc.data.astype(np.int32),
+        block_ptr, (csc.indices % block).astype(np.int32), csc.data.astype(np.int32),
         counts.norms.astype(np.int64), counts.id_rank.astype(np.int64),
         np.lexsort((counts.id_rank, counts.norms))[: k + 1].astype(np.int64),
     )
