@@ -27,6 +27,11 @@ METHODS = ("auto", "balltree", "sparse")
 AUTO_METHOD = "sparse"
 #: Accumulator entries the sparse method checks at once against its bound.
 GROUP = 64
+#: Words found in more than this share of the images are accumulated from a dense row of
+#: counts (n_images int16) instead of their posting list: cheaper from about 1 in 40 images
+#: on (``python -m benchmarks.neighbours``). Words this frequent number at most
+#: n_local / DENSE_SHARE, about 116 with the measured word profile.
+DENSE_SHARE = 0.03
 
 
 class Counts:
@@ -141,7 +146,7 @@ def _offer(best, best_s, best_r, fill, k, b, s, r):
 
 
 @numba.njit(parallel=True, cache=True)
-def _inverted_file_top_k(rows, indptr, indices, data, block_ptr, post_img, post_cnt, norms, id_rank, lightest, k, block, n_threads):
+def _inverted_file_top_k(rows, indptr, indices, data, block_ptr, post_img, post_cnt, dense_row, dense, norms, id_rank, lightest, k, block, n_threads):
     """Exact k best (S, ID rank) of each query row; see :func:`sparse_neighbours`."""
     n, m, n_blocks = len(norms), len(rows), block_ptr.shape[1] - 1
     out = np.empty((m, k), dtype=np.int64)
@@ -161,8 +166,14 @@ def _inverted_file_top_k(rows, indptr, indices, data, block_ptr, post_img, post_
                 best, best_s, best_r, fill = out[q], out_s[q], out_r[q], fills[q]
                 for p in range(indptr[a], indptr[a + 1]):
                     w, c = indices[p], data[p]
-                    for e in range(block_ptr[w, tb], block_ptr[w, tb + 1]):
-                        dots[post_img[e]] += c * post_cnt[e]
+                    r = dense_row[w]
+                    if r >= 0:
+                        column = dense[r, first : first + size]
+                        for j in range(size):
+                            dots[j] += c * column[j]
+                    else:
+                        for e in range(block_ptr[w, tb], block_ptr[w, tb + 1]):
+                            dots[post_img[e]] += c * post_cnt[e]
                 # images sharing no word with a: S = |a|^2 + |b|^2, so the best of them are
                 # among the k + 1 first in (|b|^2, ID) order
                 for b in lightest:
@@ -194,7 +205,44 @@ def _inverted_file_top_k(rows, indptr, indices, data, block_ptr, post_img, post_
     return out, out_s
 
 
-def sparse_neighbours(counts, k=5, rows=None, chunk_size=4096, block=1 << 15, checkpoints=None):
+def _inverted_file(csr, block, dense_share):
+    """The inverted file of the counts, cut into blocks of ``block`` images.
+
+    Returns
+    -------
+    block_ptr : ndarray of shape (K, n_blocks + 1), int64
+        Where block tb of the images starts in the posting list of word w (empty for dense words).
+    post_img, post_cnt : ndarray of shape (n_postings,), int32
+        Image position within its block, and count, of each posting, word by word.
+    dense_row : ndarray of shape (K,), int64
+        Row of each dense word in ``dense``, -1 for the others.
+    dense : ndarray of shape (n_dense, n_images), int16
+        Counts of the words found in more than ``dense_share`` of the images.
+    """
+    n = csr.shape[0]
+    csc = csr.tocsc()
+    csc.sort_indices()
+    df = np.diff(csc.indptr)
+    heavy = np.flatnonzero(df > dense_share * n)
+    dense_row = np.full(csc.shape[1], -1, dtype=np.int64)
+    dense_row[heavy] = np.arange(len(heavy))
+    dense = np.zeros((len(heavy), n), dtype=np.int16)
+    for r, w in enumerate(heavy):
+        begin, end = csc.indptr[w], csc.indptr[w + 1]
+        dense[r, csc.indices[begin:end]] = csc.data[begin:end]
+    light_df = np.where(dense_row < 0, df, 0)
+    keep = np.repeat(dense_row < 0, df)
+    post_img, post_cnt = csc.indices[keep].astype(np.int32), csc.data[keep].astype(np.int32)
+    indptr = np.concatenate([[0], np.cumsum(light_df)])
+    n_blocks = -(-n // block)
+    starts = np.arange(n_blocks + 1) * block
+    block_ptr = np.empty((csc.shape[1], n_blocks + 1), dtype=np.int64)
+    for w in range(csc.shape[1]):
+        block_ptr[w] = indptr[w] + np.searchsorted(post_img[indptr[w] : indptr[w + 1]], starts)
+    return block_ptr, post_img % block, post_cnt, dense_row, dense
+
+
+def sparse_neighbours(counts, k=5, rows=None, chunk_size=4096, block=1 << 15, dense_share=DENSE_SHARE, checkpoints=None):
     """The k nearest other images of every image, exactly, from an inverted file over visual words.
 
     For each query image, the posting lists of its words (at most n_local of them) give the
@@ -212,19 +260,9 @@ def sparse_neighbours(counts, k=5, rows=None, chunk_size=4096, block=1 << 15, ch
     """
     n = len(counts)
     _check_k(k, n)
-    csr = counts.counts
-    csc = csr.tocsc()
-    csc.sort_indices()
-    # block_ptr[w, tb]: where block tb of the images starts in the posting list of word w
-    n_blocks = -(-n // block)
-    starts = np.arange(n_blocks + 1) * block
-    block_ptr = np.empty((csc.shape[1], n_blocks + 1), dtype=np.int64)
-    for w in range(csc.shape[1]):
-        begin, end = csc.indptr[w], csc.indptr[w + 1]
-        block_ptr[w] = begin + np.searchsorted(csc.indices[begin:end], starts)
     arrays = (
-        csr.indptr.astype(np.int64), csr.indices.astype(np.int32), csr.data.astype(np.int32),
-        block_ptr, (csc.indices % block).astype(np.int32), csc.data.astype(np.int32),
+        counts.counts.indptr.astype(np.int64), counts.counts.indices.astype(np.int32),
+        counts.counts.data.astype(np.int32), *_inverted_file(counts.counts, block, dense_share),
         counts.norms.astype(np.int64), counts.id_rank.astype(np.int64),
         np.lexsort((counts.id_rank, counts.norms))[: k + 1].astype(np.int64),
     )

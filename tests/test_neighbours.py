@@ -51,28 +51,32 @@ def test_sparse_equals_balltree_on_zipf_words(seed):
     ids = np.random.default_rng(seed).permutation(400) * 7
     data = Counts(counts, 49, ids)
     tree, tree_d = balltree_neighbours(data, k=5)
-    fast, fast_d = sparse_neighbours(data, k=5)
-    np.testing.assert_array_equal(fast, tree)
-    np.testing.assert_array_equal(fast_d, tree_d)
+    for dense_share in (0.0, 0.03, 1.0):
+        fast, fast_d = sparse_neighbours(data, k=5, dense_share=dense_share)
+        np.testing.assert_array_equal(fast, tree)
+        np.testing.assert_array_equal(fast_d, tree_d)
 
 
 @pytest.mark.parametrize("block", [1, 7, 64])
-def test_sparse_blocks_of_images_give_the_same_neighbours(block):
+@pytest.mark.parametrize("dense_share", [0.0, 0.1, 1.0])  # every word, the frequent ones, none dense
+def test_sparse_blocks_of_images_give_the_same_neighbours(block, dense_share):
     # the lightest images (fewest repeated words) fall in different blocks than most queries
     counts = random_counts(5, n=150, words=40, n_local=6, zipf=0.6)
     ids = np.random.default_rng(5).permutation(150)
     expected, expected_d = brute_force(counts, ids, 4)
-    got, got_d = sparse_neighbours(Counts(counts, 6, ids), k=4, block=block)
+    got, got_d = sparse_neighbours(Counts(counts, 6, ids), k=4, block=block, dense_share=dense_share)
     np.testing.assert_array_equal(got, expected)
     np.testing.assert_allclose(got_d, expected_d, rtol=1e-12)
 
 
-def test_sparse_finds_images_that_share_no_word():
+@pytest.mark.parametrize("dense_share", [0.0, 1.0])
+def test_sparse_finds_images_that_share_no_word(dense_share):
     # image 0 shares no word with anyone: its neighbours have no product with it
     counts = word_histograms(np.array([[0, 0], [1, 1], [2, 2], [1, 2], [3, 3]]), 4)
     expected, _ = brute_force(counts, np.arange(5), 3)
-    np.testing.assert_array_equal(sparse_neighbours(Counts(counts, 2, np.arange(5)), k=3)[0], expected)
-    np.testing.assert_array_equal(sparse_neighbours(Counts(counts, 2, np.arange(5)), k=3, block=2)[0], expected)
+    for block in (2, 1 << 15):
+        got = sparse_neighbours(Counts(counts, 2, np.arange(5)), k=3, block=block, dense_share=dense_share)[0]
+        np.testing.assert_array_equal(got, expected)
 
 
 @pytest.mark.parametrize("method", METHODS)
