@@ -60,7 +60,9 @@ def compute_histograms(blocks, keys, reducer, codebook, previous=None, checkpoin
     where = {key: i for i, key in enumerate(previous[0])} if previous is not None else {}
     reused = np.array([p for p, key in enumerate(keys) if key in where], dtype=np.int64)
     todo = np.array([p for p, key in enumerate(keys) if key not in where], dtype=np.int64)
-    words = []
+    parts = []
+    if len(reused):
+        parts.append(previous[1][np.array([where[keys[p]] for p in reused])])
     for b, start in enumerate(range(0, len(todo), block_size)):
         saved = checkpoints.load(b) if checkpoints else None
         if saved is None:
@@ -69,12 +71,7 @@ def compute_histograms(blocks, keys, reducer, codebook, previous=None, checkpoin
             saved = {"words": codebook.predict(reducer.transform(descriptors.reshape(-1, c))).reshape(n, n_local)}
             if checkpoints:
                 checkpoints.save(b, saved)
-        words.append(saved["words"])
-    parts = []
-    if len(reused):
-        parts.append(previous[1][np.array([where[keys[p]] for p in reused])])
-    if words:
-        parts.append(word_histograms(np.concatenate(words), codebook.size))
+        parts.append(word_histograms(saved["words"], codebook.size))  # sparse at once: memory per image stays small
     stacked = sp.vstack(parts, format="csr") if parts else sp.csr_matrix((0, codebook.size), dtype=np.int32)
     counts = stacked[np.argsort(np.concatenate([reused, todo]), kind="stable")].astype(np.int32)
     logger.info(
