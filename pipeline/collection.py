@@ -107,40 +107,67 @@ def scan_content(content_dir, fingerprint="stat"):
 
 
 def read_mapping(csv_path):
-    """Read the CMS's ID mapping, a CSV file with the header ``id,ppn,filename``.
+    """Read the CMS's ID mapping from a CSV file with the header ``id,ppn,filename``.
 
     Returns
     -------
-    mapping : DataFrame with string columns id, ppn (without the "PPN" prefix) and filename,
-        in file order.
+    mapping : DataFrame from :func:`check_mapping`
 
     Raises
     ------
     MappingError
-        When a column is missing, a value is empty, or an ID or a (ppn, filename) pair repeats.
+        When the file is unreadable, a column is missing, a value is empty, or an ID or a
+        (ppn, filename) pair repeats.
     """
+    source = f"[ids] csv={csv_path!r}"
     try:
         frame = pd.read_csv(csv_path, dtype=str, keep_default_na=False, skipinitialspace=True)
     except FileNotFoundError:
-        raise MappingError(f"[ids] csv={csv_path!r} does not exist; point it to the CSV file id,ppn,filename") from None
+        raise MappingError(f"{source} does not exist; point it to the CSV file id,ppn,filename") from None
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        raise MappingError(f"[ids] csv={csv_path!r} is not a readable CSV file: {exc}".replace("\n", " ")) from None
-    frame.columns = [str(c).strip().lower() for c in frame.columns]
+        raise MappingError(f"{source} is not a readable CSV file: {exc}".replace("\n", " ")) from None
+    return check_mapping(frame, source, "its header must be id,ppn,filename", "line", first_line=2)
+
+
+def check_mapping(frame, source, header_fix, row_name, first_line=1):
+    """Check an ID mapping and put it in the form the pipeline uses.
+
+    Parameters
+    ----------
+    frame : DataFrame
+        Columns id, ppn and filename (any case, others ignored); values str or None.
+    source : str
+        Where the mapping comes from, for the messages (``[ids] csv='...'``).
+    header_fix : str
+        What the message about a missing column tells the user to do.
+    row_name : str
+        What a row is called in the messages ("line", "row"), numbered from ``first_line``.
+
+    Returns
+    -------
+    mapping : DataFrame with string columns id, ppn (without the "PPN" prefix) and filename,
+        in the frame's order.
+
+    Raises
+    ------
+    MappingError
+        When a column is missing, a value is empty or NULL, or an ID or a (ppn, filename)
+        pair repeats.
+    """
+    frame = frame.rename(columns=lambda c: str(c).strip().lower())
     missing = [c for c in MAPPING_COLUMNS if c not in frame.columns]
     if missing:
-        raise MappingError(
-            f"[ids] csv={csv_path!r} lacks the column(s) {', '.join(missing)}; its header must be id,ppn,filename"
-        )
-    frame = frame[list(MAPPING_COLUMNS)].apply(lambda col: col.str.strip())
+        raise MappingError(f"{source} lacks the column(s) {', '.join(missing)}; {header_fix}")
+    frame = frame[list(MAPPING_COLUMNS)].apply(lambda col: col.map(lambda v: "" if v is None else str(v).strip()))
     frame["ppn"] = frame["ppn"].map(strip_ppn)
-    line = frame.index.to_numpy() + 2  # header is line 1
+    line = np.arange(len(frame)) + first_line
     empty = (frame == "").any(axis=1).to_numpy()
     if empty.any():
-        raise MappingError(f"[ids] csv={csv_path!r} has empty values on line(s) {_first(line[empty])}")
+        raise MappingError(f"{source} has empty or NULL values on {row_name}(s) {_first(line[empty])}")
     for columns, what in ((["id"], "ID"), (["ppn", "filename"], "(ppn, filename) pair")):
         repeated = frame.duplicated(columns, keep=False).to_numpy()
         if repeated.any():
-            raise MappingError(f"[ids] csv={csv_path!r} repeats the same {what} on lines {_first(line[repeated])}")
+            raise MappingError(f"{source} repeats the same {what} on {row_name}s {_first(line[repeated])}")
     return frame.reset_index(drop=True)
 
 
@@ -265,8 +292,16 @@ def log_rejected(rejected, shown=20):
         logger.warning("%d images could not be decoded and are left out: %s%s", len(rejected), listed, more)
 
 
-def take_inventory(content_dir, csv_path, fingerprint="stat"):
-    """Scan the collection, read the mapping, join them and log what does not match.
+def take_inventory(content_dir, mapping, source, fingerprint="stat"):
+    """Scan the collection, join it with the ID mapping and log what does not match.
+
+    Parameters
+    ----------
+    content_dir : str
+    mapping : DataFrame from :func:`check_mapping`
+    source : str
+        Where the mapping came from, for the messages.
+    fingerprint : {"stat", "sha256"}
 
     Raises
     ------
@@ -274,11 +309,11 @@ def take_inventory(content_dir, csv_path, fingerprint="stat"):
         When no image is both on disk and in the mapping.
     """
     files = scan_content(content_dir, fingerprint)
-    inventory = build_inventory(files, read_mapping(csv_path))
+    inventory = build_inventory(files, mapping)
     log_inventory(inventory, content_dir)
     if not len(inventory):
         raise CollectionError(
             f"no image under [paths] content={content_dir!r} ({len(files)} image files) has a row in "
-            f"[ids] csv={csv_path!r}; check that the mapping's ppn and filename match the PPN<id>/<file> paths"
+            f"{source}; check that the mapping's ppn and filename match the PPN<id>/<file> paths"
         )
     return inventory

@@ -1,15 +1,18 @@
 """The bundled demo collection: near-duplicate groups made from the sample photos of scikit-image
 and scikit-learn.
 
-``python -m pipeline.demo content`` writes ``content/PPN<id>/<file>.jpg`` and
-``content/image_ids.csv``; the same seed gives the same files.
+``python -m pipeline.demo collection content`` writes ``content/PPN<id>/<file>.jpg`` and
+``content/image_ids.csv``; the same seed gives the same files. ``python -m pipeline.demo cms
+artifacts/demo-cms.sqlite`` makes the demo's CMS database from that CSV file.
 """
 
 import argparse
+import contextlib
 import csv
 import io
 import os
 import shutil
+import sqlite3
 
 import numpy as np
 from PIL import Image, ImageEnhance, ImageFilter, ImageOps
@@ -110,13 +113,42 @@ def make_collection(dest, seed=0, bases=BASES, variants_per_base=2, n_records=8)
     return groups
 
 
+def make_cms(database, csv_path):
+    """Make the demo CMS: an SQLite database whose table ``images`` (id, ppn, filename) holds
+    the rows of the demo's ID mapping. An existing database is left as it is, as a CMS would be.
+
+    Returns
+    -------
+    created : bool
+    """
+    if os.path.exists(database):
+        return False
+    os.makedirs(os.path.dirname(os.path.abspath(database)), exist_ok=True)
+    with open(csv_path, newline="") as f:
+        rows = [(int(r["id"]), r["ppn"], r["filename"]) for r in csv.DictReader(f)]
+    tmp = f"{database}.tmp"
+    with contextlib.closing(sqlite3.connect(tmp)) as db, db:
+        db.execute("CREATE TABLE images (id INTEGER PRIMARY KEY, ppn TEXT NOT NULL, filename TEXT NOT NULL)")
+        db.executemany("INSERT INTO images VALUES (?, ?, ?)", rows)
+    os.replace(tmp, database)
+    return True
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("dest", nargs="?", default="content", help="folder to write the collection into")
-    parser.add_argument("--seed", type=int, default=0)
+    commands = parser.add_subparsers(dest="command", required=True)
+    collection = commands.add_parser("collection", help="write the demo collection")
+    collection.add_argument("dest", nargs="?", default="content", help="folder to write the collection into")
+    collection.add_argument("--seed", type=int, default=0)
+    cms = commands.add_parser("cms", help="make the demo CMS database from the collection's ID mapping")
+    cms.add_argument("database", help="SQLite file to create")
+    cms.add_argument("--csv", default="content/image_ids.csv", help="the ID mapping to put in it")
     args = parser.parse_args()
-    groups = make_collection(args.dest, seed=args.seed)
-    print(f"wrote {sum(map(len, groups.values()))} mapped images in {len(groups)} groups to {args.dest}")
+    if args.command == "collection":
+        groups = make_collection(args.dest, seed=args.seed)
+        print(f"wrote {sum(map(len, groups.values()))} mapped images in {len(groups)} groups to {args.dest}")
+    elif make_cms(args.database, args.csv):
+        print(f"made the demo CMS database {args.database} (table images: id, ppn, filename)")
 
 
 if __name__ == "__main__":

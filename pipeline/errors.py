@@ -27,3 +27,7 @@ class ArtifactError(PipelineError):
 
 class ImageError(PipelineError):
     """One image file cannot be decoded; the run goes on without it."""
+
+
+class CmsError(PipelineError):
+    """The CMS database cannot be read or written; a load that fails is rolled back."""

@@ -1,10 +1,12 @@
 """Thin Luigi tasks wiring the pipeline stages.
 
-``luigi --module tasks Nightly --local-scheduler`` (the scheduled run) or
-``luigi --module tasks Similarities --local-scheduler`` (the result alone).
+``luigi --module tasks Nightly --local-scheduler`` (the scheduled run),
+``luigi --module tasks Similarities --local-scheduler`` (the result alone) or
+``luigi --module tasks LoadSimilarities --local-scheduler`` (the result, loaded into the CMS).
 """
 
-from .config import codebook, collection, ids, neighbours, paths, reduction, resnet
+from .database import CmsImages
+from .config import cms, codebook, collection, ids, neighbours, paths, reduction, resnet
 from .nightly import Nightly
 from .stages import (
     Codebook,
@@ -13,20 +15,24 @@ from .stages import (
     Histograms,
     IdMapping,
     Inventory,
+    LoadSimilarities,
     Reducer,
     Similarities,
 )
 
 __all__ = [
+    "CmsImages",
     "Codebook",
     "ContentFolder",
     "Features",
     "Histograms",
     "IdMapping",
     "Inventory",
+    "LoadSimilarities",
     "Nightly",
     "Reducer",
     "Similarities",
+    "cms",
     "codebook",
     "collection",
     "ids",

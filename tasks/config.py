@@ -11,8 +11,34 @@ class paths(luigi.Config):
 
 
 class ids(luigi.Config):
+    source = luigi.ChoiceParameter(
+        choices=["csv", "cms"],
+        default="csv",
+        description="Where the ID mapping comes from: csv ([ids] csv) or cms (the database at [cms] url).",
+    )
     csv = luigi.Parameter(
         default="content/image_ids.csv", significant=False, description="ID mapping, a CSV file id,ppn,filename."
+    )
+
+
+class cms(luigi.Config):
+    url = luigi.Parameter(
+        default="",
+        significant=False,
+        description="SQLAlchemy URL of the CMS database, or env:NAME / file:PATH naming where it is written "
+        "(the only places for a password); empty: no CMS, similarities.hdf5 only.",
+    )
+    table = luigi.Parameter(default="image_similarity", description="Table the neighbour lists are loaded into.")
+    marker_table = luigi.Parameter(
+        default="image_similarity_load", description="Table recording each load (run_id, date, rows, time)."
+    )
+    batch_rows = luigi.IntParameter(default=10_000, significant=False, description="Rows per write of a load.")
+    images_table = luigi.Parameter(default="images", description="Table of the ID mapping when [ids] source = cms.")
+    id_column = luigi.Parameter(default="id", description="Its column of database IDs.")
+    ppn_column = luigi.Parameter(default="ppn", description="Its column of PPNs (with or without the PPN prefix).")
+    filename_column = luigi.Parameter(default="filename", description="Its column of file names.")
+    ids_query = luigi.Parameter(
+        default="", description="A SELECT returning id, ppn, filename, used instead of images_table when set."
     )
 
 

@@ -5,13 +5,13 @@ import os
 
 import luigi
 
-from pipeline import collection, store
+from pipeline import cms as cms_db, collection, store
 from pipeline.h5io import read_attrs
 from pipeline.report import publish_report, read_json, stage_summary
 
-from .base import ArtifactTask, RunTask
-from .config import paths
-from .stages import Codebook, Features, Histograms, Inventory, Reducer, Similarities
+from .base import RunTask
+from .config import cms, paths
+from .stages import Codebook, Features, Histograms, Inventory, LoadSimilarities, Reducer, Similarities
 
 STAGES = (Inventory, Features, Reducer, Codebook, Histograms, Similarities)
 
@@ -28,7 +28,10 @@ class Nightly(RunTask):
     """
 
     def requires(self):
-        return Similarities(date=self.date, refit=self.refit)
+        similarities = Similarities(date=self.date, refit=self.refit)
+        if not cms().url.strip():
+            return {"similarities": similarities}
+        return {"similarities": similarities, "cms": LoadSimilarities(date=self.date, refit=self.refit)}
 
     def output(self):
         return luigi.LocalTarget(os.path.join(paths().artifacts, "runs", self.date.isoformat(), "run_report.json"))
@@ -60,13 +63,20 @@ class Nightly(RunTask):
             "missing": inventory.missing,
             "refit": stage_summary(artifacts["Reducer"], date)[1],
             "stage_seconds": seconds,
-            "similarities": os.path.abspath(self.input().path),
+            "similarities": os.path.abspath(self.input()["similarities"].path),
             "images_with_neighbours": len(index),
         }
+        if "cms" in self.input():
+            report["cms"] = {
+                "url": cms_db.shown(cms_db.resolve_url(cms().url)),
+                "table": cms().table,
+                "run_id": artifacts["Similarities"]["digest"],
+                "rows": len(index) * int(artifacts["Similarities"]["k"]),
+            }
         publish_report(paths().artifacts, date, report)
 
 
-@ArtifactTask.event_handler(luigi.Event.FAILURE)
+@RunTask.event_handler(luigi.Event.FAILURE)
 def report_failure(task, exception):
     """A failed stage leaves a report with status failed, the stage and the one-line reason."""
     date = task.date.isoformat()

@@ -7,14 +7,16 @@ import os
 
 import luigi
 
-from pipeline import collection, features, histograms, output, store
+from pipeline import cms as cms_db, collection, features, histograms, output, store
 from pipeline.codebook import Codebook as CodebookModel, fit_codebook
 from pipeline.h5io import read_attrs
 from pipeline.neighbours import Counts, nearest_neighbours
+from pipeline.output import read_similarities
 from pipeline.reduction import Reducer as ReducerModel
 
-from .base import ArtifactTask, settings_digest
-from .config import codebook, collection as collection_config, ids, neighbours, paths, reduction, resnet
+from . import database
+from .base import ArtifactTask, RunTask, settings_digest
+from .config import cms, codebook, collection as collection_config, ids, neighbours, paths, reduction, resnet
 
 logger = logging.getLogger("luigi-interface")
 
@@ -44,28 +46,37 @@ class Inventory(ArtifactTask):
 
     def requires(self):
         # the paths as parameters, so a missing input is named in Luigi's summary
-        return {"content": ContentFolder(path=paths().content), "mapping": IdMapping(path=ids().csv)}
+        mapping = IdMapping(path=ids().csv) if ids().source == "csv" else database.CmsImages()
+        return {"content": ContentFolder(path=paths().content), "mapping": mapping}
 
     def settings(self):
+        settings = {
+            "date": self.date.isoformat(),
+            "content": os.path.abspath(paths().content),
+            "fingerprint": collection_config().fingerprint,
+            "source": ids().source,
+        }
+        if ids().source == "cms":  # read again on every run date
+            c = cms()
+            settings["cms"] = [c.url, c.images_table, c.id_column, c.ppn_column, c.filename_column, c.ids_query]
+            return settings
         try:
             csv = os.stat(ids().csv)
             csv_fingerprint = [csv.st_size, csv.st_mtime_ns]
         except OSError:  # IdMapping reports the missing file
             csv_fingerprint = None
-        return {
-            "date": self.date.isoformat(),
-            "content": os.path.abspath(paths().content),
-            "csv": os.path.abspath(ids().csv),
-            "csv_fingerprint": csv_fingerprint,
-            "fingerprint": collection_config().fingerprint,
-        }
+        return {**settings, "csv": os.path.abspath(ids().csv), "csv_fingerprint": csv_fingerprint}
 
     def digest(self):
         # of the settings (the date among them) and of what was found
         return settings_digest({"settings": self.settings(), "images": self._found})
 
     def make(self, tmp):
-        inventory = collection.take_inventory(paths().content, ids().csv, collection_config().fingerprint)
+        if ids().source == "cms":
+            mapping, source = database.read_mapping()
+        else:
+            mapping, source = collection.read_mapping(ids().csv), f"[ids] csv={ids().csv!r}"
+        inventory = collection.take_inventory(paths().content, mapping, source, collection_config().fingerprint)
         self._found = inventory.fingerprint()
         previous = self.recorded() and collection.load_inventory(self.output().path)
         removed = collection.removed_images(previous, inventory) if previous else []
@@ -253,3 +264,38 @@ class Similarities(ArtifactTask):
         if resnet().weights == "random":
             attrs["weights_note"] = features.RANDOM_WEIGHTS_NOTE
         output.write_similarities(tmp, index.ids, index.ppn, index.filename, nearest, distances, attrs)
+
+
+class LoadSimilarities(RunTask):
+    """``luigi --module tasks LoadSimilarities --local-scheduler``: this run's similarities into ``[cms] table``.
+
+    One transaction replaces the table's rows and writes the marker row; the load is
+    complete when the last marker row for the table names this run's similarities, so a
+    rerun of a loaded run does nothing.
+    """
+
+    def requires(self):
+        return Similarities(date=self.date, refit=self.refit)
+
+    def run_id(self):
+        """The identity of the similarities to load: the digest of similarities.hdf5."""
+        return read_attrs(self.input().path)["digest"]
+
+    def complete(self):
+        if not self.requires().complete():
+            return False
+        return cms_db.loaded_run(database.engine(), cms().table, cms().marker_table) == self.run_id()
+
+    def run(self):
+        result = read_similarities(self.input().path)
+        cms_db.load_similarities(
+            database.engine(),
+            result["ids"],
+            result["neighbours"],
+            result["distances"],
+            run_id=self.run_id(),
+            run_date=self.date.isoformat(),
+            table=cms().table,
+            marker_table=cms().marker_table,
+            batch_rows=cms().batch_rows,
+        )

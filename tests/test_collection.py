@@ -60,7 +60,7 @@ def test_read_mapping_normalises_ppn_and_whitespace(tmp_path):
         ("id,filename\n1,a.jpg\n", "lacks the column.*ppn"),
         ("id,ppn,filename\n1,PPN1,a.jpg\n1,PPN1,b.jpg\n", "same ID on lines 2, 3"),
         ("id,ppn,filename\n1,PPN1,a.jpg\n2,1,a.jpg\n", r"same \(ppn, filename\) pair on lines 2, 3"),
-        ("id,ppn,filename\n1,PPN1,a.jpg\n2,,b.jpg\n", "empty values on line.* 3"),
+        ("id,ppn,filename\n1,PPN1,a.jpg\n2,,b.jpg\n", "empty or NULL values on line.* 3"),
     ],
 )
 def test_read_mapping_rejects_bad_mappings_in_one_line(tmp_path, text, message):

@@ -1,0 +1,268 @@
+"""The CMS database: the ID mapping read from it, and the similarities loaded into it in one transaction.
+
+Everything goes through SQLAlchemy, so SQLite, PostgreSQL and MariaDB/MySQL take the same
+code; only the bulk write differs (COPY on PostgreSQL, batched executemany elsewhere).
+"""
+
+import datetime
+import logging
+import os
+import time
+
+import numpy as np
+import pandas as pd
+import sqlalchemy as sa
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+
+from .collection import MAPPING_COLUMNS, check_mapping
+from .errors import CmsError, ConfigError, MappingError
+
+logger = logging.getLogger(__name__)
+
+#: Seconds between two progress lines of a load.
+PROGRESS_SECONDS = 10.0
+
+
+def resolve_url(setting):
+    """The SQLAlchemy URL that the ``[cms] url`` setting names.
+
+    ``env:NAME`` reads the URL from the environment variable NAME and ``file:PATH`` from the
+    first non-empty line of the file PATH: the two places a password may be. Anything else is
+    the URL itself, which then must not hold a password (luigi.cfg is no place for one; a
+    PostgreSQL URL without one still authenticates through ~/.pgpass or the server's rules).
+
+    Returns
+    -------
+    sqlalchemy.engine.URL
+
+    Raises
+    ------
+    ConfigError
+        When the setting is empty, the variable or file is missing, the URL does not parse,
+        or a URL written in luigi.cfg holds a password. No message shows a password.
+    """
+    setting = str(setting).strip()
+    if not setting:
+        raise ConfigError("[cms] url is empty; set it to the CMS database's SQLAlchemy URL, env:NAME or file:PATH")
+    if setting.startswith("env:"):
+        name = setting[len("env:") :]
+        value, where = os.environ.get(name, "").strip(), f"the environment variable {name}"
+        if not value:
+            raise ConfigError(f"[cms] url={setting}: {where} is not set; set it to the database's SQLAlchemy URL")
+    elif setting.startswith("file:"):
+        path = setting[len("file:") :]
+        where = f"the file {path}"
+        try:
+            with open(path, encoding="utf-8") as f:
+                value = next((line.strip() for line in f if line.strip()), "")
+        except OSError as exc:
+            raise ConfigError(f"[cms] url={setting}: {where} cannot be read ({exc.strerror})") from None
+        if not value:
+            raise ConfigError(f"[cms] url={setting}: {where} is empty; write the database's SQLAlchemy URL in it")
+    else:
+        value, where = setting, "luigi.cfg"
+    try:
+        url = make_url(value)
+    except ArgumentError:
+        raise ConfigError(
+            f"[cms] url in {where} is not an SQLAlchemy URL such as postgresql+psycopg://user@host/database"
+        ) from None
+    if where == "luigi.cfg" and url.password is not None:
+        raise ConfigError(
+            "[cms] url in luigi.cfg holds a password; move the URL to an environment variable "
+            "(url = env:NAME) or to a file only the job can read (url = file:PATH)"
+        )
+    return url
+
+
+def shown(url):
+    """The URL as logs and messages show it: the password replaced by ***."""
+    return url.render_as_string(hide_password=True)
+
+
+def connect(url):
+    """An engine for the URL; SQLite waits up to a minute for a lock instead of failing at once."""
+    try:
+        return sa.create_engine(url, connect_args={"timeout": 60} if url.get_backend_name() == "sqlite" else {})
+    except (ArgumentError, ImportError) as exc:
+        raise ConfigError(f"[cms] url={shown(url)} cannot be used: {_one_line(exc)}") from None
+
+
+def _one_line(exc):
+    """The first line of a database error, without SQLAlchemy's background link."""
+    error = getattr(exc, "orig", None) or exc
+    return f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}"
+
+
+def reachable(engine, table=None):
+    """Whether the database answers (and holds ``table``, when one is named)."""
+    try:
+        with engine.connect() as conn:
+            return table is None or sa.inspect(conn).has_table(table)
+    except SQLAlchemyError:
+        return False
+
+
+def read_mapping(engine, table="images", id_column="id", ppn_column="ppn", filename_column="filename", query=""):
+    """Read the ID mapping from the CMS: a table's id, ppn and filename columns, or a query.
+
+    Parameters
+    ----------
+    engine : sqlalchemy.engine.Engine
+    table, id_column, ppn_column, filename_column : str
+        Where the mapping is, when no query is given.
+    query : str
+        A SELECT returning the columns id, ppn and filename; replaces the table when given.
+
+    Returns
+    -------
+    mapping : DataFrame from :func:`pipeline.collection.check_mapping`
+
+    Raises
+    ------
+    MappingError
+        When the query fails (a missing table or column), a value is NULL or empty, or an ID
+        or a (ppn, filename) pair repeats.
+    """
+    if query.strip():
+        statement, source = sa.text(query), "[cms] ids_query"
+        fix = "the query must return the columns id, ppn and filename"
+    else:
+        columns = (id_column, ppn_column, filename_column)
+        statement = sa.select(*(sa.column(c).label(name) for c, name in zip(columns, MAPPING_COLUMNS)))
+        statement = statement.select_from(sa.table(table))
+        source = f"[cms] images_table={table!r}"
+        fix = "set [cms] id_column, ppn_column and filename_column to its columns"
+    try:
+        with engine.connect() as conn:
+            result = conn.execute(statement)
+            frame = pd.DataFrame(result.fetchall(), columns=list(result.keys()), dtype=object)
+    except SQLAlchemyError as exc:
+        raise MappingError(f"{source} cannot be read from {shown(engine.url)}: {_one_line(exc)}") from None
+    logger.info("%d rows of the ID mapping read from %s", len(frame), shown(engine.url))
+    return check_mapping(frame, source, fix, "row")
+
+
+def similarity_tables(table="image_similarity", marker_table="image_similarity_load", id_type=sa.BigInteger):
+    """The table the neighbours are loaded into and the table recording each load.
+
+    ``table``: one row per image and rank: image_id, rank (1..k, nearest first),
+    similar_image_id, distance, run_id; primary key (image_id, rank).
+    ``marker_table``: one row per load: load_id, target_table, run_id, run_date, n_rows, loaded_at.
+    """
+    metadata = sa.MetaData()
+    similarity = sa.Table(
+        table, metadata,
+        sa.Column("image_id", id_type, primary_key=True, autoincrement=False),
+        sa.Column("rank", sa.SmallInteger, primary_key=True, autoincrement=False),
+        sa.Column("similar_image_id", id_type, nullable=False),
+        sa.Column("distance", sa.Float, nullable=False),
+        sa.Column("run_id", sa.String(64), nullable=False),
+    )  # fmt: skip
+    marker = sa.Table(
+        marker_table, metadata,
+        sa.Column("load_id", sa.Integer, primary_key=True, autoincrement=True),
+        sa.Column("target_table", sa.String(128), nullable=False),
+        sa.Column("run_id", sa.String(64), nullable=False),
+        sa.Column("run_date", sa.String(10), nullable=False),
+        sa.Column("n_rows", sa.BigInteger, nullable=False),
+        sa.Column("loaded_at", sa.DateTime(timezone=True), nullable=False),
+    )  # fmt: skip
+    return metadata, similarity, marker
+
+
+def loaded_run(engine, table="image_similarity", marker_table="image_similarity_load"):
+    """The run_id of the last load into ``table``, or None when none is recorded."""
+    _, _, marker = similarity_tables(table, marker_table)
+    statement = (
+        sa.select(marker.c.run_id).where(marker.c.target_table == table).order_by(marker.c.load_id.desc()).limit(1)
+    )
+    try:
+        with engine.connect() as conn:
+            if not sa.inspect(conn).has_table(marker_table):
+                return None
+            return conn.execute(statement).scalar()
+    except SQLAlchemyError as exc:
+        raise CmsError(f"[cms] marker_table={marker_table!r} cannot be read from {shown(engine.url)}: {_one_line(exc)}") from None
+
+
+def load_similarities(
+    engine, ids, neighbours, distances, run_id, run_date,
+    table="image_similarity", marker_table="image_similarity_load", batch_rows=10_000,
+):  # fmt: skip
+    """Replace the similarity table's rows by this run's, and record the load, in one transaction.
+
+    The tables are created when absent. Readers see last night's complete set until the
+    commit and tonight's complete set after it, never a mix or an empty table; a load that
+    is killed or fails rolls back and leaves the previous set in place.
+
+    Parameters
+    ----------
+    engine : sqlalchemy.engine.Engine
+    ids : ndarray of shape (n,)
+        Database IDs, int64 or str.
+    neighbours : ndarray of shape (n, k)
+        Database IDs of each image's neighbours, nearest first.
+    distances : ndarray of shape (n, k)
+    run_id, run_date : str
+        Identity and date of the run, kept in every row and in the marker row.
+    batch_rows : int
+        Rows per write.
+
+    Returns
+    -------
+    n_rows : int
+    """
+    ids, neighbours = np.asarray(ids), np.asarray(neighbours)
+    n, k = neighbours.shape
+    id_type = sa.BigInteger if ids.dtype.kind in "iu" else sa.String(255)
+    metadata, similarity, marker = similarity_tables(table, marker_table, id_type)
+    where = shown(engine.url)
+    started = time.monotonic()
+    try:
+        metadata.create_all(engine)  # before the transaction: MariaDB commits around DDL
+        with engine.begin() as conn:
+            conn.execute(similarity.delete())
+            rows = (
+                np.repeat(ids, k).tolist(), np.tile(np.arange(1, k + 1), n).tolist(), neighbours.ravel().tolist(),
+                np.asarray(distances, dtype=np.float64).ravel().tolist(),
+            )  # fmt: skip
+            _write_rows(conn, similarity, rows, run_id, batch_rows, where)
+            conn.execute(
+                marker.insert().values(
+                    target_table=table, run_id=run_id, run_date=run_date, n_rows=n * k,
+                    loaded_at=datetime.datetime.now(datetime.timezone.utc),
+                )
+            )  # fmt: skip
+    except SQLAlchemyError as exc:
+        raise CmsError(f"loading [cms] table={table!r} into {where} failed and was rolled back: {_one_line(exc)}") from None
+    logger.info(
+        "%d similarity rows of run %s loaded into %s of %s in %.1f s", n * k, run_id, table, where,
+        time.monotonic() - started,
+    )  # fmt: skip
+    return n * k
+
+
+def _write_rows(conn, similarity, rows, run_id, batch_rows, where):
+    """Insert the rows (columns as lists) inside the caller's transaction, batch by batch."""
+    total = len(rows[0])
+    names = [c.name for c in similarity.columns]
+    copy = conn.dialect.name == "postgresql" and conn.dialect.driver == "psycopg"
+    last_report = time.monotonic()
+    for start in range(0, total, batch_rows):
+        batch = [column[start : start + batch_rows] for column in rows]
+        if copy:
+            quoted = ", ".join(conn.dialect.identifier_preparer.quote(name) for name in names)
+            table = conn.dialect.identifier_preparer.format_table(similarity)
+            with conn.connection.driver_connection.cursor() as cursor:
+                with cursor.copy(f"COPY {table} ({quoted}) FROM STDIN") as out:
+                    for row in zip(*batch):
+                        out.write_row((*row, run_id))
+        else:
+            conn.execute(similarity.insert(), [dict(zip(names, (*row, run_id))) for row in zip(*batch)])
+        done = min(start + batch_rows, total)
+        logger.debug("%d of %d similarity rows written to %s", done, total, where)
+        if time.monotonic() - last_report >= PROGRESS_SECONDS:
+            logger.info("%d of %d similarity rows written to %s (not yet committed)", done, total, where)
+            last_report = time.monotonic()

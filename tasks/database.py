@@ -1,0 +1,38 @@
+"""The CMS database as a Luigi input: the ID mapping read from it."""
+
+import luigi
+
+from pipeline import cms as cms_db
+
+from .config import cms
+
+
+def engine():
+    """An engine for ``[cms] url``."""
+    return cms_db.connect(cms_db.resolve_url(cms().url))
+
+
+class CmsTable(luigi.Target):
+    """A table of the CMS database (or only the database, when ``table`` is None)."""
+
+    def __init__(self, table=None):
+        self.table = table
+
+    def exists(self):
+        return cms_db.reachable(engine(), self.table)
+
+
+class CmsImages(luigi.ExternalTask):
+    """The CMS's ID mapping: ``[cms] images_table`` (or ``ids_query``) in the database at ``[cms] url``."""
+
+    def output(self):
+        return CmsTable(None if cms().ids_query.strip() else cms().images_table)
+
+
+def read_mapping():
+    """The ID mapping as configured in ``[cms]``, and a description of where it came from."""
+    c = cms()
+    mapping = cms_db.read_mapping(
+        engine(), c.images_table, c.id_column, c.ppn_column, c.filename_column, query=c.ids_query
+    )
+    return mapping, "[cms] ids_query" if c.ids_query.strip() else f"[cms] images_table={c.images_table!r}"
