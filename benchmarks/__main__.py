@@ -2,12 +2,12 @@
 
 import json
 
-from . import extract, neighbours, reduce, scale
+from . import cms, extract, neighbours, reduce, scale
 
 
 def main():
     results = []
-    for name, bench in (("extract", extract.run), ("reduce", reduce.run), ("neighbours", neighbours.run), ("scale", scale.run)):
+    for name, bench in (("extract", extract.run), ("reduce", reduce.run), ("neighbours", neighbours.run), ("scale", scale.run), ("cms", cms.run)):
         print(f"\n== {name} ==")
         results.append(bench())
     print("\n== summary ==")

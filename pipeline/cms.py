@@ -157,7 +157,7 @@ def similarity_tables(table="image_similarity", marker_table="image_similarity_l
         sa.Column("image_id", id_type, primary_key=True, autoincrement=False),
         sa.Column("rank", sa.SmallInteger, primary_key=True, autoincrement=False),
         sa.Column("similar_image_id", id_type, nullable=False),
-        sa.Column("distance", sa.Float, nullable=False),
+        sa.Column("distance", sa.Double, nullable=False),
         sa.Column("run_id", sa.String(64), nullable=False),
     )  # fmt: skip
     marker = sa.Table(
@@ -235,7 +235,7 @@ def load_similarities(
                     loaded_at=datetime.datetime.now(datetime.timezone.utc),
                 )
             )  # fmt: skip
-    except SQLAlchemyError as exc:
+    except (SQLAlchemyError, engine.dialect.loaded_dbapi.Error) as exc:  # the driver's own, from COPY
         raise CmsError(f"loading [cms] table={table!r} into {where} failed and was rolled back: {_one_line(exc)}") from None
     logger.info(
         "%d similarity rows of run %s loaded into %s of %s in %.1f s", n * k, run_id, table, where,

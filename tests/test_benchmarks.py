@@ -42,3 +42,11 @@ def test_scale_benchmark_prints_each_stage(capsys):
     for stage in ("reduction", "codebook", "histograms", "neighbours"):
         assert figures[f"{stage}_peak_rss_mb"] > 0 and figures[f"{stage}_seconds"] >= 0
     assert figures["assignment_ips"] > 0
+
+
+def test_cms_benchmark_prints_its_figures(capsys):
+    from benchmarks import cms
+
+    cms.run(images=50, databases=("sqlite",))
+    figures = last_json_line(capsys)
+    assert figures["bench"] == "cms" and figures["rows"] == 250 and figures["sqlite_rows_per_s"] > 0

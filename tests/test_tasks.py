@@ -1,5 +1,6 @@
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 
@@ -11,7 +12,8 @@ import pytest
 from pipeline.collection import load_inventory
 from pipeline.features import RANDOM_WEIGHTS_NOTE
 from pipeline.output import read_similarities
-from tasks import Codebook, Reducer, Similarities
+from pipeline.demo import make_cms
+from tasks import Codebook, LoadSimilarities, Nightly, Reducer, Similarities
 
 from .conftest import luigi_config, pipeline_config
 
@@ -159,3 +161,61 @@ def test_cli_exits_non_zero_on_a_bad_mapping_with_a_one_line_reason(tmp_path, sm
     report = json.loads((tmp_path / "artifacts" / "run_report.json").read_text())
     assert report["status"] == "failed" and report["failed_stage"] == "Inventory"
     assert report["error"].startswith("MappingError: [ids] csv=") and "\n" not in report["error"]
+
+
+def cms_rows(database, table="image_similarity"):
+    with sqlite3.connect(database) as db:
+        return db.execute(f"SELECT image_id, rank, similar_image_id, distance, run_id FROM {table} ORDER BY 1, 2").fetchall()
+
+
+def test_load_similarities_fills_the_cms_once_per_run(run, monkeypatch, tmp_path):
+    (root, _), _ = run
+    database = tmp_path / "cms.sqlite"
+    config = pipeline_config(root, cms__url=f"sqlite:///{database}", cms__batch_rows=7)
+    try:
+        result = build(monkeypatch, config, LoadSimilarities)
+        assert result.status == luigi.execution_summary.LuigiStatusCode.SUCCESS, result.summary_text
+        similarities = read_similarities(root / "artifacts" / "similarities.hdf5")
+        run_id = similarities["attrs"]["digest"]
+        expected = [
+            (int(image_id), rank + 1, int(similarities["neighbours"][i, rank]),
+             float(similarities["distances"][i, rank]), run_id)
+            for i, image_id in enumerate(similarities["ids"]) for rank in range(5)
+        ]  # fmt: skip
+        assert cms_rows(database) == sorted(expected)
+        again = build(monkeypatch, config, LoadSimilarities)
+        assert "ran successfully" not in again.summary_text
+        with sqlite3.connect(database) as db:
+            assert db.execute("SELECT run_id, n_rows FROM image_similarity_load").fetchall() == [(run_id, 90)]
+    finally:
+        pipeline_config(root)  # leave the module's config as it was
+
+
+def test_ids_read_from_the_cms_give_the_csv_result(run, monkeypatch, small_collection, tmp_path):
+    (first, _), _ = run
+    content = small_collection[0]
+    make_cms(tmp_path / "cms.sqlite", content / "image_ids.csv")
+    (tmp_path / "content").symlink_to(content)
+    config = pipeline_config(
+        tmp_path, ids__source="cms", ids__csv=tmp_path / "none.csv", cms__url=f"sqlite:///{tmp_path / 'cms.sqlite'}"
+    )
+    result = build(monkeypatch, config, Nightly)
+    assert result.status == luigi.execution_summary.LuigiStatusCode.SUCCESS, result.summary_text
+    a = read_similarities(first / "artifacts" / "similarities.hdf5")
+    b = read_similarities(tmp_path / "artifacts" / "similarities.hdf5")
+    for key in ("ids", "neighbours", "distances"):
+        np.testing.assert_array_equal(a[key], b[key])
+    report = json.loads((tmp_path / "artifacts" / "run_report.json").read_text())
+    assert report["cms"]["rows"] == 90 and len(cms_rows(tmp_path / "cms.sqlite")) == 90
+
+
+def test_cli_exits_non_zero_when_the_cms_mapping_is_bad(tmp_path, small_collection):
+    (tmp_path / "content").symlink_to(small_collection[0])
+    with sqlite3.connect(tmp_path / "cms.sqlite") as db:
+        db.execute("CREATE TABLE images (id INTEGER, ppn TEXT, filename TEXT)")
+        db.executemany("INSERT INTO images VALUES (?, ?, ?)", [(1, "PPN1", "a.jpg"), (2, None, "b.jpg")])
+    config = pipeline_config(tmp_path, ids__source="cms", cms__url=f"sqlite:///{tmp_path / 'cms.sqlite'}")
+    done = luigi_cli(config, tmp_path)
+    assert done.returncode == 30
+    report = json.loads((tmp_path / "artifacts" / "run_report.json").read_text())
+    assert report["error"] == "MappingError: [cms] images_table='images' has empty or NULL values on row(s) 2"

@@ -1,0 +1,294 @@
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+
+import numpy as np
+import pytest
+import sqlalchemy as sa
+
+from pipeline import cms
+from pipeline.errors import CmsError, ConfigError, MappingError
+
+#: The database servers the tests load into; this project's machines run both on 127.0.0.1.
+SERVERS = {
+    "postgresql": os.environ.get("CMS_TEST_POSTGRESQL_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"),
+    "mariadb": os.environ.get("CMS_TEST_MARIADB_URL", "mysql+pymysql://root@127.0.0.1:3306/test"),
+}
+BACKENDS = ["sqlite", *SERVERS]
+
+
+def server_missing(reason):
+    """Skip a test whose database server is not there, unless REQUIRE_DATABASES=1 (set by .ci/run)."""
+    if os.environ.get("REQUIRE_DATABASES") == "1":
+        pytest.fail(f"{reason}, and REQUIRE_DATABASES=1 requires it")
+    pytest.skip(reason)
+
+
+class Database:
+    """One test's database: an engine and table names of its own, dropped afterwards."""
+
+    def __init__(self, url):
+        self.url = url
+        self.engine = cms.connect(cms.resolve_url(url))
+        suffix = uuid.uuid4().hex[:8]
+        self.table, self.marker = f"sim_{suffix}", f"load_{suffix}"
+        self.images = f"images_{suffix}"
+
+    def rows(self):
+        with self.engine.connect() as conn:
+            table = sa.table(self.table, sa.column("image_id"), sa.column("rank"), sa.column("similar_image_id"),
+                             sa.column("distance"), sa.column("run_id"))  # fmt: skip
+            return sorted(tuple(r) for r in conn.execute(sa.select(table)))
+
+    def load(self, result, run_id, **kwargs):
+        ids, neighbours, distances = result
+        return cms.load_similarities(
+            self.engine, ids, neighbours, distances, run_id, "2026-11-23", self.table, self.marker, **kwargs
+        )
+
+    def loaded(self):
+        return cms.loaded_run(self.engine, self.table, self.marker)
+
+    def drop(self):
+        with self.engine.begin() as conn:
+            for name in (self.table, self.marker, self.images):
+                conn.execute(sa.text(f"DROP TABLE IF EXISTS {self.engine.dialect.identifier_preparer.quote(name)}"))
+        self.engine.dispose()
+
+
+@pytest.fixture(params=BACKENDS)
+def database(request, tmp_path):
+    url = f"sqlite:///{tmp_path / 'cms.sqlite'}" if request.param == "sqlite" else SERVERS[request.param]
+    db = Database(url)
+    if not cms.reachable(db.engine):
+        server_missing(f"no {request.param} server answers at {url}")
+    yield db
+    db.drop()
+
+
+def similarities(n=40, k=5, seed=0, ids=None):
+    """A result as LoadSimilarities passes it: IDs, neighbour IDs (n, k), distances (n, k)."""
+    rng = np.random.default_rng(seed)
+    ids = np.arange(1, n + 1, dtype=np.int64) * 10 if ids is None else ids
+    neighbours = ids[rng.integers(0, n, size=(n, k))]
+    return ids, neighbours, np.sort(rng.random((n, k)), axis=1)
+
+
+def expected_rows(result, run_id):
+    ids, neighbours, distances = result
+    n, k = neighbours.shape
+    return sorted(
+        (int(ids[i]) if ids.dtype.kind == "i" else str(ids[i]), r + 1,
+         int(neighbours[i, r]) if ids.dtype.kind == "i" else str(neighbours[i, r]), float(distances[i, r]), run_id)
+        for i in range(n) for r in range(k)
+    )  # fmt: skip
+
+
+# -- the URL ------------------------------------------------------------------------------
+
+
+def test_url_from_an_environment_variable(monkeypatch):
+    monkeypatch.setenv("CMS_URL", "postgresql+psycopg://cms:s3cret@db.example/cms")
+    url = cms.resolve_url("env:CMS_URL")
+    assert url.password == "s3cret" and "s3cret" not in cms.shown(url)
+
+
+def test_url_from_a_credentials_file(tmp_path):
+    path = tmp_path / "cms.url"
+    path.write_text("\n  mysql+pymysql://cms:s3cret@db.example/cms  \n")
+    url = cms.resolve_url(f"file:{path}")
+    assert url.username == "cms" and url.password == "s3cret"
+
+
+@pytest.mark.parametrize(
+    "setting, message",
+    [
+        ("postgresql+psycopg://cms:s3cret@db.example/cms", "holds a password"),
+        ("env:CMS_NOT_SET", "CMS_NOT_SET is not set"),
+        ("file:/nonexistent/cms.url", "cannot be read"),
+        ("not a url", "not an SQLAlchemy URL"),
+        ("", "is empty"),
+    ],
+)
+def test_bad_urls_are_one_line_errors_that_never_show_a_password(setting, message, monkeypatch):
+    monkeypatch.delenv("CMS_NOT_SET", raising=False)
+    with pytest.raises(ConfigError, match=message) as info:
+        cms.resolve_url(setting)
+    assert "\n" not in str(info.value) and "s3cret" not in str(info.value) and "[cms] url" in str(info.value)
+
+
+def test_a_password_in_an_unparsable_url_from_the_environment_is_not_shown(monkeypatch):
+    monkeypatch.setenv("CMS_URL", "s3cret garbage")
+    with pytest.raises(ConfigError) as info:
+        cms.resolve_url("env:CMS_URL")
+    assert "s3cret" not in str(info.value)
+
+
+# -- the ID mapping -----------------------------------------------------------------------
+
+
+def make_images(db, rows, columns=("id", "ppn", "filename")):
+    with db.engine.begin() as conn:
+        table = sa.Table(
+            db.images, sa.MetaData(), sa.Column(columns[0], sa.BigInteger), sa.Column(columns[1], sa.String(64)),
+            sa.Column(columns[2], sa.String(255)),
+        )  # fmt: skip
+        table.create(conn)
+        if rows:
+            conn.execute(table.insert(), [dict(zip(columns, row)) for row in rows])
+
+
+def test_mapping_read_from_a_table(database):
+    make_images(database, [(7, "PPN1", "a.jpg"), (8, " 2", "b.jpg")], columns=("image_id", "record", "file"))
+    mapping = cms.read_mapping(database.engine, database.images, "image_id", "record", "file")
+    assert mapping.to_dict("records") == [
+        {"id": "7", "ppn": "1", "filename": "a.jpg"},
+        {"id": "8", "ppn": "2", "filename": "b.jpg"},
+    ]
+
+
+def test_mapping_read_from_a_query(database):
+    make_images(database, [(7, "PPN1", "a.jpg"), (8, "PPN2", "b.jpg")])
+    query = f"SELECT id, ppn, filename FROM {database.images} WHERE id > 7"
+    assert cms.read_mapping(database.engine, query=query)["id"].tolist() == ["8"]
+
+
+@pytest.mark.parametrize(
+    "rows, message",
+    [
+        ([(7, "PPN1", "a.jpg"), (8, None, "b.jpg")], r"empty or NULL values on row\(s\) 2"),
+        ([(7, "PPN1", "a.jpg"), (7, "PPN2", "b.jpg")], "repeats the same ID on rows 1, 2"),
+        ([(7, "PPN1", "a.jpg"), (8, "1", "a.jpg")], r"repeats the same \(ppn, filename\) pair on rows 1, 2"),
+    ],
+)
+def test_bad_mapping_rows_are_one_line_errors(database, rows, message):
+    make_images(database, rows)
+    with pytest.raises(MappingError, match=message) as info:
+        cms.read_mapping(database.engine, database.images)
+    assert "\n" not in str(info.value)
+
+
+def test_a_missing_column_names_the_setting(database):
+    make_images(database, [(7, "PPN1", "a.jpg")])
+    with pytest.raises(MappingError, match=r"\[cms\] images_table=.*cannot be read") as info:
+        cms.read_mapping(database.engine, database.images, filename_column="file_name")
+    assert "\n" not in str(info.value)
+    with pytest.raises(MappingError, match="lacks the column"):
+        cms.read_mapping(database.engine, query=f"SELECT id, ppn FROM {database.images}")
+
+
+# -- the load -----------------------------------------------------------------------------
+
+
+def test_load_creates_the_tables_and_records_the_run(database):
+    result = similarities()
+    assert database.loaded() is None
+    assert database.load(result, "run-1") == 200
+    assert database.rows() == expected_rows(result, "run-1")
+    assert database.loaded() == "run-1"
+
+
+def test_a_new_run_replaces_the_whole_set(database):
+    database.load(similarities(n=40, seed=0), "run-1")
+    second = similarities(n=30, seed=1)
+    database.load(second, "run-2", batch_rows=7)
+    assert database.rows() == expected_rows(second, "run-2")
+    assert database.loaded() == "run-2"
+
+
+def test_string_ids_are_loaded_as_strings(database):
+    ids = np.array([f"img-{i:03d}" for i in range(12)])
+    result = similarities(n=12, ids=ids)
+    database.load(result, "run-1")
+    assert database.rows() == expected_rows(result, "run-1")
+
+
+def test_a_failed_load_leaves_the_previous_set(database, monkeypatch):
+    first = similarities(seed=0)
+    database.load(first, "run-1")
+    # the second load fails half-way: NULL neighbour IDs from the 101st row on
+    ids, neighbours, distances = similarities(seed=1)
+    neighbours = neighbours.astype(object)
+    neighbours[20:] = None
+    broken = ids, neighbours, distances
+    with pytest.raises(CmsError, match="rolled back") as info:
+        database.load(broken, "run-2", batch_rows=50)
+    assert "\n" not in str(info.value)
+    assert database.rows() == expected_rows(first, "run-1")
+    assert database.loaded() == "run-1"
+
+
+def test_readers_during_a_load_see_one_complete_set(database):
+    first = similarities(n=400, seed=0)
+    database.load(first, "run-1")
+    seen, stop = [], threading.Event()
+
+    def read():
+        reader = cms.connect(cms.resolve_url(database.url))
+        query = sa.text(f"SELECT COUNT(*), COUNT(DISTINCT run_id), MIN(run_id) FROM {database.table}")
+        while not stop.is_set():
+            with reader.connect() as conn:
+                seen.append(tuple(conn.execute(query).one()))
+        reader.dispose()
+
+    thread = threading.Thread(target=read)
+    thread.start()
+    try:
+        for run in range(2, 6):
+            database.load(similarities(n=400, seed=run), f"run-{run}", batch_rows=100)
+    finally:
+        stop.set()
+        thread.join()
+    assert seen and set(seen) <= {(2000, 1, f"run-{run}") for run in range(1, 6)}
+
+
+LOADER = """
+import logging, sys
+import numpy as np
+from pipeline import cms
+logging.basicConfig(level=logging.DEBUG, stream=sys.stdout, format="%(message)s")
+n = int(sys.argv[5])
+ids = np.arange(1, n + 1, dtype=np.int64)
+neighbours = ids[np.random.default_rng(3).integers(0, n, size=(n, 5))]
+engine = cms.connect(cms.resolve_url(sys.argv[1]))
+cms.load_similarities(engine, ids, neighbours, np.ones((n, 5)), sys.argv[4], "2026-11-24", sys.argv[2], sys.argv[3], batch_rows=500)
+"""
+
+
+def run_loader(database, run_id, n):
+    args = [sys.executable, "-c", LOADER, database.url, database.table, database.marker, run_id, str(n)]
+    return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def test_a_killed_load_leaves_the_previous_set_and_a_rerun_completes_it(database):
+    first = similarities(seed=0)
+    database.load(first, "run-1")
+    loader = run_loader(database, "run-2", 40_000)
+    for line in loader.stdout:
+        if "similarity rows written" in line and not line.startswith("500 of"):
+            break  # some batches written, not committed
+    else:
+        pytest.fail(f"the loader ended before writing: exit {loader.wait()}")
+    loader.send_signal(signal.SIGKILL)
+    loader.wait()
+    deadline = time.monotonic() + 30  # a server notices the dropped connection and rolls back
+    while True:
+        try:
+            assert database.rows() == expected_rows(first, "run-1")
+            break
+        except sa.exc.OperationalError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+    assert database.loaded() == "run-1"
+    rerun = run_loader(database, "run-2", 40_000)
+    output = rerun.communicate()[0]
+    assert rerun.returncode == 0, output
+    assert database.loaded() == "run-2"
+    with database.engine.connect() as conn:
+        count = conn.execute(sa.text(f"SELECT COUNT(*), MIN(run_id), MAX(run_id) FROM {database.table}")).one()
+    assert tuple(count) == (200_000, "run-2", "run-2")
