@@ -5,6 +5,7 @@ code; only the bulk write differs (COPY on PostgreSQL, batched executemany elsew
 """
 
 import datetime
+import json
 import logging
 import os
 import time
@@ -160,7 +161,11 @@ def similarity_tables(table="image_similarity", marker_table="image_similarity_l
         sa.Column("distance", sa.Double, nullable=False),
         sa.Column("run_id", sa.String(64), nullable=False),
     )  # fmt: skip
-    marker = sa.Table(
+    return metadata, similarity, _marker(metadata, marker_table)
+
+
+def _marker(metadata, marker_table):
+    return sa.Table(
         marker_table, metadata,
         sa.Column("load_id", sa.Integer, primary_key=True, autoincrement=True),
         sa.Column("target_table", sa.String(128), nullable=False),
@@ -169,12 +174,26 @@ def similarity_tables(table="image_similarity", marker_table="image_similarity_l
         sa.Column("n_rows", sa.BigInteger, nullable=False),
         sa.Column("loaded_at", sa.DateTime(timezone=True), nullable=False),
     )  # fmt: skip
-    return metadata, similarity, marker
+
+
+def _record(conn, marker, target, run_id, run_date, n_rows):
+    """The marker row of a load, written in the load's transaction."""
+    conn.execute(
+        marker.insert().values(
+            target_table=target, run_id=run_id, run_date=run_date, n_rows=n_rows,
+            loaded_at=datetime.datetime.now(datetime.timezone.utc),
+        )
+    )  # fmt: skip
+
+
+def siblings_target(images_table, siblings_column):
+    """What the marker table calls a load in siblings mode."""
+    return f"{images_table}.{siblings_column}"
 
 
 def loaded_run(engine, table="image_similarity", marker_table="image_similarity_load"):
-    """The run_id of the last load into ``table``, or None when none is recorded."""
-    _, _, marker = similarity_tables(table, marker_table)
+    """The run_id of the last load into ``table`` (or :func:`siblings_target`), or None when none is recorded."""
+    marker = _marker(sa.MetaData(), marker_table)
     statement = (
         sa.select(marker.c.run_id).where(marker.c.target_table == table).order_by(marker.c.load_id.desc()).limit(1)
     )
@@ -229,12 +248,7 @@ def load_similarities(
                 np.asarray(distances, dtype=np.float64).ravel().tolist(),
             )  # fmt: skip
             _write_rows(conn, similarity, rows, run_id, batch_rows, where)
-            conn.execute(
-                marker.insert().values(
-                    target_table=table, run_id=run_id, run_date=run_date, n_rows=n * k,
-                    loaded_at=datetime.datetime.now(datetime.timezone.utc),
-                )
-            )  # fmt: skip
+            _record(conn, marker, table, run_id, run_date, n * k)
     except (SQLAlchemyError, engine.dialect.loaded_dbapi.Error) as exc:  # the driver's own, from COPY
         raise CmsError(f"loading [cms] table={table!r} into {where} failed and was rolled back: {_one_line(exc)}") from None
     logger.info(
@@ -266,3 +280,59 @@ def _write_rows(conn, similarity, rows, run_id, batch_rows, where):
         if time.monotonic() - last_report >= PROGRESS_SECONDS:
             logger.info("%d of %d similarity rows written to %s (not yet committed)", done, total, where)
             last_report = time.monotonic()
+
+
+def load_siblings(
+    engine, ids, neighbours, run_id, run_date, images_table="images", id_column="id", siblings_column="siblings",
+    marker_table="image_similarity_load", batch_rows=10_000,
+):  # fmt: skip
+    """The original CMS's shape: each image's neighbour IDs as a JSON array, nearest first, in
+    a column of the images table; one transaction, with the marker row, as :func:`load_similarities`.
+
+    Images of the table that this run has no neighbours for get NULL. The column must exist
+    (a JSON or text column): the pipeline does not change the CMS's own tables' schema.
+
+    Returns
+    -------
+    n_images : int
+        Images whose siblings were written.
+    """
+    ids, neighbours = np.asarray(ids), np.asarray(neighbours)
+    metadata = sa.MetaData()
+    marker = _marker(metadata, marker_table)
+    where, source = shown(engine.url), f"[cms] siblings_column={siblings_column!r}"
+    images = sa.table(images_table, sa.column(id_column), sa.column(siblings_column))
+    started = time.monotonic()
+    try:
+        with engine.connect() as conn:
+            columns = {c["name"] for c in sa.inspect(conn).get_columns(images_table)}
+        if siblings_column not in columns or id_column not in columns:
+            missing = siblings_column if siblings_column not in columns else id_column
+            raise CmsError(
+                f"{source}: {missing!r} is not a column of [cms] images_table={images_table!r} in {where}; "
+                "add it (siblings: a JSON or text column) or set [cms] mode = table"
+            )
+        metadata.create_all(engine)
+        update = (
+            images.update()
+            .where(images.c[id_column] == sa.bindparam("b_id"))
+            .values({siblings_column: sa.bindparam("b_siblings")})
+        )
+        with engine.begin() as conn:
+            conn.execute(images.update().values({siblings_column: None}))
+            for start in range(0, len(ids), batch_rows):
+                part = slice(start, start + batch_rows)
+                conn.execute(
+                    update,
+                    [{"b_id": i, "b_siblings": json.dumps(n)} for i, n in zip(ids[part].tolist(), neighbours[part].tolist())],
+                )
+            _record(conn, marker, siblings_target(images_table, siblings_column), run_id, run_date, len(ids))
+    except sa.exc.NoSuchTableError:
+        raise CmsError(f"[cms] images_table={images_table!r} does not exist in {where}") from None
+    except SQLAlchemyError as exc:
+        raise CmsError(f"loading {source} into {where} failed and was rolled back: {_one_line(exc)}") from None
+    logger.info(
+        "siblings of %d images (run %s) written to %s.%s of %s in %.1f s", len(ids), run_id, images_table,
+        siblings_column, where, time.monotonic() - started,
+    )  # fmt: skip
+    return len(ids)

@@ -28,12 +28,23 @@ class cms(luigi.Config):
         description="SQLAlchemy URL of the CMS database, or env:NAME / file:PATH naming where it is written "
         "(the only places for a password); empty: no CMS, similarities.hdf5 only.",
     )
+    mode = luigi.ChoiceParameter(
+        choices=["table", "siblings"],
+        default="table",
+        description="table: rows (image_id, rank, similar_image_id, distance, run_id) in [cms] table; siblings: "
+        "each image's neighbour IDs as a JSON array in [cms] siblings_column of images_table (the original CMS's shape).",
+    )
     table = luigi.Parameter(default="image_similarity", description="Table the neighbour lists are loaded into.")
+    siblings_column = luigi.Parameter(
+        default="siblings", description="Column of images_table the siblings mode writes (it must exist)."
+    )
     marker_table = luigi.Parameter(
         default="image_similarity_load", description="Table recording each load (run_id, date, rows, time)."
     )
     batch_rows = luigi.IntParameter(default=10_000, significant=False, description="Rows per write of a load.")
-    images_table = luigi.Parameter(default="images", description="Table of the ID mapping when [ids] source = cms.")
+    images_table = luigi.Parameter(
+        default="images", description="Table of the CMS's images: the ID mapping ([ids] source = cms) and siblings."
+    )
     id_column = luigi.Parameter(default="id", description="Its column of database IDs.")
     ppn_column = luigi.Parameter(default="ppn", description="Its column of PPNs (with or without the PPN prefix).")
     filename_column = luigi.Parameter(default="filename", description="Its column of file names.")

@@ -69,9 +69,10 @@ class Nightly(RunTask):
         if "cms" in self.input():
             report["cms"] = {
                 "url": cms_db.shown(cms_db.resolve_url(cms().url)),
-                "table": cms().table,
+                "mode": cms().mode,
+                "target": LoadSimilarities(date=self.date, refit=self.refit).target(),
                 "run_id": artifacts["Similarities"]["digest"],
-                "rows": len(index) * int(artifacts["Similarities"]["k"]),
+                "images": len(index),
             }
         publish_report(paths().artifacts, date, report)
 

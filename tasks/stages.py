@@ -281,21 +281,28 @@ class LoadSimilarities(RunTask):
         """The identity of the similarities to load: the digest of similarities.hdf5."""
         return read_attrs(self.input().path)["digest"]
 
+    def target(self):
+        """What the marker table calls this load's destination."""
+        if cms().mode == "siblings":
+            return cms_db.siblings_target(cms().images_table, cms().siblings_column)
+        return cms().table
+
     def complete(self):
         if not self.requires().complete():
             return False
-        return cms_db.loaded_run(database.engine(), cms().table, cms().marker_table) == self.run_id()
+        return cms_db.loaded_run(database.engine(), self.target(), cms().marker_table) == self.run_id()
 
     def run(self):
         result = read_similarities(self.input().path)
-        cms_db.load_similarities(
-            database.engine(),
-            result["ids"],
-            result["neighbours"],
-            result["distances"],
-            run_id=self.run_id(),
-            run_date=self.date.isoformat(),
-            table=cms().table,
-            marker_table=cms().marker_table,
-            batch_rows=cms().batch_rows,
-        )
+        common = dict(run_id=self.run_id(), run_date=self.date.isoformat(), marker_table=cms().marker_table)
+        if cms().mode == "siblings":
+            cms_db.load_siblings(
+                database.engine(), result["ids"], result["neighbours"], images_table=cms().images_table,
+                id_column=cms().id_column, siblings_column=cms().siblings_column, batch_rows=cms().batch_rows,
+                **common,
+            )  # fmt: skip
+        else:
+            cms_db.load_similarities(
+                database.engine(), result["ids"], result["neighbours"], result["distances"], table=cms().table,
+                batch_rows=cms().batch_rows, **common,
+            )  # fmt: skip

@@ -1,3 +1,4 @@
+import json
 import os
 import signal
 import subprocess
@@ -292,3 +293,41 @@ def test_a_killed_load_leaves_the_previous_set_and_a_rerun_completes_it(database
     with database.engine.connect() as conn:
         count = conn.execute(sa.text(f"SELECT COUNT(*), MIN(run_id), MAX(run_id) FROM {database.table}")).one()
     assert tuple(count) == (200_000, "run-2", "run-2")
+
+
+# -- the siblings mode --------------------------------------------------------------------
+
+
+def siblings(database):
+    with database.engine.connect() as conn:
+        rows = conn.execute(sa.text(f"SELECT id, siblings FROM {database.images} ORDER BY id")).all()
+    return [(image_id, None if value is None else json.loads(value)) for image_id, value in rows]
+
+
+def add_siblings_column(database):
+    with database.engine.begin() as conn:
+        conn.execute(sa.text(f"ALTER TABLE {database.images} ADD COLUMN siblings TEXT"))
+
+
+def load_siblings(database, result, run_id, **kwargs):
+    ids, neighbours, _ = result
+    return cms.load_siblings(
+        database.engine, ids, neighbours, run_id, "2026-11-23", database.images, marker_table=database.marker, **kwargs
+    )
+
+
+def test_siblings_are_written_as_json_arrays_and_others_cleared(database):
+    make_images(database, [(i, "PPN1", f"{i}.jpg") for i in (10, 20, 30, 40, 99)])
+    add_siblings_column(database)
+    first = (np.array([10, 20, 30, 40, 99]), np.array([[20, 30], [10, 30], [20, 10], [30, 20], [10, 20]]), None)
+    load_siblings(database, first, "run-1")
+    second = (np.array([10, 20, 30, 40]), np.array([[40, 30], [10, 40], [40, 10], [30, 20]]), None)
+    assert load_siblings(database, second, "run-2", batch_rows=3) == 4
+    assert siblings(database) == [(10, [40, 30]), (20, [10, 40]), (30, [40, 10]), (40, [30, 20]), (99, None)]
+    assert cms.loaded_run(database.engine, cms.siblings_target(database.images, "siblings"), database.marker) == "run-2"
+
+
+def test_siblings_need_their_column(database):
+    make_images(database, [(10, "PPN1", "a.jpg")])
+    with pytest.raises(CmsError, match=r"'siblings' is not a column of \[cms\] images_table.*mode = table"):
+        load_siblings(database, (np.array([10]), np.array([[10]]), None), "run-1")

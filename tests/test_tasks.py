@@ -206,7 +206,7 @@ def test_ids_read_from_the_cms_give_the_csv_result(run, monkeypatch, small_colle
     for key in ("ids", "neighbours", "distances"):
         np.testing.assert_array_equal(a[key], b[key])
     report = json.loads((tmp_path / "artifacts" / "run_report.json").read_text())
-    assert report["cms"]["rows"] == 90 and len(cms_rows(tmp_path / "cms.sqlite")) == 90
+    assert report["cms"]["images"] == 18 and report["cms"]["target"] == "image_similarity" and len(cms_rows(tmp_path / "cms.sqlite")) == 90
 
 
 def test_cli_exits_non_zero_when_the_cms_mapping_is_bad(tmp_path, small_collection):
