@@ -33,7 +33,7 @@ def run(images=100_000, databases=("sqlite", "postgresql", "mariadb"), k=5):
         for name in databases:
             url = f"sqlite:///{tmp}/cms.sqlite" if name == "sqlite" else URLS[name]
             engine = cms.connect(cms.resolve_url(url))
-            if not cms.reachable(engine):
+            if name != "sqlite" and not cms.reachable(engine):
                 rows.append((name, f"no server at {url}"))
                 continue
             table, marker = f"bench_sim_{uuid.uuid4().hex[:8]}", f"bench_load_{uuid.uuid4().hex[:8]}"

@@ -98,6 +98,9 @@ def _one_line(exc):
 
 def reachable(engine, table=None):
     """Whether the database answers (and holds ``table``, when one is named)."""
+    url = engine.url
+    if url.get_backend_name() == "sqlite" and url.database and not os.path.exists(url.database):
+        return False  # connecting would create an empty database file
     try:
         with engine.connect() as conn:
             return table is None or sa.inspect(conn).has_table(table)

@@ -65,7 +65,7 @@ class Database:
 def database(request, tmp_path):
     url = f"sqlite:///{tmp_path / 'cms.sqlite'}" if request.param == "sqlite" else SERVERS[request.param]
     db = Database(url)
-    if not cms.reachable(db.engine):
+    if request.param != "sqlite" and not cms.reachable(db.engine):
         server_missing(f"no {request.param} server answers at {url}")
     yield db
     db.drop()

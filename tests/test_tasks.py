@@ -219,3 +219,11 @@ def test_cli_exits_non_zero_when_the_cms_mapping_is_bad(tmp_path, small_collecti
     assert done.returncode == 30
     report = json.loads((tmp_path / "artifacts" / "run_report.json").read_text())
     assert report["error"] == "MappingError: [cms] images_table='images' has empty or NULL values on row(s) 2"
+
+
+def test_cli_reports_a_missing_cms_database_as_missing_input(tmp_path, small_collection):
+    (tmp_path / "content").symlink_to(small_collection[0])
+    config = pipeline_config(tmp_path, ids__source="cms", cms__url=f"sqlite:///{tmp_path / 'none.sqlite'}")
+    done = luigi_cli(config, tmp_path)
+    assert done.returncode == 20, done.stderr[-2000:]
+    assert "CmsImages" in done.stderr and not (tmp_path / "none.sqlite").exists()
