@@ -8,7 +8,7 @@ import os
 import numpy as np
 
 from .errors import ConfigError, ImageError, WeightsError
-from .images import INPUT_SIZE, load_image
+from .images import INPUT_SIZE, MAX_PIXELS, load_image
 
 logger = logging.getLogger(__name__)
 
@@ -119,12 +119,15 @@ class DescriptorExtractor:
     batch_size : int
     decode_threads : int
         Threads decoding images while the model runs on the previous batch.
+    max_pixels : int
+        Images with more pixels are rejected before decoding.
     """
 
-    def __init__(self, model, batch_size=16, decode_threads=2):
+    def __init__(self, model, batch_size=16, decode_threads=2, max_pixels=MAX_PIXELS):
         self.model = model
         self.batch_size = batch_size
         self.decode_threads = decode_threads
+        self.max_pixels = max_pixels
         self._compiled = None
 
     def _forward(self):
@@ -165,7 +168,7 @@ class DescriptorExtractor:
         with concurrent.futures.ThreadPoolExecutor(self.decode_threads) as pool:
             pending = None
             for start in [*starts, None]:
-                ahead = None if start is None else [pool.submit(load_image, p) for p in paths[start : start + self.batch_size]]
+                ahead = None if start is None else [pool.submit(load_image, p, max_pixels=self.max_pixels) for p in paths[start : start + self.batch_size]]
                 if pending is not None:
                     yield self._finish(forward, *pending)
                 pending = None if start is None else (start, ahead)

@@ -350,7 +350,7 @@ class ArrayBlocks(Blocks):
         return self.descriptors.shape[1]
 
 
-def extract_features(store, inventory, content_dir, weights, layer, seed, batch_size, decode_threads):
+def extract_features(store, inventory, content_dir, weights, layer, seed, batch_size, decode_threads, max_pixels):
     """Bring the store up to date with the inventory and index the inventory's images in it.
 
     Returns
@@ -362,7 +362,7 @@ def extract_features(store, inventory, content_dir, weights, layer, seed, batch_
 
     def make_extractor():
         model = build_model(weights=weights, layer=layer, seed=seed)
-        return DescriptorExtractor(model, batch_size=batch_size, decode_threads=decode_threads)
+        return DescriptorExtractor(model, batch_size=batch_size, decode_threads=decode_threads, max_pixels=max_pixels)
 
     n_extracted, n_reused = extract_to_store(store, make_extractor, inventory.files, content_dir)
     return index_inventory(store, inventory), n_extracted, n_reused

@@ -67,6 +67,15 @@ class resnet(luigi.Config):
     )
 
 
+class images(luigi.Config):
+    max_pixels = luigi.IntParameter(
+        default=400_000_000,
+        significant=False,  # applies to files extracted from then on, not to those already stored
+        description="Images with more pixels are rejected unread (decompression bombs); a new value applies "
+        "to new and changed files.",
+    )
+
+
 class reduction(luigi.Config):
     variance = luigi.FloatParameter(
         default=0.97, description="Fraction of the variance the PCA components keep, in (0, 1]."

@@ -16,7 +16,8 @@ from pipeline.reduction import Reducer as ReducerModel
 
 from . import database
 from .base import ArtifactTask, RunTask, settings_digest
-from .config import cms, codebook, collection as collection_config, ids, neighbours, paths, reduction, resnet
+from .config import cms, codebook, collection as collection_config, ids, images as images_config, neighbours, paths
+from .config import reduction, resnet
 
 logger = logging.getLogger("luigi-interface")
 
@@ -125,6 +126,7 @@ class Features(ArtifactTask):
             seed=resnet().seed,
             batch_size=resnet().batch_size,
             decode_threads=resnet().decode_threads,
+            max_pixels=images_config().max_pixels,
         )
         attrs = self.attrs(
             images=len(index), extracted=n_extracted, reused=n_reused,

@@ -33,3 +33,82 @@ def test_undecodable_file_raises_image_error(tmp_path, content):
     with pytest.raises(ImageError) as info:
         load_image(path)
     assert "\n" not in str(info.value) and str(info.value)
+
+
+def test_16_bit_greyscale_maps_its_full_range(tmp_path):
+    values = np.full((50, 80), 32896, dtype=np.uint16)  # 128 * 257
+    values[:, 40:] = 65535
+    Image.fromarray(values).save(tmp_path / "g16.png")
+    pixels = load_image(tmp_path / "g16.png")
+    assert abs(pixels[:, :100].mean() - 128) < 1 and pixels[:, 124:].min() == 255
+
+
+def test_float_images_map_from_0_1_or_their_own_range(tmp_path):
+    Image.fromarray(np.full((40, 40), 0.5, dtype=np.float32)).save(tmp_path / "f.tif")
+    assert abs(load_image(tmp_path / "f.tif").mean() - 127.5) < 1
+    ramp = np.tile(np.linspace(-1000, 1000, 64, dtype=np.float32), (64, 1))
+    Image.fromarray(ramp).save(tmp_path / "r.tif")
+    pixels = load_image(tmp_path / "r.tif")
+    assert pixels[:, 0].max() < 10 and pixels[:, -1].min() > 245
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "LA", "P"])
+def test_transparency_is_composited_on_white(tmp_path, mode):
+    image = Image.new("RGBA", (60, 60), (0, 0, 0, 0))  # fully transparent black
+    image.paste((200, 0, 0, 255), (0, 0, 30, 60))  # opaque left half
+    if mode == "P":
+        image = image.convert("P", palette=Image.Palette.ADAPTIVE, colors=2)
+        image.info["transparency"] = image.getpixel((59, 0))
+        image.save(tmp_path / "x.png", transparency=image.getpixel((59, 0)))
+    else:
+        image.convert(mode).save(tmp_path / "x.png")
+    pixels = load_image(tmp_path / "x.png")
+    assert pixels[:, 150:].min() == 255  # the transparent half shows white, not black
+
+
+def test_multi_page_tiff_and_animated_gif_use_their_first_frame(tmp_path):
+    white, black = Image.new("RGB", (40, 40), "white"), Image.new("RGB", (40, 40), "black")
+    white.save(tmp_path / "pages.tif", save_all=True, append_images=[black, black])
+    white.save(tmp_path / "anim.gif", save_all=True, append_images=[black, black], duration=100, loop=0)
+    assert load_image(tmp_path / "pages.tif").min() == 255
+    assert load_image(tmp_path / "anim.gif").min() == 255
+
+
+@pytest.mark.parametrize("size", [(1, 1), (20000, 10)])
+def test_extreme_shapes_are_resized(tmp_path, size):
+    Image.new("RGB", size, (10, 200, 10)).save(tmp_path / "x.png")
+    pixels = load_image(tmp_path / "x.png")
+    assert pixels.shape == (224, 224, 3) and abs(pixels[..., 1].mean() - 200) < 1
+
+
+def png_declaring(tmp_path, width, height):
+    """A small PNG file whose header declares width x height pixels."""
+    import struct
+    import zlib
+
+    Image.new("L", (1, 1)).save(tmp_path / "bomb.png")
+    data = bytearray((tmp_path / "bomb.png").read_bytes())
+    ihdr = bytes(data[12:16]) + struct.pack(">II", width, height) + bytes(data[24:29])
+    data[16:29] = ihdr[4:]
+    data[29:33] = struct.pack(">I", zlib.crc32(ihdr) & 0xFFFFFFFF)
+    (tmp_path / "bomb.png").write_bytes(bytes(data))
+    return tmp_path / "bomb.png"
+
+
+def test_decompression_bomb_is_rejected_before_decoding(tmp_path):
+    with pytest.raises(ImageError, match=r"100000 x 100000 pixels is more than \[images\] max_pixels"):
+        load_image(png_declaring(tmp_path, 100_000, 100_000))
+    Image.new("RGB", (300, 200)).save(tmp_path / "big.png")
+    with pytest.raises(ImageError, match="max_pixels=50000"):
+        load_image(tmp_path / "big.png", max_pixels=50_000)
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
+def test_truncated_files_are_rejected(tmp_path, fmt):
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (300, 300, 3), dtype=np.uint8)).save(tmp_path / "full", fmt)
+    data = (tmp_path / "full").read_bytes()
+    (tmp_path / "cut").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ImageError) as info:
+        load_image(tmp_path / "cut")
+    assert "\n" not in str(info.value)
