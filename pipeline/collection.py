@@ -66,8 +66,10 @@ def scan_content(content_dir, fingerprint="stat"):
     """List the image files of a collection.
 
     Images live one level down, in one folder per catalogue record: ``content/PPN<id>/<file>``.
-    Hidden files and files without an image extension are skipped; files directly in
-    ``content/`` (such as the ID mapping) and folders not named ``PPN...`` are not images.
+    Hidden files and files without an image extension (``Thumbs.db``, sidecar XML) are
+    skipped; files directly in ``content/`` (such as the ID mapping) and folders not named
+    ``PPN...`` are not images. Entries with an image extension that cannot be read (dangling
+    links, link loops, no permission) are listed, so that their decoding rejects them.
 
     Parameters
     ----------
@@ -95,15 +97,32 @@ def scan_content(content_dir, fingerprint="stat"):
             ppn = strip_ppn(record.name)
             with os.scandir(record.path) as entries:
                 for entry in entries:
-                    if entry.name.startswith(".") or not entry.is_file():
+                    if entry.name.startswith(".") or os.path.splitext(entry.name)[1].lower() not in IMAGE_EXTENSIONS:
                         continue
-                    if os.path.splitext(entry.name)[1].lower() not in IMAGE_EXTENSIONS:
+                    if _is_dir(entry):
                         continue
-                    stat = entry.stat()
-                    sha = file_sha256(entry.path) if fingerprint == "sha256" else ""
+                    # a dangling link, a link loop or an unreadable file stays in the list: its
+                    # decoding fails and it is rejected with the reason, until it changes
+                    try:
+                        stat = entry.stat()
+                    except OSError:
+                        stat = entry.stat(follow_symlinks=False)
+                    sha = ""
+                    if fingerprint == "sha256":
+                        try:
+                            sha = file_sha256(entry.path)
+                        except OSError as exc:
+                            sha = f"unreadable-{exc.errno}"
                     files.append(ImageFile(ppn, entry.name, stat.st_size, stat.st_mtime_ns, sha))
     files.sort(key=lambda f: f.relpath)
     return files
+
+
+def _is_dir(entry):
+    try:
+        return entry.is_dir()
+    except OSError:  # a link loop
+        return False
 
 
 def read_mapping(csv_path):

@@ -1,4 +1,6 @@
 import contextlib
+import struct
+import zlib
 
 import luigi
 import pytest
@@ -61,3 +63,16 @@ def small_collection(tmp_path_factory):
     root = tmp_path_factory.mktemp("collection")
     groups = make_collection(root, bases=SMALL_BASES)
     return root, groups
+
+
+def png_declaring(path, width, height):
+    """Write a small PNG file whose header declares width x height pixels (a decompression bomb)."""
+    from PIL import Image
+
+    Image.new("L", (1, 1)).save(path)
+    data = bytearray(path.read_bytes())
+    chunk = b"IHDR" + struct.pack(">II", width, height) + bytes(data[24:29])
+    data[16:29] = chunk[4:]
+    data[29:33] = struct.pack(">I", zlib.crc32(chunk) & 0xFFFFFFFF)
+    path.write_bytes(bytes(data))
+    return path

@@ -98,3 +98,14 @@ def test_ids_are_integers_only_when_all_fit_int64(values, dtype):
     ids = parse_ids(values)
     assert ids.dtype.type is dtype
     assert [str(v) for v in ids] == values
+
+
+@pytest.mark.parametrize("fingerprint", ["stat", "sha256"])
+def test_scan_lists_dangling_links_and_loops_for_rejection(tmp_path, fingerprint):
+    touch(tmp_path / "PPN1" / "a.jpg")
+    (tmp_path / "PPN1" / "gone.jpg").symlink_to(tmp_path / "PPN1" / "nowhere.jpg")
+    (tmp_path / "PPN1" / "loop.jpg").symlink_to(tmp_path / "PPN1" / "loop.jpg")
+    (tmp_path / "PPN1" / "folder.jpg").mkdir()
+    files = scan_content(tmp_path, fingerprint)
+    assert [f.relpath for f in files] == ["PPN1/a.jpg", "PPN1/gone.jpg", "PPN1/loop.jpg"]
+    assert len({f.key for f in files}) == 3

@@ -5,6 +5,8 @@ from PIL import Image
 from pipeline.errors import ImageError
 from pipeline.images import load_image
 
+from .conftest import png_declaring
+
 
 @pytest.mark.parametrize("mode", ["RGB", "L", "RGBA", "P", "CMYK", "1"])
 def test_any_common_mode_becomes_rgb_224(tmp_path, mode):
@@ -81,23 +83,9 @@ def test_extreme_shapes_are_resized(tmp_path, size):
     assert pixels.shape == (224, 224, 3) and abs(pixels[..., 1].mean() - 200) < 1
 
 
-def png_declaring(tmp_path, width, height):
-    """A small PNG file whose header declares width x height pixels."""
-    import struct
-    import zlib
-
-    Image.new("L", (1, 1)).save(tmp_path / "bomb.png")
-    data = bytearray((tmp_path / "bomb.png").read_bytes())
-    ihdr = bytes(data[12:16]) + struct.pack(">II", width, height) + bytes(data[24:29])
-    data[16:29] = ihdr[4:]
-    data[29:33] = struct.pack(">I", zlib.crc32(ihdr) & 0xFFFFFFFF)
-    (tmp_path / "bomb.png").write_bytes(bytes(data))
-    return tmp_path / "bomb.png"
-
-
 def test_decompression_bomb_is_rejected_before_decoding(tmp_path):
     with pytest.raises(ImageError, match=r"100000 x 100000 pixels is more than \[images\] max_pixels"):
-        load_image(png_declaring(tmp_path, 100_000, 100_000))
+        load_image(png_declaring(tmp_path / "bomb.png", 100_000, 100_000))
     Image.new("RGB", (300, 200)).save(tmp_path / "big.png")
     with pytest.raises(ImageError, match="max_pixels=50000"):
         load_image(tmp_path / "big.png", max_pixels=50_000)

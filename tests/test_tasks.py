@@ -1,5 +1,6 @@
 import json
 import os
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -15,7 +16,7 @@ from pipeline.output import read_similarities
 from pipeline.demo import make_cms
 from tasks import Codebook, LoadSimilarities, Nightly, Reducer, Similarities
 
-from .conftest import luigi_config, pipeline_config
+from .conftest import luigi_config, pipeline_config, png_declaring
 
 ARTIFACTS = ("inventory.h5", "features.h5", "reducer.h5", "codebook.h5", "histograms.h5", "similarities.hdf5")
 
@@ -227,3 +228,51 @@ def test_cli_reports_a_missing_cms_database_as_missing_input(tmp_path, small_col
     done = luigi_cli(config, tmp_path)
     assert done.returncode == 20, done.stderr[-2000:]
     assert "CmsImages" in done.stderr and not (tmp_path / "none.sqlite").exists()
+
+
+def write_bad_files(folder):
+    """Files a collection holds that must be rejected, by name -> what they are."""
+    rng = np.random.default_rng(0)
+    folder.mkdir(parents=True, exist_ok=True)
+    photo = rng.integers(0, 255, (200, 200, 3), dtype=np.uint8)
+    from PIL import Image
+
+    Image.fromarray(photo).save(folder / "full.jpg")
+    Image.fromarray(photo).save(folder / "full.png")
+    bad = {
+        "zero bytes.jpg": b"",
+        "truncated.jpg": (folder / "full.jpg").read_bytes()[:2000],
+        "truncated.png": (folder / "full.png").read_bytes()[:3000],
+        "error page.jpg": b"<!DOCTYPE html><html><body>404 Not Found</body></html>",
+        "random.png": rng.bytes(5000),
+    }
+    (folder / "full.jpg").unlink()
+    (folder / "full.png").unlink()
+    for name, data in bad.items():
+        (folder / name).write_bytes(data)
+    png_declaring(folder / "bomb.png", 100_000, 100_000)
+    (folder / "dangling.jpg").symlink_to(folder / "nowhere.jpg")
+    (folder / "loop.jpg").symlink_to(folder / "loop.jpg")
+    (folder / "Thumbs.db").write_bytes(b"thumbs")  # skipped quietly, by rule
+    (folder / ".DS_Store").write_bytes(b"finder")
+    return [*bad, "bomb.png", "dangling.jpg", "loop.jpg"]
+
+
+def test_files_that_must_be_rejected_change_nothing_else(run, monkeypatch, small_collection, tmp_path):
+    (first, _), _ = run
+    shutil.copytree(small_collection[0], tmp_path / "content", symlinks=True)
+    names = write_bad_files(tmp_path / "content" / "PPN77 Ärchiv")
+    with open(tmp_path / "content" / "image_ids.csv", "a") as f:
+        f.writelines(f"{9000 + i},PPN77 Ärchiv,{name}\n" for i, name in enumerate(names))
+    result = build(monkeypatch, pipeline_config(tmp_path), Nightly)
+    assert result.status == luigi.execution_summary.LuigiStatusCode.SUCCESS, result.summary_text
+    a = read_similarities(first / "artifacts" / "similarities.hdf5")
+    b = read_similarities(tmp_path / "artifacts" / "similarities.hdf5")
+    for key in ("ids", "neighbours", "distances"):
+        np.testing.assert_array_equal(a[key], b[key])
+    report = json.loads((tmp_path / "artifacts" / "run_report.json").read_text())
+    rejected = {item["path"]: item["reason"] for item in report["rejected"]}
+    assert sorted(rejected) == sorted(f"PPN77 Ärchiv/{name}" for name in names)
+    assert all(reason and "\n" not in reason for reason in rejected.values())
+    assert "max_pixels" in rejected["PPN77 Ärchiv/bomb.png"]
+    assert report["unmapped"] == load_inventory(first / "artifacts" / "inventory.h5").unmapped
