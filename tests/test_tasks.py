@@ -192,6 +192,17 @@ def test_load_similarities_fills_the_cms_once_per_run(run, monkeypatch, tmp_path
         pipeline_config(root)  # leave the module's config as it was
 
 
+def nightly_equals(monkeypatch, config, expected_root, root):
+    """Run Nightly with ``config``, check its neighbours equal those under ``expected_root``; its report."""
+    result = build(monkeypatch, config, Nightly)
+    assert result.status == luigi.execution_summary.LuigiStatusCode.SUCCESS, result.summary_text
+    a = read_similarities(expected_root / "artifacts" / "similarities.hdf5")
+    b = read_similarities(root / "artifacts" / "similarities.hdf5")
+    for key in ("ids", "neighbours", "distances"):
+        np.testing.assert_array_equal(a[key], b[key])
+    return json.loads((root / "artifacts" / "run_report.json").read_text())
+
+
 def test_ids_read_from_the_cms_give_the_csv_result(run, monkeypatch, small_collection, tmp_path):
     (first, _), _ = run
     content = small_collection[0]
@@ -200,13 +211,7 @@ def test_ids_read_from_the_cms_give_the_csv_result(run, monkeypatch, small_colle
     config = pipeline_config(
         tmp_path, ids__source="cms", ids__csv=tmp_path / "none.csv", cms__url=f"sqlite:///{tmp_path / 'cms.sqlite'}"
     )
-    result = build(monkeypatch, config, Nightly)
-    assert result.status == luigi.execution_summary.LuigiStatusCode.SUCCESS, result.summary_text
-    a = read_similarities(first / "artifacts" / "similarities.hdf5")
-    b = read_similarities(tmp_path / "artifacts" / "similarities.hdf5")
-    for key in ("ids", "neighbours", "distances"):
-        np.testing.assert_array_equal(a[key], b[key])
-    report = json.loads((tmp_path / "artifacts" / "run_report.json").read_text())
+    report = nightly_equals(monkeypatch, config, first, tmp_path)
     assert report["cms"]["images"] == 18 and report["cms"]["target"] == "image_similarity" and len(cms_rows(tmp_path / "cms.sqlite")) == 90
 
 
@@ -264,13 +269,7 @@ def test_files_that_must_be_rejected_change_nothing_else(run, monkeypatch, small
     names = write_bad_files(tmp_path / "content" / "PPN77 Ärchiv")
     with open(tmp_path / "content" / "image_ids.csv", "a") as f:
         f.writelines(f"{9000 + i},PPN77 Ärchiv,{name}\n" for i, name in enumerate(names))
-    result = build(monkeypatch, pipeline_config(tmp_path), Nightly)
-    assert result.status == luigi.execution_summary.LuigiStatusCode.SUCCESS, result.summary_text
-    a = read_similarities(first / "artifacts" / "similarities.hdf5")
-    b = read_similarities(tmp_path / "artifacts" / "similarities.hdf5")
-    for key in ("ids", "neighbours", "distances"):
-        np.testing.assert_array_equal(a[key], b[key])
-    report = json.loads((tmp_path / "artifacts" / "run_report.json").read_text())
+    report = nightly_equals(monkeypatch, pipeline_config(tmp_path), first, tmp_path)
     rejected = {item["path"]: item["reason"] for item in report["rejected"]}
     assert sorted(rejected) == sorted(f"PPN77 Ärchiv/{name}" for name in names)
     assert all(reason and "\n" not in reason for reason in rejected.values())
