@@ -1,5 +1,7 @@
 """One luigi.Config class per luigi.cfg section."""
 
+import os
+
 import luigi
 
 
@@ -121,3 +123,57 @@ class collection(luigi.Config):
         description="How a changed image is recognised: stat (size and modification time) or sha256 "
         "(a hash of the content, for storage whose times can't be trusted).",
     )
+
+
+#: (section, key, check, what the value must be) of the settings checked before any work.
+RULES = (
+    ("resnet", "batch_size", lambda v: v >= 1, "a whole number >= 1"),
+    ("resnet", "decode_threads", lambda v: v >= 1, "a whole number >= 1"),
+    ("images", "max_pixels", lambda v: v >= 1, "a whole number >= 1"),
+    ("reduction", "variance", lambda v: 0 < v <= 1, "a fraction in (0, 1]"),
+    ("reduction", "sample_images", lambda v: v >= 0, "a whole number >= 0 (0 = all images)"),
+    ("codebook", "size", lambda v: v.strip().lower() == "auto" or (v.strip().isdigit() and int(v) >= 2),
+     "auto or a whole number >= 2"),
+    ("codebook", "sample_size", lambda v: v >= 1, "a whole number >= 1"),
+    ("codebook", "refit_growth", lambda v: v >= 0, "a fraction >= 0"),
+    ("neighbours", "k", lambda v: v >= 1, "a whole number >= 1"),
+    ("neighbours", "method", lambda v: v in ("auto", "balltree", "sparse"), "auto, balltree or sparse"),
+    ("cms", "batch_rows", lambda v: v >= 1, "a whole number >= 1"),
+)  # fmt: skip
+
+
+def settings_problem():
+    """The first setting that cannot work, as a one-line message naming it and the fix; None if all can.
+
+    Checks what can be known before any work: every value of luigi.cfg parses, the values
+    are in range, the weights are ``imagenet``, ``random`` or a readable file, and the CMS URL
+    resolves when it is needed. Settings that depend on the data (``k`` against the number of
+    images, K against the number of descriptors) are checked by the stage that has the data.
+    """
+    sections = {c.__name__: c for c in (paths, ids, cms, resnet, images, reduction, codebook, neighbours, collection)}
+    parser = luigi.configuration.get_config()
+    for name, config_class in sections.items():
+        for key, parameter in config_class.get_params():
+            raw = parser.get(name, key, None)
+            if raw is None:
+                continue
+            try:
+                parameter.parse(raw)
+            except (ValueError, TypeError) as exc:
+                return f"[{name}] {key}={raw!r} cannot be read ({exc}); {parameter.description}"
+    for name, key, check, must in RULES:
+        value = getattr(sections[name](), key)
+        if not check(value):
+            return f"[{name}] {key}={value!r} must be {must}"
+    weights = resnet().weights
+    if weights not in ("imagenet", "random") and not os.access(weights, os.R_OK):
+        return f"[resnet] weights={weights!r} is not a readable file; give the path of a Keras weights file, or imagenet or random"
+    if ids().source == "cms" or cms().url.strip():
+        from pipeline.cms import resolve_url
+        from pipeline.errors import ConfigError
+
+        try:
+            resolve_url(cms().url)
+        except ConfigError as exc:
+            return str(exc)
+    return None

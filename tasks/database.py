@@ -3,6 +3,7 @@
 import luigi
 
 from pipeline import cms as cms_db
+from pipeline.errors import ConfigError
 
 from .config import cms
 
@@ -19,7 +20,10 @@ class CmsTable(luigi.Target):
         self.table = table
 
     def exists(self):
-        return cms_db.reachable(engine(), self.table)
+        try:
+            return cms_db.reachable(engine(), self.table)
+        except ConfigError:  # reported by CheckSettings
+            return False
 
 
 class CmsImages(luigi.ExternalTask):

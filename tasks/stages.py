@@ -9,6 +9,7 @@ import luigi
 
 from pipeline import cms as cms_db, collection, features, histograms, output, store
 from pipeline.codebook import Codebook as CodebookModel, fit_codebook
+from pipeline.errors import ConfigError
 from pipeline.h5io import read_attrs
 from pipeline.neighbours import Counts, nearest_neighbours
 from pipeline.output import read_similarities
@@ -17,7 +18,7 @@ from pipeline.reduction import Reducer as ReducerModel
 from . import database
 from .base import ArtifactTask, RunTask, settings_digest
 from .config import cms, codebook, collection as collection_config, ids, images as images_config, neighbours, paths
-from .config import reduction, resnet
+from .config import reduction, resnet, settings_problem
 
 logger = logging.getLogger("luigi-interface")
 
@@ -40,6 +41,17 @@ class IdMapping(luigi.ExternalTask):
         return luigi.LocalTarget(self.path)
 
 
+class CheckSettings(RunTask):
+    """The settings of luigi.cfg, checked before any work: complete when every one can work,
+    failing with a one-line message naming the setting and the fix when one cannot."""
+
+    def complete(self):
+        return settings_problem() is None
+
+    def run(self):
+        raise ConfigError(settings_problem())
+
+
 class Inventory(ArtifactTask):
     """The images both on disk and in the ID mapping, taken once per run date."""
 
@@ -48,7 +60,11 @@ class Inventory(ArtifactTask):
     def requires(self):
         # the paths as parameters, so a missing input is named in Luigi's summary
         mapping = IdMapping(path=ids().csv) if ids().source == "csv" else database.CmsImages()
-        return {"content": ContentFolder(path=paths().content), "mapping": mapping}
+        return {
+            "settings": CheckSettings(date=self.date),
+            "content": ContentFolder(path=paths().content),
+            "mapping": mapping,
+        }
 
     def settings(self):
         settings = {

@@ -275,3 +275,25 @@ def test_files_that_must_be_rejected_change_nothing_else(run, monkeypatch, small
     assert all(reason and "\n" not in reason for reason in rejected.values())
     assert "max_pixels" in rejected["PPN77 Ärchiv/bomb.png"]
     assert report["unmapped"] == load_inventory(first / "artifacts" / "inventory.h5").unmapped
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ({"neighbours__k": "five"}, "[neighbours] k='five' cannot be read"),
+        ({"neighbours__k": "0"}, "[neighbours] k=0 must be a whole number >= 1"),
+        ({"codebook__size": "lots"}, "[codebook] size='lots' must be auto or a whole number >= 2"),
+        ({"reduction__variance": "1.5"}, "[reduction] variance=1.5 must be a fraction in (0, 1]"),
+        ({"collection__fingerprint": "md5"}, "[collection] fingerprint='md5' cannot be read"),
+        ({"resnet__weights": "/nonexistent/weights.h5"}, "[resnet] weights='/nonexistent/weights.h5' is not a readable file"),
+        ({"ids__source": "cms"}, "[cms] url is empty"),
+    ],
+)
+def test_bad_settings_stop_the_run_before_any_work(tmp_path, small_collection, override, message):
+    (tmp_path / "content").symlink_to(small_collection[0])
+    done = luigi_cli(pipeline_config(tmp_path, **override), tmp_path)
+    assert done.returncode == 30, done.stderr[-2000:]
+    report = json.loads((tmp_path / "artifacts" / "run_report.json").read_text())
+    assert report["failed_stage"] == "CheckSettings" and report["error"].startswith(f"ConfigError: {message}")
+    assert "\n" not in report["error"] and message in done.stderr
+    assert sorted(p.name for p in (tmp_path / "artifacts").iterdir()) == ["run_report.json", "runs"]
