@@ -297,3 +297,43 @@ def test_bad_settings_stop_the_run_before_any_work(tmp_path, small_collection, o
     assert report["failed_stage"] == "CheckSettings" and report["error"].startswith(f"ConfigError: {message}")
     assert "\n" not in report["error"] and message in done.stderr
     assert sorted(p.name for p in (tmp_path / "artifacts").iterdir()) == ["run_report.json", "runs"]
+
+
+def write_unusual_images(folder):
+    """Valid images of the kinds scanners and exports write, by name; each must be processed."""
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(1)
+    photo = Image.fromarray(rng.integers(0, 255, (120, 160, 3), dtype=np.uint8))
+    photo.convert("CMYK").save(folder / "cmyk.jpg")
+    Image.fromarray((rng.random((90, 120)) * 65535).astype(np.uint16)).save(folder / "grey 16-bit.png")
+    photo.convert("1").save(folder / "one-bit.png")
+    photo.convert("P", palette=Image.Palette.ADAPTIVE).save(folder / "palette.png", transparency=0)
+    photo.convert("RGBA").save(folder / "rgba.png")
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    photo.save(folder / "rotated.jpg", exif=exif)
+    photo.save(folder / "pages.tif", save_all=True, append_images=[photo.rotate(90)])
+    photo.save(folder / "animated.gif", save_all=True, append_images=[photo.rotate(90)], duration=100)
+    Image.new("RGB", (1, 1), (90, 10, 200)).save(folder / "pixel.png")
+    Image.new("RGB", (20000, 10), (10, 90, 200)).save(folder / "strip.png")
+    photo.save(folder / "überschrift ñ.jpg")
+    return sorted(p.name for p in folder.iterdir())
+
+
+def test_unusual_images_are_processed_and_bad_files_rejected_in_one_run(run, monkeypatch, small_collection, tmp_path):
+    shutil.copytree(small_collection[0], tmp_path / "content", symlinks=True)
+    good = write_unusual_images(tmp_path / "content" / "PPN88 Sämmlung")
+    bad = write_bad_files(tmp_path / "content" / "PPN77 Ärchiv")
+    with open(tmp_path / "content" / "image_ids.csv", "a") as f:
+        f.writelines(f"{8000 + i},PPN88 Sämmlung,{name}\n" for i, name in enumerate(good))
+        f.writelines(f"{9000 + i},PPN77 Ärchiv,{name}\n" for i, name in enumerate(bad))
+    result = build(monkeypatch, pipeline_config(tmp_path), Nightly)
+    assert result.status == luigi.execution_summary.LuigiStatusCode.SUCCESS, result.summary_text
+    similarities = read_similarities(tmp_path / "artifacts" / "similarities.hdf5")
+    expected = {*load_inventory(run[0][0] / "artifacts" / "inventory.h5").ids.tolist(), *range(8000, 8000 + len(good))}
+    assert set(similarities["ids"].tolist()) == expected  # every good image, none of the bad
+    assert set(similarities["neighbours"].ravel().tolist()) <= expected
+    report = json.loads((tmp_path / "artifacts" / "run_report.json").read_text())
+    assert sorted(item["path"] for item in report["rejected"]) == sorted(f"PPN77 Ärchiv/{name}" for name in bad)
