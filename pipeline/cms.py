@@ -246,11 +246,11 @@ def load_similarities(
         metadata.create_all(engine)  # before the transaction: MariaDB commits around DDL
         with engine.begin() as conn:
             conn.execute(similarity.delete())
-            rows = (
-                np.repeat(ids, k).tolist(), np.tile(np.arange(1, k + 1), n).tolist(), neighbours.ravel().tolist(),
-                np.asarray(distances, dtype=np.float64).ravel().tolist(),
+            columns = (
+                np.repeat(ids, k), np.tile(np.arange(1, k + 1), n), neighbours.ravel(),
+                np.asarray(distances, dtype=np.float64).ravel(),
             )  # fmt: skip
-            _write_rows(conn, similarity, rows, run_id, batch_rows, where)
+            _write_rows(conn, similarity, columns, run_id, batch_rows, where)
             _record(conn, marker, table, run_id, run_date, n * k)
     except (SQLAlchemyError, engine.dialect.loaded_dbapi.Error) as exc:  # the driver's own, from COPY
         raise CmsError(f"loading [cms] table={table!r} into {where} failed and was rolled back: {_one_line(exc)}") from None
@@ -261,23 +261,24 @@ def load_similarities(
     return n * k
 
 
-def _write_rows(conn, similarity, rows, run_id, batch_rows, where):
-    """Insert the rows (columns as lists) inside the caller's transaction, batch by batch."""
-    total = len(rows[0])
+def _write_rows(conn, similarity, columns, run_id, batch_rows, where):
+    """Insert the rows (one array per column but run_id) inside the caller's transaction, batch by batch."""
+    total = len(columns[0])
     names = [c.name for c in similarity.columns]
-    copy = conn.dialect.name == "postgresql" and conn.dialect.driver == "psycopg"
+    copy = None
+    if conn.dialect.name == "postgresql" and conn.dialect.driver == "psycopg":
+        quote = conn.dialect.identifier_preparer
+        copy = f"COPY {quote.format_table(similarity)} ({', '.join(quote.quote(n) for n in names)}) FROM STDIN"
     last_report = time.monotonic()
     for start in range(0, total, batch_rows):
-        batch = [column[start : start + batch_rows] for column in rows]
+        # Python values a batch at a time: the driver needs them, memory stays one batch
+        rows = zip(*(column[start : start + batch_rows].tolist() for column in columns))
         if copy:
-            quoted = ", ".join(conn.dialect.identifier_preparer.quote(name) for name in names)
-            table = conn.dialect.identifier_preparer.format_table(similarity)
-            with conn.connection.driver_connection.cursor() as cursor:
-                with cursor.copy(f"COPY {table} ({quoted}) FROM STDIN") as out:
-                    for row in zip(*batch):
-                        out.write_row((*row, run_id))
+            with conn.connection.driver_connection.cursor() as cursor, cursor.copy(copy) as out:
+                for row in rows:
+                    out.write_row((*row, run_id))
         else:
-            conn.execute(similarity.insert(), [dict(zip(names, (*row, run_id))) for row in zip(*batch)])
+            conn.execute(similarity.insert(), [dict(zip(names, (*row, run_id))) for row in rows])
         done = min(start + batch_rows, total)
         logger.debug("%d of %d similarity rows written to %s", done, total, where)
         if time.monotonic() - last_report >= PROGRESS_SECONDS:

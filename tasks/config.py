@@ -4,6 +4,10 @@ import os
 
 import luigi
 
+from pipeline.cms import resolve_url
+from pipeline.errors import ConfigError
+from pipeline.neighbours import METHODS
+
 
 class paths(luigi.Config):
     content = luigi.Parameter(
@@ -137,7 +141,7 @@ RULES = (
     ("codebook", "sample_size", lambda v: v >= 1, "a whole number >= 1"),
     ("codebook", "refit_growth", lambda v: v >= 0, "a fraction >= 0"),
     ("neighbours", "k", lambda v: v >= 1, "a whole number >= 1"),
-    ("neighbours", "method", lambda v: v in ("auto", "balltree", "sparse"), "auto, balltree or sparse"),
+    ("neighbours", "method", lambda v: v in METHODS, "one of " + ", ".join(METHODS)),
     ("cms", "batch_rows", lambda v: v >= 1, "a whole number >= 1"),
 )  # fmt: skip
 
@@ -169,9 +173,6 @@ def settings_problem():
     if weights not in ("imagenet", "random") and not os.access(weights, os.R_OK):
         return f"[resnet] weights={weights!r} is not a readable file; give the path of a Keras weights file, or imagenet or random"
     if ids().source == "cms" or cms().url.strip():
-        from pipeline.cms import resolve_url
-        from pipeline.errors import ConfigError
-
         try:
             resolve_url(cms().url)
         except ConfigError as exc:

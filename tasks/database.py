@@ -1,5 +1,7 @@
 """The CMS database as a Luigi input: the ID mapping read from it."""
 
+import functools
+
 import luigi
 
 from pipeline import cms as cms_db
@@ -9,8 +11,13 @@ from .config import cms
 
 
 def engine():
-    """An engine for ``[cms] url``."""
-    return cms_db.connect(cms_db.resolve_url(cms().url))
+    """The engine of ``[cms] url``, one per URL setting for the process (its connection pool)."""
+    return _engine(cms().url)
+
+
+@functools.lru_cache(maxsize=8)
+def _engine(setting):
+    return cms_db.connect(cms_db.resolve_url(setting))
 
 
 class CmsTable(luigi.Target):
