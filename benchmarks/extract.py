@@ -33,7 +33,7 @@ def bare_forward(extractor, pixels, batch_size):
 def pipeline_extraction(extractor, paths, store):
     """Images per second of DescriptorExtractor.run with each batch committed to the feature
     store (decoding, batching, forward, 8-bit codes, compression), and the store's bytes per image."""
-    for _ in extractor.run(paths[: extractor.batch_size]):  # warm-up
+    for _ in extractor.run(paths[: extractor.batch_size]):  # warm-up; starts the decoder processes
         pass
     with Timer() as t:
         for start, descriptors, _ in extractor.run(paths):
@@ -64,10 +64,10 @@ def run(images=96, batch_size=16, per_image=24):
     with tempfile.TemporaryDirectory() as directory:
         paths = scan_like_images(os.path.join(directory, "images"), images)
         model = build_model(weights="random")
-        extractor = DescriptorExtractor(model, batch_size=batch_size)
-        pixels = np.stack([load_image(p) for p in paths])
-        bare = bare_forward(extractor, pixels, batch_size)
-        pipeline, store_bytes = pipeline_extraction(extractor, paths, FeatureStore(os.path.join(directory, "store")))
+        pixels = np.stack([load_image(p) for p in paths]).astype(np.float32)
+        with DescriptorExtractor(model, batch_size=batch_size) as extractor:
+            bare = bare_forward(extractor, pixels, batch_size)
+            pipeline, store_bytes = pipeline_extraction(extractor, paths, FeatureStore(os.path.join(directory, "store")))
         single = per_image_predict(model, paths[:per_image])
     figures = {
         "bench": "extract",

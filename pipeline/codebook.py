@@ -83,6 +83,16 @@ class Codebook:
         return codebook
 
 
+def _sample_images(n_local, sample_size):
+    return max(1, sample_size // n_local)
+
+
+def check_size(size, n_images, n_local, sample_size):
+    """Raise ConfigError when ``size`` cannot be fitted on the descriptors a collection of
+    ``n_images`` images would give :func:`fit_codebook` (before any extraction)."""
+    resolve_size(size, min(n_images, _sample_images(n_local, sample_size)) * n_local)
+
+
 def fit_codebook(blocks, reducer, size, sample_size, random_state):
     """Fit the codebook on the reduced descriptors of a seeded uniform sample of images.
 
@@ -103,6 +113,6 @@ def fit_codebook(blocks, reducer, size, sample_size, random_state):
     Codebook
     """
     n_local = blocks.n_local()
-    chosen = blocks.subset(sample_images(blocks.n_images, max(1, sample_size // n_local), random_state))
+    chosen = blocks.subset(sample_images(blocks.n_images, _sample_images(n_local, sample_size), random_state))
     sample = np.concatenate([reducer.transform(b.reshape(-1, b.shape[-1])) for b in chosen])
     return Codebook(resolve_size(size, len(sample)), random_state).fit(sample)

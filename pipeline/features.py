@@ -1,14 +1,17 @@
 """ResNet50 local descriptors: building the model and running it over batches of image files."""
 
-import concurrent.futures
+import contextlib
 import hashlib
 import logging
 import os
+import queue
+import re
+import threading
 
 import numpy as np
 
 from .errors import ConfigError, ImageError, WeightsError
-from .images import INPUT_SIZE, MAX_PIXELS, load_image
+from .images import DECODE_TIMEOUT, INPUT_SIZE, MAX_PIXELS, DecoderPool
 
 logger = logging.getLogger(__name__)
 
@@ -20,6 +23,35 @@ RANDOM_WEIGHTS_NOTE = (
     "made with random weights (weights = random): for tests and smoke runs only, "
     "not a real similarity; use weights = imagenet on a real collection"
 )
+
+
+#: Side of the square output of ResNet50's stem layers at 224 x 224 input.
+_STEM_SIDES = {"conv1_pad": 230, "conv1_conv": 112, "conv1_bn": 112, "conv1_relu": 112, "pool1_pad": 114, "pool1_pool": 56}
+#: Stage -> (blocks, side of its outputs).
+_STAGES = {"2": (3, 56), "3": (4, 28), "4": (6, 14), "5": (3, 7)}
+_BLOCK_LAYER = re.compile(r"conv([2-5])_block([1-9])_(?:(0)_(?:conv|bn)|[123]_(?:conv|bn)|[12]_relu|add|out)")
+
+
+def layer_side(layer):
+    """Side h = w of the output of ResNet50's layer ``layer`` at 224 x 224 input (h * w local
+    descriptors per image), or None when ResNet50 has no such layer. Known without building
+    the model, so that settings can be checked before any work."""
+    if layer in _STEM_SIDES:
+        return _STEM_SIDES[layer]
+    match = _BLOCK_LAYER.fullmatch(layer)
+    if match is None:
+        return None
+    blocks, side = _STAGES[match[1]]
+    if int(match[2]) > blocks or (match[3] and match[2] != "1"):  # the shortcut convolution: first block only
+        return None
+    return side
+
+
+def unknown_layer_message(layer):
+    return (
+        f"[resnet] layer={layer!r} is not a layer of ResNet50; use one of the block outputs "
+        f"conv2_block3_out, conv3_block4_out, conv4_block6_out, conv5_block3_out (default {DEFAULT_LAYER})"
+    )
 
 
 def _keras():
@@ -70,6 +102,8 @@ def build_model(weights="imagenet", layer=DEFAULT_LAYER, seed=0):
     -------
     model : keras.Model mapping (n, 224, 224, 3) caffe-preprocessed images to (n, h, w, c)
     """
+    if layer_side(layer) is None:
+        raise ConfigError(unknown_layer_message(layer))
     keras = _keras()
     if weights == "random":
         logger.warning("ResNet50 with seeded random weights (seed %d): results are %s", seed, RANDOM_WEIGHTS_NOTE)
@@ -96,39 +130,96 @@ def build_model(weights="imagenet", layer=DEFAULT_LAYER, seed=0):
             f"[resnet] weights={weights!r} is not a ResNet50 weights file without the top ({reason}); "
             f"use Keras's {IMAGENET_FILE}"
         ) from None
+    return keras.Model(base.input, base.get_layer(layer).output, name=f"resnet50_{layer}")
+
+
+def prefetch(produce, depth=1):
+    """Iterate ``produce(stop)`` in a thread, up to ``depth`` items ahead of the consumer.
+
+    ``produce`` receives a threading.Event that is set when the consumer stops early, and
+    should then return soon. An exception in the producer is raised in the consumer.
+    """
+    items, stop, end = queue.Queue(depth), threading.Event(), object()
+
+    def put(item):
+        while not stop.is_set():
+            try:
+                items.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def fill():
+        try:
+            for item in produce(stop):
+                put((None, item))
+                if stop.is_set():
+                    return
+            put((None, end))
+        except BaseException as exc:  # handed to the consumer, raised there
+            put((exc, None))
+
+    thread = threading.Thread(target=fill, name="prefetch", daemon=True)
+    thread.start()
     try:
-        output = base.get_layer(layer).output
-    except ValueError:
-        stages = [x.name for x in base.layers if x.name.endswith("_out")]
-        raise ConfigError(
-            f"[resnet] layer={layer!r} is not a layer of ResNet50; use one of the block outputs "
-            f"{', '.join(stages[-4:])} (default {DEFAULT_LAYER})"
-        ) from None
-    return keras.Model(base.input, output, name=f"resnet50_{layer}")
+        while True:
+            error, item = items.get()
+            if error is not None:
+                raise error
+            if item is end:
+                return
+            yield item
+    finally:
+        stop.set()
+        thread.join()
 
 
 class DescriptorExtractor:
-    """Runs the model over image files in fixed-size batches, decoding ahead in threads.
+    """Runs the model over image files in fixed-size batches, decoding ahead in other processes.
 
     Every batch is padded to ``batch_size`` so the compiled forward pass sees one shape and
-    an image's descriptors do not depend on how many images share its batch.
+    an image's descriptors do not depend on how many images share its batch. Files are
+    decoded by a :class:`~pipeline.images.DecoderPool` (one file at a time per process, each
+    within ``decode_timeout`` seconds) while the model runs on the previous batch; its
+    processes start with the first run and stop at :meth:`close` (or the end of a ``with``).
 
     Parameters
     ----------
     model : keras.Model from :func:`build_model`
     batch_size : int
-    decode_threads : int
-        Threads decoding images while the model runs on the previous batch.
+    decode_processes : int
+        Processes decoding images while the model runs.
+    decode_timeout : float
+        Seconds one file may take to decode before its decoder is stopped and the file rejected.
     max_pixels : int
         Images with more pixels are rejected before decoding.
+    decode : callable, optional
+        The decoding function the processes run (tests replace it); :func:`~pipeline.images.load_image` by default.
     """
 
-    def __init__(self, model, batch_size=16, decode_threads=2, max_pixels=MAX_PIXELS):
+    def __init__(
+        self, model, batch_size=16, decode_processes=2, decode_timeout=DECODE_TIMEOUT, max_pixels=MAX_PIXELS, decode=None
+    ):
         self.model = model
         self.batch_size = batch_size
-        self.decode_threads = decode_threads
+        self.decode_processes = decode_processes
+        self.decode_timeout = decode_timeout
         self.max_pixels = max_pixels
+        self.decode = decode
         self._compiled = None
+        self._pool = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def close(self):
+        """Stop the decoder processes."""
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
 
     def _forward(self):
         if self._compiled is None:  # tracing costs seconds: once per extractor
@@ -147,6 +238,22 @@ class DescriptorExtractor:
 
         return forward
 
+    def _batches(self, pool, paths, stop):
+        """(start, pixels of shape (batch_size, 224, 224, 3) float32, errors) for each batch of ``paths``."""
+        decoded = pool.imap(paths, stop)
+        for start in range(0, len(paths), self.batch_size):
+            pixels = np.zeros((self.batch_size, INPUT_SIZE, INPUT_SIZE, 3), np.float32)
+            errors = {}
+            for i in range(min(self.batch_size, len(paths) - start)):
+                result = next(decoded, None)
+                if result is None:  # stopped early
+                    return
+                if isinstance(result, ImageError):
+                    errors[i] = str(result)
+                else:
+                    pixels[i] = result
+            yield start, pixels, errors
+
     def run(self, paths):
         """Extract the descriptors of every file, batch after batch.
 
@@ -164,24 +271,14 @@ class DescriptorExtractor:
             Position within the batch -> one-line reason, for the files that could not be decoded.
         """
         forward = self._forward()
-        starts = range(0, len(paths), self.batch_size)
-        with concurrent.futures.ThreadPoolExecutor(self.decode_threads) as pool:
-            pending = None
-            for start in [*starts, None]:
-                ahead = None if start is None else [pool.submit(load_image, p, max_pixels=self.max_pixels) for p in paths[start : start + self.batch_size]]
-                if pending is not None:
-                    yield self._finish(forward, *pending)
-                pending = None if start is None else (start, ahead)
-
-    def _finish(self, forward, start, futures):
-        pixels = np.zeros((self.batch_size, INPUT_SIZE, INPUT_SIZE, 3), np.float32)
-        errors = {}
-        for i, future in enumerate(futures):
-            try:
-                pixels[i] = future.result()
-            except ImageError as exc:
-                errors[i] = str(exc)
-        maps = forward(pixels).numpy()[: len(futures)]
-        descriptors = maps.reshape(len(futures), -1, maps.shape[-1]).astype(np.float16)
-        descriptors[list(errors)] = 0
-        return start, descriptors, errors
+        paths = list(paths)
+        if self._pool is None:
+            self._pool = DecoderPool(self.decode_processes, self.decode_timeout, self.max_pixels, self.decode)
+        pool = self._pool
+        with contextlib.closing(prefetch(lambda stop: self._batches(pool, paths, stop))) as batches:
+            for start, pixels, errors in batches:
+                n = min(self.batch_size, len(paths) - start)
+                maps = forward(pixels).numpy()[:n]
+                descriptors = maps.reshape(n, -1, maps.shape[-1]).astype(np.float16)
+                descriptors[list(errors)] = 0
+                yield start, descriptors, errors

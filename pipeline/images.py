@@ -1,13 +1,25 @@
-"""Decoding one image file into the model's input: RGB, 224 x 224, float32 in 0..255."""
+"""Decoding image files into the model's input (RGB, 224 x 224), each file in a time-bounded process."""
+
+import multiprocessing.connection
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
 
 import numpy as np
 from PIL import Image, ImageOps
 
-from .errors import ImageError
+from .errors import ImageError, PipelineError
 
 INPUT_SIZE = 224
 #: Default of ``[images] max_pixels``: larger images are rejected unread, against decompression bombs.
 MAX_PIXELS = 400_000_000
+#: Default of ``[images] decode_timeout``: seconds one file may take to decode.
+DECODE_TIMEOUT = 120.0
+#: Seconds a new decoder process may take to start (import numpy and Pillow).
+START_TIMEOUT = 120.0
 # the pixel limit is ours (max_pixels), checked before any pixel is decoded
 Image.MAX_IMAGE_PIXELS = None
 
@@ -56,7 +68,7 @@ def load_image(path, size=INPUT_SIZE, max_pixels=MAX_PIXELS):
 
     Returns
     -------
-    pixels : ndarray of shape (size, size, 3), float32, RGB in 0..255
+    pixels : ndarray of shape (size, size, 3), uint8, RGB
 
     Raises
     ------
@@ -71,7 +83,193 @@ def load_image(path, size=INPUT_SIZE, max_pixels=MAX_PIXELS):
             image.draft("RGB", (size, size))  # JPEG: decode at a reduced scale when the scan is large
             image = to_rgb(ImageOps.exif_transpose(image))
             image = image.resize((size, size), Image.Resampling.BILINEAR)
-            return np.asarray(image, dtype=np.float32)
+            return np.asarray(image, dtype=np.uint8)
     except (OSError, ValueError, SyntaxError, EOFError, MemoryError, Image.DecompressionBombError) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise ImageError(reason) from None
+
+
+def _serve():
+    """A decoder process: decode each path received, send back (True, pixels) or (False, reason).
+
+    Started by :class:`_Decoder` with the file descriptor of its socket as the only argument;
+    the first message names the decoding function and its settings.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # an interrupt is the parent's to handle
+    connection = multiprocessing.connection.Connection(int(sys.argv[1]))
+    decode, size, max_pixels = connection.recv()
+    connection.send("ready")
+    while True:
+        try:
+            path = connection.recv()
+        except (EOFError, OSError):  # the parent has gone
+            return
+        try:
+            result = (True, decode(path, size=size, max_pixels=max_pixels))
+        except ImageError as exc:
+            result = (False, str(exc))
+        except Exception as exc:  # a decoder bug on a crafted file fails that file, not the run
+            first = str(exc).splitlines()[0] if str(exc) else ""
+            result = (False, f"decoder error {type(exc).__name__}: {first}".rstrip(": "))
+        connection.send(result)
+
+
+class _Decoder:
+    """One decoder process (a fresh Python, nothing inherited from a parent running TensorFlow)
+    and the parent's end of its socket."""
+
+    def __init__(self, decode, size, max_pixels):
+        ours, theirs = socket.socketpair()
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}  # the same imports
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", "from pipeline.images import _serve; _serve()", str(theirs.fileno())],
+            pass_fds=[theirs.fileno()], env=env, stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+        theirs.close()
+        self.connection = multiprocessing.connection.Connection(ours.detach())
+        self.settings = (decode, size, max_pixels)
+        self.job = None  # (position, deadline) of the file it decodes
+
+    def wait_ready(self):
+        try:
+            self.connection.send(self.settings)
+            if self.connection.poll(START_TIMEOUT):
+                self.connection.recv()
+                return
+            problem = f"did not start within {START_TIMEOUT:.0f} s"
+        except (EOFError, OSError):
+            problem = f"ended at start ({self.death()}); its error is in the log above"
+        self.stop()
+        raise PipelineError(f"an image decoder process {problem}")
+
+    def stop(self):
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait()
+        self.connection.close()
+
+    def death(self):
+        """Why the process ended, in words."""
+        try:
+            code = self.process.wait(5)
+        except subprocess.TimeoutExpired:
+            return "not answering"
+        if code < 0:
+            return f"killed by signal {signal.Signals(-code).name}"
+        return f"exit code {code}"
+
+
+class DecoderPool:
+    """Processes that decode image files, one file at a time each, with a time limit per file.
+
+    A decoder that takes longer than ``timeout`` seconds on a file is killed, and one that
+    dies (a crash in a native decoding library, the kernel's out-of-memory killer) is
+    replaced; either way only the file it was decoding fails, with the reason, and the other
+    files are decoded as if nothing had happened.
+
+    Parameters
+    ----------
+    processes : int
+        Files decoded at once.
+    timeout : float
+        Seconds one file may take to decode.
+    max_pixels : int
+        Images with more pixels are rejected before decoding.
+    decode : callable(path, size=, max_pixels=) -> ndarray
+        A module-level function (the processes import it): :func:`load_image` by default.
+    size : int
+        Side of the decoded square.
+    """
+
+    def __init__(self, processes=2, timeout=DECODE_TIMEOUT, max_pixels=MAX_PIXELS, decode=None, size=INPUT_SIZE):
+        self.processes = processes
+        self.timeout = timeout
+        self.max_pixels = max_pixels
+        self.decode = decode or load_image
+        self.size = size
+        self._decoders = []
+
+    def _start(self, n):
+        started = [_Decoder(self.decode, self.size, self.max_pixels) for _ in range(n)]
+        self._decoders.extend(started)
+        for decoder in started:
+            decoder.wait_ready()
+
+    def _replace(self, decoder):
+        decoder.stop()
+        self._decoders.remove(decoder)
+        self._start(1)
+
+    def close(self):
+        """Stop every decoder process."""
+        for decoder in self._decoders:
+            decoder.stop()
+        self._decoders = []
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def imap(self, paths, stop=None):
+        """Decode every file.
+
+        Parameters
+        ----------
+        paths : sequence of str
+        stop : threading.Event, optional
+            When set, the iteration ends within half a second (a consumer in another thread
+            has gone).
+
+        Yields
+        ------
+        result : ndarray of shape (size, size, 3), uint8, or ImageError
+            One per path, in the order of ``paths``.
+        """
+        paths = list(paths)
+        if not paths:
+            return
+        self._start(min(self.processes, len(paths)) - len(self._decoders))
+        window = 4 * self.processes  # decoded files held ahead of the consumer, at most
+        results, sent, given = {}, 0, 0
+        try:
+            while given < len(paths) and not (stop is not None and stop.is_set()):
+                for decoder in self._decoders:
+                    if decoder.job is None and sent < min(len(paths), given + window):
+                        decoder.connection.send(str(paths[sent]))
+                        decoder.job = (sent, time.monotonic() + self.timeout)
+                        sent += 1
+                if given in results:
+                    yield results.pop(given)
+                    given += 1
+                else:
+                    self._collect(results)
+        finally:  # ended early: decoders still at work on this iteration's files are of no use
+            for decoder in [d for d in self._decoders if d.job is not None]:
+                decoder.stop()
+                self._decoders.remove(decoder)
+
+    def _collect(self, results):
+        """Wait (briefly) for decoders to finish; record their results, kill those past their time."""
+        busy = [d for d in self._decoders if d.job is not None]
+        first_deadline = min(d.job[1] for d in busy)
+        ready = multiprocessing.connection.wait(
+            [d.connection for d in busy], timeout=max(0.0, min(first_deadline - time.monotonic(), 0.5))
+        )
+        for decoder in busy:
+            position, deadline = decoder.job
+            if decoder.connection in ready:
+                try:
+                    ok, value = decoder.connection.recv()
+                except (EOFError, OSError):
+                    results[position] = ImageError(f"the decoder process died on this file ({decoder.death()})")
+                    self._replace(decoder)
+                    continue
+                results[position] = value if ok else ImageError(value)
+                decoder.job = None
+            elif time.monotonic() > deadline:
+                results[position] = ImageError(
+                    f"decoding took longer than [images] decode_timeout={self.timeout:g} s; the decoder was stopped"
+                )
+                self._replace(decoder)

@@ -74,9 +74,10 @@ class Counts:
         return candidates[order], np.sqrt(squared[order]) / self.n_local
 
 
-def _check_k(k, n):
+def check_k(k, n):
+    """Raise ConfigError unless 1 <= k <= n - 1 (each of n images has k other images)."""
     if not 1 <= k <= n - 1:
-        raise ConfigError(f"[neighbours] k={k} must be between 1 and the number of images - 1 = {n - 1}")
+        raise ConfigError(f"[neighbours] k={k} must be between 1 and the number of images - 1 = {n - 1}; lower it")
 
 
 def _chunked(n, k, rows, chunk_size, checkpoints, query_chunk):
@@ -115,7 +116,7 @@ def balltree_neighbours(counts, k=5, rows=None, leaf_size=40, chunk_size=1024, c
     neighbours : ndarray of shape (n_rows, k), int64 positions, nearest first
     distances : ndarray of shape (n_rows, k), float64, non-decreasing along each row
     """
-    _check_k(k, len(counts))
+    check_k(k, len(counts))
     x = counts.counts.toarray() / counts.n_local
     tree = BallTree(x, leaf_size=leaf_size)
 
@@ -259,7 +260,7 @@ def sparse_neighbours(counts, k=5, rows=None, chunk_size=4096, block=1 << 15, de
     Parameters and returns as :func:`balltree_neighbours`.
     """
     n = len(counts)
-    _check_k(k, n)
+    check_k(k, n)
     arrays = (
         counts.counts.indptr.astype(np.int64), counts.counts.indices.astype(np.int32),
         counts.counts.data.astype(np.int32), *_inverted_file(counts.counts, block, dense_share),

@@ -143,13 +143,13 @@ def extract_to_store(store, make_extractor, files, content_dir):
     if not todo:
         return 0, len(files)
     paths = [os.path.join(content_dir, f.relpath) for f in todo]
-    for start, descriptors, errors in make_extractor().run(paths):
-        batch = todo[start : start + len(descriptors)]
-        good = [i for i in range(len(batch)) if i not in errors]
-        store.write_chunk(
-            [batch[i].key for i in good], descriptors[good], {batch[i].key: reason for i, reason in errors.items()}
-        )
-        logger.info("extracted %d / %d images", start + len(batch), len(todo))
+    with make_extractor() as extractor:
+        for start, descriptors, errors in extractor.run(paths):
+            batch = todo[start : start + len(descriptors)]
+            good = [i for i in range(len(batch)) if i not in errors]
+            rejected = {batch[i].key: reason for i, reason in errors.items()}
+            store.write_chunk([batch[i].key for i in good], descriptors[good], rejected)
+            logger.info("extracted %d / %d images", start + len(batch), len(todo))
     return len(todo), len(files) - len(todo)
 
 
@@ -350,8 +350,11 @@ class ArrayBlocks(Blocks):
         return self.descriptors.shape[1]
 
 
-def extract_features(store, inventory, content_dir, weights, layer, seed, batch_size, decode_threads, max_pixels):
+def extract_features(store, inventory, content_dir, weights, layer, seed, batch_size, **decoding):
     """Bring the store up to date with the inventory and index the inventory's images in it.
+
+    ``decoding`` holds the DescriptorExtractor's decoding settings (``decode_processes``,
+    ``decode_timeout``, ``max_pixels``).
 
     Returns
     -------
@@ -362,7 +365,7 @@ def extract_features(store, inventory, content_dir, weights, layer, seed, batch_
 
     def make_extractor():
         model = build_model(weights=weights, layer=layer, seed=seed)
-        return DescriptorExtractor(model, batch_size=batch_size, decode_threads=decode_threads, max_pixels=max_pixels)
+        return DescriptorExtractor(model, batch_size=batch_size, **decoding)
 
     n_extracted, n_reused = extract_to_store(store, make_extractor, inventory.files, content_dir)
     return index_inventory(store, inventory), n_extracted, n_reused

@@ -6,6 +6,7 @@ import luigi
 
 from pipeline.cms import resolve_url
 from pipeline.errors import ConfigError
+from pipeline.features import layer_side, unknown_layer_message
 from pipeline.neighbours import METHODS
 
 
@@ -68,9 +69,6 @@ class resnet(luigi.Config):
     layer = luigi.Parameter(default="conv5_block3_out", description="Layer whose output gives the local descriptors.")
     seed = luigi.IntParameter(default=0, description="Seed of the random initialisation when weights = random.")
     batch_size = luigi.IntParameter(default=16, significant=False, description="Images per forward pass.")
-    decode_threads = luigi.IntParameter(
-        default=2, significant=False, description="Threads decoding images while the model runs."
-    )
 
 
 class images(luigi.Config):
@@ -79,6 +77,15 @@ class images(luigi.Config):
         significant=False,  # applies to files extracted from then on, not to those already stored
         description="Images with more pixels are rejected unread (decompression bombs); a new value applies "
         "to new and changed files.",
+    )
+    decode_processes = luigi.IntParameter(
+        default=2, significant=False, description="Processes decoding images while the model runs."
+    )
+    decode_timeout = luigi.FloatParameter(
+        default=120.0,
+        significant=False,
+        description="Seconds one file may take to decode; a decoder that takes longer is stopped and the "
+        "file rejected.",
     )
 
 
@@ -132,8 +139,9 @@ class collection(luigi.Config):
 #: (section, key, check, what the value must be) of the settings checked before any work.
 RULES = (
     ("resnet", "batch_size", lambda v: v >= 1, "a whole number >= 1"),
-    ("resnet", "decode_threads", lambda v: v >= 1, "a whole number >= 1"),
     ("images", "max_pixels", lambda v: v >= 1, "a whole number >= 1"),
+    ("images", "decode_processes", lambda v: v >= 1, "a whole number >= 1"),
+    ("images", "decode_timeout", lambda v: v > 0, "a number of seconds > 0"),
     ("reduction", "variance", lambda v: 0 < v <= 1, "a fraction in (0, 1]"),
     ("reduction", "sample_images", lambda v: v >= 0, "a whole number >= 0 (0 = all images)"),
     ("codebook", "size", lambda v: v.strip().lower() == "auto" or (v.strip().isdigit() and int(v) >= 2),
@@ -146,18 +154,29 @@ RULES = (
 )  # fmt: skip
 
 
+#: Settings that moved: (section, old key) -> where the setting is now.
+MOVED = {("resnet", "decode_threads"): "it is now [images] decode_processes (decoding runs in processes)"}
+
+
 def settings_problem():
     """The first setting that cannot work, as a one-line message naming it and the fix; None if all can.
 
     Checks what can be known before any work: every value of luigi.cfg parses, the values
     are in range, the weights are ``imagenet``, ``random`` or a readable file, and the CMS URL
-    resolves when it is needed. Settings that depend on the data (``k`` against the number of
-    images, K against the number of descriptors) are checked by the stage that has the data.
+    resolves when it is needed, the layer is one of ResNet50's, and no key of our sections is
+    unknown (a misspelt key would otherwise be ignored). Settings that depend on the data
+    (``k`` against the number of images, K against the number of descriptors) are checked
+    once the inventory is taken, before any extraction.
     """
     sections = {c.__name__: c for c in (paths, ids, cms, resnet, images, reduction, codebook, neighbours, collection)}
     parser = luigi.configuration.get_config()
     for name, config_class in sections.items():
-        for key, parameter in config_class.get_params():
+        known = dict(config_class.get_params())
+        for key in parser.options(name) if parser.has_section(name) else ():
+            if key.replace("-", "_") not in known:
+                fix = MOVED.get((name, key), f"the settings of [{name}] are {', '.join(known)}")
+                return f"[{name}] {key} is not a setting; {fix}"
+        for key, parameter in known.items():
             raw = parser.get(name, key, None)
             if raw is None:
                 continue
@@ -169,6 +188,8 @@ def settings_problem():
         value = getattr(sections[name](), key)
         if not check(value):
             return f"[{name}] {key}={value!r} must be {must}"
+    if layer_side(resnet().layer) is None:
+        return unknown_layer_message(resnet().layer)
     weights = resnet().weights
     if weights not in ("imagenet", "random") and not os.access(weights, os.R_OK):
         return f"[resnet] weights={weights!r} is not a readable file; give the path of a Keras weights file, or imagenet or random"

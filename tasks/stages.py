@@ -8,10 +8,10 @@ import os
 import luigi
 
 from pipeline import cms as cms_db, collection, features, histograms, output, store
-from pipeline.codebook import Codebook as CodebookModel, fit_codebook
+from pipeline.codebook import Codebook as CodebookModel, check_size, fit_codebook
 from pipeline.errors import ConfigError
 from pipeline.h5io import read_attrs
-from pipeline.neighbours import Counts, nearest_neighbours
+from pipeline.neighbours import Counts, check_k, nearest_neighbours
 from pipeline.output import read_similarities
 from pipeline.reduction import Reducer as ReducerModel
 
@@ -94,6 +94,10 @@ class Inventory(ArtifactTask):
         else:
             mapping, source = collection.read_mapping(ids().csv), f"[ids] csv={ids().csv!r}"
         inventory = collection.take_inventory(paths().content, mapping, source, collection_config().fingerprint)
+        # the settings that depend on the collection's size, before any image is extracted
+        check_k(neighbours().k, len(inventory))
+        n_local = features.layer_side(resnet().layer) ** 2
+        check_size(codebook().size, len(inventory), n_local, codebook().sample_size)
         self._found = inventory.fingerprint()
         previous = self.recorded() and collection.load_inventory(self.output().path)
         removed = collection.removed_images(previous, inventory) if previous else []
@@ -141,7 +145,8 @@ class Features(ArtifactTask):
             layer=resnet().layer,
             seed=resnet().seed,
             batch_size=resnet().batch_size,
-            decode_threads=resnet().decode_threads,
+            decode_processes=images_config().decode_processes,
+            decode_timeout=images_config().decode_timeout,
             max_pixels=images_config().max_pixels,
         )
         attrs = self.attrs(

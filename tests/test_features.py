@@ -3,7 +3,9 @@ import pytest
 from PIL import Image
 
 from pipeline.errors import ConfigError, WeightsError
-from pipeline.features import IMAGENET_FILE, DescriptorExtractor, build_model, weights_identity
+from pipeline.features import IMAGENET_FILE, DescriptorExtractor, build_model, layer_side, weights_identity
+
+from .decoders import decoder_processes, misbehaving
 
 
 @pytest.fixture(scope="module")
@@ -13,7 +15,8 @@ def model():
 
 @pytest.fixture(scope="module")
 def extractor(model):
-    return DescriptorExtractor(model, batch_size=4)
+    with DescriptorExtractor(model, batch_size=4) as extractor:
+        yield extractor
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +66,8 @@ def test_weights_file_path_loads_the_same_model(model, extractor, image_paths, t
     model.save_weights(path)
     loaded = build_model(weights=str(path), seed=1)  # seed is ignored for a file
     a = next(extractor.run(image_paths[0][:2]))[1]
-    b = next(DescriptorExtractor(loaded, batch_size=4).run(image_paths[0][:2]))[1]
+    with DescriptorExtractor(loaded, batch_size=4) as other:
+        b = next(other.run(image_paths[0][:2]))[1]
     np.testing.assert_array_equal(a, b)
     assert weights_identity(str(path)).startswith("sha256:")
 
@@ -92,3 +96,39 @@ def test_unreadable_or_wrong_weights_file_is_a_one_line_error(tmp_path, content)
     with pytest.raises(WeightsError, match=r"\[resnet\] weights=") as info:
         build_model(weights=str(path))
     assert "\n" not in str(info.value)
+
+
+def test_a_file_whose_decoder_hangs_or_crashes_fails_alone(model, image_paths, tmp_path):
+    paths, _ = image_paths
+    for name in ("hang.png", "crash.png"):
+        Image.new("RGB", (50, 50)).save(tmp_path / name)
+    mixed = [paths[0], str(tmp_path / "hang.png"), paths[1], str(tmp_path / "crash.png"), paths[2]]
+    with DescriptorExtractor(model, batch_size=4, decode_timeout=3, decode=misbehaving) as extractor:
+        batches = list(extractor.run(mixed))
+    assert [(start, sorted(errors)) for start, _, errors in batches] == [(0, [1, 3]), (4, [])]
+    assert "decode_timeout=3 s" in batches[0][2][1] and "SIGSEGV" in batches[0][2][3]
+    descriptors = np.concatenate([d for _, d, _ in batches])
+    with DescriptorExtractor(model, batch_size=4) as clean_extractor:
+        clean = np.concatenate([d for _, d, _ in clean_extractor.run(paths[:3])])
+    np.testing.assert_array_equal(descriptors[[0, 2, 4]], clean)
+
+
+def test_decoders_outlive_a_run_left_early_and_stop_with_the_extractor(model, image_paths):
+    others = set(decoder_processes())  # the module's extractor's
+    with DescriptorExtractor(model, batch_size=4, decode_processes=2) as extractor:
+        run = extractor.run(image_paths[0] * 3)
+        next(run)
+        run.close()
+        assert len(set(decoder_processes()) - others) <= 2
+        assert len(list(extractor.run(image_paths[0]))) == 2
+    assert set(decoder_processes()) == others
+
+
+def test_layer_side_knows_every_layer_of_resnet50_without_building_it(model):
+    base = model.layers  # the cut model holds every layer up to conv5_block3_out, the last
+    named = [layer for layer in base if not layer.name.startswith("input")]
+    assert len(named) == 174
+    for layer in named:
+        assert layer_side(layer.name) == layer.output.shape[1], layer.name
+    for name in ("conv5_block4_out", "conv2_block2_0_conv", "conv3_block1_3_relu", "conv9", "input_layer", ""):
+        assert layer_side(name) is None, name

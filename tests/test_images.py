@@ -1,11 +1,14 @@
+import os
+
 import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.errors import ImageError
-from pipeline.images import load_image
+from pipeline.errors import ImageError, PipelineError
+from pipeline.images import DecoderPool, load_image
 
 from .conftest import png_declaring
+from .decoders import decoder_processes, misbehaving
 
 
 @pytest.mark.parametrize("mode", ["RGB", "L", "RGBA", "P", "CMYK", "1"])
@@ -13,7 +16,7 @@ def test_any_common_mode_becomes_rgb_224(tmp_path, mode):
     path = tmp_path / "x.png" if mode != "CMYK" else tmp_path / "x.jpg"
     Image.new("RGB", (300, 200), (200, 30, 30)).convert(mode).save(path)
     pixels = load_image(path)
-    assert pixels.shape == (224, 224, 3) and pixels.dtype == np.float32
+    assert pixels.shape == (224, 224, 3) and pixels.dtype == np.uint8
     assert 0 <= pixels.min() and pixels.max() <= 255
 
 
@@ -100,3 +103,46 @@ def test_truncated_files_are_rejected(tmp_path, fmt):
     with pytest.raises(ImageError) as info:
         load_image(tmp_path / "cut")
     assert "\n" not in str(info.value)
+
+
+@pytest.fixture()
+def misbehaving_files(tmp_path):
+    """Good images, and files the test decoder hangs on, crashes on or fails with a bug on."""
+    names = ["a.png", "hang.png", "b.png", "crash.png", "bug.png", "c.png", "d.png"]
+    for i, name in enumerate(names):
+        Image.new("RGB", (60, 40), (30 * i, 100, 0)).save(tmp_path / name)
+    return [str(tmp_path / name) for name in names]
+
+
+def test_decoder_pool_rejects_only_the_file_that_hangs_crashes_or_fails(misbehaving_files):
+    with DecoderPool(processes=2, timeout=3, decode=misbehaving) as pool:
+        results = dict(zip(misbehaving_files, pool.imap(misbehaving_files)))
+        again = list(pool.imap(misbehaving_files[:1]))  # the pool goes on after replacing decoders
+    by_name = {os.path.basename(p): r for p, r in results.items()}
+    assert "decode_timeout=3 s" in str(by_name["hang.png"])
+    assert "died on this file (killed by signal SIGSEGV)" in str(by_name["crash.png"])
+    assert str(by_name["bug.png"]) == "decoder error struct_error: unpack requires a buffer of 4 bytes"
+    for path, result in results.items():
+        if os.path.basename(path) in ("a.png", "b.png", "c.png", "d.png"):
+            np.testing.assert_array_equal(result, load_image(path))
+        else:
+            assert isinstance(result, ImageError)
+    np.testing.assert_array_equal(again[0], load_image(misbehaving_files[0]))
+    assert decoder_processes() == []
+
+
+def test_decoder_pool_stops_its_processes_when_the_consumer_leaves_early(misbehaving_files):
+    with DecoderPool(processes=2, timeout=60, decode=misbehaving) as pool:
+        results = pool.imap(misbehaving_files)
+        next(results)
+        assert len(decoder_processes()) == 2
+        results.close()  # one decoder is still on hang.png
+        assert len(decoder_processes()) <= 1
+    assert decoder_processes() == []
+
+
+def test_decoder_processes_that_cannot_start_are_a_one_line_error(monkeypatch):
+    monkeypatch.setattr("sys.executable", "/bin/false")
+    with pytest.raises(PipelineError, match=r"^an image decoder process ended at start \(exit code 1\)"):
+        with DecoderPool(processes=1) as pool:
+            list(pool.imap(["x.png"]))

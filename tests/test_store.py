@@ -29,6 +29,12 @@ class FakeExtractor:
     def __init__(self):
         self.seen = []
 
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        pass
+
     def run(self, paths):
         for start in range(0, len(paths), self.batch_size):
             batch = paths[start : start + self.batch_size]

@@ -287,14 +287,24 @@ def test_files_that_must_be_rejected_change_nothing_else(run, monkeypatch, small
         ({"collection__fingerprint": "md5"}, "[collection] fingerprint='md5' cannot be read"),
         ({"resnet__weights": "/nonexistent/weights.h5"}, "[resnet] weights='/nonexistent/weights.h5' is not a readable file"),
         ({"ids__source": "cms"}, "[cms] url is empty"),
+        ({"resnet__layer": "conv5_block4_out"}, "[resnet] layer='conv5_block4_out' is not a layer of ResNet50"),
+        ({"images__decode_timeout": "0"}, "[images] decode_timeout=0.0 must be a number of seconds > 0"),
+        ({"codebook__sise": "50"}, "[codebook] sise is not a setting; the settings of [codebook] are size, "),
+        ({"resnet__decode_threads": "2"}, "[resnet] decode_threads is not a setting; it is now [images] decode_processes"),
+        # known once the collection is listed, still before any image is extracted
+        ({"neighbours__k": "18"}, "[neighbours] k=18 must be between 1 and the number of images - 1 = 17; lower it"),
+        ({"codebook__size": "1000"}, "[codebook] size=1000 must be between 2 and the number of sampled descriptors=882"),
+        ({"resnet__layer": "conv4_block6_out", "codebook__size": "1000", "codebook__sample_size": "1000"},
+         "[codebook] size=1000 must be between 2 and the number of sampled descriptors=980"),
     ],
-)
+)  # fmt: skip
 def test_bad_settings_stop_the_run_before_any_work(tmp_path, small_collection, override, message):
     (tmp_path / "content").symlink_to(small_collection[0])
     done = luigi_cli(pipeline_config(tmp_path, **override), tmp_path)
     assert done.returncode == 30, done.stderr[-2000:]
     report = json.loads((tmp_path / "artifacts" / "run_report.json").read_text())
-    assert report["failed_stage"] == "CheckSettings" and report["error"].startswith(f"ConfigError: {message}")
+    stage = "Inventory" if "the number of" in message else "CheckSettings"
+    assert report["failed_stage"] == stage and report["error"].startswith(f"ConfigError: {message}")
     assert "\n" not in report["error"] and message in done.stderr
     assert sorted(p.name for p in (tmp_path / "artifacts").iterdir()) == ["run_report.json", "runs"]
 
