@@ -92,28 +92,32 @@ def scan_content(content_dir, fingerprint="stat"):
     files = []
     with os.scandir(content_dir) as records:
         for record in records:
-            if not record.is_dir() or not record.name.upper().startswith("PPN") or record.name.startswith("."):
+            if not _is_dir(record) or not record.name.upper().startswith("PPN") or record.name.startswith("."):
                 continue
             ppn = strip_ppn(record.name)
-            with os.scandir(record.path) as entries:
-                for entry in entries:
-                    if entry.name.startswith(".") or os.path.splitext(entry.name)[1].lower() not in IMAGE_EXTENSIONS:
-                        continue
-                    if _is_dir(entry):
-                        continue
-                    # a dangling link, a link loop or an unreadable file stays in the list: its
-                    # decoding fails and it is rejected with the reason, until it changes
+            try:
+                entries = list(os.scandir(record.path))
+            except OSError as exc:  # its mapped images count as missing; the rest of the collection goes on
+                logger.warning("cannot list %s (%s): its images are left out of this run", record.name, exc.strerror)
+                continue
+            for entry in entries:
+                if entry.name.startswith(".") or os.path.splitext(entry.name)[1].lower() not in IMAGE_EXTENSIONS:
+                    continue
+                if _is_dir(entry):
+                    continue
+                # a dangling link, a link loop or an unreadable file stays in the list: its
+                # decoding fails and it is rejected with the reason, until it changes
+                try:
+                    stat = entry.stat()
+                except OSError:
+                    stat = entry.stat(follow_symlinks=False)
+                sha = ""
+                if fingerprint == "sha256":
                     try:
-                        stat = entry.stat()
-                    except OSError:
-                        stat = entry.stat(follow_symlinks=False)
-                    sha = ""
-                    if fingerprint == "sha256":
-                        try:
-                            sha = file_sha256(entry.path)
-                        except OSError as exc:
-                            sha = f"unreadable-{exc.errno}"
-                    files.append(ImageFile(ppn, entry.name, stat.st_size, stat.st_mtime_ns, sha))
+                        sha = file_sha256(entry.path)
+                    except OSError as exc:
+                        sha = f"unreadable-{exc.errno}"
+                files.append(ImageFile(ppn, entry.name, stat.st_size, stat.st_mtime_ns, sha))
     files.sort(key=lambda f: f.relpath)
     return files
 

@@ -1,6 +1,7 @@
 """The feature store: descriptors of every extracted image, committed batch by batch."""
 
 import hashlib
+import io
 import logging
 import os
 from dataclasses import dataclass
@@ -105,16 +106,21 @@ class FeatureStore:
             Key -> reason of the batch's images that could not be decoded.
         """
         name = hashlib.sha1("\n".join([*keys, *rejected]).encode()).hexdigest()[:20] + ".h5"
+        # made in memory, then written out: HDF5 crashes the process when a compressed write
+        # meets a full disk, while a plain write fails with an OSError like any other
+        memory = io.BytesIO()
+        with h5py.File(memory, "w") as f:
+            write_strings(f, "keys", keys)
+            codes, offset, scale = quantize(descriptors)
+            chunks = (1, *codes.shape[1:]) if len(codes) else None
+            f.create_dataset("codes", data=codes, chunks=chunks, compression="gzip", compression_opts=1)
+            f.create_dataset("offset", data=offset)
+            f.create_dataset("scale", data=scale)
+            write_strings(f, "rejected_keys", list(rejected))
+            write_strings(f, "rejected_reasons", list(rejected.values()))
         with atomic_path(os.path.join(self.chunk_dir, name)) as tmp:
-            with h5py.File(tmp, "w") as f:
-                write_strings(f, "keys", keys)
-                codes, offset, scale = quantize(descriptors)
-                chunks = (1, *codes.shape[1:]) if len(codes) else None
-                f.create_dataset("codes", data=codes, chunks=chunks, compression="gzip", compression_opts=1)
-                f.create_dataset("offset", data=offset)
-                f.create_dataset("scale", data=scale)
-                write_strings(f, "rejected_keys", list(rejected))
-                write_strings(f, "rejected_reasons", list(rejected.values()))
+            with open(tmp, "wb") as out:
+                out.write(memory.getbuffer())
         return name
 
 

@@ -1,16 +1,18 @@
 """The base of every stage: an artifact that records the settings and inputs it was made from."""
 
+import contextlib
 import datetime
+import errno
 import hashlib
 import json
+import logging
 import os
 import time
-
-import logging
 
 import luigi
 
 from pipeline.checkpoints import Checkpoints
+from pipeline.errors import ArtifactError
 from pipeline.h5io import atomic_path, read_attrs, remove_stale_temporaries
 
 from .config import paths
@@ -20,6 +22,28 @@ logger = logging.getLogger("luigi-interface")
 
 def settings_digest(settings):
     return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+#: errno values that mean the artifacts' storage cannot take a write.
+STORAGE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG}
+
+
+@contextlib.contextmanager
+def artifacts_writable():
+    """Turn a failed write to full, read-only or forbidden storage into a one-line ArtifactError.
+
+    The artifact being written is left as it was (every write goes to a temporary file that
+    is removed on failure), and so is every earlier one.
+    """
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno not in STORAGE_ERRORS:
+            raise
+        raise ArtifactError(
+            f"cannot write under [paths] artifacts={paths().artifacts!r}: {os.strerror(exc.errno)}; the earlier "
+            "artifacts are as they were: free space or make it writable, then run again"
+        ) from None
 
 
 class RunTask(luigi.Task):
@@ -85,10 +109,11 @@ class ArtifactTask(RunTask):
             logger.info("%s: the existing artifact is still valid", self.task_family)
             return
         self._started = time.time()
-        remove_stale_temporaries(self.output().path)  # Luigi's process lock: no other run writes
-        with atomic_path(self.output().path) as tmp:
-            self.make(tmp)
-        self.checkpoints().clear()
+        with artifacts_writable():
+            remove_stale_temporaries(self.output().path)  # Luigi's process lock: no other run writes
+            with atomic_path(self.output().path) as tmp:
+                self.make(tmp)
+            self.checkpoints().clear()
 
     def make(self, tmp):
         raise NotImplementedError

@@ -1,6 +1,7 @@
 """The scheduled entry point: one run per date, ending with its run report."""
 
 import datetime
+import logging
 import os
 
 import luigi
@@ -9,9 +10,11 @@ from pipeline import cms as cms_db, collection, store
 from pipeline.h5io import read_attrs
 from pipeline.report import publish_report, read_json, stage_summary
 
-from .base import RunTask
+from .base import RunTask, artifacts_writable
 from .config import cms, paths
 from .stages import Codebook, Features, Histograms, Inventory, LoadSimilarities, Reducer, Similarities
+
+logger = logging.getLogger("luigi-interface")
 
 STAGES = (Inventory, Features, Reducer, Codebook, Histograms, Similarities)
 
@@ -74,7 +77,8 @@ class Nightly(RunTask):
                 "run_id": artifacts["Similarities"]["digest"],
                 "images": len(index),
             }
-        publish_report(paths().artifacts, date, report)
+        with artifacts_writable():
+            publish_report(paths().artifacts, date, report)
 
 
 @RunTask.event_handler(luigi.Event.FAILURE)
@@ -82,15 +86,15 @@ def report_failure(task, exception):
     """A failed stage leaves a report with status failed, the stage and the one-line reason."""
     date = task.date.isoformat()
     previous = read_json(os.path.join(paths().artifacts, "runs", date, "run_report.json")) or {}
-    publish_report(
-        paths().artifacts,
-        date,
-        {
-            "date": date,
-            "status": "failed",
-            "started": previous.get("started", now()),
-            "finished": now(),
-            "failed_stage": task.task_family,
-            "error": f"{type(exception).__name__}: {str(exception).splitlines()[0] if str(exception) else ''}",
-        },
-    )
+    report = {
+        "date": date,
+        "status": "failed",
+        "started": previous.get("started", now()),
+        "finished": now(),
+        "failed_stage": task.task_family,
+        "error": f"{type(exception).__name__}: {str(exception).splitlines()[0] if str(exception) else ''}",
+    }
+    try:
+        publish_report(paths().artifacts, date, report)
+    except OSError as exc:  # the storage that failed the run may not take the report either
+        logger.error("the failed run's report could not be written (%s): %s", os.strerror(exc.errno or 0), report["error"])

@@ -1,5 +1,10 @@
 import contextlib
+import os
+import pathlib
+import shutil
 import struct
+import subprocess
+import tempfile
 import zlib
 
 import luigi
@@ -76,3 +81,52 @@ def png_declaring(path, width, height):
     data[29:33] = struct.pack(">I", zlib.crc32(chunk) & 0xFFFFFFFF)
     path.write_bytes(bytes(data))
     return path
+
+
+def environment_lacks(reason):
+    """Skip a test that needs what this machine lacks (a database server, the right to mount),
+    unless REQUIRE_ALL_TESTS=1 (set by .ci/run), which makes it fail instead."""
+    if os.environ.get("REQUIRE_ALL_TESTS") == "1":
+        pytest.fail(f"{reason}, and REQUIRE_ALL_TESTS=1 requires it")
+    pytest.skip(reason)
+
+
+@contextlib.contextmanager
+def small_disk(path, size="64m"):
+    """A tmpfs of ``size`` mounted at ``path`` (a disk that can be filled or made read-only)."""
+    path.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True, text=True)
+    if done.returncode != 0:
+        environment_lacks(f"a tmpfs cannot be mounted here ({done.stderr.strip() or done.returncode})")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=True)
+
+
+@contextlib.contextmanager
+def as_ordinary_user():
+    """Run the block as the user nobody when the tests run as root (whom file permissions
+    do not stop), so that a file without read permission is unreadable, as for a site's
+    service account."""
+    if os.geteuid() != 0:
+        yield
+        return
+    os.setegid(65534)
+    os.seteuid(65534)
+    try:
+        yield
+    finally:
+        os.seteuid(0)
+        os.setegid(0)
+
+
+@pytest.fixture()
+def shared_dir():
+    """A folder the user nobody may enter (pytest's own folders are private to root)."""
+    path = tempfile.mkdtemp(prefix="similarity-test-")
+    os.chmod(path, 0o755)
+    try:
+        yield pathlib.Path(path)
+    finally:
+        shutil.rmtree(path)

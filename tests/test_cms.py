@@ -14,19 +14,14 @@ import sqlalchemy as sa
 from pipeline import cms
 from pipeline.errors import CmsError, ConfigError, MappingError
 
+from .conftest import environment_lacks
+
 #: The database servers the tests load into; this project's machines run both on 127.0.0.1.
 SERVERS = {
     "postgresql": os.environ.get("CMS_TEST_POSTGRESQL_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"),
     "mariadb": os.environ.get("CMS_TEST_MARIADB_URL", "mysql+pymysql://root@127.0.0.1:3306/test"),
 }
 BACKENDS = ["sqlite", *SERVERS]
-
-
-def server_missing(reason):
-    """Skip a test whose database server is not there, unless REQUIRE_DATABASES=1 (set by .ci/run)."""
-    if os.environ.get("REQUIRE_DATABASES") == "1":
-        pytest.fail(f"{reason}, and REQUIRE_DATABASES=1 requires it")
-    pytest.skip(reason)
 
 
 class Database:
@@ -66,7 +61,7 @@ def database(request, tmp_path):
     url = f"sqlite:///{tmp_path / 'cms.sqlite'}" if request.param == "sqlite" else SERVERS[request.param]
     db = Database(url)
     if request.param != "sqlite" and not cms.reachable(db.engine):
-        server_missing(f"no {request.param} server answers at {url}")
+        environment_lacks(f"no {request.param} server answers at {url}")
     yield db
     db.drop()
 

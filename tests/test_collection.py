@@ -13,6 +13,8 @@ from pipeline.collection import (
 )
 from pipeline.errors import CollectionError, MappingError
 
+from .conftest import as_ordinary_user
+
 
 def touch(path, data=b"x"):
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -109,3 +111,19 @@ def test_scan_lists_dangling_links_and_loops_for_rejection(tmp_path, fingerprint
     files = scan_content(tmp_path, fingerprint)
     assert [f.relpath for f in files] == ["PPN1/a.jpg", "PPN1/gone.jpg", "PPN1/loop.jpg"]
     assert len({f.key for f in files}) == 3
+
+
+@pytest.mark.parametrize("fingerprint", ["stat", "sha256"])
+def test_files_without_read_permission_are_listed_and_an_unreadable_folder_left_out(shared_dir, caplog, fingerprint):
+    for name in ["PPN1/a.jpg", "PPN1/locked.jpg", "PPN2/b.jpg"]:
+        touch(shared_dir / name)
+    for path in (shared_dir, shared_dir / "PPN1", shared_dir / "PPN1" / "a.jpg"):
+        path.chmod(0o755)
+    (shared_dir / "PPN1" / "locked.jpg").chmod(0o000)
+    (shared_dir / "PPN2").chmod(0o000)
+    with as_ordinary_user():
+        files = scan_content(shared_dir, fingerprint=fingerprint)
+    assert [f.relpath for f in files] == ["PPN1/a.jpg", "PPN1/locked.jpg"]  # locked: rejected when decoded
+    if fingerprint == "sha256":
+        assert files[1].sha256 == "unreadable-13"
+    assert "cannot list PPN2 (Permission denied): its images are left out of this run" in caplog.text

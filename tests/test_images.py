@@ -7,7 +7,7 @@ from PIL import Image
 from pipeline.errors import ImageError, PipelineError
 from pipeline.images import DecoderPool, load_image
 
-from .conftest import png_declaring
+from .conftest import as_ordinary_user, png_declaring
 from .decoders import decoder_processes, misbehaving
 
 
@@ -146,3 +146,10 @@ def test_decoder_processes_that_cannot_start_are_a_one_line_error(monkeypatch):
     with pytest.raises(PipelineError, match=r"^an image decoder process ended at start \(exit code 1\)"):
         with DecoderPool(processes=1) as pool:
             list(pool.imap(["x.png"]))
+
+
+def test_a_file_without_read_permission_is_rejected(shared_dir):
+    Image.new("RGB", (30, 20)).save(shared_dir / "locked.png")
+    (shared_dir / "locked.png").chmod(0o000)
+    with as_ordinary_user(), pytest.raises(ImageError, match="Permission denied"):
+        load_image(shared_dir / "locked.png")

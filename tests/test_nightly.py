@@ -1,5 +1,6 @@
 """Nightly runs in real processes: kills, resumes, incremental changes, the run lock."""
 
+import hashlib
 import json
 import os
 import shutil
@@ -16,7 +17,7 @@ from pipeline.output import read_similarities
 from pipeline.store import FeatureStore
 from tasks import Codebook, Features, Histograms, Inventory, Nightly, Reducer, Similarities
 
-from .conftest import luigi_config, pipeline_config
+from .conftest import luigi_config, pipeline_config, small_disk
 
 LUIGI = os.path.join(os.path.dirname(sys.executable), "luigi")
 RESULT = ("ids", "neighbours", "distances", "ppn", "filename", "similarities")
@@ -203,3 +204,56 @@ def test_a_second_run_at_the_same_time_stops_at_once(tmp_path, small_collection)
     assert second.returncode == 10
     assert "already running" in second.stdout + second.stderr
     assert report(root)["status"] == "ok"
+
+
+def snapshot(artifacts, leave_out=("filler", "inventory.h5", "run_report.json", "runs")):
+    """SHA-256 of every file under ``artifacts`` except those a failed run may rewrite."""
+    found = {}
+    for path in sorted(artifacts.rglob("*")):
+        relative = path.relative_to(artifacts)
+        if path.is_file() and relative.parts[0] not in leave_out:
+            found[str(relative)] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return found
+
+
+@pytest.mark.parametrize("failure", ["full", "read-only"])
+def test_a_full_or_read_only_artifacts_disk_fails_the_run_cleanly(small_collection, reference, tmp_path, failure):
+    content = tmp_path / "content"
+    shutil.copytree(small_collection[0], content, symlinks=True)
+    root = project(tmp_path / "run", content)
+    artifacts = root / "artifacts"
+    with small_disk(artifacts):
+        nightly(root, "2026-01-01")
+        before = snapshot(artifacts)
+        rows = []
+        folder = sorted(p.name for p in content.iterdir() if p.is_dir())[0]
+        add_image(content, folder, "new.jpg", sorted((content / folder).iterdir())[0], 777, rows)
+        with open(content / "image_ids.csv", "a") as f:
+            f.write("\n".join(rows) + "\n")
+        if failure == "full":  # room for the new inventory, not for the new image's descriptors
+            free = os.statvfs(artifacts).f_bavail * os.statvfs(artifacts).f_frsize
+            room = (artifacts / "inventory.h5").stat().st_size + 40_000
+            (artifacts / "filler").write_bytes(bytes(free - room))
+        else:
+            subprocess.run(["mount", "-o", "remount,ro", str(artifacts)], check=True)
+
+        done = subprocess.run(command("2026-01-02"), cwd=root, env=environment(root), capture_output=True, text=True, timeout=600)
+        assert done.returncode == 30, done.stderr[-3000:]
+        reason = "No space left on device" if failure == "full" else "Read-only file system"
+        expected = f"cannot write under [paths] artifacts='{artifacts}': {reason}; the earlier artifacts are as they were"
+        assert expected in done.stderr
+        assert snapshot(artifacts) == before  # nothing of the first run changed, nothing half-written left
+        assert not list(artifacts.rglob("*.tmp"))
+        latest = report(root)
+        if failure == "full":
+            assert (latest["status"], latest["failed_stage"]) == ("failed", "Features")
+            assert latest["error"].startswith(f"ArtifactError: {expected}")
+            (artifacts / "filler").unlink()
+        else:
+            assert latest["status"] == "ok" and "report could not be written (Read-only file system)" in done.stderr
+            subprocess.run(["mount", "-o", "remount,rw", str(artifacts)], check=True)
+
+        log = nightly(root, "2026-01-02")  # with room again, the run completes
+        assert "extracting 1 images, reusing 18" in log
+        result = read_similarities(artifacts / "similarities.hdf5")
+        assert 777 in result["ids"].tolist() and report(root)["status"] == "ok"
