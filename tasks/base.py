@@ -57,6 +57,15 @@ class RunTask(luigi.Task):
     )
 
 
+class RunInput(RunTask, luigi.ExternalTask):
+    """An input from outside the graph (the collection, the ID mapping, the CMS), for one run:
+    when it is missing, the run's report says which setting names it and what to do."""
+
+    def missing_message(self):
+        """One line naming the setting and the fix."""
+        raise NotImplementedError
+
+
 class ArtifactTask(RunTask):
     """A stage of one run writing one HDF5 file under ``[paths] artifacts``.
 

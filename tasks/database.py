@@ -7,6 +7,7 @@ import luigi
 from pipeline import cms as cms_db
 from pipeline.errors import ConfigError
 
+from .base import RunInput
 from .config import cms
 
 
@@ -33,11 +34,18 @@ class CmsTable(luigi.Target):
             return False
 
 
-class CmsImages(luigi.ExternalTask):
+class CmsImages(RunInput):
     """The CMS's ID mapping: ``[cms] images_table`` (or ``ids_query``) in the database at ``[cms] url``."""
 
     def output(self):
         return CmsTable(None if cms().ids_query.strip() else cms().images_table)
+
+    def missing_message(self):
+        what = "" if cms().ids_query.strip() else f" or has no table [cms] images_table={cms().images_table!r}"
+        return (
+            f"the CMS database at [cms] url={cms_db.shown(cms_db.resolve_url(cms().url))} does not answer{what}; "
+            "check that the server runs, the URL, and the table"
+        )
 
 
 def read_mapping():

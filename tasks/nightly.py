@@ -10,7 +10,7 @@ from pipeline import cms as cms_db, collection, store
 from pipeline.h5io import read_attrs
 from pipeline.report import publish_report, read_json, stage_summary
 
-from .base import RunTask, artifacts_writable
+from .base import RunInput, RunTask, artifacts_writable
 from .config import cms, paths
 from .stages import Codebook, Features, Histograms, Inventory, LoadSimilarities, Reducer, Similarities
 
@@ -84,6 +84,18 @@ class Nightly(RunTask):
 @RunTask.event_handler(luigi.Event.FAILURE)
 def report_failure(task, exception):
     """A failed stage leaves a report with status failed, the stage and the one-line reason."""
+    publish_failure(task, f"{type(exception).__name__}: {str(exception).splitlines()[0] if str(exception) else ''}")
+
+
+@RunInput.event_handler(luigi.Event.DEPENDENCY_MISSING)
+def report_missing_input(task):
+    """A missing input (exit code 20) leaves a failed report naming the setting and the fix."""
+    message = task.missing_message()
+    logger.error("missing input: %s", message)
+    publish_failure(task, f"MissingInput: {message}")
+
+
+def publish_failure(task, error):
     date = task.date.isoformat()
     previous = read_json(os.path.join(paths().artifacts, "runs", date, "run_report.json")) or {}
     report = {
@@ -92,7 +104,7 @@ def report_failure(task, exception):
         "started": previous.get("started", now()),
         "finished": now(),
         "failed_stage": task.task_family,
-        "error": f"{type(exception).__name__}: {str(exception).splitlines()[0] if str(exception) else ''}",
+        "error": error,
     }
     try:
         publish_report(paths().artifacts, date, report)

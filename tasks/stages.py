@@ -16,14 +16,14 @@ from pipeline.output import read_similarities
 from pipeline.reduction import Reducer as ReducerModel
 
 from . import database
-from .base import ArtifactTask, RunTask, settings_digest
+from .base import ArtifactTask, RunInput, RunTask, settings_digest
 from .config import cms, codebook, collection as collection_config, ids, images as images_config, neighbours, paths
 from .config import reduction, resnet, settings_problem
 
 logger = logging.getLogger("luigi-interface")
 
 
-class ContentFolder(luigi.ExternalTask):
+class ContentFolder(RunInput):
     """The collection: ``[paths] content``."""
 
     path = luigi.Parameter(description="The collection's folder.")
@@ -31,14 +31,26 @@ class ContentFolder(luigi.ExternalTask):
     def output(self):
         return luigi.LocalTarget(self.path)
 
+    def missing_message(self):
+        return (
+            f"[paths] content={self.path!r} does not exist; set it to the folder that holds the PPN<id>/ folders "
+            "(or mount the storage it is on)"
+        )
 
-class IdMapping(luigi.ExternalTask):
+
+class IdMapping(RunInput):
     """The CMS's ID mapping: ``[ids] csv``."""
 
     path = luigi.Parameter(description="The ID mapping CSV file.")
 
     def output(self):
         return luigi.LocalTarget(self.path)
+
+    def missing_message(self):
+        return (
+            f"[ids] csv={self.path!r} does not exist; export the CMS's images to it (id,ppn,filename) "
+            "or read them from the CMS with [ids] source = cms"
+        )
 
 
 class CheckSettings(RunTask):
@@ -59,10 +71,10 @@ class Inventory(ArtifactTask):
 
     def requires(self):
         # the paths as parameters, so a missing input is named in Luigi's summary
-        mapping = IdMapping(path=ids().csv) if ids().source == "csv" else database.CmsImages()
+        mapping = IdMapping(date=self.date, path=ids().csv) if ids().source == "csv" else database.CmsImages(date=self.date)
         return {
             "settings": CheckSettings(date=self.date),
-            "content": ContentFolder(path=paths().content),
+            "content": ContentFolder(date=self.date, path=paths().content),
             "mapping": mapping,
         }
 

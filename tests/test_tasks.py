@@ -144,12 +144,26 @@ def luigi_cli(config, cwd):
     )  # fmt: skip
 
 
-def test_cli_exits_non_zero_when_the_mapping_is_missing(tmp_path, small_collection):
-    (tmp_path / "content").symlink_to(small_collection[0])
-    config = pipeline_config(tmp_path, ids__csv=tmp_path / "none.csv")
-    done = luigi_cli(config, tmp_path)
+@pytest.mark.parametrize(
+    "missing, message",
+    [
+        ("mapping", "MissingInput: [ids] csv='{root}/none.csv' does not exist; export the CMS's images to it"),
+        ("content", "MissingInput: [paths] content='{root}/content' does not exist; set it to the folder that holds"),
+    ],
+)
+def test_cli_exits_non_zero_on_a_missing_input_naming_the_setting(tmp_path, small_collection, missing, message):
+    if missing == "mapping":
+        (tmp_path / "content").symlink_to(small_collection[0])
+        csv = tmp_path / "none.csv"
+    else:
+        csv = small_collection[0] / "image_ids.csv"
+    done = luigi_cli(pipeline_config(tmp_path, ids__csv=csv), tmp_path)
     assert done.returncode == 20, done.stderr[-2000:]
-    assert not (tmp_path / "artifacts" / "similarities.hdf5").exists()
+    report = json.loads((tmp_path / "artifacts" / "run_report.json").read_text())
+    expected = message.format(root=tmp_path)
+    assert report["status"] == "failed" and report["error"].startswith(expected) and "\n" not in report["error"]
+    assert expected.split(": ", 1)[1] in done.stderr
+    assert sorted(p.name for p in (tmp_path / "artifacts").iterdir()) == ["run_report.json", "runs"]
 
 
 def test_cli_exits_non_zero_on_a_bad_mapping_with_a_one_line_reason(tmp_path, small_collection):
@@ -233,6 +247,11 @@ def test_cli_reports_a_missing_cms_database_as_missing_input(tmp_path, small_col
     done = luigi_cli(config, tmp_path)
     assert done.returncode == 20, done.stderr[-2000:]
     assert "CmsImages" in done.stderr and not (tmp_path / "none.sqlite").exists()
+    report = json.loads((tmp_path / "artifacts" / "run_report.json").read_text())
+    assert report["failed_stage"] == "CmsImages" and report["error"] == (
+        f"MissingInput: the CMS database at [cms] url=sqlite:///{tmp_path / 'none.sqlite'} does not answer or has "
+        "no table [cms] images_table='images'; check that the server runs, the URL, and the table"
+    )
 
 
 def write_bad_files(folder):
@@ -347,3 +366,14 @@ def test_unusual_images_are_processed_and_bad_files_rejected_in_one_run(run, mon
     assert set(similarities["neighbours"].ravel().tolist()) <= expected
     report = json.loads((tmp_path / "artifacts" / "run_report.json").read_text())
     assert sorted(item["path"] for item in report["rejected"]) == sorted(f"PPN77 Ärchiv/{name}" for name in bad)
+
+
+def test_a_collection_without_images_stops_the_run_naming_the_setting(tmp_path, small_collection):
+    (tmp_path / "content" / "PPN1").mkdir(parents=True)
+    (tmp_path / "content" / "PPN1" / "Thumbs.db").write_bytes(b"\0" * 10)
+    done = luigi_cli(pipeline_config(tmp_path, ids__csv=small_collection[0] / "image_ids.csv"), tmp_path)
+    assert done.returncode == 30, done.stderr[-2000:]
+    report = json.loads((tmp_path / "artifacts" / "run_report.json").read_text())
+    assert report["failed_stage"] == "Inventory"
+    assert report["error"].startswith(f"CollectionError: no image under [paths] content='{tmp_path / 'content'}' (0 image files)")
+    assert sorted(p.name for p in (tmp_path / "artifacts").iterdir()) == ["run_report.json", "runs"]
