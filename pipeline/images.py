@@ -30,8 +30,8 @@ def to_rgb(image):
     - 16-bit integer (``I;16`` and ``I`` with values up to 65,535): 0..65,535 maps to 0..255;
       other 32-bit integer and floating-point images: their own minimum..maximum maps to
       0..255 (floats already in 0..1 map from 0..1);
-    - transparency (``RGBA``, ``LA``, ``PA``, palette with a transparent colour): composited
-      on white, as a page shows it;
+    - transparency (``RGBA``, ``LA``, ``PA``, or a transparent colour of a palette, 1-bit,
+      greyscale or RGB image): composited on white, as a page shows it;
     - CMYK, greyscale, 1-bit, palette, YCbCr, LAB: Pillow's conversion to RGB.
     """
     if image.mode.startswith("I") or image.mode == "F":
@@ -44,7 +44,7 @@ def to_rgb(image):
         else:
             scaled = (values - low) * (255 / (high - low)) if high > low else np.zeros_like(values)
         image = Image.fromarray(np.clip(np.rint(scaled), 0, 255).astype(np.uint8), "L")
-    if image.mode in ("RGBA", "LA", "PA", "La", "RGBa") or (image.mode == "P" and "transparency" in image.info):
+    if image.mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in image.info:
         rgba = image.convert("RGBA")
         return Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("RGB")
     return image.convert("RGB")

@@ -57,14 +57,15 @@ def test_float_images_map_from_0_1_or_their_own_range(tmp_path):
     assert pixels[:, 0].max() < 10 and pixels[:, -1].min() > 245
 
 
-@pytest.mark.parametrize("mode", ["RGBA", "LA", "P"])
+@pytest.mark.parametrize("mode", ["RGBA", "LA", "P", "1", "L", "RGB"])
 def test_transparency_is_composited_on_white(tmp_path, mode):
     image = Image.new("RGBA", (60, 60), (0, 0, 0, 0))  # fully transparent black
-    image.paste((200, 0, 0, 255), (0, 0, 30, 60))  # opaque left half
+    image.paste((200, 0, 0, 255) if mode != "1" else (255, 255, 255, 255), (0, 0, 30, 60))  # opaque left half
     if mode == "P":
         image = image.convert("P", palette=Image.Palette.ADAPTIVE, colors=2)
-        image.info["transparency"] = image.getpixel((59, 0))
         image.save(tmp_path / "x.png", transparency=image.getpixel((59, 0)))
+    elif mode in ("1", "L", "RGB"):  # one colour (black) declared transparent
+        image.convert(mode).save(tmp_path / "x.png", transparency=(0, 0, 0) if mode == "RGB" else 0)
     else:
         image.convert(mode).save(tmp_path / "x.png")
     pixels = load_image(tmp_path / "x.png")

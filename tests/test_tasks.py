@@ -337,7 +337,7 @@ def write_unusual_images(folder):
     photo = Image.fromarray(rng.integers(0, 255, (120, 160, 3), dtype=np.uint8))
     photo.convert("CMYK").save(folder / "cmyk.jpg")
     Image.fromarray((rng.random((90, 120)) * 65535).astype(np.uint16)).save(folder / "grey 16-bit.png")
-    photo.convert("1").save(folder / "one-bit.png")
+    photo.convert("1").save(folder / "one-bit.png", transparency=0)
     photo.convert("P", palette=Image.Palette.ADAPTIVE).save(folder / "palette.png", transparency=0)
     photo.convert("RGBA").save(folder / "rgba.png")
     exif = Image.Exif()
