@@ -1,5 +1,6 @@
 """Decoding image files into the model's input (RGB, 224 x 224), each file in a time-bounded process."""
 
+import logging
 import multiprocessing.connection
 import os
 import signal
@@ -20,6 +21,10 @@ MAX_PIXELS = 400_000_000
 DECODE_TIMEOUT = 120.0
 #: Seconds a new decoder process may take to start (import numpy and Pillow).
 START_TIMEOUT = 120.0
+#: Seconds to wait for a killed decoder process to end.
+STOP_TIMEOUT = 10.0
+
+logger = logging.getLogger(__name__)
 # the pixel limit is ours (max_pixels), checked before any pixel is decoded
 Image.MAX_IMAGE_PIXELS = None
 
@@ -145,7 +150,10 @@ class _Decoder:
     def stop(self):
         if self.process.poll() is None:
             self.process.kill()
-        self.process.wait()
+        try:
+            self.process.wait(STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:  # stuck in uninterruptible I/O (a hung network mount): let it be
+            logger.warning("decoder process %d does not end; left behind", self.process.pid)
         self.connection.close()
 
     def death(self):
@@ -235,9 +243,13 @@ class DecoderPool:
         results, sent, given = {}, 0, 0
         try:
             while given < len(paths) and not (stop is not None and stop.is_set()):
-                for decoder in self._decoders:
+                for decoder in list(self._decoders):
                     if decoder.job is None and sent < min(len(paths), given + window):
-                        decoder.connection.send(str(paths[sent]))
+                        try:
+                            decoder.connection.send(str(paths[sent]))
+                        except OSError:  # died while idle: its replacement takes the file
+                            self._replace(decoder)
+                            continue
                         decoder.job = (sent, time.monotonic() + self.timeout)
                         sent += 1
                 if given in results:
@@ -253,6 +265,8 @@ class DecoderPool:
     def _collect(self, results):
         """Wait (briefly) for decoders to finish; record their results, kill those past their time."""
         busy = [d for d in self._decoders if d.job is not None]
+        if not busy:  # a decoder was just replaced before it got a file
+            return
         first_deadline = min(d.job[1] for d in busy)
         ready = multiprocessing.connection.wait(
             [d.connection for d in busy], timeout=max(0.0, min(first_deadline - time.monotonic(), 0.5))

@@ -1,4 +1,5 @@
 import os
+import signal
 
 import numpy as np
 import pytest
@@ -154,3 +155,12 @@ def test_a_file_without_read_permission_is_rejected(shared_dir):
     (shared_dir / "locked.png").chmod(0o000)
     with as_ordinary_user(), pytest.raises(ImageError, match="Permission denied"):
         load_image(shared_dir / "locked.png")
+
+
+def test_a_decoder_that_died_while_idle_is_replaced(misbehaving_files):
+    with DecoderPool(processes=1) as pool:
+        list(pool.imap(misbehaving_files[:1]))
+        (pid,) = decoder_processes()
+        os.kill(pid, signal.SIGKILL)
+        os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)  # dead, not yet reaped by the pool
+        np.testing.assert_array_equal(next(pool.imap(misbehaving_files[:1])), load_image(misbehaving_files[0]))
