@@ -1,6 +1,7 @@
 """ResNet50 local descriptors: building the model and running it over batches of image files."""
 
 import contextlib
+import functools
 import hashlib
 import logging
 import os
@@ -172,6 +173,12 @@ def prefetch(produce, depth=1):
     finally:
         stop.set()
         thread.join()
+
+
+@functools.lru_cache(maxsize=1)
+def cached_model(weights, layer, seed):
+    """:func:`build_model`, built once per process for the shards it extracts one after another."""
+    return build_model(weights=weights, layer=layer, seed=seed)
 
 
 class DescriptorExtractor:

@@ -33,7 +33,7 @@ def word_histograms(words, size):
     return counts
 
 
-def compute_histograms(blocks, keys, reducer, codebook, previous=None, checkpoints=None, block_size=128):
+def compute_histograms(blocks, keys, reducer, codebook, previous=None, checkpoints=None, block_size=128, progress=None):
     """Assign every descriptor to its visual word and count per image.
 
     Parameters
@@ -49,6 +49,8 @@ def compute_histograms(blocks, keys, reducer, codebook, previous=None, checkpoin
         taken from there instead of being computed again.
     checkpoints : Checkpoints, optional
         Where each computed block is committed, so a killed run resumes after it.
+    progress : callable(done, total), optional
+        Called after each block with the images computed so far.
 
     Returns
     -------
@@ -72,6 +74,8 @@ def compute_histograms(blocks, keys, reducer, codebook, previous=None, checkpoin
             if checkpoints:
                 checkpoints.save(b, saved)
         parts.append(word_histograms(saved["words"], codebook.size))  # sparse at once: memory per image stays small
+        if progress is not None:
+            progress(min(start + block_size, len(todo)), len(todo))
     stacked = sp.vstack(parts, format="csr") if parts else sp.csr_matrix((0, codebook.size), dtype=np.int32)
     counts = stacked[np.argsort(np.concatenate([reused, todo]), kind="stable")].astype(np.int32)
     logger.info(

@@ -80,9 +80,10 @@ def check_k(k, n):
         raise ConfigError(f"[neighbours] k={k} must be between 1 and the number of images - 1 = {n - 1}; lower it")
 
 
-def _chunked(n, k, rows, chunk_size, checkpoints, query_chunk):
+def _chunked(n, k, rows, chunk_size, checkpoints, query_chunk, progress=None):
     """Run ``query_chunk(rows) -> (neighbours, distances)`` over chunks of the query rows
-    (all n images when ``rows`` is None), each chunk committed to ``checkpoints``."""
+    (all n images when ``rows`` is None), each chunk committed to ``checkpoints`` and
+    reported to ``progress(done, total)``."""
     rows = np.arange(n) if rows is None else np.asarray(rows, dtype=np.int64)
     neighbours = np.empty((len(rows), k), dtype=np.int64)
     distances = np.empty((len(rows), k), dtype=np.float64)
@@ -95,10 +96,12 @@ def _chunked(n, k, rows, chunk_size, checkpoints, query_chunk):
             if checkpoints:
                 checkpoints.save(c, saved)
         neighbours[part], distances[part] = saved["neighbours"], saved["distances"]
+        if progress is not None:
+            progress(min(start + chunk_size, len(rows)), len(rows))
     return neighbours, distances
 
 
-def balltree_neighbours(counts, k=5, rows=None, leaf_size=40, chunk_size=1024, checkpoints=None):
+def balltree_neighbours(counts, k=5, rows=None, leaf_size=40, chunk_size=1024, checkpoints=None, progress=None):
     """The k nearest other images of every image, by a scikit-learn BallTree over the histograms.
 
     Parameters
@@ -110,6 +113,8 @@ def balltree_neighbours(counts, k=5, rows=None, leaf_size=40, chunk_size=1024, c
     checkpoints : Checkpoints, optional
         Where the neighbours of each chunk of query rows are committed, so a killed run
         resumes after the last committed chunk.
+    progress : callable(done, total), optional
+        Called after each chunk with the query rows done so far.
 
     Returns
     -------
@@ -128,7 +133,7 @@ def balltree_neighbours(counts, k=5, rows=None, leaf_size=40, chunk_size=1024, c
         ranked = [counts.rank(row, found[i], counts.squared(row, found[i]), k) for i, row in enumerate(rows)]
         return np.array([r[0] for r in ranked]), np.array([r[1] for r in ranked])
 
-    result = _chunked(len(counts), k, rows, chunk_size, checkpoints, query_chunk)
+    result = _chunked(len(counts), k, rows, chunk_size, checkpoints, query_chunk, progress)
     logger.info("%d nearest neighbours of %d images found with a BallTree", k, len(result[0]))
     return result
 
@@ -243,7 +248,9 @@ def _inverted_file(csr, block, dense_share):
     return block_ptr, post_img % block, post_cnt, dense_row, dense
 
 
-def sparse_neighbours(counts, k=5, rows=None, chunk_size=4096, block=1 << 15, dense_share=DENSE_SHARE, checkpoints=None):
+def sparse_neighbours(
+    counts, k=5, rows=None, chunk_size=4096, block=1 << 15, dense_share=DENSE_SHARE, checkpoints=None, progress=None
+):
     """The k nearest other images of every image, exactly, from an inverted file over visual words.
 
     For each query image, the posting lists of its words (at most n_local of them) give the
@@ -272,16 +279,16 @@ def sparse_neighbours(counts, k=5, rows=None, chunk_size=4096, block=1 << 15, de
         found, squared = _inverted_file_top_k(rows.astype(np.int64), *arrays, k, block, numba.get_num_threads())
         return found, np.sqrt(squared) / counts.n_local
 
-    result = _chunked(n, k, rows, chunk_size, checkpoints, query_chunk)
+    result = _chunked(n, k, rows, chunk_size, checkpoints, query_chunk, progress)
     logger.info("%d nearest neighbours of %d images found with an inverted file", k, len(result[0]))
     return result
 
 
-def nearest_neighbours(counts, k=5, method="auto", checkpoints=None):
+def nearest_neighbours(counts, k=5, method="auto", checkpoints=None, progress=None):
     """The k nearest other images of every image, by ``method`` (see METHODS and AUTO_METHOD)."""
     if method not in METHODS:
         raise ConfigError(f"[neighbours] method={method!r} must be one of {', '.join(METHODS)}")
     if method == "auto":
         method = AUTO_METHOD
     find = balltree_neighbours if method == "balltree" else sparse_neighbours
-    return find(counts, k=k, checkpoints=checkpoints)
+    return find(counts, k=k, checkpoints=checkpoints, progress=progress)

@@ -66,8 +66,13 @@ class FeatureStore:
         self.root = root
         self.chunk_dir = os.path.join(root, "chunks")
 
+    @property
+    def catalog_path(self):
+        return os.path.join(self.root, "catalog.h5")
+
     def scan(self):
-        """Read the keys of every committed chunk.
+        """Read the keys of every committed chunk: from the catalog, and from the chunks
+        written since it (only those are opened).
 
         Returns
         -------
@@ -76,19 +81,56 @@ class FeatureStore:
         rejected : dict of str to str
             Key -> reason of every image that could not be decoded.
         """
-        done, rejected = {}, {}
+        return self._scan()[:2]
+
+    def _scan(self):
+        """(done, rejected, names of the chunks they come from)."""
+        done, rejected, read = self._read_catalog()
         if not os.path.isdir(self.chunk_dir):
-            return done, rejected
+            return done, rejected, read
         for name in sorted(os.listdir(self.chunk_dir)):
-            if not name.endswith(".h5") or name.startswith("."):
-                continue  # a temporary file of an interrupted write
+            if not name.endswith(".h5") or name.startswith(".") or name in read:
+                continue  # a temporary file of an interrupted write, or a chunk the catalog lists
             with h5py.File(os.path.join(self.chunk_dir, name), "r") as f:
                 done.update((key, (name, row)) for row, key in enumerate(read_strings(f["keys"])))
                 rejected.update(zip(read_strings(f["rejected_keys"]), read_strings(f["rejected_reasons"])))
+            read.add(name)
+        return done, rejected, read
+
+    def _read_catalog(self):
+        try:
+            with h5py.File(self.catalog_path, "r") as f:
+                chunk_names = read_strings(f["chunk_names"])
+                done = dict(zip(read_strings(f["keys"]), zip(chunk_names[f["chunk"][:]], f["row"][:].tolist())))
+                rejected = dict(zip(read_strings(f["rejected_keys"]), read_strings(f["rejected_reasons"])))
+                return done, rejected, set(chunk_names)
+        except (OSError, KeyError):  # none yet, or unreadable: every chunk is read
+            return {}, {}, set()
+
+    def update_catalog(self):
+        """Scan the store and record what every chunk holds in one file, so that the next scan
+        opens only the chunks written after it (at a million images, some 60,000 files).
+        Only one process may call it at a time: the one that indexes a run, after its shards.
+
+        Returns
+        -------
+        done, rejected : as :meth:`scan`
+        """
+        done, rejected, read = self._scan()
+        names = sorted(read)
+        number = {name: i for i, name in enumerate(names)}
+        with atomic_path(self.catalog_path) as tmp:
+            with h5py.File(tmp, "w") as f:
+                write_strings(f, "chunk_names", names)
+                write_strings(f, "keys", list(done))
+                f.create_dataset("chunk", data=np.array([number[c] for c, _ in done.values()], dtype=np.int64))
+                f.create_dataset("row", data=np.array([r for _, r in done.values()], dtype=np.int64))
+                write_strings(f, "rejected_keys", list(rejected))
+                write_strings(f, "rejected_reasons", list(rejected.values()))
         return done, rejected
 
     def remove_stale_temporaries(self):
-        """Remove what killed chunk writes left behind (only one run writes at a time)."""
+        """Remove what killed chunk writes left behind (call it when no shard of a run is extracting)."""
         if os.path.isdir(self.chunk_dir):
             for name in os.listdir(self.chunk_dir):
                 if name.startswith(".") and name.endswith(".tmp"):
@@ -124,11 +166,19 @@ class FeatureStore:
         return name
 
 
-def extract_to_store(store, make_extractor, files, content_dir):
+def shard_of(relpath, shards):
+    """The shard (0 .. shards - 1) of an image: a stable hash of its path below content/, so
+    that it never depends on the listing, the machine or the Python version, and adding
+    images never moves the others."""
+    return int.from_bytes(hashlib.sha1(relpath.encode("utf-8")).digest()[:8], "big") % shards
+
+
+def extract_to_store(store, make_extractor, files, content_dir, progress=None):
     """Extract the descriptors of the files the store does not hold yet.
 
     Batches are formed over the files still to do in their given order, so a resumed run
-    forms the same batches as the run it resumes.
+    forms the same batches as the run it resumes. Several processes may extract disjoint
+    files into one store at once (each chunk is its own file, renamed into place whole).
 
     Parameters
     ----------
@@ -137,12 +187,13 @@ def extract_to_store(store, make_extractor, files, content_dir):
         Called only when there is something to extract (building the model takes seconds).
     files : list of ImageFile
     content_dir : str
+    progress : callable(done, total), optional
+        Called after each committed batch.
 
     Returns
     -------
     n_extracted, n_reused : int
     """
-    store.remove_stale_temporaries()
     done, rejected = store.scan()
     todo = [f for f in files if f.key not in done and f.key not in rejected]
     logger.info("extracting %d images, reusing %d already in the feature store", len(todo), len(files) - len(todo))
@@ -155,7 +206,8 @@ def extract_to_store(store, make_extractor, files, content_dir):
             good = [i for i in range(len(batch)) if i not in errors]
             rejected = {batch[i].key: reason for i, reason in errors.items()}
             store.write_chunk([batch[i].key for i in good], descriptors[good], rejected)
-            logger.info("extracted %d / %d images", start + len(batch), len(todo))
+            if progress is not None:
+                progress(start + len(batch), len(todo))
     return len(todo), len(files) - len(todo)
 
 
@@ -183,14 +235,14 @@ class FeatureIndex:
 
 
 def index_inventory(store, inventory):
-    """Locate every inventory image in the store.
+    """Locate every inventory image in the store, and bring the store's catalog up to date.
 
     Raises
     ------
     ArtifactError
         When an image is neither extracted nor rejected (the extraction did not finish).
     """
-    done, rejected = store.scan()
+    done, rejected = store.update_catalog()
     keep, chunk, row, failed = [], [], [], []
     for i, f in enumerate(inventory.files):
         if f.key in done:
@@ -356,22 +408,19 @@ class ArrayBlocks(Blocks):
         return self.descriptors.shape[1]
 
 
-def extract_features(store, inventory, content_dir, weights, layer, seed, batch_size, **decoding):
-    """Bring the store up to date with the inventory and index the inventory's images in it.
+def extract_features(store, files, content_dir, weights, layer, seed, batch_size, progress=None, **decoding):
+    """Bring the store up to date with ``files`` (all of an inventory's, or one shard's).
 
     ``decoding`` holds the DescriptorExtractor's decoding settings (``decode_processes``,
     ``decode_timeout``, ``max_pixels``).
 
     Returns
     -------
-    index : FeatureIndex
     n_extracted, n_reused : int
     """
-    from .features import DescriptorExtractor, build_model
+    from .features import DescriptorExtractor, cached_model
 
     def make_extractor():
-        model = build_model(weights=weights, layer=layer, seed=seed)
-        return DescriptorExtractor(model, batch_size=batch_size, **decoding)
+        return DescriptorExtractor(cached_model(weights, layer, seed), batch_size=batch_size, **decoding)
 
-    n_extracted, n_reused = extract_to_store(store, make_extractor, inventory.files, content_dir)
-    return index_inventory(store, inventory), n_extracted, n_reused
+    return extract_to_store(store, make_extractor, files, content_dir, progress)

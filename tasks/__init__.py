@@ -11,6 +11,7 @@ from .nightly import Nightly
 from .stages import (
     Codebook,
     ContentFolder,
+    FeatureShard,
     Features,
     Histograms,
     IdMapping,
@@ -24,6 +25,7 @@ __all__ = [
     "CmsImages",
     "Codebook",
     "ContentFolder",
+    "FeatureShard",
     "Features",
     "Histograms",
     "IdMapping",

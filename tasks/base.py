@@ -15,7 +15,7 @@ from pipeline.checkpoints import Checkpoints
 from pipeline.errors import ArtifactError
 from pipeline.h5io import atomic_path, read_attrs, remove_stale_temporaries
 
-from .config import paths
+from .config import paths, progress as progress_config
 
 logger = logging.getLogger("luigi-interface")
 
@@ -44,6 +44,38 @@ def artifacts_writable():
             f"cannot write under [paths] artifacts={paths().artifacts!r}: {os.strerror(exc.errno)}; the earlier "
             "artifacts are as they were: free space or make it writable, then run again"
         ) from None
+
+
+class Progress:
+    """Reports a long task's progress to Luigi (the central scheduler's page shows it) and,
+    every ``[progress] interval`` seconds and at the end, to the log.
+
+    Called as ``progress(done, total)`` by a pipeline function.
+    """
+
+    def __init__(self, task, what, unit="images"):
+        self.task, self.what, self.unit, self.interval = task, what, unit, progress_config().interval
+        self.start = self.logged = time.monotonic()
+
+    def __call__(self, done, total):
+        now = time.monotonic()
+        rate = done / max(now - self.start, 1e-9)
+        left = (total - done) / rate if rate > 0 else 0.0
+        message = f"{self.what} {done:,} / {total:,} {self.unit}, {rate:,.1f} {self.unit}/s, about {_duration(left)} left"
+        self.task.set_status_message(message)
+        self.task.set_progress_percentage(round(100 * done / total) if total else 100)
+        if now - self.logged >= self.interval or done == total:
+            self.logged = now
+            logger.info("%s: %s", self.task.task_id, message)
+
+
+def _duration(seconds):
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
 
 
 class RunTask(luigi.Task):

@@ -71,6 +71,24 @@ class resnet(luigi.Config):
     batch_size = luigi.IntParameter(default=16, significant=False, description="Images per forward pass.")
 
 
+class progress(luigi.Config):
+    interval = luigi.FloatParameter(
+        default=30.0,
+        significant=False,
+        description="Seconds between progress lines of a long task in the log (0: after every batch); the "
+        "central scheduler's page shows progress continuously.",
+    )
+
+
+class features(luigi.Config):
+    shards = luigi.IntParameter(
+        default=1,
+        significant=False,  # an image's descriptors do not depend on its shard
+        description="Shards the extraction is split into: one FeatureShard task each, run in parallel by "
+        "the workers of one or several machines (an image's shard is a stable hash of its path).",
+    )
+
+
 class images(luigi.Config):
     max_pixels = luigi.IntParameter(
         default=400_000_000,
@@ -139,6 +157,8 @@ class collection(luigi.Config):
 #: (section, key, check, what the value must be) of the settings checked before any work.
 RULES = (
     ("resnet", "batch_size", lambda v: v >= 1, "a whole number >= 1"),
+    ("features", "shards", lambda v: v >= 1, "a whole number >= 1"),
+    ("progress", "interval", lambda v: v >= 0, "a number of seconds >= 0"),
     ("images", "max_pixels", lambda v: v >= 1, "a whole number >= 1"),
     ("images", "decode_processes", lambda v: v >= 1, "a whole number >= 1"),
     ("images", "decode_timeout", lambda v: v > 0, "a number of seconds > 0"),
@@ -168,7 +188,8 @@ def settings_problem():
     (``k`` against the number of images, K against the number of descriptors) are checked
     once the inventory is taken, before any extraction.
     """
-    sections = {c.__name__: c for c in (paths, ids, cms, resnet, images, reduction, codebook, neighbours, collection)}
+    configs = (paths, ids, cms, resnet, features, images, reduction, codebook, neighbours, collection, progress)
+    sections = {c.__name__: c for c in configs}
     parser = luigi.configuration.get_config()
     for name, config_class in sections.items():
         known = dict(config_class.get_params())

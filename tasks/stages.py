@@ -5,6 +5,7 @@ import json
 import logging
 import os
 
+import h5py
 import luigi
 
 from pipeline import cms as cms_db, collection, features, histograms, output, store
@@ -16,8 +17,9 @@ from pipeline.output import read_similarities
 from pipeline.reduction import Reducer as ReducerModel
 
 from . import database
-from .base import ArtifactTask, RunInput, RunTask, settings_digest
-from .config import cms, codebook, collection as collection_config, ids, images as images_config, neighbours, paths
+from .base import ArtifactTask, Progress, RunInput, RunTask, settings_digest
+from .config import cms, codebook, collection as collection_config, features as features_config, ids
+from .config import images as images_config, neighbours, paths
 from .config import reduction, resnet, settings_problem
 
 logger = logging.getLogger("luigi-interface")
@@ -121,23 +123,78 @@ class Inventory(ArtifactTask):
         )
 
 
-class Features(ArtifactTask):
-    """ResNet50 descriptors of every inventory image, kept in the feature store of the model."""
+def feature_settings():
+    """The settings the descriptors depend on (the feature store's identity)."""
+    return {
+        "model": features.MODEL,
+        "layer": resnet().layer,
+        "weights": features.weights_identity(resnet().weights),
+        "seed": resnet().seed if resnet().weights == "random" else None,
+        "store_format": store.FORMAT,
+    }
 
-    filename = "features.h5"
+
+class FeatureShard(ArtifactTask):
+    """The descriptors of one shard of the inventory's images, extracted into the feature store.
+
+    An image's shard is a stable hash of its path (``pipeline.store.shard_of``), so shards
+    never reshuffle as images come and go; shards run independently, on any worker of any
+    machine sharing the artifacts folder. The artifact is a small record of the shard's counts.
+    """
+
+    shard = luigi.IntParameter(description="This shard, 0 .. shards - 1.")
+    shards = luigi.IntParameter(description="Number of shards, [features] shards.")
 
     def requires(self):
         return Inventory(date=self.date)
 
+    def output(self):
+        name = f"features-{self.shard:04d}-of-{self.shards:04d}.h5"
+        return luigi.LocalTarget(os.path.join(paths().artifacts, "shards", name), format=luigi.format.Nop)
+
     def settings(self):
         if getattr(self, "_settings", None) is None:  # hashing a weights file once is enough
-            self._settings = {
-                "model": features.MODEL,
-                "layer": resnet().layer,
-                "weights": features.weights_identity(resnet().weights),
-                "seed": resnet().seed if resnet().weights == "random" else None,
-                "store_format": store.FORMAT,
-            }
+            self._settings = {**feature_settings(), "shard": self.shard, "shards": self.shards}
+        return self._settings
+
+    def make(self, tmp):
+        files = [f for f in collection.load_inventory(self.input().path).files if store.shard_of(f.relpath, self.shards) == self.shard]
+        n_extracted, n_reused = store.extract_features(
+            Features(date=self.date).store(),
+            files,
+            paths().content,
+            weights=resnet().weights,
+            layer=resnet().layer,
+            seed=resnet().seed,
+            batch_size=resnet().batch_size,
+            progress=Progress(self, "extracted"),
+            decode_processes=images_config().decode_processes,
+            decode_timeout=images_config().decode_timeout,
+            max_pixels=images_config().max_pixels,
+        )
+        with h5py.File(tmp, "w") as f:
+            f.attrs.update(self.attrs(images=len(files), extracted=n_extracted, reused=n_reused))
+
+
+class Features(ArtifactTask):
+    """Where every inventory image's descriptors are in the feature store of the model,
+    once every shard has extracted its images."""
+
+    filename = "features.h5"
+
+    def requires(self):
+        n = features_config().shards
+        return {
+            "inventory": Inventory(date=self.date),
+            "shards": [FeatureShard(date=self.date, shard=i, shards=n) for i in range(n)],
+        }
+
+    def tracked(self):
+        return [self.requires()["inventory"]]  # the number of shards does not change the result
+
+    def settings(self):
+        if getattr(self, "_settings", None) is None:
+            self._settings = feature_settings()
         return self._settings
 
     def store(self):
@@ -149,21 +206,15 @@ class Features(ArtifactTask):
         return store.DescriptorBlocks(self.store(), store.load_index(self.output().path))
 
     def make(self, tmp):
-        index, n_extracted, n_reused = store.extract_features(
-            self.store(),
-            collection.load_inventory(self.input().path),
-            paths().content,
-            weights=resnet().weights,
-            layer=resnet().layer,
-            seed=resnet().seed,
-            batch_size=resnet().batch_size,
-            decode_processes=images_config().decode_processes,
-            decode_timeout=images_config().decode_timeout,
-            max_pixels=images_config().max_pixels,
-        )
+        feature_store = self.store()
+        feature_store.remove_stale_temporaries()  # every shard has finished
+        index = store.index_inventory(feature_store, collection.load_inventory(self.input()["inventory"].path))
+        date = self.date.isoformat()
+        shards = [read_attrs(t.path) for t in self.input()["shards"]]
+        extracted = sum(a["extracted"] for a in shards if a["run_date"] == date)
         attrs = self.attrs(
-            images=len(index), extracted=n_extracted, reused=n_reused,
-            model=features.MODEL, layer=resnet().layer, weights=resnet().weights,
+            images=len(index), extracted=extracted, reused=len(index) + len(index.rejected) - extracted,
+            shards=len(shards), model=features.MODEL, layer=resnet().layer, weights=resnet().weights,
         )  # fmt: skip
         store.save_index(tmp, index, attrs)
 
@@ -261,6 +312,7 @@ class Histograms(ArtifactTask):
             CodebookModel.load(self.input()["codebook"].path),
             previous=self.previous(),
             checkpoints=self.checkpoints(),
+            progress=Progress(self, "histograms of"),
         )
         histograms.save_histograms(tmp, blocks.index.keys, counts, blocks.n_local(), self.attrs(reused=n_reused))
 
@@ -287,7 +339,11 @@ class Similarities(ArtifactTask):
         index = store.load_index(self.input()["features"].path)
         _, counts, n_local = histograms.load_counts(self.input()["histograms"].path)
         nearest, distances = nearest_neighbours(
-            Counts(counts, n_local, index.ids), k=neighbours().k, method=neighbours().method, checkpoints=self.checkpoints()
+            Counts(counts, n_local, index.ids),
+            k=neighbours().k,
+            method=neighbours().method,
+            checkpoints=self.checkpoints(),
+            progress=Progress(self, "neighbours of"),
         )
         attrs = self.attrs(
             metric="euclidean",

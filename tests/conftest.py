@@ -51,6 +51,7 @@ def pipeline_config(root, **overrides):
         "paths": {"content": root / "content", "artifacts": root / "artifacts"},
         "ids": {"csv": root / "content" / "image_ids.csv"},
         "resnet": {"weights": "random", "batch_size": 4},
+        "progress": {"interval": 0},  # a progress line after every batch
         "retcode": {
             "already_running": 10, "missing_data": 20, "task_failed": 30, "scheduling_error": 35,
             "unhandled_exception": 40,

@@ -1,3 +1,4 @@
+import hashlib
 import itertools
 import os
 
@@ -18,6 +19,7 @@ from pipeline.store import (
     quantize,
     sample_images,
     save_index,
+    shard_of,
 )
 
 
@@ -135,3 +137,28 @@ def test_quantized_descriptors_come_back_within_half_a_step():
     back = dequantize(codes, offset, scale)
     assert (np.abs(back - x.astype(np.float32)) <= scale[..., None] / 2 + 1e-6).all()
     assert (back[1, 3] == 2.5).all() and (back[0][x[0] == 0] == 0).all()
+
+
+def test_shards_depend_on_the_path_alone_and_split_evenly():
+    paths = [f"PPN{i // 50}/{i:05d}.jpg" for i in range(4000)]
+    shards = [shard_of(p, 8) for p in paths]
+    assert shards == [shard_of(p, 8) for p in reversed(paths)][::-1]  # not on the order of a listing
+    assert [shard_of(p, 8) for p in paths[:10]] == shards[:10]  # nor on which other images exist
+    assert min(np.bincount(shards, minlength=8)) > 400  # 500 each on average
+    # the same on any machine and Python version: SHA-1 of the UTF-8 path
+    assert [shard_of(p, 1000) for p in ("PPN1/a.jpg", "PPN77 Ärchiv/ü.png")] == [
+        int.from_bytes(hashlib.sha1(p.encode()).digest()[:8], "big") % 1000 for p in ("PPN1/a.jpg", "PPN77 Ärchiv/ü.png")
+    ]
+
+
+def test_the_catalog_spares_reading_old_chunks_and_misses_no_new_one(tmp_path):
+    store = FeatureStore(tmp_path / "store")
+    extract_to_store(store, FakeExtractor, inventory(["1.jpg", "2.jpg", "bad3.jpg", "4.jpg"]).files, "content")
+    full = store.scan()
+    assert store.update_catalog() == full
+    for name in os.listdir(store.chunk_dir):  # covered chunks are no longer opened by a scan
+        (tmp_path / "store" / "chunks" / name).write_bytes(b"not read")
+    assert store.scan() == full
+    extract_to_store(store, FakeExtractor, inventory(["5.jpg"]).files, "content")  # written after the catalog
+    done, rejected = store.scan()
+    assert sorted(done) == sorted([*full[0], ImageFile("1", "5.jpg", 10, 20).key]) and rejected == full[1]

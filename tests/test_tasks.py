@@ -12,11 +12,12 @@ import pytest
 
 from pipeline.collection import load_inventory
 from pipeline.features import RANDOM_WEIGHTS_NOTE
+from pipeline.h5io import read_attrs
 from pipeline.output import read_similarities
 from pipeline.demo import make_cms
 from tasks import Codebook, LoadSimilarities, Nightly, Reducer, Similarities
 
-from .conftest import luigi_config, pipeline_config, png_declaring
+from .conftest import luigi_config, pipeline_config, png_declaring, write_config
 
 ARTIFACTS = ("inventory.h5", "features.h5", "reducer.h5", "codebook.h5", "histograms.h5", "similarities.hdf5")
 
@@ -217,6 +218,16 @@ def nightly_equals(monkeypatch, config, expected_root, root):
     return json.loads((root / "artifacts" / "run_report.json").read_text())
 
 
+def test_sharded_extraction_gives_the_same_result(run, monkeypatch, small_collection, tmp_path):
+    (first, _), _ = run
+    (tmp_path / "content").symlink_to(small_collection[0])
+    report = nightly_equals(monkeypatch, pipeline_config(tmp_path, features__shards=3), first, tmp_path)
+    shards = sorted((tmp_path / "artifacts" / "shards").iterdir())
+    assert [p.name for p in shards] == [f"features-000{i}-of-0003.h5" for i in range(3)]
+    counts = [read_attrs(p)["images"] for p in shards]
+    assert sum(counts) == 18 and min(counts) > 0 and report["extracted"] == 18
+
+
 def test_ids_read_from_the_cms_give_the_csv_result(run, monkeypatch, small_collection, tmp_path):
     (first, _), _ = run
     content = small_collection[0]
@@ -377,3 +388,31 @@ def test_a_collection_without_images_stops_the_run_naming_the_setting(tmp_path, 
     assert report["failed_stage"] == "Inventory"
     assert report["error"].startswith(f"CollectionError: no image under [paths] content='{tmp_path / 'content'}' (0 image files)")
     assert sorted(p.name for p in (tmp_path / "artifacts").iterdir()) == ["run_report.json", "runs"]
+
+
+def test_progress_goes_to_luigi_at_every_call_and_to_the_log_at_the_interval(tmp_path, monkeypatch, caplog):
+    from tasks.base import Progress
+
+    class Task:
+        task_id = "FeatureShard(shard=1)"
+
+        def __init__(self):
+            self.messages, self.percentages = [], []
+
+        def set_status_message(self, message):
+            self.messages.append(message)
+
+        def set_progress_percentage(self, percentage):
+            self.percentages.append(percentage)
+
+    task = Task()
+    with luigi_config(monkeypatch, write_config(tmp_path / "luigi.cfg", {"progress": {"interval": 3600}})):
+        progress = Progress(task, "extracted")
+        caplog.set_level("INFO", logger="luigi-interface")
+        for done in (16, 32, 48):
+            progress(done, 48)
+    assert task.percentages == [33, 67, 100]
+    assert task.messages[0].startswith("extracted 16 / 48 images, ") and "images/s, about " in task.messages[0]
+    assert task.messages[-1].endswith("about 0 s left")
+    logged = [r.getMessage() for r in caplog.records if "extracted" in r.getMessage()]
+    assert logged == [f"FeatureShard(shard=1): {task.messages[-1]}"]  # the interval is an hour: only the end
