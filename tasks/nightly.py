@@ -49,6 +49,8 @@ class Nightly(RunTask):
             stage.__name__: read_attrs(stage(date=self.date, refit=self.refit).output().path) for stage in STAGES
         }
         seconds = {name: stage_summary(attrs, date)[0] for name, attrs in artifacts.items()}
+        # the extraction itself, summed over the shards this run extracted (in parallel, they overlap)
+        seconds["FeatureShard"] = artifacts["Features"]["shard_seconds"] if seconds["Features"] else 0.0
         inventory = collection.load_inventory(Inventory(date=self.date).output().path)
         index = store.load_index(Features(date=self.date).output().path)
         extracted = artifacts["Features"]["extracted"] if stage_summary(artifacts["Features"], date)[1] else 0

@@ -211,10 +211,12 @@ class Features(ArtifactTask):
         index = store.index_inventory(feature_store, collection.load_inventory(self.input()["inventory"].path))
         date = self.date.isoformat()
         shards = [read_attrs(t.path) for t in self.input()["shards"]]
-        extracted = sum(a["extracted"] for a in shards if a["run_date"] == date)
+        ran = [a for a in shards if a["run_date"] == date]
+        extracted = sum(a["extracted"] for a in ran)
         attrs = self.attrs(
             images=len(index), extracted=extracted, reused=len(index) + len(index.rejected) - extracted,
-            shards=len(shards), model=features.MODEL, layer=resnet().layer, weights=resnet().weights,
+            shards=len(shards), shard_seconds=round(sum(a["seconds"] for a in ran), 3),
+            model=features.MODEL, layer=resnet().layer, weights=resnet().weights,
         )  # fmt: skip
         store.save_index(tmp, index, attrs)
 

@@ -135,7 +135,8 @@ def test_incremental_nightly_runs(tmp_path, small_collection):
     first = report(root)
     assert (first["images_total"], first["extracted"], first["reused"], first["removed"]) == (18, 18, 0, 0)
     assert first["refit"] is True and first["status"] == "ok"
-    assert set(first["stage_seconds"]) == {"Inventory", "Features", "Reducer", "Codebook", "Histograms", "Similarities"}
+    stages = {"Inventory", "FeatureShard", "Features", "Reducer", "Codebook", "Histograms", "Similarities"}
+    assert set(first["stage_seconds"]) == stages and first["stage_seconds"]["FeatureShard"] > 0
 
     # a second call for the same date does nothing
     again = subprocess.run(command("2026-01-01"), cwd=root, env=environment(root), capture_output=True, text=True)
@@ -246,7 +247,7 @@ def test_a_full_or_read_only_artifacts_disk_fails_the_run_cleanly(small_collecti
         assert not list(artifacts.rglob("*.tmp"))
         latest = report(root)
         if failure == "full":
-            assert (latest["status"], latest["failed_stage"]) == ("failed", "Features")
+            assert (latest["status"], latest["failed_stage"]) == ("failed", "FeatureShard")
             assert latest["error"].startswith(f"ArtifactError: {expected}")
             (artifacts / "filler").unlink()
         else:
