@@ -1,0 +1,130 @@
+"""Sharded extraction on Luigi's central scheduler: two worker processes against one luigid."""
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from pipeline.output import read_similarities
+
+from .conftest import write_config
+from .test_nightly import RESULT, project, reference, report  # noqa: F401 (reference: a fixture, the single local run)
+
+BIN = os.path.dirname(sys.executable)
+SHARDS = 4
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture()
+def luigid(tmp_path):
+    """A central scheduler on a free port of 127.0.0.1, forgetting a dead worker after 2 s."""
+    port = free_port()
+    (tmp_path / "luigid-logs").mkdir()
+    config = write_config(
+        tmp_path / "luigid.cfg", {"scheduler": {"worker_disconnect_delay": 2, "retry_delay": 1, "state_path": tmp_path / "state.pickle"}}
+    )
+    process = subprocess.Popen(
+        [os.path.join(BIN, "luigid"), "--port", str(port), "--logdir", str(tmp_path / "luigid-logs")],
+        env={**os.environ, "LUIGI_CONFIG_PATH": str(config)},
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            if time.monotonic() > deadline or process.poll() is not None:
+                process.kill()
+                pytest.fail("luigid did not start")
+            time.sleep(0.2)
+    yield port
+    process.terminate()
+    process.wait(30)
+
+
+def start_worker(root, port, name):
+    """``luigi --module tasks Nightly`` against the central scheduler, as one machine's worker would run it."""
+    command = [
+        os.path.join(BIN, "luigi"), "--module", "tasks", "Nightly", "--date", "2026-01-01",
+        "--scheduler-host", "127.0.0.1", "--scheduler-port", str(port), "--workers", "1",
+        "--worker-keep-alive", "--lock-pid-dir", str(root / f"lock-{name}"),
+    ]  # fmt: skip
+    log = open(root / f"{name}.log", "w")
+    env = {**os.environ, "LUIGI_CONFIG_PATH": str(root / "luigi.cfg")}
+    return subprocess.Popen(command, cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=log)
+
+
+def sharded_project(root, content):
+    root = project(root, content)
+    with open(root / "luigi.cfg", "a") as f:
+        f.write(f"[features]\nshards = {SHARDS}\n")
+    return root
+
+
+def shard_runs(root, names):
+    """How many times each shard began to run, over the workers' logs."""
+    runs = {}
+    for name in names:
+        for line in (root / f"{name}.log").read_text().splitlines():
+            if "running   FeatureShard(" in line:
+                shard = int(line.split("shard=")[1].split(",")[0].rstrip(")"))
+                runs[shard] = runs.get(shard, 0) + 1
+    return runs
+
+
+#: A worker's exit codes: 0, or 10 (luigi.cfg's already_running) when another worker ran
+#: some of the tasks it scheduled.
+SHARED = (0, 10)
+
+
+def wait(process, seconds=600):
+    try:
+        return process.wait(seconds)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        raise
+
+
+def test_two_workers_share_the_shards_and_give_the_local_result(small_collection, reference, luigid, tmp_path):
+    root = sharded_project(tmp_path, small_collection[0])
+    workers = [start_worker(root, luigid, name) for name in ("a", "b")]
+    codes = [wait(w) for w in workers]
+    assert all(code in SHARED for code in codes), (root / "a.log").read_text()[-3000:] + (root / "b.log").read_text()[-3000:]
+    assert report(root)["status"] == "ok"
+    assert shard_runs(root, ["a", "b"]) == {shard: 1 for shard in range(SHARDS)}
+    result = read_similarities(root / "artifacts" / "similarities.hdf5")
+    for key in RESULT:
+        np.testing.assert_array_equal(result[key], reference[key], err_msg=key)
+
+
+def test_a_worker_killed_mid_shard_leaves_it_to_the_other(small_collection, reference, luigid, tmp_path):
+    root = sharded_project(tmp_path, small_collection[0])
+    a = start_worker(root, luigid, "a")
+    deadline = time.monotonic() + 300
+    while "extracted " not in (root / "a.log").read_text():  # a has committed a batch of a shard
+        assert a.poll() is None and time.monotonic() < deadline, (root / "a.log").read_text()[-3000:]
+        time.sleep(0.2)
+    b = start_worker(root, luigid, "b")
+    a.send_signal(signal.SIGKILL)
+    assert wait(a) == -signal.SIGKILL
+    # luigid forgets the dead worker (worker_disconnect_delay, checked every minute), fails its
+    # shard and, after retry_delay, gives it to b, which waits for it (--worker-keep-alive)
+    assert wait(b) in SHARED, (root / "b.log").read_text()[-3000:]
+    assert report(root)["status"] == "ok"
+    killed = list(shard_runs(root, ["a"]))[-1]  # the shard a was running
+    assert killed in shard_runs(root, ["b"])
+    result = read_similarities(root / "artifacts" / "similarities.hdf5")
+    for key in RESULT:
+        np.testing.assert_array_equal(result[key], reference[key], err_msg=key)
