@@ -15,7 +15,7 @@ $(BIN)/.installed: requirements.txt pyproject.toml
 demo: $(BIN)/.installed
 	$(BIN)/python -m pipeline.demo cms artifacts/demo-cms.sqlite
 	$(BIN)/luigi --module tasks Nightly --local-scheduler
-	@echo "similarities: artifacts/similarities.hdf5, loaded into table image_similarity of artifacts/demo-cms.sqlite; run report: artifacts/run_report.json (demo: random weights, see README)"
+	@echo "similarities: artifacts/similarities.hdf5, loaded into table image_similarity of artifacts/demo-cms.sqlite; run report: artifacts/run_report.json; visual report: artifacts/report.html (demo: random weights, see README)"
 
 test: $(BIN)/.installed
 	$(BIN)/python -m pytest

@@ -9,6 +9,8 @@ import h5py
 import numpy as np
 
 STRING = h5py.string_dtype("utf-8")
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)  # read once: os.umask can only be read by setting it
 
 
 def write_strings(group, name, values):
@@ -65,6 +67,7 @@ def atomic_path(path):
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=directory)
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600: give the artifact the mode a plain open would
     try:
         yield tmp
         os.replace(tmp, path)

@@ -7,7 +7,7 @@
 
 from .database import CmsImages
 from .config import cms, codebook, collection, ids, neighbours, paths, reduction, resnet
-from .nightly import Nightly
+from .nightly import Nightly, Report
 from .stages import (
     Codebook,
     ContentFolder,
@@ -33,6 +33,7 @@ __all__ = [
     "LoadSimilarities",
     "Nightly",
     "Reducer",
+    "Report",
     "Similarities",
     "cms",
     "codebook",

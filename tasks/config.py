@@ -71,6 +71,12 @@ class resnet(luigi.Config):
     batch_size = luigi.IntParameter(default=16, significant=False, description="Images per forward pass.")
 
 
+class report(luigi.Config):
+    sample = luigi.IntParameter(
+        default=12, significant=False, description="Images shown with their neighbours in report.html (a seeded sample)."
+    )
+
+
 class progress(luigi.Config):
     interval = luigi.FloatParameter(
         default=30.0,
@@ -159,6 +165,7 @@ RULES = (
     ("resnet", "batch_size", lambda v: v >= 1, "a whole number >= 1"),
     ("features", "shards", lambda v: v >= 1, "a whole number >= 1"),
     ("progress", "interval", lambda v: v >= 0, "a number of seconds >= 0"),
+    ("report", "sample", lambda v: v >= 0, "a whole number >= 0"),
     ("images", "max_pixels", lambda v: v >= 1, "a whole number >= 1"),
     ("images", "decode_processes", lambda v: v >= 1, "a whole number >= 1"),
     ("images", "decode_timeout", lambda v: v > 0, "a number of seconds > 0"),
@@ -188,7 +195,7 @@ def settings_problem():
     (``k`` against the number of images, K against the number of descriptors) are checked
     once the inventory is taken, before any extraction.
     """
-    configs = (paths, ids, cms, resnet, features, images, reduction, codebook, neighbours, collection, progress)
+    configs = (paths, ids, cms, resnet, features, images, reduction, codebook, neighbours, collection, progress, report)
     sections = {c.__name__: c for c in configs}
     parser = luigi.configuration.get_config()
     for name, config_class in sections.items():

@@ -6,12 +6,13 @@ import os
 
 import luigi
 
-from pipeline import cms as cms_db, collection, store
+from pipeline import cms as cms_db, collection, histograms, html_report, store
+from pipeline.output import read_similarities
 from pipeline.h5io import read_attrs
 from pipeline.report import publish_report, read_json, stage_summary
 
 from .base import RunInput, RunTask, artifacts_writable
-from .config import cms, paths
+from .config import cms, paths, report as report_config
 from .stages import Codebook, Features, Histograms, Inventory, LoadSimilarities, Reducer, Similarities
 
 logger = logging.getLogger("luigi-interface")
@@ -29,6 +30,10 @@ class Nightly(RunTask):
     Brings similarities.hdf5 up to date with the collection and writes the run report;
     a second call for the same date does nothing.
     """
+
+    show = luigi.Parameter(
+        default="", significant=False, description="Database IDs the visual report shows first, comma-separated."
+    )
 
     def requires(self):
         similarities = Similarities(date=self.date, refit=self.refit)
@@ -81,6 +86,41 @@ class Nightly(RunTask):
             }
         with artifacts_writable():
             publish_report(paths().artifacts, date, report)
+            visual_report(self.date, report, self.show)
+
+
+def visual_report(date, run, show=""):
+    """Write ``<artifacts>/report.html`` for the run of ``date`` (see pipeline.html_report)."""
+    inventory = collection.load_inventory(Inventory(date=date).output().path)
+    relpath = {str(i): f.relpath for i, f in zip(inventory.ids, inventory.files)}
+    result = read_similarities(Similarities(date=date).output().path)
+    _, counts, _ = histograms.load_counts(Histograms(date=date).output().path)
+    html_report.write_report(
+        os.path.join(paths().artifacts, "report.html"),
+        run,
+        result,
+        counts,
+        [os.path.join(paths().content, relpath[str(i)]) for i in result["ids"]],
+        sample=report_config().sample,
+        named=[s.strip() for s in show.split(",") if s.strip()],
+    )
+
+
+class Report(RunTask):
+    """``luigi --module tasks Report --local-scheduler [--show ID,ID]``: the visual report of the
+    run of ``--date`` again, showing the images of the given IDs first."""
+
+    show = luigi.Parameter(default="", significant=False, description="Database IDs shown first, comma-separated.")
+
+    def requires(self):
+        return Nightly(date=self.date, refit=self.refit)
+
+    def complete(self):
+        return False  # made whenever it is asked for
+
+    def run(self):
+        with artifacts_writable():
+            visual_report(self.date, read_json(self.input().path), self.show)
 
 
 @RunTask.event_handler(luigi.Event.FAILURE)

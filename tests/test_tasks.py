@@ -1,3 +1,4 @@
+import html.parser
 import json
 import os
 import shutil
@@ -377,6 +378,7 @@ def test_unusual_images_are_processed_and_bad_files_rejected_in_one_run(run, mon
     assert set(similarities["neighbours"].ravel().tolist()) <= expected
     report = json.loads((tmp_path / "artifacts" / "run_report.json").read_text())
     assert sorted(item["path"] for item in report["rejected"]) == sorted(f"PPN77 Ärchiv/{name}" for name in bad)
+    check_report_page(tmp_path / "artifacts")
 
 
 def test_a_collection_without_images_stops_the_run_naming_the_setting(tmp_path, small_collection):
@@ -416,3 +418,70 @@ def test_progress_goes_to_luigi_at_every_call_and_to_the_log_at_the_interval(tmp
     assert task.messages[-1].endswith("about 0 s left")
     logged = [r.getMessage() for r in caplog.records if "extracted" in r.getMessage()]
     assert logged == [f"FeatureShard(shard=1): {task.messages[-1]}"]  # the interval is an hour: only the end
+
+
+class ReportPage(html.parser.HTMLParser):
+    """What report.html shows: per sampled image its figures, the plots, the map's dots, the rejected rows."""
+
+    def __init__(self, text):
+        super().__init__()
+        self.queries, self.plots, self.dots, self.rejected, self.images = [], 0, 0, 0, []
+        self._in_rejected_table = False
+        self.feed(text)
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "div" and attrs.get("class") == "query":
+            self.queries.append([])
+        elif tag == "img" and self.queries and not self.dots:
+            self.queries[-1].append(attrs["src"])
+        if tag == "img":
+            self.images.append(attrs["src"])
+        if tag == "figure" and attrs.get("class") == "plot":
+            self.plots += 1
+        if tag == "div" and attrs.get("class") == "dot":
+            self.dots += 1
+        if tag == "table":
+            self._in_rejected_table = True
+        if tag == "td" and self._in_rejected_table:
+            self.rejected += 1
+
+
+def check_report_page(artifacts, sample=12):
+    """report.html beside run_report.json: every sampled image with five neighbour thumbnails."""
+    run = json.loads((artifacts / "run_report.json").read_text())
+    page = ReportPage((artifacts / "report.html").read_text())
+    assert len(page.queries) == min(sample, run["images_with_neighbours"])
+    assert all(len(figures) == 6 and all(src.startswith("data:image/jpeg;base64,") for src in figures) for figures in page.queries)
+    assert page.plots == 5 and page.dots == run["images_with_neighbours"]
+    assert page.rejected == 2 * len(run["rejected"])  # path and reason
+    assert "http" not in "".join(page.images)  # self-contained
+    return page
+
+
+def test_the_visual_report_shows_in_a_headless_browser(monkeypatch, small_collection, tmp_path):
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("chromium is not installed (.ci/run installs Debian's chromium package)")
+    (tmp_path / "content").symlink_to(small_collection[0])
+    result = build(monkeypatch, pipeline_config(tmp_path, report__sample=4), Nightly)
+    assert result.status == luigi.execution_summary.LuigiStatusCode.SUCCESS, result.summary_text
+    check_report_page(tmp_path / "artifacts", sample=4)
+    # the page as the browser shows it: every thumbnail decoded, nothing fetched from elsewhere
+    probe = tmp_path / "probe.html"
+    probe.write_text(
+        (tmp_path / "artifacts" / "report.html").read_text().replace(
+            "</body>",
+            "<script>document.body.dataset.images = document.images.length;"
+            "document.body.dataset.broken = [...document.images].filter(i => !i.complete || i.naturalWidth === 0).length;"
+            "</script></body>",
+        )
+    )
+    done = subprocess.run(
+        [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=5000", "--dump-dom", probe.as_uri()],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert 'data-broken="0"' in done.stdout and 'data-images="' in done.stdout
+    shown = int(done.stdout.split('data-images="')[1].split('"')[0])
+    assert shown == 4 * 6 + 18  # the sampled rows and the map

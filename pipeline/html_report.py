@@ -1,0 +1,225 @@
+"""The visual report: one self-contained HTML page a curator reads to check a night's results."""
+
+import base64
+import html
+import io
+
+import numpy as np
+from PIL import Image
+
+from .errors import ConfigError
+from .h5io import atomic_path
+
+#: Side of the thumbnails beside each sampled image, and of those on the map, in pixels.
+THUMBNAIL, MAP_THUMBNAIL = 112, 40
+
+
+def thumbnail(path, side=THUMBNAIL):
+    """A JPEG data URI of the image at ``path`` fitted into side x side, or None when it cannot be decoded."""
+    try:
+        with Image.open(path) as image:
+            image.draft("RGB", (side, side))
+            image = image.convert("RGB")
+            image.thumbnail((side, side))
+            buffer = io.BytesIO()
+            image.save(buffer, "JPEG", quality=80)
+    except Exception:  # a thumbnail is never worth a failed report
+        return None
+    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def map_coordinates(counts, seed=0):
+    """Two-dimensional coordinates of the histograms, in 0..1, where similar images lie close.
+
+    tf-idf weighted, L2-normalised histograms projected on their first two principal axes
+    (a truncated SVD): cheap, deterministic, and it keeps the large-scale structure.
+
+    Parameters
+    ----------
+    counts : csr_matrix of shape (n_images, K)
+
+    Returns
+    -------
+    xy : ndarray of shape (n_images, 2), float64
+    """
+    from sklearn.decomposition import TruncatedSVD
+    from sklearn.feature_extraction.text import TfidfTransformer
+
+    n = counts.shape[0]
+    if n < 3 or counts.shape[1] < 3:
+        return np.full((n, 2), 0.5)
+    weighted = TfidfTransformer().fit_transform(counts)
+    xy = TruncatedSVD(n_components=2, random_state=seed).fit_transform(weighted)
+    low, high = xy.min(axis=0), xy.max(axis=0)
+    return (xy - low) / np.where(high > low, high - low, 1.0)
+
+
+def _bars(title, labels, values, unit="", width=560, bar=18):
+    """An inline SVG horizontal bar chart."""
+    values = [float(v) for v in values]
+    top = max(values) if values and max(values) > 0 else 1.0
+    rows = []
+    for i, (label, value) in enumerate(zip(labels, values)):
+        y = 24 + i * (bar + 4)
+        length = (width - 220) * value / top
+        rows.append(
+            f'<text x="150" y="{y + bar - 5}" text-anchor="end">{html.escape(str(label))}</text>'
+            f'<rect x="156" y="{y}" width="{length:.1f}" height="{bar}" fill="#4a78a8"></rect>'
+            f'<text x="{160 + length:.1f}" y="{y + bar - 5}">{value:,.4g}{unit}</text>'
+        )
+    height = 30 + len(values) * (bar + 4)
+    return (
+        f'<figure class="plot"><svg role="img" width="{width}" height="{height}" viewBox="0 0 {width} {height}">'
+        f'<text x="4" y="14" class="title">{html.escape(title)}</text>{"".join(rows)}</svg></figure>'
+    )
+
+
+def _histogram_bars(title, values, bins=12, unit=""):
+    """Bars of how many values fall in each of ``bins`` equal ranges."""
+    values = np.asarray(values, dtype=np.float64)
+    if not len(values):
+        return _bars(title, [], [])
+    counts, edges = np.histogram(values, bins=bins)
+    labels = [f"{edges[i]:.3g} - {edges[i + 1]:.3g}{unit}" for i in range(len(counts))]
+    return _bars(title, labels, counts)
+
+
+def _figure(image, caption):
+    if image is None:
+        return f'<figure class="missing"><div class="nothumb">no preview</div><figcaption>{caption}</figcaption></figure>'
+    return f'<figure><img src="{image}" alt=""><figcaption>{caption}</figcaption></figure>'
+
+
+def render(run, result, counts, paths, chosen, map_sample=400, seed=0):
+    """The report page as a string.
+
+    Parameters
+    ----------
+    run : dict
+        The run report (``run_report.json``).
+    result : dict
+        ``similarities.hdf5`` as read by :func:`pipeline.output.read_similarities`.
+    counts : csr_matrix of shape (n_images, K)
+        The histograms, in the order of ``result["ids"]``.
+    paths : sequence of str
+        The image file of each row of ``result``.
+    chosen : sequence of int
+        Rows shown with their neighbours.
+    map_sample : int
+        Most images placed on the map (a seeded sample of a larger collection).
+    """
+    ids, neighbours, distances = result["ids"], result["neighbours"], result["distances"]
+    row_of = {str(i): r for r, i in enumerate(ids)}
+    thumbs = {}
+
+    def thumb(row, side=THUMBNAIL):
+        if (row, side) not in thumbs:
+            thumbs[row, side] = thumbnail(paths[row], side)
+        return thumbs[row, side]
+
+    def name(row):
+        return f"{html.escape(str(ids[row]))}<br><small>{html.escape(result['ppn'][row])}/{html.escape(result['filename'][row])}</small>"
+
+    sections = []
+    for row in chosen:
+        cells = [_figure(thumb(row), f"<b>{name(row)}</b>")]
+        for rank, other in enumerate(neighbours[row]):
+            o = row_of[str(other)]
+            cells.append(_figure(thumb(o), f"{rank + 1}. {name(o)}<br>distance {distances[row][rank]:.4f}"))
+        sections.append(f'<div class="query" data-id="{html.escape(str(ids[row]))}">{"".join(cells)}</div>')
+
+    rng = np.random.default_rng(seed)
+    on_map = np.sort(rng.choice(len(ids), size=min(map_sample, len(ids)), replace=False))
+    xy = map_coordinates(counts[on_map], seed)
+    placed = []
+    for (x, y), row in zip(xy, on_map):
+        image = thumb(int(row), MAP_THUMBNAIL)
+        title = html.escape(f"{ids[row]} {result['ppn'][row]}/{result['filename'][row]}")
+        style = f"left:{x * 94:.2f}%;top:{y * 94:.2f}%"
+        body = f'<img src="{image}" alt="">' if image else ""
+        placed.append(f'<div class="dot" style="{style}" title="{title}">{body}</div>')
+
+    words = np.sort(np.bincount(counts.indices, weights=counts.data, minlength=counts.shape[1]))[::-1]
+    share = words / max(words.sum(), 1)
+    ranks = [r for r in (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000) if r <= len(share)]
+    per_ppn = np.unique(np.asarray(result["ppn"]), return_counts=True)[1]
+    stage_seconds = run.get("stage_seconds", {})
+    plots = [
+        _histogram_bars("Distance to the first neighbour (images per range)", distances[:, 0]),
+        _histogram_bars(f"Distance to the {neighbours.shape[1]}th neighbour (images per range)", distances[:, -1]),
+        _bars("Visual-word usage: share of all descriptors of the r-th most used word", [f"r = {r}" for r in ranks],
+              [100 * share[r - 1] for r in ranks], unit=" %"),
+        _histogram_bars("Images per PPN (PPNs per range)", per_ppn, bins=min(10, max(1, len(set(per_ppn))))),
+        _bars("Stage timings of this run", list(stage_seconds), list(stage_seconds.values()), unit=" s"),
+    ]  # fmt: skip
+
+    rejected = run.get("rejected", [])
+    rejected_rows = "".join(
+        f"<tr><td>{html.escape(r['path'])}</td><td>{html.escape(r['reason'])}</td></tr>" for r in rejected
+    )
+    note = result["attrs"].get("weights_note", "")
+    note = f"These results were {note}." if note else ""
+    summary = (
+        f"<p>Run of {html.escape(str(run.get('date')))}: status <b>{html.escape(str(run.get('status')))}</b>; "
+        f"{len(ids):,} images with neighbours, {run.get('extracted', 0):,} extracted this run, "
+        f"{len(rejected):,} rejected. Result: <code>{html.escape(str(run.get('similarities', '')))}</code>.</p>"
+    )
+    if note:
+        summary += f'<p class="warning">{html.escape(note)}</p>'
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>Similar images: run of {html.escape(str(run.get('date')))}</title>
+<style>
+body {{ font: 14px/1.4 system-ui, sans-serif; margin: 2em; color: #222; }}
+h2 {{ margin-top: 2em; border-bottom: 1px solid #ccc; }}
+.query {{ display: flex; gap: 10px; margin: 12px 0; padding: 8px; background: #f6f6f6; }}
+figure {{ margin: 0; width: {THUMBNAIL + 8}px; font-size: 11px; }}
+figure img, .nothumb {{ width: {THUMBNAIL}px; height: {THUMBNAIL}px; object-fit: contain; background: #ddd; display: block; }}
+.plot {{ width: auto; }} .plot text {{ font-size: 11px; }} .plot .title {{ font-size: 13px; font-weight: bold; }}
+#map {{ position: relative; width: 100%; height: 720px; background: #fafafa; border: 1px solid #ccc; }}
+.dot {{ position: absolute; width: {MAP_THUMBNAIL}px; height: {MAP_THUMBNAIL}px; }}
+.dot img {{ width: 100%; height: 100%; object-fit: cover; }}
+.warning {{ color: #a33; }} table {{ border-collapse: collapse; }} td {{ border: 1px solid #ccc; padding: 2px 6px; }}
+</style></head><body>
+<h1>Similar images</h1>
+{summary}
+<h2 id="neighbours">Sampled images and their neighbours</h2>
+{"".join(sections)}
+<h2 id="plots">Plots</h2>
+{"".join(plots)}
+<h2 id="map-title">Map of the collection</h2>
+<p>{len(on_map):,} images placed by the first two principal axes of their tf-idf weighted
+visual-word histograms: images with similar words lie close together.</p>
+<div id="map">{"".join(placed)}</div>
+<h2 id="rejected">Rejected files ({len(rejected):,})</h2>
+<table><tr><th>file</th><th>reason</th></tr>{rejected_rows}</table>
+</body></html>
+"""
+
+
+def write_report(path, run, result, counts, paths, sample=12, named=(), seed=0):
+    """Write the report page to ``path`` atomically: ``sample`` images chosen at random (seeded)
+    after those of the IDs ``named``, each beside its neighbours; see :func:`render`."""
+    page = render(run, result, counts, paths, choose_rows(result["ids"], sample, named, seed), seed=seed)
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(page)
+
+
+def choose_rows(ids, sample, named=(), seed=0):
+    """Rows to show: those of the IDs ``named`` (in that order), then a seeded sample of ``sample`` others.
+
+    Raises
+    ------
+    ConfigError
+        Naming an ID that has no neighbours in this run.
+    """
+    row_of = {str(i): r for r, i in enumerate(ids)}
+    unknown = [str(i) for i in named if str(i) not in row_of]
+    if unknown:
+        raise ConfigError(f"--show: no image of this run has the ID(s) {', '.join(unknown[:10])}")
+    rows = [row_of[str(i)] for i in named]
+    rest = np.setdiff1d(np.arange(len(ids)), rows)
+    rng = np.random.default_rng(seed)
+    picked = rng.choice(rest, size=min(sample, len(rest)), replace=False) if len(rest) else []
+    return rows + sorted(int(r) for r in picked)
+
