@@ -87,6 +87,12 @@ class Nightly(RunTask):
         with artifacts_writable():
             publish_report(paths().artifacts, date, report)
             visual_report(self.date, report, self.show)
+        logger.info(
+            "run of %s done: %d images, %d extracted, %d reused, %d rejected, %d with neighbours; similarities: %s; "
+            "report: %s",
+            date, report["images_total"], report["extracted"], report["reused"], len(report["rejected"]),
+            report["images_with_neighbours"], report["similarities"], os.path.join(paths().artifacts, "report.html"),
+        )  # fmt: skip
 
 
 def visual_report(date, run, show=""):
