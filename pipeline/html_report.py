@@ -90,7 +90,7 @@ def _figure(image, caption):
     return f'<figure><img src="{image}" alt=""><figcaption>{caption}</figcaption></figure>'
 
 
-def render(run, result, counts, paths, chosen, map_sample=400, seed=0):
+def render(run, result, counts, paths, chosen, map_sample=400, seed=0, evaluation=None):
     """The report page as a string.
 
     Parameters
@@ -107,6 +107,8 @@ def render(run, result, counts, paths, chosen, map_sample=400, seed=0):
         Rows shown with their neighbours.
     map_sample : int
         Most images placed on the map (a seeded sample of a larger collection).
+    evaluation : dict, optional
+        The scores of :func:`pipeline.evaluation.evaluate`, shown as a table.
     """
     ids, neighbours, distances = result["ids"], result["neighbours"], result["distances"]
     row_of = {str(i): r for r, i in enumerate(ids)}
@@ -166,6 +168,15 @@ def render(run, result, counts, paths, chosen, map_sample=400, seed=0):
     )
     if note:
         summary += f'<p class="warning">{html.escape(note)}</p>'
+    quality = ""
+    if evaluation:
+        keys = ("queries", "precision_at_1", "precision_at_5", "recall_at_5", "map")
+        head = "".join(f"<th>{k.replace('_at_', '@').replace('_', ' ')}</th>" for k in keys)
+        body = "".join(
+            f"<tr><td>{html.escape(name)}</td>" + "".join(f"<td>{scores[k]:.4g}</td>" for k in keys) + "</tr>"
+            for name, scores in [("all labels", evaluation), *evaluation["per_label"].items()]
+        )
+        quality = f'<h2 id="quality">Quality against the labels</h2><table class="quality"><tr><th></th>{head}</tr>{body}</table>'
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>Similar images: run of {html.escape(str(run.get('date')))}</title>
 <style>
@@ -182,6 +193,7 @@ figure img, .nothumb {{ width: {THUMBNAIL}px; height: {THUMBNAIL}px; object-fit:
 </style></head><body>
 <h1>Similar images</h1>
 {summary}
+{quality}
 <h2 id="neighbours">Sampled images and their neighbours</h2>
 {"".join(sections)}
 <h2 id="plots">Plots</h2>
@@ -191,15 +203,16 @@ figure img, .nothumb {{ width: {THUMBNAIL}px; height: {THUMBNAIL}px; object-fit:
 visual-word histograms: images with similar words lie close together.</p>
 <div id="map">{"".join(placed)}</div>
 <h2 id="rejected">Rejected files ({len(rejected):,})</h2>
-<table><tr><th>file</th><th>reason</th></tr>{rejected_rows}</table>
+<table class="rejected"><tr><th>file</th><th>reason</th></tr>{rejected_rows}</table>
 </body></html>
 """
 
 
-def write_report(path, run, result, counts, paths, sample=12, named=(), seed=0):
+def write_report(path, run, result, counts, paths, sample=12, named=(), seed=0, evaluation=None):
     """Write the report page to ``path`` atomically: ``sample`` images chosen at random (seeded)
     after those of the IDs ``named``, each beside its neighbours; see :func:`render`."""
-    page = render(run, result, counts, paths, choose_rows(result["ids"], sample, named, seed), seed=seed)
+    rows = choose_rows(result["ids"], sample, named, seed)
+    page = render(run, result, counts, paths, rows, seed=seed, evaluation=evaluation)
     with atomic_path(path) as tmp:
         with open(tmp, "w", encoding="utf-8") as f:
             f.write(page)

@@ -11,6 +11,7 @@ from .nightly import Nightly, Report
 from .stages import (
     Codebook,
     ContentFolder,
+    Evaluate,
     FeatureShard,
     Features,
     Histograms,
@@ -25,6 +26,7 @@ __all__ = [
     "CmsImages",
     "Codebook",
     "ContentFolder",
+    "Evaluate",
     "FeatureShard",
     "Features",
     "Histograms",

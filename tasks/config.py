@@ -71,6 +71,15 @@ class resnet(luigi.Config):
     batch_size = luigi.IntParameter(default=16, significant=False, description="Images per forward pass.")
 
 
+class evaluate(luigi.Config):
+    labels = luigi.Parameter(
+        default="",
+        significant=False,
+        description="CSV file id,label: images with the same label are relevant to each other; when set, every "
+        "run evaluates its neighbours against it (evaluation.json, report.html).",
+    )
+
+
 class report(luigi.Config):
     sample = luigi.IntParameter(
         default=12, significant=False, description="Images shown with their neighbours in report.html (a seeded sample)."
@@ -195,7 +204,9 @@ def settings_problem():
     (``k`` against the number of images, K against the number of descriptors) are checked
     once the inventory is taken, before any extraction.
     """
-    configs = (paths, ids, cms, resnet, features, images, reduction, codebook, neighbours, collection, progress, report)
+    configs = (
+        paths, ids, cms, resnet, features, images, reduction, codebook, neighbours, collection, progress, report, evaluate
+    )
     sections = {c.__name__: c for c in configs}
     parser = luigi.configuration.get_config()
     for name, config_class in sections.items():

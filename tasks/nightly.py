@@ -12,8 +12,8 @@ from pipeline.h5io import read_attrs
 from pipeline.report import publish_report, read_json, stage_summary
 
 from .base import RunInput, RunTask, artifacts_writable
-from .config import cms, paths, report as report_config
-from .stages import Codebook, Features, Histograms, Inventory, LoadSimilarities, Reducer, Similarities
+from .config import cms, evaluate as evaluate_config, paths, report as report_config
+from .stages import Codebook, Evaluate, Features, Histograms, Inventory, LoadSimilarities, Reducer, Similarities
 
 logger = logging.getLogger("luigi-interface")
 
@@ -37,9 +37,12 @@ class Nightly(RunTask):
 
     def requires(self):
         similarities = Similarities(date=self.date, refit=self.refit)
-        if not cms().url.strip():
-            return {"similarities": similarities}
-        return {"similarities": similarities, "cms": LoadSimilarities(date=self.date, refit=self.refit)}
+        required = {"similarities": similarities}
+        if cms().url.strip():
+            required["cms"] = LoadSimilarities(date=self.date, refit=self.refit)
+        if evaluate_config().labels.strip():
+            required["evaluation"] = Evaluate(date=self.date, refit=self.refit)
+        return required
 
     def output(self):
         return luigi.LocalTarget(os.path.join(paths().artifacts, "runs", self.date.isoformat(), "run_report.json"))
@@ -84,6 +87,10 @@ class Nightly(RunTask):
                 "run_id": artifacts["Similarities"]["digest"],
                 "images": len(index),
             }
+        if "evaluation" in self.input():
+            scores = read_json(self.input()["evaluation"].path)
+            keys = ("queries", "precision_at_1", "precision_at_5", "recall_at_5", "map")
+            report["evaluation"] = {key: scores[key] for key in keys}
         with artifacts_writable():
             publish_report(paths().artifacts, date, report)
             visual_report(self.date, report, self.show)
@@ -101,6 +108,8 @@ def visual_report(date, run, show=""):
     relpath = {str(i): f.relpath for i, f in zip(inventory.ids, inventory.files)}
     result = read_similarities(Similarities(date=date).output().path)
     _, counts, _ = histograms.load_counts(Histograms(date=date).output().path)
+    evaluated = Evaluate(date=date)
+    scores = read_json(evaluated.output().path) if evaluate_config().labels.strip() and evaluated.complete() else None
     html_report.write_report(
         os.path.join(paths().artifacts, "report.html"),
         run,
@@ -109,6 +118,7 @@ def visual_report(date, run, show=""):
         [os.path.join(paths().content, relpath[str(i)]) for i in result["ids"]],
         sample=report_config().sample,
         named=[s.strip() for s in show.split(",") if s.strip()],
+        evaluation=scores,
     )
 
 
@@ -155,6 +165,9 @@ def publish_failure(task, error):
         "error": error,
     }
     try:
+        if "evaluation" in self.input():
+            scores = read_json(self.input()["evaluation"].path)
+            report["evaluation"] = {key: scores[key] for key in ("queries", "precision_at_1", "precision_at_5", "recall_at_5", "map")}
         publish_report(paths().artifacts, date, report)
     except OSError as exc:  # the storage that failed the run may not take the report either
         logger.error("the failed run's report could not be written (%s): %s", os.strerror(exc.errno or 0), report["error"])

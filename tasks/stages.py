@@ -8,17 +8,19 @@ import os
 import h5py
 import luigi
 
-from pipeline import cms as cms_db, collection, features, histograms, output, store
+from pipeline import cms as cms_db, collection, evaluation, features, histograms, output, store
 from pipeline.codebook import Codebook as CodebookModel, check_size, fit_codebook
 from pipeline.errors import ConfigError
 from pipeline.h5io import read_attrs
 from pipeline.neighbours import Counts, check_k, nearest_neighbours
 from pipeline.output import read_similarities
 from pipeline.reduction import Reducer as ReducerModel
+from pipeline.report import read_json, write_json
 
 from . import database
-from .base import ArtifactTask, Progress, RunInput, RunTask, settings_digest
-from .config import cms, codebook, collection as collection_config, features as features_config, ids
+from .base import ArtifactTask, Progress, RunInput, RunTask, artifacts_writable, settings_digest
+from .config import cms, codebook, collection as collection_config, evaluate as evaluate_config
+from .config import features as features_config, ids
 from .config import images as images_config, neighbours, paths
 from .config import reduction, resnet, settings_problem
 
@@ -399,3 +401,60 @@ class LoadSimilarities(RunTask):
                 database.engine(), result["ids"], result["neighbours"], result["distances"], table=cms().table,
                 batch_rows=cms().batch_rows, **common,
             )  # fmt: skip
+
+
+class LabelsFile(RunInput):
+    """The labels the neighbours are evaluated against: ``[evaluate] labels``."""
+
+    path = luigi.Parameter(description="The labels CSV file (id,label).")
+
+    def output(self):
+        return luigi.LocalTarget(self.path)
+
+    def missing_message(self):
+        return f"[evaluate] labels={self.path!r} does not exist; give a CSV file id,label of (some of) the collection's images"
+
+
+class Evaluate(RunTask):
+    """``luigi --module tasks Evaluate --local-scheduler``: precision, recall and mAP of this run's
+    neighbours against ``[evaluate] labels``, into ``<artifacts>/evaluation.json``."""
+
+    def requires(self):
+        return {
+            "similarities": Similarities(date=self.date, refit=self.refit),
+            "labels": LabelsFile(date=self.date, path=evaluate_config().labels),
+        }
+
+    def output(self):
+        return luigi.LocalTarget(os.path.join(paths().artifacts, "evaluation.json"))
+
+    def inputs_identity(self):
+        """What the evaluation was made from: the similarities' digest and the labels file's size and time."""
+        labels = os.stat(self.input()["labels"].path)
+        return {
+            "similarities": read_attrs(self.input()["similarities"].path)["digest"],
+            "labels": [os.path.abspath(self.input()["labels"].path), labels.st_size, labels.st_mtime_ns],
+        }
+
+    def complete(self):
+        if not all(t.complete() for t in luigi.task.flatten(self.requires())):
+            return False
+        recorded = read_json(self.output().path)
+        return recorded is not None and recorded.get("made_from") == self.inputs_identity()
+
+    def run(self):
+        result = read_similarities(self.input()["similarities"].path)
+        scores = evaluation.evaluate(
+            result["ids"], result["neighbours"], evaluation.read_labels(self.input()["labels"].path)
+        )
+        if scores["queries"] == 0:
+            raise ConfigError(
+                f"[evaluate] labels={evaluate_config().labels!r} gives no query: no label is shared by two images "
+                "of this run; label groups of similar images"
+            )
+        logger.info(
+            "evaluation over %d queries: precision@1 %.3f, precision@5 %.3f, recall@5 %.3f, mAP %.3f",
+            scores["queries"], scores["precision_at_1"], scores["precision_at_5"], scores["recall_at_5"], scores["map"],
+        )  # fmt: skip
+        with artifacts_writable():
+            write_json(self.output().path, {"date": self.date.isoformat(), **scores, "made_from": self.inputs_identity()})

@@ -16,7 +16,7 @@ from pipeline.features import RANDOM_WEIGHTS_NOTE
 from pipeline.h5io import read_attrs
 from pipeline.output import read_similarities
 from pipeline.demo import make_cms
-from tasks import Codebook, LoadSimilarities, Nightly, Reducer, Similarities
+from tasks import Codebook, Evaluate, LoadSimilarities, Nightly, Reducer, Similarities
 
 from .conftest import luigi_config, pipeline_config, png_declaring, write_config
 
@@ -442,7 +442,7 @@ class ReportPage(html.parser.HTMLParser):
         if tag == "div" and attrs.get("class") == "dot":
             self.dots += 1
         if tag == "table":
-            self._in_rejected_table = True
+            self._in_rejected_table = attrs.get("class") == "rejected"
         if tag == "td" and self._in_rejected_table:
             self.rejected += 1
 
@@ -485,3 +485,23 @@ def test_the_visual_report_shows_in_a_headless_browser(monkeypatch, small_collec
     assert 'data-broken="0"' in done.stdout and 'data-images="' in done.stdout
     shown = int(done.stdout.split('data-images="')[1].split('"')[0])
     assert shown == 4 * 6 + 18  # the sampled rows and the map
+
+
+def test_evaluate_scores_the_neighbours_against_labels_in_every_run(monkeypatch, small_collection, tmp_path):
+    content, groups = small_collection
+    (tmp_path / "content").symlink_to(content)
+    labels = tmp_path / "labels.csv"
+    labels.write_text("id,label\n" + "".join(f"{i},{name}\n" for name, members in groups.items() for i in members))
+    result = build(monkeypatch, pipeline_config(tmp_path, evaluate__labels=labels), Nightly)
+    assert result.status == luigi.execution_summary.LuigiStatusCode.SUCCESS, result.summary_text
+    scores = json.loads((tmp_path / "artifacts" / "evaluation.json").read_text())
+    assert scores["queries"] == 18 and set(scores["per_label"]) == set(groups)
+    # near-duplicates are found far better than chance (2 of the 17 other images share a label)
+    assert scores["precision_at_1"] > 0.5 > 2 / 17
+    report = json.loads((tmp_path / "artifacts" / "run_report.json").read_text())
+    assert report["evaluation"]["map"] == scores["map"]
+    assert 'class="quality"' in (tmp_path / "artifacts" / "report.html").read_text()
+    with luigi_config(monkeypatch, tmp_path / "luigi.cfg"):
+        assert Evaluate(date=Nightly().date).complete()  # up to date until the neighbours or the labels change
+        labels.write_text(labels.read_text() + "999,unknown\n")
+        assert not Evaluate(date=Nightly().date).complete()
