@@ -165,9 +165,6 @@ def publish_failure(task, error):
         "error": error,
     }
     try:
-        if "evaluation" in self.input():
-            scores = read_json(self.input()["evaluation"].path)
-            report["evaluation"] = {key: scores[key] for key in ("queries", "precision_at_1", "precision_at_5", "recall_at_5", "map")}
         publish_report(paths().artifacts, date, report)
     except OSError as exc:  # the storage that failed the run may not take the report either
         logger.error("the failed run's report could not be written (%s): %s", os.strerror(exc.errno or 0), report["error"])
