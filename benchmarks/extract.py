@@ -5,6 +5,7 @@ against the original scripts' one-``predict``-per-image loop, on the same images
 """
 
 import argparse
+import contextlib
 import os
 import tempfile
 
@@ -12,7 +13,8 @@ import numpy as np
 
 from pipeline.features import DescriptorExtractor, build_model
 from pipeline.images import load_image
-from pipeline.store import FeatureStore
+from pipeline.collection import scan_content
+from pipeline.store import FeatureStore, extract_to_store
 
 from .common import Timer, report, scan_like_images
 
@@ -31,13 +33,16 @@ def bare_forward(extractor, pixels, batch_size):
 
 
 def pipeline_extraction(extractor, paths, store):
-    """Images per second of DescriptorExtractor.run with each batch committed to the feature
-    store (decoding, batching, forward, 8-bit codes, compression), and the store's bytes per image."""
-    for _ in extractor.run(paths[: extractor.batch_size]):  # warm-up; starts the decoder processes
-        pass
+    """Images per second of the extraction stage's own loop, ``extract_to_store`` (decoding in
+    the decoder processes, the forward pass, 8-bit codes and compression committed to the
+    feature store), and the store's bytes per image."""
+    content = os.path.dirname(os.path.dirname(paths[0]))
+    files = scan_content(content)
+    kept = lambda: contextlib.nullcontext(extractor)  # noqa: E731 (the decoder processes stay up between the runs)
+    warm = FeatureStore(store.root + "-warm-up")  # starts the decoder processes, traces the model
+    extract_to_store(warm, kept, files[: extractor.batch_size], content)
     with Timer() as t:
-        for start, descriptors, _ in extractor.run(paths):
-            store.write_chunk([f"{start + i}" for i in range(len(descriptors))], descriptors, {})
+        extract_to_store(store, kept, files, content)
     size = sum(os.path.getsize(os.path.join(store.chunk_dir, name)) for name in os.listdir(store.chunk_dir))
     return len(paths) / t.seconds, size / len(paths)
 
@@ -62,7 +67,7 @@ def per_image_predict(model, paths):
 
 def run(images=96, batch_size=16, per_image=24):
     with tempfile.TemporaryDirectory() as directory:
-        paths = scan_like_images(os.path.join(directory, "images"), images)
+        paths = scan_like_images(os.path.join(directory, "content", "PPN1"), images)
         model = build_model(weights="random")
         pixels = np.stack([load_image(p) for p in paths]).astype(np.float32)
         with DescriptorExtractor(model, batch_size=batch_size) as extractor:
