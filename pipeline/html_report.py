@@ -5,27 +5,53 @@ import html
 import io
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
-from .errors import ConfigError
+from .errors import ConfigError, ImageError
 from .h5io import atomic_path
+from .images import DECODE_TIMEOUT, MAX_PIXELS, DecoderPool, to_rgb
 
 #: Side of the thumbnails beside each sampled image, and of those on the map, in pixels.
 THUMBNAIL, MAP_THUMBNAIL = 112, 40
 
 
-def thumbnail(path, side=THUMBNAIL):
-    """A JPEG data URI of the image at ``path`` fitted into side x side, or None when it cannot be decoded."""
-    try:
-        with Image.open(path) as image:
-            image.draft("RGB", (side, side))
-            image = image.convert("RGB")
-            image.thumbnail((side, side))
-            buffer = io.BytesIO()
-            image.save(buffer, "JPEG", quality=80)
-    except Exception:  # a thumbnail is never worth a failed report
-        return None
+def thumbnail_pixels(path, size=THUMBNAIL, max_pixels=MAX_PIXELS):
+    """The image at ``path`` fitted into size x size, decoded as for the model (first frame,
+    EXIF orientation, RGB by :func:`pipeline.images.to_rgb`): ndarray of shape (h, w, 3), uint8.
+    Run by the decoder processes, so that a thumbnail is as time-bounded as the extraction."""
+    with Image.open(path) as image:
+        width, height = image.size
+        if width * height > max_pixels:
+            raise ImageError(f"{width} x {height} pixels is more than [images] max_pixels={max_pixels}")
+        image.draft("RGB", (size, size))
+        image = to_rgb(ImageOps.exif_transpose(image))
+        image.thumbnail((size, size))
+        return np.asarray(image, dtype=np.uint8)
+
+
+def make_thumbnails(paths, rows_by_side, processes=2, timeout=DECODE_TIMEOUT, max_pixels=MAX_PIXELS):
+    """JPEG data URIs of the images at ``rows_by_side[side]`` of ``paths``, decoded in a
+    :class:`~pipeline.images.DecoderPool`: dict of (row, side) to str, or None for a file that
+    cannot be shown (changed, unreadable, or past the time limit since its extraction)."""
+    found = {}
+    for side, rows in rows_by_side.items():
+        rows = sorted(set(int(r) for r in rows))
+        with DecoderPool(processes, timeout, max_pixels, decode=thumbnail_pixels, size=side) as pool:
+            for row, pixels in zip(rows, pool.imap([paths[r] for r in rows])):
+                found[row, side] = None if isinstance(pixels, ImageError) else _data_uri(pixels)
+    return found
+
+
+def _data_uri(pixels):
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, "JPEG", quality=80)
     return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def map_rows(n, map_sample=400, seed=0):
+    """The rows placed on the map: a seeded sample of at most ``map_sample`` of n, increasing."""
+    rng = np.random.default_rng(seed)
+    return np.sort(rng.choice(n, size=min(map_sample, n), replace=False))
 
 
 def map_coordinates(counts, seed=0):
@@ -90,7 +116,7 @@ def _figure(image, caption):
     return f'<figure><img src="{image}" alt=""><figcaption>{caption}</figcaption></figure>'
 
 
-def render(run, result, counts, paths, chosen, map_sample=400, seed=0, evaluation=None):
+def render(run, result, counts, chosen, thumbnails, map_sample=400, seed=0, evaluation=None):
     """The report page as a string.
 
     Parameters
@@ -101,10 +127,11 @@ def render(run, result, counts, paths, chosen, map_sample=400, seed=0, evaluatio
         ``similarities.hdf5`` as read by :func:`pipeline.output.read_similarities`.
     counts : csr_matrix of shape (n_images, K)
         The histograms, in the order of ``result["ids"]``.
-    paths : sequence of str
-        The image file of each row of ``result``.
     chosen : sequence of int
         Rows shown with their neighbours.
+    thumbnails : dict of (int, int) to str or None
+        :func:`make_thumbnails` of the chosen rows and their neighbours (side THUMBNAIL) and
+        of the :func:`map_rows` (side MAP_THUMBNAIL).
     map_sample : int
         Most images placed on the map (a seeded sample of a larger collection).
     evaluation : dict, optional
@@ -112,12 +139,9 @@ def render(run, result, counts, paths, chosen, map_sample=400, seed=0, evaluatio
     """
     ids, neighbours, distances = result["ids"], result["neighbours"], result["distances"]
     row_of = {str(i): r for r, i in enumerate(ids)}
-    thumbs = {}
 
     def thumb(row, side=THUMBNAIL):
-        if (row, side) not in thumbs:
-            thumbs[row, side] = thumbnail(paths[row], side)
-        return thumbs[row, side]
+        return thumbnails.get((row, side))
 
     def name(row):
         return f"{html.escape(str(ids[row]))}<br><small>{html.escape(result['ppn'][row])}/{html.escape(result['filename'][row])}</small>"
@@ -130,8 +154,7 @@ def render(run, result, counts, paths, chosen, map_sample=400, seed=0, evaluatio
             cells.append(_figure(thumb(o), f"{rank + 1}. {name(o)}<br>distance {distances[row][rank]:.4f}"))
         sections.append(f'<div class="query" data-id="{html.escape(str(ids[row]))}">{"".join(cells)}</div>')
 
-    rng = np.random.default_rng(seed)
-    on_map = np.sort(rng.choice(len(ids), size=min(map_sample, len(ids)), replace=False))
+    on_map = map_rows(len(ids), map_sample, seed)
     xy = map_coordinates(counts[on_map], seed)
     placed = []
     for (x, y), row in zip(xy, on_map):
@@ -208,11 +231,19 @@ visual-word histograms: images with similar words lie close together.</p>
 """
 
 
-def write_report(path, run, result, counts, paths, sample=12, named=(), seed=0, evaluation=None):
+def write_report(path, run, result, counts, paths, sample=12, named=(), seed=0, evaluation=None, **decoding):
     """Write the report page to ``path`` atomically: ``sample`` images chosen at random (seeded)
-    after those of the IDs ``named``, each beside its neighbours; see :func:`render`."""
+    after those of the IDs ``named``, each beside its neighbours; see :func:`render`.
+
+    ``paths`` are the image files of the rows of ``result``; ``decoding`` holds the decoder
+    pool's settings (``processes``, ``timeout``, ``max_pixels``) for the thumbnails.
+    """
     rows = choose_rows(result["ids"], sample, named, seed)
-    page = render(run, result, counts, paths, rows, seed=seed, evaluation=evaluation)
+    row_of = {str(i): r for r, i in enumerate(result["ids"])}
+    beside = [row_of[str(i)] for r in rows for i in result["neighbours"][r]]
+    needed = {THUMBNAIL: [*rows, *beside], MAP_THUMBNAIL: map_rows(len(result["ids"]), seed=seed)}
+    thumbnails = make_thumbnails(paths, needed, **decoding)
+    page = render(run, result, counts, rows, thumbnails, seed=seed, evaluation=evaluation)
     with atomic_path(path) as tmp:
         with open(tmp, "w", encoding="utf-8") as f:
             f.write(page)

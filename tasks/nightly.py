@@ -12,7 +12,7 @@ from pipeline.h5io import read_attrs
 from pipeline.report import publish_report, read_json, stage_summary
 
 from .base import RunInput, RunTask, artifacts_writable
-from .config import cms, evaluate as evaluate_config, paths, report as report_config
+from .config import cms, evaluate as evaluate_config, images as images_config, paths, report as report_config
 from .stages import Codebook, Evaluate, Features, Histograms, Inventory, LoadSimilarities, Reducer, Similarities
 
 logger = logging.getLogger("luigi-interface")
@@ -119,6 +119,9 @@ def visual_report(date, run, show=""):
         sample=report_config().sample,
         named=[s.strip() for s in show.split(",") if s.strip()],
         evaluation=scores,
+        processes=images_config().decode_processes,
+        timeout=images_config().decode_timeout,
+        max_pixels=images_config().max_pixels,
     )
 
 

@@ -3,7 +3,7 @@ import pytest
 import scipy.sparse as sp
 
 from pipeline.errors import ConfigError
-from pipeline.html_report import choose_rows, map_coordinates, thumbnail
+from pipeline.html_report import choose_rows, make_thumbnails, map_coordinates, thumbnail_pixels
 
 
 def test_named_images_come_first_then_a_seeded_sample_of_the_others():
@@ -31,6 +31,13 @@ def test_the_map_puts_images_with_the_same_words_together():
     assert same < other / 3
 
 
-def test_a_file_that_cannot_be_shown_has_no_thumbnail(tmp_path):
+def test_thumbnails_are_decoded_in_time_bounded_processes(tmp_path):
+    from PIL import Image
+
+    Image.new("RGB", (300, 100), (200, 10, 10)).save(tmp_path / "wide.png")
     (tmp_path / "x.jpg").write_bytes(b"<html>")
-    assert thumbnail(tmp_path / "x.jpg") is None
+    paths = [str(tmp_path / "wide.png"), str(tmp_path / "x.jpg")]
+    found = make_thumbnails(paths, {112: [0, 1, 0], 40: [0]})
+    assert set(found) == {(0, 112), (1, 112), (0, 40)}
+    assert found[0, 112].startswith("data:image/jpeg;base64,") and found[1, 112] is None
+    assert thumbnail_pixels(paths[0], size=112).shape == (37, 112, 3)  # aspect ratio kept
