@@ -1,7 +1,6 @@
 """Sharded extraction on Luigi's central scheduler: two worker processes against one luigid."""
 
 import os
-import shutil
 import signal
 import socket
 import subprocess
