@@ -108,8 +108,7 @@ def visual_report(date, run, show=""):
     relpath = {str(i): f.relpath for i, f in zip(inventory.ids, inventory.files)}
     result = read_similarities(Similarities(date=date).output().path)
     _, counts, _ = histograms.load_counts(Histograms(date=date).output().path)
-    evaluated = Evaluate(date=date)
-    scores = read_json(evaluated.output().path) if evaluate_config().labels.strip() and evaluated.complete() else None
+    scores = read_json(Evaluate(date=date).output().path) if "evaluation" in run else None  # this run evaluated
     html_report.write_report(
         os.path.join(paths().artifacts, "report.html"),
         run,
