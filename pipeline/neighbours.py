@@ -1,14 +1,18 @@
 """Nearest neighbours of every image among the others: a BallTree and an exact sparse method,
-with one deterministic tie rule.
+with one deterministic tie rule, for the Euclidean and the cosine distance of raw or tf-idf
+weighted visual-word histograms.
 
-Histograms count out of n_local descriptors, so the squared Euclidean distance between two
-normalised histograms is an integer S divided by n_local**2 (S = |a|^2 + |b|^2 - 2 a.b on the
-counts). Both methods find candidates their own way and rank them by that exact integer,
-then by ascending database ID: ties, which are common, are broken the same way by both, and
-their results are identical.
+Each image is a vector of integers: its count of each visual word times the word's integer
+weight (1 for ``raw``; for ``tfidf``, the word's inverse document frequency in steps of
+1/IDF_SCALE). Every distance is computed from the exact integer dot products and squared
+norms of these vectors with one formula: the Euclidean key is the integer
+S = |a|^2 + |b|^2 - 2 a.b, the cosine key 1 - a.b / (|a| |b|) in float64. Both methods find
+candidates their own way and rank them by that key, then by ascending database ID: ties,
+which are common, are broken the same way by both, and their results are identical.
 """
 
 import logging
+import math
 
 import numba
 import numpy as np
@@ -20,6 +24,10 @@ from .errors import ConfigError
 logger = logging.getLogger(__name__)
 
 METHODS = ("auto", "balltree", "sparse")
+WEIGHTINGS = ("raw", "tfidf")
+METRICS = ("euclidean", "cosine")
+#: tf-idf weights are whole multiples of 1 / IDF_SCALE, so that products stay exact integers.
+IDF_SCALE = 256
 #: What ``method = auto`` takes. Measured with ``python -m benchmarks.neighbours`` (word
 #: frequencies as rank**-0.6, 49 descriptors per image, 2 cores): at 20,000 images the sparse
 #: method beat the BallTree at every codebook size tried, 2 words (1.5 s against 5.7 s),
@@ -34,8 +42,31 @@ GROUP = 64
 DENSE_SHARE = 0.03
 
 
+def word_weights(counts, weighting):
+    """Integer weight of each visual word: 1 for ``raw``; for ``tfidf`` the smoothed inverse
+    document frequency ln((1 + n) / (1 + df)) + 1 (as scikit-learn's TfidfTransformer; at
+    least 1, so no image loses every word) times IDF_SCALE, rounded.
+
+    Parameters
+    ----------
+    counts : csr_matrix of shape (n_images, K)
+    weighting : {"raw", "tfidf"}
+
+    Returns
+    -------
+    weights : ndarray of shape (K,), int64
+    """
+    if weighting not in WEIGHTINGS:
+        raise ConfigError(f"[neighbours] weighting={weighting!r} must be one of {', '.join(WEIGHTINGS)}")
+    n, size = counts.shape
+    if weighting == "raw":
+        return np.ones(size, dtype=np.int64)
+    df = np.bincount(sp.csr_matrix(counts).indices, minlength=size)
+    return np.rint((np.log((1 + n) / (1 + df)) + 1) * IDF_SCALE).astype(np.int64)
+
+
 class Counts:
-    """Visual-word counts with what the exact distances need.
+    """Visual-word counts, weighted, with what the exact distances need.
 
     Parameters
     ----------
@@ -44,34 +75,119 @@ class Counts:
         Descriptors per image (each row sums to it).
     ids : ndarray of shape (n_images,)
         Database IDs, for the tie rule.
+    weighting : {"raw", "tfidf"}
+        Word weights, see :func:`word_weights`.
+    metric : {"euclidean", "cosine"}
+        Euclidean distance of the weighted histograms (counts / n_local times the weights),
+        or one minus their cosine similarity.
+    weights : ndarray of shape (K,), optional
+        The word weights to use instead of computing them from ``counts`` (those of a collection
+        that images not in it are compared with).
     """
 
-    def __init__(self, counts, n_local, ids):
-        self.counts = sp.csr_matrix(counts, dtype=np.int64)
-        self.n_local = n_local
-        self.norms = np.asarray(self.counts.multiply(self.counts).sum(axis=1)).ravel()
+    def __init__(self, counts, n_local, ids, weighting="raw", metric="euclidean", weights=None):
+        if metric not in METRICS:
+            raise ConfigError(f"[neighbours] metric={metric!r} must be one of {', '.join(METRICS)}")
+        counts = sp.csr_matrix(counts, dtype=np.int64)
+        self.weighting, self.metric, self.n_local = weighting, metric, n_local
+        self.weights = word_weights(counts, weighting) if weights is None else np.asarray(weights, dtype=np.int64)
+        self.unit = 1 if weighting == "raw" else IDF_SCALE
+        self.counts = self.weigh(counts)
+        self.norms = np.asarray(self.counts.multiply(self.counts).sum(axis=1)).ravel().astype(np.int64)
+        self.roots = np.sqrt(self.norms.astype(np.float64))
         self.id_rank = np.argsort(np.argsort(ids, kind="stable"), kind="stable")
 
     def __len__(self):
         return self.counts.shape[0]
 
-    def squared(self, query, candidates):
-        """Exact integer S of a query against candidate positions: ndarray of int64."""
-        dots = (self.counts[candidates] @ self.counts[query].T).toarray().ravel()
-        return self.norms[query] + self.norms[candidates] - 2 * dots
+    def weigh(self, counts):
+        """The weighted vectors of counts over the same words: csr_matrix, int64."""
+        weighted = sp.csr_matrix(counts, dtype=np.int64, copy=True)
+        weighted.data *= self.weights[weighted.indices]
+        return weighted
 
-    def rank(self, query, candidates, squared, k):
-        """The k best candidates of one query by (S, database ID), the query itself left out.
+    def keys(self, dots, norm_a, norm_b):
+        """The ranking key of pairs from their exact dot products and squared norms (see the module)."""
+        if self.metric == "euclidean":
+            return (norm_a + norm_b - 2 * dots).astype(np.float64)
+        return 1.0 - dots.astype(np.float64) / (np.sqrt(np.float64(norm_a)) * np.sqrt(norm_b.astype(np.float64)))
+
+    def distances(self, keys):
+        """The distances of ranking keys: Euclidean between weighted histograms, or 1 - cosine."""
+        if self.metric == "euclidean":
+            return np.sqrt(keys) / (self.n_local * self.unit)
+        return np.asarray(keys, dtype=np.float64)
+
+    def max_distance(self):
+        """The largest distance two images can have: 1 for cosine; for Euclidean, two images
+        each with every descriptor on one word, the two words of largest weight."""
+        if self.metric == "cosine":
+            return 1.0
+        top = np.sort(self.weights)[-2:].astype(np.float64)
+        return float(np.sqrt((top**2).sum()) / self.unit)
+
+    def similarity(self, distances):
+        """Similarity in percent: 100 x (1 - distance / :meth:`max_distance`), so 100 for the same
+        histogram and 0 for the farthest two images can be; for cosine, 100 x the cosine similarity."""
+        return np.clip(100.0 * (1.0 - np.asarray(distances) / self.max_distance()), 0.0, 100.0)
+
+    def pair_keys(self, query, candidates):
+        """Ranking keys of a query position against candidate positions: ndarray of float64."""
+        dots = (self.counts[candidates] @ self.counts[query].T).toarray().ravel()
+        return self.keys(dots, self.norms[query], self.norms[candidates])
+
+    def rank(self, query, candidates, keys, k):
+        """The k best candidates of one query by (key, database ID), the query itself left out
+        (None: an image not in the collection).
 
         Returns
         -------
         neighbours : ndarray of shape (k,), int64 positions
-        distances : ndarray of shape (k,), float64: sqrt(S) / n_local
+        distances : ndarray of shape (k,), float64
         """
-        keep = candidates != query
-        candidates, squared = candidates[keep], squared[keep]
-        order = np.lexsort((self.id_rank[candidates], squared))[:k]
-        return candidates[order], np.sqrt(squared[order]) / self.n_local
+        if query is not None:
+            keep = candidates != query
+            candidates, keys = candidates[keep], keys[keep]
+        order = np.lexsort((self.id_rank[candidates], keys))[:k]
+        return candidates[order], self.distances(keys[order])
+
+    def lightest(self, k):
+        """The k + 1 first images in the order of the key they have with an image they share no
+        word with, then ID: among such images, a query's best are among them."""
+        if self.metric == "euclidean":
+            return np.lexsort((self.id_rank, self.norms))[: k + 1]
+        return np.argsort(self.id_rank)[: k + 1]
+
+
+def query_neighbours(collection, counts, k=5, chunk_size=16):
+    """The k nearest collection images of images that are not in the collection.
+
+    Parameters
+    ----------
+    collection : Counts
+    counts : sparse matrix of shape (n_queries, K), integer
+        Visual-word counts of the query images, weighted with the collection's word weights.
+    k : int
+
+    Returns
+    -------
+    neighbours : ndarray of shape (n_queries, k), int64 positions in the collection, nearest first
+    distances : ndarray of shape (n_queries, k), float64
+    """
+    if not 1 <= k <= len(collection):
+        raise ConfigError(f"k={k} must be between 1 and the number of images in the collection = {len(collection)}")
+    queries = collection.weigh(counts)
+    norms = np.asarray(queries.multiply(queries).sum(axis=1)).ravel()
+    neighbours = np.empty((queries.shape[0], k), dtype=np.int64)
+    distances = np.empty((queries.shape[0], k), dtype=np.float64)
+    for start in range(0, queries.shape[0], chunk_size):
+        dots = (collection.counts @ queries[start : start + chunk_size].T).toarray()
+        for j in range(dots.shape[1]):
+            keys = collection.keys(dots[:, j], norms[start + j], collection.norms)
+            kth = np.partition(keys, k - 1)[k - 1]
+            candidates = np.flatnonzero(keys <= kth)  # every image tied with the k-th
+            neighbours[start + j], distances[start + j] = collection.rank(None, candidates, keys[candidates], k)
+    return neighbours, distances
 
 
 def check_k(k, n):
@@ -122,7 +238,9 @@ def balltree_neighbours(counts, k=5, rows=None, leaf_size=40, chunk_size=1024, c
     distances : ndarray of shape (n_rows, k), float64, non-decreasing along each row
     """
     check_k(k, len(counts))
-    x = counts.counts.toarray() / counts.n_local
+    x = counts.counts.toarray().astype(np.float64)
+    # Euclidean on the weighted histograms, or on unit vectors, whose order is the cosine's
+    x /= counts.roots[:, None] if counts.metric == "cosine" else counts.n_local * counts.unit
     tree = BallTree(x, leaf_size=leaf_size)
 
     def query_chunk(rows):
@@ -130,7 +248,7 @@ def balltree_neighbours(counts, k=5, rows=None, leaf_size=40, chunk_size=1024, c
         # returns every image tied with it, so the tie rule sees them all
         nearest, _ = tree.query(x[rows], k=k + 1)
         found = tree.query_radius(x[rows], nearest[:, k] + 1e-9)
-        ranked = [counts.rank(row, found[i], counts.squared(row, found[i]), k) for i, row in enumerate(rows)]
+        ranked = [counts.rank(row, found[i], counts.pair_keys(row, found[i]), k) for i, row in enumerate(rows)]
         return np.array([r[0] for r in ranked]), np.array([r[1] for r in ranked])
 
     result = _chunked(len(counts), k, rows, chunk_size, checkpoints, query_chunk, progress)
@@ -151,16 +269,33 @@ def _offer(best, best_s, best_r, fill, k, b, s, r):
     return min(fill + 1, k)
 
 
+@numba.njit(cache=True, inline="always")
+def _key(cosine, dot, norm_a, norm_b, root_a, root_b):
+    """The ranking key of a pair, as :meth:`Counts.keys` computes it."""
+    if cosine:
+        return 1.0 - np.float64(dot) / (root_a * root_b)
+    return np.float64(norm_a + norm_b - 2 * dot)
+
+
+@numba.njit(cache=True, inline="always")
+def _least_dot(cosine, kth, norm_a, min_norm, root_a, min_root):
+    """The smallest dot product with which an image can still reach the k-th best key ``kth``."""
+    if cosine:  # 1 - a.b / (|a| |b|) <= kth needs a.b >= (1 - kth) |a| |b| >= (1 - kth) |a| min |b|
+        return max(1, np.int64(math.floor((1.0 - kth) * root_a * min_root * (1.0 - 1e-9))))
+    # S <= kth needs 2 a.b >= |a|^2 + |b|^2 - kth >= |a|^2 + min |b|^2 - kth
+    return max(1, (norm_a + min_norm - np.int64(kth) + 1) // 2)
+
+
 @numba.njit(parallel=True, cache=True)
-def _inverted_file_top_k(rows, indptr, indices, data, block_ptr, post_img, post_cnt, dense_row, dense, norms, id_rank, lightest, k, block, n_threads):
-    """Exact k best (S, ID rank) of each query row; see :func:`sparse_neighbours`."""
+def _inverted_file_top_k(rows, indptr, indices, data, block_ptr, post_img, post_cnt, dense_row, dense, norms, roots, id_rank, lightest, cosine, k, block, accumulators):
+    """Exact k best (key, ID rank) of each query row; see :func:`sparse_neighbours`."""
     n, m, n_blocks = len(norms), len(rows), block_ptr.shape[1] - 1
+    n_threads = accumulators.shape[0]
     out = np.empty((m, k), dtype=np.int64)
-    out_s = np.empty((m, k), dtype=np.int64)
+    out_s = np.empty((m, k), dtype=np.float64)
     out_r = np.empty((m, k), dtype=np.int64)
     fills = np.zeros(m, dtype=np.int64)
-    accumulators = np.zeros((n_threads, block), dtype=np.int32)
-    min_norm = norms.min()
+    min_norm, min_root = norms.min(), roots.min()
     # blocks outside, queries inside: a block's posting lists stay in cache for all the queries
     for tb in range(n_blocks):
         first = tb * block
@@ -180,16 +315,15 @@ def _inverted_file_top_k(rows, indptr, indices, data, block_ptr, post_img, post_
                     else:
                         for e in range(block_ptr[w, tb], block_ptr[w, tb + 1]):
                             dots[post_img[e]] += c * post_cnt[e]
-                # images sharing no word with a: S = |a|^2 + |b|^2, so the best of them are
-                # among the k + 1 first in (|b|^2, ID) order
+                # images sharing no word with a: the best of them are among ``lightest``
                 for b in lightest:
                     if b != a and first <= b < first + size and dots[b - first] == 0:
-                        fill = _offer(best, best_s, best_r, fill, k, b, norms[a] + norms[b], id_rank[b])
-                # S <= the k-th best needs 2 a.b >= |a|^2 + |b|^2 - kth >= |a|^2 + min |b|^2 - kth:
-                # most images that share a word fail this on their dot product alone
+                        s = _key(cosine, 0, norms[a], norms[b], roots[a], roots[b])
+                        fill = _offer(best, best_s, best_r, fill, k, b, s, id_rank[b])
+                # most images that share a word cannot reach the k-th best on their dot product alone
                 least = 1
                 if fill == k:
-                    least = max(1, (norms[a] + min_norm - best_s[k - 1] + 1) // 2)
+                    least = _least_dot(cosine, best_s[k - 1], norms[a], min_norm, roots[a], min_root)
                 for g in range(0, size, GROUP):
                     end = min(g + GROUP, size)
                     most = 0
@@ -201,11 +335,11 @@ def _inverted_file_top_k(rows, indptr, indices, data, block_ptr, post_img, post_
                     for j in range(g, end):
                         if dots[j] >= least:
                             b = first + j
-                            s = norms[a] + norms[b] - 2 * dots[j]
+                            s = _key(cosine, dots[j], norms[a], norms[b], roots[a], roots[b])
                             if b != a and (fill < k or s <= best_s[k - 1]):
                                 fill = _offer(best, best_s, best_r, fill, k, b, s, id_rank[b])
                                 if fill == k:
-                                    least = max(1, (norms[a] + min_norm - best_s[k - 1] + 1) // 2)
+                                    least = _least_dot(cosine, best_s[k - 1], norms[a], min_norm, roots[a], min_root)
                         dots[j] = 0
                 fills[q] = fill
     return out, out_s
@@ -219,11 +353,11 @@ def _inverted_file(csr, block, dense_share):
     block_ptr : ndarray of shape (K, n_blocks + 1), int64
         Where block tb of the images starts in the posting list of word w (empty for dense words).
     post_img, post_cnt : ndarray of shape (n_postings,), int32
-        Image position within its block, and count, of each posting, word by word.
+        Image position within its block, and weighted count, of each posting, word by word.
     dense_row : ndarray of shape (K,), int64
         Row of each dense word in ``dense``, -1 for the others.
-    dense : ndarray of shape (n_dense, n_images), int16
-        Counts of the words found in more than ``dense_share`` of the images.
+    dense : ndarray of shape (n_dense, n_images), int16 (int32 when a weighted count needs it)
+        Weighted counts of the words found in more than ``dense_share`` of the images.
     """
     n = csr.shape[0]
     csc = csr.tocsc()
@@ -232,7 +366,7 @@ def _inverted_file(csr, block, dense_share):
     heavy = np.flatnonzero(df > dense_share * n)
     dense_row = np.full(csc.shape[1], -1, dtype=np.int64)
     dense_row[heavy] = np.arange(len(heavy))
-    dense = np.zeros((len(heavy), n), dtype=np.int16)
+    dense = np.zeros((len(heavy), n), dtype=np.int16 if csc.data.max(initial=0) < 2**15 else np.int32)
     for r, w in enumerate(heavy):
         begin, end = csc.indptr[w], csc.indptr[w + 1]
         dense[r, csc.indices[begin:end]] = csc.data[begin:end]
@@ -254,9 +388,9 @@ def sparse_neighbours(
     """The k nearest other images of every image, exactly, from an inverted file over visual words.
 
     For each query image, the posting lists of its words (at most n_local of them) give the
-    dot product with every image that shares a word, and from it the exact integer S; every
-    other image shares no word, so its S is |a|^2 + |b|^2 and the best of them are the first
-    images in order of |b|^2 then ID. An image can only enter a query's k best if its dot
+    exact dot product with every image that shares a word, and from it the key; every other
+    image shares no word, so its key depends on |b| alone (|a|^2 + |b|^2 for Euclidean, 1 for
+    cosine) and the best of them are the first images in that order then ID. An image can only enter a query's k best if its dot
     product reaches a bound set by the k-th best so far, so most images that share a word are
     passed over without looking further. The work per query is the length of its posting
     lists. The images are taken ``block`` at a time, for a whole chunk of queries, so that the
@@ -271,13 +405,16 @@ def sparse_neighbours(
     arrays = (
         counts.counts.indptr.astype(np.int64), counts.counts.indices.astype(np.int32),
         counts.counts.data.astype(np.int32), *_inverted_file(counts.counts, block, dense_share),
-        counts.norms.astype(np.int64), counts.id_rank.astype(np.int64),
-        np.lexsort((counts.id_rank, counts.norms))[: k + 1].astype(np.int64),
-    )
+        counts.norms, counts.roots, counts.id_rank.astype(np.int64), counts.lightest(k).astype(np.int64),
+        counts.metric == "cosine", k, block,
+    )  # fmt: skip
+    # dot products are at most the largest squared norm (Cauchy-Schwarz): raw counts fit 32 bits
+    wide = counts.norms.max(initial=0) >= 2**31
+    accumulators = np.zeros((numba.get_num_threads(), block), dtype=np.int64 if wide else np.int32)
 
     def query_chunk(rows):
-        found, squared = _inverted_file_top_k(rows.astype(np.int64), *arrays, k, block, numba.get_num_threads())
-        return found, np.sqrt(squared) / counts.n_local
+        found, keys = _inverted_file_top_k(rows.astype(np.int64), *arrays, accumulators)
+        return found, counts.distances(keys)
 
     result = _chunked(n, k, rows, chunk_size, checkpoints, query_chunk, progress)
     logger.info("%d nearest neighbours of %d images found with an inverted file", k, len(result[0]))

@@ -4,21 +4,42 @@ import pytest
 from pipeline.checkpoints import Checkpoints
 from pipeline.errors import ConfigError
 from pipeline.histograms import word_histograms
-from pipeline.neighbours import Counts, balltree_neighbours, nearest_neighbours, sparse_neighbours
+from pipeline.neighbours import (
+    IDF_SCALE,
+    Counts,
+    balltree_neighbours,
+    nearest_neighbours,
+    query_neighbours,
+    sparse_neighbours,
+    word_weights,
+)
 
 METHODS = [balltree_neighbours, sparse_neighbours]
+#: (weighting, metric) of every distance the pipeline offers.
+DISTANCES = [("raw", "euclidean"), ("raw", "cosine"), ("tfidf", "euclidean"), ("tfidf", "cosine")]
 
 
-def brute_force(counts, ids, k):
-    """The tie rule spelled out: integer squared distance of the counts, then ascending ID, self excluded."""
+def brute_force(counts, ids, k, weighting="raw", metric="euclidean"):
+    """The tie rule spelled out, pair by pair: the key from the exact integers of the weighted
+    counts (squared distance, or 1 - cosine), then ascending ID, self excluded."""
     c = counts.toarray().astype(np.int64)
-    s = ((c[:, None, :] - c[None, :, :]) ** 2).sum(-1)
-    result = []
+    n_local = int(c.sum(axis=1)[0])
+    v = c * word_weights(counts, weighting)
+    unit = 1 if weighting == "raw" else IDF_SCALE
+
+    def key(i, j):
+        dot, na, nb = int(v[i] @ v[j]), int(v[i] @ v[i]), int(v[j] @ v[j])
+        if metric == "euclidean":
+            return float(na + nb - 2 * dot)
+        return 1.0 - float(dot) / (np.sqrt(float(na)) * np.sqrt(float(nb)))
+
+    result, distances = [], []
     for i in range(len(c)):
-        others = sorted((j for j in range(len(c)) if j != i), key=lambda j: (s[i, j], ids[j]))
-        result.append(others[:k])
-    result = np.array(result)
-    return result, np.sqrt(np.take_along_axis(s, result, axis=1)) / c.sum(axis=1)[0]
+        others = sorted((j for j in range(len(c)) if j != i), key=lambda j: (key(i, j), ids[j]))[:k]
+        result.append(others)
+        keys = np.array([key(i, j) for j in others])
+        distances.append(np.sqrt(keys) / (n_local * unit) if metric == "euclidean" else keys)
+    return np.array(result), np.array(distances)
 
 
 def random_counts(seed, n=60, words=4, n_local=5, zipf=None):
@@ -34,22 +55,68 @@ def random_counts(seed, n=60, words=4, n_local=5, zipf=None):
 @pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("seed", [0, 1, 2])
 @pytest.mark.parametrize("k", [1, 5])
-def test_methods_follow_the_tie_rule_on_tie_heavy_histograms(method, seed, k):
+@pytest.mark.parametrize("weighting, metric", DISTANCES)
+def test_methods_follow_the_tie_rule_on_tie_heavy_histograms(method, seed, k, weighting, metric):
     # few words and few descriptors: many images share a histogram or a distance
     counts = random_counts(seed)
     ids = np.random.default_rng(seed).permutation(1000)[:60]
-    expected, expected_d = brute_force(counts, ids, k)
-    got, got_d = method(Counts(counts, 5, ids), k=k, chunk_size=7)
+    expected, expected_d = brute_force(counts, ids, k, weighting, metric)
+    got, got_d = method(Counts(counts, 5, ids, weighting, metric), k=k, chunk_size=7)
     np.testing.assert_array_equal(got, expected)
-    np.testing.assert_allclose(got_d, expected_d, rtol=1e-12)
+    np.testing.assert_allclose(got_d, expected_d, rtol=1e-12, atol=1e-15)
+
+
+def test_tfidf_weights_are_the_smoothed_idf_in_fixed_point():
+    # 4 images; word 0 in all of them, word 1 in one, word 2 in none
+    counts = word_histograms(np.array([[0, 0], [0, 1], [0, 0], [0, 0]]), 3)
+    expected = [np.log(5 / 5) + 1, np.log(5 / 2) + 1, np.log(5 / 1) + 1]
+    np.testing.assert_array_equal(word_weights(counts, "tfidf"), np.rint(np.array(expected) * IDF_SCALE))
+    np.testing.assert_array_equal(word_weights(counts, "raw"), [1, 1, 1])
+    with pytest.raises(ConfigError, match=r"\[neighbours\] weighting='bm25'"):
+        word_weights(counts, "bm25")
+
+
+@pytest.mark.parametrize("weighting, metric", DISTANCES)
+def test_similarity_is_100_for_the_same_histogram_and_0_at_the_largest_distance(weighting, metric):
+    # images 0 and 1 put all their descriptors on one word each: as far apart as two can be
+    counts = word_histograms(np.array([[0, 0], [1, 1], [0, 1], [2, 2]]), 3)
+    data = Counts(counts, 2, np.arange(4), weighting, metric)
+    neighbours, distances = sparse_neighbours(data, k=3)
+    farthest = data.similarity(distances[:, -1])
+    assert data.similarity(np.zeros(1))[0] == 100
+    assert 0 <= farthest.min() and farthest.max() <= 100
+    if weighting == "raw":  # words 0 and 1 have the two largest weights
+        assert data.similarity(distances[0][neighbours[0] == 1])[0] == pytest.approx(0, abs=1e-9)
+    similarities = data.similarity(distances)
+    assert (np.diff(similarities, axis=1) <= 0).all()  # in the order of the neighbours
+
+
+@pytest.mark.parametrize("weighting, metric", DISTANCES)
+def test_images_outside_the_collection_get_the_neighbours_they_would_have_in_it(weighting, metric):
+    counts = random_counts(7, n=80, words=30, n_local=9, zipf=0.8)
+    ids = np.random.default_rng(7).permutation(80)
+    expected, expected_d = brute_force(counts, ids, 4, weighting, metric)
+    full = Counts(counts, 9, ids, weighting, metric)
+    outside = np.arange(70, 80)
+    # the collection without the last 10 images, with the word weights of the whole
+    inside = Counts(counts[:70], 9, ids[:70], weighting, metric, weights=full.weights)
+    got, got_d = query_neighbours(inside, counts[outside], k=4, chunk_size=3)
+    for row, image in enumerate(outside):
+        kept = [j for j in expected[image] if j < 70]
+        assert got[row][: len(kept)].tolist() == kept[: len(got[row])]
+    # an image of the collection asked as a query finds itself first, at distance 0
+    self_found, self_d = query_neighbours(full, counts[:5], k=1)
+    np.testing.assert_array_equal(self_found[:, 0], np.arange(5))
+    np.testing.assert_allclose(self_d[:, 0], 0, atol=1e-12)
 
 
 @pytest.mark.parametrize("seed", [3, 4])
-def test_sparse_equals_balltree_on_zipf_words(seed):
+@pytest.mark.parametrize("weighting, metric", DISTANCES)
+def test_sparse_equals_balltree_on_zipf_words(seed, weighting, metric):
     # word frequencies falling off as 1/rank, as on a real codebook; 49 descriptors per image
     counts = random_counts(seed, n=400, words=300, n_local=49, zipf=1.0)
     ids = np.random.default_rng(seed).permutation(400) * 7
-    data = Counts(counts, 49, ids)
+    data = Counts(counts, 49, ids, weighting, metric)
     tree, tree_d = balltree_neighbours(data, k=5)
     for dense_share in (0.0, 0.03, 1.0):
         fast, fast_d = sparse_neighbours(data, k=5, dense_share=dense_share)
@@ -59,23 +126,29 @@ def test_sparse_equals_balltree_on_zipf_words(seed):
 
 @pytest.mark.parametrize("block", [1, 7, 64])
 @pytest.mark.parametrize("dense_share", [0.0, 0.1, 1.0])  # every word, the frequent ones, none dense
-def test_sparse_blocks_of_images_give_the_same_neighbours(block, dense_share):
+@pytest.mark.parametrize("weighting, metric", [("raw", "euclidean"), ("tfidf", "cosine")])
+def test_sparse_blocks_of_images_give_the_same_neighbours(block, dense_share, weighting, metric):
     # the lightest images (fewest repeated words) fall in different blocks than most queries
     counts = random_counts(5, n=150, words=40, n_local=6, zipf=0.6)
     ids = np.random.default_rng(5).permutation(150)
-    expected, expected_d = brute_force(counts, ids, 4)
-    got, got_d = sparse_neighbours(Counts(counts, 6, ids), k=4, block=block, dense_share=dense_share)
+    expected, expected_d = brute_force(counts, ids, 4, weighting, metric)
+    got, got_d = sparse_neighbours(
+        Counts(counts, 6, ids, weighting, metric), k=4, block=block, dense_share=dense_share
+    )
     np.testing.assert_array_equal(got, expected)
-    np.testing.assert_allclose(got_d, expected_d, rtol=1e-12)
+    np.testing.assert_allclose(got_d, expected_d, rtol=1e-12, atol=1e-15)
 
 
 @pytest.mark.parametrize("dense_share", [0.0, 1.0])
-def test_sparse_finds_images_that_share_no_word(dense_share):
+@pytest.mark.parametrize("weighting, metric", DISTANCES)
+def test_sparse_finds_images_that_share_no_word(dense_share, weighting, metric):
     # image 0 shares no word with anyone: its neighbours have no product with it
     counts = word_histograms(np.array([[0, 0], [1, 1], [2, 2], [1, 2], [3, 3]]), 4)
-    expected, _ = brute_force(counts, np.arange(5), 3)
+    ids = np.array([5, 3, 4, 1, 2])
+    expected, _ = brute_force(counts, ids, 3, weighting, metric)
     for block in (2, 1 << 15):
-        got = sparse_neighbours(Counts(counts, 2, np.arange(5)), k=3, block=block, dense_share=dense_share)[0]
+        data = Counts(counts, 2, ids, weighting, metric)
+        got = sparse_neighbours(data, k=3, block=block, dense_share=dense_share)[0]
         np.testing.assert_array_equal(got, expected)
 
 
