@@ -200,6 +200,21 @@ def render(run, result, counts, chosen, thumbnails, map_sample=400, seed=0, eval
             for name, scores in [("all labels", evaluation), *evaluation["per_label"].items()]
         )
         quality = f'<h2 id="quality">Quality against the labels</h2><table class="quality"><tr><th></th>{head}</tr>{body}</table>'
+    check = run.get("selfcheck")
+    if check:
+        rows = [("all alterations", check), *check["per_alteration"].items()]
+        body = "".join(
+            f"<tr><td>{html.escape(name)}</td><td>{r['queries']}</td><td>{100 * r['top1']:.1f} %</td>"
+            f"<td>{100 * r['top5']:.1f} %</td></tr>"
+            for name, r in rows
+        )
+        quality += (
+            f'<h2 id="selfcheck">Self-check</h2><p>Altered copies of {check["images"]:,} sampled images, queried '
+            "against the collection: how often the original is the first neighbour, and within the first five "
+            f"(by chance: {100 * check['chance_top1']:.2f} % and {100 * check['chance_top5']:.2f} %).</p>"
+            '<table class="selfcheck"><tr><th>alteration</th><th>copies</th><th>original first</th>'
+            f"<th>within 5</th></tr>{body}</table>"
+        )
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>Similar images: run of {html.escape(str(run.get('date')))}</title>
 <style>

@@ -7,7 +7,7 @@ import luigi
 from pipeline.cms import resolve_url
 from pipeline.errors import ConfigError
 from pipeline.features import layer_side, unknown_layer_message
-from pipeline.neighbours import METHODS
+from pipeline.neighbours import METHODS, METRICS, WEIGHTINGS
 
 
 class paths(luigi.Config):
@@ -78,6 +78,15 @@ class evaluate(luigi.Config):
         description="CSV file id,label: images with the same label are relevant to each other; when set, every "
         "run evaluates its neighbours against it (evaluation.json, report.html).",
     )
+
+
+class selfcheck(luigi.Config):
+    sample = luigi.IntParameter(
+        default=50,
+        description="Collection images whose altered copies (crop, rescale, rotation, greyscale, JPEG, border) "
+        "each run queries against the collection (a seeded sample; 0: no self-check).",
+    )
+    seed = luigi.IntParameter(default=0, description="Seed of the sample and of the alterations.")
 
 
 class report(luigi.Config):
@@ -153,6 +162,14 @@ class codebook(luigi.Config):
 
 class neighbours(luigi.Config):
     k = luigi.IntParameter(default=5, description="Neighbours per image.")
+    weighting = luigi.Parameter(
+        default="raw",
+        description="Word weights of the histograms: raw (each word's share of the image's descriptors) or "
+        "tfidf (times the word's smoothed inverse document frequency in the collection).",
+    )
+    metric = luigi.Parameter(
+        default="euclidean", description="Distance of the weighted histograms: euclidean or cosine (1 - cosine similarity)."
+    )
     method = luigi.Parameter(
         default="auto",
         significant=False,  # both methods give the same result
@@ -175,6 +192,7 @@ RULES = (
     ("features", "shards", lambda v: v >= 1, "a whole number >= 1"),
     ("progress", "interval", lambda v: v >= 0, "a number of seconds >= 0"),
     ("report", "sample", lambda v: v >= 0, "a whole number >= 0"),
+    ("selfcheck", "sample", lambda v: v >= 0, "a whole number >= 0 (0: no self-check)"),
     ("images", "max_pixels", lambda v: v >= 1, "a whole number >= 1"),
     ("images", "decode_processes", lambda v: v >= 1, "a whole number >= 1"),
     ("images", "decode_timeout", lambda v: v > 0, "a number of seconds > 0"),
@@ -186,6 +204,8 @@ RULES = (
     ("codebook", "refit_growth", lambda v: v >= 0, "a fraction >= 0"),
     ("neighbours", "k", lambda v: v >= 1, "a whole number >= 1"),
     ("neighbours", "method", lambda v: v in METHODS, "one of " + ", ".join(METHODS)),
+    ("neighbours", "weighting", lambda v: v in WEIGHTINGS, "one of " + ", ".join(WEIGHTINGS)),
+    ("neighbours", "metric", lambda v: v in METRICS, "one of " + ", ".join(METRICS)),
     ("cms", "batch_rows", lambda v: v >= 1, "a whole number >= 1"),
 )  # fmt: skip
 
@@ -205,7 +225,8 @@ def settings_problem():
     once the inventory is taken, before any extraction.
     """
     configs = (
-        paths, ids, cms, resnet, features, images, reduction, codebook, neighbours, collection, progress, report, evaluate
+        paths, ids, cms, resnet, features, images, reduction, codebook, neighbours, collection, progress, report,
+        evaluate, selfcheck,
     )
     sections = {c.__name__: c for c in configs}
     parser = luigi.configuration.get_config()

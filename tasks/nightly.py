@@ -13,7 +13,9 @@ from pipeline.report import publish_report, read_json, stage_summary
 
 from .base import RunInput, RunTask, artifacts_writable
 from .config import cms, evaluate as evaluate_config, images as images_config, paths, report as report_config
-from .stages import Codebook, Evaluate, Features, Histograms, Inventory, LoadSimilarities, Reducer, Similarities
+from .config import selfcheck as selfcheck_config
+from .stages import Codebook, Evaluate, Features, Histograms, Inventory, LoadSimilarities, Reducer, SelfCheck
+from .stages import Similarities
 
 logger = logging.getLogger("luigi-interface")
 
@@ -42,6 +44,8 @@ class Nightly(RunTask):
             required["cms"] = LoadSimilarities(date=self.date, refit=self.refit)
         if evaluate_config().labels.strip():
             required["evaluation"] = Evaluate(date=self.date, refit=self.refit)
+        if selfcheck_config().sample > 0:
+            required["selfcheck"] = SelfCheck(date=self.date, refit=self.refit)
         return required
 
     def output(self):
@@ -91,14 +95,21 @@ class Nightly(RunTask):
             scores = read_json(self.input()["evaluation"].path)
             keys = ("queries", "precision_at_1", "precision_at_5", "recall_at_5", "map")
             report["evaluation"] = {key: scores[key] for key in keys}
+        if "selfcheck" in self.input():
+            check = read_json(self.input()["selfcheck"].path)
+            keys = ("images", "queries", "top1", "top5", "chance_top1", "chance_top5", "per_alteration", "failed")
+            report["selfcheck"] = {key: check[key] for key in keys}
         with artifacts_writable():
             publish_report(paths().artifacts, date, report)
             visual_report(self.date, report, self.show)
+        check = report.get("selfcheck")
         logger.info(
-            "run of %s done: %d images, %d extracted, %d reused, %d rejected, %d with neighbours; similarities: %s; "
+            "run of %s done: %d images, %d extracted, %d reused, %d rejected, %d with neighbours%s; similarities: %s; "
             "report: %s",
             date, report["images_total"], report["extracted"], report["reused"], len(report["rejected"]),
-            report["images_with_neighbours"], report["similarities"], os.path.join(paths().artifacts, "report.html"),
+            report["images_with_neighbours"],
+            f"; self-check: original first for {100 * check['top1']:.1f}% of altered copies" if check else "",
+            report["similarities"], os.path.join(paths().artifacts, "report.html"),
         )  # fmt: skip
 
 

@@ -4,6 +4,7 @@ import datetime
 import json
 import logging
 import os
+import tempfile
 
 import h5py
 import luigi
@@ -14,15 +15,17 @@ from pipeline.errors import ConfigError
 from pipeline.h5io import read_attrs
 from pipeline.neighbours import Counts, check_k, nearest_neighbours
 from pipeline.output import read_similarities
+from pipeline.query import SimilarityIndex
 from pipeline.reduction import Reducer as ReducerModel
 from pipeline.report import read_json, write_json
+from pipeline.selfcheck import self_check
 
 from . import database
 from .base import ArtifactTask, Progress, RunInput, RunTask, artifacts_writable, settings_digest
 from .config import cms, codebook, collection as collection_config, evaluate as evaluate_config
 from .config import features as features_config, ids
 from .config import images as images_config, neighbours, paths
-from .config import reduction, resnet, settings_problem
+from .config import reduction, resnet, selfcheck as selfcheck_config, settings_problem
 
 logger = logging.getLogger("luigi-interface")
 
@@ -337,20 +340,21 @@ class Similarities(ArtifactTask):
         return [self.requires()["features"], self.requires()["histograms"]]
 
     def settings(self):
-        return {"k": neighbours().k, "metric": "euclidean"}
+        return {"k": neighbours().k, "metric": neighbours().metric, "weighting": neighbours().weighting}
 
     def make(self, tmp):
         index = store.load_index(self.input()["features"].path)
         _, counts, n_local = histograms.load_counts(self.input()["histograms"].path)
         nearest, distances = nearest_neighbours(
-            Counts(counts, n_local, index.ids),
+            Counts(counts, n_local, index.ids, neighbours().weighting, neighbours().metric),
             k=neighbours().k,
             method=neighbours().method,
             checkpoints=self.checkpoints(),
             progress=Progress(self, "neighbours of"),
         )
         attrs = self.attrs(
-            metric="euclidean",
+            metric=neighbours().metric,
+            weighting=neighbours().weighting,
             codebook_size=CodebookModel.load(self.input()["codebook"].path).size,
             model=features.MODEL,
             layer=resnet().layer,
@@ -458,3 +462,59 @@ class Evaluate(RunTask):
         )  # fmt: skip
         with artifacts_writable():
             write_json(self.output().path, {"date": self.date.isoformat(), **scores, "made_from": self.inputs_identity()})
+
+
+def latest_index():
+    """The :class:`~pipeline.query.SimilarityIndex` of the artifacts the last run left."""
+    stages = (Features, Reducer, Codebook, Histograms, Similarities)
+    return SimilarityIndex.load(*(os.path.join(paths().artifacts, stage.filename) for stage in stages))
+
+
+def query_extractor(model):
+    """A DescriptorExtractor over the model a SimilarityIndex records, with this machine's decoding settings."""
+    return features.DescriptorExtractor(
+        features.cached_model(model["weights"], model["layer"], model["seed"]),
+        batch_size=resnet().batch_size,
+        decode_processes=images_config().decode_processes,
+        decode_timeout=images_config().decode_timeout,
+        max_pixels=images_config().max_pixels,
+    )
+
+
+class SelfCheck(RunTask):
+    """``luigi --module tasks SelfCheck --local-scheduler``: how often altered copies of a sample of
+    the collection find their original, into ``<artifacts>/selfcheck.json``; part of every
+    run unless ``[selfcheck] sample = 0``."""
+
+    def requires(self):
+        return {"inventory": Inventory(date=self.date), "similarities": Similarities(date=self.date, refit=self.refit)}
+
+    def output(self):
+        return luigi.LocalTarget(os.path.join(paths().artifacts, "selfcheck.json"))
+
+    def inputs_identity(self):
+        """What the check was made from: the similarities' digest and the sample's settings."""
+        return {
+            "similarities": read_attrs(self.input()["similarities"].path)["digest"],
+            "sample": selfcheck_config().sample,
+            "seed": selfcheck_config().seed,
+        }
+
+    def complete(self):
+        if not all(t.complete() for t in luigi.task.flatten(self.requires())):
+            return False
+        recorded = read_json(self.output().path)
+        return recorded is not None and recorded.get("made_from") == self.inputs_identity()
+
+    def run(self):
+        index = latest_index()
+        inventory = collection.load_inventory(self.input()["inventory"].path)
+        relpath = {str(i): f.relpath for i, f in zip(inventory.ids, inventory.files)}
+        files = [os.path.join(paths().content, relpath[str(i)]) for i in index.index.ids]
+        with query_extractor(index.model) as extractor, tempfile.TemporaryDirectory(prefix="selfcheck-") as copies:
+            result = self_check(
+                index, extractor, files, copies, sample=selfcheck_config().sample, seed=selfcheck_config().seed,
+                k=min(5, len(files)),
+            )  # fmt: skip
+        with artifacts_writable():
+            write_json(self.output().path, {"date": self.date.isoformat(), **result, "made_from": self.inputs_identity()})

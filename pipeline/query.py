@@ -1,0 +1,157 @@
+"""The collection's most similar images of any image file, from the last run's reducer, codebook
+and histograms, without adding the file to the collection."""
+
+import json
+import logging
+
+import numpy as np
+
+from . import histograms, store
+from .codebook import Codebook
+from .errors import ArtifactError
+from .h5io import read_attrs
+from .neighbours import Counts, query_neighbours
+from .reduction import Reducer
+
+logger = logging.getLogger(__name__)
+
+
+def _inputs(attrs):
+    return json.loads(attrs.get("inputs", "{}"))
+
+
+class SimilarityIndex:
+    """The collection as a run left it: its images, word counts, reducer and codebook, and the
+    model, weighting and distance its similarities were made with.
+
+    Made by :meth:`load` from the run's artifacts; :meth:`query` finds the nearest collection
+    images of new descriptors exactly as the run found those of the collection's images.
+    """
+
+    def __init__(self, index, counts, reducer, codebook, model):
+        self.index, self.counts, self.reducer, self.codebook, self.model = index, counts, reducer, codebook, model
+
+    @classmethod
+    def load(cls, features, reducer, codebook, histograms_path, similarities):
+        """Read the artifacts of one run (paths of features.h5, reducer.h5, codebook.h5,
+        histograms.h5, similarities.hdf5).
+
+        Raises
+        ------
+        ArtifactError
+            When one is missing or unreadable, or they are not all of one run (a run was
+            interrupted between two stages, or is running).
+        """
+        paths = {"Features": features, "Reducer": reducer, "Codebook": codebook, "Histograms": histograms_path}
+        try:
+            attrs = {stage: read_attrs(path) for stage, path in {**paths, "Similarities": similarities}.items()}
+        except OSError as exc:
+            raise ArtifactError(
+                f"{exc.filename or 'an artifact'} cannot be read ({exc.strerror or exc}); run the pipeline "
+                "(luigi --module tasks Nightly --local-scheduler) before querying"
+            ) from None
+        made_from = {"Histograms": ("Features", "Reducer", "Codebook"), "Similarities": ("Features", "Histograms")}
+        for stage, inputs in made_from.items():
+            recorded = _inputs(attrs[stage])
+            for source in inputs:
+                if recorded.get(source) != attrs[source]["digest"]:
+                    raise ArtifactError(
+                        f"{paths.get(stage, similarities)} was not made from the current {paths[source]}: the last run "
+                        "did not finish; finish it (luigi --module tasks Nightly --local-scheduler) and query again"
+                    )
+        index = store.load_index(features)
+        _, counts, n_local = histograms.load_counts(histograms_path)
+        result = attrs["Similarities"]
+        feature_settings = json.loads(attrs["Features"]["settings"])
+        model = {
+            "weights": attrs["Features"]["weights"],
+            "layer": attrs["Features"]["layer"],
+            "seed": feature_settings.get("seed") or 0,
+        }
+        return cls(
+            index,
+            Counts(counts, n_local, index.ids, result.get("weighting", "raw"), result.get("metric", "euclidean")),
+            Reducer.load(reducer),
+            Codebook.load(codebook),
+            model,
+        )
+
+    def word_counts(self, descriptors):
+        """Visual-word counts of descriptors, as the run counted the collection's.
+
+        The descriptors pass through the feature store's 8-bit coding first, as the
+        collection's did, so an image of the collection gets its own histogram back.
+
+        Parameters
+        ----------
+        descriptors : ndarray of shape (n, n_local, c)
+
+        Returns
+        -------
+        counts : csr_matrix of shape (n, K), int32
+        """
+        restored = store.dequantize(*store.quantize(descriptors))
+        n, n_local, c = restored.shape
+        if n_local != self.counts.n_local:
+            raise ArtifactError(f"descriptors have {n_local} local descriptors per image; the run's have {self.counts.n_local}")
+        words = self.codebook.predict(self.reducer.transform(restored.reshape(-1, c))).reshape(n, n_local)
+        return histograms.word_histograms(words, self.codebook.size)
+
+    def query(self, descriptors, k=5):
+        """The k nearest collection images of each image's descriptors.
+
+        Parameters
+        ----------
+        descriptors : ndarray of shape (n, n_local, c)
+        k : int
+
+        Returns
+        -------
+        neighbours : ndarray of shape (n, k), int64 positions in ``self.index``, nearest first
+        distances : ndarray of shape (n, k), float64
+        """
+        return query_neighbours(self.counts, self.word_counts(descriptors), k=k)
+
+    def describe(self, neighbours, distances):
+        """The neighbour lists as dicts: rank, id, ppn, filename, distance, similarity (percent)."""
+        similarity = self.counts.similarity(distances)
+        return [
+            [
+                {
+                    "rank": rank + 1,
+                    "id": self.index.ids[p].item(),
+                    "ppn": str(self.index.ppn[p]),
+                    "filename": str(self.index.filename[p]),
+                    "distance": round(float(d), 6),
+                    "similarity": round(float(s), 1),
+                }
+                for rank, (p, d, s) in enumerate(zip(row, row_d, row_s))
+            ]
+            for row, row_d, row_s in zip(neighbours, distances, similarity)
+        ]
+
+
+def extract(extractor, paths):
+    """Descriptors of image files.
+
+    Parameters
+    ----------
+    extractor : DescriptorExtractor
+    paths : sequence of str
+
+    Returns
+    -------
+    descriptors : ndarray of shape (n_decoded, n_local, c), float32
+    decoded : list of int
+        Positions in ``paths`` of the files decoded, in order.
+    errors : dict of int to str
+        Position -> one-line reason, for the files that could not be decoded.
+    """
+    parts, decoded, errors = [], [], {}
+    for start, batch, batch_errors in extractor.run(paths):
+        ok = [i for i in range(len(batch)) if i not in batch_errors]
+        parts.append(batch[ok].astype(np.float32))
+        decoded.extend(start + i for i in ok)
+        errors.update({start + i: reason for i, reason in batch_errors.items()})
+    descriptors = np.concatenate(parts) if parts else np.empty((0, 0, 0), dtype=np.float32)
+    return descriptors, decoded, errors

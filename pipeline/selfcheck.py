@@ -1,0 +1,145 @@
+"""The label-free self-check: altered copies of a sample of the collection, queried against it.
+
+A copy of a collection image that was cropped, rescaled, turned, made grey, recompressed or
+given a scanned page's border should find its original first. How often it does, night after
+night, says whether the neighbours still find near-duplicates, with no labels from anyone.
+"""
+
+import io
+import logging
+import os
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from .errors import ImageError
+from .query import extract
+from .store import sample_images
+
+logger = logging.getLogger(__name__)
+
+ALTERATIONS = ("crop", "rescale", "rotation", "greyscale", "jpeg", "border")
+#: Longest side the originals are read at: the model sees 224 x 224, so this loses nothing.
+WORKING_SIDE = 1024
+PAPER = (236, 230, 214)
+
+
+def alter(image, kind, rng):
+    """An altered copy of an RGB PIL image.
+
+    crop: 75 % of each side at a random place; rescale: to 40 % of the size; rotation: 2 to
+    5 degrees either way, corners filled with paper; greyscale; jpeg: recompressed at quality
+    25; border: a thin dark frame line and a paper margin of 8 % of the longer side.
+    """
+    w, h = image.size
+    if kind == "crop":
+        cw, ch = max(1, int(w * 0.75)), max(1, int(h * 0.75))
+        x, y = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
+        return image.crop((x, y, x + cw, y + ch))
+    if kind == "rescale":
+        return image.resize((max(1, int(w * 0.4)), max(1, int(h * 0.4))), Image.Resampling.BILINEAR)
+    if kind == "rotation":
+        angle = float(rng.uniform(2, 5)) * (1 if rng.integers(0, 2) else -1)
+        return image.rotate(angle, resample=Image.Resampling.BILINEAR, fillcolor=PAPER)
+    if kind == "greyscale":
+        return ImageOps.grayscale(image).convert("RGB")
+    if kind == "jpeg":
+        buffer = io.BytesIO()
+        image.save(buffer, "JPEG", quality=25)
+        return Image.open(buffer).convert("RGB")
+    if kind == "border":
+        margin = max(4, int(0.08 * max(w, h)))
+        return ImageOps.expand(ImageOps.expand(image, border=2, fill=(40, 40, 40)), border=margin, fill=PAPER)
+    raise ValueError(f"unknown alteration {kind!r}")
+
+
+def write_altered_copies(sources, dest, seed=0, kinds=ALTERATIONS, max_pixels=None):
+    """Write one altered copy per kind of each source file into ``dest`` (JPEG, quality 90).
+
+    Returns
+    -------
+    copies : list of (source position, kind, path)
+    failed : dict of int to str
+        Source position -> reason, for sources that could not be read.
+    """
+    copies, failed = [], {}
+    for s, source in enumerate(sources):
+        rng = np.random.default_rng([seed, s])
+        try:
+            with Image.open(source) as image:
+                if max_pixels is not None and image.size[0] * image.size[1] > max_pixels:
+                    raise ImageError(f"{image.size[0]} x {image.size[1]} pixels is more than {max_pixels}")
+                image.draft("RGB", (WORKING_SIDE, WORKING_SIDE))
+                original = ImageOps.exif_transpose(image).convert("RGB")
+            original.thumbnail((WORKING_SIDE, WORKING_SIDE))
+        except (OSError, ValueError, SyntaxError, EOFError, ImageError) as exc:
+            failed[s] = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            continue
+        for kind in kinds:
+            path = os.path.join(dest, f"{s:06d}-{kind}.jpg")
+            alter(original, kind, rng).save(path, "JPEG", quality=90)
+            copies.append((s, kind, path))
+    return copies, failed
+
+
+def self_check(index, extractor, image_paths, dest, sample=50, seed=0, k=5):
+    """Query altered copies of a seeded sample of the collection and count how often each finds its original.
+
+    Parameters
+    ----------
+    index : SimilarityIndex
+    extractor : DescriptorExtractor
+        Over the model the collection's descriptors were made with.
+    image_paths : sequence of str
+        File of each image of ``index``, in its order.
+    dest : str
+        An empty folder for the altered copies.
+    sample : int
+        Collection images to alter (all when fewer).
+    seed : int
+        Seed of the sample and of the alterations.
+    k : int
+        A copy counts as found within k when its original is among its first k neighbours.
+
+    Returns
+    -------
+    dict with ``images`` (sampled), ``queries`` (copies queried), ``top1`` and ``top5``
+    (share of the copies whose original is the first neighbour, or within the first k),
+    ``chance_top1`` and ``chance_top5`` (the same for neighbours drawn at random),
+    ``per_alteration`` (``queries``, ``top1``, ``top5`` of each kind) and ``failed``
+    (database ID -> reason, for sampled images or copies that could not be read).
+    """
+    n = len(image_paths)
+    chosen = sample_images(n, sample, seed)
+    copies, failed = write_altered_copies([image_paths[p] for p in chosen], dest, seed)
+    descriptors, decoded, errors = extract(extractor, [path for _, _, path in copies])
+    problems = {str(index.index.ids[chosen[s]]): reason for s, reason in failed.items()}
+    problems.update({str(index.index.ids[chosen[copies[c][0]]]): f"{copies[c][1]} copy: {r}" for c, r in errors.items()})
+    found = index.query(descriptors, k=k)[0] if len(decoded) else np.empty((0, k), dtype=np.int64)
+    originals = np.array([chosen[copies[c][0]] for c in decoded], dtype=np.int64)
+    kinds = np.array([copies[c][1] for c in decoded], dtype=str)
+    first = found[:, 0] == originals if len(decoded) else np.zeros(0, dtype=bool)
+    within = (found == originals[:, None]).any(axis=1) if len(decoded) else np.zeros(0, dtype=bool)
+
+    def rates(mask):
+        return {
+            "queries": int(mask.sum()),
+            "top1": round(float(first[mask].mean()), 4) if mask.any() else 0.0,
+            "top5": round(float(within[mask].mean()), 4) if mask.any() else 0.0,
+        }
+
+    result = {
+        "images": len(chosen),
+        **rates(np.ones(len(decoded), dtype=bool)),
+        "chance_top1": round(1 / n, 6),
+        "chance_top5": round(min(k, n) / n, 6),
+        "per_alteration": {kind: rates(kinds == kind) for kind in ALTERATIONS},
+        "failed": problems,
+    }
+    logger.info(
+        "self-check: %d altered copies of %d images found their original first in %.1f%% and within %d in %.1f%% "
+        "(chance %.2f%% / %.2f%%)",
+        result["queries"], result["images"], 100 * result["top1"], k, 100 * result["top5"],
+        100 * result["chance_top1"], 100 * result["chance_top5"],
+    )  # fmt: skip
+    return result

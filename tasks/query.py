@@ -1,0 +1,68 @@
+"""``python -m tasks.query FILE [FILE ...] [-k 5] [--json]``: the collection's most similar images
+of image files, which need not be in the collection, from the last run's artifacts.
+
+Exit status: 0 when every file was queried, 1 when some could not be read (each named with
+the reason), 2 when nothing could be queried (no finished run, a bad argument).
+"""
+
+import argparse
+import json
+import logging
+import sys
+
+from pipeline.errors import PipelineError
+from pipeline.query import extract
+
+from .stages import latest_index, query_extractor
+
+
+def query(files, k=5):
+    """One dict per file: ``query`` (the path) and ``neighbours`` (see SimilarityIndex.describe),
+    or ``query`` and ``error`` (one line) for a file that could not be read."""
+    index = latest_index()
+    if not 1 <= k <= len(index.index):
+        raise PipelineError(f"-k {k} must be between 1 and the number of images in the collection = {len(index.index)}")
+    with query_extractor(index.model) as extractor:
+        descriptors, decoded, errors = extract(extractor, files)
+    results = [{"query": path, "error": errors.get(i, "")} for i, path in enumerate(files)]
+    if decoded:
+        described = index.describe(*index.query(descriptors, k=k))
+        for position, neighbours in zip(decoded, described):
+            results[position] = {"query": files[position], "neighbours": neighbours}
+    return results
+
+
+def as_text(results):
+    lines = []
+    for result in results:
+        lines.append(result["query"])
+        if "error" in result:
+            lines.append(f"  cannot be read: {result['error']}")
+            continue
+        lines.append(f"  {'rank':>4}  {'id':<12} {'ppn':<16} {'filename':<24} {'distance':>9} {'similarity':>10}")
+        for n in result["neighbours"]:
+            lines.append(
+                f"  {n['rank']:>4}  {str(n['id']):<12} {n['ppn']:<16} {n['filename']:<24} {n['distance']:>9.4f} "
+                f"{n['similarity']:>8.1f} %"
+            )
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0].split(": ", 1)[1])
+    parser.add_argument("files", nargs="+", help="image files to query")
+    parser.add_argument("-k", type=int, default=5, help="neighbours per file (default 5)")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        results = query(args.files, k=args.k)
+    except PipelineError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(results, indent=2) if args.json else as_text(results))
+    return 1 if any("error" in r for r in results) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
