@@ -8,6 +8,9 @@ dense histograms of thousands of words needs about 0.4 s per query at 20,000 ima
 that those rows are identical to the sparse method's.
 
     python -m benchmarks.neighbours [--images 20000] [--words 8500] [--tree-queries 200] [--queries N]
+        [--distances tfidf/cosine raw/euclidean]
+
+Each distance (word weighting / metric) is timed on the same histograms, one after the other.
 
 ``--queries N`` times N random query rows of the sparse method and extrapolates to every row
 (each query costs the length of its posting lists), for collections of a million images.
@@ -19,7 +22,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from pipeline.histograms import word_histograms
-from pipeline.neighbours import Counts, balltree_neighbours, sparse_neighbours
+from pipeline.neighbours import DEFAULT_METRIC, DEFAULT_WEIGHTING, Counts, balltree_neighbours, sparse_neighbours
 
 from .common import Timer, peak_rss_mb, report
 
@@ -27,7 +30,7 @@ from .common import Timer, peak_rss_mb, report
 EXPONENT = 0.6
 
 
-def synthetic_counts(images, words, n_local=49, exponent=EXPONENT, seed=0, block=20_000):
+def synthetic_counts(images, words, n_local=49, exponent=EXPONENT, seed=0, block=20_000, weighting="raw", metric="euclidean"):
     """Counts of ``images`` random histograms whose word frequencies fall off as rank**-exponent."""
     rng = np.random.default_rng(seed)
     p = 1.0 / np.arange(1, words + 1) ** exponent
@@ -36,13 +39,18 @@ def synthetic_counts(images, words, n_local=49, exponent=EXPONENT, seed=0, block
         word_histograms(rng.choice(words, size=(min(block, images - s), n_local), p=p), words)
         for s in range(0, images, block)
     ]
-    return Counts(sp.vstack(parts, format="csr"), n_local, np.arange(images))
+    return Counts(sp.vstack(parts, format="csr"), n_local, np.arange(images), weighting, metric)
 
 
-def run(images=20000, words=(8500,), tree_queries=200, exponent=EXPONENT, queries=None):
+#: The shipped distance, and the one it replaced.
+DISTANCES = (f"{DEFAULT_WEIGHTING}/{DEFAULT_METRIC}", "raw/euclidean")
+
+
+def run(images=20000, words=(8500,), tree_queries=200, exponent=EXPONENT, queries=None, distances=DISTANCES):
     rows, results = [], []
-    for size in words:
-        counts = synthetic_counts(images, size, exponent=exponent)
+    for size, distance in [(size, distance) for size in words for distance in distances]:
+        weighting, metric = distance.split("/")
+        counts = synthetic_counts(images, size, exponent=exponent, weighting=weighting, metric=metric)
         first_rows = np.arange(min(images, 16))
         sparse_neighbours(counts, k=5, rows=first_rows)  # compiles the kernel
         timed = np.arange(images) if not queries else np.random.default_rng(2).choice(images, min(queries, images), replace=False)
@@ -53,7 +61,7 @@ def run(images=20000, words=(8500,), tree_queries=200, exponent=EXPONENT, querie
         # both calls build the inverted file; every further query costs alike (its posting lists)
         per_row = max(sparse_t.seconds - few_t.seconds, 0) / max(len(timed) - len(first_rows), 1)
         seconds = sparse_t.seconds + per_row * (images - len(timed))
-        figures = {"bench": "neighbours", "n_images": images, "words": size, "exponent": exponent,
+        figures = {"bench": "neighbours", "n_images": images, "words": size, "distance": distance, "exponent": exponent,
                    "seconds": round(seconds, 2), "query_rows_timed": len(timed), "peak_rss_mb": round(peak_rss_mb())}
         extrapolated = "" if len(timed) == images else f" ({len(timed)} query rows timed, the rest extrapolated)"
         line = f"sparse {seconds:.2f} s{extrapolated}, peak RSS {figures['peak_rss_mb']} MB"
@@ -73,7 +81,7 @@ def run(images=20000, words=(8500,), tree_queries=200, exponent=EXPONENT, querie
                            speedup=round(tree_seconds / seconds, 1), identical=same)
             timed = "" if len(sample) == images else f" (build + {len(sample)} query rows timed, the rest extrapolated)"
             line += f"; BallTree {tree_seconds:.1f} s{timed}, identical: {same}"
-        rows.append((f"{images} images, {size} words", line))
+        rows.append((f"{images} images, {size} words, {distance}", line))
         results.append(figures)
     figures = results[0] if len(results) == 1 else {"bench": "neighbours", "runs": results}
     report(rows, figures)
@@ -87,8 +95,9 @@ def main():
     parser.add_argument("--tree-queries", type=int, default=200, help="BallTree query rows to time; 0: no BallTree")
     parser.add_argument("--exponent", type=float, default=EXPONENT, help="word frequencies fall off as rank**-exponent")
     parser.add_argument("--queries", type=int, help="time this many query rows of the sparse method and extrapolate")
+    parser.add_argument("--distances", nargs="+", default=list(DISTANCES), help="weighting/metric pairs to time")
     args = parser.parse_args()
-    run(args.images, tuple(args.words), args.tree_queries, args.exponent, args.queries)
+    run(args.images, tuple(args.words), args.tree_queries, args.exponent, args.queries, tuple(args.distances))
 
 
 if __name__ == "__main__":

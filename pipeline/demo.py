@@ -1,8 +1,8 @@
 """The bundled demo collection: near-duplicate groups made from the sample photos of scikit-image
 and scikit-learn.
 
-``python -m pipeline.demo collection content`` writes ``content/PPN<id>/<file>.jpg`` and
-``content/image_ids.csv``; the same seed gives the same files. ``python -m pipeline.demo cms
+``python -m pipeline.demo collection content`` writes ``content/PPN<id>/<file>.jpg``,
+``content/image_ids.csv`` and ``content/labels.csv``; the same seed gives the same files. ``python -m pipeline.demo cms
 artifacts/demo-cms.sqlite`` makes the demo's CMS database from that CSV file.
 """
 
@@ -71,7 +71,8 @@ def make_collection(dest, seed=0, bases=BASES, variants_per_base=2, n_records=8)
 
     Each base photo and ``variants_per_base`` altered copies are spread over different
     records, as copies of one print in several books are. One extra image has no mapping row
-    and one mapping row has no file, so the run shows how it reports both.
+    and one mapping row has no file, so the run shows how it reports both. ``labels.csv``
+    (id,label) names each image's base photo, for the evaluation.
 
     Returns
     -------
@@ -110,6 +111,10 @@ def make_collection(dest, seed=0, bases=BASES, variants_per_base=2, n_records=8)
         writer = csv.writer(f)
         writer.writerow(["id", "ppn", "filename"])
         writer.writerows(sorted(rows))
+    with open(os.path.join(dest, "labels.csv"), "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["id", "label"])
+        writer.writerows(sorted((i, name) for name, members in groups.items() for i in members))
     return groups
 
 

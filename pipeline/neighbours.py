@@ -26,6 +26,9 @@ logger = logging.getLogger(__name__)
 METHODS = ("auto", "balltree", "sparse")
 WEIGHTINGS = ("raw", "tfidf")
 METRICS = ("euclidean", "cosine")
+#: The shipped ``[neighbours] weighting`` and ``metric``: the best mean average precision on the
+#: demo collection (README, "Quality").
+DEFAULT_WEIGHTING, DEFAULT_METRIC = "tfidf", "cosine"
 #: tf-idf weights are whole multiples of 1 / IDF_SCALE, so that products stay exact integers.
 IDF_SCALE = 256
 #: What ``method = auto`` takes. Measured with ``python -m benchmarks.neighbours`` (word

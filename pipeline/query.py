@@ -3,6 +3,7 @@ and histograms, without adding the file to the collection."""
 
 import json
 import logging
+import os
 
 import numpy as np
 
@@ -43,13 +44,16 @@ class SimilarityIndex:
             interrupted between two stages, or is running).
         """
         paths = {"Features": features, "Reducer": reducer, "Codebook": codebook, "Histograms": histograms_path}
-        try:
-            attrs = {stage: read_attrs(path) for stage, path in {**paths, "Similarities": similarities}.items()}
-        except OSError as exc:
-            raise ArtifactError(
-                f"{exc.filename or 'an artifact'} cannot be read ({exc.strerror or exc}); run the pipeline "
-                "(luigi --module tasks Nightly --local-scheduler) before querying"
-            ) from None
+        attrs = {}
+        for stage, path in {**paths, "Similarities": similarities}.items():
+            try:
+                attrs[stage] = read_attrs(path)
+            except OSError:
+                reason = "not a readable HDF5 file" if os.path.exists(path) else "no such file"
+                raise ArtifactError(
+                    f"{path} cannot be read ({reason}); run the pipeline (luigi --module tasks Nightly "
+                    "--local-scheduler) before querying"
+                ) from None
         made_from = {"Histograms": ("Features", "Reducer", "Codebook"), "Similarities": ("Features", "Histograms")}
         for stage, inputs in made_from.items():
             recorded = _inputs(attrs[stage])

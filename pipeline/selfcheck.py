@@ -82,6 +82,89 @@ def write_altered_copies(sources, dest, seed=0, kinds=ALTERATIONS, max_pixels=No
     return copies, failed
 
 
+class Copies:
+    """Altered copies of a seeded sample of the collection, written as JPEG files.
+
+    Parameters
+    ----------
+    image_paths : sequence of str
+        File of each collection image, in the collection's order.
+    dest : str
+        An empty folder for the copies.
+    sample : int
+        Collection images to alter (all when fewer).
+    seed : int
+        Seed of the sample and of the alterations.
+
+    Attributes
+    ----------
+    chosen : ndarray of int64
+        Positions of the sampled images in the collection.
+    paths, originals, kinds : list
+        Each copy's file, its original's position in the collection and its alteration.
+    failed : dict of int to str
+        Collection position -> reason, for sampled images that could not be read.
+    """
+
+    def __init__(self, image_paths, dest, sample=50, seed=0):
+        self.n_images = len(image_paths)
+        self.chosen = sample_images(self.n_images, sample, seed)
+        copies, failed = write_altered_copies([image_paths[p] for p in self.chosen], dest, seed)
+        self.paths = [path for _, _, path in copies]
+        self.originals = [int(self.chosen[s]) for s, _, _ in copies]
+        self.kinds = [kind for _, kind, _ in copies]
+        self.failed = {int(self.chosen[s]): reason for s, reason in failed.items()}
+
+    def extract(self, extractor):
+        """The copies' descriptors: (descriptors, decoded positions, errors), as :func:`pipeline.query.extract`."""
+        return extract(extractor, self.paths)
+
+    def score(self, found, decoded, errors, ids):
+        """How often the copies found their original.
+
+        Parameters
+        ----------
+        found : ndarray of shape (len(decoded), k), int
+            Collection positions of the neighbours of each decoded copy, nearest first.
+        decoded, errors
+            From :meth:`extract`.
+        ids : ndarray
+            Database IDs of the collection's images.
+
+        Returns
+        -------
+        dict with ``images`` (sampled), ``queries`` (copies queried), ``top1`` and ``top5``
+        (share of the copies whose original is the first neighbour, or within the first k),
+        ``chance_top1`` and ``chance_top5`` (the same for neighbours drawn at random),
+        ``per_alteration`` (``queries``, ``top1``, ``top5`` of each kind) and ``failed``
+        (database ID -> reason, for sampled images or copies that could not be read).
+        """
+        k = found.shape[1] if len(decoded) else 5
+        originals = np.array([self.originals[c] for c in decoded], dtype=np.int64)
+        kinds = np.array([self.kinds[c] for c in decoded], dtype=str)
+        found = np.asarray(found, dtype=np.int64).reshape(len(decoded), -1)
+        first = found[:, 0] == originals if len(decoded) else np.zeros(0, dtype=bool)
+        within = (found == originals[:, None]).any(axis=1)
+
+        def rates(mask):
+            return {
+                "queries": int(mask.sum()),
+                "top1": round(float(first[mask].mean()), 4) if mask.any() else 0.0,
+                "top5": round(float(within[mask].mean()), 4) if mask.any() else 0.0,
+            }
+
+        problems = {str(ids[p]): reason for p, reason in self.failed.items()}
+        problems.update({str(ids[self.originals[c]]): f"{self.kinds[c]} copy: {r}" for c, r in errors.items()})
+        return {
+            "images": len(self.chosen),
+            **rates(np.ones(len(decoded), dtype=bool)),
+            "chance_top1": round(1 / self.n_images, 6),
+            "chance_top5": round(min(k, self.n_images) / self.n_images, 6),
+            "per_alteration": {kind: rates(kinds == kind) for kind in ALTERATIONS},
+            "failed": problems,
+        }
+
+
 def self_check(index, extractor, image_paths, dest, sample=50, seed=0, k=5):
     """Query altered copies of a seeded sample of the collection and count how often each finds its original.
 
@@ -90,52 +173,19 @@ def self_check(index, extractor, image_paths, dest, sample=50, seed=0, k=5):
     index : SimilarityIndex
     extractor : DescriptorExtractor
         Over the model the collection's descriptors were made with.
-    image_paths : sequence of str
-        File of each image of ``index``, in its order.
-    dest : str
-        An empty folder for the altered copies.
-    sample : int
-        Collection images to alter (all when fewer).
-    seed : int
-        Seed of the sample and of the alterations.
+    image_paths, dest, sample, seed
+        As :class:`Copies`.
     k : int
         A copy counts as found within k when its original is among its first k neighbours.
 
     Returns
     -------
-    dict with ``images`` (sampled), ``queries`` (copies queried), ``top1`` and ``top5``
-    (share of the copies whose original is the first neighbour, or within the first k),
-    ``chance_top1`` and ``chance_top5`` (the same for neighbours drawn at random),
-    ``per_alteration`` (``queries``, ``top1``, ``top5`` of each kind) and ``failed``
-    (database ID -> reason, for sampled images or copies that could not be read).
+    dict, see :meth:`Copies.score`
     """
-    n = len(image_paths)
-    chosen = sample_images(n, sample, seed)
-    copies, failed = write_altered_copies([image_paths[p] for p in chosen], dest, seed)
-    descriptors, decoded, errors = extract(extractor, [path for _, _, path in copies])
-    problems = {str(index.index.ids[chosen[s]]): reason for s, reason in failed.items()}
-    problems.update({str(index.index.ids[chosen[copies[c][0]]]): f"{copies[c][1]} copy: {r}" for c, r in errors.items()})
-    found = index.query(descriptors, k=k)[0] if len(decoded) else np.empty((0, k), dtype=np.int64)
-    originals = np.array([chosen[copies[c][0]] for c in decoded], dtype=np.int64)
-    kinds = np.array([copies[c][1] for c in decoded], dtype=str)
-    first = found[:, 0] == originals if len(decoded) else np.zeros(0, dtype=bool)
-    within = (found == originals[:, None]).any(axis=1) if len(decoded) else np.zeros(0, dtype=bool)
-
-    def rates(mask):
-        return {
-            "queries": int(mask.sum()),
-            "top1": round(float(first[mask].mean()), 4) if mask.any() else 0.0,
-            "top5": round(float(within[mask].mean()), 4) if mask.any() else 0.0,
-        }
-
-    result = {
-        "images": len(chosen),
-        **rates(np.ones(len(decoded), dtype=bool)),
-        "chance_top1": round(1 / n, 6),
-        "chance_top5": round(min(k, n) / n, 6),
-        "per_alteration": {kind: rates(kinds == kind) for kind in ALTERATIONS},
-        "failed": problems,
-    }
+    copies = Copies(image_paths, dest, sample, seed)
+    descriptors, decoded, errors = copies.extract(extractor)
+    found = index.query(descriptors, k=k)[0] if decoded else np.empty((0, k), dtype=np.int64)
+    result = copies.score(found, decoded, errors, index.index.ids)
     logger.info(
         "self-check: %d altered copies of %d images found their original first in %.1f%% and within %d in %.1f%% "
         "(chance %.2f%% / %.2f%%)",

@@ -7,7 +7,7 @@ import luigi
 from pipeline.cms import resolve_url
 from pipeline.errors import ConfigError
 from pipeline.features import layer_side, unknown_layer_message
-from pipeline.neighbours import METHODS, METRICS, WEIGHTINGS
+from pipeline.neighbours import DEFAULT_METRIC, DEFAULT_WEIGHTING, METHODS, METRICS, WEIGHTINGS
 
 
 class paths(luigi.Config):
@@ -145,7 +145,7 @@ class reduction(luigi.Config):
 
 class codebook(luigi.Config):
     size = luigi.Parameter(
-        default="auto", description="Number of visual words K, or auto: sqrt(descriptors sampled), 2 to 8,500."
+        default="auto", description="Number of visual words K, or auto: one per 4 descriptors sampled, 2 to 8,500."
     )
     sample_size = luigi.IntParameter(
         default=200_000,
@@ -163,12 +163,12 @@ class codebook(luigi.Config):
 class neighbours(luigi.Config):
     k = luigi.IntParameter(default=5, description="Neighbours per image.")
     weighting = luigi.Parameter(
-        default="raw",
+        default=DEFAULT_WEIGHTING,
         description="Word weights of the histograms: raw (each word's share of the image's descriptors) or "
         "tfidf (times the word's smoothed inverse document frequency in the collection).",
     )
     metric = luigi.Parameter(
-        default="euclidean", description="Distance of the weighted histograms: euclidean or cosine (1 - cosine similarity)."
+        default=DEFAULT_METRIC, description="Distance of the weighted histograms: euclidean or cosine (1 - cosine similarity)."
     )
     method = luigi.Parameter(
         default="auto",

@@ -128,15 +128,21 @@ class Inventory(ArtifactTask):
         )
 
 
-def feature_settings():
-    """The settings the descriptors depend on (the feature store's identity)."""
+def feature_settings(layer=None):
+    """The settings the descriptors depend on (the feature store's identity), of ``[resnet] layer``
+    or of another layer."""
     return {
         "model": features.MODEL,
-        "layer": resnet().layer,
+        "layer": layer or resnet().layer,
         "weights": features.weights_identity(resnet().weights),
         "seed": resnet().seed if resnet().weights == "random" else None,
         "store_format": store.FORMAT,
     }
+
+
+def feature_store(settings):
+    """The feature store of the descriptors made with ``settings`` (:func:`feature_settings`)."""
+    return store.FeatureStore(os.path.join(paths().artifacts, "features", settings_digest(settings)))
 
 
 class FeatureShard(ArtifactTask):
@@ -204,7 +210,7 @@ class Features(ArtifactTask):
 
     def store(self):
         """The store of this model configuration, shared by every run that uses it."""
-        return store.FeatureStore(os.path.join(paths().artifacts, "features", settings_digest(self.settings())))
+        return feature_store(self.settings())
 
     def blocks(self):
         """The descriptors of this run's images, block by block."""

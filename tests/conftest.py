@@ -52,6 +52,7 @@ def pipeline_config(root, **overrides):
         "ids": {"csv": root / "content" / "image_ids.csv"},
         "resnet": {"weights": "random", "batch_size": 4},
         "progress": {"interval": 0},  # a progress line after every batch
+        "selfcheck": {"sample": 0},  # model work: only where a test asks for it
         "retcode": {
             "already_running": 10, "missing_data": 20, "task_failed": 30, "scheduling_error": 35,
             "unhandled_exception": 40,

@@ -30,7 +30,9 @@ def test_neighbours_benchmark_prints_its_figures(capsys):
 
     neighbours.run(images=60, words=(20,), tree_queries=60)
     figures = last_json_line(capsys)
-    assert figures["bench"] == "neighbours" and figures["identical"] is True
+    assert figures["bench"] == "neighbours"
+    assert [run["distance"] for run in figures["runs"]] == ["tfidf/cosine", "raw/euclidean"]
+    assert all(run["identical"] is True for run in figures["runs"])
 
 
 def test_scale_benchmark_prints_each_stage(capsys):

@@ -63,10 +63,11 @@ def test_output_follows_the_contract(run):
         assert result["similarities"][i].tolist() == expected
     assert all(not p.startswith("PPN") for p in result["ppn"])
     attrs = result["attrs"]
-    assert attrs["k"] == 5 and attrs["metric"] == "euclidean" and attrs["model"] == "ResNet50"
+    assert attrs["k"] == 5 and attrs["model"] == "ResNet50"
+    assert attrs["metric"] == "cosine" and attrs["weighting"] == "tfidf"
     assert attrs["layer"] == "conv5_block3_out" and attrs["weights"] == "random"
     assert attrs["weights_note"] == RANDOM_WEIGHTS_NOTE
-    assert attrs["codebook_size"] == round((len(ids) * 49) ** 0.5)
+    assert attrs["codebook_size"] == round(len(ids) * 49 / 4)  # size = auto
     assert {"created", "pipeline_version"} <= set(attrs)
 
 
@@ -505,3 +506,97 @@ def test_evaluate_scores_the_neighbours_against_labels_in_every_run(monkeypatch,
         assert Evaluate(date=Nightly().date).complete()  # up to date until the neighbours or the labels change
         labels.write_text(labels.read_text() + "999,unknown\n")
         assert not Evaluate(date=Nightly().date).complete()
+
+
+DEMO = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "content")
+
+
+def run_module(module, config, *args):
+    """``python -m module args`` in the folder of ``config``, as a user runs it."""
+    env = {**os.environ, "LUIGI_CONFIG_PATH": str(config)}
+    return subprocess.run(
+        [sys.executable, "-m", module, *map(str, args)], cwd=config.parent, env=env, capture_output=True, text=True,
+        timeout=600,
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    """A nightly run on the bundled demo collection with its labels and a self-check of every image."""
+    root = tmp_path_factory.mktemp("demo")
+    (root / "content").symlink_to(DEMO)
+    config = pipeline_config(
+        root, evaluate__labels=os.path.join(DEMO, "labels.csv"), selfcheck__sample=51, report__sample=2
+    )
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        result = build(monkeypatch, config, Nightly)
+    assert result.status == luigi.execution_summary.LuigiStatusCode.SUCCESS, result.summary_text
+    return root
+
+
+def test_self_check_finds_altered_copies_far_better_than_chance_on_the_demo(demo_run):
+    report = json.loads((demo_run / "artifacts" / "run_report.json").read_text())
+    check = report["selfcheck"]
+    assert check["images"] == 51 and check["queries"] == 51 * 6 and check["failed"] == {}
+    assert check["chance_top1"] == round(1 / 51, 6) and check["chance_top5"] == round(5 / 51, 6)
+    # random weights, and still: the original first for a third of the copies (chance: 2 %)
+    assert check["top1"] >= 0.33 and check["top5"] >= 0.66
+    assert all(rates["queries"] == 51 for rates in check["per_alteration"].values())
+    saved = json.loads((demo_run / "artifacts" / "selfcheck.json").read_text())
+    assert saved["top1"] == check["top1"] and saved["made_from"]["sample"] == 51
+    assert 'class="selfcheck"' in (demo_run / "artifacts" / "report.html").read_text()
+    assert report["evaluation"]["queries"] == 51 and report["evaluation"]["precision_at_1"] > 0.5
+
+
+def test_query_prints_the_neighbours_of_any_file(demo_run):
+    result = read_similarities(demo_run / "artifacts" / "similarities.hdf5")
+    inventory = load_inventory(demo_run / "artifacts" / "inventory.h5")
+    relpath = {i: f.relpath for i, f in zip(inventory.ids.tolist(), inventory.files)}
+    image = os.path.join(DEMO, relpath[int(result["ids"][3])])
+    (demo_run / "notes.txt").write_text("not an image")
+    done = run_module("tasks.query", demo_run / "luigi.cfg", "--json", "-k", 3, image, demo_run / "notes.txt")
+    assert done.returncode == 1, done.stderr[-2000:]  # one file could not be read
+    answers = json.loads(done.stdout)
+    first = answers[0]["neighbours"][0]
+    # a collection image finds itself, then (distance ties aside) the neighbours of the run
+    assert (first["id"], first["distance"], first["similarity"]) == (int(result["ids"][3]), 0.0, 100.0)
+    assert first["ppn"] == result["ppn"][3] and first["filename"] == result["filename"][3]
+    later = answers[0]["neighbours"][1:]
+    np.testing.assert_allclose([n["distance"] for n in later], result["distances"][3][:2], atol=1e-6)
+    assert answers[1] == {"query": str(demo_run / "notes.txt"), "error": f"cannot identify image file '{demo_run / 'notes.txt'}'"}
+    table = run_module("tasks.query", demo_run / "luigi.cfg", image)
+    assert table.returncode == 0 and f"  1  {result['ids'][3]}" in table.stdout and "100.0 %" in table.stdout
+
+
+def test_query_refuses_artifacts_left_by_an_unfinished_run(demo_run, tmp_path):
+    shutil.copytree(demo_run / "artifacts", tmp_path / "artifacts", ignore=shutil.ignore_patterns("features"))
+    with h5py.File(tmp_path / "artifacts" / "reducer.h5", "a") as f:
+        f.attrs["digest"] = "0123456789abcdef"  # a refit whose histograms were not made yet
+    config = pipeline_config(tmp_path)
+    done = run_module("tasks.query", config, os.path.join(DEMO, "PPN600007919", "00000001.jpg"))
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines()[-1] == (
+        f"error: {tmp_path / 'artifacts' / 'histograms.h5'} was not made from the current "
+        f"{tmp_path / 'artifacts' / 'reducer.h5'}: the last run did not finish; finish it "
+        "(luigi --module tasks Nightly --local-scheduler) and query again"
+    )
+
+
+def test_compare_prints_the_grid_best_first_reusing_the_features(run, tmp_path):
+    (root, _), groups = run
+    labels = tmp_path / "labels.csv"
+    labels.write_text("id,label\n" + "".join(f"{i},{name}\n" for name, members in groups.items() for i in members))
+    rows = tmp_path / "rows.json"
+    done = run_module(
+        "tasks.compare", root / "luigi.cfg", "--sizes", "8,auto", "--labels", labels, "--selfcheck", 3, "--json", rows
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "extracting 0 images, reusing 18" in done.stderr  # the run's feature store
+    lines = done.stdout.strip().splitlines()
+    assert lines[0] == "18 images, weights random; best first"
+    assert lines[1].startswith("| layer | K | weighting | metric | mAP | P@1 | P@5 | R@5 | self-check top-1 |")
+    assert len(lines) == 3 + 2 * 2 * 2
+    saved = json.loads(rows.read_text())["rows"]
+    assert [r["map"] for r in saved] == sorted((r["map"] for r in saved), reverse=True)
+    assert {r["codebook"] for r in saved} == {"8", "220 (auto)"}
+    assert all(r["queries"] == 18 and 0 <= r["selfcheck_top1"] <= 1 for r in saved)

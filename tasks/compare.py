@@ -1,0 +1,127 @@
+"""``python -m tasks.compare [--layers L,...] [--sizes K,...] [--weightings ...] [--metrics ...]``:
+retrieval quality of the configured collection over a grid of settings, as a table sorted by mAP.
+
+Each layer's descriptors are extracted into the feature store the nightly run uses for that
+layer (so what is there already is reused, and a run that later switches to the layer finds
+them); the reducer is fitted once per layer, the codebook and histograms once per size, and
+the neighbours once per weighting and distance. The quality columns are those of the Evaluate
+task, against ``--labels`` (default ``[evaluate] labels``), and the self-check's hit rates.
+"""
+
+import argparse
+import json
+import logging
+import os
+import sys
+import tempfile
+
+from pipeline import collection, evaluation, store
+from pipeline.compare import compare_layer, sort_rows, table
+from pipeline.errors import PipelineError
+from pipeline.features import layer_side, unknown_layer_message
+from pipeline.neighbours import METRICS, WEIGHTINGS
+from pipeline.selfcheck import Copies
+
+from . import database
+from .config import codebook, collection as collection_config, evaluate as evaluate_config, ids, images, paths
+from .config import reduction, resnet, selfcheck, settings_problem
+from .stages import feature_settings, feature_store, query_extractor
+
+logger = logging.getLogger("tasks.compare")
+
+
+def listed(text):
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def parse(argv):
+    parser = argparse.ArgumentParser(
+        description="Retrieval quality of the configured collection over a grid of settings, best first."
+    )
+    parser.add_argument("--layers", default=resnet().layer, help="ResNet50 layers, comma-separated (default [resnet] layer)")
+    parser.add_argument("--sizes", default=str(codebook().size), help="codebook sizes K, or auto (default [codebook] size)")
+    parser.add_argument("--weightings", default=",".join(WEIGHTINGS), help="raw, tfidf (default both)")
+    parser.add_argument("--metrics", default=",".join(METRICS), help="euclidean, cosine (default both)")
+    parser.add_argument("--labels", default=evaluate_config().labels, help="CSV id,label (default [evaluate] labels)")
+    parser.add_argument(
+        "--selfcheck", type=int, default=selfcheck().sample, help="images altered for the self-check, 0: none (default [selfcheck] sample)"
+    )
+    parser.add_argument("--json", help="also write the rows to this JSON file")
+    args = parser.parse_args(argv)
+    args.layers, args.weightings, args.metrics = listed(args.layers), listed(args.weightings), listed(args.metrics)
+    args.sizes = [s if s.lower() == "auto" else int(s) for s in listed(args.sizes)] if args.sizes else []
+    for layer in args.layers:
+        if layer_side(layer) is None:
+            parser.error(unknown_layer_message(layer).replace("[resnet] layer=", "--layers "))
+    for value, allowed, name in [(w, WEIGHTINGS, "weightings") for w in args.weightings] + [
+        (m, METRICS, "metrics") for m in args.metrics
+    ]:
+        if value not in allowed:
+            parser.error(f"--{name} {value!r} is not one of {', '.join(allowed)}")
+    if any(s != "auto" and s < 2 for s in args.sizes):
+        parser.error("--sizes must be auto or whole numbers >= 2")
+    return args
+
+
+def run(args):
+    problem = settings_problem()
+    if problem:
+        raise PipelineError(problem)
+    labels = evaluation.read_labels(args.labels) if args.labels.strip() else None
+    if ids().source == "cms":
+        mapping, source = database.read_mapping()
+    else:
+        mapping, source = collection.read_mapping(ids().csv), f"[ids] csv={ids().csv!r}"
+    inventory = collection.take_inventory(paths().content, mapping, source, collection_config().fingerprint)
+    relpath = {str(i): f.relpath for i, f in zip(inventory.ids, inventory.files)}
+    rows, copies, first_ids = [], None, None
+    decoding = dict(
+        decode_processes=images().decode_processes, decode_timeout=images().decode_timeout, max_pixels=images().max_pixels
+    )
+    with tempfile.TemporaryDirectory(prefix="compare-") as scratch:
+        for layer in args.layers:
+            layer_store = feature_store(feature_settings(layer))
+            store.extract_features(
+                layer_store, inventory.files, paths().content, weights=resnet().weights, layer=layer,
+                seed=resnet().seed, batch_size=resnet().batch_size, **decoding,
+            )  # fmt: skip
+            index = store.index_inventory(layer_store, inventory)
+            if first_ids is None:
+                first_ids = index.ids
+                if args.selfcheck > 0:
+                    files = [os.path.join(paths().content, relpath[str(i)]) for i in index.ids]
+                    copies = Copies(files, scratch, sample=args.selfcheck, seed=selfcheck().seed)
+            elif list(index.ids) != list(first_ids):
+                raise PipelineError(f"the images with descriptors differ between layers at {layer}; run again")
+            copy_features = None
+            if copies is not None:
+                model = {"weights": resnet().weights, "layer": layer, "seed": resnet().seed}
+                with query_extractor(model) as extractor:
+                    copy_features = copies.extract(extractor)
+            rows += compare_layer(
+                store.DescriptorBlocks(layer_store, index), index, layer, args.sizes, args.weightings, args.metrics,
+                labels=labels, copies=copies, copy_features=copy_features, variance=reduction().variance,
+                sample_images_=reduction().sample_images, sample_size=codebook().sample_size, seed=codebook().seed,
+                k=5,
+            )  # fmt: skip
+    return sort_rows(rows), len(first_ids)
+
+
+def main(argv=None):
+    args = parse(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        rows, n_images = run(args)
+    except PipelineError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"images": n_images, "rows": rows}, f, indent=1)
+    print(f"{n_images} images, weights {resnet().weights}; best first")
+    print(table(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,50 @@
+import numpy as np
+
+from pipeline.compare import compare_layer, sort_rows, table
+from pipeline.store import ArrayBlocks, FeatureIndex
+
+
+def grouped_collection(n=24, groups=4, n_local=10, seed=0):
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(groups, n_local, 8)) * 4
+    descriptors = centres[np.arange(n) % groups] + rng.normal(size=(n, n_local, 8))
+    ids = np.arange(100, 100 + n)
+    keys = np.array([f"k{i}" for i in range(n)])
+    index = FeatureIndex(ids, np.array(["1"] * n), keys, keys, keys, ids, [])
+    labels = {str(i): f"group{p % groups}" for p, i in enumerate(ids)}
+    return ArrayBlocks(descriptors), index, labels
+
+
+def test_every_setting_of_the_grid_is_scored_once():
+    blocks, index, labels = grouped_collection()
+    # auto gives 24 * 10 / 4 = 60 words: the same as the 60 asked for, so made once
+    rows = compare_layer(
+        blocks, index, "conv5_block3_out", [8, 60, "auto"], ["raw", "tfidf"], ["euclidean", "cosine"], labels=labels
+    )
+    assert len(rows) == 2 * 2 * 2
+    assert sorted({r["codebook"] for r in rows}) == ["60 (auto)", "8"]
+    assert {(r["size"], r["weighting"], r["metric"]) for r in rows} == {
+        (s, w, m) for s in (8, 60) for w in ("raw", "tfidf") for m in ("euclidean", "cosine")
+    }
+    assert all(r["queries"] == 24 for r in rows)
+    # groups this far apart: some setting puts every image's group first
+    assert max(r["map"] for r in rows) == 1.0 and min(r["precision_at_1"] for r in rows) > 0.5
+
+
+def test_rows_are_sorted_best_first_and_printed_as_a_table():
+    rows = [
+        {"layer": "a", "codebook": "8", "weighting": "raw", "metric": "cosine", "map": 0.5, "precision_at_1": 0.9},
+        {"layer": "b", "codebook": "8", "weighting": "raw", "metric": "cosine", "map": 0.7, "precision_at_1": 0.1},
+        {"layer": "c", "codebook": "8", "weighting": "raw", "metric": "cosine", "map": 0.5, "precision_at_1": 0.95},
+    ]
+    ordered = sort_rows(rows)
+    assert [r["layer"] for r in ordered] == ["b", "c", "a"]
+    lines = table(ordered).splitlines()
+    assert lines[0] == "| layer | K | weighting | metric | mAP | P@1 |"
+    assert lines[2] == "| b | 8 | raw | cosine | 0.700 | 0.100 |" and len(lines) == 5
+
+
+def test_without_labels_the_self_check_orders_the_rows():
+    rows = [{"layer": "a", "selfcheck_top1": 0.5, "selfcheck_top5": 0.9}, {"layer": "b", "selfcheck_top1": 0.6, "selfcheck_top5": 0.7}]
+    assert [r["layer"] for r in sort_rows(rows)] == ["b", "a"]
+    assert "mAP" not in table(rows) and "self-check top-1" in table(rows)

@@ -1,0 +1,56 @@
+import numpy as np
+import pytest
+
+from pipeline.codebook import fit_codebook
+from pipeline.errors import ArtifactError
+from pipeline.histograms import compute_histograms
+from pipeline.neighbours import Counts, sparse_neighbours
+from pipeline.query import SimilarityIndex
+from pipeline.reduction import Reducer
+from pipeline.store import ArrayBlocks, FeatureIndex, dequantize, quantize
+
+
+@pytest.fixture(scope="module")
+def collection():
+    """30 images of 12 local descriptors in 3 well separated groups, as the pipeline stores them."""
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(3, 1, 16)) * 5
+    raw = centres[np.arange(30) % 3] + rng.normal(size=(30, 12, 16))
+    descriptors = dequantize(*quantize(raw))
+    blocks = ArrayBlocks(descriptors)
+    ids = np.arange(500, 530)
+    keys = np.array([f"k{i}" for i in range(30)])
+    index = FeatureIndex(ids, np.array(["1"] * 30), np.array([f"{i}.jpg" for i in range(30)]), keys, keys, ids, [])
+    reducer = Reducer(0.9).fit(blocks)
+    codebook = fit_codebook(blocks, reducer, size=12, sample_size=10_000, random_state=0)
+    counts, _ = compute_histograms(blocks, keys, reducer, codebook)
+    return raw, index, counts, reducer, codebook
+
+
+@pytest.mark.parametrize("weighting, metric", [("raw", "euclidean"), ("tfidf", "cosine")])
+def test_an_image_of_the_collection_finds_itself_then_its_run_neighbours(collection, weighting, metric):
+    raw, index, counts, reducer, codebook = collection
+    data = Counts(counts, 12, index.ids, weighting, metric)
+    query = SimilarityIndex(index, data, reducer, codebook, None)
+    found, distances = query.query(raw[[4, 7]], k=6)
+    np.testing.assert_array_equal(found[:, 0], [4, 7])  # the same histogram as in the collection
+    np.testing.assert_allclose(distances[:, 0], 0, atol=1e-12)
+    # and then the neighbours the run gives it, as far as the tie rule decides the same
+    run, run_d = sparse_neighbours(data, k=5)
+    np.testing.assert_allclose(distances[:, 1:], run_d[[4, 7]], rtol=1e-12)
+    described = query.describe(found, distances)
+    assert described[0][0] == {"rank": 1, "id": 504, "ppn": "1", "filename": "4.jpg", "distance": 0.0, "similarity": 100.0}
+    assert all(0 <= n["similarity"] <= 100 for row in described for n in row)
+    assert [n["similarity"] for n in described[1]] == sorted((n["similarity"] for n in described[1]), reverse=True)
+
+
+def test_descriptors_of_another_layer_are_refused(collection):
+    raw, index, counts, reducer, codebook = collection
+    query = SimilarityIndex(index, Counts(counts, 12, index.ids), reducer, codebook, None)
+    with pytest.raises(ArtifactError, match="13 local descriptors per image; the run's have 12"):
+        query.query(np.zeros((1, 13, 16)))
+
+
+def test_a_query_needs_the_artifacts_of_a_run(tmp_path):
+    with pytest.raises(ArtifactError, match=r"features\.h5 cannot be read .*run the pipeline"):
+        SimilarityIndex.load(*(str(tmp_path / name) for name in ("features.h5", "r.h5", "c.h5", "h.h5", "s.hdf5")))
