@@ -2,7 +2,8 @@
 
 ``luigi --module tasks Nightly --local-scheduler`` (the scheduled run),
 ``luigi --module tasks Similarities --local-scheduler`` (the result alone) or
-``luigi --module tasks LoadSimilarities --local-scheduler`` (the result, loaded into the CMS).
+``luigi --module tasks LoadSimilarities --local-scheduler`` (the result, loaded into the CMS);
+``python -m tasks.query FILE ...`` and ``python -m tasks.compare`` (see their modules).
 """
 
 from .database import CmsImages
@@ -19,6 +20,7 @@ from .stages import (
     Inventory,
     LoadSimilarities,
     Reducer,
+    SelfCheck,
     Similarities,
 )
 
@@ -36,6 +38,7 @@ __all__ = [
     "Nightly",
     "Reducer",
     "Report",
+    "SelfCheck",
     "Similarities",
     "cms",
     "codebook",
