@@ -145,7 +145,7 @@ def extract(extractor, paths):
 
     Returns
     -------
-    descriptors : ndarray of shape (n_decoded, n_local, c), float32
+    descriptors : ndarray of shape (n_decoded, n_local, c), float16 (as the model gives them)
     decoded : list of int
         Positions in ``paths`` of the files decoded, in order.
     errors : dict of int to str
@@ -154,8 +154,8 @@ def extract(extractor, paths):
     parts, decoded, errors = [], [], {}
     for start, batch, batch_errors in extractor.run(paths):
         ok = [i for i in range(len(batch)) if i not in batch_errors]
-        parts.append(batch[ok].astype(np.float32))
+        parts.append(batch[ok])
         decoded.extend(start + i for i in ok)
         errors.update({start + i: reason for i, reason in batch_errors.items()})
-    descriptors = np.concatenate(parts) if parts else np.empty((0, 0, 0), dtype=np.float32)
+    descriptors = np.concatenate(parts) if parts else np.empty((0, 0, 0), dtype=np.float16)
     return descriptors, decoded, errors

@@ -10,7 +10,7 @@ import h5py
 import luigi
 
 from pipeline import cms as cms_db, collection, evaluation, features, histograms, output, store
-from pipeline.codebook import Codebook as CodebookModel, check_size, fit_codebook
+from pipeline.codebook import DESCRIPTORS_PER_WORD, Codebook as CodebookModel, check_size, fit_codebook
 from pipeline.errors import ConfigError
 from pipeline.h5io import read_attrs
 from pipeline.neighbours import Counts, check_k, nearest_neighbours
@@ -280,7 +280,10 @@ class Codebook(ArtifactTask):
         return [self.requires()["reducer"]]
 
     def settings(self):
-        return {"size": str(codebook().size), "sample_size": codebook().sample_size, "seed": codebook().seed}
+        settings = {"size": str(codebook().size), "sample_size": codebook().sample_size, "seed": codebook().seed}
+        if str(codebook().size).strip().lower() == "auto":  # a new rule for auto refits the codebook
+            settings["descriptors_per_word"] = DESCRIPTORS_PER_WORD
+        return settings
 
     def make(self, tmp):
         model = fit_codebook(

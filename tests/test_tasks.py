@@ -16,7 +16,7 @@ from pipeline.features import RANDOM_WEIGHTS_NOTE
 from pipeline.h5io import read_attrs
 from pipeline.output import read_similarities
 from pipeline.demo import make_cms
-from tasks import Codebook, Evaluate, LoadSimilarities, Nightly, Reducer, Similarities
+from tasks import Codebook, Evaluate, Histograms, LoadSimilarities, Nightly, Reducer, Similarities
 
 from .conftest import luigi_config, pipeline_config, png_declaring, write_config
 
@@ -113,6 +113,19 @@ def test_changed_setting_reruns_only_the_stages_it_affects(run, monkeypatch, tmp
     assert [name for name in ARTIFACTS if after[name] != before[name]] == ["similarities.hdf5"]
     with h5py.File(root / "artifacts" / "similarities.hdf5") as f:
         assert f["neighbours"].shape[1] == 3 and f.attrs["k"] == 3
+    pipeline_config(root)  # leave the module's config as it was
+
+
+def test_a_new_distance_or_auto_rule_redoes_only_what_depends_on_it(run, monkeypatch):
+    (root, _), _ = run
+    with luigi_config(monkeypatch, root / "luigi.cfg"):
+        assert Codebook().complete() and Similarities().complete()
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr("tasks.stages.DESCRIPTORS_PER_WORD", 5)  # what a new release of auto does
+            assert Reducer().complete() and not Codebook().complete()
+    for override in ({"neighbours__metric": "euclidean"}, {"neighbours__weighting": "raw"}):
+        with luigi_config(monkeypatch, pipeline_config(root, **override)):
+            assert Histograms().complete() and not Similarities().complete()
     pipeline_config(root)  # leave the module's config as it was
 
 
