@@ -118,6 +118,7 @@ def test_changed_setting_reruns_only_the_stages_it_affects(run, monkeypatch, tmp
 
 def test_a_new_distance_or_auto_rule_redoes_only_what_depends_on_it(run, monkeypatch):
     (root, _), _ = run
+    assert build(monkeypatch, root / "luigi.cfg").status == luigi.execution_summary.LuigiStatusCode.SUCCESS
     with luigi_config(monkeypatch, root / "luigi.cfg"):
         assert Codebook().complete() and Similarities().complete()
         with pytest.MonkeyPatch.context() as patch:
