@@ -1,7 +1,6 @@
 """The visual-word codebook: k-means over a seeded sample of reduced descriptors."""
 
 import logging
-import math
 
 import h5py
 import numpy as np

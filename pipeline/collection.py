@@ -215,6 +215,11 @@ class Inventory:
     def __len__(self):
         return len(self.files)
 
+    def paths(self, ids, content_dir):
+        """The files, under ``content_dir``, of the images with database IDs ``ids`` (in that order)."""
+        relpath = {str(i): f.relpath for i, f in zip(self.ids, self.files)}
+        return [os.path.join(content_dir, relpath[str(i)]) for i in ids]
+
     def fingerprint(self):
         """A digest of the images and their IDs: equal for equal collections."""
         digest = hashlib.sha256()

@@ -7,8 +7,8 @@ import time
 from . import evaluation
 from .codebook import check_size, fit_codebook
 from .histograms import compute_histograms
-from .neighbours import Counts, sparse_neighbours
-from .query import SimilarityIndex
+from .neighbours import Counts, query_neighbours, sparse_neighbours
+from .query import word_counts
 from .reduction import Reducer
 from .store import sample_images
 
@@ -79,6 +79,9 @@ def compare_layer(
         started = time.monotonic()
         codebook = fit_codebook(blocks, reducer, size=size, sample_size=sample_size, random_state=seed)
         counts, _ = compute_histograms(blocks, index.keys, reducer, codebook)
+        if copies is not None:
+            descriptors, decoded, errors = copy_features
+            copy_counts = word_counts(descriptors, reducer, codebook)  # once per codebook
         per_size = time.monotonic() - started
         for weighting in weightings:
             for metric in metrics:
@@ -93,8 +96,7 @@ def compare_layer(
                     scores = evaluation.evaluate(index.ids, index.ids[nearest], labels, k=k)
                     row.update({key: value for key, value in scores.items() if key != "per_label"})
                 if copies is not None:
-                    descriptors, decoded, errors = copy_features
-                    found = SimilarityIndex(index, data, reducer, codebook, None).query(descriptors, k=k)[0]
+                    found = query_neighbours(data, copy_counts, k=k)[0]
                     check = copies.score(found, decoded, errors, index.ids)
                     row.update(selfcheck_top1=check["top1"], selfcheck_top5=check["top5"])
                 row["seconds"] = round(shared + per_size + time.monotonic() - started, 2)

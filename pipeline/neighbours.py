@@ -109,11 +109,12 @@ class Counts:
         weighted.data *= self.weights[weighted.indices]
         return weighted
 
-    def keys(self, dots, norm_a, norm_b):
-        """The ranking key of pairs from their exact dot products and squared norms (see the module)."""
+    def keys(self, dots, norm_a, b=slice(None)):
+        """The ranking keys of one image (squared norm ``norm_a``) against the images at positions
+        ``b`` (all by default), from their exact dot products ``dots`` (see the module)."""
         if self.metric == "euclidean":
-            return (norm_a + norm_b - 2 * dots).astype(np.float64)
-        return 1.0 - dots.astype(np.float64) / (np.sqrt(np.float64(norm_a)) * np.sqrt(norm_b.astype(np.float64)))
+            return (norm_a + self.norms[b] - 2 * dots).astype(np.float64)
+        return 1.0 - dots.astype(np.float64) / (np.sqrt(np.float64(norm_a)) * self.roots[b])
 
     def distances(self, keys):
         """The distances of ranking keys: Euclidean between weighted histograms, or 1 - cosine."""
@@ -137,7 +138,7 @@ class Counts:
     def pair_keys(self, query, candidates):
         """Ranking keys of a query position against candidate positions: ndarray of float64."""
         dots = (self.counts[candidates] @ self.counts[query].T).toarray().ravel()
-        return self.keys(dots, self.norms[query], self.norms[candidates])
+        return self.keys(dots, self.norms[query], candidates)
 
     def rank(self, query, candidates, keys, k):
         """The k best candidates of one query by (key, database ID), the query itself left out
@@ -169,7 +170,7 @@ def query_neighbours(collection, counts, k=5, chunk_size=16):
     ----------
     collection : Counts
     counts : sparse matrix of shape (n_queries, K), integer
-        Visual-word counts of the query images, weighted with the collection's word weights.
+        Visual-word counts of the query images; they are weighted with the collection's word weights.
     k : int
 
     Returns
@@ -186,7 +187,7 @@ def query_neighbours(collection, counts, k=5, chunk_size=16):
     for start in range(0, queries.shape[0], chunk_size):
         dots = (collection.counts @ queries[start : start + chunk_size].T).toarray()
         for j in range(dots.shape[1]):
-            keys = collection.keys(dots[:, j], norms[start + j], collection.norms)
+            keys = collection.keys(dots[:, j], norms[start + j])
             kth = np.partition(keys, k - 1)[k - 1]
             candidates = np.flatnonzero(keys <= kth)  # every image tied with the k-th
             neighbours[start + j], distances[start + j] = collection.rank(None, candidates, keys[candidates], k)

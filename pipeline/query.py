@@ -81,25 +81,12 @@ class SimilarityIndex:
         )
 
     def word_counts(self, descriptors):
-        """Visual-word counts of descriptors, as the run counted the collection's.
-
-        The descriptors pass through the feature store's 8-bit coding first, as the
-        collection's did, so an image of the collection gets its own histogram back.
-
-        Parameters
-        ----------
-        descriptors : ndarray of shape (n, n_local, c)
-
-        Returns
-        -------
-        counts : csr_matrix of shape (n, K), int32
-        """
-        restored = store.dequantize(*store.quantize(descriptors))
-        n, n_local, c = restored.shape
-        if n_local != self.counts.n_local:
-            raise ArtifactError(f"descriptors have {n_local} local descriptors per image; the run's have {self.counts.n_local}")
-        words = self.codebook.predict(self.reducer.transform(restored.reshape(-1, c))).reshape(n, n_local)
-        return histograms.word_histograms(words, self.codebook.size)
+        """Visual-word counts of descriptors, as the run counted the collection's (see :func:`word_counts`)."""
+        if descriptors.shape[1] != self.counts.n_local:
+            raise ArtifactError(
+                f"descriptors have {descriptors.shape[1]} local descriptors per image; the run's have {self.counts.n_local}"
+            )
+        return word_counts(descriptors, self.reducer, self.codebook)
 
     def query(self, descriptors, k=5):
         """The k nearest collection images of each image's descriptors.
@@ -133,6 +120,28 @@ class SimilarityIndex:
             ]
             for row, row_d, row_s in zip(neighbours, distances, similarity)
         ]
+
+
+def word_counts(descriptors, reducer, codebook):
+    """Visual-word counts of new descriptors, as a run counts the collection's.
+
+    The descriptors pass through the feature store's 8-bit coding first, as the
+    collection's did, so an image of the collection gets its own histogram back.
+
+    Parameters
+    ----------
+    descriptors : ndarray of shape (n, n_local, c)
+    reducer : Reducer
+    codebook : Codebook
+
+    Returns
+    -------
+    counts : csr_matrix of shape (n, K), int32
+    """
+    restored = store.dequantize(*store.quantize(descriptors))
+    n, n_local, c = restored.shape
+    words = codebook.predict(reducer.transform(restored.reshape(-1, c))).reshape(n, n_local)
+    return histograms.word_histograms(words, codebook.size)
 
 
 def extract(extractor, paths):

@@ -11,7 +11,6 @@ task, against ``--labels`` (default ``[evaluate] labels``), and the self-check's
 import argparse
 import json
 import logging
-import os
 import sys
 import tempfile
 
@@ -22,10 +21,9 @@ from pipeline.features import layer_side, unknown_layer_message
 from pipeline.neighbours import METRICS, WEIGHTINGS
 from pipeline.selfcheck import Copies
 
-from . import database
-from .config import codebook, collection as collection_config, evaluate as evaluate_config, ids, images, paths
+from .config import codebook, collection as collection_config, evaluate as evaluate_config, images, paths
 from .config import reduction, resnet, selfcheck, settings_problem
-from .stages import feature_settings, feature_store, query_extractor
+from .stages import feature_settings, feature_store, query_extractor, read_id_mapping
 
 logger = logging.getLogger("tasks.compare")
 
@@ -68,12 +66,7 @@ def run(args):
     if problem:
         raise PipelineError(problem)
     labels = evaluation.read_labels(args.labels) if args.labels.strip() else None
-    if ids().source == "cms":
-        mapping, source = database.read_mapping()
-    else:
-        mapping, source = collection.read_mapping(ids().csv), f"[ids] csv={ids().csv!r}"
-    inventory = collection.take_inventory(paths().content, mapping, source, collection_config().fingerprint)
-    relpath = {str(i): f.relpath for i, f in zip(inventory.ids, inventory.files)}
+    inventory = collection.take_inventory(paths().content, *read_id_mapping(), collection_config().fingerprint)
     rows, copies, first_ids = [], None, None
     decoding = dict(
         decode_processes=images().decode_processes, decode_timeout=images().decode_timeout, max_pixels=images().max_pixels
@@ -89,7 +82,7 @@ def run(args):
             if first_ids is None:
                 first_ids = index.ids
                 if args.selfcheck > 0:
-                    files = [os.path.join(paths().content, relpath[str(i)]) for i in index.ids]
+                    files = inventory.paths(index.ids, paths().content)
                     copies = Copies(files, scratch, sample=args.selfcheck, seed=selfcheck().seed)
             elif list(index.ids) != list(first_ids):
                 raise PipelineError(f"the images with descriptors differ between layers at {layer}; run again")

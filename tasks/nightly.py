@@ -116,7 +116,6 @@ class Nightly(RunTask):
 def visual_report(date, run, show=""):
     """Write ``<artifacts>/report.html`` for the run of ``date`` (see pipeline.html_report)."""
     inventory = collection.load_inventory(Inventory(date=date).output().path)
-    relpath = {str(i): f.relpath for i, f in zip(inventory.ids, inventory.files)}
     result = read_similarities(Similarities(date=date).output().path)
     _, counts, _ = histograms.load_counts(Histograms(date=date).output().path)
     scores = read_json(Evaluate(date=date).output().path) if "evaluation" in run else None  # this run evaluated
@@ -125,7 +124,7 @@ def visual_report(date, run, show=""):
         run,
         result,
         counts,
-        [os.path.join(paths().content, relpath[str(i)]) for i in result["ids"]],
+        inventory.paths(result["ids"], paths().content),
         sample=report_config().sample,
         named=[s.strip() for s in show.split(",") if s.strip()],
         evaluation=scores,

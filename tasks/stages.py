@@ -71,6 +71,13 @@ class CheckSettings(RunTask):
         raise ConfigError(settings_problem())
 
 
+def read_id_mapping():
+    """The ID mapping of ``[ids] source`` and the words naming where it came from."""
+    if ids().source == "cms":
+        return database.read_mapping()
+    return collection.read_mapping(ids().csv), f"[ids] csv={ids().csv!r}"
+
+
 class Inventory(ArtifactTask):
     """The images both on disk and in the ID mapping, taken once per run date."""
 
@@ -108,11 +115,7 @@ class Inventory(ArtifactTask):
         return settings_digest({"settings": self.settings(), "images": self._found})
 
     def make(self, tmp):
-        if ids().source == "cms":
-            mapping, source = database.read_mapping()
-        else:
-            mapping, source = collection.read_mapping(ids().csv), f"[ids] csv={ids().csv!r}"
-        inventory = collection.take_inventory(paths().content, mapping, source, collection_config().fingerprint)
+        inventory = collection.take_inventory(paths().content, *read_id_mapping(), collection_config().fingerprint)
         # the settings that depend on the collection's size, before any image is extracted
         check_k(neighbours().k, len(inventory))
         n_local = features.layer_side(resnet().layer) ** 2
@@ -416,6 +419,30 @@ class LoadSimilarities(RunTask):
             )  # fmt: skip
 
 
+class RunCheck(RunTask):
+    """A check of this run's neighbours, written to ``<artifacts>/<filename>`` (JSON) with what it
+    was made from: complete while that is unchanged."""
+
+    filename = None
+
+    def output(self):
+        return luigi.LocalTarget(os.path.join(paths().artifacts, self.filename))
+
+    def inputs_identity(self):
+        """What the check is made from (JSON-serialisable)."""
+        raise NotImplementedError
+
+    def complete(self):
+        if not all(t.complete() for t in luigi.task.flatten(self.requires())):
+            return False
+        recorded = read_json(self.output().path)
+        return recorded is not None and recorded.get("made_from") == self.inputs_identity()
+
+    def write(self, result):
+        with artifacts_writable():
+            write_json(self.output().path, {"date": self.date.isoformat(), **result, "made_from": self.inputs_identity()})
+
+
 class LabelsFile(RunInput):
     """The labels the neighbours are evaluated against: ``[evaluate] labels``."""
 
@@ -428,7 +455,7 @@ class LabelsFile(RunInput):
         return f"[evaluate] labels={self.path!r} does not exist; give a CSV file id,label of (some of) the collection's images"
 
 
-class Evaluate(RunTask):
+class Evaluate(RunCheck):
     """``luigi --module tasks Evaluate --local-scheduler``: precision, recall and mAP of this run's
     neighbours against ``[evaluate] labels``, into ``<artifacts>/evaluation.json``."""
 
@@ -438,8 +465,7 @@ class Evaluate(RunTask):
             "labels": LabelsFile(date=self.date, path=evaluate_config().labels),
         }
 
-    def output(self):
-        return luigi.LocalTarget(os.path.join(paths().artifacts, "evaluation.json"))
+    filename = "evaluation.json"
 
     def inputs_identity(self):
         """What the evaluation was made from: the similarities' digest and the labels file's size and time."""
@@ -448,12 +474,6 @@ class Evaluate(RunTask):
             "similarities": read_attrs(self.input()["similarities"].path)["digest"],
             "labels": [os.path.abspath(self.input()["labels"].path), labels.st_size, labels.st_mtime_ns],
         }
-
-    def complete(self):
-        if not all(t.complete() for t in luigi.task.flatten(self.requires())):
-            return False
-        recorded = read_json(self.output().path)
-        return recorded is not None and recorded.get("made_from") == self.inputs_identity()
 
     def run(self):
         result = read_similarities(self.input()["similarities"].path)
@@ -469,8 +489,7 @@ class Evaluate(RunTask):
             "evaluation over %d queries: precision@1 %.3f, precision@5 %.3f, recall@5 %.3f, mAP %.3f",
             scores["queries"], scores["precision_at_1"], scores["precision_at_5"], scores["recall_at_5"], scores["map"],
         )  # fmt: skip
-        with artifacts_writable():
-            write_json(self.output().path, {"date": self.date.isoformat(), **scores, "made_from": self.inputs_identity()})
+        self.write(scores)
 
 
 def latest_index():
@@ -490,7 +509,7 @@ def query_extractor(model):
     )
 
 
-class SelfCheck(RunTask):
+class SelfCheck(RunCheck):
     """``luigi --module tasks SelfCheck --local-scheduler``: how often altered copies of a sample of
     the collection find their original, into ``<artifacts>/selfcheck.json``; part of every
     run unless ``[selfcheck] sample = 0``."""
@@ -498,8 +517,7 @@ class SelfCheck(RunTask):
     def requires(self):
         return {"inventory": Inventory(date=self.date), "similarities": Similarities(date=self.date, refit=self.refit)}
 
-    def output(self):
-        return luigi.LocalTarget(os.path.join(paths().artifacts, "selfcheck.json"))
+    filename = "selfcheck.json"
 
     def inputs_identity(self):
         """What the check was made from: the similarities' digest and the sample's settings."""
@@ -509,21 +527,12 @@ class SelfCheck(RunTask):
             "seed": selfcheck_config().seed,
         }
 
-    def complete(self):
-        if not all(t.complete() for t in luigi.task.flatten(self.requires())):
-            return False
-        recorded = read_json(self.output().path)
-        return recorded is not None and recorded.get("made_from") == self.inputs_identity()
-
     def run(self):
         index = latest_index()
-        inventory = collection.load_inventory(self.input()["inventory"].path)
-        relpath = {str(i): f.relpath for i, f in zip(inventory.ids, inventory.files)}
-        files = [os.path.join(paths().content, relpath[str(i)]) for i in index.index.ids]
+        files = collection.load_inventory(self.input()["inventory"].path).paths(index.index.ids, paths().content)
         with query_extractor(index.model) as extractor, tempfile.TemporaryDirectory(prefix="selfcheck-") as copies:
             result = self_check(
                 index, extractor, files, copies, sample=selfcheck_config().sample, seed=selfcheck_config().seed,
                 k=min(5, len(files)),
             )  # fmt: skip
-        with artifacts_writable():
-            write_json(self.output().path, {"date": self.date.isoformat(), **result, "made_from": self.inputs_identity()})
+        self.write(result)
