@@ -70,6 +70,25 @@ class Codebook:
         """Nearest visual word of each descriptor: ndarray of shape (n,), int64."""
         return pairwise_distances_argmin(np.asarray(x, dtype=np.float32), self.centers_).astype(np.int64)
 
+    def nearest(self, x, m, chunk_size=4096):
+        """The ``m`` nearest visual words of each descriptor, nearest first (ties by word number).
+
+        Returns
+        -------
+        words : ndarray of shape (n, m), int64
+        """
+        if m == 1:
+            return self.predict(x)[:, None]
+        x = np.asarray(x, dtype=np.float32)
+        squared = np.einsum("ij,ij->i", self.centers_, self.centers_)
+        words = np.empty((len(x), m), dtype=np.int64)
+        for start in range(0, len(x), chunk_size):
+            # |x - c|^2 less the |x|^2 every word shares
+            d = squared[None, :] - 2 * (x[start : start + chunk_size] @ self.centers_.T)
+            order = np.argsort(d, axis=1, kind="stable")[:, :m]
+            words[start : start + chunk_size] = order
+        return words
+
     def save(self, path, attrs):
         with h5py.File(path, "w") as f:
             f.attrs.update(attrs)

@@ -1,15 +1,15 @@
-"""Retrieval quality over a grid of settings: layer, codebook size, word weighting and distance,
-each step reusing what the settings before it allow."""
+"""Retrieval quality over a grid of settings: layer, descriptor normalisation, codebook size,
+assignment, word weighting, power and distance, each step reusing what the settings before it allow."""
 
 import logging
 import time
 
 from . import evaluation
 from .codebook import check_size, fit_codebook
-from .histograms import compute_histograms
-from .neighbours import Counts, query_neighbours, sparse_neighbours
+from .histograms import DEFAULT_ASSIGN, compute_histograms
+from .neighbours import DEFAULT_POWER, Counts, query_neighbours, sparse_neighbours
 from .query import word_counts
-from .reduction import Reducer
+from .reduction import DEFAULT_DESCRIPTORS, DEFAULT_REDUCED, Reducer
 from .store import sample_images
 
 logger = logging.getLogger(__name__)
@@ -17,8 +17,12 @@ logger = logging.getLogger(__name__)
 #: Columns of the comparison table: (key, heading, format).
 COLUMNS = (
     ("layer", "layer", "{}"),
+    ("descriptors", "descriptors", "{}"),
+    ("reduced", "reduced", "{}"),
     ("codebook", "K", "{}"),
+    ("assign", "assign", "{}"),
     ("weighting", "weighting", "{}"),
+    ("power", "power", "{}"),
     ("metric", "metric", "{}"),
     ("map", "mAP", "{:.3f}"),
     ("precision_at_1", "P@1", "{:.3f}"),
@@ -32,12 +36,13 @@ COLUMNS = (
 def compare_layer(
     blocks, index, layer, sizes, weightings, metrics, labels=None, copies=None, copy_features=None,
     variance=0.97, sample_images_=20_000, sample_size=200_000, seed=0, k=5,
+    descriptors=(DEFAULT_DESCRIPTORS,), reduced=(DEFAULT_REDUCED,), assigns=(DEFAULT_ASSIGN,), powers=(DEFAULT_POWER,),
 ):  # fmt: skip
-    """Score every (size, weighting, metric) on one layer's descriptors.
+    """Score every combination of the settings on one layer's descriptors.
 
-    The reducer is fitted once for the layer, the codebook and histograms once per size,
-    and the neighbours once per (size, weighting, metric), as a run with those settings
-    would make them.
+    The reducer is fitted once per descriptor normalisation, the codebook once per
+    (normalisation, reduced normalisation, size), the histograms once per assignment, and the
+    neighbours once per (weighting, power, metric), as a run with those settings would make them.
 
     Parameters
     ----------
@@ -59,49 +64,59 @@ def compare_layer(
     variance, sample_images_, sample_size, seed
         The reducer's and codebook's settings, as ``[reduction]`` and ``[codebook]``.
     k : int
+    descriptors, reduced, assigns, powers : sequences
+        Values of ``[reduction] descriptors``, ``[reduction] reduced``, ``[histograms] assign``
+        and ``[neighbours] power``.
 
     Returns
     -------
     rows : list of dict
-        ``layer``, ``size`` (the number of words), ``codebook`` (the same, "(auto)" added when
-        ``size = auto`` gives it), ``weighting``, ``metric``, ``seconds`` and,
+        ``layer``, ``descriptors``, ``reduced``, ``size`` (the number of words), ``codebook`` (the
+        same, "(auto)" added when ``size = auto`` gives it), ``assign``, ``weighting``, ``power``,
+        ``metric``, ``seconds`` and,
         with labels, ``queries``, ``precision_at_1``, ``precision_at_5``, ``recall_at_5``,
         ``map``; with copies, ``selfcheck_top1`` and ``selfcheck_top5``.
     """
-    started = time.monotonic()
-    reducer = Reducer(variance).fit(blocks.subset(sample_images(blocks.n_images, sample_images_, seed)))
-    shared = time.monotonic() - started
     rows = []
     words = {}  # number of words -> the settings that give it ("auto" among them, maybe)
     for size in sizes:
         words.setdefault(check_size(size, blocks.n_images, blocks.n_local(), sample_size), []).append(str(size))
-    for size, settings in words.items():
+    sample = blocks.subset(sample_images(blocks.n_images, sample_images_, seed))
+    for descriptor_norm in descriptors:
         started = time.monotonic()
-        codebook = fit_codebook(blocks, reducer, size=size, sample_size=sample_size, random_state=seed)
-        counts, _ = compute_histograms(blocks, index.keys, reducer, codebook)
-        if copies is not None:
-            descriptors, decoded, errors = copy_features
-            copy_counts = word_counts(descriptors, reducer, codebook)  # once per codebook
-        per_size = time.monotonic() - started
-        for weighting in weightings:
-            for metric in metrics:
-                started = time.monotonic()
-                data = Counts(counts, blocks.n_local(), index.ids, weighting, metric)
-                nearest, _ = sparse_neighbours(data, k=k)
-                row = {
-                    "layer": layer, "size": size, "codebook": f"{size} (auto)" if "auto" in settings else str(size),
-                    "weighting": weighting, "metric": metric,
-                }  # fmt: skip
-                if labels is not None:
-                    scores = evaluation.evaluate(index.ids, index.ids[nearest], labels, k=k)
-                    row.update({key: value for key, value in scores.items() if key != "per_label"})
-                if copies is not None:
-                    found = query_neighbours(data, copy_counts, k=k)[0]
-                    check = copies.score(found, decoded, errors, index.ids)
-                    row.update(selfcheck_top1=check["top1"], selfcheck_top5=check["top5"])
-                row["seconds"] = round(shared + per_size + time.monotonic() - started, 2)
-                rows.append(row)
-                logger.info("compared %s", row)
+        fitted = Reducer(variance, descriptor_norm).fit(sample)
+        for reduced_norm in reduced:
+            reducer = Reducer.__new__(Reducer)
+            reducer.__dict__.update(fitted.__dict__, reduced=reduced_norm)  # the same fit, another projection
+            for size, settings in words.items():
+                codebook = fit_codebook(blocks, reducer, size=size, sample_size=sample_size, random_state=seed)
+                for assign in assigns:
+                    counts, _ = compute_histograms(blocks, index.keys, reducer, codebook, assign=assign)
+                    if copies is not None:
+                        copy_descriptors, decoded, errors = copy_features
+                        copy_counts = word_counts(copy_descriptors, reducer, codebook, assign)  # once per codebook
+                    for weighting in weightings:
+                        for power in powers:
+                            for metric in metrics:
+                                data = Counts(
+                                    counts, blocks.n_local() * assign, index.ids, weighting, metric, power=power
+                                )
+                                nearest, _ = sparse_neighbours(data, k=k)
+                                row = {
+                                    "layer": layer, "descriptors": descriptor_norm, "reduced": reduced_norm,
+                                    "size": size, "codebook": f"{size} (auto)" if "auto" in settings else str(size),
+                                    "assign": assign, "weighting": weighting, "power": power, "metric": metric,
+                                }  # fmt: skip
+                                if labels is not None:
+                                    scores = evaluation.evaluate(index.ids, index.ids[nearest], labels, k=k)
+                                    row.update({key: value for key, value in scores.items() if key != "per_label"})
+                                if copies is not None:
+                                    found = query_neighbours(data, copy_counts, k=k)[0]
+                                    check = copies.score(found, decoded, errors, index.ids)
+                                    row.update(selfcheck_top1=check["top1"], selfcheck_top5=check["top5"])
+                                row["seconds"] = round(time.monotonic() - started, 2)
+                                rows.append(row)
+                                logger.info("compared %s", row)
     return rows
 
 

@@ -1,4 +1,8 @@
-"""Bag-of-visual-words histograms: each image as the share of its descriptors per visual word."""
+"""Bag-of-visual-words histograms: each image as the count of its descriptors per visual word.
+
+With ``[histograms] assign = m``, each descriptor counts once for each of its m nearest words
+(multiple assignment), so every row sums to n_local * m.
+"""
 
 import logging
 
@@ -11,20 +15,26 @@ from .h5io import read_strings, write_strings
 logger = logging.getLogger(__name__)
 
 
+#: ``[histograms] assign``: the words each descriptor counts for, 1 (its nearest) to MAX_ASSIGN.
+MAX_ASSIGN = 3
+#: The shipped setting (docs/quality.md says why).
+DEFAULT_ASSIGN = 1
+
+
 def word_histograms(words, size):
     """Histograms of visual-word assignments.
 
     Parameters
     ----------
-    words : ndarray of shape (n_images, n_local), int
-        Nearest visual word of each descriptor.
+    words : ndarray of shape (n_images, n), int
+        The visual words each image's descriptors were assigned to (n = n_local * assign).
     size : int
         Codebook size K.
 
     Returns
     -------
     counts : csr_matrix of shape (n_images, size), int32
-        At most n_local non-zeros per row; divide by n_local for the normalised histogram.
+        At most n non-zeros per row, each row summing to n.
     """
     n_images, n_local = words.shape
     rows = np.repeat(np.arange(n_images), n_local)
@@ -33,7 +43,25 @@ def word_histograms(words, size):
     return counts
 
 
-def compute_histograms(blocks, keys, reducer, codebook, previous=None, checkpoints=None, block_size=128, progress=None):
+def assign_words(descriptors, reducer, codebook, assign=DEFAULT_ASSIGN):
+    """The visual words of each image's local descriptors: every descriptor reduced, then
+    assigned to its ``assign`` nearest words.
+
+    Parameters
+    ----------
+    descriptors : ndarray of shape (n_images, n_local, c)
+
+    Returns
+    -------
+    words : ndarray of shape (n_images, n_local * assign), int64
+    """
+    n, n_local, c = descriptors.shape
+    return codebook.nearest(reducer.transform(descriptors.reshape(-1, c)), assign).reshape(n, n_local * assign)
+
+
+def compute_histograms(
+    blocks, keys, reducer, codebook, assign=DEFAULT_ASSIGN, previous=None, checkpoints=None, block_size=128, progress=None
+):
     """Assign every descriptor to its visual word and count per image.
 
     Parameters
@@ -44,8 +72,10 @@ def compute_histograms(blocks, keys, reducer, codebook, previous=None, checkpoin
         Identity of each image's descriptors (path and fingerprint).
     reducer : Reducer
     codebook : Codebook
+    assign : int
+        Words each descriptor counts for (:func:`assign_words`).
     previous : (keys, counts), optional
-        Histograms made with the same reducer and codebook: rows of unchanged images are
+        Histograms made with the same reducer, codebook and assignment: rows of unchanged images are
         taken from there instead of being computed again.
     checkpoints : Checkpoints, optional
         Where each computed block is committed, so a killed run resumes after it.
@@ -68,9 +98,7 @@ def compute_histograms(blocks, keys, reducer, codebook, previous=None, checkpoin
     for b, start in enumerate(range(0, len(todo), block_size)):
         saved = checkpoints.load(b) if checkpoints else None
         if saved is None:
-            descriptors = blocks.read(todo[start : start + block_size])
-            n, n_local, c = descriptors.shape
-            saved = {"words": codebook.predict(reducer.transform(descriptors.reshape(-1, c))).reshape(n, n_local)}
+            saved = {"words": assign_words(blocks.read(todo[start : start + block_size]), reducer, codebook, assign)}
             if checkpoints:
                 checkpoints.save(b, saved)
         parts.append(word_histograms(saved["words"], codebook.size))  # sparse at once: memory per image stays small
@@ -84,15 +112,22 @@ def compute_histograms(blocks, keys, reducer, codebook, previous=None, checkpoin
     return counts, len(reused)
 
 
-def save_histograms(path, keys, counts, n_local, attrs):
+def save_histograms(path, keys, counts, n_local, attrs, assign=DEFAULT_ASSIGN):
     with h5py.File(path, "w") as f:
         f.attrs.update(attrs)
         write_strings(f, "keys", keys)
         f.attrs["n_local"] = n_local
+        f.attrs["assign"] = assign
         f.attrs["size"] = counts.shape[1]
         f.create_dataset("data", data=counts.data.astype(np.int32))
         f.create_dataset("indices", data=counts.indices.astype(np.int32))
         f.create_dataset("indptr", data=counts.indptr.astype(np.int64))
+
+
+def load_assign(path):
+    """The ``assign`` the histograms of ``path`` were made with."""
+    with h5py.File(path, "r") as f:
+        return int(f.attrs.get("assign", 1))
 
 
 def load_counts(path):

@@ -2,9 +2,9 @@
 with one deterministic tie rule, for the Euclidean and the cosine distance of raw or tf-idf
 weighted visual-word histograms.
 
-Each image is a vector of integers: its count of each visual word times the word's integer
-weight (1 for ``raw``; for ``tfidf``, the word's inverse document frequency in steps of
-1/IDF_SCALE). Every distance is computed from the exact integer dot products and squared
+Each image is a vector of integers: its count of each visual word, raised to ``power`` (in
+steps of 1/POWER_SCALE when below 1), times the word's integer weight (1 for ``raw``; for
+``tfidf``, the word's inverse document frequency in steps of 1/IDF_SCALE). Every distance is computed from the exact integer dot products and squared
 norms of these vectors with one formula: the Euclidean key is the integer
 S = |a|^2 + |b|^2 - 2 a.b, the cosine key 1 - a.b / (|a| |b|) in float64. Both methods find
 candidates their own way and rank them by that key, then by ascending database ID: ties,
@@ -31,6 +31,21 @@ METRICS = ("euclidean", "cosine")
 DEFAULT_WEIGHTING, DEFAULT_METRIC = "tfidf", "cosine"
 #: tf-idf weights are whole multiples of 1 / IDF_SCALE, so that products stay exact integers.
 IDF_SCALE = 256
+#: Counts raised to a power below 1 are whole multiples of 1 / POWER_SCALE, for the same reason.
+POWER_SCALE = 64
+#: The shipped ``[neighbours] power`` (docs/quality.md says why).
+DEFAULT_POWER = 1.0
+
+
+def power_table(mass, power):
+    """Integer value of each count 0..mass raised to ``power`` in (0, 1]: the count itself for 1,
+    else round(POWER_SCALE * count**power) (0.5: the square root, Hellinger's kernel with cosine)."""
+    if not 0 < power <= 1:
+        raise ConfigError(f"[neighbours] power={power} must be in (0, 1]; 1 keeps the counts, 0.5 takes their square root")
+    counts = np.arange(mass + 1, dtype=np.float64)
+    if power == 1:
+        return counts.astype(np.int64)
+    return np.rint(POWER_SCALE * counts**power).astype(np.int64)
 #: What ``method = auto`` takes. Measured with ``python -m benchmarks.neighbours`` (word
 #: frequencies as rank**-0.6, 49 descriptors per image, 2 cores): at 20,000 images the sparse
 #: method beat the BallTree at every codebook size tried, 2 words (1.5 s against 5.7 s),
@@ -75,26 +90,30 @@ class Counts:
     ----------
     counts : sparse matrix of shape (n_images, K), integer
     n_local : int
-        Descriptors per image (each row sums to it).
+        Each row's sum: descriptors per image times the words each counts for.
     ids : ndarray of shape (n_images,)
         Database IDs, for the tie rule.
     weighting : {"raw", "tfidf"}
         Word weights, see :func:`word_weights`.
     metric : {"euclidean", "cosine"}
-        Euclidean distance of the weighted histograms (counts / n_local times the weights),
-        or one minus their cosine similarity.
+        Euclidean distance of the weighted histograms ((counts / n_local) ** power times the
+        weights), or one minus their cosine similarity.
     weights : ndarray of shape (K,), optional
         The word weights to use instead of computing them from ``counts`` (those of a collection
         that images not in it are compared with).
+    power : float in (0, 1]
+        Power the counts are raised to (:func:`power_table`).
     """
 
-    def __init__(self, counts, n_local, ids, weighting="raw", metric="euclidean", weights=None):
+    def __init__(self, counts, n_local, ids, weighting="raw", metric="euclidean", weights=None, power=DEFAULT_POWER):
         if metric not in METRICS:
             raise ConfigError(f"[neighbours] metric={metric!r} must be one of {', '.join(METRICS)}")
         counts = sp.csr_matrix(counts, dtype=np.int64)
-        self.weighting, self.metric, self.n_local = weighting, metric, n_local
+        self.weighting, self.metric, self.n_local, self.power = weighting, metric, n_local, power
+        self.table = power_table(n_local, power)
         self.weights = word_weights(counts, weighting) if weights is None else np.asarray(weights, dtype=np.int64)
-        self.unit = 1 if weighting == "raw" else IDF_SCALE
+        # the value of an image with all its descriptors on one word of weight 1: the histograms' scale
+        self.unit = (1 if weighting == "raw" else IDF_SCALE) * int(self.table[n_local])
         self.counts = self.weigh(counts)
         self.norms = np.asarray(self.counts.multiply(self.counts).sum(axis=1)).ravel().astype(np.int64)
         self.roots = np.sqrt(self.norms.astype(np.float64))
@@ -106,7 +125,7 @@ class Counts:
     def weigh(self, counts):
         """The weighted vectors of counts over the same words: csr_matrix, int64."""
         weighted = sp.csr_matrix(counts, dtype=np.int64, copy=True)
-        weighted.data *= self.weights[weighted.indices]
+        weighted.data = self.table[weighted.data] * self.weights[weighted.indices]
         return weighted
 
     def keys(self, dots, norm_a, b=slice(None)):
@@ -119,7 +138,7 @@ class Counts:
     def distances(self, keys):
         """The distances of ranking keys: Euclidean between weighted histograms, or 1 - cosine."""
         if self.metric == "euclidean":
-            return np.sqrt(keys) / (self.n_local * self.unit)
+            return np.sqrt(keys) / self.unit
         return np.asarray(keys, dtype=np.float64)
 
     def max_distance(self):
@@ -127,7 +146,7 @@ class Counts:
         each with every descriptor on one word, the two words of largest weight."""
         if self.metric == "cosine":
             return 1.0
-        top = np.sort(self.weights)[-2:].astype(np.float64)
+        top = np.sort(self.weights)[-2:].astype(np.float64) * self.table[self.n_local]
         return float(np.sqrt((top**2).sum()) / self.unit)
 
     def similarity(self, distances):
@@ -244,7 +263,7 @@ def balltree_neighbours(counts, k=5, rows=None, leaf_size=40, chunk_size=1024, c
     check_k(k, len(counts))
     x = counts.counts.toarray().astype(np.float64)
     # Euclidean on the weighted histograms, or on unit vectors, whose order is the cosine's
-    x /= counts.roots[:, None] if counts.metric == "cosine" else counts.n_local * counts.unit
+    x /= counts.roots[:, None] if counts.metric == "cosine" else counts.unit
     tree = BallTree(x, leaf_size=leaf_size)
 
     def query_chunk(rows):

@@ -29,8 +29,9 @@ class SimilarityIndex:
     images of new descriptors exactly as the run found those of the collection's images.
     """
 
-    def __init__(self, index, counts, reducer, codebook, model):
+    def __init__(self, index, counts, reducer, codebook, model, assign=histograms.DEFAULT_ASSIGN):
         self.index, self.counts, self.reducer, self.codebook, self.model = index, counts, reducer, codebook, model
+        self.assign = assign
 
     @classmethod
     def load(cls, features, reducer, codebook, histograms_path, similarities):
@@ -65,6 +66,7 @@ class SimilarityIndex:
                     )
         index = store.load_index(features)
         _, counts, n_local = histograms.load_counts(histograms_path)
+        assign = histograms.load_assign(histograms_path)
         result = attrs["Similarities"]
         feature_settings = json.loads(attrs["Features"]["settings"])
         model = {
@@ -74,19 +76,24 @@ class SimilarityIndex:
         }
         return cls(
             index,
-            Counts(counts, n_local, index.ids, result.get("weighting", "raw"), result.get("metric", "euclidean")),
+            Counts(
+                counts, n_local * assign, index.ids, result.get("weighting", "raw"), result.get("metric", "euclidean"),
+                power=float(result.get("power", 1.0)),
+            ),
             Reducer.load(reducer),
             Codebook.load(codebook),
             model,
+            assign,
         )
 
     def word_counts(self, descriptors):
         """Visual-word counts of descriptors, as the run counted the collection's (see :func:`word_counts`)."""
-        if descriptors.shape[1] != self.counts.n_local:
+        n_local = self.counts.n_local // self.assign
+        if descriptors.shape[1] != n_local:
             raise ArtifactError(
-                f"descriptors have {descriptors.shape[1]} local descriptors per image; the run's have {self.counts.n_local}"
+                f"descriptors have {descriptors.shape[1]} local descriptors per image; the run's have {n_local}"
             )
-        return word_counts(descriptors, self.reducer, self.codebook)
+        return word_counts(descriptors, self.reducer, self.codebook, self.assign)
 
     def query(self, descriptors, k=5):
         """The k nearest collection images of each image's descriptors.
@@ -122,7 +129,7 @@ class SimilarityIndex:
         ]
 
 
-def word_counts(descriptors, reducer, codebook):
+def word_counts(descriptors, reducer, codebook, assign=histograms.DEFAULT_ASSIGN):
     """Visual-word counts of new descriptors, as a run counts the collection's.
 
     The descriptors pass through the feature store's 8-bit coding first, as the
@@ -133,15 +140,15 @@ def word_counts(descriptors, reducer, codebook):
     descriptors : ndarray of shape (n, n_local, c)
     reducer : Reducer
     codebook : Codebook
+    assign : int
+        Words each descriptor counts for, as the run's histograms.
 
     Returns
     -------
     counts : csr_matrix of shape (n, K), int32
     """
     restored = store.dequantize(*store.quantize(descriptors))
-    n, n_local, c = restored.shape
-    words = codebook.predict(reducer.transform(restored.reshape(-1, c))).reshape(n, n_local)
-    return histograms.word_histograms(words, codebook.size)
+    return histograms.word_histograms(histograms.assign_words(restored, reducer, codebook, assign), codebook.size)
 
 
 def extract(extractor, paths):

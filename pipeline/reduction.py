@@ -1,4 +1,5 @@
-"""StandardScaler + PCA fitted exactly on every descriptor by streaming second moments."""
+"""StandardScaler + PCA fitted exactly on every descriptor by streaming second moments, with an
+optional normalisation of each local descriptor before the scaler and after the projection."""
 
 import logging
 
@@ -8,6 +9,28 @@ import numpy as np
 from .errors import ConfigError
 
 logger = logging.getLogger(__name__)
+
+#: ``[reduction] descriptors``: each local descriptor as the model gives it (raw), divided by its
+#: L2 norm (l2), or the square root of its absolute values divided by their sum, with its signs
+#: (root, as RootSIFT: the Hellinger kernel of the descriptors).
+DESCRIPTOR_NORMS = ("raw", "l2", "root")
+#: ``[reduction] reduced``: each projected descriptor as it is (raw) or divided by its L2 norm (l2).
+REDUCED_NORMS = ("raw", "l2")
+#: The shipped settings (docs/quality.md says why).
+DEFAULT_DESCRIPTORS, DEFAULT_REDUCED = "raw", "raw"
+
+
+def normalise_rows(x, norm):
+    """Rows of ``x`` (float64) normalised by ``norm`` (see DESCRIPTOR_NORMS); rows of zeros stay zero."""
+    if norm == "raw":
+        return x
+    if norm == "l2":
+        length = np.sqrt(np.einsum("ij,ij->i", x, x))
+        return x / np.where(length > 0, length, 1.0)[:, None]
+    if norm == "root":
+        total = np.abs(x).sum(axis=1)
+        return np.sign(x) * np.sqrt(np.abs(x) / np.where(total > 0, total, 1.0)[:, None])
+    raise ConfigError(f"normalisation {norm!r} must be one of {', '.join(DESCRIPTOR_NORMS)}")
 
 
 class Reducer:
@@ -23,10 +46,16 @@ class Reducer:
     ----------
     variance : float in (0, 1]
         Fraction of the variance of the standardised descriptors that the kept components explain.
+    descriptors : {"raw", "l2", "root"}
+        Normalisation of each local descriptor before the scaler (DESCRIPTOR_NORMS).
+    reduced : {"raw", "l2"}
+        Normalisation of each projected descriptor (REDUCED_NORMS).
     """
 
-    def __init__(self, variance=0.97):
+    def __init__(self, variance=0.97, descriptors=DEFAULT_DESCRIPTORS, reduced=DEFAULT_REDUCED):
         self.variance = variance
+        self.descriptors = descriptors
+        self.reduced = reduced
 
     def fit(self, blocks, checkpoints=None):
         """Fit on an array of shape (n, c), or on a sequence of such arrays (blocks).
@@ -45,6 +74,11 @@ class Reducer:
         """
         if not 0 < self.variance <= 1:
             raise ConfigError(f"[reduction] variance={self.variance} must be in (0, 1]; the default is 0.97")
+        if self.descriptors not in DESCRIPTOR_NORMS or self.reduced not in REDUCED_NORMS:
+            raise ConfigError(
+                f"[reduction] descriptors={self.descriptors!r} must be one of {', '.join(DESCRIPTOR_NORMS)} and "
+                f"reduced={self.reduced!r} one of {', '.join(REDUCED_NORMS)}"
+            )
         if isinstance(blocks, np.ndarray):
             blocks = [blocks]
         done, state = checkpoints.latest_state() if checkpoints else (None, None)
@@ -54,7 +88,7 @@ class Reducer:
             n, shift, total, outer = int(state["n"]), state["shift"], state["total"], state["outer"]
         for i in range(done + 1, len(blocks)):
             x = np.asarray(blocks[i], dtype=np.float64)
-            x = x.reshape(-1, x.shape[-1])
+            x = normalise_rows(x.reshape(-1, x.shape[-1]), self.descriptors)
             if shift is None:
                 # moments about a first estimate of the mean keep the float64 sums well conditioned
                 shift = x.mean(axis=0)
@@ -107,13 +141,16 @@ class Reducer:
         -------
         reduced : ndarray of shape (n, n_components_), float32
         """
-        z = (np.asarray(x, dtype=np.float64) - self.mean_) / self.scale_
-        return (z @ self.components_.T).astype(np.float32)
+        x = normalise_rows(np.asarray(x, dtype=np.float64).reshape(-1, len(self.mean_)), self.descriptors)
+        reduced = normalise_rows(((x - self.mean_) / self.scale_) @ self.components_.T, self.reduced)
+        return reduced.astype(np.float32)
 
     def save(self, path, attrs):
         with h5py.File(path, "w") as f:
             f.attrs.update(attrs)
             f.attrs["variance"] = self.variance
+            f.attrs["descriptors"] = self.descriptors
+            f.attrs["reduced"] = self.reduced
             f.attrs["n_samples_seen"] = self.n_samples_seen_
             for name in ("mean_", "var_", "scale_", "components_", "explained_variance_", "explained_variance_ratio_"):
                 f.create_dataset(name.rstrip("_"), data=getattr(self, name))
@@ -121,7 +158,11 @@ class Reducer:
     @classmethod
     def load(cls, path):
         with h5py.File(path, "r") as f:
-            reducer = cls(variance=float(f.attrs["variance"]))
+            reducer = cls(
+                variance=float(f.attrs["variance"]),
+                descriptors=str(f.attrs.get("descriptors", "raw")),
+                reduced=str(f.attrs.get("reduced", "raw")),
+            )
             reducer.n_samples_seen_ = int(f.attrs["n_samples_seen"])
             for name in ("mean_", "var_", "scale_", "components_", "explained_variance_", "explained_variance_ratio_"):
                 setattr(reducer, name, f[name.rstrip("_")][:])

@@ -7,7 +7,9 @@ import luigi
 from pipeline.cms import resolve_url
 from pipeline.errors import ConfigError
 from pipeline.features import layer_side, unknown_layer_message
-from pipeline.neighbours import DEFAULT_METRIC, DEFAULT_WEIGHTING, METHODS, METRICS, WEIGHTINGS
+from pipeline.histograms import DEFAULT_ASSIGN, MAX_ASSIGN
+from pipeline.neighbours import DEFAULT_METRIC, DEFAULT_POWER, DEFAULT_WEIGHTING, METHODS, METRICS, WEIGHTINGS
+from pipeline.reduction import DEFAULT_DESCRIPTORS, DEFAULT_REDUCED, DESCRIPTOR_NORMS, REDUCED_NORMS
 
 
 class paths(luigi.Config):
@@ -141,6 +143,21 @@ class reduction(luigi.Config):
         "sample); 0 = all images.",
     )
     seed = luigi.IntParameter(default=0, description="Seed of the image sample.")
+    descriptors = luigi.Parameter(
+        default=DEFAULT_DESCRIPTORS,
+        description="Normalisation of each local descriptor before the scaler: raw, l2 (unit length) or root "
+        "(square root of the L1-normalised absolute values, signs kept).",
+    )
+    reduced = luigi.Parameter(
+        default=DEFAULT_REDUCED, description="Normalisation of each descriptor after the PCA: raw or l2 (unit length)."
+    )
+
+
+class histograms(luigi.Config):
+    assign = luigi.IntParameter(
+        default=DEFAULT_ASSIGN,
+        description=f"Visual words each descriptor counts for: 1 (its nearest) to {MAX_ASSIGN} (multiple assignment).",
+    )
 
 
 class codebook(luigi.Config):
@@ -170,6 +187,11 @@ class neighbours(luigi.Config):
     metric = luigi.Parameter(
         default=DEFAULT_METRIC, description="Distance of the weighted histograms: euclidean or cosine (1 - cosine similarity)."
     )
+    power = luigi.FloatParameter(
+        default=DEFAULT_POWER,
+        description="Power the word counts are raised to before weighting, in (0, 1]: 1 keeps them, 0.5 takes "
+        "their square root (with cosine: the Hellinger kernel).",
+    )
     method = luigi.Parameter(
         default="auto",
         significant=False,  # both methods give the same result
@@ -198,6 +220,9 @@ RULES = (
     ("images", "decode_timeout", lambda v: v > 0, "a number of seconds > 0"),
     ("reduction", "variance", lambda v: 0 < v <= 1, "a fraction in (0, 1]"),
     ("reduction", "sample_images", lambda v: v >= 0, "a whole number >= 0 (0 = all images)"),
+    ("reduction", "descriptors", lambda v: v in DESCRIPTOR_NORMS, "one of " + ", ".join(DESCRIPTOR_NORMS)),
+    ("reduction", "reduced", lambda v: v in REDUCED_NORMS, "one of " + ", ".join(REDUCED_NORMS)),
+    ("histograms", "assign", lambda v: 1 <= v <= MAX_ASSIGN, f"a whole number from 1 to {MAX_ASSIGN}"),
     ("codebook", "size", lambda v: v.strip().lower() == "auto" or (v.strip().isdigit() and int(v) >= 2),
      "auto or a whole number >= 2"),
     ("codebook", "sample_size", lambda v: v >= 1, "a whole number >= 1"),
@@ -206,6 +231,7 @@ RULES = (
     ("neighbours", "method", lambda v: v in METHODS, "one of " + ", ".join(METHODS)),
     ("neighbours", "weighting", lambda v: v in WEIGHTINGS, "one of " + ", ".join(WEIGHTINGS)),
     ("neighbours", "metric", lambda v: v in METRICS, "one of " + ", ".join(METRICS)),
+    ("neighbours", "power", lambda v: 0 < v <= 1, "a number in (0, 1]"),
     ("cms", "batch_rows", lambda v: v >= 1, "a whole number >= 1"),
 )  # fmt: skip
 
@@ -225,7 +251,7 @@ def settings_problem():
     once the inventory is taken, before any extraction.
     """
     configs = (
-        paths, ids, cms, resnet, features, images, reduction, codebook, neighbours, collection, progress, report,
+        paths, ids, cms, resnet, features, images, reduction, histograms, codebook, neighbours, collection, progress, report,
         evaluate, selfcheck,
     )
     sections = {c.__name__: c for c in configs}

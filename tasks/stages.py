@@ -23,7 +23,7 @@ from pipeline.selfcheck import self_check
 from . import database
 from .base import ArtifactTask, Progress, RunInput, RunTask, artifacts_writable, settings_digest
 from .config import cms, codebook, collection as collection_config, evaluate as evaluate_config
-from .config import features as features_config, ids
+from .config import features as features_config, histograms as histograms_config, ids
 from .config import images as images_config, neighbours, paths
 from .config import reduction, resnet, selfcheck as selfcheck_config, settings_problem
 
@@ -249,6 +249,8 @@ class Reducer(ArtifactTask):
             "sample_images": reduction().sample_images,
             "seed": reduction().seed,
             "features": settings_digest(self.requires().settings()),
+            "descriptors": reduction().descriptors,
+            "reduced": reduction().reduced,
         }
 
     def complete(self):
@@ -267,7 +269,8 @@ class Reducer(ArtifactTask):
     def make(self, tmp):
         blocks = self.requires().blocks()
         sample = blocks.subset(store.sample_images(blocks.n_images, reduction().sample_images, reduction().seed))
-        reducer = ReducerModel(reduction().variance).fit(sample, checkpoints=self.checkpoints())
+        reducer = ReducerModel(reduction().variance, reduction().descriptors, reduction().reduced)
+        reducer.fit(sample, checkpoints=self.checkpoints())
         reducer.save(tmp, self.attrs(images=len(blocks.index)))
 
 
@@ -311,10 +314,13 @@ class Histograms(ArtifactTask):
             "codebook": Codebook(date=self.date, refit=self.refit),
         }
 
+    def settings(self):
+        return {"assign": histograms_config().assign}
+
     def previous(self):
-        """The histograms of the last run, when made with the current reducer and codebook."""
+        """The histograms of the last run, when made with the current reducer, codebook and settings."""
         attrs = self.recorded()
-        if attrs is None:
+        if attrs is None or attrs.get("settings_digest") != settings_digest(self.settings()):
             return None
         inputs, now = json.loads(attrs["inputs"]), self.input_digests()
         if any(inputs.get(stage) != now[stage] for stage in ("Reducer", "Codebook")):
@@ -329,11 +335,14 @@ class Histograms(ArtifactTask):
             blocks.index.keys,
             ReducerModel.load(self.input()["reducer"].path),
             CodebookModel.load(self.input()["codebook"].path),
+            assign=histograms_config().assign,
             previous=self.previous(),
             checkpoints=self.checkpoints(),
             progress=Progress(self, "histograms of"),
         )
-        histograms.save_histograms(tmp, blocks.index.keys, counts, blocks.n_local(), self.attrs(reused=n_reused))
+        histograms.save_histograms(
+            tmp, blocks.index.keys, counts, blocks.n_local(), self.attrs(reused=n_reused), histograms_config().assign
+        )
 
 
 class Similarities(ArtifactTask):
@@ -352,13 +361,20 @@ class Similarities(ArtifactTask):
         return [self.requires()["features"], self.requires()["histograms"]]
 
     def settings(self):
-        return {"k": neighbours().k, "metric": neighbours().metric, "weighting": neighbours().weighting}
+        return {
+            "k": neighbours().k, "metric": neighbours().metric, "weighting": neighbours().weighting,
+            "power": neighbours().power,
+        }  # fmt: skip
 
     def make(self, tmp):
         index = store.load_index(self.input()["features"].path)
         _, counts, n_local = histograms.load_counts(self.input()["histograms"].path)
+        assign = histograms.load_assign(self.input()["histograms"].path)
         nearest, distances = nearest_neighbours(
-            Counts(counts, n_local, index.ids, neighbours().weighting, neighbours().metric),
+            Counts(
+                counts, n_local * assign, index.ids, neighbours().weighting, neighbours().metric,
+                power=neighbours().power,
+            ),  # fmt: skip
             k=neighbours().k,
             method=neighbours().method,
             checkpoints=self.checkpoints(),
@@ -367,6 +383,7 @@ class Similarities(ArtifactTask):
         attrs = self.attrs(
             metric=neighbours().metric,
             weighting=neighbours().weighting,
+            power=neighbours().power,
             codebook_size=CodebookModel.load(self.input()["codebook"].path).size,
             model=features.MODEL,
             layer=resnet().layer,
