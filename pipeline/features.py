@@ -94,17 +94,21 @@ def build_model(weights="imagenet", layer=DEFAULT_LAYER, seed=0):
         ``"imagenet"`` (Keras downloads and caches them), ``"random"`` (a seeded random
         initialisation, for tests and smoke runs only) or the path of a Keras weights file
         for ResNet50 without its classification head.
-    layer : str
-        Name of the layer whose output gives the local descriptors.
+    layer : str, or tuple of str
+        Name of the layer whose output gives the local descriptors; several names give a model
+        with one output per layer (one forward pass for all, as the quality benchmark needs).
     seed : int
         Seed of the random initialisation when ``weights="random"``.
 
     Returns
     -------
-    model : keras.Model mapping (n, 224, 224, 3) caffe-preprocessed images to (n, h, w, c)
+    model : keras.Model mapping (n, 224, 224, 3) caffe-preprocessed images to (n, h, w, c), or
+        to a list of such arrays when ``layer`` is a tuple
     """
-    if layer_side(layer) is None:
-        raise ConfigError(unknown_layer_message(layer))
+    layers = (layer,) if isinstance(layer, str) else tuple(layer)
+    for name in layers:
+        if layer_side(name) is None:
+            raise ConfigError(unknown_layer_message(name))
     keras = _keras()
     if weights == "random":
         logger.warning("ResNet50 with seeded random weights (seed %d): results are %s", seed, RANDOM_WEIGHTS_NOTE)
@@ -131,7 +135,9 @@ def build_model(weights="imagenet", layer=DEFAULT_LAYER, seed=0):
             f"[resnet] weights={weights!r} is not a ResNet50 weights file without the top ({reason}); "
             f"use Keras's {IMAGENET_FILE}"
         ) from None
-    return keras.Model(base.input, base.get_layer(layer).output, name=f"resnet50_{layer}")
+    if isinstance(layer, str):
+        return keras.Model(base.input, base.get_layer(layer).output, name=f"resnet50_{layer}")
+    return keras.Model(base.input, [base.get_layer(name).output for name in layers], name="resnet50_layers")
 
 
 def prefetch(produce, depth=1):
@@ -273,7 +279,8 @@ class DescriptorExtractor:
         start : int
             Position in ``paths`` of the batch's first file.
         descriptors : ndarray of shape (n_batch, h * w, c), float16
-            Rows of the files that could not be decoded are all zero.
+            Rows of the files that could not be decoded are all zero. A model with several
+            outputs gives a list of such arrays, one per output.
         errors : dict of int to str
             Position within the batch -> one-line reason, for the files that could not be decoded.
         """
@@ -285,7 +292,14 @@ class DescriptorExtractor:
         with contextlib.closing(prefetch(lambda stop: self._batches(pool, paths, stop))) as batches:
             for start, pixels, errors in batches:
                 n = min(self.batch_size, len(paths) - start)
-                maps = forward(pixels).numpy()[:n]
-                descriptors = maps.reshape(n, -1, maps.shape[-1]).astype(np.float16)
-                descriptors[list(errors)] = 0
-                yield start, descriptors, errors
+                outputs = forward(pixels)
+                several = isinstance(outputs, (list, tuple))
+                descriptors = [self._descriptors(o, n, errors) for o in (outputs if several else [outputs])]
+                yield start, descriptors if several else descriptors[0], errors
+
+    @staticmethod
+    def _descriptors(maps, n, errors):
+        maps = maps.numpy()[:n]
+        descriptors = maps.reshape(n, -1, maps.shape[-1]).astype(np.float16)
+        descriptors[list(errors)] = 0
+        return descriptors

@@ -64,3 +64,12 @@ def test_save_and_load_round_trip(tmp_path):
     codebook = Codebook(4, random_state=0).fit(x)
     codebook.save(tmp_path / "c.h5", {"digest": "d"})
     np.testing.assert_array_equal(Codebook.load(tmp_path / "c.h5").predict(x), codebook.predict(x))
+
+
+def test_nearest_words_are_in_order_of_distance():
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(300, 4)).astype(np.float32)
+    codebook = Codebook(9, random_state=0).fit(x)
+    distances = ((x[:, None, :] - codebook.centers_[None]) ** 2).sum(axis=2)
+    np.testing.assert_array_equal(codebook.nearest(x, 3, chunk_size=64), np.argsort(distances, axis=1)[:, :3])
+    np.testing.assert_array_equal(codebook.nearest(x, 1)[:, 0], codebook.predict(x))

@@ -6,6 +6,7 @@ from pipeline.errors import ConfigError
 from pipeline.histograms import word_histograms
 from pipeline.neighbours import (
     IDF_SCALE,
+    POWER_SCALE,
     Counts,
     balltree_neighbours,
     nearest_neighbours,
@@ -19,11 +20,13 @@ METHODS = [balltree_neighbours, sparse_neighbours]
 DISTANCES = [("raw", "euclidean"), ("raw", "cosine"), ("tfidf", "euclidean"), ("tfidf", "cosine")]
 
 
-def brute_force(counts, ids, k, weighting="raw", metric="euclidean"):
+def brute_force(counts, ids, k, weighting="raw", metric="euclidean", power=1.0):
     """The tie rule spelled out, pair by pair: the key from the exact integers of the weighted
     counts (squared distance, or 1 - cosine), then ascending ID, self excluded."""
     c = counts.toarray().astype(np.int64)
     n_local = int(c.sum(axis=1)[0])
+    if power != 1:  # counts to the power, in fixed point
+        c, n_local = np.rint(POWER_SCALE * c**power).astype(np.int64), round(POWER_SCALE * n_local**power)
     v = c * word_weights(counts, weighting)
     unit = 1 if weighting == "raw" else IDF_SCALE
 
@@ -56,12 +59,13 @@ def random_counts(seed, n=60, words=4, n_local=5, zipf=None):
 @pytest.mark.parametrize("seed", [0, 1, 2])
 @pytest.mark.parametrize("k", [1, 5])
 @pytest.mark.parametrize("weighting, metric", DISTANCES)
-def test_methods_follow_the_tie_rule_on_tie_heavy_histograms(method, seed, k, weighting, metric):
+@pytest.mark.parametrize("power", [1.0, 0.5])
+def test_methods_follow_the_tie_rule_on_tie_heavy_histograms(method, seed, k, weighting, metric, power):
     # few words and few descriptors: many images share a histogram or a distance
     counts = random_counts(seed)
     ids = np.random.default_rng(seed).permutation(1000)[:60]
-    expected, expected_d = brute_force(counts, ids, k, weighting, metric)
-    got, got_d = method(Counts(counts, 5, ids, weighting, metric), k=k, chunk_size=7)
+    expected, expected_d = brute_force(counts, ids, k, weighting, metric, power)
+    got, got_d = method(Counts(counts, 5, ids, weighting, metric, power=power), k=k, chunk_size=7)
     np.testing.assert_array_equal(got, expected)
     np.testing.assert_allclose(got_d, expected_d, rtol=1e-12, atol=1e-15)
 
@@ -126,14 +130,14 @@ def test_sparse_equals_balltree_on_zipf_words(seed, weighting, metric):
 
 @pytest.mark.parametrize("block", [1, 7, 64])
 @pytest.mark.parametrize("dense_share", [0.0, 0.1, 1.0])  # every word, the frequent ones, none dense
-@pytest.mark.parametrize("weighting, metric", [("raw", "euclidean"), ("tfidf", "cosine")])
-def test_sparse_blocks_of_images_give_the_same_neighbours(block, dense_share, weighting, metric):
+@pytest.mark.parametrize("weighting, metric, power", [("raw", "euclidean", 1.0), ("tfidf", "cosine", 1.0), ("tfidf", "cosine", 0.5)])
+def test_sparse_blocks_of_images_give_the_same_neighbours(block, dense_share, weighting, metric, power):
     # the lightest images (fewest repeated words) fall in different blocks than most queries
     counts = random_counts(5, n=150, words=40, n_local=6, zipf=0.6)
     ids = np.random.default_rng(5).permutation(150)
-    expected, expected_d = brute_force(counts, ids, 4, weighting, metric)
+    expected, expected_d = brute_force(counts, ids, 4, weighting, metric, power)
     got, got_d = sparse_neighbours(
-        Counts(counts, 6, ids, weighting, metric), k=4, block=block, dense_share=dense_share
+        Counts(counts, 6, ids, weighting, metric, power=power), k=4, block=block, dense_share=dense_share
     )
     np.testing.assert_array_equal(got, expected)
     np.testing.assert_allclose(got_d, expected_d, rtol=1e-12, atol=1e-15)
@@ -150,6 +154,35 @@ def test_sparse_finds_images_that_share_no_word(dense_share, weighting, metric):
         data = Counts(counts, 2, ids, weighting, metric)
         got = sparse_neighbours(data, k=3, block=block, dense_share=dense_share)[0]
         np.testing.assert_array_equal(got, expected)
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("power", [1.0, 0.5])
+def test_multiple_assignment_counts_follow_the_tie_rule(method, power):
+    # each of 12 descriptors counted for its 3 nearest words: rows sum to 36, counts up to 12 per word
+    rng = np.random.default_rng(11)
+    words = np.sort(rng.choice(20, size=(90, 12, 3)), axis=2)
+    counts = word_histograms(words.reshape(90, 36), 20)
+    ids = rng.permutation(90)
+    expected, expected_d = brute_force(counts, ids, 5, "tfidf", "cosine", power)
+    got, got_d = method(Counts(counts, 36, ids, "tfidf", "cosine", power=power), k=5)
+    np.testing.assert_array_equal(got, expected)
+    np.testing.assert_allclose(got_d, expected_d, rtol=1e-12, atol=1e-15)
+
+
+def test_power_takes_the_counts_to_the_power_in_fixed_point():
+    from pipeline.neighbours import power_table
+
+    np.testing.assert_array_equal(power_table(4, 1.0), [0, 1, 2, 3, 4])
+    np.testing.assert_array_equal(power_table(4, 0.5), np.rint(POWER_SCALE * np.sqrt([0, 1, 2, 3, 4])))
+    for bad in (0.0, 1.5):
+        with pytest.raises(ConfigError, match=r"\[neighbours\] power"):
+            power_table(4, bad)
+    # the Euclidean distance stays that of (counts / n_local) ** power
+    counts = word_histograms(np.array([[0, 0, 0, 1], [1, 1, 1, 1]]), 2)
+    _, d = sparse_neighbours(Counts(counts, 4, np.arange(2), power=0.5), k=1)
+    expected = np.hypot(np.sqrt(3 / 4) - 0, np.sqrt(1 / 4) - 1)
+    assert d[0, 0] == pytest.approx(expected, rel=1e-2)
 
 
 @pytest.mark.parametrize("method", METHODS)

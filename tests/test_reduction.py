@@ -86,3 +86,33 @@ def test_a_resumed_fit_equals_an_uninterrupted_one(tmp_path):
     assert blocks.read == [5, 6, 7]  # blocks 0-4 were not read again
     np.testing.assert_array_equal(resumed.components_, whole.components_)
     np.testing.assert_array_equal(resumed.mean_, whole.mean_)
+
+
+@pytest.mark.parametrize("norm", ["l2", "root"])
+def test_descriptor_normalisation_comes_before_the_scaler(norm):
+    x = np.abs(correlated(seed=3))  # post-ReLU outputs are non-negative
+    x[5] = 0  # a descriptor of zeros stays zero
+    if norm == "l2":
+        normalised = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-300)
+    else:  # RootSIFT: the square root of the L1-normalised values
+        normalised = np.sqrt(x / np.maximum(x.sum(axis=1, keepdims=True), 1e-300))
+    reference = PCA(n_components=0.9, svd_solver="full").fit(StandardScaler().fit(normalised).transform(normalised))
+    expected = reference.transform(StandardScaler().fit(normalised).transform(normalised))
+    reducer = Reducer(0.9, descriptors=norm).fit(np.array_split(x, 3))
+    assert reducer.n_components_ == reference.n_components_
+    np.testing.assert_allclose(reducer.transform(x), expected, atol=1e-4 * np.abs(expected).max())
+
+
+def test_reduced_normalisation_gives_unit_rows_and_survives_saving(tmp_path):
+    x = correlated(seed=4)
+    reducer = Reducer(0.9, descriptors="root", reduced="l2").fit(x)
+    np.testing.assert_allclose(np.linalg.norm(reducer.transform(x), axis=1), 1, rtol=1e-5)
+    reducer.save(tmp_path / "r.h5", {"digest": "d"})
+    again = Reducer.load(tmp_path / "r.h5")
+    assert (again.descriptors, again.reduced) == ("root", "l2")
+    np.testing.assert_array_equal(again.transform(x), reducer.transform(x))
+
+
+def test_unknown_normalisation_names_the_setting():
+    with pytest.raises(ConfigError, match=r"\[reduction\] descriptors='l1'"):
+        Reducer(0.9, descriptors="l1").fit(correlated())

@@ -1,0 +1,300 @@
+"""Retrieval quality on proxy collections: the shipped defaults beside the original method.
+
+``python -m benchmarks.quality [--collections NAME,...] [--grid] [--work DIR]`` makes the proxy
+collections of :mod:`benchmarks.proxies` (once; they are kept under ``--work``), extracts their
+descriptors (one forward pass gives every layer a configuration needs; kept too), and scores
+each configuration through the project's own stages: the reducer, the codebook, the histograms,
+the exact neighbours, the evaluation against the collection's labels and the label-free
+self-check. ``--grid`` adds each setting's alternatives, one at a time, around the shipped
+defaults and around the original method. It prints a table per collection and ends with a JSON line.
+
+Weights are ``[resnet] weights`` of luigi.cfg (random in the shipped file: no weights can be
+downloaded where this project is built); a site with ImageNet weights sets them and runs the
+same command to choose its own defaults.
+"""
+
+import argparse
+import json
+import logging
+import os
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+from pipeline import evaluation, features, store
+from pipeline.codebook import check_size, fit_codebook
+from pipeline.histograms import MAX_ASSIGN, compute_histograms
+from pipeline.neighbours import METRICS, WEIGHTINGS, Counts, query_neighbours, sparse_neighbours
+from pipeline.query import extract, word_counts
+from pipeline.reduction import DESCRIPTOR_NORMS, REDUCED_NORMS, Reducer
+from pipeline.selfcheck import Copies
+
+from . import proxies
+from .common import Timer
+
+logger = logging.getLogger("benchmarks.quality")
+
+#: The original scripts' method: res5c_branch2c (Keras 3: conv5_block3_3_conv), StandardScaler +
+#: PCA(0.97), K = 800, L1-normalised histograms, Euclidean BallTree.
+ORIGINAL = {
+    "layer": "conv5_block3_3_conv", "descriptors": "raw", "reduced": "raw", "size": "800", "assign": 1,
+    "weighting": "raw", "power": 1.0, "metric": "euclidean",
+}  # fmt: skip
+#: Alternatives of each setting that ``--grid`` tries, one at a time.
+ALTERNATIVES = {
+    "layer": ("conv5_block3_out", "conv5_block3_3_conv", "conv4_block6_out"),
+    "descriptors": DESCRIPTOR_NORMS,
+    "reduced": REDUCED_NORMS,
+    "size": ("200", "400", "800", "1600", "3200", "auto"),
+    "assign": tuple(range(1, MAX_ASSIGN + 1)),
+    "weighting": WEIGHTINGS,
+    "power": (1.0, 0.5),
+    "metric": METRICS,
+}
+MEASURES = ("map", "precision_at_1", "precision_at_5", "recall_at_5", "selfcheck_top1", "selfcheck_top5")
+
+
+def shipped():
+    """The defaults a run uses: luigi.cfg over the settings' own defaults."""
+    from tasks.config import codebook, histograms, neighbours, reduction, resnet
+
+    return {
+        "layer": resnet().layer, "descriptors": reduction().descriptors, "reduced": reduction().reduced,
+        "size": str(codebook().size), "assign": histograms().assign, "weighting": neighbours().weighting,
+        "power": neighbours().power, "metric": neighbours().metric,
+    }  # fmt: skip
+
+
+def grid(defaults):
+    """The defaults, the original method, and each setting's alternatives around both, without repeats."""
+    configs = [defaults, ORIGINAL]
+    for centre in (defaults, ORIGINAL):
+        for key, values in ALTERNATIVES.items():
+            configs += [{**centre, key: value} for value in values]
+    unique = []
+    for config in configs:
+        if config not in unique:
+            unique.append(config)
+    return unique
+
+
+def name_of(config, defaults):
+    if config == defaults:
+        return "shipped"
+    if config == ORIGINAL:
+        return "original"
+    for centre, label in ((defaults, "shipped"), (ORIGINAL, "original")):
+        changed = [k for k in config if config[k] != centre[k]]
+        if len(changed) == 1:
+            return f"{label} {changed[0]}={config[changed[0]]}"
+    return "other"
+
+
+class Collection:
+    """One proxy collection's images, labels and descriptors (8-bit coded, as the feature store keeps them)."""
+
+    def __init__(self, spec, work):
+        self.spec = spec
+        self.folder = os.path.join(work, spec.name)
+        self.content = os.path.join(self.folder, "content")
+        self.summary = proxies.ensure_collection(spec, self.content)
+        mapping = np.loadtxt(os.path.join(self.content, "image_ids.csv"), delimiter=",", skiprows=1, dtype=str)
+        self.ids = mapping[:, 0].astype(np.int64)
+        self.paths = [os.path.join(self.content, ppn, name) for _, ppn, name in mapping]
+        self.keys = np.array([f"{i}" for i in self.ids])
+        self.labels = evaluation.read_labels(os.path.join(self.content, "labels.csv"))
+        self.coded = {}
+
+    def cache(self, layer, weights, seed):
+        return os.path.join(self.folder, f"{layer}-{weights}-{seed}.npz")
+
+    def extract(self, layers, weights, seed, batch_size):
+        """Descriptors of every image at each layer, from the cache or one forward pass for the missing ones."""
+        missing = [layer for layer in layers if not os.path.exists(self.cache(layer, weights, seed))]
+        if missing:
+            model = features.build_model(weights=weights, layer=tuple(missing), seed=seed)
+            with features.DescriptorExtractor(model, batch_size=batch_size) as extractor:
+                descriptors, decoded, errors = extract(extractor, self.paths)
+            if errors:
+                raise RuntimeError(f"{self.spec.name}: {len(errors)} images could not be decoded: {errors}")
+            for layer, d in zip(missing, descriptors):
+                codes, offset, scale = store.quantize(d)
+                np.savez(self.cache(layer, weights, seed), codes=codes, offset=offset, scale=scale)
+        for layer in layers:
+            if layer not in self.coded:
+                with np.load(self.cache(layer, weights, seed)) as f:
+                    self.coded[layer] = (f["codes"], f["offset"], f["scale"])
+
+    def blocks(self, layer):
+        return CodedBlocks(*self.coded[layer])
+
+
+class CodedBlocks(store.Blocks):
+    """8-bit coded descriptors in memory, decoded block by block as the feature store's are."""
+
+    def __init__(self, codes, offset, scale):
+        super().__init__(len(codes))
+        self.codes, self.offset, self.scale = codes, offset, scale
+
+    def read(self, positions):
+        return store.dequantize(self.codes[positions], self.offset[positions], self.scale[positions])
+
+    def n_local(self):
+        return self.codes.shape[1]
+
+
+class Scorer:
+    """Scores configurations on one collection, fitting each reducer and codebook once."""
+
+    def __init__(self, collection, copies=None, copy_descriptors=None, variance=0.97, sample_size=200_000, seed=0):
+        self.c, self.copies, self.copy_descriptors = collection, copies, copy_descriptors
+        self.variance, self.sample_size, self.seed = variance, sample_size, seed
+        self.reducers, self.codebooks, self.counts = {}, {}, {}
+
+    def _reducer(self, config):
+        key = (config["layer"], config["descriptors"])
+        if key not in self.reducers:
+            self.reducers[key] = Reducer(self.variance, config["descriptors"]).fit(self.c.blocks(config["layer"]))
+        fitted = self.reducers[key]
+        reducer = Reducer.__new__(Reducer)
+        reducer.__dict__.update(fitted.__dict__, reduced=config["reduced"])  # the same fit, another projection
+        return reducer
+
+    def _codebook(self, config, reducer):
+        blocks = self.c.blocks(config["layer"])
+        size = check_size(config["size"], blocks.n_images, blocks.n_local(), self.sample_size)
+        key = (config["layer"], config["descriptors"], config["reduced"], size)
+        if key not in self.codebooks:
+            self.codebooks[key] = fit_codebook(blocks, reducer, size, self.sample_size, self.seed)
+        return self.codebooks[key], key
+
+    def score(self, config):
+        started = time.monotonic()
+        blocks = self.c.blocks(config["layer"])
+        reducer = self._reducer(config)
+        codebook, key = self._codebook(config, reducer)
+        key = (*key, config["assign"])
+        if key not in self.counts:
+            self.counts[key] = compute_histograms(blocks, self.c.keys, reducer, codebook, config["assign"])[0]
+        data = Counts(
+            self.counts[key], blocks.n_local() * config["assign"], self.c.ids, config["weighting"], config["metric"],
+            power=config["power"],
+        )  # fmt: skip
+        nearest, _ = sparse_neighbours(data, k=5)
+        scores = evaluation.evaluate(self.c.ids, self.c.ids[nearest], self.c.labels, k=5)
+        row = {**config, "codebook": str(codebook.size), **{k: v for k, v in scores.items() if k != "per_label"}}
+        if self.copies is not None:
+            descriptors, decoded, errors = self.copy_descriptors[config["layer"]]
+            found = query_neighbours(data, word_counts(descriptors, reducer, codebook, config["assign"]), k=5)[0]
+            check = self.copies.score(found, decoded, errors, self.c.ids)
+            row.update(selfcheck_top1=check["top1"], selfcheck_top5=check["top5"])
+        row["seconds"] = round(time.monotonic() - started, 1)
+        return row
+
+
+def run_collection(spec, configs, defaults, args):
+    """Rows of every configuration on one collection."""
+    with Timer() as made:
+        collection = Collection(spec, args.work)
+    layers = sorted({c["layer"] for c in configs})
+    with Timer() as extracted:
+        collection.extract(layers, args.weights, args.seed, args.batch_size)
+    copies, copy_descriptors = None, None
+    with tempfile.TemporaryDirectory(prefix="quality-") as scratch:
+        if args.selfcheck:
+            copies = Copies(collection.paths, scratch, sample=args.selfcheck, seed=0)
+            model = features.build_model(weights=args.weights, layer=tuple(layers), seed=args.seed)
+            with features.DescriptorExtractor(model, batch_size=args.batch_size) as extractor:
+                descriptors, decoded, errors = extract(extractor, copies.paths)
+            copy_descriptors = {layer: (d, decoded, errors) for layer, d in zip(layers, descriptors)}
+        scorer = Scorer(collection, copies, copy_descriptors)
+        rows = []
+        for config in configs:
+            row = scorer.score(config)
+            row["name"] = name_of(config, defaults)
+            rows.append(row)
+            logger.info("%s %s: %s", spec.name, row["name"], {k: row.get(k) for k in MEASURES})
+    info = {
+        "collection": spec.name, "images": collection.summary["images"], "groups": collection.summary["groups"],
+        "distractors": collection.summary["distractors"], "make_seconds": round(made.seconds, 1),
+        "extract_seconds": round(extracted.seconds, 1),
+    }  # fmt: skip
+    return info, rows
+
+
+COLUMNS = ("name", "layer", "descriptors", "reduced", "codebook", "assign", "weighting", "power", "metric")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--collections", default=",".join(s.name for s in proxies.COLLECTIONS))
+    parser.add_argument("--grid", action="store_true", help="also each setting's alternatives, one at a time")
+    parser.add_argument("--work", default=os.path.join("artifacts", "bench-quality"), help="where collections and descriptors are kept")
+    parser.add_argument("--selfcheck", type=int, default=50, help="images altered for the self-check (0: none)")
+    parser.add_argument("--json", help="also write every row to this JSON file")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from tasks.config import resnet
+
+    args.weights, args.seed, args.batch_size = resnet().weights, resnet().seed, resnet().batch_size
+    names = [n.strip() for n in args.collections.split(",") if n.strip()]
+    specs = [s for s in proxies.COLLECTIONS if s.name in names]
+    unknown = set(names) - {s.name for s in specs}
+    problems = [f"no collection {n!r}" for n in sorted(unknown)] + proxies.missing_sources(specs)
+    if problems:
+        print("error: " + "; ".join(problems), file=sys.stderr)
+        return 2
+    defaults = shipped()
+    configs = grid(defaults) if args.grid else [defaults, ORIGINAL]
+    results, figures = [], {}
+    with Timer() as whole:
+        for spec in specs:
+            info, rows = run_collection(spec, configs, defaults, args)
+            results.append({**info, "rows": rows})
+            by_name = {r["name"]: r for r in rows}
+            print(
+                f"\n## {spec.name}: {info['images']} images, {info['groups']} groups, {info['distractors']} distractors "
+                f"(weights {args.weights})"
+            )
+            print(table_rows(rows))
+            figures[spec.name] = {
+                who: {m: round(by_name[who][m], 4) for m in MEASURES if m in by_name[who]} for who in ("shipped", "original")
+            }
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"weights": args.weights, "defaults": defaults, "collections": results}, f, indent=1)
+    wins = {n: f["shipped"]["map"] >= f["original"]["map"] for n, f in figures.items()}
+    mean = {who: round(float(np.mean([f[who]["map"] for f in figures.values()])), 4) for who in ("shipped", "original")}
+    print(
+        f"\nshipped defaults {defaults}\nmAP, mean over collections: shipped {mean['shipped']}, original {mean['original']}; "
+        f"shipped >= original on {sum(wins.values())} of {len(wins)}"
+    )
+    print(
+        json.dumps(
+            {
+                "bench": "quality", "weights": args.weights, "seconds": round(whole.seconds, 1), "defaults": defaults,
+                "mean_map": mean, "shipped_beats_original": wins, "collections": figures,
+            }  # fmt: skip
+        )
+    )
+    return 0
+
+
+def table_rows(rows):
+    """The rows as a Markdown table, best mAP first."""
+    ordered = sorted(rows, key=lambda r: -r["map"])
+    shown = [{**{k: r[k] for k in COLUMNS if k in r}, **{m: r[m] for m in MEASURES if m in r}} for r in ordered]
+    head = ["name", *COLUMNS[1:]]
+    lines = ["| " + " | ".join(head + ["mAP", "P@1", "P@5", "R@5", "self-check top-1", "top-5"]) + " |"]
+    lines.append("|" + "---|" * len(head) + "---:|" * 6)
+    for r in shown:
+        lines.append(
+            "| " + " | ".join(str(r[k]) for k in head) + " | " + " | ".join(f"{r[m]:.3f}" if m in r else "" for m in MEASURES) + " |"
+        )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
