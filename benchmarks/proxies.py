@@ -254,7 +254,7 @@ def make_collection(spec, dest):
     }  # fmt: skip
     with open(os.path.join(dest, "collection.json"), "w") as f:
         json.dump(summary, f)
-    return summary
+    return json.loads(json.dumps(summary))  # as ensure_collection reads it back
 
 
 def ensure_collection(spec, dest):

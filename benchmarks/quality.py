@@ -1,12 +1,13 @@
 """Retrieval quality on proxy collections: the shipped defaults beside the original method.
 
-``python -m benchmarks.quality [--collections NAME,...] [--grid] [--work DIR]`` makes the proxy
+``python -m benchmarks.quality [--collections NAME,...] [--grid] [--configs FILE] [--work DIR]`` makes the proxy
 collections of :mod:`benchmarks.proxies` (once; they are kept under ``--work``), extracts their
 descriptors (one forward pass gives every layer a configuration needs; kept too), and scores
 each configuration through the project's own stages: the reducer, the codebook, the histograms,
 the exact neighbours, the evaluation against the collection's labels and the label-free
 self-check. ``--grid`` adds each setting's alternatives, one at a time, around the shipped
-defaults and around the original method. It prints a table per collection and ends with a JSON line.
+defaults and around the original method; ``--configs FILE`` adds the configurations of a JSON
+list (each a dict of the settings that differ from the original method). It prints a table per collection and ends with a JSON line.
 
 Weights are ``[resnet] weights`` of luigi.cfg (random in the shipped file: no weights can be
 downloaded where this project is built); a site with ImageNet weights sets them and runs the
@@ -89,7 +90,7 @@ def name_of(config, defaults):
         changed = [k for k in config if config[k] != centre[k]]
         if len(changed) == 1:
             return f"{label} {changed[0]}={config[changed[0]]}"
-    return "other"
+    return "original " + " ".join(f"{k}={config[k]}" for k in config if config[k] != ORIGINAL[k])
 
 
 class Collection:
@@ -117,6 +118,7 @@ class Collection:
             model = features.build_model(weights=weights, layer=tuple(missing), seed=seed)
             with features.DescriptorExtractor(model, batch_size=batch_size) as extractor:
                 descriptors, decoded, errors = extract(extractor, self.paths)
+            descriptors = descriptors if isinstance(descriptors, list) else [descriptors]  # Keras: one output, no list
             if errors:
                 raise RuntimeError(f"{self.spec.name}: {len(errors)} images could not be decoded: {errors}")
             for layer, d in zip(missing, descriptors):
@@ -208,6 +210,7 @@ def run_collection(spec, configs, defaults, args):
             model = features.build_model(weights=args.weights, layer=tuple(layers), seed=args.seed)
             with features.DescriptorExtractor(model, batch_size=args.batch_size) as extractor:
                 descriptors, decoded, errors = extract(extractor, copies.paths)
+            descriptors = descriptors if isinstance(descriptors, list) else [descriptors]
             copy_descriptors = {layer: (d, decoded, errors) for layer, d in zip(layers, descriptors)}
         scorer = Scorer(collection, copies, copy_descriptors)
         rows = []
@@ -231,6 +234,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--collections", default=",".join(s.name for s in proxies.COLLECTIONS))
     parser.add_argument("--grid", action="store_true", help="also each setting's alternatives, one at a time")
+    parser.add_argument("--configs", help="also the configurations of this JSON file (a list of settings dicts)")
     parser.add_argument("--work", default=os.path.join("artifacts", "bench-quality"), help="where collections and descriptors are kept")
     parser.add_argument("--selfcheck", type=int, default=50, help="images altered for the self-check (0: none)")
     parser.add_argument("--json", help="also write every row to this JSON file")
@@ -248,6 +252,9 @@ def main(argv=None):
         return 2
     defaults = shipped()
     configs = grid(defaults) if args.grid else [defaults, ORIGINAL]
+    if args.configs:
+        with open(args.configs) as f:
+            configs += [{**ORIGINAL, **c} for c in json.load(f) if {**ORIGINAL, **c} not in configs]
     results, figures = [], {}
     with Timer() as whole:
         for spec in specs:

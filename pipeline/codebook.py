@@ -14,16 +14,16 @@ logger = logging.getLogger(__name__)
 
 #: Upper bound of the automatic codebook size; the size the original project used.
 MAX_AUTO_SIZE = 8500
-#: Sampled descriptors per visual word that ``size = auto`` aims at. On the demo collection
-#: (2,499 descriptors), mean average precision over three codebook seeds rose from K = 50 to a
-#: plateau between 1 word per 6 descriptors and 1 per 3, and fell beyond (README, "Quality").
-DESCRIPTORS_PER_WORD = 4
+#: Sampled descriptors per visual word that ``size = auto`` aims at. On the quality benchmark's
+#: proxy collections (docs/quality.md), mAP rose with K up to 1,600-3,200 words at about 15,000
+#: descriptors (one word per 5 to 10) and still at 6,400-8,500 at 147,000 (one per 17 to 23).
+DESCRIPTORS_PER_WORD = 8
 
 
 def auto_size(n_descriptors):
     """The codebook size ``size = auto`` picks: one word per DESCRIPTORS_PER_WORD descriptors
-    fitted on, between 2 and 8,500 (625 words for the demo's 2,499 descriptors; 8,500 from
-    34,000 descriptors on, about 700 images)."""
+    fitted on, between 2 and 8,500 (about 1,900 words for 300 images of 49 descriptors;
+    8,500 from 68,000 descriptors on, about 1,400 images)."""
     return int(min(MAX_AUTO_SIZE, max(2, round(n_descriptors / DESCRIPTORS_PER_WORD))))
 
 

@@ -17,7 +17,8 @@ from .images import DECODE_TIMEOUT, INPUT_SIZE, MAX_PIXELS, DecoderPool
 logger = logging.getLogger(__name__)
 
 MODEL = "ResNet50"
-DEFAULT_LAYER = "conv5_block3_out"
+#: The original scripts' res5c_branch2c (Keras 3 names it conv5_block3_3_conv); docs/quality.md says why.
+DEFAULT_LAYER = "conv5_block3_3_conv"
 #: Keras's file name for the ImageNet weights without the classification head.
 IMAGENET_FILE = "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"
 RANDOM_WEIGHTS_NOTE = (
@@ -51,7 +52,8 @@ def layer_side(layer):
 def unknown_layer_message(layer):
     return (
         f"[resnet] layer={layer!r} is not a layer of ResNet50; use one of the block outputs "
-        f"conv2_block3_out, conv3_block4_out, conv4_block6_out, conv5_block3_out (default {DEFAULT_LAYER})"
+        f"conv2_block3_out, conv3_block4_out, conv4_block6_out, conv5_block3_out, or a convolution such as "
+        f"conv5_block3_3_conv (default {DEFAULT_LAYER})"
     )
 
 

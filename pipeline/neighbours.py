@@ -26,15 +26,14 @@ logger = logging.getLogger(__name__)
 METHODS = ("auto", "balltree", "sparse")
 WEIGHTINGS = ("raw", "tfidf")
 METRICS = ("euclidean", "cosine")
-#: The shipped ``[neighbours] weighting`` and ``metric``: the best mean average precision on the
-#: demo collection (README, "Quality").
+#: The shipped ``[neighbours] weighting`` and ``metric`` (docs/quality.md says why).
 DEFAULT_WEIGHTING, DEFAULT_METRIC = "tfidf", "cosine"
 #: tf-idf weights are whole multiples of 1 / IDF_SCALE, so that products stay exact integers.
 IDF_SCALE = 256
 #: Counts raised to a power below 1 are whole multiples of 1 / POWER_SCALE, for the same reason.
 POWER_SCALE = 64
 #: The shipped ``[neighbours] power`` (docs/quality.md says why).
-DEFAULT_POWER = 1.0
+DEFAULT_POWER = 0.5
 
 
 def power_table(mass, power):
@@ -102,10 +101,11 @@ class Counts:
         The word weights to use instead of computing them from ``counts`` (those of a collection
         that images not in it are compared with).
     power : float in (0, 1]
-        Power the counts are raised to (:func:`power_table`).
+        Power the counts are raised to (:func:`power_table`); 1 keeps them (the shipped
+        ``[neighbours] power`` is DEFAULT_POWER).
     """
 
-    def __init__(self, counts, n_local, ids, weighting="raw", metric="euclidean", weights=None, power=DEFAULT_POWER):
+    def __init__(self, counts, n_local, ids, weighting="raw", metric="euclidean", weights=None, power=1.0):
         if metric not in METRICS:
             raise ConfigError(f"[neighbours] metric={metric!r} must be one of {', '.join(METRICS)}")
         counts = sp.csr_matrix(counts, dtype=np.int64)

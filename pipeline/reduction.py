@@ -17,7 +17,7 @@ DESCRIPTOR_NORMS = ("raw", "l2", "root")
 #: ``[reduction] reduced``: each projected descriptor as it is (raw) or divided by its L2 norm (l2).
 REDUCED_NORMS = ("raw", "l2")
 #: The shipped settings (docs/quality.md says why).
-DEFAULT_DESCRIPTORS, DEFAULT_REDUCED = "raw", "raw"
+DEFAULT_DESCRIPTORS, DEFAULT_REDUCED = "l2", "l2"
 
 
 def normalise_rows(x, norm):
@@ -47,12 +47,13 @@ class Reducer:
     variance : float in (0, 1]
         Fraction of the variance of the standardised descriptors that the kept components explain.
     descriptors : {"raw", "l2", "root"}
-        Normalisation of each local descriptor before the scaler (DESCRIPTOR_NORMS).
+        Normalisation of each local descriptor before the scaler (DESCRIPTOR_NORMS); the
+        shipped ``[reduction] descriptors`` is DEFAULT_DESCRIPTORS.
     reduced : {"raw", "l2"}
-        Normalisation of each projected descriptor (REDUCED_NORMS).
+        Normalisation of each projected descriptor (REDUCED_NORMS); shipped: DEFAULT_REDUCED.
     """
 
-    def __init__(self, variance=0.97, descriptors=DEFAULT_DESCRIPTORS, reduced=DEFAULT_REDUCED):
+    def __init__(self, variance=0.97, descriptors="raw", reduced="raw"):
         self.variance = variance
         self.descriptors = descriptors
         self.reduced = reduced

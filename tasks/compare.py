@@ -1,10 +1,12 @@
-"""``python -m tasks.compare [--layers L,...] [--sizes K,...] [--weightings ...] [--metrics ...]``:
-retrieval quality of the configured collection over a grid of settings, as a table sorted by mAP.
+"""``python -m tasks.compare [--layers L,...] [--sizes K,...] [--descriptors ...] [--reduced ...]
+[--assigns ...] [--weightings ...] [--powers ...] [--metrics ...]``: retrieval quality of the
+configured collection over a grid of settings, as a table sorted by mAP. Each option defaults to
+the configured setting, except weightings and metrics (both of each).
 
 Each layer's descriptors are extracted into the feature store the nightly run uses for that
 layer (so what is there already is reused, and a run that later switches to the layer finds
-them); the reducer is fitted once per layer, the codebook and histograms once per size, and
-the neighbours once per weighting and distance. The quality columns are those of the Evaluate
+them); the reducer is fitted once per layer and descriptor normalisation, the codebook once per
+size, the histograms once per assignment, and the neighbours once per weighting, power and distance. The quality columns are those of the Evaluate
 task, against ``--labels`` (default ``[evaluate] labels``), and the self-check's hit rates.
 """
 
@@ -18,11 +20,13 @@ from pipeline import collection, evaluation, store
 from pipeline.compare import compare_layer, sort_rows, table
 from pipeline.errors import PipelineError
 from pipeline.features import layer_side, unknown_layer_message
+from pipeline.histograms import MAX_ASSIGN
 from pipeline.neighbours import METRICS, WEIGHTINGS
+from pipeline.reduction import DESCRIPTOR_NORMS, REDUCED_NORMS
 from pipeline.selfcheck import Copies
 
-from .config import codebook, collection as collection_config, evaluate as evaluate_config, images, paths
-from .config import reduction, resnet, selfcheck, settings_problem
+from .config import codebook, collection as collection_config, evaluate as evaluate_config, histograms, images
+from .config import neighbours, paths, reduction, resnet, selfcheck, settings_problem
 from .stages import feature_settings, feature_store, query_extractor, read_id_mapping
 
 logger = logging.getLogger("tasks.compare")
@@ -38,7 +42,13 @@ def parse(argv):
     )
     parser.add_argument("--layers", default=resnet().layer, help="ResNet50 layers, comma-separated (default [resnet] layer)")
     parser.add_argument("--sizes", default=str(codebook().size), help="codebook sizes K, or auto (default [codebook] size)")
+    parser.add_argument(
+        "--descriptors", default=reduction().descriptors, help="raw, l2, root (default [reduction] descriptors)"
+    )
+    parser.add_argument("--reduced", default=reduction().reduced, help="raw, l2 (default [reduction] reduced)")
+    parser.add_argument("--assigns", default=str(histograms().assign), help="1 to 3 (default [histograms] assign)")
     parser.add_argument("--weightings", default=",".join(WEIGHTINGS), help="raw, tfidf (default both)")
+    parser.add_argument("--powers", default=str(neighbours().power), help="in (0, 1] (default [neighbours] power)")
     parser.add_argument("--metrics", default=",".join(METRICS), help="euclidean, cosine (default both)")
     parser.add_argument("--labels", default=evaluate_config().labels, help="CSV id,label (default [evaluate] labels)")
     parser.add_argument(
@@ -46,16 +56,24 @@ def parse(argv):
     )
     parser.add_argument("--json", help="also write the rows to this JSON file")
     args = parser.parse_args(argv)
-    args.layers, args.weightings, args.metrics = listed(args.layers), listed(args.weightings), listed(args.metrics)
-    args.sizes = [s if s.lower() == "auto" else int(s) for s in listed(args.sizes)] if args.sizes else []
+    for name in ("layers", "weightings", "metrics", "descriptors", "reduced"):
+        setattr(args, name, listed(getattr(args, name)))
+    try:
+        args.sizes = [s if s.lower() == "auto" else int(s) for s in listed(args.sizes)] if args.sizes else []
+        args.assigns = [int(a) for a in listed(args.assigns)]
+        args.powers = [float(p) for p in listed(args.powers)]
+    except ValueError as exc:
+        parser.error(f"--sizes, --assigns and --powers take numbers ({exc})")
     for layer in args.layers:
         if layer_side(layer) is None:
             parser.error(unknown_layer_message(layer).replace("[resnet] layer=", "--layers "))
-    for value, allowed, name in [(w, WEIGHTINGS, "weightings") for w in args.weightings] + [
-        (m, METRICS, "metrics") for m in args.metrics
-    ]:
-        if value not in allowed:
-            parser.error(f"--{name} {value!r} is not one of {', '.join(allowed)}")
+    choices = {"weightings": WEIGHTINGS, "metrics": METRICS, "descriptors": DESCRIPTOR_NORMS, "reduced": REDUCED_NORMS}
+    for name, allowed in choices.items():
+        for value in getattr(args, name):
+            if value not in allowed:
+                parser.error(f"--{name} {value!r} is not one of {', '.join(allowed)}")
+    if any(not 1 <= a <= MAX_ASSIGN for a in args.assigns) or any(not 0 < p <= 1 for p in args.powers):
+        parser.error(f"--assigns must be whole numbers from 1 to {MAX_ASSIGN}, --powers numbers in (0, 1]")
     if any(s != "auto" and s < 2 for s in args.sizes):
         parser.error("--sizes must be auto or whole numbers >= 2")
     return args
@@ -95,7 +113,7 @@ def run(args):
                 store.DescriptorBlocks(layer_store, index), index, layer, args.sizes, args.weightings, args.metrics,
                 labels=labels, copies=copies, copy_features=copy_features, variance=reduction().variance,
                 sample_images_=reduction().sample_images, sample_size=codebook().sample_size, seed=codebook().seed,
-                k=5,
+                k=5, descriptors=args.descriptors, reduced=args.reduced, assigns=args.assigns, powers=args.powers,
             )  # fmt: skip
     return sort_rows(rows), len(first_ids)
 

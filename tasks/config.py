@@ -6,7 +6,7 @@ import luigi
 
 from pipeline.cms import resolve_url
 from pipeline.errors import ConfigError
-from pipeline.features import layer_side, unknown_layer_message
+from pipeline.features import DEFAULT_LAYER, layer_side, unknown_layer_message
 from pipeline.histograms import DEFAULT_ASSIGN, MAX_ASSIGN
 from pipeline.neighbours import DEFAULT_METRIC, DEFAULT_POWER, DEFAULT_WEIGHTING, METHODS, METRICS, WEIGHTINGS
 from pipeline.reduction import DEFAULT_DESCRIPTORS, DEFAULT_REDUCED, DESCRIPTOR_NORMS, REDUCED_NORMS
@@ -68,7 +68,7 @@ class resnet(luigi.Config):
         description="imagenet (Keras download and cache), random (seeded, tests and smoke runs only) "
         "or the path of a Keras ResNet50 weights file without the top.",
     )
-    layer = luigi.Parameter(default="conv5_block3_out", description="Layer whose output gives the local descriptors.")
+    layer = luigi.Parameter(default=DEFAULT_LAYER, description="Layer whose output gives the local descriptors.")
     seed = luigi.IntParameter(default=0, description="Seed of the random initialisation when weights = random.")
     batch_size = luigi.IntParameter(default=16, significant=False, description="Images per forward pass.")
 
@@ -162,7 +162,7 @@ class histograms(luigi.Config):
 
 class codebook(luigi.Config):
     size = luigi.Parameter(
-        default="auto", description="Number of visual words K, or auto: one per 4 descriptors sampled, 2 to 8,500."
+        default="auto", description="Number of visual words K, or auto: one per 8 descriptors sampled, 2 to 8,500."
     )
     sample_size = luigi.IntParameter(
         default=200_000,

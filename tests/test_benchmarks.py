@@ -52,3 +52,77 @@ def test_cms_benchmark_prints_its_figures(capsys):
     cms.run(images=50, databases=("sqlite",))
     figures = last_json_line(capsys)
     assert figures["bench"] == "cms" and figures["rows"] == 250 and figures["sqlite_rows_per_s"] > 0
+
+
+#: A proxy collection small enough for a test: 3 groups and 8 distractors from scikit-image's photos.
+TINY = dict(name="tiny", sources=("samples",), groups=3, distractors=8, cell=128, longest=512, seed=7)
+
+
+def test_proxy_collections_are_reproducible_with_groups_and_distractors(tmp_path):
+    import csv
+    import hashlib
+
+    from benchmarks import proxies
+
+    spec = proxies.Spec(**TINY)
+    summary = proxies.make_collection(spec, tmp_path / "a")
+    again = proxies.make_collection(spec, tmp_path / "b")
+
+    def files(root):
+        return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest() for p in root.rglob("*") if p.is_file()}
+
+    assert files(tmp_path / "a") == files(tmp_path / "b")  # the same spec writes the same files
+    assert summary == again and all(2 <= s <= 12 for s in summary["group_sizes"])
+    labels = list(csv.DictReader((tmp_path / "a" / "labels.csv").open()))
+    mapping = list(csv.DictReader((tmp_path / "a" / "image_ids.csv").open()))
+    assert [r["id"] for r in labels] == [r["id"] for r in mapping] and len(mapping) == summary["images"]
+    distractors = [r for r in labels if r["label"].startswith("distractor")]
+    assert len(distractors) == 8 and len({r["label"] for r in distractors}) == 8
+    for row in mapping:
+        assert (tmp_path / "a" / row["ppn"] / row["filename"]).is_file()
+    # a cached collection of the same spec is kept, another spec makes it anew
+    assert proxies.ensure_collection(spec, tmp_path / "a") == summary
+    other = proxies.ensure_collection(proxies.Spec(**{**TINY, "groups": 2}), tmp_path / "a")
+    assert other["groups"] == 2
+
+
+def test_every_alteration_gives_an_rgb_image():
+    import numpy as np
+    from PIL import Image
+
+    from benchmarks import proxies
+
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 80, 3), dtype=np.uint8))
+    for kind in proxies.ALTERATIONS:
+        altered = proxies.alter(image, kind, np.random.default_rng(1))
+        assert altered.mode == "RGB" and min(altered.size) >= 8, kind
+
+
+def test_quality_benchmark_scores_the_shipped_defaults_beside_the_original(capsys, monkeypatch, tmp_path):
+    from benchmarks import proxies, quality
+
+    from .conftest import luigi_config, pipeline_config
+
+    monkeypatch.setattr(proxies, "COLLECTIONS", (proxies.Spec(**TINY),))
+    with luigi_config(monkeypatch, pipeline_config(tmp_path, codebook__size=40)):
+        assert quality.main(["--work", str(tmp_path / "work"), "--selfcheck", "2", "--json", str(tmp_path / "rows.json")]) == 0
+    figures = last_json_line(capsys)
+    assert figures["bench"] == "quality" and figures["defaults"]["size"] == "40"
+    scores = figures["collections"]["tiny"]
+    for who in ("shipped", "original"):
+        assert set(scores[who]) == set(quality.MEASURES) and 0 <= scores[who]["map"] <= 1
+    assert figures["shipped_beats_original"]["tiny"] == (scores["shipped"]["map"] >= scores["original"]["map"])
+    rows = json.loads((tmp_path / "rows.json").read_text())["collections"][0]["rows"]
+    assert [r["name"] for r in rows] == ["shipped", "original"] and rows[1]["layer"] == "conv5_block3_3_conv"
+
+
+def test_quality_grid_varies_one_setting_at_a_time():
+    from benchmarks.quality import ALTERNATIVES, ORIGINAL, grid, name_of
+
+    defaults = {**ORIGINAL, "metric": "cosine"}
+    configs = grid(defaults)
+    assert configs[:2] == [defaults, ORIGINAL] and len(configs) == len({json.dumps(c, sort_keys=True) for c in configs})
+    for config in configs[2:]:
+        assert sum(config[k] != defaults[k] for k in config) == 1 or sum(config[k] != ORIGINAL[k] for k in config) == 1
+    assert name_of({**defaults, "assign": 2}, defaults) == "shipped assign=2"
+    assert {c["layer"] for c in configs} == set(ALTERNATIVES["layer"])

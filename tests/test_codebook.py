@@ -7,12 +7,12 @@ from pipeline.reduction import Reducer
 from pipeline.store import ArrayBlocks
 
 
-@pytest.mark.parametrize("n, k", [(1, 2), (2499, 625), (2450, 612), (33_998, 8500), (10**9, 8500)])
+@pytest.mark.parametrize("n, k", [(1, 2), (15_337, 1917), (2450, 306), (67_996, 8500), (147_000, 8500), (10**9, 8500)])
 def test_auto_size(n, k):
     assert auto_size(n) == k
 
 
-@pytest.mark.parametrize("size, n, expected", [("auto", 100, 25), ("AUTO", 100, 25), ("7", 100, 7), (100, 100, 100)])
+@pytest.mark.parametrize("size, n, expected", [("auto", 100, 12), ("AUTO", 100, 12), ("7", 100, 7), (100, 100, 100)])
 def test_resolve_size(size, n, expected):
     assert resolve_size(size, n) == expected
 

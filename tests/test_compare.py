@@ -17,14 +17,14 @@ def grouped_collection(n=24, groups=4, n_local=10, seed=0):
 
 def test_every_setting_of_the_grid_is_scored_once():
     blocks, index, labels = grouped_collection()
-    # auto gives 24 * 10 / 4 = 60 words: the same as the 60 asked for, so made once
+    # auto gives 24 * 10 / 8 = 30 words: the same as the 30 asked for, so made once
     rows = compare_layer(
-        blocks, index, "conv5_block3_out", [8, 60, "auto"], ["raw", "tfidf"], ["euclidean", "cosine"], labels=labels
+        blocks, index, "conv5_block3_out", [8, 30, "auto"], ["raw", "tfidf"], ["euclidean", "cosine"], labels=labels
     )
     assert len(rows) == 2 * 2 * 2
-    assert sorted({r["codebook"] for r in rows}) == ["60 (auto)", "8"]
+    assert sorted({r["codebook"] for r in rows}) == ["30 (auto)", "8"]
     assert {(r["size"], r["weighting"], r["metric"]) for r in rows} == {
-        (s, w, m) for s in (8, 60) for w in ("raw", "tfidf") for m in ("euclidean", "cosine")
+        (s, w, m) for s in (8, 30) for w in ("raw", "tfidf") for m in ("euclidean", "cosine")
     }
     assert all(r["queries"] == 24 for r in rows)
     # groups this far apart: some setting puts every image's group first
@@ -48,3 +48,14 @@ def test_without_labels_the_self_check_orders_the_rows():
     rows = [{"layer": "a", "selfcheck_top1": 0.5, "selfcheck_top5": 0.9}, {"layer": "b", "selfcheck_top1": 0.6, "selfcheck_top5": 0.7}]
     assert [r["layer"] for r in sort_rows(rows)] == ["b", "a"]
     assert "mAP" not in table(rows) and "self-check top-1" in table(rows)
+
+
+def test_normalisations_assignments_and_powers_are_each_scored():
+    blocks, index, labels = grouped_collection()
+    rows = compare_layer(
+        blocks, index, "conv5_block3_out", [8], ["tfidf"], ["cosine"], labels=labels,
+        descriptors=["raw", "l2"], reduced=["raw", "l2"], assigns=[1, 2], powers=[1.0, 0.5],
+    )  # fmt: skip
+    settings = {(r["descriptors"], r["reduced"], r["assign"], r["power"]) for r in rows}
+    assert len(rows) == len(settings) == 2 * 2 * 2 * 2
+    assert all(r["queries"] == 24 and 0 < r["map"] <= 1 for r in rows)

@@ -10,7 +10,7 @@ from .decoders import decoder_processes, misbehaving
 
 @pytest.fixture(scope="module")
 def model():
-    return build_model(weights="random", seed=0)
+    return build_model(weights="random", layer="conv5_block3_out", seed=0)
 
 
 @pytest.fixture(scope="module")

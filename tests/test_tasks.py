@@ -65,9 +65,10 @@ def test_output_follows_the_contract(run):
     attrs = result["attrs"]
     assert attrs["k"] == 5 and attrs["model"] == "ResNet50"
     assert attrs["metric"] == "cosine" and attrs["weighting"] == "tfidf"
-    assert attrs["layer"] == "conv5_block3_out" and attrs["weights"] == "random"
+    assert attrs["layer"] == "conv5_block3_3_conv" and attrs["weights"] == "random"
     assert attrs["weights_note"] == RANDOM_WEIGHTS_NOTE
-    assert attrs["codebook_size"] == round(len(ids) * 49 / 4)  # size = auto
+    assert attrs["codebook_size"] == round(len(ids) * 49 / 8)  # size = auto
+    assert attrs["power"] == 0.5
     assert {"created", "pipeline_version"} <= set(attrs)
 
 
@@ -124,9 +125,14 @@ def test_a_new_distance_or_auto_rule_redoes_only_what_depends_on_it(run, monkeyp
         with pytest.MonkeyPatch.context() as patch:
             patch.setattr("tasks.stages.DESCRIPTORS_PER_WORD", 5)  # what a new release of auto does
             assert Reducer().complete() and not Codebook().complete()
-    for override in ({"neighbours__metric": "euclidean"}, {"neighbours__weighting": "raw"}):
+    for override in ({"neighbours__metric": "euclidean"}, {"neighbours__weighting": "raw"}, {"neighbours__power": 0.5}):
         with luigi_config(monkeypatch, pipeline_config(root, **override)):
             assert Histograms().complete() and not Similarities().complete()
+    with luigi_config(monkeypatch, pipeline_config(root, histograms__assign=2)):
+        assert Codebook().complete() and not Histograms().complete()
+    for override in ({"reduction__descriptors": "l2"}, {"reduction__reduced": "l2"}):
+        with luigi_config(monkeypatch, pipeline_config(root, **override)):
+            assert not Reducer().complete() and not Codebook().complete()
     pipeline_config(root)  # leave the module's config as it was
 
 
@@ -337,6 +343,9 @@ def test_files_that_must_be_rejected_change_nothing_else(run, monkeypatch, small
         ({"images__decode_timeout": "0"}, "[images] decode_timeout=0.0 must be a number of seconds > 0"),
         ({"codebook__sise": "50"}, "[codebook] sise is not a setting; the settings of [codebook] are size, "),
         ({"resnet__decode_threads": "2"}, "[resnet] decode_threads is not a setting; it is now [images] decode_processes"),
+        ({"reduction__descriptors": "l1"}, "[reduction] descriptors='l1' must be one of raw, l2, root"),
+        ({"histograms__assign": "4"}, "[histograms] assign=4 must be a whole number from 1 to 3"),
+        ({"neighbours__power": "0"}, "[neighbours] power=0.0 must be a number in (0, 1]"),
         # known once the collection is listed, still before any image is extracted
         ({"neighbours__k": "18"}, "[neighbours] k=18 must be between 1 and the number of images - 1 = 17; lower it"),
         ({"codebook__size": "1000"}, "[codebook] size=1000 must be between 2 and the number of sampled descriptors=882"),
@@ -608,7 +617,9 @@ def test_compare_prints_the_grid_best_first_reusing_the_features(run, tmp_path):
     assert "extracting 0 images, reusing 18" in done.stderr  # the run's feature store
     lines = done.stdout.strip().splitlines()
     assert lines[0] == "18 images, weights random; best first"
-    assert lines[1].startswith("| layer | K | weighting | metric | mAP | P@1 | P@5 | R@5 | self-check top-1 |")
+    assert lines[1].startswith(
+        "| layer | descriptors | reduced | K | assign | weighting | power | metric | mAP | P@1 | P@5 | R@5 | self-check top-1 |"
+    )
     assert len(lines) == 3 + 2 * 2 * 2
     saved = json.loads(rows.read_text())["rows"]
     assert [r["map"] for r in saved] == sorted((r["map"] for r in saved), reverse=True)
