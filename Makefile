@@ -1,10 +1,11 @@
 # make demo: set up .venv and run the pipeline on the bundled demo collection.
 # make test: set up .venv and run the tests.
+# make quality: the quality benchmark on the proxy collections (docs/quality.md).
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test clean
+.PHONY: demo test quality clean
 
 $(BIN)/.installed: requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +20,11 @@ demo: $(BIN)/.installed
 
 test: $(BIN)/.installed
 	$(BIN)/python -m pytest
+
+quality: $(BIN)/.installed
+	@test -d /usr/share/wallpapers -a -d /usr/share/backgrounds/gnome || \
+		(apt-get update -qq && apt-get install -y -qq --no-install-recommends plasma-workspace-wallpapers gnome-backgrounds)
+	$(BIN)/python -m benchmarks.quality
 
 clean:
 	find artifacts -mindepth 1 ! -name .gitkeep -delete
