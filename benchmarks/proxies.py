@@ -54,6 +54,7 @@ class Spec:
     longest: int
     alterations: tuple = ALTERATIONS
     seed: int = 0
+    group_sizes: tuple = (2, 12)  # smallest and largest group
 
 
 #: The benchmark's collections: four of about 320 images and one of several thousand.
@@ -212,7 +213,7 @@ def make_collection(spec, dest):
     os.makedirs(dest)
     pool = cells(spec)
     rng = np.random.default_rng([spec.seed, 1])
-    sizes = rng.integers(2, 13, size=spec.groups)
+    sizes = rng.integers(spec.group_sizes[0], spec.group_sizes[1] + 1, size=spec.groups)
     if len(pool) < spec.groups + 1:
         raise ValueError(f"{spec.name}: {len(pool)} cells for {spec.groups} groups")
     bases, spare = pool[: spec.groups], pool[spec.groups :]

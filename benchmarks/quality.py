@@ -15,6 +15,7 @@ same command to choose its own defaults.
 """
 
 import argparse
+import hashlib
 import json
 import logging
 import os
@@ -109,7 +110,9 @@ class Collection:
         self.coded = {}
 
     def cache(self, layer, weights, seed):
-        return os.path.join(self.folder, f"{layer}-{weights}-{seed}.npz")
+        """The file of one layer's descriptors, named by the collection it was extracted from."""
+        made = hashlib.sha256(json.dumps(self.summary, sort_keys=True).encode()).hexdigest()[:12]
+        return os.path.join(self.folder, f"{layer}-{features.weights_identity(weights)}-{seed}-{made}.npz")
 
     def extract(self, layers, weights, seed, batch_size):
         """Descriptors of every image at each layer, from the cache or one forward pass for the missing ones."""

@@ -125,12 +125,12 @@ def test_a_new_distance_or_auto_rule_redoes_only_what_depends_on_it(run, monkeyp
         with pytest.MonkeyPatch.context() as patch:
             patch.setattr("tasks.stages.DESCRIPTORS_PER_WORD", 5)  # what a new release of auto does
             assert Reducer().complete() and not Codebook().complete()
-    for override in ({"neighbours__metric": "euclidean"}, {"neighbours__weighting": "raw"}, {"neighbours__power": 0.5}):
+    for override in ({"neighbours__metric": "euclidean"}, {"neighbours__weighting": "raw"}, {"neighbours__power": 1.0}):
         with luigi_config(monkeypatch, pipeline_config(root, **override)):
             assert Histograms().complete() and not Similarities().complete()
     with luigi_config(monkeypatch, pipeline_config(root, histograms__assign=2)):
         assert Codebook().complete() and not Histograms().complete()
-    for override in ({"reduction__descriptors": "l2"}, {"reduction__reduced": "l2"}):
+    for override in ({"reduction__descriptors": "root"}, {"reduction__reduced": "raw"}):
         with luigi_config(monkeypatch, pipeline_config(root, **override)):
             assert not Reducer().complete() and not Codebook().complete()
     pipeline_config(root)  # leave the module's config as it was
@@ -623,5 +623,5 @@ def test_compare_prints_the_grid_best_first_reusing_the_features(run, tmp_path):
     assert len(lines) == 3 + 2 * 2 * 2
     saved = json.loads(rows.read_text())["rows"]
     assert [r["map"] for r in saved] == sorted((r["map"] for r in saved), reverse=True)
-    assert {r["codebook"] for r in saved} == {"8", "220 (auto)"}
+    assert {r["codebook"] for r in saved} == {"8", "110 (auto)"}
     assert all(r["queries"] == 18 and 0 <= r["selfcheck_top1"] <= 1 for r in saved)
