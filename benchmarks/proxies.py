@@ -65,6 +65,16 @@ COLLECTIONS = (
     Spec("mixed", ("samples", "wallpapers", "gnome"), groups=32, distractors=100, cell=256, longest=2048, seed=4),
     Spec("large", ("samples", "wallpapers", "gnome"), groups=45, distractors=2700, cell=160, longest=1600, seed=5),
 )
+#: Collections run only when named (``--collections``): 25 records of 10 scans each and 50
+#: distractors, with the milder alterations of a catalogue's rescans (rotation and exposure,
+#: crops, page borders, greyscale), as a held-out check of the defaults.
+MILD = ("rescan", "crop", "border", "greyscale")
+EXTRA = (
+    Spec("tens-wallpapers", ("wallpapers",), groups=25, distractors=50, cell=220, longest=1800, alterations=MILD,
+         seed=11, group_sizes=(10, 10)),
+    Spec("tens-mixed", ("samples", "gnome"), groups=25, distractors=50, cell=150, longest=900, alterations=MILD,
+         seed=12, group_sizes=(10, 10)),
+)  # fmt: skip
 
 
 def missing_sources(specs=COLLECTIONS):

@@ -235,7 +235,11 @@ COLUMNS = ("name", "layer", "descriptors", "reduced", "codebook", "assign", "wei
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--collections", default=",".join(s.name for s in proxies.COLLECTIONS))
+    parser.add_argument(
+        "--collections",
+        default=",".join(s.name for s in proxies.COLLECTIONS),
+        help="collections to score (default the five; also " + ", ".join(s.name for s in proxies.EXTRA) + ")",
+    )
     parser.add_argument("--grid", action="store_true", help="also each setting's alternatives, one at a time")
     parser.add_argument("--configs", help="also the configurations of this JSON file (a list of settings dicts)")
     parser.add_argument("--work", default=os.path.join("artifacts", "bench-quality"), help="where collections and descriptors are kept")
@@ -247,7 +251,7 @@ def main(argv=None):
 
     args.weights, args.seed, args.batch_size = resnet().weights, resnet().seed, resnet().batch_size
     names = [n.strip() for n in args.collections.split(",") if n.strip()]
-    specs = [s for s in proxies.COLLECTIONS if s.name in names]
+    specs = [s for s in proxies.COLLECTIONS + proxies.EXTRA if s.name in names]
     unknown = set(names) - {s.name for s in specs}
     problems = [f"no collection {n!r}" for n in sorted(unknown)] + proxies.missing_sources(specs)
     if problems:
