@@ -136,10 +136,11 @@ class Counts:
         return 1.0 - dots.astype(np.float64) / (np.sqrt(np.float64(norm_a)) * self.roots[b])
 
     def distances(self, keys):
-        """The distances of ranking keys: Euclidean between weighted histograms, or 1 - cosine."""
+        """The distances of ranking keys: Euclidean between weighted histograms, or 1 - cosine
+        (never negative: for two identical histograms the rounded cosine can exceed 1)."""
         if self.metric == "euclidean":
             return np.sqrt(keys) / self.unit
-        return np.asarray(keys, dtype=np.float64)
+        return np.maximum(np.asarray(keys, dtype=np.float64), 0.0) + 0.0  # + 0.0 turns -0.0 into 0.0
 
     def max_distance(self):
         """The largest distance two images can have: 1 for cosine; for Euclidean, two images

@@ -238,3 +238,14 @@ def test_chunk_size_does_not_change_the_neighbours(method):
     large = method(data, k=5, chunk_size=1000)
     np.testing.assert_array_equal(small[0], large[0])
     np.testing.assert_array_equal(small[1], large[1])
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_identical_histograms_are_at_distance_zero_never_below(method):
+    # |a|^2 = 3: sqrt(3) * sqrt(3) rounds below 3, so 1 - a.a / (|a| |a|) comes out as -2.2e-16
+    counts = word_histograms(np.array([[0, 1, 2], [0, 1, 2], [3, 3, 3], [0, 3, 3]]), 4)
+    data = Counts(counts, 3, np.arange(4), "raw", "cosine")
+    _, distances = method(data, k=2)
+    assert distances[0, 0] == 0 and not np.signbit(distances).any()
+    _, outside = query_neighbours(data, counts[:1], k=1)
+    assert outside[0, 0] == 0 and not np.signbit(outside).any()
