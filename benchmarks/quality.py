@@ -41,13 +41,14 @@ logger = logging.getLogger("benchmarks.quality")
 #: The original scripts' method: res5c_branch2c (Keras 3: conv5_block3_3_conv), StandardScaler +
 #: PCA(0.97), K = 800, L1-normalised histograms, Euclidean BallTree.
 ORIGINAL = {
-    "layer": "conv5_block3_3_conv", "descriptors": "raw", "reduced": "raw", "size": "800", "assign": 1,
-    "weighting": "raw", "power": 1.0, "metric": "euclidean",
+    "layer": "conv5_block3_3_conv", "descriptors": "raw", "variance": 0.97, "reduced": "raw", "size": "800",
+    "assign": 1, "weighting": "raw", "power": 1.0, "metric": "euclidean",
 }  # fmt: skip
 #: Alternatives of each setting that ``--grid`` tries, one at a time.
 ALTERNATIVES = {
     "layer": ("conv5_block3_out", "conv5_block3_3_conv", "conv4_block6_out"),
     "descriptors": DESCRIPTOR_NORMS,
+    "variance": (0.8, 0.9, 0.97),
     "reduced": REDUCED_NORMS,
     "size": ("200", "400", "800", "1600", "3200", "auto"),
     "assign": tuple(range(1, MAX_ASSIGN + 1)),
@@ -63,8 +64,8 @@ def shipped():
     from tasks.config import codebook, histograms, neighbours, reduction, resnet
 
     return {
-        "layer": resnet().layer, "descriptors": reduction().descriptors, "reduced": reduction().reduced,
-        "size": str(codebook().size), "assign": histograms().assign, "weighting": neighbours().weighting,
+        "layer": resnet().layer, "descriptors": reduction().descriptors, "variance": reduction().variance,
+        "reduced": reduction().reduced, "size": str(codebook().size), "assign": histograms().assign, "weighting": neighbours().weighting,
         "power": neighbours().power, "metric": neighbours().metric,
     }  # fmt: skip
 
@@ -153,15 +154,16 @@ class CodedBlocks(store.Blocks):
 class Scorer:
     """Scores configurations on one collection, fitting each reducer and codebook once."""
 
-    def __init__(self, collection, copies=None, copy_descriptors=None, variance=0.97, sample_size=200_000, seed=0):
+    def __init__(self, collection, copies=None, copy_descriptors=None, sample_size=200_000, seed=0):
         self.c, self.copies, self.copy_descriptors = collection, copies, copy_descriptors
-        self.variance, self.sample_size, self.seed = variance, sample_size, seed
+        self.sample_size, self.seed = sample_size, seed
         self.reducers, self.codebooks, self.counts = {}, {}, {}
 
     def _reducer(self, config):
-        key = (config["layer"], config["descriptors"])
+        key = (config["layer"], config["descriptors"], config["variance"])
         if key not in self.reducers:
-            self.reducers[key] = Reducer(self.variance, config["descriptors"]).fit(self.c.blocks(config["layer"]))
+            reducer = Reducer(config["variance"], config["descriptors"])
+            self.reducers[key] = reducer.fit(self.c.blocks(config["layer"]))
         fitted = self.reducers[key]
         reducer = Reducer.__new__(Reducer)
         reducer.__dict__.update(fitted.__dict__, reduced=config["reduced"])  # the same fit, another projection
@@ -170,7 +172,7 @@ class Scorer:
     def _codebook(self, config, reducer):
         blocks = self.c.blocks(config["layer"])
         size = check_size(config["size"], blocks.n_images, blocks.n_local(), self.sample_size)
-        key = (config["layer"], config["descriptors"], config["reduced"], size)
+        key = (config["layer"], config["descriptors"], config["variance"], config["reduced"], size)
         if key not in self.codebooks:
             self.codebooks[key] = fit_codebook(blocks, reducer, size, self.sample_size, self.seed)
         return self.codebooks[key], key
@@ -230,7 +232,7 @@ def run_collection(spec, configs, defaults, args):
     return info, rows
 
 
-COLUMNS = ("name", "layer", "descriptors", "reduced", "codebook", "assign", "weighting", "power", "metric")
+COLUMNS = ("name", "layer", "descriptors", "variance", "reduced", "codebook", "assign", "weighting", "power", "metric")
 
 
 def main(argv=None):
