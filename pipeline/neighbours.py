@@ -48,7 +48,7 @@ def power_table(mass, power):
 #: What ``method = auto`` takes. Measured with ``python -m benchmarks.neighbours`` (word
 #: frequencies as rank**-0.6, 49 descriptors per image, 2 cores): at 20,000 images the sparse
 #: method beat the BallTree at every codebook size tried, 2 words (1.5 s against 5.7 s),
-#: 4 (2.2 / 4.8), 8 (4.6 / 9.7), 16 (7.5 / 18.2) and 8,500 (see the README's table).
+#: 4 (2.2 / 4.8), 8 (4.6 / 9.7), 16 (7.5 / 18.2) and 8,500 (docs/performance.md).
 AUTO_METHOD = "sparse"
 #: Accumulator entries the sparse method checks at once against its bound.
 GROUP = 64
