@@ -164,10 +164,7 @@ class Scorer:
         if key not in self.reducers:
             reducer = Reducer(config["variance"], config["descriptors"])
             self.reducers[key] = reducer.fit(self.c.blocks(config["layer"]))
-        fitted = self.reducers[key]
-        reducer = Reducer.__new__(Reducer)
-        reducer.__dict__.update(fitted.__dict__, reduced=config["reduced"])  # the same fit, another projection
-        return reducer
+        return self.reducers[key].with_reduced(config["reduced"])
 
     def _codebook(self, config, reducer):
         blocks = self.c.blocks(config["layer"])

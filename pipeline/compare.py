@@ -86,8 +86,7 @@ def compare_layer(
         started = time.monotonic()
         fitted = Reducer(variance, descriptor_norm).fit(sample)
         for reduced_norm in reduced:
-            reducer = Reducer.__new__(Reducer)
-            reducer.__dict__.update(fitted.__dict__, reduced=reduced_norm)  # the same fit, another projection
+            reducer = fitted.with_reduced(reduced_norm)
             for size, settings in words.items():
                 codebook = fit_codebook(blocks, reducer, size=size, sample_size=sample_size, random_state=seed)
                 for assign in assigns:

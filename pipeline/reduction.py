@@ -1,6 +1,7 @@
 """StandardScaler + PCA fitted exactly on every descriptor by streaming second moments, with an
 optional normalisation of each local descriptor before the scaler and after the projection."""
 
+import copy
 import logging
 
 import h5py
@@ -145,6 +146,12 @@ class Reducer:
         x = normalise_rows(np.asarray(x, dtype=np.float64).reshape(-1, len(self.mean_)), self.descriptors)
         reduced = normalise_rows(((x - self.mean_) / self.scale_) @ self.components_.T, self.reduced)
         return reduced.astype(np.float32)
+
+    def with_reduced(self, reduced):
+        """This fit with another normalisation after the projection (``reduced`` does not change the fit)."""
+        other = copy.copy(self)
+        other.reduced = reduced
+        return other
 
     def save(self, path, attrs):
         with h5py.File(path, "w") as f:

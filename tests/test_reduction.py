@@ -116,3 +116,12 @@ def test_reduced_normalisation_gives_unit_rows_and_survives_saving(tmp_path):
 def test_unknown_normalisation_names_the_setting():
     with pytest.raises(ConfigError, match=r"\[reduction\] descriptors='l1'"):
         Reducer(0.9, descriptors="l1").fit(correlated())
+
+
+def test_another_reduced_normalisation_keeps_the_fit():
+    x = correlated(seed=5)
+    fitted = Reducer(0.9).fit(x)
+    unit = fitted.with_reduced("l2")
+    raw = fitted.transform(x)
+    np.testing.assert_allclose(unit.transform(x), raw / np.linalg.norm(raw, axis=1, keepdims=True), rtol=1e-5)
+    assert fitted.reduced == "raw"  # the original is unchanged
