@@ -15,8 +15,15 @@ from .h5io import read_ids, read_strings, write_ids, write_strings
 
 logger = logging.getLogger(__name__)
 
-#: File name extensions taken as images; other files in a record folder are skipped quietly.
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".tif", ".tiff", ".gif", ".bmp", ".webp", ".jp2"})
+#: File name extensions of the image files worth listing as ``unmapped`` when the ID mapping has
+#: no row for them; other unmapped files in a record folder (``Thumbs.db``, sidecar XML) are
+#: skipped quietly. A file named by the mapping is an image whatever its extension.
+IMAGE_EXTENSIONS = frozenset(
+    {
+        ".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".tif", ".tiff", ".gif", ".bmp", ".dib", ".webp", ".tga",
+        ".jp2", ".j2k", ".j2c", ".jpc", ".jpf", ".jpx", ".ppm", ".pgm", ".pbm", ".pnm",
+    }
+)  # fmt: skip
 MAPPING_COLUMNS = ("id", "ppn", "filename")
 _INTEGER = re.compile(r"^-?[0-9]+$")
 _INT64_MIN, _INT64_MAX = np.iinfo(np.int64).min, np.iinfo(np.int64).max
@@ -62,14 +69,17 @@ def strip_ppn(value):
     return value[3:] if value.upper().startswith("PPN") else value
 
 
-def scan_content(content_dir, fingerprint="stat"):
+def scan_content(content_dir, fingerprint="stat", mapped=()):
     """List the image files of a collection.
 
     Images live one level down, in one folder per catalogue record: ``content/PPN<id>/<file>``.
-    Hidden files and files without an image extension (``Thumbs.db``, sidecar XML) are
-    skipped; files directly in ``content/`` (such as the ID mapping) and folders not named
-    ``PPN...`` are not images. Entries with an image extension that cannot be read (dangling
-    links, link loops, no permission) are listed, so that their decoding rejects them.
+    A file named by the ID mapping (``mapped``) is listed whatever its extension, so that it
+    is decoded (or rejected with the decoder's reason); of the other files, those with an
+    image extension (:data:`IMAGE_EXTENSIONS`, any case) are listed, to be reported as
+    unmapped, and hidden files and the rest (``Thumbs.db``, sidecar XML) are skipped. Files
+    directly in ``content/`` (such as the ID mapping) and folders not named ``PPN...`` are not
+    images. Entries that cannot be read (dangling links, link loops, no permission) are
+    listed, so that their decoding rejects them.
 
     Parameters
     ----------
@@ -78,6 +88,8 @@ def scan_content(content_dir, fingerprint="stat"):
     fingerprint : {"stat", "sha256"}
         How a changed file is recognised: by size and modification time (cheap), or by a hash
         of its content (reads every file; for storage whose times can't be trusted).
+    mapped : iterable of (ppn, filename)
+        The files the ID mapping names, ``ppn`` without its "PPN" prefix.
 
     Returns
     -------
@@ -89,37 +101,62 @@ def scan_content(content_dir, fingerprint="stat"):
         raise CollectionError(
             f"[paths] content={content_dir!r} is not a folder; set it to the folder that holds the PPN<id>/ folders"
         )
+    named = {}
+    for ppn, name in mapped:
+        named.setdefault(ppn, set()).add(name)
     files = []
     with os.scandir(content_dir) as records:
         for record in records:
             if not _is_dir(record) or not record.name.upper().startswith("PPN") or record.name.startswith("."):
                 continue
             ppn = strip_ppn(record.name)
+            wanted = named.get(ppn, set())
             try:
-                entries = list(os.scandir(record.path))
-            except OSError as exc:  # its mapped images count as missing; the rest of the collection goes on
-                logger.warning("cannot list %s (%s): its images are left out of this run", record.name, exc.strerror)
-                continue
-            for entry in entries:
-                if entry.name.startswith(".") or os.path.splitext(entry.name)[1].lower() not in IMAGE_EXTENSIONS:
-                    continue
-                if _is_dir(entry):
-                    continue
-                # a dangling link, a link loop or an unreadable file stays in the list: its
-                # decoding fails and it is rejected with the reason, until it changes
-                try:
-                    stat = entry.stat()
-                except OSError:
-                    stat = entry.stat(follow_symlinks=False)
-                sha = ""
-                if fingerprint == "sha256":
-                    try:
-                        sha = file_sha256(entry.path)
-                    except OSError as exc:
-                        sha = f"unreadable-{exc.errno}"
-                files.append(ImageFile(ppn, entry.name, stat.st_size, stat.st_mtime_ns, sha))
+                with os.scandir(record.path) as listing:
+                    entries = [(entry.name, entry.path, _is_dir(entry)) for entry in listing]
+            except OSError as exc:  # the mapped files that exist are listed (and rejected when unreadable)
+                logger.warning("cannot list %s (%s): only its mapped files are looked for", record.name, exc.strerror)
+                paths = [(name, os.path.join(record.path, name)) for name in sorted(wanted)]
+                entries = [(name, path, False) for name, path in paths if _exists(path)]
+            for name, path, is_dir in entries:
+                if name in wanted or not (is_dir or name.startswith(".") or not _has_image_extension(name)):
+                    files.append(_image_file(ppn, name, path, fingerprint))
     files.sort(key=lambda f: f.relpath)
     return files
+
+
+def _image_file(ppn, name, path, fingerprint):
+    """The ImageFile of an entry; a dangling link, a link loop or an unreadable file is listed
+    too: its decoding fails and it is rejected with the reason, until it changes."""
+    try:
+        stat = os.stat(path)
+    except OSError:
+        try:
+            stat = os.lstat(path)
+        except OSError:
+            stat = None
+    sha = ""
+    if fingerprint == "sha256":
+        try:
+            sha = file_sha256(path)
+        except OSError as exc:
+            sha = f"unreadable-{exc.errno}"
+    return ImageFile(ppn, name, stat.st_size if stat else 0, stat.st_mtime_ns if stat else 0, sha)
+
+
+def _exists(path):
+    """Whether an entry of that name exists (False only for "no such file")."""
+    try:
+        os.lstat(path)
+    except FileNotFoundError:
+        return False
+    except OSError:  # no permission to look: it may exist; decoding tells
+        return True
+    return True
+
+
+def _has_image_extension(name):
+    return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
 
 
 def _is_dir(entry):
@@ -336,7 +373,7 @@ def take_inventory(content_dir, mapping, source, fingerprint="stat"):
     CollectionError
         When no image is both on disk and in the mapping.
     """
-    files = scan_content(content_dir, fingerprint)
+    files = scan_content(content_dir, fingerprint, mapped=mapping[["ppn", "filename"]].itertuples(index=False))
     inventory = build_inventory(files, mapping)
     log_inventory(inventory, content_dir)
     if not len(inventory):

@@ -10,7 +10,7 @@ import sys
 import time
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import ImageError, PipelineError
 
@@ -90,8 +90,27 @@ def load_image(path, size=INPUT_SIZE, max_pixels=MAX_PIXELS):
             image = image.resize((size, size), Image.Resampling.BILINEAR)
             return np.asarray(image, dtype=np.uint8)
     except (OSError, ValueError, SyntaxError, EOFError, MemoryError, Image.DecompressionBombError) as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ImageError(reason) from None
+        raise ImageError(reason_of(exc, path)) from None
+
+
+def reason_of(exc, path):
+    """The one-line reason a file could not be decoded, without the path of the file (the
+    report names the file by its path below content/; the machine's folders stay private)."""
+    if isinstance(exc, UnidentifiedImageError):
+        return "not a recognised image format"
+    if isinstance(exc, OSError) and exc.strerror and exc.filename is not None:
+        return exc.strerror  # "No such file or directory", "Permission denied", "Is a directory"
+    return without_path(str(exc).splitlines()[0] if str(exc) else type(exc).__name__, path)
+
+
+def without_path(text, path):
+    """``text`` with every mention of ``path`` (quoted or not, whole or its folder) replaced by its file name."""
+    path = os.fspath(path)
+    name = os.path.basename(path)
+    for whole in (repr(path), f'"{path}"', path):
+        text = text.replace(whole, repr(name) if whole != path else name)
+    folder = os.path.dirname(path)
+    return text.replace(folder + os.sep, "") if folder else text
 
 
 def _serve():
@@ -112,9 +131,9 @@ def _serve():
         try:
             result = (True, decode(path, size=size, max_pixels=max_pixels))
         except ImageError as exc:
-            result = (False, str(exc))
+            result = (False, without_path(str(exc), path))
         except Exception as exc:  # a decoder bug on a crafted file fails that file, not the run
-            first = str(exc).splitlines()[0] if str(exc) else ""
+            first = without_path(str(exc).splitlines()[0], path) if str(exc) else ""
             result = (False, f"decoder error {type(exc).__name__}: {first}".rstrip(": "))
         connection.send(result)
 

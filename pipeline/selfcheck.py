@@ -13,6 +13,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from .errors import ImageError
+from .images import reason_of
 from .query import extract
 from .store import sample_images
 
@@ -73,7 +74,7 @@ def write_altered_copies(sources, dest, seed=0, kinds=ALTERATIONS, max_pixels=No
                 original = ImageOps.exif_transpose(image).convert("RGB")
             original.thumbnail((WORKING_SIDE, WORKING_SIDE))
         except (OSError, ValueError, SyntaxError, EOFError, ImageError) as exc:
-            failed[s] = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            failed[s] = reason_of(exc, source)
             continue
         for kind in kinds:
             path = os.path.join(dest, f"{s:06d}-{kind}.jpg")

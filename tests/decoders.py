@@ -9,7 +9,8 @@ from pipeline.images import load_image
 
 
 def misbehaving(path, **kwargs):
-    """Hang on a file named hang*, crash the process on crash*, raise a bug's exception on bug*."""
+    """Hang on a file named hang*, crash the process on crash*, raise a bug's exception on bug*
+    (one that names the file's path on leak*)."""
     name = os.path.basename(path)
     if name.startswith("hang"):
         time.sleep(120)  # far past any timeout the tests set: a pool that waits fails its test
@@ -17,6 +18,8 @@ def misbehaving(path, **kwargs):
         os.kill(os.getpid(), signal.SIGSEGV)
     if name.startswith("bug"):
         raise struct_error("unpack requires a buffer of 4 bytes\nsecond line")
+    if name.startswith("leak"):
+        raise struct_error(f"cannot parse {str(path)!r} at offset 8")
     return load_image(path, **kwargs)
 
 

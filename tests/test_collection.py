@@ -114,16 +114,33 @@ def test_scan_lists_dangling_links_and_loops_for_rejection(tmp_path, fingerprint
 
 
 @pytest.mark.parametrize("fingerprint", ["stat", "sha256"])
-def test_files_without_read_permission_are_listed_and_an_unreadable_folder_left_out(shared_dir, caplog, fingerprint):
-    for name in ["PPN1/a.jpg", "PPN1/locked.jpg", "PPN2/b.jpg"]:
+def test_files_without_read_permission_are_listed_and_of_an_unreadable_folder_the_mapped_ones(shared_dir, caplog, fingerprint):
+    for name in ["PPN1/a.jpg", "PPN1/locked.jpg", "PPN2/b.jpg", "PPN2/c.jpg"]:
         touch(shared_dir / name)
     for path in (shared_dir, shared_dir / "PPN1", shared_dir / "PPN1" / "a.jpg"):
         path.chmod(0o755)
     (shared_dir / "PPN1" / "locked.jpg").chmod(0o000)
     (shared_dir / "PPN2").chmod(0o000)
     with as_ordinary_user():
-        files = scan_content(shared_dir, fingerprint=fingerprint)
-    assert [f.relpath for f in files] == ["PPN1/a.jpg", "PPN1/locked.jpg"]  # locked: rejected when decoded
+        files = scan_content(shared_dir, fingerprint=fingerprint, mapped=[("1", "a.jpg"), ("2", "b.jpg")])
+    # locked and PPN2/b.jpg exist as far as can be seen: rejected with the reason when decoded, not "missing"
+    assert [f.relpath for f in files] == ["PPN1/a.jpg", "PPN1/locked.jpg", "PPN2/b.jpg"]
     if fingerprint == "sha256":
-        assert files[1].sha256 == "unreadable-13"
-    assert "cannot list PPN2 (Permission denied): its images are left out of this run" in caplog.text
+        assert files[1].sha256 == files[2].sha256 == "unreadable-13"
+    assert "cannot list PPN2 (Permission denied): only its mapped files are looked for" in caplog.text
+
+
+def test_the_mapping_decides_what_an_image_is_and_missing_means_no_such_file(tmp_path):
+    names = ["Iggy.1024.ppm", "baboon.pgm", "marbles.pbm", "x.pnm", "a.j2k", "b.jpf", "c.jpx", "d.tga", "E.TIFF",
+             "no extension", "notes.txt", ".hidden.jpg", "folder.jpg"]  # fmt: skip
+    for name in names[:-1]:
+        touch(tmp_path / "PPN1" / name)
+    (tmp_path / "PPN1" / "folder.jpg").mkdir()
+    for name in ["Thumbs.db", "meta.xml", "unmapped.PGM", "noext"]:
+        touch(tmp_path / "PPN2" / name)
+    rows = "".join(f"{i},PPN1,{name}\n" for i, name in enumerate(names)) + "99,PPN1,gone.ppm\n98,PPN3,x.jpg\n"
+    mapping = read_mapping(write_csv(tmp_path, "id,ppn,filename\n" + rows))
+    inventory = build_inventory(scan_content(tmp_path, mapped=mapping[["ppn", "filename"]].itertuples(index=False)), mapping)
+    assert sorted(f.filename for f in inventory.files) == sorted(names)  # each decoded, or rejected with its reason
+    assert inventory.missing == ["99 PPN1/gone.ppm", "98 PPN3/x.jpg"]
+    assert inventory.unmapped == ["PPN2/unmapped.PGM"]  # the extension list decides only which unmapped files to list

@@ -164,3 +164,46 @@ def test_a_decoder_that_died_while_idle_is_replaced(misbehaving_files):
         os.kill(pid, signal.SIGKILL)
         os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)  # dead, not yet reaped by the pool
         np.testing.assert_array_equal(next(pool.imap(misbehaving_files[:1])), load_image(misbehaving_files[0]))
+
+
+@pytest.mark.parametrize(
+    "make, reason",
+    [
+        (lambda p: p.write_text("not an image"), "not a recognised image format"),
+        (lambda p: p.write_bytes(b""), "not a recognised image format"),
+        (lambda p: None, "No such file or directory"),
+        (lambda p: p.mkdir(), "Is a directory"),
+        (lambda p: p.symlink_to(p), "Too many levels of symbolic links"),
+    ],
+)
+def test_reasons_name_no_folder_of_the_machine(tmp_path, make, reason):
+    path = tmp_path / "PPN1 private" / "scan.jpg"
+    path.parent.mkdir()
+    make(path)
+    with pytest.raises(ImageError) as info:
+        load_image(path)
+    assert str(info.value) == reason
+    with DecoderPool(processes=1) as pool:
+        assert str(next(pool.imap([str(path)]))) == reason
+
+
+def test_a_decoder_bug_that_names_the_file_is_reported_without_its_folder(tmp_path):
+    path = tmp_path / "leak.png"
+    Image.new("RGB", (30, 20)).save(path)
+    with DecoderPool(processes=1, decode=misbehaving) as pool:
+        reason = str(next(pool.imap([str(path)])))
+    assert reason == "decoder error struct_error: cannot parse 'leak.png' at offset 8"
+
+
+@pytest.mark.parametrize(
+    "name, fmt, options",
+    [
+        ("a.ppm", None, {}), ("a.pgm", None, {}), ("a.pbm", None, {}), ("a.pnm", None, {}), ("a.tga", None, {}),
+        ("a.j2k", "JPEG2000", {"no_jp2": True}), ("a.jpf", "JPEG2000", {}), ("a.jpx", "JPEG2000", {}),
+        ("A.JPG", "JPEG", {}), ("no extension", "PNG", {}), ("png named.jpg", "PNG", {}),
+    ],
+)  # fmt: skip
+def test_files_are_decoded_by_their_content_whatever_their_extension(tmp_path, name, fmt, options):
+    mode = {"a.pgm": "L", "a.pbm": "1"}.get(name, "RGB")
+    Image.new("RGB", (60, 40), (200, 30, 30)).convert(mode).save(tmp_path / name, fmt, **options)
+    assert load_image(tmp_path / name).shape == (224, 224, 3)

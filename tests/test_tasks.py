@@ -310,9 +310,10 @@ def write_bad_files(folder):
     png_declaring(folder / "bomb.png", 100_000, 100_000)
     (folder / "dangling.jpg").symlink_to(folder / "nowhere.jpg")
     (folder / "loop.jpg").symlink_to(folder / "loop.jpg")
+    (folder / "notes.txt").write_text("not an image, yet named by the mapping")
     (folder / "Thumbs.db").write_bytes(b"thumbs")  # skipped quietly, by rule
     (folder / ".DS_Store").write_bytes(b"finder")
-    return [*bad, "bomb.png", "dangling.jpg", "loop.jpg"]
+    return [*bad, "bomb.png", "dangling.jpg", "loop.jpg", "notes.txt"]
 
 
 def test_files_that_must_be_rejected_change_nothing_else(run, monkeypatch, small_collection, tmp_path):
@@ -384,6 +385,12 @@ def write_unusual_images(folder):
     Image.new("RGB", (1, 1), (90, 10, 200)).save(folder / "pixel.png")
     Image.new("RGB", (20000, 10), (10, 90, 200)).save(folder / "strip.png")
     photo.save(folder / "überschrift ñ.jpg")
+    # the mapping decides what an image is, not the extension: each of these is decoded
+    for name in ("colour.ppm", "grey.pgm", "bitonal.pbm", "any.pnm", "photo.tga", "UPPER.JPG", "no extension"):
+        mode = {"grey.pgm": "L", "bitonal.pbm": "1"}.get(name, "RGB")
+        photo.convert(mode).save(folder / name, {"photo.tga": "TGA", "no extension": "PNG"}.get(name))
+    for name in ("stream.j2k", "container.jpf", "extended.jpx"):
+        photo.save(folder / name, "JPEG2000", no_jp2=name.endswith(".j2k"))
     return sorted(p.name for p in folder.iterdir())
 
 
@@ -394,6 +401,7 @@ def test_unusual_images_are_processed_and_bad_files_rejected_in_one_run(run, mon
     with open(tmp_path / "content" / "image_ids.csv", "a") as f:
         f.writelines(f"{8000 + i},PPN88 Sämmlung,{name}\n" for i, name in enumerate(good))
         f.writelines(f"{9000 + i},PPN77 Ärchiv,{name}\n" for i, name in enumerate(bad))
+        f.write("9999,PPN77 Ärchiv,gone.jpg\n")
     result = build(monkeypatch, pipeline_config(tmp_path), Nightly)
     assert result.status == luigi.execution_summary.LuigiStatusCode.SUCCESS, result.summary_text
     similarities = read_similarities(tmp_path / "artifacts" / "similarities.hdf5")
@@ -402,6 +410,11 @@ def test_unusual_images_are_processed_and_bad_files_rejected_in_one_run(run, mon
     assert set(similarities["neighbours"].ravel().tolist()) <= expected
     report = json.loads((tmp_path / "artifacts" / "run_report.json").read_text())
     assert sorted(item["path"] for item in report["rejected"]) == sorted(f"PPN77 Ärchiv/{name}" for name in bad)
+    assert "9999 PPN77 Ärchiv/gone.jpg" in report["missing"]
+    assert not [m for m in report["missing"] if os.path.lexists(tmp_path / "content" / m.split(" ", 1)[1])]  # only what does not exist
+    reasons = {item["path"]: item["reason"] for item in report["rejected"]}
+    assert reasons["PPN77 Ärchiv/notes.txt"] == reasons["PPN77 Ärchiv/error page.jpg"] == "not a recognised image format"
+    assert not [r for r in reasons.values() if str(tmp_path) in r or "Ärchiv" in r]  # the machine's folders stay private
     check_report_page(tmp_path / "artifacts")
 
 
@@ -586,7 +599,7 @@ def test_query_prints_the_neighbours_of_any_file(demo_run):
     assert first["ppn"] == result["ppn"][3] and first["filename"] == result["filename"][3]
     later = answers[0]["neighbours"][1:]
     np.testing.assert_allclose([n["distance"] for n in later], result["distances"][3][:2], atol=1e-6)
-    assert answers[1] == {"query": str(demo_run / "notes.txt"), "error": f"cannot identify image file '{demo_run / 'notes.txt'}'"}
+    assert answers[1] == {"query": str(demo_run / "notes.txt"), "error": "not a recognised image format"}
     table = run_module("tasks.query", demo_run / "luigi.cfg", image)
     assert table.returncode == 0 and f"  1  {result['ids'][3]}" in table.stdout and "100.0 %" in table.stdout
 
