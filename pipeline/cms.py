@@ -209,6 +209,55 @@ def loaded_run(engine, table="image_similarity", marker_table="image_similarity_
         raise CmsError(f"[cms] marker_table={marker_table!r} cannot be read from {shown(engine.url)}: {_one_line(exc)}") from None
 
 
+#: Images whose rows :func:`holds_load` looks up: enough to notice a dropped, emptied or restored
+#: table, few enough to cost a handful of primary-key lookups at any size.
+SAMPLED_ROWS = 16
+
+
+def sampled_ids(ids, n=SAMPLED_ROWS):
+    """``n`` IDs spread evenly over ``ids`` (all when fewer), as Python values."""
+    ids = np.asarray(ids)
+    if len(ids) == 0:
+        return []
+    return ids[np.unique(np.linspace(0, len(ids) - 1, min(n, len(ids))).round().astype(np.int64))].tolist()
+
+
+def holds_load(engine, run_id, ids, table="image_similarity", marker_table="image_similarity_load", siblings=None):
+    """Whether the CMS holds the load of ``run_id``: the marker table's last row for the target
+    names it, and the target still holds it (its table exists and the first-rank rows of a
+    sample of ``ids`` carry ``run_id``; in siblings mode, those images' siblings are set). A
+    table dropped, emptied or restored from a backup outside the pipeline is loaded again.
+
+    Parameters
+    ----------
+    ids : sequence
+        The database IDs of the load's images.
+    siblings : (images_table, id_column, siblings_column), optional
+        The siblings mode's target, instead of ``table``.
+    """
+    target = table if siblings is None else siblings_target(siblings[0], siblings[2])
+    if loaded_run(engine, target, marker_table) != run_id:
+        return False
+    sample = sampled_ids(ids)
+    if not sample:
+        return True
+    if siblings is None:
+        rows = sa.table(table, sa.column("image_id"), sa.column("rank"), sa.column("run_id"))
+        where = [rows.c.image_id.in_(sample), rows.c.rank == 1, rows.c.run_id == run_id]
+    else:
+        images_table, id_column, siblings_column = siblings
+        rows = sa.table(images_table, sa.column(id_column), sa.column(siblings_column))
+        where = [rows.c[id_column].in_(sample), rows.c[siblings_column].is_not(None)]
+    try:
+        with engine.connect() as conn:
+            if not sa.inspect(conn).has_table(rows.name):
+                return False
+            found = conn.execute(sa.select(sa.func.count()).select_from(rows).where(*where)).scalar()
+    except SQLAlchemyError as exc:
+        raise CmsError(f"[cms] table={rows.name!r} cannot be read from {shown(engine.url)}: {_one_line(exc)}") from None
+    return found == len(sample)
+
+
 def load_similarities(
     engine, ids, neighbours, distances, run_id, run_date,
     table="image_similarity", marker_table="image_similarity_load", batch_rows=10_000,

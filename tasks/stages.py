@@ -12,7 +12,7 @@ import luigi
 from pipeline import cms as cms_db, collection, evaluation, features, histograms, output, store
 from pipeline.codebook import DESCRIPTORS_PER_WORD, Codebook as CodebookModel, check_size, fit_codebook
 from pipeline.errors import ConfigError
-from pipeline.h5io import read_attrs
+from pipeline.h5io import read_attrs, read_ids
 from pipeline.neighbours import Counts, check_k, nearest_neighbours
 from pipeline.output import read_similarities
 from pipeline.query import SimilarityIndex
@@ -397,9 +397,10 @@ class Similarities(ArtifactTask):
 class LoadSimilarities(RunTask):
     """``luigi --module tasks LoadSimilarities --local-scheduler``: this run's similarities into ``[cms] table``.
 
-    One transaction replaces the table's rows and writes the marker row; the load is
-    complete when the last marker row for the table names this run's similarities, so a
-    rerun of a loaded run does nothing.
+    One transaction replaces the table's rows and writes the marker row. The load is complete
+    when the last marker row for the table names this run's similarities and the table still
+    holds them (:func:`pipeline.cms.holds_load`): a rerun of a loaded run does nothing, and a
+    table dropped or emptied outside the pipeline is loaded again by the next run.
     """
 
     def requires(self):
@@ -409,20 +410,29 @@ class LoadSimilarities(RunTask):
         """The identity of the similarities to load: the digest of similarities.hdf5."""
         return read_attrs(self.input().path)["digest"]
 
-    def target(self):
-        """What the marker table calls this load's destination."""
-        if cms().mode == "siblings":
-            return cms_db.siblings_target(cms().images_table, cms().siblings_column)
-        return cms().table
+    def siblings(self):
+        """The siblings mode's target, or None in table mode."""
+        c = cms()
+        return (c.images_table, c.id_column, c.siblings_column) if c.mode == "siblings" else None
 
     def complete(self):
         if not self.requires().complete():
             return False
-        return cms_db.loaded_run(database.engine(), self.target(), cms().marker_table) == self.run_id()
+        with h5py.File(self.input().path, "r") as f:
+            ids = read_ids(f["ids"])
+        return cms_db.holds_load(
+            database.engine(), self.run_id(), ids, cms().table, cms().marker_table, siblings=self.siblings()
+        )
 
     def run(self):
         result = read_similarities(self.input().path)
         common = dict(run_id=self.run_id(), run_date=self.date.isoformat(), marker_table=cms().marker_table)
+        target = cms().table if self.siblings() is None else cms_db.siblings_target(cms().images_table, cms().siblings_column)
+        if cms_db.loaded_run(database.engine(), target, cms().marker_table) == common["run_id"]:
+            logger.warning(
+                "%s no longer holds the rows of run %s that the marker table records (dropped, emptied or restored "
+                "outside the pipeline): loading them again", target, common["run_id"],
+            )  # fmt: skip
         if cms().mode == "siblings":
             cms_db.load_siblings(
                 database.engine(), result["ids"], result["neighbours"], images_table=cms().images_table,

@@ -5,12 +5,15 @@ import shutil
 import struct
 import subprocess
 import tempfile
+import uuid
 import zlib
 
 import luigi
 import pytest
+import sqlalchemy as sa
 from luigi.configuration import LuigiConfigParser
 
+from pipeline import cms
 from pipeline.demo import make_collection
 
 #: A small collection for the end-to-end tests: 6 groups of 3 near-duplicates.
@@ -132,3 +135,53 @@ def shared_dir():
         yield pathlib.Path(path)
     finally:
         shutil.rmtree(path)
+
+
+#: The database servers the tests load into; this project's machines run both on 127.0.0.1.
+SERVERS = {
+    "postgresql": os.environ.get("CMS_TEST_POSTGRESQL_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"),
+    "mariadb": os.environ.get("CMS_TEST_MARIADB_URL", "mysql+pymysql://root@127.0.0.1:3306/test"),
+}
+BACKENDS = ["sqlite", *SERVERS]
+
+
+class Database:
+    """One test's database: an engine and table names of its own, dropped afterwards."""
+
+    def __init__(self, url):
+        self.url = url
+        self.engine = cms.connect(cms.resolve_url(url))
+        suffix = uuid.uuid4().hex[:8]
+        self.table, self.marker = f"sim_{suffix}", f"load_{suffix}"
+        self.images = f"images_{suffix}"
+
+    def rows(self):
+        with self.engine.connect() as conn:
+            table = sa.table(self.table, sa.column("image_id"), sa.column("rank"), sa.column("similar_image_id"),
+                             sa.column("distance"), sa.column("run_id"))  # fmt: skip
+            return sorted(tuple(r) for r in conn.execute(sa.select(table)))
+
+    def load(self, result, run_id, **kwargs):
+        ids, neighbours, distances = result
+        return cms.load_similarities(
+            self.engine, ids, neighbours, distances, run_id, "2026-11-23", self.table, self.marker, **kwargs
+        )
+
+    def loaded(self):
+        return cms.loaded_run(self.engine, self.table, self.marker)
+
+    def drop(self):
+        with self.engine.begin() as conn:
+            for name in (self.table, self.marker, self.images):
+                conn.execute(sa.text(f"DROP TABLE IF EXISTS {self.engine.dialect.identifier_preparer.quote(name)}"))
+        self.engine.dispose()
+
+
+@pytest.fixture(params=BACKENDS)
+def database(request, tmp_path):
+    url = f"sqlite:///{tmp_path / 'cms.sqlite'}" if request.param == "sqlite" else SERVERS[request.param]
+    db = Database(url)
+    if request.param != "sqlite" and not cms.reachable(db.engine):
+        environment_lacks(f"no {request.param} server answers at {url}")
+    yield db
+    db.drop()

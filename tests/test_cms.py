@@ -1,11 +1,9 @@
 import json
-import os
 import signal
 import subprocess
 import sys
 import threading
 import time
-import uuid
 
 import numpy as np
 import pytest
@@ -13,57 +11,6 @@ import sqlalchemy as sa
 
 from pipeline import cms
 from pipeline.errors import CmsError, ConfigError, MappingError
-
-from .conftest import environment_lacks
-
-#: The database servers the tests load into; this project's machines run both on 127.0.0.1.
-SERVERS = {
-    "postgresql": os.environ.get("CMS_TEST_POSTGRESQL_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"),
-    "mariadb": os.environ.get("CMS_TEST_MARIADB_URL", "mysql+pymysql://root@127.0.0.1:3306/test"),
-}
-BACKENDS = ["sqlite", *SERVERS]
-
-
-class Database:
-    """One test's database: an engine and table names of its own, dropped afterwards."""
-
-    def __init__(self, url):
-        self.url = url
-        self.engine = cms.connect(cms.resolve_url(url))
-        suffix = uuid.uuid4().hex[:8]
-        self.table, self.marker = f"sim_{suffix}", f"load_{suffix}"
-        self.images = f"images_{suffix}"
-
-    def rows(self):
-        with self.engine.connect() as conn:
-            table = sa.table(self.table, sa.column("image_id"), sa.column("rank"), sa.column("similar_image_id"),
-                             sa.column("distance"), sa.column("run_id"))  # fmt: skip
-            return sorted(tuple(r) for r in conn.execute(sa.select(table)))
-
-    def load(self, result, run_id, **kwargs):
-        ids, neighbours, distances = result
-        return cms.load_similarities(
-            self.engine, ids, neighbours, distances, run_id, "2026-11-23", self.table, self.marker, **kwargs
-        )
-
-    def loaded(self):
-        return cms.loaded_run(self.engine, self.table, self.marker)
-
-    def drop(self):
-        with self.engine.begin() as conn:
-            for name in (self.table, self.marker, self.images):
-                conn.execute(sa.text(f"DROP TABLE IF EXISTS {self.engine.dialect.identifier_preparer.quote(name)}"))
-        self.engine.dispose()
-
-
-@pytest.fixture(params=BACKENDS)
-def database(request, tmp_path):
-    url = f"sqlite:///{tmp_path / 'cms.sqlite'}" if request.param == "sqlite" else SERVERS[request.param]
-    db = Database(url)
-    if request.param != "sqlite" and not cms.reachable(db.engine):
-        environment_lacks(f"no {request.param} server answers at {url}")
-    yield db
-    db.drop()
 
 
 def similarities(n=40, k=5, seed=0, ids=None):
@@ -196,6 +143,27 @@ def test_a_new_run_replaces_the_whole_set(database):
     assert database.loaded() == "run-2"
 
 
+def test_a_load_is_held_only_while_its_table_holds_its_rows(database):
+    result = similarities(n=40)
+    assert not cms.holds_load(database.engine, "run-1", result[0], database.table, database.marker)
+    database.load(result, "run-1")
+    assert cms.holds_load(database.engine, "run-1", result[0], database.table, database.marker)
+    assert not cms.holds_load(database.engine, "run-2", result[0], database.table, database.marker)
+    quoted = database.engine.dialect.identifier_preparer.quote(database.table)
+    for change in (f"DELETE FROM {quoted}", f"DROP TABLE {quoted}", f"UPDATE {quoted} SET run_id = 'run-0'",
+                   f"DELETE FROM {quoted} WHERE image_id = 400"):  # fmt: skip
+        with database.engine.begin() as conn:
+            conn.execute(sa.text(change))
+        assert not cms.holds_load(database.engine, "run-1", result[0], database.table, database.marker), change
+        database.load(result, "run-1")
+        assert cms.holds_load(database.engine, "run-1", result[0], database.table, database.marker)
+
+
+def test_sampled_ids_spread_over_the_load():
+    assert cms.sampled_ids(np.arange(100), n=4) == [0, 33, 66, 99]
+    assert cms.sampled_ids(np.array(["a", "b"]), n=16) == ["a", "b"] and cms.sampled_ids([], n=4) == []
+
+
 def test_string_ids_are_loaded_as_strings(database):
     ids = np.array([f"img-{i:03d}" for i in range(12)])
     result = similarities(n=12, ids=ids)
@@ -320,6 +288,18 @@ def test_siblings_are_written_as_json_arrays_and_others_cleared(database):
     assert load_siblings(database, second, "run-2", batch_rows=3) == 4
     assert siblings(database) == [(10, [40, 30]), (20, [10, 40]), (30, [40, 10]), (40, [30, 20]), (99, None)]
     assert cms.loaded_run(database.engine, cms.siblings_target(database.images, "siblings"), database.marker) == "run-2"
+
+
+def test_siblings_cleared_outside_the_pipeline_are_no_longer_held(database):
+    make_images(database, [(i, "PPN1", f"{i}.jpg") for i in (10, 20, 30)])
+    add_siblings_column(database)
+    result = (np.array([10, 20, 30]), np.array([[20, 30], [10, 30], [20, 10]]), None)
+    load_siblings(database, result, "run-1")
+    target = (database.images, "id", "siblings")
+    assert cms.holds_load(database.engine, "run-1", result[0], marker_table=database.marker, siblings=target)
+    with database.engine.begin() as conn:
+        conn.execute(sa.text(f"UPDATE {database.images} SET siblings = NULL"))
+    assert not cms.holds_load(database.engine, "run-1", result[0], marker_table=database.marker, siblings=target)
 
 
 def test_siblings_need_their_column(database):

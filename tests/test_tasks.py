@@ -10,6 +10,7 @@ import h5py
 import luigi
 import numpy as np
 import pytest
+import sqlalchemy as sa
 
 from pipeline.collection import load_inventory
 from pipeline.features import RANDOM_WEIGHTS_NOTE
@@ -206,13 +207,14 @@ def cms_rows(database, table="image_similarity"):
         return db.execute(f"SELECT image_id, rank, similar_image_id, distance, run_id FROM {table} ORDER BY 1, 2").fetchall()
 
 
-def test_load_similarities_fills_the_cms_once_per_run(run, monkeypatch, tmp_path):
+def test_load_similarities_fills_the_cms_once_per_run_and_again_when_its_table_is_dropped_or_emptied(
+    run, monkeypatch, database
+):
     (root, _), _ = run
-    database = tmp_path / "cms.sqlite"
-    config = pipeline_config(root, cms__url=f"sqlite:///{database}", cms__batch_rows=7)
+    config = pipeline_config(root, cms__url=database.url, cms__table=database.table, cms__marker_table=database.marker,
+                             cms__batch_rows=7)  # fmt: skip
+    quoted = database.engine.dialect.identifier_preparer.quote(database.table)
     try:
-        result = build(monkeypatch, config, LoadSimilarities)
-        assert result.status == luigi.execution_summary.LuigiStatusCode.SUCCESS, result.summary_text
         similarities = read_similarities(root / "artifacts" / "similarities.hdf5")
         run_id = similarities["attrs"]["digest"]
         expected = [
@@ -220,11 +222,19 @@ def test_load_similarities_fills_the_cms_once_per_run(run, monkeypatch, tmp_path
              float(similarities["distances"][i, rank]), run_id)
             for i, image_id in enumerate(similarities["ids"]) for rank in range(5)
         ]  # fmt: skip
-        assert cms_rows(database) == sorted(expected)
-        again = build(monkeypatch, config, LoadSimilarities)
-        assert "ran successfully" not in again.summary_text
-        with sqlite3.connect(database) as db:
-            assert db.execute("SELECT run_id, n_rows FROM image_similarity_load").fetchall() == [(run_id, 90)]
+        for change in (None, f"DROP TABLE {quoted}", f"DELETE FROM {quoted}"):  # a DBA's cleanup, a test database reset
+            if change:
+                with database.engine.begin() as conn:
+                    conn.execute(sa.text(change))
+            result = build(monkeypatch, config, LoadSimilarities)
+            assert result.status == luigi.execution_summary.LuigiStatusCode.SUCCESS, result.summary_text
+            assert "ran successfully" in result.summary_text, change
+            assert [(*row[:3], pytest.approx(row[3]), row[4]) for row in database.rows()] == sorted(expected)
+            again = build(monkeypatch, config, LoadSimilarities)
+            assert "ran successfully" not in again.summary_text, change
+        with database.engine.connect() as conn:
+            loads = conn.execute(sa.text(f"SELECT run_id, n_rows FROM {database.marker} ORDER BY load_id")).all()
+        assert [tuple(r) for r in loads] == [(run_id, 90)] * 3
     finally:
         pipeline_config(root)  # leave the module's config as it was
 
