@@ -13,6 +13,8 @@ from .images import DECODE_TIMEOUT, MAX_PIXELS, DecoderPool, to_rgb
 
 #: Side of the thumbnails beside each sampled image, and of those on the map, in pixels.
 THUMBNAIL, MAP_THUMBNAIL = 112, 40
+#: Side of a cell of the map's grid: a thumbnail and a margin.
+MAP_CELL = MAP_THUMBNAIL + 4
 
 
 def thumbnail_pixels(path, size=THUMBNAIL, max_pixels=MAX_PIXELS):
@@ -54,30 +56,77 @@ def map_rows(n, map_sample=400, seed=0):
     return np.sort(rng.choice(n, size=min(map_sample, n), replace=False))
 
 
-def map_coordinates(counts, seed=0):
-    """Two-dimensional coordinates of the histograms, in 0..1, where similar images lie close.
+def map_layout(data, rows, seed=0):
+    """Grid cells for the images at ``rows``, where images close in the run's own distances lie
+    close, one image per cell so that no thumbnail hides another.
 
-    tf-idf weighted, L2-normalised histograms projected on their first two principal axes
-    (a truncated SVD): cheap, deterministic, and it keeps the large-scale structure.
+    t-SNE (scikit-learn) on the distances the neighbours were found with, then each image moved
+    to a cell of a near-square grid by an optimal assignment of images to cells (the least total
+    squared displacement), as PixPlot snaps its layouts to a grid.
 
     Parameters
     ----------
-    counts : csr_matrix of shape (n_images, K)
+    data : pipeline.neighbours.Counts
+        The weighted histograms and metric the run's neighbours were found with.
+    rows : ndarray of int
+        Positions of the images placed.
 
     Returns
     -------
-    xy : ndarray of shape (n_images, 2), float64
+    cells : ndarray of shape (len(rows), 2), int
+        Column and row of each image's cell.
+    shape : (int, int)
+        Columns and rows of the grid.
     """
-    from sklearn.decomposition import TruncatedSVD
-    from sklearn.feature_extraction.text import TfidfTransformer
+    from scipy.optimize import linear_sum_assignment
+    from sklearn.manifold import TSNE
 
-    n = counts.shape[0]
-    if n < 3 or counts.shape[1] < 3:
-        return np.full((n, 2), 0.5)
-    weighted = TfidfTransformer().fit_transform(counts)
-    xy = TruncatedSVD(n_components=2, random_state=seed).fit_transform(weighted)
+    rows = np.asarray(rows)
+    n = len(rows)
+    columns = max(1, int(np.ceil(np.sqrt(n))))
+    shape = (columns, max(1, int(np.ceil(n / columns))))
+    if n < 5:  # too few for t-SNE: in their order
+        return np.stack([np.arange(n) % columns, np.arange(n) // columns], axis=1), shape
+    dots = (data.counts[rows] @ data.counts[rows].T).toarray()
+    distances = data.distances(data.keys(dots, data.norms[rows][:, None], rows))
+    np.fill_diagonal(distances, 0.0)
+    xy = TSNE(
+        n_components=2, metric="precomputed", init="random", perplexity=min(30.0, (n - 1) / 3), random_state=seed
+    ).fit_transform(distances)
     low, high = xy.min(axis=0), xy.max(axis=0)
-    return (xy - low) / np.where(high > low, high - low, 1.0)
+    xy = (xy - low) / np.where(high > low, high - low, 1.0) * (np.array(shape) - 1)
+    grid = np.stack(np.meshgrid(np.arange(shape[0]), np.arange(shape[1]), indexing="ij"), axis=-1).reshape(-1, 2)
+    cost = ((xy[:, None, :] - grid[None, :, :]) ** 2).sum(axis=-1)
+    placed, cell = linear_sum_assignment(cost)
+    cells = np.empty((n, 2), dtype=np.int64)
+    cells[placed] = grid[cell]
+    return cells, shape
+
+
+def neighbours_beside(cells, rows, neighbour_rows):
+    """Share of the placed images with one of their neighbours next to them on the map (in one of
+    the four cells at distance one: an image's nearest on the map), among those with at least one
+    neighbour placed.
+
+    Parameters
+    ----------
+    cells : ndarray of shape (m, 2)
+        :func:`map_layout` of ``rows``.
+    rows : ndarray of shape (m,)
+    neighbour_rows : ndarray of shape (n_images, k)
+        Every image's neighbours, as positions.
+    """
+    at = {tuple(c): int(r) for c, r in zip(cells.tolist(), np.asarray(rows).tolist())}
+    placed = set(at.values())
+    beside, counted = 0, 0
+    for (x, y), row in zip(cells.tolist(), np.asarray(rows).tolist()):
+        wanted = set(int(o) for o in neighbour_rows[row]) & placed
+        if not wanted:
+            continue
+        counted += 1
+        around = {at.get(c) for c in ((x - 1, y), (x + 1, y), (x, y - 1), (x, y + 1))}
+        beside += bool(around & wanted)
+    return beside / counted if counted else 0.0
 
 
 def _bars(title, labels, values, unit="", width=560, bar=18):
@@ -116,7 +165,7 @@ def _figure(image, caption):
     return f'<figure><img src="{image}" alt=""><figcaption>{caption}</figcaption></figure>'
 
 
-def render(run, result, counts, chosen, thumbnails, map_sample=400, seed=0, evaluation=None):
+def render(run, result, counts, data, chosen, thumbnails, map_sample=400, seed=0, evaluation=None):
     """The report page as a string.
 
     Parameters
@@ -127,6 +176,9 @@ def render(run, result, counts, chosen, thumbnails, map_sample=400, seed=0, eval
         ``similarities.hdf5`` as read by :func:`pipeline.output.read_similarities`.
     counts : csr_matrix of shape (n_images, K)
         The histograms, in the order of ``result["ids"]``.
+    data : pipeline.neighbours.Counts
+        The same, weighted as the run's neighbours were found (:func:`pipeline.query.run_counts`):
+        the map places images by those distances, and the similarities are shown beside them.
     chosen : sequence of int
         Rows shown with their neighbours.
     thumbnails : dict of (int, int) to str or None
@@ -146,23 +198,27 @@ def render(run, result, counts, chosen, thumbnails, map_sample=400, seed=0, eval
     def name(row):
         return f"{html.escape(str(ids[row]))}<br><small>{html.escape(result['ppn'][row])}/{html.escape(result['filename'][row])}</small>"
 
+    similarity = data.similarity(distances)
     sections = []
     for row in chosen:
         cells = [_figure(thumb(row), f"<b>{name(row)}</b>")]
         for rank, other in enumerate(neighbours[row]):
             o = row_of[str(other)]
-            cells.append(_figure(thumb(o), f"{rank + 1}. {name(o)}<br>distance {distances[row][rank]:.4f}"))
+            caption = f"{rank + 1}. {name(o)}<br>distance {distances[row][rank]:.4f}, similarity {similarity[row][rank]:.1f} %"
+            cells.append(_figure(thumb(o), caption))
         sections.append(f'<div class="query" data-id="{html.escape(str(ids[row]))}">{"".join(cells)}</div>')
 
     on_map = map_rows(len(ids), map_sample, seed)
-    xy = map_coordinates(counts[on_map], seed)
+    cells, (columns, lines) = map_layout(data, on_map, seed)
+    neighbour_rows = np.array([[row_of[str(o)] for o in row] for row in neighbours]).reshape(neighbours.shape)
+    beside = neighbours_beside(cells, on_map, neighbour_rows)
     placed = []
-    for (x, y), row in zip(xy, on_map):
+    for (x, y), row in zip(cells.tolist(), on_map):
         image = thumb(int(row), MAP_THUMBNAIL)
         title = html.escape(f"{ids[row]} {result['ppn'][row]}/{result['filename'][row]}")
-        style = f"left:{x * 94:.2f}%;top:{y * 94:.2f}%"
+        style = f"left:{x * MAP_CELL}px;top:{y * MAP_CELL}px"
         body = f'<img src="{image}" alt="">' if image else ""
-        placed.append(f'<div class="dot" style="{style}" title="{title}">{body}</div>')
+        placed.append(f'<div class="dot" style="{style}" title="{title}" data-id="{html.escape(str(ids[row]))}">{body}</div>')
 
     words = np.sort(np.bincount(counts.indices, weights=counts.data, minlength=counts.shape[1]))[::-1]
     share = words / max(words.sum(), 1)
@@ -224,7 +280,7 @@ h2 {{ margin-top: 2em; border-bottom: 1px solid #ccc; }}
 figure {{ margin: 0; width: {THUMBNAIL + 8}px; font-size: 11px; }}
 figure img, .nothumb {{ width: {THUMBNAIL}px; height: {THUMBNAIL}px; object-fit: contain; background: #ddd; display: block; }}
 .plot {{ width: auto; }} .plot text {{ font-size: 11px; }} .plot .title {{ font-size: 13px; font-weight: bold; }}
-#map {{ position: relative; width: 100%; height: 720px; background: #fafafa; border: 1px solid #ccc; }}
+#map {{ position: relative; background: #fafafa; border: 1px solid #ccc; }}
 .dot {{ position: absolute; width: {MAP_THUMBNAIL}px; height: {MAP_THUMBNAIL}px; }}
 .dot img {{ width: 100%; height: 100%; object-fit: cover; }}
 .warning {{ color: #a33; }} table {{ border-collapse: collapse; }} td {{ border: 1px solid #ccc; padding: 2px 6px; }}
@@ -237,16 +293,17 @@ figure img, .nothumb {{ width: {THUMBNAIL}px; height: {THUMBNAIL}px; object-fit:
 <h2 id="plots">Plots</h2>
 {"".join(plots)}
 <h2 id="map-title">Map of the collection</h2>
-<p>{len(on_map):,} images placed by the first two principal axes of their tf-idf weighted
-visual-word histograms: images with similar words lie close together.</p>
-<div id="map">{"".join(placed)}</div>
+<p>{len(on_map):,} images{" (a sample)" if len(on_map) < len(ids) else ""} laid out by t-SNE on the distances their
+neighbours were found with, one per cell: similar images lie close together. {100 * beside:.0f} % of them have one of
+their {neighbours.shape[1]} neighbours next to them.</p>
+<div id="map" style="width:{columns * MAP_CELL}px;height:{lines * MAP_CELL}px">{"".join(placed)}</div>
 <h2 id="rejected">Rejected files ({len(rejected):,})</h2>
 <table class="rejected"><tr><th>file</th><th>reason</th></tr>{rejected_rows}</table>
 </body></html>
 """
 
 
-def write_report(path, run, result, counts, paths, sample=12, named=(), seed=0, evaluation=None, **decoding):
+def write_report(path, run, result, counts, data, paths, sample=12, named=(), seed=0, evaluation=None, **decoding):
     """Write the report page to ``path`` atomically: ``sample`` images chosen at random (seeded)
     after those of the IDs ``named``, each beside its neighbours; see :func:`render`.
 
@@ -258,7 +315,7 @@ def write_report(path, run, result, counts, paths, sample=12, named=(), seed=0, 
     beside = [row_of[str(i)] for r in rows for i in result["neighbours"][r]]
     needed = {THUMBNAIL: [*rows, *beside], MAP_THUMBNAIL: map_rows(len(result["ids"]), seed=seed)}
     thumbnails = make_thumbnails(paths, needed, **decoding)
-    page = render(run, result, counts, rows, thumbnails, seed=seed, evaluation=evaluation)
+    page = render(run, result, counts, data, rows, thumbnails, seed=seed, evaluation=evaluation)
     with atomic_path(path) as tmp:
         with open(tmp, "w", encoding="utf-8") as f:
             f.write(page)

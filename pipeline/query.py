@@ -21,6 +21,24 @@ def _inputs(attrs):
     return json.loads(attrs.get("inputs", "{}"))
 
 
+def run_counts(histograms_path, ids, similarity_attrs):
+    """The word counts of histograms.h5, and the weighted Counts a run's similarities were found
+    with (its weighting, metric and power, from the attributes of its similarities.hdf5).
+
+    Returns
+    -------
+    counts : csr_matrix of shape (n_images, K)
+    data : pipeline.neighbours.Counts
+    """
+    _, counts, n_local = histograms.load_counts(histograms_path)
+    a = similarity_attrs
+    data = Counts(
+        counts, n_local * histograms.load_assign(histograms_path), ids, a.get("weighting", "raw"),
+        a.get("metric", "euclidean"), power=float(a.get("power", 1.0)),
+    )  # fmt: skip
+    return counts, data
+
+
 class SimilarityIndex:
     """The collection as a run left it: its images, word counts, reducer and codebook, and the
     model, weighting and distance its similarities were made with.
@@ -65,26 +83,14 @@ class SimilarityIndex:
                         "did not finish; finish it (luigi --module tasks Nightly --local-scheduler) and query again"
                     )
         index = store.load_index(features)
-        _, counts, n_local = histograms.load_counts(histograms_path)
-        assign = histograms.load_assign(histograms_path)
-        result = attrs["Similarities"]
+        _, data = run_counts(histograms_path, index.ids, attrs["Similarities"])
         feature_settings = json.loads(attrs["Features"]["settings"])
         model = {
             "weights": attrs["Features"]["weights"],
             "layer": attrs["Features"]["layer"],
             "seed": feature_settings.get("seed") or 0,
         }
-        return cls(
-            index,
-            Counts(
-                counts, n_local * assign, index.ids, result.get("weighting", "raw"), result.get("metric", "euclidean"),
-                power=float(result.get("power", 1.0)),
-            ),
-            Reducer.load(reducer),
-            Codebook.load(codebook),
-            model,
-            assign,
-        )
+        return cls(index, data, Reducer.load(reducer), Codebook.load(codebook), model, histograms.load_assign(histograms_path))
 
     def word_counts(self, descriptors):
         """Visual-word counts of descriptors, as the run counted the collection's (see :func:`word_counts`)."""

@@ -7,15 +7,18 @@ import hashlib
 import json
 import logging
 import os
+import sys
 import time
 
 import luigi
+import luigi.interface
 
+from pipeline import runlock
 from pipeline.checkpoints import Checkpoints
 from pipeline.errors import ArtifactError
 from pipeline.h5io import atomic_path, read_attrs, remove_stale_temporaries
 
-from .config import paths, progress as progress_config
+from .config import lock as lock_config, paths, progress as progress_config
 
 logger = logging.getLogger("luigi-interface")
 
@@ -79,7 +82,9 @@ def _duration(seconds):
 
 
 class RunTask(luigi.Task):
-    """A task of one run: the run's date and whether it refits the reducer and codebook."""
+    """A task of one run: the run's date and whether it refits the reducer and codebook.
+
+    Making one holds the artifacts folder for the run of its date (:func:`hold_artifacts`)."""
 
     date = luigi.DateParameter(
         default=datetime.date.today(), description="The run's date: one run per date (default today)."
@@ -87,6 +92,30 @@ class RunTask(luigi.Task):
     refit = luigi.BoolParameter(
         default=False, significant=False, description="Refit the reducer and the codebook in this run."
     )
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        hold_artifacts(self.date)
+
+
+def hold_artifacts(date):
+    """Hold ``[paths] artifacts`` for the run of ``date`` until the process ends: one run at a
+    time per folder, whatever its date and whichever machine starts it; the workers of one run
+    on a central scheduler share it. Another run holding it stops this process before any task
+    is scheduled, with one line and ``[retcode] already_running`` (Luigi's exit code for a run
+    stopped by its process lock), having written nothing."""
+    folder = paths().artifacts
+    try:
+        os.makedirs(folder, exist_ok=True)
+        runlock.hold(
+            folder, date.isoformat(), central=not luigi.interface.core().local_scheduler,
+            heartbeat=max(lock_config().heartbeat, 0.01), stale_after=lock_config().stale_after,
+        )  # fmt: skip
+    except runlock.RunLockHeld as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        raise luigi.interface.PidLockAlreadyTakenExit() from None
+    except OSError as exc:  # storage that takes no file takes no artifact either: the stages report it
+        logger.warning("the run lock of %s cannot be written (%s): running without it", folder, exc.strerror or exc)
 
 
 class RunInput(RunTask, luigi.ExternalTask):
@@ -151,7 +180,7 @@ class ArtifactTask(RunTask):
             return
         self._started = time.time()
         with artifacts_writable():
-            remove_stale_temporaries(self.output().path)  # Luigi's process lock: no other run writes
+            remove_stale_temporaries(self.output().path)  # the run lock: no other run writes here
             with atomic_path(self.output().path) as tmp:
                 self.make(tmp)
             self.checkpoints().clear()

@@ -9,6 +9,7 @@ from pipeline.errors import ConfigError
 from pipeline.features import DEFAULT_LAYER, layer_side, unknown_layer_message
 from pipeline.histograms import DEFAULT_ASSIGN, MAX_ASSIGN
 from pipeline.neighbours import DEFAULT_METRIC, DEFAULT_POWER, DEFAULT_WEIGHTING, METHODS, METRICS, WEIGHTINGS
+from pipeline.runlock import HEARTBEAT, STALE_AFTER
 from pipeline.reduction import DEFAULT_DESCRIPTORS, DEFAULT_REDUCED, DESCRIPTOR_NORMS, REDUCED_NORMS
 
 
@@ -103,6 +104,20 @@ class progress(luigi.Config):
         significant=False,
         description="Seconds between progress lines of a long task in the log (0: after every batch); the "
         "central scheduler's page shows progress continuously.",
+    )
+
+
+class lock(luigi.Config):
+    heartbeat = luigi.FloatParameter(
+        default=HEARTBEAT,
+        significant=False,
+        description="Seconds between the heartbeats of each process of a run on the artifacts folder's run lock.",
+    )
+    stale_after = luigi.FloatParameter(
+        default=STALE_AFTER,
+        significant=False,
+        description="Seconds without a heartbeat after which a run on another host counts as ended and its "
+        "claim on the artifacts folder is taken over (on the same host: as soon as its process has ended).",
     )
 
 
@@ -213,6 +228,8 @@ RULES = (
     ("resnet", "batch_size", lambda v: v >= 1, "a whole number >= 1"),
     ("features", "shards", lambda v: v >= 1, "a whole number >= 1"),
     ("progress", "interval", lambda v: v >= 0, "a number of seconds >= 0"),
+    ("lock", "heartbeat", lambda v: v > 0, "a number of seconds > 0"),
+    ("lock", "stale_after", lambda v: v >= 3 * lock().heartbeat, "a number of seconds >= 3 x [lock] heartbeat"),
     ("report", "sample", lambda v: v >= 0, "a whole number >= 0"),
     ("selfcheck", "sample", lambda v: v >= 0, "a whole number >= 0 (0: no self-check)"),
     ("images", "max_pixels", lambda v: v >= 1, "a whole number >= 1"),
@@ -252,7 +269,7 @@ def settings_problem():
     """
     configs = (
         paths, ids, cms, resnet, features, images, reduction, histograms, codebook, neighbours, collection, progress, report,
-        evaluate, selfcheck,
+        evaluate, selfcheck, lock,
     )
     sections = {c.__name__: c for c in configs}
     parser = luigi.configuration.get_config()

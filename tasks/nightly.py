@@ -6,8 +6,9 @@ import os
 
 import luigi
 
-from pipeline import cms as cms_db, collection, histograms, html_report, store
+from pipeline import cms as cms_db, collection, html_report, store
 from pipeline.output import read_similarities
+from pipeline.query import run_counts
 from pipeline.h5io import read_attrs
 from pipeline.report import publish_report, read_json, stage_summary
 
@@ -117,13 +118,14 @@ def visual_report(date, run, show=""):
     """Write ``<artifacts>/report.html`` for the run of ``date`` (see pipeline.html_report)."""
     inventory = collection.load_inventory(Inventory(date=date).output().path)
     result = read_similarities(Similarities(date=date).output().path)
-    _, counts, _ = histograms.load_counts(Histograms(date=date).output().path)
+    counts, data = run_counts(Histograms(date=date).output().path, result["ids"], result["attrs"])
     scores = read_json(Evaluate(date=date).output().path) if "evaluation" in run else None  # this run evaluated
     html_report.write_report(
         os.path.join(paths().artifacts, "report.html"),
         run,
         result,
         counts,
+        data,
         inventory.paths(result["ids"], paths().content),
         sample=report_config().sample,
         named=[s.strip() for s in show.split(",") if s.strip()],

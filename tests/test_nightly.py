@@ -91,7 +91,8 @@ def test_killed_run_resumes_to_the_same_result(small_collection, reference, tmp_
     assert not (root / "artifacts" / "similarities.hdf5").exists()
     committed = committed_keys(root)
 
-    log = nightly(root)
+    # the killed run's claim on the folder does not block the next: the next night's (another date), or a rerun
+    log = nightly(root, "2026-01-02" if "extracted" in marker else "2026-01-01")
     if "extracted" in marker:
         assert 8 <= len(committed) < 18
         assert f"extracting {18 - len(committed)} images, reusing {len(committed)}" in log
@@ -190,7 +191,7 @@ def test_growth_past_the_threshold_refits(tmp_path, small_collection):
     assert "19 computed, 0 reused" in log
 
 
-def test_a_second_run_at_the_same_time_stops_at_once(tmp_path, small_collection):
+def test_a_second_run_at_the_same_time_stops_at_once_whatever_its_date(tmp_path, small_collection):
     root = project(tmp_path, small_collection[0])
     first = subprocess.Popen(
         command("2026-01-01"), cwd=root, env=environment(root), stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True
@@ -198,12 +199,19 @@ def test_a_second_run_at_the_same_time_stops_at_once(tmp_path, small_collection)
     for line in first.stderr:
         if "running   Features(" in line:
             break
-    second = subprocess.run(command("2026-01-01"), cwd=root, env=environment(root), capture_output=True, text=True, timeout=120)
+    # as an overlapping cron job starts them: the next night's run, and the same command again
+    second = subprocess.run(command("2026-01-02"), cwd=root, env=environment(root), capture_output=True, text=True, timeout=120)
+    third = subprocess.run(command("2026-01-01"), cwd=root, env=environment(root), capture_output=True, text=True, timeout=120)
     rest = first.stderr.read()
     assert first.wait(timeout=300) == 0, rest[-2000:]
-    assert second.returncode == 10
-    assert "already running" in second.stdout + second.stderr
-    assert report(root)["status"] == "ok"
+    assert second.returncode == 10 and third.returncode == 10, second.stderr[-2000:] + third.stderr[-2000:]
+    holder = f"the run of 2026-01-01, since {report(root)['started'][:11]}"
+    assert f"error: another run holds the artifacts folder {root / 'artifacts'}: " in second.stderr
+    assert holder in second.stderr and f"pid {first.pid}; the run of 2026-01-02 stops without touching it" in second.stderr
+    assert "running" not in second.stderr  # no task was scheduled
+    assert report(root)["status"] == "ok" and report(root)["date"] == "2026-01-01"
+    assert not (root / "artifacts" / "runs" / "2026-01-02").exists()
+    assert not (root / "artifacts" / "run.lock").exists()  # the run that held it removed its claim when it ended
 
 
 def snapshot(artifacts, leave_out=("filler", "inventory.h5", "run_report.json", "runs")):

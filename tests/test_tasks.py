@@ -1,6 +1,7 @@
 import html.parser
 import json
 import os
+import re
 import shutil
 import sqlite3
 import subprocess
@@ -215,13 +216,6 @@ def test_load_similarities_fills_the_cms_once_per_run_and_again_when_its_table_i
                              cms__batch_rows=7)  # fmt: skip
     quoted = database.engine.dialect.identifier_preparer.quote(database.table)
     try:
-        similarities = read_similarities(root / "artifacts" / "similarities.hdf5")
-        run_id = similarities["attrs"]["digest"]
-        expected = [
-            (int(image_id), rank + 1, int(similarities["neighbours"][i, rank]),
-             float(similarities["distances"][i, rank]), run_id)
-            for i, image_id in enumerate(similarities["ids"]) for rank in range(5)
-        ]  # fmt: skip
         for change in (None, f"DROP TABLE {quoted}", f"DELETE FROM {quoted}"):  # a DBA's cleanup, a test database reset
             if change:
                 with database.engine.begin() as conn:
@@ -229,6 +223,13 @@ def test_load_similarities_fills_the_cms_once_per_run_and_again_when_its_table_i
             result = build(monkeypatch, config, LoadSimilarities)
             assert result.status == luigi.execution_summary.LuigiStatusCode.SUCCESS, result.summary_text
             assert "ran successfully" in result.summary_text, change
+            similarities = read_similarities(root / "artifacts" / "similarities.hdf5")
+            run_id = similarities["attrs"]["digest"]
+            expected = [
+                (int(image_id), rank + 1, int(similarities["neighbours"][i, rank]),
+                 float(similarities["distances"][i, rank]), run_id)
+                for i, image_id in enumerate(similarities["ids"]) for rank in range(5)
+            ]  # fmt: skip
             assert [(*row[:3], pytest.approx(row[3]), row[4]) for row in database.rows()] == sorted(expected)
             again = build(monkeypatch, config, LoadSimilarities)
             assert "ran successfully" not in again.summary_text, change
@@ -473,8 +474,10 @@ class ReportPage(html.parser.HTMLParser):
     def __init__(self, text):
         super().__init__()
         self.queries, self.plots, self.dots, self.rejected, self.images = [], 0, 0, 0, []
+        self.places = []
         self._in_rejected_table = False
         self.feed(text)
+        self.text = text
 
     def handle_starttag(self, tag, attrs):
         attrs = dict(attrs)
@@ -488,6 +491,7 @@ class ReportPage(html.parser.HTMLParser):
             self.plots += 1
         if tag == "div" and attrs.get("class") == "dot":
             self.dots += 1
+            self.places.append(attrs["style"])
         if tag == "table":
             self._in_rejected_table = attrs.get("class") == "rejected"
         if tag == "td" and self._in_rejected_table:
@@ -501,6 +505,10 @@ def check_report_page(artifacts, sample=12):
     assert len(page.queries) == min(sample, run["images_with_neighbours"])
     assert all(len(figures) == 6 and all(src.startswith("data:image/jpeg;base64,") for src in figures) for figures in page.queries)
     assert page.plots == 5 and page.dots == run["images_with_neighbours"]
+    assert len(set(page.places)) == page.dots  # one cell each on the map
+    captions = re.findall(r"distance (\d+\.\d{4}), similarity (\d+\.\d) %", page.text)
+    assert len(captions) == 5 * len(page.queries)
+    assert all(abs(float(s) - 100 * (1 - float(d))) < 0.06 for d, s in captions)  # cosine: 100 x (1 - distance)
     assert page.rejected == 2 * len(run["rejected"])  # path and reason
     assert "http" not in "".join(page.images)  # self-contained
     return page
@@ -521,6 +529,13 @@ def test_the_visual_report_shows_in_a_headless_browser(monkeypatch, small_collec
             "</body>",
             "<script>document.body.dataset.images = document.images.length;"
             "document.body.dataset.broken = [...document.images].filter(i => !i.complete || i.naturalWidth === 0).length;"
+            # the map as laid out: thumbnails that overlap another, or stick out of the map
+            "const box = document.getElementById('map').getBoundingClientRect();"
+            "const dots = [...document.querySelectorAll('.dot')].map(d => d.getBoundingClientRect());"
+            "document.body.dataset.overlapping = dots.filter((a, i) => dots.some((b, j) => i !== j &&"
+            " a.left < b.right && b.left < a.right && a.top < b.bottom && b.top < a.bottom)).length;"
+            "document.body.dataset.outside = dots.filter(a => a.left < box.left || a.right > box.right ||"
+            " a.top < box.top || a.bottom > box.bottom).length;"
             "</script></body>",
         )
     )
@@ -530,6 +545,7 @@ def test_the_visual_report_shows_in_a_headless_browser(monkeypatch, small_collec
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
     assert 'data-broken="0"' in done.stdout and 'data-images="' in done.stdout
+    assert 'data-overlapping="0"' in done.stdout and 'data-outside="0"' in done.stdout
     shown = int(done.stdout.split('data-images="')[1].split('"')[0])
     assert shown == 4 * 6 + 18  # the sampled rows and the map
 
