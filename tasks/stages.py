@@ -415,6 +415,12 @@ class LoadSimilarities(RunTask):
         c = cms()
         return (c.images_table, c.id_column, c.siblings_column) if c.mode == "siblings" else None
 
+    def target(self):
+        """What the marker table calls this load's destination."""
+        if cms().mode == "siblings":
+            return cms_db.siblings_target(cms().images_table, cms().siblings_column)
+        return cms().table
+
     def complete(self):
         if not self.requires().complete():
             return False
@@ -427,11 +433,10 @@ class LoadSimilarities(RunTask):
     def run(self):
         result = read_similarities(self.input().path)
         common = dict(run_id=self.run_id(), run_date=self.date.isoformat(), marker_table=cms().marker_table)
-        target = cms().table if self.siblings() is None else cms_db.siblings_target(cms().images_table, cms().siblings_column)
-        if cms_db.loaded_run(database.engine(), target, cms().marker_table) == common["run_id"]:
+        if cms_db.loaded_run(database.engine(), self.target(), cms().marker_table) == common["run_id"]:
             logger.warning(
                 "%s no longer holds the rows of run %s that the marker table records (dropped, emptied or restored "
-                "outside the pipeline): loading them again", target, common["run_id"],
+                "outside the pipeline): loading them again", self.target(), common["run_id"],
             )  # fmt: skip
         if cms().mode == "siblings":
             cms_db.load_siblings(
