@@ -1,11 +1,12 @@
 # make demo: set up .venv and run the pipeline on the bundled demo collection.
 # make test: set up .venv and run the tests.
 # make quality: the quality benchmark on the proxy collections (docs/quality.md).
+# make lint: ruff's lint and format checks, as .ci/run runs them.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test quality clean
+.PHONY: demo test lint quality clean
 
 $(BIN)/.installed: requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +21,10 @@ demo: $(BIN)/.installed
 
 test: $(BIN)/.installed
 	$(BIN)/python -m pytest
+
+lint: $(BIN)/.installed
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 quality: $(BIN)/.installed
 	@test -d /usr/share/wallpapers -a -d /usr/share/backgrounds/gnome || \

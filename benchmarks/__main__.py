@@ -7,7 +7,13 @@ from . import cms, extract, neighbours, reduce, scale
 
 def main():
     results = []
-    for name, bench in (("extract", extract.run), ("reduce", reduce.run), ("neighbours", neighbours.run), ("scale", scale.run), ("cms", cms.run)):
+    for name, bench in (
+        ("extract", extract.run),
+        ("reduce", reduce.run),
+        ("neighbours", neighbours.run),
+        ("scale", scale.run),
+        ("cms", cms.run),
+    ):
         print(f"\n== {name} ==")
         results.append(bench())
     print("\n== summary ==")

@@ -11,9 +11,9 @@ import tempfile
 
 import numpy as np
 
+from pipeline.collection import scan_content
 from pipeline.features import DescriptorExtractor, build_model
 from pipeline.images import load_image
-from pipeline.collection import scan_content
 from pipeline.store import FeatureStore, extract_to_store
 
 from .common import Timer, report, scan_like_images
@@ -72,7 +72,9 @@ def run(images=96, batch_size=16, per_image=24):
         pixels = np.stack([load_image(p) for p in paths]).astype(np.float32)
         with DescriptorExtractor(model, batch_size=batch_size) as extractor:
             bare = bare_forward(extractor, pixels, batch_size)
-            pipeline, store_bytes = pipeline_extraction(extractor, paths, FeatureStore(os.path.join(directory, "store")))
+            pipeline, store_bytes = pipeline_extraction(
+                extractor, paths, FeatureStore(os.path.join(directory, "store"))
+            )
         single = per_image_predict(model, paths[:per_image])
     figures = {
         "bench": "extract",

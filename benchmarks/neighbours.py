@@ -30,7 +30,9 @@ from .common import Timer, peak_rss_mb, report
 EXPONENT = 0.6
 
 
-def synthetic_counts(images, words, n_local=49, exponent=EXPONENT, seed=0, block=20_000, weighting="raw", metric="euclidean"):
+def synthetic_counts(
+    images, words, n_local=49, exponent=EXPONENT, seed=0, block=20_000, weighting="raw", metric="euclidean"
+):
     """Counts of ``images`` random histograms whose word frequencies fall off as rank**-exponent."""
     rng = np.random.default_rng(seed)
     p = 1.0 / np.arange(1, words + 1) ** exponent
@@ -53,7 +55,11 @@ def run(images=20000, words=(8500,), tree_queries=200, exponent=EXPONENT, querie
         counts = synthetic_counts(images, size, exponent=exponent, weighting=weighting, metric=metric)
         first_rows = np.arange(min(images, 16))
         sparse_neighbours(counts, k=5, rows=first_rows)  # compiles the kernel
-        timed = np.arange(images) if not queries else np.random.default_rng(2).choice(images, min(queries, images), replace=False)
+        timed = (
+            np.arange(images)
+            if not queries
+            else np.random.default_rng(2).choice(images, min(queries, images), replace=False)
+        )
         with Timer() as few_t:
             sparse_neighbours(counts, k=5, rows=first_rows)  # builds the inverted file
         with Timer() as sparse_t:
@@ -61,8 +67,16 @@ def run(images=20000, words=(8500,), tree_queries=200, exponent=EXPONENT, querie
         # both calls build the inverted file; every further query costs alike (its posting lists)
         per_row = max(sparse_t.seconds - few_t.seconds, 0) / max(len(timed) - len(first_rows), 1)
         seconds = sparse_t.seconds + per_row * (images - len(timed))
-        figures = {"bench": "neighbours", "n_images": images, "words": size, "distance": distance, "exponent": exponent,
-                   "seconds": round(seconds, 2), "query_rows_timed": len(timed), "peak_rss_mb": round(peak_rss_mb())}
+        figures = {
+            "bench": "neighbours",
+            "n_images": images,
+            "words": size,
+            "distance": distance,
+            "exponent": exponent,
+            "seconds": round(seconds, 2),
+            "query_rows_timed": len(timed),
+            "peak_rss_mb": round(peak_rss_mb()),
+        }
         extrapolated = "" if len(timed) == images else f" ({len(timed)} query rows timed, the rest extrapolated)"
         line = f"sparse {seconds:.2f} s{extrapolated}, peak RSS {figures['peak_rss_mb']} MB"
         if tree_queries:
@@ -77,8 +91,12 @@ def run(images=20000, words=(8500,), tree_queries=200, exponent=EXPONENT, querie
             tree_seconds = tree_t.seconds + per_row * (images - len(sample))
             mine = sparse_neighbours(counts, k=5, rows=sample)
             same = bool(np.array_equal(tree[0], mine[0]) and np.array_equal(tree[1], mine[1]))
-            figures.update(balltree_seconds=round(tree_seconds, 1), balltree_rows_timed=len(sample),
-                           speedup=round(tree_seconds / seconds, 1), identical=same)
+            figures.update(
+                balltree_seconds=round(tree_seconds, 1),
+                balltree_rows_timed=len(sample),
+                speedup=round(tree_seconds / seconds, 1),
+                identical=same,
+            )
             timed = "" if len(sample) == images else f" (build + {len(sample)} query rows timed, the rest extrapolated)"
             line += f"; BallTree {tree_seconds:.1f} s{timed}, identical: {same}"
         rows.append((f"{images} images, {size} words, {distance}", line))

@@ -115,12 +115,17 @@ def photos(source):
             return Image.fromarray(np.asarray(pixels[0] if isinstance(pixels, tuple) else pixels))
 
         return [(f"samples/{n}", lambda n=n: sample(n)) for n in SAMPLE_PHOTOS + ("china", "flower")]
-    files = _wallpaper_files() if kind == "wallpapers" else sorted(
-        os.path.join(GNOME, f) for f in os.listdir(GNOME) if f.endswith((".webp", ".jpg", ".png"))
+    files = (
+        _wallpaper_files()
+        if kind == "wallpapers"
+        else sorted(os.path.join(GNOME, f) for f in os.listdir(GNOME) if f.endswith((".webp", ".jpg", ".png")))
     )
     if half:
         files = files[int(half) :: 2]
-    return [(f"{kind}/{os.path.relpath(f, WALLPAPERS if kind == 'wallpapers' else GNOME)}", lambda f=f: Image.open(f)) for f in files]
+    return [
+        (f"{kind}/{os.path.relpath(f, WALLPAPERS if kind == 'wallpapers' else GNOME)}", lambda f=f: Image.open(f))
+        for f in files
+    ]
 
 
 def cells(spec):

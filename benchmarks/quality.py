@@ -241,7 +241,9 @@ def main(argv=None):
     )
     parser.add_argument("--grid", action="store_true", help="also each setting's alternatives, one at a time")
     parser.add_argument("--configs", help="also the configurations of this JSON file (a list of settings dicts)")
-    parser.add_argument("--work", default=os.path.join("artifacts", "bench-quality"), help="where collections and descriptors are kept")
+    parser.add_argument(
+        "--work", default=os.path.join("artifacts", "bench-quality"), help="where collections and descriptors are kept"
+    )
     parser.add_argument("--selfcheck", type=int, default=50, help="images altered for the self-check (0: none)")
     parser.add_argument("--json", help="also write every row to this JSON file")
     args = parser.parse_args(argv)
@@ -273,7 +275,8 @@ def main(argv=None):
             )
             print(table_rows(rows))
             figures[spec.name] = {
-                who: {m: round(by_name[who][m], 4) for m in MEASURES if m in by_name[who]} for who in ("shipped", "original")
+                who: {m: round(by_name[who][m], 4) for m in MEASURES if m in by_name[who]}
+                for who in ("shipped", "original")
             }
     if args.json:
         with open(args.json, "w") as f:
@@ -287,8 +290,13 @@ def main(argv=None):
     print(
         json.dumps(
             {
-                "bench": "quality", "weights": args.weights, "seconds": round(whole.seconds, 1), "defaults": defaults,
-                "mean_map": mean, "shipped_beats_original": wins, "collections": figures,
+                "bench": "quality",
+                "weights": args.weights,
+                "seconds": round(whole.seconds, 1),
+                "defaults": defaults,
+                "mean_map": mean,
+                "shipped_beats_original": wins,
+                "collections": figures,
             }  # fmt: skip
         )
     )
@@ -304,7 +312,11 @@ def table_rows(rows):
     lines.append("|" + "---|" * len(head) + "---:|" * 6)
     for r in shown:
         lines.append(
-            "| " + " | ".join(str(r[k]) for k in head) + " | " + " | ".join(f"{r[m]:.3f}" if m in r else "" for m in MEASURES) + " |"
+            "| "
+            + " | ".join(str(r[k]) for k in head)
+            + " | "
+            + " | ".join(f"{r[m]:.3f}" if m in r else "" for m in MEASURES)
+            + " |"
         )
     return "\n".join(lines)
 

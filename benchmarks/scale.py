@@ -62,7 +62,7 @@ def run(images=20000, words=1000, rank=64, sample_images_=20000, sample_size=200
     with StagePeak() as peak, Timer() as t:
         sparse_neighbours(Counts(counts, 49, np.arange(images), DEFAULT_WEIGHTING, DEFAULT_METRIC), k=5)
     stages.append(("neighbours", t.seconds, peak.mb, f"exact, sparse method, {DEFAULT_WEIGHTING}/{DEFAULT_METRIC}"))
-    for name, seconds, mb, note in stages:
+    for name, seconds, mb, _ in stages:
         figures[f"{name}_seconds"] = round(seconds, 1)
         figures[f"{name}_peak_rss_mb"] = round(mb)
     rows = [(name, f"{seconds:8.1f} s  peak RSS {mb:6.0f} MB  {note}") for name, seconds, mb, note in stages]

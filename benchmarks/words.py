@@ -62,18 +62,37 @@ def run(n_crops=600, words=(250, 1000), batch_size=16):
     pixels = keras.applications.resnet50.preprocess_input(crops(photos(), n_crops))
     model = build_model(weights="random")
     with Timer() as t:
-        maps = np.concatenate([model(pixels[s : s + batch_size], training=False).numpy() for s in range(0, len(pixels), batch_size)])
+        maps = np.concatenate(
+            [model(pixels[s : s + batch_size], training=False).numpy() for s in range(0, len(pixels), batch_size)]
+        )
     descriptors = maps.reshape(-1, maps.shape[-1])
     reducer = Reducer(0.97).fit(descriptors)
     reduced = reducer.transform(descriptors)
-    rows, results = [("crops, descriptors, components", f"{n_crops}, {len(descriptors)}, {reducer.n_components_} ({t.seconds:.0f} s to extract)")], []
+    rows, results = (
+        [
+            (
+                "crops, descriptors, components",
+                f"{n_crops}, {len(descriptors)}, {reducer.n_components_} ({t.seconds:.0f} s to extract)",
+            )
+        ],
+        [],
+    )
     for k in words:
         assigned = Codebook(k, random_state=0).fit(reduced).predict(reduced)
         share = np.sort(np.bincount(assigned, minlength=k))[::-1] / len(assigned)
         top = share[: k // 2]
         exponent = -np.polyfit(np.log(np.arange(1, len(top) + 1)), np.log(np.maximum(top, 1e-12)), 1)[0]
-        images_with_top = float((word_histograms(assigned.reshape(n_crops, -1), k)[:, np.argmax(np.bincount(assigned, minlength=k))] > 0).mean())
-        rows.append((f"K = {k}", f"exponent {exponent:.2f}; most used word {share[0]:.2%} of descriptors, in {images_with_top:.0%} of images"))
+        images_with_top = float(
+            (
+                word_histograms(assigned.reshape(n_crops, -1), k)[:, np.argmax(np.bincount(assigned, minlength=k))] > 0
+            ).mean()
+        )
+        rows.append(
+            (
+                f"K = {k}",
+                f"exponent {exponent:.2f}; most used word {share[0]:.2%} of descriptors, in {images_with_top:.0%} of images",
+            )
+        )
         results.append({"words": k, "exponent": round(float(exponent), 3), "top_share": round(float(share[0]), 4)})
     figures = {"bench": "words", "crops": n_crops, "components": int(reducer.n_components_), "runs": results}
     report(rows, figures)

@@ -184,7 +184,7 @@ def _record(conn, marker, target, run_id, run_date, n_rows):
     conn.execute(
         marker.insert().values(
             target_table=target, run_id=run_id, run_date=run_date, n_rows=n_rows,
-            loaded_at=datetime.datetime.now(datetime.timezone.utc),
+            loaded_at=datetime.datetime.now(datetime.UTC),
         )
     )  # fmt: skip
 
@@ -206,7 +206,9 @@ def loaded_run(engine, table="image_similarity", marker_table="image_similarity_
                 return None
             return conn.execute(statement).scalar()
     except SQLAlchemyError as exc:
-        raise CmsError(f"[cms] marker_table={marker_table!r} cannot be read from {shown(engine.url)}: {_one_line(exc)}") from None
+        raise CmsError(
+            f"[cms] marker_table={marker_table!r} cannot be read from {shown(engine.url)}: {_one_line(exc)}"
+        ) from None
 
 
 #: Images whose rows :func:`holds_load` looks up: enough to notice a dropped, emptied or restored
@@ -302,7 +304,9 @@ def load_similarities(
             _write_rows(conn, similarity, columns, run_id, batch_rows, where)
             _record(conn, marker, table, run_id, run_date, n * k)
     except (SQLAlchemyError, engine.dialect.loaded_dbapi.Error) as exc:  # the driver's own, from COPY
-        raise CmsError(f"loading [cms] table={table!r} into {where} failed and was rolled back: {_one_line(exc)}") from None
+        raise CmsError(
+            f"loading [cms] table={table!r} into {where} failed and was rolled back: {_one_line(exc)}"
+        ) from None
     logger.info(
         "%d similarity rows of run %s loaded into %s of %s in %.1f s", n * k, run_id, table, where,
         time.monotonic() - started,
@@ -377,7 +381,10 @@ def load_siblings(
                 part = slice(start, start + batch_rows)
                 conn.execute(
                     update,
-                    [{"b_id": i, "b_siblings": json.dumps(n)} for i, n in zip(ids[part].tolist(), neighbours[part].tolist())],
+                    [
+                        {"b_id": i, "b_siblings": json.dumps(n)}
+                        for i, n in zip(ids[part].tolist(), neighbours[part].tolist())
+                    ],
                 )
             _record(conn, marker, siblings_target(images_table, siblings_column), run_id, run_date, len(ids))
     except sa.exc.NoSuchTableError:

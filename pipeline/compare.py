@@ -133,4 +133,3 @@ def table(rows):
     for row in rows:
         lines.append("| " + " | ".join(fmt.format(row[key]) if key in row else "" for key, _, fmt in columns) + " |")
     return "\n".join(lines)
-

@@ -51,7 +51,9 @@ def make_variant(image, kind, rng):
         return image.crop((x, y, x + cw, y + ch))
     if kind == "rescan":
         turned = image.rotate(float(rng.uniform(-3, 3)), resample=Image.Resampling.BILINEAR, fillcolor=(250, 248, 240))
-        return ImageEnhance.Brightness(turned.filter(ImageFilter.GaussianBlur(0.8))).enhance(float(rng.uniform(1.05, 1.15)))
+        return ImageEnhance.Brightness(turned.filter(ImageFilter.GaussianBlur(0.8))).enhance(
+            float(rng.uniform(1.05, 1.15))
+        )
     if kind == "greyscale":
         return ImageOps.grayscale(image)
     if kind == "border":

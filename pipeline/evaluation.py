@@ -22,7 +22,9 @@ def read_labels(path):
             rows = list(csv.DictReader(f))
             columns = set(rows[0]) if rows else set()
     except OSError as exc:
-        raise ConfigError(f"{where} cannot be read ({exc.strerror}); give a CSV file with the columns id,label") from None
+        raise ConfigError(
+            f"{where} cannot be read ({exc.strerror}); give a CSV file with the columns id,label"
+        ) from None
     if not rows or not {"id", "label"} <= {c.strip() for c in columns if c}:
         raise ConfigError(f"{where} has no rows or lacks the columns id,label")
     labels = {}

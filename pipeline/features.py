@@ -28,7 +28,14 @@ RANDOM_WEIGHTS_NOTE = (
 
 
 #: Side of the square output of ResNet50's stem layers at 224 x 224 input.
-_STEM_SIDES = {"conv1_pad": 230, "conv1_conv": 112, "conv1_bn": 112, "conv1_relu": 112, "pool1_pad": 114, "pool1_pool": 56}
+_STEM_SIDES = {
+    "conv1_pad": 230,
+    "conv1_conv": 112,
+    "conv1_bn": 112,
+    "conv1_relu": 112,
+    "pool1_pad": 114,
+    "pool1_pool": 56,
+}
 #: Stage -> (blocks, side of its outputs).
 _STAGES = {"2": (3, 56), "3": (4, 28), "4": (6, 14), "5": (3, 7)}
 _BLOCK_LAYER = re.compile(r"conv([2-5])_block([1-9])_(?:(0)_(?:conv|bn)|[123]_(?:conv|bn)|[12]_relu|add|out)")
@@ -122,9 +129,7 @@ def build_model(weights="imagenet", layer=DEFAULT_LAYER, seed=0):
         weights_identity(weights)  # a readable file, or a one-line error
         source = weights
     try:
-        base = keras.applications.ResNet50(
-            weights=source, include_top=False, input_shape=(INPUT_SIZE, INPUT_SIZE, 3)
-        )
+        base = keras.applications.ResNet50(weights=source, include_top=False, input_shape=(INPUT_SIZE, INPUT_SIZE, 3))
     except Exception as exc:  # Keras raises a bare Exception when the download fails
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         if weights == "imagenet":
@@ -213,7 +218,13 @@ class DescriptorExtractor:
     """
 
     def __init__(
-        self, model, batch_size=16, decode_processes=2, decode_timeout=DECODE_TIMEOUT, max_pixels=MAX_PIXELS, decode=None
+        self,
+        model,
+        batch_size=16,
+        decode_processes=2,
+        decode_timeout=DECODE_TIMEOUT,
+        max_pixels=MAX_PIXELS,
+        decode=None,
     ):
         self.model = model
         self.batch_size = batch_size

@@ -60,7 +60,15 @@ def assign_words(descriptors, reducer, codebook, assign=DEFAULT_ASSIGN):
 
 
 def compute_histograms(
-    blocks, keys, reducer, codebook, assign=DEFAULT_ASSIGN, previous=None, checkpoints=None, block_size=128, progress=None
+    blocks,
+    keys,
+    reducer,
+    codebook,
+    assign=DEFAULT_ASSIGN,
+    previous=None,
+    checkpoints=None,
+    block_size=128,
+    progress=None,
 ):
     """Assign every descriptor to its visual word and count per image.
 
@@ -137,4 +145,3 @@ def load_counts(path):
         indptr = f["indptr"][:]
         counts = sp.csr_matrix((f["data"][:], f["indices"][:], indptr), shape=(len(indptr) - 1, size))
         return read_strings(f["keys"]), counts, n_local
-

@@ -161,7 +161,9 @@ def _histogram_bars(title, values, bins=12, unit=""):
 
 def _figure(image, caption):
     if image is None:
-        return f'<figure class="missing"><div class="nothumb">no preview</div><figcaption>{caption}</figcaption></figure>'
+        return (
+            f'<figure class="missing"><div class="nothumb">no preview</div><figcaption>{caption}</figcaption></figure>'
+        )
     return f'<figure><img src="{image}" alt=""><figcaption>{caption}</figcaption></figure>'
 
 
@@ -218,7 +220,9 @@ def render(run, result, counts, data, chosen, thumbnails, map_sample=400, seed=0
         title = html.escape(f"{ids[row]} {result['ppn'][row]}/{result['filename'][row]}")
         style = f"left:{x * MAP_CELL}px;top:{y * MAP_CELL}px"
         body = f'<img src="{image}" alt="">' if image else ""
-        placed.append(f'<div class="dot" style="{style}" title="{title}" data-id="{html.escape(str(ids[row]))}">{body}</div>')
+        placed.append(
+            f'<div class="dot" style="{style}" title="{title}" data-id="{html.escape(str(ids[row]))}">{body}</div>'
+        )
 
     words = np.sort(np.bincount(counts.indices, weights=counts.data, minlength=counts.shape[1]))[::-1]
     share = words / max(words.sum(), 1)
@@ -272,7 +276,7 @@ def render(run, result, counts, data, chosen, thumbnails, map_sample=400, seed=0
             f"<th>within 5</th></tr>{body}</table>"
         )
     return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>Similar images: run of {html.escape(str(run.get('date')))}</title>
+<html lang="en"><head><meta charset="utf-8"><title>Similar images: run of {html.escape(str(run.get("date")))}</title>
 <style>
 body {{ font: 14px/1.4 system-ui, sans-serif; margin: 2em; color: #222; }}
 h2 {{ margin-top: 2em; border-bottom: 1px solid #ccc; }}
@@ -338,4 +342,3 @@ def choose_rows(ids, sample, named=(), seed=0):
     rng = np.random.default_rng(seed)
     picked = rng.choice(rest, size=min(sample, len(rest)), replace=False) if len(rest) else []
     return rows + sorted(int(r) for r in picked)
-

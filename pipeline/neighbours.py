@@ -40,11 +40,15 @@ def power_table(mass, power):
     """Integer value of each count 0..mass raised to ``power`` in (0, 1]: the count itself for 1,
     else round(POWER_SCALE * count**power) (0.5: the square root, Hellinger's kernel with cosine)."""
     if not 0 < power <= 1:
-        raise ConfigError(f"[neighbours] power={power} must be in (0, 1]; 1 keeps the counts, 0.5 takes their square root")
+        raise ConfigError(
+            f"[neighbours] power={power} must be in (0, 1]; 1 keeps the counts, 0.5 takes their square root"
+        )
     counts = np.arange(mass + 1, dtype=np.float64)
     if power == 1:
         return counts.astype(np.int64)
     return np.rint(POWER_SCALE * counts**power).astype(np.int64)
+
+
 #: What ``method = auto`` takes. Measured with ``python -m benchmarks.neighbours`` (word
 #: frequencies as rank**-0.6, 49 descriptors per image, 2 cores): at 20,000 images the sparse
 #: method beat the BallTree at every codebook size tried, 2 words (1.5 s against 5.7 s),
@@ -311,7 +315,25 @@ def _least_dot(cosine, kth, norm_a, min_norm, root_a, min_root):
 
 
 @numba.njit(parallel=True, cache=True)
-def _inverted_file_top_k(rows, indptr, indices, data, block_ptr, post_img, post_cnt, dense_row, dense, norms, roots, id_rank, lightest, cosine, k, block, accumulators):
+def _inverted_file_top_k(
+    rows,
+    indptr,
+    indices,
+    data,
+    block_ptr,
+    post_img,
+    post_cnt,
+    dense_row,
+    dense,
+    norms,
+    roots,
+    id_rank,
+    lightest,
+    cosine,
+    k,
+    block,
+    accumulators,
+):
     """Exact k best (key, ID rank) of each query row; see :func:`sparse_neighbours`."""
     n, m, n_blocks = len(norms), len(rows), block_ptr.shape[1] - 1
     n_threads = accumulators.shape[0]

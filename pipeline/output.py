@@ -29,7 +29,7 @@ def write_similarities(path, ids, ppn, filename, neighbours, distances, attrs):
     with h5py.File(path, "w") as f:
         f.attrs.update(attrs)
         f.attrs["k"] = neighbours.shape[1]
-        f.attrs["created"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+        f.attrs["created"] = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
         f.attrs["pipeline_version"] = __version__
         write_ids(f, "ids", ids)
         write_ids(f, "neighbours", ids[neighbours])

@@ -90,7 +90,9 @@ class SimilarityIndex:
             "layer": attrs["Features"]["layer"],
             "seed": feature_settings.get("seed") or 0,
         }
-        return cls(index, data, Reducer.load(reducer), Codebook.load(codebook), model, histograms.load_assign(histograms_path))
+        return cls(
+            index, data, Reducer.load(reducer), Codebook.load(codebook), model, histograms.load_assign(histograms_path)
+        )
 
     def word_counts(self, descriptors):
         """Visual-word counts of descriptors, as the run counted the collection's (see :func:`word_counts`)."""

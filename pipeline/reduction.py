@@ -128,7 +128,10 @@ class Reducer:
         self.explained_variance_ratio_ = ratio[:k]
         logger.info(
             "reducer fitted on %d descriptors: %d channels -> %d components (%.1f%% of the variance)",
-            n, len(self.mean_), k, 100 * ratio[:k].sum(),
+            n,
+            len(self.mean_),
+            k,
+            100 * ratio[:k].sum(),
         )
         return self
 

@@ -35,7 +35,7 @@ class RunLockHeld(PipelineError):
 
 
 def _now():
-    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
 
 
 def _start_ticks(pid):

@@ -270,7 +270,9 @@ def index_inventory(store, inventory):
         elif f.key in rejected:
             failed.append((f.relpath, rejected[f.key]))
         else:
-            raise ArtifactError(f"{f.relpath} has no descriptors in the feature store {store.root}; run the extraction again")
+            raise ArtifactError(
+                f"{f.relpath} has no descriptors in the feature store {store.root}; run the extraction again"
+            )
     log_rejected(failed)
     return FeatureIndex(
         ids=inventory.ids[keep],

@@ -6,15 +6,15 @@
 ``python -m tasks.query FILE ...`` and ``python -m tasks.compare`` (see their modules).
 """
 
-from .database import CmsImages
 from .config import cms, codebook, collection, ids, neighbours, paths, reduction, resnet
+from .database import CmsImages
 from .nightly import Nightly, Report
 from .stages import (
     Codebook,
     ContentFolder,
     Evaluate,
-    FeatureShard,
     Features,
+    FeatureShard,
     Histograms,
     IdMapping,
     Inventory,

@@ -18,7 +18,9 @@ from pipeline.checkpoints import Checkpoints
 from pipeline.errors import ArtifactError
 from pipeline.h5io import atomic_path, read_attrs, remove_stale_temporaries
 
-from .config import lock as lock_config, paths, progress as progress_config
+from .config import lock as lock_config
+from .config import paths
+from .config import progress as progress_config
 
 logger = logging.getLogger("luigi-interface")
 
@@ -64,7 +66,9 @@ class Progress:
         now = time.monotonic()
         rate = done / max(now - self.start, 1e-9)
         left = (total - done) / rate if rate > 0 else 0.0
-        message = f"{self.what} {done:,} / {total:,} {self.unit}, {rate:,.1f} {self.unit}/s, about {_duration(left)} left"
+        message = (
+            f"{self.what} {done:,} / {total:,} {self.unit}, {rate:,.1f} {self.unit}/s, about {_duration(left)} left"
+        )
         self.task.set_status_message(message)
         self.task.set_progress_percentage(round(100 * done / total) if total else 100)
         if now - self.logged >= self.interval or done == total:

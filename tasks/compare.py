@@ -25,8 +25,9 @@ from pipeline.neighbours import METRICS, WEIGHTINGS
 from pipeline.reduction import DESCRIPTOR_NORMS, REDUCED_NORMS
 from pipeline.selfcheck import Copies
 
-from .config import codebook, collection as collection_config, evaluate as evaluate_config, histograms, images
-from .config import neighbours, paths, reduction, resnet, selfcheck, settings_problem
+from .config import codebook, histograms, images, neighbours, paths, reduction, resnet, selfcheck, settings_problem
+from .config import collection as collection_config
+from .config import evaluate as evaluate_config
 from .stages import feature_settings, feature_store, query_extractor, read_id_mapping
 
 logger = logging.getLogger("tasks.compare")
@@ -40,8 +41,12 @@ def parse(argv):
     parser = argparse.ArgumentParser(
         description="Retrieval quality of the configured collection over a grid of settings, best first."
     )
-    parser.add_argument("--layers", default=resnet().layer, help="ResNet50 layers, comma-separated (default [resnet] layer)")
-    parser.add_argument("--sizes", default=str(codebook().size), help="codebook sizes K, or auto (default [codebook] size)")
+    parser.add_argument(
+        "--layers", default=resnet().layer, help="ResNet50 layers, comma-separated (default [resnet] layer)"
+    )
+    parser.add_argument(
+        "--sizes", default=str(codebook().size), help="codebook sizes K, or auto (default [codebook] size)"
+    )
     parser.add_argument(
         "--descriptors", default=reduction().descriptors, help="raw, l2, root (default [reduction] descriptors)"
     )
@@ -52,7 +57,10 @@ def parse(argv):
     parser.add_argument("--metrics", default=",".join(METRICS), help="euclidean, cosine (default both)")
     parser.add_argument("--labels", default=evaluate_config().labels, help="CSV id,label (default [evaluate] labels)")
     parser.add_argument(
-        "--selfcheck", type=int, default=selfcheck().sample, help="images altered for the self-check, 0: none (default [selfcheck] sample)"
+        "--selfcheck",
+        type=int,
+        default=selfcheck().sample,
+        help="images altered for the self-check, 0: none (default [selfcheck] sample)",
     )
     parser.add_argument("--json", help="also write the rows to this JSON file")
     args = parser.parse_args(argv)
@@ -87,7 +95,9 @@ def run(args):
     inventory = collection.take_inventory(paths().content, *read_id_mapping(), collection_config().fingerprint)
     rows, copies, first_ids = [], None, None
     decoding = dict(
-        decode_processes=images().decode_processes, decode_timeout=images().decode_timeout, max_pixels=images().max_pixels
+        decode_processes=images().decode_processes,
+        decode_timeout=images().decode_timeout,
+        max_pixels=images().max_pixels,
     )
     with tempfile.TemporaryDirectory(prefix="compare-") as scratch:
         for layer in args.layers:

@@ -9,8 +9,8 @@ from pipeline.errors import ConfigError
 from pipeline.features import DEFAULT_LAYER, layer_side, unknown_layer_message
 from pipeline.histograms import DEFAULT_ASSIGN, MAX_ASSIGN
 from pipeline.neighbours import DEFAULT_METRIC, DEFAULT_POWER, DEFAULT_WEIGHTING, METHODS, METRICS, WEIGHTINGS
-from pipeline.runlock import HEARTBEAT, STALE_AFTER
 from pipeline.reduction import DEFAULT_DESCRIPTORS, DEFAULT_REDUCED, DESCRIPTOR_NORMS, REDUCED_NORMS
+from pipeline.runlock import HEARTBEAT, STALE_AFTER
 
 
 class paths(luigi.Config):
@@ -94,7 +94,9 @@ class selfcheck(luigi.Config):
 
 class report(luigi.Config):
     sample = luigi.IntParameter(
-        default=12, significant=False, description="Images shown with their neighbours in report.html (a seeded sample)."
+        default=12,
+        significant=False,
+        description="Images shown with their neighbours in report.html (a seeded sample).",
     )
 
 
@@ -200,7 +202,8 @@ class neighbours(luigi.Config):
         "tfidf (times the word's smoothed inverse document frequency in the collection).",
     )
     metric = luigi.Parameter(
-        default=DEFAULT_METRIC, description="Distance of the weighted histograms: euclidean or cosine (1 - cosine similarity)."
+        default=DEFAULT_METRIC,
+        description="Distance of the weighted histograms: euclidean or cosine (1 - cosine similarity).",
     )
     power = luigi.FloatParameter(
         default=DEFAULT_POWER,
@@ -268,8 +271,22 @@ def settings_problem():
     once the inventory is taken, before any extraction.
     """
     configs = (
-        paths, ids, cms, resnet, features, images, reduction, histograms, codebook, neighbours, collection, progress, report,
-        evaluate, selfcheck, lock,
+        paths,
+        ids,
+        cms,
+        resnet,
+        features,
+        images,
+        reduction,
+        histograms,
+        codebook,
+        neighbours,
+        collection,
+        progress,
+        report,
+        evaluate,
+        selfcheck,
+        lock,
     )
     sections = {c.__name__: c for c in configs}
     parser = luigi.configuration.get_config()

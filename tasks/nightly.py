@@ -6,17 +6,30 @@ import os
 
 import luigi
 
-from pipeline import cms as cms_db, collection, html_report, store
+from pipeline import cms as cms_db
+from pipeline import collection, html_report, store
+from pipeline.h5io import read_attrs
 from pipeline.output import read_similarities
 from pipeline.query import run_counts
-from pipeline.h5io import read_attrs
 from pipeline.report import publish_report, read_json, stage_summary
 
 from .base import RunInput, RunTask, artifacts_writable
-from .config import cms, evaluate as evaluate_config, images as images_config, paths, report as report_config
+from .config import cms, paths
+from .config import evaluate as evaluate_config
+from .config import images as images_config
+from .config import report as report_config
 from .config import selfcheck as selfcheck_config
-from .stages import Codebook, Evaluate, Features, Histograms, Inventory, LoadSimilarities, Reducer, SelfCheck
-from .stages import Similarities
+from .stages import (
+    Codebook,
+    Evaluate,
+    Features,
+    Histograms,
+    Inventory,
+    LoadSimilarities,
+    Reducer,
+    SelfCheck,
+    Similarities,
+)
 
 logger = logging.getLogger("luigi-interface")
 
@@ -24,7 +37,7 @@ STAGES = (Inventory, Features, Reducer, Codebook, Histograms, Similarities)
 
 
 def now():
-    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
 
 
 class Nightly(RunTask):
@@ -181,4 +194,6 @@ def publish_failure(task, error):
     try:
         publish_report(paths().artifacts, date, report)
     except OSError as exc:  # the storage that failed the run may not take the report either
-        logger.error("the failed run's report could not be written (%s): %s", os.strerror(exc.errno or 0), report["error"])
+        logger.error(
+            "the failed run's report could not be written (%s): %s", os.strerror(exc.errno or 0), report["error"]
+        )

@@ -9,8 +9,10 @@ import tempfile
 import h5py
 import luigi
 
-from pipeline import cms as cms_db, collection, evaluation, features, histograms, output, store
-from pipeline.codebook import DESCRIPTORS_PER_WORD, Codebook as CodebookModel, check_size, fit_codebook
+from pipeline import cms as cms_db
+from pipeline import collection, evaluation, features, histograms, output, store
+from pipeline.codebook import DESCRIPTORS_PER_WORD, check_size, fit_codebook
+from pipeline.codebook import Codebook as CodebookModel
 from pipeline.errors import ConfigError
 from pipeline.h5io import read_attrs, read_ids
 from pipeline.neighbours import Counts, check_k, nearest_neighbours
@@ -22,10 +24,13 @@ from pipeline.selfcheck import self_check
 
 from . import database
 from .base import ArtifactTask, Progress, RunInput, RunTask, artifacts_writable, settings_digest
-from .config import cms, codebook, collection as collection_config, evaluate as evaluate_config
-from .config import features as features_config, histograms as histograms_config, ids
-from .config import images as images_config, neighbours, paths
-from .config import reduction, resnet, selfcheck as selfcheck_config, settings_problem
+from .config import cms, codebook, ids, neighbours, paths, reduction, resnet, settings_problem
+from .config import collection as collection_config
+from .config import evaluate as evaluate_config
+from .config import features as features_config
+from .config import histograms as histograms_config
+from .config import images as images_config
+from .config import selfcheck as selfcheck_config
 
 logger = logging.getLogger("luigi-interface")
 
@@ -85,7 +90,9 @@ class Inventory(ArtifactTask):
 
     def requires(self):
         # the paths as parameters, so a missing input is named in Luigi's summary
-        mapping = IdMapping(date=self.date, path=ids().csv) if ids().source == "csv" else database.CmsImages(date=self.date)
+        mapping = (
+            IdMapping(date=self.date, path=ids().csv) if ids().source == "csv" else database.CmsImages(date=self.date)
+        )
         return {
             "settings": CheckSettings(date=self.date),
             "content": ContentFolder(date=self.date, path=paths().content),
@@ -125,7 +132,7 @@ class Inventory(ArtifactTask):
         removed = collection.removed_images(previous, inventory) if previous else []
         if removed:
             logger.info("%d images of the previous run are gone: %s", len(removed), ", ".join(removed[:20]))
-        started = datetime.datetime.fromtimestamp(self._started, datetime.timezone.utc).isoformat(timespec="seconds")
+        started = datetime.datetime.fromtimestamp(self._started, datetime.UTC).isoformat(timespec="seconds")
         collection.save_inventory(
             tmp, inventory, self.attrs(images_total=len(inventory), removed=len(removed), started=started)
         )
@@ -172,7 +179,11 @@ class FeatureShard(ArtifactTask):
         return self._settings
 
     def make(self, tmp):
-        files = [f for f in collection.load_inventory(self.input().path).files if store.shard_of(f.relpath, self.shards) == self.shard]
+        files = [
+            f
+            for f in collection.load_inventory(self.input().path).files
+            if store.shard_of(f.relpath, self.shards) == self.shard
+        ]
         n_extracted, n_reused = store.extract_features(
             Features(date=self.date).store(),
             files,
@@ -372,7 +383,11 @@ class Similarities(ArtifactTask):
         assign = histograms.load_assign(self.input()["histograms"].path)
         nearest, distances = nearest_neighbours(
             Counts(
-                counts, n_local * assign, index.ids, neighbours().weighting, neighbours().metric,
+                counts,
+                n_local * assign,
+                index.ids,
+                neighbours().weighting,
+                neighbours().metric,
                 power=neighbours().power,
             ),  # fmt: skip
             k=neighbours().k,
@@ -472,7 +487,9 @@ class RunCheck(RunTask):
 
     def write(self, result):
         with artifacts_writable():
-            write_json(self.output().path, {"date": self.date.isoformat(), **result, "made_from": self.inputs_identity()})
+            write_json(
+                self.output().path, {"date": self.date.isoformat(), **result, "made_from": self.inputs_identity()}
+            )
 
 
 class LabelsFile(RunInput):

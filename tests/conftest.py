@@ -57,7 +57,10 @@ def pipeline_config(root, **overrides):
         "progress": {"interval": 0},  # a progress line after every batch
         "selfcheck": {"sample": 0},  # model work: only where a test asks for it
         "retcode": {
-            "already_running": 10, "missing_data": 20, "task_failed": 30, "scheduling_error": 35,
+            "already_running": 10,
+            "missing_data": 20,
+            "task_failed": 30,
+            "scheduling_error": 35,
             "unhandled_exception": 40,
         },  # fmt: skip
     }
@@ -100,7 +103,9 @@ def environment_lacks(reason):
 def small_disk(path, size="64m"):
     """A tmpfs of ``size`` mounted at ``path`` (a disk that can be filled or made read-only)."""
     path.mkdir(parents=True, exist_ok=True)
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True, text=True)
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True, text=True
+    )
     if done.returncode != 0:
         environment_lacks(f"a tmpfs cannot be mounted here ({done.stderr.strip() or done.returncode})")
     try:

@@ -42,4 +42,3 @@ def decoder_processes():
         if int(fields[1]) == os.getpid() and fields[0] != "Z" and b"_serve" in cmdline:
             found.append(int(entry))
     return found
-

@@ -20,7 +20,9 @@ def test_extract_benchmark_prints_its_figures(capsys):
     extract.run(images=6, batch_size=4, per_image=2)
     figures = last_json_line(capsys)
     assert figures["bench"] == "extract"
-    assert {"pipeline_ips", "bare_model_ips", "per_image_predict_ips", "ratio_vs_bare", "speedup_vs_per_image"} <= set(figures)
+    assert {"pipeline_ips", "bare_model_ips", "per_image_predict_ips", "ratio_vs_bare", "speedup_vs_per_image"} <= set(
+        figures
+    )
     assert 0 < figures["store_bytes_per_image"] < 49 * 2048  # 8-bit codes, compressed
     assert all(figures[k] > 0 for k in ("pipeline_ips", "bare_model_ips", "per_image_predict_ips"))
 
@@ -69,7 +71,11 @@ def test_proxy_collections_are_reproducible_with_groups_and_distractors(tmp_path
     again = proxies.make_collection(spec, tmp_path / "b")
 
     def files(root):
-        return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest() for p in root.rglob("*") if p.is_file()}
+        return {
+            p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in root.rglob("*")
+            if p.is_file()
+        }
 
     assert files(tmp_path / "a") == files(tmp_path / "b")  # the same spec writes the same files
     assert summary == again and all(2 <= s <= 12 for s in summary["group_sizes"])
@@ -105,7 +111,10 @@ def test_quality_benchmark_scores_the_shipped_defaults_beside_the_original(capsy
 
     monkeypatch.setattr(proxies, "COLLECTIONS", (proxies.Spec(**TINY),))
     with luigi_config(monkeypatch, pipeline_config(tmp_path, codebook__size=40)):
-        assert quality.main(["--work", str(tmp_path / "work"), "--selfcheck", "2", "--json", str(tmp_path / "rows.json")]) == 0
+        assert (
+            quality.main(["--work", str(tmp_path / "work"), "--selfcheck", "2", "--json", str(tmp_path / "rows.json")])
+            == 0
+        )
     figures = last_json_line(capsys)
     assert figures["bench"] == "quality" and figures["defaults"]["size"] == "40"
     scores = figures["collections"]["tiny"]

@@ -17,7 +17,10 @@ def test_resolve_size(size, n, expected):
     assert resolve_size(size, n) == expected
 
 
-@pytest.mark.parametrize("size, message", [("many", "whole number or auto"), ("101", "number of sampled descriptors=100"), ("1", "between 2")])
+@pytest.mark.parametrize(
+    "size, message",
+    [("many", "whole number or auto"), ("101", "number of sampled descriptors=100"), ("1", "between 2")],
+)
 def test_bad_size_names_the_setting(size, message):
     with pytest.raises(ConfigError, match=r"\[codebook\] size=.*" + message):
         resolve_size(size, 100)

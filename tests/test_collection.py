@@ -114,7 +114,9 @@ def test_scan_lists_dangling_links_and_loops_for_rejection(tmp_path, fingerprint
 
 
 @pytest.mark.parametrize("fingerprint", ["stat", "sha256"])
-def test_files_without_read_permission_are_listed_and_of_an_unreadable_folder_the_mapped_ones(shared_dir, caplog, fingerprint):
+def test_files_without_read_permission_are_listed_and_of_an_unreadable_folder_the_mapped_ones(
+    shared_dir, caplog, fingerprint
+):
     for name in ["PPN1/a.jpg", "PPN1/locked.jpg", "PPN2/b.jpg", "PPN2/c.jpg"]:
         touch(shared_dir / name)
     for path in (shared_dir, shared_dir / "PPN1", shared_dir / "PPN1" / "a.jpg"):
@@ -140,7 +142,9 @@ def test_the_mapping_decides_what_an_image_is_and_missing_means_no_such_file(tmp
         touch(tmp_path / "PPN2" / name)
     rows = "".join(f"{i},PPN1,{name}\n" for i, name in enumerate(names)) + "99,PPN1,gone.ppm\n98,PPN3,x.jpg\n"
     mapping = read_mapping(write_csv(tmp_path, "id,ppn,filename\n" + rows))
-    inventory = build_inventory(scan_content(tmp_path, mapped=mapping[["ppn", "filename"]].itertuples(index=False)), mapping)
+    inventory = build_inventory(
+        scan_content(tmp_path, mapped=mapping[["ppn", "filename"]].itertuples(index=False)), mapping
+    )
     assert sorted(f.filename for f in inventory.files) == sorted(names)  # each decoded, or rejected with its reason
     assert inventory.missing == ["99 PPN1/gone.ppm", "98 PPN3/x.jpg"]
     assert inventory.unmapped == ["PPN2/unmapped.PGM"]  # the extension list decides only which unmapped files to list

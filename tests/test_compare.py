@@ -45,7 +45,10 @@ def test_rows_are_sorted_best_first_and_printed_as_a_table():
 
 
 def test_without_labels_the_self_check_orders_the_rows():
-    rows = [{"layer": "a", "selfcheck_top1": 0.5, "selfcheck_top5": 0.9}, {"layer": "b", "selfcheck_top1": 0.6, "selfcheck_top5": 0.7}]
+    rows = [
+        {"layer": "a", "selfcheck_top1": 0.5, "selfcheck_top5": 0.9},
+        {"layer": "b", "selfcheck_top1": 0.6, "selfcheck_top5": 0.7},
+    ]
     assert [r["layer"] for r in sort_rows(rows)] == ["b", "a"]
     assert "mAP" not in table(rows) and "self-check top-1" in table(rows)
 

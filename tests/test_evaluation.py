@@ -27,8 +27,18 @@ def test_metrics_match_hand_computed_values_on_a_mixed_ranking():
     assert result["map"] == pytest.approx(0.56)
     a, b = result["per_label"]["a"], result["per_label"]["b"]
     assert set(result["per_label"]) == {"a", "b"}
-    assert (a["queries"], a["precision_at_1"], a["recall_at_5"], a["map"]) == (3, pytest.approx(1 / 3), pytest.approx(2.5 / 3), pytest.approx(1.6 / 3))
-    assert (b["queries"], b["precision_at_1"], b["precision_at_5"], b["map"]) == (2, 0.5, pytest.approx(0.2), pytest.approx(0.6))
+    assert (a["queries"], a["precision_at_1"], a["recall_at_5"], a["map"]) == (
+        3,
+        pytest.approx(1 / 3),
+        pytest.approx(2.5 / 3),
+        pytest.approx(1.6 / 3),
+    )
+    assert (b["queries"], b["precision_at_1"], b["precision_at_5"], b["map"]) == (
+        2,
+        0.5,
+        pytest.approx(0.2),
+        pytest.approx(0.6),
+    )
 
 
 def test_a_perfect_ranking_scores_one_and_a_ranking_without_relevant_images_zero():

@@ -3,7 +3,14 @@ import pytest
 
 from pipeline.checkpoints import Checkpoints
 from pipeline.codebook import Codebook
-from pipeline.histograms import assign_words, compute_histograms, load_assign, load_counts, save_histograms, word_histograms
+from pipeline.histograms import (
+    assign_words,
+    compute_histograms,
+    load_assign,
+    load_counts,
+    save_histograms,
+    word_histograms,
+)
 from pipeline.query import word_counts
 from pipeline.reduction import Reducer
 from pipeline.store import ArrayBlocks
@@ -69,7 +76,9 @@ def test_unchanged_images_reuse_their_rows(fitted):
 def test_a_resumed_computation_reads_only_the_missing_blocks(fitted, tmp_path):
     descriptors, keys, reducer, codebook, whole = fitted
     checkpoints = Checkpoints(str(tmp_path / "work"))
-    compute_histograms(ArrayBlocks(descriptors[:12]), keys[:12], reducer, codebook, checkpoints=checkpoints, block_size=4)
+    compute_histograms(
+        ArrayBlocks(descriptors[:12]), keys[:12], reducer, codebook, checkpoints=checkpoints, block_size=4
+    )
     blocks = CountingBlocks(descriptors)
     counts, _ = compute_histograms(blocks, keys, reducer, codebook, checkpoints=checkpoints, block_size=4)
     assert blocks.read_positions == list(range(12, 30))
@@ -82,10 +91,14 @@ def test_multiple_assignment_counts_each_descriptor_for_its_nearest_words(fitted
     distances = ((flat[:, None, :] - codebook.centers_[None]) ** 2).sum(axis=2)
     nearest = np.argsort(distances, axis=1, kind="stable")[:, :2]
     np.testing.assert_array_equal(assign_words(descriptors, reducer, codebook, 2), nearest.reshape(30, 12))
-    np.testing.assert_array_equal(assign_words(descriptors, reducer, codebook, 1), codebook.predict(flat).reshape(30, 6))
+    np.testing.assert_array_equal(
+        assign_words(descriptors, reducer, codebook, 1), codebook.predict(flat).reshape(30, 6)
+    )
     counts, _ = compute_histograms(ArrayBlocks(descriptors), keys, reducer, codebook, assign=2, block_size=7)
     assert (counts.sum(axis=1) == 12).all() and (counts.toarray() >= whole).all()
     # a query counts its descriptors as the run counted the collection's (after the store's 8-bit coding)
-    np.testing.assert_array_equal(np.asarray(word_counts(descriptors[:3], reducer, codebook, 2).sum(axis=1)).ravel(), [12, 12, 12])
+    np.testing.assert_array_equal(
+        np.asarray(word_counts(descriptors[:3], reducer, codebook, 2).sum(axis=1)).ravel(), [12, 12, 12]
+    )
     save_histograms(tmp_path / "h.h5", keys, counts, 6, {"digest": "d"}, assign=2)
     assert load_assign(tmp_path / "h.h5") == 2

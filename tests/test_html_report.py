@@ -28,7 +28,9 @@ def groups_with_outliers(seed=0, groups=25, size=10, distractors=50, n_local=49,
             if g < 2:  # the outliers: every descriptor on a few words of their own
                 drawn = rng.choice([[7, 8], [11, 12, 13]][g], size=n_local)
             else:
-                drawn = np.where(rng.random(n_local) < 0.7, rng.choice(own, size=n_local), rng.choice(common, size=n_local))
+                drawn = np.where(
+                    rng.random(n_local) < 0.7, rng.choice(own, size=n_local), rng.choice(common, size=n_local)
+                )
             rows.append(np.bincount(drawn, minlength=words))
             labels.append(g)
     for d in range(distractors):

@@ -31,7 +31,8 @@ def luigid(tmp_path):
     port = free_port()
     (tmp_path / "luigid-logs").mkdir()
     config = write_config(
-        tmp_path / "luigid.cfg", {"scheduler": {"worker_disconnect_delay": 2, "retry_delay": 1, "state_path": tmp_path / "state.pickle"}}
+        tmp_path / "luigid.cfg",
+        {"scheduler": {"worker_disconnect_delay": 2, "retry_delay": 1, "state_path": tmp_path / "state.pickle"}},
     )
     process = subprocess.Popen(
         [os.path.join(BIN, "luigid"), "--port", str(port), "--logdir", str(tmp_path / "luigid-logs")],
@@ -100,7 +101,9 @@ def test_two_workers_share_the_shards_and_give_the_local_result(small_collection
     root = sharded_project(tmp_path, small_collection[0])
     workers = [start_worker(root, luigid, name) for name in ("a", "b")]
     codes = [wait(w) for w in workers]
-    assert all(code in SHARED for code in codes), (root / "a.log").read_text()[-3000:] + (root / "b.log").read_text()[-3000:]
+    assert all(code in SHARED for code in codes), (root / "a.log").read_text()[-3000:] + (root / "b.log").read_text()[
+        -3000:
+    ]
     assert report(root)["status"] == "ok"
     assert shard_runs(root, ["a", "b"]) == {shard: 1 for shard in range(SHARDS)}
     result = read_similarities(root / "artifacts" / "similarities.hdf5")

@@ -130,7 +130,9 @@ def test_sparse_equals_balltree_on_zipf_words(seed, weighting, metric):
 
 @pytest.mark.parametrize("block", [1, 7, 64])
 @pytest.mark.parametrize("dense_share", [0.0, 0.1, 1.0])  # every word, the frequent ones, none dense
-@pytest.mark.parametrize("weighting, metric, power", [("raw", "euclidean", 1.0), ("tfidf", "cosine", 1.0), ("tfidf", "cosine", 0.5)])
+@pytest.mark.parametrize(
+    "weighting, metric, power", [("raw", "euclidean", 1.0), ("tfidf", "cosine", 1.0), ("tfidf", "cosine", 0.5)]
+)
 def test_sparse_blocks_of_images_give_the_same_neighbours(block, dense_share, weighting, metric, power):
     # the lightest images (fewest repeated words) fall in different blocks than most queries
     counts = random_counts(5, n=150, words=40, n_local=6, zipf=0.6)

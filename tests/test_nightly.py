@@ -31,7 +31,9 @@ def environment(root):
 
 
 def nightly(root, date="2026-01-01", *extra):
-    done = subprocess.run(command(date, *extra), cwd=root, env=environment(root), capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        command(date, *extra), cwd=root, env=environment(root), capture_output=True, text=True, timeout=600
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     return done.stderr
 
@@ -194,20 +196,31 @@ def test_growth_past_the_threshold_refits(tmp_path, small_collection):
 def test_a_second_run_at_the_same_time_stops_at_once_whatever_its_date(tmp_path, small_collection):
     root = project(tmp_path, small_collection[0])
     first = subprocess.Popen(
-        command("2026-01-01"), cwd=root, env=environment(root), stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True
+        command("2026-01-01"),
+        cwd=root,
+        env=environment(root),
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
     )
     for line in first.stderr:
         if "running   Features(" in line:
             break
     # as an overlapping cron job starts them: the next night's run, and the same command again
-    second = subprocess.run(command("2026-01-02"), cwd=root, env=environment(root), capture_output=True, text=True, timeout=120)
-    third = subprocess.run(command("2026-01-01"), cwd=root, env=environment(root), capture_output=True, text=True, timeout=120)
+    second = subprocess.run(
+        command("2026-01-02"), cwd=root, env=environment(root), capture_output=True, text=True, timeout=120
+    )
+    third = subprocess.run(
+        command("2026-01-01"), cwd=root, env=environment(root), capture_output=True, text=True, timeout=120
+    )
     rest = first.stderr.read()
     assert first.wait(timeout=300) == 0, rest[-2000:]
     assert second.returncode == 10 and third.returncode == 10, second.stderr[-2000:] + third.stderr[-2000:]
     holder = f"the run of 2026-01-01, since {report(root)['started'][:11]}"
     assert f"error: another run holds the artifacts folder {root / 'artifacts'}: " in second.stderr
-    assert holder in second.stderr and f"pid {first.pid}; the run of 2026-01-02 stops without touching it" in second.stderr
+    assert (
+        holder in second.stderr and f"pid {first.pid}; the run of 2026-01-02 stops without touching it" in second.stderr
+    )
     assert "running" not in second.stderr  # no task was scheduled
     assert report(root)["status"] == "ok" and report(root)["date"] == "2026-01-01"
     assert not (root / "artifacts" / "runs" / "2026-01-02").exists()
@@ -245,10 +258,14 @@ def test_a_full_or_read_only_artifacts_disk_fails_the_run_cleanly(small_collecti
         else:
             subprocess.run(["mount", "-o", "remount,ro", str(artifacts)], check=True)
 
-        done = subprocess.run(command("2026-01-02"), cwd=root, env=environment(root), capture_output=True, text=True, timeout=600)
+        done = subprocess.run(
+            command("2026-01-02"), cwd=root, env=environment(root), capture_output=True, text=True, timeout=600
+        )
         assert done.returncode == 30, done.stderr[-3000:]
         reason = "No space left on device" if failure == "full" else "Read-only file system"
-        expected = f"cannot write under [paths] artifacts='{artifacts}': {reason}; the earlier artifacts are as they were"
+        expected = (
+            f"cannot write under [paths] artifacts='{artifacts}': {reason}; the earlier artifacts are as they were"
+        )
         assert expected in done.stderr
         assert snapshot(artifacts) == before  # nothing of the first run changed, nothing half-written left
         assert not list(artifacts.rglob("*.tmp"))

@@ -39,7 +39,14 @@ def test_an_image_of_the_collection_finds_itself_then_its_run_neighbours(collect
     run, run_d = sparse_neighbours(data, k=5)
     np.testing.assert_allclose(distances[:, 1:], run_d[[4, 7]], rtol=1e-12)
     described = query.describe(found, distances)
-    assert described[0][0] == {"rank": 1, "id": 504, "ppn": "1", "filename": "4.jpg", "distance": 0.0, "similarity": 100.0}
+    assert described[0][0] == {
+        "rank": 1,
+        "id": 504,
+        "ppn": "1",
+        "filename": "4.jpg",
+        "distance": 0.0,
+        "similarity": 100.0,
+    }
     assert all(0 <= n["similarity"] <= 100 for row in described for n in row)
     assert [n["similarity"] for n in described[1]] == sorted((n["similarity"] for n in described[1]), reverse=True)
 

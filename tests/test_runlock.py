@@ -52,9 +52,11 @@ def test_a_run_of_another_date_is_stopped_touching_nothing(tmp_path, holders):
     with pytest.raises(RunLockHeld) as info:
         RunLock(tmp_path, "2026-02-02").acquire()
     message = str(info.value)
-    assert f"the run of 2026-02-01, since " in message and f"on host {socket.gethostname()}, pid {first.pid}" in message
+    assert "the run of 2026-02-01, since " in message and f"on host {socket.gethostname()}, pid {first.pid}" in message
     assert "the run of 2026-02-02 stops without touching it" in message and "\n" not in message
-    assert listing(tmp_path) == before == [CLAIM, PARTICIPANTS, f"{PARTICIPANTS}/{socket.gethostname()}-{first.pid}.json"]
+    assert (
+        listing(tmp_path) == before == [CLAIM, PARTICIPANTS, f"{PARTICIPANTS}/{socket.gethostname()}-{first.pid}.json"]
+    )
     with pytest.raises(RunLockHeld):  # the same date on a local scheduler does not share the folder either
         RunLock(tmp_path, "2026-02-01").acquire()
 
@@ -67,14 +69,19 @@ def test_a_sigkilled_holder_frees_the_folder_at_once(tmp_path, holders):
     claim = json.loads((tmp_path / CLAIM).read_text())
     assert claim["date"] == "2026-02-02" and claim["pid"] == os.getpid()
     lock.release()
-    assert listing(tmp_path) == [] or listing(tmp_path) == [PARTICIPANTS, f"{PARTICIPANTS}/{socket.gethostname()}-{first.pid}.json"]
+    assert listing(tmp_path) == [] or listing(tmp_path) == [
+        PARTICIPANTS,
+        f"{PARTICIPANTS}/{socket.gethostname()}-{first.pid}.json",
+    ]
 
 
 def claim_from_another_host(folder, date, age):
     """A claim and participant file as a run on another machine writes them, last touched ``age`` s ago."""
     (folder / PARTICIPANTS).mkdir(parents=True)
     who = {"host": "elsewhere.example", "pid": 4242, "ticks": 1}
-    (folder / CLAIM).write_text(json.dumps({**who, "date": date, "central": False, "since": "2026-02-01T02:00:00+00:00"}))
+    (folder / CLAIM).write_text(
+        json.dumps({**who, "date": date, "central": False, "since": "2026-02-01T02:00:00+00:00"})
+    )
     participant = folder / PARTICIPANTS / "elsewhere.example-4242.json"
     participant.write_text(json.dumps({**who, "date": date}))
     then = time.time() - age

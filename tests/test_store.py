@@ -11,8 +11,8 @@ from pipeline.h5io import atomic_path
 from pipeline.store import (
     ArrayBlocks,
     DescriptorBlocks,
-    dequantize,
     FeatureStore,
+    dequantize,
     extract_to_store,
     index_inventory,
     load_index,
@@ -147,7 +147,8 @@ def test_shards_depend_on_the_path_alone_and_split_evenly():
     assert min(np.bincount(shards, minlength=8)) > 400  # 500 each on average
     # the same on any machine and Python version: SHA-1 of the UTF-8 path
     assert [shard_of(p, 1000) for p in ("PPN1/a.jpg", "PPN77 Ärchiv/ü.png")] == [
-        int.from_bytes(hashlib.sha1(p.encode()).digest()[:8], "big") % 1000 for p in ("PPN1/a.jpg", "PPN77 Ärchiv/ü.png")
+        int.from_bytes(hashlib.sha1(p.encode()).digest()[:8], "big") % 1000
+        for p in ("PPN1/a.jpg", "PPN77 Ärchiv/ü.png")
     ]
 
 

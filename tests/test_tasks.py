@@ -14,10 +14,10 @@ import pytest
 import sqlalchemy as sa
 
 from pipeline.collection import load_inventory
+from pipeline.demo import make_cms
 from pipeline.features import RANDOM_WEIGHTS_NOTE
 from pipeline.h5io import read_attrs
 from pipeline.output import read_similarities
-from pipeline.demo import make_cms
 from tasks import Codebook, Evaluate, Histograms, LoadSimilarities, Nightly, Reducer, Similarities
 
 from .conftest import luigi_config, pipeline_config, png_declaring, write_config
@@ -205,7 +205,9 @@ def test_cli_exits_non_zero_on_a_bad_mapping_with_a_one_line_reason(tmp_path, sm
 
 def cms_rows(database, table="image_similarity"):
     with sqlite3.connect(database) as db:
-        return db.execute(f"SELECT image_id, rank, similar_image_id, distance, run_id FROM {table} ORDER BY 1, 2").fetchall()
+        return db.execute(
+            f"SELECT image_id, rank, similar_image_id, distance, run_id FROM {table} ORDER BY 1, 2"
+        ).fetchall()
 
 
 def test_load_similarities_fills_the_cms_once_per_run_and_again_when_its_table_is_dropped_or_emptied(
@@ -270,7 +272,11 @@ def test_ids_read_from_the_cms_give_the_csv_result(run, monkeypatch, small_colle
         tmp_path, ids__source="cms", ids__csv=tmp_path / "none.csv", cms__url=f"sqlite:///{tmp_path / 'cms.sqlite'}"
     )
     report = nightly_equals(monkeypatch, config, first, tmp_path)
-    assert report["cms"]["images"] == 18 and report["cms"]["target"] == "image_similarity" and len(cms_rows(tmp_path / "cms.sqlite")) == 90
+    assert (
+        report["cms"]["images"] == 18
+        and report["cms"]["target"] == "image_similarity"
+        and len(cms_rows(tmp_path / "cms.sqlite")) == 90
+    )
 
 
 def test_cli_exits_non_zero_when_the_cms_mapping_is_bad(tmp_path, small_collection):
@@ -422,10 +428,14 @@ def test_unusual_images_are_processed_and_bad_files_rejected_in_one_run(run, mon
     report = json.loads((tmp_path / "artifacts" / "run_report.json").read_text())
     assert sorted(item["path"] for item in report["rejected"]) == sorted(f"PPN77 Ärchiv/{name}" for name in bad)
     assert "9999 PPN77 Ärchiv/gone.jpg" in report["missing"]
-    assert not [m for m in report["missing"] if os.path.lexists(tmp_path / "content" / m.split(" ", 1)[1])]  # only what does not exist
+    existing = [m for m in report["missing"] if os.path.lexists(tmp_path / "content" / m.split(" ", 1)[1])]
+    assert not existing  # missing: only what does not exist
     reasons = {item["path"]: item["reason"] for item in report["rejected"]}
-    assert reasons["PPN77 Ärchiv/notes.txt"] == reasons["PPN77 Ärchiv/error page.jpg"] == "not a recognised image format"
-    assert not [r for r in reasons.values() if str(tmp_path) in r or "Ärchiv" in r]  # the machine's folders stay private
+    assert (
+        reasons["PPN77 Ärchiv/notes.txt"] == reasons["PPN77 Ärchiv/error page.jpg"] == "not a recognised image format"
+    )
+    leaked = [r for r in reasons.values() if str(tmp_path) in r or "Ärchiv" in r]
+    assert not leaked  # the machine's folders stay private
     check_report_page(tmp_path / "artifacts")
 
 
@@ -436,7 +446,9 @@ def test_a_collection_without_images_stops_the_run_naming_the_setting(tmp_path, 
     assert done.returncode == 30, done.stderr[-2000:]
     report = json.loads((tmp_path / "artifacts" / "run_report.json").read_text())
     assert report["failed_stage"] == "Inventory"
-    assert report["error"].startswith(f"CollectionError: no image under [paths] content='{tmp_path / 'content'}' (0 image files)")
+    assert report["error"].startswith(
+        f"CollectionError: no image under [paths] content='{tmp_path / 'content'}' (0 image files)"
+    )
     assert sorted(p.name for p in (tmp_path / "artifacts").iterdir()) == ["run_report.json", "runs"]
 
 
@@ -503,7 +515,10 @@ def check_report_page(artifacts, sample=12):
     run = json.loads((artifacts / "run_report.json").read_text())
     page = ReportPage((artifacts / "report.html").read_text())
     assert len(page.queries) == min(sample, run["images_with_neighbours"])
-    assert all(len(figures) == 6 and all(src.startswith("data:image/jpeg;base64,") for src in figures) for figures in page.queries)
+    assert all(
+        len(figures) == 6 and all(src.startswith("data:image/jpeg;base64,") for src in figures)
+        for figures in page.queries
+    )
     assert page.plots == 5 and page.dots == run["images_with_neighbours"]
     assert len(set(page.places)) == page.dots  # one cell each on the map
     captions = re.findall(r"distance (\d+\.\d{4}), similarity (\d+\.\d) %", page.text)
@@ -525,7 +540,9 @@ def test_the_visual_report_shows_in_a_headless_browser(monkeypatch, small_collec
     # the page as the browser shows it: every thumbnail decoded, nothing fetched from elsewhere
     probe = tmp_path / "probe.html"
     probe.write_text(
-        (tmp_path / "artifacts" / "report.html").read_text().replace(
+        (tmp_path / "artifacts" / "report.html")
+        .read_text()
+        .replace(
             "</body>",
             "<script>document.body.dataset.images = document.images.length;"
             "document.body.dataset.broken = [...document.images].filter(i => !i.complete || i.naturalWidth === 0).length;"
