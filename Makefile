@@ -1,12 +1,13 @@
 # make demo: set up .venv and run the pipeline on the bundled demo collection.
-# make test: set up .venv and run the tests.
+# make test: set up .venv and run the default tier of the tests (minutes; not the slow ones).
+# make test-all: every test, as .ci/run runs them.
 # make quality: the quality benchmark on the proxy collections (docs/quality.md).
 # make lint: ruff's lint and format checks, as .ci/run runs them.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint quality clean
+.PHONY: demo test test-all lint quality clean
 
 $(BIN)/.installed: requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,7 +21,10 @@ demo: $(BIN)/.installed
 	@echo "similarities: artifacts/similarities.hdf5, loaded into table image_similarity of artifacts/demo-cms.sqlite; run report: artifacts/run_report.json; visual report: artifacts/report.html (demo: random weights, see README)"
 
 test: $(BIN)/.installed
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -m "not slow"
+
+test-all: $(BIN)/.installed
+	$(BIN)/python -m pytest --durations=15
 
 lint: $(BIN)/.installed
 	$(BIN)/ruff check .

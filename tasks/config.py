@@ -24,10 +24,13 @@ class ids(luigi.Config):
     source = luigi.ChoiceParameter(
         choices=["csv", "cms"],
         default="csv",
+        significant=False,
         description="Where the ID mapping comes from: csv ([ids] csv) or cms (the database at [cms] url).",
     )
     csv = luigi.Parameter(
-        default="content/image_ids.csv", significant=False, description="ID mapping, a CSV file id,ppn,filename."
+        default="content/image_ids.csv",
+        significant=False,
+        description="The ID mapping as a CSV file with the header id,ppn,filename; ppn with or without the PPN prefix.",
     )
 
 
@@ -41,25 +44,38 @@ class cms(luigi.Config):
     mode = luigi.ChoiceParameter(
         choices=["table", "siblings"],
         default="table",
+        significant=False,
         description="table: rows (image_id, rank, similar_image_id, distance, run_id) in [cms] table; siblings: "
         "each image's neighbour IDs as a JSON array in [cms] siblings_column of images_table (the original CMS's shape).",
     )
-    table = luigi.Parameter(default="image_similarity", description="Table the neighbour lists are loaded into.")
+    table = luigi.Parameter(
+        default="image_similarity", significant=False, description="Table the neighbour lists are loaded into."
+    )
     siblings_column = luigi.Parameter(
-        default="siblings", description="Column of images_table the siblings mode writes (it must exist)."
+        default="siblings",
+        significant=False,
+        description="Column of images_table the siblings mode writes (it must exist).",
     )
     marker_table = luigi.Parameter(
-        default="image_similarity_load", description="Table recording each load (run_id, date, rows, time)."
+        default="image_similarity_load",
+        significant=False,
+        description="Table recording each load (run_id, date, rows, time).",
     )
     batch_rows = luigi.IntParameter(default=10_000, significant=False, description="Rows per write of a load.")
     images_table = luigi.Parameter(
-        default="images", description="Table of the CMS's images: the ID mapping ([ids] source = cms) and siblings."
+        default="images",
+        significant=False,
+        description="Table of the CMS's images: the ID mapping ([ids] source = cms) and siblings.",
     )
-    id_column = luigi.Parameter(default="id", description="Its column of database IDs.")
-    ppn_column = luigi.Parameter(default="ppn", description="Its column of PPNs (with or without the PPN prefix).")
-    filename_column = luigi.Parameter(default="filename", description="Its column of file names.")
+    id_column = luigi.Parameter(default="id", significant=False, description="Its column of database IDs.")
+    ppn_column = luigi.Parameter(
+        default="ppn", significant=False, description="Its column of PPNs (with or without the PPN prefix)."
+    )
+    filename_column = luigi.Parameter(default="filename", significant=False, description="Its column of file names.")
     ids_query = luigi.Parameter(
-        default="", description="A SELECT returning id, ppn, filename, used instead of images_table when set."
+        default="",
+        significant=False,
+        description="A SELECT returning id, ppn, filename, used instead of images_table when set.",
     )
 
 
@@ -69,7 +85,11 @@ class resnet(luigi.Config):
         description="imagenet (Keras download and cache), random (seeded, tests and smoke runs only) "
         "or the path of a Keras ResNet50 weights file without the top.",
     )
-    layer = luigi.Parameter(default=DEFAULT_LAYER, description="Layer whose output gives the local descriptors.")
+    layer = luigi.Parameter(
+        default=DEFAULT_LAYER,
+        description="Keras layer whose output gives the local descriptors (the original's res5c_branch2c; "
+        "e.g. conv5_block3_out, or conv4_block6_out: 14 x 14 x 1024).",
+    )
     seed = luigi.IntParameter(default=0, description="Seed of the random initialisation when weights = random.")
     batch_size = luigi.IntParameter(default=16, significant=False, description="Images per forward pass.")
 
@@ -226,6 +246,12 @@ class collection(luigi.Config):
     )
 
 
+#: Every section of luigi.cfg that is the pipeline's, in the order docs/configuration.md lists them.
+SECTIONS = (
+    paths, ids, cms, resnet, features, images, reduction, codebook, histograms, neighbours, collection, evaluate,
+    selfcheck, report, progress, lock,
+)  # fmt: skip
+
 #: (section, key, check, what the value must be) of the settings checked before any work.
 RULES = (
     ("resnet", "batch_size", lambda v: v >= 1, "a whole number >= 1"),
@@ -270,25 +296,7 @@ def settings_problem():
     (``k`` against the number of images, K against the number of descriptors) are checked
     once the inventory is taken, before any extraction.
     """
-    configs = (
-        paths,
-        ids,
-        cms,
-        resnet,
-        features,
-        images,
-        reduction,
-        histograms,
-        codebook,
-        neighbours,
-        collection,
-        progress,
-        report,
-        evaluate,
-        selfcheck,
-        lock,
-    )
-    sections = {c.__name__: c for c in configs}
+    sections = {c.__name__: c for c in SECTIONS}
     parser = luigi.configuration.get_config()
     for name, config_class in sections.items():
         known = dict(config_class.get_params())

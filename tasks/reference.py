@@ -10,6 +10,8 @@ import configparser
 import os
 import sys
 
+import luigi
+
 from .config import SECTIONS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -24,17 +26,23 @@ def _shown(value):
     return f"`{str(value).lower() if isinstance(value, bool) else value}`"
 
 
-def _cell(text):
-    return str(text).replace("|", "\\|").replace("\n", " ")
+def _described(parameter):
+    """The description, with the choices of a ChoiceParameter in a fixed order (Luigi appends
+    them from a set, in an order that changes from process to process)."""
+    text = parameter.description or ""
+    if isinstance(parameter, luigi.ChoiceParameter):
+        text = text.split(" Choices: {")[0] + " Choices: " + ", ".join(sorted(map(str, parameter._choices))) + "."
+    return text.replace("|", "\\|").replace("\n", " ")
 
 
 def table(shipped_path=None):
     """The settings as a Markdown table: section, key, default in the code, value in the shipped
-    luigi.cfg where it differs, whether it changes results, and the description."""
+    luigi.cfg where it differs, whether a new value changes artifacts (the parameter is
+    significant: it enters the digests of the stages it affects), and the description."""
     shipped = configparser.ConfigParser(interpolation=None)
     shipped.read(shipped_path or os.path.join(ROOT, "luigi.cfg"))
     lines = [
-        "| section | key | default | shipped luigi.cfg | changes results | meaning |",
+        "| section | key | default | shipped luigi.cfg | changes artifacts | meaning |",
         "|---|---|---|---|---|---|",
     ]
     for config_class in SECTIONS:
@@ -43,11 +51,11 @@ def table(shipped_path=None):
         for key, parameter in config_class.get_params():
             default = parameter._default
             value = shipped.get(section, key, fallback=None)
-            differs = value is not None and value != str(default if default is not None else "")
+            differs = value is not None and parameter.parse(value) != default
             lines.append(
                 f"| {f'`[{section}]`' if first else ''} | `{key}` | {_shown(default)} | "
                 f"{_shown(value) if differs else ''} | {'yes' if parameter.significant else 'no'} | "
-                f"{_cell(parameter.description or '')} |"
+                f"{_described(parameter)} |"
             )
             first = False
     return "\n".join(lines)

@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from benchmarks import extract, reduce
 
 
@@ -16,6 +18,7 @@ def test_reduce_benchmark_prints_its_figures(capsys):
     assert figures["max_component_mismatch"] < 1e-4  # the streamed fit found sklearn's components
 
 
+@pytest.mark.slow
 def test_extract_benchmark_prints_its_figures(capsys):
     extract.run(images=6, batch_size=4, per_image=2)
     figures = last_json_line(capsys)
@@ -104,6 +107,7 @@ def test_every_alteration_gives_an_rgb_image():
         assert altered.mode == "RGB" and min(altered.size) >= 8, kind
 
 
+@pytest.mark.slow
 def test_quality_benchmark_scores_the_shipped_defaults_beside_the_original(capsys, monkeypatch, tmp_path):
     from benchmarks import proxies, quality
 

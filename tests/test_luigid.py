@@ -9,11 +9,15 @@ import time
 
 import numpy as np
 import pytest
+from luigi.rpc import RemoteScheduler
 
 from pipeline.output import read_similarities
 
 from .conftest import write_config
 from .test_nightly import RESULT, project, reference, report  # noqa: F401 (reference: a fixture, the single local run)
+
+#: Real processes and several full runs each: the full tier (make test-all, .ci/run).
+pytestmark = pytest.mark.slow
 
 BIN = os.path.dirname(sys.executable)
 SHARDS = 4
@@ -121,8 +125,14 @@ def test_a_worker_killed_mid_shard_leaves_it_to_the_other(small_collection, refe
     b = start_worker(root, luigid, "b")
     a.send_signal(signal.SIGKILL)
     assert wait(a) == -signal.SIGKILL
-    # luigid forgets the dead worker (worker_disconnect_delay, checked every minute), fails its
-    # shard and, after retry_delay, gives it to b, which waits for it (--worker-keep-alive)
+    # luigid forgets the dead worker after worker_disconnect_delay when it prunes (every minute
+    # by itself: asked here, every second), fails its shard and, after retry_delay, gives it to
+    # b, which waits for it (--worker-keep-alive)
+    scheduler = RemoteScheduler(f"http://127.0.0.1:{luigid}")
+    deadline = time.monotonic() + 600
+    while b.poll() is None and time.monotonic() < deadline:
+        scheduler.prune()
+        time.sleep(1)
     assert wait(b) in SHARED, (root / "b.log").read_text()[-3000:]
     assert report(root)["status"] == "ok"
     killed = list(shard_runs(root, ["a"]))[-1]  # the shard a was running

@@ -18,6 +18,9 @@ from tasks import Codebook, Features, Histograms, Inventory, Nightly, Reducer, S
 
 from .conftest import luigi_config, pipeline_config, small_disk
 
+#: Real processes and several full runs each: the full tier (make test-all, .ci/run).
+pytestmark = pytest.mark.slow
+
 LUIGI = os.path.join(os.path.dirname(sys.executable), "luigi")
 RESULT = ("ids", "neighbours", "distances", "ppn", "filename", "similarities")
 

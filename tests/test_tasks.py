@@ -160,6 +160,17 @@ def test_truncated_artifact_is_made_again(run, monkeypatch):
         assert Codebook().complete() and Similarities().complete()
 
 
+def luigi_in_process(monkeypatch, config, cwd, task="Similarities"):
+    """The exit code of the ``luigi`` command's own main (``luigi.retcodes.run_with_retcodes``), run in
+    this process with ``config``: the command line's behaviour without starting a Python."""
+    from luigi.retcodes import run_with_retcodes
+
+    monkeypatch.chdir(cwd)
+    with luigi_config(monkeypatch, config), pytest.raises(SystemExit) as done:
+        run_with_retcodes(["--module", "tasks", task, "--local-scheduler", "--no-lock"])
+    return done.value.code
+
+
 def luigi_cli(config, cwd):
     env = {**os.environ, "LUIGI_CONFIG_PATH": str(config)}
     luigi_bin = os.path.join(os.path.dirname(sys.executable), "luigi")
@@ -279,24 +290,22 @@ def test_ids_read_from_the_cms_give_the_csv_result(run, monkeypatch, small_colle
     )
 
 
-def test_cli_exits_non_zero_when_the_cms_mapping_is_bad(tmp_path, small_collection):
+def test_a_bad_cms_mapping_fails_the_run_with_a_one_line_reason(monkeypatch, tmp_path, small_collection):
     (tmp_path / "content").symlink_to(small_collection[0])
     with sqlite3.connect(tmp_path / "cms.sqlite") as db:
         db.execute("CREATE TABLE images (id INTEGER, ppn TEXT, filename TEXT)")
         db.executemany("INSERT INTO images VALUES (?, ?, ?)", [(1, "PPN1", "a.jpg"), (2, None, "b.jpg")])
     config = pipeline_config(tmp_path, ids__source="cms", cms__url=f"sqlite:///{tmp_path / 'cms.sqlite'}")
-    done = luigi_cli(config, tmp_path)
-    assert done.returncode == 30
+    assert luigi_in_process(monkeypatch, config, tmp_path) == 30
     report = json.loads((tmp_path / "artifacts" / "run_report.json").read_text())
     assert report["error"] == "MappingError: [cms] images_table='images' has empty or NULL values on row(s) 2"
 
 
-def test_cli_reports_a_missing_cms_database_as_missing_input(tmp_path, small_collection):
+def test_a_missing_cms_database_is_a_missing_input(monkeypatch, caplog, tmp_path, small_collection):
     (tmp_path / "content").symlink_to(small_collection[0])
     config = pipeline_config(tmp_path, ids__source="cms", cms__url=f"sqlite:///{tmp_path / 'none.sqlite'}")
-    done = luigi_cli(config, tmp_path)
-    assert done.returncode == 20, done.stderr[-2000:]
-    assert "CmsImages" in done.stderr and not (tmp_path / "none.sqlite").exists()
+    assert luigi_in_process(monkeypatch, config, tmp_path) == 20, caplog.text[-2000:]
+    assert "CmsImages" in caplog.text and not (tmp_path / "none.sqlite").exists()
     report = json.loads((tmp_path / "artifacts" / "run_report.json").read_text())
     assert report["failed_stage"] == "CmsImages" and report["error"] == (
         f"MissingInput: the CMS database at [cms] url=sqlite:///{tmp_path / 'none.sqlite'} does not answer or has "
@@ -371,15 +380,16 @@ def test_files_that_must_be_rejected_change_nothing_else(run, monkeypatch, small
          "[codebook] size=1000 must be between 2 and the number of sampled descriptors=980"),
     ],
 )  # fmt: skip
-def test_bad_settings_stop_the_run_before_any_work(tmp_path, small_collection, override, message):
+def test_bad_settings_stop_the_run_before_any_work(monkeypatch, caplog, tmp_path, small_collection, override, message):
     (tmp_path / "content").symlink_to(small_collection[0])
-    done = luigi_cli(pipeline_config(tmp_path, **override), tmp_path)
-    assert done.returncode == 30, done.stderr[-2000:]
+    code = luigi_in_process(monkeypatch, pipeline_config(tmp_path, **override), tmp_path)
+    assert code == 30, caplog.text[-2000:]
     report = json.loads((tmp_path / "artifacts" / "run_report.json").read_text())
     stage = "Inventory" if "the number of" in message else "CheckSettings"
     assert report["failed_stage"] == stage and report["error"].startswith(f"ConfigError: {message}")
-    assert "\n" not in report["error"] and message in done.stderr
-    assert sorted(p.name for p in (tmp_path / "artifacts").iterdir()) == ["run_report.json", "runs"]
+    assert "\n" not in report["error"] and message in caplog.text
+    written = sorted(p.name for p in (tmp_path / "artifacts").iterdir() if not p.name.startswith("run.lock"))
+    assert written == ["run_report.json", "runs"]  # and the run lock, which this process holds
 
 
 def write_unusual_images(folder):
@@ -439,17 +449,18 @@ def test_unusual_images_are_processed_and_bad_files_rejected_in_one_run(run, mon
     check_report_page(tmp_path / "artifacts")
 
 
-def test_a_collection_without_images_stops_the_run_naming_the_setting(tmp_path, small_collection):
+def test_a_collection_without_images_stops_the_run_naming_the_setting(monkeypatch, caplog, tmp_path, small_collection):
     (tmp_path / "content" / "PPN1").mkdir(parents=True)
     (tmp_path / "content" / "PPN1" / "Thumbs.db").write_bytes(b"\0" * 10)
-    done = luigi_cli(pipeline_config(tmp_path, ids__csv=small_collection[0] / "image_ids.csv"), tmp_path)
-    assert done.returncode == 30, done.stderr[-2000:]
+    config = pipeline_config(tmp_path, ids__csv=small_collection[0] / "image_ids.csv")
+    assert luigi_in_process(monkeypatch, config, tmp_path) == 30, caplog.text[-2000:]
     report = json.loads((tmp_path / "artifacts" / "run_report.json").read_text())
     assert report["failed_stage"] == "Inventory"
     assert report["error"].startswith(
         f"CollectionError: no image under [paths] content='{tmp_path / 'content'}' (0 image files)"
     )
-    assert sorted(p.name for p in (tmp_path / "artifacts").iterdir()) == ["run_report.json", "runs"]
+    written = sorted(p.name for p in (tmp_path / "artifacts").iterdir() if not p.name.startswith("run.lock"))
+    assert written == ["run_report.json", "runs"]  # and the run lock, which this process holds
 
 
 def test_progress_goes_to_luigi_at_every_call_and_to_the_log_at_the_interval(tmp_path, monkeypatch, caplog):

@@ -1,0 +1,17 @@
+"""The settings reference in docs/configuration.md is generated from tasks/config.py."""
+
+from tasks import reference
+
+
+def test_the_settings_reference_is_up_to_date():
+    with open(reference.DOC, encoding="utf-8") as f:
+        text = f.read()
+    assert reference.updated(text, reference.table()) == text, "run python -m tasks.reference"
+
+
+def test_the_reference_lists_every_setting_with_its_description():
+    rows = reference.table().splitlines()[2:]
+    assert len(rows) == sum(len(c.get_params()) for c in reference.SECTIONS)
+    assert all(row.count(" | ") == 5 and not row.endswith("|  |") for row in rows)  # a description each
+    weights = next(r for r in rows if "`weights`" in r)
+    assert "| `imagenet` | `random` | yes |" in weights  # the code's default and the shipped file's value
