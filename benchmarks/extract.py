@@ -12,9 +12,10 @@ import tempfile
 import numpy as np
 
 from pipeline.collection import scan_content
+from pipeline.extraction import extract_to_store
 from pipeline.features import DescriptorExtractor, build_model
 from pipeline.images import load_image
-from pipeline.store import FeatureStore, extract_to_store
+from pipeline.store import FeatureStore
 
 from .common import Timer, report, scan_like_images
 

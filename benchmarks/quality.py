@@ -26,10 +26,12 @@ import time
 import numpy as np
 
 from pipeline import evaluation, features, store
+from pipeline.blocks import Blocks
 from pipeline.codebook import check_size, fit_codebook
+from pipeline.features import extract
 from pipeline.histograms import MAX_ASSIGN, compute_histograms
 from pipeline.neighbours import METRICS, WEIGHTINGS, Counts, query_neighbours, sparse_neighbours
-from pipeline.query import extract, word_counts
+from pipeline.query import word_counts
 from pipeline.reduction import DESCRIPTOR_NORMS, REDUCED_NORMS, Reducer
 from pipeline.selfcheck import Copies
 
@@ -137,7 +139,7 @@ class Collection:
         return CodedBlocks(*self.coded[layer])
 
 
-class CodedBlocks(store.Blocks):
+class CodedBlocks(Blocks):
     """8-bit coded descriptors in memory, decoded block by block as the feature store's are."""
 
     def __init__(self, codes, offset, scale):

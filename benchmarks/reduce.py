@@ -10,8 +10,8 @@ import numpy as np
 from sklearn.decomposition import PCA, IncrementalPCA
 from sklearn.preprocessing import StandardScaler
 
+from pipeline.blocks import ArrayBlocks
 from pipeline.reduction import Reducer
-from pipeline.store import ArrayBlocks
 
 from .common import Timer, report
 

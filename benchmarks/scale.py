@@ -14,11 +14,11 @@ import argparse
 
 import numpy as np
 
+from pipeline.blocks import Blocks, sample_images
 from pipeline.codebook import fit_codebook
 from pipeline.histograms import compute_histograms
 from pipeline.neighbours import DEFAULT_METRIC, DEFAULT_WEIGHTING, Counts, sparse_neighbours
 from pipeline.reduction import Reducer
-from pipeline.store import Blocks, sample_images
 
 from .common import StagePeak, Timer, report
 

@@ -7,8 +7,8 @@ import numpy as np
 from sklearn.cluster import KMeans
 from sklearn.metrics import pairwise_distances_argmin
 
+from .blocks import sample_images
 from .errors import ConfigError
-from .store import sample_images
 
 logger = logging.getLogger(__name__)
 

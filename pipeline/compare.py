@@ -5,12 +5,12 @@ import logging
 import time
 
 from . import evaluation
+from .blocks import sample_images
 from .codebook import check_size, fit_codebook
 from .histograms import DEFAULT_ASSIGN, compute_histograms
 from .neighbours import DEFAULT_POWER, Counts, query_neighbours, sparse_neighbours
 from .query import word_counts
 from .reduction import DEFAULT_DESCRIPTORS, DEFAULT_REDUCED, Reducer
-from .store import sample_images
 
 logger = logging.getLogger(__name__)
 

@@ -316,3 +316,33 @@ class DescriptorExtractor:
         descriptors = maps.reshape(n, -1, maps.shape[-1]).astype(np.float16)
         descriptors[list(errors)] = 0
         return descriptors
+
+
+def extract(extractor, paths):
+    """Descriptors of image files.
+
+    Parameters
+    ----------
+    extractor : DescriptorExtractor
+    paths : sequence of str
+
+    Returns
+    -------
+    descriptors : ndarray of shape (n_decoded, n_local, c), float16 (as the model gives them);
+        a list of such arrays, one per output, for a model with several outputs
+    decoded : list of int
+        Positions in ``paths`` of the files decoded, in order.
+    errors : dict of int to str
+        Position -> one-line reason, for the files that could not be decoded.
+    """
+    parts, decoded, errors, several = [], [], {}, False
+    for start, batch, batch_errors in extractor.run(paths):
+        several = isinstance(batch, list)
+        ok = [i for i in range(len(batch[0] if several else batch)) if i not in batch_errors]
+        parts.append([b[ok] for b in batch] if several else [batch[ok]])
+        decoded.extend(start + i for i in ok)
+        errors.update({start + i: reason for i, reason in batch_errors.items()})
+    if not parts:
+        return np.empty((0, 0, 0), dtype=np.float16), decoded, errors
+    descriptors = [np.concatenate([part[j] for part in parts]) for j in range(len(parts[0]))]
+    return (descriptors if several else descriptors[0]), decoded, errors

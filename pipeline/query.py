@@ -5,8 +5,6 @@ import json
 import logging
 import os
 
-import numpy as np
-
 from . import histograms, store
 from .codebook import Codebook
 from .errors import ArtifactError
@@ -157,33 +155,3 @@ def word_counts(descriptors, reducer, codebook, assign=histograms.DEFAULT_ASSIGN
     """
     restored = store.dequantize(*store.quantize(descriptors))
     return histograms.word_histograms(histograms.assign_words(restored, reducer, codebook, assign), codebook.size)
-
-
-def extract(extractor, paths):
-    """Descriptors of image files.
-
-    Parameters
-    ----------
-    extractor : DescriptorExtractor
-    paths : sequence of str
-
-    Returns
-    -------
-    descriptors : ndarray of shape (n_decoded, n_local, c), float16 (as the model gives them);
-        a list of such arrays, one per output, for a model with several outputs
-    decoded : list of int
-        Positions in ``paths`` of the files decoded, in order.
-    errors : dict of int to str
-        Position -> one-line reason, for the files that could not be decoded.
-    """
-    parts, decoded, errors, several = [], [], {}, False
-    for start, batch, batch_errors in extractor.run(paths):
-        several = isinstance(batch, list)
-        ok = [i for i in range(len(batch[0] if several else batch)) if i not in batch_errors]
-        parts.append([b[ok] for b in batch] if several else [batch[ok]])
-        decoded.extend(start + i for i in ok)
-        errors.update({start + i: reason for i, reason in batch_errors.items()})
-    if not parts:
-        return np.empty((0, 0, 0), dtype=np.float16), decoded, errors
-    descriptors = [np.concatenate([part[j] for part in parts]) for j in range(len(parts[0]))]
-    return (descriptors if several else descriptors[0]), decoded, errors

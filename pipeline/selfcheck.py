@@ -12,10 +12,10 @@ import os
 import numpy as np
 from PIL import Image, ImageOps
 
+from .blocks import sample_images
 from .errors import ImageError
+from .features import extract
 from .images import reason_of
-from .query import extract
-from .store import sample_images
 
 logger = logging.getLogger(__name__)
 
@@ -117,7 +117,7 @@ class Copies:
         self.failed = {int(self.chosen[s]): reason for s, reason in failed.items()}
 
     def extract(self, extractor):
-        """The copies' descriptors: (descriptors, decoded positions, errors), as :func:`pipeline.query.extract`."""
+        """The copies' descriptors: (descriptors, decoded positions, errors), as :func:`pipeline.features.extract`."""
         return extract(extractor, self.paths)
 
     def score(self, found, decoded, errors, ids):

@@ -16,7 +16,8 @@ import logging
 import sys
 import tempfile
 
-from pipeline import collection, evaluation, store
+from pipeline import collection, evaluation, extraction, store
+from pipeline.blocks import DescriptorBlocks
 from pipeline.compare import compare_layer, sort_rows, table
 from pipeline.errors import PipelineError
 from pipeline.features import layer_side, unknown_layer_message
@@ -102,7 +103,7 @@ def run(args):
     with tempfile.TemporaryDirectory(prefix="compare-") as scratch:
         for layer in args.layers:
             layer_store = feature_store(feature_settings(layer))
-            store.extract_features(
+            extraction.extract_features(
                 layer_store, inventory.files, paths().content, weights=resnet().weights, layer=layer,
                 seed=resnet().seed, batch_size=resnet().batch_size, **decoding,
             )  # fmt: skip
@@ -120,7 +121,7 @@ def run(args):
                 with query_extractor(model) as extractor:
                     copy_features = copies.extract(extractor)
             rows += compare_layer(
-                store.DescriptorBlocks(layer_store, index), index, layer, args.sizes, args.weightings, args.metrics,
+                DescriptorBlocks(layer_store, index), index, layer, args.sizes, args.weightings, args.metrics,
                 labels=labels, copies=copies, copy_features=copy_features, variance=reduction().variance,
                 sample_images_=reduction().sample_images, sample_size=codebook().sample_size, seed=codebook().seed,
                 k=5, descriptors=args.descriptors, reduced=args.reduced, assigns=args.assigns, powers=args.powers,

@@ -11,7 +11,7 @@ import logging
 import sys
 
 from pipeline.errors import PipelineError
-from pipeline.query import extract
+from pipeline.features import extract
 
 from .stages import latest_index, query_extractor
 

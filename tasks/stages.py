@@ -9,8 +9,9 @@ import tempfile
 import h5py
 import luigi
 
+from pipeline import blocks, collection, evaluation, extraction, features, histograms, output, store
 from pipeline import cms as cms_db
-from pipeline import collection, evaluation, features, histograms, output, store
+from pipeline.blocks import sample_images
 from pipeline.codebook import DESCRIPTORS_PER_WORD, check_size, fit_codebook
 from pipeline.codebook import Codebook as CodebookModel
 from pipeline.errors import ConfigError
@@ -158,7 +159,7 @@ def feature_store(settings):
 class FeatureShard(ArtifactTask):
     """The descriptors of one shard of the inventory's images, extracted into the feature store.
 
-    An image's shard is a stable hash of its path (``pipeline.store.shard_of``), so shards
+    An image's shard is a stable hash of its path (``pipeline.extraction.shard_of``), so shards
     never reshuffle as images come and go; shards run independently, on any worker of any
     machine sharing the artifacts folder. The artifact is a small record of the shard's counts.
     """
@@ -182,9 +183,9 @@ class FeatureShard(ArtifactTask):
         files = [
             f
             for f in collection.load_inventory(self.input().path).files
-            if store.shard_of(f.relpath, self.shards) == self.shard
+            if extraction.shard_of(f.relpath, self.shards) == self.shard
         ]
-        n_extracted, n_reused = store.extract_features(
+        n_extracted, n_reused = extraction.extract_features(
             Features(date=self.date).store(),
             files,
             paths().content,
@@ -228,7 +229,7 @@ class Features(ArtifactTask):
 
     def blocks(self):
         """The descriptors of this run's images, block by block."""
-        return store.DescriptorBlocks(self.store(), store.load_index(self.output().path))
+        return blocks.DescriptorBlocks(self.store(), store.load_index(self.output().path))
 
     def make(self, tmp):
         feature_store = self.store()
@@ -279,7 +280,7 @@ class Reducer(ArtifactTask):
 
     def make(self, tmp):
         blocks = self.requires().blocks()
-        sample = blocks.subset(store.sample_images(blocks.n_images, reduction().sample_images, reduction().seed))
+        sample = blocks.subset(sample_images(blocks.n_images, reduction().sample_images, reduction().seed))
         reducer = ReducerModel(reduction().variance, reduction().descriptors, reduction().reduced)
         reducer.fit(sample, checkpoints=self.checkpoints())
         reducer.save(tmp, self.attrs(images=len(blocks.index)))

@@ -1,10 +1,10 @@
 import numpy as np
 import pytest
 
+from pipeline.blocks import ArrayBlocks
 from pipeline.codebook import Codebook, auto_size, fit_codebook, resolve_size
 from pipeline.errors import ConfigError
 from pipeline.reduction import Reducer
-from pipeline.store import ArrayBlocks
 
 
 @pytest.mark.parametrize("n, k", [(1, 2), (15_337, 1917), (2450, 306), (67_996, 8500), (147_000, 8500), (10**9, 8500)])

@@ -1,7 +1,8 @@
 import numpy as np
 
+from pipeline.blocks import ArrayBlocks
 from pipeline.compare import compare_layer, sort_rows, table
-from pipeline.store import ArrayBlocks, FeatureIndex
+from pipeline.store import FeatureIndex
 
 
 def grouped_collection(n=24, groups=4, n_local=10, seed=0):

@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 
+from pipeline.blocks import ArrayBlocks
 from pipeline.checkpoints import Checkpoints
 from pipeline.codebook import Codebook
 from pipeline.histograms import (
@@ -13,7 +14,6 @@ from pipeline.histograms import (
 )
 from pipeline.query import word_counts
 from pipeline.reduction import Reducer
-from pipeline.store import ArrayBlocks
 
 
 def test_word_histograms_count_per_image():

@@ -1,13 +1,14 @@
 import numpy as np
 import pytest
 
+from pipeline.blocks import ArrayBlocks
 from pipeline.codebook import fit_codebook
 from pipeline.errors import ArtifactError
 from pipeline.histograms import compute_histograms
 from pipeline.neighbours import Counts, sparse_neighbours
 from pipeline.query import SimilarityIndex
 from pipeline.reduction import Reducer
-from pipeline.store import ArrayBlocks, FeatureIndex, dequantize, quantize
+from pipeline.store import FeatureIndex, dequantize, quantize
 
 
 @pytest.fixture(scope="module")

@@ -5,22 +5,12 @@ import os
 import numpy as np
 import pytest
 
+from pipeline.blocks import ArrayBlocks, DescriptorBlocks, sample_images
 from pipeline.collection import ImageFile, Inventory
 from pipeline.errors import ArtifactError
+from pipeline.extraction import extract_to_store, shard_of
 from pipeline.h5io import atomic_path
-from pipeline.store import (
-    ArrayBlocks,
-    DescriptorBlocks,
-    FeatureStore,
-    dequantize,
-    extract_to_store,
-    index_inventory,
-    load_index,
-    quantize,
-    sample_images,
-    save_index,
-    shard_of,
-)
+from pipeline.store import FeatureStore, dequantize, index_inventory, load_index, quantize, save_index
 
 
 class FakeExtractor:

@@ -1,0 +1,89 @@
+"""Extraction into the feature store: which files a shard extracts, and the loop that commits
+each batch while the model runs on the next."""
+
+import concurrent.futures
+import hashlib
+import logging
+import os
+
+logger = logging.getLogger(__name__)
+
+
+def shard_of(relpath, shards):
+    """The shard (0 .. shards - 1) of an image: a stable hash of its path below content/, so
+    that it never depends on the listing, the machine or the Python version, and adding
+    images never moves the others."""
+    return int.from_bytes(hashlib.sha1(relpath.encode("utf-8")).digest()[:8], "big") % shards
+
+
+def extract_to_store(store, make_extractor, files, content_dir, progress=None):
+    """Extract the descriptors of the files the store does not hold yet.
+
+    Batches are formed over the files still to do in their given order, so a resumed run
+    forms the same batches as the run it resumes. Several processes may extract disjoint
+    files into one store at once (each chunk is its own file, renamed into place whole).
+
+    Parameters
+    ----------
+    store : FeatureStore
+    make_extractor : callable returning a DescriptorExtractor
+        Called only when there is something to extract (building the model takes seconds).
+    files : list of ImageFile
+    content_dir : str
+    progress : callable(done, total), optional
+        Called after each committed batch.
+
+    Returns
+    -------
+    n_extracted, n_reused : int
+    """
+    done, rejected = store.scan()
+    todo = [f for f in files if f.key not in done and f.key not in rejected]
+    logger.info("extracting %d images, reusing %d already in the feature store", len(todo), len(files) - len(todo))
+    if not todo:
+        return 0, len(files)
+    paths = [os.path.join(content_dir, f.relpath) for f in todo]
+    # each batch is committed in a thread while the model runs on the next one (8-bit codes
+    # and compression cost about a tenth of a CPU forward pass); one commit at a time is in
+    # flight, and a failed commit stops the extraction
+    committed, pending = 0, None
+
+    def commit(keys, descriptors, rejected):
+        store.write_chunk(keys, descriptors, rejected)
+        return len(keys) + len(rejected)
+
+    def wait_for_commit():
+        nonlocal committed
+        committed += pending.result()
+        if progress is not None:
+            progress(committed, len(todo))
+
+    with make_extractor() as extractor, concurrent.futures.ThreadPoolExecutor(1) as writer:
+        for start, descriptors, errors in extractor.run(paths):
+            batch = todo[start : start + len(descriptors)]
+            good = [i for i in range(len(batch)) if i not in errors]
+            rejected = {batch[i].key: reason for i, reason in errors.items()}
+            if pending is not None:
+                wait_for_commit()
+            pending = writer.submit(commit, [batch[i].key for i in good], descriptors[good], rejected)
+        if pending is not None:
+            wait_for_commit()
+    return len(todo), len(files) - len(todo)
+
+
+def extract_features(store, files, content_dir, weights, layer, seed, batch_size, progress=None, **decoding):
+    """Bring the store up to date with ``files`` (all of an inventory's, or one shard's).
+
+    ``decoding`` holds the DescriptorExtractor's decoding settings (``decode_processes``,
+    ``decode_timeout``, ``max_pixels``).
+
+    Returns
+    -------
+    n_extracted, n_reused : int
+    """
+    from .features import DescriptorExtractor, cached_model
+
+    def make_extractor():
+        return DescriptorExtractor(cached_model(weights, layer, seed), batch_size=batch_size, **decoding)
+
+    return extract_to_store(store, make_extractor, files, content_dir, progress)
