@@ -18,9 +18,7 @@ from pipeline.checkpoints import Checkpoints
 from pipeline.errors import ArtifactError
 from pipeline.h5io import atomic_path, read_attrs, remove_stale_temporaries
 
-from .config import lock as lock_config
-from .config import paths
-from .config import progress as progress_config
+from . import config
 
 logger = logging.getLogger("luigi-interface")
 
@@ -46,7 +44,7 @@ def artifacts_writable():
         if exc.errno not in STORAGE_ERRORS:
             raise
         raise ArtifactError(
-            f"cannot write under [paths] artifacts={paths().artifacts!r}: {os.strerror(exc.errno)}; the earlier "
+            f"cannot write under [paths] artifacts={config.paths().artifacts!r}: {os.strerror(exc.errno)}; the earlier "
             "artifacts are as they were: free space or make it writable, then run again"
         ) from None
 
@@ -59,7 +57,7 @@ class Progress:
     """
 
     def __init__(self, task, what, unit="images"):
-        self.task, self.what, self.unit, self.interval = task, what, unit, progress_config().interval
+        self.task, self.what, self.unit, self.interval = task, what, unit, config.progress().interval
         self.start = self.logged = time.monotonic()
 
     def __call__(self, done, total):
@@ -108,12 +106,12 @@ def hold_artifacts(date):
     on a central scheduler share it. Another run holding it stops this process before any task
     is scheduled, with one line and ``[retcode] already_running`` (Luigi's exit code for a run
     stopped by its process lock), having written nothing."""
-    folder = paths().artifacts
+    folder = config.paths().artifacts
     try:
         os.makedirs(folder, exist_ok=True)
         runlock.hold(
             folder, date.isoformat(), central=not luigi.interface.core().local_scheduler,
-            heartbeat=max(lock_config().heartbeat, 0.01), stale_after=lock_config().stale_after,
+            heartbeat=max(config.lock().heartbeat, 0.01), stale_after=config.lock().stale_after,
         )  # fmt: skip
     except runlock.RunLockHeld as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
@@ -157,7 +155,7 @@ class ArtifactTask(RunTask):
         return {t.task_family: read_attrs(t.output().path)["digest"] for t in self.tracked()}
 
     def output(self):
-        return luigi.LocalTarget(os.path.join(paths().artifacts, self.filename), format=luigi.format.Nop)
+        return luigi.LocalTarget(os.path.join(config.paths().artifacts, self.filename), format=luigi.format.Nop)
 
     def recorded(self):
         """The attributes of the existing artifact, or None when there is none or it is unreadable."""
@@ -211,4 +209,4 @@ class ArtifactTask(RunTask):
 
     def checkpoints(self):
         """Checkpoints of this stage for its current inputs, under ``<artifacts>/work/``."""
-        return Checkpoints(os.path.join(paths().artifacts, "work", f"{self.task_family}-{self.digest()}"))
+        return Checkpoints(os.path.join(config.paths().artifacts, "work", f"{self.task_family}-{self.digest()}"))

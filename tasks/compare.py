@@ -26,9 +26,7 @@ from pipeline.neighbours import METRICS, WEIGHTINGS
 from pipeline.reduction import DESCRIPTOR_NORMS, REDUCED_NORMS
 from pipeline.selfcheck import Copies
 
-from .config import codebook, histograms, images, neighbours, paths, reduction, resnet, selfcheck, settings_problem
-from .config import collection as collection_config
-from .config import evaluate as evaluate_config
+from . import config
 from .stages import feature_settings, feature_store, query_extractor, read_id_mapping
 
 logger = logging.getLogger("tasks.compare")
@@ -43,24 +41,28 @@ def parse(argv):
         description="Retrieval quality of the configured collection over a grid of settings, best first."
     )
     parser.add_argument(
-        "--layers", default=resnet().layer, help="ResNet50 layers, comma-separated (default [resnet] layer)"
+        "--layers", default=config.resnet().layer, help="ResNet50 layers, comma-separated (default [resnet] layer)"
     )
     parser.add_argument(
-        "--sizes", default=str(codebook().size), help="codebook sizes K, or auto (default [codebook] size)"
+        "--sizes", default=str(config.codebook().size), help="codebook sizes K, or auto (default [codebook] size)"
     )
     parser.add_argument(
-        "--descriptors", default=reduction().descriptors, help="raw, l2, root (default [reduction] descriptors)"
+        "--descriptors", default=config.reduction().descriptors, help="raw, l2, root (default [reduction] descriptors)"
     )
-    parser.add_argument("--reduced", default=reduction().reduced, help="raw, l2 (default [reduction] reduced)")
-    parser.add_argument("--assigns", default=str(histograms().assign), help="1 to 3 (default [histograms] assign)")
+    parser.add_argument("--reduced", default=config.reduction().reduced, help="raw, l2 (default [reduction] reduced)")
+    parser.add_argument(
+        "--assigns", default=str(config.histograms().assign), help="1 to 3 (default [histograms] assign)"
+    )
     parser.add_argument("--weightings", default=",".join(WEIGHTINGS), help="raw, tfidf (default both)")
-    parser.add_argument("--powers", default=str(neighbours().power), help="in (0, 1] (default [neighbours] power)")
+    parser.add_argument(
+        "--powers", default=str(config.neighbours().power), help="in (0, 1] (default [neighbours] power)"
+    )
     parser.add_argument("--metrics", default=",".join(METRICS), help="euclidean, cosine (default both)")
-    parser.add_argument("--labels", default=evaluate_config().labels, help="CSV id,label (default [evaluate] labels)")
+    parser.add_argument("--labels", default=config.evaluate().labels, help="CSV id,label (default [evaluate] labels)")
     parser.add_argument(
         "--selfcheck",
         type=int,
-        default=selfcheck().sample,
+        default=config.selfcheck().sample,
         help="images altered for the self-check, 0: none (default [selfcheck] sample)",
     )
     parser.add_argument("--json", help="also write the rows to this JSON file")
@@ -89,41 +91,41 @@ def parse(argv):
 
 
 def run(args):
-    problem = settings_problem()
+    problem = config.settings_problem()
     if problem:
         raise PipelineError(problem)
     labels = evaluation.read_labels(args.labels) if args.labels.strip() else None
-    inventory = collection.take_inventory(paths().content, *read_id_mapping(), collection_config().fingerprint)
+    inventory = collection.take_inventory(config.paths().content, *read_id_mapping(), config.collection().fingerprint)
     rows, copies, first_ids = [], None, None
     decoding = dict(
-        decode_processes=images().decode_processes,
-        decode_timeout=images().decode_timeout,
-        max_pixels=images().max_pixels,
+        decode_processes=config.images().decode_processes,
+        decode_timeout=config.images().decode_timeout,
+        max_pixels=config.images().max_pixels,
     )
     with tempfile.TemporaryDirectory(prefix="compare-") as scratch:
         for layer in args.layers:
             layer_store = feature_store(feature_settings(layer))
             extraction.extract_features(
-                layer_store, inventory.files, paths().content, weights=resnet().weights, layer=layer,
-                seed=resnet().seed, batch_size=resnet().batch_size, **decoding,
+                layer_store, inventory.files, config.paths().content, weights=config.resnet().weights, layer=layer,
+                seed=config.resnet().seed, batch_size=config.resnet().batch_size, **decoding,
             )  # fmt: skip
             index = store.index_inventory(layer_store, inventory)
             if first_ids is None:
                 first_ids = index.ids
                 if args.selfcheck > 0:
-                    files = inventory.paths(index.ids, paths().content)
-                    copies = Copies(files, scratch, sample=args.selfcheck, seed=selfcheck().seed)
+                    files = inventory.paths(index.ids, config.paths().content)
+                    copies = Copies(files, scratch, sample=args.selfcheck, seed=config.selfcheck().seed)
             elif list(index.ids) != list(first_ids):
                 raise PipelineError(f"the images with descriptors differ between layers at {layer}; run again")
             copy_features = None
             if copies is not None:
-                model = {"weights": resnet().weights, "layer": layer, "seed": resnet().seed}
+                model = {"weights": config.resnet().weights, "layer": layer, "seed": config.resnet().seed}
                 with query_extractor(model) as extractor:
                     copy_features = copies.extract(extractor)
             rows += compare_layer(
                 DescriptorBlocks(layer_store, index), index, layer, args.sizes, args.weightings, args.metrics,
-                labels=labels, copies=copies, copy_features=copy_features, variance=reduction().variance,
-                sample_images_=reduction().sample_images, sample_size=codebook().sample_size, seed=codebook().seed,
+                labels=labels, copies=copies, copy_features=copy_features, variance=config.reduction().variance,
+                sample_images_=config.reduction().sample_images, sample_size=config.codebook().sample_size, seed=config.codebook().seed,
                 k=5, descriptors=args.descriptors, reduced=args.reduced, assigns=args.assigns, powers=args.powers,
             )  # fmt: skip
     return sort_rows(rows), len(first_ids)
@@ -140,7 +142,7 @@ def main(argv=None):
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"images": n_images, "rows": rows}, f, indent=1)
-    print(f"{n_images} images, weights {resnet().weights}; best first")
+    print(f"{n_images} images, weights {config.resnet().weights}; best first")
     print(table(rows))
     return 0
 

@@ -4,21 +4,21 @@ import functools
 
 import luigi
 
-from pipeline import cms as cms_db
+from pipeline import cms
 from pipeline.errors import ConfigError
 
+from . import config
 from .base import RunInput
-from .config import cms
 
 
 def engine():
     """The engine of ``[cms] url``, one per URL setting for the process (its connection pool)."""
-    return _engine(cms().url)
+    return _engine(config.cms().url)
 
 
 @functools.lru_cache(maxsize=8)
 def _engine(setting):
-    return cms_db.connect(cms_db.resolve_url(setting))
+    return cms.connect(cms.resolve_url(setting))
 
 
 class CmsTable(luigi.Target):
@@ -29,7 +29,7 @@ class CmsTable(luigi.Target):
 
     def exists(self):
         try:
-            return cms_db.reachable(engine(), self.table)
+            return cms.reachable(engine(), self.table)
         except ConfigError:  # reported by CheckSettings
             return False
 
@@ -38,20 +38,24 @@ class CmsImages(RunInput):
     """The CMS's ID mapping: ``[cms] images_table`` (or ``ids_query``) in the database at ``[cms] url``."""
 
     def output(self):
-        return CmsTable(None if cms().ids_query.strip() else cms().images_table)
+        return CmsTable(None if config.cms().ids_query.strip() else config.cms().images_table)
 
     def missing_message(self):
-        what = "" if cms().ids_query.strip() else f" or has no table [cms] images_table={cms().images_table!r}"
+        what = (
+            ""
+            if config.cms().ids_query.strip()
+            else f" or has no table [cms] images_table={config.cms().images_table!r}"
+        )
         return (
-            f"the CMS database at [cms] url={cms_db.shown(cms_db.resolve_url(cms().url))} does not answer{what}; "
+            f"the CMS database at [cms] url={cms.shown(cms.resolve_url(config.cms().url))} does not answer{what}; "
             "check that the server runs, the URL, and the table"
         )
 
 
 def read_mapping():
     """The ID mapping as configured in ``[cms]``, and a description of where it came from."""
-    c = cms()
-    mapping = cms_db.read_mapping(
+    c = config.cms()
+    mapping = cms.read_mapping(
         engine(), c.images_table, c.id_column, c.ppn_column, c.filename_column, query=c.ids_query
     )
     return mapping, "[cms] ids_query" if c.ids_query.strip() else f"[cms] images_table={c.images_table!r}"

@@ -6,19 +6,14 @@ import os
 
 import luigi
 
-from pipeline import cms as cms_db
-from pipeline import collection, html_report, store
+from pipeline import cms, collection, html_report, store
 from pipeline.h5io import read_attrs
 from pipeline.output import read_similarities
 from pipeline.query import run_counts
 from pipeline.report import publish_report, read_json, stage_summary
 
+from . import config
 from .base import RunInput, RunTask, artifacts_writable
-from .config import cms, paths
-from .config import evaluate as evaluate_config
-from .config import images as images_config
-from .config import report as report_config
-from .config import selfcheck as selfcheck_config
 from .stages import (
     Codebook,
     Evaluate,
@@ -54,16 +49,18 @@ class Nightly(RunTask):
     def requires(self):
         similarities = Similarities(date=self.date, refit=self.refit)
         required = {"similarities": similarities}
-        if cms().url.strip():
+        if config.cms().url.strip():
             required["cms"] = LoadSimilarities(date=self.date, refit=self.refit)
-        if evaluate_config().labels.strip():
+        if config.evaluate().labels.strip():
             required["evaluation"] = Evaluate(date=self.date, refit=self.refit)
-        if selfcheck_config().sample > 0:
+        if config.selfcheck().sample > 0:
             required["selfcheck"] = SelfCheck(date=self.date, refit=self.refit)
         return required
 
     def output(self):
-        return luigi.LocalTarget(os.path.join(paths().artifacts, "runs", self.date.isoformat(), "run_report.json"))
+        return luigi.LocalTarget(
+            os.path.join(config.paths().artifacts, "runs", self.date.isoformat(), "run_report.json")
+        )
 
     def complete(self):
         report = read_json(self.output().path)
@@ -99,8 +96,8 @@ class Nightly(RunTask):
         }
         if "cms" in self.input():
             report["cms"] = {
-                "url": cms_db.shown(cms_db.resolve_url(cms().url)),
-                "mode": cms().mode,
+                "url": cms.shown(cms.resolve_url(config.cms().url)),
+                "mode": config.cms().mode,
                 "target": LoadSimilarities(date=self.date, refit=self.refit).target(),
                 "run_id": artifacts["Similarities"]["digest"],
                 "images": len(index),
@@ -114,7 +111,7 @@ class Nightly(RunTask):
             keys = ("images", "queries", "top1", "top5", "chance_top1", "chance_top5", "per_alteration", "failed")
             report["selfcheck"] = {key: check[key] for key in keys}
         with artifacts_writable():
-            publish_report(paths().artifacts, date, report)
+            publish_report(config.paths().artifacts, date, report)
             visual_report(self.date, report, self.show)
         check = report.get("selfcheck")
         logger.info(
@@ -123,7 +120,7 @@ class Nightly(RunTask):
             date, report["images_total"], report["extracted"], report["reused"], len(report["rejected"]),
             report["images_with_neighbours"],
             f"; self-check: original first for {100 * check['top1']:.1f}% of altered copies" if check else "",
-            report["similarities"], os.path.join(paths().artifacts, "report.html"),
+            report["similarities"], os.path.join(config.paths().artifacts, "report.html"),
         )  # fmt: skip
 
 
@@ -134,18 +131,18 @@ def visual_report(date, run, show=""):
     counts, data = run_counts(Histograms(date=date).output().path, result["ids"], result["attrs"])
     scores = read_json(Evaluate(date=date).output().path) if "evaluation" in run else None  # this run evaluated
     html_report.write_report(
-        os.path.join(paths().artifacts, "report.html"),
+        os.path.join(config.paths().artifacts, "report.html"),
         run,
         result,
         counts,
         data,
-        inventory.paths(result["ids"], paths().content),
-        sample=report_config().sample,
+        inventory.paths(result["ids"], config.paths().content),
+        sample=config.report().sample,
         named=[s.strip() for s in show.split(",") if s.strip()],
         evaluation=scores,
-        processes=images_config().decode_processes,
-        timeout=images_config().decode_timeout,
-        max_pixels=images_config().max_pixels,
+        processes=config.images().decode_processes,
+        timeout=config.images().decode_timeout,
+        max_pixels=config.images().max_pixels,
     )
 
 
@@ -182,7 +179,7 @@ def report_missing_input(task):
 
 def publish_failure(task, error):
     date = task.date.isoformat()
-    previous = read_json(os.path.join(paths().artifacts, "runs", date, "run_report.json")) or {}
+    previous = read_json(os.path.join(config.paths().artifacts, "runs", date, "run_report.json")) or {}
     report = {
         "date": date,
         "status": "failed",
@@ -192,7 +189,7 @@ def publish_failure(task, error):
         "error": error,
     }
     try:
-        publish_report(paths().artifacts, date, report)
+        publish_report(config.paths().artifacts, date, report)
     except OSError as exc:  # the storage that failed the run may not take the report either
         logger.error(
             "the failed run's report could not be written (%s): %s", os.strerror(exc.errno or 0), report["error"]

@@ -9,8 +9,7 @@ import tempfile
 import h5py
 import luigi
 
-from pipeline import blocks, collection, evaluation, extraction, features, histograms, output, store
-from pipeline import cms as cms_db
+from pipeline import blocks, cms, collection, evaluation, extraction, features, histograms, output, store
 from pipeline.blocks import sample_images
 from pipeline.codebook import DESCRIPTORS_PER_WORD, check_size, fit_codebook
 from pipeline.codebook import Codebook as CodebookModel
@@ -23,15 +22,8 @@ from pipeline.reduction import Reducer as ReducerModel
 from pipeline.report import read_json, write_json
 from pipeline.selfcheck import self_check
 
-from . import database
+from . import config, database
 from .base import ArtifactTask, Progress, RunInput, RunTask, artifacts_writable, settings_digest
-from .config import cms, codebook, ids, neighbours, paths, reduction, resnet, settings_problem
-from .config import collection as collection_config
-from .config import evaluate as evaluate_config
-from .config import features as features_config
-from .config import histograms as histograms_config
-from .config import images as images_config
-from .config import selfcheck as selfcheck_config
 
 logger = logging.getLogger("luigi-interface")
 
@@ -71,17 +63,17 @@ class CheckSettings(RunTask):
     failing with a one-line message naming the setting and the fix when one cannot."""
 
     def complete(self):
-        return settings_problem() is None
+        return config.settings_problem() is None
 
     def run(self):
-        raise ConfigError(settings_problem())
+        raise ConfigError(config.settings_problem())
 
 
 def read_id_mapping():
     """The ID mapping of ``[ids] source`` and the words naming where it came from."""
-    if ids().source == "cms":
+    if config.ids().source == "cms":
         return database.read_mapping()
-    return collection.read_mapping(ids().csv), f"[ids] csv={ids().csv!r}"
+    return collection.read_mapping(config.ids().csv), f"[ids] csv={config.ids().csv!r}"
 
 
 class Inventory(ArtifactTask):
@@ -92,42 +84,46 @@ class Inventory(ArtifactTask):
     def requires(self):
         # the paths as parameters, so a missing input is named in Luigi's summary
         mapping = (
-            IdMapping(date=self.date, path=ids().csv) if ids().source == "csv" else database.CmsImages(date=self.date)
+            IdMapping(date=self.date, path=config.ids().csv)
+            if config.ids().source == "csv"
+            else database.CmsImages(date=self.date)
         )
         return {
             "settings": CheckSettings(date=self.date),
-            "content": ContentFolder(date=self.date, path=paths().content),
+            "content": ContentFolder(date=self.date, path=config.paths().content),
             "mapping": mapping,
         }
 
     def settings(self):
         settings = {
             "date": self.date.isoformat(),
-            "content": os.path.abspath(paths().content),
-            "fingerprint": collection_config().fingerprint,
-            "source": ids().source,
+            "content": os.path.abspath(config.paths().content),
+            "fingerprint": config.collection().fingerprint,
+            "source": config.ids().source,
         }
-        if ids().source == "cms":  # read again on every run date
-            c = cms()
+        if config.ids().source == "cms":  # read again on every run date
+            c = config.cms()
             settings["cms"] = [c.url, c.images_table, c.id_column, c.ppn_column, c.filename_column, c.ids_query]
             return settings
         try:
-            csv = os.stat(ids().csv)
+            csv = os.stat(config.ids().csv)
             csv_fingerprint = [csv.st_size, csv.st_mtime_ns]
         except OSError:  # IdMapping reports the missing file
             csv_fingerprint = None
-        return {**settings, "csv": os.path.abspath(ids().csv), "csv_fingerprint": csv_fingerprint}
+        return {**settings, "csv": os.path.abspath(config.ids().csv), "csv_fingerprint": csv_fingerprint}
 
     def digest(self):
         # of the settings (the date among them) and of what was found
         return settings_digest({"settings": self.settings(), "images": self._found})
 
     def make(self, tmp):
-        inventory = collection.take_inventory(paths().content, *read_id_mapping(), collection_config().fingerprint)
+        inventory = collection.take_inventory(
+            config.paths().content, *read_id_mapping(), config.collection().fingerprint
+        )
         # the settings that depend on the collection's size, before any image is extracted
-        check_k(neighbours().k, len(inventory))
-        n_local = features.layer_side(resnet().layer) ** 2
-        check_size(codebook().size, len(inventory), n_local, codebook().sample_size)
+        check_k(config.neighbours().k, len(inventory))
+        n_local = features.layer_side(config.resnet().layer) ** 2
+        check_size(config.codebook().size, len(inventory), n_local, config.codebook().sample_size)
         self._found = inventory.fingerprint()
         previous = self.recorded() and collection.load_inventory(self.output().path)
         removed = collection.removed_images(previous, inventory) if previous else []
@@ -144,16 +140,16 @@ def feature_settings(layer=None):
     or of another layer."""
     return {
         "model": features.MODEL,
-        "layer": layer or resnet().layer,
-        "weights": features.weights_identity(resnet().weights),
-        "seed": resnet().seed if resnet().weights == "random" else None,
+        "layer": layer or config.resnet().layer,
+        "weights": features.weights_identity(config.resnet().weights),
+        "seed": config.resnet().seed if config.resnet().weights == "random" else None,
         "store_format": store.FORMAT,
     }
 
 
 def feature_store(settings):
     """The feature store of the descriptors made with ``settings`` (:func:`feature_settings`)."""
-    return store.FeatureStore(os.path.join(paths().artifacts, "features", settings_digest(settings)))
+    return store.FeatureStore(os.path.join(config.paths().artifacts, "features", settings_digest(settings)))
 
 
 class FeatureShard(ArtifactTask):
@@ -172,7 +168,7 @@ class FeatureShard(ArtifactTask):
 
     def output(self):
         name = f"features-{self.shard:04d}-of-{self.shards:04d}.h5"
-        return luigi.LocalTarget(os.path.join(paths().artifacts, "shards", name), format=luigi.format.Nop)
+        return luigi.LocalTarget(os.path.join(config.paths().artifacts, "shards", name), format=luigi.format.Nop)
 
     def settings(self):
         if getattr(self, "_settings", None) is None:  # hashing a weights file once is enough
@@ -188,15 +184,15 @@ class FeatureShard(ArtifactTask):
         n_extracted, n_reused = extraction.extract_features(
             Features(date=self.date).store(),
             files,
-            paths().content,
-            weights=resnet().weights,
-            layer=resnet().layer,
-            seed=resnet().seed,
-            batch_size=resnet().batch_size,
+            config.paths().content,
+            weights=config.resnet().weights,
+            layer=config.resnet().layer,
+            seed=config.resnet().seed,
+            batch_size=config.resnet().batch_size,
             progress=Progress(self, "extracted"),
-            decode_processes=images_config().decode_processes,
-            decode_timeout=images_config().decode_timeout,
-            max_pixels=images_config().max_pixels,
+            decode_processes=config.images().decode_processes,
+            decode_timeout=config.images().decode_timeout,
+            max_pixels=config.images().max_pixels,
         )
         with h5py.File(tmp, "w") as f:
             f.attrs.update(self.attrs(images=len(files), extracted=n_extracted, reused=n_reused))
@@ -209,7 +205,7 @@ class Features(ArtifactTask):
     filename = "features.h5"
 
     def requires(self):
-        n = features_config().shards
+        n = config.features().shards
         return {
             "inventory": Inventory(date=self.date),
             "shards": [FeatureShard(date=self.date, shard=i, shards=n) for i in range(n)],
@@ -242,7 +238,7 @@ class Features(ArtifactTask):
         attrs = self.attrs(
             images=len(index), extracted=extracted, reused=len(index) + len(index.rejected) - extracted,
             shards=len(shards), shard_seconds=round(sum(a["seconds"] for a in ran), 3),
-            model=features.MODEL, layer=resnet().layer, weights=resnet().weights,
+            model=features.MODEL, layer=config.resnet().layer, weights=config.resnet().weights,
         )  # fmt: skip
         store.save_index(tmp, index, attrs)
 
@@ -257,12 +253,12 @@ class Reducer(ArtifactTask):
 
     def settings(self):
         return {
-            "variance": reduction().variance,
-            "sample_images": reduction().sample_images,
-            "seed": reduction().seed,
+            "variance": config.reduction().variance,
+            "sample_images": config.reduction().sample_images,
+            "seed": config.reduction().seed,
             "features": settings_digest(self.requires().settings()),
-            "descriptors": reduction().descriptors,
-            "reduced": reduction().reduced,
+            "descriptors": config.reduction().descriptors,
+            "reduced": config.reduction().reduced,
         }
 
     def complete(self):
@@ -276,12 +272,14 @@ class Reducer(ArtifactTask):
         if self.refit and attrs["run_date"] != self.date.isoformat():
             return False
         images_now = read_attrs(self.input().path)["images"]
-        return images_now <= attrs["images"] * (1 + codebook().refit_growth)
+        return images_now <= attrs["images"] * (1 + config.codebook().refit_growth)
 
     def make(self, tmp):
         blocks = self.requires().blocks()
-        sample = blocks.subset(sample_images(blocks.n_images, reduction().sample_images, reduction().seed))
-        reducer = ReducerModel(reduction().variance, reduction().descriptors, reduction().reduced)
+        sample = blocks.subset(
+            sample_images(blocks.n_images, config.reduction().sample_images, config.reduction().seed)
+        )
+        reducer = ReducerModel(config.reduction().variance, config.reduction().descriptors, config.reduction().reduced)
         reducer.fit(sample, checkpoints=self.checkpoints())
         reducer.save(tmp, self.attrs(images=len(blocks.index)))
 
@@ -298,8 +296,12 @@ class Codebook(ArtifactTask):
         return [self.requires()["reducer"]]
 
     def settings(self):
-        settings = {"size": str(codebook().size), "sample_size": codebook().sample_size, "seed": codebook().seed}
-        if str(codebook().size).strip().lower() == "auto":  # a new rule for auto refits the codebook
+        settings = {
+            "size": str(config.codebook().size),
+            "sample_size": config.codebook().sample_size,
+            "seed": config.codebook().seed,
+        }
+        if str(config.codebook().size).strip().lower() == "auto":  # a new rule for auto refits the codebook
             settings["descriptors_per_word"] = DESCRIPTORS_PER_WORD
         return settings
 
@@ -307,9 +309,9 @@ class Codebook(ArtifactTask):
         model = fit_codebook(
             self.requires()["features"].blocks(),
             ReducerModel.load(self.input()["reducer"].path),
-            size=codebook().size,
-            sample_size=codebook().sample_size,
-            random_state=codebook().seed,
+            size=config.codebook().size,
+            sample_size=config.codebook().sample_size,
+            random_state=config.codebook().seed,
         )
         model.save(tmp, self.attrs())
 
@@ -327,7 +329,7 @@ class Histograms(ArtifactTask):
         }
 
     def settings(self):
-        return {"assign": histograms_config().assign}
+        return {"assign": config.histograms().assign}
 
     def previous(self):
         """The histograms of the last run, when made with the current reducer, codebook and settings."""
@@ -347,13 +349,13 @@ class Histograms(ArtifactTask):
             blocks.index.keys,
             ReducerModel.load(self.input()["reducer"].path),
             CodebookModel.load(self.input()["codebook"].path),
-            assign=histograms_config().assign,
+            assign=config.histograms().assign,
             previous=self.previous(),
             checkpoints=self.checkpoints(),
             progress=Progress(self, "histograms of"),
         )
         histograms.save_histograms(
-            tmp, blocks.index.keys, counts, blocks.n_local(), self.attrs(reused=n_reused), histograms_config().assign
+            tmp, blocks.index.keys, counts, blocks.n_local(), self.attrs(reused=n_reused), config.histograms().assign
         )
 
 
@@ -374,8 +376,8 @@ class Similarities(ArtifactTask):
 
     def settings(self):
         return {
-            "k": neighbours().k, "metric": neighbours().metric, "weighting": neighbours().weighting,
-            "power": neighbours().power,
+            "k": config.neighbours().k, "metric": config.neighbours().metric, "weighting": config.neighbours().weighting,
+            "power": config.neighbours().power,
         }  # fmt: skip
 
     def make(self, tmp):
@@ -387,25 +389,25 @@ class Similarities(ArtifactTask):
                 counts,
                 n_local * assign,
                 index.ids,
-                neighbours().weighting,
-                neighbours().metric,
-                power=neighbours().power,
+                config.neighbours().weighting,
+                config.neighbours().metric,
+                power=config.neighbours().power,
             ),  # fmt: skip
-            k=neighbours().k,
-            method=neighbours().method,
+            k=config.neighbours().k,
+            method=config.neighbours().method,
             checkpoints=self.checkpoints(),
             progress=Progress(self, "neighbours of"),
         )
         attrs = self.attrs(
-            metric=neighbours().metric,
-            weighting=neighbours().weighting,
-            power=neighbours().power,
+            metric=config.neighbours().metric,
+            weighting=config.neighbours().weighting,
+            power=config.neighbours().power,
             codebook_size=CodebookModel.load(self.input()["codebook"].path).size,
             model=features.MODEL,
-            layer=resnet().layer,
-            weights=resnet().weights,
+            layer=config.resnet().layer,
+            weights=config.resnet().weights,
         )
-        if resnet().weights == "random":
+        if config.resnet().weights == "random":
             attrs["weights_note"] = features.RANDOM_WEIGHTS_NOTE
         output.write_similarities(tmp, index.ids, index.ppn, index.filename, nearest, distances, attrs)
 
@@ -428,42 +430,47 @@ class LoadSimilarities(RunTask):
 
     def siblings(self):
         """The siblings mode's target, or None in table mode."""
-        c = cms()
+        c = config.cms()
         return (c.images_table, c.id_column, c.siblings_column) if c.mode == "siblings" else None
 
     def target(self):
         """What the marker table calls this load's destination."""
-        if cms().mode == "siblings":
-            return cms_db.siblings_target(cms().images_table, cms().siblings_column)
-        return cms().table
+        if config.cms().mode == "siblings":
+            return cms.siblings_target(config.cms().images_table, config.cms().siblings_column)
+        return config.cms().table
 
     def complete(self):
         if not self.requires().complete():
             return False
         with h5py.File(self.input().path, "r") as f:
             ids = read_ids(f["ids"])
-        return cms_db.holds_load(
-            database.engine(), self.run_id(), ids, cms().table, cms().marker_table, siblings=self.siblings()
+        return cms.holds_load(
+            database.engine(),
+            self.run_id(),
+            ids,
+            config.cms().table,
+            config.cms().marker_table,
+            siblings=self.siblings(),
         )
 
     def run(self):
         result = read_similarities(self.input().path)
-        common = dict(run_id=self.run_id(), run_date=self.date.isoformat(), marker_table=cms().marker_table)
-        if cms_db.loaded_run(database.engine(), self.target(), cms().marker_table) == common["run_id"]:
+        common = dict(run_id=self.run_id(), run_date=self.date.isoformat(), marker_table=config.cms().marker_table)
+        if cms.loaded_run(database.engine(), self.target(), config.cms().marker_table) == common["run_id"]:
             logger.warning(
                 "%s no longer holds the rows of run %s that the marker table records (dropped, emptied or restored "
                 "outside the pipeline): loading them again", self.target(), common["run_id"],
             )  # fmt: skip
-        if cms().mode == "siblings":
-            cms_db.load_siblings(
-                database.engine(), result["ids"], result["neighbours"], images_table=cms().images_table,
-                id_column=cms().id_column, siblings_column=cms().siblings_column, batch_rows=cms().batch_rows,
+        if config.cms().mode == "siblings":
+            cms.load_siblings(
+                database.engine(), result["ids"], result["neighbours"], images_table=config.cms().images_table,
+                id_column=config.cms().id_column, siblings_column=config.cms().siblings_column, batch_rows=config.cms().batch_rows,
                 **common,
             )  # fmt: skip
         else:
-            cms_db.load_similarities(
-                database.engine(), result["ids"], result["neighbours"], result["distances"], table=cms().table,
-                batch_rows=cms().batch_rows, **common,
+            cms.load_similarities(
+                database.engine(), result["ids"], result["neighbours"], result["distances"], table=config.cms().table,
+                batch_rows=config.cms().batch_rows, **common,
             )  # fmt: skip
 
 
@@ -474,7 +481,7 @@ class RunCheck(RunTask):
     filename = None
 
     def output(self):
-        return luigi.LocalTarget(os.path.join(paths().artifacts, self.filename))
+        return luigi.LocalTarget(os.path.join(config.paths().artifacts, self.filename))
 
     def inputs_identity(self):
         """What the check is made from (JSON-serialisable)."""
@@ -512,7 +519,7 @@ class Evaluate(RunCheck):
     def requires(self):
         return {
             "similarities": Similarities(date=self.date, refit=self.refit),
-            "labels": LabelsFile(date=self.date, path=evaluate_config().labels),
+            "labels": LabelsFile(date=self.date, path=config.evaluate().labels),
         }
 
     filename = "evaluation.json"
@@ -532,7 +539,7 @@ class Evaluate(RunCheck):
         )
         if scores["queries"] == 0:
             raise ConfigError(
-                f"[evaluate] labels={evaluate_config().labels!r} gives no query: no label is shared by two images "
+                f"[evaluate] labels={config.evaluate().labels!r} gives no query: no label is shared by two images "
                 "of this run; label groups of similar images"
             )
         logger.info(
@@ -545,17 +552,17 @@ class Evaluate(RunCheck):
 def latest_index():
     """The :class:`~pipeline.query.SimilarityIndex` of the artifacts the last run left."""
     stages = (Features, Reducer, Codebook, Histograms, Similarities)
-    return SimilarityIndex.load(*(os.path.join(paths().artifacts, stage.filename) for stage in stages))
+    return SimilarityIndex.load(*(os.path.join(config.paths().artifacts, stage.filename) for stage in stages))
 
 
 def query_extractor(model):
     """A DescriptorExtractor over the model a SimilarityIndex records, with this machine's decoding settings."""
     return features.DescriptorExtractor(
         features.cached_model(model["weights"], model["layer"], model["seed"]),
-        batch_size=resnet().batch_size,
-        decode_processes=images_config().decode_processes,
-        decode_timeout=images_config().decode_timeout,
-        max_pixels=images_config().max_pixels,
+        batch_size=config.resnet().batch_size,
+        decode_processes=config.images().decode_processes,
+        decode_timeout=config.images().decode_timeout,
+        max_pixels=config.images().max_pixels,
     )
 
 
@@ -573,16 +580,16 @@ class SelfCheck(RunCheck):
         """What the check was made from: the similarities' digest and the sample's settings."""
         return {
             "similarities": read_attrs(self.input()["similarities"].path)["digest"],
-            "sample": selfcheck_config().sample,
-            "seed": selfcheck_config().seed,
+            "sample": config.selfcheck().sample,
+            "seed": config.selfcheck().seed,
         }
 
     def run(self):
         index = latest_index()
-        files = collection.load_inventory(self.input()["inventory"].path).paths(index.index.ids, paths().content)
+        files = collection.load_inventory(self.input()["inventory"].path).paths(index.index.ids, config.paths().content)
         with query_extractor(index.model) as extractor, tempfile.TemporaryDirectory(prefix="selfcheck-") as copies:
             result = self_check(
-                index, extractor, files, copies, sample=selfcheck_config().sample, seed=selfcheck_config().seed,
+                index, extractor, files, copies, sample=config.selfcheck().sample, seed=config.selfcheck().seed,
                 k=min(5, len(files)),
             )  # fmt: skip
         self.write(result)
