@@ -7,16 +7,14 @@
 """
 
 from .config import cms, codebook, collection, ids, neighbours, paths, reduction, resnet
-from .database import CmsImages
+from .inputs import CmsImages, ContentFolder, IdMapping, LabelsFile
 from .nightly import Nightly, Report
 from .stages import (
     Codebook,
-    ContentFolder,
     Evaluate,
     Features,
     FeatureShard,
     Histograms,
-    IdMapping,
     Inventory,
     LoadSimilarities,
     Reducer,
@@ -33,6 +31,7 @@ __all__ = [
     "Features",
     "Histograms",
     "IdMapping",
+    "LabelsFile",
     "Inventory",
     "LoadSimilarities",
     "Nightly",

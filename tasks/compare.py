@@ -27,7 +27,8 @@ from pipeline.reduction import DESCRIPTOR_NORMS, REDUCED_NORMS
 from pipeline.selfcheck import Copies
 
 from . import config
-from .stages import feature_settings, feature_store, query_extractor, read_id_mapping
+from .inputs import read_id_mapping
+from .stages import feature_settings, feature_store, query_extractor
 
 logger = logging.getLogger("tasks.compare")
 

@@ -22,40 +22,10 @@ from pipeline.reduction import Reducer as ReducerModel
 from pipeline.report import read_json, write_json
 from pipeline.selfcheck import self_check
 
-from . import config, database
-from .base import ArtifactTask, Progress, RunInput, RunTask, artifacts_writable, settings_digest
+from . import config, inputs
+from .base import ArtifactTask, Progress, RunTask, artifacts_writable, settings_digest
 
 logger = logging.getLogger("luigi-interface")
-
-
-class ContentFolder(RunInput):
-    """The collection: ``[paths] content``."""
-
-    path = luigi.Parameter(description="The collection's folder.")
-
-    def output(self):
-        return luigi.LocalTarget(self.path)
-
-    def missing_message(self):
-        return (
-            f"[paths] content={self.path!r} does not exist; set it to the folder that holds the PPN<id>/ folders "
-            "(or mount the storage it is on)"
-        )
-
-
-class IdMapping(RunInput):
-    """The CMS's ID mapping: ``[ids] csv``."""
-
-    path = luigi.Parameter(description="The ID mapping CSV file.")
-
-    def output(self):
-        return luigi.LocalTarget(self.path)
-
-    def missing_message(self):
-        return (
-            f"[ids] csv={self.path!r} does not exist; export the CMS's images to it (id,ppn,filename) "
-            "or read them from the CMS with [ids] source = cms"
-        )
 
 
 class CheckSettings(RunTask):
@@ -69,13 +39,6 @@ class CheckSettings(RunTask):
         raise ConfigError(config.settings_problem())
 
 
-def read_id_mapping():
-    """The ID mapping of ``[ids] source`` and the words naming where it came from."""
-    if config.ids().source == "cms":
-        return database.read_mapping()
-    return collection.read_mapping(config.ids().csv), f"[ids] csv={config.ids().csv!r}"
-
-
 class Inventory(ArtifactTask):
     """The images both on disk and in the ID mapping, taken once per run date."""
 
@@ -84,13 +47,13 @@ class Inventory(ArtifactTask):
     def requires(self):
         # the paths as parameters, so a missing input is named in Luigi's summary
         mapping = (
-            IdMapping(date=self.date, path=config.ids().csv)
+            inputs.IdMapping(date=self.date, path=config.ids().csv)
             if config.ids().source == "csv"
-            else database.CmsImages(date=self.date)
+            else inputs.CmsImages(date=self.date)
         )
         return {
             "settings": CheckSettings(date=self.date),
-            "content": ContentFolder(date=self.date, path=config.paths().content),
+            "content": inputs.ContentFolder(date=self.date, path=config.paths().content),
             "mapping": mapping,
         }
 
@@ -118,7 +81,7 @@ class Inventory(ArtifactTask):
 
     def make(self, tmp):
         inventory = collection.take_inventory(
-            config.paths().content, *read_id_mapping(), config.collection().fingerprint
+            config.paths().content, *inputs.read_id_mapping(), config.collection().fingerprint
         )
         # the settings that depend on the collection's size, before any image is extracted
         check_k(config.neighbours().k, len(inventory))
@@ -445,7 +408,7 @@ class LoadSimilarities(RunTask):
         with h5py.File(self.input().path, "r") as f:
             ids = read_ids(f["ids"])
         return cms.holds_load(
-            database.engine(),
+            inputs.engine(),
             self.run_id(),
             ids,
             config.cms().table,
@@ -456,20 +419,20 @@ class LoadSimilarities(RunTask):
     def run(self):
         result = read_similarities(self.input().path)
         common = dict(run_id=self.run_id(), run_date=self.date.isoformat(), marker_table=config.cms().marker_table)
-        if cms.loaded_run(database.engine(), self.target(), config.cms().marker_table) == common["run_id"]:
+        if cms.loaded_run(inputs.engine(), self.target(), config.cms().marker_table) == common["run_id"]:
             logger.warning(
                 "%s no longer holds the rows of run %s that the marker table records (dropped, emptied or restored "
                 "outside the pipeline): loading them again", self.target(), common["run_id"],
             )  # fmt: skip
         if config.cms().mode == "siblings":
             cms.load_siblings(
-                database.engine(), result["ids"], result["neighbours"], images_table=config.cms().images_table,
+                inputs.engine(), result["ids"], result["neighbours"], images_table=config.cms().images_table,
                 id_column=config.cms().id_column, siblings_column=config.cms().siblings_column, batch_rows=config.cms().batch_rows,
                 **common,
             )  # fmt: skip
         else:
             cms.load_similarities(
-                database.engine(), result["ids"], result["neighbours"], result["distances"], table=config.cms().table,
+                inputs.engine(), result["ids"], result["neighbours"], result["distances"], table=config.cms().table,
                 batch_rows=config.cms().batch_rows, **common,
             )  # fmt: skip
 
@@ -500,18 +463,6 @@ class RunCheck(RunTask):
             )
 
 
-class LabelsFile(RunInput):
-    """The labels the neighbours are evaluated against: ``[evaluate] labels``."""
-
-    path = luigi.Parameter(description="The labels CSV file (id,label).")
-
-    def output(self):
-        return luigi.LocalTarget(self.path)
-
-    def missing_message(self):
-        return f"[evaluate] labels={self.path!r} does not exist; give a CSV file id,label of (some of) the collection's images"
-
-
 class Evaluate(RunCheck):
     """``luigi --module tasks Evaluate --local-scheduler``: precision, recall and mAP of this run's
     neighbours against ``[evaluate] labels``, into ``<artifacts>/evaluation.json``."""
@@ -519,7 +470,7 @@ class Evaluate(RunCheck):
     def requires(self):
         return {
             "similarities": Similarities(date=self.date, refit=self.refit),
-            "labels": LabelsFile(date=self.date, path=config.evaluate().labels),
+            "labels": inputs.LabelsFile(date=self.date, path=config.evaluate().labels),
         }
 
     filename = "evaluation.json"
