@@ -22,7 +22,13 @@ import numpy as np
 import scipy.sparse as sp
 
 from pipeline.histograms import word_histograms
-from pipeline.neighbours import DEFAULT_METRIC, DEFAULT_WEIGHTING, Counts, balltree_neighbours, sparse_neighbours
+from pipeline.neighbours import (
+    DEFAULT_METRIC,
+    DEFAULT_WEIGHTING,
+    WeightedHistograms,
+    balltree_neighbours,
+    sparse_neighbours,
+)
 
 from .common import Timer, peak_rss_mb, report
 
@@ -41,7 +47,7 @@ def synthetic_counts(
         word_histograms(rng.choice(words, size=(min(block, images - s), n_local), p=p), words)
         for s in range(0, images, block)
     ]
-    return Counts(sp.vstack(parts, format="csr"), n_local, np.arange(images), weighting, metric)
+    return WeightedHistograms(sp.vstack(parts, format="csr"), n_local, np.arange(images), weighting, metric)
 
 
 #: The shipped distance, and the one it replaced.

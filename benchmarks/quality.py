@@ -30,7 +30,7 @@ from pipeline.blocks import Blocks
 from pipeline.codebook import check_size, fit_codebook
 from pipeline.features import extract
 from pipeline.histograms import MAX_ASSIGN, compute_histograms
-from pipeline.neighbours import METRICS, WEIGHTINGS, Counts, query_neighbours, sparse_neighbours
+from pipeline.neighbours import METRICS, WEIGHTINGS, WeightedHistograms, query_neighbours, sparse_neighbours
 from pipeline.query import word_counts
 from pipeline.reduction import DESCRIPTOR_NORMS, REDUCED_NORMS, Reducer
 from pipeline.selfcheck import Copies
@@ -184,7 +184,7 @@ class Scorer:
         key = (*key, config["assign"])
         if key not in self.counts:
             self.counts[key] = compute_histograms(blocks, self.c.keys, reducer, codebook, config["assign"])[0]
-        data = Counts(
+        data = WeightedHistograms(
             self.counts[key], blocks.n_local() * config["assign"], self.c.ids, config["weighting"], config["metric"],
             power=config["power"],
         )  # fmt: skip

@@ -8,7 +8,7 @@ from . import evaluation
 from .blocks import sample_images
 from .codebook import check_size, fit_codebook
 from .histograms import DEFAULT_ASSIGN, compute_histograms
-from .neighbours import DEFAULT_POWER, Counts, query_neighbours, sparse_neighbours
+from .neighbours import DEFAULT_POWER, WeightedHistograms, query_neighbours, sparse_neighbours
 from .query import word_counts
 from .reduction import DEFAULT_DESCRIPTORS, DEFAULT_REDUCED, Reducer
 
@@ -97,7 +97,7 @@ def compare_layer(
                     for weighting in weightings:
                         for power in powers:
                             for metric in metrics:
-                                data = Counts(
+                                data = WeightedHistograms(
                                     counts, blocks.n_local() * assign, index.ids, weighting, metric, power=power
                                 )
                                 nearest, _ = sparse_neighbours(data, k=k)

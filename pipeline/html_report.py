@@ -66,7 +66,7 @@ def map_layout(data, rows, seed=0):
 
     Parameters
     ----------
-    data : pipeline.neighbours.Counts
+    data : pipeline.neighbours.WeightedHistograms
         The weighted histograms and metric the run's neighbours were found with.
     rows : ndarray of int
         Positions of the images placed.
@@ -87,7 +87,7 @@ def map_layout(data, rows, seed=0):
     shape = (columns, max(1, int(np.ceil(n / columns))))
     if n < 5:  # too few for t-SNE: in their order
         return np.stack([np.arange(n) % columns, np.arange(n) // columns], axis=1), shape
-    dots = (data.counts[rows] @ data.counts[rows].T).toarray()
+    dots = (data.vectors[rows] @ data.vectors[rows].T).toarray()
     distances = data.distances(data.keys(dots, data.norms[rows][:, None], rows))
     np.fill_diagonal(distances, 0.0)
     xy = TSNE(
@@ -178,7 +178,7 @@ def render(run, result, counts, data, chosen, thumbnails, map_sample=400, seed=0
         ``similarities.hdf5`` as read by :func:`pipeline.output.read_similarities`.
     counts : csr_matrix of shape (n_images, K)
         The histograms, in the order of ``result["ids"]``.
-    data : pipeline.neighbours.Counts
+    data : pipeline.neighbours.WeightedHistograms
         The same, weighted as the run's neighbours were found (:func:`pipeline.query.run_counts`):
         the map places images by those distances, and the similarities are shown beside them.
     chosen : sequence of int

@@ -86,7 +86,7 @@ def word_weights(counts, weighting):
     return np.rint((np.log((1 + n) / (1 + df)) + 1) * IDF_SCALE).astype(np.int64)
 
 
-class Counts:
+class WeightedHistograms:
     """Visual-word counts, weighted, with what the exact distances need.
 
     Parameters
@@ -107,6 +107,13 @@ class Counts:
     power : float in (0, 1]
         Power the counts are raised to (:func:`power_table`); 1 keeps them (the shipped
         ``[neighbours] power`` is DEFAULT_POWER).
+
+    Attributes
+    ----------
+    vectors : csr_matrix of shape (n_images, K), int64
+        The weighted histograms, exact integers (see the module).
+    norms : ndarray of shape (n_images,), int64
+        Their squared norms.
     """
 
     def __init__(self, counts, n_local, ids, weighting="raw", metric="euclidean", weights=None, power=1.0):
@@ -118,13 +125,13 @@ class Counts:
         self.weights = word_weights(counts, weighting) if weights is None else np.asarray(weights, dtype=np.int64)
         # the value of an image with all its descriptors on one word of weight 1: the histograms' scale
         self.unit = (1 if weighting == "raw" else IDF_SCALE) * int(self.table[n_local])
-        self.counts = self.weigh(counts)
-        self.norms = np.asarray(self.counts.multiply(self.counts).sum(axis=1)).ravel().astype(np.int64)
+        self.vectors = self.weigh(counts)
+        self.norms = np.asarray(self.vectors.multiply(self.vectors).sum(axis=1)).ravel().astype(np.int64)
         self.roots = np.sqrt(self.norms.astype(np.float64))
         self.id_rank = np.argsort(np.argsort(ids, kind="stable"), kind="stable")
 
     def __len__(self):
-        return self.counts.shape[0]
+        return self.vectors.shape[0]
 
     def weigh(self, counts):
         """The weighted vectors of counts over the same words: csr_matrix, int64."""
@@ -161,7 +168,7 @@ class Counts:
 
     def pair_keys(self, query, candidates):
         """Ranking keys of a query position against candidate positions: ndarray of float64."""
-        dots = (self.counts[candidates] @ self.counts[query].T).toarray().ravel()
+        dots = (self.vectors[candidates] @ self.vectors[query].T).toarray().ravel()
         return self.keys(dots, self.norms[query], candidates)
 
     def rank(self, query, candidates, keys, k):
@@ -179,7 +186,7 @@ class Counts:
         order = np.lexsort((self.id_rank[candidates], keys))[:k]
         return candidates[order], self.distances(keys[order])
 
-    def lightest(self, k):
+    def best_sharing_no_word(self, k):
         """The k + 1 first images in the order of the key they have with an image they share no
         word with, then ID: among such images, a query's best are among them."""
         if self.metric == "euclidean":
@@ -192,7 +199,7 @@ def query_neighbours(collection, counts, k=5, chunk_size=16):
 
     Parameters
     ----------
-    collection : Counts
+    collection : WeightedHistograms
     counts : sparse matrix of shape (n_queries, K), integer
         Visual-word counts of the query images; they are weighted with the collection's word weights.
     k : int
@@ -209,7 +216,7 @@ def query_neighbours(collection, counts, k=5, chunk_size=16):
     neighbours = np.empty((queries.shape[0], k), dtype=np.int64)
     distances = np.empty((queries.shape[0], k), dtype=np.float64)
     for start in range(0, queries.shape[0], chunk_size):
-        dots = (collection.counts @ queries[start : start + chunk_size].T).toarray()
+        dots = (collection.vectors @ queries[start : start + chunk_size].T).toarray()
         for j in range(dots.shape[1]):
             keys = collection.keys(dots[:, j], norms[start + j])
             kth = np.partition(keys, k - 1)[k - 1]
@@ -250,7 +257,7 @@ def balltree_neighbours(counts, k=5, rows=None, leaf_size=40, chunk_size=1024, c
 
     Parameters
     ----------
-    counts : Counts
+    counts : WeightedHistograms
     k : int
     rows : array-like of int, optional
         Positions of the query images; all images by default.
@@ -266,7 +273,7 @@ def balltree_neighbours(counts, k=5, rows=None, leaf_size=40, chunk_size=1024, c
     distances : ndarray of shape (n_rows, k), float64, non-decreasing along each row
     """
     check_k(k, len(counts))
-    x = counts.counts.toarray().astype(np.float64)
+    x = counts.vectors.toarray().astype(np.float64)
     # Euclidean on the weighted histograms, or on unit vectors, whose order is the cosine's
     x /= counts.roots[:, None] if counts.metric == "cosine" else counts.unit
     tree = BallTree(x, leaf_size=leaf_size)
@@ -299,7 +306,7 @@ def _offer(best, best_s, best_r, fill, k, b, s, r):
 
 @numba.njit(cache=True, inline="always")
 def _key(cosine, dot, norm_a, norm_b, root_a, root_b):
-    """The ranking key of a pair, as :meth:`Counts.keys` computes it."""
+    """The ranking key of a pair, as :meth:`WeightedHistograms.keys` computes it."""
     if cosine:
         return 1.0 - np.float64(dot) / (root_a * root_b)
     return np.float64(norm_a + norm_b - 2 * dot)
@@ -328,7 +335,7 @@ def _inverted_file_top_k(
     norms,
     roots,
     id_rank,
-    lightest,
+    best_sharing_no_word,
     cosine,
     k,
     block,
@@ -361,8 +368,8 @@ def _inverted_file_top_k(
                     else:
                         for e in range(block_ptr[w, tb], block_ptr[w, tb + 1]):
                             dots[post_img[e]] += c * post_cnt[e]
-                # images sharing no word with a: the best of them are among ``lightest``
-                for b in lightest:
+                # images sharing no word with a: the best of them are among ``best_sharing_no_word``
+                for b in best_sharing_no_word:
                     if b != a and first <= b < first + size and dots[b - first] == 0:
                         s = _key(cosine, 0, norms[a], norms[b], roots[a], roots[b])
                         fill = _offer(best, best_s, best_r, fill, k, b, s, id_rank[b])
@@ -449,9 +456,9 @@ def sparse_neighbours(
     n = len(counts)
     check_k(k, n)
     arrays = (
-        counts.counts.indptr.astype(np.int64), counts.counts.indices.astype(np.int32),
-        counts.counts.data.astype(np.int32), *_inverted_file(counts.counts, block, dense_share),
-        counts.norms, counts.roots, counts.id_rank.astype(np.int64), counts.lightest(k).astype(np.int64),
+        counts.vectors.indptr.astype(np.int64), counts.vectors.indices.astype(np.int32),
+        counts.vectors.data.astype(np.int32), *_inverted_file(counts.vectors, block, dense_share),
+        counts.norms, counts.roots, counts.id_rank.astype(np.int64), counts.best_sharing_no_word(k).astype(np.int64),
         counts.metric == "cosine", k, block,
     )  # fmt: skip
     # dot products are at most the largest squared norm (Cauchy-Schwarz): raw counts fit 32 bits

@@ -9,7 +9,7 @@ from . import histograms, store
 from .codebook import Codebook
 from .errors import ArtifactError
 from .h5io import read_attrs
-from .neighbours import Counts, query_neighbours
+from .neighbours import WeightedHistograms, query_neighbours
 from .reduction import Reducer
 
 logger = logging.getLogger(__name__)
@@ -20,17 +20,17 @@ def _inputs(attrs):
 
 
 def run_counts(histograms_path, ids, similarity_attrs):
-    """The word counts of histograms.h5, and the weighted Counts a run's similarities were found
+    """The word counts of histograms.h5, and the WeightedHistograms a run's similarities were found
     with (its weighting, metric and power, from the attributes of its similarities.hdf5).
 
     Returns
     -------
     counts : csr_matrix of shape (n_images, K)
-    data : pipeline.neighbours.Counts
+    data : pipeline.neighbours.WeightedHistograms
     """
     _, counts, n_local = histograms.load_counts(histograms_path)
     a = similarity_attrs
-    data = Counts(
+    data = WeightedHistograms(
         counts, n_local * histograms.load_assign(histograms_path), ids, a.get("weighting", "raw"),
         a.get("metric", "euclidean"), power=float(a.get("power", 1.0)),
     )  # fmt: skip
@@ -45,9 +45,12 @@ class SimilarityIndex:
     images of new descriptors exactly as the run found those of the collection's images.
     """
 
-    def __init__(self, index, counts, reducer, codebook, model, assign=histograms.DEFAULT_ASSIGN):
-        self.index, self.counts, self.reducer, self.codebook, self.model = index, counts, reducer, codebook, model
-        self.assign = assign
+    def __init__(self, images, histograms_, reducer, codebook, model, assign=histograms.DEFAULT_ASSIGN):
+        self.images = images
+        """FeatureIndex: the run's images (IDs, PPNs, file names), in the order of the histograms."""
+        self.histograms = histograms_
+        """WeightedHistograms of the run's images, weighted and compared as its neighbours were."""
+        self.reducer, self.codebook, self.model, self.assign = reducer, codebook, model, assign
 
     @classmethod
     def load(cls, features, reducer, codebook, histograms_path, similarities):
@@ -94,7 +97,7 @@ class SimilarityIndex:
 
     def word_counts(self, descriptors):
         """Visual-word counts of descriptors, as the run counted the collection's (see :func:`word_counts`)."""
-        n_local = self.counts.n_local // self.assign
+        n_local = self.histograms.n_local // self.assign
         if descriptors.shape[1] != n_local:
             raise ArtifactError(
                 f"descriptors have {descriptors.shape[1]} local descriptors per image; the run's have {n_local}"
@@ -111,21 +114,21 @@ class SimilarityIndex:
 
         Returns
         -------
-        neighbours : ndarray of shape (n, k), int64 positions in ``self.index``, nearest first
+        neighbours : ndarray of shape (n, k), int64 positions in ``self.images``, nearest first
         distances : ndarray of shape (n, k), float64
         """
-        return query_neighbours(self.counts, self.word_counts(descriptors), k=k)
+        return query_neighbours(self.histograms, self.word_counts(descriptors), k=k)
 
     def describe(self, neighbours, distances):
         """The neighbour lists as dicts: rank, id, ppn, filename, distance, similarity (percent)."""
-        similarity = self.counts.similarity(distances)
+        similarity = self.histograms.similarity(distances)
         return [
             [
                 {
                     "rank": rank + 1,
-                    "id": self.index.ids[p].item(),
-                    "ppn": str(self.index.ppn[p]),
-                    "filename": str(self.index.filename[p]),
+                    "id": self.images.ids[p].item(),
+                    "ppn": str(self.images.ppn[p]),
+                    "filename": str(self.images.filename[p]),
                     "distance": round(float(d), 6),
                     "similarity": round(float(s), 1),
                 }

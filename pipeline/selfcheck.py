@@ -186,7 +186,7 @@ def self_check(index, extractor, image_paths, dest, sample=50, seed=0, k=5):
     copies = Copies(image_paths, dest, sample, seed)
     descriptors, decoded, errors = copies.extract(extractor)
     found = index.query(descriptors, k=k)[0] if decoded else np.empty((0, k), dtype=np.int64)
-    result = copies.score(found, decoded, errors, index.index.ids)
+    result = copies.score(found, decoded, errors, index.images.ids)
     logger.info(
         "self-check: %d altered copies of %d images found their original first in %.1f%% and within %d in %.1f%% "
         "(chance %.2f%% / %.2f%%)",

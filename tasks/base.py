@@ -147,12 +147,12 @@ class ArtifactTask(RunTask):
         """The settings that change this stage's result (JSON-serialisable)."""
         return {}
 
-    def tracked(self):
+    def made_from(self):
         """The required stages whose artifacts this one is made from (all, by default)."""
         return [t for t in luigi.task.flatten(self.requires()) if isinstance(t, ArtifactTask)]
 
     def input_digests(self):
-        return {t.task_family: read_attrs(t.output().path)["digest"] for t in self.tracked()}
+        return {t.task_family: read_attrs(t.output().path)["digest"] for t in self.made_from()}
 
     def output(self):
         return luigi.LocalTarget(os.path.join(config.paths().artifacts, self.filename), format=luigi.format.Nop)

@@ -20,8 +20,10 @@ def query(files, k=5):
     """One dict per file: ``query`` (the path) and ``neighbours`` (see SimilarityIndex.describe),
     or ``query`` and ``error`` (one line) for a file that could not be read."""
     index = latest_index()
-    if not 1 <= k <= len(index.index):
-        raise PipelineError(f"-k {k} must be between 1 and the number of images in the collection = {len(index.index)}")
+    if not 1 <= k <= len(index.images):
+        raise PipelineError(
+            f"-k {k} must be between 1 and the number of images in the collection = {len(index.images)}"
+        )
     with query_extractor(index.model) as extractor:
         descriptors, decoded, errors = extract(extractor, files)
     results = [{"query": path, "error": errors.get(i, "")} for i, path in enumerate(files)]

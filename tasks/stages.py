@@ -15,7 +15,7 @@ from pipeline.codebook import DESCRIPTORS_PER_WORD, check_size, fit_codebook
 from pipeline.codebook import Codebook as CodebookModel
 from pipeline.errors import ConfigError
 from pipeline.h5io import read_attrs, read_ids
-from pipeline.neighbours import Counts, check_k, nearest_neighbours
+from pipeline.neighbours import WeightedHistograms, check_k, nearest_neighbours
 from pipeline.output import read_similarities
 from pipeline.query import SimilarityIndex
 from pipeline.reduction import Reducer as ReducerModel
@@ -174,7 +174,7 @@ class Features(ArtifactTask):
             "shards": [FeatureShard(date=self.date, shard=i, shards=n) for i in range(n)],
         }
 
-    def tracked(self):
+    def made_from(self):
         return [self.requires()["inventory"]]  # the number of shards does not change the result
 
     def settings(self):
@@ -255,7 +255,7 @@ class Codebook(ArtifactTask):
     def requires(self):
         return {"features": Features(date=self.date), "reducer": Reducer(date=self.date, refit=self.refit)}
 
-    def tracked(self):
+    def made_from(self):
         return [self.requires()["reducer"]]
 
     def settings(self):
@@ -334,7 +334,7 @@ class Similarities(ArtifactTask):
             "histograms": Histograms(date=self.date, refit=self.refit),
         }
 
-    def tracked(self):
+    def made_from(self):
         return [self.requires()["features"], self.requires()["histograms"]]
 
     def settings(self):
@@ -348,7 +348,7 @@ class Similarities(ArtifactTask):
         _, counts, n_local = histograms.load_counts(self.input()["histograms"].path)
         assign = histograms.load_assign(self.input()["histograms"].path)
         nearest, distances = nearest_neighbours(
-            Counts(
+            WeightedHistograms(
                 counts,
                 n_local * assign,
                 index.ids,
@@ -537,7 +537,9 @@ class SelfCheck(RunCheck):
 
     def run(self):
         index = latest_index()
-        files = collection.load_inventory(self.input()["inventory"].path).paths(index.index.ids, config.paths().content)
+        files = collection.load_inventory(self.input()["inventory"].path).paths(
+            index.images.ids, config.paths().content
+        )
         with query_extractor(index.model) as extractor, tempfile.TemporaryDirectory(prefix="selfcheck-") as copies:
             result = self_check(
                 index, extractor, files, copies, sample=config.selfcheck().sample, seed=config.selfcheck().seed,

@@ -4,7 +4,7 @@ import scipy.sparse as sp
 
 from pipeline.errors import ConfigError
 from pipeline.html_report import choose_rows, make_thumbnails, map_layout, neighbours_beside, thumbnail_pixels
-from pipeline.neighbours import Counts, sparse_neighbours
+from pipeline.neighbours import WeightedHistograms, sparse_neighbours
 
 
 def test_named_images_come_first_then_a_seeded_sample_of_the_others():
@@ -42,7 +42,7 @@ def groups_with_outliers(seed=0, groups=25, size=10, distractors=50, n_local=49,
 def test_the_map_shows_neighbourhoods_and_no_thumbnail_hides_another():
     counts, labels = groups_with_outliers()
     ids = np.arange(len(labels)) + 1000
-    data = Counts(counts, 49, ids, "tfidf", "cosine", power=0.5)
+    data = WeightedHistograms(counts, 49, ids, "tfidf", "cosine", power=0.5)
     nearest, _ = sparse_neighbours(data, k=5)
     rows = np.arange(len(labels))
     cells, (columns, lines) = map_layout(data, rows)
@@ -58,7 +58,7 @@ def test_the_map_shows_neighbourhoods_and_no_thumbnail_hides_another():
 
 def test_a_map_of_a_few_images_places_each_in_its_own_cell():
     counts, _ = groups_with_outliers(groups=1, size=3, distractors=0)
-    data = Counts(counts, 49, np.arange(3), "tfidf", "cosine")
+    data = WeightedHistograms(counts, 49, np.arange(3), "tfidf", "cosine")
     cells, shape = map_layout(data, np.arange(3))
     assert shape == (2, 2) and len({tuple(c) for c in cells.tolist()}) == 3
 

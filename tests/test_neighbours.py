@@ -7,7 +7,7 @@ from pipeline.histograms import word_histograms
 from pipeline.neighbours import (
     IDF_SCALE,
     POWER_SCALE,
-    Counts,
+    WeightedHistograms,
     balltree_neighbours,
     nearest_neighbours,
     query_neighbours,
@@ -65,7 +65,7 @@ def test_methods_follow_the_tie_rule_on_tie_heavy_histograms(method, seed, k, we
     counts = random_counts(seed)
     ids = np.random.default_rng(seed).permutation(1000)[:60]
     expected, expected_d = brute_force(counts, ids, k, weighting, metric, power)
-    got, got_d = method(Counts(counts, 5, ids, weighting, metric, power=power), k=k, chunk_size=7)
+    got, got_d = method(WeightedHistograms(counts, 5, ids, weighting, metric, power=power), k=k, chunk_size=7)
     np.testing.assert_array_equal(got, expected)
     np.testing.assert_allclose(got_d, expected_d, rtol=1e-12, atol=1e-15)
 
@@ -84,7 +84,7 @@ def test_tfidf_weights_are_the_smoothed_idf_in_fixed_point():
 def test_similarity_is_100_for_the_same_histogram_and_0_at_the_largest_distance(weighting, metric):
     # images 0 and 1 put all their descriptors on one word each: as far apart as two can be
     counts = word_histograms(np.array([[0, 0], [1, 1], [0, 1], [2, 2]]), 3)
-    data = Counts(counts, 2, np.arange(4), weighting, metric)
+    data = WeightedHistograms(counts, 2, np.arange(4), weighting, metric)
     neighbours, distances = sparse_neighbours(data, k=3)
     farthest = data.similarity(distances[:, -1])
     assert data.similarity(np.zeros(1))[0] == 100
@@ -100,10 +100,10 @@ def test_images_outside_the_collection_get_the_neighbours_they_would_have_in_it(
     counts = random_counts(7, n=80, words=30, n_local=9, zipf=0.8)
     ids = np.random.default_rng(7).permutation(80)
     expected, expected_d = brute_force(counts, ids, 4, weighting, metric)
-    full = Counts(counts, 9, ids, weighting, metric)
+    full = WeightedHistograms(counts, 9, ids, weighting, metric)
     outside = np.arange(70, 80)
     # the collection without the last 10 images, with the word weights of the whole
-    inside = Counts(counts[:70], 9, ids[:70], weighting, metric, weights=full.weights)
+    inside = WeightedHistograms(counts[:70], 9, ids[:70], weighting, metric, weights=full.weights)
     got, got_d = query_neighbours(inside, counts[outside], k=4, chunk_size=3)
     for row, image in enumerate(outside):
         kept = [j for j in expected[image] if j < 70]
@@ -120,7 +120,7 @@ def test_sparse_equals_balltree_on_zipf_words(seed, weighting, metric):
     # word frequencies falling off as 1/rank, as on a real codebook; 49 descriptors per image
     counts = random_counts(seed, n=400, words=300, n_local=49, zipf=1.0)
     ids = np.random.default_rng(seed).permutation(400) * 7
-    data = Counts(counts, 49, ids, weighting, metric)
+    data = WeightedHistograms(counts, 49, ids, weighting, metric)
     tree, tree_d = balltree_neighbours(data, k=5)
     for dense_share in (0.0, 0.03, 1.0):
         fast, fast_d = sparse_neighbours(data, k=5, dense_share=dense_share)
@@ -134,12 +134,12 @@ def test_sparse_equals_balltree_on_zipf_words(seed, weighting, metric):
     "weighting, metric, power", [("raw", "euclidean", 1.0), ("tfidf", "cosine", 1.0), ("tfidf", "cosine", 0.5)]
 )
 def test_sparse_blocks_of_images_give_the_same_neighbours(block, dense_share, weighting, metric, power):
-    # the lightest images (fewest repeated words) fall in different blocks than most queries
+    # the best_sharing_no_word images (fewest repeated words) fall in different blocks than most queries
     counts = random_counts(5, n=150, words=40, n_local=6, zipf=0.6)
     ids = np.random.default_rng(5).permutation(150)
     expected, expected_d = brute_force(counts, ids, 4, weighting, metric, power)
     got, got_d = sparse_neighbours(
-        Counts(counts, 6, ids, weighting, metric, power=power), k=4, block=block, dense_share=dense_share
+        WeightedHistograms(counts, 6, ids, weighting, metric, power=power), k=4, block=block, dense_share=dense_share
     )
     np.testing.assert_array_equal(got, expected)
     np.testing.assert_allclose(got_d, expected_d, rtol=1e-12, atol=1e-15)
@@ -153,7 +153,7 @@ def test_sparse_finds_images_that_share_no_word(dense_share, weighting, metric):
     ids = np.array([5, 3, 4, 1, 2])
     expected, _ = brute_force(counts, ids, 3, weighting, metric)
     for block in (2, 1 << 15):
-        data = Counts(counts, 2, ids, weighting, metric)
+        data = WeightedHistograms(counts, 2, ids, weighting, metric)
         got = sparse_neighbours(data, k=3, block=block, dense_share=dense_share)[0]
         np.testing.assert_array_equal(got, expected)
 
@@ -167,7 +167,7 @@ def test_multiple_assignment_counts_follow_the_tie_rule(method, power):
     counts = word_histograms(words.reshape(90, 36), 20)
     ids = rng.permutation(90)
     expected, expected_d = brute_force(counts, ids, 5, "tfidf", "cosine", power)
-    got, got_d = method(Counts(counts, 36, ids, "tfidf", "cosine", power=power), k=5)
+    got, got_d = method(WeightedHistograms(counts, 36, ids, "tfidf", "cosine", power=power), k=5)
     np.testing.assert_array_equal(got, expected)
     np.testing.assert_allclose(got_d, expected_d, rtol=1e-12, atol=1e-15)
 
@@ -182,7 +182,7 @@ def test_power_takes_the_counts_to_the_power_in_fixed_point():
             power_table(4, bad)
     # the Euclidean distance stays that of (counts / n_local) ** power
     counts = word_histograms(np.array([[0, 0, 0, 1], [1, 1, 1, 1]]), 2)
-    _, d = sparse_neighbours(Counts(counts, 4, np.arange(2), power=0.5), k=1)
+    _, d = sparse_neighbours(WeightedHistograms(counts, 4, np.arange(2), power=0.5), k=1)
     expected = np.hypot(np.sqrt(3 / 4) - 0, np.sqrt(1 / 4) - 1)
     assert d[0, 0] == pytest.approx(expected, rel=1e-2)
 
@@ -190,7 +190,7 @@ def test_power_takes_the_counts_to_the_power_in_fixed_point():
 @pytest.mark.parametrize("method", METHODS)
 def test_no_image_is_its_own_neighbour_even_among_duplicates(method):
     counts = word_histograms(np.zeros((4, 3), dtype=int), 2)
-    neighbours, distances = method(Counts(counts, 3, np.array([40, 10, 30, 20])), k=3)
+    neighbours, distances = method(WeightedHistograms(counts, 3, np.array([40, 10, 30, 20])), k=3)
     for i, row in enumerate(neighbours):
         assert i not in row
     assert neighbours[0].tolist() == [1, 3, 2]  # equal distances: ascending database ID
@@ -201,7 +201,7 @@ def test_no_image_is_its_own_neighbour_even_among_duplicates(method):
 def test_rows_are_sorted_and_string_ids_break_ties(method):
     rng = np.random.default_rng(3)
     ids = np.array([f"id{i:03d}" for i in rng.permutation(50)])
-    neighbours, distances = method(Counts(random_counts(3, n=50, words=12, n_local=8), 8, ids), k=5)
+    neighbours, distances = method(WeightedHistograms(random_counts(3, n=50, words=12, n_local=8), 8, ids), k=5)
     assert (np.diff(distances, axis=1) >= 0).all()
     assert neighbours.shape == (50, 5)
 
@@ -209,17 +209,17 @@ def test_rows_are_sorted_and_string_ids_break_ties(method):
 @pytest.mark.parametrize("k", [0, 4])
 def test_k_must_leave_room_for_the_query(k):
     with pytest.raises(ConfigError, match=r"\[neighbours\] k"):
-        nearest_neighbours(Counts(np.eye(4, dtype=int), 1, np.arange(4)), k=k)
+        nearest_neighbours(WeightedHistograms(np.eye(4, dtype=int), 1, np.arange(4)), k=k)
 
 
 def test_unknown_method_names_the_setting():
     with pytest.raises(ConfigError, match=r"\[neighbours\] method='kd'"):
-        nearest_neighbours(Counts(np.eye(4, dtype=int), 1, np.arange(4)), k=1, method="kd")
+        nearest_neighbours(WeightedHistograms(np.eye(4, dtype=int), 1, np.arange(4)), k=1, method="kd")
 
 
 @pytest.mark.parametrize("method", METHODS)
 def test_resumed_query_reuses_committed_chunks(method, tmp_path):
-    data = Counts(random_counts(5, n=40, words=6), 5, np.arange(40))
+    data = WeightedHistograms(random_counts(5, n=40, words=6), 5, np.arange(40))
     whole = method(data, k=3, chunk_size=8)
     checkpoints = Checkpoints(str(tmp_path / "work"))
     method(data, k=3, chunk_size=8, checkpoints=checkpoints)
@@ -235,7 +235,7 @@ def test_resumed_query_reuses_committed_chunks(method, tmp_path):
 
 @pytest.mark.parametrize("method", METHODS)
 def test_chunk_size_does_not_change_the_neighbours(method):
-    data = Counts(random_counts(6, n=300, words=50, n_local=10, zipf=1.0), 10, np.arange(300))
+    data = WeightedHistograms(random_counts(6, n=300, words=50, n_local=10, zipf=1.0), 10, np.arange(300))
     small = method(data, k=5, chunk_size=3)
     large = method(data, k=5, chunk_size=1000)
     np.testing.assert_array_equal(small[0], large[0])
@@ -246,7 +246,7 @@ def test_chunk_size_does_not_change_the_neighbours(method):
 def test_identical_histograms_are_at_distance_zero_never_below(method):
     # |a|^2 = 3: sqrt(3) * sqrt(3) rounds below 3, so 1 - a.a / (|a| |a|) comes out as -2.2e-16
     counts = word_histograms(np.array([[0, 1, 2], [0, 1, 2], [3, 3, 3], [0, 3, 3]]), 4)
-    data = Counts(counts, 3, np.arange(4), "raw", "cosine")
+    data = WeightedHistograms(counts, 3, np.arange(4), "raw", "cosine")
     _, distances = method(data, k=2)
     assert distances[0, 0] == 0 and not np.signbit(distances).any()
     _, outside = query_neighbours(data, counts[:1], k=1)

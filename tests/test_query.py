@@ -5,7 +5,7 @@ from pipeline.blocks import ArrayBlocks
 from pipeline.codebook import fit_codebook
 from pipeline.errors import ArtifactError
 from pipeline.histograms import compute_histograms
-from pipeline.neighbours import Counts, sparse_neighbours
+from pipeline.neighbours import WeightedHistograms, sparse_neighbours
 from pipeline.query import SimilarityIndex
 from pipeline.reduction import Reducer
 from pipeline.store import FeatureIndex, dequantize, quantize
@@ -31,7 +31,7 @@ def collection():
 @pytest.mark.parametrize("weighting, metric", [("raw", "euclidean"), ("tfidf", "cosine")])
 def test_an_image_of_the_collection_finds_itself_then_its_run_neighbours(collection, weighting, metric):
     raw, index, counts, reducer, codebook = collection
-    data = Counts(counts, 12, index.ids, weighting, metric)
+    data = WeightedHistograms(counts, 12, index.ids, weighting, metric)
     query = SimilarityIndex(index, data, reducer, codebook, None)
     found, distances = query.query(raw[[4, 7]], k=6)
     np.testing.assert_array_equal(found[:, 0], [4, 7])  # the same histogram as in the collection
@@ -54,7 +54,7 @@ def test_an_image_of_the_collection_finds_itself_then_its_run_neighbours(collect
 
 def test_descriptors_of_another_layer_are_refused(collection):
     raw, index, counts, reducer, codebook = collection
-    query = SimilarityIndex(index, Counts(counts, 12, index.ids), reducer, codebook, None)
+    query = SimilarityIndex(index, WeightedHistograms(counts, 12, index.ids), reducer, codebook, None)
     with pytest.raises(ArtifactError, match="13 local descriptors per image; the run's have 12"):
         query.query(np.zeros((1, 13, 16)))
 
