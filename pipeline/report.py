@@ -1,5 +1,6 @@
 """The run report: what one nightly run did, as JSON."""
 
+import datetime
 import json
 import os
 
@@ -10,6 +11,61 @@ def stage_summary(attrs, date):
     """(seconds, ran) of a stage from its artifact's attributes: 0 s for an artifact of an earlier run."""
     ran = attrs.get("run_date") == date
     return (float(attrs.get("seconds", 0.0)) if ran else 0.0), ran
+
+
+def now():
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+
+
+def run_report(date, artifacts, inventory, index, similarities, load=None, evaluation=None, selfcheck=None):
+    """The report of a finished run.
+
+    Parameters
+    ----------
+    date : str
+        The run's date, ISO.
+    artifacts : dict of str to dict
+        The attributes of each stage's artifact (Inventory, Features, Reducer, Codebook,
+        Histograms, Similarities): what they record of the run that made them.
+    inventory : pipeline.collection.Inventory
+    index : pipeline.store.FeatureIndex
+    similarities : str
+        Where similarities.hdf5 is.
+    load : dict, optional
+        The CMS load's url (shown without password), mode and target, when the run loads one.
+    evaluation, selfcheck : dict, optional
+        evaluation.json and selfcheck.json, when the run made them.
+    """
+    seconds = {name: stage_summary(attrs, date)[0] for name, attrs in artifacts.items()}
+    # the extraction itself, summed over the shards this run extracted (in parallel, they overlap)
+    seconds["FeatureShard"] = artifacts["Features"]["shard_seconds"] if seconds["Features"] else 0.0
+    extracted = artifacts["Features"]["extracted"] if stage_summary(artifacts["Features"], date)[1] else 0
+    report = {
+        "date": date,
+        "status": "ok",
+        "started": artifacts["Inventory"]["started"],
+        "finished": now(),
+        "images_total": len(inventory),
+        "extracted": extracted,
+        "reused": len(inventory) - extracted,
+        "removed": artifacts["Inventory"]["removed"],
+        "rejected": [{"path": path, "reason": reason} for path, reason in index.rejected],
+        "unmapped": inventory.unmapped,
+        "missing": inventory.missing,
+        "refit": stage_summary(artifacts["Reducer"], date)[1],
+        "stage_seconds": seconds,
+        "similarities": similarities,
+        "images_with_neighbours": len(index),
+    }
+    if load is not None:
+        report["cms"] = {**load, "run_id": artifacts["Similarities"]["digest"], "images": len(index)}
+    if evaluation is not None:
+        keys = ("queries", "precision_at_1", "precision_at_5", "recall_at_5", "map")
+        report["evaluation"] = {key: evaluation[key] for key in keys}
+    if selfcheck is not None:
+        keys = ("images", "queries", "top1", "top5", "chance_top1", "chance_top5", "per_alteration", "failed")
+        report["selfcheck"] = {key: selfcheck[key] for key in keys}
+    return report
 
 
 def write_json(path, document):

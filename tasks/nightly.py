@@ -1,6 +1,5 @@
 """The scheduled entry point: one run per date, ending with its run report."""
 
-import datetime
 import logging
 import os
 
@@ -10,7 +9,7 @@ from pipeline import cms, collection, html_report, store
 from pipeline.h5io import read_attrs
 from pipeline.output import read_similarities
 from pipeline.query import run_counts
-from pipeline.report import publish_report, read_json, stage_summary
+from pipeline.report import now, publish_report, read_json, run_report
 
 from . import config
 from .base import RunInput, RunTask, artifacts_writable
@@ -29,10 +28,6 @@ from .stages import (
 logger = logging.getLogger("luigi-interface")
 
 STAGES = (Inventory, Features, Reducer, Codebook, Histograms, Similarities)
-
-
-def now():
-    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
 
 
 class Nightly(RunTask):
@@ -71,45 +66,21 @@ class Nightly(RunTask):
         artifacts = {
             stage.__name__: read_attrs(stage(date=self.date, refit=self.refit).output().path) for stage in STAGES
         }
-        seconds = {name: stage_summary(attrs, date)[0] for name, attrs in artifacts.items()}
-        # the extraction itself, summed over the shards this run extracted (in parallel, they overlap)
-        seconds["FeatureShard"] = artifacts["Features"]["shard_seconds"] if seconds["Features"] else 0.0
         inventory = collection.load_inventory(Inventory(date=self.date).output().path)
         index = store.load_index(Features(date=self.date).output().path)
-        extracted = artifacts["Features"]["extracted"] if stage_summary(artifacts["Features"], date)[1] else 0
-        report = {
-            "date": date,
-            "status": "ok",
-            "started": artifacts["Inventory"]["started"],
-            "finished": now(),
-            "images_total": len(inventory),
-            "extracted": extracted,
-            "reused": len(inventory) - extracted,
-            "removed": artifacts["Inventory"]["removed"],
-            "rejected": [{"path": path, "reason": reason} for path, reason in index.rejected],
-            "unmapped": inventory.unmapped,
-            "missing": inventory.missing,
-            "refit": stage_summary(artifacts["Reducer"], date)[1],
-            "stage_seconds": seconds,
-            "similarities": os.path.abspath(self.input()["similarities"].path),
-            "images_with_neighbours": len(index),
-        }
+        load = None
         if "cms" in self.input():
-            report["cms"] = {
+            load = {
                 "url": cms.shown(cms.resolve_url(config.cms().url)),
                 "mode": config.cms().mode,
                 "target": LoadSimilarities(date=self.date, refit=self.refit).target(),
-                "run_id": artifacts["Similarities"]["digest"],
-                "images": len(index),
             }
-        if "evaluation" in self.input():
-            scores = read_json(self.input()["evaluation"].path)
-            keys = ("queries", "precision_at_1", "precision_at_5", "recall_at_5", "map")
-            report["evaluation"] = {key: scores[key] for key in keys}
-        if "selfcheck" in self.input():
-            check = read_json(self.input()["selfcheck"].path)
-            keys = ("images", "queries", "top1", "top5", "chance_top1", "chance_top5", "per_alteration", "failed")
-            report["selfcheck"] = {key: check[key] for key in keys}
+        checks = {
+            name: read_json(self.input()[name].path) for name in ("evaluation", "selfcheck") if name in self.input()
+        }
+        report = run_report(
+            date, artifacts, inventory, index, os.path.abspath(self.input()["similarities"].path), load, **checks
+        )
         with artifacts_writable():
             publish_report(config.paths().artifacts, date, report)
             visual_report(self.date, report, self.show)
