@@ -62,46 +62,41 @@ def read_mapping():
     return mapping, "[cms] ids_query" if c.ids_query.strip() else f"[cms] images_table={c.images_table!r}"
 
 
-class ContentFolder(RunInput):
+class InputPath(RunInput):
+    """A file or folder from outside the graph, named by a setting: missing, it says which and the fix."""
+
+    path = luigi.Parameter(description="The file or folder.")
+    setting = None
+    """The setting that names it, e.g. ``[paths] content``."""
+    fix = None
+    """What to do when it is missing."""
+
+    def output(self):
+        return luigi.LocalTarget(self.path)
+
+    def missing_message(self):
+        return f"{self.setting}={self.path!r} does not exist; {self.fix}"
+
+
+class ContentFolder(InputPath):
     """The collection: ``[paths] content``."""
 
-    path = luigi.Parameter(description="The collection's folder.")
-
-    def output(self):
-        return luigi.LocalTarget(self.path)
-
-    def missing_message(self):
-        return (
-            f"[paths] content={self.path!r} does not exist; set it to the folder that holds the PPN<id>/ folders "
-            "(or mount the storage it is on)"
-        )
+    setting = "[paths] content"
+    fix = "set it to the folder that holds the PPN<id>/ folders (or mount the storage it is on)"
 
 
-class IdMapping(RunInput):
-    """The CMS's ID mapping: ``[ids] csv``."""
+class IdMapping(InputPath):
+    """The CMS's ID mapping as a CSV file: ``[ids] csv``."""
 
-    path = luigi.Parameter(description="The ID mapping CSV file.")
-
-    def output(self):
-        return luigi.LocalTarget(self.path)
-
-    def missing_message(self):
-        return (
-            f"[ids] csv={self.path!r} does not exist; export the CMS's images to it (id,ppn,filename) "
-            "or read them from the CMS with [ids] source = cms"
-        )
+    setting = "[ids] csv"
+    fix = "export the CMS's images to it (id,ppn,filename) or read them from the CMS with [ids] source = cms"
 
 
-class LabelsFile(RunInput):
+class LabelsFile(InputPath):
     """The labels the neighbours are evaluated against: ``[evaluate] labels``."""
 
-    path = luigi.Parameter(description="The labels CSV file (id,label).")
-
-    def output(self):
-        return luigi.LocalTarget(self.path)
-
-    def missing_message(self):
-        return f"[evaluate] labels={self.path!r} does not exist; give a CSV file id,label of (some of) the collection's images"
+    setting = "[evaluate] labels"
+    fix = "give a CSV file id,label of (some of) the collection's images"
 
 
 def read_id_mapping():
