@@ -14,7 +14,7 @@ from luigi.rpc import RemoteScheduler
 from pipeline.output import read_similarities
 
 from .conftest import write_config
-from .test_nightly import RESULT, project, reference, report  # noqa: F401 (reference: a fixture, the single local run)
+from .test_nightly import RESULT, environment, project, reference, report  # noqa: F401 (reference: a fixture, the single local run)
 
 #: Real processes and several full runs each: the full tier (make test-all, .ci/run).
 pytestmark = pytest.mark.slow
@@ -58,16 +58,16 @@ def luigid(tmp_path):
     process.wait(30)
 
 
-def start_worker(root, port, name):
-    """``luigi --module tasks Nightly`` against the central scheduler, as one machine's worker would run it."""
+def start_worker(root, port, name, **faults):
+    """``luigi --module tests.faults Nightly`` (the pipeline's tasks with the tiny model, and ``faults``)
+    against the central scheduler, as one machine's worker would run it."""
     command = [
-        os.path.join(BIN, "luigi"), "--module", "tasks", "Nightly", "--date", "2026-01-01",
+        os.path.join(BIN, "luigi"), "--module", "tests.faults", "Nightly", "--date", "2026-01-01",
         "--scheduler-host", "127.0.0.1", "--scheduler-port", str(port), "--workers", "1",
         "--worker-keep-alive", "--lock-pid-dir", str(root / f"lock-{name}"),
     ]  # fmt: skip
     log = open(root / f"{name}.log", "w")
-    env = {**os.environ, "LUIGI_CONFIG_PATH": str(root / "luigi.cfg")}
-    return subprocess.Popen(command, cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=log)
+    return subprocess.Popen(command, cwd=root, env=environment(root, **faults), stdout=subprocess.DEVNULL, stderr=log)
 
 
 def sharded_project(root, content):
@@ -117,14 +117,9 @@ def test_two_workers_share_the_shards_and_give_the_local_result(small_collection
 
 def test_a_worker_killed_mid_shard_leaves_it_to_the_other(small_collection, reference, luigid, tmp_path):
     root = sharded_project(tmp_path, small_collection[0])
-    a = start_worker(root, luigid, "a")
-    deadline = time.monotonic() + 300
-    while "extracted " not in (root / "a.log").read_text():  # a has committed a batch of a shard
-        assert a.poll() is None and time.monotonic() < deadline, (root / "a.log").read_text()[-3000:]
-        time.sleep(0.2)
+    a = start_worker(root, luigid, "a", FAULT_KILL_AT="FeatureShard:1")  # dies once it has committed a batch of a shard
     b = start_worker(root, luigid, "b")
-    a.send_signal(signal.SIGKILL)
-    assert wait(a) == -signal.SIGKILL
+    assert wait(a) == -signal.SIGKILL, (root / "a.log").read_text()[-3000:]
     # luigid forgets the dead worker after worker_disconnect_delay when it prunes (every minute
     # by itself: asked here, every second), fails its shard and, after retry_delay, gives it to
     # b, which waits for it (--worker-keep-alive)

@@ -7,6 +7,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -25,36 +26,40 @@ LUIGI = os.path.join(os.path.dirname(sys.executable), "luigi")
 RESULT = ("ids", "neighbours", "distances", "ppn", "filename", "similarities")
 
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
 def command(date, *extra):
-    return [LUIGI, "--module", "tasks", "Nightly", "--local-scheduler", "--date", date, *extra]
+    """The nightly command, through tests.faults: the pipeline's tasks with a tiny stand-in
+    model and the faults ``environment`` names."""
+    return [LUIGI, "--module", "tests.faults", "Nightly", "--local-scheduler", "--date", date, *extra]
 
 
-def environment(root):
-    return {**os.environ, "LUIGI_CONFIG_PATH": str(root / "luigi.cfg")}
+def environment(root, **faults):
+    """The command's environment: the run's config, the tiny model, and faults such as
+    ``FAULT_KILL_AT="Codebook"`` (see tests/faults.py)."""
+    return {
+        **os.environ, "LUIGI_CONFIG_PATH": str(root / "luigi.cfg"), "PYTHONPATH": ROOT, "FAULT_TINY_MODEL": "1",
+        **faults,
+    }  # fmt: skip
 
 
-def nightly(root, date="2026-01-01", *extra):
+def nightly(root, date="2026-01-01", *extra, **faults):
     done = subprocess.run(
-        command(date, *extra), cwd=root, env=environment(root), capture_output=True, text=True, timeout=600
+        command(date, *extra), cwd=root, env=environment(root, **faults), capture_output=True, text=True, timeout=600
     )
     assert done.returncode == 0, done.stderr[-3000:]
     return done.stderr
 
 
-def nightly_killed_at(root, marker, date="2026-01-01"):
-    """Start a run, SIGKILL it as soon as a log line contains ``marker``; return the log so far."""
-    process = subprocess.Popen(
-        command(date), cwd=root, env=environment(root), stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True
+def nightly_killed_at(root, stage, date="2026-01-01"):
+    """Run until ``stage`` starts (``Stage``) or has done N (``Stage:N``), where the run kills
+    itself with SIGKILL; return its log."""
+    done = subprocess.run(
+        command(date), cwd=root, env=environment(root, FAULT_KILL_AT=stage), capture_output=True, text=True, timeout=600
     )
-    seen = []
-    for line in process.stderr:
-        seen.append(line)
-        if marker in line:
-            process.send_signal(signal.SIGKILL)
-            break
-    process.stderr.read()
-    assert process.wait(timeout=60) == -signal.SIGKILL, f"the run ended before {marker!r}:\n{''.join(seen)[-2000:]}"
-    return "".join(seen)
+    assert done.returncode == -signal.SIGKILL, f"the run ended before {stage}:\n{done.stderr[-2000:]}"
+    return done.stderr
 
 
 def report(root):
@@ -85,20 +90,20 @@ def reference(small_collection, tmp_path_factory):
 
 
 @pytest.mark.parametrize(
-    "marker",
-    ["extracted 8 / 18 images", "running   Codebook(", "running   Similarities("],
+    "stage",
+    ["FeatureShard:8", "Codebook", "Similarities"],
     ids=["during-extraction", "during-codebook-fit", "while-writing-output"],
 )
-def test_killed_run_resumes_to_the_same_result(small_collection, reference, tmp_path, marker):
+def test_killed_run_resumes_to_the_same_result(small_collection, reference, tmp_path, stage):
     content, _ = small_collection
     root = project(tmp_path, content)
-    nightly_killed_at(root, marker)
+    nightly_killed_at(root, stage)
     assert not (root / "artifacts" / "similarities.hdf5").exists()
     committed = committed_keys(root)
 
     # the killed run's claim on the folder does not block the next: the next night's (another date), or a rerun
-    log = nightly(root, "2026-01-02" if "extracted" in marker else "2026-01-01")
-    if "extracted" in marker:
+    log = nightly(root, "2026-01-02" if stage.startswith("FeatureShard") else "2026-01-01")
+    if stage.startswith("FeatureShard"):
         assert 8 <= len(committed) < 18
         assert f"extracting {18 - len(committed)} images, reusing {len(committed)}" in log
     else:
@@ -198,17 +203,19 @@ def test_growth_past_the_threshold_refits(tmp_path, small_collection):
 
 def test_a_second_run_at_the_same_time_stops_at_once_whatever_its_date(tmp_path, small_collection):
     root = project(tmp_path, small_collection[0])
+    release = root / "release"
     first = subprocess.Popen(
         command("2026-01-01"),
         cwd=root,
-        env=environment(root),
+        env=environment(root, FAULT_PAUSE_AT=f"Features:{release}"),
         stderr=subprocess.PIPE,
         stdout=subprocess.DEVNULL,
         text=True,
     )
-    for line in first.stderr:
-        if "running   Features(" in line:
-            break
+    deadline = time.monotonic() + 300
+    while not (root / "release.paused").exists():  # the first run holds the folder, in the middle of its work
+        assert first.poll() is None and time.monotonic() < deadline
+        time.sleep(0.1)
     # as an overlapping cron job starts them: the next night's run, and the same command again
     second = subprocess.run(
         command("2026-01-02"), cwd=root, env=environment(root), capture_output=True, text=True, timeout=120
@@ -216,6 +223,7 @@ def test_a_second_run_at_the_same_time_stops_at_once_whatever_its_date(tmp_path,
     third = subprocess.run(
         command("2026-01-01"), cwd=root, env=environment(root), capture_output=True, text=True, timeout=120
     )
+    release.touch()
     rest = first.stderr.read()
     assert first.wait(timeout=300) == 0, rest[-2000:]
     assert second.returncode == 10 and third.returncode == 10, second.stderr[-2000:] + third.stderr[-2000:]
@@ -241,13 +249,15 @@ def snapshot(artifacts, leave_out=("filler", "inventory.h5", "run_report.json", 
 
 
 @pytest.mark.parametrize("failure", ["full", "read-only"])
-def test_a_full_or_read_only_artifacts_disk_fails_the_run_cleanly(small_collection, reference, tmp_path, failure):
+def test_a_full_or_read_only_artifacts_disk_fails_the_run_cleanly(small_collection, tmp_path, failure):
+    # the real ResNet50: its chunks (about 80 KB an image) are what fills a disk
+    real = {"FAULT_TINY_MODEL": "0"}
     content = tmp_path / "content"
     shutil.copytree(small_collection[0], content, symlinks=True)
     root = project(tmp_path / "run", content)
     artifacts = root / "artifacts"
     with small_disk(artifacts):
-        nightly(root, "2026-01-01")
+        nightly(root, "2026-01-01", **real)
         before = snapshot(artifacts)
         rows = []
         folder = sorted(p.name for p in content.iterdir() if p.is_dir())[0]
@@ -262,7 +272,7 @@ def test_a_full_or_read_only_artifacts_disk_fails_the_run_cleanly(small_collecti
             subprocess.run(["mount", "-o", "remount,ro", str(artifacts)], check=True)
 
         done = subprocess.run(
-            command("2026-01-02"), cwd=root, env=environment(root), capture_output=True, text=True, timeout=600
+            command("2026-01-02"), cwd=root, env=environment(root, **real), capture_output=True, text=True, timeout=600
         )
         assert done.returncode == 30, done.stderr[-3000:]
         reason = "No space left on device" if failure == "full" else "Read-only file system"
@@ -281,7 +291,7 @@ def test_a_full_or_read_only_artifacts_disk_fails_the_run_cleanly(small_collecti
             assert latest["status"] == "ok" and "report could not be written (Read-only file system)" in done.stderr
             subprocess.run(["mount", "-o", "remount,rw", str(artifacts)], check=True)
 
-        log = nightly(root, "2026-01-02")  # with room again, the run completes
+        log = nightly(root, "2026-01-02", **real)  # with room again, the run completes
         assert "extracting 1 images, reusing 18" in log
         result = read_similarities(artifacts / "similarities.hdf5")
         assert 777 in result["ids"].tolist() and report(root)["status"] == "ok"
