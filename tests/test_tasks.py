@@ -49,6 +49,29 @@ def run(small_collection, tmp_path_factory):
     return outputs, groups
 
 
+class OwnRun:
+    """A copy of a run's artifacts under ``root``, reading the same collection."""
+
+    def __init__(self, original, root):
+        self.root = root
+        shutil.copytree(original / "artifacts", root / "artifacts", ignore=shutil.ignore_patterns("run.lock*"))
+        # the same content and mapping paths: the copied inventory stays valid
+        self.inputs = {"paths__content": original / "content", "ids__csv": original / "content" / "image_ids.csv"}
+        self.config()
+
+    def config(self, **overrides):
+        """Write the copy's luigi.cfg with ``overrides``; its path."""
+        return pipeline_config(self.root, **self.inputs, **overrides)
+
+
+@pytest.fixture()
+def own_run(run, tmp_path):
+    """A copy of the module's first run that a test may change: the module's run stays as it
+    was whatever the test does, and whether it passes."""
+    (first, _), _ = run
+    return OwnRun(first, tmp_path)
+
+
 def test_output_follows_the_contract(run):
     (root, _), groups = run
     result = read_similarities(root / "artifacts" / "similarities.hdf5")
@@ -98,8 +121,8 @@ def test_same_input_and_config_give_the_same_result(run):
         np.testing.assert_array_equal(a[key], b[key])
 
 
-def test_rerun_skips_completed_tasks(run, monkeypatch):
-    (root, _), _ = run
+def test_rerun_skips_completed_tasks(own_run, monkeypatch):
+    root = own_run.root
     before = mtimes(root / "artifacts")
     result = build(monkeypatch, root / "luigi.cfg")
     assert result.status == luigi.execution_summary.LuigiStatusCode.SUCCESS
@@ -107,20 +130,19 @@ def test_rerun_skips_completed_tasks(run, monkeypatch):
     assert mtimes(root / "artifacts") == before
 
 
-def test_changed_setting_reruns_only_the_stages_it_affects(run, monkeypatch, tmp_path):
-    (root, _), _ = run
+def test_changed_setting_reruns_only_the_stages_it_affects(own_run, monkeypatch):
+    root = own_run.root
     before = mtimes(root / "artifacts")
-    config = pipeline_config(root, neighbours__k=3)
+    config = own_run.config(neighbours__k=3)
     assert build(monkeypatch, config).status == luigi.execution_summary.LuigiStatusCode.SUCCESS
     after = mtimes(root / "artifacts")
     assert [name for name in ARTIFACTS if after[name] != before[name]] == ["similarities.hdf5"]
     with h5py.File(root / "artifacts" / "similarities.hdf5") as f:
         assert f["neighbours"].shape[1] == 3 and f.attrs["k"] == 3
-    pipeline_config(root)  # leave the module's config as it was
 
 
-def test_a_new_distance_or_auto_rule_redoes_only_what_depends_on_it(run, monkeypatch):
-    (root, _), _ = run
+def test_a_new_distance_or_auto_rule_redoes_only_what_depends_on_it(own_run, monkeypatch):
+    root = own_run.root
     assert build(monkeypatch, root / "luigi.cfg").status == luigi.execution_summary.LuigiStatusCode.SUCCESS
     with luigi_config(monkeypatch, root / "luigi.cfg"):
         assert Codebook().complete() and Similarities().complete()
@@ -128,27 +150,25 @@ def test_a_new_distance_or_auto_rule_redoes_only_what_depends_on_it(run, monkeyp
             patch.setattr("tasks.stages.DESCRIPTORS_PER_WORD", 5)  # what a new release of auto does
             assert Reducer().complete() and not Codebook().complete()
     for override in ({"neighbours__metric": "euclidean"}, {"neighbours__weighting": "raw"}, {"neighbours__power": 1.0}):
-        with luigi_config(monkeypatch, pipeline_config(root, **override)):
+        with luigi_config(monkeypatch, own_run.config(**override)):
             assert Histograms().complete() and not Similarities().complete()
-    with luigi_config(monkeypatch, pipeline_config(root, histograms__assign=2)):
+    with luigi_config(monkeypatch, own_run.config(histograms__assign=2)):
         assert Codebook().complete() and not Histograms().complete()
     for override in ({"reduction__descriptors": "root"}, {"reduction__reduced": "raw"}):
-        with luigi_config(monkeypatch, pipeline_config(root, **override)):
+        with luigi_config(monkeypatch, own_run.config(**override)):
             assert not Reducer().complete() and not Codebook().complete()
-    pipeline_config(root)  # leave the module's config as it was
 
 
-def test_reducer_is_fitted_on_the_configured_image_sample(run, monkeypatch):
-    (root, _), _ = run
-    config = pipeline_config(root, reduction__sample_images=5)
+def test_reducer_is_fitted_on_the_configured_image_sample(own_run, monkeypatch):
+    root = own_run.root
+    config = own_run.config(reduction__sample_images=5)
     assert build(monkeypatch, config).status == luigi.execution_summary.LuigiStatusCode.SUCCESS
     with h5py.File(root / "artifacts" / "reducer.h5") as f:
         assert f.attrs["n_samples_seen"] == 5 * 49
-    pipeline_config(root)  # leave the module's config as it was
 
 
-def test_truncated_artifact_is_made_again(run, monkeypatch):
-    (_, root), _ = run
+def test_truncated_artifact_is_made_again(own_run, monkeypatch):
+    root = own_run.root
     path = root / "artifacts" / "codebook.h5"
     path.write_bytes(path.read_bytes()[:100])
     with luigi_config(monkeypatch, root / "luigi.cfg"):
@@ -222,35 +242,32 @@ def cms_rows(database, table="image_similarity"):
 
 
 def test_load_similarities_fills_the_cms_once_per_run_and_again_when_its_table_is_dropped_or_emptied(
-    run, monkeypatch, database
+    own_run, monkeypatch, database
 ):
-    (root, _), _ = run
-    config = pipeline_config(root, cms__url=database.url, cms__table=database.table, cms__marker_table=database.marker,
+    root = own_run.root
+    config = own_run.config(cms__url=database.url, cms__table=database.table, cms__marker_table=database.marker,
                              cms__batch_rows=7)  # fmt: skip
     quoted = database.engine.dialect.identifier_preparer.quote(database.table)
-    try:
-        for change in (None, f"DROP TABLE {quoted}", f"DELETE FROM {quoted}"):  # a DBA's cleanup, a test database reset
-            if change:
-                with database.engine.begin() as conn:
-                    conn.execute(sa.text(change))
-            result = build(monkeypatch, config, LoadSimilarities)
-            assert result.status == luigi.execution_summary.LuigiStatusCode.SUCCESS, result.summary_text
-            assert "ran successfully" in result.summary_text, change
-            similarities = read_similarities(root / "artifacts" / "similarities.hdf5")
-            run_id = similarities["attrs"]["digest"]
-            expected = [
-                (int(image_id), rank + 1, int(similarities["neighbours"][i, rank]),
-                 float(similarities["distances"][i, rank]), run_id)
-                for i, image_id in enumerate(similarities["ids"]) for rank in range(5)
-            ]  # fmt: skip
-            assert [(*row[:3], pytest.approx(row[3]), row[4]) for row in database.rows()] == sorted(expected)
-            again = build(monkeypatch, config, LoadSimilarities)
-            assert "ran successfully" not in again.summary_text, change
-        with database.engine.connect() as conn:
-            loads = conn.execute(sa.text(f"SELECT run_id, n_rows FROM {database.marker} ORDER BY load_id")).all()
-        assert [tuple(r) for r in loads] == [(run_id, 90)] * 3
-    finally:
-        pipeline_config(root)  # leave the module's config as it was
+    for change in (None, f"DROP TABLE {quoted}", f"DELETE FROM {quoted}"):  # a DBA's cleanup, a test database reset
+        if change:
+            with database.engine.begin() as conn:
+                conn.execute(sa.text(change))
+        result = build(monkeypatch, config, LoadSimilarities)
+        assert result.status == luigi.execution_summary.LuigiStatusCode.SUCCESS, result.summary_text
+        assert "ran successfully" in result.summary_text, change
+        similarities = read_similarities(root / "artifacts" / "similarities.hdf5")
+        run_id = similarities["attrs"]["digest"]
+        expected = [
+            (int(image_id), rank + 1, int(similarities["neighbours"][i, rank]),
+             float(similarities["distances"][i, rank]), run_id)
+            for i, image_id in enumerate(similarities["ids"]) for rank in range(5)
+        ]  # fmt: skip
+        assert [(*row[:3], pytest.approx(row[3]), row[4]) for row in database.rows()] == sorted(expected)
+        again = build(monkeypatch, config, LoadSimilarities)
+        assert "ran successfully" not in again.summary_text, change
+    with database.engine.connect() as conn:
+        loads = conn.execute(sa.text(f"SELECT run_id, n_rows FROM {database.marker} ORDER BY load_id")).all()
+    assert [tuple(r) for r in loads] == [(run_id, 90)] * 3
 
 
 def nightly_equals(monkeypatch, config, expected_root, root):
