@@ -108,10 +108,14 @@ def hold_artifacts(date):
     stopped by its process lock), having written nothing."""
     folder = config.paths().artifacts
     try:
+        heartbeat, stale_after = config.lock().heartbeat, config.lock().stale_after
+    except ValueError:  # CheckSettings names the bad value; the defaults hold the folder meanwhile
+        heartbeat, stale_after = runlock.HEARTBEAT, runlock.STALE_AFTER
+    try:
         os.makedirs(folder, exist_ok=True)
         runlock.hold(
             folder, date.isoformat(), central=not luigi.interface.core().local_scheduler,
-            heartbeat=max(config.lock().heartbeat, 0.01), stale_after=config.lock().stale_after,
+            heartbeat=max(heartbeat, 0.01), stale_after=stale_after,
         )  # fmt: skip
     except runlock.RunLockHeld as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)

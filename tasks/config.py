@@ -1,6 +1,9 @@
 """One luigi.Config class per luigi.cfg section."""
 
+import math
+import operator
 import os
+import sys
 
 import luigi
 
@@ -8,9 +11,43 @@ from pipeline.cms import resolve_url
 from pipeline.errors import ConfigError
 from pipeline.features import DEFAULT_LAYER, layer_side, unknown_layer_message
 from pipeline.histograms import DEFAULT_ASSIGN, MAX_ASSIGN
+from pipeline.images import DECODE_TIMEOUT, MAX_PIXELS
 from pipeline.neighbours import DEFAULT_METRIC, DEFAULT_POWER, DEFAULT_WEIGHTING, METHODS, METRICS, WEIGHTINGS
 from pipeline.reduction import DEFAULT_DESCRIPTORS, DEFAULT_REDUCED, DESCRIPTOR_NORMS, REDUCED_NORMS
 from pipeline.runlock import HEARTBEAT, STALE_AFTER
+
+
+class Choice(luigi.ChoiceParameter):
+    """A setting with a fixed set of values, listed in their order (Luigi keeps them as a set)."""
+
+    def __init__(self, choices, **kwargs):
+        super().__init__(choices=list(choices), **kwargs)
+        self.description = kwargs.get("description", "")
+        self.must = "one of " + ", ".join(choices)
+
+
+class Number(luigi.NumericalParameter):
+    """A whole number (``int``) or a number (``float``) in a range; ``must`` says which, for the messages."""
+
+    def __init__(self, var_type, low, high=None, low_open=False, high_open=False, *, must, **kwargs):
+        top = (sys.maxsize if var_type is int else math.inf) if high is None else high
+        super().__init__(
+            var_type=var_type, min_value=low, max_value=top, left_op=operator.lt if low_open else operator.le,
+            right_op=operator.lt if high_open else operator.le, **kwargs,
+        )  # fmt: skip
+        self.description = kwargs.get("description", "")
+        self.must = must
+
+
+def count(default, low=1, **kwargs):
+    """A whole number >= ``low``."""
+    return Number(int, low, default=default, must=f"a whole number >= {low}", **kwargs)
+
+
+def seconds(default, low=0.0, low_open=True, **kwargs):
+    """A number of seconds > ``low`` (>= with ``low_open=False``)."""
+    must = f"a number of seconds {'>' if low_open else '>='} {low:g}"
+    return Number(float, low, low_open=low_open, default=default, must=must, **kwargs)
 
 
 class paths(luigi.Config):
@@ -21,8 +58,8 @@ class paths(luigi.Config):
 
 
 class ids(luigi.Config):
-    source = luigi.ChoiceParameter(
-        choices=["csv", "cms"],
+    source = Choice(
+        ["csv", "cms"],
         default="csv",
         significant=False,
         description="Where the ID mapping comes from: csv ([ids] csv) or cms (the database at [cms] url).",
@@ -41,8 +78,8 @@ class cms(luigi.Config):
         description="SQLAlchemy URL of the CMS database, or env:NAME / file:PATH naming where it is written "
         "(the only places for a password); empty: no CMS, similarities.hdf5 only.",
     )
-    mode = luigi.ChoiceParameter(
-        choices=["table", "siblings"],
+    mode = Choice(
+        ["table", "siblings"],
         default="table",
         significant=False,
         description="table: rows (image_id, rank, similar_image_id, distance, run_id) in [cms] table; siblings: "
@@ -61,7 +98,7 @@ class cms(luigi.Config):
         significant=False,
         description="Table recording each load (run_id, date, rows, time).",
     )
-    batch_rows = luigi.IntParameter(default=10_000, significant=False, description="Rows per write of a load.")
+    batch_rows = count(10_000, significant=False, description="Rows per write of a load.")
     images_table = luigi.Parameter(
         default="images",
         significant=False,
@@ -91,7 +128,7 @@ class resnet(luigi.Config):
         "e.g. conv5_block3_out, or conv4_block6_out: 14 x 14 x 1024).",
     )
     seed = luigi.IntParameter(default=0, description="Seed of the random initialisation when weights = random.")
-    batch_size = luigi.IntParameter(default=16, significant=False, description="Images per forward pass.")
+    batch_size = count(16, significant=False, description="Images per forward pass.")
 
 
 class evaluate(luigi.Config):
@@ -104,8 +141,9 @@ class evaluate(luigi.Config):
 
 
 class selfcheck(luigi.Config):
-    sample = luigi.IntParameter(
-        default=50,
+    sample = count(
+        50,
+        low=0,
         description="Collection images whose altered copies (crop, rescale, rotation, greyscale, JPEG, border) "
         "each run queries against the collection (a seeded sample; 0: no self-check).",
     )
@@ -113,16 +151,18 @@ class selfcheck(luigi.Config):
 
 
 class report(luigi.Config):
-    sample = luigi.IntParameter(
-        default=12,
+    sample = count(
+        12,
+        low=0,
         significant=False,
         description="Images shown with their neighbours in report.html (a seeded sample).",
     )
 
 
 class progress(luigi.Config):
-    interval = luigi.FloatParameter(
-        default=30.0,
+    interval = seconds(
+        30.0,
+        low_open=False,
         significant=False,
         description="Seconds between progress lines of a long task in the log (0: after every batch); the "
         "central scheduler's page shows progress continuously.",
@@ -130,13 +170,13 @@ class progress(luigi.Config):
 
 
 class lock(luigi.Config):
-    heartbeat = luigi.FloatParameter(
-        default=HEARTBEAT,
+    heartbeat = seconds(
+        HEARTBEAT,
         significant=False,
         description="Seconds between the heartbeats of each process of a run on the artifacts folder's run lock.",
     )
-    stale_after = luigi.FloatParameter(
-        default=STALE_AFTER,
+    stale_after = seconds(
+        STALE_AFTER,
         significant=False,
         description="Seconds without a heartbeat after which a run on another host counts as ended and its "
         "claim on the artifacts folder is taken over (on the same host: as soon as its process has ended).",
@@ -144,8 +184,8 @@ class lock(luigi.Config):
 
 
 class features(luigi.Config):
-    shards = luigi.IntParameter(
-        default=1,
+    shards = count(
+        1,
         significant=False,  # an image's descriptors do not depend on its shard
         description="Shards the extraction is split into: one FeatureShard task each, run in parallel by "
         "the workers of one or several machines (an image's shard is a stable hash of its path).",
@@ -153,17 +193,15 @@ class features(luigi.Config):
 
 
 class images(luigi.Config):
-    max_pixels = luigi.IntParameter(
-        default=400_000_000,
+    max_pixels = count(
+        MAX_PIXELS,
         significant=False,  # applies to files extracted from then on, not to those already stored
         description="Images with more pixels are rejected unread (decompression bombs); a new value applies "
         "to new and changed files.",
     )
-    decode_processes = luigi.IntParameter(
-        default=2, significant=False, description="Processes decoding images while the model runs."
-    )
-    decode_timeout = luigi.FloatParameter(
-        default=120.0,
+    decode_processes = count(2, significant=False, description="Processes decoding images while the model runs.")
+    decode_timeout = seconds(
+        DECODE_TIMEOUT,
         significant=False,
         description="Seconds one file may take to decode; a decoder that takes longer is stopped and the "
         "file rejected.",
@@ -171,27 +209,36 @@ class images(luigi.Config):
 
 
 class reduction(luigi.Config):
-    variance = luigi.FloatParameter(
-        default=0.97, description="Fraction of the variance the PCA components keep, in (0, 1]."
-    )
-    sample_images = luigi.IntParameter(
-        default=20_000,
+    variance = Number(
+        float, 0.0, 1.0, low_open=True, default=0.97, must="a fraction in (0, 1]",
+        description="Fraction of the variance the PCA components keep.",
+    )  # fmt: skip
+    sample_images = count(
+        20_000,
+        low=0,
         description="Images whose every descriptor the scaler and PCA are fitted on (a seeded uniform "
         "sample); 0 = all images.",
     )
     seed = luigi.IntParameter(default=0, description="Seed of the image sample.")
-    descriptors = luigi.Parameter(
+    descriptors = Choice(
+        DESCRIPTOR_NORMS,
         default=DEFAULT_DESCRIPTORS,
         description="Normalisation of each local descriptor before the scaler: raw, l2 (unit length) or root "
         "(square root of the L1-normalised absolute values, signs kept).",
     )
-    reduced = luigi.Parameter(
-        default=DEFAULT_REDUCED, description="Normalisation of each descriptor after the PCA: raw or l2 (unit length)."
+    reduced = Choice(
+        REDUCED_NORMS,
+        default=DEFAULT_REDUCED,
+        description="Normalisation of each descriptor after the PCA: raw or l2 (unit length).",
     )
 
 
 class histograms(luigi.Config):
-    assign = luigi.IntParameter(
+    assign = Number(
+        int,
+        1,
+        MAX_ASSIGN,
+        must=f"a whole number from 1 to {MAX_ASSIGN}",
         default=DEFAULT_ASSIGN,
         description=f"Visual words each descriptor counts for: 1 (its nearest) to {MAX_ASSIGN} (multiple assignment).",
     )
@@ -201,13 +248,16 @@ class codebook(luigi.Config):
     size = luigi.Parameter(
         default="auto", description="Number of visual words K, or auto: one per 8 descriptors sampled, 2 to 8,500."
     )
-    sample_size = luigi.IntParameter(
-        default=200_000,
+    sample_size = count(
+        200_000,
         description="Most descriptors k-means is fitted on: the descriptors of a seeded uniform sample of "
         "sample_size / 49 images.",
     )
     seed = luigi.IntParameter(default=0, description="Seed of the descriptor sample and of k-means.")
-    refit_growth = luigi.FloatParameter(
+    refit_growth = Number(
+        float,
+        0.0,
+        must="a fraction >= 0",
         default=0.25,
         description="Refit the reducer and codebook when the number of images has grown by more than "
         "this fraction since the last fit (they stay frozen otherwise, unless a run asks --refit).",
@@ -215,22 +265,30 @@ class codebook(luigi.Config):
 
 
 class neighbours(luigi.Config):
-    k = luigi.IntParameter(default=5, description="Neighbours per image.")
-    weighting = luigi.Parameter(
+    k = count(5, description="Neighbours per image.")
+    weighting = Choice(
+        WEIGHTINGS,
         default=DEFAULT_WEIGHTING,
         description="Word weights of the histograms: raw (each word's share of the image's descriptors) or "
         "tfidf (times the word's smoothed inverse document frequency in the collection).",
     )
-    metric = luigi.Parameter(
+    metric = Choice(
+        METRICS,
         default=DEFAULT_METRIC,
         description="Distance of the weighted histograms: euclidean or cosine (1 - cosine similarity).",
     )
-    power = luigi.FloatParameter(
+    power = Number(
+        float,
+        0.0,
+        1.0,
+        low_open=True,
+        must="a number in (0, 1]",
         default=DEFAULT_POWER,
-        description="Power the word counts are raised to before weighting, in (0, 1]: 1 keeps them, 0.5 takes "
+        description="Power the word counts are raised to before weighting: 1 keeps them, 0.5 takes "
         "their square root (with cosine: the Hellinger kernel).",
     )
-    method = luigi.Parameter(
+    method = Choice(
+        METHODS,
         default="auto",
         significant=False,  # both methods give the same result
         description="balltree, sparse (exact, inverted file over visual words) or auto (sparse, measured faster).",
@@ -238,8 +296,8 @@ class neighbours(luigi.Config):
 
 
 class collection(luigi.Config):
-    fingerprint = luigi.ChoiceParameter(
-        choices=["stat", "sha256"],
+    fingerprint = Choice(
+        ["stat", "sha256"],
         default="stat",
         description="How a changed image is recognised: stat (size and modification time) or sha256 "
         "(a hash of the content, for storage whose times can't be trusted).",
@@ -252,38 +310,25 @@ SECTIONS = (
     selfcheck, report, progress, lock,
 )  # fmt: skip
 
-#: (section, key, check, what the value must be) of the settings checked before any work.
+#: (section, key, check, what the value must be) of the settings whose type cannot say what
+#: they must be; the others are Choice and Number parameters, checked as they are read.
 RULES = (
-    ("resnet", "batch_size", lambda v: v >= 1, "a whole number >= 1"),
-    ("features", "shards", lambda v: v >= 1, "a whole number >= 1"),
-    ("progress", "interval", lambda v: v >= 0, "a number of seconds >= 0"),
-    ("lock", "heartbeat", lambda v: v > 0, "a number of seconds > 0"),
-    ("lock", "stale_after", lambda v: v >= 3 * lock().heartbeat, "a number of seconds >= 3 x [lock] heartbeat"),
-    ("report", "sample", lambda v: v >= 0, "a whole number >= 0"),
-    ("selfcheck", "sample", lambda v: v >= 0, "a whole number >= 0 (0: no self-check)"),
-    ("images", "max_pixels", lambda v: v >= 1, "a whole number >= 1"),
-    ("images", "decode_processes", lambda v: v >= 1, "a whole number >= 1"),
-    ("images", "decode_timeout", lambda v: v > 0, "a number of seconds > 0"),
-    ("reduction", "variance", lambda v: 0 < v <= 1, "a fraction in (0, 1]"),
-    ("reduction", "sample_images", lambda v: v >= 0, "a whole number >= 0 (0 = all images)"),
-    ("reduction", "descriptors", lambda v: v in DESCRIPTOR_NORMS, "one of " + ", ".join(DESCRIPTOR_NORMS)),
-    ("reduction", "reduced", lambda v: v in REDUCED_NORMS, "one of " + ", ".join(REDUCED_NORMS)),
-    ("histograms", "assign", lambda v: 1 <= v <= MAX_ASSIGN, f"a whole number from 1 to {MAX_ASSIGN}"),
     ("codebook", "size", lambda v: v.strip().lower() == "auto" or (v.strip().isdigit() and int(v) >= 2),
      "auto or a whole number >= 2"),
-    ("codebook", "sample_size", lambda v: v >= 1, "a whole number >= 1"),
-    ("codebook", "refit_growth", lambda v: v >= 0, "a fraction >= 0"),
-    ("neighbours", "k", lambda v: v >= 1, "a whole number >= 1"),
-    ("neighbours", "method", lambda v: v in METHODS, "one of " + ", ".join(METHODS)),
-    ("neighbours", "weighting", lambda v: v in WEIGHTINGS, "one of " + ", ".join(WEIGHTINGS)),
-    ("neighbours", "metric", lambda v: v in METRICS, "one of " + ", ".join(METRICS)),
-    ("neighbours", "power", lambda v: 0 < v <= 1, "a number in (0, 1]"),
-    ("cms", "batch_rows", lambda v: v >= 1, "a whole number >= 1"),
+    ("lock", "stale_after", lambda v: v >= 3 * lock().heartbeat, "a number of seconds >= 3 x [lock] heartbeat"),
 )  # fmt: skip
 
 
 #: Settings that moved: (section, old key) -> where the setting is now.
 MOVED = {("resnet", "decode_threads"): "it is now [images] decode_processes (decoding runs in processes)"}
+
+
+def _typed(parameter, raw):
+    """A setting's text as its type reads it (``0`` for ``k = 0``), or the text when it cannot."""
+    try:
+        return getattr(parameter, "_var_type", str)(raw)
+    except (ValueError, TypeError):
+        return raw
 
 
 def settings_problem():
@@ -311,6 +356,8 @@ def settings_problem():
             try:
                 parameter.parse(raw)
             except (ValueError, TypeError) as exc:
+                if hasattr(parameter, "must"):
+                    return f"[{name}] {key}={_typed(parameter, raw)!r} must be {parameter.must}"
                 return f"[{name}] {key}={raw!r} cannot be read ({exc}); {parameter.description}"
     for name, key, check, must in RULES:
         value = getattr(sections[name](), key)

@@ -10,8 +10,6 @@ import configparser
 import os
 import sys
 
-import luigi
-
 from .config import SECTIONS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -27,11 +25,10 @@ def _shown(value):
 
 
 def _described(parameter):
-    """The description, with the choices of a ChoiceParameter in a fixed order (Luigi appends
-    them from a set, in an order that changes from process to process)."""
+    """The description, and what the value must be for a Choice or Number setting."""
     text = parameter.description or ""
-    if isinstance(parameter, luigi.ChoiceParameter):
-        text = text.split(" Choices: {")[0] + " Choices: " + ", ".join(sorted(map(str, parameter._choices))) + "."
+    if hasattr(parameter, "must"):
+        text += f" Must be {parameter.must}."
     return text.replace("|", "\\|").replace("\n", " ")
 
 

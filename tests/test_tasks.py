@@ -376,11 +376,13 @@ def test_files_that_must_be_rejected_change_nothing_else(run, monkeypatch, small
 @pytest.mark.parametrize(
     "override, message",
     [
-        ({"neighbours__k": "five"}, "[neighbours] k='five' cannot be read"),
+        ({"neighbours__k": "five"}, "[neighbours] k='five' must be a whole number >= 1"),
         ({"neighbours__k": "0"}, "[neighbours] k=0 must be a whole number >= 1"),
         ({"codebook__size": "lots"}, "[codebook] size='lots' must be auto or a whole number >= 2"),
         ({"reduction__variance": "1.5"}, "[reduction] variance=1.5 must be a fraction in (0, 1]"),
-        ({"collection__fingerprint": "md5"}, "[collection] fingerprint='md5' cannot be read"),
+        ({"collection__fingerprint": "md5"}, "[collection] fingerprint='md5' must be one of stat, sha256"),
+        ({"resnet__seed": "x"}, "[resnet] seed='x' cannot be read (invalid literal for int() with base 10: 'x')"),
+        ({"lock__heartbeat": "0"}, "[lock] heartbeat=0.0 must be a number of seconds > 0"),
         ({"resnet__weights": "/nonexistent/weights.h5"}, "[resnet] weights='/nonexistent/weights.h5' is not a readable file"),
         ({"ids__source": "cms"}, "[cms] url is empty"),
         ({"resnet__layer": "conv5_block4_out"}, "[resnet] layer='conv5_block4_out' is not a layer of ResNet50"),
