@@ -6,19 +6,18 @@
 ``python -m tasks.query FILE ...`` and ``python -m tasks.compare`` (see their modules).
 """
 
+from .checks import Evaluate, SelfCheck
 from .config import cms, codebook, collection, ids, neighbours, paths, reduction, resnet
 from .inputs import CmsImages, ContentFolder, IdMapping, LabelsFile
 from .nightly import Nightly, Report
 from .stages import (
     Codebook,
-    Evaluate,
     Features,
     FeatureShard,
     Histograms,
     Inventory,
     LoadSimilarities,
     Reducer,
-    SelfCheck,
     Similarities,
 )
 

@@ -27,8 +27,9 @@ from pipeline.reduction import DESCRIPTOR_NORMS, REDUCED_NORMS
 from pipeline.selfcheck import Copies
 
 from . import config
+from .checks import query_extractor
 from .inputs import read_id_mapping
-from .stages import feature_settings, feature_store, query_extractor
+from .stages import feature_settings, feature_store
 
 logger = logging.getLogger("tasks.compare")
 

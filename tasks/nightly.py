@@ -13,15 +13,14 @@ from pipeline.report import now, publish_report, read_json, run_report
 
 from . import config
 from .base import RunInput, RunTask, artifacts_writable
+from .checks import Evaluate, SelfCheck
 from .stages import (
     Codebook,
-    Evaluate,
     Features,
     Histograms,
     Inventory,
     LoadSimilarities,
     Reducer,
-    SelfCheck,
     Similarities,
 )
 

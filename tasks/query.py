@@ -13,7 +13,7 @@ import sys
 from pipeline.errors import PipelineError
 from pipeline.features import extract
 
-from .stages import latest_index, query_extractor
+from .checks import latest_index, query_extractor
 
 
 def query(files, k=5):

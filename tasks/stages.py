@@ -4,12 +4,11 @@ import datetime
 import json
 import logging
 import os
-import tempfile
 
 import h5py
 import luigi
 
-from pipeline import blocks, cms, collection, evaluation, extraction, features, histograms, output, store
+from pipeline import blocks, cms, collection, extraction, features, histograms, output, store
 from pipeline.blocks import sample_images
 from pipeline.codebook import DESCRIPTORS_PER_WORD, check_size, fit_codebook
 from pipeline.codebook import Codebook as CodebookModel
@@ -17,13 +16,10 @@ from pipeline.errors import ConfigError
 from pipeline.h5io import read_attrs, read_ids
 from pipeline.neighbours import WeightedHistograms, check_k, nearest_neighbours
 from pipeline.output import read_similarities
-from pipeline.query import SimilarityIndex
 from pipeline.reduction import Reducer as ReducerModel
-from pipeline.report import read_json, write_json
-from pipeline.selfcheck import self_check
 
 from . import config, inputs
-from .base import ArtifactTask, Progress, RunTask, artifacts_writable, settings_digest
+from .base import ArtifactTask, Progress, RunTask, settings_digest
 
 logger = logging.getLogger("luigi-interface")
 
@@ -435,114 +431,3 @@ class LoadSimilarities(RunTask):
                 inputs.engine(), result["ids"], result["neighbours"], result["distances"], table=config.cms().table,
                 batch_rows=config.cms().batch_rows, **common,
             )  # fmt: skip
-
-
-class RunCheck(RunTask):
-    """A check of this run's neighbours, written to ``<artifacts>/<filename>`` (JSON) with what it
-    was made from: complete while that is unchanged."""
-
-    filename = None
-
-    def output(self):
-        return luigi.LocalTarget(os.path.join(config.paths().artifacts, self.filename))
-
-    def inputs_identity(self):
-        """What the check is made from (JSON-serialisable)."""
-        raise NotImplementedError
-
-    def complete(self):
-        if not all(t.complete() for t in luigi.task.flatten(self.requires())):
-            return False
-        recorded = read_json(self.output().path)
-        return recorded is not None and recorded.get("made_from") == self.inputs_identity()
-
-    def write(self, result):
-        with artifacts_writable():
-            write_json(
-                self.output().path, {"date": self.date.isoformat(), **result, "made_from": self.inputs_identity()}
-            )
-
-
-class Evaluate(RunCheck):
-    """``luigi --module tasks Evaluate --local-scheduler``: precision, recall and mAP of this run's
-    neighbours against ``[evaluate] labels``, into ``<artifacts>/evaluation.json``."""
-
-    def requires(self):
-        return {
-            "similarities": Similarities(date=self.date, refit=self.refit),
-            "labels": inputs.LabelsFile(date=self.date, path=config.evaluate().labels),
-        }
-
-    filename = "evaluation.json"
-
-    def inputs_identity(self):
-        """What the evaluation was made from: the similarities' digest and the labels file's size and time."""
-        labels = os.stat(self.input()["labels"].path)
-        return {
-            "similarities": read_attrs(self.input()["similarities"].path)["digest"],
-            "labels": [os.path.abspath(self.input()["labels"].path), labels.st_size, labels.st_mtime_ns],
-        }
-
-    def run(self):
-        result = read_similarities(self.input()["similarities"].path)
-        scores = evaluation.evaluate(
-            result["ids"], result["neighbours"], evaluation.read_labels(self.input()["labels"].path)
-        )
-        if scores["queries"] == 0:
-            raise ConfigError(
-                f"[evaluate] labels={config.evaluate().labels!r} gives no query: no label is shared by two images "
-                "of this run; label groups of similar images"
-            )
-        logger.info(
-            "evaluation over %d queries: precision@1 %.3f, precision@5 %.3f, recall@5 %.3f, mAP %.3f",
-            scores["queries"], scores["precision_at_1"], scores["precision_at_5"], scores["recall_at_5"], scores["map"],
-        )  # fmt: skip
-        self.write(scores)
-
-
-def latest_index():
-    """The :class:`~pipeline.query.SimilarityIndex` of the artifacts the last run left."""
-    stages = (Features, Reducer, Codebook, Histograms, Similarities)
-    return SimilarityIndex.load(*(os.path.join(config.paths().artifacts, stage.filename) for stage in stages))
-
-
-def query_extractor(model):
-    """A DescriptorExtractor over the model a SimilarityIndex records, with this machine's decoding settings."""
-    return features.DescriptorExtractor(
-        features.cached_model(model["weights"], model["layer"], model["seed"]),
-        batch_size=config.resnet().batch_size,
-        decode_processes=config.images().decode_processes,
-        decode_timeout=config.images().decode_timeout,
-        max_pixels=config.images().max_pixels,
-    )
-
-
-class SelfCheck(RunCheck):
-    """``luigi --module tasks SelfCheck --local-scheduler``: how often altered copies of a sample of
-    the collection find their original, into ``<artifacts>/selfcheck.json``; part of every
-    run unless ``[selfcheck] sample = 0``."""
-
-    def requires(self):
-        return {"inventory": Inventory(date=self.date), "similarities": Similarities(date=self.date, refit=self.refit)}
-
-    filename = "selfcheck.json"
-
-    def inputs_identity(self):
-        """What the check was made from: the similarities' digest and the sample's settings."""
-        return {
-            "similarities": read_attrs(self.input()["similarities"].path)["digest"],
-            "sample": config.selfcheck().sample,
-            "seed": config.selfcheck().seed,
-        }
-
-    def run(self):
-        index = latest_index()
-        files = collection.load_inventory(self.input()["inventory"].path).paths(
-            index.images.ids, config.paths().content
-        )
-        with query_extractor(index.model) as extractor, tempfile.TemporaryDirectory(prefix="selfcheck-") as copies:
-            result = self_check(
-                index, extractor, files, copies, sample=config.selfcheck().sample, seed=config.selfcheck().seed,
-                k=min(5, len(files)),
-            )  # fmt: skip
-        self.write(result)
