@@ -23,6 +23,8 @@ logger = logging.getLogger(__name__)
 
 #: Seconds between two progress lines of a load.
 PROGRESS_SECONDS = 10.0
+#: Defaults of ``[cms] table``, ``marker_table`` and ``batch_rows``.
+TABLE, MARKER_TABLE, BATCH_ROWS = "image_similarity", "image_similarity_load", 10_000
 
 
 def resolve_url(setting):
@@ -148,7 +150,7 @@ def read_mapping(engine, table="images", id_column="id", ppn_column="ppn", filen
     return check_mapping(frame, source, fix, "row")
 
 
-def similarity_tables(table="image_similarity", marker_table="image_similarity_load", id_type=sa.BigInteger):
+def similarity_tables(table=TABLE, marker_table=MARKER_TABLE, id_type=sa.BigInteger):
     """The table the neighbours are loaded into and the table recording each load.
 
     ``table``: one row per image and rank: image_id, rank (1..k, nearest first),
@@ -194,7 +196,7 @@ def siblings_target(images_table, siblings_column):
     return f"{images_table}.{siblings_column}"
 
 
-def loaded_run(engine, table="image_similarity", marker_table="image_similarity_load"):
+def loaded_run(engine, table=TABLE, marker_table=MARKER_TABLE):
     """The run_id of the last load into ``table`` (or :func:`siblings_target`), or None when none is recorded."""
     marker = _marker(sa.MetaData(), marker_table)
     statement = (
@@ -224,7 +226,7 @@ def sampled_ids(ids, n=SAMPLED_ROWS):
     return ids[np.unique(np.linspace(0, len(ids) - 1, min(n, len(ids))).round().astype(np.int64))].tolist()
 
 
-def holds_load(engine, run_id, ids, table="image_similarity", marker_table="image_similarity_load", siblings=None):
+def holds_load(engine, run_id, ids, table=TABLE, marker_table=MARKER_TABLE, siblings=None):
     """Whether the CMS holds the load of ``run_id``: the marker table's last row for the target
     names it, and the target still holds it (its table exists and the first-rank rows of a
     sample of ``ids`` carry ``run_id``; in siblings mode, those images' siblings are set). A
@@ -262,7 +264,7 @@ def holds_load(engine, run_id, ids, table="image_similarity", marker_table="imag
 
 def load_similarities(
     engine, ids, neighbours, distances, run_id, run_date,
-    table="image_similarity", marker_table="image_similarity_load", batch_rows=10_000,
+    table=TABLE, marker_table=MARKER_TABLE, batch_rows=BATCH_ROWS,
 ):  # fmt: skip
     """Replace the similarity table's rows by this run's, and record the load, in one transaction.
 
@@ -341,7 +343,7 @@ def _write_rows(conn, similarity, columns, run_id, batch_rows, where):
 
 def load_siblings(
     engine, ids, neighbours, run_id, run_date, images_table="images", id_column="id", siblings_column="siblings",
-    marker_table="image_similarity_load", batch_rows=10_000,
+    marker_table=MARKER_TABLE, batch_rows=BATCH_ROWS,
 ):  # fmt: skip
     """The original CMS's shape: each image's neighbour IDs as a JSON array, nearest first, in
     a column of the images table; one transaction, with the marker row, as :func:`load_similarities`.

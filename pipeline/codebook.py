@@ -18,6 +18,8 @@ MAX_AUTO_SIZE = 8500
 #: proxy collections (docs/quality.md), mAP rose with K up to 1,600-3,200 words at about 15,000
 #: descriptors (one word per 5 to 10) and still at 6,400-8,500 at 147,000 (one per 17 to 23).
 DESCRIPTORS_PER_WORD = 8
+#: Default of ``[codebook] sample_size``: most descriptors k-means is fitted on.
+DEFAULT_SAMPLE_SIZE = 200_000
 
 
 def auto_size(n_descriptors):

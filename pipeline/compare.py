@@ -6,11 +6,11 @@ import time
 
 from . import evaluation
 from .blocks import sample_images
-from .codebook import check_size, fit_codebook
+from .codebook import DEFAULT_SAMPLE_SIZE, check_size, fit_codebook
 from .histograms import DEFAULT_ASSIGN, compute_histograms
 from .neighbours import DEFAULT_POWER, WeightedHistograms, query_neighbours, sparse_neighbours
 from .query import word_counts
-from .reduction import DEFAULT_DESCRIPTORS, DEFAULT_REDUCED, Reducer
+from .reduction import DEFAULT_DESCRIPTORS, DEFAULT_REDUCED, DEFAULT_SAMPLE_IMAGES, DEFAULT_VARIANCE, Reducer
 
 logger = logging.getLogger(__name__)
 
@@ -35,7 +35,7 @@ COLUMNS = (
 
 def compare_layer(
     blocks, index, layer, sizes, weightings, metrics, labels=None, copies=None, copy_features=None,
-    variance=0.97, sample_images_=20_000, sample_size=200_000, seed=0, k=5,
+    variance=DEFAULT_VARIANCE, sample_images_=DEFAULT_SAMPLE_IMAGES, sample_size=DEFAULT_SAMPLE_SIZE, seed=0, k=5,
     descriptors=(DEFAULT_DESCRIPTORS,), reduced=(DEFAULT_REDUCED,), assigns=(DEFAULT_ASSIGN,), powers=(DEFAULT_POWER,),
 ):  # fmt: skip
     """Score every combination of the settings on one layer's descriptors.

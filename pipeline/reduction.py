@@ -19,6 +19,8 @@ DESCRIPTOR_NORMS = ("raw", "l2", "root")
 REDUCED_NORMS = ("raw", "l2")
 #: The shipped settings (docs/quality.md says why).
 DEFAULT_DESCRIPTORS, DEFAULT_REDUCED = "l2", "l2"
+#: Default of ``[reduction] variance`` (the original's PCA(0.97)) and ``sample_images``.
+DEFAULT_VARIANCE, DEFAULT_SAMPLE_IMAGES = 0.97, 20_000
 
 
 def normalise_rows(x, norm):
@@ -54,7 +56,7 @@ class Reducer:
         Normalisation of each projected descriptor (REDUCED_NORMS); shipped: DEFAULT_REDUCED.
     """
 
-    def __init__(self, variance=0.97, descriptors="raw", reduced="raw"):
+    def __init__(self, variance=DEFAULT_VARIANCE, descriptors="raw", reduced="raw"):
         self.variance = variance
         self.descriptors = descriptors
         self.reduced = reduced
@@ -75,7 +77,9 @@ class Reducer:
         self
         """
         if not 0 < self.variance <= 1:
-            raise ConfigError(f"[reduction] variance={self.variance} must be in (0, 1]; the default is 0.97")
+            raise ConfigError(
+                f"[reduction] variance={self.variance} must be in (0, 1]; the default is {DEFAULT_VARIANCE}"
+            )
         if self.descriptors not in DESCRIPTOR_NORMS or self.reduced not in REDUCED_NORMS:
             raise ConfigError(
                 f"[reduction] descriptors={self.descriptors!r} must be one of {', '.join(DESCRIPTOR_NORMS)} and "

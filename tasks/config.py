@@ -7,13 +7,21 @@ import sys
 
 import luigi
 
-from pipeline.cms import resolve_url
+from pipeline.cms import BATCH_ROWS, MARKER_TABLE, TABLE, resolve_url
+from pipeline.codebook import DEFAULT_SAMPLE_SIZE
 from pipeline.errors import ConfigError
 from pipeline.features import DEFAULT_LAYER, layer_side, unknown_layer_message
 from pipeline.histograms import DEFAULT_ASSIGN, MAX_ASSIGN
 from pipeline.images import DECODE_TIMEOUT, MAX_PIXELS
 from pipeline.neighbours import DEFAULT_METRIC, DEFAULT_POWER, DEFAULT_WEIGHTING, METHODS, METRICS, WEIGHTINGS
-from pipeline.reduction import DEFAULT_DESCRIPTORS, DEFAULT_REDUCED, DESCRIPTOR_NORMS, REDUCED_NORMS
+from pipeline.reduction import (
+    DEFAULT_DESCRIPTORS,
+    DEFAULT_REDUCED,
+    DEFAULT_SAMPLE_IMAGES,
+    DEFAULT_VARIANCE,
+    DESCRIPTOR_NORMS,
+    REDUCED_NORMS,
+)
 from pipeline.runlock import HEARTBEAT, STALE_AFTER
 
 
@@ -85,20 +93,18 @@ class cms(luigi.Config):
         description="table: rows (image_id, rank, similar_image_id, distance, run_id) in [cms] table; siblings: "
         "each image's neighbour IDs as a JSON array in [cms] siblings_column of images_table (the original CMS's shape).",
     )
-    table = luigi.Parameter(
-        default="image_similarity", significant=False, description="Table the neighbour lists are loaded into."
-    )
+    table = luigi.Parameter(default=TABLE, significant=False, description="Table the neighbour lists are loaded into.")
     siblings_column = luigi.Parameter(
         default="siblings",
         significant=False,
         description="Column of images_table the siblings mode writes (it must exist).",
     )
     marker_table = luigi.Parameter(
-        default="image_similarity_load",
+        default=MARKER_TABLE,
         significant=False,
         description="Table recording each load (run_id, date, rows, time).",
     )
-    batch_rows = count(10_000, significant=False, description="Rows per write of a load.")
+    batch_rows = count(BATCH_ROWS, significant=False, description="Rows per write of a load.")
     images_table = luigi.Parameter(
         default="images",
         significant=False,
@@ -210,11 +216,11 @@ class images(luigi.Config):
 
 class reduction(luigi.Config):
     variance = Number(
-        float, 0.0, 1.0, low_open=True, default=0.97, must="a fraction in (0, 1]",
+        float, 0.0, 1.0, low_open=True, default=DEFAULT_VARIANCE, must="a fraction in (0, 1]",
         description="Fraction of the variance the PCA components keep.",
     )  # fmt: skip
     sample_images = count(
-        20_000,
+        DEFAULT_SAMPLE_IMAGES,
         low=0,
         description="Images whose every descriptor the scaler and PCA are fitted on (a seeded uniform "
         "sample); 0 = all images.",
@@ -249,7 +255,7 @@ class codebook(luigi.Config):
         default="auto", description="Number of visual words K, or auto: one per 8 descriptors sampled, 2 to 8,500."
     )
     sample_size = count(
-        200_000,
+        DEFAULT_SAMPLE_SIZE,
         description="Most descriptors k-means is fitted on: the descriptors of a seeded uniform sample of "
         "sample_size / 49 images.",
     )
