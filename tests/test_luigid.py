@@ -117,9 +117,10 @@ def test_two_workers_share_the_shards_and_give_the_local_result(small_collection
 
 def test_a_worker_killed_mid_shard_leaves_it_to_the_other(small_collection, reference, luigid, tmp_path):
     root = sharded_project(tmp_path, small_collection[0])
-    a = start_worker(root, luigid, "a", FAULT_KILL_AT="FeatureShard:1")  # dies once it has committed a batch of a shard
-    b = start_worker(root, luigid, "b")
+    # a, alone, takes the inventory and a first shard, and dies once it has committed a batch of it
+    a = start_worker(root, luigid, "a", FAULT_KILL_AT="FeatureShard:1")
     assert wait(a) == -signal.SIGKILL, (root / "a.log").read_text()[-3000:]
+    b = start_worker(root, luigid, "b")
     # luigid forgets the dead worker after worker_disconnect_delay when it prunes (every minute
     # by itself: asked here, every second), fails its shard and, after retry_delay, gives it to
     # b, which waits for it (--worker-keep-alive)
