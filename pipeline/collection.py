@@ -119,7 +119,7 @@ def scan_content(content_dir, fingerprint="stat", mapped=()):
                 paths = [(name, os.path.join(record.path, name)) for name in sorted(wanted)]
                 entries = [(name, path, False) for name, path in paths if _exists(path)]
             for name, path, is_dir in entries:
-                if name in wanted or not (is_dir or name.startswith(".") or not _has_image_extension(name)):
+                if name in wanted or _unmapped_image(name, is_dir):
                     files.append(_image_file(ppn, name, path, fingerprint))
     files.sort(key=lambda f: f.relpath)
     return files
@@ -155,8 +155,9 @@ def _exists(path):
     return True
 
 
-def _has_image_extension(name):
-    return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+def _unmapped_image(name, is_dir):
+    """Whether a file the mapping does not name is worth listing as ``unmapped``."""
+    return not is_dir and not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
 
 
 def _is_dir(entry):
