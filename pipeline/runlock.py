@@ -286,8 +286,8 @@ def hold(folder, date, central=False, heartbeat=HEARTBEAT, stale_after=STALE_AFT
         return held
     lock = RunLock(folder, date, central, heartbeat, stale_after)
     lock.acquire()
-    if held is not None and held is not lock:
-        held.held = False  # the same process's claim, now for another date
+    if held is not None:  # this process's claim on the folder, now for another date
+        held.held = False
         _HEARTBEATS.discard(held)
     _HELD[key] = lock
     return lock
