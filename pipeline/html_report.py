@@ -113,14 +113,14 @@ def neighbours_beside(cells, rows, neighbour_rows):
     cells : ndarray of shape (m, 2)
         :func:`map_layout` of ``rows``.
     rows : ndarray of shape (m,)
-    neighbour_rows : ndarray of shape (n_images, k)
-        Every image's neighbours, as positions.
+    neighbour_rows : ndarray of shape (m, k)
+        The neighbours of the images at ``rows``, as positions.
     """
     at = {tuple(c): int(r) for c, r in zip(cells.tolist(), np.asarray(rows).tolist())}
     placed = set(at.values())
     beside, counted = 0, 0
-    for (x, y), row in zip(cells.tolist(), np.asarray(rows).tolist()):
-        wanted = set(int(o) for o in neighbour_rows[row]) & placed
+    for (x, y), theirs in zip(cells.tolist(), np.asarray(neighbour_rows).tolist()):
+        wanted = set(theirs) & placed
         if not wanted:
             continue
         counted += 1
@@ -212,8 +212,7 @@ def render(run, result, counts, data, chosen, thumbnails, map_sample=400, seed=0
 
     on_map = map_rows(len(ids), map_sample, seed)
     cells, (columns, lines) = map_layout(data, on_map, seed)
-    neighbour_rows = np.array([[row_of[str(o)] for o in row] for row in neighbours]).reshape(neighbours.shape)
-    beside = neighbours_beside(cells, on_map, neighbour_rows)
+    beside = neighbours_beside(cells, on_map, [[row_of[str(o)] for o in neighbours[r]] for r in on_map])
     placed = []
     for (x, y), row in zip(cells.tolist(), on_map):
         image = thumb(int(row), MAP_THUMBNAIL)
