@@ -145,3 +145,10 @@ def load_counts(path):
         indptr = f["indptr"][:]
         counts = sp.csr_matrix((f["data"][:], f["indices"][:], indptr), shape=(len(indptr) - 1, size))
         return read_strings(f["keys"]), counts, n_local
+
+
+def load_words(path):
+    """(counts csr_matrix of shape (n_images, K), words per image): the counts and each row's
+    sum, descriptors per image times the words each counts for, as the distances need them."""
+    _, counts, n_local = load_counts(path)
+    return counts, n_local * load_assign(path)

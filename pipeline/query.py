@@ -28,10 +28,10 @@ def run_counts(histograms_path, ids, similarity_attrs):
     counts : csr_matrix of shape (n_images, K)
     data : pipeline.neighbours.WeightedHistograms
     """
-    _, counts, n_local = histograms.load_counts(histograms_path)
+    counts, n_words = histograms.load_words(histograms_path)
     a = similarity_attrs
     data = WeightedHistograms(
-        counts, n_local * histograms.load_assign(histograms_path), ids, a.get("weighting", "raw"),
+        counts, n_words, ids, a.get("weighting", "raw"),
         a.get("metric", "euclidean"), power=float(a.get("power", 1.0)),
     )  # fmt: skip
     return counts, data

@@ -341,12 +341,11 @@ class Similarities(ArtifactTask):
 
     def make(self, tmp):
         index = store.load_index(self.input()["features"].path)
-        _, counts, n_local = histograms.load_counts(self.input()["histograms"].path)
-        assign = histograms.load_assign(self.input()["histograms"].path)
+        counts, n_words = histograms.load_words(self.input()["histograms"].path)
         nearest, distances = nearest_neighbours(
             WeightedHistograms(
                 counts,
-                n_local * assign,
+                n_words,
                 index.ids,
                 config.neighbours().weighting,
                 config.neighbours().metric,
