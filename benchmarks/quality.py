@@ -30,6 +30,7 @@ from pipeline.blocks import Blocks
 from pipeline.codebook import check_size, fit_codebook
 from pipeline.features import extract
 from pipeline.histograms import MAX_ASSIGN, compute_histograms
+from pipeline.images import COLOURS
 from pipeline.neighbours import METRICS, WEIGHTINGS, WeightedHistograms, query_neighbours, sparse_neighbours
 from pipeline.query import word_counts
 from pipeline.reduction import DESCRIPTOR_NORMS, REDUCED_NORMS, Reducer
@@ -43,12 +44,14 @@ logger = logging.getLogger("benchmarks.quality")
 #: The original scripts' method: res5c_branch2c (Keras 3: conv5_block3_3_conv), StandardScaler +
 #: PCA(0.97), K = 800, L1-normalised histograms, Euclidean BallTree.
 ORIGINAL = {
-    "layer": "conv5_block3_3_conv", "descriptors": "raw", "variance": 0.97, "reduced": "raw", "size": "800",
+    "layer": "conv5_block3_3_conv", "colour": "rgb", "trim": False, "descriptors": "raw", "variance": 0.97, "reduced": "raw", "size": "800",
     "assign": 1, "weighting": "raw", "power": 1.0, "metric": "euclidean",
 }  # fmt: skip
 #: Alternatives of each setting that ``--grid`` tries, one at a time.
 ALTERNATIVES = {
     "layer": ("conv5_block3_out", "conv5_block3_3_conv", "conv4_block6_out"),
+    "colour": COLOURS,
+    "trim": (True, False),
     "descriptors": DESCRIPTOR_NORMS,
     "variance": (0.8, 0.9, 0.97),
     "reduced": REDUCED_NORMS,
@@ -63,10 +66,10 @@ MEASURES = ("map", "precision_at_1", "precision_at_5", "recall_at_5", "selfcheck
 
 def shipped():
     """The defaults a run uses: luigi.cfg over the settings' own defaults."""
-    from tasks.config import codebook, histograms, neighbours, reduction, resnet
+    from tasks.config import codebook, histograms, images, neighbours, reduction, resnet
 
     return {
-        "layer": resnet().layer, "descriptors": reduction().descriptors, "variance": reduction().variance,
+        "layer": resnet().layer, "colour": images().colour, "trim": images().trim, "descriptors": reduction().descriptors, "variance": reduction().variance,
         "reduced": reduction().reduced, "size": str(codebook().size), "assign": histograms().assign, "weighting": neighbours().weighting,
         "power": neighbours().power, "metric": neighbours().metric,
     }  # fmt: skip
@@ -112,31 +115,53 @@ class Collection:
         self.labels = evaluation.read_labels(os.path.join(self.content, "labels.csv"))
         self.coded = {}
 
-    def cache(self, layer, weights, seed):
-        """The file of one layer's descriptors, named by the collection it was extracted from."""
-        made = hashlib.sha256(json.dumps(self.summary, sort_keys=True).encode()).hexdigest()[:12]
-        return os.path.join(self.folder, f"{layer}-{features.weights_identity(weights)}-{seed}-{made}.npz")
+    def cache(self, made, weights, seed):
+        """The file of the descriptors made with ``made`` (:func:`made_with`), named by the collection it was
+        extracted from."""
+        layer, colour, trim = made
+        summary = hashlib.sha256(json.dumps(self.summary, sort_keys=True).encode()).hexdigest()[:12]
+        prepared = f"{colour}-{'trim' if trim else 'whole'}"
+        return os.path.join(self.folder, f"{layer}-{prepared}-{features.weights_identity(weights)}-{seed}-{summary}.npz")
 
-    def extract(self, layers, weights, seed, batch_size):
-        """Descriptors of every image at each layer, from the cache or one forward pass for the missing ones."""
-        missing = [layer for layer in layers if not os.path.exists(self.cache(layer, weights, seed))]
-        if missing:
-            model = features.build_model(weights=weights, layer=tuple(missing), seed=seed)
-            with features.DescriptorExtractor(model, batch_size=batch_size) as extractor:
-                descriptors, decoded, errors = extract(extractor, self.paths)
-            descriptors = descriptors if isinstance(descriptors, list) else [descriptors]  # Keras: one output, no list
+    def extract(self, made, weights, seed, batch_size):
+        """Descriptors of every image made each way of ``made``, from the cache or one forward pass per image
+        preparation for the missing ones."""
+        missing = [m for m in made if not os.path.exists(self.cache(m, weights, seed))]
+        for (colour, trim), layers in by_preparation(missing).items():
+            descriptors, decoded, errors = descriptors_of(self.paths, layers, colour, trim, weights, seed, batch_size)
             if errors:
                 raise RuntimeError(f"{self.spec.name}: {len(errors)} images could not be decoded: {errors}")
-            for layer, d in zip(missing, descriptors):
+            for layer, d in zip(layers, descriptors):
                 codes, offset, scale = store.quantize(d)
-                np.savez(self.cache(layer, weights, seed), codes=codes, offset=offset, scale=scale)
-        for layer in layers:
-            if layer not in self.coded:
-                with np.load(self.cache(layer, weights, seed)) as f:
-                    self.coded[layer] = (f["codes"], f["offset"], f["scale"])
+                np.savez(self.cache((layer, colour, trim), weights, seed), codes=codes, offset=offset, scale=scale)
+        for m in made:
+            if m not in self.coded:
+                with np.load(self.cache(m, weights, seed)) as f:
+                    self.coded[m] = (f["codes"], f["offset"], f["scale"])
 
-    def blocks(self, layer):
-        return CodedBlocks(*self.coded[layer])
+    def blocks(self, made):
+        return CodedBlocks(*self.coded[made])
+
+
+def made_with(config):
+    """What a configuration's descriptors are made with: (layer, colour, trim)."""
+    return config["layer"], config["colour"], config["trim"]
+
+
+def by_preparation(made):
+    """(colour, trim) -> the layers of ``made`` extracted with that image preparation."""
+    layers = {}
+    for layer, colour, trim in sorted(set(made)):
+        layers.setdefault((colour, trim), []).append(layer)
+    return layers
+
+
+def descriptors_of(paths, layers, colour, trim, weights, seed, batch_size):
+    """One forward pass over ``paths``: (descriptors of each layer, decoded, errors) as :func:`extract` gives them."""
+    model = features.build_model(weights=weights, layer=tuple(layers), seed=seed)
+    with features.DescriptorExtractor(model, batch_size=batch_size, colour=colour, trim=trim) as extractor:
+        descriptors, decoded, errors = extract(extractor, paths)
+    return (descriptors if isinstance(descriptors, list) else [descriptors]), decoded, errors  # Keras: one output, no list
 
 
 class CodedBlocks(Blocks):
@@ -162,23 +187,23 @@ class Scorer:
         self.reducers, self.codebooks, self.counts = {}, {}, {}
 
     def _reducer(self, config):
-        key = (config["layer"], config["descriptors"], config["variance"])
+        key = (made_with(config), config["descriptors"], config["variance"])
         if key not in self.reducers:
             reducer = Reducer(config["variance"], config["descriptors"])
-            self.reducers[key] = reducer.fit(self.c.blocks(config["layer"]))
+            self.reducers[key] = reducer.fit(self.c.blocks(made_with(config)))
         return self.reducers[key].with_reduced(config["reduced"])
 
     def _codebook(self, config, reducer):
-        blocks = self.c.blocks(config["layer"])
+        blocks = self.c.blocks(made_with(config))
         size = check_size(config["size"], blocks.n_images, blocks.n_local(), self.sample_size)
-        key = (config["layer"], config["descriptors"], config["variance"], config["reduced"], size)
+        key = (made_with(config), config["descriptors"], config["variance"], config["reduced"], size)
         if key not in self.codebooks:
             self.codebooks[key] = fit_codebook(blocks, reducer, size, self.sample_size, self.seed)
         return self.codebooks[key], key
 
     def score(self, config):
         started = time.monotonic()
-        blocks = self.c.blocks(config["layer"])
+        blocks = self.c.blocks(made_with(config))
         reducer = self._reducer(config)
         codebook, key = self._codebook(config, reducer)
         key = (*key, config["assign"])
@@ -192,7 +217,7 @@ class Scorer:
         scores = evaluation.evaluate(self.c.ids, self.c.ids[nearest], self.c.labels, k=5)
         row = {**config, "codebook": str(codebook.size), **{k: v for k, v in scores.items() if k != "per_label"}}
         if self.copies is not None:
-            descriptors, decoded, errors = self.copy_descriptors[config["layer"]]
+            descriptors, decoded, errors = self.copy_descriptors[made_with(config)]
             found = query_neighbours(data, word_counts(descriptors, reducer, codebook, config["assign"]), k=5)[0]
             check = self.copies.score(found, decoded, errors, self.c.ids)
             row.update(selfcheck_top1=check["top1"], selfcheck_top5=check["top5"])
@@ -204,18 +229,19 @@ def run_collection(spec, configs, defaults, args):
     """Rows of every configuration on one collection."""
     with Timer() as made:
         collection = Collection(spec, args.work)
-    layers = sorted({c["layer"] for c in configs})
+    made = sorted({made_with(c) for c in configs})
     with Timer() as extracted:
-        collection.extract(layers, args.weights, args.seed, args.batch_size)
-    copies, copy_descriptors = None, None
+        collection.extract(made, args.weights, args.seed, args.batch_size)
+    copies, copy_descriptors = None, {}
     with tempfile.TemporaryDirectory(prefix="quality-") as scratch:
         if args.selfcheck:
             copies = Copies(collection.paths, scratch, sample=args.selfcheck, seed=0)
-            model = features.build_model(weights=args.weights, layer=tuple(layers), seed=args.seed)
-            with features.DescriptorExtractor(model, batch_size=args.batch_size) as extractor:
-                descriptors, decoded, errors = extract(extractor, copies.paths)
-            descriptors = descriptors if isinstance(descriptors, list) else [descriptors]
-            copy_descriptors = {layer: (d, decoded, errors) for layer, d in zip(layers, descriptors)}
+            for (colour, trim), layers in by_preparation(made).items():
+                descriptors, decoded, errors = descriptors_of(
+                    copies.paths, layers, colour, trim, args.weights, args.seed, args.batch_size
+                )
+                for layer, d in zip(layers, descriptors):
+                    copy_descriptors[layer, colour, trim] = (d, decoded, errors)
         scorer = Scorer(collection, copies, copy_descriptors)
         rows = []
         for config in configs:
@@ -231,7 +257,7 @@ def run_collection(spec, configs, defaults, args):
     return info, rows
 
 
-COLUMNS = ("name", "layer", "descriptors", "variance", "reduced", "codebook", "assign", "weighting", "power", "metric")
+COLUMNS = ("name", "layer", "colour", "trim", "descriptors", "variance", "reduced", "codebook", "assign", "weighting", "power", "metric")
 
 
 def main(argv=None):

@@ -1,4 +1,4 @@
-"""Retrieval quality over a grid of settings: layer, descriptor normalisation, codebook size,
+"""Retrieval quality over a grid of settings: descriptors, descriptor normalisation, codebook size,
 assignment, word weighting, power and distance, each step reusing what the settings before it allow."""
 
 import logging
@@ -17,6 +17,8 @@ logger = logging.getLogger(__name__)
 #: Columns of the comparison table: (key, heading, format).
 COLUMNS = (
     ("layer", "layer", "{}"),
+    ("colour", "colour", "{}"),
+    ("trim", "trim", "{}"),
     ("descriptors", "descriptors", "{}"),
     ("reduced", "reduced", "{}"),
     ("codebook", "K", "{}"),
@@ -34,11 +36,11 @@ COLUMNS = (
 
 
 def compare_layer(
-    blocks, index, layer, sizes, weightings, metrics, labels=None, copies=None, copy_features=None,
+    blocks, index, made_with, sizes, weightings, metrics, labels=None, copies=None, copy_features=None,
     variance=DEFAULT_VARIANCE, sample_images_=DEFAULT_SAMPLE_IMAGES, sample_size=DEFAULT_SAMPLE_SIZE, seed=0, k=5,
     descriptors=(DEFAULT_DESCRIPTORS,), reduced=(DEFAULT_REDUCED,), assigns=(DEFAULT_ASSIGN,), powers=(DEFAULT_POWER,),
 ):  # fmt: skip
-    """Score every combination of the settings on one layer's descriptors.
+    """Score every combination of the settings on one set of descriptors (one layer, one image preparation).
 
     The reducer is fitted once per descriptor normalisation, the codebook once per
     (normalisation, reduced normalisation, size), the histograms once per assignment, and the
@@ -47,11 +49,11 @@ def compare_layer(
     Parameters
     ----------
     blocks : Blocks
-        The layer's descriptors of the collection's images.
+        The descriptors of the collection's images.
     index : FeatureIndex
         The images (database IDs) in the order of ``blocks``.
-    layer : str
-        Named in the rows.
+    made_with : dict
+        What the descriptors were made with (``layer``, ``colour``, ``trim``), the first columns of each row.
     sizes : sequence of int or "auto"
         Codebook sizes; one that gives the same number of words as another is made once.
     weightings, metrics : sequence of str
@@ -60,7 +62,7 @@ def compare_layer(
     copies : Copies, optional
         Altered copies of a sample of the collection, for the self-check.
     copy_features : (descriptors, decoded, errors), optional
-        The copies' descriptors at this layer, from :meth:`Copies.extract`.
+        The copies' descriptors, made as ``blocks``' were, from :meth:`Copies.extract`.
     variance, sample_images_, sample_size, seed
         The reducer's and codebook's settings, as ``[reduction]`` and ``[codebook]``.
     k : int
@@ -71,7 +73,7 @@ def compare_layer(
     Returns
     -------
     rows : list of dict
-        ``layer``, ``descriptors``, ``reduced``, ``size`` (the number of words), ``codebook`` (the
+        ``made_with``'s keys, ``descriptors``, ``reduced``, ``size`` (the number of words), ``codebook`` (the
         same, "(auto)" added when ``size = auto`` gives it), ``assign``, ``weighting``, ``power``,
         ``metric``, ``seconds`` and,
         with labels, ``queries``, ``precision_at_1``, ``precision_at_5``, ``recall_at_5``,
@@ -102,7 +104,7 @@ def compare_layer(
                                 )
                                 nearest, _ = sparse_neighbours(data, k=k)
                                 row = {
-                                    "layer": layer, "descriptors": descriptor_norm, "reduced": reduced_norm,
+                                    **made_with, "descriptors": descriptor_norm, "reduced": reduced_norm,
                                     "size": size, "codebook": f"{size} (auto)" if "auto" in settings else str(size),
                                     "assign": assign, "weighting": weighting, "power": power, "metric": metric,
                                 }  # fmt: skip

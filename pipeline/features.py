@@ -215,6 +215,9 @@ class DescriptorExtractor:
         Images with more pixels are rejected before decoding.
     decode : callable, optional
         The decoding function the processes run (tests replace it); :func:`~pipeline.images.load_image` by default.
+    colour : {"grey", "rgb"}
+    trim : bool
+        How each image is prepared for the model (:func:`~pipeline.images.load_image`).
     """
 
     def __init__(
@@ -225,6 +228,8 @@ class DescriptorExtractor:
         decode_timeout=DECODE_TIMEOUT,
         max_pixels=MAX_PIXELS,
         decode=None,
+        colour="rgb",
+        trim=False,
     ):
         self.model = model
         self.batch_size = batch_size
@@ -232,6 +237,7 @@ class DescriptorExtractor:
         self.decode_timeout = decode_timeout
         self.max_pixels = max_pixels
         self.decode = decode
+        self.options = {"colour": colour, "trim": trim}
         self._compiled = None
         self._pool = None
 
@@ -300,7 +306,9 @@ class DescriptorExtractor:
         forward = self._forward()
         paths = list(paths)
         if self._pool is None:
-            self._pool = DecoderPool(self.decode_processes, self.decode_timeout, self.max_pixels, self.decode)
+            self._pool = DecoderPool(
+                self.decode_processes, self.decode_timeout, self.max_pixels, self.decode, options=self.options
+            )
         pool = self._pool
         with contextlib.closing(prefetch(lambda stop: self._batches(pool, paths, stop))) as batches:
             for start, pixels, errors in batches:

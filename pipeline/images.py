@@ -1,4 +1,4 @@
-"""Decoding image files into the model's input (RGB, 224 x 224), each file in a time-bounded process."""
+"""Decoding image files into the model's input (224 x 224 x 3), each file in a time-bounded process."""
 
 import logging
 import multiprocessing.connection
@@ -19,6 +19,14 @@ INPUT_SIZE = 224
 MAX_PIXELS = 400_000_000
 #: Default of ``[images] decode_timeout``: seconds one file may take to decode.
 DECODE_TIMEOUT = 120.0
+#: Values of ``[images] colour``: the model sees every image in grey (its luma in the three
+#: channels), or in its own colours.
+COLOURS = ("grey", "rgb")
+#: A margin row or column of :func:`trim_box` differs from the margin's colour by more than this
+#: (of 255) in at most this share of its pixels.
+TRIM_TOLERANCE, TRIM_SHARE = 24, 0.02
+#: :func:`trim_box` keeps at least this share of each side (a uniform photograph is not a margin).
+TRIM_KEEP = 0.5
 #: Seconds a new decoder process may take to start (import numpy and Pillow).
 START_TIMEOUT = 120.0
 #: Seconds to wait for a killed decoder process to end.
@@ -55,14 +63,49 @@ def to_rgb(image):
     return image.convert("RGB")
 
 
-def load_image(path, size=INPUT_SIZE, max_pixels=MAX_PIXELS):
-    """Decode an image file and resize it to the model's input size.
+def trim_box(image):
+    """The box of a picture inside a uniform margin, as a scanned page's paper or a copy stand's
+    background frames it, or None when there is no such margin.
+
+    The margin's colour is the median of the image's outermost pixels (in grey, on a copy at most
+    256 pixels wide); the margin is every outer row and column in which at most ``TRIM_SHARE`` of
+    the pixels differ from it by more than ``TRIM_TOLERANCE``. Each side keeps at least
+    ``TRIM_KEEP`` of its length.
+
+    Parameters
+    ----------
+    image : PIL.Image.Image
+
+    Returns
+    -------
+    box : (left, top, right, bottom) in pixels of ``image``, or None
+    """
+    small = image.convert("L")
+    small.thumbnail((256, 256))
+    grey = np.asarray(small, dtype=np.int16)
+    h, w = grey.shape
+    outer = np.concatenate([grey[0], grey[-1], grey[:, 0], grey[:, -1]])
+    differs = np.abs(grey - int(np.median(outer))) > TRIM_TOLERANCE
+    rows, cols = differs.mean(axis=1) > TRIM_SHARE, differs.mean(axis=0) > TRIM_SHARE
+    if not rows.any() or not cols.any():
+        return None
+    top, bottom = int(np.argmax(rows)), h - int(np.argmax(rows[::-1]))
+    left, right = int(np.argmax(cols)), w - int(np.argmax(cols[::-1]))
+    if (top, bottom, left, right) == (0, h, 0, w) or bottom - top < TRIM_KEEP * h or right - left < TRIM_KEEP * w:
+        return None
+    width, height = image.size
+    return (left * width // w, top * height // h, -(-right * width // w), -(-bottom * height // h))
+
+
+def load_image(path, size=INPUT_SIZE, max_pixels=MAX_PIXELS, colour="rgb", trim=False):
+    """Decode an image file into the model's input.
 
     The first frame is taken (multi-page TIFF, animated GIF), the EXIF orientation is
     applied and the frame converted to RGB by :func:`to_rgb`. JPEGs are decoded at a
-    reduced scale when much larger than ``size`` (Pillow's draft mode). The image is resized
-    to ``size`` x ``size`` without keeping its aspect ratio, as Keras's
-    ``load_img(target_size=...)`` does.
+    reduced scale when much larger than ``size`` (Pillow's draft mode). With ``trim`` the
+    uniform margin around the picture is cut off (:func:`trim_box`); with ``colour="grey"``
+    the three channels are the image's luma. The image is resized to ``size`` x ``size``
+    without keeping its aspect ratio, as Keras's ``load_img(target_size=...)`` does.
 
     Parameters
     ----------
@@ -70,10 +113,12 @@ def load_image(path, size=INPUT_SIZE, max_pixels=MAX_PIXELS):
     size : int
     max_pixels : int
         Images with more pixels are rejected before decoding (decompression bombs).
+    colour : {"grey", "rgb"}
+    trim : bool
 
     Returns
     -------
-    pixels : ndarray of shape (size, size, 3), uint8, RGB
+    pixels : ndarray of shape (size, size, 3), uint8
 
     Raises
     ------
@@ -85,8 +130,14 @@ def load_image(path, size=INPUT_SIZE, max_pixels=MAX_PIXELS):
             width, height = image.size
             if width * height > max_pixels:
                 raise ImageError(f"{width} x {height} pixels is more than [images] max_pixels={max_pixels}")
-            image.draft("RGB", (size, size))  # JPEG: decode at a reduced scale when the scan is large
+            draft = round(size / TRIM_KEEP) if trim else size  # a trimmed picture still has size pixels
+            image.draft("RGB", (draft, draft))  # JPEG: decode at a reduced scale when the scan is large
             image = to_rgb(ImageOps.exif_transpose(image))
+            box = trim_box(image) if trim else None
+            if box is not None:
+                image = image.crop(box)
+            if colour == "grey":
+                image = image.convert("L").convert("RGB")
             image = image.resize((size, size), Image.Resampling.BILINEAR)
             return np.asarray(image, dtype=np.uint8)
     except (OSError, ValueError, SyntaxError, EOFError, MemoryError, Image.DecompressionBombError) as exc:
@@ -121,7 +172,7 @@ def _serve():
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # an interrupt is the parent's to handle
     connection = multiprocessing.connection.Connection(int(sys.argv[1]))
-    decode, size, max_pixels = connection.recv()
+    decode, size, max_pixels, options = connection.recv()
     connection.send("ready")
     while True:
         try:
@@ -129,7 +180,7 @@ def _serve():
         except (EOFError, OSError):  # the parent has gone
             return
         try:
-            result = (True, decode(path, size=size, max_pixels=max_pixels))
+            result = (True, decode(path, size=size, max_pixels=max_pixels, **options))
         except ImageError as exc:
             result = (False, without_path(str(exc), path))
         except Exception as exc:  # a decoder bug on a crafted file fails that file, not the run
@@ -142,7 +193,7 @@ class _Decoder:
     """One decoder process (a fresh Python, nothing inherited from a parent running TensorFlow)
     and the parent's end of its socket."""
 
-    def __init__(self, decode, size, max_pixels):
+    def __init__(self, decode, size, max_pixels, options):
         ours, theirs = socket.socketpair()
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}  # the same imports
         self.process = subprocess.Popen(
@@ -151,7 +202,7 @@ class _Decoder:
         )  # fmt: skip
         theirs.close()
         self.connection = multiprocessing.connection.Connection(ours.detach())
-        self.settings = (decode, size, max_pixels)
+        self.settings = (decode, size, max_pixels, options)
         self.job = None  # (position, deadline) of the file it decodes
 
     def wait_ready(self):
@@ -202,22 +253,27 @@ class DecoderPool:
         Seconds one file may take to decode.
     max_pixels : int
         Images with more pixels are rejected before decoding.
-    decode : callable(path, size=, max_pixels=) -> ndarray
+    decode : callable(path, size=, max_pixels=, **options) -> ndarray
         A module-level function (the processes import it): :func:`load_image` by default.
     size : int
         Side of the decoded square.
+    options : dict, optional
+        More keyword arguments of ``decode`` (:func:`load_image`'s ``colour`` and ``trim``).
     """
 
-    def __init__(self, processes=2, timeout=DECODE_TIMEOUT, max_pixels=MAX_PIXELS, decode=None, size=INPUT_SIZE):
+    def __init__(
+        self, processes=2, timeout=DECODE_TIMEOUT, max_pixels=MAX_PIXELS, decode=None, size=INPUT_SIZE, options=None
+    ):
         self.processes = processes
         self.timeout = timeout
         self.max_pixels = max_pixels
         self.decode = decode or load_image
         self.size = size
+        self.options = dict(options or {})
         self._decoders = []
 
     def _start(self, n):
-        started = [_Decoder(self.decode, self.size, self.max_pixels) for _ in range(n)]
+        started = [_Decoder(self.decode, self.size, self.max_pixels, self.options) for _ in range(n)]
         self._decoders.extend(started)
         for decoder in started:
             decoder.wait_ready()

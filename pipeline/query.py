@@ -90,6 +90,8 @@ class SimilarityIndex:
             "weights": attrs["Features"]["weights"],
             "layer": attrs["Features"]["layer"],
             "seed": feature_settings.get("seed") or 0,
+            "colour": feature_settings.get("colour", "rgb"),  # runs before [images] colour and trim
+            "trim": feature_settings.get("trim", False),
         }
         return cls(
             index, data, Reducer.load(reducer), Codebook.load(codebook), model, histograms.load_assign(histograms_path)

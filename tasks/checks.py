@@ -92,13 +92,16 @@ def latest_index():
 
 
 def query_extractor(model):
-    """A DescriptorExtractor over the model a SimilarityIndex records, with this machine's decoding settings."""
+    """A DescriptorExtractor over the model and image preparation a SimilarityIndex records, with this
+    machine's decoding settings."""
     return features.DescriptorExtractor(
         features.cached_model(model["weights"], model["layer"], model["seed"]),
         batch_size=config.resnet().batch_size,
         decode_processes=config.images().decode_processes,
         decode_timeout=config.images().decode_timeout,
         max_pixels=config.images().max_pixels,
+        colour=model["colour"],
+        trim=model["trim"],
     )
 
 

@@ -1,16 +1,17 @@
-"""``python -m tasks.compare [--layers L,...] [--sizes K,...] [--descriptors ...] [--reduced ...]
-[--assigns ...] [--weightings ...] [--powers ...] [--metrics ...]``: retrieval quality of the
+"""``python -m tasks.compare [--layers L,...] [--colours ...] [--trims ...] [--sizes K,...] [--descriptors ...]
+[--reduced ...] [--assigns ...] [--weightings ...] [--powers ...] [--metrics ...]``: retrieval quality of the
 configured collection over a grid of settings, as a table sorted by mAP. Each option defaults to
 the configured setting, except weightings and metrics (both of each).
 
-Each layer's descriptors are extracted into the feature store the nightly run uses for that
-layer (so what is there already is reused, and a run that later switches to the layer finds
-them); the reducer is fitted once per layer and descriptor normalisation, the codebook once per
+The descriptors of each layer and image preparation (colour, trim) are extracted into the
+feature store the nightly run uses for them (so what is there already is reused, and a run that
+later switches to them finds them); the reducer is fitted once per descriptors and descriptor normalisation, the codebook once per
 size, the histograms once per assignment, and the neighbours once per weighting, power and distance. The quality columns are those of the Evaluate
 task, against ``--labels`` (default ``[evaluate] labels``), and the self-check's hit rates.
 """
 
 import argparse
+import itertools
 import json
 import logging
 import sys
@@ -21,6 +22,7 @@ from pipeline.blocks import DescriptorBlocks
 from pipeline.compare import compare_layer, sort_rows, table
 from pipeline.errors import PipelineError
 from pipeline.features import layer_side, unknown_layer_message
+from pipeline.images import COLOURS
 from pipeline.histograms import MAX_ASSIGN
 from pipeline.neighbours import METRICS, WEIGHTINGS
 from pipeline.reduction import DESCRIPTOR_NORMS, REDUCED_NORMS
@@ -44,6 +46,10 @@ def parse(argv):
     )
     parser.add_argument(
         "--layers", default=config.resnet().layer, help="ResNet50 layers, comma-separated (default [resnet] layer)"
+    )
+    parser.add_argument("--colours", default=config.images().colour, help="grey, rgb (default [images] colour)")
+    parser.add_argument(
+        "--trims", default=str(config.images().trim).lower(), help="true, false (default [images] trim)"
     )
     parser.add_argument(
         "--sizes", default=str(config.codebook().size), help="codebook sizes K, or auto (default [codebook] size)"
@@ -69,7 +75,7 @@ def parse(argv):
     )
     parser.add_argument("--json", help="also write the rows to this JSON file")
     args = parser.parse_args(argv)
-    for name in ("layers", "weightings", "metrics", "descriptors", "reduced"):
+    for name in ("layers", "colours", "trims", "weightings", "metrics", "descriptors", "reduced"):
         setattr(args, name, listed(getattr(args, name)))
     try:
         args.sizes = [s if s.lower() == "auto" else int(s) for s in listed(args.sizes)] if args.sizes else []
@@ -80,7 +86,7 @@ def parse(argv):
     for layer in args.layers:
         if layer_side(layer) is None:
             parser.error(unknown_layer_message(layer).replace("[resnet] layer=", "--layers "))
-    choices = {"weightings": WEIGHTINGS, "metrics": METRICS, "descriptors": DESCRIPTOR_NORMS, "reduced": REDUCED_NORMS}
+    choices = {"colours": COLOURS, "trims": ("true", "false"), "weightings": WEIGHTINGS, "metrics": METRICS, "descriptors": DESCRIPTOR_NORMS, "reduced": REDUCED_NORMS}
     for name, allowed in choices.items():
         for value in getattr(args, name):
             if value not in allowed:
@@ -89,6 +95,7 @@ def parse(argv):
         parser.error(f"--assigns must be whole numbers from 1 to {MAX_ASSIGN}, --powers numbers in (0, 1]")
     if any(s != "auto" and s < 2 for s in args.sizes):
         parser.error("--sizes must be auto or whole numbers >= 2")
+    args.trims = [t == "true" for t in args.trims]
     return args
 
 
@@ -105,11 +112,12 @@ def run(args):
         max_pixels=config.images().max_pixels,
     )
     with tempfile.TemporaryDirectory(prefix="compare-") as scratch:
-        for layer in args.layers:
-            layer_store = feature_store(feature_settings(layer))
+        for layer, colour, trim in itertools.product(args.layers, args.colours, args.trims):
+            made_with = {"layer": layer, "colour": colour, "trim": trim}
+            layer_store = feature_store(feature_settings(**made_with))
             extraction.extract_features(
                 layer_store, inventory.files, config.paths().content, weights=config.resnet().weights, layer=layer,
-                seed=config.resnet().seed, batch_size=config.resnet().batch_size, **decoding,
+                seed=config.resnet().seed, batch_size=config.resnet().batch_size, colour=colour, trim=trim, **decoding,
             )  # fmt: skip
             index = store.index_inventory(layer_store, inventory)
             if first_ids is None:
@@ -118,14 +126,14 @@ def run(args):
                     files = inventory.paths(index.ids, config.paths().content)
                     copies = Copies(files, scratch, sample=args.selfcheck, seed=config.selfcheck().seed)
             elif list(index.ids) != list(first_ids):
-                raise PipelineError(f"the images with descriptors differ between layers at {layer}; run again")
+                raise PipelineError(f"the images with descriptors differ between settings at {made_with}; run again")
             copy_features = None
             if copies is not None:
-                model = {"weights": config.resnet().weights, "layer": layer, "seed": config.resnet().seed}
+                model = {"weights": config.resnet().weights, "seed": config.resnet().seed, **made_with}
                 with query_extractor(model) as extractor:
                     copy_features = copies.extract(extractor)
             rows += compare_layer(
-                DescriptorBlocks(layer_store, index), index, layer, args.sizes, args.weightings, args.metrics,
+                DescriptorBlocks(layer_store, index), index, made_with, args.sizes, args.weightings, args.metrics,
                 labels=labels, copies=copies, copy_features=copy_features, variance=config.reduction().variance,
                 sample_images_=config.reduction().sample_images, sample_size=config.codebook().sample_size, seed=config.codebook().seed,
                 k=5, descriptors=args.descriptors, reduced=args.reduced, assigns=args.assigns, powers=args.powers,

@@ -12,7 +12,7 @@ from pipeline.codebook import DEFAULT_SAMPLE_SIZE
 from pipeline.errors import ConfigError
 from pipeline.features import DEFAULT_LAYER, layer_side, unknown_layer_message
 from pipeline.histograms import DEFAULT_ASSIGN, MAX_ASSIGN
-from pipeline.images import DECODE_TIMEOUT, MAX_PIXELS
+from pipeline.images import COLOURS, DECODE_TIMEOUT, MAX_PIXELS
 from pipeline.neighbours import DEFAULT_METRIC, DEFAULT_POWER, DEFAULT_WEIGHTING, METHODS, METRICS, WEIGHTINGS
 from pipeline.reduction import (
     DEFAULT_DESCRIPTORS,
@@ -45,6 +45,15 @@ class Number(luigi.NumericalParameter):
         )  # fmt: skip
         self.description = kwargs.get("description", "")
         self.must = must
+
+
+class Flag(luigi.BoolParameter):
+    """A setting that is true or false (in any case; nothing else)."""
+
+    def __init__(self, **kwargs):
+        super().__init__(parsing=luigi.BoolParameter.EXPLICIT_PARSING, **kwargs)
+        self.description = kwargs.get("description", "")
+        self.must = "true or false"
 
 
 def count(default, low=1, **kwargs):
@@ -199,6 +208,17 @@ class features(luigi.Config):
 
 
 class images(luigi.Config):
+    colour = Choice(
+        COLOURS,
+        default="grey",
+        description="What the model sees of each image: grey (its luma in all three channels, so a colour "
+        "scan and a greyscale copy of the same print look alike) or rgb (its own colours).",
+    )
+    trim = Flag(
+        default=True,
+        description="Cut off the uniform margin around the picture (a scanned page's paper) before the "
+        "model sees it, so that a tight crop and a scan with a wide margin look alike.",
+    )
     max_pixels = count(
         MAX_PIXELS,
         significant=False,  # applies to files extracted from then on, not to those already stored

@@ -94,14 +94,16 @@ class Inventory(ArtifactTask):
         )
 
 
-def feature_settings(layer=None):
-    """The settings the descriptors depend on (the feature store's identity), of ``[resnet] layer``
-    or of another layer."""
+def feature_settings(layer=None, colour=None, trim=None):
+    """The settings the descriptors depend on (the feature store's identity): those of luigi.cfg,
+    or another layer, colour or trim."""
     return {
         "model": features.MODEL,
         "layer": layer or config.resnet().layer,
         "weights": features.weights_identity(config.resnet().weights),
         "seed": config.resnet().seed if config.resnet().weights == "random" else None,
+        "colour": colour or config.images().colour,
+        "trim": config.images().trim if trim is None else trim,
         "store_format": store.FORMAT,
     }
 
@@ -152,6 +154,8 @@ class FeatureShard(ArtifactTask):
             decode_processes=config.images().decode_processes,
             decode_timeout=config.images().decode_timeout,
             max_pixels=config.images().max_pixels,
+            colour=config.images().colour,
+            trim=config.images().trim,
         )
         with h5py.File(tmp, "w") as f:
             f.attrs.update(self.attrs(images=len(files), extracted=n_extracted, reused=n_reused))
@@ -198,6 +202,7 @@ class Features(ArtifactTask):
             images=len(index), extracted=extracted, reused=len(index) + len(index.rejected) - extracted,
             shards=len(shards), shard_seconds=round(sum(a["seconds"] for a in ran), 3),
             model=features.MODEL, layer=config.resnet().layer, weights=config.resnet().weights,
+            colour=config.images().colour, trim=config.images().trim,
         )  # fmt: skip
         store.save_index(tmp, index, attrs)
 

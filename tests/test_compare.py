@@ -20,7 +20,7 @@ def test_every_setting_of_the_grid_is_scored_once():
     blocks, index, labels = grouped_collection()
     # auto gives 24 * 10 / 8 = 30 words: the same as the 30 asked for, so made once
     rows = compare_layer(
-        blocks, index, "conv5_block3_out", [8, 30, "auto"], ["raw", "tfidf"], ["euclidean", "cosine"], labels=labels
+        blocks, index, {"layer": "conv5_block3_out"}, [8, 30, "auto"], ["raw", "tfidf"], ["euclidean", "cosine"], labels=labels
     )
     assert len(rows) == 2 * 2 * 2
     assert sorted({r["codebook"] for r in rows}) == ["30 (auto)", "8"]
@@ -57,7 +57,7 @@ def test_without_labels_the_self_check_orders_the_rows():
 def test_normalisations_assignments_and_powers_are_each_scored():
     blocks, index, labels = grouped_collection()
     rows = compare_layer(
-        blocks, index, "conv5_block3_out", [8], ["tfidf"], ["cosine"], labels=labels,
+        blocks, index, {"layer": "conv5_block3_out"}, [8], ["tfidf"], ["cosine"], labels=labels,
         descriptors=["raw", "l2"], reduced=["raw", "l2"], assigns=[1, 2], powers=[1.0, 0.5],
     )  # fmt: skip
     settings = {(r["descriptors"], r["reduced"], r["assign"], r["power"]) for r in rows}

@@ -3,10 +3,10 @@ import signal
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageOps
 
 from pipeline.errors import ImageError, PipelineError
-from pipeline.images import DecoderPool, load_image
+from pipeline.images import DecoderPool, load_image, trim_box
 
 from .conftest import as_ordinary_user, png_declaring
 from .decoders import decoder_processes, misbehaving
@@ -19,6 +19,59 @@ def test_any_common_mode_becomes_rgb_224(tmp_path, mode):
     pixels = load_image(path)
     assert pixels.shape == (224, 224, 3) and pixels.dtype == np.uint8
     assert 0 <= pixels.min() and pixels.max() <= 255
+
+
+def picture(seed=0, side=300):
+    """A detailed colour picture: smooth colour areas and some edges."""
+    rng = np.random.default_rng(seed)
+    coarse = rng.integers(0, 256, size=(6, 6, 3), dtype=np.uint8)
+    image = Image.fromarray(coarse).resize((side, side), Image.Resampling.BICUBIC)
+    image.paste((10, 10, 10), (side // 5, side // 3, side // 2, side // 3 + 12))
+    return image
+
+
+def test_a_uniform_margin_is_trimmed_so_a_framed_copy_looks_like_the_picture(tmp_path):
+    bare = picture()
+    framed = ImageOps.expand(bare, border=45, fill=(236, 228, 208))  # a page's paper around the plate
+    bare.save(tmp_path / "bare.png")
+    framed.save(tmp_path / "framed.jpg", quality=90)
+    assert np.abs(np.subtract(trim_box(framed), (45, 45, 345, 345))).max() <= 2  # found on a copy 256 wide
+    assert trim_box(bare) is None
+    whole = np.abs(load_image(tmp_path / "framed.jpg").astype(int) - load_image(tmp_path / "bare.png")).mean()
+    trimmed = np.abs(
+        load_image(tmp_path / "framed.jpg", trim=True).astype(int) - load_image(tmp_path / "bare.png", trim=True)
+    ).mean()
+    assert trimmed < 4 < whole
+
+
+@pytest.mark.parametrize(
+    "image, box",
+    [
+        (Image.new("RGB", (200, 200), (236, 228, 208)), None),  # a blank page: nothing to trim to
+        (ImageOps.expand(picture(side=60), border=70, fill=(255, 255, 255)), None),  # a small mark: kept whole
+        (ImageOps.expand(picture(side=200), border=(0, 0, 0, 30), fill=(120, 160, 220)), (0, 0, 200, 200)),
+    ],
+)
+def test_trimming_keeps_at_least_half_of_each_side(image, box):
+    found = trim_box(image)
+    assert found == box or np.abs(np.subtract(found, box)).max() <= 2
+
+
+def test_in_grey_a_colour_scan_and_its_greyscale_copy_are_the_same_input(tmp_path):
+    picture(1).save(tmp_path / "colour.png")
+    ImageOps.grayscale(picture(1)).save(tmp_path / "grey.png")
+    colour, grey = load_image(tmp_path / "colour.png", colour="grey"), load_image(tmp_path / "grey.png", colour="grey")
+    assert (colour[..., 0] == colour[..., 1]).all() and (colour[..., 1] == colour[..., 2]).all()
+    assert np.abs(colour.astype(int) - grey).max() <= 1
+    assert np.abs(load_image(tmp_path / "colour.png").astype(int) - load_image(tmp_path / "grey.png")).mean() > 10
+
+
+def test_the_decoder_pool_prepares_images_as_asked(tmp_path):
+    framed = ImageOps.expand(picture(2), border=40, fill=(255, 255, 255))
+    framed.save(tmp_path / "framed.png")
+    with DecoderPool(processes=1, options={"colour": "grey", "trim": True}) as pool:
+        pixels = next(pool.imap([str(tmp_path / "framed.png")]))
+    np.testing.assert_array_equal(pixels, load_image(tmp_path / "framed.png", colour="grey", trim=True))
 
 
 def test_exif_orientation_is_applied(tmp_path):

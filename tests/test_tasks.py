@@ -18,7 +18,7 @@ from pipeline.demo import make_cms
 from pipeline.features import RANDOM_WEIGHTS_NOTE
 from pipeline.h5io import read_attrs
 from pipeline.output import read_similarities
-from tasks import Codebook, Evaluate, Histograms, LoadSimilarities, Nightly, Reducer, Similarities
+from tasks import Codebook, Evaluate, Features, Histograms, LoadSimilarities, Nightly, Reducer, Similarities
 
 from .conftest import luigi_config, pipeline_config, png_declaring, write_config
 
@@ -157,6 +157,11 @@ def test_a_new_distance_or_auto_rule_redoes_only_what_depends_on_it(own_run, mon
     for override in ({"reduction__descriptors": "root"}, {"reduction__reduced": "raw"}):
         with luigi_config(monkeypatch, own_run.config(**override)):
             assert not Reducer().complete() and not Codebook().complete()
+    for override in ({"images__colour": "rgb"}, {"images__trim": "false"}, {"resnet__layer": "conv5_block3_out"}):
+        with luigi_config(monkeypatch, own_run.config(**override)):  # other descriptors: another feature store
+            assert not Features().complete() and not Reducer().complete()
+    with luigi_config(monkeypatch, own_run.config(images__decode_processes=1, images__max_pixels=10**7)):
+        assert Similarities().complete()
 
 
 def test_reducer_is_fitted_on_the_configured_image_sample(own_run, monkeypatch):
@@ -392,6 +397,8 @@ def test_files_that_must_be_rejected_change_nothing_else(run, monkeypatch, small
         ({"reduction__descriptors": "l1"}, "[reduction] descriptors='l1' must be one of raw, l2, root"),
         ({"histograms__assign": "4"}, "[histograms] assign=4 must be a whole number from 1 to 3"),
         ({"neighbours__power": "0"}, "[neighbours] power=0.0 must be a number in (0, 1]"),
+        ({"images__colour": "sepia"}, "[images] colour='sepia' must be one of grey, rgb"),
+        ({"images__trim": "yes"}, "[images] trim='yes' must be true or false"),
         # known once the collection is listed, still before any image is extracted
         ({"neighbours__k": "18"}, "[neighbours] k=18 must be between 1 and the number of images - 1 = 17; lower it"),
         ({"codebook__size": "1000"}, "[codebook] size=1000 must be between 2 and the number of sampled descriptors=882"),
@@ -697,17 +704,19 @@ def test_compare_prints_the_grid_best_first_reusing_the_features(run, tmp_path):
     labels.write_text("id,label\n" + "".join(f"{i},{name}\n" for name, members in groups.items() for i in members))
     rows = tmp_path / "rows.json"
     done = run_module(
-        "tasks.compare", root / "luigi.cfg", "--sizes", "8,auto", "--labels", labels, "--selfcheck", 3, "--json", rows
-    )
+        "tasks.compare", root / "luigi.cfg", "--sizes", "8,auto", "--trims", "true,false", "--labels", labels,
+        "--selfcheck", 3, "--json", rows,
+    )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "extracting 0 images, reusing 18" in done.stderr  # the run's feature store
+    assert "extracting 0 images, reusing 18" in done.stderr  # the run's feature store (trim = true)
+    assert "extracting 18 images, reusing 0" in done.stderr  # another for trim = false
     lines = done.stdout.strip().splitlines()
     assert lines[0] == "18 images, weights random; best first"
     assert lines[1].startswith(
-        "| layer | descriptors | reduced | K | assign | weighting | power | metric | mAP | P@1 | P@5 | R@5 | self-check top-1 |"
+        "| layer | colour | trim | descriptors | reduced | K | assign | weighting | power | metric | mAP | P@1 | P@5 | R@5 | self-check top-1 |"
     )
-    assert len(lines) == 3 + 2 * 2 * 2
+    assert len(lines) == 3 + 2 * 2 * 2 * 2
     saved = json.loads(rows.read_text())["rows"]
     assert [r["map"] for r in saved] == sorted((r["map"] for r in saved), reverse=True)
-    assert {r["codebook"] for r in saved} == {"8", "110 (auto)"}
+    assert {r["codebook"] for r in saved} == {"8", "110 (auto)"} and {r["trim"] for r in saved} == {True, False}
     assert all(r["queries"] == 18 and 0 <= r["selfcheck_top1"] <= 1 for r in saved)
