@@ -121,7 +121,9 @@ class Collection:
         layer, colour, trim = made
         summary = hashlib.sha256(json.dumps(self.summary, sort_keys=True).encode()).hexdigest()[:12]
         prepared = f"{colour}-{'trim' if trim else 'whole'}"
-        return os.path.join(self.folder, f"{layer}-{prepared}-{features.weights_identity(weights)}-{seed}-{summary}.npz")
+        return os.path.join(
+            self.folder, f"{layer}-{prepared}-{features.weights_identity(weights)}-{seed}-{summary}.npz"
+        )
 
     def extract(self, made, weights, seed, batch_size):
         """Descriptors of every image made each way of ``made``, from the cache or one forward pass per image
@@ -161,7 +163,11 @@ def descriptors_of(paths, layers, colour, trim, weights, seed, batch_size):
     model = features.build_model(weights=weights, layer=tuple(layers), seed=seed)
     with features.DescriptorExtractor(model, batch_size=batch_size, colour=colour, trim=trim) as extractor:
         descriptors, decoded, errors = extract(extractor, paths)
-    return (descriptors if isinstance(descriptors, list) else [descriptors]), decoded, errors  # Keras: one output, no list
+    return (
+        (descriptors if isinstance(descriptors, list) else [descriptors]),
+        decoded,
+        errors,
+    )  # Keras: one output, no list
 
 
 class CodedBlocks(Blocks):
@@ -257,7 +263,20 @@ def run_collection(spec, configs, defaults, args):
     return info, rows
 
 
-COLUMNS = ("name", "layer", "colour", "trim", "descriptors", "variance", "reduced", "codebook", "assign", "weighting", "power", "metric")
+COLUMNS = (
+    "name",
+    "layer",
+    "colour",
+    "trim",
+    "descriptors",
+    "variance",
+    "reduced",
+    "codebook",
+    "assign",
+    "weighting",
+    "power",
+    "metric",
+)
 
 
 def main(argv=None):

@@ -22,8 +22,8 @@ from pipeline.blocks import DescriptorBlocks
 from pipeline.compare import compare_layer, sort_rows, table
 from pipeline.errors import PipelineError
 from pipeline.features import layer_side, unknown_layer_message
-from pipeline.images import COLOURS
 from pipeline.histograms import MAX_ASSIGN
+from pipeline.images import COLOURS
 from pipeline.neighbours import METRICS, WEIGHTINGS
 from pipeline.reduction import DESCRIPTOR_NORMS, REDUCED_NORMS
 from pipeline.selfcheck import Copies
@@ -86,7 +86,14 @@ def parse(argv):
     for layer in args.layers:
         if layer_side(layer) is None:
             parser.error(unknown_layer_message(layer).replace("[resnet] layer=", "--layers "))
-    choices = {"colours": COLOURS, "trims": ("true", "false"), "weightings": WEIGHTINGS, "metrics": METRICS, "descriptors": DESCRIPTOR_NORMS, "reduced": REDUCED_NORMS}
+    choices = {
+        "colours": COLOURS,
+        "trims": ("true", "false"),
+        "weightings": WEIGHTINGS,
+        "metrics": METRICS,
+        "descriptors": DESCRIPTOR_NORMS,
+        "reduced": REDUCED_NORMS,
+    }
     for name, allowed in choices.items():
         for value in getattr(args, name):
             if value not in allowed:

@@ -20,7 +20,13 @@ def test_every_setting_of_the_grid_is_scored_once():
     blocks, index, labels = grouped_collection()
     # auto gives 24 * 10 / 8 = 30 words: the same as the 30 asked for, so made once
     rows = compare_layer(
-        blocks, index, {"layer": "conv5_block3_out"}, [8, 30, "auto"], ["raw", "tfidf"], ["euclidean", "cosine"], labels=labels
+        blocks,
+        index,
+        {"layer": "conv5_block3_out"},
+        [8, 30, "auto"],
+        ["raw", "tfidf"],
+        ["euclidean", "cosine"],
+        labels=labels,
     )
     assert len(rows) == 2 * 2 * 2
     assert sorted({r["codebook"] for r in rows}) == ["30 (auto)", "8"]
