@@ -235,14 +235,14 @@ def run_collection(spec, configs, defaults, args):
     """Rows of every configuration on one collection."""
     with Timer() as made:
         collection = Collection(spec, args.work)
-    made = sorted({made_with(c) for c in configs})
+    kinds = sorted({made_with(c) for c in configs})
     with Timer() as extracted:
-        collection.extract(made, args.weights, args.seed, args.batch_size)
+        collection.extract(kinds, args.weights, args.seed, args.batch_size)
     copies, copy_descriptors = None, {}
     with tempfile.TemporaryDirectory(prefix="quality-") as scratch:
         if args.selfcheck:
             copies = Copies(collection.paths, scratch, sample=args.selfcheck, seed=0)
-            for (colour, trim), layers in by_preparation(made).items():
+            for (colour, trim), layers in by_preparation(kinds).items():
                 descriptors, decoded, errors = descriptors_of(
                     copies.paths, layers, colour, trim, args.weights, args.seed, args.batch_size
                 )

@@ -27,7 +27,8 @@ def test_extract_benchmark_prints_its_figures(capsys):
         figures
     )
     assert 0 < figures["store_bytes_per_image"] < 49 * 2048  # 8-bit codes, compressed
-    assert all(figures[k] > 0 for k in ("pipeline_ips", "bare_model_ips", "per_image_predict_ips"))
+    assert all(figures[k] > 0 for k in ("pipeline_ips", "bare_model_ips", "per_image_predict_ips", "decode_ms"))
+    assert figures["preparation"] == {"colour": "grey", "trim": True}  # as luigi.cfg ships it
 
 
 def test_neighbours_benchmark_prints_its_figures(capsys):
@@ -127,6 +128,7 @@ def test_quality_benchmark_scores_the_shipped_defaults_beside_the_original(capsy
     assert figures["shipped_beats_original"]["tiny"] == (scores["shipped"]["map"] >= scores["original"]["map"])
     rows = json.loads((tmp_path / "rows.json").read_text())["collections"][0]["rows"]
     assert [r["name"] for r in rows] == ["shipped", "original"] and rows[1]["layer"] == "conv5_block3_3_conv"
+    assert (rows[0]["colour"], rows[0]["trim"], rows[1]["colour"], rows[1]["trim"]) == ("grey", True, "rgb", False)
 
 
 def test_quality_grid_varies_one_setting_at_a_time():
