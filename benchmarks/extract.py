@@ -106,7 +106,10 @@ def run(images=96, batch_size=16, per_image=24):
     report(
         [
             ("images (1140 x 840 JPEG), batch size", f"{images}, {batch_size}"),
-            (f"decoding, ms per image: colour={preparation['colour']} trim={preparation['trim']}", figures["decode_ms"]),
+            (
+                f"decoding, ms per image: colour={preparation['colour']} trim={preparation['trim']}",
+                figures["decode_ms"],
+            ),
             ("decoding, ms per image: colour=rgb trim=False", figures["decode_ms_rgb_whole"]),
             ("pipeline extraction, images/s", figures["pipeline_ips"]),
             ("bare forward pass on decoded tensors, images/s", figures["bare_model_ips"]),
