@@ -12,7 +12,7 @@ import threading
 import numpy as np
 
 from .errors import ConfigError, ImageError, WeightsError
-from .images import DECODE_TIMEOUT, INPUT_SIZE, MAX_PIXELS, DecoderPool
+from .images import COLOURS, DECODE_TIMEOUT, INPUT_SIZE, MAX_PIXELS, DecoderPool
 
 logger = logging.getLogger(__name__)
 
@@ -237,7 +237,9 @@ class DescriptorExtractor:
         self.decode_timeout = decode_timeout
         self.max_pixels = max_pixels
         self.decode = decode
-        self.options = {"colour": colour, "trim": trim}
+        if colour not in COLOURS:
+            raise ConfigError(f"colour={colour!r} must be one of {', '.join(COLOURS)}")
+        self.options = {"colour": colour, "trim": bool(trim)}
         self._compiled = None
         self._pool = None
 

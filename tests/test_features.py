@@ -77,6 +77,11 @@ def test_unknown_layer_names_the_setting_and_the_choices():
         build_model(weights="random", layer="conv9")
 
 
+def test_an_unknown_colour_is_refused_before_any_image_is_decoded():
+    with pytest.raises(ConfigError, match=r"colour='sepia' must be one of grey, rgb"):
+        DescriptorExtractor(model=None, colour="sepia")
+
+
 def test_imagenet_without_network_says_where_to_put_the_file(tmp_path, monkeypatch):
     monkeypatch.setenv("KERAS_HOME", str(tmp_path))
     for proxy in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy"):
