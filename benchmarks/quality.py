@@ -217,7 +217,7 @@ class Scorer:
             self.counts[key] = compute_histograms(blocks, self.c.keys, reducer, codebook, config["assign"])[0]
         data = WeightedHistograms(
             self.counts[key], blocks.n_local() * config["assign"], self.c.ids, config["weighting"], config["metric"],
-            power=config["power"],
+            power=config["power"], weights=codebook.word_weights(config["weighting"], config["assign"]),
         )  # fmt: skip
         nearest, _ = sparse_neighbours(data, k=5)
         scores = evaluation.evaluate(self.c.ids, self.c.ids[nearest], self.c.labels, k=5)

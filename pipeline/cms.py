@@ -226,11 +226,12 @@ def sampled_ids(ids, n=SAMPLED_ROWS):
     return ids[np.unique(np.linspace(0, len(ids) - 1, min(n, len(ids))).round().astype(np.int64))].tolist()
 
 
-def holds_load(engine, run_id, ids, table=TABLE, marker_table=MARKER_TABLE, siblings=None):
+def holds_load(engine, run_id, ids, table=TABLE, marker_table=MARKER_TABLE, siblings=None, written=None):
     """Whether the CMS holds the load of ``run_id``: the marker table's last row for the target
-    names it, and the target still holds it (its table exists and the first-rank rows of a
-    sample of ``ids`` carry ``run_id``; in siblings mode, those images' siblings are set). A
-    table dropped, emptied or restored from a backup outside the pipeline is loaded again.
+    names it, and the target still holds it (its table exists, the first-rank rows of a sample
+    of ``ids`` are there and those of a sample of ``written`` carry ``run_id``; in siblings
+    mode, the sampled images' siblings are set). A table dropped, emptied or restored from a
+    backup outside the pipeline is loaded again.
 
     Parameters
     ----------
@@ -238,35 +239,44 @@ def holds_load(engine, run_id, ids, table=TABLE, marker_table=MARKER_TABLE, sibl
         The database IDs of the load's images.
     siblings : (images_table, id_column, siblings_column), optional
         The siblings mode's target, instead of ``table``.
+    written : sequence, optional
+        The IDs whose rows the load wrote (all of ``ids`` by default; an incremental load
+        writes only the changed images' rows, the others keep the run that wrote them).
     """
     target = table if siblings is None else siblings_target(siblings[0], siblings[2])
     if loaded_run(engine, target, marker_table) != run_id:
         return False
     sample = sampled_ids(ids)
-    if not sample:
-        return True
+    written = sampled_ids(ids if written is None else written)
     if siblings is None:
         rows = sa.table(table, sa.column("image_id"), sa.column("rank"), sa.column("run_id"))
-        where = [rows.c.image_id.in_(sample), rows.c.rank == 1, rows.c.run_id == run_id]
+        checks = [
+            (sample, [rows.c.image_id.in_(sample), rows.c.rank == 1]),
+            (written, [rows.c.image_id.in_(written), rows.c.rank == 1, rows.c.run_id == run_id]),
+        ]
     else:
         images_table, id_column, siblings_column = siblings
         rows = sa.table(images_table, sa.column(id_column), sa.column(siblings_column))
-        where = [rows.c[id_column].in_(sample), rows.c[siblings_column].is_not(None)]
+        checks = [(sample, [rows.c[id_column].in_(sample), rows.c[siblings_column].is_not(None)])]
     try:
         with engine.connect() as conn:
             if not sa.inspect(conn).has_table(rows.name):
                 return False
-            found = conn.execute(sa.select(sa.func.count()).select_from(rows).where(*where)).scalar()
+            for chosen, where in checks:
+                if chosen and conn.execute(sa.select(sa.func.count()).select_from(rows).where(*where)).scalar() != len(
+                    chosen
+                ):
+                    return False
     except SQLAlchemyError as exc:
         raise CmsError(f"[cms] table={rows.name!r} cannot be read from {shown(engine.url)}: {_one_line(exc)}") from None
-    return found == len(sample)
+    return True
 
 
 def load_similarities(
     engine, ids, neighbours, distances, run_id, run_date,
-    table=TABLE, marker_table=MARKER_TABLE, batch_rows=BATCH_ROWS,
+    table=TABLE, marker_table=MARKER_TABLE, batch_rows=BATCH_ROWS, changed=None, removed=(),
 ):  # fmt: skip
-    """Replace the similarity table's rows by this run's, and record the load, in one transaction.
+    """Bring the similarity table to this run's rows, and record the load, in one transaction.
 
     The tables are created when absent. Readers see last night's complete set until the
     commit and tonight's complete set after it, never a mix or an empty table; a load that
@@ -281,39 +291,54 @@ def load_similarities(
         Database IDs of each image's neighbours, nearest first.
     distances : ndarray of shape (n, k)
     run_id, run_date : str
-        Identity and date of the run, kept in every row and in the marker row.
+        Identity and date of the run, kept in the rows written and in the marker row.
     batch_rows : int
         Rows per write.
+    changed : ndarray of shape (n,), bool, optional
+        Load only the rows of these images over a table that holds the earlier run's (an
+        incremental load): their rows and those of ``removed`` are deleted, theirs written, and
+        every other row stays. By default the table's rows are all replaced.
+    removed : sequence
+        With ``changed``: IDs of the earlier run's images that are gone.
 
     Returns
     -------
     n_rows : int
+        Rows written.
     """
     ids, neighbours = np.asarray(ids), np.asarray(neighbours)
     n, k = neighbours.shape
+    chosen = np.ones(n, dtype=bool) if changed is None else np.asarray(changed, dtype=bool)
     id_type = sa.BigInteger if ids.dtype.kind in "iu" else sa.String(255)
     metadata, similarity, marker = similarity_tables(table, marker_table, id_type)
     where = shown(engine.url)
     started = time.monotonic()
+    written = int(chosen.sum()) * k
     try:
         metadata.create_all(engine)  # before the transaction: MariaDB commits around DDL
         with engine.begin() as conn:
-            conn.execute(similarity.delete())
+            if changed is None:
+                conn.execute(similarity.delete())
+            else:
+                gone = np.concatenate([ids[chosen], np.asarray(removed, dtype=ids.dtype)]).tolist()
+                for start in range(0, len(gone), batch_rows):
+                    conn.execute(similarity.delete().where(similarity.c.image_id.in_(gone[start : start + batch_rows])))
             columns = (
-                np.repeat(ids, k), np.tile(np.arange(1, k + 1), n), neighbours.ravel(),
-                np.asarray(distances, dtype=np.float64).ravel(),
+                np.repeat(ids[chosen], k), np.tile(np.arange(1, k + 1), int(chosen.sum())), neighbours[chosen].ravel(),
+                np.asarray(distances, dtype=np.float64)[chosen].ravel(),
             )  # fmt: skip
             _write_rows(conn, similarity, columns, run_id, batch_rows, where)
-            _record(conn, marker, table, run_id, run_date, n * k)
+            _record(conn, marker, table, run_id, run_date, written)
     except (SQLAlchemyError, engine.dialect.loaded_dbapi.Error) as exc:  # the driver's own, from COPY
         raise CmsError(
             f"loading [cms] table={table!r} into {where} failed and was rolled back: {_one_line(exc)}"
         ) from None
     logger.info(
-        "%d similarity rows of run %s loaded into %s of %s in %.1f s", n * k, run_id, table, where,
+        "%d similarity rows of run %s loaded into %s of %s in %.1f s%s", written, run_id, table, where,
         time.monotonic() - started,
+        "" if changed is None else f" (the rows of {int(chosen.sum())} changed images; {len(removed)} removed)",
     )  # fmt: skip
-    return n * k
+    return written
 
 
 def _write_rows(conn, similarity, columns, run_id, batch_rows, where):
@@ -343,13 +368,15 @@ def _write_rows(conn, similarity, columns, run_id, batch_rows, where):
 
 def load_siblings(
     engine, ids, neighbours, run_id, run_date, images_table="images", id_column="id", siblings_column="siblings",
-    marker_table=MARKER_TABLE, batch_rows=BATCH_ROWS,
+    marker_table=MARKER_TABLE, batch_rows=BATCH_ROWS, changed=None, removed=(),
 ):  # fmt: skip
     """The original CMS's shape: each image's neighbour IDs as a JSON array, nearest first, in
     a column of the images table; one transaction, with the marker row, as :func:`load_similarities`.
 
     Images of the table that this run has no neighbours for get NULL. The column must exist
     (a JSON or text column): the pipeline does not change the CMS's own tables' schema.
+    With ``changed`` (and ``removed``), as :func:`load_similarities`: only the changed images'
+    siblings are written and the removed images' set to NULL.
 
     Returns
     -------
@@ -377,8 +404,16 @@ def load_siblings(
             .where(images.c[id_column] == sa.bindparam("b_id"))
             .values({siblings_column: sa.bindparam("b_siblings")})
         )
+        chosen = np.ones(len(ids), dtype=bool) if changed is None else np.asarray(changed, dtype=bool)
+        ids, neighbours = ids[chosen], neighbours[chosen]
         with engine.begin() as conn:
-            conn.execute(images.update().values({siblings_column: None}))
+            if changed is None:
+                conn.execute(images.update().values({siblings_column: None}))
+            else:
+                gone = list(np.asarray(removed).tolist())
+                for start in range(0, len(gone), batch_rows):
+                    part = gone[start : start + batch_rows]
+                    conn.execute(images.update().where(images.c[id_column].in_(part)).values({siblings_column: None}))
             for start in range(0, len(ids), batch_rows):
                 part = slice(start, start + batch_rows)
                 conn.execute(

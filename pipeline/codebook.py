@@ -1,4 +1,5 @@
-"""The visual-word codebook: k-means over a seeded sample of reduced descriptors."""
+"""The visual-word codebook: k-means over a seeded sample of reduced descriptors, and the
+document frequency of each word in that sample, which the word weights are made from."""
 
 import logging
 
@@ -9,6 +10,8 @@ from sklearn.metrics import pairwise_distances_argmin
 
 from .blocks import sample_images
 from .errors import ConfigError
+from .histograms import MAX_ASSIGN, word_histograms
+from .neighbours import word_weights
 
 logger = logging.getLogger(__name__)
 
@@ -20,6 +23,9 @@ MAX_AUTO_SIZE = 8500
 DESCRIPTORS_PER_WORD = 8
 #: Default of ``[codebook] sample_size``: most descriptors k-means is fitted on.
 DEFAULT_SAMPLE_SIZE = 200_000
+#: How a codebook is made and stored; part of the Codebook stage's settings, so a change refits.
+#: 2: random initialisation, and the document frequencies the word weights are made from.
+FORMAT = 2
 
 
 def auto_size(n_descriptors):
@@ -46,27 +52,56 @@ def resolve_size(size, n_descriptors):
 
 
 class Codebook:
-    """k-means visual words.
+    """k-means visual words, with the document frequency of each word in the images fitted on.
 
     Parameters
     ----------
     size : int
         Number of visual words K.
     random_state : int
-        Seed of the k-means++ initialisation.
+        Seed of the initialisation: K distinct descriptors drawn at random (see :meth:`fit`).
+
+    Attributes
+    ----------
+    centers_ : ndarray of shape (K, d), float32
+    document_frequency_ : ndarray of shape (MAX_ASSIGN, K), int64
+        Row m - 1: how many of the images fitted on have a descriptor that counts for the word
+        with ``[histograms] assign = m``; the tf-idf weights are made from it
+        (:meth:`word_weights`), so they stay as they are until the codebook is refitted.
+    documents_ : int
+        Images fitted on.
     """
 
     def __init__(self, size, random_state=0):
         self.size = size
         self.random_state = random_state
 
-    def fit(self, x):
-        """Fit on reduced descriptors of shape (n, d); returns self."""
-        kmeans = KMeans(n_clusters=self.size, n_init=1, random_state=self.random_state).fit(x)
+    def fit(self, x, n_local=None):
+        """Fit on reduced descriptors of shape (n, d), image after image when ``n_local`` (each
+        image's descriptors) is given, else one image each; returns self.
+
+        Initialised with K distinct descriptors drawn at random, then Lloyd's iterations to
+        convergence: k-means++ gave the same retrieval quality on the quality benchmark and its
+        K sequential passes over the sample cost ten times the whole fit at 8,500 words
+        (docs/quality.md)."""
+        kmeans = KMeans(n_clusters=self.size, init="random", n_init=1, random_state=self.random_state).fit(x)
         self.centers_ = kmeans.cluster_centers_.astype(np.float32)
         self.inertia_ = float(kmeans.inertia_)
         logger.info("codebook of %d words fitted on %d descriptors in %d iterations", self.size, len(x), kmeans.n_iter_)
+        n_local = n_local or 1
+        self.documents_ = len(x) // n_local
+        self.document_frequency_ = np.array(
+            [
+                document_frequency(self.nearest(x, m).reshape(self.documents_, -1), self.size)
+                for m in range(1, MAX_ASSIGN + 1)
+            ]
+        )
         return self
+
+    def word_weights(self, weighting, assign):
+        """The integer word weights of ``weighting`` for histograms made with ``assign``
+        (:func:`pipeline.neighbours.word_weights`), from the images the codebook was fitted on."""
+        return word_weights(self.document_frequency_[assign - 1], self.documents_, weighting)
 
     def predict(self, x):
         """Nearest visual word of each descriptor: ndarray of shape (n,), int64."""
@@ -97,7 +132,9 @@ class Codebook:
             f.attrs["size"] = self.size
             f.attrs["random_state"] = self.random_state
             f.attrs["inertia"] = self.inertia_
+            f.attrs["documents"] = self.documents_
             f.create_dataset("centers", data=self.centers_)
+            f.create_dataset("document_frequency", data=self.document_frequency_)
 
     @classmethod
     def load(cls, path):
@@ -105,7 +142,14 @@ class Codebook:
             codebook = cls(size=int(f.attrs["size"]), random_state=int(f.attrs["random_state"]))
             codebook.centers_ = f["centers"][:]
             codebook.inertia_ = float(f.attrs["inertia"])
+            codebook.documents_ = int(f.attrs["documents"])
+            codebook.document_frequency_ = f["document_frequency"][:]
         return codebook
+
+
+def document_frequency(words, size):
+    """How many images have each word: ``words`` of shape (n_images, n), ndarray of shape (size,), int64."""
+    return np.bincount(word_histograms(words, size).indices, minlength=size).astype(np.int64)
 
 
 def _sample_images(n_local, sample_size):
@@ -146,4 +190,4 @@ def fit_codebook(blocks, reducer, size, sample_size, random_state):
     n_local = blocks.n_local()
     chosen = blocks.subset(sample_images(blocks.n_images, _sample_images(n_local, sample_size), random_state))
     sample = np.concatenate([reducer.transform(b.reshape(-1, b.shape[-1])) for b in chosen])
-    return Codebook(resolve_size(size, len(sample)), random_state).fit(sample)
+    return Codebook(resolve_size(size, len(sample)), random_state).fit(sample, n_local)

@@ -100,8 +100,9 @@ def compare_layer(
                         for power in powers:
                             for metric in metrics:
                                 data = WeightedHistograms(
-                                    counts, blocks.n_local() * assign, index.ids, weighting, metric, power=power
-                                )
+                                    counts, blocks.n_local() * assign, index.ids, weighting, metric, power=power,
+                                    weights=codebook.word_weights(weighting, assign),
+                                )  # fmt: skip
                                 nearest, _ = sparse_neighbours(data, k=k)
                                 row = {
                                     **made_with, "descriptors": descriptor_norm, "reduced": reduced_norm,

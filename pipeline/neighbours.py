@@ -63,27 +63,38 @@ GROUP = 64
 DENSE_SHARE = 0.03
 
 
-def word_weights(counts, weighting):
+def check_weighting(weighting):
+    """Raise ConfigError unless ``weighting`` is one of WEIGHTINGS."""
+    if weighting not in WEIGHTINGS:
+        raise ConfigError(f"[neighbours] weighting={weighting!r} must be one of {', '.join(WEIGHTINGS)}")
+
+
+def word_weights(document_frequency, n_images, weighting):
     """Integer weight of each visual word: 1 for ``raw``; for ``tfidf`` the smoothed inverse
     document frequency ln((1 + n) / (1 + df)) + 1 (as scikit-learn's TfidfTransformer; at
     least 1, so no image loses every word) times IDF_SCALE, rounded.
 
     Parameters
     ----------
-    counts : csr_matrix of shape (n_images, K)
+    document_frequency : ndarray of shape (K,), int
+        Images that have each word, among ``n_images``.
     weighting : {"raw", "tfidf"}
 
     Returns
     -------
     weights : ndarray of shape (K,), int64
     """
-    if weighting not in WEIGHTINGS:
-        raise ConfigError(f"[neighbours] weighting={weighting!r} must be one of {', '.join(WEIGHTINGS)}")
-    n, size = counts.shape
+    check_weighting(weighting)
+    df = np.asarray(document_frequency, dtype=np.int64)
     if weighting == "raw":
-        return np.ones(size, dtype=np.int64)
-    df = np.bincount(sp.csr_matrix(counts).indices, minlength=size)
-    return np.rint((np.log((1 + n) / (1 + df)) + 1) * IDF_SCALE).astype(np.int64)
+        return np.ones(len(df), dtype=np.int64)
+    return np.rint((np.log((1 + n_images) / (1 + df)) + 1) * IDF_SCALE).astype(np.int64)
+
+
+def counts_weights(counts, weighting):
+    """The word weights of ``weighting`` from the images of ``counts`` (sparse, (n_images, K)) themselves."""
+    counts = sp.csr_matrix(counts)
+    return word_weights(np.bincount(counts.indices, minlength=counts.shape[1]), counts.shape[0], weighting)
 
 
 class WeightedHistograms:
@@ -102,8 +113,9 @@ class WeightedHistograms:
         Euclidean distance of the weighted histograms ((counts / n_local) ** power times the
         weights), or one minus their cosine similarity.
     weights : ndarray of shape (K,), optional
-        The word weights to use instead of computing them from ``counts`` (those of a collection
-        that images not in it are compared with).
+        The word weights (a run's: :meth:`pipeline.codebook.Codebook.word_weights`, frozen with
+        the codebook); by default those of ``weighting`` over the images of ``counts``
+        (:func:`counts_weights`).
     power : float in (0, 1]
         Power the counts are raised to (:func:`power_table`); 1 keeps them (the shipped
         ``[neighbours] power`` is DEFAULT_POWER).
@@ -121,8 +133,10 @@ class WeightedHistograms:
             raise ConfigError(f"[neighbours] metric={metric!r} must be one of {', '.join(METRICS)}")
         counts = sp.csr_matrix(counts, dtype=np.int64)
         self.weighting, self.metric, self.n_local, self.power = weighting, metric, n_local, power
+        self.cosine = metric == "cosine"
         self.table = power_table(n_local, power)
-        self.weights = word_weights(counts, weighting) if weights is None else np.asarray(weights, dtype=np.int64)
+        check_weighting(weighting)
+        self.weights = counts_weights(counts, weighting) if weights is None else np.asarray(weights, dtype=np.int64)
         # the value of an image with all its descriptors on one word of weight 1: the histograms' scale
         self.unit = (1 if weighting == "raw" else IDF_SCALE) * int(self.table[n_local])
         self.vectors = self.weigh(counts)
@@ -136,6 +150,7 @@ class WeightedHistograms:
     def weigh(self, counts):
         """The weighted vectors of counts over the same words: csr_matrix, int64."""
         weighted = sp.csr_matrix(counts, dtype=np.int64, copy=True)
+        weighted.sort_indices()
         weighted.data = self.table[weighted.data] * self.weights[weighted.indices]
         return weighted
 
@@ -186,12 +201,13 @@ class WeightedHistograms:
         order = np.lexsort((self.id_rank[candidates], keys))[:k]
         return candidates[order], self.distances(keys[order])
 
-    def best_sharing_no_word(self, k):
-        """The k + 1 first images in the order of the key they have with an image they share no
-        word with, then ID: among such images, a query's best are among them."""
+    def best_sharing_no_word(self, k, positions=slice(None)):
+        """The k + 1 first images (of those at ``positions``, numbered among them) in the order of
+        the key they have with an image they share no word with, then ID: among such images, a
+        query's best are among them."""
         if self.metric == "euclidean":
-            return np.lexsort((self.id_rank, self.norms))[: k + 1]
-        return np.argsort(self.id_rank)[: k + 1]
+            return np.lexsort((self.id_rank[positions], self.norms[positions]))[: k + 1]
+        return np.argsort(self.id_rank[positions])[: k + 1]
 
 
 def query_neighbours(collection, counts, k=5, chunk_size=16):
@@ -241,9 +257,9 @@ def _chunked(n, k, rows, chunk_size, checkpoints, query_chunk, progress=None):
     for c, start in enumerate(range(0, len(rows), chunk_size)):
         part = slice(start, start + chunk_size)
         saved = checkpoints.load(c) if checkpoints else None
-        if saved is None:
+        if saved is None or not np.array_equal(saved.get("rows"), rows[part]):  # another run's rows: not this one's
             found, found_d = query_chunk(rows[part])
-            saved = {"neighbours": found, "distances": found_d}
+            saved = {"rows": rows[part], "neighbours": found, "distances": found_d}
             if checkpoints:
                 checkpoints.save(c, saved)
         neighbours[part], distances[part] = saved["neighbours"], saved["distances"]
@@ -324,9 +340,12 @@ def _least_dot(cosine, kth, norm_a, min_norm, root_a, min_root):
 @numba.njit(parallel=True, cache=True)
 def _inverted_file_top_k(
     rows,
+    selves,
     indptr,
     indices,
     data,
+    q_norms,
+    q_roots,
     block_ptr,
     post_img,
     post_cnt,
@@ -341,11 +360,14 @@ def _inverted_file_top_k(
     block,
     accumulators,
 ):
-    """Exact k best (key, ID rank) of each query row; see :func:`sparse_neighbours`."""
+    """Exact k best (key, ID rank) among the candidates (the inverted file, ``norms`` ...) of each
+    query row ``rows[q]`` of the query CSR (``indptr`` ... ``q_roots``), leaving out the candidate
+    ``selves[q]`` (-1: none); see :func:`sparse_neighbours`. Rows with fewer than k candidates
+    end with position -1 at key inf."""
     n, m, n_blocks = len(norms), len(rows), block_ptr.shape[1] - 1
     n_threads = accumulators.shape[0]
-    out = np.empty((m, k), dtype=np.int64)
-    out_s = np.empty((m, k), dtype=np.float64)
+    out = np.full((m, k), -1, dtype=np.int64)
+    out_s = np.full((m, k), np.inf, dtype=np.float64)
     out_r = np.empty((m, k), dtype=np.int64)
     fills = np.zeros(m, dtype=np.int64)
     min_norm, min_root = norms.min(), roots.min()
@@ -356,7 +378,8 @@ def _inverted_file_top_k(
         for t in numba.prange(n_threads):
             dots = accumulators[t]
             for q in range(t, m, n_threads):
-                a = rows[q]
+                a, me = rows[q], selves[q]
+                norm_a, root_a = q_norms[a], q_roots[a]
                 best, best_s, best_r, fill = out[q], out_s[q], out_r[q], fills[q]
                 for p in range(indptr[a], indptr[a + 1]):
                     w, c = indices[p], data[p]
@@ -370,13 +393,13 @@ def _inverted_file_top_k(
                             dots[post_img[e]] += c * post_cnt[e]
                 # images sharing no word with a: the best of them are among ``best_sharing_no_word``
                 for b in best_sharing_no_word:
-                    if b != a and first <= b < first + size and dots[b - first] == 0:
-                        s = _key(cosine, 0, norms[a], norms[b], roots[a], roots[b])
+                    if b != me and first <= b < first + size and dots[b - first] == 0:
+                        s = _key(cosine, 0, norm_a, norms[b], root_a, roots[b])
                         fill = _offer(best, best_s, best_r, fill, k, b, s, id_rank[b])
                 # most images that share a word cannot reach the k-th best on their dot product alone
                 least = 1
                 if fill == k:
-                    least = _least_dot(cosine, best_s[k - 1], norms[a], min_norm, roots[a], min_root)
+                    least = _least_dot(cosine, best_s[k - 1], norm_a, min_norm, root_a, min_root)
                 for g in range(0, size, GROUP):
                     end = min(g + GROUP, size)
                     most = 0
@@ -388,11 +411,11 @@ def _inverted_file_top_k(
                     for j in range(g, end):
                         if dots[j] >= least:
                             b = first + j
-                            s = _key(cosine, dots[j], norms[a], norms[b], roots[a], roots[b])
-                            if b != a and (fill < k or s <= best_s[k - 1]):
+                            s = _key(cosine, dots[j], norm_a, norms[b], root_a, roots[b])
+                            if b != me and (fill < k or s <= best_s[k - 1]):
                                 fill = _offer(best, best_s, best_r, fill, k, b, s, id_rank[b])
                                 if fill == k:
-                                    least = _least_dot(cosine, best_s[k - 1], norms[a], min_norm, roots[a], min_root)
+                                    least = _least_dot(cosine, best_s[k - 1], norm_a, min_norm, root_a, min_root)
                         dots[j] = 0
                 fills[q] = fill
     return out, out_s
@@ -455,23 +478,142 @@ def sparse_neighbours(
     """
     n = len(counts)
     check_k(k, n)
-    arrays = (
-        counts.vectors.indptr.astype(np.int64), counts.vectors.indices.astype(np.int32),
-        counts.vectors.data.astype(np.int32), *_inverted_file(counts.vectors, block, dense_share),
-        counts.norms, counts.roots, counts.id_rank.astype(np.int64), counts.best_sharing_no_word(k).astype(np.int64),
-        counts.metric == "cosine", k, block,
-    )  # fmt: skip
-    # dot products are at most the largest squared norm (Cauchy-Schwarz): raw counts fit 32 bits
-    wide = counts.norms.max(initial=0) >= 2**31
-    accumulators = np.zeros((numba.get_num_threads(), block), dtype=np.int64 if wide else np.int32)
-
-    def query_chunk(rows):
-        found, keys = _inverted_file_top_k(rows.astype(np.int64), *arrays, accumulators)
-        return found, counts.distances(keys)
-
+    query_chunk = _query_chunk(counts, InvertedFile(counts, k, block=block, dense_share=dense_share))
     result = _chunked(n, k, rows, chunk_size, checkpoints, query_chunk, progress)
     logger.info("%d nearest neighbours of %d images found with an inverted file", k, len(result[0]))
     return result
+
+
+class InvertedFile:
+    """The images at ``positions`` of ``counts`` (all by default) as the candidates of the sparse
+    method, any image of ``counts`` as a query.
+
+    Parameters
+    ----------
+    counts : WeightedHistograms
+    k : int
+    positions : ndarray of int, optional
+    block, dense_share : see :func:`sparse_neighbours`
+    """
+
+    def __init__(self, counts, k, positions=None, block=1 << 15, dense_share=DENSE_SHARE):
+        chosen = slice(None) if positions is None else np.asarray(positions, dtype=np.int64)
+        vectors = counts.vectors[chosen]
+        self.queries = (
+            counts.vectors.indptr.astype(np.int64), counts.vectors.indices.astype(np.int32),
+            counts.vectors.data.astype(np.int32), counts.norms, counts.roots,
+        )  # fmt: skip
+        self.candidates = (
+            *_inverted_file(vectors, block, dense_share), counts.norms[chosen], counts.roots[chosen],
+            counts.id_rank[chosen].astype(np.int64), counts.best_sharing_no_word(k, chosen).astype(np.int64),
+            counts.cosine, k, block,
+        )  # fmt: skip
+        # dot products are at most the largest squared norm (Cauchy-Schwarz): raw counts fit 32 bits
+        wide = counts.norms.max(initial=0) >= 2**31
+        self.accumulators = np.zeros((numba.get_num_threads(), block), dtype=np.int64 if wide else np.int32)
+
+    def top_k(self, rows, selves):
+        """The k best candidates of each query row, leaving out the candidate ``selves[i]`` of
+        row i (-1: none): (positions among the candidates, -1 past the last; keys, inf there)."""
+        rows, selves = np.asarray(rows, dtype=np.int64), np.asarray(selves, dtype=np.int64)
+        return _inverted_file_top_k(rows, selves, *self.queries, *self.candidates, self.accumulators)
+
+
+def _query_chunk(counts, search):
+    """``query_chunk(rows)`` for :func:`_chunked`: the k best other images of each row among all."""
+
+    def query_chunk(rows):
+        found, keys = search.top_k(rows, rows)
+        return found, counts.distances(keys)
+
+    return query_chunk
+
+
+@numba.njit(parallel=True, cache=True)
+def _list_keys(rows, listed, indptr, indices, data, norms, roots, cosine):
+    """The key of each image of ``rows`` with each of its ``listed`` images (CSR rows with sorted indices)."""
+    keys = np.empty(listed.shape, dtype=np.float64)
+    for i in numba.prange(len(rows)):
+        a = rows[i]
+        for j in range(listed.shape[1]):
+            b = listed[i, j]
+            dot = np.int64(0)
+            p, p_end, q, q_end = indptr[a], indptr[a + 1], indptr[b], indptr[b + 1]
+            while p < p_end and q < q_end:
+                if indices[p] == indices[q]:
+                    dot += np.int64(data[p]) * np.int64(data[q])
+                    p += 1
+                    q += 1
+                elif indices[p] < indices[q]:
+                    p += 1
+                else:
+                    q += 1
+            keys[i, j] = _key(cosine, dot, norms[a], norms[b], roots[a], roots[b])
+    return keys
+
+
+def update_neighbours(
+    counts, previous, new, k=5, chunk_size=4096, block=1 << 15, dense_share=DENSE_SHARE, checkpoints=None,
+    progress=None,
+):  # fmt: skip
+    """The k nearest other images of every image, as :func:`sparse_neighbours` finds them, from
+    the lists of a run over the same word weights: only where they can have changed.
+
+    An image that is new, or whose list held an image that is gone or changed, is queried
+    against the whole collection. Every other image's list is still its k best among the
+    images of that run that are still here (the keys between unchanged images are unchanged),
+    so its k best now are the best of that list and of its k best among the new images, which
+    one query of it against an inverted file of the new images alone gives. Keys and the tie
+    rule are those of the full search, so the result is the same, value for value.
+
+    Parameters
+    ----------
+    counts : WeightedHistograms
+        The collection now, weighted with the word weights of the earlier run.
+    previous : ndarray of shape (n_images, k), int64
+        Each image's list of the earlier run as positions in ``counts``, -1 for a neighbour that
+        is gone; one that is new (changed: its histogram is not the one it was ranked with)
+        counts as gone too. Rows of new images are not read.
+    new : ndarray of shape (n_images,), bool
+        Images new or changed since the earlier run.
+    k, chunk_size, block, dense_share, checkpoints, progress
+        As :func:`sparse_neighbours`; ``progress`` counts the images queried.
+
+    Returns
+    -------
+    neighbours, distances : as :func:`sparse_neighbours`
+    queried : ndarray of shape (n_images,), bool
+        The images queried against the whole collection.
+    """
+    n = len(counts)
+    check_k(k, n)
+    new = np.asarray(new, dtype=bool)
+    previous = np.asarray(previous, dtype=np.int64)
+    previous = np.where((previous < 0) | new[np.maximum(previous, 0)], -1, previous)  # a changed image is gone too
+    queried = new | (previous < 0).any(axis=1)
+    rows = np.flatnonzero(queried)
+    neighbours, distances = np.empty((n, k), dtype=np.int64), np.empty((n, k), dtype=np.float64)
+    if len(rows):
+        query_chunk = _query_chunk(counts, InvertedFile(counts, k, block=block, dense_share=dense_share))
+        neighbours[rows], distances[rows] = _chunked(n, k, rows, chunk_size, checkpoints, query_chunk, progress)
+    kept = np.flatnonzero(~queried)
+    listed = previous[kept]
+    v = counts.vectors
+    keys = _list_keys(kept, listed, v.indptr, v.indices, v.data, counts.norms, counts.roots, counts.cosine)
+    entering = np.flatnonzero(new)
+    if len(kept) and len(entering):
+        found, found_keys = InvertedFile(counts, k, entering, block, dense_share).top_k(kept, np.full(len(kept), -1))
+        found = np.where(found >= 0, entering[np.maximum(found, 0)], -1)
+        merged, merged_keys = np.concatenate([listed, found], axis=1), np.concatenate([keys, found_keys], axis=1)
+        ranks = np.where(merged >= 0, counts.id_rank[np.maximum(merged, 0)], n)
+        order = np.lexsort((ranks, merged_keys), axis=1)[:, :k]
+        listed, keys = np.take_along_axis(merged, order, axis=1), np.take_along_axis(merged_keys, order, axis=1)
+    neighbours[kept], distances[kept] = listed, counts.distances(keys)
+    logger.info(
+        "%d nearest neighbours of %d images: %d queried (%d new or changed), %d kept with the new images offered",
+        k, n, len(rows), len(entering), len(kept),
+    )  # fmt: skip
+    return neighbours, distances, queried
 
 
 def nearest_neighbours(counts, k=5, method="auto", checkpoints=None, progress=None):

@@ -4,12 +4,13 @@ import datetime
 
 import h5py
 import numpy as np
+import pandas as pd
 
 from . import __version__
 from .h5io import read_attrs, read_ids, read_strings, write_ids, write_strings
 
 
-def write_similarities(path, ids, ppn, filename, neighbours, distances, attrs):
+def write_similarities(path, ids, ppn, filename, neighbours, distances, attrs, keys=None, earlier=None):
     """Write the similarities file.
 
     Parameters
@@ -24,6 +25,13 @@ def write_similarities(path, ids, ppn, filename, neighbours, distances, attrs):
     distances : ndarray of shape (n, k)
     attrs : dict
         File attributes (k, metric, model, ...); ``created`` and ``pipeline_version`` are added.
+    keys : ndarray of shape (n,), str, optional
+        Identity of each image's histogram (path and fingerprint): what the next run's
+        :func:`earlier_lists` tells changed images by.
+    earlier : Earlier, optional
+        The earlier run's similarities: which rows differ from them (``changed``, one bool per
+        row: a new image or another list) and which of their images are gone (``removed``, IDs)
+        are stored, with the earlier file's digest as ``earlier_digest``.
     """
     ids, ppn, filename = np.asarray(ids), np.asarray(ppn, dtype=str), np.asarray(filename, dtype=str)
     with h5py.File(path, "w") as f:
@@ -39,6 +47,12 @@ def write_similarities(path, ids, ppn, filename, neighbours, distances, attrs):
         # the layout the CMS's loader reads: per neighbour [ppn, filename] as byte strings
         pairs = np.stack([ppn[neighbours], filename[neighbours]], axis=-1)
         f.create_dataset("similarities", data=np.char.encode(pairs, "utf-8"))
+        if keys is not None:
+            write_strings(f, "keys", keys)
+        if earlier is not None:
+            f.attrs["earlier_digest"] = earlier.digest
+            f.create_dataset("changed", data=earlier.changed(ids[neighbours], f["distances"][:]))
+            write_ids(f, "removed", earlier.removed)
 
 
 def read_similarities(path):
@@ -52,5 +66,69 @@ def read_similarities(path):
             "filename": read_strings(f["filename"]),
             "similarities": np.char.decode(f["similarities"][:], "utf-8"),
         }
+        if "changed" in f:  # compared with an earlier run's (see write_similarities)
+            result["changed"], result["removed"] = f["changed"][:], read_ids(f["removed"])
     result["attrs"] = read_attrs(path)
     return result
+
+
+class Earlier:
+    """The lists of an earlier run's similarities file, seen from the collection now.
+
+    Parameters
+    ----------
+    path : str
+        The earlier similarities.hdf5.
+    ids, keys : ndarray of shape (n,)
+        The images now: database IDs and histogram identities (see :func:`write_similarities`).
+        An image is the same as an earlier one when both its ID and its key are; otherwise it
+        is new (or changed), and the earlier one is gone.
+
+    Attributes
+    ----------
+    digest : str
+        The earlier file's digest.
+    now : ndarray of shape (n_earlier,), int64
+        Position now of each earlier image, -1 when gone or changed.
+    new : ndarray of shape (n,), bool
+        Images now that are not the same as an earlier one.
+    removed : ndarray
+        IDs of the earlier images that no image now has.
+    """
+
+    def __init__(self, path, ids, keys):
+        with h5py.File(path, "r") as f:
+            earlier_ids, listed, self._distances = read_ids(f["ids"]), read_ids(f["neighbours"]), f["distances"][:]
+            earlier_keys = read_strings(f["keys"]) if "keys" in f else None
+            self.digest = str(f.attrs["digest"])
+        ids, keys = np.asarray(ids), np.asarray(keys, dtype=str)
+        by_id = pd.Index(ids).get_indexer(earlier_ids)
+        same = by_id >= 0
+        if earlier_keys is None:  # made before keys were stored: nothing can be told unchanged
+            same[:] = False
+        else:
+            same &= keys[np.maximum(by_id, 0)] == earlier_keys
+        self.now = np.where(same, by_id, -1)
+        self.new = np.ones(len(ids), dtype=bool)
+        self.new[self.now[same]] = False
+        self.removed = earlier_ids[by_id < 0]
+        self._lists = (self.now, pd.Index(earlier_ids).get_indexer(listed.ravel()).reshape(listed.shape), ids, listed)
+
+    def previous(self):
+        """Each image's earlier list as positions now (-1: gone or changed); rows of new images all -1."""
+        now, listed_at, ids, _ = self._lists
+        previous = np.full((len(ids), listed_at.shape[1]), -1, dtype=np.int64)
+        kept = now >= 0
+        previous[now[kept]] = now[listed_at[kept]]
+        return previous
+
+    def changed(self, neighbour_ids, distances):
+        """Which images now have a list (``neighbour_ids``, IDs, nearest first, and their
+        ``distances`` as stored) other than their earlier one, or are new: ndarray of shape (n,), bool."""
+        now, _, ids, listed = self._lists
+        changed = np.ones(len(ids), dtype=bool)
+        kept = now >= 0
+        if listed.shape[1] == neighbour_ids.shape[1]:
+            other = (listed[kept] != neighbour_ids[now[kept]]) | (self._distances[kept] != distances[now[kept]])
+            changed[now[kept]] = other.any(axis=1)
+        return changed

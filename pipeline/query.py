@@ -19,9 +19,10 @@ def _inputs(attrs):
     return json.loads(attrs.get("inputs", "{}"))
 
 
-def run_counts(histograms_path, ids, similarity_attrs):
+def run_counts(histograms_path, codebook, ids, similarity_attrs):
     """The word counts of histograms.h5, and the WeightedHistograms a run's similarities were found
-    with (its weighting, metric and power, from the attributes of its similarities.hdf5).
+    with (its weighting, metric and power, from the attributes of its similarities.hdf5; its word
+    weights, from its Codebook ``codebook``).
 
     Returns
     -------
@@ -30,9 +31,10 @@ def run_counts(histograms_path, ids, similarity_attrs):
     """
     counts, n_words = histograms.load_words(histograms_path)
     a = similarity_attrs
+    weighting = a.get("weighting", "raw")
     data = WeightedHistograms(
-        counts, n_words, ids, a.get("weighting", "raw"),
-        a.get("metric", "euclidean"), power=float(a.get("power", 1.0)),
+        counts, n_words, ids, weighting, a.get("metric", "euclidean"), power=float(a.get("power", 1.0)),
+        weights=codebook.word_weights(weighting, histograms.load_assign(histograms_path)),
     )  # fmt: skip
     return counts, data
 
@@ -84,7 +86,8 @@ class SimilarityIndex:
                         "did not finish; finish it (luigi --module tasks Nightly --local-scheduler) and query again"
                     )
         index = store.load_index(features)
-        _, data = run_counts(histograms_path, index.ids, attrs["Similarities"])
+        codebook_ = Codebook.load(codebook)
+        _, data = run_counts(histograms_path, codebook_, index.ids, attrs["Similarities"])
         feature_settings = json.loads(attrs["Features"]["settings"])
         model = {
             "weights": attrs["Features"]["weights"],
@@ -93,9 +96,7 @@ class SimilarityIndex:
             "colour": feature_settings.get("colour", "rgb"),  # runs before [images] colour and trim
             "trim": feature_settings.get("trim", False),
         }
-        return cls(
-            index, data, Reducer.load(reducer), Codebook.load(codebook), model, histograms.load_assign(histograms_path)
-        )
+        return cls(index, data, Reducer.load(reducer), codebook_, model, histograms.load_assign(histograms_path))
 
     def word_counts(self, descriptors):
         """Visual-word counts of descriptors, as the run counted the collection's (see :func:`word_counts`)."""

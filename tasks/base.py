@@ -84,7 +84,8 @@ def _duration(seconds):
 
 
 class RunTask(luigi.Task):
-    """A task of one run: the run's date and whether it refits the reducer and codebook.
+    """A task of one run: the run's date, whether it refits the reducer and codebook, and whether
+    it finds every image's neighbours again.
 
     Making one holds the artifacts folder for the run of its date (:func:`hold_artifacts`)."""
 
@@ -94,10 +95,18 @@ class RunTask(luigi.Task):
     refit = luigi.BoolParameter(
         default=False, significant=False, description="Refit the reducer and the codebook in this run."
     )
+    full = luigi.BoolParameter(
+        default=False, significant=False,
+        description="Find every image's neighbours again, not only where they can have changed.",
+    )  # fmt: skip
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         hold_artifacts(self.date)
+
+    def run_args(self):
+        """This run's parameters, for the tasks it requires."""
+        return {"date": self.date, "refit": self.refit, "full": self.full}
 
 
 def hold_artifacts(date):

@@ -54,7 +54,7 @@ class Evaluate(RunCheck):
 
     def requires(self):
         return {
-            "similarities": Similarities(date=self.date, refit=self.refit),
+            "similarities": Similarities(**self.run_args()),
             "labels": inputs.LabelsFile(date=self.date, path=config.evaluate().labels),
         }
 
@@ -111,7 +111,7 @@ class SelfCheck(RunCheck):
     run unless ``[selfcheck] sample = 0``."""
 
     def requires(self):
-        return {"inventory": Inventory(date=self.date), "similarities": Similarities(date=self.date, refit=self.refit)}
+        return {"inventory": Inventory(date=self.date), "similarities": Similarities(**self.run_args())}
 
     filename = "selfcheck.json"
 

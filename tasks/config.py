@@ -296,7 +296,7 @@ class neighbours(luigi.Config):
         WEIGHTINGS,
         default=DEFAULT_WEIGHTING,
         description="Word weights of the histograms: raw (each word's share of the image's descriptors) or "
-        "tfidf (times the word's smoothed inverse document frequency in the collection).",
+        "tfidf (times the word's smoothed inverse document frequency in the images the codebook was fitted on, kept until the next refit).",
     )
     metric = Choice(
         METRICS,

@@ -6,6 +6,7 @@ import os
 import luigi
 
 from pipeline import cms, collection, html_report, store
+from pipeline.codebook import Codebook as CodebookModel
 from pipeline.h5io import read_attrs
 from pipeline.output import read_similarities
 from pipeline.query import run_counts
@@ -41,14 +42,14 @@ class Nightly(RunTask):
     )
 
     def requires(self):
-        similarities = Similarities(date=self.date, refit=self.refit)
+        similarities = Similarities(**self.run_args())
         required = {"similarities": similarities}
         if config.cms().url.strip():
-            required["cms"] = LoadSimilarities(date=self.date, refit=self.refit)
+            required["cms"] = LoadSimilarities(**self.run_args())
         if config.evaluate().labels.strip():
-            required["evaluation"] = Evaluate(date=self.date, refit=self.refit)
+            required["evaluation"] = Evaluate(**self.run_args())
         if config.selfcheck().sample > 0:
-            required["selfcheck"] = SelfCheck(date=self.date, refit=self.refit)
+            required["selfcheck"] = SelfCheck(**self.run_args())
         return required
 
     def output(self):
@@ -62,9 +63,7 @@ class Nightly(RunTask):
 
     def run(self):
         date = self.date.isoformat()
-        artifacts = {
-            stage.__name__: read_attrs(stage(date=self.date, refit=self.refit).output().path) for stage in STAGES
-        }
+        artifacts = {stage.__name__: read_attrs(stage(**self.run_args()).output().path) for stage in STAGES}
         inventory = collection.load_inventory(Inventory(date=self.date).output().path)
         index = store.load_index(Features(date=self.date).output().path)
         load = None
@@ -72,7 +71,7 @@ class Nightly(RunTask):
             load = {
                 "url": cms.shown(cms.resolve_url(config.cms().url)),
                 "mode": config.cms().mode,
-                "target": LoadSimilarities(date=self.date, refit=self.refit).target(),
+                "target": LoadSimilarities(**self.run_args()).target(),
             }
         checks = {
             name: read_json(self.input()[name].path) for name in ("evaluation", "selfcheck") if name in self.input()
@@ -98,7 +97,8 @@ def visual_report(date, run, show=""):
     """Write ``<artifacts>/report.html`` for the run of ``date`` (see pipeline.html_report)."""
     inventory = collection.load_inventory(Inventory(date=date).output().path)
     result = read_similarities(Similarities(date=date).output().path)
-    counts, data = run_counts(Histograms(date=date).output().path, result["ids"], result["attrs"])
+    codebook = CodebookModel.load(Codebook(date=date).output().path)
+    counts, data = run_counts(Histograms(date=date).output().path, codebook, result["ids"], result["attrs"])
     scores = read_json(Evaluate(date=date).output().path) if "evaluation" in run else None  # this run evaluated
     html_report.write_report(
         os.path.join(config.paths().artifacts, "report.html"),
@@ -123,7 +123,7 @@ class Report(RunTask):
     show = luigi.Parameter(default="", significant=False, description="Database IDs shown first, comma-separated.")
 
     def requires(self):
-        return Nightly(date=self.date, refit=self.refit)
+        return Nightly(**self.run_args())
 
     def complete(self):
         return False  # made whenever it is asked for

@@ -11,10 +11,11 @@ import luigi
 from pipeline import blocks, cms, collection, extraction, features, histograms, output, store
 from pipeline.blocks import sample_images
 from pipeline.codebook import DESCRIPTORS_PER_WORD, check_size, fit_codebook
+from pipeline.codebook import FORMAT as CODEBOOK_FORMAT
 from pipeline.codebook import Codebook as CodebookModel
 from pipeline.errors import ConfigError
 from pipeline.h5io import read_attrs, read_ids
-from pipeline.neighbours import WeightedHistograms, check_k, nearest_neighbours
+from pipeline.neighbours import WeightedHistograms, check_k, nearest_neighbours, update_neighbours
 from pipeline.output import read_similarities
 from pipeline.reduction import Reducer as ReducerModel
 
@@ -254,7 +255,7 @@ class Codebook(ArtifactTask):
     filename = "codebook.h5"
 
     def requires(self):
-        return {"features": Features(date=self.date), "reducer": Reducer(date=self.date, refit=self.refit)}
+        return {"features": Features(date=self.date), "reducer": Reducer(**self.run_args())}
 
     def made_from(self):
         return [self.requires()["reducer"]]
@@ -264,6 +265,7 @@ class Codebook(ArtifactTask):
             "size": str(config.codebook().size),
             "sample_size": config.codebook().sample_size,
             "seed": config.codebook().seed,
+            "format": CODEBOOK_FORMAT,
         }
         if str(config.codebook().size).strip().lower() == "auto":  # a new rule for auto refits the codebook
             settings["descriptors_per_word"] = DESCRIPTORS_PER_WORD
@@ -288,8 +290,8 @@ class Histograms(ArtifactTask):
     def requires(self):
         return {
             "features": Features(date=self.date),
-            "reducer": Reducer(date=self.date, refit=self.refit),
-            "codebook": Codebook(date=self.date, refit=self.refit),
+            "reducer": Reducer(**self.run_args()),
+            "codebook": Codebook(**self.run_args()),
         }
 
     def settings(self):
@@ -331,8 +333,8 @@ class Similarities(ArtifactTask):
     def requires(self):
         return {
             "features": Features(date=self.date),
-            "codebook": Codebook(date=self.date, refit=self.refit),
-            "histograms": Histograms(date=self.date, refit=self.refit),
+            "codebook": Codebook(**self.run_args()),
+            "histograms": Histograms(**self.run_args()),
         }
 
     def made_from(self):
@@ -344,48 +346,81 @@ class Similarities(ArtifactTask):
             "power": config.neighbours().power,
         }  # fmt: skip
 
+    def basis(self):
+        """What the distances between unchanged images depend on: the settings, the codebook (and
+        with it the reducer and the word weights) and the histograms' settings. An earlier run
+        on the same basis has lists that stay valid where nothing near them changed."""
+        codebook = read_attrs(self.input()["codebook"].path)["digest"]
+        return settings_digest([self.settings(), codebook, self.requires()["histograms"].settings()])
+
+    def earlier(self, ids, keys):
+        """The earlier run's similarities.hdf5 (``output.Earlier``), or None when there is none
+        or it cannot be read."""
+        try:
+            return output.Earlier(self.output().path, ids, keys)
+        except (OSError, KeyError):  # missing, truncated, or from a version before keys
+            return None
+
     def make(self, tmp):
         index = store.load_index(self.input()["features"].path)
-        counts, n_words = histograms.load_words(self.input()["histograms"].path)
-        nearest, distances = nearest_neighbours(
-            WeightedHistograms(
-                counts,
-                n_words,
-                index.ids,
-                config.neighbours().weighting,
-                config.neighbours().metric,
-                power=config.neighbours().power,
-            ),  # fmt: skip
-            k=config.neighbours().k,
-            method=config.neighbours().method,
-            checkpoints=self.checkpoints(),
-            progress=Progress(self, "neighbours of"),
-        )
+        histograms_path = self.input()["histograms"].path
+        keys, counts, n_local = histograms.load_counts(histograms_path)
+        assign = histograms.load_assign(histograms_path)
+        codebook = CodebookModel.load(self.input()["codebook"].path)
+        weighting, k = config.neighbours().weighting, config.neighbours().k
+        data = WeightedHistograms(
+            counts, n_local * assign, index.ids, weighting, config.neighbours().metric, power=config.neighbours().power,
+            weights=codebook.word_weights(weighting, assign),
+        )  # fmt: skip
+        earlier, basis = self.earlier(index.ids, keys), self.basis()
+        recorded = self.recorded() or {}
+        why_full = (
+            "--full" if self.full else "--refit" if self.refit else "no earlier similarities" if earlier is None
+            else "the codebook, word weights or settings changed" if recorded.get("basis") != basis else None
+        )  # fmt: skip
+        if why_full is None:
+            nearest, distances, queried = update_neighbours(
+                data, earlier.previous(), earlier.new, k=k, checkpoints=self.checkpoints(),
+                progress=Progress(self, "neighbours of"),
+            )  # fmt: skip
+            n_queried = int(queried.sum())
+        else:
+            logger.info("%s: every image's neighbours are found again (%s)", self.task_family, why_full)
+            nearest, distances = nearest_neighbours(
+                data, k=k, method=config.neighbours().method, checkpoints=self.checkpoints(),
+                progress=Progress(self, "neighbours of"),
+            )  # fmt: skip
+            n_queried = len(index.ids)
         attrs = self.attrs(
-            metric=config.neighbours().metric,
-            weighting=config.neighbours().weighting,
-            power=config.neighbours().power,
-            codebook_size=CodebookModel.load(self.input()["codebook"].path).size,
-            model=features.MODEL,
-            layer=config.resnet().layer,
-            weights=config.resnet().weights,
-        )
+            metric=config.neighbours().metric, weighting=weighting, power=config.neighbours().power,
+            codebook_size=codebook.size, model=features.MODEL, layer=config.resnet().layer,
+            weights=config.resnet().weights, basis=basis, search="incremental" if why_full is None else "full",
+            queried=n_queried,
+        )  # fmt: skip
         if config.resnet().weights == "random":
             attrs["weights_note"] = features.RANDOM_WEIGHTS_NOTE
-        output.write_similarities(tmp, index.ids, index.ppn, index.filename, nearest, distances, attrs)
+        output.write_similarities(
+            tmp, index.ids, index.ppn, index.filename, nearest, distances, attrs, keys=keys, earlier=earlier
+        )
 
 
 class LoadSimilarities(RunTask):
     """``luigi --module tasks LoadSimilarities --local-scheduler``: this run's similarities into ``[cms] table``.
 
-    One transaction replaces the table's rows and writes the marker row. The load is complete
-    when the last marker row for the table names this run's similarities and the table still
-    holds them (:func:`pipeline.cms.holds_load`): a rerun of a loaded run does nothing, and a
-    table dropped or emptied outside the pipeline is loaded again by the next run.
+    One transaction brings the table to this run's rows and writes the marker row: only the
+    rows of images whose list changed since the earlier run (and those of removed images) when
+    the table holds the earlier run's load and at most INCREMENTAL_SHARE of the images changed,
+    else every row. The load is complete when the last marker row for the table names this
+    run's similarities and the table still holds them (:func:`pipeline.cms.holds_load`): a
+    rerun of a loaded run does nothing, and a table dropped or emptied outside the pipeline is
+    loaded again, whole, by the next run.
     """
 
+    #: Most share of changed images an incremental load writes; past it, replacing every row is as cheap.
+    INCREMENTAL_SHARE = 0.5
+
     def requires(self):
-        return Similarities(date=self.date, refit=self.refit)
+        return Similarities(**self.run_args())
 
     def run_id(self):
         """The identity of the similarities to load: the digest of similarities.hdf5."""
@@ -402,19 +437,31 @@ class LoadSimilarities(RunTask):
             return cms.siblings_target(config.cms().images_table, config.cms().siblings_column)
         return config.cms().table
 
+    def holds(self, run_id, ids, written=None):
+        return cms.holds_load(
+            inputs.engine(), run_id, ids, config.cms().table, config.cms().marker_table, siblings=self.siblings(),
+            written=written,
+        )  # fmt: skip
+
     def complete(self):
         if not self.requires().complete():
             return False
         with h5py.File(self.input().path, "r") as f:
             ids = read_ids(f["ids"])
-        return cms.holds_load(
-            inputs.engine(),
-            self.run_id(),
-            ids,
-            config.cms().table,
-            config.cms().marker_table,
-            siblings=self.siblings(),
-        )
+            written = ids[f["changed"][:]] if "changed" in f else ids
+        return self.holds(self.run_id(), ids, written)
+
+    def incremental(self, result):
+        """Whether this load can write only the changed rows: the table holds the load of the run
+        they were compared with, and few enough changed. Returns the reason when not."""
+        earlier = result["attrs"].get("earlier_digest")
+        if "changed" not in result:
+            return "no earlier run to compare with"
+        if result["changed"].mean() > self.INCREMENTAL_SHARE:
+            return f"{result['changed'].mean():.0%} of the images changed"
+        if not self.holds(earlier, result["ids"][~result["changed"]], written=[]):
+            return f"{self.target()} does not hold the load of the earlier run {earlier}"
+        return None
 
     def run(self):
         result = read_similarities(self.input().path)
@@ -424,6 +471,11 @@ class LoadSimilarities(RunTask):
                 "%s no longer holds the rows of run %s that the marker table records (dropped, emptied or restored "
                 "outside the pipeline): loading them again", self.target(), common["run_id"],
             )  # fmt: skip
+        why_whole = self.incremental(result)
+        if why_whole is None:
+            common.update(changed=result["changed"], removed=result["removed"])
+        else:
+            logger.info("%s: every row is loaded (%s)", self.task_family, why_whole)
         if config.cms().mode == "siblings":
             cms.load_siblings(
                 inputs.engine(), result["ids"], result["neighbours"], images_table=config.cms().images_table,

@@ -210,6 +210,72 @@ def test_readers_during_a_load_see_one_complete_set(database):
     assert seen and set(seen) <= {(2000, 1, f"run-{run}") for run in range(1, 6)}
 
 
+def next_night(result, seed, removed=3, changed=5, added=4):
+    """The next run's result: ``removed`` images gone, ``changed`` with another list, ``added`` new.
+    Returns (result, changed mask, removed IDs)."""
+    ids, neighbours, distances = result
+    rng = np.random.default_rng(seed)
+    gone = rng.choice(len(ids), size=removed, replace=False)
+    keep = np.setdiff1d(np.arange(len(ids)), gone)
+    fresh = ids.max() + 1 + np.arange(added)
+    new_ids = np.concatenate([ids[keep], fresh])
+    new_neighbours = np.concatenate([neighbours[keep], new_ids[rng.integers(0, len(new_ids), size=(added, 5))]])
+    new_distances = np.concatenate([distances[keep], np.sort(rng.random((added, 5)), axis=1)])
+    other = rng.choice(len(keep), size=changed, replace=False)
+    new_neighbours[other] = new_ids[rng.integers(0, len(new_ids), size=(changed, 5))]
+    mask = np.zeros(len(new_ids), dtype=bool)
+    mask[other], mask[len(keep) :] = True, True
+    return (new_ids, new_neighbours, new_distances), mask, ids[gone]
+
+
+def test_an_incremental_load_writes_only_the_changed_rows(database):
+    first = similarities(n=40, seed=0)
+    database.load(first, "run-1")
+    second, changed, removed = next_night(first, 1)
+    written = database.load(second, "run-2", changed=changed, removed=removed, batch_rows=4)
+    assert written == changed.sum() * 5 == 45
+    ids = second[0]
+    expected = [
+        (*row[:4], "run-2" if row[0] in set(ids[changed].tolist()) else "run-1") for row in expected_rows(second, "")
+    ]
+    assert database.rows() == sorted(expected)
+    assert database.loaded() == "run-2"
+    holds = lambda **kw: cms.holds_load(database.engine, "run-2", ids, database.table, database.marker, **kw)  # noqa: E731
+    assert holds(written=ids[changed]) and not holds()  # the unchanged rows keep run-1
+
+
+def test_readers_during_an_incremental_load_see_one_complete_set(database):
+    result = similarities(n=400, seed=0)
+    database.load(result, "run-1")
+    sets = {frozenset((r[0], r[1], r[2]) for r in expected_rows(result, ""))}
+    nights = []
+    for night in range(2, 6):
+        result, changed, removed = next_night(result, night, removed=30, changed=60, added=30)
+        sets.add(frozenset((r[0], r[1], r[2]) for r in expected_rows(result, "")))
+        nights.append((result, changed, removed))
+    seen, stop = [], threading.Event()
+
+    def read():
+        reader = cms.connect(cms.resolve_url(database.url))
+        query = sa.text(
+            f"SELECT image_id, {reader.dialect.identifier_preparer.quote('rank')}, similar_image_id FROM {database.table}"
+        )
+        while not stop.is_set():
+            with reader.connect() as conn:
+                seen.append(frozenset(tuple(r) for r in conn.execute(query)))
+        reader.dispose()
+
+    thread = threading.Thread(target=read)
+    thread.start()
+    try:
+        for night, (result, changed, removed) in enumerate(nights, start=2):
+            database.load(result, f"run-{night}", changed=changed, removed=removed, batch_rows=20)
+    finally:
+        stop.set()
+        thread.join()
+    assert seen and all(s in sets for s in seen)
+
+
 LOADER = """
 import logging, sys
 import numpy as np
@@ -288,6 +354,20 @@ def test_siblings_are_written_as_json_arrays_and_others_cleared(database):
     assert load_siblings(database, second, "run-2", batch_rows=3) == 4
     assert siblings(database) == [(10, [40, 30]), (20, [10, 40]), (30, [40, 10]), (40, [30, 20]), (99, None)]
     assert cms.loaded_run(database.engine, cms.siblings_target(database.images, "siblings"), database.marker) == "run-2"
+
+
+def test_an_incremental_siblings_load_writes_only_the_changed_images(database):
+    make_images(database, [(i, "PPN1", f"{i}.jpg") for i in (10, 20, 30, 40, 99)])
+    add_siblings_column(database)
+    first = (np.array([10, 20, 30, 40, 99]), np.array([[20, 30], [10, 30], [20, 10], [30, 20], [10, 20]]), None)
+    load_siblings(database, first, "run-1")
+    with database.engine.begin() as conn:  # what an incremental load must leave alone
+        conn.execute(sa.text(f"UPDATE {database.images} SET siblings = '[1, 2]' WHERE id = 40"))
+    # 99 is gone, 10 has another list
+    second = (np.array([10, 20, 30, 40]), np.array([[40, 30], [10, 30], [20, 10], [30, 20]]), None)
+    changed = np.array([True, False, False, False])
+    assert load_siblings(database, second, "run-2", changed=changed, removed=np.array([99])) == 1
+    assert siblings(database) == [(10, [40, 30]), (20, [10, 30]), (30, [20, 10]), (40, [1, 2]), (99, None)]
 
 
 def test_siblings_cleared_outside_the_pipeline_are_no_longer_held(database):

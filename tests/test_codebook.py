@@ -4,6 +4,8 @@ import pytest
 from pipeline.blocks import ArrayBlocks
 from pipeline.codebook import Codebook, auto_size, fit_codebook, resolve_size
 from pipeline.errors import ConfigError
+from pipeline.histograms import compute_histograms
+from pipeline.neighbours import counts_weights
 from pipeline.reduction import Reducer
 
 
@@ -66,7 +68,25 @@ def test_save_and_load_round_trip(tmp_path):
     x, _ = blobs(2)
     codebook = Codebook(4, random_state=0).fit(x)
     codebook.save(tmp_path / "c.h5", {"digest": "d"})
-    np.testing.assert_array_equal(Codebook.load(tmp_path / "c.h5").predict(x), codebook.predict(x))
+    loaded = Codebook.load(tmp_path / "c.h5")
+    np.testing.assert_array_equal(loaded.predict(x), codebook.predict(x))
+    np.testing.assert_array_equal(loaded.word_weights("tfidf", 2), codebook.word_weights("tfidf", 2))
+
+
+@pytest.mark.parametrize("assign", [1, 2, 3])
+def test_word_weights_are_those_of_the_images_fitted_on(assign):
+    x, _ = blobs(3)
+    descriptors = x.reshape(40, 5, 8)
+    reducer = Reducer(1.0).fit(x)
+    blocks = ArrayBlocks(descriptors, block_size=7)
+    codebook = fit_codebook(blocks, reducer, 6, 200, random_state=0)  # every image sampled
+    counts, _ = compute_histograms(blocks, np.arange(40).astype(str), reducer, codebook, assign=assign)
+    assert codebook.documents_ == 40
+    np.testing.assert_array_equal(codebook.word_weights("tfidf", assign), counts_weights(counts, "tfidf"))
+    np.testing.assert_array_equal(codebook.word_weights("raw", assign), np.ones(6))
+    # a sample of the images: the weights of the sample, kept as the collection changes
+    sampled = fit_codebook(blocks, reducer, 6, 50, random_state=0)
+    assert sampled.documents_ == 10 and sampled.document_frequency_.max() <= 10
 
 
 def test_nearest_words_are_in_order_of_distance():

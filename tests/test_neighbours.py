@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+import scipy.sparse as sp
 
 from pipeline.checkpoints import Checkpoints
 from pipeline.errors import ConfigError
@@ -9,9 +10,11 @@ from pipeline.neighbours import (
     POWER_SCALE,
     WeightedHistograms,
     balltree_neighbours,
+    counts_weights,
     nearest_neighbours,
     query_neighbours,
     sparse_neighbours,
+    update_neighbours,
     word_weights,
 )
 
@@ -27,7 +30,7 @@ def brute_force(counts, ids, k, weighting="raw", metric="euclidean", power=1.0):
     n_local = int(c.sum(axis=1)[0])
     if power != 1:  # counts to the power, in fixed point
         c, n_local = np.rint(POWER_SCALE * c**power).astype(np.int64), round(POWER_SCALE * n_local**power)
-    v = c * word_weights(counts, weighting)
+    v = c * counts_weights(counts, weighting)
     unit = 1 if weighting == "raw" else IDF_SCALE
 
     def key(i, j):
@@ -74,10 +77,11 @@ def test_tfidf_weights_are_the_smoothed_idf_in_fixed_point():
     # 4 images; word 0 in all of them, word 1 in one, word 2 in none
     counts = word_histograms(np.array([[0, 0], [0, 1], [0, 0], [0, 0]]), 3)
     expected = [np.log(5 / 5) + 1, np.log(5 / 2) + 1, np.log(5 / 1) + 1]
-    np.testing.assert_array_equal(word_weights(counts, "tfidf"), np.rint(np.array(expected) * IDF_SCALE))
-    np.testing.assert_array_equal(word_weights(counts, "raw"), [1, 1, 1])
+    np.testing.assert_array_equal(counts_weights(counts, "tfidf"), np.rint(np.array(expected) * IDF_SCALE))
+    np.testing.assert_array_equal(word_weights([4, 1, 0], 4, "tfidf"), counts_weights(counts, "tfidf"))
+    np.testing.assert_array_equal(counts_weights(counts, "raw"), [1, 1, 1])
     with pytest.raises(ConfigError, match=r"\[neighbours\] weighting='bm25'"):
-        word_weights(counts, "bm25")
+        word_weights([4, 1, 0], 4, "bm25")
 
 
 @pytest.mark.parametrize("weighting, metric", DISTANCES)
@@ -251,3 +255,55 @@ def test_identical_histograms_are_at_distance_zero_never_below(method):
     assert distances[0, 0] == 0 and not np.signbit(distances).any()
     _, outside = query_neighbours(data, counts[:1], k=1)
     assert outside[0, 0] == 0 and not np.signbit(outside).any()
+
+
+def changed_collection(rng, ids, rows, words, n_local, zipf, added, changed, removed):
+    """The collection after a night: ``removed`` images gone, ``changed`` given new histograms,
+    ``added`` new ones, in a new order. Returns (ids, rows, is_new)."""
+    keep = rng.permutation(len(ids))[removed:]
+    ids, rows = ids[keep], [rows[i] for i in keep]
+    is_new = np.zeros(len(ids), dtype=bool)
+    for i in rng.choice(len(ids), size=changed, replace=False):
+        rows[i], is_new[i] = (
+            random_counts(int(rng.integers(1 << 30)), n=1, words=words, n_local=n_local, zipf=zipf),
+            True,
+        )
+    fresh = ids.max() + 1 + rng.permutation(10 * added + 1)[:added]
+    ids = np.concatenate([ids, fresh])
+    rows += [random_counts(int(rng.integers(1 << 30)), n=1, words=words, n_local=n_local, zipf=zipf) for _ in fresh]
+    is_new = np.concatenate([is_new, np.ones(added, dtype=bool)])
+    order = rng.permutation(len(ids))
+    return ids[order], [rows[i] for i in order], is_new[order]
+
+
+@pytest.mark.parametrize("words, n_local, zipf", [(4, 5, None), (30, 9, 0.8)])  # tie-heavy, and Zipf words
+@pytest.mark.parametrize("k", [1, 5])
+@pytest.mark.parametrize("weighting, metric", DISTANCES)
+@pytest.mark.parametrize("power", [1.0, 0.5])
+def test_incremental_neighbours_equal_a_full_search_night_after_night(
+    words, n_local, zipf, k, weighting, metric, power
+):
+    rng = np.random.default_rng(words + k)
+    ids = rng.permutation(1000)[:70]
+    rows = [random_counts(i, n=1, words=words, n_local=n_local, zipf=zipf) for i in range(70)]
+    weights = WeightedHistograms(sp.vstack(rows), n_local, ids, weighting, metric).weights  # frozen from night 0
+
+    def histograms(ids, rows):
+        return WeightedHistograms(sp.vstack(rows), n_local, ids, weighting, metric, weights=weights, power=power)
+
+    neighbours, _ = sparse_neighbours(histograms(ids, rows), k=k)
+    nights = [(6, 3, 4), (0, 0, 0), (1, 0, 0), (0, 2, 0), (0, 0, 3), (12, 5, 9)]  # added, changed, removed
+    for added, changed, removed in nights:
+        lists = dict(zip(ids, ids[neighbours]))  # each image's list, as IDs
+        ids, rows, is_new = changed_collection(rng, ids, rows, words, n_local, zipf, added, changed, removed)
+        position = {i: p for p, i in enumerate(ids)}
+        # each image's earlier list as positions now, -1 where gone (new images: none)
+        previous = np.array([[position.get(j, -1) for j in lists.get(i, [-1] * k)] for i in ids])
+        expected, expected_d = sparse_neighbours(histograms(ids, rows), k=k)
+        got, got_d, queried = update_neighbours(histograms(ids, rows), previous, is_new, k=k, chunk_size=7)
+        np.testing.assert_array_equal(got, expected)
+        np.testing.assert_array_equal(got_d, expected_d)
+        assert queried[is_new].all()
+        if added + changed + removed == 0:
+            assert not queried.any()
+        neighbours = got

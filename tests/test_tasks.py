@@ -1,3 +1,4 @@
+import datetime
 import html.parser
 import json
 import os
@@ -12,6 +13,7 @@ import luigi
 import numpy as np
 import pytest
 import sqlalchemy as sa
+from PIL import Image
 
 from pipeline.collection import load_inventory
 from pipeline.demo import make_cms
@@ -720,3 +722,65 @@ def test_compare_prints_the_grid_best_first_reusing_the_features(run, tmp_path):
     assert [r["map"] for r in saved] == sorted((r["map"] for r in saved), reverse=True)
     assert {r["codebook"] for r in saved} == {"8", "110 (auto)"} and {r["trim"] for r in saved} == {True, False}
     assert all(r["queries"] == 18 and 0 <= r["selfcheck_top1"] <= 1 for r in saved)
+
+
+def change_collection(content, rng, date):
+    """A night's change: one image removed, one rescanned (changed), two added (IDs from 7000 on)."""
+    header, *rows = (content / "image_ids.csv").read_text().splitlines()
+    rows = [r for r in rows if os.path.exists(content / r.split(",")[1] / r.split(",")[2])]
+    removed, changed, source = (rows[i] for i in rng.choice(len(rows), size=3, replace=False))
+    rows.remove(removed)
+    _, ppn, name = removed.split(",")
+    os.remove(content / ppn / name)
+    _, ppn, name = changed.split(",")
+    with Image.open(content / ppn / name) as image:
+        image.rotate(3, expand=True).convert("L").convert("RGB").save(content / ppn / name, "JPEG", quality=60)
+    _, ppn, name = source.split(",")
+    for n in range(2):
+        with Image.open(content / ppn / name) as image:
+            image.crop((n * 8, 0, image.width, image.height - n * 8)).save(content / ppn / f"{date}-{n}.jpg", "JPEG")
+        rows.append(f"{7000 + len(rows) * 10 + n},{ppn},{date}-{n}.jpg")
+    (content / "image_ids.csv").write_text("\n".join([header, *rows]) + "\n")
+
+
+def test_incremental_neighbours_and_loads_equal_a_full_run_date_after_date(
+    monkeypatch, caplog, small_collection, tmp_path
+):
+    content = tmp_path / "content"
+    shutil.copytree(small_collection[0], content)
+    database = tmp_path / "cms.sqlite"
+    config = pipeline_config(tmp_path, cms__url=f"sqlite:///{database}")
+    rng = np.random.default_rng(0)
+    artifacts = tmp_path / "artifacts"
+    monkeypatch.setattr(LoadSimilarities, "INCREMENTAL_SHARE", 1.0)  # in 20 images, most lists change
+    for day, date in enumerate(["2026-03-01", "2026-03-02", "2026-03-03", "2026-03-04"]):
+        if day:
+            change_collection(content, rng, date)
+        caplog.clear()
+        with luigi_config(monkeypatch, config):
+            assert luigi.build([LoadSimilarities(date=datetime.date.fromisoformat(date))], local_scheduler=True)
+        attrs = read_attrs(artifacts / "similarities.hdf5")
+        assert attrs["search"] == ("full" if day == 0 else "incremental")
+        # the table holds this run's lists, whether loaded whole or only where they changed
+        result = read_similarities(artifacts / "similarities.hdf5")
+        assert [row[:4] for row in cms_rows(database)] == sorted(
+            (int(i), r + 1, int(result["neighbours"][p, r]), float(result["distances"][p, r]))
+            for p, i in enumerate(result["ids"]) for r in range(5)
+        )  # fmt: skip
+        assert ("every row is loaded" in caplog.text) == (day == 0), caplog.text[-2000:]
+        # the same date again from scratch, without the earlier lists: every image searched
+        full = tmp_path / f"full-{day}"
+        shutil.copytree(artifacts, full / "artifacts", ignore=shutil.ignore_patterns("similarities.hdf5", "run.lock*"))
+        with luigi_config(
+            monkeypatch, pipeline_config(full, paths__content=content, ids__csv=content / "image_ids.csv")
+        ):
+            assert luigi.build([Similarities(date=datetime.date.fromisoformat(date))], local_scheduler=True, workers=1)
+        assert read_attrs(full / "artifacts" / "similarities.hdf5")["search"] == "full"
+        a, b = (
+            read_similarities(artifacts / "similarities.hdf5"),
+            read_similarities(full / "artifacts" / "similarities.hdf5"),
+        )
+        for key in ("ids", "neighbours", "distances", "similarities"):
+            np.testing.assert_array_equal(a[key], b[key], err_msg=f"{date} {key}")
+        if day:
+            assert 0 < attrs["queried"] < len(a["ids"])

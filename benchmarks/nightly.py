@@ -1,0 +1,214 @@
+"""A night of a large collection: what the stages after extraction cost on a first full run
+and on a night with few changes, and whether the night's neighbours equal a full search.
+
+    python -m benchmarks.nightly [--images 100000] [--added 1000] [--changed 100] [--removed 100]
+        [--words 8500] [--database postgresql|sqlite|none] [--check full|N]
+
+The collection is simulated after extraction, as in ``benchmarks.scale``: its histograms are
+synthetic word counts (word frequencies as rank**-0.6, ``benchmarks.neighbours``), the word
+weights are frozen from them as a codebook keeps them, and the night's new and changed
+images are real synthetic descriptors assigned by the pipeline's own code (an 8,500-word
+codebook drawn from them: the night assigns, it does not fit). Every other step is the
+pipeline's: the histograms' reuse and rewrite, the neighbour search (full, then
+incremental), similarities.hdf5 with its keys and changed rows, and the CMS load (whole,
+then only the changed rows) into a table of its own, dropped afterwards.
+
+``--check full`` (the default) compares the night's neighbours with a full search of the
+night's collection, every row; ``--check N`` with N random rows of it (for a million images,
+where a full search takes about half an hour).
+"""
+
+import argparse
+import os
+import tempfile
+import uuid
+
+import numpy as np
+import sqlalchemy as sa
+
+from pipeline import cms, histograms, output
+from pipeline.codebook import Codebook
+from pipeline.histograms import MAX_ASSIGN, compute_histograms
+from pipeline.neighbours import WeightedHistograms, counts_weights, sparse_neighbours, update_neighbours
+from pipeline.reduction import Reducer
+
+from .cms import URLS
+from .common import StagePeak, Timer, peak_rss_mb, report
+from .neighbours import synthetic_counts
+from .scale import SyntheticBlocks
+
+K, N_LOCAL = 5, 49
+
+
+class Stages:
+    """Seconds and peak RSS of each named stage, printed as rows and kept as figures."""
+
+    def __init__(self):
+        self.rows, self.figures = [], {}
+
+    def run(self, name, function, note=""):
+        with StagePeak() as peak, Timer() as t:
+            result = function()
+        self.rows.append((name, f"{t.seconds:8.1f} s  peak RSS {peak.mb:6.0f} MB  {note}"))
+        key = name.replace(": ", "_").replace(" ", "_").replace(",", "").replace(".", "_")
+        self.figures[f"{key}_seconds"] = round(t.seconds, 2)
+        return result, t.seconds
+
+
+def descriptors_codebook(blocks, words, seed=0):
+    """A reducer fitted on 2,000 simulated images and ``words`` of their reduced descriptors as words."""
+    sample = blocks.subset(np.arange(min(2000, blocks.n_images)))
+    reducer = Reducer(0.97, "l2", "l2").fit(sample)
+    reduced = np.concatenate([reducer.transform(b.reshape(-1, b.shape[-1])) for b in sample])
+    codebook = Codebook(words, seed)
+    codebook.centers_ = reduced[np.random.default_rng(seed).choice(len(reduced), words, replace=False)]
+    codebook.inertia_, codebook.documents_ = 0.0, 1
+    codebook.document_frequency_ = np.zeros((MAX_ASSIGN, words), dtype=np.int64)
+    return reducer, codebook
+
+
+def night_collection(images, added, changed, removed, words, seed=1):
+    """The night's collection from the first night's ``images``: positions of the first night's
+    images kept, which of them changed, and the new images' IDs (after the first night's)."""
+    rng = np.random.default_rng(seed)
+    kept = np.sort(rng.choice(images, images - removed, replace=False))
+    changed_at = np.sort(rng.choice(len(kept), changed, replace=False))
+    return kept, changed_at, images + 1 + np.arange(added)
+
+
+def run(images=100_000, added=1000, changed=100, removed=100, words=8500, database="postgresql", check="full"):
+    stages = Stages()
+    figures = {"bench": "nightly", "images": images, "added": added, "changed": changed, "removed": removed}
+    ids = np.arange(1, images + 1, dtype=np.int64)
+    keys = np.array([f"PPN{i // 10}/{i:08d}.jpg 0" for i in ids])
+    ppn, filename = np.array([f"{i // 10}" for i in ids]), np.array([f"{i:08d}.jpg" for i in ids])
+    counts = synthetic_counts(images, words, seed=0).vectors.astype(np.int32)
+    # the word weights a codebook keeps: frozen from the collection it was fitted on
+    weights = counts_weights(counts, "tfidf")
+    weigh = lambda c, i: WeightedHistograms(c, N_LOCAL, i, "tfidf", "cosine", weights=weights, power=0.5)  # noqa: E731
+    engine = None
+    if database != "none":
+        engine = cms.connect(cms.resolve_url(URLS[database] if database in URLS else database))
+        if engine.url.get_backend_name() != "sqlite" and not cms.reachable(engine):
+            raise SystemExit(f"no {database} server answers at {engine.url}")
+    table, marker = f"bench_sim_{uuid.uuid4().hex[:8]}", f"bench_load_{uuid.uuid4().hex[:8]}"
+    with tempfile.TemporaryDirectory(prefix="nightly-") as tmp:
+        first_path, night_path = os.path.join(tmp, "first.hdf5"), os.path.join(tmp, "night.hdf5")
+        try:
+            # the first full run
+            data, _ = stages.run("first: weighting", lambda: weigh(counts, ids))
+            (nearest, distances), full = stages.run("first: neighbours, full", lambda: sparse_neighbours(data, k=K))
+            stages.run(
+                "first: similarities.hdf5",
+                lambda: output.write_similarities(
+                    first_path, ids, ppn, filename, nearest, distances, {"digest": "first"}, keys=keys
+                ),
+            )
+            if engine is not None:
+                stages.run(
+                    f"first: {database} load, every row",
+                    lambda: cms.load_similarities(
+                        engine, ids, ids[nearest], distances, "first", "2026-01-01", table, marker
+                    ),
+                )
+            # the night: images removed, changed and added
+            kept, changed_at, new_ids = night_collection(images, added, changed, removed, words)
+            night_ids = np.concatenate([ids[kept], new_ids])
+            night_keys = np.concatenate([keys[kept], np.array([f"PPN{i // 10}/{i:08d}.jpg 0" for i in new_ids])])
+            night_keys = night_keys.astype(f"U{night_keys.dtype.itemsize // 4 + 8}")  # room for the mark
+            night_keys[changed_at] = np.char.add(night_keys[changed_at], " changed")
+            blocks = SyntheticBlocks(len(night_ids), seed=7)
+            reducer, codebook = descriptors_codebook(blocks, words)
+            previous = (keys, counts)
+            (night_counts, reused), _ = stages.run(
+                "night: histograms",
+                lambda: compute_histograms(blocks, night_keys, reducer, codebook, previous=previous),
+                f"{added + changed} assigned, the rest reused",
+            )
+            histograms_path = os.path.join(tmp, "histograms.h5")
+            stages.run(
+                "night: histograms.h5 rewritten",
+                lambda: histograms.save_histograms(histograms_path, night_keys, night_counts, N_LOCAL, {}),
+            )
+            night_ppn = np.array([f"{i // 10}" for i in night_ids])
+            night_filename = np.array([f"{i:08d}.jpg" for i in night_ids])
+            night_data, _ = stages.run("night: weighting", lambda: weigh(night_counts, night_ids))
+            earlier, _ = stages.run(
+                "night: earlier lists read", lambda: output.Earlier(first_path, night_ids, night_keys)
+            )
+            (night_nearest, night_distances, queried), night = stages.run(
+                "night: neighbours, incremental",
+                lambda: update_neighbours(night_data, earlier.previous(), earlier.new, k=K),
+            )
+            stages.run(
+                "night: similarities.hdf5",
+                lambda: output.write_similarities(
+                    night_path, night_ids, night_ppn, night_filename, night_nearest, night_distances,
+                    {"digest": "night"}, keys=night_keys, earlier=earlier,
+                ),
+            )  # fmt: skip
+            written = output.read_similarities(night_path)
+            if engine is not None:
+                stages.run(
+                    f"night: {database} load, changed rows",
+                    lambda: cms.load_similarities(
+                        engine, night_ids, night_ids[night_nearest], night_distances, "night", "2026-01-02", table,
+                        marker, changed=written["changed"], removed=written["removed"],
+                    ),
+                    f"{int(written['changed'].sum())} images' rows, {len(written['removed'])} removed",
+                )  # fmt: skip
+            # the check
+            if check == "full":
+                rows = np.arange(len(night_ids))
+                (expected, expected_d), _ = stages.run(
+                    "check: neighbours, full", lambda: sparse_neighbours(night_data, k=K)
+                )
+            else:
+                rows = np.sort(np.random.default_rng(3).choice(len(night_ids), int(check), replace=False))
+                (expected, expected_d), _ = stages.run(
+                    f"check: {len(rows)} rows searched in full", lambda: sparse_neighbours(night_data, k=K, rows=rows)
+                )
+            identical = bool(
+                np.array_equal(expected, night_nearest[rows]) and np.array_equal(expected_d, night_distances[rows])
+            )
+        finally:
+            if engine is not None:
+                with engine.begin() as conn:
+                    for drop in (table, marker):
+                        conn.execute(sa.text(f"DROP TABLE IF EXISTS {engine.dialect.identifier_preparer.quote(drop)}"))
+                engine.dispose()
+    night_stages = [k for k in stages.figures if k.startswith("night_")]
+    figures.update(stages.figures)
+    figures.update(
+        full_seconds=round(sum(v for k, v in stages.figures.items() if k.startswith("first_")), 1),
+        night_seconds=round(sum(stages.figures[k] for k in night_stages), 1),
+        queried=int(queried.sum()),
+        changed_lists=int(written["changed"].sum()),
+        reused_histograms=int(reused),
+        identical=identical,
+        checked_rows=len(rows),
+        peak_rss_mb=round(peak_rss_mb()),
+    )
+    stages.rows.append(
+        ("night, all stages", f"{figures['night_seconds']:8.1f} s  (the full search alone: {full:.1f} s)")
+    )
+    stages.rows.append(("identical to a full search", f"{identical} ({len(rows)} rows compared)"))
+    report(stages.rows, figures)
+    return figures
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=100_000)
+    parser.add_argument("--added", type=int, default=1000)
+    parser.add_argument("--changed", type=int, default=100)
+    parser.add_argument("--removed", type=int, default=100)
+    parser.add_argument("--words", type=int, default=8500)
+    parser.add_argument("--database", default="postgresql", help="postgresql, mariadb, an SQLAlchemy URL, or none")
+    parser.add_argument("--check", default="full", help="full, or a number of random rows")
+    args = parser.parse_args()
+    run(args.images, args.added, args.changed, args.removed, args.words, args.database, args.check)
+
+
+if __name__ == "__main__":
+    main()
