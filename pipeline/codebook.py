@@ -82,7 +82,7 @@ class Codebook:
 
         Initialised with K distinct descriptors drawn at random, then Lloyd's iterations to
         convergence: k-means++ gave the same retrieval quality on the quality benchmark and its
-        K sequential passes over the sample cost ten times the whole fit at 8,500 words
+        K sequential passes over the sample cost six times the whole fit at 8,500 words
         (docs/quality.md)."""
         kmeans = KMeans(n_clusters=self.size, init="random", n_init=1, random_state=self.random_state).fit(x)
         self.centers_ = kmeans.cluster_centers_.astype(np.float32)

@@ -56,6 +56,7 @@ def run_report(date, artifacts, inventory, index, similarities, load=None, evalu
         "stage_seconds": seconds,
         "similarities": similarities,
         "images_with_neighbours": len(index),
+        "neighbours": {key: artifacts["Similarities"].get(key) for key in ("search", "queried")},
     }
     if load is not None:
         report["cms"] = {**load, "run_id": artifacts["Similarities"]["digest"], "images": len(index)}

@@ -145,6 +145,7 @@ def test_incremental_nightly_runs(tmp_path, small_collection):
     first = report(root)
     assert (first["images_total"], first["extracted"], first["reused"], first["removed"]) == (18, 18, 0, 0)
     assert first["refit"] is True and first["status"] == "ok"
+    assert first["neighbours"] == {"search": "full", "queried": 18}
     stages = {"Inventory", "FeatureShard", "Features", "Reducer", "Codebook", "Histograms", "Similarities"}
     assert set(first["stage_seconds"]) == stages and first["stage_seconds"]["FeatureShard"] > 0
 
@@ -170,6 +171,7 @@ def test_incremental_nightly_runs(tmp_path, small_collection):
     second = report(root)
     assert (second["images_total"], second["extracted"], second["reused"], second["removed"]) == (19, 3, 16, 1)
     assert second["refit"] is False
+    assert second["neighbours"]["search"] == "incremental" and 3 <= second["neighbours"]["queried"] < 19
     assert "extracting 3 images, reusing 16" in log
     assert "3 computed, 16 reused" in log  # histograms of unchanged images kept
     result = read_similarities(root / "artifacts" / "similarities.hdf5")
@@ -182,6 +184,13 @@ def test_incremental_nightly_runs(tmp_path, small_collection):
     log = nightly(root, "2026-01-03", "--refit")
     third = report(root)
     assert third["refit"] is True and third["extracted"] == 0 and "19 computed, 0 reused" in log
+    assert third["neighbours"]["search"] == "full"
+
+    # --full searches every image again, without a refit
+    log = nightly(root, "2026-01-04", "--full")
+    fourth = report(root)
+    assert fourth["refit"] is False and fourth["neighbours"] == {"search": "full", "queried": 19}
+    assert "every image's neighbours are found again (--full)" in log
 
 
 def test_growth_past_the_threshold_refits(tmp_path, small_collection):
