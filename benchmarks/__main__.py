@@ -2,7 +2,7 @@
 
 import json
 
-from . import cms, extract, neighbours, reduce, scale
+from . import cms, extract, neighbours, nightly, reduce, scale
 
 
 def main():
@@ -13,6 +13,7 @@ def main():
         ("neighbours", neighbours.run),
         ("scale", scale.run),
         ("cms", cms.run),
+        ("nightly", lambda: nightly.run(images=20_000, added=200, changed=20, removed=20)),
     ):
         print(f"\n== {name} ==")
         results.append(bench())
