@@ -500,7 +500,7 @@ class InvertedFile:
         chosen = slice(None) if positions is None else np.asarray(positions, dtype=np.int64)
         vectors = counts.vectors[chosen]
         self.queries = (
-            counts.vectors.indptr.astype(np.int64), counts.vectors.indices.astype(np.int32),
+            counts.vectors.indptr.astype(np.int64, copy=False), counts.vectors.indices.astype(np.int32, copy=False),
             counts.vectors.data.astype(np.int32), counts.norms, counts.roots,
         )  # fmt: skip
         self.candidates = (
@@ -593,9 +593,10 @@ def update_neighbours(
     queried = new | (previous < 0).any(axis=1)
     rows = np.flatnonzero(queried)
     neighbours, distances = np.empty((n, k), dtype=np.int64), np.empty((n, k), dtype=np.float64)
-    if len(rows):
+    if len(rows):  # the whole collection's inverted file, released before the new images' is built
         query_chunk = _query_chunk(counts, InvertedFile(counts, k, block=block, dense_share=dense_share))
         neighbours[rows], distances[rows] = _chunked(n, k, rows, chunk_size, checkpoints, query_chunk, progress)
+        del query_chunk
     kept = np.flatnonzero(~queried)
     listed = previous[kept]
     v = counts.vectors

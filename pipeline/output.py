@@ -27,7 +27,7 @@ def write_similarities(path, ids, ppn, filename, neighbours, distances, attrs, k
         File attributes (k, metric, model, ...); ``created`` and ``pipeline_version`` are added.
     keys : ndarray of shape (n,), str, optional
         Identity of each image's histogram (path and fingerprint): what the next run's
-        :func:`earlier_lists` tells changed images by.
+        :class:`Earlier` tells changed images by.
     earlier : Earlier, optional
         The earlier run's similarities: which rows differ from them (``changed``, one bool per
         row: a new image or another list) and which of their images are gone (``removed``, IDs)
