@@ -261,14 +261,13 @@ class _Heartbeats:
 
     def _beat(self):
         while True:
-            with self.guard:
-                locks = list(self.locks)
-            wait = min((lock.heartbeat for lock in locks), default=HEARTBEAT)
-            for lock in locks:
-                try:
-                    lock.touch()
-                except OSError:  # a full or unreachable disk: the run itself reports it
-                    pass
+            with self.guard:  # a lock released meanwhile is not touched (its file not written again)
+                for lock in self.locks:
+                    try:
+                        lock.touch()
+                    except OSError:  # a full or unreachable disk: the run itself reports it
+                        pass
+                wait = min((lock.heartbeat for lock in self.locks), default=HEARTBEAT)
             self.wake.wait(wait)
             self.wake.clear()
 

@@ -149,3 +149,18 @@ def test_a_claim_made_while_a_stale_one_is_broken_is_put_back(tmp_path, monkeypa
     monkeypatch.setattr(os, "rename", rename_after_another_claims)
     lock._break(stale)
     assert json.loads((tmp_path / CLAIM).read_text()) == fresh
+
+
+def test_a_heartbeat_never_writes_the_participant_file_again_after_release(tmp_path, monkeypatch):
+    real_touch = RunLock.touch
+
+    def slow_touch(lock):  # a slow file server: the release comes while a heartbeat is under way
+        time.sleep(0.2)
+        real_touch(lock)
+
+    monkeypatch.setattr(RunLock, "touch", slow_touch)
+    lock = RunLock(tmp_path, "2026-02-01", heartbeat=0.01).acquire()
+    time.sleep(0.05)
+    lock.release()
+    time.sleep(0.4)
+    assert listing(tmp_path) == []
