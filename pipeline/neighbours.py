@@ -421,6 +421,36 @@ def _inverted_file_top_k(
     return out, out_s
 
 
+@numba.njit(cache=True)
+def _fill_postings(indptr, indices, data, dense_row, dense, word_start, block, n_blocks):
+    """The postings of the CSR rows, word by word in image order (see :func:`_inverted_file`),
+    in two passes over the rows: no transposed copy of the counts."""
+    n_words = len(word_start) - 1
+    block_ptr = np.zeros((n_words, n_blocks + 1), dtype=np.int64)
+    for i in range(len(indptr) - 1):
+        tb = i // block
+        for p in range(indptr[i], indptr[i + 1]):
+            w = indices[p]
+            if dense_row[w] >= 0:
+                dense[dense_row[w], i] = data[p]
+            else:
+                block_ptr[w, tb + 1] += 1
+    for w in range(n_words):
+        block_ptr[w, 0] = word_start[w]
+        for tb in range(n_blocks):
+            block_ptr[w, tb + 1] += block_ptr[w, tb]
+    cursor = word_start[:-1].copy()
+    post_img = np.empty(word_start[-1], dtype=np.int32)
+    post_cnt = np.empty(word_start[-1], dtype=np.int32)
+    for i in range(len(indptr) - 1):
+        for p in range(indptr[i], indptr[i + 1]):
+            w = indices[p]
+            if dense_row[w] < 0:
+                post_img[cursor[w]], post_cnt[cursor[w]] = i % block, data[p]
+                cursor[w] += 1
+    return block_ptr, post_img, post_cnt
+
+
 def _inverted_file(csr, block, dense_share):
     """The inverted file of the counts, cut into blocks of ``block`` images.
 
@@ -435,27 +465,18 @@ def _inverted_file(csr, block, dense_share):
     dense : ndarray of shape (n_dense, n_images), int16 (int32 when a weighted count needs it)
         Weighted counts of the words found in more than ``dense_share`` of the images.
     """
-    n = csr.shape[0]
-    csc = csr.tocsc()
-    csc.sort_indices()
-    df = np.diff(csc.indptr)
+    n, n_words = csr.shape
+    df = np.bincount(csr.indices, minlength=n_words)
     heavy = np.flatnonzero(df > dense_share * n)
-    dense_row = np.full(csc.shape[1], -1, dtype=np.int64)
+    dense_row = np.full(n_words, -1, dtype=np.int64)
     dense_row[heavy] = np.arange(len(heavy))
-    dense = np.zeros((len(heavy), n), dtype=np.int16 if csc.data.max(initial=0) < 2**15 else np.int32)
-    for r, w in enumerate(heavy):
-        begin, end = csc.indptr[w], csc.indptr[w + 1]
-        dense[r, csc.indices[begin:end]] = csc.data[begin:end]
-    light_df = np.where(dense_row < 0, df, 0)
-    keep = np.repeat(dense_row < 0, df)
-    post_img, post_cnt = csc.indices[keep].astype(np.int32), csc.data[keep].astype(np.int32)
-    indptr = np.concatenate([[0], np.cumsum(light_df)])
-    n_blocks = -(-n // block)
-    starts = np.arange(n_blocks + 1) * block
-    block_ptr = np.empty((csc.shape[1], n_blocks + 1), dtype=np.int64)
-    for w in range(csc.shape[1]):
-        block_ptr[w] = indptr[w] + np.searchsorted(post_img[indptr[w] : indptr[w + 1]], starts)
-    return block_ptr, post_img % block, post_cnt, dense_row, dense
+    dense = np.zeros((len(heavy), n), dtype=np.int16 if csr.data.max(initial=0) < 2**15 else np.int32)
+    word_start = np.concatenate([[0], np.cumsum(np.where(dense_row < 0, df, 0))]).astype(np.int64)
+    indptr = csr.indptr.astype(np.int64, copy=False)
+    block_ptr, post_img, post_cnt = _fill_postings(
+        indptr, csr.indices, csr.data, dense_row, dense, word_start, block, -(-n // block)
+    )
+    return block_ptr, post_img, post_cnt, dense_row, dense
 
 
 def sparse_neighbours(
@@ -501,7 +522,7 @@ class InvertedFile:
         vectors = counts.vectors[chosen]
         self.queries = (
             counts.vectors.indptr.astype(np.int64, copy=False), counts.vectors.indices.astype(np.int32, copy=False),
-            counts.vectors.data.astype(np.int32), counts.norms, counts.roots,
+            counts.vectors.data, counts.norms, counts.roots,
         )  # fmt: skip
         self.candidates = (
             *_inverted_file(vectors, block, dense_share), counts.norms[chosen], counts.roots[chosen],

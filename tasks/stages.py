@@ -372,6 +372,7 @@ class Similarities(ArtifactTask):
             counts, n_local * assign, index.ids, weighting, config.neighbours().metric, power=config.neighbours().power,
             weights=codebook.word_weights(weighting, assign),
         )  # fmt: skip
+        del counts  # the search reads the weighted copy
         earlier, basis = self.earlier(index.ids, keys), self.basis()
         recorded = self.recorded() or {}
         why_full = (
