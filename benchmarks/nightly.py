@@ -152,7 +152,7 @@ def run(images=100_000, added=1000, changed=100, removed=100, words=8500, databa
             night_ppn = np.array([f"{i // 10}" for i in night_ids])
             night_filename = np.array([f"{i:08d}.jpg" for i in night_ids])
             night_data, _ = stages.run("night: weighting", lambda: weigh(night_counts, night_ids, weights))
-            del night_counts  # as the pipeline's search, which reads the weighted copy
+            night_counts = None  # freed, as by the pipeline's search, which reads the weighted copy
             earlier, _ = stages.run(
                 "night: earlier lists read", lambda: output.Earlier(first_path, night_ids, night_keys)
             )
