@@ -3,6 +3,7 @@ and on a night with few changes, and whether the night's neighbours equal a full
 
     python -m benchmarks.nightly [--images 100000] [--added 1000] [--changed 100] [--removed 100]
         [--words 8500] [--database postgresql|sqlite|none] [--check full|N]
+        [--parts search|files|search,files] [--shards 16] [--cold]
 
 The collection is simulated after extraction, as in ``benchmarks.scale``: its histograms are
 synthetic word counts (word frequencies as rank**-0.6, ``benchmarks.neighbours``), the word
@@ -18,6 +19,15 @@ night's collection, every row; ``--check N`` with N random rows of it (for a mil
 where a full search takes about half an hour). The night starts from the first run's files,
 its memory freed: ``night_peak_rss_mb`` is the process's largest resident size during the
 night's stages.
+
+``--parts files`` measures instead (``--parts search,files`` also) the stages that read the
+collection's files and lists, on as many real (empty) files under ``PPN<id>/`` folders with
+their ID mapping in a CSV file, changed the same way: the inventory (mapping read, folders
+scanned, joined, compared with the first run's inventory, saved), what one of ``--shards``
+feature shards reads to find its images still to extract, the features index (the store's
+catalog brought up to date), and what the report reads. ``--cold`` empties the kernel's
+page, inode and directory caches first (root only), as a night finds them after a day of
+other work.
 """
 
 import argparse
@@ -28,11 +38,13 @@ import uuid
 import numpy as np
 import sqlalchemy as sa
 
-from pipeline import cms, histograms, output
+from pipeline import cms, collection, histograms, output, store
 from pipeline.codebook import Codebook
+from pipeline.extraction import shard_of
 from pipeline.histograms import MAX_ASSIGN, compute_histograms
 from pipeline.neighbours import WeightedHistograms, counts_weights, sparse_neighbours, update_neighbours
 from pipeline.reduction import Reducer
+from pipeline.store import FeatureStore
 
 from .cms import URLS
 from .common import StagePeak, Timer, peak_rss_mb, report
@@ -102,7 +114,7 @@ def descriptors_codebook(blocks, words, seed=0):
     return reducer, codebook
 
 
-def night_collection(images, added, changed, removed, words, seed=1):
+def night_collection(images, added, changed, removed, seed=1):
     """The night's collection from the first night's ``images``: positions of the first night's
     images kept, which of them changed, and the new images' IDs (after the first night's)."""
     rng = np.random.default_rng(seed)
@@ -111,9 +123,98 @@ def night_collection(images, added, changed, removed, words, seed=1):
     return kept, changed_at, images + 1 + np.arange(added)
 
 
-def run(images=100_000, added=1000, changed=100, removed=100, words=8500, database="postgresql", check="full"):
-    stages = Stages()
-    figures = {"bench": "nightly", "images": images, "added": added, "changed": changed, "removed": removed}
+def write_files(content, ids, text=""):
+    """Image files ``PPN<id // 10>/<id>.jpg`` under ``content`` holding ``text`` (empty: not decodable,
+    which the stages measured here never do)."""
+    for i in ids:
+        folder = os.path.join(content, f"PPN{i // 10}")
+        os.makedirs(folder, exist_ok=True)
+        with open(os.path.join(folder, f"{i:08d}.jpg"), "w") as f:
+            f.write(text)
+
+
+def write_mapping(path, ids):
+    with open(path, "w") as f:
+        f.write("id,ppn,filename\n")
+        f.writelines(f"{i},PPN{i // 10},{i:08d}.jpg\n" for i in ids)
+
+
+def take_inventory(content, mapping_csv, previous_path, path):
+    """What the Inventory stage does: the ID mapping read, the folder scanned and joined with it,
+    compared with the previous inventory, saved."""
+    inventory = collection.take_inventory(content, collection.read_mapping(mapping_csv), "the mapping")
+    removed = collection.removed_images(collection.load_inventory(previous_path), inventory) if previous_path else []
+    collection.save_inventory(path, inventory, {"removed": len(removed)})
+    return inventory
+
+
+def shard_reads(inventory_path, feature_store, shard, shards):
+    """What a FeatureShard reads to find its images still to extract."""
+    files = [f for f in collection.load_inventory(inventory_path).files if shard_of(f.relpath, shards) == shard]
+    done, rejected = feature_store.scan()
+    return [f for f in files if f.key not in done and f.key not in rejected]
+
+
+def extract_empty(feature_store, keys, batch=1000):
+    """Chunks of the store for ``keys``, with one-value descriptors: the extraction is not measured."""
+    for start in range(0, len(keys), batch):
+        part = keys[start : start + batch]
+        feature_store.write_chunk(part, np.zeros((len(part), 1, 1), dtype=np.float32), {})
+
+
+def files_night(stages, images, added, changed, removed, tmp, shards, cold):
+    """The stages of a night that read the collection's files and lists, on ``images`` real (empty)
+    files: the inventory, a feature shard's reads, the features index and the report's reads."""
+    content, mapping_csv = os.path.join(tmp, "content"), os.path.join(tmp, "ids.csv")
+    first_path, night_path = os.path.join(tmp, "first-inventory.h5"), os.path.join(tmp, "inventory.h5")
+    ids = np.arange(1, images + 1)
+    write_files(content, ids)
+    write_mapping(mapping_csv, ids)
+    first = take_inventory(content, mapping_csv, None, first_path)
+    feature_store = FeatureStore(os.path.join(tmp, "store"))
+    os.makedirs(feature_store.chunk_dir)
+    extract_empty(feature_store, [f.key for f in first.files])
+    feature_store.update_catalog()
+    # the night of the search's benchmark: images removed, changed (rewritten) and added
+    kept, changed_at, new_ids = night_collection(images, added, changed, removed)
+    for i in np.setdiff1d(ids, ids[kept]):
+        os.remove(os.path.join(content, f"PPN{i // 10}", f"{i:08d}.jpg"))
+    write_files(content, ids[kept][changed_at], "changed")
+    write_files(content, new_ids)
+    write_mapping(mapping_csv, np.concatenate([ids[kept], new_ids]))
+    if cold:  # the page, inode and directory caches emptied, as after a day of other work
+        os.sync()
+        with open("/proc/sys/vm/drop_caches", "w") as f:
+            f.write("3")
+    note = "caches emptied first" if cold else "files just written: caches warm"
+    night, _ = stages.run(
+        "files: inventory", lambda: take_inventory(content, mapping_csv, first_path, night_path),
+        f"{images + added - removed} files scanned, {note}",
+    )  # fmt: skip
+    stages.run(
+        "files: shard reads", lambda: shard_reads(night_path, feature_store, 0, shards),
+        f"one feature shard of {shards}: the inventory and the store's catalog read",
+    )  # fmt: skip
+    done = feature_store.scan()[0]
+    tonight = [f.key for f in night.files if f.key not in done]
+    extract_empty(feature_store, tonight)
+    features_path = os.path.join(tmp, "features.h5")
+    stages.run(
+        "files: features index",
+        lambda: store.save_index(features_path, store.index_inventory(feature_store, night), {}),
+        f"{len(tonight)} images extracted tonight; the store's catalog rewritten",
+    )
+    stages.run(
+        "files: report reads",
+        lambda: (collection.load_inventory(night_path), store.load_index(features_path)),
+        "the inventory and the features index",
+    )
+    return {"files_scanned": len(night.files), "files_extracted_tonight": len(tonight)}
+
+
+def search_night(stages, images, added, changed, removed, words, database, check, tmp):
+    """The first full run and the night of the stages after extraction (see the module); the
+    figures of the night as a whole."""
     ids = np.arange(1, images + 1, dtype=np.int64)
     keys = np.array([f"PPN{i // 10}/{i:08d}.jpg 0" for i in ids])
     engine = None
@@ -123,83 +224,79 @@ def run(images=100_000, added=1000, changed=100, removed=100, words=8500, databa
             stages.rows.append(("CMS loads", f"not measured: no {database} server answers at {cms.shown(engine.url)}"))
             engine = None
     table, marker = f"bench_sim_{uuid.uuid4().hex[:8]}", f"bench_load_{uuid.uuid4().hex[:8]}"
-    with tempfile.TemporaryDirectory(prefix="nightly-") as tmp:
-        first_path, night_path = os.path.join(tmp, "first.hdf5"), os.path.join(tmp, "night.hdf5")
-        first_histograms = os.path.join(tmp, "first-histograms.h5")
-        try:
-            # the first full run, its memory freed on return: the night starts from its files
-            full, weights = first_run(stages, ids, keys, words, engine, database, table, marker, tmp)
-            # the night: images removed, changed and added
-            kept, changed_at, new_ids = night_collection(images, added, changed, removed, words)
-            night_ids = np.concatenate([ids[kept], new_ids])
-            night_keys = np.concatenate([keys[kept], np.array([f"PPN{i // 10}/{i:08d}.jpg 0" for i in new_ids])])
-            night_keys = night_keys.astype(f"U{night_keys.dtype.itemsize // 4 + 8}")  # room for the mark
-            night_keys[changed_at] = np.char.add(night_keys[changed_at], " changed")
-            blocks = SyntheticBlocks(len(night_ids), seed=7)
-            reducer, codebook = descriptors_codebook(blocks, words)
-            (night_counts, reused), _ = stages.run(
-                "night: histograms",
-                lambda: compute_histograms(
-                    blocks, night_keys, reducer, codebook, previous=histograms.load_counts(first_histograms)[:2]
-                ),
-                f"{added + changed} assigned, the rest reused from the first run's file",
-            )
-            histograms_path = os.path.join(tmp, "histograms.h5")
+    first_path, night_path = os.path.join(tmp, "first.hdf5"), os.path.join(tmp, "night.hdf5")
+    first_histograms = os.path.join(tmp, "first-histograms.h5")
+    try:
+        # the first full run, its memory freed on return: the night starts from its files
+        full, weights = first_run(stages, ids, keys, words, engine, database, table, marker, tmp)
+        # the night: images removed, changed and added
+        kept, changed_at, new_ids = night_collection(images, added, changed, removed)
+        night_ids = np.concatenate([ids[kept], new_ids])
+        night_keys = np.concatenate([keys[kept], np.array([f"PPN{i // 10}/{i:08d}.jpg 0" for i in new_ids])])
+        night_keys = night_keys.astype(f"U{night_keys.dtype.itemsize // 4 + 8}")  # room for the mark
+        night_keys[changed_at] = np.char.add(night_keys[changed_at], " changed")
+        blocks = SyntheticBlocks(len(night_ids), seed=7)
+        reducer, codebook = descriptors_codebook(blocks, words)
+        (night_counts, reused), _ = stages.run(
+            "night: histograms",
+            lambda: compute_histograms(
+                blocks, night_keys, reducer, codebook, previous=histograms.load_counts(first_histograms)[:2]
+            ),
+            f"{added + changed} assigned, the rest reused from the first run's file",
+        )
+        histograms_path = os.path.join(tmp, "histograms.h5")
+        stages.run(
+            "night: histograms.h5 rewritten",
+            lambda: histograms.save_histograms(histograms_path, night_keys, night_counts, N_LOCAL, {}),
+        )
+        night_ppn = np.array([f"{i // 10}" for i in night_ids])
+        night_filename = np.array([f"{i:08d}.jpg" for i in night_ids])
+        night_data, _ = stages.run("night: weighting", lambda: weigh(night_counts, night_ids, weights))
+        night_counts = None  # freed, as by the pipeline's search, which reads the weighted copy
+        earlier, _ = stages.run("night: earlier lists read", lambda: output.Earlier(first_path, night_ids, night_keys))
+        (night_nearest, night_distances, queried), night = stages.run(
+            "night: neighbours, incremental",
+            lambda: update_neighbours(night_data, earlier.previous(), earlier.new, k=K),
+        )
+        stages.run(
+            "night: similarities.hdf5",
+            lambda: output.write_similarities(
+                night_path, night_ids, night_ppn, night_filename, night_nearest, night_distances,
+                {"digest": "night"}, keys=night_keys, earlier=earlier,
+            ),
+        )  # fmt: skip
+        written = output.read_similarities(night_path)
+        if engine is not None:
             stages.run(
-                "night: histograms.h5 rewritten",
-                lambda: histograms.save_histograms(histograms_path, night_keys, night_counts, N_LOCAL, {}),
-            )
-            night_ppn = np.array([f"{i // 10}" for i in night_ids])
-            night_filename = np.array([f"{i:08d}.jpg" for i in night_ids])
-            night_data, _ = stages.run("night: weighting", lambda: weigh(night_counts, night_ids, weights))
-            night_counts = None  # freed, as by the pipeline's search, which reads the weighted copy
-            earlier, _ = stages.run(
-                "night: earlier lists read", lambda: output.Earlier(first_path, night_ids, night_keys)
-            )
-            (night_nearest, night_distances, queried), night = stages.run(
-                "night: neighbours, incremental",
-                lambda: update_neighbours(night_data, earlier.previous(), earlier.new, k=K),
-            )
-            stages.run(
-                "night: similarities.hdf5",
-                lambda: output.write_similarities(
-                    night_path, night_ids, night_ppn, night_filename, night_nearest, night_distances,
-                    {"digest": "night"}, keys=night_keys, earlier=earlier,
+                f"night: {database} load, changed rows",
+                lambda: cms.load_similarities(
+                    engine, night_ids, night_ids[night_nearest], night_distances, "night", "2026-01-02", table,
+                    marker, changed=written["changed"], removed=written["removed"],
                 ),
+                f"{int(written['changed'].sum())} images' rows, {len(written['removed'])} removed",
             )  # fmt: skip
-            written = output.read_similarities(night_path)
-            if engine is not None:
-                stages.run(
-                    f"night: {database} load, changed rows",
-                    lambda: cms.load_similarities(
-                        engine, night_ids, night_ids[night_nearest], night_distances, "night", "2026-01-02", table,
-                        marker, changed=written["changed"], removed=written["removed"],
-                    ),
-                    f"{int(written['changed'].sum())} images' rows, {len(written['removed'])} removed",
-                )  # fmt: skip
-            # the check
-            if check == "full":
-                rows = np.arange(len(night_ids))
-                (expected, expected_d), _ = stages.run(
-                    "check: neighbours, full", lambda: sparse_neighbours(night_data, k=K)
-                )
-            else:
-                rows = np.sort(np.random.default_rng(3).choice(len(night_ids), int(check), replace=False))
-                (expected, expected_d), _ = stages.run(
-                    f"check: {len(rows)} rows searched in full", lambda: sparse_neighbours(night_data, k=K, rows=rows)
-                )
-            identical = bool(
-                np.array_equal(expected, night_nearest[rows]) and np.array_equal(expected_d, night_distances[rows])
+        # the check
+        if check == "full":
+            rows = np.arange(len(night_ids))
+            (expected, expected_d), _ = stages.run(
+                "check: neighbours, full", lambda: sparse_neighbours(night_data, k=K)
             )
-        finally:
-            if engine is not None:
-                with engine.begin() as conn:
-                    for drop in (table, marker):
-                        conn.execute(sa.text(f"DROP TABLE IF EXISTS {engine.dialect.identifier_preparer.quote(drop)}"))
-                engine.dispose()
+        else:
+            rows = np.sort(np.random.default_rng(3).choice(len(night_ids), int(check), replace=False))
+            (expected, expected_d), _ = stages.run(
+                f"check: {len(rows)} rows searched in full", lambda: sparse_neighbours(night_data, k=K, rows=rows)
+            )
+        identical = bool(
+            np.array_equal(expected, night_nearest[rows]) and np.array_equal(expected_d, night_distances[rows])
+        )
+    finally:
+        if engine is not None:
+            with engine.begin() as conn:
+                for drop in (table, marker):
+                    conn.execute(sa.text(f"DROP TABLE IF EXISTS {engine.dialect.identifier_preparer.quote(drop)}"))
+            engine.dispose()
     night_stages = [k for k in stages.figures if k.startswith("night_")]
-    figures.update(stages.figures)
-    figures.update(
+    figures = dict(
         full_seconds=round(sum(v for k, v in stages.figures.items() if k.startswith("first_")), 1),
         night_peak_rss_mb=round(stages.night_peak),
         night_seconds=round(sum(stages.figures[k] for k in night_stages), 1),
@@ -208,13 +305,32 @@ def run(images=100_000, added=1000, changed=100, removed=100, words=8500, databa
         reused_histograms=int(reused),
         identical=identical,
         checked_rows=len(rows),
-        peak_rss_mb=round(peak_rss_mb()),
     )
     stages.rows.append(
         ("night, all stages", f"{figures['night_seconds']:8.1f} s  peak RSS {stages.night_peak:6.0f} MB  "
                               f"(the first run's full search alone: {full:.1f} s)")
     )  # fmt: skip
     stages.rows.append(("identical to a full search", f"{identical} ({len(rows)} rows compared)"))
+    return figures
+
+
+def run(
+    images=100_000, added=1000, changed=100, removed=100, words=8500, database="postgresql", check="full",
+    parts=("search",), shards=16, cold=False,
+):  # fmt: skip
+    stages = Stages()
+    figures = {"bench": "nightly", "images": images, "added": added, "changed": changed, "removed": removed}
+    with tempfile.TemporaryDirectory(prefix="nightly-") as tmp:
+        if "search" in parts:
+            figures.update(search_night(stages, images, added, changed, removed, words, database, check, tmp))
+        if "files" in parts:
+            figures.update(
+                files_night(stages, images, added, changed, removed, os.path.join(tmp, "files"), shards, cold)
+            )
+            figures["files_seconds"] = round(sum(v for k, v in stages.figures.items() if k.startswith("files_")), 1)
+            stages.rows.append(("files, all stages", f"{figures['files_seconds']:8.1f} s"))
+    figures.update(stages.figures)
+    figures["peak_rss_mb"] = round(peak_rss_mb())
     report(stages.rows, figures)
     return figures
 
@@ -228,8 +344,24 @@ def main():
     parser.add_argument("--words", type=int, default=8500)
     parser.add_argument("--database", default="postgresql", help="postgresql, mariadb, an SQLAlchemy URL, or none")
     parser.add_argument("--check", default="full", help="full, or a number of random rows")
+    parser.add_argument(
+        "--parts", default="search", help="search, files or both (search,files): what of a night is measured"
+    )
+    parser.add_argument("--shards", type=int, default=16, help="feature shards, for the files' part")
+    parser.add_argument("--cold", action="store_true", help="empty the kernel's caches before the inventory (root)")
     args = parser.parse_args()
-    run(args.images, args.added, args.changed, args.removed, args.words, args.database, args.check)
+    run(
+        args.images,
+        args.added,
+        args.changed,
+        args.removed,
+        args.words,
+        args.database,
+        args.check,
+        args.files,
+        args.shards,
+        args.cold,
+    )
 
 
 if __name__ == "__main__":

@@ -81,7 +81,7 @@ class Nightly(RunTask):
         )
         with artifacts_writable():
             publish_report(config.paths().artifacts, date, report)
-            visual_report(self.date, report, self.show)
+            visual_report(self.date, report, self.show, inventory)
         check = report.get("selfcheck")
         logger.info(
             "run of %s done: %d images, %d extracted, %d reused, %d rejected, %d with neighbours%s; similarities: %s; "
@@ -93,9 +93,11 @@ class Nightly(RunTask):
         )  # fmt: skip
 
 
-def visual_report(date, run, show=""):
-    """Write ``<artifacts>/report.html`` for the run of ``date`` (see pipeline.html_report)."""
-    inventory = collection.load_inventory(Inventory(date=date).output().path)
+def visual_report(date, run, show="", inventory=None):
+    """Write ``<artifacts>/report.html`` for the run of ``date`` (see pipeline.html_report), from
+    its inventory (read when not given)."""
+    if inventory is None:
+        inventory = collection.load_inventory(Inventory(date=date).output().path)
     result = read_similarities(Similarities(date=date).output().path)
     codebook = CodebookModel.load(Codebook(date=date).output().path)
     counts, data = run_counts(Histograms(date=date).output().path, codebook, result["ids"], result["attrs"])

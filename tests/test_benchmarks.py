@@ -63,11 +63,21 @@ def test_cms_benchmark_prints_its_figures(capsys):
 def test_nightly_benchmark_checks_the_night_against_a_full_search(capsys, tmp_path):
     from benchmarks import nightly
 
-    nightly.run(images=400, added=12, changed=3, removed=5, words=40, database=f"sqlite:///{tmp_path}/cms.sqlite")
+    nightly.run(
+        images=400,
+        added=12,
+        changed=3,
+        removed=5,
+        words=40,
+        database=f"sqlite:///{tmp_path}/cms.sqlite",
+        parts=("search", "files"),
+    )
     figures = last_json_line(capsys)
     assert figures["bench"] == "nightly" and figures["identical"] is True and figures["checked_rows"] == 407
     assert figures["reused_histograms"] == 392 and figures["queried"] >= 15 and figures["night_seconds"] > 0
     assert figures["changed_lists"] >= 15 and figures["peak_rss_mb"] > 0
+    # the files' night: every file of the night's collection listed, the added and changed ones extracted
+    assert figures["files_scanned"] == 407 and figures["files_extracted_tonight"] == 15 and figures["files_seconds"] > 0
 
 
 #: A proxy collection small enough for a test: 3 groups and 8 distractors from scikit-image's photos.
