@@ -1,5 +1,6 @@
 """Discovery of the image files under content/ and their join with the CMS's ID mapping."""
 
+import concurrent.futures
 import hashlib
 import logging
 import os
@@ -30,6 +31,8 @@ _INT64_MIN, _INT64_MAX = np.iinfo(np.int64).min, np.iinfo(np.int64).max
 
 
 FINGERPRINTS = ("stat", "sha256")
+#: Threads that list the record folders and read their files' times (or hashes) at once.
+SCAN_THREADS = 8
 
 
 @dataclass(frozen=True)
@@ -104,25 +107,39 @@ def scan_content(content_dir, fingerprint="stat", mapped=()):
     named = {}
     for ppn, name in mapped:
         named.setdefault(ppn, set()).add(name)
-    files = []
-    with os.scandir(content_dir) as records:
-        for record in records:
-            if not _is_dir(record) or not record.name.upper().startswith("PPN") or record.name.startswith("."):
-                continue
-            ppn = strip_ppn(record.name)
-            wanted = named.get(ppn, set())
-            try:
-                with os.scandir(record.path) as listing:
-                    entries = [(entry.name, entry.path, _is_dir(entry)) for entry in listing]
-            except OSError as exc:  # the mapped files that exist are listed (and rejected when unreadable)
-                logger.warning("cannot list %s (%s): only its mapped files are looked for", record.name, exc.strerror)
-                paths = [(name, os.path.join(record.path, name)) for name in sorted(wanted)]
-                entries = [(name, path, False) for name, path in paths if _exists(path)]
-            for name, path, is_dir in entries:
-                if name in wanted or _unmapped_image(name, is_dir):
-                    files.append(_image_file(ppn, name, path, fingerprint))
+    with os.scandir(content_dir) as entries:
+        records = [
+            (strip_ppn(r.name), r.name, r.path)
+            for r in entries
+            if _is_dir(r) and r.name.upper().startswith("PPN") and not r.name.startswith(".")
+        ]
+
+    def scan_record(record):
+        ppn, folder, path = record
+        return _scan_record(ppn, folder, path, named.get(ppn, set()), fingerprint)
+
+    # the folders listed and their files' times read by several threads at once: on a network
+    # file system each is a round trip to the server, which threads overlap
+    with concurrent.futures.ThreadPoolExecutor(SCAN_THREADS) as pool:
+        files = [f for listed in pool.map(scan_record, records, chunksize=64) for f in listed]
     files.sort(key=lambda f: f.relpath)
     return files
+
+
+def _scan_record(ppn, folder, path, wanted, fingerprint):
+    """The ImageFiles of one record folder: the files ``wanted`` (by the mapping), and unmapped images."""
+    try:
+        with os.scandir(path) as listing:
+            entries = [(entry.name, entry.path, _is_dir(entry)) for entry in listing]
+    except OSError as exc:  # the mapped files that exist are listed (and rejected when unreadable)
+        logger.warning("cannot list %s (%s): only its mapped files are looked for", folder, exc.strerror)
+        paths = [(name, os.path.join(path, name)) for name in sorted(wanted)]
+        entries = [(name, path, False) for name, path in paths if _exists(path)]
+    return [
+        _image_file(ppn, name, file_path, fingerprint)
+        for name, file_path, is_dir in entries
+        if name in wanted or _unmapped_image(name, is_dir)
+    ]
 
 
 def _image_file(ppn, name, path, fingerprint):

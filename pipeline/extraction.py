@@ -6,6 +6,8 @@ import hashlib
 import logging
 import os
 
+import numpy as np
+
 logger = logging.getLogger(__name__)
 
 
@@ -14,6 +16,11 @@ def shard_of(relpath, shards):
     that it never depends on the listing, the machine or the Python version, and adding
     images never moves the others."""
     return int.from_bytes(hashlib.sha1(relpath.encode("utf-8")).digest()[:8], "big") % shards
+
+
+def in_shard(relpaths, shard, shards):
+    """Positions of the images (paths below content/) of shard ``shard`` of ``shards``: int64 ndarray."""
+    return np.array([i for i, p in enumerate(relpaths) if shard_of(p, shards) == shard], dtype=np.int64)
 
 
 def extract_to_store(store, make_extractor, files, content_dir, progress=None):

@@ -10,6 +10,7 @@ import h5py
 import numpy as np
 import scipy.sparse as sp
 
+from .errors import ArtifactError
 from .h5io import read_strings, write_strings
 
 logger = logging.getLogger(__name__)
@@ -130,6 +131,32 @@ def save_histograms(path, keys, counts, n_local, attrs, assign=DEFAULT_ASSIGN):
         f.create_dataset("data", data=counts.data.astype(np.int32))
         f.create_dataset("indices", data=counts.indices.astype(np.int32))
         f.create_dataset("indptr", data=counts.indptr.astype(np.int64))
+
+
+def load_keys(path):
+    """The keys of the images of histograms file ``path``, in its order."""
+    with h5py.File(path, "r") as f:
+        return read_strings(f["keys"])
+
+
+def gather(keys, parts):
+    """The histograms of the images ``keys`` (in that order) from ``parts``, (keys, counts) pairs
+    that hold each of them once (the histograms of shards): (keys, csr_matrix int32).
+
+    Raises
+    ------
+    ArtifactError
+        When an image is in no part or in several (shards of different runs).
+    """
+    part_keys = np.concatenate([k for k, _ in parts]) if parts else np.array([], dtype=str)
+    where = {key: i for i, key in enumerate(part_keys)}
+    if len(where) != len(part_keys) or len(part_keys) != len(keys) or any(key not in where for key in keys):
+        raise ArtifactError(
+            f"the histogram shards hold {len(part_keys)} images ({len(where)} distinct), the run {len(keys)}: "
+            "they are not all of this run; run the pipeline again"
+        )
+    counts = sp.vstack([c for _, c in parts], format="csr")
+    return np.asarray(keys), counts[np.array([where[key] for key in keys], dtype=np.int64)].astype(np.int32)
 
 
 def load_assign(path):

@@ -143,9 +143,17 @@ class WeightedHistograms:
         self.norms = np.asarray(self.vectors.multiply(self.vectors).sum(axis=1)).ravel().astype(np.int64)
         self.roots = np.sqrt(self.norms.astype(np.float64))
         self.id_rank = np.argsort(np.argsort(ids, kind="stable"), kind="stable")
+        self._inverted_files = {}
 
     def __len__(self):
         return self.vectors.shape[0]
+
+    def inverted_file(self, k, block=1 << 15, dense_share=DENSE_SHARE):
+        """The :class:`InvertedFile` of all these images for ``k``, made on first use and kept."""
+        key = (k, block, dense_share)
+        if key not in self._inverted_files:
+            self._inverted_files[key] = InvertedFile(self, k, block=block, dense_share=dense_share)
+        return self._inverted_files[key]
 
     def weigh(self, counts):
         """The weighted vectors of counts over the same words: csr_matrix, int64."""
@@ -495,11 +503,12 @@ def sparse_neighbours(
     parallel on all cores (numba), chunk by chunk, and memory is the counts, their inverted
     file and one accumulator per core.
 
-    Parameters and returns as :func:`balltree_neighbours`.
+    Parameters and returns as :func:`balltree_neighbours`. The inverted file is made once per
+    ``counts`` (:meth:`WeightedHistograms.inverted_file`): calls for several blocks of rows share it.
     """
     n = len(counts)
     check_k(k, n)
-    query_chunk = _query_chunk(counts, InvertedFile(counts, k, block=block, dense_share=dense_share))
+    query_chunk = _query_chunk(counts, counts.inverted_file(k, block, dense_share))
     result = _chunked(n, k, rows, chunk_size, checkpoints, query_chunk, progress)
     logger.info("%d nearest neighbours of %d images found with an inverted file", k, len(result[0]))
     return result
@@ -574,7 +583,7 @@ def _list_keys(rows, listed, indptr, indices, data, norms, roots, cosine):
 
 
 def update_neighbours(
-    counts, previous, new, k=5, chunk_size=4096, block=1 << 15, dense_share=DENSE_SHARE, checkpoints=None,
+    counts, previous, new, k=5, rows=None, chunk_size=4096, block=1 << 15, dense_share=DENSE_SHARE, checkpoints=None,
     progress=None,
 ):  # fmt: skip
     """The k nearest other images of every image, as :func:`sparse_neighbours` finds them, from
@@ -597,34 +606,39 @@ def update_neighbours(
         counts as gone too. Rows of new images are not read.
     new : ndarray of shape (n_images,), bool
         Images new or changed since the earlier run.
+    rows : ndarray of int, optional
+        Positions of the images whose lists are wanted (all by default): a shard's share.
     k, chunk_size, block, dense_share, checkpoints, progress
         As :func:`sparse_neighbours`; ``progress`` counts the images queried.
 
     Returns
     -------
-    neighbours, distances : as :func:`sparse_neighbours`
-    queried : ndarray of shape (n_images,), bool
+    neighbours, distances : as :func:`sparse_neighbours`, one row per row of ``rows``
+    queried : ndarray of shape (n_rows,), bool
         The images queried against the whole collection.
     """
     n = len(counts)
     check_k(k, n)
+    rows = np.arange(n) if rows is None else np.asarray(rows, dtype=np.int64)
     new = np.asarray(new, dtype=bool)
-    previous = np.asarray(previous, dtype=np.int64)
+    previous = np.asarray(previous, dtype=np.int64)[rows]
     previous = np.where((previous < 0) | new[np.maximum(previous, 0)], -1, previous)  # a changed image is gone too
-    queried = new | (previous < 0).any(axis=1)
-    rows = np.flatnonzero(queried)
-    neighbours, distances = np.empty((n, k), dtype=np.int64), np.empty((n, k), dtype=np.float64)
-    if len(rows):  # the whole collection's inverted file, released before the new images' is built
-        query_chunk = _query_chunk(counts, InvertedFile(counts, k, block=block, dense_share=dense_share))
-        neighbours[rows], distances[rows] = _chunked(n, k, rows, chunk_size, checkpoints, query_chunk, progress)
-        del query_chunk
+    queried = new[rows] | (previous < 0).any(axis=1)
+    asked = np.flatnonzero(queried)
+    neighbours, distances = np.empty((len(rows), k), dtype=np.int64), np.empty((len(rows), k), dtype=np.float64)
+    if len(asked):
+        query_chunk = _query_chunk(counts, counts.inverted_file(k, block, dense_share))
+        neighbours[asked], distances[asked] = _chunked(
+            n, k, rows[asked], chunk_size, checkpoints, query_chunk, progress
+        )
     kept = np.flatnonzero(~queried)
     listed = previous[kept]
     v = counts.vectors
-    keys = _list_keys(kept, listed, v.indptr, v.indices, v.data, counts.norms, counts.roots, counts.cosine)
+    keys = _list_keys(rows[kept], listed, v.indptr, v.indices, v.data, counts.norms, counts.roots, counts.cosine)
     entering = np.flatnonzero(new)
     if len(kept) and len(entering):
-        found, found_keys = InvertedFile(counts, k, entering, block, dense_share).top_k(kept, np.full(len(kept), -1))
+        offered = InvertedFile(counts, k, entering, block, dense_share)
+        found, found_keys = offered.top_k(rows[kept], np.full(len(kept), -1))
         found = np.where(found >= 0, entering[np.maximum(found, 0)], -1)
         merged, merged_keys = np.concatenate([listed, found], axis=1), np.concatenate([keys, found_keys], axis=1)
         ranks = np.where(merged >= 0, counts.id_rank[np.maximum(merged, 0)], n)
@@ -632,17 +646,19 @@ def update_neighbours(
         listed, keys = np.take_along_axis(merged, order, axis=1), np.take_along_axis(merged_keys, order, axis=1)
     neighbours[kept], distances[kept] = listed, counts.distances(keys)
     logger.info(
-        "%d nearest neighbours of %d images: %d queried (%d new or changed), %d kept with the new images offered",
-        k, n, len(rows), len(entering), len(kept),
+        "%d nearest neighbours of %d of %d images: %d queried (%d of the collection new or changed), %d kept with "
+        "the new images offered", k, len(rows), n, len(asked), len(entering), len(kept),
     )  # fmt: skip
     return neighbours, distances, queried
 
 
-def nearest_neighbours(counts, k=5, method="auto", checkpoints=None, progress=None):
-    """The k nearest other images of every image, by ``method`` (see METHODS and AUTO_METHOD)."""
+def nearest_neighbours(counts, k=5, method="auto", rows=None, checkpoints=None, progress=None):
+    """The k nearest other images of every image (of those at ``rows``), by ``method`` (see
+    METHODS and AUTO_METHOD)."""
     if method not in METHODS:
         raise ConfigError(f"[neighbours] method={method!r} must be one of {', '.join(METHODS)}")
     if method == "auto":
         method = AUTO_METHOD
-    find = balltree_neighbours if method == "balltree" else sparse_neighbours
-    return find(counts, k=k, checkpoints=checkpoints, progress=progress)
+    if method == "balltree":
+        return balltree_neighbours(counts, k=k, rows=rows, checkpoints=checkpoints, progress=progress)
+    return sparse_neighbours(counts, k=k, rows=rows, checkpoints=checkpoints, progress=progress)

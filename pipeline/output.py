@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 
 from . import __version__
+from .errors import ArtifactError
 from .h5io import read_attrs, read_ids, read_strings, write_ids, write_strings
 
 
@@ -70,6 +71,32 @@ def read_similarities(path):
             result["changed"], result["removed"] = f["changed"][:], read_ids(f["removed"])
     result["attrs"] = read_attrs(path)
     return result
+
+
+def gather_neighbours(paths, n, k):
+    """Each image's neighbours and distances from the files of the neighbour shards (datasets
+    rows, neighbours, distances), which together hold each of the n images' rows once.
+
+    Raises
+    ------
+    ArtifactError
+        When they do not (shards of different runs).
+    """
+    neighbours, distances = np.empty((n, k), dtype=np.int64), np.empty((n, k), dtype=np.float64)
+    seen = np.zeros(n, dtype=np.int64)
+    for path in paths:
+        with h5py.File(path, "r") as f:
+            rows = f["rows"][:]
+            if f["neighbours"].shape != (len(rows), k) or (len(rows) and not 0 <= rows.min() <= rows.max() < n):
+                raise ArtifactError(f"{path} holds neighbours of another run; run the pipeline again")
+            neighbours[rows], distances[rows] = f["neighbours"][:], f["distances"][:]
+            np.add.at(seen, rows, 1)
+    if not (seen == 1).all():
+        raise ArtifactError(
+            f"the neighbour shards hold {int((seen > 0).sum())} of the {n} images' lists, {int((seen > 1).sum())} "
+            "more than once: they are not all of this run; run the pipeline again"
+        )
+    return neighbours, distances
 
 
 class Earlier:

@@ -6,6 +6,9 @@ import os
 
 from .h5io import atomic_path
 
+#: The stages whose work is done by shards, and their shards' task.
+SHARDED = {"Features": "FeatureShard", "Histograms": "HistogramShard", "Similarities": "NeighbourShard"}
+
 
 def stage_summary(attrs, date):
     """(seconds, ran) of a stage from its artifact's attributes: 0 s for an artifact of an earlier run."""
@@ -37,8 +40,9 @@ def run_report(date, artifacts, inventory, index, similarities, load=None, evalu
         evaluation.json and selfcheck.json, when the run made them.
     """
     seconds = {name: stage_summary(attrs, date)[0] for name, attrs in artifacts.items()}
-    # the extraction itself, summed over the shards this run extracted (in parallel, they overlap)
-    seconds["FeatureShard"] = artifacts["Features"]["shard_seconds"] if seconds["Features"] else 0.0
+    # the work of the shards of a stage, summed over those this run made (in parallel, they overlap)
+    for stage, shard in SHARDED.items():
+        seconds[shard] = artifacts[stage].get("shard_seconds", 0.0) if seconds[stage] else 0.0
     extracted = artifacts["Features"]["extracted"] if stage_summary(artifacts["Features"], date)[1] else 0
     report = {
         "date": date,

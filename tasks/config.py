@@ -268,6 +268,12 @@ class histograms(luigi.Config):
         default=DEFAULT_ASSIGN,
         description=f"Visual words each descriptor counts for: 1 (its nearest) to {MAX_ASSIGN} (multiple assignment).",
     )
+    shards = count(
+        1,
+        significant=False,  # an image's histogram does not depend on its shard
+        description="Shards the histograms are split into: one HistogramShard task each, run in parallel by the "
+        "workers of one or several machines (an image's shard is a stable hash of its path).",
+    )
 
 
 class codebook(luigi.Config):
@@ -292,6 +298,12 @@ class codebook(luigi.Config):
 
 class neighbours(luigi.Config):
     k = count(5, description="Neighbours per image.")
+    shards = count(
+        1,
+        significant=False,  # an image's neighbours do not depend on which shard finds them
+        description="Shards the neighbour search is split into: one NeighbourShard task each (an equal block of "
+        "the images, searched against all), run in parallel by the workers of one or several machines.",
+    )
     weighting = Choice(
         WEIGHTINGS,
         default=DEFAULT_WEIGHTING,
@@ -355,6 +367,15 @@ def _typed(parameter, raw):
         return getattr(parameter, "_var_type", str)(raw)
     except (ValueError, TypeError):
         return raw
+
+
+def shards(section):
+    """``[section] shards``, or 1 while a setting of the section cannot be read: the tasks are
+    scheduled, and CheckSettings then stops the run with the setting's name before any work."""
+    try:
+        return {c.__name__: c for c in SECTIONS}[section]().shards
+    except ValueError:
+        return 1
 
 
 def settings_problem():

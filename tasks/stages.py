@@ -7,6 +7,7 @@ import os
 
 import h5py
 import luigi
+import numpy as np
 
 from pipeline import blocks, cms, collection, extraction, features, histograms, output, store
 from pipeline.blocks import sample_images
@@ -114,6 +115,18 @@ def feature_store(settings):
     return store.FeatureStore(os.path.join(config.paths().artifacts, "features", settings_digest(settings)))
 
 
+def shard_attrs(task):
+    """The attributes of the artifacts of ``task``'s shards, all and those made by this run."""
+    shards = [read_attrs(t.path) for t in task.input()["shards"]]
+    return shards, [a for a in shards if a["run_date"] == task.date.isoformat()]
+
+
+def shard_output(kind, shard, shards):
+    """The artifact of one shard of a stage: ``<artifacts>/shards/<kind>-<shard>-of-<shards>.h5``."""
+    name = f"{kind}-{shard:04d}-of-{shards:04d}.h5"
+    return luigi.LocalTarget(os.path.join(config.paths().artifacts, "shards", name), format=luigi.format.Nop)
+
+
 class FeatureShard(ArtifactTask):
     """The descriptors of one shard of the inventory's images, extracted into the feature store.
 
@@ -129,8 +142,7 @@ class FeatureShard(ArtifactTask):
         return Inventory(date=self.date)
 
     def output(self):
-        name = f"features-{self.shard:04d}-of-{self.shards:04d}.h5"
-        return luigi.LocalTarget(os.path.join(config.paths().artifacts, "shards", name), format=luigi.format.Nop)
+        return shard_output("features", self.shard, self.shards)
 
     def settings(self):
         if getattr(self, "_settings", None) is None:  # hashing a weights file once is enough
@@ -138,11 +150,8 @@ class FeatureShard(ArtifactTask):
         return self._settings
 
     def make(self, tmp):
-        files = [
-            f
-            for f in collection.load_inventory(self.input().path).files
-            if extraction.shard_of(f.relpath, self.shards) == self.shard
-        ]
+        files = collection.load_inventory(self.input().path).files
+        files = [files[i] for i in extraction.in_shard([f.relpath for f in files], self.shard, self.shards)]
         n_extracted, n_reused = extraction.extract_features(
             Features(date=self.date).store(),
             files,
@@ -169,7 +178,7 @@ class Features(ArtifactTask):
     filename = "features.h5"
 
     def requires(self):
-        n = config.features().shards
+        n = config.shards("features")
         return {
             "inventory": Inventory(date=self.date),
             "shards": [FeatureShard(date=self.date, shard=i, shards=n) for i in range(n)],
@@ -195,9 +204,7 @@ class Features(ArtifactTask):
         feature_store = self.store()
         feature_store.remove_stale_temporaries()  # every shard has finished
         index = store.index_inventory(feature_store, collection.load_inventory(self.input()["inventory"].path))
-        date = self.date.isoformat()
-        shards = [read_attrs(t.path) for t in self.input()["shards"]]
-        ran = [a for a in shards if a["run_date"] == date]
+        shards, ran = shard_attrs(self)
         extracted = sum(a["extracted"] for a in ran)
         attrs = self.attrs(
             images=len(index), extracted=extracted, reused=len(index) + len(index.rejected) - extracted,
@@ -282,20 +289,71 @@ class Codebook(ArtifactTask):
         model.save(tmp, self.attrs())
 
 
-class Histograms(ArtifactTask):
-    """Each image's histogram of visual words, sparse; unchanged images keep theirs."""
+class HistogramInputs(ArtifactTask):
+    """What the histograms are made from, for Histograms and its shards."""
 
-    filename = "histograms.h5"
-
-    def requires(self):
+    def inputs(self):
         return {
             "features": Features(date=self.date),
             "reducer": Reducer(**self.run_args()),
             "codebook": Codebook(**self.run_args()),
         }
 
+    def made_from(self):
+        return list(self.inputs().values())  # the number of shards does not change the result
+
+
+class HistogramShard(HistogramInputs):
+    """The histograms of one shard of the run's images: those whose path hashes to it, as for
+    the extraction (``pipeline.extraction.shard_of``); unchanged images keep the histogram of
+    the last run's histograms.h5. Shards run independently, on any worker of any machine."""
+
+    shard = luigi.IntParameter(description="This shard, 0 .. shards - 1.")
+    shards = luigi.IntParameter(description="Number of shards, [histograms] shards.")
+
+    def requires(self):
+        return self.inputs()
+
+    def output(self):
+        return shard_output("histograms", self.shard, self.shards)
+
     def settings(self):
+        return {**Histograms.histogram_settings(), "shard": self.shard, "shards": self.shards}
+
+    def make(self, tmp):
+        blocks = self.requires()["features"].blocks()
+        index = blocks.index
+        mine = extraction.in_shard([f"PPN{p}/{f}" for p, f in zip(index.ppn, index.filename)], self.shard, self.shards)
+        counts, n_reused = histograms.compute_histograms(
+            blocks.subset(mine),
+            index.keys[mine],
+            ReducerModel.load(self.input()["reducer"].path),
+            CodebookModel.load(self.input()["codebook"].path),
+            assign=config.histograms().assign,
+            previous=Histograms(**self.run_args()).previous(),
+            checkpoints=self.checkpoints(),
+            progress=Progress(self, "histograms of"),
+        )
+        histograms.save_histograms(
+            tmp, index.keys[mine], counts, blocks.n_local(), self.attrs(reused=n_reused), config.histograms().assign
+        )
+
+
+class Histograms(HistogramInputs):
+    """Each image's histogram of visual words, sparse, gathered from its shards."""
+
+    filename = "histograms.h5"
+
+    def requires(self):
+        n = config.shards("histograms")
+        return {**self.inputs(), "shards": [HistogramShard(**self.run_args(), shard=i, shards=n) for i in range(n)]}
+
+    @staticmethod
+    def histogram_settings():
         return {"assign": config.histograms().assign}
+
+    def settings(self):
+        return self.histogram_settings()
 
     def previous(self):
         """The histograms of the last run, when made with the current reducer, codebook and settings."""
@@ -309,28 +367,22 @@ class Histograms(ArtifactTask):
         return keys, counts
 
     def make(self, tmp):
-        blocks = self.requires()["features"].blocks()
-        counts, n_reused = histograms.compute_histograms(
-            blocks,
-            blocks.index.keys,
-            ReducerModel.load(self.input()["reducer"].path),
-            CodebookModel.load(self.input()["codebook"].path),
-            assign=config.histograms().assign,
-            previous=self.previous(),
-            checkpoints=self.checkpoints(),
-            progress=Progress(self, "histograms of"),
+        index = store.load_index(self.input()["features"].path)
+        shards = [histograms.load_counts(t.path) for t in self.input()["shards"]]
+        keys, counts = histograms.gather(index.keys, [(k, c) for k, c, _ in shards])
+        attrs, ran = shard_attrs(self)
+        attrs = self.attrs(
+            reused=sum(a["reused"] for a in attrs),
+            shards=len(attrs),
+            shard_seconds=round(sum(a["seconds"] for a in ran), 3),
         )
-        histograms.save_histograms(
-            tmp, blocks.index.keys, counts, blocks.n_local(), self.attrs(reused=n_reused), config.histograms().assign
-        )
+        histograms.save_histograms(tmp, keys, counts, shards[0][2], attrs, config.histograms().assign)
 
 
-class Similarities(ArtifactTask):
-    """Every image's k nearest other images, keyed to database IDs: similarities.hdf5."""
+class NeighbourInputs(ArtifactTask):
+    """What the neighbours are found from, and how, for Similarities and its shards."""
 
-    filename = "similarities.hdf5"
-
-    def requires(self):
+    def inputs(self):
         return {
             "features": Features(date=self.date),
             "codebook": Codebook(**self.run_args()),
@@ -338,9 +390,10 @@ class Similarities(ArtifactTask):
         }
 
     def made_from(self):
-        return [self.requires()["features"], self.requires()["histograms"]]
+        return [self.inputs()["features"], self.inputs()["histograms"]]  # the number of shards changes nothing
 
-    def settings(self):
+    @staticmethod
+    def neighbour_settings():
         return {
             "k": config.neighbours().k, "metric": config.neighbours().metric, "weighting": config.neighbours().weighting,
             "power": config.neighbours().power,
@@ -350,59 +403,150 @@ class Similarities(ArtifactTask):
         """What the distances between unchanged images depend on: the settings, the codebook (and
         with it the reducer and the word weights) and the histograms' settings. An earlier run
         on the same basis has lists that stay valid where nothing near them changed."""
-        codebook = read_attrs(self.input()["codebook"].path)["digest"]
-        return settings_digest([self.settings(), codebook, self.requires()["histograms"].settings()])
+        codebook = read_attrs(self.inputs()["codebook"].output().path)["digest"]
+        return settings_digest([self.neighbour_settings(), codebook, Histograms.histogram_settings()])
 
     def earlier(self, ids, keys):
         """The earlier run's similarities.hdf5 (``output.Earlier``), or None when there is none
         or it cannot be read."""
         try:
-            return output.Earlier(self.output().path, ids, keys)
+            return output.Earlier(Similarities(date=self.date).output().path, ids, keys)
         except (OSError, KeyError):  # missing, truncated, or from a version before keys
             return None
 
-    def make(self, tmp):
-        index = store.load_index(self.input()["features"].path)
-        histograms_path = self.input()["histograms"].path
-        keys, counts, n_local = histograms.load_counts(histograms_path)
+
+#: The collection as the neighbour search of this process sees it, kept between the shards a
+#: worker runs: (what it was made from, NeighbourSearch).
+_SEARCH = {}
+
+
+class NeighbourSearch:
+    """The run's weighted histograms (their inverted file made once, on first use), and whether
+    the search is incremental: read once per worker process, for all the shards it runs."""
+
+    def __init__(self, task):
+        self.index = store.load_index(task.input()["features"].path)
+        histograms_path = task.input()["histograms"].path
+        self.keys, counts, n_local = histograms.load_counts(histograms_path)
         assign = histograms.load_assign(histograms_path)
-        codebook = CodebookModel.load(self.input()["codebook"].path)
-        weighting, k = config.neighbours().weighting, config.neighbours().k
-        data = WeightedHistograms(
-            counts, n_local * assign, index.ids, weighting, config.neighbours().metric, power=config.neighbours().power,
-            weights=codebook.word_weights(weighting, assign),
+        codebook = CodebookModel.load(task.input()["codebook"].path)
+        weighting, self.k = config.neighbours().weighting, config.neighbours().k
+        self.data = WeightedHistograms(
+            counts, n_local * assign, self.index.ids, weighting, config.neighbours().metric,
+            power=config.neighbours().power, weights=codebook.word_weights(weighting, assign),
         )  # fmt: skip
         del counts  # the search reads the weighted copy
-        earlier, basis = self.earlier(index.ids, keys), self.basis()
-        recorded = self.recorded() or {}
-        why_full = (
-            "--full" if self.full else "--refit" if self.refit else "no earlier similarities" if earlier is None
-            else "the codebook, word weights or settings changed" if recorded.get("basis") != basis else None
+        self.earlier, self.basis = task.earlier(self.index.ids, self.keys), task.basis()
+        try:
+            recorded = read_attrs(Similarities(date=task.date).output().path)
+        except OSError:
+            recorded = {}
+        self.why_full = (
+            "--full" if task.full else "--refit" if task.refit else "no earlier similarities" if self.earlier is None
+            else "the codebook, word weights or settings changed" if recorded.get("basis") != self.basis else None
         )  # fmt: skip
-        if why_full is None:
-            nearest, distances, queried = update_neighbours(
-                data, earlier.previous(), earlier.new, k=k, checkpoints=self.checkpoints(),
-                progress=Progress(self, "neighbours of"),
+        self.previous = None if self.why_full else self.earlier.previous()
+
+    @classmethod
+    def of(cls, task):
+        """The search of ``task``'s inputs, made or kept."""
+        made_from = (
+            json.dumps(task.input_digests()),
+            task.full,
+            task.refit,
+            settings_digest(task.neighbour_settings()),
+        )
+        if made_from not in _SEARCH:
+            _SEARCH.clear()  # another run's, or other inputs: released first
+            _SEARCH[made_from] = cls(task)
+        return _SEARCH[made_from]
+
+    def rows(self, shard, shards):
+        """The positions of the images of block ``shard`` of ``shards`` equal blocks."""
+        n = len(self.data)
+        return np.arange(shard * n // shards, (shard + 1) * n // shards)
+
+    def find(self, rows, checkpoints, progress):
+        """The neighbours of the images at ``rows``: (neighbours, distances, queried)."""
+        if self.why_full is None:
+            return update_neighbours(
+                self.data, self.previous, self.earlier.new, k=self.k, rows=rows, checkpoints=checkpoints,
+                progress=progress,
             )  # fmt: skip
-            n_queried = int(queried.sum())
-        else:
-            logger.info("%s: every image's neighbours are found again (%s)", self.task_family, why_full)
-            nearest, distances = nearest_neighbours(
-                data, k=k, method=config.neighbours().method, checkpoints=self.checkpoints(),
-                progress=Progress(self, "neighbours of"),
-            )  # fmt: skip
-            n_queried = len(index.ids)
+        logger.info("every image's neighbours are found again (%s)", self.why_full)
+        nearest, distances = nearest_neighbours(
+            self.data, k=self.k, method=config.neighbours().method, rows=rows, checkpoints=checkpoints,
+            progress=progress,
+        )  # fmt: skip
+        return nearest, distances, np.ones(len(rows), dtype=bool)
+
+
+class NeighbourShard(NeighbourInputs):
+    """The exact neighbours of one block of the run's images against all of them (only where
+    they can have changed, between refits); Similarities gathers the blocks. Shards run
+    independently, on any worker of any machine; a worker reads the collection once for all
+    the shards it runs."""
+
+    shard = luigi.IntParameter(description="This shard, 0 .. shards - 1.")
+    shards = luigi.IntParameter(description="Number of shards, [neighbours] shards.")
+
+    def requires(self):
+        return self.inputs()
+
+    def output(self):
+        return shard_output("neighbours", self.shard, self.shards)
+
+    def settings(self):
+        return {**self.neighbour_settings(), "shard": self.shard, "shards": self.shards}
+
+    def make(self, tmp):
+        search = NeighbourSearch.of(self)
+        rows = search.rows(self.shard, self.shards)
+        nearest, distances, queried = search.find(rows, self.checkpoints(), Progress(self, "neighbours of"))
+        with h5py.File(tmp, "w") as f:
+            f.attrs.update(
+                self.attrs(search="incremental" if search.why_full is None else "full", queried=int(queried.sum()))
+            )
+            f.create_dataset("rows", data=rows)
+            f.create_dataset("neighbours", data=nearest)
+            f.create_dataset("distances", data=distances)
+
+
+class Similarities(NeighbourInputs):
+    """Every image's k nearest other images, keyed to database IDs: similarities.hdf5, gathered
+    from the neighbour shards."""
+
+    filename = "similarities.hdf5"
+
+    def requires(self):
+        n = config.shards("neighbours")
+        return {**self.inputs(), "shards": [NeighbourShard(**self.run_args(), shard=i, shards=n) for i in range(n)]}
+
+    def settings(self):
+        return self.neighbour_settings()
+
+    def make(self, tmp):
+        index = store.load_index(self.input()["features"].path)
+        keys = histograms.load_keys(self.input()["histograms"].path)
+        paths = [t.path for t in self.input()["shards"]]
+        nearest, distances = output.gather_neighbours(paths, len(index.ids), config.neighbours().k)
+        _SEARCH.clear()  # the shards are done: this process's search is released
+        shards, ran = shard_attrs(self)
+        searches = {a["search"] for a in shards}
+        codebook = CodebookModel.load(self.input()["codebook"].path)
         attrs = self.attrs(
-            metric=config.neighbours().metric, weighting=weighting, power=config.neighbours().power,
-            codebook_size=codebook.size, model=features.MODEL, layer=config.resnet().layer,
-            weights=config.resnet().weights, basis=basis, search="incremental" if why_full is None else "full",
-            queried=n_queried,
+            metric=config.neighbours().metric, weighting=config.neighbours().weighting,
+            power=config.neighbours().power, codebook_size=codebook.size, model=features.MODEL,
+            layer=config.resnet().layer, weights=config.resnet().weights, basis=self.basis(),
+            search=searches.pop() if len(searches) == 1 else "mixed", queried=sum(a["queried"] for a in shards),
+            shards=len(shards), shard_seconds=round(sum(a["seconds"] for a in ran), 3),
         )  # fmt: skip
         if config.resnet().weights == "random":
             attrs["weights_note"] = features.RANDOM_WEIGHTS_NOTE
         output.write_similarities(
-            tmp, index.ids, index.ppn, index.filename, nearest, distances, attrs, keys=keys, earlier=earlier
-        )
+            tmp, index.ids, index.ppn, index.filename, nearest, distances, attrs, keys=keys,
+            earlier=self.earlier(index.ids, keys),
+        )  # fmt: skip
 
 
 class LoadSimilarities(RunTask):

@@ -1,4 +1,4 @@
-"""Sharded extraction on Luigi's central scheduler: two worker processes against one luigid."""
+"""Sharded stages on Luigi's central scheduler: two worker processes against one luigid."""
 
 import os
 import signal
@@ -70,19 +70,23 @@ def start_worker(root, port, name, **faults):
     return subprocess.Popen(command, cwd=root, env=environment(root, **faults), stdout=subprocess.DEVNULL, stderr=log)
 
 
+#: The sharded stages' tasks.
+KINDS = ("FeatureShard", "HistogramShard", "NeighbourShard")
+
+
 def sharded_project(root, content):
     root = project(root, content)
     with open(root / "luigi.cfg", "a") as f:
-        f.write(f"[features]\nshards = {SHARDS}\n")
+        f.write("".join(f"[{section}]\nshards = {SHARDS}\n" for section in ("features", "histograms", "neighbours")))
     return root
 
 
-def shard_runs(root, names):
-    """How many times each shard began to run, over the workers' logs."""
+def shard_runs(root, names, kind="FeatureShard"):
+    """How many times each shard of ``kind`` began to run, over the workers' logs."""
     runs = {}
     for name in names:
         for line in (root / f"{name}.log").read_text().splitlines():
-            if "running   FeatureShard(" in line:
+            if f"running   {kind}(" in line:
                 shard = int(line.split("shard=")[1].split(",")[0].rstrip(")"))
                 runs[shard] = runs.get(shard, 0) + 1
     return runs
@@ -109,16 +113,19 @@ def test_two_workers_share_the_shards_and_give_the_local_result(small_collection
         -3000:
     ]
     assert report(root)["status"] == "ok"
-    assert shard_runs(root, ["a", "b"]) == {shard: 1 for shard in range(SHARDS)}
+    for kind in KINDS:
+        assert shard_runs(root, ["a", "b"], kind) == {shard: 1 for shard in range(SHARDS)}, kind
+    assert all(sum(len(shard_runs(root, [name], kind)) for kind in KINDS) for name in ("a", "b"))  # both worked
     result = read_similarities(root / "artifacts" / "similarities.hdf5")
     for key in RESULT:
         np.testing.assert_array_equal(result[key], reference[key], err_msg=key)
 
 
-def test_a_worker_killed_mid_shard_leaves_it_to_the_other(small_collection, reference, luigid, tmp_path):
+@pytest.mark.parametrize("kind", ["FeatureShard", "NeighbourShard"])
+def test_a_worker_killed_mid_shard_leaves_it_to_the_other(small_collection, reference, luigid, tmp_path, kind):
     root = sharded_project(tmp_path, small_collection[0])
-    # a, alone, takes the inventory and a first shard, and dies once it has committed a batch of it
-    a = start_worker(root, luigid, "a", FAULT_KILL_AT="FeatureShard:1")
+    # a, alone, takes the stages up to a first shard of ``kind``, and dies once it has done part of it
+    a = start_worker(root, luigid, "a", FAULT_KILL_AT=f"{kind}:1")
     assert wait(a) == -signal.SIGKILL, (root / "a.log").read_text()[-3000:]
     b = start_worker(root, luigid, "b")
     # luigid forgets the dead worker after worker_disconnect_delay when it prunes (every minute
@@ -131,8 +138,8 @@ def test_a_worker_killed_mid_shard_leaves_it_to_the_other(small_collection, refe
         time.sleep(1)
     assert wait(b) in SHARED, (root / "b.log").read_text()[-3000:]
     assert report(root)["status"] == "ok"
-    killed = list(shard_runs(root, ["a"]))[-1]  # the shard a was running
-    assert killed in shard_runs(root, ["b"])
+    killed = list(shard_runs(root, ["a"], kind))[-1]  # the shard a was running
+    assert killed in shard_runs(root, ["b"], kind)
     result = read_similarities(root / "artifacts" / "similarities.hdf5")
     for key in RESULT:
         np.testing.assert_array_equal(result[key], reference[key], err_msg=key)

@@ -306,4 +306,25 @@ def test_incremental_neighbours_equal_a_full_search_night_after_night(
         assert queried[is_new].all()
         if added + changed + removed == 0:
             assert not queried.any()
+        # in shards of rows sharing one inverted file: the same lists, the same images queried
+        data = histograms(ids, rows)
+        shards = [update_neighbours(data, previous, is_new, k=k, rows=part) for part in thirds(len(ids))]
+        assert data.inverted_file(k) is data.inverted_file(k)  # made once, for every shard
+        for i, whole in enumerate((got, got_d, queried)):
+            np.testing.assert_array_equal(np.concatenate([shard[i] for shard in shards]), whole)
         neighbours = got
+
+
+def thirds(n):
+    """Three blocks of rows, of unequal sizes."""
+    return np.split(np.arange(n), [n // 5, n // 2])
+
+
+@pytest.mark.parametrize("method", ["balltree", "sparse"])
+def test_blocks_of_rows_searched_apart_give_the_whole_search(method):
+    ids = np.random.default_rng(3).permutation(500)[:90]
+    data = WeightedHistograms(random_counts(5, n=90, words=6, n_local=5), 5, ids, "tfidf", "cosine", power=0.5)
+    whole = nearest_neighbours(data, k=4, method=method)
+    parts = [nearest_neighbours(data, k=4, method=method, rows=rows) for rows in thirds(90)]
+    for i in range(2):
+        np.testing.assert_array_equal(np.concatenate([part[i] for part in parts]), whole[i])

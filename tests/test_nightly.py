@@ -146,7 +146,10 @@ def test_incremental_nightly_runs(tmp_path, small_collection):
     assert (first["images_total"], first["extracted"], first["reused"], first["removed"]) == (18, 18, 0, 0)
     assert first["refit"] is True and first["status"] == "ok"
     assert first["neighbours"] == {"search": "full", "queried": 18}
-    stages = {"Inventory", "FeatureShard", "Features", "Reducer", "Codebook", "Histograms", "Similarities"}
+    stages = {
+        "Inventory", "FeatureShard", "Features", "Reducer", "Codebook", "HistogramShard", "Histograms",
+        "NeighbourShard", "Similarities",
+    }  # fmt: skip
     assert set(first["stage_seconds"]) == stages and first["stage_seconds"]["FeatureShard"] > 0
 
     # a second call for the same date does nothing

@@ -288,14 +288,24 @@ def nightly_equals(monkeypatch, config, expected_root, root):
     return json.loads((root / "artifacts" / "run_report.json").read_text())
 
 
-def test_sharded_extraction_gives_the_same_result(run, monkeypatch, small_collection, tmp_path):
+def test_sharded_stages_give_the_same_result(run, monkeypatch, small_collection, tmp_path):
     (first, _), _ = run
     (tmp_path / "content").symlink_to(small_collection[0])
-    report = nightly_equals(monkeypatch, pipeline_config(tmp_path, features__shards=3), first, tmp_path)
-    shards = sorted((tmp_path / "artifacts" / "shards").iterdir())
-    assert [p.name for p in shards] == [f"features-000{i}-of-0003.h5" for i in range(3)]
-    counts = [read_attrs(p)["images"] for p in shards]
+    config = pipeline_config(tmp_path, features__shards=3, histograms__shards=2, neighbours__shards=4)
+    report = nightly_equals(monkeypatch, config, first, tmp_path)
+    shards = sorted(p.name for p in (tmp_path / "artifacts" / "shards").iterdir())
+    assert shards == sorted(
+        [f"features-000{i}-of-0003.h5" for i in range(3)]
+        + [f"histograms-000{i}-of-0002.h5" for i in range(2)]
+        + [f"neighbours-000{i}-of-0004.h5" for i in range(4)]
+    )
+    features = [read_attrs(tmp_path / "artifacts" / "shards" / f"features-000{i}-of-0003.h5") for i in range(3)]
+    counts = [a["images"] for a in features]
     assert sum(counts) == 18 and min(counts) > 0 and report["extracted"] == 18
+    for kind, shards in (("histograms", 2), ("neighbours", 4)):  # each shard did its part
+        paths = [tmp_path / "artifacts" / "shards" / f"{kind}-000{i}-of-000{shards}.h5" for i in range(shards)]
+        assert all(read_attrs(p)["run_date"] == report["date"] for p in paths)
+    assert all(report["stage_seconds"][stage] > 0 for stage in ("FeatureShard", "HistogramShard", "NeighbourShard"))
 
 
 def test_ids_read_from_the_cms_give_the_csv_result(run, monkeypatch, small_collection, tmp_path):
@@ -401,6 +411,8 @@ def test_files_that_must_be_rejected_change_nothing_else(run, monkeypatch, small
         ({"neighbours__power": "0"}, "[neighbours] power=0.0 must be a number in (0, 1]"),
         ({"images__colour": "sepia"}, "[images] colour='sepia' must be one of grey, rgb"),
         ({"images__trim": "yes"}, "[images] trim='yes' must be true or false"),
+        ({"histograms__shards": "0"}, "[histograms] shards=0 must be a whole number >= 1"),
+        ({"neighbours__shards": "two"}, "[neighbours] shards='two' must be a whole number >= 1"),
         # known once the collection is listed, still before any image is extracted
         ({"neighbours__k": "18"}, "[neighbours] k=18 must be between 1 and the number of images - 1 = 17; lower it"),
         ({"codebook__size": "1000"}, "[codebook] size=1000 must be between 2 and the number of sampled descriptors=882"),
@@ -770,7 +782,8 @@ def test_incremental_neighbours_and_loads_equal_a_full_run_date_after_date(
         assert ("every row is loaded" in caplog.text) == (day == 0), caplog.text[-2000:]
         # the same date again from scratch, without the earlier lists: every image searched
         full = tmp_path / f"full-{day}"
-        shutil.copytree(artifacts, full / "artifacts", ignore=shutil.ignore_patterns("similarities.hdf5", "run.lock*"))
+        ignored = shutil.ignore_patterns("similarities.hdf5", "neighbours-*", "run.lock*")
+        shutil.copytree(artifacts, full / "artifacts", ignore=ignored)
         with luigi_config(
             monkeypatch, pipeline_config(full, paths__content=content, ids__csv=content / "image_ids.csv")
         ):
