@@ -3,14 +3,19 @@ descriptors stand in for the extraction, and the pipeline's own code runs after 
 the seconds and the peak resident memory of each stage, the codebook's assignment rate and
 what the feature store would keep per image.
 
-    python -m benchmarks.scale [--images 20000] [--words 1000] [--rank 64]
+    python -m benchmarks.scale [--images 20000] [--words 1000] [--rank 64] [--workers N [--shards S]]
 
 The descriptors of image i are made from i alone (the same image always reads the same):
 49 draws around latent "themes" projected to 2,048 channels with rank ``--rank``, so that
 the PCA keeps about ``rank`` components.
+
+With ``--workers N``, the histograms and the neighbours run as shards on a local Luigi central
+scheduler, by 1 worker process of one core and then by N, side by side (``benchmarks.shards``).
 """
 
 import argparse
+import os
+import tempfile
 
 import numpy as np
 
@@ -21,6 +26,7 @@ from pipeline.neighbours import DEFAULT_METRIC, DEFAULT_WEIGHTING, WeightedHisto
 from pipeline.reduction import Reducer
 
 from .common import StagePeak, Timer, report
+from .shards import run_sharded
 
 
 class SyntheticBlocks(Blocks):
@@ -44,7 +50,7 @@ class SyntheticBlocks(Blocks):
         return self.local
 
 
-def run(images=20000, words=1000, rank=64, sample_images_=20000, sample_size=200_000):
+def run(images=20000, words=1000, rank=64, sample_images_=20000, sample_size=200_000, workers=None, shards=None):
     blocks = SyntheticBlocks(images, rank=rank)
     stages, figures = [], {"bench": "scale", "n_images": images, "words": words}
     with StagePeak() as peak, Timer() as t:
@@ -54,23 +60,53 @@ def run(images=20000, words=1000, rank=64, sample_images_=20000, sample_size=200
     with StagePeak() as peak, Timer() as t:
         codebook = fit_codebook(blocks, reducer, words, sample_size, random_state=0)
     stages.append(("codebook", t.seconds, peak.mb, f"K = {words} on {min(images, sample_size // 49) * 49} descriptors"))
-    keys = np.array([str(i) for i in range(images)])
-    with StagePeak() as peak, Timer() as t:
-        counts, _ = compute_histograms(blocks, keys, reducer, codebook)
-    stages.append(("histograms", t.seconds, peak.mb, f"{images / t.seconds:.0f} images/s assigned"))
-    figures["assignment_ips"] = round(images / t.seconds, 1)
-    with StagePeak() as peak, Timer() as t:
-        weights = codebook.word_weights(DEFAULT_WEIGHTING, 1)
-        sparse_neighbours(
-            WeightedHistograms(counts, 49, np.arange(images), DEFAULT_WEIGHTING, DEFAULT_METRIC, weights=weights), k=5
-        )
-    stages.append(("neighbours", t.seconds, peak.mb, f"exact, sparse method, {DEFAULT_WEIGHTING}/{DEFAULT_METRIC}"))
+    if workers:
+        rows = sharded(figures, reducer, codebook, images, rank, workers, shards or 4 * workers)
+    else:
+        keys = np.array([str(i) for i in range(images)])
+        with StagePeak() as peak, Timer() as t:
+            counts, _ = compute_histograms(blocks, keys, reducer, codebook)
+        stages.append(("histograms", t.seconds, peak.mb, f"{images / t.seconds:.0f} images/s assigned"))
+        figures["assignment_ips"] = round(images / t.seconds, 1)
+        with StagePeak() as peak, Timer() as t:
+            weights = codebook.word_weights(DEFAULT_WEIGHTING, 1)
+            data = WeightedHistograms(counts, 49, np.arange(images), DEFAULT_WEIGHTING, DEFAULT_METRIC, weights=weights)
+            sparse_neighbours(data, k=5)
+        stages.append(("neighbours", t.seconds, peak.mb, f"exact, sparse method, {DEFAULT_WEIGHTING}/{DEFAULT_METRIC}"))
+        rows = []
     for name, seconds, mb, _ in stages:
         figures[f"{name}_seconds"] = round(seconds, 1)
         figures[f"{name}_peak_rss_mb"] = round(mb)
-    rows = [(name, f"{seconds:8.1f} s  peak RSS {mb:6.0f} MB  {note}") for name, seconds, mb, note in stages]
+    rows = [(name, f"{seconds:8.1f} s  peak RSS {mb:6.0f} MB  {note}") for name, seconds, mb, note in stages] + rows
     report(rows, figures)
     return figures
+
+
+def sharded(figures, reducer, codebook, images, rank, workers, shards):
+    """The histograms and neighbours in ``shards`` shards by 1 worker of one core, then by
+    ``workers`` (``benchmarks.shards``), side by side: rows of the report; figures added."""
+    rows, results = [], []
+    for n in (1, workers):
+        with tempfile.TemporaryDirectory(prefix="shards-") as folder:
+            reducer.save(os.path.join(folder, "reducer.h5"), {})
+            codebook.save(os.path.join(folder, "codebook.h5"), {})
+            timed, result = run_sharded(folder, images, rank, n, shards)
+        results.append(result)
+        for stage in ("histograms", "neighbours"):
+            figures[f"{stage}_seconds_{n}_workers"] = timed[f"{stage}_seconds"]
+            rows.append((f"{stage}, {n} worker(s)", f"{timed[f'{stage}_seconds']:8.1f} s  {shards} shards, "
+                                                     f"{timed['worker_processes']} processes ran shards, one core each"))  # fmt: skip
+    for stage in ("histograms", "neighbours"):
+        figures[f"{stage}_speedup"] = round(
+            figures[f"{stage}_seconds_1_workers"] / figures[f"{stage}_seconds_{workers}_workers"], 2
+        )
+        rows.append((f"{stage}: {workers} workers against 1", f"{figures[f'{stage}_speedup']:.2f} times sooner"))
+    figures.update(
+        workers=workers, shards=shards,
+        identical=all(np.array_equal(results[0][key], results[1][key]) for key in ("neighbours", "distances")),
+    )  # fmt: skip
+    rows.append(("identical", str(figures["identical"])))
+    return rows
 
 
 def main():
@@ -80,8 +116,15 @@ def main():
     parser.add_argument("--rank", type=int, default=64, help="rank of the simulated descriptors")
     parser.add_argument("--sample-images", type=int, default=20000, help="[reduction] sample_images")
     parser.add_argument("--sample-size", type=int, default=200_000, help="[codebook] sample_size")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        help="the histograms and neighbours in shards by this many workers of one core each on "
+        "a local luigid, beside 1 worker (benchmarks.shards)",
+    )
+    parser.add_argument("--shards", type=int, help="shards of each stage, with --workers (default 4 per worker)")
     args = parser.parse_args()
-    run(args.images, args.words, args.rank, args.sample_images, args.sample_size)
+    run(args.images, args.words, args.rank, args.sample_images, args.sample_size, args.workers, args.shards)
 
 
 if __name__ == "__main__":

@@ -52,6 +52,18 @@ def test_scale_benchmark_prints_each_stage(capsys):
     assert figures["assignment_ips"] > 0
 
 
+@pytest.mark.slow  # a luigid and worker processes, twice
+def test_scale_benchmark_shards_the_stages_over_workers_on_luigid(capsys):
+    from benchmarks import scale
+
+    scale.run(images=300, words=20, rank=8, sample_images_=100, sample_size=2000, workers=2, shards=4)
+    figures = last_json_line(capsys)
+    assert figures["identical"] is True and figures["workers"] == 2 and figures["shards"] == 4
+    for stage in ("histograms", "neighbours"):
+        assert figures[f"{stage}_seconds_1_workers"] > 0 and figures[f"{stage}_seconds_2_workers"] > 0
+        assert figures[f"{stage}_speedup"] > 0
+
+
 def test_cms_benchmark_prints_its_figures(capsys):
     from benchmarks import cms
 
