@@ -351,17 +351,9 @@ def main():
     parser.add_argument("--cold", action="store_true", help="empty the kernel's caches before the inventory (root)")
     args = parser.parse_args()
     run(
-        args.images,
-        args.added,
-        args.changed,
-        args.removed,
-        args.words,
-        args.database,
-        args.check,
-        args.files,
-        args.shards,
-        args.cold,
-    )
+        args.images, args.added, args.changed, args.removed, args.words, args.database, args.check,
+        args.parts.split(","), args.shards, args.cold,
+    )  # fmt: skip
 
 
 if __name__ == "__main__":
