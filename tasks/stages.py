@@ -121,13 +121,24 @@ def shard_attrs(task):
     return shards, [a for a in shards if a["run_date"] == task.date.isoformat()]
 
 
-def shard_output(kind, shard, shards):
-    """The artifact of one shard of a stage: ``<artifacts>/shards/<kind>-<shard>-of-<shards>.h5``."""
-    name = f"{kind}-{shard:04d}-of-{shards:04d}.h5"
-    return luigi.LocalTarget(os.path.join(config.paths().artifacts, "shards", name), format=luigi.format.Nop)
+class Shard:
+    """One of ``shards`` parts of a sharded stage's work (its ``kind``), with its artifact
+    ``<artifacts>/shards/<kind>-<shard>-of-<shards>.h5``."""
+
+    shard = luigi.IntParameter(description="This shard, 0 .. shards - 1.")
+    shards = luigi.IntParameter(description="Number of shards, [<stage>] shards.")
+    kind = None
+
+    def output(self):
+        name = f"{self.kind}-{self.shard:04d}-of-{self.shards:04d}.h5"
+        return luigi.LocalTarget(os.path.join(config.paths().artifacts, "shards", name), format=luigi.format.Nop)
+
+    def of_shard(self, settings):
+        """The settings of the stage, with this shard's place: each shard is an artifact of its own."""
+        return {**settings, "shard": self.shard, "shards": self.shards}
 
 
-class FeatureShard(ArtifactTask):
+class FeatureShard(Shard, ArtifactTask):
     """The descriptors of one shard of the inventory's images, extracted into the feature store.
 
     An image's shard is a stable hash of its path (``pipeline.extraction.shard_of``), so shards
@@ -135,18 +146,14 @@ class FeatureShard(ArtifactTask):
     machine sharing the artifacts folder. The artifact is a small record of the shard's counts.
     """
 
-    shard = luigi.IntParameter(description="This shard, 0 .. shards - 1.")
-    shards = luigi.IntParameter(description="Number of shards, [features] shards.")
+    kind = "features"
 
     def requires(self):
         return Inventory(date=self.date)
 
-    def output(self):
-        return shard_output("features", self.shard, self.shards)
-
     def settings(self):
         if getattr(self, "_settings", None) is None:  # hashing a weights file once is enough
-            self._settings = {**feature_settings(), "shard": self.shard, "shards": self.shards}
+            self._settings = self.of_shard(feature_settings())
         return self._settings
 
     def make(self, tmp):
@@ -303,22 +310,18 @@ class HistogramInputs(ArtifactTask):
         return list(self.inputs().values())  # the number of shards does not change the result
 
 
-class HistogramShard(HistogramInputs):
+class HistogramShard(Shard, HistogramInputs):
     """The histograms of one shard of the run's images: those whose path hashes to it, as for
     the extraction (``pipeline.extraction.shard_of``); unchanged images keep the histogram of
     the last run's histograms.h5. Shards run independently, on any worker of any machine."""
 
-    shard = luigi.IntParameter(description="This shard, 0 .. shards - 1.")
-    shards = luigi.IntParameter(description="Number of shards, [histograms] shards.")
+    kind = "histograms"
 
     def requires(self):
         return self.inputs()
 
-    def output(self):
-        return shard_output("histograms", self.shard, self.shards)
-
     def settings(self):
-        return {**Histograms.histogram_settings(), "shard": self.shard, "shards": self.shards}
+        return self.of_shard(Histograms.histogram_settings())
 
     def make(self, tmp):
         blocks = self.requires()["features"].blocks()
@@ -481,23 +484,19 @@ class NeighbourSearch:
         return nearest, distances, np.ones(len(rows), dtype=bool)
 
 
-class NeighbourShard(NeighbourInputs):
+class NeighbourShard(Shard, NeighbourInputs):
     """The exact neighbours of one block of the run's images against all of them (only where
     they can have changed, between refits); Similarities gathers the blocks. Shards run
     independently, on any worker of any machine; a worker reads the collection once for all
     the shards it runs."""
 
-    shard = luigi.IntParameter(description="This shard, 0 .. shards - 1.")
-    shards = luigi.IntParameter(description="Number of shards, [neighbours] shards.")
+    kind = "neighbours"
 
     def requires(self):
         return self.inputs()
 
-    def output(self):
-        return shard_output("neighbours", self.shard, self.shards)
-
     def settings(self):
-        return {**self.neighbour_settings(), "shard": self.shard, "shards": self.shards}
+        return self.of_shard(self.neighbour_settings())
 
     def make(self, tmp):
         search = NeighbourSearch.of(self)
