@@ -33,6 +33,11 @@ ONE_CORE = {name: "1" for name in ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "OPEN
 K = 5
 
 
+def image_paths(n):
+    """The paths below content/ of the n simulated images: what their shard is hashed from."""
+    return np.array([f"PPN{i // 10}/{i:08d}.jpg" for i in range(n)])
+
+
 class Part(luigi.Task):
     """A task of the benchmark writing ``<folder>/<name>.h5`` with its start and end times."""
 
@@ -65,7 +70,7 @@ class HistogramPart(Part):
     def make(self, tmp, started):
         from .scale import SyntheticBlocks
 
-        keys = np.array([f"PPN{i // 10}/{i:08d}.jpg" for i in range(self.images)])
+        keys = image_paths(self.images)
         mine = extraction.in_shard(keys, self.shard, self.shards)
         reducer, codebook = (
             Reducer.load(os.path.join(self.folder, "reducer.h5")),
@@ -84,7 +89,7 @@ class AllHistograms(Part):
         return [HistogramPart(**self.common(), shard=i) for i in range(self.shards)]
 
     def make(self, tmp, started):
-        keys = np.array([f"PPN{i // 10}/{i:08d}.jpg" for i in range(self.images)])
+        keys = image_paths(self.images)
         parts = [histograms.load_counts(t.path)[:2] for t in self.input()]
         keys, counts = histograms.gather(keys, parts)
         histograms.save_histograms(tmp, keys, counts, 49, self.times(started))
@@ -115,13 +120,9 @@ class NeighbourPart(Part):
 
     def make(self, tmp, started):
         data = weighted(self.folder, self.input().path)
-        rows = np.arange(self.shard * len(data) // self.shards, (self.shard + 1) * len(data) // self.shards)
+        rows = output.block_rows(len(data), self.shard, self.shards)
         nearest, distances = sparse_neighbours(data, k=K, rows=rows)
-        with h5py.File(tmp, "w") as f:
-            f.attrs.update(self.times(started))
-            f.create_dataset("rows", data=rows)
-            f.create_dataset("neighbours", data=nearest)
-            f.create_dataset("distances", data=distances)
+        output.write_neighbours(tmp, rows, nearest, distances, self.times(started))
 
 
 class AllNeighbours(Part):
@@ -133,10 +134,7 @@ class AllNeighbours(Part):
 
     def make(self, tmp, started):
         nearest, distances = output.gather_neighbours([t.path for t in self.input()], self.images, K)
-        with h5py.File(tmp, "w") as f:
-            f.attrs.update(self.times(started))
-            f.create_dataset("neighbours", data=nearest)
-            f.create_dataset("distances", data=distances)
+        output.write_neighbours(tmp, np.arange(self.images), nearest, distances, self.times(started))
 
 
 def log_path(folder, worker):

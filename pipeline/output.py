@@ -73,6 +73,20 @@ def read_similarities(path):
     return result
 
 
+def block_rows(n, shard, shards):
+    """The positions of block ``shard`` of ``shards`` equal blocks of n images: a neighbour shard's rows."""
+    return np.arange(shard * n // shards, (shard + 1) * n // shards)
+
+
+def write_neighbours(path, rows, neighbours, distances, attrs):
+    """Write the lists of the images at ``rows`` (a neighbour shard's), as :func:`gather_neighbours` reads them."""
+    with h5py.File(path, "w") as f:
+        f.attrs.update(attrs)
+        f.create_dataset("rows", data=rows)
+        f.create_dataset("neighbours", data=neighbours)
+        f.create_dataset("distances", data=distances)
+
+
 def gather_neighbours(paths, n, k):
     """Each image's neighbours and distances from the files of the neighbour shards (datasets
     rows, neighbours, distances), which together hold each of the n images' rows once.

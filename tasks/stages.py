@@ -464,11 +464,6 @@ class NeighbourSearch:
             _SEARCH[made_from] = cls(task)
         return _SEARCH[made_from]
 
-    def rows(self, shard, shards):
-        """The positions of the images of block ``shard`` of ``shards`` equal blocks."""
-        n = len(self.data)
-        return np.arange(shard * n // shards, (shard + 1) * n // shards)
-
     def find(self, rows, checkpoints, progress):
         """The neighbours of the images at ``rows``: (neighbours, distances, queried)."""
         if self.why_full is None:
@@ -500,15 +495,10 @@ class NeighbourShard(Shard, NeighbourInputs):
 
     def make(self, tmp):
         search = NeighbourSearch.of(self)
-        rows = search.rows(self.shard, self.shards)
+        rows = output.block_rows(len(search.data), self.shard, self.shards)
         nearest, distances, queried = search.find(rows, self.checkpoints(), Progress(self, "neighbours of"))
-        with h5py.File(tmp, "w") as f:
-            f.attrs.update(
-                self.attrs(search="incremental" if search.why_full is None else "full", queried=int(queried.sum()))
-            )
-            f.create_dataset("rows", data=rows)
-            f.create_dataset("neighbours", data=nearest)
-            f.create_dataset("distances", data=distances)
+        mode = "incremental" if search.why_full is None else "full"
+        output.write_neighbours(tmp, rows, nearest, distances, self.attrs(search=mode, queried=int(queried.sum())))
 
 
 class Similarities(NeighbourInputs):
