@@ -258,6 +258,7 @@ def search_night(stages, images, added, changed, removed, words, database, check
             "night: neighbours, incremental",
             lambda: update_neighbours(night_data, earlier.previous(), earlier.new, k=K),
         )
+        night_data.release_inverted_files()  # as the pipeline's Similarities, before the write
         stages.run(
             "night: similarities.hdf5",
             lambda: output.write_similarities(
