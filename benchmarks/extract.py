@@ -1,42 +1,52 @@
-"""Extraction throughput: the pipeline's extractor against the bare batched forward pass and
-against the original scripts' one-``predict``-per-image loop, on the same images in one run.
+"""Extraction throughput at float32 and at the precision ``auto`` chooses here, side by side in
+one run: the pipeline's extraction loop, the bare batched forward pass, the commit to the
+feature store, and the original scripts' one ``predict`` per image.
 
     python -m benchmarks.extract [--images 96] [--batch-size 16] [--per-image 24]
+                                 [--precision P] [--decode-processes N] [--device cpu|gpu]
+
+``--precision`` compares another precision with float32 (default: what ``[resnet] precision
+= auto`` chooses on this machine); ``--device gpu`` runs on the first GPU TensorFlow sees and
+says whether it was used (exit status 1 when there is none).
 """
 
 import argparse
 import contextlib
 import os
+import sys
 import tempfile
+import zlib
 
 import numpy as np
 
 from pipeline.collection import scan_content
 from pipeline.extraction import extract_to_store
-from pipeline.features import DescriptorExtractor, build_model
+from pipeline.features import DescriptorExtractor, build_model, extract
 from pipeline.images import load_image
-from pipeline.store import FeatureStore
+from pipeline.precision import PRECISIONS, choose_precision
+from pipeline.store import FeatureStore, quantize
 
 from .common import Timer, report, scan_like_images
 
 
 def bare_forward(extractor, pixels, batch_size):
-    """Images per second of the compiled forward pass alone, on pre-decoded tensors."""
+    """Images per second of the compiled forward pass alone, on pre-decoded tensors, and the
+    device it ran on."""
     forward = extractor._forward()
-    forward(pixels[:batch_size]).numpy()  # warm-up
+    device = forward(pixels[:batch_size]).device  # warm-up
     with Timer() as t:
         for start in range(0, len(pixels), batch_size):
             batch = pixels[start : start + batch_size]
             if len(batch) < batch_size:
                 batch = np.concatenate([batch, np.zeros((batch_size - len(batch), *batch.shape[1:]), batch.dtype)])
             forward(batch).numpy()
-    return len(pixels) / t.seconds
+    return len(pixels) / t.seconds, device
 
 
 def pipeline_extraction(extractor, paths, store):
     """Images per second of the extraction stage's own loop, ``extract_to_store`` (decoding in
-    the decoder processes, the forward pass, 8-bit codes and compression committed to the
-    feature store), and the store's bytes per image."""
+    the decoder processes, the forward pass, 8-bit codes committed to the feature store), and
+    the store's bytes per image."""
     content = os.path.dirname(os.path.dirname(paths[0]))
     files = scan_content(content)
     kept = lambda: contextlib.nullcontext(extractor)  # noqa: E731 (the decoder processes stay up between the runs)
@@ -46,6 +56,22 @@ def pipeline_extraction(extractor, paths, store):
         extract_to_store(store, kept, files, content)
     size = sum(os.path.getsize(os.path.join(store.chunk_dir, name)) for name in os.listdir(store.chunk_dir))
     return len(paths) / t.seconds, size / len(paths)
+
+
+def commit_ms(store, descriptors, repeats=5):
+    """Milliseconds per image of committing batches of ``descriptors`` (8-bit codes and the
+    chunk file, :meth:`FeatureStore.write_chunk`), and of gzip level 1 on their codes (the
+    commit of earlier versions) with its bytes per image."""
+    n = len(descriptors)
+    store.write_chunk([f"warm-up {i}" for i in range(n)], descriptors, {})
+    with Timer() as t:
+        for r in range(repeats):
+            store.write_chunk([f"commit {r} {i}" for i in range(n)], descriptors, {})
+    codes = quantize(descriptors)[0].tobytes()
+    with Timer() as g:
+        for _ in range(repeats):
+            packed = zlib.compress(codes, 1)
+    return 1000 * t.seconds / (repeats * n), 1000 * g.seconds / (repeats * n), len(packed) / n
 
 
 def decode_ms(paths, **preparation):
@@ -74,63 +100,114 @@ def per_image_predict(model, paths):
     return len(paths) / t.seconds
 
 
-def run(images=96, batch_size=16, per_image=24):
-    from tasks.config import images as shipped
+def gpus():
+    """The GPUs TensorFlow can use (none with tensorflow-cpu)."""
+    import tensorflow as tf
 
+    return tf.config.list_physical_devices("GPU")
+
+
+def run(images=96, batch_size=16, per_image=24, precision=None, decode_processes=None, device="cpu"):
+    from tasks.config import images as shipped
+    from tasks.config import resnet
+
+    if device == "cpu" and gpus():
+        import tensorflow as tf
+
+        tf.config.set_visible_devices([], "GPU")  # the CPU's figures, on a machine with a GPU too
+    chosen, reason = choose_precision(precision or resnet().precision)
     preparation = {"colour": shipped().colour, "trim": shipped().trim}
+    decoders = decode_processes or shipped().decode_processes
+    measured = {}
     with tempfile.TemporaryDirectory() as directory:
         paths = scan_like_images(os.path.join(directory, "content", "PPN1"), images)
-        model = build_model(weights="random")
         decode_plain, decode_prepared = decode_ms(paths), decode_ms(paths, **preparation)
         pixels = np.stack([load_image(p, **preparation) for p in paths]).astype(np.float32)
-        with DescriptorExtractor(model, batch_size=batch_size, **preparation) as extractor:
-            bare = bare_forward(extractor, pixels, batch_size)
-            pipeline, store_bytes = pipeline_extraction(
-                extractor, paths, FeatureStore(os.path.join(directory, "store"))
+        for name in dict.fromkeys(["float32", chosen]):  # float32 first, then the other precision if any
+            model = build_model(weights="random", precision=name)
+            with DescriptorExtractor(model, batch_size, decoders, **preparation) as extractor:
+                bare, ran_on = bare_forward(extractor, pixels, batch_size)
+                store = FeatureStore(os.path.join(directory, f"store-{name}"))
+                pipeline, store_bytes = pipeline_extraction(extractor, paths, store)
+                descriptors = extract(extractor, paths[:batch_size])[0]
+            commit, gzip_ms, gzip_bytes = commit_ms(
+                FeatureStore(os.path.join(directory, f"commit-{name}")), descriptors
             )
-        single = per_image_predict(model, paths[:per_image])
+            measured[name] = dict(bare=bare, pipeline=pipeline, store_bytes=store_bytes, commit=commit, device=ran_on)
+        single = per_image_predict(build_model(weights="random"), paths[:per_image])
+    auto, full = measured[chosen], measured["float32"]
     figures = {
         "bench": "extract",
         "images": images,
         "batch_size": batch_size,
-        "pipeline_ips": round(pipeline, 2),
-        "bare_model_ips": round(bare, 2),
+        "decode_processes": decoders,
+        "device": auto["device"],
+        "gpu_used": "GPU" in auto["device"],
+        "precision_auto": chosen,
+        "precision_reason": reason,
+        "pipeline_ips_float32": round(full["pipeline"], 2),
+        "pipeline_ips_auto": round(auto["pipeline"], 2),
+        "bare_ips_float32": round(full["bare"], 2),
+        "bare_ips_auto": round(auto["bare"], 2),
+        "auto_vs_float32": round(auto["pipeline"] / full["pipeline"], 3),
+        "ratio_vs_bare": round(auto["pipeline"] / auto["bare"], 3),
+        "commit_ms_per_image": round(auto["commit"], 3),
+        "store_bytes_per_image": round(auto["store_bytes"]),
+        "gzip_ms_per_image": round(gzip_ms, 3),
+        "gzip_bytes_per_image": round(gzip_bytes),
         "per_image_predict_ips": round(single, 2),
-        "ratio_vs_bare": round(pipeline / bare, 3),
-        "speedup_vs_per_image": round(pipeline / single, 2),
-        "store_bytes_per_image": round(store_bytes),
         "preparation": preparation,
         "decode_ms": round(decode_prepared, 2),
         "decode_ms_rgb_whole": round(decode_plain, 2),
     }
     report(
         [
-            ("images (1140 x 840 JPEG), batch size", f"{images}, {batch_size}"),
+            ("images (1140 x 840 JPEG), batch size, decoder processes", f"{images}, {batch_size}, {decoders}"),
+            ("device", f"{figures['device']} (GPU used: {figures['gpu_used']})"),
+            ("precision auto chooses", f"{chosen} ({reason})"),
+            ("pipeline extraction at float32, images/s", figures["pipeline_ips_float32"]),
+            (f"pipeline extraction at {chosen}, images/s", figures["pipeline_ips_auto"]),
+            ("bare forward pass at float32, images/s", figures["bare_ips_float32"]),
+            (f"bare forward pass at {chosen}, images/s", figures["bare_ips_auto"]),
+            (f"pipeline at {chosen} / pipeline at float32", figures["auto_vs_float32"]),
+            (f"pipeline / bare at {chosen}", figures["ratio_vs_bare"]),
+            ("commit (8-bit codes, chunk file), ms per image", figures["commit_ms_per_image"]),
+            ("feature store, bytes per image", figures["store_bytes_per_image"]),
+            ("gzip level 1 of the codes (not used), ms and bytes per image", f"{gzip_ms:.3f}, {gzip_bytes:.0f}"),
             (
                 f"decoding, ms per image: colour={preparation['colour']} trim={preparation['trim']}",
                 figures["decode_ms"],
             ),
             ("decoding, ms per image: colour=rgb trim=False", figures["decode_ms_rgb_whole"]),
-            ("pipeline extraction, images/s", figures["pipeline_ips"]),
-            ("bare forward pass on decoded tensors, images/s", figures["bare_model_ips"]),
-            (f"one model.predict per image ({per_image} images), images/s", figures["per_image_predict_ips"]),
-            ("pipeline / bare", figures["ratio_vs_bare"]),
-            ("pipeline / per-image predict", figures["speedup_vs_per_image"]),
-            ("feature store, bytes per image", figures["store_bytes_per_image"]),
+            (
+                f"one model.predict per image at float32 ({per_image} images), images/s",
+                figures["per_image_predict_ips"],
+            ),
         ],
         figures,
     )
     return figures
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=96)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--per-image", type=int, default=24, help="images for the per-image predict loop")
-    args = parser.parse_args()
-    run(args.images, args.batch_size, args.per_image)
+    parser.add_argument("--precision", choices=PRECISIONS, help="compared with float32 (default [resnet] precision)")
+    parser.add_argument("--decode-processes", type=int, help="default [images] decode_processes")
+    parser.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
+    args = parser.parse_args(argv)
+    if args.device == "gpu" and not gpus():
+        print(
+            "no GPU visible to TensorFlow: install tensorflow[and-cuda] in place of tensorflow-cpu on a machine "
+            "with an NVIDIA driver (docs/performance.md)",
+            file=sys.stderr,
+        )
+        return 1
+    figures = run(args.images, args.batch_size, args.per_image, args.precision, args.decode_processes, args.device)
+    return 0 if args.device == "cpu" or figures["gpu_used"] else 1
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -32,6 +32,7 @@ from pipeline.features import extract
 from pipeline.histograms import MAX_ASSIGN, compute_histograms
 from pipeline.images import COLOURS
 from pipeline.neighbours import METRICS, WEIGHTINGS, WeightedHistograms, query_neighbours, sparse_neighbours
+from pipeline.precision import PRECISIONS, choose_precision
 from pipeline.query import word_counts
 from pipeline.reduction import DESCRIPTOR_NORMS, REDUCED_NORMS, Reducer
 from pipeline.selfcheck import Copies
@@ -115,30 +116,34 @@ class Collection:
         self.labels = evaluation.read_labels(os.path.join(self.content, "labels.csv"))
         self.coded = {}
 
-    def cache(self, made, weights, seed):
+    def cache(self, made, weights, seed, precision):
         """The file of the descriptors made with ``made`` (:func:`made_with`), named by the collection it was
         extracted from."""
         layer, colour, trim = made
         summary = hashlib.sha256(json.dumps(self.summary, sort_keys=True).encode()).hexdigest()[:12]
         prepared = f"{colour}-{'trim' if trim else 'whole'}"
         return os.path.join(
-            self.folder, f"{layer}-{prepared}-{features.weights_identity(weights)}-{seed}-{summary}.npz"
+            self.folder,
+            f"{layer}-{prepared}-{features.weights_identity(weights)}-{seed}-{precision}-{summary}.npz",
         )
 
-    def extract(self, made, weights, seed, batch_size):
+    def extract(self, made, weights, seed, precision, batch_size):
         """Descriptors of every image made each way of ``made``, from the cache or one forward pass per image
         preparation for the missing ones."""
-        missing = [m for m in made if not os.path.exists(self.cache(m, weights, seed))]
+        missing = [m for m in made if not os.path.exists(self.cache(m, weights, seed, precision))]
         for (colour, trim), layers in by_preparation(missing).items():
-            descriptors, decoded, errors = descriptors_of(self.paths, layers, colour, trim, weights, seed, batch_size)
+            descriptors, decoded, errors = descriptors_of(
+                self.paths, layers, colour, trim, weights, seed, precision, batch_size
+            )
             if errors:
                 raise RuntimeError(f"{self.spec.name}: {len(errors)} images could not be decoded: {errors}")
             for layer, d in zip(layers, descriptors):
                 codes, offset, scale = store.quantize(d)
-                np.savez(self.cache((layer, colour, trim), weights, seed), codes=codes, offset=offset, scale=scale)
+                cache = self.cache((layer, colour, trim), weights, seed, precision)
+                np.savez(cache, codes=codes, offset=offset, scale=scale)
         for m in made:
             if m not in self.coded:
-                with np.load(self.cache(m, weights, seed)) as f:
+                with np.load(self.cache(m, weights, seed, precision)) as f:
                     self.coded[m] = (f["codes"], f["offset"], f["scale"])
 
     def blocks(self, made):
@@ -158,9 +163,9 @@ def by_preparation(made):
     return layers
 
 
-def descriptors_of(paths, layers, colour, trim, weights, seed, batch_size):
+def descriptors_of(paths, layers, colour, trim, weights, seed, precision, batch_size):
     """One forward pass over ``paths``: (descriptors of each layer, decoded, errors) as :func:`extract` gives them."""
-    model = features.build_model(weights=weights, layer=tuple(layers), seed=seed)
+    model = features.build_model(weights=weights, layer=tuple(layers), seed=seed, precision=precision)
     with features.DescriptorExtractor(model, batch_size=batch_size, colour=colour, trim=trim) as extractor:
         descriptors, decoded, errors = extract(extractor, paths)
     return (
@@ -237,14 +242,14 @@ def run_collection(spec, configs, defaults, args):
         collection = Collection(spec, args.work)
     kinds = sorted({made_with(c) for c in configs})
     with Timer() as extracted:
-        collection.extract(kinds, args.weights, args.seed, args.batch_size)
+        collection.extract(kinds, args.weights, args.seed, args.precision, args.batch_size)
     copies, copy_descriptors = None, {}
     with tempfile.TemporaryDirectory(prefix="quality-") as scratch:
         if args.selfcheck:
             copies = Copies(collection.paths, scratch, sample=args.selfcheck, seed=0)
             for (colour, trim), layers in by_preparation(kinds).items():
                 descriptors, decoded, errors = descriptors_of(
-                    copies.paths, layers, colour, trim, args.weights, args.seed, args.batch_size
+                    copies.paths, layers, colour, trim, args.weights, args.seed, args.precision, args.batch_size
                 )
                 for layer, d in zip(layers, descriptors):
                     copy_descriptors[layer, colour, trim] = (d, decoded, errors)
@@ -293,11 +298,18 @@ def main(argv=None):
     )
     parser.add_argument("--selfcheck", type=int, default=50, help="images altered for the self-check (0: none)")
     parser.add_argument("--json", help="also write every row to this JSON file")
+    parser.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default=None,
+        help="what the model computes in (default: [resnet] precision, auto decided on this machine)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from tasks.config import resnet
+    from tasks.config import precision, resnet
 
     args.weights, args.seed, args.batch_size = resnet().weights, resnet().seed, resnet().batch_size
+    args.precision = choose_precision(args.precision)[0] if args.precision else precision()[0]
     names = [n.strip() for n in args.collections.split(",") if n.strip()]
     specs = [s for s in proxies.COLLECTIONS + proxies.EXTRA if s.name in names]
     unknown = set(names) - {s.name for s in specs}
@@ -318,7 +330,7 @@ def main(argv=None):
             by_name = {r["name"]: r for r in rows}
             print(
                 f"\n## {spec.name}: {info['images']} images, {info['groups']} groups, {info['distractors']} distractors "
-                f"(weights {args.weights})"
+                f"(weights {args.weights}, precision {args.precision})"
             )
             print(table_rows(rows))
             figures[spec.name] = {
@@ -339,6 +351,7 @@ def main(argv=None):
             {
                 "bench": "quality",
                 "weights": args.weights,
+                "precision": args.precision,
                 "seconds": round(whole.seconds, 1),
                 "defaults": defaults,
                 "mean_map": mean,

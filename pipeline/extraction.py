@@ -78,7 +78,9 @@ def extract_to_store(store, make_extractor, files, content_dir, progress=None):
     return len(todo), len(files) - len(todo)
 
 
-def extract_features(store, files, content_dir, weights, layer, seed, batch_size, progress=None, **decoding):
+def extract_features(
+    store, files, content_dir, weights, layer, seed, batch_size, progress=None, precision="float32", **decoding
+):
     """Bring the store up to date with ``files`` (all of an inventory's, or one shard's).
 
     ``decoding`` holds the DescriptorExtractor's decoding settings (``decode_processes``,
@@ -91,6 +93,6 @@ def extract_features(store, files, content_dir, weights, layer, seed, batch_size
     from .features import DescriptorExtractor, cached_model
 
     def make_extractor():
-        return DescriptorExtractor(cached_model(weights, layer, seed), batch_size=batch_size, **decoding)
+        return DescriptorExtractor(cached_model(weights, layer, seed, precision), batch_size=batch_size, **decoding)
 
     return extract_to_store(store, make_extractor, files, content_dir, progress)

@@ -13,6 +13,7 @@ import numpy as np
 
 from .errors import ConfigError, ImageError, WeightsError
 from .images import COLOURS, DECODE_TIMEOUT, INPUT_SIZE, MAX_PIXELS, DecoderPool
+from .precision import POLICIES
 
 logger = logging.getLogger(__name__)
 
@@ -94,8 +95,8 @@ def weights_identity(weights):
     return f"sha256:{digest.hexdigest()}"
 
 
-def build_model(weights="imagenet", layer=DEFAULT_LAYER, seed=0):
-    """Build ResNet50 cut at ``layer``.
+def build_model(weights="imagenet", layer=DEFAULT_LAYER, seed=0, precision="float32"):
+    """Build ResNet50 cut at ``layer``, computing in ``precision``.
 
     Parameters
     ----------
@@ -108,6 +109,8 @@ def build_model(weights="imagenet", layer=DEFAULT_LAYER, seed=0):
         with one output per layer (one forward pass for all, as the quality benchmark needs).
     seed : int
         Seed of the random initialisation when ``weights="random"``.
+    precision : {"float32", "bfloat16", "float16"}
+        What the layers compute in (:mod:`pipeline.precision`; the weights are the same).
 
     Returns
     -------
@@ -118,6 +121,8 @@ def build_model(weights="imagenet", layer=DEFAULT_LAYER, seed=0):
     for name in layers:
         if layer_side(name) is None:
             raise ConfigError(unknown_layer_message(name))
+    if precision not in POLICIES:
+        raise ConfigError(f"precision={precision!r} must be one of {', '.join(POLICIES)}")
     keras = _keras()
     if weights == "random":
         logger.warning("ResNet50 with seeded random weights (seed %d): results are %s", seed, RANDOM_WEIGHTS_NOTE)
@@ -128,7 +133,9 @@ def build_model(weights="imagenet", layer=DEFAULT_LAYER, seed=0):
     else:
         weights_identity(weights)  # a readable file, or a one-line error
         source = weights
+    before = keras.config.dtype_policy()
     try:
+        keras.config.set_dtype_policy(POLICIES[precision])  # taken by each layer as it is made
         base = keras.applications.ResNet50(weights=source, include_top=False, input_shape=(INPUT_SIZE, INPUT_SIZE, 3))
     except Exception as exc:  # Keras raises a bare Exception when the download fails
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
@@ -142,6 +149,8 @@ def build_model(weights="imagenet", layer=DEFAULT_LAYER, seed=0):
             f"[resnet] weights={weights!r} is not a ResNet50 weights file without the top ({reason}); "
             f"use Keras's {IMAGENET_FILE}"
         ) from None
+    finally:
+        keras.config.set_dtype_policy(before)
     if isinstance(layer, str):
         return keras.Model(base.input, base.get_layer(layer).output, name=f"resnet50_{layer}")
     return keras.Model(base.input, [base.get_layer(name).output for name in layers], name="resnet50_layers")
@@ -189,9 +198,9 @@ def prefetch(produce, depth=1):
 
 
 @functools.lru_cache(maxsize=1)
-def cached_model(weights, layer, seed):
+def cached_model(weights, layer, seed, precision="float32"):
     """:func:`build_model`, built once per process for the shards it extracts one after another."""
-    return build_model(weights=weights, layer=layer, seed=seed)
+    return build_model(weights=weights, layer=layer, seed=seed, precision=precision)
 
 
 class DescriptorExtractor:
@@ -268,7 +277,10 @@ class DescriptorExtractor:
 
         @tf.function(reduce_retracing=True)
         def forward(pixels):
-            return model(preprocess(pixels), training=False)
+            # a mixed-precision model's maps come out in its compute dtype: float32 for the store
+            return tf.nest.map_structure(
+                lambda maps: tf.cast(maps, tf.float32), model(preprocess(pixels), training=False)
+            )
 
         return forward
 
@@ -299,7 +311,7 @@ class DescriptorExtractor:
         ------
         start : int
             Position in ``paths`` of the batch's first file.
-        descriptors : ndarray of shape (n_batch, h * w, c), float16
+        descriptors : ndarray of shape (n_batch, h * w, c), float32
             Rows of the files that could not be decoded are all zero. A model with several
             outputs gives a list of such arrays, one per output.
         errors : dict of int to str
@@ -323,7 +335,7 @@ class DescriptorExtractor:
     @staticmethod
     def _descriptors(maps, n, errors):
         maps = maps.numpy()[:n]
-        descriptors = maps.reshape(n, -1, maps.shape[-1]).astype(np.float16)
+        descriptors = maps.reshape(n, -1, maps.shape[-1])
         descriptors[list(errors)] = 0
         return descriptors
 
@@ -338,7 +350,7 @@ def extract(extractor, paths):
 
     Returns
     -------
-    descriptors : ndarray of shape (n_decoded, n_local, c), float16 (as the model gives them);
+    descriptors : ndarray of shape (n_decoded, n_local, c), float32;
         a list of such arrays, one per output, for a model with several outputs
     decoded : list of int
         Positions in ``paths`` of the files decoded, in order.
@@ -353,6 +365,6 @@ def extract(extractor, paths):
         decoded.extend(start + i for i in ok)
         errors.update({start + i: reason for i, reason in batch_errors.items()})
     if not parts:
-        return np.empty((0, 0, 0), dtype=np.float16), decoded, errors
+        return np.empty((0, 0, 0), dtype=np.float32), decoded, errors
     descriptors = [np.concatenate([part[j] for part in parts]) for j in range(len(parts[0]))]
     return (descriptors if several else descriptors[0]), decoded, errors

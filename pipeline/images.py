@@ -133,13 +133,13 @@ def load_image(path, size=INPUT_SIZE, max_pixels=MAX_PIXELS, colour="rgb", trim=
             draft = round(size / TRIM_KEEP) if trim else size  # a trimmed picture still has size pixels
             image.draft("RGB", (draft, draft))  # JPEG: decode at a reduced scale when the scan is large
             image = to_rgb(ImageOps.exif_transpose(image))
+            if colour == "grey":  # once, for the margin search and the model; one band to resize
+                image = image.convert("L")
             box = trim_box(image) if trim else None
             if box is not None:
                 image = image.crop(box)
-            if colour == "grey":
-                image = image.convert("L").convert("RGB")
-            image = image.resize((size, size), Image.Resampling.BILINEAR)
-            return np.asarray(image, dtype=np.uint8)
+            pixels = np.asarray(image.resize((size, size), Image.Resampling.BILINEAR), dtype=np.uint8)
+            return np.repeat(pixels[:, :, None], 3, axis=2) if pixels.ndim == 2 else pixels
     except (OSError, ValueError, SyntaxError, EOFError, MemoryError, Image.DecompressionBombError) as exc:
         raise ImageError(reason_of(exc, path)) from None
 

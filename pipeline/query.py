@@ -95,6 +95,7 @@ class SimilarityIndex:
             "seed": feature_settings.get("seed") or 0,
             "colour": feature_settings.get("colour", "rgb"),  # runs before [images] colour and trim
             "trim": feature_settings.get("trim", False),
+            "precision": feature_settings.get("precision", "float32"),
         }
         return cls(index, data, Reducer.load(reducer), codebook_, model, histograms.load_assign(histograms_path))
 

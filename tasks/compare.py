@@ -124,7 +124,8 @@ def run(args):
             layer_store = feature_store(feature_settings(**made_with))
             extraction.extract_features(
                 layer_store, inventory.files, config.paths().content, weights=config.resnet().weights, layer=layer,
-                seed=config.resnet().seed, batch_size=config.resnet().batch_size, colour=colour, trim=trim, **decoding,
+                seed=config.resnet().seed, precision=config.precision()[0], batch_size=config.resnet().batch_size,
+                colour=colour, trim=trim, **decoding,
             )  # fmt: skip
             index = store.index_inventory(layer_store, inventory)
             if first_ids is None:

@@ -1,5 +1,7 @@
 """One luigi.Config class per luigi.cfg section."""
 
+import functools
+import logging
 import math
 import operator
 import os
@@ -14,6 +16,7 @@ from pipeline.features import DEFAULT_LAYER, layer_side, unknown_layer_message
 from pipeline.histograms import DEFAULT_ASSIGN, MAX_ASSIGN
 from pipeline.images import COLOURS, DECODE_TIMEOUT, MAX_PIXELS
 from pipeline.neighbours import DEFAULT_METRIC, DEFAULT_POWER, DEFAULT_WEIGHTING, METHODS, METRICS, WEIGHTINGS
+from pipeline.precision import PRECISIONS, choose_precision
 from pipeline.reduction import (
     DEFAULT_DESCRIPTORS,
     DEFAULT_REDUCED,
@@ -143,6 +146,13 @@ class resnet(luigi.Config):
         "e.g. conv5_block3_out, or conv4_block6_out: 14 x 14 x 1024).",
     )
     seed = luigi.IntParameter(default=0, description="Seed of the random initialisation when weights = random.")
+    precision = Choice(
+        PRECISIONS,
+        default="auto",
+        description="What the model computes in: auto (float16 on an NVIDIA GPU with tensor cores, bfloat16 on a "
+        "CPU with avx512_bf16 or amx_bf16, float32 elsewhere), float32, bfloat16 or float16. The precision used "
+        "is part of the feature store's identity: a change re-extracts every image.",
+    )
     batch_size = count(16, significant=False, description="Images per forward pass.")
 
 
@@ -376,6 +386,19 @@ def shards(section):
         return {c.__name__: c for c in SECTIONS}[section]().shards
     except ValueError:
         return 1
+
+
+@functools.cache
+def _precision(setting):
+    precision, reason = choose_precision(setting)
+    logging.getLogger("luigi-interface").info("[resnet] precision: %s (%s)", precision, reason)
+    return precision, reason
+
+
+def precision():
+    """The precision the model computes in on this machine, and why: ``[resnet] precision``
+    with ``auto`` decided (once per process, logged)."""
+    return _precision(resnet().precision)
 
 
 def settings_problem():

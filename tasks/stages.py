@@ -99,7 +99,7 @@ class Inventory(ArtifactTask):
 def feature_settings(layer=None, colour=None, trim=None):
     """The settings the descriptors depend on (the feature store's identity): those of luigi.cfg,
     or another layer, colour or trim."""
-    return {
+    settings = {
         "model": features.MODEL,
         "layer": layer or config.resnet().layer,
         "weights": features.weights_identity(config.resnet().weights),
@@ -108,6 +108,10 @@ def feature_settings(layer=None, colour=None, trim=None):
         "trim": config.images().trim if trim is None else trim,
         "store_format": store.FORMAT,
     }
+    precision = config.precision()[0]
+    if precision != "float32":  # float32 stores made before the setting keep their identity
+        settings["precision"] = precision
+    return settings
 
 
 def feature_store(settings):
@@ -166,6 +170,7 @@ class FeatureShard(Shard, ArtifactTask):
             weights=config.resnet().weights,
             layer=config.resnet().layer,
             seed=config.resnet().seed,
+            precision=config.precision()[0],
             batch_size=config.resnet().batch_size,
             progress=Progress(self, "extracted"),
             decode_processes=config.images().decode_processes,
@@ -218,6 +223,7 @@ class Features(ArtifactTask):
             shards=len(shards), shard_seconds=round(sum(a["seconds"] for a in ran), 3),
             model=features.MODEL, layer=config.resnet().layer, weights=config.resnet().weights,
             colour=config.images().colour, trim=config.images().trim,
+            precision=config.precision()[0], precision_reason=config.precision()[1],
         )  # fmt: skip
         store.save_index(tmp, index, attrs)
 

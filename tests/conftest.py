@@ -49,11 +49,11 @@ def write_config(path, sections):
 
 
 def pipeline_config(root, **overrides):
-    """The settings of a test run under ``root``: random weights, small batches."""
+    """The settings of a test run under ``root``: random weights at float32, small batches."""
     sections = {
         "paths": {"content": root / "content", "artifacts": root / "artifacts"},
         "ids": {"csv": root / "content" / "image_ids.csv"},
-        "resnet": {"weights": "random", "batch_size": 4},
+        "resnet": {"weights": "random", "batch_size": 4, "precision": "float32"},  # the same on every CPU
         "progress": {"interval": 0},  # a progress line after every batch
         "selfcheck": {"sample": 0},  # model work: only where a test asks for it
         "retcode": {

@@ -40,7 +40,7 @@ def test_descriptors_do_not_depend_on_batch_neighbours(extractor, image_paths):
     paths, bad = image_paths
     together = np.concatenate([d for _, d, _ in extractor.run(paths)])
     alone = np.concatenate([d for _, d, _ in extractor.run(paths[::-1])])[::-1]
-    assert together.shape == (5, 49, 2048) and together.dtype == np.float16
+    assert together.shape == (5, 49, 2048) and together.dtype == np.float32
     np.testing.assert_array_equal(together, alone)
     assert np.isfinite(together.astype(np.float32)).all()
 
@@ -70,6 +70,27 @@ def test_weights_file_path_loads_the_same_model(model, extractor, image_paths, t
         b = next(other.run(image_paths[0][:2]))[1]
     np.testing.assert_array_equal(a, b)
     assert weights_identity(str(path)).startswith("sha256:")
+
+
+def test_bfloat16_computes_the_same_descriptors_to_within_its_rounding(model, extractor, image_paths):
+    import keras
+
+    half = build_model(weights="random", layer="conv5_block3_out", seed=0, precision="bfloat16")
+    assert keras.config.dtype_policy().name == "float32"  # the build's policy is not left behind
+    assert half.layers[-1].compute_dtype == "bfloat16" and model.layers[-1].compute_dtype == "float32"
+    for ours, theirs in zip(model.weights, half.weights):  # the same weights, kept in float32
+        assert theirs.dtype == "float32"
+        np.testing.assert_array_equal(ours.numpy(), theirs.numpy())
+    paths = image_paths[0][:4]
+    full = next(extractor.run(paths))[1]
+    with DescriptorExtractor(half, batch_size=4) as other:
+        rounded = next(other.run(paths))[1]
+    assert rounded.dtype == np.float32 and not np.array_equal(rounded, full)
+    a, b = full.reshape(4, -1), rounded.reshape(4, -1)
+    cosine = (a * b).sum(axis=1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+    assert cosine.min() > 0.999
+    with pytest.raises(ConfigError, match="precision='int8' must be one of float32, bfloat16, float16"):
+        build_model(weights="random", precision="int8")
 
 
 def test_unknown_layer_names_the_setting_and_the_choices():

@@ -66,6 +66,22 @@ def test_in_grey_a_colour_scan_and_its_greyscale_copy_are_the_same_input(tmp_pat
     assert np.abs(load_image(tmp_path / "colour.png").astype(int) - load_image(tmp_path / "grey.png")).mean() > 10
 
 
+@pytest.mark.parametrize("trim", [True, False])
+def test_grey_is_the_luma_of_the_colour_input_to_the_bit(tmp_path, trim):
+    # the grey input is made from one band (cheaper), and must be what the colour path's crop,
+    # luma and resize give: feature stores made either way hold the same descriptors
+    framed = ImageOps.expand(picture(3, side=900), border=(150, 60, 90, 120), fill=(236, 228, 208))
+    framed.save(tmp_path / "framed.jpg", quality=90)
+    with Image.open(tmp_path / "framed.jpg") as image:
+        image.draft("RGB", (448, 448) if trim else (224, 224))
+        image = image.convert("RGB")
+        box = trim_box(image) if trim else None
+        assert (box is not None) == trim
+        image = image.crop(box) if box else image
+        expected = np.asarray(image.convert("L").convert("RGB").resize((224, 224), Image.Resampling.BILINEAR))
+    np.testing.assert_array_equal(load_image(tmp_path / "framed.jpg", colour="grey", trim=trim), expected)
+
+
 def test_the_decoder_pool_prepares_images_as_asked(tmp_path):
     framed = ImageOps.expand(picture(2), border=40, fill=(255, 255, 255))
     framed.save(tmp_path / "framed.png")

@@ -127,6 +127,13 @@ def test_quantized_descriptors_come_back_within_half_a_step():
     back = dequantize(codes, offset, scale)
     assert (np.abs(back - x.astype(np.float32)) <= scale[..., None] / 2 + 1e-6).all()
     assert (back[1, 3] == 2.5).all() and (back[0][x[0] == 0] == 0).all()
+    # the codes are those of the formula, computed in float32 (a brute force over the values)
+    values = x.astype(np.float32)
+    low, high = values.min(axis=-1), values.max(axis=-1)
+    step = np.where(high > low, (high - low) / np.float32(255), np.float32(1)).astype(np.float32)
+    np.testing.assert_array_equal(codes, np.rint((values - low[..., None]) / step[..., None]).astype(np.uint8))
+    np.testing.assert_array_equal(offset, low)
+    np.testing.assert_array_equal(scale, step)
 
 
 def test_shards_depend_on_the_path_alone_and_split_evenly():

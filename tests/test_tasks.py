@@ -159,7 +159,12 @@ def test_a_new_distance_or_auto_rule_redoes_only_what_depends_on_it(own_run, mon
     for override in ({"reduction__descriptors": "root"}, {"reduction__reduced": "raw"}):
         with luigi_config(monkeypatch, own_run.config(**override)):
             assert not Reducer().complete() and not Codebook().complete()
-    for override in ({"images__colour": "rgb"}, {"images__trim": "false"}, {"resnet__layer": "conv5_block3_out"}):
+    for override in (
+        {"images__colour": "rgb"},
+        {"images__trim": "false"},
+        {"resnet__layer": "conv5_block3_out"},
+        {"resnet__precision": "bfloat16"},
+    ):
         with luigi_config(monkeypatch, own_run.config(**override)):  # other descriptors: another feature store
             assert not Features().complete() and not Reducer().complete()
     with luigi_config(monkeypatch, own_run.config(images__decode_processes=1, images__max_pixels=10**7)):
@@ -411,6 +416,7 @@ def test_files_that_must_be_rejected_change_nothing_else(run, monkeypatch, small
         ({"neighbours__power": "0"}, "[neighbours] power=0.0 must be a number in (0, 1]"),
         ({"images__colour": "sepia"}, "[images] colour='sepia' must be one of grey, rgb"),
         ({"images__trim": "yes"}, "[images] trim='yes' must be true or false"),
+        ({"resnet__precision": "int4"}, "[resnet] precision='int4' must be one of auto, float32, bfloat16, float16"),
         ({"histograms__shards": "0"}, "[histograms] shards=0 must be a whole number >= 1"),
         ({"neighbours__shards": "two"}, "[neighbours] shards='two' must be a whole number >= 1"),
         # known once the collection is listed, still before any image is extracted

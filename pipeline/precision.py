@@ -1,0 +1,96 @@
+"""The precision the model computes in: float32, or bfloat16 / float16 mixed precision where
+the processor runs it natively, chosen by ``auto`` from what this machine has.
+
+Mixed precision is a Keras dtype policy set while the model is built: the weights stay
+float32, the layers compute in the lower precision, and the descriptors come out as float32.
+"""
+
+import logging
+import os
+
+from .errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+PRECISIONS = ("auto", "float32", "bfloat16", "float16")
+#: Keras's dtype policy of each precision.
+POLICIES = {"float32": "float32", "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}
+#: /proc/cpuinfo flags of the CPUs that compute in bfloat16 natively (AVX512_BF16, AMX).
+CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+#: NVIDIA GPUs have tensor cores from compute capability 7.0 (Volta) on.
+TENSOR_CORES = (7, 0)
+
+
+def check_precision(precision):
+    if precision not in PRECISIONS:
+        raise ConfigError(f"[resnet] precision={precision!r} must be one of {', '.join(PRECISIONS)}")
+
+
+def cpu_flags(path="/proc/cpuinfo"):
+    """The CPU's feature flags (Linux); empty where they cannot be read."""
+    try:
+        with open(path) as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def tensor_core_gpus():
+    """Names and compute capabilities of the NVIDIA GPUs with tensor cores that TensorFlow can
+    use: list of (str, (major, minor)). TensorFlow is asked only where the NVIDIA driver lists a
+    GPU, so that a machine without one never starts TensorFlow's runtime to find out."""
+    listed = "/proc/driver/nvidia/gpus"
+    if not (os.path.isdir(listed) and os.listdir(listed)):
+        return []
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import tensorflow as tf
+
+    found = []
+    for gpu in tf.config.list_physical_devices("GPU"):  # none with a CPU-only TensorFlow
+        details = tf.config.experimental.get_device_details(gpu)
+        capability = tuple(details.get("compute_capability") or (0, 0))
+        if capability >= TENSOR_CORES:
+            found.append((details.get("device_name", gpu.name), capability))
+    return found
+
+
+def choose_precision(setting, flags=None, gpus=None):
+    """The precision to compute in, and why.
+
+    Parameters
+    ----------
+    setting : {"auto", "float32", "bfloat16", "float16"}
+        ``auto``: float16 with an NVIDIA GPU with tensor cores, bfloat16 on a CPU with native
+        bfloat16 (AVX512_BF16 or AMX), float32 elsewhere; any other value is taken as it is.
+    flags : set of str, optional
+        The CPU's flags (:func:`cpu_flags` by default).
+    gpus : list of (str, (int, int)), optional
+        The usable GPUs with tensor cores (:func:`tensor_core_gpus` by default).
+
+    Returns
+    -------
+    precision : {"float32", "bfloat16", "float16"}
+    reason : str
+    """
+    check_precision(setting)
+    flags = cpu_flags() if flags is None else flags
+    native = [flag for flag in CPU_BF16_FLAGS if flag in flags]
+    if setting != "auto":
+        if setting == "bfloat16" and not native:
+            return (
+                setting,
+                "set in luigi.cfg; this CPU has no native bfloat16, so it is emulated and slower than float32",
+            )
+        if setting == "float16":
+            return setting, "set in luigi.cfg; float16 is fast on a GPU with tensor cores, emulated on a CPU"
+        return setting, "set in luigi.cfg"
+    gpus = tensor_core_gpus() if gpus is None else gpus
+    if gpus:
+        name, (major, minor) = gpus[0]
+        return "float16", f"auto: {name} has tensor cores (compute capability {major}.{minor})"
+    if native:
+        return "bfloat16", f"auto: the CPU computes in bfloat16 natively ({', '.join(native)})"
+    return "float32", "auto: no GPU with tensor cores, and the CPU has neither avx512_bf16 nor amx_bf16"
