@@ -24,6 +24,7 @@ import tempfile
 import time
 
 import numpy as np
+import scipy.sparse as sp
 
 from pipeline import evaluation, features, store
 from pipeline.blocks import Blocks
@@ -62,6 +63,9 @@ ALTERNATIVES = {
     "power": (1.0, 0.5),
     "metric": METRICS,
 }
+#: A configuration may add ``stop``: the share of the words found in the most images whose weight
+#: is cut to nothing (:func:`stop_words`; a stop list would drop the longest posting lists); none by default.
+NO_STOP = {"stop": 0.0}
 MEASURES = ("map", "precision_at_1", "precision_at_5", "recall_at_5", "selfcheck_top1", "selfcheck_top5")
 
 
@@ -95,10 +99,10 @@ def name_of(config, defaults):
     if config == ORIGINAL:
         return "original"
     for centre, label in ((defaults, "shipped"), (ORIGINAL, "original")):
-        changed = [k for k in config if config[k] != centre[k]]
+        changed = [k for k in config if config[k] != centre.get(k, NO_STOP.get(k))]
         if len(changed) == 1:
             return f"{label} {changed[0]}={config[changed[0]]}"
-    return "original " + " ".join(f"{k}={config[k]}" for k in config if config[k] != ORIGINAL[k])
+    return "original " + " ".join(f"{k}={config[k]}" for k in config if config[k] != ORIGINAL.get(k, NO_STOP.get(k)))
 
 
 class Collection:
@@ -189,6 +193,19 @@ class CodedBlocks(Blocks):
         return self.codes.shape[1]
 
 
+def stop_words(counts, weights, share):
+    """``weights`` with the ``share`` of the words found in the most images (of ``counts``) set to 1,
+    the least integer weight (tf-idf weights are scaled by IDF_SCALE): as good as dropped, while
+    an image whose every word is stopped keeps a histogram to compare."""
+    stopped = int(round(share * len(weights)))
+    if stopped == 0:
+        return weights
+    in_images = np.bincount(sp.csr_matrix(counts).indices, minlength=len(weights))
+    weights = np.array(weights, copy=True)
+    weights[np.argsort(-in_images, kind="stable")[:stopped]] = 1
+    return weights
+
+
 class Scorer:
     """Scores configurations on one collection, fitting each reducer and codebook once."""
 
@@ -220,13 +237,15 @@ class Scorer:
         key = (*key, config["assign"])
         if key not in self.counts:
             self.counts[key] = compute_histograms(blocks, self.c.keys, reducer, codebook, config["assign"])[0]
+        weights = codebook.word_weights(config["weighting"], config["assign"])
         data = WeightedHistograms(
             self.counts[key], blocks.n_local() * config["assign"], self.c.ids, config["weighting"], config["metric"],
-            power=config["power"], weights=codebook.word_weights(config["weighting"], config["assign"]),
+            power=config["power"], weights=stop_words(self.counts[key], weights, config.get("stop", 0.0)),
         )  # fmt: skip
         nearest, _ = sparse_neighbours(data, k=5)
         scores = evaluation.evaluate(self.c.ids, self.c.ids[nearest], self.c.labels, k=5)
-        row = {**config, "codebook": str(codebook.size), **{k: v for k, v in scores.items() if k != "per_label"}}
+        row = {**NO_STOP, **config, "codebook": str(codebook.size)}
+        row.update({k: v for k, v in scores.items() if k != "per_label"})
         if self.copies is not None:
             descriptors, decoded, errors = self.copy_descriptors[made_with(config)]
             found = query_neighbours(data, word_counts(descriptors, reducer, codebook, config["assign"]), k=5)[0]
@@ -281,6 +300,7 @@ COLUMNS = (
     "weighting",
     "power",
     "metric",
+    "stop",
 )
 
 
