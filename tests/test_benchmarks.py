@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 
 from benchmarks import extract, reduce
@@ -174,3 +175,17 @@ def test_quality_grid_varies_one_setting_at_a_time():
         assert sum(config[k] != defaults[k] for k in config) == 1 or sum(config[k] != ORIGINAL[k] for k in config) == 1
     assert name_of({**defaults, "assign": 2}, defaults) == "shipped assign=2"
     assert {c["layer"] for c in configs} == set(ALTERNATIVES["layer"])
+
+
+def test_a_stop_list_weighs_the_most_widespread_words_as_nothing():
+    import scipy.sparse as sp
+
+    from benchmarks.quality import ORIGINAL, name_of, stop_words
+
+    counts = sp.csr_matrix(np.array([[3, 1, 0, 0], [2, 0, 1, 0], [1, 1, 0, 2], [4, 1, 0, 0]]))  # word 0 in 4 images
+    weights = np.array([50, 70, 90, 110])
+    np.testing.assert_array_equal(stop_words(counts, weights, 0.25), [1, 70, 90, 110])
+    np.testing.assert_array_equal(stop_words(counts, weights, 0.5), [1, 1, 90, 110])
+    assert stop_words(counts, weights, 0.0) is weights and weights[0] == 50  # none stopped, nothing changed
+    defaults = {**ORIGINAL, "metric": "cosine"}
+    assert name_of({**defaults, "stop": 0.01}, defaults) == "shipped stop=0.01"
