@@ -8,12 +8,14 @@ dense histograms of thousands of words needs about 0.4 s per query at 20,000 ima
 that those rows are identical to the sparse method's.
 
     python -m benchmarks.neighbours [--images 20000] [--words 8500] [--tree-queries 200] [--queries N]
-        [--distances tfidf/cosine raw/euclidean]
+        [--distances tfidf/cosine raw/euclidean] [--stop 0 0.01 0.02]
 
 Each distance (word weighting / metric) is timed on the same histograms, one after the other.
 
 ``--queries N`` times N random query rows of the sparse method and extrapolates to every row
 (each query costs the length of its posting lists), for collections of a million images.
+``--stop`` leaves out the given shares of the words found in the most images (a stop list), to
+time what it saves; its cost in quality is measured by ``benchmarks.quality`` (``stop``).
 """
 
 import argparse
@@ -37,9 +39,10 @@ EXPONENT = 0.6
 
 
 def synthetic_counts(
-    images, words, n_local=49, exponent=EXPONENT, seed=0, block=20_000, weighting="raw", metric="euclidean"
+    images, words, n_local=49, exponent=EXPONENT, seed=0, block=20_000, weighting="raw", metric="euclidean", stop=0.0
 ):
-    """Counts of ``images`` random histograms whose word frequencies fall off as rank**-exponent."""
+    """Counts of ``images`` random histograms whose word frequencies fall off as rank**-exponent,
+    without the ``stop`` share of the words found in the most images (a stop list)."""
     rng = np.random.default_rng(seed)
     p = 1.0 / np.arange(1, words + 1) ** exponent
     p /= p.sum()
@@ -47,18 +50,27 @@ def synthetic_counts(
         word_histograms(rng.choice(words, size=(min(block, images - s), n_local), p=p), words)
         for s in range(0, images, block)
     ]
-    return WeightedHistograms(sp.vstack(parts, format="csr"), n_local, np.arange(images), weighting, metric)
+    counts = sp.vstack(parts, format="csr")
+    if stop:
+        in_images = np.bincount(counts.indices, minlength=words)
+        keep = np.ones(words)
+        keep[np.argsort(-in_images, kind="stable")[: int(round(stop * words))]] = 0
+        counts = sp.csr_matrix(counts @ sp.diags(keep))
+        counts.eliminate_zeros()
+    return WeightedHistograms(counts, n_local, np.arange(images), weighting, metric)
 
 
 #: The shipped distance, and the one it replaced.
 DISTANCES = (f"{DEFAULT_WEIGHTING}/{DEFAULT_METRIC}", "raw/euclidean")
 
 
-def run(images=20000, words=(8500,), tree_queries=200, exponent=EXPONENT, queries=None, distances=DISTANCES):
+def run(
+    images=20000, words=(8500,), tree_queries=200, exponent=EXPONENT, queries=None, distances=DISTANCES, stops=(0.0,)
+):
     rows, results = [], []
-    for size, distance in [(size, distance) for size in words for distance in distances]:
+    for size, distance, stop in [(w, d, s) for w in words for d in distances for s in stops]:
         weighting, metric = distance.split("/")
-        counts = synthetic_counts(images, size, exponent=exponent, weighting=weighting, metric=metric)
+        counts = synthetic_counts(images, size, exponent=exponent, weighting=weighting, metric=metric, stop=stop)
         first_rows = np.arange(min(images, 16))
         sparse_neighbours(counts, k=5, rows=first_rows)  # compiles the kernel
         timed = (
@@ -78,6 +90,7 @@ def run(images=20000, words=(8500,), tree_queries=200, exponent=EXPONENT, querie
             "n_images": images,
             "words": size,
             "distance": distance,
+            "stop": stop,
             "exponent": exponent,
             "seconds": round(seconds, 2),
             "query_rows_timed": len(timed),
@@ -105,7 +118,8 @@ def run(images=20000, words=(8500,), tree_queries=200, exponent=EXPONENT, querie
             )
             timed = "" if len(sample) == images else f" (build + {len(sample)} query rows timed, the rest extrapolated)"
             line += f"; BallTree {tree_seconds:.1f} s{timed}, identical: {same}"
-        rows.append((f"{images} images, {size} words, {distance}", line))
+        stopped = f", the {stop:.1%} most widespread words stopped" if stop else ""
+        rows.append((f"{images} images, {size} words, {distance}{stopped}", line))
         results.append(figures)
     figures = results[0] if len(results) == 1 else {"bench": "neighbours", "runs": results}
     report(rows, figures)
@@ -120,8 +134,13 @@ def main():
     parser.add_argument("--exponent", type=float, default=EXPONENT, help="word frequencies fall off as rank**-exponent")
     parser.add_argument("--queries", type=int, help="time this many query rows of the sparse method and extrapolate")
     parser.add_argument("--distances", nargs="+", default=list(DISTANCES), help="weighting/metric pairs to time")
+    parser.add_argument(
+        "--stop", type=float, nargs="+", default=[0.0], help="shares of the most widespread words left out (stop lists)"
+    )
     args = parser.parse_args()
-    run(args.images, tuple(args.words), args.tree_queries, args.exponent, args.queries, tuple(args.distances))
+    run(
+        args.images, tuple(args.words), args.tree_queries, args.exponent, args.queries, tuple(args.distances), args.stop
+    )
 
 
 if __name__ == "__main__":
