@@ -17,7 +17,7 @@ from .common import Timer, report
 
 
 def synthetic_descriptors(images, channels, n_local=49, rank=64, seed=0):
-    """ReLU-like descriptors with a low-rank structure, float16 as the feature store keeps them."""
+    """ReLU-like descriptors with a low-rank structure, in float16 (half the memory of float32)."""
     rng = np.random.default_rng(seed)
     x = rng.normal(size=(images * n_local, rank)) @ rng.normal(size=(rank, channels)) / np.sqrt(rank)
     x += 0.3 * rng.normal(size=x.shape)
