@@ -137,7 +137,10 @@ def run(args):
                 raise PipelineError(f"the images with descriptors differ between settings at {made_with}; run again")
             copy_features = None
             if copies is not None:
-                model = {"weights": config.resnet().weights, "seed": config.resnet().seed, **made_with}
+                model = {
+                    "weights": config.resnet().weights, "seed": config.resnet().seed,
+                    "precision": config.precision()[0], **made_with,
+                }  # fmt: skip
                 with query_extractor(model) as extractor:
                     copy_features = copies.extract(extractor)
             rows += compare_layer(
