@@ -56,8 +56,9 @@ if KILL_COUNT is not None:
     Progress.__call__ = _counting
 
 
-def tiny_model(weights, layer, seed):
-    """A seeded stand-in for ResNet50 cut at a 7 x 7 layer: 224 x 224 x 3 -> 7 x 7 x 64."""
+def tiny_model(weights, layer, seed, precision="float32"):
+    """A seeded stand-in for ResNet50 cut at a 7 x 7 layer: 224 x 224 x 3 -> 7 x 7 x 64 (at float32:
+    the tests that use it set precision = float32)."""
     keras = features._keras()
     keras.utils.set_random_seed(seed)
     inputs = keras.Input((224, 224, 3))
