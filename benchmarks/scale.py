@@ -30,7 +30,7 @@ from .shards import run_sharded
 
 
 class SyntheticBlocks(Blocks):
-    """Descriptors of ``n_images`` simulated images, made on demand (float16: half the memory of the float32 the store gives back)."""
+    """Descriptors of ``n_images`` simulated images, made on demand (float16, to halve their memory)."""
 
     def __init__(self, n_images, n_local=49, channels=2048, rank=64, themes=512, seed=0):
         super().__init__(n_images)

@@ -5,12 +5,9 @@ Mixed precision is a Keras dtype policy set while the model is built: the weight
 float32, the layers compute in the lower precision, and the descriptors come out as float32.
 """
 
-import logging
 import os
 
 from .errors import ConfigError
-
-logger = logging.getLogger(__name__)
 
 PRECISIONS = ("auto", "float32", "bfloat16", "float16")
 #: Keras's dtype policy of each precision.
@@ -22,6 +19,7 @@ TENSOR_CORES = (7, 0)
 
 
 def check_precision(precision):
+    """Raise ConfigError naming the setting unless ``precision`` is one of PRECISIONS."""
     if precision not in PRECISIONS:
         raise ConfigError(f"[resnet] precision={precision!r} must be one of {', '.join(PRECISIONS)}")
 
