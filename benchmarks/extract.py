@@ -6,7 +6,7 @@ feature store, and the original scripts' one ``predict`` per image.
                                  [--precision P] [--decode-processes N] [--device cpu|gpu]
 
 ``--precision`` compares another precision with float32 (default: what ``[resnet] precision
-= auto`` chooses on this machine); ``--device gpu`` runs on the first GPU TensorFlow sees and
+= auto`` chooses on this machine; int8 is calibrated on the benchmark's images); ``--device gpu`` runs on the first GPU TensorFlow sees and
 says whether it was used (exit status 1 when there is none).
 """
 
@@ -23,6 +23,7 @@ from pipeline.collection import scan_content
 from pipeline.extraction import extract_to_store
 from pipeline.features import DescriptorExtractor, build_model, extract
 from pipeline.images import load_image
+from pipeline.int8 import TRUNK_FILE, Int8Trunk, calibrate
 from pipeline.precision import PRECISIONS, choose_precision
 from pipeline.store import FeatureStore, quantize
 
@@ -33,14 +34,23 @@ def bare_forward(extractor, pixels, batch_size):
     """Images per second of the compiled forward pass alone, on pre-decoded tensors, and the
     device it ran on."""
     forward = extractor._forward()
-    device = forward(pixels[:batch_size]).device  # warm-up
+    device = getattr(forward(pixels[:batch_size]), "device", "CPU (OpenVINO)")  # warm-up
     with Timer() as t:
         for start in range(0, len(pixels), batch_size):
             batch = pixels[start : start + batch_size]
             if len(batch) < batch_size:
                 batch = np.concatenate([batch, np.zeros((batch_size - len(batch), *batch.shape[1:]), batch.dtype)])
-            forward(batch).numpy()
+            np.asarray(forward(batch))
     return len(pixels) / t.seconds, device
+
+
+def model_at(precision, pixels, directory):
+    """The random-weight model at ``precision``; at int8, calibrated on ``pixels``."""
+    if precision != "int8":
+        return build_model(weights="random", precision=precision)
+    path = os.path.join(directory, "int8", TRUNK_FILE)
+    calibrate(build_model(weights="random"), pixels, path)
+    return Int8Trunk(path)
 
 
 def pipeline_extraction(extractor, paths, store):
@@ -124,7 +134,7 @@ def run(images=96, batch_size=16, per_image=24, precision=None, decode_processes
         decode_plain, decode_prepared = decode_ms(paths), decode_ms(paths, **preparation)
         pixels = np.stack([load_image(p, **preparation) for p in paths]).astype(np.float32)
         for name in dict.fromkeys(["float32", chosen]):  # float32 first, then the other precision if any
-            model = build_model(weights="random", precision=name)
+            model = model_at(name, pixels, directory)
             with DescriptorExtractor(model, batch_size, decoders, **preparation) as extractor:
                 bare, ran_on = bare_forward(extractor, pixels, batch_size)
                 store = FeatureStore(os.path.join(directory, f"store-{name}"))

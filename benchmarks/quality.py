@@ -26,12 +26,12 @@ import time
 import numpy as np
 import scipy.sparse as sp
 
-from pipeline import evaluation, features, store
-from pipeline.blocks import Blocks
+from pipeline import evaluation, features, int8, store
+from pipeline.blocks import Blocks, sample_images
 from pipeline.codebook import check_size, fit_codebook
 from pipeline.features import extract
 from pipeline.histograms import MAX_ASSIGN, compute_histograms
-from pipeline.images import COLOURS
+from pipeline.images import COLOURS, MAX_PIXELS
 from pipeline.neighbours import METRICS, WEIGHTINGS, WeightedHistograms, query_neighbours, sparse_neighbours
 from pipeline.precision import PRECISIONS, choose_precision
 from pipeline.query import word_counts
@@ -137,8 +137,9 @@ class Collection:
         missing = [m for m in made if not os.path.exists(self.cache(m, weights, seed, precision))]
         for (colour, trim), layers in by_preparation(missing).items():
             descriptors, decoded, errors = descriptors_of(
-                self.paths, layers, colour, trim, weights, seed, precision, batch_size
-            )
+                self.paths, layers, colour, trim, weights, seed, precision, batch_size,
+                self.calibration(layers, colour, trim, weights, seed),
+            )  # fmt: skip
             if errors:
                 raise RuntimeError(f"{self.spec.name}: {len(errors)} images could not be decoded: {errors}")
             for layer, d in zip(layers, descriptors):
@@ -149,6 +150,14 @@ class Collection:
             if m not in self.coded:
                 with np.load(self.cache(m, weights, seed, precision)) as f:
                     self.coded[m] = (f["codes"], f["offset"], f["scale"])
+
+    def calibration(self, layers, colour, trim, weights, seed):
+        """What an int8 trunk of ``layers`` is calibrated on and kept in (:func:`model_of`)."""
+        from tasks.config import resnet
+
+        n = resnet().calibration_images
+        name = f"int8-{'+'.join(layers)}-{colour}-{'trim' if trim else 'whole'}-{features.weights_identity(weights)}-{seed}"
+        return self.paths, os.path.join(self.folder, f"{name}-{n}.xml"), n
 
     def blocks(self, made):
         return CodedBlocks(*self.coded[made])
@@ -167,9 +176,23 @@ def by_preparation(made):
     return layers
 
 
-def descriptors_of(paths, layers, colour, trim, weights, seed, precision, batch_size):
+def model_of(layers, colour, trim, weights, seed, precision, calibration):
+    """The model of :func:`descriptors_of`. At int8, the trunk calibrated on a seeded sample of the
+    collection, ``calibration`` = (its image paths, the trunk's file, images sampled): calibrated
+    once, so that the collection and its altered copies go through the same trunk."""
+    if precision != "int8":
+        return features.build_model(weights=weights, layer=tuple(layers), seed=seed, precision=precision)
+    paths, trunk, n_images = calibration
+    if not os.path.exists(trunk):
+        sample = [paths[i] for i in sample_images(len(paths), n_images, 0)]
+        pixels = int8.calibration_pixels(sample, MAX_PIXELS, colour, trim)[0]
+        int8.calibrate(features.build_model(weights=weights, layer=tuple(layers), seed=seed), pixels, trunk)
+    return int8.Int8Trunk(trunk)
+
+
+def descriptors_of(paths, layers, colour, trim, weights, seed, precision, batch_size, calibration=None):
     """One forward pass over ``paths``: (descriptors of each layer, decoded, errors) as :func:`extract` gives them."""
-    model = features.build_model(weights=weights, layer=tuple(layers), seed=seed, precision=precision)
+    model = model_of(layers, colour, trim, weights, seed, precision, calibration)
     with features.DescriptorExtractor(model, batch_size=batch_size, colour=colour, trim=trim) as extractor:
         descriptors, decoded, errors = extract(extractor, paths)
     return (
@@ -268,8 +291,9 @@ def run_collection(spec, configs, defaults, args):
             copies = Copies(collection.paths, scratch, sample=args.selfcheck, seed=0)
             for (colour, trim), layers in by_preparation(kinds).items():
                 descriptors, decoded, errors = descriptors_of(
-                    copies.paths, layers, colour, trim, args.weights, args.seed, args.precision, args.batch_size
-                )
+                    copies.paths, layers, colour, trim, args.weights, args.seed, args.precision, args.batch_size,
+                    collection.calibration(layers, colour, trim, args.weights, args.seed),
+                )  # fmt: skip
                 for layer, d in zip(layers, descriptors):
                     copy_descriptors[layer, colour, trim] = (d, decoded, errors)
         scorer = Scorer(collection, copies, copy_descriptors)

@@ -84,15 +84,20 @@ def extract_features(
     """Bring the store up to date with ``files`` (all of an inventory's, or one shard's).
 
     ``decoding`` holds the DescriptorExtractor's decoding settings (``decode_processes``,
-    ``decode_timeout``, ``max_pixels``).
+    ``decode_timeout``, ``max_pixels``). At ``precision="int8"`` the store's calibrated trunk
+    extracts (:func:`pipeline.int8.calibrate_store` makes it).
 
     Returns
     -------
     n_extracted, n_reused : int
     """
     from .features import DescriptorExtractor, cached_model
+    from .int8 import trunk_path
+
+    trunk = trunk_path(store.root) if precision == "int8" else None  # the store's calibrated trunk
 
     def make_extractor():
-        return DescriptorExtractor(cached_model(weights, layer, seed, precision), batch_size=batch_size, **decoding)
+        model = cached_model(weights, layer, seed, precision, trunk)
+        return DescriptorExtractor(model, batch_size=batch_size, **decoding)
 
     return extract_to_store(store, make_extractor, files, content_dir, progress)

@@ -198,8 +198,13 @@ def prefetch(produce, depth=1):
 
 
 @functools.lru_cache(maxsize=1)
-def cached_model(weights, layer, seed, precision="float32"):
-    """:func:`build_model`, built once per process for the shards it extracts one after another."""
+def cached_model(weights, layer, seed, precision="float32", trunk=None):
+    """:func:`build_model`, built once per process for the shards it extracts one after another;
+    at ``precision="int8"``, the calibrated trunk at ``trunk`` (:class:`pipeline.int8.Int8Trunk`)."""
+    if precision == "int8":
+        from .int8 import Int8Trunk
+
+        return Int8Trunk(trunk)
     return build_model(weights=weights, layer=layer, seed=seed, precision=precision)
 
 
@@ -214,7 +219,8 @@ class DescriptorExtractor:
 
     Parameters
     ----------
-    model : keras.Model from :func:`build_model`
+    model : keras.Model from :func:`build_model`, or a callable mapping decoded images to their
+        maps as float32 (:class:`pipeline.int8.Int8Trunk`)
     batch_size : int
     decode_processes : int
         Processes decoding images while the model runs.
@@ -270,10 +276,13 @@ class DescriptorExtractor:
         return self._compiled
 
     def _compile(self):
+        keras = _keras()
+        model = self.model
+        if not isinstance(model, keras.Model):  # runs outside TensorFlow, preprocessing included
+            return model
         import tensorflow as tf
 
-        preprocess = _keras().applications.resnet50.preprocess_input
-        model = self.model
+        preprocess = keras.applications.resnet50.preprocess_input
 
         @tf.function(reduce_retracing=True)
         def forward(pixels):
@@ -334,9 +343,11 @@ class DescriptorExtractor:
 
     @staticmethod
     def _descriptors(maps, n, errors):
-        maps = maps.numpy()[:n]
+        maps = np.asarray(maps)[:n]
         descriptors = maps.reshape(n, -1, maps.shape[-1])
-        descriptors[list(errors)] = 0
+        if errors:  # the runtime's own buffer may be read-only
+            descriptors = descriptors.copy()
+            descriptors[list(errors)] = 0
         return descriptors
 
 

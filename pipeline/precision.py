@@ -1,15 +1,18 @@
 """The precision the model computes in: float32, or bfloat16 / float16 mixed precision where
-the processor runs it natively, chosen by ``auto`` from what this machine has.
+the processor runs it natively, chosen by ``auto`` from what this machine has; or int8, only
+when set.
 
 Mixed precision is a Keras dtype policy set while the model is built: the weights stay
 float32, the layers compute in the lower precision, and the descriptors come out as float32.
+int8 is a trunk quantized after training, calibrated on the collection and run by OpenVINO
+(:mod:`pipeline.int8`).
 """
 
 import os
 
 from .errors import ConfigError
 
-PRECISIONS = ("auto", "float32", "bfloat16", "float16")
+PRECISIONS = ("auto", "float32", "bfloat16", "float16", "int8")
 #: Keras's dtype policy of each precision.
 POLICIES = {"float32": "float32", "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}
 #: /proc/cpuinfo flags of the CPUs that compute in bfloat16 natively (AVX512_BF16, AMX).
@@ -60,9 +63,10 @@ def choose_precision(setting, flags=None, gpus=None):
 
     Parameters
     ----------
-    setting : {"auto", "float32", "bfloat16", "float16"}
+    setting : {"auto", "float32", "bfloat16", "float16", "int8"}
         ``auto``: float16 with an NVIDIA GPU with tensor cores, bfloat16 on a CPU with native
-        bfloat16 (AVX512_BF16 or AMX), float32 elsewhere; any other value is taken as it is.
+        bfloat16 (AVX512_BF16 or AMX), float32 elsewhere (never int8); any other value is
+        taken as it is.
     flags : set of str, optional
         The CPU's flags (:func:`cpu_flags` by default).
     gpus : list of (str, (int, int)), optional
@@ -70,7 +74,7 @@ def choose_precision(setting, flags=None, gpus=None):
 
     Returns
     -------
-    precision : {"float32", "bfloat16", "float16"}
+    precision : {"float32", "bfloat16", "float16", "int8"}
     reason : str
     """
     check_precision(setting)
@@ -84,6 +88,8 @@ def choose_precision(setting, flags=None, gpus=None):
             )
         if setting == "float16":
             return setting, "set in luigi.cfg; float16 is fast on a GPU with tensor cores, emulated on a CPU"
+        if setting == "int8":
+            return setting, "set in luigi.cfg; calibrated on a sample of the collection, run by OpenVINO on the CPU"
         return setting, "set in luigi.cfg"
     gpus = tensor_core_gpus() if gpus is None else gpus
     if gpus:

@@ -96,6 +96,7 @@ class SimilarityIndex:
             "colour": feature_settings.get("colour", "rgb"),  # runs before [images] colour and trim
             "trim": feature_settings.get("trim", False),
             "precision": feature_settings.get("precision", "float32"),
+            "trunk": attrs["Features"].get("int8_trunk"),  # at int8, the store's calibrated trunk
         }
         return cls(index, data, Reducer.load(reducer), codebook_, model, histograms.load_assign(histograms_path))
 

@@ -11,6 +11,7 @@ from .config import cms, codebook, collection, ids, neighbours, paths, reduction
 from .inputs import CmsImages, ContentFolder, IdMapping, LabelsFile
 from .nightly import Nightly, Report
 from .stages import (
+    Calibration,
     Codebook,
     Features,
     FeatureShard,
@@ -24,6 +25,7 @@ from .stages import (
 )
 
 __all__ = [
+    "Calibration",
     "CmsImages",
     "Codebook",
     "ContentFolder",

@@ -95,7 +95,7 @@ def query_extractor(model):
     """A DescriptorExtractor over the model and image preparation a SimilarityIndex records, with this
     machine's decoding settings."""
     return features.DescriptorExtractor(
-        features.cached_model(model["weights"], model["layer"], model["seed"], model["precision"]),
+        features.cached_model(model["weights"], model["layer"], model["seed"], model["precision"], model.get("trunk")),
         batch_size=config.resnet().batch_size,
         decode_processes=config.images().decode_processes,
         decode_timeout=config.images().decode_timeout,

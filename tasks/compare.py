@@ -17,7 +17,7 @@ import logging
 import sys
 import tempfile
 
-from pipeline import collection, evaluation, extraction, store
+from pipeline import collection, evaluation, extraction, int8, store
 from pipeline.blocks import DescriptorBlocks
 from pipeline.compare import compare_layer, sort_rows, table
 from pipeline.errors import PipelineError
@@ -122,6 +122,12 @@ def run(args):
         for layer, colour, trim in itertools.product(args.layers, args.colours, args.trims):
             made_with = {"layer": layer, "colour": colour, "trim": trim}
             layer_store = feature_store(feature_settings(**made_with))
+            if config.precision()[0] == "int8":
+                int8.calibrate_store(
+                    layer_store, inventory.files, config.paths().content, weights=config.resnet().weights,
+                    layer=layer, seed=config.resnet().seed, n_images=config.resnet().calibration_images,
+                    max_pixels=config.images().max_pixels, colour=colour, trim=trim,
+                )  # fmt: skip
             extraction.extract_features(
                 layer_store, inventory.files, config.paths().content, weights=config.resnet().weights, layer=layer,
                 seed=config.resnet().seed, precision=config.precision()[0], batch_size=config.resnet().batch_size,
@@ -139,7 +145,7 @@ def run(args):
             if copies is not None:
                 model = {
                     "weights": config.resnet().weights, "seed": config.resnet().seed,
-                    "precision": config.precision()[0], **made_with,
+                    "precision": config.precision()[0], "trunk": int8.trunk_path(layer_store.root), **made_with,
                 }  # fmt: skip
                 with query_extractor(model) as extractor:
                     copy_features = copies.extract(extractor)

@@ -150,8 +150,15 @@ class resnet(luigi.Config):
         PRECISIONS,
         default="auto",
         description="What the model computes in: auto (float16 on an NVIDIA GPU with tensor cores, bfloat16 on a "
-        "CPU with avx512_bf16 or amx_bf16, float32 elsewhere), float32, bfloat16 or float16. The precision used "
+        "CPU with avx512_bf16 or amx_bf16, float32 elsewhere), float32, bfloat16, float16, or int8 (quantized, "
+        "calibrated on the collection, run by OpenVINO on the CPU; never chosen by auto). The precision used "
         "is part of the feature store's identity: a change re-extracts every image.",
+    )
+    calibration_images = count(
+        300,
+        low=16,
+        description="At precision = int8: images of the collection (a seeded sample) the int8 trunk is calibrated "
+        "on, once per feature store.",
     )
     batch_size = count(16, significant=False, description="Images per forward pass.")
 

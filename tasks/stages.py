@@ -9,7 +9,7 @@ import h5py
 import luigi
 import numpy as np
 
-from pipeline import blocks, cms, collection, extraction, features, histograms, output, store
+from pipeline import blocks, cms, collection, extraction, features, histograms, int8, output, store
 from pipeline.blocks import sample_images
 from pipeline.codebook import DESCRIPTORS_PER_WORD, check_size, fit_codebook
 from pipeline.codebook import FORMAT as CODEBOOK_FORMAT
@@ -21,7 +21,7 @@ from pipeline.output import read_similarities
 from pipeline.reduction import Reducer as ReducerModel
 
 from . import config, inputs
-from .base import ArtifactTask, Progress, RunTask, settings_digest
+from .base import ArtifactTask, Progress, RunTask, artifacts_writable, settings_digest
 
 logger = logging.getLogger("luigi-interface")
 
@@ -111,6 +111,8 @@ def feature_settings(layer=None, colour=None, trim=None):
     precision = config.precision()[0]
     if precision != "float32":  # float32 stores made before the setting keep their identity
         settings["precision"] = precision
+    if precision == "int8":
+        settings["calibration_images"] = config.resnet().calibration_images
     return settings
 
 
@@ -142,6 +144,35 @@ class Shard:
         return {**settings, "shard": self.shard, "shards": self.shards}
 
 
+def int8_precision():
+    """Whether the model is the int8 trunk (False while the setting cannot be read: CheckSettings names it)."""
+    try:
+        return config.precision()[0] == "int8"
+    except (ValueError, ConfigError):
+        return False
+
+
+class Calibration(RunTask):
+    """At ``[resnet] precision = int8``: the trunk quantized and calibrated on a seeded sample of
+    the inventory's images (``[resnet] calibration_images``), once per feature store; every
+    shard extracts with it (``pipeline.int8``)."""
+
+    def requires(self):
+        return Inventory(date=self.date)
+
+    def output(self):
+        return luigi.LocalTarget(int8.trunk_path(feature_store(feature_settings()).root))
+
+    def run(self):
+        with artifacts_writable():
+            int8.calibrate_store(
+                feature_store(feature_settings()), collection.load_inventory(self.input().path).files,
+                config.paths().content, weights=config.resnet().weights, layer=config.resnet().layer,
+                seed=config.resnet().seed, n_images=config.resnet().calibration_images,
+                max_pixels=config.images().max_pixels, colour=config.images().colour, trim=config.images().trim,
+            )  # fmt: skip
+
+
 class FeatureShard(Shard, ArtifactTask):
     """The descriptors of one shard of the inventory's images, extracted into the feature store.
 
@@ -153,7 +184,10 @@ class FeatureShard(Shard, ArtifactTask):
     kind = "features"
 
     def requires(self):
-        return Inventory(date=self.date)
+        required = {"inventory": Inventory(date=self.date)}
+        if int8_precision():
+            required["calibration"] = Calibration(date=self.date)
+        return required
 
     def settings(self):
         if getattr(self, "_settings", None) is None:  # hashing a weights file once is enough
@@ -161,7 +195,7 @@ class FeatureShard(Shard, ArtifactTask):
         return self._settings
 
     def make(self, tmp):
-        files = collection.load_inventory(self.input().path).files
+        files = collection.load_inventory(self.input()["inventory"].path).files
         files = [files[i] for i in extraction.in_shard([f.relpath for f in files], self.shard, self.shards)]
         n_extracted, n_reused = extraction.extract_features(
             Features(date=self.date).store(),
@@ -225,6 +259,8 @@ class Features(ArtifactTask):
             colour=config.images().colour, trim=config.images().trim,
             precision=config.precision()[0], precision_reason=config.precision()[1],
         )  # fmt: skip
+        if config.precision()[0] == "int8":
+            attrs["int8_trunk"] = int8.trunk_path(feature_store.root)
         store.save_index(tmp, index, attrs)
 
 

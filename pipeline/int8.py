@@ -1,0 +1,181 @@
+"""int8: the ResNet50 trunk quantized after training by NNCF, calibrated on a sample of the
+collection's own images, and run by OpenVINO's CPU plugin.
+
+The calibrated trunk is saved once (``int8-trunk.xml`` and ``.bin``) in the feature store it
+extracts for: the calibration sample is part of what the descriptors are, so every image of
+a store goes through the same trunk, and a store whose trunk is gone is not extended by
+another one.
+"""
+
+import logging
+import os
+import warnings
+
+import numpy as np
+
+from .errors import ArtifactError, ImageError
+from .images import load_image
+
+logger = logging.getLogger(__name__)
+
+#: The calibrated trunk's file in its feature store (the weights are in the .bin beside it).
+TRUNK_FILE = "int8-trunk.xml"
+#: Images decoded per calibration batch.
+CALIBRATION_BATCH = 16
+
+
+def _decline_telemetry():
+    """OpenVINO's converter and NNCF send usage statistics unless the site has declined them;
+    record the decline (``~/intel/openvino_telemetry``) unless the site has decided either way."""
+    try:
+        from openvino_telemetry.utils.opt_in_checker import ConsentCheckResult, OptInChecker
+    except ImportError:  # no telemetry package, no telemetry
+        return
+    checker = OptInChecker()
+    try:
+        if checker.consent_file_base_dir() and not os.path.exists(checker.consent_file()):
+            if checker.create_or_check_consent_dir():
+                checker.update_result(ConsentCheckResult.DECLINED)
+    except OSError:
+        pass
+
+
+def _openvino():
+    _decline_telemetry()
+    import openvino
+
+    return openvino
+
+
+def trunk_path(store_root):
+    """The calibrated trunk of the feature store at ``store_root``."""
+    return os.path.join(store_root, TRUNK_FILE)
+
+
+def calibration_pixels(paths, max_pixels, colour, trim):
+    """The model's input for the decodable ones of ``paths``, and the number that were not.
+
+    Returns
+    -------
+    pixels : ndarray of shape (n, 224, 224, 3), float32
+    rejected : int
+    """
+    decoded, rejected = [], 0
+    for path in paths:
+        try:
+            decoded.append(load_image(path, max_pixels=max_pixels, colour=colour, trim=trim))
+        except ImageError as exc:
+            logger.info("calibration: %s", exc)
+            rejected += 1
+    return np.asarray(decoded, dtype=np.float32).reshape(-1, *((224, 224, 3))), rejected
+
+
+def calibrate(model, pixels, path):
+    """Quantize ``model`` to int8, calibrated on ``pixels``, and save it at ``path``.
+
+    Parameters
+    ----------
+    model : keras.Model from :func:`pipeline.features.build_model` at float32
+    pixels : ndarray of shape (n, 224, 224, 3), float32
+        The decoded calibration images (:func:`calibration_pixels`), before preprocessing.
+    path : str
+        The .xml file to write (its weights go to the .bin beside it); written whole or not at all.
+    """
+    if len(pixels) == 0:
+        raise ArtifactError("int8 calibration: none of the sampled images could be decoded")
+    ov = _openvino()
+    import nncf
+
+    from .features import _keras
+
+    preprocess = _keras().applications.resnet50.preprocess_input
+    batches = [preprocess(pixels[i : i + CALIBRATION_BATCH].copy()) for i in range(0, len(pixels), CALIBRATION_BATCH)]
+    with warnings.catch_warnings():  # Keras's note on how the converter passes the input
+        warnings.filterwarnings("ignore", message="The structure of `inputs`", category=UserWarning)
+        converted = ov.convert_model(model, input=[(-1, *pixels.shape[1:])])
+    quantized = nncf.quantize(converted, nncf.Dataset(batches), subset_size=len(pixels))
+    folder, name = os.path.split(path)
+    os.makedirs(folder or ".", exist_ok=True)
+    tmp = os.path.join(folder, f".{name}.{os.getpid()}.tmp.xml")
+    ov.save_model(quantized, tmp, compress_to_fp16=False)
+    # the .bin first: the .xml in place means the trunk is whole
+    os.replace(tmp[: -len(".xml")] + ".bin", path[: -len(".xml")] + ".bin")
+    os.replace(tmp, path)
+
+
+class Int8Trunk:
+    """A calibrated trunk (:func:`calibrate`) run by OpenVINO on the CPU: called with a batch of
+    decoded images (n, 224, 224, 3) float32, it gives their maps (n, h, w, c) as float32 (a
+    list of them, one per output, for a model of several layers).
+
+    One compiled model per batch shape; the layers it keeps in floating point compute in
+    float32 on every CPU (OpenVINO would otherwise pick bfloat16 where the CPU has it).
+    """
+
+    def __init__(self, path):
+        if not os.path.exists(path):
+            raise ArtifactError(f"the int8 trunk {path} is missing; run the pipeline to calibrate it")
+        self.path = path
+        self._model = _openvino().Core().read_model(path)
+        self._compiled = {}
+        from .features import _keras
+
+        self._preprocess = _keras().applications.resnet50.preprocess_input
+
+    def __call__(self, pixels):
+        shape = tuple(pixels.shape)
+        if shape not in self._compiled:
+            ov = _openvino()
+            model = self._model.clone()
+            model.reshape(list(shape))
+            self._compiled[shape] = ov.Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+        compiled = self._compiled[shape]
+        result = compiled(self._preprocess(np.array(pixels, dtype=np.float32)))
+        maps = [result[output] for output in compiled.outputs]
+        return maps if len(maps) > 1 else maps[0]
+
+
+def calibrate_store(store, files, content_dir, weights, layer, seed, n_images, max_pixels, colour, trim):
+    """Calibrate the int8 trunk of ``store`` on a seeded sample of ``files``, unless it has one.
+
+    Parameters
+    ----------
+    store : FeatureStore
+    files : list of ImageFile
+        The collection (an inventory's files).
+    content_dir : str
+    weights, layer, seed
+        The float32 model quantized (:func:`pipeline.features.build_model`).
+    n_images : int
+        Images sampled for the calibration (all when fewer).
+    max_pixels, colour, trim
+        How the images are prepared, as for the extraction.
+
+    Returns
+    -------
+    str : the trunk's path
+
+    Raises
+    ------
+    ArtifactError
+        When the store holds descriptors but its trunk is gone: a new calibration would give
+        other descriptors, which would be mixed with the old ones.
+    """
+    from .blocks import sample_images
+    from .features import build_model
+
+    path = trunk_path(store.root)
+    if os.path.exists(path):
+        return path
+    done, rejected = store.scan()
+    if done or rejected:
+        raise ArtifactError(
+            f"the feature store {store.root} holds the descriptors of {len(done):,} images made by an int8 trunk "
+            f"that is gone ({TRUNK_FILE}); remove that folder to calibrate again and extract every image anew"
+        )
+    positions = sample_images(len(files), n_images, random_state=0)
+    paths = [os.path.join(content_dir, files[i].relpath) for i in positions]
+    pixels, n_rejected = calibration_pixels(paths, max_pixels, colour, trim)
+    logger.info("int8 calibration on %d images (%d could not be decoded)", len(pixels), n_rejected)
+    calibrate(build_model(weights=weights, layer=layer, seed=seed), pixels, path)
+    return path
