@@ -187,7 +187,7 @@ def model_of(layers, colour, trim, weights, seed, precision, calibration):
         sample = [paths[i] for i in sample_images(len(paths), n_images, 0)]
         pixels = int8.calibration_pixels(sample, MAX_PIXELS, colour, trim)[0]
         int8.calibrate(features.build_model(weights=weights, layer=tuple(layers), seed=seed), pixels, trunk)
-    return int8.Int8Trunk(trunk)
+    return int8.load_trunk(trunk)
 
 
 def descriptors_of(paths, layers, colour, trim, weights, seed, precision, batch_size, calibration=None):

@@ -200,11 +200,11 @@ def prefetch(produce, depth=1):
 @functools.lru_cache(maxsize=1)
 def cached_model(weights, layer, seed, precision="float32", trunk=None):
     """:func:`build_model`, built once per process for the shards it extracts one after another;
-    at ``precision="int8"``, the calibrated trunk at ``trunk`` (:class:`pipeline.int8.Int8Trunk`)."""
+    at ``precision="int8"``, the calibrated trunk at ``trunk`` (:func:`pipeline.int8.load_trunk`)."""
     if precision == "int8":
-        from .int8 import Int8Trunk
+        from .int8 import load_trunk
 
-        return Int8Trunk(trunk)
+        return load_trunk(trunk)
     return build_model(weights=weights, layer=layer, seed=seed, precision=precision)
 
 
@@ -220,7 +220,7 @@ class DescriptorExtractor:
     Parameters
     ----------
     model : keras.Model from :func:`build_model`, or a callable mapping decoded images to their
-        maps as float32 (:class:`pipeline.int8.Int8Trunk`)
+        maps as float32 (:class:`pipeline.int8.OpenVinoTrunk`)
     batch_size : int
     decode_processes : int
         Processes decoding images while the model runs.

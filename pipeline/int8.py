@@ -14,7 +14,7 @@ import warnings
 import numpy as np
 
 from .errors import ArtifactError, ImageError
-from .images import load_image
+from .images import INPUT_SIZE, load_image
 
 logger = logging.getLogger(__name__)
 
@@ -67,7 +67,15 @@ def calibration_pixels(paths, max_pixels, colour, trim):
         except ImageError as exc:
             logger.info("calibration: %s", exc)
             rejected += 1
-    return np.asarray(decoded, dtype=np.float32).reshape(-1, *((224, 224, 3))), rejected
+    return np.asarray(decoded, dtype=np.float32).reshape(-1, INPUT_SIZE, INPUT_SIZE, 3), rejected
+
+
+def convert(model):
+    """The Keras model as OpenVINO's model, any batch size (the weights as they are)."""
+    ov = _openvino()
+    with warnings.catch_warnings():  # Keras's note on how the converter passes the input
+        warnings.filterwarnings("ignore", message="The structure of `inputs`", category=UserWarning)
+        return ov.convert_model(model, input=[(-1, INPUT_SIZE, INPUT_SIZE, 3)])
 
 
 def calibrate(model, pixels, path):
@@ -90,10 +98,7 @@ def calibrate(model, pixels, path):
 
     preprocess = _keras().applications.resnet50.preprocess_input
     batches = [preprocess(pixels[i : i + CALIBRATION_BATCH].copy()) for i in range(0, len(pixels), CALIBRATION_BATCH)]
-    with warnings.catch_warnings():  # Keras's note on how the converter passes the input
-        warnings.filterwarnings("ignore", message="The structure of `inputs`", category=UserWarning)
-        converted = ov.convert_model(model, input=[(-1, *pixels.shape[1:])])
-    quantized = nncf.quantize(converted, nncf.Dataset(batches), subset_size=len(pixels))
+    quantized = nncf.quantize(convert(model), nncf.Dataset(batches), subset_size=len(pixels))
     folder, name = os.path.split(path)
     os.makedirs(folder or ".", exist_ok=True)
     tmp = os.path.join(folder, f".{name}.{os.getpid()}.tmp.xml")
@@ -103,20 +108,24 @@ def calibrate(model, pixels, path):
     os.replace(tmp, path)
 
 
-class Int8Trunk:
-    """A calibrated trunk (:func:`calibrate`) run by OpenVINO on the CPU: called with a batch of
-    decoded images (n, 224, 224, 3) float32, it gives their maps (n, h, w, c) as float32 (a
-    list of them, one per output, for a model of several layers).
+def load_trunk(path):
+    """The calibrated trunk saved at ``path`` by :func:`calibrate`, ready to run."""
+    if not os.path.exists(path):
+        raise ArtifactError(f"the int8 trunk {path} is missing; run the pipeline to calibrate it")
+    return OpenVinoTrunk(_openvino().Core().read_model(path))
 
-    One compiled model per batch shape; the layers it keeps in floating point compute in
+
+class OpenVinoTrunk:
+    """An OpenVINO model (a calibrated trunk, :func:`load_trunk`, or :func:`convert`'s) run on the
+    CPU: called with a batch of decoded images (n, 224, 224, 3) float32, it gives their maps
+    (n, h, w, c) as float32 (a list of them, one per output, for a model of several layers).
+
+    One compiled model per batch shape; what the model keeps in floating point computes in
     float32 on every CPU (OpenVINO would otherwise pick bfloat16 where the CPU has it).
     """
 
-    def __init__(self, path):
-        if not os.path.exists(path):
-            raise ArtifactError(f"the int8 trunk {path} is missing; run the pipeline to calibrate it")
-        self.path = path
-        self._model = _openvino().Core().read_model(path)
+    def __init__(self, model):
+        self._model = model
         self._compiled = {}
         from .features import _keras
 

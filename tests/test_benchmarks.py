@@ -20,17 +20,19 @@ def test_reduce_benchmark_prints_its_figures(capsys):
 
 
 @pytest.mark.slow
-def test_extract_benchmark_prints_its_figures(capsys):
-    extract.run(images=6, batch_size=4, per_image=2, precision="bfloat16")
+@pytest.mark.parametrize("precision, device", [("bfloat16", "CPU:0"), ("int8", "CPU (OpenVINO)")])
+def test_extract_benchmark_prints_its_figures(capsys, monkeypatch, tmp_path, precision, device):
+    monkeypatch.setenv("HOME", str(tmp_path))  # OpenVINO's telemetry decision, written under $HOME
+    extract.run(images=6, batch_size=4, per_image=2, precision=precision)
     figures = last_json_line(capsys)
-    assert figures["bench"] == "extract" and figures["precision_auto"] == "bfloat16"
+    assert figures["bench"] == "extract" and figures["precision_auto"] == precision
     speeds = ("pipeline_ips_float32", "pipeline_ips_auto", "bare_ips_float32", "bare_ips_auto", "per_image_predict_ips")
-    assert all(figures[k] > 0 for k in (*speeds, "decode_ms", "commit_ms_per_image"))
+    assert all(figures[k] > 0 for k in (*speeds, "bare_ips_openvino_float32", "decode_ms", "commit_ms_per_image"))
     assert figures["auto_vs_float32"] == pytest.approx(
         figures["pipeline_ips_auto"] / figures["pipeline_ips_float32"], 0.01
     )
     assert 49 * 2048 < figures["store_bytes_per_image"] < 1.05 * 49 * 2048  # 8-bit codes, uncompressed
-    assert figures["device"].endswith("CPU:0") and not figures["gpu_used"]
+    assert figures["device"].endswith(device) and not figures["gpu_used"]
 
 
 def test_neighbours_benchmark_prints_its_figures(capsys):
@@ -143,19 +145,21 @@ def test_every_alteration_gives_an_rgb_image():
 
 
 @pytest.mark.slow
-def test_quality_benchmark_scores_the_shipped_defaults_beside_the_original(capsys, monkeypatch, tmp_path):
+@pytest.mark.parametrize("precision", ["float32", "int8"])
+def test_quality_benchmark_scores_the_shipped_defaults_beside_the_original(capsys, monkeypatch, tmp_path, precision):
     from benchmarks import proxies, quality
 
     from .conftest import luigi_config, pipeline_config
 
     monkeypatch.setattr(proxies, "COLLECTIONS", (proxies.Spec(**TINY),))
-    with luigi_config(monkeypatch, pipeline_config(tmp_path, codebook__size=40)):
-        assert (
-            quality.main(["--work", str(tmp_path / "work"), "--selfcheck", "2", "--json", str(tmp_path / "rows.json")])
-            == 0
-        )
+    monkeypatch.setenv("HOME", str(tmp_path))  # OpenVINO's telemetry decision, written under $HOME
+    arguments = ["--work", str(tmp_path / "work"), "--selfcheck", "2", "--json", str(tmp_path / "rows.json")]
+    with luigi_config(monkeypatch, pipeline_config(tmp_path, codebook__size=40, resnet__calibration_images=16)):
+        assert quality.main([*arguments, "--precision", precision]) == 0
     figures = last_json_line(capsys)
-    assert figures["bench"] == "quality" and figures["defaults"]["size"] == "40"
+    assert figures["bench"] == "quality" and figures["defaults"]["size"] == "40" and figures["precision"] == precision
+    # at int8, one trunk per image preparation, calibrated on the collection, for it and its altered copies
+    assert len(list((tmp_path / "work").rglob("int8-*.xml"))) == (2 if precision == "int8" else 0)
     scores = figures["collections"]["tiny"]
     for who in ("shipped", "original"):
         assert set(scores[who]) == set(quality.MEASURES) and 0 <= scores[who]["map"] <= 1

@@ -58,7 +58,7 @@ def test_the_trunk_is_written_whole_and_gives_the_float32_maps_to_within_int8(mo
     paths = pixels[1][:4]
     with DescriptorExtractor(model, batch_size=4) as extractor:
         full = extract(extractor, paths)[0]
-    with DescriptorExtractor(int8.Int8Trunk(trunk), batch_size=4) as extractor:
+    with DescriptorExtractor(int8.load_trunk(trunk), batch_size=4) as extractor:
         quantized, decoded, errors = extract(extractor, paths)
     assert quantized.dtype == np.float32 and quantized.shape == full.shape == (4, 49, 64)
     assert decoded == [0, 1, 2, 3] and errors == {}
@@ -70,14 +70,14 @@ def test_the_trunk_is_written_whole_and_gives_the_float32_maps_to_within_int8(mo
 def test_an_undecodable_file_in_an_int8_batch_is_rejected_alone(trunk, pixels, tmp_path):
     bad = tmp_path / "broken.jpg"
     bad.write_bytes(b"not a jpeg")
-    with DescriptorExtractor(int8.Int8Trunk(trunk), batch_size=4) as extractor:
+    with DescriptorExtractor(int8.load_trunk(trunk), batch_size=4) as extractor:
         descriptors, decoded, errors = extract(extractor, [pixels[1][0], str(bad), pixels[1][1]])
     assert decoded == [0, 2] and list(errors) == [1] and descriptors.shape == (2, 49, 64)
 
 
 def test_a_missing_trunk_or_no_calibration_image_is_one_line(tmp_path, model):
     with pytest.raises(ArtifactError, match="int8 trunk .*missing; run the pipeline to calibrate it"):
-        int8.Int8Trunk(str(tmp_path / int8.TRUNK_FILE))
+        int8.load_trunk(str(tmp_path / int8.TRUNK_FILE))
     with pytest.raises(ArtifactError, match="none of the sampled images could be decoded"):
         int8.calibrate(model, np.zeros((0, 224, 224, 3), np.float32), str(tmp_path / int8.TRUNK_FILE))
 
