@@ -56,7 +56,7 @@ if KILL_COUNT is not None:
     Progress.__call__ = _counting
 
 
-def tiny_model(weights, layer, seed, precision="float32"):
+def tiny_model(weights, layer, seed, precision="float32", trunk=None):
     """A seeded stand-in for ResNet50 cut at a 7 x 7 layer: 224 x 224 x 3 -> 7 x 7 x 64 (at float32:
     the tests that use it set precision = float32)."""
     keras = features._keras()
