@@ -296,7 +296,7 @@ def run_collection(spec, configs, defaults, args):
                 )  # fmt: skip
                 for layer, d in zip(layers, descriptors):
                     copy_descriptors[layer, colour, trim] = (d, decoded, errors)
-        scorer = Scorer(collection, copies, copy_descriptors)
+        scorer = Scorer(collection, copies, copy_descriptors, seed=args.kmeans_seed)
         rows = []
         for config in configs:
             row = scorer.score(config)
@@ -341,6 +341,13 @@ def main(argv=None):
         "--work", default=os.path.join("artifacts", "bench-quality"), help="where collections and descriptors are kept"
     )
     parser.add_argument("--selfcheck", type=int, default=50, help="images altered for the self-check (0: none)")
+    parser.add_argument(
+        "--kmeans-seed",
+        type=int,
+        default=0,
+        help="seed of the codebooks' sample and k-means start: another one shows how far the figures move "
+        "with the same descriptors",
+    )
     parser.add_argument("--json", help="also write every row to this JSON file")
     parser.add_argument(
         "--precision",
@@ -396,6 +403,7 @@ def main(argv=None):
                 "bench": "quality",
                 "weights": args.weights,
                 "precision": args.precision,
+                "kmeans_seed": args.kmeans_seed,
                 "seconds": round(whole.seconds, 1),
                 "defaults": defaults,
                 "mean_map": mean,
