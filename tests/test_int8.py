@@ -17,12 +17,14 @@ from pipeline.images import load_image
 from pipeline.precision import choose_precision
 from pipeline.query import SimilarityIndex
 from pipeline.store import FeatureStore
-from tasks import Features, Similarities
+from tasks import Features, Similarities, compare
 from tasks.checks import query_extractor
 from tasks.stages import feature_settings
 
 from .conftest import luigi_config, pipeline_config
 from .faults import tiny_model
+
+TRUNK = int8.TRUNK_FILE
 
 
 @pytest.fixture(autouse=True)
@@ -126,7 +128,7 @@ def test_a_run_at_int8_calibrates_into_its_store_and_queries_with_that_trunk(mon
         attrs = read_attrs(Features().output().path)
         store_root = Features().store().root
     assert attrs["precision"] == "int8" and attrs["int8_trunk"] == int8.trunk_path(store_root)
-    assert os.path.exists(attrs["int8_trunk"])
+    made = os.stat(attrs["int8_trunk"]).st_mtime_ns
     artifacts = tmp_path / "artifacts"
     names = ("features.h5", "reducer.h5", "codebook.h5", "histograms.h5", "similarities.hdf5")
     index = SimilarityIndex.load(*(str(artifacts / name) for name in names))
@@ -135,5 +137,9 @@ def test_a_run_at_int8_calibrates_into_its_store_and_queries_with_that_trunk(mon
         image = next((tmp_path / "content").glob("PPN*/*.jpg"))
         distances = index.query(extract(extractor, [str(image)])[0], k=3)[1]
     assert distances[0, 0] < 1e-9  # the collection's own image, found as itself
+    with luigi_config(monkeypatch, config):  # compare: a trunk per feature store, the run's reused
+        assert compare.main(["--sizes", "8", "--trims", "true,false", "--selfcheck", "2"]) == 0
+    assert sorted(os.path.basename(p) for p in (artifacts / "features").glob("*/int8-trunk.xml")) == [TRUNK] * 2
+    assert os.stat(attrs["int8_trunk"]).st_mtime_ns == made
     with luigi_config(monkeypatch, pipeline_config(tmp_path, resnet__precision="int8", resnet__calibration_images=17)):
         assert not Features().complete()  # another calibration: another feature store
