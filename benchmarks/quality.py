@@ -27,7 +27,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from pipeline import evaluation, features, int8, store
-from pipeline.blocks import Blocks, sample_images
+from pipeline.blocks import Blocks
 from pipeline.codebook import check_size, fit_codebook
 from pipeline.features import extract
 from pipeline.histograms import MAX_ASSIGN, compute_histograms
@@ -184,9 +184,8 @@ def model_of(layers, colour, trim, weights, seed, precision, calibration):
         return features.build_model(weights=weights, layer=tuple(layers), seed=seed, precision=precision)
     paths, trunk, n_images = calibration
     if not os.path.exists(trunk):
-        sample = [paths[i] for i in sample_images(len(paths), n_images, 0)]
-        pixels = int8.calibration_pixels(sample, MAX_PIXELS, colour, trim)[0]
-        int8.calibrate(features.build_model(weights=weights, layer=tuple(layers), seed=seed), pixels, trunk)
+        model = features.build_model(weights=weights, layer=tuple(layers), seed=seed)
+        int8.calibrate_on_sample(model, paths, n_images, trunk, MAX_PIXELS, colour, trim)
     return int8.load_trunk(trunk)
 
 

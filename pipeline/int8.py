@@ -170,7 +170,6 @@ def calibrate_store(store, files, content_dir, weights, layer, seed, n_images, m
         When the store holds descriptors but its trunk is gone: a new calibration would give
         other descriptors, which would be mixed with the old ones.
     """
-    from .blocks import sample_images
     from .features import build_model
 
     path = trunk_path(store.root)
@@ -182,9 +181,19 @@ def calibrate_store(store, files, content_dir, weights, layer, seed, n_images, m
             f"the feature store {store.root} holds the descriptors of {len(done):,} images made by an int8 trunk "
             f"that is gone ({TRUNK_FILE}); remove that folder to calibrate again and extract every image anew"
         )
-    positions = sample_images(len(files), n_images, random_state=0)
-    paths = [os.path.join(content_dir, files[i].relpath) for i in positions]
-    pixels, n_rejected = calibration_pixels(paths, max_pixels, colour, trim)
-    logger.info("int8 calibration on %d images (%d could not be decoded)", len(pixels), n_rejected)
-    calibrate(build_model(weights=weights, layer=layer, seed=seed), pixels, path)
+    paths = [os.path.join(content_dir, f.relpath) for f in files]
+    calibrate_on_sample(
+        build_model(weights=weights, layer=layer, seed=seed), paths, n_images, path, max_pixels, colour, trim
+    )
     return path
+
+
+def calibrate_on_sample(model, paths, n_images, path, max_pixels, colour, trim):
+    """:func:`calibrate` ``model`` on a seeded sample of ``n_images`` of ``paths`` (all when
+    fewer), prepared as the extraction prepares them, and save it at ``path``."""
+    from .blocks import sample_images
+
+    sample = [paths[i] for i in sample_images(len(paths), n_images, random_state=0)]
+    pixels, n_rejected = calibration_pixels(sample, max_pixels, colour, trim)
+    logger.info("int8 calibration on %d images (%d could not be decoded)", len(pixels), n_rejected)
+    calibrate(model, pixels, path)

@@ -31,7 +31,7 @@ from pipeline.selfcheck import Copies
 from . import config
 from .checks import query_extractor
 from .inputs import read_id_mapping
-from .stages import feature_settings, feature_store
+from .stages import calibrate_int8, feature_settings, feature_store
 
 logger = logging.getLogger("tasks.compare")
 
@@ -123,11 +123,7 @@ def run(args):
             made_with = {"layer": layer, "colour": colour, "trim": trim}
             layer_store = feature_store(feature_settings(**made_with))
             if config.precision()[0] == "int8":
-                int8.calibrate_store(
-                    layer_store, inventory.files, config.paths().content, weights=config.resnet().weights,
-                    layer=layer, seed=config.resnet().seed, n_images=config.resnet().calibration_images,
-                    max_pixels=config.images().max_pixels, colour=colour, trim=trim,
-                )  # fmt: skip
+                calibrate_int8(layer_store, inventory.files, layer, colour, trim)
             extraction.extract_features(
                 layer_store, inventory.files, config.paths().content, weights=config.resnet().weights, layer=layer,
                 seed=config.resnet().seed, precision=config.precision()[0], batch_size=config.resnet().batch_size,

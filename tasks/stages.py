@@ -165,12 +165,23 @@ class Calibration(RunTask):
 
     def run(self):
         with artifacts_writable():
-            int8.calibrate_store(
-                feature_store(feature_settings()), collection.load_inventory(self.input().path).files,
-                config.paths().content, weights=config.resnet().weights, layer=config.resnet().layer,
-                seed=config.resnet().seed, n_images=config.resnet().calibration_images,
-                max_pixels=config.images().max_pixels, colour=config.images().colour, trim=config.images().trim,
-            )  # fmt: skip
+            calibrate_int8(
+                feature_store(feature_settings()),
+                collection.load_inventory(self.input().path).files,
+                config.resnet().layer,
+                config.images().colour,
+                config.images().trim,
+            )
+
+
+def calibrate_int8(store, files, layer, colour, trim):
+    """The int8 trunk of ``store`` (descriptors of ``layer``, images prepared with ``colour`` and
+    ``trim``), calibrated on the collection ``files`` with luigi.cfg's settings unless it has one."""
+    return int8.calibrate_store(
+        store, files, config.paths().content, weights=config.resnet().weights, layer=layer,
+        seed=config.resnet().seed, n_images=config.resnet().calibration_images,
+        max_pixels=config.images().max_pixels, colour=colour, trim=trim,
+    )  # fmt: skip
 
 
 class FeatureShard(Shard, ArtifactTask):
