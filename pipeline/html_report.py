@@ -167,7 +167,7 @@ def _figure(image, caption):
     return f'<figure><img src="{image}" alt=""><figcaption>{caption}</figcaption></figure>'
 
 
-def render(run, result, counts, data, chosen, thumbnails, map_sample=400, seed=0, evaluation=None):
+def render(run, result, counts, data, chosen, thumbnails, map_sample=400, seed=0, evaluation=None, recent=()):
     """The report page as a string.
 
     Parameters
@@ -189,7 +189,9 @@ def render(run, result, counts, data, chosen, thumbnails, map_sample=400, seed=0
     map_sample : int
         Most images placed on the map (a seeded sample of a larger collection).
     evaluation : dict, optional
-        The scores of :func:`pipeline.evaluation.evaluate`, shown as a table.
+        evaluation.json: the scores of :func:`pipeline.evaluation.evaluate`, shown as a table.
+    recent : sequence of dict
+        The latest verdicts (:func:`recent_verdicts`), shown with their thumbnails.
     """
     ids, neighbours, distances = result["ids"], result["neighbours"], result["distances"]
     row_of = {str(i): r for r, i in enumerate(ids)}
@@ -201,12 +203,17 @@ def render(run, result, counts, data, chosen, thumbnails, map_sample=400, seed=0
         return f"{html.escape(str(ids[row]))}<br><small>{html.escape(result['ppn'][row])}/{html.escape(result['filename'][row])}</small>"
 
     similarity = data.similarity(distances)
+    judged_right = {
+        frozenset((str(a), str(b))) for (a, b), right in zip(result.get("verdict_pairs", ()), result.get("verdict_right", ())) if right
+    }  # fmt: skip
     sections = []
     for row in chosen:
         cells = [_figure(thumb(row), f"<b>{name(row)}</b>")]
         for rank, other in enumerate(neighbours[row]):
             o = row_of[str(other)]
             caption = f"{rank + 1}. {name(o)}<br>distance {distances[row][rank]:.4f}, similarity {similarity[row][rank]:.1f} %"
+            if frozenset((str(ids[row]), str(other))) in judged_right:
+                caption += '<br><span class="right">judged right</span>'
             cells.append(_figure(thumb(o), caption))
         sections.append(f'<div class="query" data-id="{html.escape(str(ids[row]))}">{"".join(cells)}</div>')
 
@@ -251,7 +258,7 @@ def render(run, result, counts, data, chosen, thumbnails, map_sample=400, seed=0
     if note:
         summary += f'<p class="warning">{html.escape(note)}</p>'
     quality = ""
-    if evaluation:
+    if evaluation and "queries" in evaluation:
         keys = ("queries", "precision_at_1", "precision_at_5", "recall_at_5", "map")
         head = "".join(f"<th>{k.replace('_at_', '@').replace('_', ' ')}</th>" for k in keys)
         body = "".join(
@@ -274,6 +281,8 @@ def render(run, result, counts, data, chosen, thumbnails, map_sample=400, seed=0
             '<table class="selfcheck"><tr><th>alteration</th><th>copies</th><th>original first</th>'
             f"<th>within 5</th></tr>{body}</table>"
         )
+    if "verdicts" in run:
+        quality += _verdicts_section(run["verdicts"], recent, row_of, thumb, name)
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>Similar images: run of {html.escape(str(run.get("date")))}</title>
 <style>
@@ -286,7 +295,7 @@ figure img, .nothumb {{ width: {THUMBNAIL}px; height: {THUMBNAIL}px; object-fit:
 #map {{ position: relative; background: #fafafa; border: 1px solid #ccc; }}
 .dot {{ position: absolute; width: {MAP_THUMBNAIL}px; height: {MAP_THUMBNAIL}px; }}
 .dot img {{ width: 100%; height: 100%; object-fit: cover; }}
-.warning {{ color: #a33; }} table {{ border-collapse: collapse; }} td {{ border: 1px solid #ccc; padding: 2px 6px; }}
+.warning {{ color: #a33; }} .right {{ color: #275; }} .wrong {{ color: #a33; }} table {{ border-collapse: collapse; }} td {{ border: 1px solid #ccc; padding: 2px 6px; }}
 </style></head><body>
 <h1>Similar images</h1>
 {summary}
@@ -306,7 +315,79 @@ their {neighbours.shape[1]} neighbours next to them.</p>
 """
 
 
-def write_report(path, run, result, counts, data, paths, sample=12, named=(), seed=0, evaluation=None, **decoding):
+def _verdicts_section(found, recent, row_of, thumb, name):
+    """The curators' verdicts: what the night honoured, the raw lists' figures by day of judging,
+    the latest pairs judged, and the rows left out."""
+
+    def share(value):
+        return "" if value is None else f"{100 * value:.1f} %"
+
+    scores = found.get("scores")
+    if not found["honoured"] and not found["bad"]:
+        return (
+            '<h2 id="verdicts">Curators\' verdicts</h2><p>No verdicts yet. A pair judged with '
+            "<code>similar-images-verdict ID ID wrong</code> (or <code>right</code>) is honoured from the next night "
+            f"on; they are kept in {html.escape(found['source'])}.</p>"
+        )
+    head = (
+        f'<h2 id="verdicts">Curators\' verdicts</h2><p>{found["honoured"]:,} pairs honoured from '
+        f"{html.escape(found['source'])} ({found['wrong']:,} judged wrong, {found['right']:,} right): the lists of "
+        f"<b>{found['lists_changed']:,}</b> images differ from their raw lists because of them. "
+        f"{len(found['bad']):,} rows left out.</p>"
+    )
+    if scores:
+        rows = [("all days", scores), *scores["per_day"].items()]
+        body = "".join(
+            f"<tr><td>{html.escape(day)}</td><td>{r['pairs']}</td><td>{r['wrong']}</td><td>{r['right']}</td>"
+            f"<td>{share(r['right_found'])}</td><td>{r['judged_in_lists']}</td><td>{share(r['judged_right'])}</td></tr>"
+            for day, r in rows
+        )
+        head += (
+            "<p>The raw lists (the nearest images, before the verdicts) against the verdicts, by day of judging: "
+            "the share of the pairs judged right that the raw lists hold, and the share of the raw lists' judged "
+            'entries judged right.</p><table class="verdicts"><tr><th>judged on</th><th>pairs</th><th>wrong</th>'
+            "<th>right</th><th>right pairs found</th><th>judged entries</th><th>judged right</th></tr>"
+            f"{body}</table>"
+        )
+    pairs = []
+    for v in recent:
+        a, b = row_of.get(str(v["image_id"])), row_of.get(str(v["similar_image_id"]))
+        if a is None or b is None:
+            continue
+        caption = f'<span class="{v["verdict"]}">{v["verdict"]}</span> {html.escape(v["time"][:16])}'
+        if v["author"]:
+            caption += f"<br>{html.escape(v['author'])}"
+        pairs.append(
+            f'<div class="query">{_figure(thumb(a), name(a))}{_figure(thumb(b), name(b))}'
+            f'<p class="verdict">{caption}</p></div>'
+        )
+    if pairs:
+        head += f"<h3>Recently judged pairs</h3>{''.join(pairs)}"
+    if found["bad"]:
+        rows = "".join(
+            f"<tr><td>{html.escape(b['row'])}</td><td>{html.escape(b['reason'])}</td></tr>" for b in found["bad"][:100]
+        )
+        more = f" (the first 100 of {len(found['bad']):,})" if len(found["bad"]) > 100 else ""
+        head += f'<h3>Verdict rows left out{more}</h3><table class="bad-verdicts"><tr><th>row</th><th>reason</th></tr>{rows}</table>'
+    return head
+
+
+def recent_verdicts(verdicts, n=6):
+    """The ``n`` latest of :class:`pipeline.verdicts.Verdicts`, latest first, as dicts."""
+    order = np.argsort(verdicts.time, kind="stable")[::-1][:n]
+    return [
+        {
+            "image_id": verdicts.image_id[i].item(), "similar_image_id": verdicts.similar_image_id[i].item(),
+            "verdict": "right" if verdicts.right[i] else "wrong", "time": str(verdicts.time[i]),
+            "author": str(verdicts.author[i]),
+        }
+        for i in order
+    ]  # fmt: skip
+
+
+def write_report(
+    path, run, result, counts, data, paths, sample=12, named=(), seed=0, evaluation=None, recent=(), **decoding
+):
     """Write the report page to ``path`` atomically: ``sample`` images chosen at random (seeded)
     after those of the IDs ``named``, each beside its neighbours; see :func:`render`.
 
@@ -316,9 +397,10 @@ def write_report(path, run, result, counts, data, paths, sample=12, named=(), se
     rows = choose_rows(result["ids"], sample, named, seed)
     row_of = {str(i): r for r, i in enumerate(result["ids"])}
     beside = [row_of[str(i)] for r in rows for i in result["neighbours"][r]]
-    needed = {THUMBNAIL: [*rows, *beside], MAP_THUMBNAIL: map_rows(len(result["ids"]), seed=seed)}
+    judged = [row_of[str(v[key])] for v in recent for key in ("image_id", "similar_image_id") if str(v[key]) in row_of]
+    needed = {THUMBNAIL: [*rows, *beside, *judged], MAP_THUMBNAIL: map_rows(len(result["ids"]), seed=seed)}
     thumbnails = make_thumbnails(paths, needed, **decoding)
-    page = render(run, result, counts, data, rows, thumbnails, seed=seed, evaluation=evaluation)
+    page = render(run, result, counts, data, rows, thumbnails, seed=seed, evaluation=evaluation, recent=recent)
     with atomic_path(path) as tmp:
         with open(tmp, "w", encoding="utf-8") as f:
             f.write(page)

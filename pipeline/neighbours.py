@@ -214,13 +214,12 @@ class WeightedHistograms:
         order = np.lexsort((self.id_rank[candidates], keys))[:k]
         return candidates[order], self.distances(keys[order])
 
-    def best_sharing_no_word(self, k, positions=slice(None)):
-        """The k + 1 first images (of those at ``positions``, numbered among them) in the order of
-        the key they have with an image they share no word with, then ID: among such images, a
-        query's best are among them."""
+    def sharing_no_word_order(self, positions=slice(None)):
+        """The images at ``positions`` (numbered among them) in the order of the key they have with
+        an image they share no word with, then ID: a query's best among such images come first."""
         if self.metric == "euclidean":
-            return np.lexsort((self.id_rank[positions], self.norms[positions]))[: k + 1]
-        return np.argsort(self.id_rank[positions])[: k + 1]
+            return np.lexsort((self.id_rank[positions], self.norms[positions]))
+        return np.argsort(self.id_rank[positions], kind="stable")
 
 
 def query_neighbours(collection, counts, k=5, chunk_size=16):
@@ -342,6 +341,15 @@ def _key(cosine, dot, norm_a, norm_b, root_a, root_b):
 
 
 @numba.njit(cache=True, inline="always")
+def _skipped(skip_idx, start, end, b):
+    """Whether candidate ``b`` is among ``skip_idx[start:end]`` (a handful: the query itself, its verdicts)."""
+    for e in range(start, end):
+        if skip_idx[e] == b:
+            return True
+    return False
+
+
+@numba.njit(cache=True, inline="always")
 def _least_dot(cosine, kth, norm_a, min_norm, root_a, min_root):
     """The smallest dot product with which an image can still reach the k-th best key ``kth``."""
     if cosine:  # 1 - a.b / (|a| |b|) <= kth needs a.b >= (1 - kth) |a| |b| >= (1 - kth) |a| min |b|
@@ -353,7 +361,8 @@ def _least_dot(cosine, kth, norm_a, min_norm, root_a, min_root):
 @numba.njit(parallel=True, cache=True)
 def _inverted_file_top_k(
     rows,
-    selves,
+    skip_ptr,
+    skip_idx,
     indptr,
     indices,
     data,
@@ -374,9 +383,10 @@ def _inverted_file_top_k(
     accumulators,
 ):
     """Exact k best (key, ID rank) among the candidates (the inverted file, ``norms`` ...) of each
-    query row ``rows[q]`` of the query CSR (``indptr`` ... ``q_roots``), leaving out the candidate
-    ``selves[q]`` (-1: none); see :func:`sparse_neighbours`. Rows with fewer than k candidates
-    end with position -1 at key inf."""
+    query row ``rows[q]`` of the query CSR (``indptr`` ... ``q_roots``), leaving out the candidates
+    ``skip_idx[skip_ptr[q]:skip_ptr[q + 1]]`` (the image itself, and those a verdict rules out);
+    see :func:`sparse_neighbours`. ``best_sharing_no_word`` holds at least k + the most skipped
+    of a row. Rows with fewer than k candidates end with position -1 at key inf."""
     n, m, n_blocks = len(norms), len(rows), block_ptr.shape[1] - 1
     n_threads = accumulators.shape[0]
     out = np.full((m, k), -1, dtype=np.int64)
@@ -391,7 +401,7 @@ def _inverted_file_top_k(
         for t in numba.prange(n_threads):
             dots = accumulators[t]
             for q in range(t, m, n_threads):
-                a, me = rows[q], selves[q]
+                a, skip_start, skip_end = rows[q], skip_ptr[q], skip_ptr[q + 1]
                 norm_a, root_a = q_norms[a], q_roots[a]
                 best, best_s, best_r, fill = out[q], out_s[q], out_r[q], fills[q]
                 for p in range(indptr[a], indptr[a + 1]):
@@ -406,7 +416,11 @@ def _inverted_file_top_k(
                             dots[post_img[e]] += c * post_cnt[e]
                 # images sharing no word with a: the best of them are among ``best_sharing_no_word``
                 for b in best_sharing_no_word:
-                    if b != me and first <= b < first + size and dots[b - first] == 0:
+                    if (
+                        first <= b < first + size
+                        and dots[b - first] == 0
+                        and not _skipped(skip_idx, skip_start, skip_end, b)
+                    ):
                         s = _key(cosine, 0, norm_a, norms[b], root_a, roots[b])
                         fill = _offer(best, best_s, best_r, fill, k, b, s, id_rank[b])
                 # most images that share a word cannot reach the k-th best on their dot product alone
@@ -425,7 +439,7 @@ def _inverted_file_top_k(
                         if dots[j] >= least:
                             b = first + j
                             s = _key(cosine, dots[j], norm_a, norms[b], root_a, roots[b])
-                            if b != me and (fill < k or s <= best_s[k - 1]):
+                            if (fill < k or s <= best_s[k - 1]) and not _skipped(skip_idx, skip_start, skip_end, b):
                                 fill = _offer(best, best_s, best_r, fill, k, b, s, id_rank[b])
                                 if fill == k:
                                     least = _least_dot(cosine, best_s[k - 1], norm_a, min_norm, root_a, min_root)
@@ -538,27 +552,50 @@ class InvertedFile:
             counts.vectors.indptr.astype(np.int64, copy=False), counts.vectors.indices.astype(np.int32, copy=False),
             counts.vectors.data.astype(np.int32), counts.norms, counts.roots,
         )  # fmt: skip
+        self.k, self.block, self.cosine = k, block, counts.cosine
         self.candidates = (
             *_inverted_file(vectors, block, dense_share), counts.norms[chosen], counts.roots[chosen],
-            counts.id_rank[chosen].astype(np.int64), counts.best_sharing_no_word(k, chosen).astype(np.int64),
-            counts.cosine, k, block,
+            counts.id_rank[chosen].astype(np.int64),
         )  # fmt: skip
+        # every candidate in the order of its key with an image it shares no word with: a query
+        # skipping s candidates finds its best such images among the first k + s
+        self.sharing_no_word = counts.sharing_no_word_order(chosen).astype(np.int64)
         # dot products are at most the largest squared norm (Cauchy-Schwarz): raw counts fit 32 bits
         wide = counts.norms.max(initial=0) >= 2**31
         self.accumulators = np.zeros((numba.get_num_threads(), block), dtype=np.int64 if wide else np.int32)
 
-    def top_k(self, rows, selves):
-        """The k best candidates of each query row, leaving out the candidate ``selves[i]`` of
-        row i (-1: none): (positions among the candidates, -1 past the last; keys, inf there)."""
-        rows, selves = np.asarray(rows, dtype=np.int64), np.asarray(selves, dtype=np.int64)
-        return _inverted_file_top_k(rows, selves, *self.queries, *self.candidates, self.accumulators)
+    def top_k(self, rows, skip=None):
+        """The k best candidates of each query row, leaving out those ``skip`` names for it
+        (:func:`skip_self` or :func:`skip_lists`; none by default): (positions among the
+        candidates, -1 past the last; keys, inf there)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        ptr, idx = skip if skip is not None else (np.zeros(len(rows) + 1, dtype=np.int64), np.zeros(0, dtype=np.int64))
+        most = int(np.diff(ptr).max(initial=0))
+        return _inverted_file_top_k(
+            rows, ptr, idx, *self.queries, *self.candidates, self.sharing_no_word[: self.k + most], self.cosine,
+            self.k, self.block, self.accumulators,
+        )  # fmt: skip
+
+
+def skip_self(selves):
+    """The ``skip`` of :meth:`InvertedFile.top_k` that leaves out candidate ``selves[i]`` of row i (-1: none)."""
+    selves = np.asarray(selves, dtype=np.int64)
+    kept = selves >= 0
+    return np.concatenate([[0], np.cumsum(kept)]).astype(np.int64), selves[kept]
+
+
+def skip_lists(lists):
+    """The ``skip`` of :meth:`InvertedFile.top_k` that leaves out the candidates ``lists[i]`` of row i."""
+    lists = [np.asarray(a, dtype=np.int64).ravel() for a in lists]
+    ptr = np.concatenate([[0], np.cumsum([len(a) for a in lists])]).astype(np.int64)
+    return ptr, (np.concatenate(lists) if lists else np.zeros(0, dtype=np.int64)).astype(np.int64)
 
 
 def _query_chunk(counts, search):
     """``query_chunk(rows)`` for :func:`_chunked`: the k best other images of each row among all."""
 
     def query_chunk(rows):
-        found, keys = search.top_k(rows, rows)
+        found, keys = search.top_k(rows, skip_self(rows))
         return found, counts.distances(keys)
 
     return query_chunk
@@ -643,7 +680,7 @@ def update_neighbours(
     entering = np.flatnonzero(new)
     if len(kept) and len(entering):
         offered = InvertedFile(counts, k, entering, block, dense_share)
-        found, found_keys = offered.top_k(rows[kept], np.full(len(kept), -1))
+        found, found_keys = offered.top_k(rows[kept])
         found = np.where(found >= 0, entering[np.maximum(found, 0)], -1)
         merged, merged_keys = np.concatenate([listed, found], axis=1), np.concatenate([keys, found_keys], axis=1)
         ranks = np.where(merged >= 0, counts.id_rank[np.maximum(merged, 0)], n)

@@ -9,9 +9,12 @@ import pandas as pd
 from . import __version__
 from .errors import ArtifactError
 from .h5io import read_attrs, read_ids, read_strings, write_ids, write_strings
+from .verdicts import Judgements
 
 
-def write_similarities(path, ids, ppn, filename, neighbours, distances, attrs, keys=None, earlier=None):
+def write_similarities(
+    path, ids, ppn, filename, neighbours, distances, attrs, keys=None, earlier=None, raw=None, verdicts=None
+):
     """Write the similarities file.
 
     Parameters
@@ -33,8 +36,16 @@ def write_similarities(path, ids, ppn, filename, neighbours, distances, attrs, k
         The earlier run's similarities: which rows differ from them (``changed``, one bool per
         row: a new image or another list) and which of their images are gone (``removed``, IDs)
         are stored, with the earlier file's digest as ``earlier_digest``.
+    raw : (rows, neighbours, distances), optional
+        The raw lists (the k nearest, before the verdicts) of the judged images at ``rows``,
+        whose ``neighbours`` are their lists under the verdicts: ``raw_rows``, ``raw_neighbours``
+        (IDs) and ``raw_distances``.
+    verdicts : pipeline.verdicts.Verdicts, optional
+        The verdicts the lists honour: ``verdict_image_id``, ``verdict_similar_image_id``,
+        ``verdict_right``, for the next run (what changed) and the query command.
     """
     ids, ppn, filename = np.asarray(ids), np.asarray(ppn, dtype=str), np.asarray(filename, dtype=str)
+    k = neighbours.shape[1]
     with h5py.File(path, "w") as f:
         f.attrs.update(attrs)
         f.attrs["k"] = neighbours.shape[1]
@@ -50,6 +61,15 @@ def write_similarities(path, ids, ppn, filename, neighbours, distances, attrs, k
         f.create_dataset("similarities", data=np.char.encode(pairs, "utf-8"))
         if keys is not None:
             write_strings(f, "keys", keys)
+        if raw is not None:
+            rows, raw_neighbours, raw_distances = raw
+            f.create_dataset("raw_rows", data=np.asarray(rows, dtype=np.int64))
+            write_ids(f, "raw_neighbours", ids[np.asarray(raw_neighbours, dtype=np.int64).reshape(-1, k)])
+            f.create_dataset("raw_distances", data=np.asarray(raw_distances).reshape(-1, k).astype(np.float32))
+        if verdicts is not None:
+            write_ids(f, "verdict_image_id", verdicts.image_id.astype(ids.dtype))
+            write_ids(f, "verdict_similar_image_id", verdicts.similar_image_id.astype(ids.dtype))
+            f.create_dataset("verdict_right", data=np.asarray(verdicts.right, dtype=bool))
         if earlier is not None:
             f.attrs["earlier_digest"] = earlier.digest
             f.create_dataset("changed", data=earlier.changed(ids[neighbours], f["distances"][:]))
@@ -69,8 +89,26 @@ def read_similarities(path):
         }
         if "changed" in f:  # compared with an earlier run's (see write_similarities)
             result["changed"], result["removed"] = f["changed"][:], read_ids(f["removed"])
+        if "raw_rows" in f:
+            result["raw_rows"], result["raw_neighbours"] = f["raw_rows"][:], read_ids(f["raw_neighbours"])
+            result["raw_distances"] = f["raw_distances"][:]
+        if "verdict_right" in f:
+            result["verdict_pairs"] = np.stack(
+                [read_ids(f["verdict_image_id"]), read_ids(f["verdict_similar_image_id"])], axis=-1
+            ).reshape(-1, 2)
+            result["verdict_right"] = f["verdict_right"][:]
     result["attrs"] = read_attrs(path)
     return result
+
+
+def raw_lists(result):
+    """Every image's raw list (IDs, nearest first) from :func:`read_similarities`: its list, or
+    for a judged image the list it had before the verdicts were applied."""
+    lists = result["neighbours"].copy()
+    if "raw_rows" in result and len(result["raw_rows"]):
+        lists = lists.astype(np.result_type(lists.dtype, result["raw_neighbours"].dtype))
+        lists[result["raw_rows"]] = result["raw_neighbours"]
+    return lists
 
 
 def block_rows(n, shard, shards):
@@ -78,18 +116,30 @@ def block_rows(n, shard, shards):
     return np.arange(shard * n // shards, (shard + 1) * n // shards)
 
 
-def write_neighbours(path, rows, neighbours, distances, attrs):
-    """Write the lists of the images at ``rows`` (a neighbour shard's), as :func:`gather_neighbours` reads them."""
+def write_neighbours(path, lists, attrs):
+    """Write a neighbour shard's :class:`pipeline.search.Lists`, as :func:`gather_neighbours` reads them."""
     with h5py.File(path, "w") as f:
         f.attrs.update(attrs)
-        f.create_dataset("rows", data=rows)
-        f.create_dataset("neighbours", data=neighbours)
-        f.create_dataset("distances", data=distances)
+        f.create_dataset("rows", data=lists.rows)
+        f.create_dataset("neighbours", data=lists.raw)
+        f.create_dataset("distances", data=lists.raw_distances)
+        f.create_dataset("judged", data=lists.judged)
+        f.create_dataset("judged_neighbours", data=lists.final)
+        f.create_dataset("judged_distances", data=lists.final_distances)
 
 
 def gather_neighbours(paths, n, k):
-    """Each image's neighbours and distances from the files of the neighbour shards (datasets
-    rows, neighbours, distances), which together hold each of the n images' rows once.
+    """Each image's lists from the files of the neighbour shards, which together hold each of
+    the n images' rows once.
+
+    Returns
+    -------
+    neighbours, distances : ndarray of shape (n, k)
+        The lists under the verdicts: the raw lists, but for the judged images'.
+    judged : ndarray of int64
+        Positions of the judged images, increasing.
+    raw, raw_distances : ndarray of shape (len(judged), k)
+        The judged images' raw lists.
 
     Raises
     ------
@@ -98,6 +148,7 @@ def gather_neighbours(paths, n, k):
     """
     neighbours, distances = np.empty((n, k), dtype=np.int64), np.empty((n, k), dtype=np.float64)
     seen = np.zeros(n, dtype=np.int64)
+    judged, final, final_distances = [], [], []
     for path in paths:
         with h5py.File(path, "r") as f:
             rows = f["rows"][:]
@@ -105,12 +156,22 @@ def gather_neighbours(paths, n, k):
                 raise ArtifactError(f"{path} holds neighbours of another run; run the pipeline again")
             neighbours[rows], distances[rows] = f["neighbours"][:], f["distances"][:]
             np.add.at(seen, rows, 1)
+            judged.append(f["judged"][:])
+            final.append(f["judged_neighbours"][:].reshape(-1, k))
+            final_distances.append(f["judged_distances"][:].reshape(-1, k))
     if not (seen == 1).all():
         raise ArtifactError(
             f"the neighbour shards hold {int((seen > 0).sum())} of the {n} images' lists, {int((seen > 1).sum())} "
             "more than once: they are not all of this run; run the pipeline again"
         )
-    return neighbours, distances
+    judged = np.concatenate(judged).astype(np.int64) if judged else np.zeros(0, dtype=np.int64)
+    order = np.argsort(judged, kind="stable")
+    judged = judged[order]
+    raw, raw_distances = neighbours[judged], distances[judged]
+    if len(judged):
+        neighbours[judged] = np.concatenate(final)[order]
+        distances[judged] = np.concatenate(final_distances)[order]
+    return neighbours, distances, judged, raw, raw_distances
 
 
 class Earlier:
@@ -142,6 +203,12 @@ class Earlier:
             earlier_ids, listed, self._distances = read_ids(f["ids"]), read_ids(f["neighbours"]), f["distances"][:]
             earlier_keys = read_strings(f["keys"]) if "keys" in f else None
             self.digest = str(f.attrs["digest"])
+            raw = (f["raw_rows"][:], read_ids(f["raw_neighbours"])) if "raw_rows" in f else None
+            verdicts = (
+                (read_ids(f["verdict_image_id"]), read_ids(f["verdict_similar_image_id"]), f["verdict_right"][:])
+                if "verdict_right" in f
+                else None
+            )
         ids, keys = np.asarray(ids), np.asarray(keys, dtype=str)
         by_id = pd.Index(ids).get_indexer(earlier_ids)
         same = by_id >= 0
@@ -153,15 +220,34 @@ class Earlier:
         self.new = np.ones(len(ids), dtype=bool)
         self.new[self.now[same]] = False
         self.removed = earlier_ids[by_id < 0]
-        self._lists = (self.now, pd.Index(earlier_ids).get_indexer(listed.ravel()).reshape(listed.shape), ids, listed)
+        earlier_index = pd.Index(earlier_ids)
+        listed_at = earlier_index.get_indexer(listed.ravel()).reshape(listed.shape)
+        self._raw_at = listed_at.copy()
+        if raw is not None and len(raw[0]):
+            self._raw_at[raw[0]] = earlier_index.get_indexer(raw[1].ravel()).reshape(raw[1].shape)
+        self._lists = (self.now, listed_at, ids, listed)
+        self._verdicts = verdicts
 
-    def previous(self):
-        """Each image's earlier list as positions now (-1: gone or changed); rows of new images all -1."""
+    def previous(self, final=False):
+        """Each image's earlier raw list (``final``: its list under the earlier verdicts) as
+        positions now (-1: gone or changed); rows of new images all -1."""
         now, listed_at, ids, _ = self._lists
-        previous = np.full((len(ids), listed_at.shape[1]), -1, dtype=np.int64)
+        at = listed_at if final else self._raw_at
+        previous = np.full((len(ids), at.shape[1]), -1, dtype=np.int64)
         kept = now >= 0
-        previous[now[kept]] = now[listed_at[kept]]
+        previous[now[kept]] = now[at[kept]]
         return previous
+
+    def judgements(self):
+        """The verdicts the earlier lists honoured, over the positions now (by database ID: a
+        changed image keeps its verdicts): :class:`pipeline.verdicts.Judgements`."""
+        ids = self._lists[2]
+        if self._verdicts is None:
+            return Judgements(len(ids), [], [], [])
+        index = pd.Index(np.asarray(ids).astype(str))
+        a, b = (index.get_indexer(np.asarray(x).astype(str)) for x in self._verdicts[:2])
+        kept = (a >= 0) & (b >= 0)
+        return Judgements(len(ids), a[kept], b[kept], self._verdicts[2][kept])
 
     def changed(self, neighbour_ids, distances):
         """Which images now have a list (``neighbour_ids``, IDs, nearest first, and their

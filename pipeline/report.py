@@ -5,6 +5,7 @@ import json
 import os
 
 from .h5io import atomic_path
+from .verdicts import bad_reasons
 
 #: The stages whose work is done by shards, and their shards' task.
 SHARDED = {"Features": "FeatureShard", "Histograms": "HistogramShard", "Similarities": "NeighbourShard"}
@@ -20,7 +21,9 @@ def now():
     return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
 
 
-def run_report(date, artifacts, inventory, index, similarities, load=None, evaluation=None, selfcheck=None):
+def run_report(
+    date, artifacts, inventory, index, similarities, load=None, evaluation=None, selfcheck=None, bad_verdicts=None
+):
     """The report of a finished run.
 
     Parameters
@@ -29,7 +32,7 @@ def run_report(date, artifacts, inventory, index, similarities, load=None, evalu
         The run's date, ISO.
     artifacts : dict of str to dict
         The attributes of each stage's artifact (Inventory, Features, Reducer, Codebook,
-        Histograms, Similarities): what they record of the run that made them.
+        Histograms, Verdicts, Similarities): what they record of the run that made them.
     inventory : pipeline.collection.Inventory
     index : pipeline.store.FeatureIndex
     similarities : str
@@ -38,6 +41,8 @@ def run_report(date, artifacts, inventory, index, similarities, load=None, evalu
         The CMS load's url (shown without password), mode and target, when the run loads one.
     evaluation, selfcheck : dict, optional
         evaluation.json and selfcheck.json, when the run made them.
+    bad_verdicts : list of (str, str), optional
+        The verdict rows left out and why, when the run reads verdicts.
     """
     seconds = {name: stage_summary(attrs, date)[0] for name, attrs in artifacts.items()}
     # the work of the shards of a stage, summed over those this run made (in parallel, they overlap)
@@ -64,9 +69,22 @@ def run_report(date, artifacts, inventory, index, similarities, load=None, evalu
     }
     if load is not None:
         report["cms"] = {**load, "run_id": artifacts["Similarities"]["digest"], "images": len(index)}
-    if evaluation is not None:
+    if evaluation is not None and "queries" in evaluation:
         keys = ("queries", "precision_at_1", "precision_at_5", "recall_at_5", "map")
         report["evaluation"] = {key: evaluation[key] for key in keys}
+    if bad_verdicts is not None:
+        found, lists = artifacts["Verdicts"], artifacts["Similarities"]
+        report["verdicts"] = {
+            "source": found["where"],
+            **{key: found[key] for key in ("rows", "honoured", "wrong", "right", "superseded")},
+            "bad": [{"row": row, "reason": reason} for row, reason in bad_verdicts],
+            "bad_reasons": bad_reasons(bad_verdicts),
+            "judged_images": lists.get("judged", 0),
+            "lists_changed": lists.get("changed_by_verdicts", 0),
+            "judged_searched": lists.get("judged_queried", 0),
+        }
+        if evaluation is not None and "verdicts" in evaluation:
+            report["verdicts"]["scores"] = evaluation["verdicts"]
     if selfcheck is not None:
         keys = ("images", "queries", "top1", "top5", "chance_top1", "chance_top5", "per_alteration", "failed")
         report["selfcheck"] = {key: selfcheck[key] for key in keys}

@@ -7,25 +7,17 @@
 """
 
 from .checks import Evaluate, SelfCheck
-from .config import cms, codebook, collection, ids, neighbours, paths, reduction, resnet
-from .inputs import CmsImages, ContentFolder, IdMapping, LabelsFile
+from .config import cms, codebook, collection, ids, neighbours, paths, reduction, resnet, verdicts
+from .inputs import CmsDatabase, CmsImages, ContentFolder, IdMapping, LabelsFile
+from .load import LoadSimilarities
+from .neighbours import NeighbourShard, Similarities
 from .nightly import Nightly, Report
-from .stages import (
-    Calibration,
-    Codebook,
-    Features,
-    FeatureShard,
-    Histograms,
-    HistogramShard,
-    Inventory,
-    LoadSimilarities,
-    NeighbourShard,
-    Reducer,
-    Similarities,
-)
+from .stages import Calibration, Codebook, Features, FeatureShard, Histograms, HistogramShard, Inventory, Reducer
+from .verdicts import Verdicts
 
 __all__ = [
     "Calibration",
+    "CmsDatabase",
     "CmsImages",
     "Codebook",
     "ContentFolder",
@@ -44,6 +36,7 @@ __all__ = [
     "Report",
     "SelfCheck",
     "Similarities",
+    "Verdicts",
     "cms",
     "codebook",
     "collection",
@@ -52,4 +45,5 @@ __all__ = [
     "paths",
     "reduction",
     "resnet",
+    "verdicts",
 ]

@@ -6,18 +6,21 @@ import os
 import tempfile
 
 import luigi
+import pandas as pd
 
-from pipeline import collection, evaluation, features
+from pipeline import collection, evaluation, features, verdicts
 from pipeline.errors import ConfigError
 from pipeline.h5io import read_attrs
-from pipeline.output import read_similarities
+from pipeline.output import raw_lists, read_similarities
 from pipeline.query import SimilarityIndex
 from pipeline.report import read_json, write_json
 from pipeline.selfcheck import self_check
 
 from . import config, inputs
 from .base import RunTask, artifacts_writable
-from .stages import Codebook, Features, Histograms, Inventory, Reducer, Similarities
+from .neighbours import Similarities
+from .stages import Codebook, Features, Histograms, Inventory, Reducer
+from .verdicts import Verdicts
 
 logger = logging.getLogger("luigi-interface")
 
@@ -49,40 +52,61 @@ class RunCheck(RunTask):
 
 
 class Evaluate(RunCheck):
-    """``luigi --module tasks Evaluate --local-scheduler``: precision, recall and mAP of this run's
-    neighbours against ``[evaluate] labels``, into ``<artifacts>/evaluation.json``."""
+    """``luigi --module tasks Evaluate --local-scheduler``: this run's raw lists (before the verdicts
+    are applied, so that they never score themselves) against ``[evaluate] labels`` (precision,
+    recall and mAP) and against the verdicts, into ``<artifacts>/evaluation.json``."""
 
     def requires(self):
-        return {
-            "similarities": Similarities(**self.run_args()),
-            "labels": inputs.LabelsFile(date=self.date, path=config.evaluate().labels),
-        }
+        required = {"similarities": Similarities(**self.run_args()), "verdicts": Verdicts(date=self.date)}
+        if config.evaluate().labels.strip():
+            required["labels"] = inputs.LabelsFile(date=self.date, path=config.evaluate().labels)
+        return required
 
     filename = "evaluation.json"
 
     def inputs_identity(self):
-        """What the evaluation was made from: the similarities' digest and the labels file's size and time."""
-        labels = os.stat(self.input()["labels"].path)
-        return {
+        """What the evaluation was made from: the similarities' and verdicts' digests and the labels file's size and time."""
+        identity = {
             "similarities": read_attrs(self.input()["similarities"].path)["digest"],
-            "labels": [os.path.abspath(self.input()["labels"].path), labels.st_size, labels.st_mtime_ns],
+            "verdicts": read_attrs(self.input()["verdicts"].path)["digest"],
         }
+        if "labels" in self.input():
+            labels = os.stat(self.input()["labels"].path)
+            identity["labels"] = [os.path.abspath(self.input()["labels"].path), labels.st_size, labels.st_mtime_ns]
+        return identity
 
     def run(self):
         result = read_similarities(self.input()["similarities"].path)
-        scores = evaluation.evaluate(
-            result["ids"], result["neighbours"], evaluation.read_labels(self.input()["labels"].path)
-        )
-        if scores["queries"] == 0:
-            raise ConfigError(
-                f"[evaluate] labels={config.evaluate().labels!r} gives no query: no label is shared by two images "
-                "of this run; label groups of similar images"
+        raw = raw_lists(result)
+        scores = {}
+        if "labels" in self.input():
+            scores = evaluation.evaluate(result["ids"], raw, evaluation.read_labels(self.input()["labels"].path))
+            if scores["queries"] == 0:
+                raise ConfigError(
+                    f"[evaluate] labels={config.evaluate().labels!r} gives no query: no label is shared by two "
+                    "images of this run; label groups of similar images"
+                )
+            logger.info(
+                "evaluation over %d queries: precision@1 %.3f, precision@5 %.3f, recall@5 %.3f, mAP %.3f",
+                scores["queries"], scores["precision_at_1"], scores["precision_at_5"], scores["recall_at_5"],
+                scores["map"],
+            )  # fmt: skip
+        if config.verdict_source()[0] != "none":
+            positions = pd.Index(result["ids"]).get_indexer(raw.ravel()).reshape(raw.shape)
+            judged = verdicts.verdict_scores(
+                result["ids"], positions, verdicts.load_verdicts(self.input()["verdicts"].path)[0]
             )
-        logger.info(
-            "evaluation over %d queries: precision@1 %.3f, precision@5 %.3f, recall@5 %.3f, mAP %.3f",
-            scores["queries"], scores["precision_at_1"], scores["precision_at_5"], scores["recall_at_5"], scores["map"],
-        )  # fmt: skip
+            scores["verdicts"] = judged
+            logger.info(
+                "the raw lists against %d verdicts: %s of the pairs judged right found, %s of their %d judged "
+                "entries judged right", judged["pairs"], _share(judged["right_found"]), _share(judged["judged_right"]),
+                judged["judged_in_lists"],
+            )  # fmt: skip
         self.write(scores)
+
+
+def _share(value):
+    return "none" if value is None else f"{100 * value:.1f} %"
 
 
 def latest_index():

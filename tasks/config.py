@@ -26,6 +26,7 @@ from pipeline.reduction import (
     REDUCED_NORMS,
 )
 from pipeline.runlock import HEARTBEAT, STALE_AFTER
+from pipeline.verdicts import TABLE as VERDICT_TABLE
 
 
 class Choice(luigi.ChoiceParameter):
@@ -350,6 +351,29 @@ class neighbours(luigi.Config):
     )
 
 
+class verdicts(luigi.Config):
+    source = Choice(
+        ["auto", "cms", "csv", "none"],
+        default="auto",
+        significant=False,
+        description="Where the curators' verdicts on pairs are read from every night: cms (the table [verdicts] "
+        "table in the database at [cms] url, created when missing), csv (the file [verdicts] csv), none, or auto "
+        "(csv when [verdicts] csv is set, else cms when [cms] url is, else none).",
+    )
+    table = luigi.Parameter(
+        default=VERDICT_TABLE,
+        significant=False,
+        description="Table of the verdicts in the CMS database: image_id, similar_image_id, verdict (wrong or "
+        "right), verdict_time, optionally author.",
+    )
+    csv = luigi.Parameter(
+        default="",
+        significant=False,
+        description="CSV file of the verdicts, with the table's columns as its header, for a site without a CMS "
+        "database.",
+    )
+
+
 class collection(luigi.Config):
     fingerprint = Choice(
         ["stat", "sha256"],
@@ -361,8 +385,8 @@ class collection(luigi.Config):
 
 #: Every section of luigi.cfg that is the pipeline's, in the order docs/configuration.md lists them.
 SECTIONS = (
-    paths, ids, cms, resnet, features, images, reduction, codebook, histograms, neighbours, collection, evaluate,
-    selfcheck, report, progress, lock,
+    paths, ids, cms, resnet, features, images, reduction, codebook, histograms, neighbours, verdicts, collection,
+    evaluate, selfcheck, report, progress, lock,
 )  # fmt: skip
 
 #: (section, key, check, what the value must be) of the settings whose type cannot say what
@@ -450,4 +474,22 @@ def settings_problem():
             resolve_url(cms().url)
         except ConfigError as exc:
             return str(exc)
+    if verdicts().source == "cms" and not cms().url.strip():
+        return "[verdicts] source = cms needs [cms] url; set it, or keep the verdicts in a file: [verdicts] csv = PATH"
+    if verdicts().source == "csv" and not verdicts().csv.strip():
+        return "[verdicts] source = csv needs [verdicts] csv, the path of the verdicts' CSV file"
+    if verdict_source()[0] == "cms" and not verdicts().table.strip():
+        return "[verdicts] table is empty; name the table of the verdicts (default image_similarity_verdict)"
     return None
+
+
+def verdict_source():
+    """Where the verdicts are: ("cms", table), ("csv", path) or ("none", None), ``auto`` decided."""
+    source = verdicts().source
+    if source == "auto":
+        source = "csv" if verdicts().csv.strip() else "cms" if cms().url.strip() else "none"
+    if source == "cms":
+        return "cms", verdicts().table
+    if source == "csv":
+        return "csv", verdicts().csv
+    return "none", None

@@ -2,6 +2,7 @@
 CMS database), the labels; each missing one reads as a missing input naming its setting."""
 
 import functools
+import os
 
 import luigi
 
@@ -23,13 +24,17 @@ def _engine(setting):
 
 
 class CmsTable(luigi.Target):
-    """A table of the CMS database (or only the database, when ``table`` is None)."""
+    """A table of the CMS database (or only the database, when ``table`` is None; with ``new_file``,
+    an SQLite database may be a file still to be made, as the first load makes it)."""
 
-    def __init__(self, table=None):
-        self.table = table
+    def __init__(self, table=None, new_file=False):
+        self.table, self.new_file = table, new_file
 
     def exists(self):
         try:
+            url = engine().url
+            if self.new_file and url.get_backend_name() == "sqlite" and url.database:
+                return os.path.isdir(os.path.dirname(os.path.abspath(url.database)))
             return cms.reachable(engine(), self.table)
         except ConfigError:  # reported by CheckSettings
             return False
@@ -50,6 +55,19 @@ class CmsImages(RunInput):
         return (
             f"the CMS database at [cms] url={cms.shown(cms.resolve_url(config.cms().url))} does not answer{what}; "
             "check that the server runs, the URL, and the table"
+        )
+
+
+class CmsDatabase(RunInput):
+    """The CMS database at ``[cms] url``, where the verdicts are read (``[verdicts] source``)."""
+
+    def output(self):
+        return CmsTable(None, new_file=True)
+
+    def missing_message(self):
+        return (
+            f"the CMS database at [cms] url={cms.shown(cms.resolve_url(config.cms().url))} does not answer, and the "
+            f"verdicts are kept there ([verdicts] table={config.verdicts().table!r}); check that the server runs"
         )
 
 

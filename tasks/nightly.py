@@ -11,23 +11,19 @@ from pipeline.h5io import read_attrs
 from pipeline.output import read_similarities
 from pipeline.query import run_counts
 from pipeline.report import now, publish_report, read_json, run_report
+from pipeline.verdicts import load_verdicts
 
 from . import config
 from .base import RunInput, RunTask, artifacts_writable
 from .checks import Evaluate, SelfCheck
-from .stages import (
-    Codebook,
-    Features,
-    Histograms,
-    Inventory,
-    LoadSimilarities,
-    Reducer,
-    Similarities,
-)
+from .load import LoadSimilarities
+from .neighbours import Similarities
+from .stages import Codebook, Features, Histograms, Inventory, Reducer
+from .verdicts import Verdicts
 
 logger = logging.getLogger("luigi-interface")
 
-STAGES = (Inventory, Features, Reducer, Codebook, Histograms, Similarities)
+STAGES = (Inventory, Features, Reducer, Codebook, Histograms, Verdicts, Similarities)
 
 
 class Nightly(RunTask):
@@ -46,7 +42,7 @@ class Nightly(RunTask):
         required = {"similarities": similarities}
         if config.cms().url.strip():
             required["cms"] = LoadSimilarities(**self.run_args())
-        if config.evaluate().labels.strip():
+        if config.evaluate().labels.strip() or config.verdict_source()[0] != "none":
             required["evaluation"] = Evaluate(**self.run_args())
         if config.selfcheck().sample > 0:
             required["selfcheck"] = SelfCheck(**self.run_args())
@@ -76,9 +72,13 @@ class Nightly(RunTask):
         checks = {
             name: read_json(self.input()[name].path) for name in ("evaluation", "selfcheck") if name in self.input()
         }
+        bad = None
+        if config.verdict_source()[0] != "none":
+            bad = load_verdicts(Verdicts(date=self.date).output().path)[1]
         report = run_report(
-            date, artifacts, inventory, index, os.path.abspath(self.input()["similarities"].path), load, **checks
-        )
+            date, artifacts, inventory, index, os.path.abspath(self.input()["similarities"].path), load, **checks,
+            bad_verdicts=bad,
+        )  # fmt: skip
         with artifacts_writable():
             publish_report(config.paths().artifacts, date, report)
             visual_report(self.date, report, self.show, inventory)
@@ -101,7 +101,11 @@ def visual_report(date, run, show="", inventory=None):
     result = read_similarities(Similarities(date=date).output().path)
     codebook = CodebookModel.load(Codebook(date=date).output().path)
     counts, data = run_counts(Histograms(date=date).output().path, codebook, result["ids"], result["attrs"])
-    scores = read_json(Evaluate(date=date).output().path) if "evaluation" in run else None  # this run evaluated
+    evaluated = "evaluation" in run or "scores" in run.get("verdicts", {})
+    scores = read_json(Evaluate(date=date).output().path) if evaluated else None  # this run evaluated
+    recent = ()
+    if "verdicts" in run:
+        recent = html_report.recent_verdicts(load_verdicts(Verdicts(date=date).output().path)[0])
     html_report.write_report(
         os.path.join(config.paths().artifacts, "report.html"),
         run,
@@ -112,6 +116,7 @@ def visual_report(date, run, show="", inventory=None):
         sample=config.report().sample,
         named=[s.strip() for s in show.split(",") if s.strip()],
         evaluation=scores,
+        recent=recent,
         processes=config.images().decode_processes,
         timeout=config.images().decode_timeout,
         max_pixels=config.images().max_pixels,

@@ -23,14 +23,14 @@ METHODS = [balltree_neighbours, sparse_neighbours]
 DISTANCES = [("raw", "euclidean"), ("raw", "cosine"), ("tfidf", "euclidean"), ("tfidf", "cosine")]
 
 
-def brute_force(counts, ids, k, weighting="raw", metric="euclidean", power=1.0):
-    """The tie rule spelled out, pair by pair: the key from the exact integers of the weighted
-    counts (squared distance, or 1 - cosine), then ascending ID, self excluded."""
+def brute_keys(counts, weighting="raw", metric="euclidean", power=1.0, weights=None):
+    """The ranking key of a pair spelled out: from the exact integers of the weighted counts
+    (squared distance, or 1 - cosine). Returns key(i, j) and the distance of an array of keys."""
     c = counts.toarray().astype(np.int64)
     n_local = int(c.sum(axis=1)[0])
     if power != 1:  # counts to the power, in fixed point
         c, n_local = np.rint(POWER_SCALE * c**power).astype(np.int64), round(POWER_SCALE * n_local**power)
-    v = c * counts_weights(counts, weighting)
+    v = c * (counts_weights(counts, weighting) if weights is None else weights)
     unit = 1 if weighting == "raw" else IDF_SCALE
 
     def key(i, j):
@@ -39,12 +39,22 @@ def brute_force(counts, ids, k, weighting="raw", metric="euclidean", power=1.0):
             return float(na + nb - 2 * dot)
         return 1.0 - float(dot) / (np.sqrt(float(na)) * np.sqrt(float(nb)))
 
+    def distance(keys):
+        keys = np.asarray(keys, dtype=np.float64)
+        return np.sqrt(keys) / (n_local * unit) if metric == "euclidean" else np.maximum(keys, 0.0) + 0.0
+
+    return key, distance
+
+
+def brute_force(counts, ids, k, weighting="raw", metric="euclidean", power=1.0):
+    """The tie rule spelled out, pair by pair: the key (:func:`brute_keys`), then ascending ID,
+    self excluded."""
+    key, distance = brute_keys(counts, weighting, metric, power)
     result, distances = [], []
-    for i in range(len(c)):
-        others = sorted((j for j in range(len(c)) if j != i), key=lambda j: (key(i, j), ids[j]))[:k]
+    for i in range(counts.shape[0]):
+        others = sorted((j for j in range(counts.shape[0]) if j != i), key=lambda j: (key(i, j), ids[j]))[:k]
         result.append(others)
-        keys = np.array([key(i, j) for j in others])
-        distances.append(np.sqrt(keys) / (n_local * unit) if metric == "euclidean" else keys)
+        distances.append(distance([key(i, j) for j in others]))
     return np.array(result), np.array(distances)
 
 
@@ -138,7 +148,7 @@ def test_sparse_equals_balltree_on_zipf_words(seed, weighting, metric):
     "weighting, metric, power", [("raw", "euclidean", 1.0), ("tfidf", "cosine", 1.0), ("tfidf", "cosine", 0.5)]
 )
 def test_sparse_blocks_of_images_give_the_same_neighbours(block, dense_share, weighting, metric, power):
-    # the best_sharing_no_word images (fewest repeated words) fall in different blocks than most queries
+    # the images first in the order of sharing no word (fewest repeated words) fall in other blocks than most queries
     counts = random_counts(5, n=150, words=40, n_local=6, zipf=0.6)
     ids = np.random.default_rng(5).permutation(150)
     expected, expected_d = brute_force(counts, ids, 4, weighting, metric, power)

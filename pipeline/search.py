@@ -1,0 +1,232 @@
+"""The night's neighbour lists, as the tasks, the benchmarks and the comparison find them: each
+image's raw list (its k nearest, searched in full or only where it can have changed) and, for an
+image with verdicts, the list the verdicts make of it.
+
+A judged image's list follows one rule, kept by every search here and by the brute force of the
+tests: the images judged right with it, nearest first (at most k), then the nearest images that
+are neither it nor judged with it, up to k in all; the whole list in the order of the ranking key,
+then database ID (``pipeline.neighbours``). So a pair judged wrong never appears in either image's
+list, the next nearest taking its place, and a pair judged right appears in both, placed by its
+distance, displacing the farthest neighbour not itself judged right. The lists are a function of
+the histograms and the verdicts alone: the full, sharded and incremental searches give the same,
+value for value. An image without verdicts keeps its raw list.
+"""
+
+import dataclasses
+import logging
+
+import numpy as np
+
+from .neighbours import InvertedFile, _list_keys, nearest_neighbours, skip_lists, update_neighbours
+from .verdicts import Judgements, changed_images
+
+logger = logging.getLogger(__name__)
+
+
+def why_full(full=False, refit=False, earlier=None, recorded_basis=None, basis=None):
+    """Why every raw list is searched again, or None when only those that can have changed are.
+
+    Parameters
+    ----------
+    full, refit : bool
+        The run asks for it (``--full``, ``--refit``).
+    earlier : pipeline.output.Earlier or None
+        The earlier run's similarities, when readable.
+    recorded_basis, basis : str
+        What the earlier run's distances depended on, and tonight's (codebook, word weights,
+        settings): lists stay valid only on the same basis.
+    """
+    if full:
+        return "--full"
+    if refit:
+        return "--refit"
+    if earlier is None:
+        return "no earlier similarities"
+    if recorded_basis != basis:
+        return "the codebook, word weights or settings changed"
+    return None
+
+
+@dataclasses.dataclass
+class Lists:
+    """The lists of a block of rows: raw for every row, under the verdicts for the judged ones."""
+
+    rows: np.ndarray
+    """Positions of the images, shape (m,)."""
+    raw: np.ndarray
+    """Their raw lists, positions, shape (m, k), nearest first."""
+    raw_distances: np.ndarray
+    queried: np.ndarray
+    """bool, shape (m,): raw lists searched against the whole collection."""
+    judged: np.ndarray
+    """Positions of the judged images among ``rows``, increasing, shape (j,)."""
+    final: np.ndarray
+    """Their lists under the verdicts, shape (j, k)."""
+    final_distances: np.ndarray
+    judged_queried: np.ndarray
+    """bool, shape (j,): judged lists searched against the whole collection."""
+
+
+class NightSearch:
+    """The search of one night over the collection's weighted histograms.
+
+    Parameters
+    ----------
+    data : pipeline.neighbours.WeightedHistograms
+    k : int
+    judgements : pipeline.verdicts.Judgements, optional
+        The night's verdicts over the positions of ``data``; none by default.
+    earlier : pipeline.output.Earlier, optional
+        The earlier run's similarities: needed when ``why_full`` is None.
+    why_full : str or None
+        :func:`why_full`: every list searched again, or (None) only where it can have changed.
+    method : str
+        The full search's method (``pipeline.neighbours.METHODS``).
+    """
+
+    def __init__(self, data, k, judgements=None, earlier=None, why_full=None, method="auto"):
+        self.data, self.k, self.why_full, self.method = data, k, why_full, method
+        self.judgements = judgements if judgements is not None else Judgements(len(data), [], [], [])
+        self.earlier = None
+        if why_full is None:
+            self.earlier = (
+                earlier.new,
+                earlier.previous(),
+                earlier.previous(final=True),
+                changed_images(self.judgements, earlier.judgements()),
+            )
+
+    def lists(self, rows=None, checkpoints=None, progress=None):
+        """The :class:`Lists` of the images at ``rows`` (all by default)."""
+        n = len(self.data)
+        rows = np.arange(n) if rows is None else np.asarray(rows, dtype=np.int64)
+        if self.why_full is None:
+            new, previous, previous_final, changed = self.earlier
+            raw, raw_distances, queried = update_neighbours(
+                self.data, previous, new, k=self.k, rows=rows, checkpoints=checkpoints, progress=progress
+            )
+        else:
+            logger.info("every image's neighbours are found again (%s)", self.why_full)
+            raw, raw_distances = nearest_neighbours(
+                self.data, k=self.k, method=self.method, rows=rows, checkpoints=checkpoints, progress=progress
+            )
+            queried = np.ones(len(rows), dtype=bool)
+            new = previous_final = changed = None
+        judged = np.intersect1d(rows, self.judgements.rows)
+        final, final_distances, judged_queried = judged_lists(
+            self.data, self.judgements, judged, self.k, previous_final, new, changed
+        )
+        return Lists(rows, raw, raw_distances, queried, judged, final, final_distances, judged_queried)
+
+
+def judged_lists(data, judgements, rows, k, previous=None, new=None, verdicts_changed=None):
+    """The lists of judged images under their verdicts (see the module).
+
+    An image whose verdicts, histogram and earlier list are unchanged, and whose images judged
+    right are unchanged, keeps its earlier list but for the new images, offered to it from an
+    inverted file of them alone (as ``update_neighbours`` does); every other judged image is
+    searched against the whole collection, leaving out itself and the images judged with it.
+
+    Parameters
+    ----------
+    data : pipeline.neighbours.WeightedHistograms
+    judgements : pipeline.verdicts.Judgements
+    rows : ndarray of int
+        Positions of judged images.
+    k : int
+    previous : ndarray of shape (n_images, k), optional
+        Each image's earlier list (under the earlier verdicts) as positions now, -1 where gone;
+        None: every row is searched in full.
+    new : ndarray of shape (n_images,), bool
+        Images new or changed since then.
+    verdicts_changed : ndarray of shape (n_images,), bool
+        Images whose verdicts changed since then (:func:`pipeline.verdicts.changed_images`).
+
+    Returns
+    -------
+    lists : ndarray of shape (len(rows), k), int64 positions
+    distances : ndarray of shape (len(rows), k), float64
+    queried : ndarray of shape (len(rows),), bool
+    """
+    rows = np.asarray(rows, dtype=np.int64)
+    m = len(rows)
+    lists = np.full((m, k), -1, dtype=np.int64)
+    keys = np.full((m, k), np.inf)
+    queried = np.zeros(m, dtype=bool)
+    if m == 0:
+        return lists, data.distances(np.zeros((0, k))), queried
+    partners = [judgements.partners(r) for r in rows]
+    wrong = [w for w, _ in partners]
+    right = [r for _, r in partners]
+    right_keys = _keys_of(data, rows, right)
+    n_right = np.array([len(r) for r in right])
+    fill = {}  # row index -> (candidate positions, their keys) from which the rest of the list is taken
+    settled = np.zeros(m, dtype=bool)
+    if previous is not None:
+        earlier = previous[rows]
+        valid = (earlier >= 0).all(axis=1) & ~new[np.maximum(earlier, 0)].any(axis=1)
+        rights_new = np.array([new[r].any() for r in right], dtype=bool)
+        settled = ~new[rows] & ~verdicts_changed[rows] & valid & ~rights_new
+        kept_lists = [np.setdiff1d(earlier[i], right[i]) if settled[i] else None for i in range(m)]
+        for i in np.flatnonzero(settled & (n_right < k)):
+            if len(kept_lists[i]) != k - n_right[i]:  # not the list these verdicts made: searched again
+                settled[i] = False
+        offered = np.flatnonzero(settled & (n_right < k))
+        if len(offered):
+            kept = np.full((len(offered), k), -1, dtype=np.int64)  # k - (images judged right) each
+            for j, i in enumerate(offered):
+                kept[j, : len(kept_lists[i])] = kept_lists[i]
+            kept_keys = np.where(kept >= 0, _list_keys_of(data, rows[offered], np.where(kept >= 0, kept, 0)), np.inf)
+            entering = np.flatnonzero(new)
+            if len(entering):
+                skip = [np.searchsorted(entering, np.intersect1d(wrong[i], entering)) for i in offered]
+                found, found_keys = InvertedFile(data, k, entering).top_k(rows[offered], skip_lists(skip))
+                found = np.where(found >= 0, entering[np.maximum(found, 0)], -1)
+                kept, kept_keys = np.concatenate([kept, found], axis=1), np.concatenate([kept_keys, found_keys], axis=1)
+            for j, i in enumerate(offered):
+                fill[i] = (kept[j], kept_keys[j])
+    asked = np.flatnonzero(~settled & (n_right < k))
+    if len(asked):
+        skip = [np.concatenate([[rows[i]], wrong[i], right[i]]) for i in asked]
+        found, found_keys = data.inverted_file(k).top_k(rows[asked], skip_lists(skip))
+        for j, i in enumerate(asked):
+            fill[i] = (found[j], found_keys[j])
+        queried[asked] = True
+    for i in range(m):
+        chosen, chosen_keys = _best(data, right[i], right_keys[i], k)
+        if len(chosen) < k:
+            others, other_keys = fill[i]
+            others, other_keys = _best(data, others[others >= 0], other_keys[others >= 0], k - len(chosen))
+            chosen, chosen_keys = np.concatenate([chosen, others]), np.concatenate([chosen_keys, other_keys])
+        order = np.lexsort((data.id_rank[chosen], chosen_keys))
+        lists[i, : len(chosen)], keys[i, : len(chosen)] = chosen[order], chosen_keys[order]
+    logger.info(
+        "lists of %d judged images under their verdicts: %d searched in full, %d kept with the new images offered",
+        m, int(queried.sum()), int((settled & (n_right < k)).sum()),
+    )  # fmt: skip
+    return lists, data.distances(keys), queried
+
+
+def _best(data, positions, keys, k):
+    """The k best of ``positions`` by (key, database ID)."""
+    positions, keys = np.asarray(positions, dtype=np.int64), np.asarray(keys, dtype=np.float64)
+    order = np.lexsort((data.id_rank[positions], keys))[:k]
+    return positions[order], keys[order]
+
+
+def _list_keys_of(data, rows, listed):
+    """The ranking keys of each row with its ``listed`` images (positions, shape (m, L))."""
+    v = data.vectors
+    return _list_keys(
+        np.asarray(rows, dtype=np.int64), np.asarray(listed, dtype=np.int64).reshape(len(rows), -1), v.indptr,
+        v.indices, v.data, data.norms, data.roots, data.cosine,
+    )  # fmt: skip
+
+
+def _keys_of(data, rows, lists):
+    """The ranking keys of each row with each image of its own list (lists of several lengths)."""
+    lengths = np.array([len(x) for x in lists])
+    if not lengths.sum():
+        return [np.zeros(0) for _ in lists]
+    flat = _list_keys_of(data, np.repeat(rows, lengths), np.concatenate(lists)[:, None])[:, 0]
+    return np.split(flat, np.cumsum(lengths)[:-1])

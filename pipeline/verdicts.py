@@ -1,0 +1,492 @@
+"""Curators' verdicts on pairs of images: read from the CMS's table or a CSV file, checked row by
+row, written by the verdict command, and scored against the raw lists.
+
+One rule holds everywhere: a verdict is on the unordered pair of two database IDs, so it holds in
+both directions, and of several verdicts on a pair the latest (``verdict_time``; at one time,
+``wrong`` before ``right``) is the pair's verdict. A row that cannot be honoured (an unknown ID,
+a self-pair, an unknown verdict or time, an image that has gone) is listed with its reason and
+never stops a night.
+"""
+
+import csv
+import dataclasses
+import datetime
+import fcntl
+import logging
+import os
+
+import h5py
+import numpy as np
+import pandas as pd
+import sqlalchemy as sa
+from sqlalchemy.exc import SQLAlchemyError
+
+from .errors import CmsError, ConfigError
+from .h5io import atomic_path, read_ids, read_strings, write_ids, write_strings
+
+logger = logging.getLogger(__name__)
+
+VERDICTS = ("wrong", "right")
+#: Default name of the verdict table; its columns, ``author`` optional.
+TABLE = "image_similarity_verdict"
+COLUMNS = ("image_id", "similar_image_id", "verdict", "verdict_time", "author")
+REQUIRED = COLUMNS[:4]
+
+
+def verdict_table(name=TABLE, id_type=sa.BigInteger, metadata=None):
+    """The verdict table the pipeline creates: one row per verdict, ``verdict_time`` set by the
+    database when a writer leaves it out, and a key of its own for the CMS's tools."""
+    return sa.Table(
+        name,
+        metadata if metadata is not None else sa.MetaData(),
+        sa.Column("verdict_id", sa.Integer, primary_key=True, autoincrement=True),
+        sa.Column("image_id", id_type, nullable=False),
+        sa.Column("similar_image_id", id_type, nullable=False),
+        sa.Column("verdict", sa.String(16), nullable=False),
+        sa.Column("verdict_time", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+        sa.Column("author", sa.String(255), nullable=True),
+    )
+
+
+def id_type_of(ids):
+    """The column type of database IDs like ``ids``: BigInteger for integers, else String(255)."""
+    return sa.BigInteger if np.asarray(ids).dtype.kind in "iu" else sa.String(255)
+
+
+def _one_line(exc):
+    error = getattr(exc, "orig", None) or exc
+    text = str(error).strip()
+    return f"{type(error).__name__}: {text.splitlines()[0] if text else ''}"
+
+
+def _where(engine, table):
+    return f"[verdicts] table={table!r} of {engine.url.render_as_string(hide_password=True)}"
+
+
+def ensure_table(engine, table=TABLE, id_type=sa.BigInteger):
+    """Create the verdict table when it is missing; returns whether it was created."""
+    try:
+        with engine.connect() as conn:
+            if sa.inspect(conn).has_table(table):
+                return False
+        verdict_table(table, id_type).create(engine, checkfirst=True)
+    except SQLAlchemyError as exc:
+        raise CmsError(f"{_where(engine, table)} cannot be created: {_one_line(exc)}") from None
+    logger.warning("%s did not exist: created, empty", _where(engine, table))
+    return True
+
+
+def read_table(engine, table=TABLE):
+    """The rows of the verdict table as a DataFrame of COLUMNS (``author`` empty when the table has
+    none) and ``where`` (how a row is named in a message).
+
+    Raises
+    ------
+    CmsError
+        When the table cannot be read or lacks a required column.
+    """
+    try:
+        with engine.connect() as conn:
+            present = {c["name"] for c in sa.inspect(conn).get_columns(table)}
+            missing = [c for c in REQUIRED if c not in present]
+            if missing:
+                raise CmsError(
+                    f"{_where(engine, table)} has no column {missing[0]!r}; its columns must be "
+                    f"{', '.join(REQUIRED)} (and optionally author)"
+                )
+            chosen = [c for c in COLUMNS if c in present]
+            rows = conn.execute(sa.select(*(sa.column(c) for c in chosen)).select_from(sa.table(table))).fetchall()
+    except SQLAlchemyError as exc:
+        raise CmsError(f"{_where(engine, table)} cannot be read: {_one_line(exc)}") from None
+    frame = pd.DataFrame(rows, columns=chosen, dtype=object)
+    if "author" not in frame:
+        frame["author"] = None
+    frame["where"] = "row"
+    return frame
+
+
+def read_csv(path):
+    """The rows of a verdict CSV file (header: COLUMNS, ``author`` optional) as :func:`read_table`
+    gives them, each named by its line; a missing file holds no verdicts.
+
+    Raises
+    ------
+    ConfigError
+        When the file cannot be read or lacks a required column.
+    """
+    where = f"[verdicts] csv={str(path)!r}"
+    if not os.path.exists(path):
+        logger.info("%s does not exist yet: no verdicts", where)
+        return no_rows()
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            if reader.fieldnames is None:  # an empty file
+                return no_rows()
+            header = [c.strip() for c in reader.fieldnames]
+            missing = [c for c in REQUIRED if c not in header]
+            if missing:
+                raise ConfigError(f"{where} has no column {missing[0]!r}; its header must be {','.join(COLUMNS)}")
+            rows = [
+                {**{k.strip(): v for k, v in row.items() if k is not None}, "where": f"line {reader.line_num}"}
+                for row in reader
+            ]
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{where} cannot be read ({getattr(exc, 'strerror', None) or exc})") from None
+    frame = pd.DataFrame(rows, columns=[*COLUMNS, "where"], dtype=object)
+    return frame
+
+
+def no_rows():
+    """No verdict rows, as :func:`read_table` gives them."""
+    return pd.DataFrame(columns=[*COLUMNS, "where"], dtype=object)
+
+
+def _now():
+    return datetime.datetime.now(datetime.UTC).replace(microsecond=0)
+
+
+def add_to_table(engine, table, image_id, similar_image_id, verdict, author=None, id_type=sa.BigInteger, time=None):
+    """Write one verdict into the verdict table (created when missing)."""
+    ensure_table(engine, table, id_type)
+    time = time or _now()
+    if engine.dialect.name != "postgresql":  # DATETIME without a zone: UTC, as the pipeline reads it
+        time = time.astimezone(datetime.UTC).replace(tzinfo=None)
+    rows = sa.table(table, *(sa.column(c) for c in COLUMNS))
+    values = dict(
+        image_id=image_id, similar_image_id=similar_image_id, verdict=verdict, verdict_time=time, author=author
+    )
+    try:
+        with engine.begin() as conn:
+            has_author = "author" in {c["name"] for c in sa.inspect(conn).get_columns(table)}
+            if not has_author:
+                values.pop("author")
+            conn.execute(rows.insert().values(**values))
+    except SQLAlchemyError as exc:
+        raise CmsError(f"{_where(engine, table)}: the verdict cannot be written: {_one_line(exc)}") from None
+
+
+def withdraw_from_table(engine, table, image_id, similar_image_id):
+    """Delete every verdict on the pair, in both directions; returns how many rows went."""
+    rows = sa.table(table, sa.column("image_id"), sa.column("similar_image_id"))
+    pair = sa.or_(
+        sa.and_(rows.c.image_id == image_id, rows.c.similar_image_id == similar_image_id),
+        sa.and_(rows.c.image_id == similar_image_id, rows.c.similar_image_id == image_id),
+    )
+    try:
+        with engine.begin() as conn:
+            if not sa.inspect(conn).has_table(table):
+                return 0
+            return conn.execute(rows.delete().where(pair)).rowcount
+    except SQLAlchemyError as exc:
+        raise CmsError(f"{_where(engine, table)}: the verdicts cannot be withdrawn: {_one_line(exc)}") from None
+
+
+def add_to_csv(path, image_id, similar_image_id, verdict, author=None, time=None):
+    """Append one verdict to the verdict CSV file (created with its header when missing); writers
+    take turns on a lock of the file."""
+    time = (time or _now()).astimezone(datetime.UTC).isoformat()
+    with open(path, "a+", newline="", encoding="utf-8") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        f.seek(0, os.SEEK_END)
+        writer = csv.writer(f)
+        if f.tell() == 0:
+            writer.writerow(COLUMNS)
+        writer.writerow([image_id, similar_image_id, verdict, time, author or ""])
+
+
+def withdraw_from_csv(path, image_id, similar_image_id):
+    """Remove every verdict on the pair from the CSV file, in both directions (the file is
+    rewritten whole, atomically); returns how many rows went."""
+    if not os.path.exists(path):
+        return 0
+    pair = {str(image_id), str(similar_image_id)}
+    with open(path, "r+", newline="", encoding="utf-8") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        lines = list(csv.reader(f))
+        header, body = (lines[0], lines[1:]) if lines else ([], [])
+        columns = [c.strip() for c in header]
+        a, b = columns.index("image_id"), columns.index("similar_image_id")
+        kept = [row for row in body if len(row) <= max(a, b) or {row[a].strip(), row[b].strip()} != pair]
+        with atomic_path(path) as tmp:
+            with open(tmp, "w", newline="", encoding="utf-8") as out:
+                csv.writer(out).writerows([header, *kept])
+            os.chmod(tmp, os.stat(path).st_mode & 0o777)
+    return len(body) - len(kept)
+
+
+@dataclasses.dataclass
+class Verdicts:
+    """The verdicts a night honours, one per pair (the pair's latest), by database ID."""
+
+    image_id: np.ndarray
+    similar_image_id: np.ndarray
+    right: np.ndarray
+    """bool: judged ``right``, else ``wrong``."""
+    time: np.ndarray
+    """str: ISO 8601 in UTC."""
+    author: np.ndarray
+    """str, empty when none was given."""
+
+    def __len__(self):
+        return len(self.right)
+
+    @classmethod
+    def empty(cls, ids_dtype=np.int64):
+        return cls(*(np.array([], dtype=t) for t in (ids_dtype, ids_dtype, bool, str, str)))
+
+    def positions(self, ids):
+        """(a, b) positions of each pair among the run's ``ids``; -1 where an image is not there."""
+        index = pd.Index(np.asarray(ids).astype(str))
+        return (
+            index.get_indexer(self.image_id.astype(str)).astype(np.int64),
+            index.get_indexer(self.similar_image_id.astype(str)).astype(np.int64),
+        )
+
+    def judgements(self, ids):
+        """The :class:`Judgements` of these verdicts over the positions of ``ids`` (pairs of an
+        image not among them are left out)."""
+        a, b = self.positions(ids)
+        kept = (a >= 0) & (b >= 0)
+        return Judgements(len(ids), a[kept], b[kept], self.right[kept])
+
+
+def check_verdicts(rows, ids, known=(), k=5):
+    """The verdicts to honour from the rows read, and the rows that cannot be.
+
+    Parameters
+    ----------
+    rows : DataFrame
+        :func:`read_table` or :func:`read_csv`.
+    ids : ndarray of shape (n,)
+        The database IDs of the images with lists in this run.
+    known : iterable of str
+        IDs that were images once (the ID mapping's rows without a file, the IDs of verdicts
+        honoured on earlier nights): a verdict naming one of them has gone, not an unknown ID.
+    k : int
+        Neighbours per list: an image keeps at least k images not judged wrong.
+
+    Returns
+    -------
+    verdicts : Verdicts
+    bad : list of (str, str)
+        Each row left out, as its text, and the reason.
+    superseded : int
+        Rows replaced by a later verdict on the same pair.
+    """
+    ids = np.asarray(ids)
+    by_id = {str(i): i for i in ids.tolist()}
+    known = {str(i) for i in known}
+    bad = []
+    frame = rows.copy()
+    for column in ("image_id", "similar_image_id", "verdict", "author"):
+        frame[column] = [("" if v is None or (isinstance(v, float) and np.isnan(v)) else str(v)).strip()
+                         for v in frame[column]]  # fmt: skip
+    times = pd.to_datetime(frame["verdict_time"], utc=True, errors="coerce", format="mixed")
+    good = []
+    for i, row in enumerate(frame.itertuples(index=False)):
+        text = f"{row.where}: {row.image_id},{row.similar_image_id},{row.verdict},{rows['verdict_time'].iloc[i]}"
+        reason = None
+        for image in (row.image_id, row.similar_image_id):
+            if image not in by_id:
+                reason = (
+                    f"image {image or '(empty)'} has gone from the collection"
+                    if image in known
+                    else f"unknown ID {image or '(empty)'}: not an image of the collection"
+                )
+                break
+        if reason is None and row.image_id == row.similar_image_id:
+            reason = f"a self-pair: image {row.image_id} with itself"
+        if reason is None and row.verdict.lower() not in VERDICTS:
+            reason = f"unknown verdict {row.verdict!r}: it must be wrong or right"
+        if reason is None and pd.isna(times.iloc[i]):
+            reason = f"verdict_time {rows['verdict_time'].iloc[i]!r} is not a date and time"
+        if reason:
+            bad.append((text, reason))
+        else:
+            good.append(i)
+    frame, times = frame.iloc[good], times.iloc[good]
+    first, second = frame["image_id"].to_numpy(dtype=str), frame["similar_image_id"].to_numpy(dtype=str)
+    swap = first > second  # the unordered pair, by ID text
+    table = pd.DataFrame({
+        "a": np.where(swap, second, first), "b": np.where(swap, first, second), "time": times.to_numpy(),
+        "right": np.char.lower(frame["verdict"].to_numpy(dtype=str)) == "right",
+        "author": frame["author"].to_numpy(dtype=str),
+        "where": frame["where"].to_numpy(dtype=str),
+    })  # fmt: skip
+    # the pair's latest verdict; at one time wrong is the later (a wrong pair is never shown by a tie)
+    table = table.sort_values(["a", "b", "time", "right", "author"], ascending=[True, True, True, False, True])
+    latest = table.drop_duplicates(["a", "b"], keep="last")
+    superseded = len(table) - len(latest)
+    latest = _keep_lists_full(latest, len(ids), k, bad)
+    latest = latest.sort_values(["time", "a", "b"])
+    return (
+        Verdicts(
+            image_id=np.array([by_id[a] for a in latest["a"]], dtype=ids.dtype),
+            similar_image_id=np.array([by_id[b] for b in latest["b"]], dtype=ids.dtype),
+            right=latest["right"].to_numpy(dtype=bool),
+            time=np.array([t.isoformat() for t in latest["time"]], dtype=str),
+            author=latest["author"].to_numpy(dtype=str),
+        ),
+        bad,
+        superseded,
+    )
+
+
+def _keep_lists_full(latest, n, k, bad):
+    """Leave out the latest wrong verdicts of an image with so many that fewer than k images
+    not judged wrong remain for its list (only in a collection of few more than k images)."""
+    limit = n - 1 - k
+    wrong = latest[~latest["right"]]
+    counts = pd.concat([wrong["a"], wrong["b"]]).value_counts()
+    dropped = set()
+    for image in counts[counts > limit].index:
+        mine = wrong[((wrong["a"] == image) | (wrong["b"] == image)) & ~wrong.index.isin(dropped)]
+        for index, row in mine.sort_values("time", ascending=False).iloc[: max(len(mine) - limit, 0)].iterrows():
+            dropped.add(index)
+            bad.append((
+                f"{row['where']}: {row['a']},{row['b']},wrong,{row['time'].isoformat()}",
+                f"image {image} has more pairs judged wrong than its list of {k} can leave out among {n} images",
+            ))  # fmt: skip
+    return latest.drop(index=list(dropped))
+
+
+class Judgements:
+    """Verdicts over the positions of a run's images: for each judged image, the images judged
+    wrong and right with it (both directions).
+
+    Parameters
+    ----------
+    n : int
+        Images of the run.
+    a, b : ndarray of int
+        The pairs' positions.
+    right : ndarray of bool
+
+    Attributes
+    ----------
+    rows : ndarray of int64
+        The judged images' positions, increasing.
+    """
+
+    def __init__(self, n, a, b, right):
+        a, b, right = (np.asarray(x) for x in (a, b, right))
+        self.n = n
+        first = np.concatenate([a, b]).astype(np.int64)
+        other = np.concatenate([b, a]).astype(np.int64)
+        value = np.concatenate([right, right]).astype(bool)
+        order = np.lexsort((other, first))
+        self._first, self._other, self._right = first[order], other[order], value[order]
+        self.rows = np.unique(self._first)
+        self._ptr = np.searchsorted(self._first, np.concatenate([self.rows, [n]])) if n else np.zeros(1, np.int64)
+
+    def __len__(self):
+        return len(self.rows)
+
+    def partners(self, row):
+        """(wrong, right): the positions judged wrong and right with the judged image at ``row``."""
+        at = np.searchsorted(self.rows, row)
+        if at >= len(self.rows) or self.rows[at] != row:
+            return np.zeros(0, np.int64), np.zeros(0, np.int64)
+        part = slice(self._ptr[at], self._ptr[at + 1])
+        other, right = self._other[part], self._right[part]
+        return other[~right], other[right]
+
+    def codes(self):
+        """Each directed verdict as one integer ((a * n + b) * 2 + right): what :func:`changed_images` compares."""
+        return (self._first * self.n + self._other) * 2 + self._right
+
+    def verdict(self, a, b):
+        """'right', 'wrong' or None for the pair of positions (a, b)."""
+        wrong, right = self.partners(a)
+        return "right" if b in right else "wrong" if b in wrong else None
+
+
+def changed_images(now, before):
+    """Images whose verdicts differ between two :class:`Judgements` over the same positions: ndarray (n,), bool."""
+    changed = np.zeros(now.n, dtype=bool)
+    differ = np.setxor1d(now.codes(), before.codes())
+    changed[differ // 2 // now.n] = True
+    return changed
+
+
+def save_verdicts(path, verdicts, bad, known, attrs):
+    """Write the night's verdicts, the rows left out and the IDs known to have been images."""
+    with h5py.File(path, "w") as f:
+        f.attrs.update(attrs)
+        write_ids(f, "image_id", verdicts.image_id)
+        write_ids(f, "similar_image_id", verdicts.similar_image_id)
+        f.create_dataset("right", data=verdicts.right.astype(bool))
+        write_strings(f, "time", verdicts.time)
+        write_strings(f, "author", verdicts.author)
+        write_strings(f, "bad_row", [row for row, _ in bad])
+        write_strings(f, "bad_reason", [reason for _, reason in bad])
+        write_strings(f, "known", sorted(known))
+
+
+def load_verdicts(path):
+    """(verdicts, bad, known) as :func:`save_verdicts` wrote them."""
+    with h5py.File(path, "r") as f:
+        verdicts = Verdicts(
+            image_id=read_ids(f["image_id"]),
+            similar_image_id=read_ids(f["similar_image_id"]),
+            right=f["right"][:].astype(bool),
+            time=read_strings(f["time"]),
+            author=read_strings(f["author"]),
+        )
+        bad = list(zip(read_strings(f["bad_row"]), read_strings(f["bad_reason"])))
+        return verdicts, bad, set(read_strings(f["known"]))
+
+
+def bad_reasons(bad):
+    """How many rows were left out for each kind of reason (its words before any ID or value)."""
+    kinds = {"gone": "image has gone", "unknown ID": "unknown ID", "self-pair": "self-pair",
+             "unknown verdict": "unknown verdict", "verdict_time": "bad verdict_time", "more pairs": "too many wrong"}  # fmt: skip
+    counts = {}
+    for _, reason in bad:
+        kind = next((name for key, name in kinds.items() if key in reason), "other")
+        counts[kind] = counts.get(kind, 0) + 1
+    return counts
+
+
+def verdict_scores(ids, lists, verdicts):
+    """How the raw lists fare against the verdicts, overall and per day of judging (the UTC date of
+    ``verdict_time``).
+
+    Parameters
+    ----------
+    ids : ndarray of shape (n,)
+        The run's database IDs.
+    lists : ndarray of shape (n, k)
+        Each image's raw list (positions): its k nearest, before any verdict is applied.
+    verdicts : Verdicts
+
+    Returns
+    -------
+    dict with ``pairs``, ``right``, ``wrong``; ``right_found``: the share of the directions of the
+    pairs judged right (a to b, b to a) whose raw list holds the other image; ``judged_in_lists``:
+    the raw lists' entries whose pair has a verdict, and ``judged_right``: the share of them judged
+    right (None where nothing is counted); and ``per_day``: the same for each day.
+    """
+    a, b = verdicts.positions(ids)
+    kept = (a >= 0) & (b >= 0)
+    a, b, right = a[kept], b[kept], verdicts.right[kept]
+    day = np.array([t[:10] for t in verdicts.time[kept]], dtype=str)
+    lists = np.asarray(lists)
+    # each pair's entries in the two raw lists: 0, 1 or 2
+    found = (lists[a] == b[:, None]).any(axis=1).astype(np.int64) + (lists[b] == a[:, None]).any(axis=1)
+
+    def summary(chosen):
+        n_right, n_pairs, judged = int(right[chosen].sum()), int(chosen.sum()), int(found[chosen].sum())
+        return {
+            "pairs": n_pairs,
+            "right": n_right,
+            "wrong": n_pairs - n_right,
+            "right_found": round(float(found[chosen & right].sum()) / (2 * n_right), 6) if n_right else None,
+            "judged_in_lists": judged,
+            "judged_right": round(float(found[chosen & right].sum()) / judged, 6) if judged else None,
+        }
+
+    result = summary(np.ones(len(a), dtype=bool))
+    result["per_day"] = {d: summary(day == d) for d in sorted(set(day.tolist()))}
+    return result

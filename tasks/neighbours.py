@@ -1,0 +1,164 @@
+"""The neighbour search: its shards and similarities.hdf5 (``pipeline.search``)."""
+
+import json
+import logging
+
+from pipeline import features, histograms, output, store
+from pipeline.codebook import Codebook as CodebookModel
+from pipeline.h5io import read_attrs
+from pipeline.neighbours import WeightedHistograms
+from pipeline.search import NightSearch, why_full
+from pipeline.verdicts import load_verdicts
+
+from . import config
+from .base import ArtifactTask, Progress, settings_digest
+from .stages import Codebook, Features, Histograms, Shard, shard_attrs
+from .verdicts import Verdicts
+
+logger = logging.getLogger("luigi-interface")
+
+
+class NeighbourInputs(ArtifactTask):
+    """What the neighbours are found from, and how, for Similarities and its shards."""
+
+    def inputs(self):
+        return {
+            "features": Features(date=self.date),
+            "codebook": Codebook(**self.run_args()),
+            "histograms": Histograms(**self.run_args()),
+            "verdicts": Verdicts(date=self.date),
+        }
+
+    def made_from(self):
+        inputs = self.inputs()  # the number of shards changes nothing
+        return [inputs["features"], inputs["histograms"], inputs["verdicts"]]
+
+    @staticmethod
+    def neighbour_settings():
+        return {
+            "k": config.neighbours().k, "metric": config.neighbours().metric, "weighting": config.neighbours().weighting,
+            "power": config.neighbours().power,
+        }  # fmt: skip
+
+    def basis(self):
+        """What the distances between unchanged images depend on: the settings, the codebook (and
+        with it the reducer and the word weights) and the histograms' settings. An earlier run
+        on the same basis has lists that stay valid where nothing near them changed."""
+        codebook = read_attrs(self.inputs()["codebook"].output().path)["digest"]
+        return settings_digest([self.neighbour_settings(), codebook, Histograms.histogram_settings()])
+
+    def earlier(self, ids, keys):
+        """The earlier run's similarities.hdf5 (``output.Earlier``), or None when there is none
+        or it cannot be read."""
+        try:
+            return output.Earlier(Similarities(date=self.date).output().path, ids, keys)
+        except (OSError, KeyError):  # missing, truncated, or from a version before keys
+            return None
+
+
+#: The collection as the neighbour search of this process sees it, kept between the shards a
+#: worker runs: (what it was made from, NightSearch).
+_SEARCH = {}
+
+
+def night_search(task):
+    """The :class:`~pipeline.search.NightSearch` of ``task``'s inputs, read once per worker process
+    for all the shards it runs."""
+    made_from = (json.dumps(task.input_digests()), task.full, task.refit, settings_digest(task.neighbour_settings()))
+    if made_from not in _SEARCH:
+        _SEARCH.clear()  # another run's, or other inputs: released first
+        index = store.load_index(task.input()["features"].path)
+        histograms_path = task.input()["histograms"].path
+        keys, counts, n_local = histograms.load_counts(histograms_path)
+        assign = histograms.load_assign(histograms_path)
+        weighting = config.neighbours().weighting
+        data = WeightedHistograms(
+            counts, n_local * assign, index.ids, weighting, config.neighbours().metric,
+            power=config.neighbours().power,
+            weights=CodebookModel.load(task.input()["codebook"].path).word_weights(weighting, assign),
+        )  # fmt: skip
+        del counts  # the search reads the weighted copy
+        earlier = task.earlier(index.ids, keys)
+        try:
+            recorded = read_attrs(Similarities(date=task.date).output().path)
+        except OSError:
+            recorded = {}
+        reason = why_full(task.full, task.refit, earlier, recorded.get("basis"), task.basis())
+        judgements = load_verdicts(task.input()["verdicts"].path)[0].judgements(index.ids)
+        _SEARCH[made_from] = NightSearch(
+            data, config.neighbours().k, judgements, earlier, reason, method=config.neighbours().method
+        )
+    return _SEARCH[made_from]
+
+
+class NeighbourShard(Shard, NeighbourInputs):
+    """The exact neighbours of one block of the run's images against all of them (only where
+    they can have changed, between refits), raw and under the verdicts; Similarities gathers the
+    blocks. Shards run independently, on any worker of any machine; a worker reads the
+    collection once for all the shards it runs."""
+
+    kind = "neighbours"
+
+    def requires(self):
+        return self.inputs()
+
+    def settings(self):
+        return self.of_shard(self.neighbour_settings())
+
+    def make(self, tmp):
+        search = night_search(self)
+        rows = output.block_rows(len(search.data), self.shard, self.shards)
+        lists = search.lists(rows, self.checkpoints(), Progress(self, "neighbours of"))
+        attrs = self.attrs(
+            search="incremental" if search.why_full is None else "full", queried=int(lists.queried.sum()),
+            judged=len(lists.judged), judged_queried=int(lists.judged_queried.sum()),
+        )  # fmt: skip
+        output.write_neighbours(tmp, lists, attrs)
+
+
+class Similarities(NeighbourInputs):
+    """Every image's k nearest other images under the verdicts, keyed to database IDs:
+    similarities.hdf5, gathered from the neighbour shards."""
+
+    filename = "similarities.hdf5"
+
+    def requires(self):
+        n = config.shards("neighbours")
+        return {**self.inputs(), "shards": [NeighbourShard(**self.run_args(), shard=i, shards=n) for i in range(n)]}
+
+    def settings(self):
+        return self.neighbour_settings()
+
+    def make(self, tmp):
+        index = store.load_index(self.input()["features"].path)
+        keys = histograms.load_keys(self.input()["histograms"].path)
+        paths = [t.path for t in self.input()["shards"]]
+        nearest, distances, judged, raw, raw_distances = output.gather_neighbours(
+            paths, len(index.ids), config.neighbours().k
+        )
+        _SEARCH.clear()  # the shards are done: this process's search is released
+        honoured = load_verdicts(self.input()["verdicts"].path)[0]
+        shards, ran = shard_attrs(self)
+        searches = {a["search"] for a in shards}
+        codebook = CodebookModel.load(self.input()["codebook"].path)
+        changed_by_verdicts = int((nearest[judged] != raw).any(axis=1).sum())
+        attrs = self.attrs(
+            metric=config.neighbours().metric, weighting=config.neighbours().weighting,
+            power=config.neighbours().power, codebook_size=codebook.size, model=features.MODEL,
+            layer=config.resnet().layer, weights=config.resnet().weights, basis=self.basis(),
+            search=searches.pop() if len(searches) == 1 else "mixed", queried=sum(a["queried"] for a in shards),
+            shards=len(shards), shard_seconds=round(sum(a["seconds"] for a in ran), 3), verdicts=len(honoured),
+            judged=len(judged), judged_queried=sum(a.get("judged_queried", 0) for a in shards),
+            changed_by_verdicts=changed_by_verdicts,
+        )  # fmt: skip
+        if config.resnet().weights == "random":
+            attrs["weights_note"] = features.RANDOM_WEIGHTS_NOTE
+        if len(honoured):
+            logger.info(
+                "%d verdicts honoured: the lists of %d of the %d judged images differ from their raw lists",
+                len(honoured), changed_by_verdicts, len(judged),
+            )  # fmt: skip
+        output.write_similarities(
+            tmp, index.ids, index.ppn, index.filename, nearest, distances, attrs, keys=keys,
+            earlier=self.earlier(index.ids, keys), raw=(judged, raw, raw_distances), verdicts=honoured,
+        )  # fmt: skip

@@ -1,0 +1,171 @@
+"""The night's lists under the verdicts: full, sharded and incremental searches against a brute force."""
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from pipeline.neighbours import WeightedHistograms
+from pipeline.output import Earlier, write_similarities
+from pipeline.search import NightSearch, why_full
+from pipeline.verdicts import Judgements, Verdicts
+
+from .test_neighbours import brute_keys, changed_collection, random_counts, thirds
+
+
+def brute_force_lists(counts, ids, k, verdicts, weighting, metric, power, weights):
+    """Each image's list under the verdicts, the rule spelled out pair by pair: the images judged
+    right with it, nearest first (at most k), then the nearest not judged with it, up to k; the
+    list in the order of (key, ID). ``verdicts``: {(id, id): right}."""
+    key, distance = brute_keys(counts, weighting, metric, power, weights)
+    by_id = {int(i): p for p, i in enumerate(ids)}
+    wrong, right = {p: set() for p in range(len(ids))}, {p: set() for p in range(len(ids))}
+    for (x, y), is_right in verdicts.items():
+        a, b = by_id[x], by_id[y]
+        (right if is_right else wrong)[a].add(b)
+        (right if is_right else wrong)[b].add(a)
+    lists, distances = [], []
+    for i in range(len(ids)):
+
+        def rank(j, i=i):
+            return (key(i, j), ids[j])
+
+        chosen = sorted(right[i], key=rank)[:k]
+        others = sorted((j for j in range(len(ids)) if j != i and j not in wrong[i] | right[i]), key=rank)
+        chosen = sorted(chosen + others[: k - len(chosen)], key=rank)
+        lists.append(chosen)
+        distances.append(distance([key(i, j) for j in chosen]))
+    return np.array(lists), np.array(distances)
+
+
+def as_verdicts(pairs):
+    """{(id, id): right} as Verdicts."""
+    items = sorted(pairs.items())
+    return Verdicts(
+        image_id=np.array([a for (a, _), _ in items], dtype=np.int64),
+        similar_image_id=np.array([b for (_, b), _ in items], dtype=np.int64),
+        right=np.array([r for _, r in items], dtype=bool),
+        time=np.array(["2026-12-01T00:00:00+00:00"] * len(items), dtype=str),
+        author=np.array([""] * len(items), dtype=str),
+    )
+
+
+def assembled(lists):
+    """The lists under the verdicts of a :class:`Lists`: raw, but for the judged images'."""
+    neighbours, distances = lists.raw.copy(), lists.raw_distances.copy()
+    at = np.searchsorted(lists.rows, lists.judged)
+    neighbours[at], distances[at] = lists.final, lists.final_distances
+    return neighbours, distances
+
+
+def judge(rng, ids, neighbours, pairs, n_wrong, n_right, n_flipped, n_withdrawn):
+    """A night of curators: first neighbours judged wrong, pairs far apart judged right, some
+    verdicts turned over, some withdrawn. ``neighbours``: last night's lists as IDs per ID."""
+    pairs = dict(pairs)
+    for image in rng.choice(ids, size=n_wrong, replace=False):
+        other = int(neighbours[int(image)][0]) if int(image) in neighbours else None
+        if other is not None and other in set(ids.tolist()):
+            pairs[tuple(sorted((int(image), other)))] = False
+    for _ in range(n_right):
+        a, b = rng.choice(ids, size=2, replace=False)
+        pairs[tuple(sorted((int(a), int(b))))] = True
+    listed = sorted(pairs)
+    for i in rng.permutation(len(listed))[:n_flipped]:
+        pairs[listed[i]] = not pairs[listed[i]]
+    for i in rng.permutation(len(listed))[n_flipped : n_flipped + n_withdrawn]:
+        pairs.pop(listed[i])
+    return pairs
+
+
+@pytest.mark.parametrize("words, n_local, zipf", [(4, 5, None), (30, 9, 0.8)])  # tie-heavy, and Zipf words
+@pytest.mark.parametrize("k", [1, 3])
+@pytest.mark.parametrize("weighting, metric, power", [("tfidf", "cosine", 0.5), ("raw", "euclidean", 1.0)])
+def test_lists_under_verdicts_equal_a_brute_force_night_after_night(
+    tmp_path, words, n_local, zipf, k, weighting, metric, power
+):
+    rng = np.random.default_rng(words + 10 * k)
+    ids = rng.permutation(1000)[:60]
+    rows = [random_counts(i, n=1, words=words, n_local=n_local, zipf=zipf) for i in range(60)]
+    versions = dict.fromkeys(ids.tolist(), 0)
+    weights = WeightedHistograms(sp.vstack(rows), n_local, ids, weighting, metric).weights  # frozen from night 0
+    pairs, lists, earlier_path = {}, {}, None
+    # added, changed, removed images; then wrong, right, flipped and withdrawn verdicts
+    nights = [(0, 0, 0, 6, 3, 0, 0), (0, 0, 0, 0, 0, 0, 0), (5, 3, 4, 4, 2, 1, 1), (0, 0, 0, 3, 0, 2, 0),
+              (0, 2, 0, 0, 0, 0, 3), (8, 4, 6, 5, 4, 2, 2)]  # fmt: skip
+    for night, (added, changed, removed, *judging) in enumerate(nights):
+        if added + changed + removed:
+            ids, rows, is_new = changed_collection(rng, ids, rows, words, n_local, zipf, added, changed, removed)
+            for i, new in zip(ids.tolist(), is_new):
+                versions[i] = versions.get(i, -1) + int(new)
+        present = set(ids.tolist())
+        pairs = {p: r for p, r in pairs.items() if set(p) <= present}  # an image gone: its verdicts are bad rows
+        pairs = judge(rng, ids, lists, pairs, *judging)
+        keys = np.array([f"{i} {versions[i]}" for i in ids.tolist()])
+        data = WeightedHistograms(sp.vstack(rows), n_local, ids, weighting, metric, weights=weights, power=power)
+        verdicts = as_verdicts(pairs)
+        judgements = verdicts.judgements(ids)
+        expected, expected_d = brute_force_lists(sp.vstack(rows), ids, k, pairs, weighting, metric, power, weights)
+
+        earlier = Earlier(earlier_path, ids, keys) if earlier_path else None
+        reason = why_full(earlier=earlier, recorded_basis="same", basis="same")
+        assert (reason is None) == (night > 0)
+        tonight = NightSearch(data, k, judgements, earlier, reason).lists()
+        full = NightSearch(data, k, judgements, None, "--full").lists()
+        shards = [NightSearch(data, k, judgements, earlier, reason).lists(part) for part in thirds(len(ids))]
+        for found in (tonight, full):
+            got, got_d = assembled(found)
+            np.testing.assert_array_equal(got, expected, err_msg=f"night {night}")
+            np.testing.assert_allclose(got_d, expected_d, rtol=1e-12, atol=1e-15)
+        np.testing.assert_array_equal(np.concatenate([assembled(s)[0] for s in shards]), expected)
+        np.testing.assert_array_equal(np.concatenate([assembled(s)[1] for s in shards]), assembled(tonight)[1])
+        np.testing.assert_array_equal(tonight.raw, full.raw)  # the raw lists ignore the verdicts
+        if night > 0 and not added + changed + removed and not any(judging):
+            assert not tonight.queried.any() and not tonight.judged_queried.any()  # nothing changed: nothing searched
+
+        # the next night starts from tonight's similarities.hdf5
+        got, got_d = assembled(tonight)
+        earlier_path = tmp_path / f"night-{night}.hdf5"
+        write_similarities(
+            earlier_path, ids, ids.astype(str), ids.astype(str), got, got_d, {"digest": str(night)}, keys=keys,
+            raw=(tonight.judged, tonight.raw[tonight.judged], tonight.raw_distances[tonight.judged]), verdicts=verdicts,
+        )  # fmt: skip
+        lists = dict(zip(ids.tolist(), ids[got].tolist()))
+
+
+def test_a_new_verdict_searches_only_the_two_images_it_judges(tmp_path):
+    ids = np.arange(100, 180)
+    counts = random_counts(3, n=80, words=30, n_local=9, zipf=0.8)
+    data = WeightedHistograms(counts, 9, ids, "tfidf", "cosine", power=0.5)
+    keys = ids.astype(str)
+    before = as_verdicts({(100, 101): False, (102, 150): True})
+    first = NightSearch(data, 5, before.judgements(ids), None, "no earlier similarities").lists()
+    got, got_d = assembled(first)
+    path = tmp_path / "first.hdf5"
+    write_similarities(
+        path, ids, keys, keys, got, got_d, {"digest": "first"}, keys=keys,
+        raw=(first.judged, first.raw[first.judged], first.raw_distances[first.judged]), verdicts=before,
+    )  # fmt: skip
+    after = as_verdicts({(100, 101): False, (102, 150): True, (110, 111): False})
+    tonight = NightSearch(data, 5, after.judgements(ids), Earlier(path, ids, keys), None).lists()
+    assert not tonight.queried.any()
+    assert sorted(ids[tonight.judged[tonight.judged_queried]].tolist()) == [110, 111]
+    assert 111 not in ids[assembled(tonight)[0][10]] and 110 not in ids[assembled(tonight)[0][11]]
+
+
+def test_more_images_judged_right_than_k_keep_the_nearest_k():
+    counts = random_counts(4, n=30, words=6, n_local=5)
+    ids = np.arange(30)
+    data = WeightedHistograms(counts, 5, ids, "raw", "euclidean")
+    pairs = {(0, j): True for j in range(1, 8)}
+    found = NightSearch(data, 3, as_verdicts(pairs).judgements(ids), None, "--full").lists()
+    expected, _ = brute_force_lists(counts, ids, 3, pairs, "raw", "euclidean", 1.0, data.weights)
+    np.testing.assert_array_equal(assembled(found)[0], expected)
+    assert set(assembled(found)[0][0]) <= set(range(1, 8))
+
+
+def test_judgements_hold_in_both_directions():
+    judgements = Judgements(6, np.array([0, 2]), np.array([3, 0]), np.array([False, True]))
+    assert judgements.rows.tolist() == [0, 2, 3]
+    assert [x.tolist() for x in judgements.partners(0)] == [[3], [2]]
+    assert [x.tolist() for x in judgements.partners(3)] == [[0], []]
+    assert judgements.verdict(2, 0) == "right" and judgements.verdict(0, 3) == "wrong"
+    assert judgements.verdict(1, 2) is None
