@@ -11,6 +11,7 @@ from .histograms import DEFAULT_ASSIGN, compute_histograms
 from .neighbours import DEFAULT_POWER, WeightedHistograms, query_neighbours, sparse_neighbours
 from .query import word_counts
 from .reduction import DEFAULT_DESCRIPTORS, DEFAULT_REDUCED, DEFAULT_SAMPLE_IMAGES, DEFAULT_VARIANCE, Reducer
+from .verdicts import verdict_scores
 
 logger = logging.getLogger(__name__)
 
@@ -30,13 +31,15 @@ COLUMNS = (
     ("precision_at_1", "P@1", "{:.3f}"),
     ("precision_at_5", "P@5", "{:.3f}"),
     ("recall_at_5", "R@5", "{:.3f}"),
+    ("verdict_right_found", "verdicts: right found", "{:.3f}"),
+    ("verdict_judged_right", "verdicts: judged right", "{:.3f}"),
     ("selfcheck_top1", "self-check top-1", "{:.3f}"),
     ("selfcheck_top5", "self-check top-5", "{:.3f}"),
 )
 
 
 def compare_layer(
-    blocks, index, made_with, sizes, weightings, metrics, labels=None, copies=None, copy_features=None,
+    blocks, index, made_with, sizes, weightings, metrics, labels=None, verdicts=None, copies=None, copy_features=None,
     variance=DEFAULT_VARIANCE, sample_images_=DEFAULT_SAMPLE_IMAGES, sample_size=DEFAULT_SAMPLE_SIZE, seed=0, k=5,
     descriptors=(DEFAULT_DESCRIPTORS,), reduced=(DEFAULT_REDUCED,), assigns=(DEFAULT_ASSIGN,), powers=(DEFAULT_POWER,),
 ):  # fmt: skip
@@ -59,6 +62,9 @@ def compare_layer(
     weightings, metrics : sequence of str
     labels : dict of str to str, optional
         Database ID -> label, for precision, recall and mAP (:func:`pipeline.evaluation.evaluate`).
+    verdicts : pipeline.verdicts.Verdicts, optional
+        The site's verdicts, for the share of pairs judged right that the lists find and the
+        share of their judged entries judged right (:func:`pipeline.verdicts.verdict_scores`).
     copies : Copies, optional
         Altered copies of a sample of the collection, for the self-check.
     copy_features : (descriptors, decoded, errors), optional
@@ -77,7 +83,8 @@ def compare_layer(
         same, "(auto)" added when ``size = auto`` gives it), ``assign``, ``weighting``, ``power``,
         ``metric``, ``seconds`` and,
         with labels, ``queries``, ``precision_at_1``, ``precision_at_5``, ``recall_at_5``,
-        ``map``; with copies, ``selfcheck_top1`` and ``selfcheck_top5``.
+        ``map``; with verdicts, ``verdict_pairs``, ``verdict_right_found`` and ``verdict_judged_right``
+        (where there is something to count); with copies, ``selfcheck_top1`` and ``selfcheck_top5``.
     """
     rows = []
     words = {}  # number of words -> the settings that give it ("auto" among them, maybe)
@@ -112,6 +119,12 @@ def compare_layer(
                                 if labels is not None:
                                     scores = evaluation.evaluate(index.ids, index.ids[nearest], labels, k=k)
                                     row.update({key: value for key, value in scores.items() if key != "per_label"})
+                                if verdicts is not None:
+                                    judged = verdict_scores(index.ids, nearest, verdicts)
+                                    row["verdict_pairs"] = judged["pairs"]
+                                    for key in ("right_found", "judged_right"):
+                                        if judged[key] is not None:
+                                            row[f"verdict_{key}"] = judged[key]
                                 if copies is not None:
                                     found = query_neighbours(data, copy_counts, k=k)[0]
                                     check = copies.score(found, decoded, errors, index.ids)
@@ -123,8 +136,9 @@ def compare_layer(
 
 
 def sort_rows(rows):
-    """Best first: by mAP, then precision@1 (with labels), else by the self-check's top-1, then top-5."""
-    keys = ("map", "precision_at_1", "selfcheck_top1", "selfcheck_top5")
+    """Best first: by mAP, then precision@1 (with labels), else by the share of pairs judged right
+    found, then of judged entries judged right (with verdicts), else by the self-check's top-1, then top-5."""
+    keys = ("map", "precision_at_1", "verdict_right_found", "verdict_judged_right", "selfcheck_top1", "selfcheck_top5")
     return sorted(rows, key=lambda r: tuple(-r.get(key, 0.0) for key in keys))
 
 

@@ -5,12 +5,16 @@ import json
 import logging
 import os
 
+import h5py
+import numpy as np
+
 from . import histograms, store
 from .codebook import Codebook
 from .errors import ArtifactError
-from .h5io import read_attrs
+from .h5io import read_attrs, read_ids
 from .neighbours import WeightedHistograms, query_neighbours
 from .reduction import Reducer
+from .verdicts import Judgements, Verdicts
 
 logger = logging.getLogger(__name__)
 
@@ -47,12 +51,16 @@ class SimilarityIndex:
     images of new descriptors exactly as the run found those of the collection's images.
     """
 
-    def __init__(self, images, histograms_, reducer, codebook, model, assign=histograms.DEFAULT_ASSIGN):
+    def __init__(
+        self, images, histograms_, reducer, codebook, model, assign=histograms.DEFAULT_ASSIGN, judgements=None
+    ):
         self.images = images
         """FeatureIndex: the run's images (IDs, PPNs, file names), in the order of the histograms."""
         self.histograms = histograms_
         """WeightedHistograms of the run's images, weighted and compared as its neighbours were."""
         self.reducer, self.codebook, self.model, self.assign = reducer, codebook, model, assign
+        self.judgements = judgements if judgements is not None else Judgements(len(images), [], [], [])
+        """The verdicts the run's lists honoured, over the positions of ``images``."""
 
     @classmethod
     def load(cls, features, reducer, codebook, histograms_path, similarities):
@@ -98,7 +106,24 @@ class SimilarityIndex:
             "precision": feature_settings.get("precision", "float32"),
             "trunk": attrs["Features"].get("int8_trunk"),  # at int8, the store's calibrated trunk
         }
-        return cls(index, data, Reducer.load(reducer), codebook_, model, histograms.load_assign(histograms_path))
+        judgements = None
+        with h5py.File(similarities, "r") as f:
+            if "verdict_right" in f:
+                judgements = Verdicts(
+                    read_ids(f["verdict_image_id"]), read_ids(f["verdict_similar_image_id"]), f["verdict_right"][:],
+                    np.array([], dtype=str), np.array([], dtype=str),
+                ).judgements(index.ids)  # fmt: skip
+        assign = histograms.load_assign(histograms_path)
+        return cls(index, data, Reducer.load(reducer), codebook_, model, assign, judgements)
+
+    def positions_of(self, files, content_dir):
+        """The position of each file among the run's images (the same file under ``content_dir``), -1 for
+        a file outside the collection."""
+        where = {
+            os.path.realpath(os.path.join(content_dir, f"PPN{p}", f)): i
+            for i, (p, f) in enumerate(zip(self.images.ppn, self.images.filename))
+        }
+        return np.array([where.get(os.path.realpath(f), -1) for f in files], dtype=np.int64)
 
     def word_counts(self, descriptors):
         """Visual-word counts of descriptors, as the run counted the collection's (see :func:`word_counts`)."""
@@ -124,12 +149,17 @@ class SimilarityIndex:
         """
         return query_neighbours(self.histograms, self.word_counts(descriptors), k=k)
 
-    def describe(self, neighbours, distances):
-        """The neighbour lists as dicts: rank, id, ppn, filename, distance, similarity (percent)."""
+    def describe(self, neighbours, distances, selves=None):
+        """The neighbour lists as dicts: rank, id, ppn, filename, distance, similarity (percent), and
+        ``verdict`` (wrong or right) where the query is the collection image ``selves[i]`` (-1:
+        none) and its pair with the neighbour has a verdict."""
         similarity = self.histograms.similarity(distances)
-        return [
-            [
-                {
+        selves = np.full(len(neighbours), -1) if selves is None else selves
+        described = []
+        for row, row_d, row_s, me in zip(neighbours, distances, similarity, selves):
+            entries = []
+            for rank, (p, d, s) in enumerate(zip(row, row_d, row_s)):
+                entry = {
                     "rank": rank + 1,
                     "id": self.images.ids[p].item(),
                     "ppn": str(self.images.ppn[p]),
@@ -137,10 +167,12 @@ class SimilarityIndex:
                     "distance": round(float(d), 6),
                     "similarity": round(float(s), 1),
                 }
-                for rank, (p, d, s) in enumerate(zip(row, row_d, row_s))
-            ]
-            for row, row_d, row_s in zip(neighbours, distances, similarity)
-        ]
+                verdict = self.judgements.verdict(me, p) if me >= 0 else None
+                if verdict:
+                    entry["verdict"] = verdict
+                entries.append(entry)
+            described.append(entries)
+        return described
 
 
 def word_counts(descriptors, reducer, codebook, assign=histograms.DEFAULT_ASSIGN):

@@ -72,7 +72,7 @@ def ensure_table(engine, table=TABLE, id_type=sa.BigInteger):
         verdict_table(table, id_type).create(engine, checkfirst=True)
     except SQLAlchemyError as exc:
         raise CmsError(f"{_where(engine, table)} cannot be created: {_one_line(exc)}") from None
-    logger.warning("%s did not exist: created, empty", _where(engine, table))
+    logger.info("%s did not exist: created, empty", _where(engine, table))
     return True
 
 

@@ -1,7 +1,8 @@
 """``python -m tasks.compare [--layers L,...] [--colours ...] [--trims ...] [--sizes K,...] [--descriptors ...]
 [--reduced ...] [--assigns ...] [--weightings ...] [--powers ...] [--metrics ...]``: retrieval quality of the
 configured collection over a grid of settings, as a table sorted by mAP. Each option defaults to
-the configured setting, except weightings and metrics (both of each).
+the configured setting, except weightings and metrics (both of each). With verdicts
+(``[verdicts] source``), each setting's raw lists are also scored on the site's own judgements.
 
 The descriptors of each layer and image preparation (colour, trim) are extracted into the
 feature store the nightly run uses for them (so what is there already is reused, and a run that
@@ -32,6 +33,7 @@ from . import config
 from .checks import query_extractor
 from .inputs import read_id_mapping
 from .stages import calibrate_int8, feature_settings, feature_store
+from .verdicts import checked, where
 
 logger = logging.getLogger("tasks.compare")
 
@@ -112,7 +114,7 @@ def run(args):
         raise PipelineError(problem)
     labels = evaluation.read_labels(args.labels) if args.labels.strip() else None
     inventory = collection.take_inventory(config.paths().content, *read_id_mapping(), config.collection().fingerprint)
-    rows, copies, first_ids = [], None, None
+    rows, copies, first_ids, site_verdicts = [], None, None, None
     decoding = dict(
         decode_processes=config.images().decode_processes,
         decode_timeout=config.images().decode_timeout,
@@ -135,6 +137,12 @@ def run(args):
                 if args.selfcheck > 0:
                     files = inventory.paths(index.ids, config.paths().content)
                     copies = Copies(files, scratch, sample=args.selfcheck, seed=config.selfcheck().seed)
+                if config.verdict_source()[0] != "none":
+                    site_verdicts, bad, _, n_rows = checked(index.ids)
+                    logger.info(
+                        "%d verdicts of %d rows from %s score each setting (%d rows left out)", len(site_verdicts),
+                        n_rows, where(), len(bad),
+                    )  # fmt: skip
             elif list(index.ids) != list(first_ids):
                 raise PipelineError(f"the images with descriptors differ between settings at {made_with}; run again")
             copy_features = None
@@ -147,7 +155,8 @@ def run(args):
                     copy_features = copies.extract(extractor)
             rows += compare_layer(
                 DescriptorBlocks(layer_store, index), index, made_with, args.sizes, args.weightings, args.metrics,
-                labels=labels, copies=copies, copy_features=copy_features, variance=config.reduction().variance,
+                labels=labels, verdicts=site_verdicts, copies=copies, copy_features=copy_features,
+                variance=config.reduction().variance,
                 sample_images_=config.reduction().sample_images, sample_size=config.codebook().sample_size, seed=config.codebook().seed,
                 k=5, descriptors=args.descriptors, reduced=args.reduced, assigns=args.assigns, powers=args.powers,
             )  # fmt: skip

@@ -13,6 +13,7 @@ import sys
 from pipeline.errors import PipelineError
 from pipeline.features import extract
 
+from . import config
 from .checks import latest_index, query_extractor
 
 
@@ -28,7 +29,8 @@ def query(files, k=5):
         descriptors, decoded, errors = extract(extractor, files)
     results = [{"query": path, "error": errors.get(i, "")} for i, path in enumerate(files)]
     if decoded:
-        described = index.describe(*index.query(descriptors, k=k))
+        selves = index.positions_of([files[i] for i in decoded], config.paths().content)
+        described = index.describe(*index.query(descriptors, k=k), selves=selves)
         for position, neighbours in zip(decoded, described):
             results[position] = {"query": files[position], "neighbours": neighbours}
     return results
@@ -41,11 +43,13 @@ def as_text(results):
         if "error" in result:
             lines.append(f"  cannot be read: {result['error']}")
             continue
-        lines.append(f"  {'rank':>4}  {'id':<12} {'ppn':<16} {'filename':<24} {'distance':>9} {'similarity':>10}")
+        lines.append(
+            f"  {'rank':>4}  {'id':<12} {'ppn':<16} {'filename':<24} {'distance':>9} {'similarity':>10}  verdict"
+        )
         for n in result["neighbours"]:
             lines.append(
                 f"  {n['rank']:>4}  {str(n['id']):<12} {n['ppn']:<16} {n['filename']:<24} {n['distance']:>9.4f} "
-                f"{n['similarity']:>8.1f} %"
+                f"{n['similarity']:>8.1f} %  {n.get('verdict', '')}".rstrip()
             )
     return "\n".join(lines)
 

@@ -158,7 +158,7 @@ class Database:
         self.engine = cms.connect(cms.resolve_url(url))
         suffix = uuid.uuid4().hex[:8]
         self.table, self.marker = f"sim_{suffix}", f"load_{suffix}"
-        self.images = f"images_{suffix}"
+        self.images, self.verdicts = f"images_{suffix}", f"verdict_{suffix}"
 
     def rows(self):
         with self.engine.connect() as conn:
@@ -177,7 +177,7 @@ class Database:
 
     def drop(self):
         with self.engine.begin() as conn:
-            for name in (self.table, self.marker, self.images):
+            for name in (self.table, self.marker, self.images, self.verdicts):
                 conn.execute(sa.text(f"DROP TABLE IF EXISTS {self.engine.dialect.identifier_preparer.quote(name)}"))
         self.engine.dispose()
 
