@@ -2,7 +2,7 @@
 and on a night with few changes, and whether the night's neighbours equal a full search.
 
     python -m benchmarks.nightly [--images 100000] [--added 1000] [--changed 100] [--removed 100]
-        [--words 8500] [--database postgresql|sqlite|none] [--check full|N]
+        [--verdicts 0] [--words 8500] [--database postgresql|sqlite|none] [--check full|N]
         [--parts search|files|search,files] [--shards 16] [--cold]
 
 The collection is simulated after extraction, as in ``benchmarks.scale``: its histograms are
@@ -14,8 +14,14 @@ pipeline's: the histograms' reuse and rewrite, the neighbour search (full, then
 incremental), similarities.hdf5 with its keys and changed rows, and the CMS load (whole,
 then only the changed rows) into a table of its own, dropped afterwards.
 
+``--verdicts N`` adds curators' verdicts: the first run honours N of them (random pairs, one in
+five judged right), and the night N more, as curators give them after reading the lists (four
+in five judge a random image's first neighbour wrong, the others a random pair right), read
+and checked by the pipeline's own code and honoured by its search.
+
 ``--check full`` (the default) compares the night's neighbours with a full search of the
-night's collection, every row; ``--check N`` with N random rows of it (for a million images,
+night's collection with the same verdicts, every row; ``--check N`` with N random rows of it
+and every judged image (for a million images,
 where a full search takes about half an hour). The night starts from the first run's files,
 its memory freed: ``night_peak_rss_mb`` is the process's largest resident size during the
 night's stages.
@@ -36,15 +42,19 @@ import tempfile
 import uuid
 
 import numpy as np
+import pandas as pd
 import sqlalchemy as sa
 
 from pipeline import cms, collection, histograms, output, store
 from pipeline.codebook import Codebook
 from pipeline.extraction import shard_of
 from pipeline.histograms import MAX_ASSIGN, compute_histograms
-from pipeline.neighbours import WeightedHistograms, counts_weights, sparse_neighbours, update_neighbours
+from pipeline.neighbours import DEFAULT_METRIC, DEFAULT_POWER, DEFAULT_WEIGHTING, WeightedHistograms, counts_weights
 from pipeline.reduction import Reducer
+from pipeline.search import NightSearch
 from pipeline.store import FeatureStore
+from pipeline.verdicts import COLUMNS as VERDICT_COLUMNS
+from pipeline.verdicts import check_verdicts
 
 from .cms import URLS
 from .common import StagePeak, Timer, peak_rss_mb, report
@@ -73,23 +83,49 @@ class Stages:
 
 def weigh(counts, ids, weights):
     """The shipped distance's weighted histograms, with the frozen word weights."""
-    return WeightedHistograms(counts, N_LOCAL, ids, "tfidf", "cosine", weights=weights, power=0.5)
+    return WeightedHistograms(
+        counts, N_LOCAL, ids, DEFAULT_WEIGHTING, DEFAULT_METRIC, weights=weights, power=DEFAULT_POWER
+    )
 
 
-def first_run(stages, ids, keys, words, engine, database, table, marker, folder):
+def verdict_rows(rng, ids, n, day, first_neighbours=None):
+    """``n`` verdict rows as curators write them on ``day``: with ``first_neighbours`` (each image's
+    first neighbour, as IDs) four in five judge a random image's first neighbour wrong, else a
+    random pair; the others judge a random pair right."""
+    n_wrong = int(round(0.8 * n))
+    a = rng.choice(ids, n, replace=False)
+    b = rng.choice(ids, n)
+    if first_neighbours is not None:
+        b[:n_wrong] = first_neighbours[np.searchsorted(ids, a[:n_wrong])]
+    b = np.where(a == b, ids[(np.searchsorted(ids, b) + 1) % len(ids)], b)
+    verdict = np.where(np.arange(n) < n_wrong, "wrong", "right")
+    return pd.DataFrame({
+        "image_id": a, "similar_image_id": b, "verdict": verdict, "verdict_time": f"{day}T15:00:00Z", "author": "",
+        "where": [f"row {i}" for i in range(n)],
+    })[[*VERDICT_COLUMNS, "where"]]  # fmt: skip
+
+
+def first_run(stages, ids, keys, words, engine, database, table, marker, folder, n_verdicts):
     """The first run: every image searched, ``first.hdf5`` and ``first-histograms.h5`` written
-    under ``folder``, every row loaded. Returns the full search's seconds and the word weights."""
+    under ``folder``, every row loaded. Returns the full search's seconds, the word weights and
+    the verdict rows it honoured."""
     counts = synthetic_counts(len(ids), words, seed=0).vectors.astype(np.int32)
-    weights = counts_weights(counts, "tfidf")  # frozen from the collection, as a codebook keeps them
+    weights = counts_weights(counts, DEFAULT_WEIGHTING)  # frozen from the collection, as a codebook keeps them
     ppn, filename = np.array([f"{i // 10}" for i in ids]), np.array([f"{i:08d}.jpg" for i in ids])
     data, _ = stages.run("first: weighting", lambda: weigh(counts, ids, weights))
-    (nearest, distances), full = stages.run("first: neighbours, full", lambda: sparse_neighbours(data, k=K))
+    rows = verdict_rows(np.random.default_rng(5), ids, n_verdicts, "2026-01-01")
+    honoured = check_verdicts(rows, ids, k=K)[0]
+    search = NightSearch(data, K, honoured.judgements(ids), why_full="the first run")
+    lists, full = stages.run("first: neighbours, full", lambda: search.lists())
+    nearest, distances = lists.assembled()
     stages.run(
         "first: similarities.hdf5",
         lambda: output.write_similarities(
-            os.path.join(folder, "first.hdf5"), ids, ppn, filename, nearest, distances, {"digest": "first"}, keys=keys
+            os.path.join(folder, "first.hdf5"), ids, ppn, filename, nearest, distances, {"digest": "first"},
+            keys=keys, raw=(lists.judged, lists.raw[lists.judged], lists.raw_distances[lists.judged]),
+            verdicts=honoured,
         ),
-    )
+    )  # fmt: skip
     stages.run(
         "first: histograms.h5",
         lambda: histograms.save_histograms(os.path.join(folder, "first-histograms.h5"), keys, counts, N_LOCAL, {}),
@@ -99,7 +135,7 @@ def first_run(stages, ids, keys, words, engine, database, table, marker, folder)
             f"first: {database} load, every row",
             lambda: cms.load_similarities(engine, ids, ids[nearest], distances, "first", "2026-01-01", table, marker),
         )
-    return full, weights
+    return full, weights, rows
 
 
 def descriptors_codebook(blocks, words, seed=0):
@@ -212,7 +248,7 @@ def files_night(stages, images, added, changed, removed, tmp, shards, cold):
     return {"files_scanned": len(night.files), "files_extracted_tonight": len(tonight)}
 
 
-def search_night(stages, images, added, changed, removed, words, database, check, tmp):
+def search_night(stages, images, added, changed, removed, words, database, check, tmp, n_verdicts=0):
     """The first full run and the night of the stages after extraction (see the module); the
     figures of the night as a whole."""
     ids = np.arange(1, images + 1, dtype=np.int64)
@@ -228,7 +264,9 @@ def search_night(stages, images, added, changed, removed, words, database, check
     first_histograms = os.path.join(tmp, "first-histograms.h5")
     try:
         # the first full run, its memory freed on return: the night starts from its files
-        full, weights = first_run(stages, ids, keys, words, engine, database, table, marker, tmp)
+        full, weights, first_verdicts = first_run(
+            stages, ids, keys, words, engine, database, table, marker, tmp, n_verdicts
+        )
         # the night: images removed, changed and added
         kept, changed_at, new_ids = night_collection(images, added, changed, removed)
         night_ids = np.concatenate([ids[kept], new_ids])
@@ -254,16 +292,28 @@ def search_night(stages, images, added, changed, removed, words, database, check
         night_data, _ = stages.run("night: weighting", lambda: weigh(night_counts, night_ids, weights))
         night_counts = None  # freed, as by the pipeline's search, which reads the weighted copy
         earlier, _ = stages.run("night: earlier lists read", lambda: output.Earlier(first_path, night_ids, night_keys))
-        (night_nearest, night_distances, queried), night = stages.run(
-            "night: neighbours, incremental",
-            lambda: update_neighbours(night_data, earlier.previous(), earlier.new, k=K),
+        # tonight's verdicts: the first run's, and as many more given after reading its lists
+        first_neighbours = output.read_similarities(first_path)["neighbours"][:, 0]
+        rows = pd.concat(
+            [first_verdicts, verdict_rows(np.random.default_rng(6), ids, n_verdicts, "2026-01-02", first_neighbours)]
         )
+        (honoured, bad, _), _ = stages.run(
+            "night: verdicts checked", lambda: check_verdicts(rows, night_ids, k=K), f"{len(rows)} rows"
+        )
+        judgements = honoured.judgements(night_ids)
+        (lists, search), night = stages.run(
+            "night: neighbours, incremental",
+            lambda: (lambda s: (s.lists(), s))(NightSearch(night_data, K, judgements, earlier, why_full=None)),
+        )
+        night_nearest, night_distances = lists.assembled()
+        queried = lists.queried
         night_data.release_inverted_files()  # as the pipeline's Similarities, before the write
         stages.run(
             "night: similarities.hdf5",
             lambda: output.write_similarities(
                 night_path, night_ids, night_ppn, night_filename, night_nearest, night_distances,
                 {"digest": "night"}, keys=night_keys, earlier=earlier,
+                raw=(lists.judged, lists.raw[lists.judged], lists.raw_distances[lists.judged]), verdicts=honoured,
             ),
         )  # fmt: skip
         written = output.read_similarities(night_path)
@@ -276,17 +326,15 @@ def search_night(stages, images, added, changed, removed, words, database, check
                 ),
                 f"{int(written['changed'].sum())} images' rows, {len(written['removed'])} removed",
             )  # fmt: skip
-        # the check
+        # the check: a full search of the night with the same verdicts
         if check == "full":
             rows = np.arange(len(night_ids))
-            (expected, expected_d), _ = stages.run(
-                "check: neighbours, full", lambda: sparse_neighbours(night_data, k=K)
-            )
         else:
-            rows = np.sort(np.random.default_rng(3).choice(len(night_ids), int(check), replace=False))
-            (expected, expected_d), _ = stages.run(
-                f"check: {len(rows)} rows searched in full", lambda: sparse_neighbours(night_data, k=K, rows=rows)
-            )
+            rows = np.random.default_rng(3).choice(len(night_ids), int(check), replace=False)
+            rows = np.union1d(rows, judgements.rows)
+        full_search = NightSearch(night_data, K, judgements, why_full="the check")
+        expected, _ = stages.run(f"check: {len(rows)} rows searched in full", lambda: full_search.lists(rows))
+        expected, expected_d = expected.assembled()
         identical = bool(
             np.array_equal(expected, night_nearest[rows]) and np.array_equal(expected_d, night_distances[rows])
         )
@@ -302,6 +350,13 @@ def search_night(stages, images, added, changed, removed, words, database, check
         night_peak_rss_mb=round(stages.night_peak),
         night_seconds=round(sum(stages.figures[k] for k in night_stages), 1),
         queried=int(queried.sum()),
+        verdicts=len(honoured),
+        verdicts_bad=len(bad),
+        judged=len(lists.judged),
+        judged_queried=int(lists.judged_queried.sum()),
+        changed_by_verdicts=int(
+            (lists.final != lists.raw[np.searchsorted(lists.rows, lists.judged)]).any(axis=1).sum()
+        ),
         changed_lists=int(written["changed"].sum()),
         reused_histograms=int(reused),
         identical=identical,
@@ -317,13 +372,14 @@ def search_night(stages, images, added, changed, removed, words, database, check
 
 def run(
     images=100_000, added=1000, changed=100, removed=100, words=8500, database="postgresql", check="full",
-    parts=("search",), shards=16, cold=False,
+    parts=("search",), shards=16, cold=False, verdicts=0,
 ):  # fmt: skip
     stages = Stages()
     figures = {"bench": "nightly", "images": images, "added": added, "changed": changed, "removed": removed}
+    figures["new_verdicts"] = verdicts
     with tempfile.TemporaryDirectory(prefix="nightly-") as tmp:
         if "search" in parts:
-            figures.update(search_night(stages, images, added, changed, removed, words, database, check, tmp))
+            figures.update(search_night(stages, images, added, changed, removed, words, database, check, tmp, verdicts))
         if "files" in parts:
             figures.update(
                 files_night(stages, images, added, changed, removed, os.path.join(tmp, "files"), shards, cold)
@@ -342,6 +398,9 @@ def main():
     parser.add_argument("--added", type=int, default=1000)
     parser.add_argument("--changed", type=int, default=100)
     parser.add_argument("--removed", type=int, default=100)
+    parser.add_argument(
+        "--verdicts", type=int, default=0, help="verdicts honoured by the first run, and as many new ones tonight"
+    )
     parser.add_argument("--words", type=int, default=8500)
     parser.add_argument("--database", default="postgresql", help="postgresql, mariadb, an SQLAlchemy URL, or none")
     parser.add_argument("--check", default="full", help="full, or a number of random rows")
@@ -353,7 +412,7 @@ def main():
     args = parser.parse_args()
     run(
         args.images, args.added, args.changed, args.removed, args.words, args.database, args.check,
-        args.parts.split(","), args.shards, args.cold,
+        args.parts.split(","), args.shards, args.cold, args.verdicts,
     )  # fmt: skip
 
 

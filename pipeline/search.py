@@ -66,6 +66,13 @@ class Lists:
     judged_queried: np.ndarray
     """bool, shape (j,): judged lists searched against the whole collection."""
 
+    def assembled(self):
+        """Every row's list under the verdicts: (neighbours, distances), the raw lists but for the judged images'."""
+        neighbours, distances = self.raw.copy(), self.raw_distances.copy()
+        at = np.searchsorted(self.rows, self.judged)
+        neighbours[at], distances[at] = self.final, self.final_distances
+        return neighbours, distances
+
 
 class NightSearch:
     """The search of one night over the collection's weighted histograms.

@@ -87,13 +87,18 @@ def test_nightly_benchmark_checks_the_night_against_a_full_search(capsys, tmp_pa
         words=40,
         database=f"sqlite:///{tmp_path}/cms.sqlite",
         parts=("search", "files"),
+        verdicts=10,
     )
     figures = last_json_line(capsys)
     assert figures["bench"] == "nightly" and figures["identical"] is True and figures["checked_rows"] == 407
     assert figures["reused_histograms"] == 392 and figures["queried"] >= 15 and figures["night_seconds"] > 0
     assert figures["changed_lists"] >= 15 and figures["peak_rss_mb"] > 0
+    # the night's verdicts: the first run's 10 and 10 new ones (less those on removed images), honoured
+    assert 15 <= figures["verdicts"] + figures["verdicts_bad"] <= 20 and figures["changed_by_verdicts"] > 0
+    assert 0 < figures["judged_queried"] < figures["judged"]  # the first run's judged images mostly kept
     # the files' night: every file of the night's collection listed, the added and changed ones extracted
-    assert figures["files_scanned"] == 407 and figures["files_extracted_tonight"] == 15 and figures["files_seconds"] > 0
+    assert figures["files_scanned"] == 407 and figures["files_extracted_tonight"] == 15
+    assert {"files_inventory_seconds", "files_features_index_seconds"} <= set(figures)
 
 
 #: A proxy collection small enough for a test: 3 groups and 8 distractors from scikit-image's photos.

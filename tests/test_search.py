@@ -49,14 +49,6 @@ def as_verdicts(pairs):
     )
 
 
-def assembled(lists):
-    """The lists under the verdicts of a :class:`Lists`: raw, but for the judged images'."""
-    neighbours, distances = lists.raw.copy(), lists.raw_distances.copy()
-    at = np.searchsorted(lists.rows, lists.judged)
-    neighbours[at], distances[at] = lists.final, lists.final_distances
-    return neighbours, distances
-
-
 def judge(rng, ids, neighbours, pairs, n_wrong, n_right, n_flipped, n_withdrawn):
     """A night of curators: first neighbours judged wrong, pairs far apart judged right, some
     verdicts turned over, some withdrawn. ``neighbours``: last night's lists as IDs per ID."""
@@ -112,17 +104,17 @@ def test_lists_under_verdicts_equal_a_brute_force_night_after_night(
         full = NightSearch(data, k, judgements, None, "--full").lists()
         shards = [NightSearch(data, k, judgements, earlier, reason).lists(part) for part in thirds(len(ids))]
         for found in (tonight, full):
-            got, got_d = assembled(found)
+            got, got_d = found.assembled()
             np.testing.assert_array_equal(got, expected, err_msg=f"night {night}")
             np.testing.assert_allclose(got_d, expected_d, rtol=1e-12, atol=1e-15)
-        np.testing.assert_array_equal(np.concatenate([assembled(s)[0] for s in shards]), expected)
-        np.testing.assert_array_equal(np.concatenate([assembled(s)[1] for s in shards]), assembled(tonight)[1])
+        np.testing.assert_array_equal(np.concatenate([s.assembled()[0] for s in shards]), expected)
+        np.testing.assert_array_equal(np.concatenate([s.assembled()[1] for s in shards]), tonight.assembled()[1])
         np.testing.assert_array_equal(tonight.raw, full.raw)  # the raw lists ignore the verdicts
         if night > 0 and not added + changed + removed and not any(judging):
             assert not tonight.queried.any() and not tonight.judged_queried.any()  # nothing changed: nothing searched
 
         # the next night starts from tonight's similarities.hdf5
-        got, got_d = assembled(tonight)
+        got, got_d = tonight.assembled()
         earlier_path = tmp_path / f"night-{night}.hdf5"
         write_similarities(
             earlier_path, ids, ids.astype(str), ids.astype(str), got, got_d, {"digest": str(night)}, keys=keys,
@@ -138,7 +130,7 @@ def test_a_new_verdict_searches_only_the_two_images_it_judges(tmp_path):
     keys = ids.astype(str)
     before = as_verdicts({(100, 101): False, (102, 150): True})
     first = NightSearch(data, 5, before.judgements(ids), None, "no earlier similarities").lists()
-    got, got_d = assembled(first)
+    got, got_d = first.assembled()
     path = tmp_path / "first.hdf5"
     write_similarities(
         path, ids, keys, keys, got, got_d, {"digest": "first"}, keys=keys,
@@ -148,7 +140,7 @@ def test_a_new_verdict_searches_only_the_two_images_it_judges(tmp_path):
     tonight = NightSearch(data, 5, after.judgements(ids), Earlier(path, ids, keys), None).lists()
     assert not tonight.queried.any()
     assert sorted(ids[tonight.judged[tonight.judged_queried]].tolist()) == [110, 111]
-    assert 111 not in ids[assembled(tonight)[0][10]] and 110 not in ids[assembled(tonight)[0][11]]
+    assert 111 not in ids[tonight.assembled()[0][10]] and 110 not in ids[tonight.assembled()[0][11]]
 
 
 def test_more_images_judged_right_than_k_keep_the_nearest_k():
@@ -158,8 +150,8 @@ def test_more_images_judged_right_than_k_keep_the_nearest_k():
     pairs = {(0, j): True for j in range(1, 8)}
     found = NightSearch(data, 3, as_verdicts(pairs).judgements(ids), None, "--full").lists()
     expected, _ = brute_force_lists(counts, ids, 3, pairs, "raw", "euclidean", 1.0, data.weights)
-    np.testing.assert_array_equal(assembled(found)[0], expected)
-    assert set(assembled(found)[0][0]) <= set(range(1, 8))
+    np.testing.assert_array_equal(found.assembled()[0], expected)
+    assert set(found.assembled()[0][0]) <= set(range(1, 8))
 
 
 def test_judgements_hold_in_both_directions():
