@@ -484,8 +484,13 @@ def settings_problem():
 
 
 def verdict_source():
-    """Where the verdicts are: ("cms", table), ("csv", path) or ("none", None), ``auto`` decided."""
-    source = verdicts().source
+    """Where the verdicts are: ("cms", table), ("csv", path) or ("none", None), ``auto`` decided
+    (none while a setting cannot be read: the tasks are scheduled, and CheckSettings then stops
+    the run with the setting's name before any work)."""
+    try:
+        source = verdicts().source
+    except ValueError:
+        return "none", None
     if source == "auto":
         source = "csv" if verdicts().csv.strip() else "cms" if cms().url.strip() else "none"
     if source == "cms":

@@ -69,3 +69,33 @@ def test_normalisations_assignments_and_powers_are_each_scored():
     settings = {(r["descriptors"], r["reduced"], r["assign"], r["power"]) for r in rows}
     assert len(rows) == len(settings) == 2 * 2 * 2 * 2
     assert all(r["queries"] == 24 and 0 < r["map"] <= 1 for r in rows)
+
+
+def test_settings_are_scored_on_the_verdicts_without_labels():
+    from pipeline.verdicts import Verdicts
+
+    blocks, index, labels = grouped_collection()
+    ids = index.ids
+    # curators judged pairs of one group right, pairs of two groups wrong
+    same = [(ids[i], ids[i + 4]) for i in range(8)]
+    other = [(ids[i], ids[i + 1]) for i in range(8)]
+    found = Verdicts(
+        image_id=np.array([a for a, _ in same + other]), similar_image_id=np.array([b for _, b in same + other]),
+        right=np.array([True] * 8 + [False] * 8), time=np.array(["2026-12-01T00:00:00+00:00"] * 16),
+        author=np.array([""] * 16),
+    )  # fmt: skip
+    rows = compare_layer(blocks, index, {"layer": "conv5_block3_out"}, [4, 30], ["tfidf"], ["cosine"], verdicts=found)
+    assert len(rows) == 2 and all(r["verdict_pairs"] == 16 and "map" not in r for r in rows)
+    # groups this far apart: the lists find every pair judged right and hold none judged wrong
+    best = sort_rows(rows)[0]
+    assert best["verdict_right_found"] == 1.0 and best["verdict_judged_right"] == 1.0
+    assert "verdicts: right found" in table(rows) and "mAP" not in table(rows)
+
+
+def test_without_labels_the_verdicts_order_the_rows_before_the_self_check():
+    rows = [
+        {"layer": "a", "verdict_right_found": 0.4, "verdict_judged_right": 0.9, "selfcheck_top1": 0.9},
+        {"layer": "b", "verdict_right_found": 0.6, "verdict_judged_right": 0.2, "selfcheck_top1": 0.1},
+        {"layer": "c", "verdict_right_found": 0.6, "verdict_judged_right": 0.5, "selfcheck_top1": 0.1},
+    ]
+    assert [r["layer"] for r in sort_rows(rows)] == ["c", "b", "a"]

@@ -62,3 +62,24 @@ def test_descriptors_of_another_layer_are_refused(collection):
 def test_a_query_needs_the_artifacts_of_a_run(tmp_path):
     with pytest.raises(ArtifactError, match=r"features\.h5 cannot be read .*run the pipeline"):
         SimilarityIndex.load(*(str(tmp_path / name) for name in ("features.h5", "r.h5", "c.h5", "h.h5", "s.hdf5")))
+
+
+def test_a_judged_neighbour_of_a_collection_image_is_marked(collection, tmp_path):
+    from pipeline.verdicts import Judgements
+
+    raw, index, counts, reducer, codebook = collection
+    data = WeightedHistograms(counts, 12, index.ids, "tfidf", "cosine")
+    found, distances = SimilarityIndex(index, data, reducer, codebook, None).query(raw[[4]], k=4)
+    first, second = found[0, 1], found[0, 2]
+    judgements = Judgements(30, np.array([4, second]), np.array([first, 4]), np.array([False, True]))
+    query = SimilarityIndex(index, data, reducer, codebook, None, judgements=judgements)
+    described = query.describe(found, distances, selves=np.array([4]))[0]
+    assert [n.get("verdict") for n in described] == [None, "wrong", "right", None]
+    # a file outside the collection: nothing to mark
+    assert all("verdict" not in n for n in query.describe(found, distances)[0])
+    content = tmp_path / "content"
+    (content / "PPN1").mkdir(parents=True)
+    (content / "PPN1" / "4.jpg").write_bytes(b"")
+    other = tmp_path / "elsewhere.jpg"
+    other.write_bytes(b"")
+    assert query.positions_of([str(content / "PPN1" / "4.jpg"), str(other)], str(content)).tolist() == [4, -1]

@@ -417,6 +417,9 @@ def test_files_that_must_be_rejected_change_nothing_else(run, monkeypatch, small
         ({"images__colour": "sepia"}, "[images] colour='sepia' must be one of grey, rgb"),
         ({"images__trim": "yes"}, "[images] trim='yes' must be true or false"),
         ({"resnet__precision": "int4"}, "[resnet] precision='int4' must be one of auto, float32, bfloat16, float16"),
+        ({"verdicts__source": "cms"}, "[verdicts] source = cms needs [cms] url"),
+        ({"verdicts__source": "csv"}, "[verdicts] source = csv needs [verdicts] csv"),
+        ({"verdicts__source": "sql"}, "[verdicts] source='sql' must be one of auto, cms, csv, none"),
         ({"histograms__shards": "0"}, "[histograms] shards=0 must be a whole number >= 1"),
         ({"neighbours__shards": "two"}, "[neighbours] shards='two' must be a whole number >= 1"),
         # known once the collection is listed, still before any image is extracted
