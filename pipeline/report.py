@@ -41,7 +41,7 @@ def run_report(
         The CMS load's url (shown without password), mode and target, when the run loads one.
     evaluation, selfcheck : dict, optional
         evaluation.json and selfcheck.json, when the run made them.
-    bad_verdicts : list of (str, str), optional
+    bad_verdicts : list of pipeline.verdicts.BadRow, optional
         The verdict rows left out and why, when the run reads verdicts.
     """
     seconds = {name: stage_summary(attrs, date)[0] for name, attrs in artifacts.items()}
@@ -77,7 +77,7 @@ def run_report(
         report["verdicts"] = {
             "source": found["where"],
             **{key: found[key] for key in ("rows", "honoured", "wrong", "right", "superseded")},
-            "bad": [{"row": row, "reason": reason} for row, reason in bad_verdicts],
+            "bad": [{"row": b.row, "reason": b.reason} for b in bad_verdicts],
             "bad_reasons": bad_reasons(bad_verdicts),
             "judged_images": lists.get("judged", 0),
             "lists_changed": lists.get("changed_by_verdicts", 0),

@@ -8,12 +8,14 @@ a self-pair, an unknown verdict or time, an image that has gone) is listed with 
 never stops a night.
 """
 
+import collections
 import csv
 import dataclasses
 import datetime
 import fcntl
 import logging
 import os
+import typing
 
 import h5py
 import numpy as np
@@ -215,6 +217,17 @@ def withdraw_from_csv(path, image_id, similar_image_id):
     return len(body) - len(kept)
 
 
+class BadRow(typing.NamedTuple):
+    """A verdict row that cannot be honoured."""
+
+    row: str
+    """Where it is and what it says."""
+    kind: str
+    """unknown ID, image has gone, self-pair, unknown verdict, bad verdict_time or too many wrong."""
+    reason: str
+    """One line, with the values."""
+
+
 @dataclasses.dataclass
 class Verdicts:
     """The verdicts a night honours, one per pair (the pair's latest), by database ID."""
@@ -269,8 +282,8 @@ def check_verdicts(rows, ids, known=(), k=5):
     Returns
     -------
     verdicts : Verdicts
-    bad : list of (str, str)
-        Each row left out, as its text, and the reason.
+    bad : list of BadRow
+        Each row left out: its text, the kind of reason and the reason.
     superseded : int
         Rows replaced by a later verdict on the same pair.
     """
@@ -286,23 +299,24 @@ def check_verdicts(rows, ids, known=(), k=5):
     good = []
     for i, row in enumerate(frame.itertuples(index=False)):
         text = f"{row.where}: {row.image_id},{row.similar_image_id},{row.verdict},{rows['verdict_time'].iloc[i]}"
-        reason = None
+        kind = reason = None
         for image in (row.image_id, row.similar_image_id):
             if image not in by_id:
-                reason = (
-                    f"image {image or '(empty)'} has gone from the collection"
+                kind, reason = (
+                    ("image has gone", f"image {image or '(empty)'} has gone from the collection")
                     if image in known
-                    else f"unknown ID {image or '(empty)'}: not an image of the collection"
+                    else ("unknown ID", f"unknown ID {image or '(empty)'}: not an image of the collection")
                 )
                 break
-        if reason is None and row.image_id == row.similar_image_id:
-            reason = f"a self-pair: image {row.image_id} with itself"
-        if reason is None and row.verdict.lower() not in VERDICTS:
-            reason = f"unknown verdict {row.verdict!r}: it must be wrong or right"
-        if reason is None and pd.isna(times.iloc[i]):
+        if kind is None and row.image_id == row.similar_image_id:
+            kind, reason = "self-pair", f"a self-pair: image {row.image_id} with itself"
+        if kind is None and row.verdict.lower() not in VERDICTS:
+            kind, reason = "unknown verdict", f"unknown verdict {row.verdict!r}: it must be wrong or right"
+        if kind is None and pd.isna(times.iloc[i]):
+            kind = "bad verdict_time"
             reason = f"verdict_time {rows['verdict_time'].iloc[i]!r} is not a date and time"
-        if reason:
-            bad.append((text, reason))
+        if kind:
+            bad.append(BadRow(text, kind, reason))
         else:
             good.append(i)
     frame, times = frame.iloc[good], times.iloc[good]
@@ -344,8 +358,8 @@ def _keep_lists_full(latest, n, k, bad):
         mine = wrong[((wrong["a"] == image) | (wrong["b"] == image)) & ~wrong.index.isin(dropped)]
         for index, row in mine.sort_values("time", ascending=False).iloc[: max(len(mine) - limit, 0)].iterrows():
             dropped.add(index)
-            bad.append((
-                f"{row['where']}: {row['a']},{row['b']},wrong,{row['time'].isoformat()}",
+            bad.append(BadRow(
+                f"{row['where']}: {row['a']},{row['b']},wrong,{row['time'].isoformat()}", "too many wrong",
                 f"image {image} has more pairs judged wrong than its list of {k} can leave out among {n} images",
             ))  # fmt: skip
     return latest.drop(index=list(dropped))
@@ -419,8 +433,9 @@ def save_verdicts(path, verdicts, bad, known, attrs):
         f.create_dataset("right", data=verdicts.right.astype(bool))
         write_strings(f, "time", verdicts.time)
         write_strings(f, "author", verdicts.author)
-        write_strings(f, "bad_row", [row for row, _ in bad])
-        write_strings(f, "bad_reason", [reason for _, reason in bad])
+        write_strings(f, "bad_row", [b.row for b in bad])
+        write_strings(f, "bad_kind", [b.kind for b in bad])
+        write_strings(f, "bad_reason", [b.reason for b in bad])
         write_strings(f, "known", sorted(known))
 
 
@@ -434,19 +449,16 @@ def load_verdicts(path):
             time=read_strings(f["time"]),
             author=read_strings(f["author"]),
         )
-        bad = list(zip(read_strings(f["bad_row"]), read_strings(f["bad_reason"])))
+        bad = [
+            BadRow(*b)
+            for b in zip(read_strings(f["bad_row"]), read_strings(f["bad_kind"]), read_strings(f["bad_reason"]))
+        ]
         return verdicts, bad, set(read_strings(f["known"]))
 
 
 def bad_reasons(bad):
-    """How many rows were left out for each kind of reason (its words before any ID or value)."""
-    kinds = {"gone": "image has gone", "unknown ID": "unknown ID", "self-pair": "self-pair",
-             "unknown verdict": "unknown verdict", "verdict_time": "bad verdict_time", "more pairs": "too many wrong"}  # fmt: skip
-    counts = {}
-    for _, reason in bad:
-        kind = next((name for key, name in kinds.items() if key in reason), "other")
-        counts[kind] = counts.get(kind, 0) + 1
-    return counts
+    """How many rows were left out for each kind of reason."""
+    return dict(collections.Counter(b.kind for b in bad))
 
 
 def verdict_scores(ids, lists, verdicts):

@@ -81,12 +81,13 @@ class Verdicts(ArtifactTask):
         # images once: the mapping's rows without a file, images without a list (rejected), earlier ones
         known = earlier | {m.split(" ", 1)[0] for m in inventory.missing}
         known |= set(map(str, inventory.ids.tolist())) - set(map(str, index.ids.tolist()))
-        honoured, bad, superseded, n_rows = checked(index.ids, known)
+        rows = read_rows(index.ids)
+        honoured, bad, superseded = verdicts.check_verdicts(rows, index.ids, known, config.neighbours().k)
+        n_rows = len(rows)
         named = {str(i) for i in (*honoured.image_id.tolist(), *honoured.similar_image_id.tolist())}
-        gone = {reason.split()[1] for _, reason in bad if "has gone" in reason}
         self._found = settings_digest(
             [honoured.image_id.tolist(), honoured.similar_image_id.tolist(), honoured.right.tolist(),
-             honoured.time.tolist(), honoured.author.tolist(), bad]
+             honoured.time.tolist(), honoured.author.tolist(), [list(b) for b in bad]]
         )  # fmt: skip
         n_right = int(honoured.right.sum())
         logger.info(
@@ -95,7 +96,7 @@ class Verdicts(ArtifactTask):
             superseded, len(bad),
         )  # fmt: skip
         if bad:
-            listed = "; ".join(f"{row}: {reason}" for row, reason in bad[:20])
+            listed = "; ".join(f"{b.row}: {b.reason}" for b in bad[:20])
             logger.warning(
                 "%d verdict rows cannot be honoured: %s%s", len(bad), listed, " ..." if len(bad) > 20 else ""
             )
@@ -103,4 +104,6 @@ class Verdicts(ArtifactTask):
             rows=n_rows, honoured=len(honoured), wrong=len(honoured) - n_right, right=n_right,
             superseded=superseded, bad=len(bad), where=where() or "none",
         )  # fmt: skip
-        verdicts.save_verdicts(tmp, honoured, bad, earlier | named | gone, attrs)
+        # the IDs of the rows that were images once stay known, so that they keep being "gone"
+        mentioned = {str(v).strip() for column in ("image_id", "similar_image_id") for v in rows[column]}
+        verdicts.save_verdicts(tmp, honoured, bad, earlier | named | (known & mentioned), attrs)

@@ -63,7 +63,7 @@ def test_bad_rows_are_listed_with_their_reason_and_never_stop_the_others():
         known={"90"},
     )
     assert len(found) == 1 and (found.image_id[0], found.similar_image_id[0]) == (40, 50)
-    reasons = [reason for _, reason in bad]
+    reasons = [b.reason for b in bad]
     assert reasons == [
         "unknown ID 999: not an image of the collection",
         "a self-pair: image 10 with itself",
@@ -72,7 +72,7 @@ def test_bad_rows_are_listed_with_their_reason_and_never_stop_the_others():
         "image 90 has gone from the collection",
         "unknown ID (empty): not an image of the collection",
     ]
-    assert bad[0][0] == "line 2: 10,999,wrong,2026-11-01T10:00:00Z"
+    assert bad[0].row == "line 2: 10,999,wrong,2026-11-01T10:00:00Z"
     assert verdicts.bad_reasons(bad) == {
         "unknown ID": 2, "self-pair": 1, "unknown verdict": 1, "bad verdict_time": 1, "image has gone": 1,
     }  # fmt: skip
@@ -89,7 +89,7 @@ def test_an_image_keeps_enough_images_not_judged_wrong_for_its_list():
     values = [(10, other, "wrong", f"2026-11-0{i + 1}T00:00:00Z") for i, other in enumerate((20, 30, 40, 50))]
     found, bad, _ = check_verdicts(rows(*values), IDS, k=5)
     assert sorted(found.similar_image_id.tolist()) == [20, 30]  # the earliest two
-    assert len(bad) == 2 and all("more pairs judged wrong" in reason for _, reason in bad)
+    assert len(bad) == 2 and all(b.kind == "too many wrong" and "more pairs judged wrong" in b.reason for b in bad)
 
 
 def test_no_rows_no_verdicts():
