@@ -260,27 +260,22 @@ def render(run, result, counts, data, chosen, thumbnails, map_sample=400, seed=0
     quality = ""
     if evaluation and "queries" in evaluation:
         keys = ("queries", "precision_at_1", "precision_at_5", "recall_at_5", "map")
-        head = "".join(f"<th>{k.replace('_at_', '@').replace('_', ' ')}</th>" for k in keys)
-        body = "".join(
-            f"<tr><td>{html.escape(name)}</td>" + "".join(f"<td>{scores[k]:.4g}</td>" for k in keys) + "</tr>"
-            for name, scores in [("all labels", evaluation), *evaluation["per_label"].items()]
-        )
-        quality = f'<h2 id="quality">Quality against the labels</h2><table class="quality"><tr><th></th>{head}</tr>{body}</table>'
+        rows = [("all labels", evaluation), *evaluation["per_label"].items()]
+        quality = '<h2 id="quality">Quality against the labels</h2>' + _table(
+            "quality", ["", *(k.replace("_at_", "@").replace("_", " ") for k in keys)],
+            [[name, *(f"{scores[k]:.4g}" for k in keys)] for name, scores in rows],
+        )  # fmt: skip
     check = run.get("selfcheck")
     if check:
         rows = [("all alterations", check), *check["per_alteration"].items()]
-        body = "".join(
-            f"<tr><td>{html.escape(name)}</td><td>{r['queries']}</td><td>{100 * r['top1']:.1f} %</td>"
-            f"<td>{100 * r['top5']:.1f} %</td></tr>"
-            for name, r in rows
-        )
         quality += (
             f'<h2 id="selfcheck">Self-check</h2><p>Altered copies of {check["images"]:,} sampled images, queried '
             "against the collection: how often the original is the first neighbour, and within the first five "
             f"(by chance: {100 * check['chance_top1']:.2f} % and {100 * check['chance_top5']:.2f} %).</p>"
-            '<table class="selfcheck"><tr><th>alteration</th><th>copies</th><th>original first</th>'
-            f"<th>within 5</th></tr>{body}</table>"
-        )
+        ) + _table(
+            "selfcheck", ["alteration", "copies", "original first", "within 5"],
+            [[name, r["queries"], f"{100 * r['top1']:.1f} %", f"{100 * r['top5']:.1f} %"] for name, r in rows],
+        )  # fmt: skip
     if "verdicts" in run:
         quality += _verdicts_section(run["verdicts"], recent, row_of, thumb, name)
     return f"""<!DOCTYPE html>
@@ -337,18 +332,15 @@ def _verdicts_section(found, recent, row_of, thumb, name):
     )
     if scores:
         rows = [("all days", scores), *scores["per_day"].items()]
-        body = "".join(
-            f"<tr><td>{html.escape(day)}</td><td>{r['pairs']}</td><td>{r['wrong']}</td><td>{r['right']}</td>"
-            f"<td>{share(r['right_found'])}</td><td>{r['judged_in_lists']}</td><td>{share(r['judged_right'])}</td></tr>"
-            for day, r in rows
-        )
         head += (
             "<p>The raw lists (the nearest images, before the verdicts) against the verdicts, by day of judging: "
             "the share of the pairs judged right that the raw lists hold, and the share of the raw lists' judged "
-            'entries judged right.</p><table class="verdicts"><tr><th>judged on</th><th>pairs</th><th>wrong</th>'
-            "<th>right</th><th>right pairs found</th><th>judged entries</th><th>judged right</th></tr>"
-            f"{body}</table>"
-        )
+            "entries judged right.</p>"
+        ) + _table(
+            "verdicts", ["judged on", "pairs", "wrong", "right", "right pairs found", "judged entries", "judged right"],
+            [[day, r["pairs"], r["wrong"], r["right"], share(r["right_found"]), r["judged_in_lists"],
+              share(r["judged_right"])] for day, r in rows],
+        )  # fmt: skip
     pairs = []
     for v in recent:
         a, b = row_of.get(str(v["image_id"])), row_of.get(str(v["similar_image_id"]))
@@ -364,12 +356,18 @@ def _verdicts_section(found, recent, row_of, thumb, name):
     if pairs:
         head += f"<h3>Recently judged pairs</h3>{''.join(pairs)}"
     if found["bad"]:
-        rows = "".join(
-            f"<tr><td>{html.escape(b['row'])}</td><td>{html.escape(b['reason'])}</td></tr>" for b in found["bad"][:100]
-        )
         more = f" (the first 100 of {len(found['bad']):,})" if len(found["bad"]) > 100 else ""
-        head += f'<h3>Verdict rows left out{more}</h3><table class="bad-verdicts"><tr><th>row</th><th>reason</th></tr>{rows}</table>'
+        head += f"<h3>Verdict rows left out{more}</h3>" + _table(
+            "bad-verdicts", ["row", "reason"], [[b["row"], b["reason"]] for b in found["bad"][:100]]
+        )
     return head
+
+
+def _table(css_class, headings, rows):
+    """An HTML table of text cells (escaped here)."""
+    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in headings)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows)
+    return f'<table class="{css_class}"><tr>{head}</tr>{body}</table>'
 
 
 def recent_verdicts(verdicts, n=6):
