@@ -1,5 +1,6 @@
 """``python -m tasks.query FILE [FILE ...] [-k 5] [--json]``: the collection's most similar images
-of image files, which need not be in the collection, from the last run's artifacts.
+of image files, which need not be in the collection, from the last run's artifacts. For a file of
+the collection, a neighbour whose pair with it has a curator's verdict is marked.
 
 Exit status: 0 when every file was queried, 1 when some could not be read (each named with
 the reason), 2 when nothing could be queried (no finished run, a bad argument).
