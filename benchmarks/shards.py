@@ -24,8 +24,9 @@ import numpy as np
 
 from pipeline import extraction, histograms, output
 from pipeline.codebook import Codebook
-from pipeline.neighbours import DEFAULT_METRIC, DEFAULT_WEIGHTING, WeightedHistograms, sparse_neighbours
+from pipeline.neighbours import DEFAULT_METRIC, DEFAULT_WEIGHTING, WeightedHistograms
 from pipeline.reduction import Reducer
+from pipeline.search import NightSearch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 #: Each worker's threads: one core.
@@ -121,8 +122,8 @@ class NeighbourPart(Part):
     def make(self, tmp, started):
         data = weighted(self.folder, self.input().path)
         rows = output.block_rows(len(data), self.shard, self.shards)
-        nearest, distances = sparse_neighbours(data, k=K, rows=rows)
-        output.write_neighbours(tmp, rows, nearest, distances, self.times(started))
+        lists = NightSearch(data, K, why_full="the benchmark's full search").lists(rows)
+        output.write_neighbours(tmp, lists, self.times(started))
 
 
 class AllNeighbours(Part):
@@ -133,8 +134,11 @@ class AllNeighbours(Part):
         return [NeighbourPart(**self.common(), shard=i) for i in range(self.shards)]
 
     def make(self, tmp, started):
-        nearest, distances = output.gather_neighbours([t.path for t in self.input()], self.images, K)
-        output.write_neighbours(tmp, np.arange(self.images), nearest, distances, self.times(started))
+        nearest, distances, *_ = output.gather_neighbours([t.path for t in self.input()], self.images, K)
+        with h5py.File(tmp, "w") as f:
+            f.attrs.update(self.times(started))
+            f.create_dataset("neighbours", data=nearest)
+            f.create_dataset("distances", data=distances)
 
 
 def log_path(folder, worker):
@@ -168,7 +172,8 @@ def run_sharded(folder, images, rank, workers, shards):
     with tempfile.TemporaryDirectory(prefix="luigid-") as state:
         config = os.path.join(state, "luigid.cfg")
         with open(config, "w") as f:
-            f.write(f"[scheduler]\nstate_path = {os.path.join(state, 'state.pickle')}\n")
+            # a failed part is a fault of the benchmark: disabled at once, so the workers end and say why
+            f.write(f"[scheduler]\nstate_path = {os.path.join(state, 'state.pickle')}\nretry_count = 1\n")
         luigid = subprocess.Popen(
             [os.path.join(bin_dir, "luigid"), "--port", str(port), "--logdir", state],
             env={**os.environ, "LUIGI_CONFIG_PATH": config}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
