@@ -293,8 +293,7 @@ def check_verdicts(rows, ids, known=(), k=5):
     bad = []
     frame = rows.copy()
     for column in ("image_id", "similar_image_id", "verdict", "author"):
-        frame[column] = [("" if v is None or (isinstance(v, float) and np.isnan(v)) else str(v)).strip()
-                         for v in frame[column]]  # fmt: skip
+        frame[column] = [_text(v) for v in frame[column]]
     times = pd.to_datetime(frame["verdict_time"], utc=True, errors="coerce", format="mixed")
     good = []
     for i, row in enumerate(frame.itertuples(index=False)):
@@ -345,6 +344,15 @@ def check_verdicts(rows, ids, known=(), k=5):
         bad,
         superseded,
     )
+
+
+def _text(value):
+    """A cell as text: empty for NULL, a whole number written as one (1011.0 from a float column is 1011)."""
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return ""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value).strip()
 
 
 def _keep_lists_full(latest, n, k, bad):

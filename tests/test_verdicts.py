@@ -78,6 +78,11 @@ def test_bad_rows_are_listed_with_their_reason_and_never_stop_the_others():
     }  # fmt: skip
 
 
+def test_ids_from_a_float_column_are_whole_numbers():
+    found, bad, _ = check_verdicts(rows((10.0, 20.0, "wrong", "2026-11-01T00:00:00Z")), IDS)
+    assert bad == [] and (found.image_id[0], found.similar_image_id[0]) == (10, 20)
+
+
 def test_string_ids_match_as_text():
     ids = np.array(["a1", "b2", "c3", "d4", "e5", "f6", "g7"])
     found, bad, _ = check_verdicts(rows(("b2", "a1", "wrong", "2026-11-01T00:00:00Z")), ids)
