@@ -147,7 +147,7 @@ def test_incremental_nightly_runs(tmp_path, small_collection):
     assert first["refit"] is True and first["status"] == "ok"
     assert first["neighbours"] == {"search": "full", "queried": 18}
     stages = {
-        "Inventory", "FeatureShard", "Features", "Reducer", "Codebook", "HistogramShard", "Histograms",
+        "Inventory", "FeatureShard", "Features", "Reducer", "Codebook", "HistogramShard", "Histograms", "Verdicts",
         "NeighbourShard", "Similarities",
     }  # fmt: skip
     assert set(first["stage_seconds"]) == stages and first["stage_seconds"]["FeatureShard"] > 0
