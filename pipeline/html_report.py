@@ -203,9 +203,15 @@ def render(run, result, counts, data, chosen, thumbnails, map_sample=400, seed=0
         return f"{html.escape(str(ids[row]))}<br><small>{html.escape(result['ppn'][row])}/{html.escape(result['filename'][row])}</small>"
 
     similarity = data.similarity(distances)
-    judged_right = {
-        frozenset((str(a), str(b))) for (a, b), right in zip(result.get("verdict_pairs", ()), result.get("verdict_right", ())) if right
-    }  # fmt: skip
+    honoured = result.get("verdicts")
+    judged_right = set()
+    if honoured is not None:
+        judged_right = {
+            frozenset((str(a), str(b)))
+            for a, b in zip(
+                honoured.image_id[honoured.right].tolist(), honoured.similar_image_id[honoured.right].tolist()
+            )
+        }
     sections = []
     for row in chosen:
         cells = [_figure(thumb(row), f"<b>{name(row)}</b>")]

@@ -9,7 +9,7 @@ import pandas as pd
 from . import __version__
 from .errors import ArtifactError
 from .h5io import read_attrs, read_ids, read_strings, write_ids, write_strings
-from .verdicts import Judgements
+from .verdicts import Verdicts
 
 
 def write_similarities(
@@ -48,7 +48,7 @@ def write_similarities(
     k = neighbours.shape[1]
     with h5py.File(path, "w") as f:
         f.attrs.update(attrs)
-        f.attrs["k"] = neighbours.shape[1]
+        f.attrs["k"] = k
         f.attrs["created"] = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
         f.attrs["pipeline_version"] = __version__
         write_ids(f, "ids", ids)
@@ -92,13 +92,24 @@ def read_similarities(path):
         if "raw_rows" in f:
             result["raw_rows"], result["raw_neighbours"] = f["raw_rows"][:], read_ids(f["raw_neighbours"])
             result["raw_distances"] = f["raw_distances"][:]
-        if "verdict_right" in f:
-            result["verdict_pairs"] = np.stack(
-                [read_ids(f["verdict_image_id"]), read_ids(f["verdict_similar_image_id"])], axis=-1
-            ).reshape(-1, 2)
-            result["verdict_right"] = f["verdict_right"][:]
+        result["verdicts"] = _honoured(f)
     result["attrs"] = read_attrs(path)
     return result
+
+
+def _honoured(f):
+    """The verdicts an open similarities file honours (:class:`pipeline.verdicts.Verdicts`, without
+    times and authors; none for a file from before verdicts)."""
+    if "verdict_right" not in f:
+        return Verdicts.empty()
+    ids = (read_ids(f["verdict_image_id"]), read_ids(f["verdict_similar_image_id"]))
+    return Verdicts(*ids, f["verdict_right"][:].astype(bool), np.array([], dtype=str), np.array([], dtype=str))
+
+
+def honoured_verdicts(path):
+    """The verdicts the lists of the similarities file at ``path`` honour (see :func:`_honoured`)."""
+    with h5py.File(path, "r") as f:
+        return _honoured(f)
 
 
 def raw_lists(result):
@@ -204,11 +215,7 @@ class Earlier:
             earlier_keys = read_strings(f["keys"]) if "keys" in f else None
             self.digest = str(f.attrs["digest"])
             raw = (f["raw_rows"][:], read_ids(f["raw_neighbours"])) if "raw_rows" in f else None
-            verdicts = (
-                (read_ids(f["verdict_image_id"]), read_ids(f["verdict_similar_image_id"]), f["verdict_right"][:])
-                if "verdict_right" in f
-                else None
-            )
+            self._verdicts = _honoured(f)
         ids, keys = np.asarray(ids), np.asarray(keys, dtype=str)
         by_id = pd.Index(ids).get_indexer(earlier_ids)
         same = by_id >= 0
@@ -226,7 +233,6 @@ class Earlier:
         if raw is not None and len(raw[0]):
             self._raw_at[raw[0]] = earlier_index.get_indexer(raw[1].ravel()).reshape(raw[1].shape)
         self._lists = (self.now, listed_at, ids, listed)
-        self._verdicts = verdicts
 
     def previous(self, final=False):
         """Each image's earlier raw list (``final``: its list under the earlier verdicts) as
@@ -241,13 +247,7 @@ class Earlier:
     def judgements(self):
         """The verdicts the earlier lists honoured, over the positions now (by database ID: a
         changed image keeps its verdicts): :class:`pipeline.verdicts.Judgements`."""
-        ids = self._lists[2]
-        if self._verdicts is None:
-            return Judgements(len(ids), [], [], [])
-        index = pd.Index(np.asarray(ids).astype(str))
-        a, b = (index.get_indexer(np.asarray(x).astype(str)) for x in self._verdicts[:2])
-        kept = (a >= 0) & (b >= 0)
-        return Judgements(len(ids), a[kept], b[kept], self._verdicts[2][kept])
+        return self._verdicts.judgements(self._lists[2])
 
     def changed(self, neighbour_ids, distances):
         """Which images now have a list (``neighbour_ids``, IDs, nearest first, and their

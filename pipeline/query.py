@@ -5,16 +5,16 @@ import json
 import logging
 import os
 
-import h5py
 import numpy as np
 
 from . import histograms, store
 from .codebook import Codebook
 from .errors import ArtifactError
-from .h5io import read_attrs, read_ids
+from .h5io import read_attrs
 from .neighbours import WeightedHistograms, query_neighbours
+from .output import honoured_verdicts
 from .reduction import Reducer
-from .verdicts import Judgements, Verdicts
+from .verdicts import Judgements
 
 logger = logging.getLogger(__name__)
 
@@ -106,13 +106,7 @@ class SimilarityIndex:
             "precision": feature_settings.get("precision", "float32"),
             "trunk": attrs["Features"].get("int8_trunk"),  # at int8, the store's calibrated trunk
         }
-        judgements = None
-        with h5py.File(similarities, "r") as f:
-            if "verdict_right" in f:
-                judgements = Verdicts(
-                    read_ids(f["verdict_image_id"]), read_ids(f["verdict_similar_image_id"]), f["verdict_right"][:],
-                    np.array([], dtype=str), np.array([], dtype=str),
-                ).judgements(index.ids)  # fmt: skip
+        judgements = honoured_verdicts(similarities).judgements(index.ids)
         assign = histograms.load_assign(histograms_path)
         return cls(index, data, Reducer.load(reducer), codebook_, model, assign, judgements)
 

@@ -96,11 +96,12 @@ class NightSearch:
         self.judgements = judgements if judgements is not None else Judgements(len(data), [], [], [])
         self.earlier = None
         if why_full is None:
+            judged = len(self.judgements) > 0  # the lists under the verdicts are wanted only then
             self.earlier = (
                 earlier.new,
                 earlier.previous(),
-                earlier.previous(final=True),
-                changed_images(self.judgements, earlier.judgements()),
+                earlier.previous(final=True) if judged else None,
+                changed_images(self.judgements, earlier.judgements()) if judged else None,
             )
 
     def lists(self, rows=None, checkpoints=None, progress=None):

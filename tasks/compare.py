@@ -138,10 +138,10 @@ def run(args):
                     files = inventory.paths(index.ids, config.paths().content)
                     copies = Copies(files, scratch, sample=args.selfcheck, seed=config.selfcheck().seed)
                 if config.verdict_source()[0] != "none":
-                    site_verdicts, bad, _, n_rows = checked(index.ids)
+                    site_verdicts, bad, _, read = checked(index.ids)
                     logger.info(
                         "%d verdicts of %d rows from %s score each setting (%d rows left out)", len(site_verdicts),
-                        n_rows, where(), len(bad),
+                        len(read), where(), len(bad),
                     )  # fmt: skip
             elif list(index.ids) != list(first_ids):
                 raise PipelineError(f"the images with descriptors differ between settings at {made_with}; run again")

@@ -37,9 +37,10 @@ def read_rows(ids):
 
 
 def checked(ids, known=()):
-    """The configured verdicts checked against the images ``ids``: (Verdicts, bad rows, superseded, rows read)."""
+    """The configured verdicts checked against the images ``ids`` (``pipeline.verdicts.check_verdicts``):
+    (Verdicts, bad rows, superseded, the rows read)."""
     rows = read_rows(ids)
-    return (*verdicts.check_verdicts(rows, ids, known, config.neighbours().k), len(rows))
+    return (*verdicts.check_verdicts(rows, ids, known, config.neighbours().k), rows)
 
 
 class Verdicts(ArtifactTask):
@@ -81,8 +82,7 @@ class Verdicts(ArtifactTask):
         # images once: the mapping's rows without a file, images without a list (rejected), earlier ones
         known = earlier | {m.split(" ", 1)[0] for m in inventory.missing}
         known |= set(map(str, inventory.ids.tolist())) - set(map(str, index.ids.tolist()))
-        rows = read_rows(index.ids)
-        honoured, bad, superseded = verdicts.check_verdicts(rows, index.ids, known, config.neighbours().k)
+        honoured, bad, superseded, rows = checked(index.ids, known)
         n_rows = len(rows)
         named = {str(i) for i in (*honoured.image_id.tolist(), *honoured.similar_image_id.tolist())}
         self._found = settings_digest(
