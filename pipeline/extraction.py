@@ -5,10 +5,20 @@ import concurrent.futures
 import hashlib
 import logging
 import os
+from typing import NamedTuple
 
 import numpy as np
 
 logger = logging.getLogger(__name__)
+
+
+class Extracted(NamedTuple):
+    """What one extraction did: files extracted (or rejected), files already in the store, and
+    the files Pillow decoded whole by format (:attr:`pipeline.images.Decoded.whole`)."""
+
+    extracted: int
+    reused: int
+    whole: dict
 
 
 def shard_of(relpath, shards):
@@ -42,13 +52,13 @@ def extract_to_store(store, make_extractor, files, content_dir, progress=None):
 
     Returns
     -------
-    n_extracted, n_reused : int
+    Extracted
     """
     done, rejected = store.scan()
     todo = [f for f in files if f.key not in done and f.key not in rejected]
     logger.info("extracting %d images, reusing %d already in the feature store", len(todo), len(files) - len(todo))
     if not todo:
-        return 0, len(files)
+        return Extracted(0, len(files), {})
     paths = [os.path.join(content_dir, f.relpath) for f in todo]
     # each batch is committed in a thread while the model runs on the next one (8-bit codes
     # and compression cost about a tenth of a CPU forward pass); one commit at a time is in
@@ -75,7 +85,13 @@ def extract_to_store(store, make_extractor, files, content_dir, progress=None):
             pending = writer.submit(commit, [batch[i].key for i in good], descriptors[good], rejected)
         if pending is not None:
             wait_for_commit()
-    return len(todo), len(files) - len(todo)
+        whole = extractor.whole
+    if whole:
+        logger.warning(
+            "%d files decoded whole by Pillow (no fast decoder for them): %s",
+            sum(whole.values()), ", ".join(f"{n} {fmt}" for fmt, n in sorted(whole.items())),
+        )  # fmt: skip
+    return Extracted(len(todo), len(files) - len(todo), whole)
 
 
 def extract_features(
@@ -89,7 +105,7 @@ def extract_features(
 
     Returns
     -------
-    n_extracted, n_reused : int
+    Extracted
     """
     from .features import DescriptorExtractor, cached_model
     from .int8 import trunk_path

@@ -11,8 +11,9 @@ import threading
 
 import numpy as np
 
+from .decoders import DecoderPool
 from .errors import ConfigError, ImageError, WeightsError
-from .images import COLOURS, DECODE_TIMEOUT, INPUT_SIZE, MAX_PIXELS, DecoderPool
+from .images import COLOURS, DECODE_TIMEOUT, INPUT_SIZE, MAX_PIXELS
 from .precision import POLICIES
 
 logger = logging.getLogger(__name__)
@@ -213,7 +214,7 @@ class DescriptorExtractor:
 
     Every batch is padded to ``batch_size`` so the compiled forward pass sees one shape and
     an image's descriptors do not depend on how many images share its batch. Files are
-    decoded by a :class:`~pipeline.images.DecoderPool` (one file at a time per process, each
+    decoded by a :class:`~pipeline.decoders.DecoderPool` (one file at a time per process, each
     within ``decode_timeout`` seconds) while the model runs on the previous batch; its
     processes start with the first run and stop at :meth:`close` (or the end of a ``with``).
 
@@ -222,14 +223,14 @@ class DescriptorExtractor:
     model : keras.Model from :func:`build_model`, or a callable mapping decoded images to their
         maps as float32 (:class:`pipeline.int8.OpenVinoTrunk`)
     batch_size : int
-    decode_processes : int
-        Processes decoding images while the model runs.
+    decode_processes : int, optional
+        Processes decoding images while the model runs: one per core when None or 0.
     decode_timeout : float
         Seconds one file may take to decode before its decoder is stopped and the file rejected.
     max_pixels : int
         Images with more pixels are rejected before decoding.
     decode : callable, optional
-        The decoding function the processes run (tests replace it); :func:`~pipeline.images.load_image` by default.
+        The decoding function the processes run (tests replace it); :func:`~pipeline.images.decode_image` by default.
     colour : {"grey", "rgb"}
     trim : bool
         How each image is prepared for the model (:func:`~pipeline.images.load_image`).
@@ -239,7 +240,7 @@ class DescriptorExtractor:
         self,
         model,
         batch_size=16,
-        decode_processes=2,
+        decode_processes=None,
         decode_timeout=DECODE_TIMEOUT,
         max_pixels=MAX_PIXELS,
         decode=None,
@@ -263,6 +264,11 @@ class DescriptorExtractor:
 
     def __exit__(self, *exc):
         self.close()
+
+    @property
+    def whole(self):
+        """Files Pillow decoded whole, by format (:attr:`pipeline.decoders.DecoderPool.whole`)."""
+        return dict(self._pool.whole) if self._pool is not None else {}
 
     def close(self):
         """Stop the decoder processes."""

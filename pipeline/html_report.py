@@ -5,11 +5,12 @@ import html
 import io
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 
+from .decoders import DecoderPool
 from .errors import ConfigError, ImageError
 from .h5io import atomic_path
-from .images import DECODE_TIMEOUT, MAX_PIXELS, DecoderPool, to_rgb
+from .images import DECODE_ERRORS, DECODE_TIMEOUT, MAX_PIXELS, Decoded, reason_of, reduced_copy
 
 #: Side of the thumbnails beside each sampled image, and of those on the map, in pixels.
 THUMBNAIL, MAP_THUMBNAIL = 112, 40
@@ -18,22 +19,20 @@ MAP_CELL = MAP_THUMBNAIL + 4
 
 
 def thumbnail_pixels(path, size=THUMBNAIL, max_pixels=MAX_PIXELS):
-    """The image at ``path`` fitted into size x size, decoded as for the model (first frame,
-    EXIF orientation, RGB by :func:`pipeline.images.to_rgb`): ndarray of shape (h, w, 3), uint8.
+    """The image at ``path`` fitted into size x size, decoded as for the model (the reduced copy
+    of :func:`pipeline.images.reduced_copy`): a Decoded of pixels of shape (h, w, 3), uint8.
     Run by the decoder processes, so that a thumbnail is as time-bounded as the extraction."""
-    with Image.open(path) as image:
-        width, height = image.size
-        if width * height > max_pixels:
-            raise ImageError(f"{width} x {height} pixels is more than [images] max_pixels={max_pixels}")
-        image.draft("RGB", (size, size))
-        image = to_rgb(ImageOps.exif_transpose(image))
-        image.thumbnail((size, size))
-        return np.asarray(image, dtype=np.uint8)
+    try:
+        image, whole = reduced_copy(path, size, max_pixels)
+    except DECODE_ERRORS as exc:
+        raise ImageError(reason_of(exc, path)) from None
+    image.thumbnail((size, size))
+    return Decoded(np.asarray(image, dtype=np.uint8), whole)
 
 
-def make_thumbnails(paths, rows_by_side, processes=2, timeout=DECODE_TIMEOUT, max_pixels=MAX_PIXELS):
+def make_thumbnails(paths, rows_by_side, processes=None, timeout=DECODE_TIMEOUT, max_pixels=MAX_PIXELS):
     """JPEG data URIs of the images at ``rows_by_side[side]`` of ``paths``, decoded in a
-    :class:`~pipeline.images.DecoderPool`: dict of (row, side) to str, or None for a file that
+    :class:`~pipeline.decoders.DecoderPool`: dict of (row, side) to str, or None for a file that
     cannot be shown (changed, unreadable, or past the time limit since its extraction)."""
     found = {}
     for side, rows in rows_by_side.items():

@@ -1,18 +1,31 @@
-"""Decoding image files into the model's input (224 x 224 x 3), each file in a time-bounded process."""
+"""Decoding image files into the model's input (224 x 224 x 3): a reduced copy made while the
+file is read, its margin trimmed, resized.
 
-import logging
-import multiprocessing.connection
+Every file is first opened by Pillow, which reads its header only: the format, the size (checked
+against ``max_pixels`` before any pixel is decoded), and a file Pillow does not recognise is
+rejected as it always was. The pixels then come from the fastest decoder measured for the
+format (``python -m benchmarks.extract --masters``), each making a copy whose shorter side is
+about :func:`reduced_side` while it reads the file, so that a page scan of 100 megapixels is
+never held at full resolution:
+
+- JPEG: Pillow's draft mode (libjpeg-turbo decodes at 1/2, 1/4 or 1/8 scale, in grey straight
+  from the luma when ``colour = grey``);
+- JPEG 2000: Pillow's reduced resolution levels (OpenJPEG decodes only those);
+- TIFF, PNG, WebP, GIF: libvips' ``thumbnail`` (strips and rows streamed through a shrink,
+  a pyramid's nearest level read);
+- anything else, and a file libvips fails on: Pillow decodes it whole and reduces it at once.
+  These are counted (:attr:`Decoded.whole`): a failing file then fails with Pillow's reason,
+  as before libvips was used.
+"""
+
+import math
 import os
-import signal
-import socket
-import subprocess
-import sys
-import time
+from typing import NamedTuple
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .errors import ImageError, PipelineError
+from .errors import ImageError
 
 INPUT_SIZE = 224
 #: Default of ``[images] max_pixels``: larger images are rejected unread, against decompression bombs.
@@ -27,14 +40,28 @@ COLOURS = ("grey", "rgb")
 TRIM_TOLERANCE, TRIM_SHARE = 24, 0.02
 #: :func:`trim_box` keeps at least this share of each side (a uniform photograph is not a margin).
 TRIM_KEEP = 0.5
-#: Seconds a new decoder process may take to start (import numpy and Pillow).
-START_TIMEOUT = 120.0
-#: Seconds to wait for a killed decoder process to end.
-STOP_TIMEOUT = 10.0
+#: With ``trim``, the reduced copy's shorter side is at least this many times the input size, so
+#: that a picture inside a margin of up to a tenth of each side is still resized down to the
+#: model's input (a wider margin is resized up from what is left).
+TRIM_SPARE = 1.25
+#: Formats libvips decodes; the others are Pillow's.
+VIPS_FORMATS = ("TIFF", "PNG", "WEBP", "GIF")
+#: Pillow modes its ``reduce`` takes (the others are converted by :func:`to_rgb` first).
+REDUCIBLE = ("L", "LA", "RGB", "RGBA", "CMYK", "I", "F", "La", "RGBa")
 
-logger = logging.getLogger(__name__)
+#: What decoders raise on a file they cannot decode.
+DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, MemoryError, Image.DecompressionBombError)
+
 # the pixel limit is ours (max_pixels), checked before any pixel is decoded
 Image.MAX_IMAGE_PIXELS = None
+
+
+class Decoded(NamedTuple):
+    """A decoded file: the model's input, and the format Pillow decoded whole (None when the
+    file was reduced while read)."""
+
+    pixels: np.ndarray
+    whole: str | None = None
 
 
 def to_rgb(image):
@@ -68,9 +95,9 @@ def trim_box(image):
     background frames it, or None when there is no such margin.
 
     The margin's colour is the median of the image's outermost pixels (in grey, on a copy at most
-    256 pixels wide); the margin is every outer row and column in which at most ``TRIM_SHARE`` of
-    the pixels differ from it by more than ``TRIM_TOLERANCE``. Each side keeps at least
-    ``TRIM_KEEP`` of its length.
+    256 pixels wide, each of its pixels the mean of a square of the image's); the margin is every
+    outer row and column in which at most ``TRIM_SHARE`` of the pixels differ from it by more
+    than ``TRIM_TOLERANCE``. Each side keeps at least ``TRIM_KEEP`` of its length.
 
     Parameters
     ----------
@@ -81,7 +108,7 @@ def trim_box(image):
     box : (left, top, right, bottom) in pixels of ``image``, or None
     """
     small = image.convert("L")
-    small.thumbnail((256, 256))
+    small = small.reduce(max(1, math.ceil(max(small.size) / 256)))
     grey = np.asarray(small, dtype=np.int16)
     h, w = grey.shape
     outer = np.concatenate([grey[0], grey[-1], grey[:, 0], grey[:, -1]])
@@ -94,18 +121,28 @@ def trim_box(image):
     if (top, bottom, left, right) == (0, h, 0, w) or bottom - top < TRIM_KEEP * h or right - left < TRIM_KEEP * w:
         return None
     width, height = image.size
-    return (left * width // w, top * height // h, -(-right * width // w), -(-bottom * height // h))
+    return (
+        left * width // w,
+        top * height // h,
+        min(width, -(-right * width // w)),
+        min(height, -(-bottom * height // h)),
+    )
 
 
-def load_image(path, size=INPUT_SIZE, max_pixels=MAX_PIXELS, colour="rgb", trim=False):
-    """Decode an image file into the model's input.
+def reduced_side(size=INPUT_SIZE, trim=False):
+    """The shorter side, in pixels, that a file's reduced copy has at least (when the file has it)."""
+    return math.ceil(size * TRIM_SPARE) if trim else size
 
-    The first frame is taken (multi-page TIFF, animated GIF), the EXIF orientation is
-    applied and the frame converted to RGB by :func:`to_rgb`. JPEGs are decoded at a
-    reduced scale when much larger than ``size`` (Pillow's draft mode). With ``trim`` the
-    uniform margin around the picture is cut off (:func:`trim_box`); with ``colour="grey"``
-    the three channels are the image's luma. The image is resized to ``size`` x ``size``
-    without keeping its aspect ratio, as Keras's ``load_img(target_size=...)`` does.
+
+def decode_image(path, size=INPUT_SIZE, max_pixels=MAX_PIXELS, colour="rgb", trim=False):
+    """Decode an image file into the model's input, and say how.
+
+    The first frame is taken (multi-page TIFF, animated GIF), the EXIF orientation is applied
+    and the frame converted to RGB by :func:`to_rgb`, on a copy reduced while the file is read
+    (the module's docstring names each format's decoder). With ``trim`` the uniform margin
+    around the picture is cut off (:func:`trim_box`); with ``colour="grey"`` the three channels
+    are the image's luma. The picture is resized to ``size`` x ``size`` without keeping its
+    aspect ratio, as Keras's ``load_img(target_size=...)`` does.
 
     Parameters
     ----------
@@ -118,7 +155,8 @@ def load_image(path, size=INPUT_SIZE, max_pixels=MAX_PIXELS, colour="rgb", trim=
 
     Returns
     -------
-    pixels : ndarray of shape (size, size, 3), uint8
+    decoded : Decoded
+        ``pixels`` of shape (size, size, 3), uint8.
 
     Raises
     ------
@@ -126,22 +164,114 @@ def load_image(path, size=INPUT_SIZE, max_pixels=MAX_PIXELS, colour="rgb", trim=
         When the file cannot be read or decoded, or is larger than ``max_pixels``.
     """
     try:
-        with Image.open(path) as image:
-            width, height = image.size
-            if width * height > max_pixels:
-                raise ImageError(f"{width} x {height} pixels is more than [images] max_pixels={max_pixels}")
-            draft = round(size / TRIM_KEEP) if trim else size  # a trimmed picture still has size pixels
-            image.draft("RGB", (draft, draft))  # JPEG: decode at a reduced scale when the scan is large
-            image = to_rgb(ImageOps.exif_transpose(image))
-            if colour == "grey":  # once, for the margin search and the model; one band to resize
-                image = image.convert("L")
-            box = trim_box(image) if trim else None
-            if box is not None:
-                image = image.crop(box)
-            pixels = np.asarray(image.resize((size, size), Image.Resampling.BILINEAR), dtype=np.uint8)
-            return np.repeat(pixels[:, :, None], 3, axis=2) if pixels.ndim == 2 else pixels
-    except (OSError, ValueError, SyntaxError, EOFError, MemoryError, Image.DecompressionBombError) as exc:
+        image, whole = reduced_copy(path, reduced_side(size, trim), max_pixels, grey=colour == "grey")
+        if colour == "grey":
+            image = image.convert("L")
+        box = trim_box(image) if trim else None
+        pixels = np.asarray(image.resize((size, size), Image.Resampling.BILINEAR, box=box), dtype=np.uint8)
+        return Decoded(np.repeat(pixels[:, :, None], 3, axis=2) if pixels.ndim == 2 else pixels, whole)
+    except DECODE_ERRORS as exc:
         raise ImageError(reason_of(exc, path)) from None
+
+
+def load_image(path, size=INPUT_SIZE, max_pixels=MAX_PIXELS, colour="rgb", trim=False):
+    """The model's input decoded from an image file (:func:`decode_image`'s pixels).
+
+    Returns
+    -------
+    pixels : ndarray of shape (size, size, 3), uint8
+    """
+    return decode_image(path, size, max_pixels, colour, trim).pixels
+
+
+def reduced_copy(path, side, max_pixels, grey=False):
+    """The file's first frame, upright, in RGB or L (:func:`to_rgb`), with its shorter side
+    reduced to about ``side`` pixels (never below) while it is read.
+
+    Returns
+    -------
+    image : PIL.Image.Image
+    whole : str or None
+        The format, when Pillow had to decode the file whole.
+    """
+    with Image.open(path) as image:
+        width, height = image.size
+        if width * height > max_pixels:
+            raise ImageError(f"{width} x {height} pixels is more than [images] max_pixels={max_pixels}")
+        whole = image.format
+        if image.format in VIPS_FORMATS:
+            reduced = _vips_reduced(path, side)
+            if reduced is not None:
+                return reduced, None
+        elif image.format in ("JPEG", "MPO"):
+            image.draft("L" if grey else "RGB", (side, side))  # libjpeg scales by 1/2, 1/4 or 1/8
+            whole = None
+        elif image.format == "JPEG2000":
+            image.reduce = _halvings(min(width, height), side)  # OpenJPEG decodes only these levels
+            whole = None
+        image.load()
+        image = ImageOps.exif_transpose(image)
+        factor = min(image.size) // side
+        if factor >= 2 and image.mode in REDUCIBLE:  # the one full-resolution copy goes at once
+            return to_rgb(image.reduce(factor)), whole
+        image = to_rgb(image)
+        return (image.reduce(factor) if factor >= 2 else image), whole
+
+
+def _halvings(shorter, side):
+    """How many times ``shorter`` can be halved and stay at least ``side``."""
+    n = 0
+    while shorter // 2 ** (n + 1) >= side:
+        n += 1
+    return n
+
+
+_VIPS_MODES = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}
+
+
+def _vips_reduced(path, side):
+    """libvips' reduced copy (as :func:`reduced_copy`'s), or None where Pillow must decode the
+    file instead: libvips cannot read it, or its pixels are not 8- or 16-bit integers."""
+    pyvips = _pyvips()
+    try:
+        header = pyvips.Image.new_from_file(path, fail_on="error")
+        if header.format not in ("uchar", "ushort"):
+            return None
+        width, height = header.width, header.height
+        if header.get_typeof("orientation") and header.get("orientation") in (5, 6, 7, 8):
+            width, height = height, width  # thumbnail turns the image upright first
+        scale = min(1.0, side / min(width, height))
+        target = (max(1, math.ceil(width * scale)), max(1, math.ceil(height * scale)))
+        reduced = pyvips.Image.thumbnail(path, target[0], height=target[1], size="force", fail_on="error")
+        pixels = reduced.numpy()
+    except pyvips.Error:
+        return None
+    if pixels.ndim == 3 and pixels.shape[2] == 1:
+        pixels = pixels[:, :, 0]
+    if pixels.dtype == np.uint16:
+        pixels = ((pixels.astype(np.uint32) + 128) // 257).astype(np.uint8)  # 0..65,535 to 0..255
+    bands = 1 if pixels.ndim == 2 else pixels.shape[2]
+    if reduced.interpretation == "cmyk" and bands == 4:
+        return to_rgb(Image.fromarray(pixels, "CMYK"))
+    if bands not in _VIPS_MODES:
+        return None
+    return to_rgb(Image.fromarray(np.ascontiguousarray(pixels), _VIPS_MODES[bands]))
+
+
+_vips = None
+
+
+def _pyvips():
+    """pyvips, set for decoder processes: no operation cache (no file is read twice) and one
+    thread (a decoder process is one core's work)."""
+    global _vips
+    if _vips is None:
+        import pyvips
+
+        pyvips.cache_set_max(0)
+        pyvips.concurrency_set(1)
+        _vips = pyvips
+    return _vips
 
 
 def reason_of(exc, path):
@@ -162,203 +292,3 @@ def without_path(text, path):
         text = text.replace(whole, repr(name) if whole != path else name)
     folder = os.path.dirname(path)
     return text.replace(folder + os.sep, "") if folder else text
-
-
-def _serve():
-    """A decoder process: decode each path received, send back (True, pixels) or (False, reason).
-
-    Started by :class:`_Decoder` with the file descriptor of its socket as the only argument;
-    the first message names the decoding function and its settings.
-    """
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # an interrupt is the parent's to handle
-    connection = multiprocessing.connection.Connection(int(sys.argv[1]))
-    decode, size, max_pixels, options = connection.recv()
-    connection.send("ready")
-    while True:
-        try:
-            path = connection.recv()
-        except (EOFError, OSError):  # the parent has gone
-            return
-        try:
-            result = (True, decode(path, size=size, max_pixels=max_pixels, **options))
-        except ImageError as exc:
-            result = (False, without_path(str(exc), path))
-        except Exception as exc:  # a decoder bug on a crafted file fails that file, not the run
-            first = without_path(str(exc).splitlines()[0], path) if str(exc) else ""
-            result = (False, f"decoder error {type(exc).__name__}: {first}".rstrip(": "))
-        connection.send(result)
-
-
-class _Decoder:
-    """One decoder process (a fresh Python, nothing inherited from a parent running TensorFlow)
-    and the parent's end of its socket."""
-
-    def __init__(self, decode, size, max_pixels, options):
-        ours, theirs = socket.socketpair()
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}  # the same imports
-        self.process = subprocess.Popen(
-            [sys.executable, "-c", "from pipeline.images import _serve; _serve()", str(theirs.fileno())],
-            pass_fds=[theirs.fileno()], env=env, stdin=subprocess.DEVNULL,
-        )  # fmt: skip
-        theirs.close()
-        self.connection = multiprocessing.connection.Connection(ours.detach())
-        self.settings = (decode, size, max_pixels, options)
-        self.job = None  # (position, deadline) of the file it decodes
-
-    def wait_ready(self):
-        try:
-            self.connection.send(self.settings)
-            if self.connection.poll(START_TIMEOUT):
-                self.connection.recv()
-                return
-            problem = f"did not start within {START_TIMEOUT:.0f} s"
-        except (EOFError, OSError):
-            problem = f"ended at start ({self.death()}); its error is in the log above"
-        self.stop()
-        raise PipelineError(f"an image decoder process {problem}")
-
-    def stop(self):
-        if self.process.poll() is None:
-            self.process.kill()
-        try:
-            self.process.wait(STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:  # stuck in uninterruptible I/O (a hung network mount): let it be
-            logger.warning("decoder process %d does not end; left behind", self.process.pid)
-        self.connection.close()
-
-    def death(self):
-        """Why the process ended, in words."""
-        try:
-            code = self.process.wait(5)
-        except subprocess.TimeoutExpired:
-            return "not answering"
-        if code < 0:
-            return f"killed by signal {signal.Signals(-code).name}"
-        return f"exit code {code}"
-
-
-class DecoderPool:
-    """Processes that decode image files, one file at a time each, with a time limit per file.
-
-    A decoder that takes longer than ``timeout`` seconds on a file is killed, and one that
-    dies (a crash in a native decoding library, the kernel's out-of-memory killer) is
-    replaced; either way only the file it was decoding fails, with the reason, and the other
-    files are decoded as if nothing had happened.
-
-    Parameters
-    ----------
-    processes : int
-        Files decoded at once.
-    timeout : float
-        Seconds one file may take to decode.
-    max_pixels : int
-        Images with more pixels are rejected before decoding.
-    decode : callable(path, size=, max_pixels=, **options) -> ndarray
-        A module-level function (the processes import it): :func:`load_image` by default.
-    size : int
-        Side of the decoded square.
-    options : dict, optional
-        More keyword arguments of ``decode`` (:func:`load_image`'s ``colour`` and ``trim``).
-    """
-
-    def __init__(
-        self, processes=2, timeout=DECODE_TIMEOUT, max_pixels=MAX_PIXELS, decode=None, size=INPUT_SIZE, options=None
-    ):
-        self.processes = processes
-        self.timeout = timeout
-        self.max_pixels = max_pixels
-        self.decode = decode or load_image
-        self.size = size
-        self.options = dict(options or {})
-        self._decoders = []
-
-    def _start(self, n):
-        started = [_Decoder(self.decode, self.size, self.max_pixels, self.options) for _ in range(n)]
-        self._decoders.extend(started)
-        for decoder in started:
-            decoder.wait_ready()
-
-    def _replace(self, decoder):
-        decoder.stop()
-        self._decoders.remove(decoder)
-        self._start(1)
-
-    def close(self):
-        """Stop every decoder process."""
-        for decoder in self._decoders:
-            decoder.stop()
-        self._decoders = []
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-    def imap(self, paths, stop=None):
-        """Decode every file.
-
-        Parameters
-        ----------
-        paths : sequence of str
-        stop : threading.Event, optional
-            When set, the iteration ends within half a second (a consumer in another thread
-            has gone).
-
-        Yields
-        ------
-        result : ndarray of shape (size, size, 3), uint8, or ImageError
-            One per path, in the order of ``paths``.
-        """
-        paths = list(paths)
-        if not paths:
-            return
-        self._start(min(self.processes, len(paths)) - len(self._decoders))
-        window = 4 * self.processes  # decoded files held ahead of the consumer, at most
-        results, sent, given = {}, 0, 0
-        try:
-            while given < len(paths) and not (stop is not None and stop.is_set()):
-                for decoder in list(self._decoders):
-                    if decoder.job is None and sent < min(len(paths), given + window):
-                        try:
-                            decoder.connection.send(str(paths[sent]))
-                        except OSError:  # died while idle: its replacement takes the file
-                            self._replace(decoder)
-                            continue
-                        decoder.job = (sent, time.monotonic() + self.timeout)
-                        sent += 1
-                if given in results:
-                    yield results.pop(given)
-                    given += 1
-                else:
-                    self._collect(results)
-        finally:  # ended early: decoders still at work on this iteration's files are of no use
-            for decoder in [d for d in self._decoders if d.job is not None]:
-                decoder.stop()
-                self._decoders.remove(decoder)
-
-    def _collect(self, results):
-        """Wait (briefly) for decoders to finish; record their results, kill those past their time."""
-        busy = [d for d in self._decoders if d.job is not None]
-        if not busy:  # a decoder was just replaced before it got a file
-            return
-        first_deadline = min(d.job[1] for d in busy)
-        ready = multiprocessing.connection.wait(
-            [d.connection for d in busy], timeout=max(0.0, min(first_deadline - time.monotonic(), 0.5))
-        )
-        for decoder in busy:
-            position, deadline = decoder.job
-            if decoder.connection in ready:
-                try:
-                    ok, value = decoder.connection.recv()
-                except (EOFError, OSError):
-                    results[position] = ImageError(f"the decoder process died on this file ({decoder.death()})")
-                    self._replace(decoder)
-                    continue
-                results[position] = value if ok else ImageError(value)
-                decoder.job = None
-            elif time.monotonic() > deadline:
-                results[position] = ImageError(
-                    f"decoding took longer than [images] decode_timeout={self.timeout:g} s; the decoder was stopped"
-                )
-                self._replace(decoder)

@@ -51,6 +51,19 @@ class Number(luigi.NumericalParameter):
         self.must = must
 
 
+class Processes(Number):
+    """A number of processes, or ``auto``: one per core the run may use (read as 0)."""
+
+    def __init__(self, **kwargs):
+        super().__init__(int, 1, default=0, must="auto or a whole number >= 1", **kwargs)
+
+    def parse(self, s):
+        return 0 if str(s).strip().lower() == "auto" else super().parse(s)
+
+    def serialize(self, x):
+        return "auto" if x == 0 else str(x)
+
+
 class Flag(luigi.BoolParameter):
     """A setting that is true or false (in any case; nothing else)."""
 
@@ -243,7 +256,10 @@ class images(luigi.Config):
         description="Images with more pixels are rejected unread (decompression bombs); a new value applies "
         "to new and changed files.",
     )
-    decode_processes = count(2, significant=False, description="Processes decoding images while the model runs.")
+    decode_processes = Processes(
+        significant=False,
+        description="Processes decoding images while the model runs; auto: one per core the run may use.",
+    )
     decode_timeout = seconds(
         DECODE_TIMEOUT,
         significant=False,

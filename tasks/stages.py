@@ -1,5 +1,6 @@
 """The stages from content/ to the histograms, one Luigi task each (the neighbours: ``tasks.neighbours``)."""
 
+import collections
 import datetime
 import json
 import logging
@@ -206,7 +207,7 @@ class FeatureShard(Shard, ArtifactTask):
     def make(self, tmp):
         files = collection.load_inventory(self.input()["inventory"].path).files
         files = [files[i] for i in extraction.in_shard([f.relpath for f in files], self.shard, self.shards)]
-        n_extracted, n_reused = extraction.extract_features(
+        done = extraction.extract_features(
             Features(date=self.date).store(),
             files,
             config.paths().content,
@@ -223,7 +224,11 @@ class FeatureShard(Shard, ArtifactTask):
             trim=config.images().trim,
         )
         with h5py.File(tmp, "w") as f:
-            f.attrs.update(self.attrs(images=len(files), extracted=n_extracted, reused=n_reused))
+            f.attrs.update(
+                self.attrs(
+                    images=len(files), extracted=done.extracted, reused=done.reused, whole=json.dumps(done.whole)
+                )
+            )
 
 
 class Features(ArtifactTask):
@@ -261,9 +266,12 @@ class Features(ArtifactTask):
         index = store.index_inventory(feature_store, collection.load_inventory(self.input()["inventory"].path))
         shards, ran = shard_attrs(self)
         extracted = sum(a["extracted"] for a in ran)
+        whole = collections.Counter()
+        for a in ran:
+            whole.update(json.loads(a.get("whole", "{}")))
         attrs = self.attrs(
             images=len(index), extracted=extracted, reused=len(index) + len(index.rejected) - extracted,
-            shards=len(shards), shard_seconds=round(sum(a["seconds"] for a in ran), 3),
+            shards=len(shards), shard_seconds=round(sum(a["seconds"] for a in ran), 3), decoded_whole=json.dumps(whole),
             model=features.MODEL, layer=config.resnet().layer, weights=config.resnet().weights,
             colour=config.images().colour, trim=config.images().trim,
             precision=config.precision()[0], precision_reason=config.precision()[1],

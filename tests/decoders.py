@@ -5,7 +5,7 @@ import os
 import signal
 import time
 
-from pipeline.images import load_image
+from pipeline.images import decode_image
 
 
 def misbehaving(path, **kwargs):
@@ -20,7 +20,7 @@ def misbehaving(path, **kwargs):
         raise struct_error("unpack requires a buffer of 4 bytes\nsecond line")
     if name.startswith("leak"):
         raise struct_error(f"cannot parse {str(path)!r} at offset 8")
-    return load_image(path, **kwargs)
+    return decode_image(path, **kwargs)
 
 
 class struct_error(Exception):
