@@ -1,10 +1,14 @@
 """Extraction throughput at float32 and at the precision ``auto`` chooses here, side by side in
 one run: the pipeline's extraction loop, the bare batched forward pass, the commit to the
 feature store, and as reference lines the original scripts' one ``predict`` per image and
-the float32 model run by OpenVINO (int8's runtime).
+the float32 model run by OpenVINO (int8's runtime). Then the archival masters of
+:mod:`benchmarks.masters`: each format's decoding (the pipeline's, the libvips reference's,
+Pillow's whole decode as before, a decoder process's peak memory), and the pipeline on a mixed
+batch of masters beside the same pages as small JPEGs, at ``auto`` and at int8.
 
     python -m benchmarks.extract [--images 96] [--batch-size 16] [--per-image 24]
                                  [--precision P] [--decode-processes N] [--device cpu|gpu]
+                                 [--masters 40]
 
 ``--precision`` compares another precision with float32 (default: what ``[resnet] precision
 = auto`` chooses on this machine; int8 is calibrated on the benchmark's images); ``--device gpu`` runs on the first GPU TensorFlow sees and
@@ -21,6 +25,7 @@ import zlib
 import numpy as np
 
 from pipeline.collection import scan_content
+from pipeline.decoders import default_processes
 from pipeline.extraction import extract_to_store
 from pipeline.features import DescriptorExtractor, build_model, extract
 from pipeline.images import load_image
@@ -28,6 +33,7 @@ from pipeline.int8 import TRUNK_FILE, OpenVinoTrunk, calibrate, convert, load_tr
 from pipeline.precision import PRECISIONS, choose_precision
 from pipeline.store import FeatureStore, quantize
 
+from . import masters as archival
 from .common import Timer, report, scan_like_images
 
 
@@ -119,7 +125,55 @@ def gpus():
     return tf.config.list_physical_devices("GPU")
 
 
-def run(images=96, batch_size=16, per_image=24, precision=None, decode_processes=None, device="cpu"):
+def masters_run(directory, n, pixels, batch_size, decoders, preparation):
+    """The masters' figures: per format decoding, and the pipeline on ``n`` mixed masters beside
+    the same pages as small JPEGs at the precision ``auto`` chooses here and at int8."""
+    figures = {"masters": n, "masters_decode": archival.decoding_figures(
+        archival.write_masters(os.path.join(directory, "masters")), **preparation
+    )}  # fmt: skip
+    shots = archival.pictures(n, seed=1)
+    paths = {
+        "masters": archival.write_mixed(os.path.join(directory, "content-masters", "PPN1"), shots),
+        "small": archival.write_mixed(os.path.join(directory, "content-small", "PPN1"), shots, small=True),
+    }
+    for name in dict.fromkeys([choose_precision("auto")[0], "int8"]):
+        model = model_at(name, pixels, os.path.join(directory, "masters-model"))
+        with DescriptorExtractor(model, batch_size, decoders, **preparation) as extractor:
+            bare = bare_forward(extractor, pixels, batch_size)[0]
+            rate = {
+                kind: pipeline_extraction(extractor, files, FeatureStore(os.path.join(directory, f"{kind}-{name}")))[0]
+                for kind, files in paths.items()
+            }
+        figures[f"masters_ips_{name}"] = round(rate["masters"], 2)
+        figures[f"masters_small_ips_{name}"] = round(rate["small"], 2)
+        figures[f"masters_time_vs_small_{name}"] = round(rate["small"] / rate["masters"], 3)
+        figures[f"masters_ratio_vs_bare_{name}"] = round(rate["masters"] / bare, 3)
+    return figures
+
+
+def masters_rows(figures):
+    """The report's rows of :func:`masters_run`'s figures."""
+    rows = [("archival masters: format", "decode ms: pipeline (its decoder) / libvips / Pillow whole; decoder peak")]
+    for name, row in figures["masters_decode"].items():
+        vips = "n/a" if row["libvips"] is None else row["libvips"]
+        rows.append(
+            (
+                f"  {name}",
+                f"{row['pipeline']} ({row['decoder']}) / {vips} / {row['pillow_whole']}; {row['decoder_peak_mb']} MB",
+            )
+        )
+    for key in [k for k in figures if k.startswith("masters_ips_")]:
+        name = key[len("masters_ips_") :]
+        rows.append(
+            (
+                f"{figures['masters']} mixed masters at {name}: images/s; time / same pages as small JPEGs; / bare",
+                f"{figures[key]}; {figures[f'masters_time_vs_small_{name}']}; {figures[f'masters_ratio_vs_bare_{name}']}",
+            )
+        )
+    return rows
+
+
+def run(images=96, batch_size=16, per_image=24, precision=None, decode_processes=None, device="cpu", masters=40):
     from tasks.config import images as shipped
     from tasks.config import resnet
 
@@ -129,7 +183,7 @@ def run(images=96, batch_size=16, per_image=24, precision=None, decode_processes
         tf.config.set_visible_devices([], "GPU")  # the CPU's figures, on a machine with a GPU too
     chosen, reason = choose_precision(precision or resnet().precision)
     preparation = {"colour": shipped().colour, "trim": shipped().trim}
-    decoders = decode_processes or shipped().decode_processes
+    decoders = decode_processes or shipped().decode_processes or default_processes()
     measured = {}
     with tempfile.TemporaryDirectory() as directory:
         paths = scan_like_images(os.path.join(directory, "content", "PPN1"), images)
@@ -149,6 +203,7 @@ def run(images=96, batch_size=16, per_image=24, precision=None, decode_processes
         with DescriptorExtractor(OpenVinoTrunk(convert(build_model(weights="random"))), batch_size) as extractor:
             openvino_float32 = bare_forward(extractor, pixels, batch_size)[0]
         single = per_image_predict(build_model(weights="random"), paths[:per_image])
+        on_masters = masters_run(directory, masters, pixels, batch_size, decoders, preparation) if masters else {}
     auto, full = measured[chosen], measured["float32"]
     figures = {
         "bench": "extract",
@@ -174,6 +229,7 @@ def run(images=96, batch_size=16, per_image=24, precision=None, decode_processes
         "preparation": preparation,
         "decode_ms": round(decode_prepared, 2),
         "decode_ms_rgb_whole": round(decode_plain, 2),
+        **on_masters,
     }
     report(
         [
@@ -199,6 +255,7 @@ def run(images=96, batch_size=16, per_image=24, precision=None, decode_processes
                 figures["per_image_predict_ips"],
             ),
             ("bare forward pass at float32 run by OpenVINO (not used), images/s", figures["bare_ips_openvino_float32"]),
+            *(masters_rows(figures) if masters else []),
         ],
         figures,
     )
@@ -213,6 +270,7 @@ def main(argv=None):
     parser.add_argument("--precision", choices=PRECISIONS, help="compared with float32 (default [resnet] precision)")
     parser.add_argument("--decode-processes", type=int, help="default [images] decode_processes")
     parser.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
+    parser.add_argument("--masters", type=int, default=40, help="mixed archival masters (0: none)")
     args = parser.parse_args(argv)
     if args.device == "gpu" and not gpus():
         print(
@@ -221,7 +279,9 @@ def main(argv=None):
             file=sys.stderr,
         )
         return 1
-    figures = run(args.images, args.batch_size, args.per_image, args.precision, args.decode_processes, args.device)
+    figures = run(
+        args.images, args.batch_size, args.per_image, args.precision, args.decode_processes, args.device, args.masters
+    )
     return 0 if args.device == "cpu" or figures["gpu_used"] else 1
 
 

@@ -138,8 +138,8 @@ class DecoderPool:
         self.decode = decode or decode_image
         self.size = size
         self.options = dict(options or {})
-        #: Files decoded whole by Pillow (:attr:`~pipeline.images.Decoded.whole`), by format.
-        self.whole = collections.Counter()
+        #: Files decoded, by decoder (:attr:`~pipeline.images.Decoded.decoder`).
+        self.decoded_by = collections.Counter()
         self._decoders = []
 
     def _start(self, n):
@@ -225,8 +225,8 @@ class DecoderPool:
                     results[position] = ImageError(f"the decoder process died on this file ({decoder.death()})")
                     self._replace(decoder)
                     continue
-                if ok and value.whole:
-                    self.whole[value.whole] += 1
+                if ok:
+                    self.decoded_by[value.decoder] += 1
                 results[position] = value.pixels if ok else ImageError(value)
                 decoder.job = None
             elif time.monotonic() > deadline:

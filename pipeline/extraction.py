@@ -9,16 +9,18 @@ from typing import NamedTuple
 
 import numpy as np
 
+from .images import FALLBACK
+
 logger = logging.getLogger(__name__)
 
 
 class Extracted(NamedTuple):
     """What one extraction did: files extracted (or rejected), files already in the store, and
-    the files Pillow decoded whole by format (:attr:`pipeline.images.Decoded.whole`)."""
+    the files decoded by each decoder (:attr:`pipeline.images.Decoded.decoder`)."""
 
     extracted: int
     reused: int
-    whole: dict
+    decoded_by: dict
 
 
 def shard_of(relpath, shards):
@@ -85,13 +87,11 @@ def extract_to_store(store, make_extractor, files, content_dir, progress=None):
             pending = writer.submit(commit, [batch[i].key for i in good], descriptors[good], rejected)
         if pending is not None:
             wait_for_commit()
-        whole = extractor.whole
-    if whole:
-        logger.warning(
-            "%d files decoded whole by Pillow (no fast decoder for them): %s",
-            sum(whole.values()), ", ".join(f"{n} {fmt}" for fmt, n in sorted(whole.items())),
-        )  # fmt: skip
-    return Extracted(len(todo), len(files) - len(todo), whole)
+        decoded_by = extractor.decoded_by
+    logger.info("decoded by: %s", ", ".join(f"{name} {n}" for name, n in sorted(decoded_by.items())) or "none")
+    if decoded_by.get(FALLBACK):
+        logger.warning("%d files that libvips failed on were decoded whole by Pillow", decoded_by[FALLBACK])
+    return Extracted(len(todo), len(files) - len(todo), decoded_by)
 
 
 def extract_features(

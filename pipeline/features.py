@@ -266,9 +266,9 @@ class DescriptorExtractor:
         self.close()
 
     @property
-    def whole(self):
-        """Files Pillow decoded whole, by format (:attr:`pipeline.decoders.DecoderPool.whole`)."""
-        return dict(self._pool.whole) if self._pool is not None else {}
+    def decoded_by(self):
+        """Files decoded, by decoder (:attr:`pipeline.decoders.DecoderPool.decoded_by`)."""
+        return dict(self._pool.decoded_by) if self._pool is not None else {}
 
     def close(self):
         """Stop the decoder processes."""

@@ -23,11 +23,11 @@ def thumbnail_pixels(path, size=THUMBNAIL, max_pixels=MAX_PIXELS):
     of :func:`pipeline.images.reduced_copy`): a Decoded of pixels of shape (h, w, 3), uint8.
     Run by the decoder processes, so that a thumbnail is as time-bounded as the extraction."""
     try:
-        image, whole = reduced_copy(path, size, max_pixels)
+        image, decoder = reduced_copy(path, size, max_pixels)
     except DECODE_ERRORS as exc:
         raise ImageError(reason_of(exc, path)) from None
     image.thumbnail((size, size))
-    return Decoded(np.asarray(image, dtype=np.uint8), whole)
+    return Decoded(np.asarray(image, dtype=np.uint8), decoder)
 
 
 def make_thumbnails(paths, rows_by_side, processes=None, timeout=DECODE_TIMEOUT, max_pixels=MAX_PIXELS):

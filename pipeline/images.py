@@ -3,19 +3,20 @@ file is read, its margin trimmed, resized.
 
 Every file is first opened by Pillow, which reads its header only: the format, the size (checked
 against ``max_pixels`` before any pixel is decoded), and a file Pillow does not recognise is
-rejected as it always was. The pixels then come from the fastest decoder measured for the
-format (``python -m benchmarks.extract --masters``), each making a copy whose shorter side is
-about :func:`reduced_side` while it reads the file, so that a page scan of 100 megapixels is
-never held at full resolution:
+rejected as it always was. The pixels then come from the decoder measured fastest for the
+format and size (``python -m benchmarks.extract``), which makes a copy whose shorter side is
+about :func:`reduced_side` (:attr:`Decoded.decoder` names it):
 
-- JPEG: Pillow's draft mode (libjpeg-turbo decodes at 1/2, 1/4 or 1/8 scale, in grey straight
-  from the luma when ``colour = grey``);
-- JPEG 2000: Pillow's reduced resolution levels (OpenJPEG decodes only those);
-- TIFF, PNG, WebP, GIF: libvips' ``thumbnail`` (strips and rows streamed through a shrink,
-  a pyramid's nearest level read);
-- anything else, and a file libvips fails on: Pillow decodes it whole and reduces it at once.
-  These are counted (:attr:`Decoded.whole`): a failing file then fails with Pillow's reason,
-  as before libvips was used.
+- ``Pillow draft``: JPEG, by libjpeg-turbo at 1/2, 1/4 or 1/8 scale while it decodes, in grey
+  straight from the luma when ``colour = grey``;
+- ``Pillow levels``: JPEG 2000, by OpenJPEG at the reduced resolution levels only;
+- ``libvips``: PNG, and TIFF whose pixels would take more than ``VIPS_TIFF_BYTES`` at full
+  resolution, by libvips' ``thumbnail``, which streams strips and rows through its shrink
+  (or reads a pyramid's nearest level), so that such a file is never held at full resolution;
+- ``Pillow``: smaller TIFFs (faster so), and every other format: decoded whole, reduced at once;
+- ``Pillow after libvips``: a file libvips fails on, or whose pixels are not 8- or 16-bit
+  integers, decoded as ``Pillow`` does; a file that fails there fails with Pillow's reason, as
+  before libvips was used.
 """
 
 import math
@@ -44,8 +45,11 @@ TRIM_KEEP = 0.5
 #: that a picture inside a margin of up to a tenth of each side is still resized down to the
 #: model's input (a wider margin is resized up from what is left).
 TRIM_SPARE = 1.25
-#: Formats libvips decodes; the others are Pillow's.
-VIPS_FORMATS = ("TIFF", "PNG", "WEBP", "GIF")
+#: libvips decodes a TIFF whose full-resolution pixels (8 bits each) would take more than this
+#: many bytes (about 11 megapixels in RGB, 33 in grey): below, Pillow's whole decode is faster.
+VIPS_TIFF_BYTES = 32 * 2**20
+#: The decoder of a file libvips failed on.
+FALLBACK = "Pillow after libvips"
 #: Pillow modes its ``reduce`` takes (the others are converted by :func:`to_rgb` first).
 REDUCIBLE = ("L", "LA", "RGB", "RGBA", "CMYK", "I", "F", "La", "RGBa")
 
@@ -57,11 +61,11 @@ Image.MAX_IMAGE_PIXELS = None
 
 
 class Decoded(NamedTuple):
-    """A decoded file: the model's input, and the format Pillow decoded whole (None when the
-    file was reduced while read)."""
+    """A decoded file: the model's input, and the decoder that read it (the module's docstring
+    lists them)."""
 
     pixels: np.ndarray
-    whole: str | None = None
+    decoder: str
 
 
 def to_rgb(image):
@@ -164,12 +168,12 @@ def decode_image(path, size=INPUT_SIZE, max_pixels=MAX_PIXELS, colour="rgb", tri
         When the file cannot be read or decoded, or is larger than ``max_pixels``.
     """
     try:
-        image, whole = reduced_copy(path, reduced_side(size, trim), max_pixels, grey=colour == "grey")
+        image, decoder = reduced_copy(path, reduced_side(size, trim), max_pixels, grey=colour == "grey")
         if colour == "grey":
             image = image.convert("L")
         box = trim_box(image) if trim else None
         pixels = np.asarray(image.resize((size, size), Image.Resampling.BILINEAR, box=box), dtype=np.uint8)
-        return Decoded(np.repeat(pixels[:, :, None], 3, axis=2) if pixels.ndim == 2 else pixels, whole)
+        return Decoded(np.repeat(pixels[:, :, None], 3, axis=2) if pixels.ndim == 2 else pixels, decoder)
     except DECODE_ERRORS as exc:
         raise ImageError(reason_of(exc, path)) from None
 
@@ -186,36 +190,39 @@ def load_image(path, size=INPUT_SIZE, max_pixels=MAX_PIXELS, colour="rgb", trim=
 
 def reduced_copy(path, side, max_pixels, grey=False):
     """The file's first frame, upright, in RGB or L (:func:`to_rgb`), with its shorter side
-    reduced to about ``side`` pixels (never below) while it is read.
+    reduced to about ``side`` pixels (never below).
 
     Returns
     -------
     image : PIL.Image.Image
-    whole : str or None
-        The format, when Pillow had to decode the file whole.
+    decoder : str
+        The decoder that read the file (the module's docstring lists them).
     """
     with Image.open(path) as image:
         width, height = image.size
         if width * height > max_pixels:
             raise ImageError(f"{width} x {height} pixels is more than [images] max_pixels={max_pixels}")
-        whole = image.format
-        if image.format in VIPS_FORMATS:
+        decoder = "Pillow"
+        if image.format == "PNG" or (
+            image.format == "TIFF" and width * height * len(image.getbands()) > VIPS_TIFF_BYTES
+        ):
             reduced = _vips_reduced(path, side)
             if reduced is not None:
-                return reduced, None
+                return reduced, "libvips"
+            decoder = FALLBACK
         elif image.format in ("JPEG", "MPO"):
             image.draft("L" if grey else "RGB", (side, side))  # libjpeg scales by 1/2, 1/4 or 1/8
-            whole = None
+            decoder = "Pillow draft"
         elif image.format == "JPEG2000":
             image.reduce = _halvings(min(width, height), side)  # OpenJPEG decodes only these levels
-            whole = None
+            decoder = "Pillow levels"
         image.load()
         image = ImageOps.exif_transpose(image)
         factor = min(image.size) // side
         if factor >= 2 and image.mode in REDUCIBLE:  # the one full-resolution copy goes at once
-            return to_rgb(image.reduce(factor)), whole
+            return to_rgb(image.reduce(factor)), decoder
         image = to_rgb(image)
-        return (image.reduce(factor) if factor >= 2 else image), whole
+        return (image.reduce(factor) if factor >= 2 else image), decoder
 
 
 def _halvings(shorter, side):

@@ -57,7 +57,7 @@ def run_report(
         "images_total": len(inventory),
         "extracted": extracted,
         "reused": len(inventory) - extracted,
-        "decoded_whole": json.loads(artifacts["Features"].get("decoded_whole", "{}")) if extracted else {},
+        "decoded_by": json.loads(artifacts["Features"].get("decoded_by", "{}")) if extracted else {},
         "removed": artifacts["Inventory"]["removed"],
         "rejected": [{"path": path, "reason": reason} for path, reason in index.rejected],
         "unmapped": inventory.unmapped,

@@ -17,8 +17,9 @@ from .h5io import atomic_path, read_ids, read_strings, write_ids, write_strings
 logger = logging.getLogger(__name__)
 
 
-#: Version of the chunk layout; part of the store's settings, so a new layout starts a new store.
-FORMAT = 2
+#: Version of the chunk layout and of the decoding that makes the model's input (3: the fast
+#: decoders' reduced copies); part of the store's settings, so a new version starts a new store.
+FORMAT = 3
 
 
 def quantize(descriptors):

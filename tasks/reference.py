@@ -10,7 +10,7 @@ import configparser
 import os
 import sys
 
-from .config import SECTIONS
+from .config import SECTIONS, Processes
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DOC = os.path.join(ROOT, "docs", "configuration.md")
@@ -47,10 +47,11 @@ def table(shipped_path=None):
         first = True
         for key, parameter in config_class.get_params():
             default = parameter._default
+            shown = parameter.serialize(default) if isinstance(parameter, Processes) else default
             value = shipped.get(section, key, fallback=None)
             differs = value is not None and parameter.parse(value) != default
             lines.append(
-                f"| {f'`[{section}]`' if first else ''} | `{key}` | {_shown(default)} | "
+                f"| {f'`[{section}]`' if first else ''} | `{key}` | {_shown(shown)} | "
                 f"{_shown(value) if differs else ''} | {'yes' if parameter.significant else 'no'} | "
                 f"{_described(parameter)} |"
             )

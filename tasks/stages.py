@@ -226,7 +226,10 @@ class FeatureShard(Shard, ArtifactTask):
         with h5py.File(tmp, "w") as f:
             f.attrs.update(
                 self.attrs(
-                    images=len(files), extracted=done.extracted, reused=done.reused, whole=json.dumps(done.whole)
+                    images=len(files),
+                    extracted=done.extracted,
+                    reused=done.reused,
+                    decoded_by=json.dumps(done.decoded_by),
                 )
             )
 
@@ -266,12 +269,12 @@ class Features(ArtifactTask):
         index = store.index_inventory(feature_store, collection.load_inventory(self.input()["inventory"].path))
         shards, ran = shard_attrs(self)
         extracted = sum(a["extracted"] for a in ran)
-        whole = collections.Counter()
+        decoded_by = collections.Counter()
         for a in ran:
-            whole.update(json.loads(a.get("whole", "{}")))
+            decoded_by.update(json.loads(a.get("decoded_by", "{}")))
         attrs = self.attrs(
             images=len(index), extracted=extracted, reused=len(index) + len(index.rejected) - extracted,
-            shards=len(shards), shard_seconds=round(sum(a["seconds"] for a in ran), 3), decoded_whole=json.dumps(whole),
+            shards=len(shards), shard_seconds=round(sum(a["seconds"] for a in ran), 3), decoded_by=json.dumps(decoded_by),
             model=features.MODEL, layer=config.resnet().layer, weights=config.resnet().weights,
             colour=config.images().colour, trim=config.images().trim,
             precision=config.precision()[0], precision_reason=config.precision()[1],

@@ -72,4 +72,4 @@ def test_thumbnails_are_decoded_in_time_bounded_processes(tmp_path):
     found = make_thumbnails(paths, {112: [0, 1, 0], 40: [0]})
     assert set(found) == {(0, 112), (1, 112), (0, 40)}
     assert found[0, 112].startswith("data:image/jpeg;base64,") and found[1, 112] is None
-    assert thumbnail_pixels(paths[0], size=112).shape == (37, 112, 3)  # aspect ratio kept
+    assert thumbnail_pixels(paths[0], size=112).pixels.shape == (37, 112, 3)  # aspect ratio kept

@@ -17,7 +17,7 @@ class FakeExtractor:
     """Descriptors that encode the file name; files named bad* fail to decode."""
 
     batch_size = 2
-    whole = {}
+    decoded_by = {}
 
     def __init__(self):
         self.seen = []
