@@ -8,7 +8,7 @@ batch of masters beside the same pages as small JPEGs, at ``auto`` and at int8.
 
     python -m benchmarks.extract [--images 96] [--batch-size 16] [--per-image 24]
                                  [--precision P] [--decode-processes N] [--device cpu|gpu]
-                                 [--masters 40]
+                                 [--masters 40] [--rounds 3]
 
 ``--precision`` compares another precision with float32 (default: what ``[resnet] precision
 = auto`` chooses on this machine; int8 is calibrated on the benchmark's images); ``--device gpu`` runs on the first GPU TensorFlow sees and
@@ -76,6 +76,19 @@ def pipeline_extraction(extractor, paths, store):
     return len(paths) / t.seconds, size / len(paths)
 
 
+def alternated(extractor, pixels, paths, store_root, rounds):
+    """The bare forward pass and the pipeline, measured in turn ``rounds`` times (the machine is
+    shared: the median of each is the figure): bare and pipeline images per second, the store's
+    bytes per image, and the device."""
+    bare, pipeline = [], []
+    for r in range(rounds):
+        rate, ran_on = bare_forward(extractor, pixels, extractor.batch_size)
+        bare.append(rate)
+        rate, store_bytes = pipeline_extraction(extractor, paths, FeatureStore(f"{store_root}-{r}"))
+        pipeline.append(rate)
+    return float(np.median(bare)), float(np.median(pipeline)), store_bytes, ran_on
+
+
 def commit_ms(store, descriptors, repeats=5):
     """Milliseconds per image of committing batches of ``descriptors`` (8-bit codes and the
     chunk file, :meth:`FeatureStore.write_chunk`), and of gzip level 1 on their codes (the
@@ -125,25 +138,27 @@ def gpus():
     return tf.config.list_physical_devices("GPU")
 
 
-def masters_run(directory, n, pixels, batch_size, decoders, preparation):
-    """The masters' figures: per format decoding, and the pipeline on ``n`` mixed masters beside
-    the same pages as small JPEGs at the precision ``auto`` chooses here and at int8."""
+def masters_run(directory, n, pixels, batch_size, decoders, preparation, rounds, pages=archival.PAGES):
+    """The masters' figures: per format decoding, and the pipeline on ``n`` mixed masters (of the
+    first page size) beside the same pages as small JPEGs at the precision ``auto`` chooses here
+    and at int8."""
     figures = {"masters": n, "masters_decode": archival.decoding_figures(
-        archival.write_masters(os.path.join(directory, "masters")), **preparation
+        archival.write_masters(os.path.join(directory, "masters"), pages=pages), **preparation
     )}  # fmt: skip
     shots = archival.pictures(n, seed=1)
     paths = {
-        "masters": archival.write_mixed(os.path.join(directory, "content-masters", "PPN1"), shots),
+        "masters": archival.write_mixed(os.path.join(directory, "content-masters", "PPN1"), shots, page=pages[0]),
         "small": archival.write_mixed(os.path.join(directory, "content-small", "PPN1"), shots, small=True),
     }
     for name in dict.fromkeys([choose_precision("auto")[0], "int8"]):
         model = model_at(name, pixels, os.path.join(directory, "masters-model"))
         with DescriptorExtractor(model, batch_size, decoders, **preparation) as extractor:
-            bare = bare_forward(extractor, pixels, batch_size)[0]
-            rate = {
-                kind: pipeline_extraction(extractor, files, FeatureStore(os.path.join(directory, f"{kind}-{name}")))[0]
+            measured = {
+                kind: alternated(extractor, pixels, files, os.path.join(directory, f"{kind}-{name}"), rounds)
                 for kind, files in paths.items()
             }
+            rate = {kind: m[1] for kind, m in measured.items()}
+            bare = measured["masters"][0]
         figures[f"masters_ips_{name}"] = round(rate["masters"], 2)
         figures[f"masters_small_ips_{name}"] = round(rate["small"], 2)
         figures[f"masters_time_vs_small_{name}"] = round(rate["small"] / rate["masters"], 3)
@@ -173,7 +188,17 @@ def masters_rows(figures):
     return rows
 
 
-def run(images=96, batch_size=16, per_image=24, precision=None, decode_processes=None, device="cpu", masters=40):
+def run(
+    images=96,
+    batch_size=16,
+    per_image=24,
+    precision=None,
+    decode_processes=None,
+    device="cpu",
+    masters=40,
+    rounds=3,
+    pages=archival.PAGES,
+):
     from tasks.config import images as shipped
     from tasks.config import resnet
 
@@ -192,9 +217,9 @@ def run(images=96, batch_size=16, per_image=24, precision=None, decode_processes
         for name in dict.fromkeys(["float32", chosen]):  # float32 first, then the other precision if any
             model = model_at(name, pixels, directory)
             with DescriptorExtractor(model, batch_size, decoders, **preparation) as extractor:
-                bare, ran_on = bare_forward(extractor, pixels, batch_size)
-                store = FeatureStore(os.path.join(directory, f"store-{name}"))
-                pipeline, store_bytes = pipeline_extraction(extractor, paths, store)
+                bare, pipeline, store_bytes, ran_on = alternated(
+                    extractor, pixels, paths, os.path.join(directory, f"store-{name}"), rounds
+                )
                 descriptors = extract(extractor, paths[:batch_size])[0]
             commit, gzip_ms, gzip_bytes = commit_ms(
                 FeatureStore(os.path.join(directory, f"commit-{name}")), descriptors
@@ -203,12 +228,15 @@ def run(images=96, batch_size=16, per_image=24, precision=None, decode_processes
         with DescriptorExtractor(OpenVinoTrunk(convert(build_model(weights="random"))), batch_size) as extractor:
             openvino_float32 = bare_forward(extractor, pixels, batch_size)[0]
         single = per_image_predict(build_model(weights="random"), paths[:per_image])
-        on_masters = masters_run(directory, masters, pixels, batch_size, decoders, preparation) if masters else {}
+        on_masters = (
+            masters_run(directory, masters, pixels, batch_size, decoders, preparation, rounds, pages) if masters else {}
+        )
     auto, full = measured[chosen], measured["float32"]
     figures = {
         "bench": "extract",
         "images": images,
         "batch_size": batch_size,
+        "rounds": rounds,
         "decode_processes": decoders,
         "device": auto["device"],
         "gpu_used": "GPU" in auto["device"],
@@ -271,6 +299,7 @@ def main(argv=None):
     parser.add_argument("--decode-processes", type=int, help="default [images] decode_processes")
     parser.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
     parser.add_argument("--masters", type=int, default=40, help="mixed archival masters (0: none)")
+    parser.add_argument("--rounds", type=int, default=3, help="bare and pipeline measured in turn, medians kept")
     args = parser.parse_args(argv)
     if args.device == "gpu" and not gpus():
         print(
@@ -280,7 +309,14 @@ def main(argv=None):
         )
         return 1
     figures = run(
-        args.images, args.batch_size, args.per_image, args.precision, args.decode_processes, args.device, args.masters
+        args.images,
+        args.batch_size,
+        args.per_image,
+        args.precision,
+        args.decode_processes,
+        args.device,
+        args.masters,
+        args.rounds,
     )
     return 0 if args.device == "cpu" or figures["gpu_used"] else 1
 

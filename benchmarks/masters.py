@@ -87,9 +87,9 @@ def write_masters(directory, names=None, pages=PAGES, seed=0):
     return paths
 
 
-def write_mixed(directory, pictures_, small=False, seed=0):
-    """The pages of ``pictures_`` as masters (3500 x 5000, the formats in turn), or as JPEGs of
-    840 x 1140 (the size of the benchmark's other images) with ``small``: their paths."""
+def write_mixed(directory, pictures_, small=False, seed=0, page=PAGES[0]):
+    """The pages of ``pictures_`` as masters (of ``page`` pixels, the formats in turn), or as
+    JPEGs of 840 x 1140 (the size of the benchmark's other images) with ``small``: their paths."""
     os.makedirs(directory, exist_ok=True)
     paths = []
     for i, picture in enumerate(pictures_):
@@ -99,7 +99,7 @@ def write_mixed(directory, pictures_, small=False, seed=0):
         else:
             name, suffix, write = FORMATS[i % len(FORMATS)]
             path = os.path.join(directory, f"{i:06d}.{suffix}")
-            write(page_scan(picture, PAGES[0], seed + i), path)
+            write(page_scan(picture, page, seed + i), path)
         paths.append(path)
     return paths
 

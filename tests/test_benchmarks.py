@@ -23,7 +23,7 @@ def test_reduce_benchmark_prints_its_figures(capsys):
 @pytest.mark.parametrize("precision, device", [("bfloat16", "CPU:0"), ("int8", "CPU (OpenVINO)")])
 def test_extract_benchmark_prints_its_figures(capsys, monkeypatch, tmp_path, precision, device):
     monkeypatch.setenv("HOME", str(tmp_path))  # OpenVINO's telemetry decision, written under $HOME
-    extract.run(images=6, batch_size=4, per_image=2, precision=precision)
+    extract.run(images=6, batch_size=4, per_image=2, precision=precision, masters=4, rounds=1, pages=((350, 500),))
     figures = last_json_line(capsys)
     assert figures["bench"] == "extract" and figures["precision_auto"] == precision
     speeds = ("pipeline_ips_float32", "pipeline_ips_auto", "bare_ips_float32", "bare_ips_auto", "per_image_predict_ips")
@@ -33,6 +33,13 @@ def test_extract_benchmark_prints_its_figures(capsys, monkeypatch, tmp_path, pre
     )
     assert 49 * 2048 < figures["store_bytes_per_image"] < 1.05 * 49 * 2048  # 8-bit codes, uncompressed
     assert figures["device"].endswith(device) and not figures["gpu_used"]
+    decoders = {name: row["decoder"] for name, row in figures["masters_decode"].items()}
+    assert decoders["JPEG q90"] == "Pillow draft" and decoders["PNG RGB"] == "libvips"
+    assert (
+        decoders["JPEG 2000 RGB"] == "Pillow levels" and figures["masters_decode"]["JPEG 2000 RGB"]["libvips"] is None
+    )
+    assert all(row["pipeline"] > 0 and row["decoder_peak_mb"] > 0 for row in figures["masters_decode"].values())
+    assert {f"masters_ips_{p}" for p in ("float32", "int8")} <= set(figures) and figures["masters_ips_int8"] > 0
 
 
 def test_neighbours_benchmark_prints_its_figures(capsys):
