@@ -122,13 +122,13 @@ class Collection:
 
     def cache(self, made, weights, seed, precision):
         """The file of the descriptors made with ``made`` (:func:`made_with`), named by the collection it was
-        extracted from."""
+        extracted from and the feature store's format (which changes with the decoding)."""
         layer, colour, trim = made
         summary = hashlib.sha256(json.dumps(self.summary, sort_keys=True).encode()).hexdigest()[:12]
         prepared = f"{colour}-{'trim' if trim else 'whole'}"
         return os.path.join(
             self.folder,
-            f"{layer}-{prepared}-{features.weights_identity(weights)}-{seed}-{precision}-{summary}.npz",
+            f"{layer}-{prepared}-{features.weights_identity(weights)}-{seed}-{precision}-{summary}-f{store.FORMAT}.npz",
         )
 
     def extract(self, made, weights, seed, precision, batch_size):
