@@ -134,8 +134,9 @@ def pillow_whole(path, size=224, colour="grey", trim=True):
 
 def decoding_figures(paths, colour, trim, repeats=3):
     """Per format: ms per image of the pipeline's decoder, of the libvips reference and of
-    Pillow's whole decode (in this process, each file ``repeats`` times), and the peak resident
-    memory of a decoder process that decodes the format's files (MB)."""
+    Pillow's whole decode (in this process, the three in turn on each file, ``repeats`` times:
+    the median of each file's times, averaged over the files), and the peak resident memory of
+    a decoder process that decodes the format's files (MB)."""
     import pyvips
 
     pyvips.cache_set_max(0)
@@ -146,20 +147,25 @@ def decoding_figures(paths, colour, trim, repeats=3):
         files = [p for (n, _), p in paths.items() if n == name]
         if not files:
             continue
-        row = {}
-        for label, decode in (
-            ("pipeline", lambda p: decode_image(p, colour=colour, trim=trim)),
-            ("libvips", lambda p: libvips_reference(p, side)),
-            ("pillow_whole", lambda p: pillow_whole(p, colour=colour, trim=trim)),
-        ):
-            if decode(files[0]) is None:
-                row[label] = None
-                continue
-            with Timer() as t:
-                for _ in range(repeats):
-                    for path in files:
+        decoders = {
+            "pipeline": lambda p: decode_image(p, colour=colour, trim=trim),
+            "libvips": lambda p: libvips_reference(p, side),
+            "pillow_whole": lambda p: pillow_whole(p, colour=colour, trim=trim),
+        }
+        decoders = {label: d for label, d in decoders.items() if d(files[0]) is not None}  # and warmed up
+        times = {(label, path): [] for label in decoders for path in files}
+        for _ in range(repeats):
+            for path in files:
+                for label, decode in decoders.items():
+                    with Timer() as t:
                         decode(path)
-            row[label] = round(1000 * t.seconds / (repeats * len(files)), 1)
+                    times[label, path].append(t.seconds)
+        row = {
+            label: round(1000 * float(np.mean([np.median(times[label, p]) for p in files])), 1)
+            if label in decoders
+            else None
+            for label in ("pipeline", "libvips", "pillow_whole")
+        }
         row["decoder"] = decode_image(files[0], colour=colour, trim=trim).decoder
         row["decoder_peak_mb"] = decoder_peak_mb(files, colour, trim)
         per_format[name] = row
