@@ -19,6 +19,7 @@ about :func:`reduced_side` (:attr:`Decoded.decoder` names it):
   before libvips was used.
 """
 
+import logging
 import math
 import os
 from typing import NamedTuple
@@ -273,6 +274,8 @@ def _pyvips():
     thread (a decoder process is one core's work)."""
     global _vips
     if _vips is None:
+        # pyvips passes libvips' every message to logging, "threadpool completed" at INFO
+        logging.getLogger("pyvips").setLevel(logging.WARNING)
         import pyvips
 
         pyvips.cache_set_max(0)
