@@ -190,8 +190,8 @@ def load_image(path, size=INPUT_SIZE, max_pixels=MAX_PIXELS, colour="rgb", trim=
 
 
 def reduced_copy(path, side, max_pixels, grey=False):
-    """The file's first frame, upright, in RGB or L (:func:`to_rgb`), with its shorter side
-    reduced to about ``side`` pixels (never below).
+    """The file's first frame, upright, in RGB (:func:`to_rgb`), or left in L with ``grey``
+    when it is grey already, with its shorter side reduced to about ``side`` pixels (never below).
 
     Returns
     -------
@@ -207,7 +207,7 @@ def reduced_copy(path, side, max_pixels, grey=False):
         if image.format == "PNG" or (
             image.format == "TIFF" and width * height * len(image.getbands()) > VIPS_TIFF_BYTES
         ):
-            reduced = _vips_reduced(path, side)
+            reduced = _vips_reduced(path, side, grey)
             if reduced is not None:
                 return reduced, "libvips"
             decoder = FALLBACK
@@ -221,9 +221,14 @@ def reduced_copy(path, side, max_pixels, grey=False):
         image = ImageOps.exif_transpose(image)
         factor = min(image.size) // side
         if factor >= 2 and image.mode in REDUCIBLE:  # the one full-resolution copy goes at once
-            return to_rgb(image.reduce(factor)), decoder
-        image = to_rgb(image)
+            return _converted(image.reduce(factor), grey), decoder
+        image = _converted(image, grey)
         return (image.reduce(factor) if factor >= 2 else image), decoder
+
+
+def _converted(image, grey):
+    """:func:`to_rgb`'s copy, or the frame itself when it is already the grey one wants."""
+    return image if grey and image.mode == "L" and "transparency" not in image.info else to_rgb(image)
 
 
 def _halvings(shorter, side):
@@ -237,7 +242,7 @@ def _halvings(shorter, side):
 _VIPS_MODES = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}
 
 
-def _vips_reduced(path, side):
+def _vips_reduced(path, side, grey=False):
     """libvips' reduced copy (as :func:`reduced_copy`'s), or None where Pillow must decode the
     file instead: libvips cannot read it, or its pixels are not 8- or 16-bit integers."""
     pyvips = _pyvips()
@@ -260,10 +265,10 @@ def _vips_reduced(path, side):
         pixels = ((pixels.astype(np.uint32) + 128) // 257).astype(np.uint8)  # 0..65,535 to 0..255
     bands = 1 if pixels.ndim == 2 else pixels.shape[2]
     if reduced.interpretation == "cmyk" and bands == 4:
-        return to_rgb(Image.fromarray(pixels, "CMYK"))
+        return _converted(Image.fromarray(pixels, "CMYK"), grey)
     if bands not in _VIPS_MODES:
         return None
-    return to_rgb(Image.fromarray(np.ascontiguousarray(pixels), _VIPS_MODES[bands]))
+    return _converted(Image.fromarray(np.ascontiguousarray(pixels), _VIPS_MODES[bands]), grey)
 
 
 _vips = None
