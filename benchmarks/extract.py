@@ -213,6 +213,7 @@ def run(
     with tempfile.TemporaryDirectory() as directory:
         paths = scan_like_images(os.path.join(directory, "content", "PPN1"), images)
         decode_plain, decode_prepared = decode_ms(paths), decode_ms(paths, **preparation)
+        decode_untrimmed = decode_ms(paths, **{**preparation, "trim": False})
         pixels = np.stack([load_image(p, **preparation) for p in paths]).astype(np.float32)
         for name in dict.fromkeys(["float32", chosen]):  # float32 first, then the other precision if any
             model = model_at(name, pixels, directory)
@@ -257,6 +258,7 @@ def run(
         "preparation": preparation,
         "decode_ms": round(decode_prepared, 2),
         "decode_ms_rgb_whole": round(decode_plain, 2),
+        "decode_ms_untrimmed": round(decode_untrimmed, 2),
         **on_masters,
     }
     report(
@@ -278,6 +280,7 @@ def run(
                 figures["decode_ms"],
             ),
             ("decoding, ms per image: colour=rgb trim=False", figures["decode_ms_rgb_whole"]),
+            (f"decoding, ms per image: colour={preparation['colour']} trim=False", figures["decode_ms_untrimmed"]),
             (
                 f"one model.predict per image at float32 ({per_image} images), images/s",
                 figures["per_image_predict_ips"],
