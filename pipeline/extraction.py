@@ -90,7 +90,10 @@ def extract_to_store(store, make_extractor, files, content_dir, progress=None):
         decoded_by = extractor.decoded_by
     logger.info("decoded by: %s", ", ".join(f"{name} {n}" for name, n in sorted(decoded_by.items())) or "none")
     if decoded_by.get(FALLBACK):
-        logger.warning("%d files that libvips failed on were decoded whole by Pillow", decoded_by[FALLBACK])
+        logger.warning(
+            "%d files libvips could not read (or whose pixels are not 8- or 16-bit) were decoded whole by Pillow",
+            decoded_by[FALLBACK],
+        )
     return Extracted(len(todo), len(files) - len(todo), decoded_by)
 
 

@@ -49,7 +49,7 @@ TRIM_SPARE = 1.25
 #: libvips decodes a TIFF whose full-resolution pixels (8 bits each) would take more than this
 #: many bytes (about 11 megapixels in RGB, 33 in grey): below, Pillow's whole decode is faster.
 VIPS_TIFF_BYTES = 32 * 2**20
-#: The decoder of a file libvips failed on.
+#: The decoder of a file libvips could not read, or whose pixels are not 8- or 16-bit integers.
 FALLBACK = "Pillow after libvips"
 #: Pillow modes its ``reduce`` takes (the others are converted by :func:`to_rgb` first).
 REDUCIBLE = ("L", "LA", "RGB", "RGBA", "CMYK", "I", "F", "La", "RGBa")
