@@ -260,6 +260,13 @@ def render(run, result, counts, data, chosen, thumbnails, map_sample=400, seed=0
         f"{len(ids):,} images with neighbours, {run.get('extracted', 0):,} extracted this run, "
         f"{len(rejected):,} rejected. Result: <code>{html.escape(str(run.get('similarities', '')))}</code>.</p>"
     )
+    share = run.get("neighbours", {}).get("own_record_share")
+    if share is not None:
+        same_record = html.escape(str(run["neighbours"].get("same_record", "keep")))
+        summary += (
+            f"<p>{100 * share:.1f} % of the neighbours are of the image's own record "
+            f"(<code>same_record = {same_record}</code>).</p>"
+        )
     if note:
         summary += f'<p class="warning">{html.escape(note)}</p>'
     quality = ""

@@ -20,6 +20,7 @@ import scipy.sparse as sp
 from sklearn.neighbors import BallTree
 
 from .errors import ConfigError
+from .records import limited_best, record_best
 
 logger = logging.getLogger(__name__)
 
@@ -119,6 +120,9 @@ class WeightedHistograms:
     power : float in (0, 1]
         Power the counts are raised to (:func:`power_table`); 1 keeps them (the shipped
         ``[neighbours] power`` is DEFAULT_POWER).
+    records : array-like of shape (n_images,), optional
+        Each image's record (the PPN, or another catalogue key), for searches that limit the
+        neighbours from an image's own record; by default each image is a record of its own.
 
     Attributes
     ----------
@@ -126,9 +130,13 @@ class WeightedHistograms:
         The weighted histograms, exact integers (see the module).
     norms : ndarray of shape (n_images,), int64
         Their squared norms.
+    records : ndarray of shape (n_images,), int64
+        Each image's record as a number (0, 1, ...: equal for images of the same record).
     """
 
-    def __init__(self, counts, n_local, ids, weighting="raw", metric="euclidean", weights=None, power=1.0):
+    def __init__(
+        self, counts, n_local, ids, weighting="raw", metric="euclidean", weights=None, power=1.0, records=None
+    ):
         if metric not in METRICS:
             raise ConfigError(f"[neighbours] metric={metric!r} must be one of {', '.join(METRICS)}")
         counts = sp.csr_matrix(counts, dtype=np.int64)
@@ -143,6 +151,13 @@ class WeightedHistograms:
         self.norms = np.asarray(self.vectors.multiply(self.vectors).sum(axis=1)).ravel().astype(np.int64)
         self.roots = np.sqrt(self.norms.astype(np.float64))
         self.id_rank = np.argsort(np.argsort(ids, kind="stable"), kind="stable")
+        n = len(self.norms)
+        if records is None:
+            self.records = np.arange(n, dtype=np.int64)
+        else:
+            self.records = np.unique(np.asarray(records), return_inverse=True)[1].astype(np.int64).ravel()
+            if len(self.records) != n:
+                raise ValueError(f"{len(self.records)} records for {n} images")
         self._inverted_files = {}
 
     def __len__(self):
@@ -280,13 +295,17 @@ def _chunked(n, k, rows, chunk_size, checkpoints, query_chunk, progress=None):
     return neighbours, distances
 
 
-def balltree_neighbours(counts, k=5, rows=None, leaf_size=40, chunk_size=1024, checkpoints=None, progress=None):
+def balltree_neighbours(
+    counts, k=5, rows=None, leaf_size=40, chunk_size=1024, checkpoints=None, progress=None, own=None
+):
     """The k nearest other images of every image, by a scikit-learn BallTree over the histograms.
 
     Parameters
     ----------
     counts : WeightedHistograms
     k : int
+    own : int, optional
+        The most neighbours from an image's own record (``pipeline.records``); None: no limit.
     rows : array-like of int, optional
         Positions of the query images; all images by default.
     checkpoints : Checkpoints, optional
@@ -306,13 +325,32 @@ def balltree_neighbours(counts, k=5, rows=None, leaf_size=40, chunk_size=1024, c
     x /= counts.roots[:, None] if counts.metric == "cosine" else counts.unit
     tree = BallTree(x, leaf_size=leaf_size)
 
+    # with a limit, the images of the query's record are searched apart (pipeline.records)
+    apart = 0 if own is None else int(np.bincount(counts.records).max())
+    nearest_k = min(len(counts), k + 1 + apart)
+
+    def listable(found, row):
+        """Which images of ``found`` the tree may give ``row``: not itself, nor (with a limit) its record's."""
+        return (found != row) & ((own is None) | (counts.records[found] != counts.records[row]))
+
     def query_chunk(rows):
-        # the (k+1)-th distance, self included, bounds the k-th other; the radius query then
-        # returns every image tied with it, so the tie rule sees them all
-        nearest, _ = tree.query(x[rows], k=k + 1)
-        found = tree.query_radius(x[rows], nearest[:, k] + 1e-9)
-        ranked = [counts.rank(row, found[i], counts.pair_keys(row, found[i]), k) for i, row in enumerate(rows)]
-        return np.array([r[0] for r in ranked]), np.array([r[1] for r in ranked])
+        # the k-th listable image among the (k+1+apart) nearest bounds the k-th of the list; the
+        # radius query then returns every image tied with it, so the tie rule sees them all
+        distances, nearest = tree.query(x[rows], k=nearest_k)
+        taken = [d[listable(f, row)] for d, f, row in zip(distances, nearest, rows)]
+        bound = np.array([d[min(k, len(d)) - 1] if len(d) else 0.0 for d in taken])
+        found = [f[listable(f, row)] for f, row in zip(tree.query_radius(x[rows], bound + 1e-9), rows)]
+        width = max(len(f) for f in found)
+        candidates = np.full((len(rows), width), -1, dtype=np.int64)
+        keys = np.full((len(rows), width), np.inf)
+        for i, (f, row) in enumerate(zip(found, rows)):
+            candidates[i, : len(f)], keys[i, : len(f)] = f, counts.pair_keys(row, f)
+        best, best_keys = limited_best(counts, rows, candidates, keys, k, None)
+        if own:
+            mine, mine_keys = record_best(counts, rows, own)
+            both = limited_best(counts, rows, np.hstack([best, mine]), np.hstack([best_keys, mine_keys]), k, own)
+            best, best_keys = both
+        return best, counts.distances(best_keys)
 
     result = _chunked(len(counts), k, rows, chunk_size, checkpoints, query_chunk, progress)
     logger.info("%d nearest neighbours of %d images found with a BallTree", k, len(result[0]))
@@ -376,6 +414,9 @@ def _inverted_file_top_k(
     norms,
     roots,
     id_rank,
+    c_records,
+    q_records,
+    other_records,
     best_sharing_no_word,
     cosine,
     k,
@@ -384,9 +425,10 @@ def _inverted_file_top_k(
 ):
     """Exact k best (key, ID rank) among the candidates (the inverted file, ``norms`` ...) of each
     query row ``rows[q]`` of the query CSR (``indptr`` ... ``q_roots``), leaving out the candidates
-    ``skip_idx[skip_ptr[q]:skip_ptr[q + 1]]`` (the image itself, and those a verdict rules out);
-    see :func:`sparse_neighbours`. ``best_sharing_no_word`` holds at least k + the most skipped
-    of a row. Rows with fewer than k candidates end with position -1 at key inf."""
+    ``skip_idx[skip_ptr[q]:skip_ptr[q + 1]]`` (the image itself, and those a verdict rules out)
+    and, with ``other_records``, the candidates whose record ``c_records`` is the query's
+    ``q_records``; see :func:`sparse_neighbours`. ``best_sharing_no_word`` holds at least k + the
+    most left out of a row. Rows with fewer than k candidates end with position -1 at key inf."""
     n, m, n_blocks = len(norms), len(rows), block_ptr.shape[1] - 1
     n_threads = accumulators.shape[0]
     out = np.full((m, k), -1, dtype=np.int64)
@@ -402,7 +444,7 @@ def _inverted_file_top_k(
             dots = accumulators[t]
             for q in range(t, m, n_threads):
                 a, skip_start, skip_end = rows[q], skip_ptr[q], skip_ptr[q + 1]
-                norm_a, root_a = q_norms[a], q_roots[a]
+                norm_a, root_a, record = q_norms[a], q_roots[a], q_records[a] if other_records else -1
                 best, best_s, best_r, fill = out[q], out_s[q], out_r[q], fills[q]
                 for p in range(indptr[a], indptr[a + 1]):
                     w, c = indices[p], data[p]
@@ -419,6 +461,7 @@ def _inverted_file_top_k(
                     if (
                         first <= b < first + size
                         and dots[b - first] == 0
+                        and c_records[b] != record
                         and not _skipped(skip_idx, skip_start, skip_end, b)
                     ):
                         s = _key(cosine, 0, norm_a, norms[b], root_a, roots[b])
@@ -439,7 +482,11 @@ def _inverted_file_top_k(
                         if dots[j] >= least:
                             b = first + j
                             s = _key(cosine, dots[j], norm_a, norms[b], root_a, roots[b])
-                            if (fill < k or s <= best_s[k - 1]) and not _skipped(skip_idx, skip_start, skip_end, b):
+                            if (
+                                (fill < k or s <= best_s[k - 1])
+                                and c_records[b] != record
+                                and not _skipped(skip_idx, skip_start, skip_end, b)
+                            ):
                                 fill = _offer(best, best_s, best_r, fill, k, b, s, id_rank[b])
                                 if fill == k:
                                     least = _least_dot(cosine, best_s[k - 1], norm_a, min_norm, root_a, min_root)
@@ -507,8 +554,9 @@ def _inverted_file(csr, block, dense_share):
 
 
 def sparse_neighbours(
-    counts, k=5, rows=None, chunk_size=4096, block=1 << 15, dense_share=DENSE_SHARE, checkpoints=None, progress=None
-):
+    counts, k=5, rows=None, chunk_size=4096, block=1 << 15, dense_share=DENSE_SHARE, checkpoints=None, progress=None,
+    own=None,
+):  # fmt: skip
     """The k nearest other images of every image, exactly, from an inverted file over visual words.
 
     For each query image, the posting lists of its words (at most n_local of them) give the
@@ -527,7 +575,7 @@ def sparse_neighbours(
     """
     n = len(counts)
     check_k(k, n)
-    query_chunk = _query_chunk(counts, counts.inverted_file(k, block, dense_share))
+    query_chunk = _query_chunk(counts, counts.inverted_file(k, block, dense_share), own)
     result = _chunked(n, k, rows, chunk_size, checkpoints, query_chunk, progress)
     logger.info("%d nearest neighbours of %d images found with an inverted file", k, len(result[0]))
     return result
@@ -555,25 +603,26 @@ class InvertedFile:
         self.k, self.block, self.cosine = k, block, counts.cosine
         self.candidates = (
             *_inverted_file(vectors, block, dense_share), counts.norms[chosen], counts.roots[chosen],
-            counts.id_rank[chosen].astype(np.int64),
+            counts.id_rank[chosen].astype(np.int64), counts.records[chosen], counts.records,
         )  # fmt: skip
         # every candidate in the order of its key with an image it shares no word with: a query
-        # skipping s candidates finds its best such images among the first k + s
+        # leaving out s candidates finds its best such images among the first k + s
         self.sharing_no_word = counts.sharing_no_word_order(chosen).astype(np.int64)
+        self.largest_record = int(np.bincount(counts.records[chosen]).max(initial=0))
         # dot products are at most the largest squared norm (Cauchy-Schwarz): raw counts fit 32 bits
         wide = counts.norms.max(initial=0) >= 2**31
         self.accumulators = np.zeros((numba.get_num_threads(), block), dtype=np.int64 if wide else np.int32)
 
-    def top_k(self, rows, skip=None):
+    def top_k(self, rows, skip=None, other_records=False):
         """The k best candidates of each query row, leaving out those ``skip`` names for it
-        (:func:`skip_self` or :func:`skip_lists`; none by default): (positions among the
-        candidates, -1 past the last; keys, inf there)."""
+        (:func:`skip_self` or :func:`skip_lists`; none by default) and, with ``other_records``,
+        those of its own record: (positions among the candidates, -1 past the last; keys, inf there)."""
         rows = np.asarray(rows, dtype=np.int64)
         ptr, idx = skip if skip is not None else (np.zeros(len(rows) + 1, dtype=np.int64), np.zeros(0, dtype=np.int64))
-        most = int(np.diff(ptr).max(initial=0))
+        most = int(np.diff(ptr).max(initial=0)) + (self.largest_record if other_records else 0)
         return _inverted_file_top_k(
-            rows, ptr, idx, *self.queries, *self.candidates, self.sharing_no_word[: self.k + most], self.cosine,
-            self.k, self.block, self.accumulators,
+            rows, ptr, idx, *self.queries, *self.candidates, other_records, self.sharing_no_word[: self.k + most],
+            self.cosine, self.k, self.block, self.accumulators,
         )  # fmt: skip
 
 
@@ -591,11 +640,17 @@ def skip_lists(lists):
     return ptr, (np.concatenate(lists) if lists else np.zeros(0, dtype=np.int64)).astype(np.int64)
 
 
-def _query_chunk(counts, search):
-    """``query_chunk(rows)`` for :func:`_chunked`: the k best other images of each row among all."""
+def _query_chunk(counts, search, own=None):
+    """``query_chunk(rows)`` for :func:`_chunked`: the k best other images of each row among all,
+    at most ``own`` of them from its own record (None: no limit)."""
 
     def query_chunk(rows):
-        found, keys = search.top_k(rows, skip_self(rows))
+        found, keys = search.top_k(rows, skip_self(rows), other_records=own is not None)
+        if own:
+            mine, mine_keys = record_best(counts, rows, own)
+            found, keys = limited_best(
+                counts, rows, np.hstack([found, mine]), np.hstack([keys, mine_keys]), search.k, own
+            )
         return found, counts.distances(keys)
 
     return query_chunk
@@ -626,7 +681,7 @@ def _list_keys(rows, listed, indptr, indices, data, norms, roots, cosine):
 
 def update_neighbours(
     counts, previous, new, k=5, rows=None, chunk_size=4096, block=1 << 15, dense_share=DENSE_SHARE, checkpoints=None,
-    progress=None,
+    progress=None, own=None,
 ):  # fmt: skip
     """The k nearest other images of every image, as :func:`sparse_neighbours` finds them, from
     the lists of a run over the same word weights: only where they can have changed.
@@ -636,7 +691,9 @@ def update_neighbours(
     images of that run that are still here (the keys between unchanged images are unchanged),
     so its k best now are the best of that list and of its k best among the new images, which
     one query of it against an inverted file of the new images alone gives. Keys and the tie
-    rule are those of the full search, so the result is the same, value for value.
+    rule are those of the full search, so the result is the same, value for value. With a limit
+    ``own`` on an image's own record, the list is merged under that limit with the new images'
+    best of the other records and of its own (``pipeline.records``).
 
     Parameters
     ----------
@@ -650,7 +707,7 @@ def update_neighbours(
         Images new or changed since the earlier run.
     rows : ndarray of int, optional
         Positions of the images whose lists are wanted (all by default): a shard's share.
-    k, chunk_size, block, dense_share, checkpoints, progress
+    k, chunk_size, block, dense_share, checkpoints, progress, own
         As :func:`sparse_neighbours`; ``progress`` counts the images queried.
 
     Returns
@@ -669,7 +726,7 @@ def update_neighbours(
     asked = np.flatnonzero(queried)
     neighbours, distances = np.empty((len(rows), k), dtype=np.int64), np.empty((len(rows), k), dtype=np.float64)
     if len(asked):
-        query_chunk = _query_chunk(counts, counts.inverted_file(k, block, dense_share))
+        query_chunk = _query_chunk(counts, counts.inverted_file(k, block, dense_share), own)
         neighbours[asked], distances[asked] = _chunked(
             n, k, rows[asked], chunk_size, checkpoints, query_chunk, progress
         )
@@ -680,12 +737,13 @@ def update_neighbours(
     entering = np.flatnonzero(new)
     if len(kept) and len(entering):
         offered = InvertedFile(counts, k, entering, block, dense_share)
-        found, found_keys = offered.top_k(rows[kept])
+        found, found_keys = offered.top_k(rows[kept], other_records=own is not None)
         found = np.where(found >= 0, entering[np.maximum(found, 0)], -1)
-        merged, merged_keys = np.concatenate([listed, found], axis=1), np.concatenate([keys, found_keys], axis=1)
-        ranks = np.where(merged >= 0, counts.id_rank[np.maximum(merged, 0)], n)
-        order = np.lexsort((ranks, merged_keys), axis=1)[:, :k]
-        listed, keys = np.take_along_axis(merged, order, axis=1), np.take_along_axis(merged_keys, order, axis=1)
+        merged, merged_keys = [listed, found], [keys, found_keys]
+        if own:
+            mine, mine_keys = record_best(counts, rows[kept], own, among=new)
+            merged, merged_keys = merged + [mine], merged_keys + [mine_keys]
+        listed, keys = limited_best(counts, rows[kept], np.hstack(merged), np.hstack(merged_keys), k, own)
     neighbours[kept], distances[kept] = listed, counts.distances(keys)
     logger.info(
         "%d nearest neighbours of %d of %d images: %d queried (%d of the collection new or changed), %d kept with "
@@ -694,13 +752,13 @@ def update_neighbours(
     return neighbours, distances, queried
 
 
-def nearest_neighbours(counts, k=5, method="auto", rows=None, checkpoints=None, progress=None):
-    """The k nearest other images of every image (of those at ``rows``), by ``method`` (see
-    METHODS and AUTO_METHOD)."""
+def nearest_neighbours(counts, k=5, method="auto", rows=None, checkpoints=None, progress=None, own=None):
+    """The k nearest other images of every image (of those at ``rows``), at most ``own`` of them
+    from its own record (None: no limit), by ``method`` (see METHODS and AUTO_METHOD)."""
     if method not in METHODS:
         raise ConfigError(f"[neighbours] method={method!r} must be one of {', '.join(METHODS)}")
     if method == "auto":
         method = AUTO_METHOD
     if method == "balltree":
-        return balltree_neighbours(counts, k=k, rows=rows, checkpoints=checkpoints, progress=progress)
-    return sparse_neighbours(counts, k=k, rows=rows, checkpoints=checkpoints, progress=progress)
+        return balltree_neighbours(counts, k=k, rows=rows, checkpoints=checkpoints, progress=progress, own=own)
+    return sparse_neighbours(counts, k=k, rows=rows, checkpoints=checkpoints, progress=progress, own=own)

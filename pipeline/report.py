@@ -66,7 +66,9 @@ def run_report(
         "stage_seconds": seconds,
         "similarities": similarities,
         "images_with_neighbours": len(index),
-        "neighbours": {key: artifacts["Similarities"].get(key) for key in ("search", "queried")},
+        "neighbours": {
+            key: artifacts["Similarities"].get(key) for key in ("search", "queried", "same_record", "own_record_share")
+        },
     }
     if load is not None:
         report["cms"] = {**load, "run_id": artifacts["Similarities"]["digest"], "images": len(index)}

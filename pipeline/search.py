@@ -7,7 +7,9 @@ tests: the images judged right with it, nearest first (at most k), then the near
 are neither it nor judged with it, up to k in all; the whole list in the order of the ranking key,
 then database ID (``pipeline.neighbours``). So a pair judged wrong never appears in either image's
 list, the next nearest taking its place, and a pair judged right appears in both, placed by its
-distance, displacing the farthest neighbour not itself judged right. The lists are a function of
+distance, displacing the farthest neighbour not itself judged right. With a limit on the images of
+an image's own record (``pipeline.records``), those judged right count towards it, and the rest of
+the list takes at most what is left of it. The lists are a function of
 the histograms and the verdicts alone: the full, sharded and incremental searches give the same,
 value for value. An image without verdicts keeps its raw list.
 """
@@ -18,6 +20,7 @@ import logging
 import numpy as np
 
 from .neighbours import InvertedFile, _list_keys, nearest_neighbours, skip_lists, update_neighbours
+from .records import limited_best, record_best
 from .verdicts import Judgements, changed_images
 
 logger = logging.getLogger(__name__)
@@ -89,10 +92,13 @@ class NightSearch:
         :func:`why_full`: every list searched again, or (None) only where it can have changed.
     method : str
         The full search's method (``pipeline.neighbours.METHODS``).
+    own : int, optional
+        The most neighbours from an image's own record (``data.records``; ``pipeline.records``);
+        None: no limit.
     """
 
-    def __init__(self, data, k, judgements=None, earlier=None, why_full=None, method="auto"):
-        self.data, self.k, self.why_full, self.method = data, k, why_full, method
+    def __init__(self, data, k, judgements=None, earlier=None, why_full=None, method="auto", own=None):
+        self.data, self.k, self.why_full, self.method, self.own = data, k, why_full, method, own
         self.judgements = judgements if judgements is not None else Judgements(len(data), [], [], [])
         self.earlier = None
         if why_full is None:
@@ -111,23 +117,23 @@ class NightSearch:
         if self.why_full is None:
             new, previous, previous_final, changed = self.earlier
             raw, raw_distances, queried = update_neighbours(
-                self.data, previous, new, k=self.k, rows=rows, checkpoints=checkpoints, progress=progress
+                self.data, previous, new, k=self.k, rows=rows, checkpoints=checkpoints, progress=progress, own=self.own
             )
         else:
             logger.info("every image's neighbours are found again (%s)", self.why_full)
             raw, raw_distances = nearest_neighbours(
-                self.data, k=self.k, method=self.method, rows=rows, checkpoints=checkpoints, progress=progress
+                self.data, self.k, self.method, rows, checkpoints, progress, own=self.own
             )
             queried = np.ones(len(rows), dtype=bool)
             new = previous_final = changed = None
         judged = np.intersect1d(rows, self.judgements.rows)
         final, final_distances, judged_queried = judged_lists(
-            self.data, self.judgements, judged, self.k, previous_final, new, changed
+            self.data, self.judgements, judged, self.k, previous_final, new, changed, own=self.own
         )
         return Lists(rows, raw, raw_distances, queried, judged, final, final_distances, judged_queried)
 
 
-def judged_lists(data, judgements, rows, k, previous=None, new=None, verdicts_changed=None):
+def judged_lists(data, judgements, rows, k, previous=None, new=None, verdicts_changed=None, own=None):
     """The lists of judged images under their verdicts (see the module).
 
     An image whose verdicts, histogram and earlier list are unchanged, and whose images judged
@@ -149,6 +155,9 @@ def judged_lists(data, judgements, rows, k, previous=None, new=None, verdicts_ch
         Images new or changed since then.
     verdicts_changed : ndarray of shape (n_images,), bool
         Images whose verdicts changed since then (:func:`pipeline.verdicts.changed_images`).
+    own : int, optional
+        The most neighbours from an image's own record, those judged right among them (see the
+        module); None: no limit.
 
     Returns
     -------
@@ -188,15 +197,23 @@ def judged_lists(data, judgements, rows, k, previous=None, new=None, verdicts_ch
             entering = np.flatnonzero(new)
             if len(entering):
                 skip = [np.searchsorted(entering, np.intersect1d(wrong[i], entering)) for i in offered]
-                found, found_keys = InvertedFile(data, k, entering).top_k(rows[offered], skip_lists(skip))
+                found, found_keys = InvertedFile(data, k, entering).top_k(
+                    rows[offered], skip_lists(skip), other_records=own is not None
+                )
                 found = np.where(found >= 0, entering[np.maximum(found, 0)], -1)
                 kept, kept_keys = np.concatenate([kept, found], axis=1), np.concatenate([kept_keys, found_keys], axis=1)
+                if own:
+                    mine = record_best(data, rows[offered], own, among=new, skip=[wrong[i] for i in offered])
+                    kept, kept_keys = np.hstack([kept, mine[0]]), np.hstack([kept_keys, mine[1]])
             for j, i in enumerate(offered):
                 fill[i] = (kept[j], kept_keys[j])
     asked = np.flatnonzero(~settled & (n_right < k))
     if len(asked):
         skip = [np.concatenate([[rows[i]], wrong[i], right[i]]) for i in asked]
-        found, found_keys = data.inverted_file(k).top_k(rows[asked], skip_lists(skip))
+        found, found_keys = data.inverted_file(k).top_k(rows[asked], skip_lists(skip), other_records=own is not None)
+        if own:
+            mine = record_best(data, rows[asked], own, skip=skip)
+            found, found_keys = np.hstack([found, mine[0]]), np.hstack([found_keys, mine[1]])
         for j, i in enumerate(asked):
             fill[i] = (found[j], found_keys[j])
         queried[asked] = True
@@ -204,8 +221,13 @@ def judged_lists(data, judgements, rows, k, previous=None, new=None, verdicts_ch
         chosen, chosen_keys = _best(data, right[i], right_keys[i], k)
         if len(chosen) < k:
             others, other_keys = fill[i]
-            others, other_keys = _best(data, others[others >= 0], other_keys[others >= 0], k - len(chosen))
-            chosen, chosen_keys = np.concatenate([chosen, others]), np.concatenate([chosen_keys, other_keys])
+            left = None if own is None else max(0, own - int((data.records[chosen] == data.records[rows[i]]).sum()))
+            others, other_keys = (
+                x[0] for x in limited_best(data, rows[i : i + 1], others[None], other_keys[None], k - len(chosen), left)
+            )
+            taken = others >= 0
+            chosen = np.concatenate([chosen, others[taken]])
+            chosen_keys = np.concatenate([chosen_keys, other_keys[taken]])
         order = np.lexsort((data.id_rank[chosen], chosen_keys))
         lists[i, : len(chosen)], keys[i, : len(chosen)] = chosen[order], chosen_keys[order]
     logger.info(

@@ -17,6 +17,7 @@ from pipeline.histograms import DEFAULT_ASSIGN, MAX_ASSIGN
 from pipeline.images import COLOURS, DECODE_TIMEOUT, MAX_PIXELS
 from pipeline.neighbours import DEFAULT_METRIC, DEFAULT_POWER, DEFAULT_WEIGHTING, METHODS, METRICS, WEIGHTINGS
 from pipeline.precision import PRECISIONS, choose_precision
+from pipeline.records import SameRecord
 from pipeline.reduction import (
     DEFAULT_DESCRIPTORS,
     DEFAULT_REDUCED,
@@ -71,6 +72,26 @@ class Flag(luigi.BoolParameter):
         super().__init__(parsing=luigi.BoolParameter.EXPLICIT_PARSING, **kwargs)
         self.description = kwargs.get("description", "")
         self.must = "true or false"
+
+
+class SameRecordParameter(luigi.Parameter):
+    """``keep``, ``exclude`` or ``at_most N``, read as a :class:`pipeline.records.SameRecord`."""
+
+    must = "keep, exclude or at_most N (N a whole number >= 0)"
+
+    def parse(self, s):
+        if isinstance(s, SameRecord):
+            return s
+        try:
+            return SameRecord.parse(s)
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
+
+    def serialize(self, x):
+        return str(x)
+
+    def normalize(self, x):
+        return self.parse(x)
 
 
 def count(default, low=1, **kwargs):
@@ -358,6 +379,11 @@ class neighbours(luigi.Config):
         default=DEFAULT_POWER,
         description="Power the word counts are raised to before weighting: 1 keeps them, 0.5 takes "
         "their square root (with cosine: the Hellinger kernel).",
+    )
+    same_record = SameRecordParameter(
+        default=SameRecord(),
+        description="Which records an image's list draws from, the record being its PPN folder: keep (any), "
+        "exclude (other records only) or at_most N (at most N of the k from the image's own record).",
     )
     method = Choice(
         METHODS,

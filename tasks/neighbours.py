@@ -35,10 +35,13 @@ class NeighbourInputs(ArtifactTask):
 
     @staticmethod
     def neighbour_settings():
-        return {
+        settings = {
             "k": config.neighbours().k, "metric": config.neighbours().metric, "weighting": config.neighbours().weighting,
             "power": config.neighbours().power,
         }  # fmt: skip
+        if config.neighbours().same_record.own(config.neighbours().k) is not None:  # keep: the digests of before
+            settings["same_record"] = str(config.neighbours().same_record)
+        return settings
 
     def basis(self):
         """What the distances between unchanged images depend on: the settings, the codebook (and
@@ -75,7 +78,7 @@ def night_search(task):
         data = WeightedHistograms(
             counts, n_local * assign, index.ids, weighting, config.neighbours().metric,
             power=config.neighbours().power,
-            weights=CodebookModel.load(task.input()["codebook"].path).word_weights(weighting, assign),
+            weights=CodebookModel.load(task.input()["codebook"].path).word_weights(weighting, assign), records=index.ppn,
         )  # fmt: skip
         del counts  # the search reads the weighted copy
         earlier = task.earlier(index.ids, keys)
@@ -85,9 +88,9 @@ def night_search(task):
             recorded = {}
         reason = why_full(task.full, task.refit, earlier, recorded.get("basis"), task.basis())
         judgements = load_verdicts(task.input()["verdicts"].path)[0].judgements(index.ids)
-        _SEARCH[made_from] = NightSearch(
-            data, config.neighbours().k, judgements, earlier, reason, method=config.neighbours().method
-        )
+        k = config.neighbours().k
+        own = config.neighbours().same_record.own(k)
+        _SEARCH[made_from] = NightSearch(data, k, judgements, earlier, reason, config.neighbours().method, own)
     return _SEARCH[made_from]
 
 
@@ -142,6 +145,7 @@ class Similarities(NeighbourInputs):
         searches = {a["search"] for a in shards}
         codebook = CodebookModel.load(self.input()["codebook"].path)
         changed_by_verdicts = int((nearest[judged] != raw).any(axis=1).sum())
+        own_record = float((index.ppn[nearest] == index.ppn[:, None]).mean()) if len(nearest) else 0.0
         attrs = self.attrs(
             metric=config.neighbours().metric, weighting=config.neighbours().weighting,
             power=config.neighbours().power, codebook_size=codebook.size, model=features.MODEL,
@@ -149,7 +153,12 @@ class Similarities(NeighbourInputs):
             search=searches.pop() if len(searches) == 1 else "mixed", queried=sum(a["queried"] for a in shards),
             shards=len(shards), shard_seconds=round(sum(a["seconds"] for a in ran), 3), verdicts=len(honoured),
             judged=len(judged), judged_queried=sum(a.get("judged_queried", 0) for a in shards),
-            changed_by_verdicts=changed_by_verdicts,
+            changed_by_verdicts=changed_by_verdicts, same_record=str(config.neighbours().same_record),
+            own_record_share=round(own_record, 4),
+        )  # fmt: skip
+        logger.info(
+            "%.1f %% of the neighbours are of the image's own record (same_record = %s)",
+            100 * own_record, config.neighbours().same_record,
         )  # fmt: skip
         if config.resnet().weights == "random":
             attrs["weights_note"] = features.RANDOM_WEIGHTS_NOTE

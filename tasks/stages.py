@@ -17,6 +17,7 @@ from pipeline.codebook import Codebook as CodebookModel
 from pipeline.errors import ConfigError
 from pipeline.h5io import read_attrs
 from pipeline.neighbours import check_k
+from pipeline.records import check_records
 from pipeline.reduction import Reducer as ReducerModel
 
 from . import config, inputs
@@ -82,6 +83,8 @@ class Inventory(ArtifactTask):
         )
         # the settings that depend on the collection's size, before any image is extracted
         check_k(config.neighbours().k, len(inventory))
+        k, same_record = config.neighbours().k, config.neighbours().same_record
+        check_records([f"PPN{f.ppn}" for f in inventory.files], k, same_record.own(k), same_record)
         n_local = features.layer_side(config.resnet().layer) ** 2
         check_size(config.codebook().size, len(inventory), n_local, config.codebook().sample_size)
         self._found = inventory.fingerprint()

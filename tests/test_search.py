@@ -12,10 +12,11 @@ from pipeline.verdicts import Judgements, Verdicts
 from .test_neighbours import brute_keys, changed_collection, random_counts, thirds
 
 
-def brute_force_lists(counts, ids, k, verdicts, weighting, metric, power, weights):
+def brute_force_lists(counts, ids, k, verdicts, weighting, metric, power, weights, records=None, own=None):
     """Each image's list under the verdicts, the rule spelled out pair by pair: the images judged
-    right with it, nearest first (at most k), then the nearest not judged with it, up to k; the
-    list in the order of (key, ID). ``verdicts``: {(id, id): right}."""
+    right with it, nearest first (at most k), then the nearest not judged with it, up to k, of
+    which at most ``own`` in all are of its own record (``records``; None: no limit); the list in
+    the order of (key, ID). ``verdicts``: {(id, id): right}."""
     key, distance = brute_keys(counts, weighting, metric, power, weights)
     by_id = {int(i): p for p, i in enumerate(ids)}
     wrong, right = {p: set() for p in range(len(ids))}, {p: set() for p in range(len(ids))}
@@ -30,8 +31,16 @@ def brute_force_lists(counts, ids, k, verdicts, weighting, metric, power, weight
             return (key(i, j), ids[j])
 
         chosen = sorted(right[i], key=rank)[:k]
-        others = sorted((j for j in range(len(ids)) if j != i and j not in wrong[i] | right[i]), key=rank)
-        chosen = sorted(chosen + others[: k - len(chosen)], key=rank)
+        mine = sum(records[j] == records[i] for j in chosen) if own is not None else 0
+        for j in sorted((j for j in range(len(ids)) if j != i and j not in wrong[i] | right[i]), key=rank):
+            if len(chosen) == k:
+                break
+            if own is not None and records[j] == records[i]:
+                if mine >= own:
+                    continue
+                mine += 1
+            chosen.append(j)
+        chosen = sorted(chosen, key=rank)
         lists.append(chosen)
         distances.append(distance([key(i, j) for j in chosen]))
     return np.array(lists), np.array(distances)
@@ -71,8 +80,9 @@ def judge(rng, ids, neighbours, pairs, n_wrong, n_right, n_flipped, n_withdrawn)
 @pytest.mark.parametrize("words, n_local, zipf", [(4, 5, None), (30, 9, 0.8)])  # tie-heavy, and Zipf words
 @pytest.mark.parametrize("k", [1, 3])
 @pytest.mark.parametrize("weighting, metric, power", [("tfidf", "cosine", 0.5), ("raw", "euclidean", 1.0)])
+@pytest.mark.parametrize("own", [None, 0, 1])  # same_record: keep, exclude, at_most 1
 def test_lists_under_verdicts_equal_a_brute_force_night_after_night(
-    tmp_path, words, n_local, zipf, k, weighting, metric, power
+    tmp_path, words, n_local, zipf, k, weighting, metric, power, own
 ):
     rng = np.random.default_rng(words + 10 * k)
     ids = rng.permutation(1000)[:60]
@@ -92,24 +102,32 @@ def test_lists_under_verdicts_equal_a_brute_force_night_after_night(
         pairs = {p: r for p, r in pairs.items() if set(p) <= present}  # an image gone: its verdicts are bad rows
         pairs = judge(rng, ids, lists, pairs, *judging)
         keys = np.array([f"{i} {versions[i]}" for i in ids.tolist()])
-        data = WeightedHistograms(sp.vstack(rows), n_local, ids, weighting, metric, weights=weights, power=power)
+        records = ids % 6  # records of about ten images each
+        data = WeightedHistograms(
+            sp.vstack(rows), n_local, ids, weighting, metric, weights=weights, power=power, records=records
+        )
         verdicts = as_verdicts(pairs)
         judgements = verdicts.judgements(ids)
-        expected, expected_d = brute_force_lists(sp.vstack(rows), ids, k, pairs, weighting, metric, power, weights)
+        expected, expected_d = brute_force_lists(
+            sp.vstack(rows), ids, k, pairs, weighting, metric, power, weights, records, own
+        )
 
         earlier = Earlier(earlier_path, ids, keys) if earlier_path else None
         reason = why_full(earlier=earlier, recorded_basis="same", basis="same")
         assert (reason is None) == (night > 0)
-        tonight = NightSearch(data, k, judgements, earlier, reason).lists()
-        full = NightSearch(data, k, judgements, None, "--full").lists()
-        shards = [NightSearch(data, k, judgements, earlier, reason).lists(part) for part in thirds(len(ids))]
-        for found in (tonight, full):
+        tonight = NightSearch(data, k, judgements, earlier, reason, own=own).lists()
+        full = NightSearch(data, k, judgements, None, "--full", own=own).lists()
+        balltree = NightSearch(data, k, judgements, None, "--full", method="balltree", own=own).lists()
+        shards = [NightSearch(data, k, judgements, earlier, reason, own=own).lists(part) for part in thirds(len(ids))]
+        for found in (tonight, full, balltree):
             got, got_d = found.assembled()
             np.testing.assert_array_equal(got, expected, err_msg=f"night {night}")
             np.testing.assert_allclose(got_d, expected_d, rtol=1e-12, atol=1e-15)
         np.testing.assert_array_equal(np.concatenate([s.assembled()[0] for s in shards]), expected)
         np.testing.assert_array_equal(np.concatenate([s.assembled()[1] for s in shards]), tonight.assembled()[1])
         np.testing.assert_array_equal(tonight.raw, full.raw)  # the raw lists ignore the verdicts
+        own_record = (records[tonight.raw] == records[:, None]).sum(axis=1)
+        assert own_record.max() <= (k if own is None else own)
         if night > 0 and not added + changed + removed and not any(judging):
             assert not tonight.queried.any() and not tonight.judged_queried.any()  # nothing changed: nothing searched
 

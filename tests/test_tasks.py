@@ -293,6 +293,23 @@ def nightly_equals(monkeypatch, config, expected_root, root):
     return json.loads((root / "artifacts" / "run_report.json").read_text())
 
 
+@pytest.mark.parametrize("same_record, most", [("exclude", 0), ("at_most 1", 1)])
+def test_same_record_limits_the_lists_and_reruns_only_the_search(own_run, monkeypatch, same_record, most):
+    before = mtimes(own_run.root / "artifacts")
+    with luigi_config(monkeypatch, own_run.config(neighbours__same_record=same_record)):
+        assert luigi.build([Nightly()], local_scheduler=True, workers=1)
+    after = mtimes(own_run.root / "artifacts")
+    assert [name for name in ARTIFACTS if before[name] != after[name]] == ["similarities.hdf5"]
+    result = read_similarities(own_run.root / "artifacts" / "similarities.hdf5")
+    at = {i: p for p, i in enumerate(result["ids"].tolist())}
+    listed = np.vectorize(at.get)(result["neighbours"])  # the neighbours' positions
+    own = (result["ppn"][listed] == result["ppn"][:, None]).sum(axis=1)
+    assert own.max() == most  # the small collection has 8 records
+    report = json.loads((own_run.root / "artifacts" / "run_report.json").read_text())
+    assert report["neighbours"]["same_record"] == same_record
+    assert report["neighbours"]["own_record_share"] == round(own.sum() / result["neighbours"].size, 4)
+
+
 def test_sharded_stages_give_the_same_result(run, monkeypatch, small_collection, tmp_path):
     (first, _), _ = run
     (tmp_path / "content").symlink_to(small_collection[0])
@@ -422,8 +439,11 @@ def test_files_that_must_be_rejected_change_nothing_else(run, monkeypatch, small
         ({"verdicts__source": "sql"}, "[verdicts] source='sql' must be one of auto, cms, csv, none"),
         ({"histograms__shards": "0"}, "[histograms] shards=0 must be a whole number >= 1"),
         ({"neighbours__shards": "two"}, "[neighbours] shards='two' must be a whole number >= 1"),
+        ({"neighbours__same_record": "most 2"}, "[neighbours] same_record='most 2' must be keep, exclude or at_most N"),
+        ({"neighbours__same_record": "at_most -1"}, "[neighbours] same_record='at_most -1' must be keep, exclude or"),
         # known once the collection is listed, still before any image is extracted
         ({"neighbours__k": "18"}, "[neighbours] k=18 must be between 1 and the number of images - 1 = 17; lower it"),
+        ({"neighbours__k": "16", "neighbours__same_record": "exclude"}, "[neighbours] same_record=exclude leaves the "),
         ({"codebook__size": "1000"}, "[codebook] size=1000 must be between 2 and the number of sampled descriptors=882"),
         ({"resnet__layer": "conv4_block6_out", "codebook__size": "1000", "codebook__sample_size": "1000"},
          "[codebook] size=1000 must be between 2 and the number of sampled descriptors=980"),
@@ -434,7 +454,7 @@ def test_bad_settings_stop_the_run_before_any_work(monkeypatch, caplog, tmp_path
     code = luigi_in_process(monkeypatch, pipeline_config(tmp_path, **override), tmp_path)
     assert code == 30, caplog.text[-2000:]
     report = json.loads((tmp_path / "artifacts" / "run_report.json").read_text())
-    stage = "Inventory" if "the number of" in message else "CheckSettings"
+    stage = "Inventory" if "the number of" in message or "leaves the" in message else "CheckSettings"
     assert report["failed_stage"] == stage and report["error"].startswith(f"ConfigError: {message}")
     assert "\n" not in report["error"] and message in caplog.text
     written = sorted(p.name for p in (tmp_path / "artifacts").iterdir() if not p.name.startswith("run.lock"))
