@@ -55,6 +55,7 @@ class Spec:
     alterations: tuple = ALTERATIONS
     seed: int = 0
     group_sizes: tuple = (2, 12)  # smallest and largest group
+    uniform_records: bool = False  # each record's distractors are windows of one cell: a book's alike pages
 
 
 #: The benchmark's collections: four of about 320 images and one of several thousand.
@@ -74,6 +75,12 @@ EXTRA = (
          seed=11, group_sizes=(10, 10)),
     Spec("tens-mixed", ("samples", "gnome"), groups=25, distractors=50, cell=150, longest=900, alterations=MILD,
          seed=12, group_sizes=(10, 10)),
+)  # fmt: skip
+#: A collection whose records hold pages that resemble each other (each record's distractors are
+#: windows of one picture), its groups spread over records: what ``same_record`` is for.
+BOOKS = (
+    Spec("books", ("samples", "wallpapers", "gnome"), groups=30, distractors=300, cell=200, longest=1600, seed=21,
+         uniform_records=True),
 )  # fmt: skip
 
 
@@ -235,8 +242,8 @@ def make_collection(spec, dest):
     records = max(2, (int(sizes.sum()) + spec.distractors) // 10)
     rows, labels = [], []
 
-    def add(image, label, name):
-        ppn = f"PPN{700000 + int(rng.integers(0, records)):06d}"
+    def add(image, label, name, record=None):
+        ppn = f"PPN{700000 + (int(rng.integers(0, records)) if record is None else record):06d}"
         os.makedirs(os.path.join(dest, ppn), exist_ok=True)
         path = _save(image, os.path.join(dest, ppn, name), rng)
         image_id = 1000 + len(rows)
@@ -252,14 +259,15 @@ def make_collection(spec, dest):
                     copy = alter(copy, kind, rng)
             add(copy, f"group{g:03d}", f"g{g:03d}-{member:02d}")
     for d in range(spec.distractors):
-        cell = spare[d % len(spare)]
-        if d >= len(spare):  # more distractors than cells: another window of a cell
+        book = d % records if spec.uniform_records else None
+        cell = spare[(d if book is None else book) % len(spare)]
+        if d >= len(spare) or book is not None:  # more distractors than cells, or a book's page: a window
             side = int(cell.size[0] * rng.uniform(0.55, 0.8))
             x, y = (int(v) for v in rng.integers(0, cell.size[0] - side + 1, size=2))
             cell = cell.crop((x, y, x + side, y + side))
         image = cell.resize((BASE_SIDE, BASE_SIDE), Image.Resampling.BICUBIC)
         kind = rng.choice(["none", "rescan", "jpeg", "greyscale", "border"])
-        add(image if kind == "none" else alter(image, kind, rng), f"distractor{d:05d}", f"d{d:05d}")
+        add(image if kind == "none" else alter(image, kind, rng), f"distractor{d:05d}", f"d{d:05d}", book)
     with open(os.path.join(dest, "image_ids.csv"), "w", newline="") as f:
         csv.writer(f).writerows([("id", "ppn", "filename"), *rows])
     with open(os.path.join(dest, "labels.csv"), "w", newline="") as f:

@@ -116,6 +116,7 @@ class Collection:
         mapping = np.loadtxt(os.path.join(self.content, "image_ids.csv"), delimiter=",", skiprows=1, dtype=str)
         self.ids = mapping[:, 0].astype(np.int64)
         self.paths = [os.path.join(self.content, ppn, name) for _, ppn, name in mapping]
+        self.records = mapping[:, 1]
         self.keys = np.array([f"{i}" for i in self.ids])
         self.labels = evaluation.read_labels(os.path.join(self.content, "labels.csv"))
         self.coded = {}
@@ -251,8 +252,8 @@ class Scorer:
             self.codebooks[key] = fit_codebook(blocks, reducer, size, self.sample_size, self.seed)
         return self.codebooks[key], key
 
-    def score(self, config):
-        started = time.monotonic()
+    def weighted(self, config):
+        """The collection's WeightedHistograms at ``config`` (records: the PPN folders), its reducer and codebook."""
         blocks = self.c.blocks(made_with(config))
         reducer = self._reducer(config)
         codebook, key = self._codebook(config, reducer)
@@ -263,39 +264,57 @@ class Scorer:
         data = WeightedHistograms(
             self.counts[key], blocks.n_local() * config["assign"], self.c.ids, config["weighting"], config["metric"],
             power=config["power"], weights=stop_words(self.counts[key], weights, config.get("stop", 0.0)),
+            records=self.c.records,
         )  # fmt: skip
+        return data, reducer, codebook
+
+    def copy_distances(self, config, data, reducer, codebook):
+        """The self-check's result at ``config`` (with ``first_distances``)."""
+        descriptors, decoded, errors = self.copy_descriptors[made_with(config)]
+        found, distances = query_neighbours(data, word_counts(descriptors, reducer, codebook, config["assign"]), k=5)
+        return self.copies.score(found, decoded, errors, self.c.ids, distances)
+
+    def score(self, config):
+        started = time.monotonic()
+        data, reducer, codebook = self.weighted(config)
         nearest, _ = sparse_neighbours(data, k=5)
         scores = evaluation.evaluate(self.c.ids, self.c.ids[nearest], self.c.labels, k=5)
         row = {**NO_STOP, **config, "codebook": str(codebook.size)}
         row.update({k: v for k, v in scores.items() if k != "per_label"})
         if self.copies is not None:
-            descriptors, decoded, errors = self.copy_descriptors[made_with(config)]
-            found = query_neighbours(data, word_counts(descriptors, reducer, codebook, config["assign"]), k=5)[0]
-            check = self.copies.score(found, decoded, errors, self.c.ids)
+            check = self.copy_distances(config, data, reducer, codebook)
             row.update(selfcheck_top1=check["top1"], selfcheck_top5=check["top5"])
         row["seconds"] = round(time.monotonic() - started, 1)
         return row
 
 
-def run_collection(spec, configs, defaults, args):
-    """Rows of every configuration on one collection."""
+def prepared(spec, configs, args, scratch):
+    """The collection of ``spec`` with its descriptors for ``configs``, and a Scorer over it (with
+    the self-check's altered copies, written under ``scratch``, when ``args.selfcheck``)."""
     with Timer() as made:
         collection = Collection(spec, args.work)
     kinds = sorted({made_with(c) for c in configs})
     with Timer() as extracted:
         collection.extract(kinds, args.weights, args.seed, args.precision, args.batch_size)
     copies, copy_descriptors = None, {}
+    if args.selfcheck:
+        copies = Copies(collection.paths, scratch, sample=args.selfcheck, seed=0)
+        for (colour, trim), layers in by_preparation(kinds).items():
+            descriptors, decoded, errors = descriptors_of(
+                copies.paths, layers, colour, trim, args.weights, args.seed, args.precision, args.batch_size,
+                collection.calibration(layers, colour, trim, args.weights, args.seed),
+            )  # fmt: skip
+            for layer, d in zip(layers, descriptors):
+                copy_descriptors[layer, colour, trim] = (d, decoded, errors)
+    scorer = Scorer(collection, copies, copy_descriptors, seed=args.kmeans_seed)
+    return scorer, {"make_seconds": round(made.seconds, 1), "extract_seconds": round(extracted.seconds, 1)}
+
+
+def run_collection(spec, configs, defaults, args):
+    """Rows of every configuration on one collection."""
     with tempfile.TemporaryDirectory(prefix="quality-") as scratch:
-        if args.selfcheck:
-            copies = Copies(collection.paths, scratch, sample=args.selfcheck, seed=0)
-            for (colour, trim), layers in by_preparation(kinds).items():
-                descriptors, decoded, errors = descriptors_of(
-                    copies.paths, layers, colour, trim, args.weights, args.seed, args.precision, args.batch_size,
-                    collection.calibration(layers, colour, trim, args.weights, args.seed),
-                )  # fmt: skip
-                for layer, d in zip(layers, descriptors):
-                    copy_descriptors[layer, colour, trim] = (d, decoded, errors)
-        scorer = Scorer(collection, copies, copy_descriptors, seed=args.kmeans_seed)
+        scorer, seconds = prepared(spec, configs, args, scratch)
+        collection = scorer.c
         rows = []
         for config in configs:
             row = scorer.score(config)
@@ -304,8 +323,7 @@ def run_collection(spec, configs, defaults, args):
             logger.info("%s %s: %s", spec.name, row["name"], {k: row.get(k) for k in MEASURES})
     info = {
         "collection": spec.name, "images": collection.summary["images"], "groups": collection.summary["groups"],
-        "distractors": collection.summary["distractors"], "make_seconds": round(made.seconds, 1),
-        "extract_seconds": round(extracted.seconds, 1),
+        "distractors": collection.summary["distractors"], **seconds,
     }  # fmt: skip
     return info, rows
 

@@ -15,8 +15,10 @@ original first. It is the ``QUANTILE`` of those distances, chosen for precision 
 """
 
 import dataclasses
+import json
 import logging
 
+import h5py
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
@@ -25,6 +27,7 @@ from scipy.sparse.csgraph import connected_components
 from scipy.spatial.distance import squareform
 
 from .errors import ConfigError
+from .h5io import atomic_path, read_ids, read_strings, write_ids, write_strings
 
 logger = logging.getLogger(__name__)
 
@@ -193,6 +196,35 @@ def number_groups(groups, ids, ppn, filename, date, previous=None, next_group=1)
     frame["image_id"] = frame["image_id"].astype(np.asarray(ids).dtype) if len(frame) else frame["image_id"]
     frame = frame.sort_values(["group", "image_id"], kind="stable").reset_index(drop=True)
     return Numbered(frame, next_group, sorted(new_groups))
+
+
+def save_copies(path, numbered, attrs):
+    """Write the night's groups (:class:`Numbered`) to an HDF5 file with ``attrs``."""
+    rows = numbered.rows
+    with h5py.File(path, "w") as f:
+        f.attrs.update({**attrs, "next_group": numbered.next_group, "new_groups": json.dumps(numbered.new_groups)})
+        f.create_dataset("group", data=rows["group"].to_numpy(dtype=np.int64))
+        write_ids(f, "image_id", rows["image_id"].to_numpy())
+        for column in ("ppn", "filename", "first_seen"):
+            write_strings(f, column, rows[column].astype(str).tolist())
+
+
+def load_copies(path):
+    """The :class:`Numbered` groups of :func:`save_copies`, or None when the file is missing or unreadable."""
+    try:
+        with h5py.File(path, "r") as f:
+            frame = pd.DataFrame({"group": f["group"][:], "image_id": read_ids(f["image_id"])})
+            for column in ("ppn", "filename", "first_seen"):
+                frame[column] = read_strings(f[column])
+            return Numbered(frame, int(f.attrs["next_group"]), json.loads(f.attrs["new_groups"]))
+    except (OSError, KeyError, ValueError):
+        return None
+
+
+def write_csv(path, rows):
+    """Write the rows as copies.csv (columns COLUMNS), atomically."""
+    with atomic_path(path) as tmp:
+        rows.to_csv(tmp, index=False, columns=list(COLUMNS))
 
 
 def read_copies(path):

@@ -7,6 +7,7 @@ import io
 import numpy as np
 from PIL import Image
 
+from .copies import spanning as copies_spanning
 from .decoders import DecoderPool
 from .errors import ConfigError, ImageError
 from .h5io import atomic_path
@@ -166,7 +167,40 @@ def _figure(image, caption):
     return f'<figure><img src="{image}" alt=""><figcaption>{caption}</figcaption></figure>'
 
 
-def render(run, result, counts, data, chosen, thumbnails, map_sample=400, seed=0, evaluation=None, recent=()):
+#: Groups of copies spanning several records the report shows (new ones first, then the largest).
+SHOWN_GROUPS = 20
+
+
+def shown_groups(rows, new_groups, row_of, shown=SHOWN_GROUPS):
+    """The groups of copies (copies.csv's rows) the report shows: those spanning several records,
+    the new ones first, then the largest; as (number, new, positions)."""
+    spanning = copies_spanning(rows)
+    new = set(new_groups)
+    order = sorted(spanning, key=lambda g: (g not in new, -len(spanning[g]), g))[:shown]
+    return [(g, g in new, [row_of[str(i)] for i in spanning[g]["image_id"]]) for g in order]
+
+
+def _copies_section(copies, thumb, name):
+    if copies is None:
+        return ""
+    groups, attrs = copies
+    intro = (
+        f"<p>{attrs['groups']:,} groups of copies ({attrs['images']:,} images) within distance "
+        f"{attrs['threshold']:.4g} ({html.escape(str(attrs['threshold_source']))}): {attrs['spanning_records']:,} "
+        f"span several records, {attrs['new']:,} are new tonight. The list: <code>copies.csv</code>.</p>"
+    )
+    blocks = []
+    for number, new, members in groups:
+        label = f"<b>group {number}</b>" + (' <span class="right">new</span>' if new else "")
+        cells = [f'<div class="nothumb" style="height:auto">{label}</div>']
+        cells += [_figure(thumb(m), name(m)) for m in members]
+        blocks.append(f'<div class="query copies" data-group="{number}">{"".join(cells)}</div>')
+    return '<h2 id="copies">Copies across records</h2>' + intro + "".join(blocks)
+
+
+def render(
+    run, result, counts, data, chosen, thumbnails, map_sample=400, seed=0, evaluation=None, recent=(), copies=None
+):
     """The report page as a string.
 
     Parameters
@@ -191,6 +225,8 @@ def render(run, result, counts, data, chosen, thumbnails, map_sample=400, seed=0
         evaluation.json: the scores of :func:`pipeline.evaluation.evaluate`, shown as a table.
     recent : sequence of dict
         The latest verdicts (:func:`recent_verdicts`), shown with their thumbnails.
+    copies : (list, dict), optional
+        The groups of copies shown (:func:`shown_groups`) and copies.h5's attributes.
     """
     ids, neighbours, distances = result["ids"], result["neighbours"], result["distances"]
     row_of = {str(i): r for r, i in enumerate(ids)}
@@ -290,6 +326,7 @@ def render(run, result, counts, data, chosen, thumbnails, map_sample=400, seed=0
         )  # fmt: skip
     if "verdicts" in run:
         quality += _verdicts_section(run["verdicts"], recent, row_of, thumb, name)
+    quality += _copies_section(copies, thumb, name)
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>Similar images: run of {html.escape(str(run.get("date")))}</title>
 <style>
@@ -396,21 +433,31 @@ def recent_verdicts(verdicts, n=6):
 
 
 def write_report(
-    path, run, result, counts, data, paths, sample=12, named=(), seed=0, evaluation=None, recent=(), **decoding
-):
+    path, run, result, counts, data, paths, sample=12, named=(), seed=0, evaluation=None, recent=(), copies=None,
+    **decoding,
+):  # fmt: skip
     """Write the report page to ``path`` atomically: ``sample`` images chosen at random (seeded)
     after those of the IDs ``named``, each beside its neighbours; see :func:`render`.
 
-    ``paths`` are the image files of the rows of ``result``; ``decoding`` holds the decoder
-    pool's settings (``processes``, ``timeout``, ``max_pixels``) for the thumbnails.
+    ``paths`` are the image files of the rows of ``result``; ``copies`` the night's groups of
+    copies (:class:`pipeline.copies.Numbered`) and copies.h5's attributes, when the run made
+    them; ``decoding`` holds the decoder pool's settings (``processes``, ``timeout``,
+    ``max_pixels``) for the thumbnails.
     """
     rows = choose_rows(result["ids"], sample, named, seed)
     row_of = {str(i): r for r, i in enumerate(result["ids"])}
     beside = [row_of[str(i)] for r in rows for i in result["neighbours"][r]]
     judged = [row_of[str(v[key])] for v in recent for key in ("image_id", "similar_image_id") if str(v[key]) in row_of]
-    needed = {THUMBNAIL: [*rows, *beside, *judged], MAP_THUMBNAIL: map_rows(len(result["ids"]), seed=seed)}
+    groups = None
+    if copies is not None:
+        numbered, attrs = copies
+        groups = (shown_groups(numbered.rows, numbered.new_groups, row_of), attrs)
+    grouped = [m for _, _, members in (groups[0] if groups else []) for m in members]
+    needed = {THUMBNAIL: [*rows, *beside, *judged, *grouped], MAP_THUMBNAIL: map_rows(len(result["ids"]), seed=seed)}
     thumbnails = make_thumbnails(paths, needed, **decoding)
-    page = render(run, result, counts, data, rows, thumbnails, seed=seed, evaluation=evaluation, recent=recent)
+    page = render(
+        run, result, counts, data, rows, thumbnails, seed=seed, evaluation=evaluation, recent=recent, copies=groups
+    )
     with atomic_path(path) as tmp:
         with open(tmp, "w", encoding="utf-8") as f:
             f.write(page)

@@ -22,8 +22,9 @@ def now():
 
 
 def run_report(
-    date, artifacts, inventory, index, similarities, load=None, evaluation=None, selfcheck=None, bad_verdicts=None
-):
+    date, artifacts, inventory, index, similarities, load=None, evaluation=None, selfcheck=None, bad_verdicts=None,
+    copies=None,
+):  # fmt: skip
     """The report of a finished run.
 
     Parameters
@@ -43,6 +44,8 @@ def run_report(
         evaluation.json and selfcheck.json, when the run made them.
     bad_verdicts : list of pipeline.verdicts.BadRow, optional
         The verdict rows left out and why, when the run reads verdicts.
+    copies : dict, optional
+        The attributes of copies.h5, when the run groups copies.
     """
     seconds = {name: stage_summary(attrs, date)[0] for name, attrs in artifacts.items()}
     # the work of the shards of a stage, summed over those this run made (in parallel, they overlap)
@@ -88,6 +91,9 @@ def run_report(
         }
         if evaluation is not None and "verdicts" in evaluation:
             report["verdicts"]["scores"] = evaluation["verdicts"]
+    if copies is not None:
+        keys = ("threshold", "threshold_source", "groups", "images", "spanning_records", "new", "left_out")
+        report["copies"] = {key: copies[key] for key in keys}
     if selfcheck is not None:
         keys = ("images", "queries", "top1", "top5", "chance_top1", "chance_top5", "per_alteration", "failed")
         report["selfcheck"] = {key: selfcheck[key] for key in keys}

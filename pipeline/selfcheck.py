@@ -120,7 +120,7 @@ class Copies:
         """The copies' descriptors: (descriptors, decoded positions, errors), as :func:`pipeline.features.extract`."""
         return extract(extractor, self.paths)
 
-    def score(self, found, decoded, errors, ids):
+    def score(self, found, decoded, errors, ids, distances=None):
         """How often the copies found their original.
 
         Parameters
@@ -131,14 +131,18 @@ class Copies:
             From :meth:`extract`.
         ids : ndarray
             Database IDs of the collection's images.
+        distances : ndarray of shape (len(decoded), k), optional
+            The distances of ``found``.
 
         Returns
         -------
         dict with ``images`` (sampled), ``queries`` (copies queried), ``top1`` and ``top5``
         (share of the copies whose original is the first neighbour, or within the first k),
         ``chance_top1`` and ``chance_top5`` (the same for neighbours drawn at random),
-        ``per_alteration`` (``queries``, ``top1``, ``top5`` of each kind) and ``failed``
-        (database ID -> reason, for sampled images or copies that could not be read).
+        ``per_alteration`` (``queries``, ``top1``, ``top5`` of each kind), ``failed``
+        (database ID -> reason, for sampled images or copies that could not be read) and, with
+        ``distances``, ``first_distances``: the distance of each copy that found its original
+        first to it, increasing (what ``pipeline.copies`` takes its threshold from).
         """
         k = found.shape[1] if len(decoded) else 5
         originals = np.array([self.originals[c] for c in decoded], dtype=np.int64)
@@ -156,7 +160,7 @@ class Copies:
 
         problems = {str(ids[p]): reason for p, reason in self.failed.items()}
         problems.update({str(ids[self.originals[c]]): f"{self.kinds[c]} copy: {r}" for c, r in errors.items()})
-        return {
+        result = {
             "images": len(self.chosen),
             **rates(np.ones(len(decoded), dtype=bool)),
             "chance_top1": round(1 / self.n_images, 6),
@@ -164,6 +168,10 @@ class Copies:
             "per_alteration": {kind: rates(kinds == kind) for kind in ALTERATIONS},
             "failed": problems,
         }
+        if distances is not None:
+            first_distances = np.asarray(distances, dtype=np.float64).reshape(len(decoded), -1)[first, 0]
+            result["first_distances"] = np.sort(first_distances).tolist()
+        return result
 
 
 def self_check(index, extractor, image_paths, dest, sample=50, seed=0, k=5):
@@ -185,8 +193,8 @@ def self_check(index, extractor, image_paths, dest, sample=50, seed=0, k=5):
     """
     copies = Copies(image_paths, dest, sample, seed)
     descriptors, decoded, errors = copies.extract(extractor)
-    found = index.query(descriptors, k=k)[0] if decoded else np.empty((0, k), dtype=np.int64)
-    result = copies.score(found, decoded, errors, index.images.ids)
+    found, distances = index.query(descriptors, k=k) if decoded else (np.empty((0, k), dtype=np.int64),) * 2
+    result = copies.score(found, decoded, errors, index.images.ids, distances)
     logger.info(
         "self-check: %d altered copies of %d images found their original first in %.1f%% and within %d in %.1f%% "
         "(chance %.2f%% / %.2f%%)",

@@ -8,6 +8,7 @@
 
 from .checks import Evaluate, SelfCheck
 from .config import cms, codebook, collection, ids, neighbours, paths, reduction, resnet, verdicts
+from .copies import Copies
 from .inputs import CmsDatabase, CmsImages, ContentFolder, IdMapping, LabelsFile
 from .load import LoadSimilarities
 from .neighbours import NeighbourShard, Similarities
@@ -20,6 +21,7 @@ __all__ = [
     "CmsDatabase",
     "CmsImages",
     "Codebook",
+    "Copies",
     "ContentFolder",
     "Evaluate",
     "FeatureShard",

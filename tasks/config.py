@@ -217,6 +217,29 @@ class selfcheck(luigi.Config):
     seed = luigi.IntParameter(default=0, description="Seed of the sample and of the alterations.")
 
 
+class CopyThreshold(luigi.Parameter):
+    """``auto``, ``off`` or a distance >= 0."""
+
+    must = "auto, off or a distance >= 0"
+
+    def parse(self, s):
+        text = str(s).strip().lower()
+        if text in ("auto", "off"):
+            return text
+        value = float(text)  # ValueError: named by settings_problem
+        if not value >= 0:
+            raise ValueError(f"{value} < 0")
+        return value
+
+
+class copies(luigi.Config):
+    threshold = CopyThreshold(
+        default="auto",
+        description="Distance within which images count as copies of one picture (copies.csv): auto (a quantile "
+        "of the distances at which the self-check's altered copies find their original), a distance, or off.",
+    )
+
+
 class report(luigi.Config):
     sample = count(
         12,
@@ -428,7 +451,7 @@ class collection(luigi.Config):
 #: Every section of luigi.cfg that is the pipeline's, in the order docs/configuration.md lists them.
 SECTIONS = (
     paths, ids, cms, resnet, features, images, reduction, codebook, histograms, neighbours, verdicts, collection,
-    evaluate, selfcheck, report, progress, lock,
+    evaluate, selfcheck, copies, report, progress, lock,
 )  # fmt: skip
 
 #: (section, key, check, what the value must be) of the settings whose type cannot say what
@@ -520,6 +543,8 @@ def settings_problem():
         return "[verdicts] source = cms needs [cms] url; set it, or keep the verdicts in a file: [verdicts] csv = PATH"
     if verdicts().source == "csv" and not verdicts().csv.strip():
         return "[verdicts] source = csv needs [verdicts] csv, the path of the verdicts' CSV file"
+    if copies().threshold == "auto" and selfcheck().sample == 0:
+        return "[copies] threshold = auto needs the self-check; set [selfcheck] sample above 0, a distance, or off"
     if verdict_source()[0] == "cms" and not verdicts().table.strip():
         return "[verdicts] table is empty; name the table of the verdicts (default image_similarity_verdict)"
     return None

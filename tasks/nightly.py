@@ -7,6 +7,7 @@ import luigi
 
 from pipeline import cms, collection, html_report, store
 from pipeline.codebook import Codebook as CodebookModel
+from pipeline.copies import load_copies
 from pipeline.h5io import read_attrs
 from pipeline.output import read_similarities
 from pipeline.query import run_counts
@@ -16,6 +17,7 @@ from pipeline.verdicts import load_verdicts
 from . import config
 from .base import RunInput, RunTask, artifacts_writable
 from .checks import Evaluate, SelfCheck
+from .copies import Copies, copies_wanted
 from .load import LoadSimilarities
 from .neighbours import Similarities
 from .stages import Codebook, Features, Histograms, Inventory, Reducer
@@ -46,6 +48,8 @@ class Nightly(RunTask):
             required["evaluation"] = Evaluate(**self.run_args())
         if config.selfcheck().sample > 0:
             required["selfcheck"] = SelfCheck(**self.run_args())
+        if copies_wanted():
+            required["copies"] = Copies(**self.run_args())
         return required
 
     def output(self):
@@ -75,9 +79,10 @@ class Nightly(RunTask):
         bad = None
         if config.verdict_source()[0] != "none":
             bad = load_verdicts(Verdicts(date=self.date).output().path)[1]
+        copies = read_attrs(self.input()["copies"].path) if "copies" in self.input() else None
         report = run_report(
             date, artifacts, inventory, index, os.path.abspath(self.input()["similarities"].path), load, **checks,
-            bad_verdicts=bad,
+            bad_verdicts=bad, copies=copies,
         )  # fmt: skip
         with artifacts_writable():
             publish_report(config.paths().artifacts, date, report)
@@ -106,6 +111,10 @@ def visual_report(date, run, show="", inventory=None):
     recent = ()
     if "verdicts" in run:
         recent = html_report.recent_verdicts(load_verdicts(Verdicts(date=date).output().path)[0])
+    groups = None
+    if "copies" in run:
+        path = Copies(date=date).output().path
+        groups = (load_copies(path), read_attrs(path))
     html_report.write_report(
         os.path.join(config.paths().artifacts, "report.html"),
         run,
@@ -117,6 +126,7 @@ def visual_report(date, run, show="", inventory=None):
         named=[s.strip() for s in show.split(",") if s.strip()],
         evaluation=scores,
         recent=recent,
+        copies=groups,
         processes=config.images().decode_processes,
         timeout=config.images().decode_timeout,
         max_pixels=config.images().max_pixels,

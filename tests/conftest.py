@@ -56,6 +56,7 @@ def pipeline_config(root, **overrides):
         "resnet": {"weights": "random", "batch_size": 4, "precision": "float32"},  # the same on every CPU
         "progress": {"interval": 0},  # a progress line after every batch
         "selfcheck": {"sample": 0},  # model work: only where a test asks for it
+        "copies": {"threshold": "off"},  # the threshold comes from the self-check
         "retcode": {
             "already_running": 10,
             "missing_data": 20,

@@ -1,3 +1,4 @@
+import csv
 import datetime
 import html.parser
 import json
@@ -11,16 +12,18 @@ import sys
 import h5py
 import luigi
 import numpy as np
+import pandas as pd
 import pytest
 import sqlalchemy as sa
 from PIL import Image
 
 from pipeline.collection import load_inventory
+from pipeline.copies import read_copies, selfcheck_threshold
 from pipeline.demo import make_cms
 from pipeline.features import RANDOM_WEIGHTS_NOTE
 from pipeline.h5io import read_attrs
 from pipeline.output import read_similarities
-from tasks import Codebook, Evaluate, Features, Histograms, LoadSimilarities, Nightly, Reducer, Similarities
+from tasks import Codebook, Copies, Evaluate, Features, Histograms, LoadSimilarities, Nightly, Reducer, Similarities
 
 from .conftest import luigi_config, pipeline_config, png_declaring, write_config
 
@@ -685,8 +688,9 @@ def demo_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("demo")
     (root / "content").symlink_to(DEMO)
     config = pipeline_config(
-        root, evaluate__labels=os.path.join(DEMO, "labels.csv"), selfcheck__sample=51, report__sample=2
-    )
+        root, evaluate__labels=os.path.join(DEMO, "labels.csv"), selfcheck__sample=51, report__sample=2,
+        copies__threshold="auto",
+    )  # fmt: skip
     with pytest.MonkeyPatch.context() as monkeypatch:
         result = build(monkeypatch, config, Nightly)
     assert result.status == luigi.execution_summary.LuigiStatusCode.SUCCESS, result.summary_text
@@ -705,6 +709,22 @@ def test_self_check_finds_altered_copies_far_better_than_chance_on_the_demo(demo
     assert saved["top1"] == check["top1"] and saved["made_from"]["sample"] == 51
     assert 'class="selfcheck"' in (demo_run / "artifacts" / "report.html").read_text()
     assert report["evaluation"]["queries"] == 51 and report["evaluation"]["precision_at_1"] > 0.5
+
+
+def test_copies_are_grouped_within_the_self_check_threshold_and_shown(demo_run):
+    report = json.loads((demo_run / "artifacts" / "run_report.json").read_text())
+    found = report["copies"]
+    saved = json.loads((demo_run / "artifacts" / "selfcheck.json").read_text())
+    assert found["threshold"] == selfcheck_threshold(saved["first_distances"])
+    assert found["threshold_source"] == f"the self-check's {len(saved['first_distances'])} copies found first"
+    rows = read_copies(demo_run / "artifacts" / "copies.csv")
+    assert found["groups"] == rows["group"].nunique() > 0 and found["images"] == len(rows)
+    assert found["new"] == found["groups"] and set(rows["first_seen"]) == {report["date"]}
+    labels = dict(csv.reader(open(os.path.join(DEMO, "labels.csv"))))
+    # random weights; still, the demo's copies are grouped with their own picture only
+    assert all(len({labels[i] for i in group["image_id"]}) == 1 for _, group in rows.groupby("group"))
+    page = (demo_run / "artifacts" / "report.html").read_text()
+    assert page.count('class="query copies"') == min(found["spanning_records"], 20) > 0
 
 
 def test_query_prints_the_neighbours_of_any_file(demo_run):
@@ -782,6 +802,36 @@ def change_collection(content, rng, date):
             image.crop((n * 8, 0, image.width, image.height - n * 8)).save(content / ppn / f"{date}-{n}.jpg", "JPEG")
         rows.append(f"{7000 + len(rows) * 10 + n},{ppn},{date}-{n}.jpg")
     (content / "image_ids.csv").write_text("\n".join([header, *rows]) + "\n")
+
+
+def test_copy_groups_keep_their_numbers_night_after_night(monkeypatch, small_collection, tmp_path):
+    content = tmp_path / "content"
+    shutil.copytree(small_collection[0], content)
+    rng = np.random.default_rng(1)
+    nights = {}
+    for day, date in enumerate(["2026-03-01", "2026-03-02", "2026-03-03"]):
+        if day == 2:
+            change_collection(content, rng, date)
+        if day == 0:  # a threshold that groups some of the small collection: its 40th percentile distance
+            with luigi_config(monkeypatch, pipeline_config(tmp_path)):
+                assert luigi.build([Similarities(date=datetime.date.fromisoformat(date))], local_scheduler=True)
+            distances = read_similarities(tmp_path / "artifacts" / "similarities.hdf5")["distances"]
+            threshold = float(np.quantile(distances, 0.4))
+        with luigi_config(monkeypatch, pipeline_config(tmp_path, copies__threshold=threshold)):
+            assert luigi.build([Copies(date=datetime.date.fromisoformat(date))], local_scheduler=True, workers=1)
+        rows = read_copies(tmp_path / "artifacts" / "copies.csv")
+        nights[date] = {"threshold": threshold, "rows": rows, "attrs": read_attrs(tmp_path / "artifacts" / "copies.h5")}
+    first, second, third = (nights[d]["rows"] for d in sorted(nights))
+    assert first["group"].nunique() >= 2
+    assert nights["2026-03-01"]["attrs"]["threshold_source"] == "[copies] threshold"
+    pd.testing.assert_frame_equal(second, first)  # nothing changed: the same groups, numbers and dates
+    assert nights["2026-03-02"]["attrs"]["new"] == 0
+    members = {g: frozenset(r["image_id"]) for g, r in first.groupby("group")}
+    for g, r in third.groupby("group"):
+        if frozenset(r["image_id"]) in members.values():  # a group that persisted keeps its number and dates
+            assert members[g] == frozenset(r["image_id"]) and set(r["first_seen"]) == {"2026-03-01"}
+        elif g not in members:  # a new group takes a number never given before
+            assert g > max(members) and "2026-03-03" in set(r["first_seen"])
 
 
 def test_incremental_neighbours_and_loads_equal_a_full_run_date_after_date(

@@ -1,0 +1,157 @@
+"""Lists a catalogue can use, on the proxy collections: what ``same_record`` does to the measures,
+and how well the copy groups match the labelled groups.
+
+``python -m benchmarks.copies [--collections NAME,...] [--work DIR] [--precision P]`` scores, at the
+shipped settings, through the project's own stages (the quality benchmark's collections, cached
+descriptors and Scorer):
+
+- each ``same_record`` value: mAP, precision@1, recall@5 against the labels, and the share of the
+  neighbours from the image's own record;
+- the copy groups (``pipeline.copies.copy_groups`` on the shipped lists) at the threshold each
+  candidate quantile of the self-check's distances gives: pairwise precision and recall (a pair
+  of images in one group is right when they share a label), groups, groups spanning records;
+- a precision-recall curve over thresholds, from 0 to the self-check's largest distance.
+
+It prints a table per collection and a JSON line with every figure.
+"""
+
+import argparse
+import json
+import logging
+import sys
+import tempfile
+
+import numpy as np
+
+from pipeline import evaluation
+from pipeline.copies import QUANTILE, copy_groups, selfcheck_threshold
+from pipeline.neighbours import nearest_neighbours
+from pipeline.precision import PRECISIONS, choose_precision
+from pipeline.records import SameRecord
+
+from . import proxies, quality
+from .common import Timer
+
+logger = logging.getLogger("benchmarks.copies")
+
+SAME_RECORD = ("keep", "exclude", "at_most 1", "at_most 2")
+QUANTILES = (0.25, 0.5, 0.75, 0.9, 1.0)
+#: Points of the curve: thresholds evenly from 0 to the self-check's largest distance found first.
+CURVE = 9
+
+
+def pairwise(groups, labels):
+    """Pairwise precision and recall of ``groups`` (lists of positions) against ``labels`` (one
+    per image; an image whose label no other image has is in no true pair)."""
+    labels = np.asarray(labels)
+    _, inverse, sizes = np.unique(labels, return_inverse=True, return_counts=True)
+    true_pairs = int((sizes * (sizes - 1) // 2).sum())
+    found = right = 0
+    for g in groups:
+        found += len(g) * (len(g) - 1) // 2
+        _, within = np.unique(inverse[g], return_counts=True)
+        right += int((within * (within - 1) // 2).sum())
+    return (right / found if found else 1.0), (right / true_pairs if true_pairs else 0.0), found
+
+
+def group_row(groups, labels, records):
+    precision, recall, pairs = pairwise(groups, labels)
+    return {
+        "precision": round(precision, 4), "recall": round(recall, 4), "groups": len(groups), "pairs": pairs,
+        "spanning": sum(len(set(records[g])) > 1 for g in groups),
+    }  # fmt: skip
+
+
+def score_collection(scorer, defaults):
+    """The figures of one collection at the shipped settings ``defaults``."""
+    c = scorer.c
+    data, reducer, codebook = scorer.weighted(defaults)
+    labels = np.array([c.labels.get(str(i), f"none{i}") for i in c.ids])
+    figures = {"same_record": {}, "copies": {}, "curve": []}
+    lists = {}
+    for text in SAME_RECORD:
+        own = SameRecord.parse(text).own(5)
+        nearest, distances = nearest_neighbours(data, 5, own=own)
+        lists[text] = (nearest, distances)
+        scores = evaluation.evaluate(c.ids, c.ids[nearest], c.labels, k=5)
+        figures["same_record"][text] = {
+            **{k: round(scores[k], 4) for k in ("map", "precision_at_1", "recall_at_5")},
+            "own_record_share": round(float((c.records[nearest] == c.records[:, None]).mean()), 4),
+        }
+    nearest, distances = lists["keep"]
+    check = scorer.copy_distances(defaults, data, reducer, codebook)
+    figures["selfcheck_first"] = len(check["first_distances"])
+    for q in QUANTILES:
+        threshold = selfcheck_threshold(check["first_distances"], q)
+        groups, _ = copy_groups(data, nearest, distances, threshold)
+        figures["copies"][str(q)] = {"threshold": round(threshold, 6), **group_row(groups, labels, c.records)}
+    for threshold in np.linspace(0.0, max(check["first_distances"], default=0.0), CURVE):
+        groups, _ = copy_groups(data, nearest, distances, threshold)
+        figures["curve"].append({"threshold": round(float(threshold), 6), **group_row(groups, labels, c.records)})
+    return figures
+
+
+def tables(name, info, figures):
+    lines = [f"\n## {name}: {info}", "", "| same_record | mAP | P@1 | R@5 | own record |", "|---|---:|---:|---:|---:|"]
+    for text, row in figures["same_record"].items():
+        lines.append(
+            f"| {text} | {row['map']:.3f} | {row['precision_at_1']:.3f} | {row['recall_at_5']:.3f} | "
+            f"{100 * row['own_record_share']:.1f} % |"
+        )
+    lines += ["", "| copies at quantile | threshold | precision | recall | groups | spanning records |",
+              "|---|---:|---:|---:|---:|---:|"]  # fmt: skip
+    for q, row in figures["copies"].items():
+        shipped = " (shipped)" if float(q) == QUANTILE else ""
+        lines.append(
+            f"| {q}{shipped} | {row['threshold']:.4g} | {row['precision']:.3f} | {row['recall']:.3f} | "
+            f"{row['groups']} | {row['spanning']} |"
+        )
+    lines += ["", "curve (threshold: precision / recall): " + ", ".join(
+        f"{r['threshold']:.4g}: {r['precision']:.3f} / {r['recall']:.3f}" for r in figures["curve"])]  # fmt: skip
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    every = proxies.COLLECTIONS + proxies.EXTRA + proxies.BOOKS
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--collections", default=",".join(s.name for s in every), help="collections to score")
+    parser.add_argument("--work", default="artifacts/bench-quality", help="as benchmarks.quality")
+    parser.add_argument("--precision", choices=PRECISIONS, default=None, help="as benchmarks.quality")
+    parser.add_argument("--selfcheck", type=int, default=50, help="images altered for the self-check")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from tasks.config import precision, resnet
+
+    args.weights, args.seed, args.batch_size = resnet().weights, resnet().seed, resnet().batch_size
+    args.precision = choose_precision(args.precision)[0] if args.precision else precision()[0]
+    args.kmeans_seed = 0
+    names = [n.strip() for n in args.collections.split(",") if n.strip()]
+    specs = [s for s in every if s.name in names]
+    problems = [f"no collection {n!r}" for n in sorted(set(names) - {s.name for s in specs})]
+    problems += proxies.missing_sources(specs)
+    if problems:
+        print("error: " + "; ".join(problems), file=sys.stderr)
+        return 2
+    defaults = quality.shipped()
+    results = {}
+    with Timer() as whole:
+        for spec in specs:
+            with tempfile.TemporaryDirectory(prefix="copies-") as scratch:
+                scorer, seconds = quality.prepared(spec, [defaults], args, scratch)
+                figures = score_collection(scorer, defaults)
+            info = f"{scorer.c.summary['images']} images, {scorer.c.summary['groups']} groups, records {len(set(scorer.c.records))}"
+            results[spec.name] = {**figures, **seconds}
+            print(tables(spec.name, info, figures), flush=True)
+    print(
+        json.dumps(
+            {
+                "bench": "copies", "weights": args.weights, "precision": args.precision, "quantile": QUANTILE,
+                "seconds": round(whole.seconds, 1), "collections": results,
+            }  # fmt: skip
+        )
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
