@@ -110,7 +110,9 @@ def reachable(engine, table=None):
         return False
 
 
-def read_mapping(engine, table="images", id_column="id", ppn_column="ppn", filename_column="filename", query=""):
+def read_mapping(
+    engine, table="images", id_column="id", ppn_column="ppn", filename_column="filename", query="", record_column=""
+):
     """Read the ID mapping from the CMS: a table's id, ppn and filename columns, or a query.
 
     Parameters
@@ -119,7 +121,10 @@ def read_mapping(engine, table="images", id_column="id", ppn_column="ppn", filen
     table, id_column, ppn_column, filename_column : str
         Where the mapping is, when no query is given.
     query : str
-        A SELECT returning the columns id, ppn and filename; replaces the table when given.
+        A SELECT returning the columns id, ppn and filename (and optionally record); replaces
+        the table when given.
+    record_column : str
+        The table's column of each image's catalogue record, when it is not the PPN (empty).
 
     Returns
     -------
@@ -135,11 +140,13 @@ def read_mapping(engine, table="images", id_column="id", ppn_column="ppn", filen
         statement, source = sa.text(query), "[cms] ids_query"
         fix = "the query must return the columns id, ppn and filename"
     else:
-        columns = (id_column, ppn_column, filename_column)
-        statement = sa.select(*(sa.column(c).label(name) for c, name in zip(columns, MAPPING_COLUMNS)))
+        columns, names = (id_column, ppn_column, filename_column), MAPPING_COLUMNS
+        if record_column.strip():
+            columns, names = (*columns, record_column.strip()), (*names, "record")
+        statement = sa.select(*(sa.column(c).label(name) for c, name in zip(columns, names)))
         statement = statement.select_from(sa.table(table))
         source = f"[cms] images_table={table!r}"
-        fix = "set [cms] id_column, ppn_column and filename_column to its columns"
+        fix = "set [cms] id_column, ppn_column, filename_column (and record_column) to its columns"
     try:
         with engine.connect() as conn:
             result = conn.execute(statement)

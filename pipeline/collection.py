@@ -213,7 +213,7 @@ def check_mapping(frame, source, header_fix, row_name, first_line=1):
     Parameters
     ----------
     frame : DataFrame
-        Columns id, ppn and filename (any case, others ignored); values str or None.
+        Columns id, ppn and filename, optionally record (any case, others ignored); values str or None.
     source : str
         Where the mapping comes from, for the messages (``[ids] csv='...'``).
     header_fix : str
@@ -223,8 +223,9 @@ def check_mapping(frame, source, header_fix, row_name, first_line=1):
 
     Returns
     -------
-    mapping : DataFrame with string columns id, ppn (without the "PPN" prefix) and filename,
-        in the frame's order.
+    mapping : DataFrame with string columns id, ppn (without the "PPN" prefix), filename and
+        record (the column record where the frame has it and the value is not empty, else
+        ``PPN<ppn>``), in the frame's order.
 
     Raises
     ------
@@ -236,7 +237,11 @@ def check_mapping(frame, source, header_fix, row_name, first_line=1):
     missing = [c for c in MAPPING_COLUMNS if c not in frame.columns]
     if missing:
         raise MappingError(f"{source} lacks the column(s) {', '.join(missing)}; {header_fix}")
-    frame = frame[list(MAPPING_COLUMNS)].apply(lambda col: col.map(lambda v: "" if v is None else str(v).strip()))
+    def clean(column):
+        return column.map(lambda v: "" if v is None or v != v else str(v).strip())  # v != v: NaN
+
+    given = clean(frame["record"]).to_numpy(dtype=str) if "record" in frame.columns else np.full(len(frame), "")
+    frame = frame[list(MAPPING_COLUMNS)].apply(clean)
     frame["ppn"] = frame["ppn"].map(strip_ppn)
     line = np.arange(len(frame)) + first_line
     empty = (frame == "").any(axis=1).to_numpy()
@@ -246,6 +251,8 @@ def check_mapping(frame, source, header_fix, row_name, first_line=1):
         repeated = frame.duplicated(columns, keep=False).to_numpy()
         if repeated.any():
             raise MappingError(f"{source} repeats the same {what} on {row_name}s {_first(line[repeated])}")
+    # each image's catalogue record: the optional column record, else (or where empty) its PPN folder
+    frame["record"] = np.where(given == "", "PPN" + frame["ppn"].to_numpy(dtype=str), given)
     return frame.reset_index(drop=True)
 
 
@@ -266,6 +273,12 @@ class Inventory:
     """Relative paths of image files on disk that have no row in the mapping."""
     missing: list
     """``"id ppn/filename"`` of mapping rows whose file is not on disk."""
+    records: list = None
+    """Each image's catalogue record (see :func:`check_mapping`); by default ``PPN<ppn>``."""
+
+    def __post_init__(self):
+        if self.records is None:
+            self.records = [f"PPN{f.ppn}" for f in self.files]
 
     def __len__(self):
         return len(self.files)
@@ -275,11 +288,17 @@ class Inventory:
         relpath = {str(i): f.relpath for i, f in zip(self.ids, self.files)}
         return [os.path.join(content_dir, relpath[str(i)]) for i in ids]
 
+    def records_of(self, relpaths):
+        """The records of the images at ``relpaths`` (``PPN<ppn>/<file>``): ndarray of str."""
+        record = dict(zip((f.relpath for f in self.files), self.records))
+        return np.array([record[p] for p in relpaths], dtype=str)
+
     def fingerprint(self):
         """A digest of the images and their IDs: equal for equal collections."""
         digest = hashlib.sha256()
-        for image_id, f in zip(self.ids, self.files):
-            digest.update(f"{image_id}\t{f.key}\n".encode())
+        for image_id, f, record in zip(self.ids, self.files, self.records):
+            tail = "" if record == f"PPN{f.ppn}" else f"\t{record}"  # the digests of before, where the PPN is the record
+            digest.update(f"{image_id}\t{f.key}{tail}\n".encode())
         return digest.hexdigest()[:16]
 
 
@@ -302,15 +321,19 @@ def build_inventory(files, mapping):
     Inventory
     """
     by_name = {(f.ppn, f.filename): f for f in files}
-    rows = {(ppn, name): image_id for image_id, ppn, name in mapping[list(MAPPING_COLUMNS)].itertuples(index=False)}
-    matched = sorted((by_name[key].relpath, image_id, by_name[key]) for key, image_id in rows.items() if key in by_name)
-    missing = [f"{image_id} PPN{ppn}/{name}" for (ppn, name), image_id in rows.items() if (ppn, name) not in by_name]
+    if "record" not in mapping.columns:
+        mapping = mapping.assign(record="PPN" + mapping["ppn"])
+    rows = {(ppn, name): (image_id, record) for image_id, ppn, name, record in mapping[
+        [*MAPPING_COLUMNS, "record"]].itertuples(index=False)}  # fmt: skip
+    matched = sorted((by_name[key].relpath, *row, by_name[key]) for key, row in rows.items() if key in by_name)
+    missing = [f"{row[0]} PPN{ppn}/{name}" for (ppn, name), row in rows.items() if (ppn, name) not in by_name]
     unmapped = [f.relpath for f in files if (f.ppn, f.filename) not in rows]
     return Inventory(
-        ids=parse_ids([image_id for _, image_id, _ in matched]),
-        files=[f for _, _, f in matched],
+        ids=parse_ids([image_id for _, image_id, _, _ in matched]),
+        files=[f for _, _, _, f in matched],
         unmapped=unmapped,
         missing=missing,
+        records=[record for _, _, record, _ in matched],
     )
 
 
@@ -336,6 +359,7 @@ def save_inventory(path, inventory, attrs):
         write_strings(f, "sha256", [x.sha256 for x in inventory.files])
         write_strings(f, "unmapped", inventory.unmapped)
         write_strings(f, "missing", inventory.missing)
+        write_strings(f, "record", inventory.records)
 
 
 def load_inventory(path):
@@ -353,6 +377,7 @@ def load_inventory(path):
             files=files,
             unmapped=list(read_strings(f["unmapped"])),
             missing=list(read_strings(f["missing"])),
+            records=list(read_strings(f["record"])) if "record" in f else None,
         )
 
 

@@ -162,6 +162,12 @@ class cms(luigi.Config):
         default="ppn", significant=False, description="Its column of PPNs (with or without the PPN prefix)."
     )
     filename_column = luigi.Parameter(default="filename", significant=False, description="Its column of file names.")
+    record_column = luigi.Parameter(
+        default="",
+        significant=False,
+        description="Its column of each image's catalogue record, for [neighbours] same_record; empty: the PPN "
+        "(a CSV mapping may carry a column record instead).",
+    )
     ids_query = luigi.Parameter(
         default="",
         significant=False,
@@ -405,7 +411,7 @@ class neighbours(luigi.Config):
     )
     same_record = SameRecordParameter(
         default=SameRecord(),
-        description="Which records an image's list draws from, the record being its PPN folder: keep (any), "
+        description="Which records an image's list draws from (the record: its PPN folder, or [cms] record_column): keep (any), "
         "exclude (other records only) or at_most N (at most N of the k from the image's own record).",
     )
     method = Choice(

@@ -75,7 +75,7 @@ def read_mapping():
     """The ID mapping as configured in ``[cms]``, and a description of where it came from."""
     c = config.cms()
     mapping = cms.read_mapping(
-        engine(), c.images_table, c.id_column, c.ppn_column, c.filename_column, query=c.ids_query
+        engine(), c.images_table, c.id_column, c.ppn_column, c.filename_column, c.ids_query, c.record_column
     )
     return mapping, "[cms] ids_query" if c.ids_query.strip() else f"[cms] images_table={c.images_table!r}"
 

@@ -3,7 +3,9 @@
 import json
 import logging
 
-from pipeline import features, histograms, output, store
+import numpy as np
+
+from pipeline import collection, features, histograms, output, store
 from pipeline.codebook import Codebook as CodebookModel
 from pipeline.h5io import read_attrs
 from pipeline.neighbours import WeightedHistograms
@@ -12,7 +14,7 @@ from pipeline.verdicts import load_verdicts
 
 from . import config
 from .base import ArtifactTask, Progress, settings_digest
-from .stages import Codebook, Features, Histograms, Shard, shard_attrs
+from .stages import Codebook, Features, Histograms, Inventory, Shard, shard_attrs
 from .verdicts import Verdicts
 
 logger = logging.getLogger("luigi-interface")
@@ -50,6 +52,18 @@ class NeighbourInputs(ArtifactTask):
         codebook = read_attrs(self.inputs()["codebook"].output().path)["digest"]
         return settings_digest([self.neighbour_settings(), codebook, Histograms.histogram_settings()])
 
+    def records(self, index):
+        """Each image's catalogue record, in the order of ``index`` (the run's FeatureIndex)."""
+        inventory = collection.load_inventory(Inventory(date=self.date).output().path)
+        return inventory.records_of([f"PPN{p}/{f}" for p, f in zip(index.ppn, index.filename)])
+
+    @staticmethod
+    def list_keys(keys, records, index):
+        """What an image's list depends on besides the others' histograms: its histogram's key and,
+        where it is not its PPN, its record (an image whose record changes is searched again)."""
+        own = np.char.add("PPN", index.ppn.astype(str))
+        return np.where(records == own, keys, np.char.add(np.char.add(keys.astype(str), "\t"), records))
+
     def earlier(self, ids, keys):
         """The earlier run's similarities.hdf5 (``output.Earlier``), or None when there is none
         or it cannot be read."""
@@ -73,12 +87,14 @@ def night_search(task):
         index = store.load_index(task.input()["features"].path)
         histograms_path = task.input()["histograms"].path
         keys, counts, n_local = histograms.load_counts(histograms_path)
+        records = task.records(index)
+        keys = task.list_keys(keys, records, index)
         assign = histograms.load_assign(histograms_path)
         weighting = config.neighbours().weighting
         data = WeightedHistograms(
             counts, n_local * assign, index.ids, weighting, config.neighbours().metric,
             power=config.neighbours().power,
-            weights=CodebookModel.load(task.input()["codebook"].path).word_weights(weighting, assign), records=index.ppn,
+            weights=CodebookModel.load(task.input()["codebook"].path).word_weights(weighting, assign), records=records,
         )  # fmt: skip
         del counts  # the search reads the weighted copy
         earlier = task.earlier(index.ids, keys)
@@ -134,7 +150,8 @@ class Similarities(NeighbourInputs):
 
     def make(self, tmp):
         index = store.load_index(self.input()["features"].path)
-        keys = histograms.load_keys(self.input()["histograms"].path)
+        records = self.records(index)
+        keys = self.list_keys(histograms.load_keys(self.input()["histograms"].path), records, index)
         paths = [t.path for t in self.input()["shards"]]
         nearest, distances, judged, raw, raw_distances = output.gather_neighbours(
             paths, len(index.ids), config.neighbours().k
@@ -145,7 +162,7 @@ class Similarities(NeighbourInputs):
         searches = {a["search"] for a in shards}
         codebook = CodebookModel.load(self.input()["codebook"].path)
         changed_by_verdicts = int((nearest[judged] != raw).any(axis=1).sum())
-        own_record = float((index.ppn[nearest] == index.ppn[:, None]).mean()) if len(nearest) else 0.0
+        own_record = float((records[nearest] == records[:, None]).mean()) if len(nearest) else 0.0
         attrs = self.attrs(
             metric=config.neighbours().metric, weighting=config.neighbours().weighting,
             power=config.neighbours().power, codebook_size=codebook.size, model=features.MODEL,

@@ -65,6 +65,8 @@ class Inventory(ArtifactTask):
         if config.ids().source == "cms":  # read again on every run date
             c = config.cms()
             settings["cms"] = [c.url, c.images_table, c.id_column, c.ppn_column, c.filename_column, c.ids_query]
+            if c.record_column.strip():  # the digests of before without one
+                settings["cms"].append(c.record_column)
             return settings
         try:
             csv = os.stat(config.ids().csv)
@@ -84,7 +86,7 @@ class Inventory(ArtifactTask):
         # the settings that depend on the collection's size, before any image is extracted
         check_k(config.neighbours().k, len(inventory))
         k, same_record = config.neighbours().k, config.neighbours().same_record
-        check_records([f"PPN{f.ppn}" for f in inventory.files], k, same_record.own(k), same_record)
+        check_records(inventory.records, k, same_record.own(k), same_record)
         n_local = features.layer_side(config.resnet().layer) ** 2
         check_size(config.codebook().size, len(inventory), n_local, config.codebook().sample_size)
         self._found = inventory.fingerprint()

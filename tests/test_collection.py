@@ -53,7 +53,22 @@ def write_csv(tmp_path, text):
 
 def test_read_mapping_normalises_ppn_and_whitespace(tmp_path):
     frame = read_mapping(write_csv(tmp_path, "id, ppn ,filename\n7, PPN1 ,a.jpg\n8,2,b.jpg\n"))
-    assert frame.values.tolist() == [["7", "1", "a.jpg"], ["8", "2", "b.jpg"]]
+    assert frame.values.tolist() == [["7", "1", "a.jpg", "PPN1"], ["8", "2", "b.jpg", "PPN2"]]
+
+
+def test_a_record_column_names_the_catalogue_record_and_an_empty_one_falls_back_to_the_ppn(tmp_path):
+    for name in ["PPN1/a.jpg", "PPN1/b.jpg", "PPN2/c.jpg"]:
+        touch(tmp_path / name)
+    text = "id,ppn,filename,record\n1,1,a.jpg,work-7\n2,1,b.jpg,\n3,2,c.jpg, work-7 \n"
+    inventory = build_inventory(scan_content(tmp_path), read_mapping(write_csv(tmp_path, text)))
+    assert inventory.records == ["work-7", "PPN1", "work-7"]
+    assert inventory.records_of(["PPN2/c.jpg", "PPN1/b.jpg"]).tolist() == ["work-7", "PPN1"]
+    plain = build_inventory(
+        scan_content(tmp_path), read_mapping(write_csv(tmp_path, "id,ppn,filename\n1,1,a.jpg\n2,1,b.jpg\n3,2,c.jpg\n"))
+    )
+    assert plain.records == ["PPN1", "PPN1", "PPN2"] and plain.fingerprint() != inventory.fingerprint()
+    save_inventory(tmp_path / "inv.h5", inventory, {"digest": "x"})
+    assert load_inventory(tmp_path / "inv.h5").records == inventory.records
 
 
 @pytest.mark.parametrize(

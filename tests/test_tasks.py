@@ -349,6 +349,48 @@ def test_ids_read_from_the_cms_give_the_csv_result(run, monkeypatch, small_colle
     )
 
 
+def test_records_from_a_cms_column_limit_the_lists_and_a_changed_record_is_searched_again(
+    monkeypatch, small_collection, tmp_path
+):
+    content = small_collection[0]
+    database = tmp_path / "cms.sqlite"
+    make_cms(database, content / "image_ids.csv")
+    (tmp_path / "content").symlink_to(content)
+    with sqlite3.connect(database) as db:
+        db.execute("ALTER TABLE images ADD COLUMN work TEXT")
+        db.execute("UPDATE images SET work = 'w' || (id % 3)")
+    settings = {
+        "ids__source": "cms", "cms__url": f"sqlite:///{database}", "cms__record_column": "work",
+        "neighbours__same_record": "exclude",
+    }  # fmt: skip
+    for day, date in enumerate(["2026-03-01", "2026-03-02"]):
+        if day:  # the CMS moves some images to another work
+            with sqlite3.connect(database) as db:
+                db.execute("UPDATE images SET work = 'w' || ((id + 1) % 3) WHERE id % 2 = 0")
+        with luigi_config(monkeypatch, pipeline_config(tmp_path, **settings)):
+            assert luigi.build([Similarities(date=datetime.date.fromisoformat(date))], local_scheduler=True)
+        with sqlite3.connect(database) as db:
+            work = dict(db.execute("SELECT id, work FROM images").fetchall())
+        result = read_similarities(tmp_path / "artifacts" / "similarities.hdf5")
+        assert read_attrs(tmp_path / "artifacts" / "similarities.hdf5")["search"] == (
+            "full" if day == 0 else "incremental"
+        )
+        for image, listed in zip(result["ids"].tolist(), result["neighbours"].tolist()):
+            assert all(work[other] != work[image] for other in listed)
+        # the same night searched in full gives the same lists
+        full = tmp_path / f"full-{day}"
+        shutil.copytree(
+            tmp_path / "artifacts",
+            full / "artifacts",
+            ignore=shutil.ignore_patterns("similarities.hdf5", "neighbours-*", "run.lock*"),
+        )
+        with luigi_config(monkeypatch, pipeline_config(full, **settings, paths__content=content)):
+            assert luigi.build([Similarities(date=datetime.date.fromisoformat(date))], local_scheduler=True)
+        np.testing.assert_array_equal(
+            read_similarities(full / "artifacts" / "similarities.hdf5")["neighbours"], result["neighbours"]
+        )
+
+
 def test_a_bad_cms_mapping_fails_the_run_with_a_one_line_reason(monkeypatch, tmp_path, small_collection):
     (tmp_path / "content").symlink_to(small_collection[0])
     with sqlite3.connect(tmp_path / "cms.sqlite") as db:
