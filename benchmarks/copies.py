@@ -83,10 +83,10 @@ def score_collection(scorer, defaults):
     figures["selfcheck_first"] = len(check["first_distances"])
     for q in QUANTILES:
         threshold = selfcheck_threshold(check["first_distances"], q)
-        groups, _ = copy_groups(data, nearest, distances, threshold)
+        groups, _, _ = copy_groups(data, nearest, distances, threshold)
         figures["copies"][str(q)] = {"threshold": round(threshold, 6), **group_row(groups, labels, c.records)}
     for threshold in np.linspace(0.0, max(check["first_distances"], default=0.0), CURVE):
-        groups, _ = copy_groups(data, nearest, distances, threshold)
+        groups, _, _ = copy_groups(data, nearest, distances, threshold)
         figures["curve"].append({"threshold": round(float(threshold), 6), **group_row(groups, labels, c.records)})
     return figures
 

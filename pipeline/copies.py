@@ -2,7 +2,8 @@
 guard against chains, numbered stably from one night to the next.
 
 The rule: two images are linked when each is in the other's list (mutual neighbours) at a
-distance of at most the threshold. The linked images form components; a component is a group
+distance of at most the threshold, unless one of them has its whole list within the threshold
+(more near-identical images than a list shows: blank or uniform pages). The linked images form components; a component is a group
 when no two of its images (by their exact distance, ``pipeline.neighbours``) are farther apart
 than the threshold and no curator judged two of them wrong; otherwise complete linkage cuts it
 until every group holds to that. So a group never chains unlike pictures through a series of
@@ -89,12 +90,17 @@ def copy_groups(data, neighbours, distances, threshold, wrong=(), max_component=
     -------
     groups : list of ndarray of int64
         Each group's positions, increasing; the groups in the order of their first position.
+    crowded : int
+        Images left out because every image of their list is within the threshold.
     left_out : int
         Components of more than ``max_component`` images, left out.
     """
     n, k = neighbours.shape
+    # an image whose whole list lies within the threshold has more near-identical images than a
+    # list can show: a blank or uniform page far more often than a picture (benchmarks.copies)
+    crowded = (distances[:, -1] <= threshold) & (neighbours[:, -1] >= 0)
     rows = np.repeat(np.arange(n), k)
-    close = (distances.ravel() <= threshold) & (neighbours.ravel() >= 0)
+    close = (distances.ravel() <= threshold) & (neighbours.ravel() >= 0) & ~np.repeat(crowded, k)
     linked = sp.csr_matrix((np.ones(int(close.sum()), dtype=np.int8), (rows[close], neighbours.ravel()[close])), (n, n))
     mutual = linked.multiply(linked.T)
     _, component = connected_components(mutual, directed=False)
@@ -125,12 +131,17 @@ def copy_groups(data, neighbours, distances, threshold, wrong=(), max_component=
             if len(part) >= 2:
                 groups.append(part)
     groups.sort(key=lambda g: int(g[0]))
+    if crowded.any():
+        logger.info(
+            "%d images are left out of the copies: all %d of their neighbours are within the threshold (blank or "
+            "uniform pages)", int(crowded.sum()), k,
+        )  # fmt: skip
     if left_out:
         logger.warning(
             "%d sets of more than %d linked images are left out of the copies (blank or uniform pages, or a "
             "threshold too high)", left_out, max_component,
         )  # fmt: skip
-    return groups, left_out
+    return groups, int(crowded.sum()), left_out
 
 
 @dataclasses.dataclass

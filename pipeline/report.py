@@ -92,7 +92,7 @@ def run_report(
         if evaluation is not None and "verdicts" in evaluation:
             report["verdicts"]["scores"] = evaluation["verdicts"]
     if copies is not None:
-        keys = ("threshold", "threshold_source", "groups", "images", "spanning_records", "new", "left_out")
+        keys = ("threshold", "threshold_source", "groups", "images", "spanning_records", "new", "crowded", "left_out")
         report["copies"] = {key: copies[key] for key in keys}
     if selfcheck is not None:
         keys = ("images", "queries", "top1", "top5", "chance_top1", "chance_top5", "per_alteration", "failed")

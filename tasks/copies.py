@@ -66,7 +66,7 @@ class Copies(ArtifactTask):
         a, b = at.get_indexer(verdicts.image_id), at.get_indexer(verdicts.similar_image_id)
         wrong = [(x, y) for x, y, right in zip(a, b, verdicts.right) if x >= 0 and y >= 0 and not right]
         threshold, source = self.threshold()
-        groups, left_out = copies.copy_groups(data, listed, result["distances"], threshold, wrong)
+        groups, crowded, left_out = copies.copy_groups(data, listed, result["distances"], threshold, wrong)
         earlier = copies.load_copies(self.output().path)
         numbered = copies.number_groups(
             groups, ids, result["ppn"], result["filename"], self.date.isoformat(),
@@ -76,7 +76,7 @@ class Copies(ArtifactTask):
         attrs = self.attrs(
             threshold=threshold, threshold_source=source, groups=len(groups),
             images=int(sum(len(g) for g in groups)), spanning_records=len(spanning),
-            new=len(numbered.new_groups), left_out=left_out,
+            new=len(numbered.new_groups), crowded=crowded, left_out=left_out,
         )  # fmt: skip
         copies.save_copies(tmp, numbered, attrs)
         copies.write_csv(os.path.join(config.paths().artifacts, self.csv), numbered.rows)

@@ -49,8 +49,8 @@ def brute_distance(data, a, b):
 def test_groups_of_copies_are_found_and_nothing_else(seed):
     draws, labels = collection(seed)
     data, neighbours, distances = searched(draws)
-    groups, left_out = copy_groups(data, neighbours, distances, THRESHOLD)
-    assert left_out == 0
+    groups, crowded, left_out = copy_groups(data, neighbours, distances, THRESHOLD)
+    assert left_out == 0 and crowded == 0
     found = sorted(tuple(sorted(labels[g].tolist())) for g in groups)
     expected = sorted(tuple([g] * size) for g, size in enumerate((3, 4, 2, 5)))
     assert found == expected  # each group whole, alone, and no distractor in any
@@ -72,7 +72,7 @@ def test_a_chain_of_close_pairs_is_cut_so_that_no_group_is_wider_than_the_thresh
     linked = [(a, b) for a in range(8) for b in neighbours[a] if b < 8 and a in neighbours[b]]
     linked = [(a, b) for a, b in linked if brute_distance(data, a, b) <= threshold]
     assert len(linked) >= 6  # the chain is there to be followed
-    groups, _ = copy_groups(data, neighbours, distances, threshold)
+    groups, _, _ = copy_groups(data, neighbours, distances, threshold)
     assert groups and all(len(g) == 2 for g in groups)
     for g in groups:
         assert brute_distance(data, *g) <= threshold
@@ -82,18 +82,19 @@ def test_a_pair_judged_wrong_is_never_in_one_group():
     draws, labels = collection(3)
     data, neighbours, distances = searched(draws)
     members = np.flatnonzero(labels == 3)  # the group of five
-    groups, _ = copy_groups(data, neighbours, distances, THRESHOLD, wrong=[(members[0], members[1])])
+    groups, _, _ = copy_groups(data, neighbours, distances, THRESHOLD, wrong=[(members[0], members[1])])
     assert not any(members[0] in g and members[1] in g for g in groups)
     assert sum(len(g) for g in groups if set(g) <= set(members)) >= 4  # the rest stays grouped
 
 
-def test_too_large_sets_of_linked_images_are_left_out_and_counted():
-    draws, _ = collection(4, groups=(3, 2))
+def test_blank_pages_and_too_large_sets_are_left_out_and_counted():
+    draws, _ = collection(4, groups=(5, 2))
     draws = np.vstack([draws, np.zeros((12, N_LOCAL), dtype=draws.dtype)])  # a blank page, a dozen times
     data, neighbours, distances = searched(draws)
-    # mutual lists link the k + 1 of lowest IDs among identical images: a set of six
-    groups, left_out = copy_groups(data, neighbours, distances, THRESHOLD, max_component=4)
-    assert left_out == 1 and sorted(len(g) for g in groups) == [2, 3]
+    groups, crowded, left_out = copy_groups(data, neighbours, distances, THRESHOLD)
+    assert crowded == 12 and sorted(len(g) for g in groups) == [2, 5]  # each blank's whole list is blank
+    groups, crowded, left_out = copy_groups(data, neighbours, distances, THRESHOLD, max_component=4)
+    assert left_out == 1 and [len(g) for g in groups] == [2]
 
 
 def night(groups, date, previous=None, next_group=1):
