@@ -145,8 +145,12 @@ def main(argv=None):
     print(
         json.dumps(
             {
-                "bench": "copies", "weights": args.weights, "precision": args.precision, "quantile": QUANTILE,
-                "seconds": round(whole.seconds, 1), "collections": results,
+                "bench": "copies",
+                "weights": args.weights,
+                "precision": args.precision,
+                "quantile": QUANTILE,
+                "seconds": round(whole.seconds, 1),
+                "collections": results,
             }  # fmt: skip
         )
     )

@@ -237,6 +237,7 @@ def check_mapping(frame, source, header_fix, row_name, first_line=1):
     missing = [c for c in MAPPING_COLUMNS if c not in frame.columns]
     if missing:
         raise MappingError(f"{source} lacks the column(s) {', '.join(missing)}; {header_fix}")
+
     def clean(column):
         return column.map(lambda v: "" if v is None or v != v else str(v).strip())  # v != v: NaN
 
@@ -297,7 +298,9 @@ class Inventory:
         """A digest of the images and their IDs: equal for equal collections."""
         digest = hashlib.sha256()
         for image_id, f, record in zip(self.ids, self.files, self.records):
-            tail = "" if record == f"PPN{f.ppn}" else f"\t{record}"  # the digests of before, where the PPN is the record
+            tail = (
+                "" if record == f"PPN{f.ppn}" else f"\t{record}"
+            )  # the digests of before, where the PPN is the record
             digest.update(f"{image_id}\t{f.key}{tail}\n".encode())
         return digest.hexdigest()[:16]
 
