@@ -205,3 +205,36 @@ def test_a_stop_list_weighs_the_most_widespread_words_as_nothing():
     assert stop_words(counts, weights, 0.0) is weights and weights[0] == 50  # none stopped, nothing changed
     defaults = {**ORIGINAL, "metric": "cosine"}
     assert name_of({**defaults, "stop": 0.01}, defaults) == "shipped stop=0.01"
+
+
+@pytest.mark.slow
+def test_copies_benchmark_scores_same_record_and_the_copy_groups(capsys, monkeypatch, tmp_path):
+    from benchmarks import copies, proxies
+
+    from .conftest import luigi_config, pipeline_config
+
+    tiny = proxies.Spec(**{**TINY, "uniform_records": True})
+    monkeypatch.setattr(proxies, "COLLECTIONS", (tiny,))
+    monkeypatch.setattr(proxies, "EXTRA", ())
+    monkeypatch.setattr(proxies, "BOOKS", ())
+    arguments = ["--work", str(tmp_path / "work"), "--selfcheck", "4", "--precision", "float32"]
+    with luigi_config(monkeypatch, pipeline_config(tmp_path, codebook__size=40)):
+        assert copies.main(arguments) == 0
+    figures = last_json_line(capsys)["collections"]["tiny"]
+    assert set(figures["same_record"]) == set(copies.SAME_RECORD)
+    assert figures["same_record"]["exclude"]["own_record_share"] == 0.0
+    shares = [figures["same_record"][s]["own_record_share"] for s in ("exclude", "at_most 1", "at_most 2", "keep")]
+    assert shares == sorted(shares)  # each looser limit lets in at least as many of the own record
+    rows = [figures["copies"][str(q)] for q in copies.QUANTILES]
+    assert [r["threshold"] for r in rows] == sorted(r["threshold"] for r in rows)
+    assert all(0 <= r["precision"] <= 1 and 0 <= r["recall"] <= 1 for r in rows)
+    assert len(figures["curve"]) == copies.CURVE
+
+
+def test_pairwise_precision_and_recall_count_pairs():
+    from benchmarks.copies import pairwise
+
+    labels = ["a", "a", "a", "b", "b", "c"]  # true pairs: 3 of a, 1 of b
+    precision, recall, pairs = pairwise([np.array([0, 1]), np.array([2, 3, 4])], labels)
+    assert (precision, recall, pairs) == (2 / 4, 2 / 4, 4)
+    assert pairwise([], labels) == (1.0, 0.0, 0)

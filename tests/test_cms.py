@@ -78,7 +78,7 @@ def make_images(db, rows, columns=("id", "ppn", "filename")):
     with db.engine.begin() as conn:
         table = sa.Table(
             db.images, sa.MetaData(), sa.Column(columns[0], sa.BigInteger), sa.Column(columns[1], sa.String(64)),
-            sa.Column(columns[2], sa.String(255)),
+            sa.Column(columns[2], sa.String(255)), *(sa.Column(c, sa.String(64)) for c in columns[3:]),
         )  # fmt: skip
         table.create(conn)
         if rows:
@@ -89,9 +89,16 @@ def test_mapping_read_from_a_table(database):
     make_images(database, [(7, "PPN1", "a.jpg"), (8, " 2", "b.jpg")], columns=("image_id", "record", "file"))
     mapping = cms.read_mapping(database.engine, database.images, "image_id", "record", "file")
     assert mapping.to_dict("records") == [
-        {"id": "7", "ppn": "1", "filename": "a.jpg"},
-        {"id": "8", "ppn": "2", "filename": "b.jpg"},
+        {"id": "7", "ppn": "1", "filename": "a.jpg", "record": "PPN1"},
+        {"id": "8", "ppn": "2", "filename": "b.jpg", "record": "PPN2"},
     ]
+
+
+def test_the_catalogue_record_is_read_from_a_column_when_one_is_named(database):
+    rows = [(7, "PPN1", "a.jpg", "work-3"), (8, "2", "b.jpg", None)]
+    make_images(database, rows, columns=("id", "ppn", "filename", "work"))
+    mapping = cms.read_mapping(database.engine, database.images, record_column="work")
+    assert mapping["record"].tolist() == ["work-3", "PPN2"]  # NULL: the PPN
 
 
 def test_mapping_read_from_a_query(database):
