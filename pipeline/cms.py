@@ -367,10 +367,69 @@ def _write_rows(conn, similarity, columns, run_id, batch_rows, where):
         else:
             conn.execute(similarity.insert(), [dict(zip(names, (*row, run_id))) for row in rows])
         done = min(start + batch_rows, total)
-        logger.debug("%d of %d similarity rows written to %s", done, total, where)
+        logger.debug("%d of %d rows written to %s of %s", done, total, similarity.name, where)
         if time.monotonic() - last_report >= PROGRESS_SECONDS:
-            logger.info("%d of %d similarity rows written to %s (not yet committed)", done, total, where)
+            logger.info("%d of %d rows written to %s of %s (not yet committed)", done, total, similarity.name, where)
             last_report = time.monotonic()
+
+
+def copies_table(table, id_type=sa.BigInteger):
+    """The table the copies are loaded into (``[cms] copies_table``): one row per image in a group
+    of copies: copy_group (its number, kept from night to night), image_id, first_seen (the
+    date it joined the group), run_id; primary key image_id (an image is in one group at most)."""
+    metadata = sa.MetaData()
+    copies = sa.Table(
+        table, metadata,
+        sa.Column("copy_group", sa.BigInteger, nullable=False, index=True),
+        sa.Column("image_id", id_type, primary_key=True, autoincrement=False),
+        sa.Column("first_seen", sa.String(10), nullable=False),
+        sa.Column("run_id", sa.String(64), nullable=False),
+    )  # fmt: skip
+    return metadata, copies
+
+
+def load_copies(engine, rows, run_id, run_date, table, marker_table=MARKER_TABLE, batch_rows=BATCH_ROWS):
+    """Replace the rows of the copies table by ``rows`` (copies.csv's: group, image_id,
+    first_seen) and record the load, in one transaction: readers see last night's groups whole
+    until the commit, tonight's after it. Returns the rows written."""
+    ids = rows["image_id"].to_numpy()
+    id_type = sa.BigInteger if ids.dtype.kind in "iu" else sa.String(255)
+    metadata, copies = copies_table(table, id_type)
+    marker = _marker(metadata, marker_table)
+    where = shown(engine.url)
+    columns = (rows["group"].to_numpy(dtype=np.int64), ids, rows["first_seen"].astype(str).to_numpy())
+    try:
+        metadata.create_all(engine)  # before the transaction: MariaDB commits around DDL
+        with engine.begin() as conn:
+            conn.execute(copies.delete())
+            _write_rows(conn, copies, columns, run_id, batch_rows, where)
+            _record(conn, marker, table, run_id, run_date, len(ids))
+    except (SQLAlchemyError, engine.dialect.loaded_dbapi.Error) as exc:
+        raise CmsError(
+            f"loading [cms] copies_table={table!r} into {where} failed and was rolled back: {_one_line(exc)}"
+        ) from None
+    logger.info("%d rows of copies (run %s) loaded into %s of %s", len(ids), run_id, table, where)
+    return len(ids)
+
+
+def holds_copies(engine, run_id, n_rows, table, marker_table=MARKER_TABLE):
+    """Whether the copies table holds the load of ``run_id``: the marker table's last row for it
+    names the run, and ``n_rows`` rows carry it."""
+    if loaded_run(engine, table, marker_table) != run_id:
+        return False
+    rows = sa.table(table, sa.column("run_id"))
+    try:
+        with engine.connect() as conn:
+            if not sa.inspect(conn).has_table(table):
+                return False
+            return (
+                conn.execute(sa.select(sa.func.count()).select_from(rows).where(rows.c.run_id == run_id)).scalar()
+                == n_rows
+            )
+    except SQLAlchemyError as exc:
+        raise CmsError(
+            f"[cms] copies_table={table!r} cannot be read from {shown(engine.url)}: {_one_line(exc)}"
+        ) from None
 
 
 def load_siblings(

@@ -16,6 +16,7 @@ original first. It is the ``QUANTILE`` of those distances, chosen for precision 
 """
 
 import dataclasses
+import hashlib
 import json
 import logging
 
@@ -71,29 +72,17 @@ def _pair_distances(data, members):
     return distances
 
 
-def copy_groups(data, neighbours, distances, threshold, wrong=(), max_component=MAX_COMPONENT):
-    """The groups of copies (see the module).
-
-    Parameters
-    ----------
-    data : pipeline.neighbours.WeightedHistograms
-        The histograms the lists were found with.
-    neighbours : ndarray of shape (n_images, k), int
-        Each image's list, positions.
-    distances : ndarray of shape (n_images, k), float
-    threshold : float
-    wrong : iterable of (int, int)
-        Pairs of positions judged wrong.
-    max_component : int
+def linked_components(neighbours, distances, threshold, max_component=MAX_COMPONENT):
+    """The sets of images joined by mutual links within ``threshold`` (see the module).
 
     Returns
     -------
-    groups : list of ndarray of int64
-        Each group's positions, increasing; the groups in the order of their first position.
+    components : list of ndarray of int64
+        Each set's positions, increasing, for the sets of 2 to ``max_component`` images.
     crowded : int
         Images left out because every image of their list is within the threshold.
     left_out : int
-        Components of more than ``max_component`` images, left out.
+        Sets of more than ``max_component`` images, left out.
     """
     n, k = neighbours.shape
     # an image whose whole list lies within the threshold has more near-identical images than a
@@ -102,46 +91,152 @@ def copy_groups(data, neighbours, distances, threshold, wrong=(), max_component=
     rows = np.repeat(np.arange(n), k)
     close = (distances.ravel() <= threshold) & (neighbours.ravel() >= 0) & ~np.repeat(crowded, k)
     linked = sp.csr_matrix((np.ones(int(close.sum()), dtype=np.int8), (rows[close], neighbours.ravel()[close])), (n, n))
-    mutual = linked.multiply(linked.T)
-    _, component = connected_components(mutual, directed=False)
+    _, component = connected_components(linked.multiply(linked.T), directed=False)
     sizes = np.bincount(component, minlength=n)
-    apart = {}  # component -> its pairs judged wrong
-    for a, b in wrong:
-        if component[a] == component[b]:
-            apart.setdefault(component[a], []).append((a, b))
-    groups, left_out = [], 0
     order = np.argsort(component, kind="stable")
-    starts = np.concatenate([[0], np.cumsum(np.bincount(component))])
-    for c in np.flatnonzero(sizes >= 2):
-        if sizes[c] > max_component:
-            left_out += 1
-            continue
-        members = order[starts[c] : starts[c + 1]]
-        pair = _pair_distances(data, members)
-        for a, b in apart.get(c, ()):
-            i, j = np.searchsorted(members, [a, b])
-            pair[i, j] = pair[j, i] = np.inf
-        if pair.max() <= threshold:
-            groups.append(members)
-            continue
-        cut = np.where(np.isinf(pair), 2 * threshold + 1.0, pair)  # linkage takes finite distances
-        labels = fcluster(linkage(squareform(cut, checks=False), method="complete"), t=threshold, criterion="distance")
-        for label in np.unique(labels):
-            part = members[labels == label]
-            if len(part) >= 2:
-                groups.append(part)
-    groups.sort(key=lambda g: int(g[0]))
-    if crowded.any():
+    starts = np.concatenate([[0], np.cumsum(sizes)])
+    chosen = np.flatnonzero((sizes >= 2) & (sizes <= max_component))
+    return [order[starts[c] : starts[c + 1]] for c in chosen], int(crowded.sum()), int((sizes > max_component).sum())
+
+
+def split_component(data, threshold, apart=()):
+    """The groups of one set of linked images: the whole set when no two of its images are
+    farther apart than ``threshold`` and none of ``apart`` is in it, else complete linkage's cut.
+
+    Parameters
+    ----------
+    data : pipeline.neighbours.WeightedHistograms
+        The histograms of the set's images (only theirs).
+    apart : iterable of (int, int)
+        Pairs of positions of ``data`` judged wrong.
+
+    Returns
+    -------
+    list of ndarray of int64
+        Positions of ``data`` of each group of two or more, increasing.
+    """
+    members = np.arange(len(data))
+    pair = _pair_distances(data, members)
+    for a, b in apart:
+        pair[a, b] = pair[b, a] = np.inf
+    if pair.max() <= threshold:
+        return [members]
+    cut = np.where(np.isinf(pair), 2 * threshold + 1.0, pair)  # linkage takes finite distances
+    labels = fcluster(linkage(squareform(cut, checks=False), method="complete"), t=threshold, criterion="distance")
+    return [part for part in (members[labels == label] for label in np.unique(labels)) if len(part) >= 2]
+
+
+def component_key(basis, ids, keys, members, apart):
+    """What a set's groups depend on: ``basis`` (the histograms' weighting and the threshold), its
+    images' IDs and histogram keys, and its pairs judged wrong (positions of ``members``)."""
+    h = hashlib.sha1(basis.encode())
+    h.update("\n".join(f"{ids[p]}\t{keys[p]}" for p in members).encode())
+    h.update("\n".join(sorted(f"{ids[members[a]]}\t{ids[members[b]]}" for a, b in apart)).encode())
+    return h.hexdigest()[:24]
+
+
+@dataclasses.dataclass
+class Grouping:
+    """The night's groups of copies (:func:`copy_groups`)."""
+
+    groups: list
+    """Each group's positions, increasing; the groups in the order of their first position."""
+    crowded: int
+    """Images left out because every image of their list is within the threshold."""
+    left_out: int
+    """Sets of more than ``max_component`` linked images, left out."""
+    keys: list
+    """Each group's :func:`component_key` (that of its set of linked images)."""
+    settled: list
+    """The keys of the sets that gave no group."""
+    regrouped: int
+    """Sets whose groups were worked out tonight; the others were known."""
+    sets: int
+    """Sets of linked images."""
+
+
+def copy_groups(
+    neighbours, distances, threshold, histograms, wrong=(), ids=None, keys=None, basis="", known=None,
+    max_component=MAX_COMPONENT,
+):  # fmt: skip
+    """The groups of copies (see the module); only the sets of linked images not in ``known``
+    are worked out, so a night's cost beyond one pass over the lists follows what changed.
+
+    Parameters
+    ----------
+    neighbours : ndarray of shape (n_images, k), int
+        Each image's list, positions.
+    distances : ndarray of shape (n_images, k), float
+    threshold : float
+    histograms : callable
+        ``histograms(positions)``: the WeightedHistograms the lists were found with, of the
+        images at ``positions`` (increasing) only, in that order; called once, with the images of
+        every set to work out (``WeightedHistograms.subset`` of the whole, or a partial read).
+    wrong : iterable of (int, int)
+        Pairs of positions judged wrong.
+    ids, keys : ndarray of shape (n_images,), optional
+        The images' IDs and histogram keys, for :func:`component_key` (with ``known``).
+    basis : str
+        What else the groups depend on (see :func:`component_key`).
+    known : dict, optional
+        Component key -> its groups as lists of IDs: an earlier night's (:func:`known_sets`).
+    max_component : int
+
+    Returns
+    -------
+    Grouping
+    """
+    components, crowded, left_out = linked_components(neighbours, distances, threshold, max_component)
+    where = np.full(len(neighbours), -1, dtype=np.int64)
+    for c, members in enumerate(components):
+        where[members] = c
+    apart = [[] for _ in components]  # each set's pairs judged wrong, positions within the set
+    for a, b in wrong:
+        if where[a] >= 0 and where[a] == where[b]:
+            members = components[where[a]]
+            apart[where[a]].append(tuple(np.searchsorted(members, [a, b]).tolist()))
+    use_keys = known is not None or keys is not None
+    set_keys = [component_key(basis, ids, keys, m, ap) if use_keys else None for m, ap in zip(components, apart)]
+    found = {}  # set -> its groups, positions
+    if known:
+        at = {str(i): p for p, i in enumerate(np.asarray(ids).astype(str))}
+        for c, key in enumerate(set_keys):
+            if key in known:
+                found[c] = [np.array(sorted(at[str(i)] for i in group), dtype=np.int64) for group in known[key]]
+    todo = [c for c in range(len(components)) if c not in found]
+    if todo:
+        rows = np.sort(np.concatenate([components[c] for c in todo]))
+        data = histograms(rows)
+        for c in todo:
+            local = np.searchsorted(rows, components[c])
+            sub = data.subset(local)
+            found[c] = [components[c][part] for part in split_component(sub, threshold, apart[c])]
+    order = sorted((int(g[0]), c, g) for c in found for g in found[c])
+    groups = [g for _, _, g in order]
+    if crowded:
         logger.info(
             "%d images are left out of the copies: all %d of their neighbours are within the threshold (blank or "
-            "uniform pages)", int(crowded.sum()), k,
+            "uniform pages)", crowded, neighbours.shape[1],
         )  # fmt: skip
     if left_out:
         logger.warning(
             "%d sets of more than %d linked images are left out of the copies (blank or uniform pages, or a "
             "threshold too high)", left_out, max_component,
         )  # fmt: skip
-    return groups, int(crowded.sum()), left_out
+    return Grouping(
+        groups, crowded, left_out, [set_keys[c] for _, c, _ in order], [set_keys[c] for c in found if not found[c]],
+        len(todo), len(components),
+    )  # fmt: skip
+
+
+def known_sets(numbered, settled):
+    """The sets an earlier night worked out (:attr:`Grouping.keys` saved with its rows, and
+    :attr:`Grouping.settled`): component key -> groups as lists of IDs (for :func:`copy_groups`)."""
+    known = {key: [] for key in settled}
+    for (key, _), rows in numbered.rows.groupby(["set", "group"], sort=False):
+        if key:
+            known.setdefault(key, []).append(rows["image_id"].astype(str).tolist())
+    return known
 
 
 @dataclasses.dataclass
@@ -156,7 +251,7 @@ class Numbered:
     """Numbers of the groups new tonight."""
 
 
-def number_groups(groups, ids, ppn, filename, date, previous=None, next_group=1):
+def number_groups(groups, ids, ppn, filename, date, previous=None, next_group=1, sets=None):
     """Number tonight's ``groups`` so that a group that persists keeps its number.
 
     Each group takes the number of the earlier group it shares the most images with (each
@@ -175,6 +270,8 @@ def number_groups(groups, ids, ppn, filename, date, previous=None, next_group=1)
         The earlier night's rows.
     next_group : int
         The earlier night's :attr:`Numbered.next_group`.
+    sets : list of str, optional
+        Each group's set key (:attr:`Grouping.keys`), kept in the rows' column ``set``.
     """
     ids_str = np.asarray(ids).astype(str)
     earlier_group, earlier_seen = {}, {}
@@ -198,36 +295,42 @@ def number_groups(groups, ids, ppn, filename, date, previous=None, next_group=1)
             number[index] = next_group
             new_groups.append(next_group)
             next_group += 1
+    sets = [""] * len(groups) if sets is None else sets
     rows = [
-        (number[index], ids[p], ppn[p], filename[p], earlier_seen.get((number[index], ids_str[p]), date))
+        (number[index], ids[p], ppn[p], filename[p], earlier_seen.get((number[index], ids_str[p]), date), sets[index])
         for index, members in enumerate(groups)
         for p in members
     ]
-    frame = pd.DataFrame(rows, columns=list(COLUMNS))
+    frame = pd.DataFrame(rows, columns=[*COLUMNS, "set"])
     frame["image_id"] = frame["image_id"].astype(np.asarray(ids).dtype) if len(frame) else frame["image_id"]
     frame = frame.sort_values(["group", "image_id"], kind="stable").reset_index(drop=True)
     return Numbered(frame, next_group, sorted(new_groups))
 
 
-def save_copies(path, numbered, attrs):
-    """Write the night's groups (:class:`Numbered`) to an HDF5 file with ``attrs``."""
+def save_copies(path, numbered, attrs, settled=()):
+    """Write the night's groups (:class:`Numbered`, with their set keys) and the keys of the sets
+    that gave no group (:attr:`Grouping.settled`) to an HDF5 file with ``attrs``."""
     rows = numbered.rows
     with h5py.File(path, "w") as f:
         f.attrs.update({**attrs, "next_group": numbered.next_group, "new_groups": json.dumps(numbered.new_groups)})
         f.create_dataset("group", data=rows["group"].to_numpy(dtype=np.int64))
         write_ids(f, "image_id", rows["image_id"].to_numpy())
-        for column in ("ppn", "filename", "first_seen"):
+        for column in ("ppn", "filename", "first_seen", "set"):
             write_strings(f, column, rows[column].astype(str).tolist())
+        write_strings(f, "settled", list(settled))
 
 
 def load_copies(path):
-    """The :class:`Numbered` groups of :func:`save_copies`, or None when the file is missing or unreadable."""
+    """(:class:`Numbered`, the settled set keys) of :func:`save_copies`, or None when the file is
+    missing or unreadable."""
     try:
         with h5py.File(path, "r") as f:
             frame = pd.DataFrame({"group": f["group"][:], "image_id": read_ids(f["image_id"])})
             for column in ("ppn", "filename", "first_seen"):
                 frame[column] = read_strings(f[column])
-            return Numbered(frame, int(f.attrs["next_group"]), json.loads(f.attrs["new_groups"]))
+            frame["set"] = read_strings(f["set"]) if "set" in f else ""  # none known: worked out again
+            settled = read_strings(f["settled"]).tolist() if "settled" in f else []
+            return Numbered(frame, int(f.attrs["next_group"]), json.loads(f.attrs["new_groups"])), settled
     except (OSError, KeyError, ValueError):
         return None
 

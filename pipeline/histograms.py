@@ -174,8 +174,36 @@ def load_counts(path):
         return read_strings(f["keys"]), counts, n_local
 
 
-def load_words(path):
-    """(counts csr_matrix of shape (n_images, K), words per image): the counts and each row's
-    sum, descriptors per image times the words each counts for, as the distances need them."""
-    _, counts, n_local = load_counts(path)
+def load_rows(path, rows):
+    """The counts of the images at positions ``rows`` (increasing) of histograms file ``path``:
+    csr_matrix of shape (len(rows), K), int32, read row by row when they are few."""
+    rows = np.asarray(rows, dtype=np.int64)
+    with h5py.File(path, "r") as f:
+        size, indptr = int(f.attrs["size"]), f["indptr"][:]
+        n = len(indptr) - 1
+        if len(rows) * 8 > n:  # many rows: one read of the whole is faster than one per row
+            return sp.csr_matrix((f["data"][:], f["indices"][:], indptr), shape=(n, size))[rows]
+        data, indices = f["data"], f["indices"]
+        parts = [(data[indptr[r] : indptr[r + 1]], indices[indptr[r] : indptr[r + 1]]) for r in rows.tolist()]
+    lengths = [len(d) for d, _ in parts]
+    return sp.csr_matrix(
+        (
+            np.concatenate([d for d, _ in parts]) if parts else np.zeros(0, np.int32),
+            np.concatenate([i for _, i in parts]) if parts else np.zeros(0, np.int32),
+            np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
+        ),
+        shape=(len(rows), size),
+    )
+
+
+def load_words(path, rows=None):
+    """(counts csr_matrix of shape (n_images, K), words per image): the counts (of the images at
+    positions ``rows`` only, when given) and each row's sum, descriptors per image times the
+    words each counts for, as the distances need them."""
+    if rows is None:
+        _, counts, n_local = load_counts(path)
+    else:
+        counts = load_rows(path, rows)
+        with h5py.File(path, "r") as f:
+            n_local = int(f.attrs["n_local"])
     return counts, n_local * load_assign(path)

@@ -11,6 +11,7 @@ candidates their own way and rank them by that key, then by ascending database I
 which are common, are broken the same way by both, and their results are identical.
 """
 
+import copy
 import logging
 import math
 
@@ -162,6 +163,16 @@ class WeightedHistograms:
 
     def __len__(self):
         return self.vectors.shape[0]
+
+    def subset(self, positions):
+        """These histograms of the images at ``positions`` only, in that order (the same vectors,
+        weights and scale; the tie rule among them unchanged)."""
+        part = copy.copy(self)
+        part.vectors = self.vectors[positions]
+        part.norms, part.roots = self.norms[positions], self.roots[positions]
+        part.id_rank, part.records = self.id_rank[positions], self.records[positions]
+        part._inverted_files = {}
+        return part
 
     def inverted_file(self, k, block=1 << 15, dense_share=DENSE_SHARE):
         """The :class:`InvertedFile` of all these images for ``k``, made on first use and kept."""

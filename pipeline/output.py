@@ -89,6 +89,8 @@ def read_similarities(path):
         }
         if "changed" in f:  # compared with an earlier run's (see write_similarities)
             result["changed"], result["removed"] = f["changed"][:], read_ids(f["removed"])
+        if "keys" in f:  # what each list depends on besides the others' histograms
+            result["keys"] = read_strings(f["keys"])
         if "raw_rows" in f:
             result["raw_rows"], result["raw_neighbours"] = f["raw_rows"][:], read_ids(f["raw_neighbours"])
             result["raw_distances"] = f["raw_distances"][:]

@@ -23,17 +23,18 @@ def _inputs(attrs):
     return json.loads(attrs.get("inputs", "{}"))
 
 
-def run_counts(histograms_path, codebook, ids, similarity_attrs):
+def run_counts(histograms_path, codebook, ids, similarity_attrs, rows=None):
     """The word counts of histograms.h5, and the WeightedHistograms a run's similarities were found
     with (its weighting, metric and power, from the attributes of its similarities.hdf5; its word
-    weights, from its Codebook ``codebook``).
+    weights, from its Codebook ``codebook``); of the images at positions ``rows`` only (``ids``
+    are then theirs), when given.
 
     Returns
     -------
     counts : csr_matrix of shape (n_images, K)
     data : pipeline.neighbours.WeightedHistograms
     """
-    counts, n_words = histograms.load_words(histograms_path)
+    counts, n_words = histograms.load_words(histograms_path, rows)
     a = similarity_attrs
     weighting = a.get("weighting", "raw")
     data = WeightedHistograms(

@@ -92,8 +92,11 @@ def run_report(
         if evaluation is not None and "verdicts" in evaluation:
             report["verdicts"]["scores"] = evaluation["verdicts"]
     if copies is not None:
-        keys = ("threshold", "threshold_source", "groups", "images", "spanning_records", "new", "crowded", "left_out")
-        report["copies"] = {key: copies[key] for key in keys}
+        keys = (
+            "threshold", "threshold_source", "groups", "images", "spanning_records", "new", "crowded", "left_out",
+            "sets", "regrouped",
+        )  # fmt: skip
+        report["copies"] = {key: copies[key] for key in keys if key in copies}
     if selfcheck is not None:
         keys = ("images", "queries", "top1", "top5", "chance_top1", "chance_top5", "per_alteration", "failed")
         report["selfcheck"] = {key: selfcheck[key] for key in keys}

@@ -10,7 +10,7 @@ from .checks import Evaluate, SelfCheck
 from .config import cms, codebook, collection, ids, neighbours, paths, reduction, resnet, verdicts
 from .copies import Copies
 from .inputs import CmsDatabase, CmsImages, ContentFolder, IdMapping, LabelsFile
-from .load import LoadSimilarities
+from .load import LoadCopies, LoadSimilarities
 from .neighbours import NeighbourShard, Similarities
 from .nightly import Nightly, Report
 from .stages import Calibration, Codebook, Features, FeatureShard, Histograms, HistogramShard, Inventory, Reducer
@@ -31,6 +31,7 @@ __all__ = [
     "IdMapping",
     "LabelsFile",
     "Inventory",
+    "LoadCopies",
     "LoadSimilarities",
     "NeighbourShard",
     "Nightly",

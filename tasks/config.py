@@ -162,6 +162,12 @@ class cms(luigi.Config):
         default="ppn", significant=False, description="Its column of PPNs (with or without the PPN prefix)."
     )
     filename_column = luigi.Parameter(default="filename", significant=False, description="Its column of file names.")
+    copies_table = luigi.Parameter(
+        default="",
+        significant=False,
+        description="Table the groups of copies are loaded into (copy_group, image_id, first_seen, run_id), "
+        "replaced whole each night; empty: copies.csv only.",
+    )
     record_column = luigi.Parameter(
         default="",
         significant=False,
@@ -551,6 +557,15 @@ def settings_problem():
         return "[verdicts] source = csv needs [verdicts] csv, the path of the verdicts' CSV file"
     if copies().threshold == "auto" and selfcheck().sample == 0:
         return "[copies] threshold = auto needs the self-check; set [selfcheck] sample above 0, a distance, or off"
+    copies_table = cms().copies_table.strip()
+    if copies_table and not cms().url.strip():
+        return "[cms] copies_table needs [cms] url; set it, or leave copies_table empty (copies.csv only)"
+    if copies_table and copies().threshold == "off":
+        return (
+            "[cms] copies_table is set but [copies] threshold = off makes no copies; set a threshold or empty the table"
+        )
+    if copies_table and copies_table in (cms().table, cms().marker_table, cms().images_table, verdicts().table):
+        return f"[cms] copies_table={copies_table!r} is another table of the pipeline's; name a table of its own"
     if verdict_source()[0] == "cms" and not verdicts().table.strip():
         return "[verdicts] table is empty; name the table of the verdicts (default image_similarity_verdict)"
     return None

@@ -1,5 +1,6 @@
 """The copies of one picture across the collection: copies.h5 and copies.csv (``pipeline.copies``)."""
 
+import json
 import logging
 import os
 
@@ -7,7 +8,8 @@ import pandas as pd
 
 from pipeline import copies
 from pipeline.codebook import Codebook as CodebookModel
-from pipeline.output import honoured_verdicts, read_similarities
+from pipeline.h5io import read_attrs
+from pipeline.output import read_similarities
 from pipeline.query import run_counts
 from pipeline.report import read_json
 
@@ -57,32 +59,46 @@ class Copies(ArtifactTask):
     def make(self, tmp):
         path = self.input()["similarities"].path
         result = read_similarities(path)
-        ids = result["ids"]
+        ids, keys = result["ids"], result.get("keys", result["ids"].astype(str))
         at = pd.Index(ids)
         listed = at.get_indexer(result["neighbours"].ravel()).reshape(result["neighbours"].shape)
         codebook = CodebookModel.load(self.input()["codebook"].path)
-        _, data = run_counts(self.input()["histograms"].path, codebook, ids, result["attrs"])
-        verdicts = honoured_verdicts(path)
+        verdicts = result["verdicts"]
         a, b = at.get_indexer(verdicts.image_id), at.get_indexer(verdicts.similar_image_id)
         wrong = [(x, y) for x, y, right in zip(a, b, verdicts.right) if x >= 0 and y >= 0 and not right]
         threshold, source = self.threshold()
-        groups, crowded, left_out = copies.copy_groups(data, listed, result["distances"], threshold, wrong)
+        # what a set's groups depend on besides its images: the histograms' words, weights and distance
+        made = [read_attrs(self.input()[name].path) for name in ("codebook", "histograms")]
+        basis = json.dumps([made[0]["digest"], made[1]["settings_digest"], repr(threshold)] + [
+            str(result["attrs"].get(name)) for name in ("weighting", "metric", "power")
+        ])  # fmt: skip
         earlier = copies.load_copies(self.output().path)
+        known = copies.known_sets(*earlier) if earlier else {}
+
+        def histograms(rows):
+            return run_counts(self.input()["histograms"].path, codebook, ids[rows], result["attrs"], rows)[1]
+
+        grouping = copies.copy_groups(
+            listed, result["distances"], threshold, histograms, wrong, ids=ids, keys=keys, basis=basis, known=known
+        )
         numbered = copies.number_groups(
-            groups, ids, result["ppn"], result["filename"], self.date.isoformat(),
-            earlier.rows if earlier else None, earlier.next_group if earlier else 1,
+            grouping.groups, ids, result["ppn"], result["filename"], self.date.isoformat(),
+            earlier[0].rows if earlier else None, earlier[0].next_group if earlier else 1, sets=grouping.keys,
         )  # fmt: skip
         spanning = copies.spanning(numbered.rows)
         attrs = self.attrs(
-            threshold=threshold, threshold_source=source, groups=len(groups),
-            images=int(sum(len(g) for g in groups)), spanning_records=len(spanning),
-            new=len(numbered.new_groups), crowded=crowded, left_out=left_out,
+            threshold=threshold, threshold_source=source, groups=len(grouping.groups),
+            images=int(sum(len(g) for g in grouping.groups)), spanning_records=len(spanning),
+            new=len(numbered.new_groups), crowded=grouping.crowded, left_out=grouping.left_out,
+            sets=grouping.sets, regrouped=grouping.regrouped,
         )  # fmt: skip
-        copies.save_copies(tmp, numbered, attrs)
+        copies.save_copies(tmp, numbered, attrs, grouping.settled)
         copies.write_csv(os.path.join(config.paths().artifacts, self.csv), numbered.rows)
         logger.info(
-            "%d groups of copies (%d images, %d spanning several records, %d new) within distance %.4g (%s)",
-            len(groups), attrs["images"], len(spanning), len(numbered.new_groups), threshold, source,
+            "%d groups of copies (%d images, %d spanning several records, %d new) within distance %.4g (%s); "
+            "%d of %d sets of linked images worked out, the others as the earlier night left them",
+            len(grouping.groups), attrs["images"], len(spanning), len(numbered.new_groups), threshold, source,
+            grouping.regrouped, grouping.sets,
         )  # fmt: skip
 
 

@@ -1,15 +1,17 @@
-"""The CMS load: this run's similarities into ``[cms] table`` (or the siblings column), in one transaction."""
+"""The CMS loads, each in one transaction: this run's similarities into ``[cms] table`` (or the siblings
+column), and its groups of copies into ``[cms] copies_table``."""
 
 import logging
 
 import h5py
 
-from pipeline import cms
+from pipeline import cms, copies
 from pipeline.h5io import read_attrs, read_ids
 from pipeline.output import read_similarities
 
 from . import config, inputs
 from .base import RunTask
+from .copies import Copies, copies_wanted
 from .neighbours import Similarities
 
 logger = logging.getLogger("luigi-interface")
@@ -98,3 +100,38 @@ class LoadSimilarities(RunTask):
                 inputs.engine(), result["ids"], result["neighbours"], result["distances"], table=config.cms().table,
                 batch_rows=config.cms().batch_rows, **common,
             )  # fmt: skip
+
+
+class LoadCopies(RunTask):
+    """``luigi --module tasks LoadCopies --local-scheduler``: this run's groups of copies into
+    ``[cms] copies_table``, the table's rows replaced in one transaction with its marker row.
+
+    Complete when the last marker row for the table names this run's copies.h5 and the table
+    holds its rows."""
+
+    def requires(self):
+        return Copies(**self.run_args())
+
+    def run_id(self):
+        """The identity of the copies to load: the digest of copies.h5."""
+        return read_attrs(self.input().path)["digest"]
+
+    def complete(self):
+        if not self.requires().complete():
+            return False
+        images = int(read_attrs(self.input().path)["images"])
+        return cms.holds_copies(
+            inputs.engine(), self.run_id(), images, config.cms().copies_table, config.cms().marker_table
+        )
+
+    def run(self):
+        numbered, _ = copies.load_copies(self.input().path)
+        cms.load_copies(
+            inputs.engine(), numbered.rows, self.run_id(), self.date.isoformat(), config.cms().copies_table,
+            config.cms().marker_table, config.cms().batch_rows,
+        )  # fmt: skip
+
+
+def copies_loaded():
+    """Whether the run loads its copies into the CMS: a CMS, a copies table, and copies made."""
+    return bool(config.cms().url.strip() and config.cms().copies_table.strip() and copies_wanted())

@@ -18,7 +18,7 @@ from . import config
 from .base import RunInput, RunTask, artifacts_writable
 from .checks import Evaluate, SelfCheck
 from .copies import Copies, copies_wanted
-from .load import LoadSimilarities
+from .load import LoadCopies, LoadSimilarities, copies_loaded
 from .neighbours import Similarities
 from .stages import Codebook, Features, Histograms, Inventory, Reducer
 from .verdicts import Verdicts
@@ -50,6 +50,8 @@ class Nightly(RunTask):
             required["selfcheck"] = SelfCheck(**self.run_args())
         if copies_wanted():
             required["copies"] = Copies(**self.run_args())
+        if copies_loaded():
+            required["cms_copies"] = LoadCopies(**self.run_args())
         return required
 
     def output(self):
@@ -73,6 +75,8 @@ class Nightly(RunTask):
                 "mode": config.cms().mode,
                 "target": LoadSimilarities(**self.run_args()).target(),
             }
+            if "cms_copies" in self.input():
+                load["copies_table"] = config.cms().copies_table
         checks = {
             name: read_json(self.input()[name].path) for name in ("evaluation", "selfcheck") if name in self.input()
         }
@@ -114,7 +118,7 @@ def visual_report(date, run, show="", inventory=None):
     groups = None
     if "copies" in run:
         path = Copies(date=date).output().path
-        groups = (load_copies(path), read_attrs(path))
+        groups = (load_copies(path)[0], read_attrs(path))
     html_report.write_report(
         os.path.join(config.paths().artifacts, "report.html"),
         run,

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from benchmarks import extract, reduce
+from pipeline.precision import choose_precision
 
 
 def last_json_line(capsys):
@@ -39,7 +40,8 @@ def test_extract_benchmark_prints_its_figures(capsys, monkeypatch, tmp_path, pre
         decoders["JPEG 2000 RGB"] == "Pillow levels" and figures["masters_decode"]["JPEG 2000 RGB"]["libvips"] is None
     )
     assert all(row["pipeline"] > 0 and row["decoder_peak_mb"] > 0 for row in figures["masters_decode"].values())
-    assert {f"masters_ips_{p}" for p in ("float32", "int8")} <= set(figures) and figures["masters_ips_int8"] > 0
+    here = choose_precision("auto")[0]  # float32 on AVX2 only, bfloat16 with AVX512_BF16
+    assert {f"masters_ips_{p}" for p in (here, "int8")} <= set(figures) and figures["masters_ips_int8"] > 0
 
 
 def test_neighbours_benchmark_prints_its_figures(capsys):
@@ -229,6 +231,9 @@ def test_copies_benchmark_scores_same_record_and_the_copy_groups(capsys, monkeyp
     assert [r["threshold"] for r in rows] == sorted(r["threshold"] for r in rows)
     assert all(0 <= r["precision"] <= 1 and 0 <= r["recall"] <= 1 for r in rows)
     assert len(figures["curve"]) == copies.CURVE
+    later = figures["nights"]
+    assert later["scratch"]["regrouped"] == later["scratch"]["sets"] and later["unchanged"]["regrouped"] == 0
+    assert later["1% changed"]["regrouped"] <= later["scratch"]["sets"]
 
 
 def test_pairwise_precision_and_recall_count_pairs():

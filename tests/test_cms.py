@@ -306,7 +306,7 @@ def test_a_killed_load_leaves_the_previous_set_and_a_rerun_completes_it(database
     database.load(first, "run-1")
     loader = run_loader(database, "run-2", 40_000)
     for line in loader.stdout:
-        if "similarity rows written" in line and not line.startswith("500 of"):
+        if "rows written to" in line and not line.startswith("500 of"):
             break  # some batches written, not committed
     else:
         pytest.fail(f"the loader ended before writing: exit {loader.wait()}")
@@ -393,3 +393,40 @@ def test_siblings_need_their_column(database):
     make_images(database, [(10, "PPN1", "a.jpg")])
     with pytest.raises(CmsError, match=r"'siblings' is not a column of \[cms\] images_table.*mode = table"):
         load_siblings(database, (np.array([10]), np.array([[10]]), None), "run-1")
+
+
+def copies_rows(groups, date="2026-11-23"):
+    import pandas as pd
+
+    rows = [(g, i, date) for g, members in groups.items() for i in members]
+    return pd.DataFrame(rows, columns=["group", "image_id", "first_seen"]).astype({"image_id": np.int64})
+
+
+def test_copies_are_replaced_whole_and_a_failed_load_keeps_the_previous_groups(database):
+    table = database.table
+    assert (
+        cms.load_copies(
+            database.engine, copies_rows({1: [10, 11], 2: [20, 21, 22]}), "c-1", "2026-11-23", table, database.marker
+        )
+        == 5
+    )
+    assert cms.holds_copies(database.engine, "c-1", 5, table, database.marker)
+    second = copies_rows({1: [10, 11, 12], 3: [30, 31]}, "2026-11-24")
+    cms.load_copies(database.engine, second, "c-2", "2026-11-24", table, database.marker)
+    copies = sa.table(
+        table, sa.column("copy_group"), sa.column("image_id"), sa.column("first_seen"), sa.column("run_id")
+    )
+    with database.engine.connect() as conn:
+        rows = sorted(tuple(r) for r in conn.execute(sa.select(copies)))
+    assert rows == [(1, 10, "2026-11-24", "c-2"), (1, 11, "2026-11-24", "c-2"), (1, 12, "2026-11-24", "c-2"),
+                    (3, 30, "2026-11-24", "c-2"), (3, 31, "2026-11-24", "c-2")]  # fmt: skip
+    assert not cms.holds_copies(database.engine, "c-1", 5, table, database.marker)
+    # an image in two groups breaks the primary key: rolled back, the groups of c-2 stay whole
+    with pytest.raises(CmsError, match=f"loading \\[cms\\] copies_table='{table}' into .* failed and was rolled back"):
+        cms.load_copies(
+            database.engine, copies_rows({4: [40, 41], 5: [41]}), "c-3", "2026-11-25", table, database.marker
+        )
+    assert cms.holds_copies(database.engine, "c-2", 5, table, database.marker)
+    with database.engine.begin() as conn:
+        conn.execute(copies.delete())  # emptied outside the pipeline: no longer held, loaded again
+    assert not cms.holds_copies(database.engine, "c-2", 5, table, database.marker)

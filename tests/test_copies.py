@@ -4,7 +4,16 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.copies import copy_groups, number_groups, read_copies, selfcheck_threshold, spanning
+from pipeline.copies import (
+    Numbered,
+    copy_groups,
+    known_sets,
+    number_groups,
+    read_copies,
+    selfcheck_threshold,
+    spanning,
+    write_csv,
+)
 from pipeline.errors import ConfigError
 from pipeline.histograms import word_histograms
 from pipeline.neighbours import WeightedHistograms, nearest_neighbours
@@ -45,11 +54,16 @@ def brute_distance(data, a, b):
     return np.sqrt(float(((x - y) ** 2).sum())) / data.unit
 
 
+def grouped(data, neighbours, distances, threshold, **kwargs):
+    g = copy_groups(neighbours, distances, threshold, data.subset, **kwargs)
+    return g.groups, g.crowded, g.left_out
+
+
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_groups_of_copies_are_found_and_nothing_else(seed):
     draws, labels = collection(seed)
     data, neighbours, distances = searched(draws)
-    groups, crowded, left_out = copy_groups(data, neighbours, distances, THRESHOLD)
+    groups, crowded, left_out = grouped(data, neighbours, distances, THRESHOLD)
     assert left_out == 0 and crowded == 0
     found = sorted(tuple(sorted(labels[g].tolist())) for g in groups)
     expected = sorted(tuple([g] * size) for g, size in enumerate((3, 4, 2, 5)))
@@ -72,7 +86,7 @@ def test_a_chain_of_close_pairs_is_cut_so_that_no_group_is_wider_than_the_thresh
     linked = [(a, b) for a in range(8) for b in neighbours[a] if b < 8 and a in neighbours[b]]
     linked = [(a, b) for a, b in linked if brute_distance(data, a, b) <= threshold]
     assert len(linked) >= 6  # the chain is there to be followed
-    groups, _, _ = copy_groups(data, neighbours, distances, threshold)
+    groups, _, _ = grouped(data, neighbours, distances, threshold)
     assert groups and all(len(g) == 2 for g in groups)
     for g in groups:
         assert brute_distance(data, *g) <= threshold
@@ -82,7 +96,7 @@ def test_a_pair_judged_wrong_is_never_in_one_group():
     draws, labels = collection(3)
     data, neighbours, distances = searched(draws)
     members = np.flatnonzero(labels == 3)  # the group of five
-    groups, _, _ = copy_groups(data, neighbours, distances, THRESHOLD, wrong=[(members[0], members[1])])
+    groups, _, _ = grouped(data, neighbours, distances, THRESHOLD, wrong=[(members[0], members[1])])
     assert not any(members[0] in g and members[1] in g for g in groups)
     assert sum(len(g) for g in groups if set(g) <= set(members)) >= 4  # the rest stays grouped
 
@@ -91,10 +105,45 @@ def test_blank_pages_and_too_large_sets_are_left_out_and_counted():
     draws, _ = collection(4, groups=(5, 2))
     draws = np.vstack([draws, np.zeros((12, N_LOCAL), dtype=draws.dtype)])  # a blank page, a dozen times
     data, neighbours, distances = searched(draws)
-    groups, crowded, left_out = copy_groups(data, neighbours, distances, THRESHOLD)
+    groups, crowded, left_out = grouped(data, neighbours, distances, THRESHOLD)
     assert crowded == 12 and sorted(len(g) for g in groups) == [2, 5]  # each blank's whole list is blank
-    groups, crowded, left_out = copy_groups(data, neighbours, distances, THRESHOLD, max_component=4)
+    groups, crowded, left_out = grouped(data, neighbours, distances, THRESHOLD, max_component=4)
     assert left_out == 1 and [len(g) for g in groups] == [2]
+
+
+def test_a_later_night_works_out_only_the_sets_whose_images_or_verdicts_changed():
+    draws, labels = collection(6)
+    data, neighbours, distances = searched(draws)
+    ids, keys = np.arange(1000, 1000 + len(draws)), np.array([f"k{i}" for i in range(len(draws))])
+    asked = []
+
+    def histograms(rows):
+        asked.append(rows)
+        return data.subset(rows)
+
+    first = copy_groups(neighbours, distances, THRESHOLD, histograms, ids=ids, keys=keys, basis="b")
+    assert first.regrouped == first.sets == 4 and len(first.groups) == 4
+    rows = number_groups(first.groups, ids, ids, ids, "2026-01-01", sets=first.keys).rows
+    known = known_sets(Numbered(rows, 5, []), first.settled)
+    asked.clear()
+    again = copy_groups(neighbours, distances, THRESHOLD, histograms, ids=ids, keys=keys, basis="b", known=known)
+    assert again.regrouped == 0 and not asked  # nothing read, nothing worked out
+    assert [g.tolist() for g in again.groups] == [g.tolist() for g in first.groups] and again.keys == first.keys
+    # one image's histogram changed (its key), and a verdict in another set: those two sets only
+    changed = keys.copy()
+    one, other = first.groups[0], first.groups[1]
+    changed[one[0]] = "k-new"
+    later = copy_groups(
+        neighbours, distances, THRESHOLD, histograms, wrong=[(other[0], other[1])], ids=ids, keys=changed, basis="b",
+        known=known,
+    )  # fmt: skip
+    assert later.regrouped == 2 and sorted(asked[0].tolist()) == sorted([*one.tolist(), *other.tolist()])
+    assert not any(other[0] in g and other[1] in g for g in later.groups)
+    asked.clear()  # another basis (a refit, another threshold): every set again
+    assert (
+        copy_groups(neighbours, distances, THRESHOLD, histograms, ids=ids, keys=keys, basis="c", known=known).regrouped
+        == 4
+    )
 
 
 def night(groups, date, previous=None, next_group=1):
@@ -126,7 +175,7 @@ def test_group_numbers_hold_night_after_night_and_are_never_reused():
 def test_copies_csv_is_read_back_and_groups_across_records_are_told(tmp_path):
     first = night([[0, 1], [7, 14]], "2026-01-01")  # 100 and 101 in records 2 and 3; 107 and 114 both in 2
     path = tmp_path / "copies.csv"
-    first.rows.to_csv(path, index=False)
+    write_csv(path, first.rows)
     rows = read_copies(path)
     assert list(rows["group"]) == [1, 1, 2, 2] and list(spanning(rows)) == [1]
     (tmp_path / "bad.csv").write_text("group,id\n1,2\n")

@@ -9,6 +9,7 @@ from pipeline.histograms import (
     compute_histograms,
     load_assign,
     load_counts,
+    load_rows,
     save_histograms,
     word_histograms,
 )
@@ -47,6 +48,8 @@ def test_blocked_histograms_equal_the_whole(fitted, block_size, tmp_path):
     loaded_keys, loaded, n_local = load_counts(tmp_path / "h.h5")
     assert loaded_keys.tolist() == keys.tolist() and n_local == 6
     np.testing.assert_array_equal(loaded.toarray(), whole)
+    for rows in ([], [3], [0, 1, 2, 7, 29], list(range(0, 30, 2))):  # row by row, and one read of the whole
+        np.testing.assert_array_equal(load_rows(tmp_path / "h.h5", rows).toarray(), whole[rows].reshape(-1, 7))
 
 
 class CountingBlocks(ArrayBlocks):

@@ -23,7 +23,18 @@ from pipeline.demo import make_cms
 from pipeline.features import RANDOM_WEIGHTS_NOTE
 from pipeline.h5io import read_attrs
 from pipeline.output import read_similarities
-from tasks import Codebook, Copies, Evaluate, Features, Histograms, LoadSimilarities, Nightly, Reducer, Similarities
+from tasks import (
+    Codebook,
+    Copies,
+    Evaluate,
+    Features,
+    Histograms,
+    LoadCopies,
+    LoadSimilarities,
+    Nightly,
+    Reducer,
+    Similarities,
+)
 
 from .conftest import luigi_config, pipeline_config, png_declaring, write_config
 
@@ -486,6 +497,10 @@ def test_files_that_must_be_rejected_change_nothing_else(run, monkeypatch, small
         ({"neighbours__shards": "two"}, "[neighbours] shards='two' must be a whole number >= 1"),
         ({"neighbours__same_record": "most 2"}, "[neighbours] same_record='most 2' must be keep, exclude or at_most N"),
         ({"neighbours__same_record": "at_most -1"}, "[neighbours] same_record='at_most -1' must be keep, exclude or"),
+        ({"cms__copies_table": "copies"}, "[cms] copies_table needs [cms] url"),
+        ({"cms__copies_table": "copies", "cms__url": "sqlite:///cms.sqlite"}, "[cms] copies_table is set but [copies] threshold = off"),
+        ({"cms__copies_table": "image_similarity", "cms__url": "sqlite:///cms.sqlite", "copies__threshold": "0.1"},
+         "[cms] copies_table='image_similarity' is another table of the pipeline's"),
         # known once the collection is listed, still before any image is extracted
         ({"neighbours__k": "18"}, "[neighbours] k=18 must be between 1 and the number of images - 1 = 17; lower it"),
         ({"neighbours__k": "16", "neighbours__same_record": "exclude"}, "[neighbours] same_record=exclude leaves the "),
@@ -851,6 +866,7 @@ def test_copy_groups_keep_their_numbers_night_after_night(monkeypatch, small_col
     shutil.copytree(small_collection[0], content)
     rng = np.random.default_rng(1)
     nights = {}
+    cms_copies = {"cms__url": f"sqlite:///{tmp_path / 'cms.sqlite'}", "cms__copies_table": "copies"}
     for day, date in enumerate(["2026-03-01", "2026-03-02", "2026-03-03"]):
         if day == 2:
             change_collection(content, rng, date)
@@ -859,15 +875,32 @@ def test_copy_groups_keep_their_numbers_night_after_night(monkeypatch, small_col
                 assert luigi.build([Similarities(date=datetime.date.fromisoformat(date))], local_scheduler=True)
             distances = read_similarities(tmp_path / "artifacts" / "similarities.hdf5")["distances"]
             threshold = float(np.quantile(distances, 0.4))
-        with luigi_config(monkeypatch, pipeline_config(tmp_path, copies__threshold=threshold)):
-            assert luigi.build([Copies(date=datetime.date.fromisoformat(date))], local_scheduler=True, workers=1)
+        with luigi_config(monkeypatch, pipeline_config(tmp_path, copies__threshold=threshold, **cms_copies)):
+            assert luigi.build([LoadCopies(date=datetime.date.fromisoformat(date))], local_scheduler=True, workers=1)
         rows = read_copies(tmp_path / "artifacts" / "copies.csv")
         nights[date] = {"threshold": threshold, "rows": rows, "attrs": read_attrs(tmp_path / "artifacts" / "copies.h5")}
+        with sqlite3.connect(tmp_path / "cms.sqlite") as db:  # the CMS's table holds tonight's groups
+            loaded = db.execute("SELECT copy_group, image_id, first_seen, run_id FROM copies").fetchall()
+        assert sorted(loaded) == sorted(
+            (int(g), int(i), d, nights[date]["attrs"]["digest"])
+            for g, i, d in rows[["group", "image_id", "first_seen"]].values
+        )
     first, second, third = (nights[d]["rows"] for d in sorted(nights))
     assert first["group"].nunique() >= 2
     assert nights["2026-03-01"]["attrs"]["threshold_source"] == "[copies] threshold"
     pd.testing.assert_frame_equal(second, first)  # nothing changed: the same groups, numbers and dates
     assert nights["2026-03-02"]["attrs"]["new"] == 0
+    assert nights["2026-03-02"]["attrs"]["regrouped"] == 0 < nights["2026-03-02"]["attrs"]["sets"]  # all known
+    # the third night's groups, worked out only where the collection changed, are those of a night from scratch
+    os.remove(tmp_path / "artifacts" / "copies.h5")
+    with luigi_config(monkeypatch, pipeline_config(tmp_path, copies__threshold=threshold)):
+        assert luigi.build([Copies(date=datetime.date(2026, 3, 3))], local_scheduler=True, workers=1)
+    scratch = read_copies(tmp_path / "artifacts" / "copies.csv")
+    assert read_attrs(tmp_path / "artifacts" / "copies.h5")["regrouped"] == nights["2026-03-03"]["attrs"]["sets"]
+    assert {frozenset(r["image_id"]) for _, r in scratch.groupby("group")} == {
+        frozenset(r["image_id"]) for _, r in third.groupby("group")
+    }
+    assert nights["2026-03-03"]["attrs"]["regrouped"] < nights["2026-03-03"]["attrs"]["sets"]
     members = {g: frozenset(r["image_id"]) for g, r in first.groupby("group")}
     for g, r in third.groupby("group"):
         if frozenset(r["image_id"]) in members.values():  # a group that persisted keeps its number and dates
