@@ -49,7 +49,7 @@ from pipeline import cms, collection, histograms, output, store
 from pipeline.codebook import Codebook
 from pipeline.extraction import shard_of
 from pipeline.histograms import MAX_ASSIGN, compute_histograms
-from pipeline.neighbours import DEFAULT_METRIC, DEFAULT_POWER, DEFAULT_WEIGHTING, WeightedHistograms, counts_weights
+from pipeline.neighbours import DEFAULT_WEIGHTING, WeightedHistograms, counts_weights
 from pipeline.reduction import Reducer
 from pipeline.search import NightSearch
 from pipeline.store import FeatureStore
@@ -82,10 +82,9 @@ class Stages:
 
 
 def weigh(counts, ids, weights):
-    """The shipped distance's weighted histograms, with the frozen word weights."""
-    return WeightedHistograms(
-        counts, N_LOCAL, ids, DEFAULT_WEIGHTING, DEFAULT_METRIC, weights=weights, power=DEFAULT_POWER
-    )
+    """The shipped distance's weighted histograms, with the frozen word weights (the synthetic
+    collection has no codebook to keep them)."""
+    return WeightedHistograms(counts, N_LOCAL, ids, weights=weights)
 
 
 def verdict_rows(rng, ids, n, day, first_neighbours=None):

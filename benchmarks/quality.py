@@ -32,7 +32,7 @@ from pipeline.codebook import check_size, fit_codebook
 from pipeline.features import extract
 from pipeline.histograms import MAX_ASSIGN, compute_histograms
 from pipeline.images import COLOURS, MAX_PIXELS
-from pipeline.neighbours import METRICS, WEIGHTINGS, WeightedHistograms, query_neighbours, sparse_neighbours
+from pipeline.neighbours import METRICS, WEIGHTINGS, Distance, WeightedHistograms, query_neighbours, sparse_neighbours
 from pipeline.precision import PRECISIONS, choose_precision
 from pipeline.query import word_counts
 from pipeline.reduction import DESCRIPTOR_NORMS, REDUCED_NORMS, Reducer
@@ -229,6 +229,16 @@ def stop_words(counts, weights, share):
     return weights
 
 
+class Stopped:
+    """A codebook whose word weights :func:`stop_words` cuts by ``share`` (none for 0)."""
+
+    def __init__(self, codebook, counts, share):
+        self.codebook, self.counts, self.share = codebook, counts, share
+
+    def word_weights(self, weighting, assign):
+        return stop_words(self.counts, self.codebook.word_weights(weighting, assign), self.share)
+
+
 class Scorer:
     """Scores configurations on one collection, fitting each reducer and codebook once."""
 
@@ -260,11 +270,9 @@ class Scorer:
         key = (*key, config["assign"])
         if key not in self.counts:
             self.counts[key] = compute_histograms(blocks, self.c.keys, reducer, codebook, config["assign"])[0]
-        weights = codebook.word_weights(config["weighting"], config["assign"])
-        data = WeightedHistograms(
-            self.counts[key], blocks.n_local() * config["assign"], self.c.ids, config["weighting"], config["metric"],
-            power=config["power"], weights=stop_words(self.counts[key], weights, config.get("stop", 0.0)),
-            records=self.c.records,
+        data = WeightedHistograms.from_codebook(
+            self.counts[key], blocks.n_local(), self.c.ids, Stopped(codebook, self.counts[key], config.get("stop", 0.0)),
+            config["assign"], Distance(config["weighting"], config["metric"], config["power"]), records=self.c.records,
         )  # fmt: skip
         return data, reducer, codebook
 

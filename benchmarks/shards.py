@@ -24,7 +24,7 @@ import numpy as np
 
 from pipeline import extraction, histograms, output
 from pipeline.codebook import Codebook
-from pipeline.neighbours import DEFAULT_METRIC, DEFAULT_WEIGHTING, WeightedHistograms
+from pipeline.neighbours import WeightedHistograms
 from pipeline.reduction import Reducer
 from pipeline.search import NightSearch
 
@@ -103,10 +103,8 @@ def weighted(folder, path):
     """The weighted histograms of ``path``, read once per worker process (their inverted file with them)."""
     if path not in _SEARCH:
         _, counts, n_local = histograms.load_counts(path)
-        weights = Codebook.load(os.path.join(folder, "codebook.h5")).word_weights(DEFAULT_WEIGHTING, 1)
-        _SEARCH[path] = WeightedHistograms(
-            counts, n_local, np.arange(counts.shape[0]), DEFAULT_WEIGHTING, DEFAULT_METRIC, weights=weights, power=0.5
-        )
+        codebook = Codebook.load(os.path.join(folder, "codebook.h5"))
+        _SEARCH[path] = WeightedHistograms.from_codebook(counts, n_local, np.arange(counts.shape[0]), codebook)
     return _SEARCH[path]
 
 

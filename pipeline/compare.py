@@ -8,7 +8,7 @@ from . import evaluation
 from .blocks import sample_images
 from .codebook import DEFAULT_SAMPLE_SIZE, check_size, fit_codebook
 from .histograms import DEFAULT_ASSIGN, compute_histograms
-from .neighbours import DEFAULT_POWER, WeightedHistograms, query_neighbours, sparse_neighbours
+from .neighbours import DEFAULT_POWER, Distance, WeightedHistograms, query_neighbours, sparse_neighbours
 from .query import word_counts
 from .reduction import DEFAULT_DESCRIPTORS, DEFAULT_REDUCED, DEFAULT_SAMPLE_IMAGES, DEFAULT_VARIANCE, Reducer
 from .verdicts import verdict_scores
@@ -106,9 +106,9 @@ def compare_layer(
                     for weighting in weightings:
                         for power in powers:
                             for metric in metrics:
-                                data = WeightedHistograms(
-                                    counts, blocks.n_local() * assign, index.ids, weighting, metric, power=power,
-                                    weights=codebook.word_weights(weighting, assign),
+                                data = WeightedHistograms.from_codebook(
+                                    counts, blocks.n_local(), index.ids, codebook, assign,
+                                    Distance(weighting, metric, power),
                                 )  # fmt: skip
                                 nearest, _ = sparse_neighbours(data, k=k)
                                 row = {

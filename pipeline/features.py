@@ -13,7 +13,7 @@ import numpy as np
 
 from .decoders import DecoderPool
 from .errors import ConfigError, ImageError, WeightsError
-from .images import COLOURS, DECODE_TIMEOUT, INPUT_SIZE, MAX_PIXELS
+from .images import COLOURS, DECODE_TIMEOUT, DEFAULT_COLOUR, DEFAULT_TRIM, INPUT_SIZE, MAX_PIXELS
 from .precision import POLICIES
 
 logger = logging.getLogger(__name__)
@@ -244,8 +244,8 @@ class DescriptorExtractor:
         decode_timeout=DECODE_TIMEOUT,
         max_pixels=MAX_PIXELS,
         decode=None,
-        colour="rgb",
-        trim=False,
+        colour=DEFAULT_COLOUR,
+        trim=DEFAULT_TRIM,
     ):
         self.model = model
         self.batch_size = batch_size

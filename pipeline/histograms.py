@@ -196,14 +196,12 @@ def load_rows(path, rows):
     )
 
 
-def load_words(path, rows=None):
-    """(counts csr_matrix of shape (n_images, K), words per image): the counts (of the images at
-    positions ``rows`` only, when given) and each row's sum, descriptors per image times the
-    words each counts for, as the distances need them."""
+def load_counts_of(path, rows=None):
+    """(counts csr_matrix of shape (n_images, K) int32, descriptors per image): the counts of
+    histograms file ``path``, of the images at positions ``rows`` only when given."""
     if rows is None:
         _, counts, n_local = load_counts(path)
-    else:
-        counts = load_rows(path, rows)
-        with h5py.File(path, "r") as f:
-            n_local = int(f.attrs["n_local"])
-    return counts, n_local * load_assign(path)
+        return counts, n_local
+    counts = load_rows(path, rows)
+    with h5py.File(path, "r") as f:
+        return counts, int(f.attrs["n_local"])

@@ -37,6 +37,8 @@ DECODE_TIMEOUT = 120.0
 #: Values of ``[images] colour``: the model sees every image in grey (its luma in the three
 #: channels), or in its own colours.
 COLOURS = ("grey", "rgb")
+#: The shipped ``[images] colour`` and ``trim`` (docs/quality.md says why).
+DEFAULT_COLOUR, DEFAULT_TRIM = "grey", True
 #: A margin row or column of :func:`trim_box` differs from the margin's colour by more than this
 #: (of 255) in at most this share of its pixels.
 TRIM_TOLERANCE, TRIM_SHARE = 24, 0.02
@@ -134,12 +136,12 @@ def trim_box(image):
     )
 
 
-def reduced_side(size=INPUT_SIZE, trim=False):
+def reduced_side(size=INPUT_SIZE, trim=DEFAULT_TRIM):
     """The shorter side, in pixels, that a file's reduced copy has at least (when the file has it)."""
     return math.ceil(size * TRIM_SPARE) if trim else size
 
 
-def decode_image(path, size=INPUT_SIZE, max_pixels=MAX_PIXELS, colour="rgb", trim=False):
+def decode_image(path, size=INPUT_SIZE, max_pixels=MAX_PIXELS, colour=DEFAULT_COLOUR, trim=DEFAULT_TRIM):
     """Decode an image file into the model's input, and say how.
 
     The first frame is taken (multi-page TIFF, animated GIF), the EXIF orientation is applied
@@ -179,7 +181,7 @@ def decode_image(path, size=INPUT_SIZE, max_pixels=MAX_PIXELS, colour="rgb", tri
         raise ImageError(reason_of(exc, path)) from None
 
 
-def load_image(path, size=INPUT_SIZE, max_pixels=MAX_PIXELS, colour="rgb", trim=False):
+def load_image(path, size=INPUT_SIZE, max_pixels=MAX_PIXELS, colour=DEFAULT_COLOUR, trim=DEFAULT_TRIM):
     """The model's input decoded from an image file (:func:`decode_image`'s pixels).
 
     Returns

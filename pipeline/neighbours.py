@@ -12,6 +12,7 @@ which are common, are broken the same way by both, and their results are identic
 """
 
 import copy
+import dataclasses
 import logging
 import math
 
@@ -36,6 +37,25 @@ IDF_SCALE = 256
 POWER_SCALE = 64
 #: The shipped ``[neighbours] power`` (docs/quality.md says why).
 DEFAULT_POWER = 0.5
+
+
+@dataclasses.dataclass(frozen=True)
+class Distance:
+    """How word counts are weighted and compared (``[neighbours] weighting``, ``metric`` and
+    ``power``); the shipped ones by default."""
+
+    weighting: str = DEFAULT_WEIGHTING
+    metric: str = DEFAULT_METRIC
+    power: float = DEFAULT_POWER
+
+    def __str__(self):
+        return f"{self.weighting}/{self.metric}, power {self.power:g}"
+
+    @classmethod
+    def recorded(cls, attrs):
+        """The distance a similarities file's attributes record (raw Euclidean counts for a file
+        from before these settings were recorded)."""
+        return cls(attrs.get("weighting", "raw"), attrs.get("metric", "euclidean"), float(attrs.get("power", 1.0)))
 
 
 def power_table(mass, power):
@@ -110,17 +130,16 @@ class WeightedHistograms:
     ids : ndarray of shape (n_images,)
         Database IDs, for the tie rule.
     weighting : {"raw", "tfidf"}
-        Word weights, see :func:`word_weights`.
+        Word weights, see :func:`word_weights` (the shipped DEFAULT_WEIGHTING by default).
     metric : {"euclidean", "cosine"}
         Euclidean distance of the weighted histograms ((counts / n_local) ** power times the
-        weights), or one minus their cosine similarity.
+        weights), or one minus their cosine similarity (the shipped DEFAULT_METRIC by default).
     weights : ndarray of shape (K,), optional
-        The word weights (a run's: :meth:`pipeline.codebook.Codebook.word_weights`, frozen with
-        the codebook); by default those of ``weighting`` over the images of ``counts``
-        (:func:`counts_weights`).
+        The word weights; by default those of ``weighting`` over the images of ``counts``
+        (:func:`counts_weights`). A run's are frozen with its codebook: :meth:`from_codebook`.
     power : float in (0, 1]
         Power the counts are raised to (:func:`power_table`); 1 keeps them (the shipped
-        ``[neighbours] power`` is DEFAULT_POWER).
+        DEFAULT_POWER by default).
     records : array-like of shape (n_images,), optional
         Each image's record (the PPN, or another catalogue key), for searches that limit the
         neighbours from an image's own record; by default each image is a record of its own.
@@ -136,8 +155,9 @@ class WeightedHistograms:
     """
 
     def __init__(
-        self, counts, n_local, ids, weighting="raw", metric="euclidean", weights=None, power=1.0, records=None
-    ):
+        self, counts, n_local, ids, weighting=DEFAULT_WEIGHTING, metric=DEFAULT_METRIC, weights=None,
+        power=DEFAULT_POWER, records=None,
+    ):  # fmt: skip
         if metric not in METRICS:
             raise ConfigError(f"[neighbours] metric={metric!r} must be one of {', '.join(METRICS)}")
         counts = sp.csr_matrix(counts, dtype=np.int64)
@@ -160,6 +180,22 @@ class WeightedHistograms:
             if len(self.records) != n:
                 raise ValueError(f"{len(self.records)} records for {n} images")
         self._inverted_files = {}
+
+    @classmethod
+    def from_codebook(cls, counts, n_local, ids, codebook, assign=1, distance=Distance(), records=None):
+        """The histograms of a run: ``counts`` made with ``codebook`` and ``assign`` (``n_local``
+        descriptors per image), weighted and compared by ``distance`` with the word weights frozen
+        with the codebook. Every stage, command and benchmark that compares a run's histograms
+        makes them here."""
+        return cls(
+            counts, n_local * assign, ids, distance.weighting, distance.metric, power=distance.power,
+            weights=codebook.word_weights(distance.weighting, assign), records=records,
+        )  # fmt: skip
+
+    @property
+    def distance(self):
+        """The :class:`Distance` these histograms are compared by."""
+        return Distance(self.weighting, self.metric, self.power)
 
     def __len__(self):
         return self.vectors.shape[0]

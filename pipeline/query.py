@@ -11,7 +11,7 @@ from . import histograms, store
 from .codebook import Codebook
 from .errors import ArtifactError
 from .h5io import read_attrs
-from .neighbours import WeightedHistograms, query_neighbours
+from .neighbours import Distance, WeightedHistograms, query_neighbours
 from .output import honoured_verdicts
 from .reduction import Reducer
 from .verdicts import Judgements
@@ -34,13 +34,10 @@ def run_counts(histograms_path, codebook, ids, similarity_attrs, rows=None):
     counts : csr_matrix of shape (n_images, K)
     data : pipeline.neighbours.WeightedHistograms
     """
-    counts, n_words = histograms.load_words(histograms_path, rows)
-    a = similarity_attrs
-    weighting = a.get("weighting", "raw")
-    data = WeightedHistograms(
-        counts, n_words, ids, weighting, a.get("metric", "euclidean"), power=float(a.get("power", 1.0)),
-        weights=codebook.word_weights(weighting, histograms.load_assign(histograms_path)),
-    )  # fmt: skip
+    counts, n_local = histograms.load_counts_of(histograms_path, rows)
+    data = WeightedHistograms.from_codebook(
+        counts, n_local, ids, codebook, histograms.load_assign(histograms_path), Distance.recorded(similarity_attrs)
+    )
     return counts, data
 
 

@@ -50,13 +50,14 @@ class Reducer:
     variance : float in (0, 1]
         Fraction of the variance of the standardised descriptors that the kept components explain.
     descriptors : {"raw", "l2", "root"}
-        Normalisation of each local descriptor before the scaler (DESCRIPTOR_NORMS); the
-        shipped ``[reduction] descriptors`` is DEFAULT_DESCRIPTORS.
+        Normalisation of each local descriptor before the scaler (DESCRIPTOR_NORMS); by
+        default the shipped ``[reduction] descriptors``, DEFAULT_DESCRIPTORS.
     reduced : {"raw", "l2"}
-        Normalisation of each projected descriptor (REDUCED_NORMS); shipped: DEFAULT_REDUCED.
+        Normalisation of each projected descriptor (REDUCED_NORMS); by default the shipped
+        DEFAULT_REDUCED.
     """
 
-    def __init__(self, variance=DEFAULT_VARIANCE, descriptors="raw", reduced="raw"):
+    def __init__(self, variance=DEFAULT_VARIANCE, descriptors=DEFAULT_DESCRIPTORS, reduced=DEFAULT_REDUCED):
         self.variance = variance
         self.descriptors = descriptors
         self.reduced = reduced

@@ -83,15 +83,31 @@ def _duration(seconds):
     return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
 
 
+def today():
+    """The local date now."""
+    return datetime.date.today()
+
+
+class RunDate(luigi.DateParameter):
+    """A run's date: by default the day the run's task is made (a worker kept alive past
+    midnight starts the next night's run with the next date), not the day the module was imported."""
+
+    @property
+    def _default(self):
+        return today()
+
+    @_default.setter
+    def _default(self, value):  # luigi.Parameter.__init__ sets the static default; the date is told when asked
+        pass
+
+
 class RunTask(luigi.Task):
     """A task of one run: the run's date, whether it refits the reducer and codebook, and whether
     it finds every image's neighbours again.
 
     Making one holds the artifacts folder for the run of its date (:func:`hold_artifacts`)."""
 
-    date = luigi.DateParameter(
-        default=datetime.date.today(), description="The run's date: one run per date (default today)."
-    )
+    date = RunDate(description="The run's date: one run per date (default today, told when the run starts).")
     refit = luigi.BoolParameter(
         default=False, significant=False, description="Refit the reducer and the codebook in this run."
     )

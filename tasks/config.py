@@ -14,8 +14,16 @@ from pipeline.codebook import DEFAULT_SAMPLE_SIZE
 from pipeline.errors import ConfigError
 from pipeline.features import DEFAULT_LAYER, layer_side, unknown_layer_message
 from pipeline.histograms import DEFAULT_ASSIGN, MAX_ASSIGN
-from pipeline.images import COLOURS, DECODE_TIMEOUT, MAX_PIXELS
-from pipeline.neighbours import DEFAULT_METRIC, DEFAULT_POWER, DEFAULT_WEIGHTING, METHODS, METRICS, WEIGHTINGS
+from pipeline.images import COLOURS, DECODE_TIMEOUT, DEFAULT_COLOUR, DEFAULT_TRIM, MAX_PIXELS
+from pipeline.neighbours import (
+    DEFAULT_METRIC,
+    DEFAULT_POWER,
+    DEFAULT_WEIGHTING,
+    METHODS,
+    METRICS,
+    WEIGHTINGS,
+    Distance,
+)
 from pipeline.precision import PRECISIONS, choose_precision
 from pipeline.records import SameRecord
 from pipeline.reduction import (
@@ -297,12 +305,12 @@ class features(luigi.Config):
 class images(luigi.Config):
     colour = Choice(
         COLOURS,
-        default="grey",
+        default=DEFAULT_COLOUR,
         description="What the model sees of each image: grey (its luma in all three channels, so a colour "
         "scan and a greyscale copy of the same print look alike) or rgb (its own colours).",
     )
     trim = Flag(
-        default=True,
+        default=DEFAULT_TRIM,
         description="Cut off the uniform margin around the picture (a scanned page's paper) before the "
         "model sees it, so that a tight crop and a scan with a wide margin look alike.",
     )
@@ -501,6 +509,11 @@ def _precision(setting):
     precision, reason = choose_precision(setting)
     logging.getLogger("luigi-interface").info("[resnet] precision: %s (%s)", precision, reason)
     return precision, reason
+
+
+def distance():
+    """The :class:`~pipeline.neighbours.Distance` of ``[neighbours] weighting``, ``metric`` and ``power``."""
+    return Distance(neighbours().weighting, neighbours().metric, neighbours().power)
 
 
 def precision():

@@ -89,12 +89,9 @@ def night_search(task):
         keys, counts, n_local = histograms.load_counts(histograms_path)
         records = task.records(index)
         keys = task.list_keys(keys, records, index)
-        assign = histograms.load_assign(histograms_path)
-        weighting = config.neighbours().weighting
-        data = WeightedHistograms(
-            counts, n_local * assign, index.ids, weighting, config.neighbours().metric,
-            power=config.neighbours().power,
-            weights=CodebookModel.load(task.input()["codebook"].path).word_weights(weighting, assign), records=records,
+        data = WeightedHistograms.from_codebook(
+            counts, n_local, index.ids, CodebookModel.load(task.input()["codebook"].path),
+            histograms.load_assign(histograms_path), config.distance(), records=records,
         )  # fmt: skip
         del counts  # the search reads the weighted copy
         earlier = task.earlier(index.ids, keys)

@@ -40,7 +40,9 @@ def collection(seed, groups=(3, 4, 2, 5), distractors=40):
 
 
 def searched(draws, k=5):
-    data = WeightedHistograms(word_histograms(draws, WORDS), N_LOCAL, np.arange(len(draws)), "raw", "euclidean")
+    data = WeightedHistograms(
+        word_histograms(draws, WORDS), N_LOCAL, np.arange(len(draws)), "raw", "euclidean", power=1.0
+    )
     neighbours, distances = nearest_neighbours(data, k)
     return data, neighbours, distances
 

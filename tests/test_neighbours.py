@@ -8,6 +8,7 @@ from pipeline.histograms import word_histograms
 from pipeline.neighbours import (
     IDF_SCALE,
     POWER_SCALE,
+    Distance,
     WeightedHistograms,
     balltree_neighbours,
     counts_weights,
@@ -98,7 +99,7 @@ def test_tfidf_weights_are_the_smoothed_idf_in_fixed_point():
 def test_similarity_is_100_for_the_same_histogram_and_0_at_the_largest_distance(weighting, metric):
     # images 0 and 1 put all their descriptors on one word each: as far apart as two can be
     counts = word_histograms(np.array([[0, 0], [1, 1], [0, 1], [2, 2]]), 3)
-    data = WeightedHistograms(counts, 2, np.arange(4), weighting, metric)
+    data = WeightedHistograms(counts, 2, np.arange(4), weighting, metric, power=1.0)
     neighbours, distances = sparse_neighbours(data, k=3)
     farthest = data.similarity(distances[:, -1])
     assert data.similarity(np.zeros(1))[0] == 100
@@ -114,10 +115,10 @@ def test_images_outside_the_collection_get_the_neighbours_they_would_have_in_it(
     counts = random_counts(7, n=80, words=30, n_local=9, zipf=0.8)
     ids = np.random.default_rng(7).permutation(80)
     expected, expected_d = brute_force(counts, ids, 4, weighting, metric)
-    full = WeightedHistograms(counts, 9, ids, weighting, metric)
+    full = WeightedHistograms(counts, 9, ids, weighting, metric, power=1.0)
     outside = np.arange(70, 80)
     # the collection without the last 10 images, with the word weights of the whole
-    inside = WeightedHistograms(counts[:70], 9, ids[:70], weighting, metric, weights=full.weights)
+    inside = WeightedHistograms(counts[:70], 9, ids[:70], weighting, metric, weights=full.weights, power=1.0)
     got, got_d = query_neighbours(inside, counts[outside], k=4, chunk_size=3)
     for row, image in enumerate(outside):
         kept = [j for j in expected[image] if j < 70]
@@ -134,7 +135,7 @@ def test_sparse_equals_balltree_on_zipf_words(seed, weighting, metric):
     # word frequencies falling off as 1/rank, as on a real codebook; 49 descriptors per image
     counts = random_counts(seed, n=400, words=300, n_local=49, zipf=1.0)
     ids = np.random.default_rng(seed).permutation(400) * 7
-    data = WeightedHistograms(counts, 49, ids, weighting, metric)
+    data = WeightedHistograms(counts, 49, ids, weighting, metric, power=1.0)
     tree, tree_d = balltree_neighbours(data, k=5)
     for dense_share in (0.0, 0.03, 1.0):
         fast, fast_d = sparse_neighbours(data, k=5, dense_share=dense_share)
@@ -167,7 +168,7 @@ def test_sparse_finds_images_that_share_no_word(dense_share, weighting, metric):
     ids = np.array([5, 3, 4, 1, 2])
     expected, _ = brute_force(counts, ids, 3, weighting, metric)
     for block in (2, 1 << 15):
-        data = WeightedHistograms(counts, 2, ids, weighting, metric)
+        data = WeightedHistograms(counts, 2, ids, weighting, metric, power=1.0)
         got = sparse_neighbours(data, k=3, block=block, dense_share=dense_share)[0]
         np.testing.assert_array_equal(got, expected)
 
@@ -196,7 +197,7 @@ def test_power_takes_the_counts_to_the_power_in_fixed_point():
             power_table(4, bad)
     # the Euclidean distance stays that of (counts / n_local) ** power
     counts = word_histograms(np.array([[0, 0, 0, 1], [1, 1, 1, 1]]), 2)
-    _, d = sparse_neighbours(WeightedHistograms(counts, 4, np.arange(2), power=0.5), k=1)
+    _, d = sparse_neighbours(WeightedHistograms(counts, 4, np.arange(2), "raw", "euclidean", power=0.5), k=1)
     expected = np.hypot(np.sqrt(3 / 4) - 0, np.sqrt(1 / 4) - 1)
     assert d[0, 0] == pytest.approx(expected, rel=1e-2)
 
@@ -260,7 +261,7 @@ def test_chunk_size_does_not_change_the_neighbours(method):
 def test_identical_histograms_are_at_distance_zero_never_below(method):
     # |a|^2 = 3: sqrt(3) * sqrt(3) rounds below 3, so 1 - a.a / (|a| |a|) comes out as -2.2e-16
     counts = word_histograms(np.array([[0, 1, 2], [0, 1, 2], [3, 3, 3], [0, 3, 3]]), 4)
-    data = WeightedHistograms(counts, 3, np.arange(4), "raw", "cosine")
+    data = WeightedHistograms(counts, 3, np.arange(4), "raw", "cosine", power=1.0)
     _, distances = method(data, k=2)
     assert distances[0, 0] == 0 and not np.signbit(distances).any()
     _, outside = query_neighbours(data, counts[:1], k=1)
@@ -296,7 +297,9 @@ def test_incremental_neighbours_equal_a_full_search_night_after_night(
     rng = np.random.default_rng(words + k)
     ids = rng.permutation(1000)[:70]
     rows = [random_counts(i, n=1, words=words, n_local=n_local, zipf=zipf) for i in range(70)]
-    weights = WeightedHistograms(sp.vstack(rows), n_local, ids, weighting, metric).weights  # frozen from night 0
+    weights = WeightedHistograms(
+        sp.vstack(rows), n_local, ids, weighting, metric, power=1.0
+    ).weights  # frozen from night 0
 
     def histograms(ids, rows):
         return WeightedHistograms(sp.vstack(rows), n_local, ids, weighting, metric, weights=weights, power=power)
@@ -341,3 +344,17 @@ def test_blocks_of_rows_searched_apart_give_the_whole_search(method):
     parts = [nearest_neighbours(data, k=4, method=method, rows=rows) for rows in thirds(90)]
     for i in range(2):
         np.testing.assert_array_equal(np.concatenate([part[i] for part in parts]), whole[i])
+
+
+def test_the_library_defaults_are_the_shipped_settings():
+    import inspect
+
+    from tasks import config
+
+    shipped = config.neighbours()
+    assert Distance() == Distance(shipped.weighting, shipped.metric, shipped.power) == config.distance()
+    defaults = {k: p.default for k, p in inspect.signature(WeightedHistograms).parameters.items()}
+    assert Distance(defaults["weighting"], defaults["metric"], defaults["power"]) == Distance()
+    counts = random_counts(2, n=30, words=9, n_local=6)
+    made = WeightedHistograms(counts, 6, np.arange(30))
+    assert made.distance == Distance() and str(made.distance) == f"{shipped.weighting}/{shipped.metric}, power 0.5"

@@ -31,7 +31,7 @@ def collection():
 @pytest.mark.parametrize("weighting, metric", [("raw", "euclidean"), ("tfidf", "cosine")])
 def test_an_image_of_the_collection_finds_itself_then_its_run_neighbours(collection, weighting, metric):
     raw, index, counts, reducer, codebook = collection
-    data = WeightedHistograms(counts, 12, index.ids, weighting, metric)
+    data = WeightedHistograms(counts, 12, index.ids, weighting, metric, power=1.0)
     query = SimilarityIndex(index, data, reducer, codebook, None)
     found, distances = query.query(raw[[4, 7]], k=6)
     np.testing.assert_array_equal(found[:, 0], [4, 7])  # the same histogram as in the collection
@@ -68,7 +68,7 @@ def test_a_judged_neighbour_of_a_collection_image_is_marked(collection, tmp_path
     from pipeline.verdicts import Judgements
 
     raw, index, counts, reducer, codebook = collection
-    data = WeightedHistograms(counts, 12, index.ids, "tfidf", "cosine")
+    data = WeightedHistograms(counts, 12, index.ids, "tfidf", "cosine", power=1.0)
     found, distances = SimilarityIndex(index, data, reducer, codebook, None).query(raw[[4]], k=4)
     first, second = found[0, 1], found[0, 2]
     judgements = Judgements(30, np.array([4, second]), np.array([first, 4]), np.array([False, True]))

@@ -19,7 +19,7 @@ def test_matches_standard_scaler_plus_pca(variance):
     x = correlated()
     reference = PCA(n_components=variance if variance < 1 else None, svd_solver="full")
     expected = reference.fit_transform(StandardScaler().fit_transform(x))
-    reducer = Reducer(variance).fit(x)
+    reducer = Reducer(variance, "raw", "raw").fit(x)  # the method itself, without the shipped normalisations
     assert reducer.n_components_ == (reference.n_components_ if variance < 1 else x.shape[1])
     got = reducer.transform(x)
     k = min(reducer.n_components_, reference.n_components_)
@@ -98,7 +98,7 @@ def test_descriptor_normalisation_comes_before_the_scaler(norm):
         normalised = np.sqrt(x / np.maximum(x.sum(axis=1, keepdims=True), 1e-300))
     reference = PCA(n_components=0.9, svd_solver="full").fit(StandardScaler().fit(normalised).transform(normalised))
     expected = reference.transform(StandardScaler().fit(normalised).transform(normalised))
-    reducer = Reducer(0.9, descriptors=norm).fit(np.array_split(x, 3))
+    reducer = Reducer(0.9, descriptors=norm, reduced="raw").fit(np.array_split(x, 3))
     assert reducer.n_components_ == reference.n_components_
     np.testing.assert_allclose(reducer.transform(x), expected, atol=1e-4 * np.abs(expected).max())
 
@@ -120,7 +120,7 @@ def test_unknown_normalisation_names_the_setting():
 
 def test_another_reduced_normalisation_keeps_the_fit():
     x = correlated(seed=5)
-    fitted = Reducer(0.9).fit(x)
+    fitted = Reducer(0.9, reduced="raw").fit(x)
     unit = fitted.with_reduced("l2")
     raw = fitted.transform(x)
     np.testing.assert_allclose(unit.transform(x), raw / np.linalg.norm(raw, axis=1, keepdims=True), rtol=1e-5)

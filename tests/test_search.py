@@ -88,7 +88,9 @@ def test_lists_under_verdicts_equal_a_brute_force_night_after_night(
     ids = rng.permutation(1000)[:60]
     rows = [random_counts(i, n=1, words=words, n_local=n_local, zipf=zipf) for i in range(60)]
     versions = dict.fromkeys(ids.tolist(), 0)
-    weights = WeightedHistograms(sp.vstack(rows), n_local, ids, weighting, metric).weights  # frozen from night 0
+    weights = WeightedHistograms(
+        sp.vstack(rows), n_local, ids, weighting, metric, power=1.0
+    ).weights  # frozen from night 0
     pairs, lists, earlier_path = {}, {}, None
     # added, changed, removed images; then wrong, right, flipped and withdrawn verdicts
     nights = [(0, 0, 0, 6, 3, 0, 0), (0, 0, 0, 0, 0, 0, 0), (5, 3, 4, 4, 2, 1, 1), (0, 0, 0, 3, 0, 2, 0),
@@ -164,7 +166,7 @@ def test_a_new_verdict_searches_only_the_two_images_it_judges(tmp_path):
 def test_more_images_judged_right_than_k_keep_the_nearest_k():
     counts = random_counts(4, n=30, words=6, n_local=5)
     ids = np.arange(30)
-    data = WeightedHistograms(counts, 5, ids, "raw", "euclidean")
+    data = WeightedHistograms(counts, 5, ids, "raw", "euclidean", power=1.0)
     pairs = {(0, j): True for j in range(1, 8)}
     found = NightSearch(data, 3, as_verdicts(pairs).judgements(ids), None, "--full").lists()
     expected, _ = brute_force_lists(counts, ids, 3, pairs, "raw", "euclidean", 1.0, data.weights)

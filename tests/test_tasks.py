@@ -951,3 +951,16 @@ def test_incremental_neighbours_and_loads_equal_a_full_run_date_after_date(
             np.testing.assert_array_equal(a[key], b[key], err_msg=f"{date} {key}")
         if day:
             assert 0 < attrs["queried"] < len(a["ids"])
+
+
+def test_the_run_date_is_told_when_the_run_starts_not_at_import(monkeypatch, tmp_path):
+    import tasks.base
+
+    now = {"day": datetime.date(2026, 3, 1)}
+    monkeypatch.setattr(tasks.base, "today", lambda: now["day"])
+    with luigi_config(monkeypatch, pipeline_config(tmp_path)):
+        before = Nightly()
+        now["day"] = datetime.date(2026, 3, 2)  # one process, past midnight: the next run has the next date
+        after = Nightly()
+        assert (before.date, after.date) == (datetime.date(2026, 3, 1), datetime.date(2026, 3, 2))
+        assert Nightly(date=datetime.date(2026, 1, 5)).date == datetime.date(2026, 1, 5)
