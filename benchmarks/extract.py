@@ -27,9 +27,10 @@ import numpy as np
 from pipeline.collection import scan_content
 from pipeline.decoders import default_processes
 from pipeline.extraction import extract_to_store
-from pipeline.features import DescriptorExtractor, build_model, extract
+from pipeline.features import DescriptorExtractor, extract
 from pipeline.images import load_image
 from pipeline.int8 import TRUNK_FILE, OpenVinoTrunk, calibrate, convert, load_trunk
+from pipeline.model import build_model
 from pipeline.precision import PRECISIONS, choose_precision
 from pipeline.store import FeatureStore, quantize
 

@@ -59,7 +59,7 @@ from pipeline.verdicts import check_verdicts
 from .cms import URLS
 from .common import StagePeak, Timer, peak_rss_mb, report
 from .neighbours import synthetic_counts
-from .scale import SyntheticBlocks
+from .synthetic import SyntheticBlocks
 
 K, N_LOCAL = 5, 49
 
@@ -108,7 +108,7 @@ def first_run(stages, ids, keys, words, engine, database, table, marker, folder,
     """The first run: every image searched, ``first.hdf5`` and ``first-histograms.h5`` written
     under ``folder``, every row loaded. Returns the full search's seconds, the word weights and
     the verdict rows it honoured."""
-    counts = synthetic_counts(len(ids), words, seed=0).vectors.astype(np.int32)
+    counts = synthetic_counts(len(ids), words, seed=0).astype(np.int32)
     weights = counts_weights(counts, DEFAULT_WEIGHTING)  # frozen from the collection, as a codebook keeps them
     ppn, filename = np.array([f"{i // 10}" for i in ids]), np.array([f"{i:08d}.jpg" for i in ids])
     data, _ = stages.run("first: weighting", lambda: weigh(counts, ids, weights))

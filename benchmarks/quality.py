@@ -32,6 +32,7 @@ from pipeline.codebook import check_size, fit_codebook
 from pipeline.features import extract
 from pipeline.histograms import MAX_ASSIGN, compute_histograms
 from pipeline.images import COLOURS, MAX_PIXELS
+from pipeline.model import build_model, weights_identity
 from pipeline.neighbours import METRICS, WEIGHTINGS, Distance, WeightedHistograms, query_neighbours, sparse_neighbours
 from pipeline.precision import PRECISIONS, choose_precision
 from pipeline.query import word_counts
@@ -129,7 +130,7 @@ class Collection:
         prepared = f"{colour}-{'trim' if trim else 'whole'}"
         return os.path.join(
             self.folder,
-            f"{layer}-{prepared}-{features.weights_identity(weights)}-{seed}-{precision}-{summary}-f{store.FORMAT}.npz",
+            f"{layer}-{prepared}-{weights_identity(weights)}-{seed}-{precision}-{summary}-f{store.FORMAT}.npz",
         )
 
     def extract(self, made, weights, seed, precision, batch_size):
@@ -157,7 +158,7 @@ class Collection:
         from tasks.config import resnet
 
         n = resnet().calibration_images
-        name = f"int8-{'+'.join(layers)}-{colour}-{'trim' if trim else 'whole'}-{features.weights_identity(weights)}-{seed}"
+        name = f"int8-{'+'.join(layers)}-{colour}-{'trim' if trim else 'whole'}-{weights_identity(weights)}-{seed}"
         return self.paths, os.path.join(self.folder, f"{name}-{n}.xml"), n
 
     def blocks(self, made):
@@ -182,10 +183,10 @@ def model_of(layers, colour, trim, weights, seed, precision, calibration):
     collection, ``calibration`` = (its image paths, the trunk's file, images sampled): calibrated
     once, so that the collection and its altered copies go through the same trunk."""
     if precision != "int8":
-        return features.build_model(weights=weights, layer=tuple(layers), seed=seed, precision=precision)
+        return build_model(weights=weights, layer=tuple(layers), seed=seed, precision=precision)
     paths, trunk, n_images = calibration
     if not os.path.exists(trunk):
-        model = features.build_model(weights=weights, layer=tuple(layers), seed=seed)
+        model = build_model(weights=weights, layer=tuple(layers), seed=seed)
         int8.calibrate_on_sample(model, paths, n_images, trunk, MAX_PIXELS, colour, trim)
     return int8.load_trunk(trunk)
 

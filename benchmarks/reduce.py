@@ -28,7 +28,7 @@ def run(images=300, channels=2048, variance=0.97):
     descriptors = synthetic_descriptors(images, channels)
     flat = descriptors.reshape(-1, channels).astype(np.float32)
     with Timer() as streamed_t:
-        streamed = Reducer(variance).fit(ArrayBlocks(descriptors))
+        streamed = Reducer(variance, "raw", "raw").fit(ArrayBlocks(descriptors))  # the method, as scikit-learn fits it
     with Timer() as full_t:
         scaled = StandardScaler().fit_transform(flat)
         full = PCA(n_components=variance, svd_solver="full").fit(scaled)

@@ -19,7 +19,7 @@ import tempfile
 
 import numpy as np
 
-from pipeline.blocks import Blocks, sample_images
+from pipeline.blocks import sample_images
 from pipeline.codebook import fit_codebook
 from pipeline.histograms import compute_histograms
 from pipeline.neighbours import WeightedHistograms, sparse_neighbours
@@ -27,27 +27,7 @@ from pipeline.reduction import Reducer
 
 from .common import StagePeak, Timer, report
 from .shards import run_sharded
-
-
-class SyntheticBlocks(Blocks):
-    """Descriptors of ``n_images`` simulated images, made on demand (float16, to halve their memory)."""
-
-    def __init__(self, n_images, n_local=49, channels=2048, rank=64, themes=512, seed=0):
-        super().__init__(n_images)
-        rng = np.random.default_rng(seed)
-        self.basis = (rng.normal(size=(rank, channels)) / np.sqrt(rank)).astype(np.float32)
-        self.themes = (3 * rng.normal(size=(themes, rank))).astype(np.float32)
-        self.local, self.seed = n_local, seed
-
-    def read(self, positions):
-        z = np.empty((len(positions), self.local, len(self.themes[0])), dtype=np.float32)
-        for i, p in enumerate(positions):
-            rng = np.random.default_rng((self.seed, int(p)))
-            z[i] = self.themes[rng.integers(len(self.themes), size=self.local)] + rng.normal(size=z.shape[1:])
-        return (z @ self.basis).astype(np.float16)
-
-    def n_local(self):
-        return self.local
+from .synthetic import SyntheticBlocks
 
 
 def run(images=20000, words=1000, rank=64, sample_images_=20000, sample_size=200_000, workers=None, shards=None):

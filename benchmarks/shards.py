@@ -28,6 +28,8 @@ from pipeline.neighbours import WeightedHistograms
 from pipeline.reduction import Reducer
 from pipeline.search import NightSearch
 
+from .synthetic import SyntheticBlocks
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 #: Each worker's threads: one core.
 ONE_CORE = {name: "1" for name in ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
@@ -69,8 +71,6 @@ class HistogramPart(Part):
         return f"histograms-{self.shard}"
 
     def make(self, tmp, started):
-        from .scale import SyntheticBlocks
-
         keys = image_paths(self.images)
         mine = extraction.in_shard(keys, self.shard, self.shards)
         reducer, codebook = (

@@ -15,8 +15,8 @@ import numpy as np
 from PIL import Image
 
 from pipeline.codebook import Codebook
-from pipeline.features import build_model
 from pipeline.histograms import word_histograms
+from pipeline.model import build_model
 from pipeline.reduction import Reducer
 
 from .common import Timer, report

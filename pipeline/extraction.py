@@ -9,7 +9,9 @@ from typing import NamedTuple
 
 import numpy as np
 
+from . import features
 from .images import FALLBACK
+from .int8 import trunk_path
 
 logger = logging.getLogger(__name__)
 
@@ -110,13 +112,10 @@ def extract_features(
     -------
     Extracted
     """
-    from .features import DescriptorExtractor, cached_model
-    from .int8 import trunk_path
-
     trunk = trunk_path(store.root) if precision == "int8" else None  # the store's calibrated trunk
 
     def make_extractor():
-        model = cached_model(weights, layer, seed, precision, trunk)
-        return DescriptorExtractor(model, batch_size=batch_size, **decoding)
+        model = features.cached_model(weights, layer, seed, precision, trunk)  # tests put a tiny model there
+        return features.DescriptorExtractor(model, batch_size=batch_size, **decoding)
 
     return extract_to_store(store, make_extractor, files, content_dir, progress)

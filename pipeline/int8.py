@@ -13,6 +13,8 @@ import warnings
 
 import numpy as np
 
+from . import model as model_
+from .blocks import sample_images
 from .errors import ArtifactError, ImageError
 from .images import INPUT_SIZE, load_image
 
@@ -83,7 +85,7 @@ def calibrate(model, pixels, path):
 
     Parameters
     ----------
-    model : keras.Model from :func:`pipeline.features.build_model` at float32
+    model : keras.Model from :func:`pipeline.model.build_model` at float32
     pixels : ndarray of shape (n, 224, 224, 3), float32
         The decoded calibration images (:func:`calibration_pixels`), before preprocessing.
     path : str
@@ -94,9 +96,7 @@ def calibrate(model, pixels, path):
     ov = _openvino()
     import nncf
 
-    from .features import _keras
-
-    preprocess = _keras().applications.resnet50.preprocess_input
+    preprocess = model_.import_keras().applications.resnet50.preprocess_input
     batches = [preprocess(pixels[i : i + CALIBRATION_BATCH].copy()) for i in range(0, len(pixels), CALIBRATION_BATCH)]
     quantized = nncf.quantize(convert(model), nncf.Dataset(batches), subset_size=len(pixels))
     folder, name = os.path.split(path)
@@ -127,9 +127,7 @@ class OpenVinoTrunk:
     def __init__(self, model):
         self._model = model
         self._compiled = {}
-        from .features import _keras
-
-        self._preprocess = _keras().applications.resnet50.preprocess_input
+        self._preprocess = model_.import_keras().applications.resnet50.preprocess_input
 
     def __call__(self, pixels):
         shape = tuple(pixels.shape)
@@ -154,7 +152,7 @@ def calibrate_store(store, files, content_dir, weights, layer, seed, n_images, m
         The collection (an inventory's files).
     content_dir : str
     weights, layer, seed
-        The float32 model quantized (:func:`pipeline.features.build_model`).
+        The float32 model quantized (:func:`pipeline.model.build_model`).
     n_images : int
         Images sampled for the calibration (all when fewer).
     max_pixels, colour, trim
@@ -170,8 +168,6 @@ def calibrate_store(store, files, content_dir, weights, layer, seed, n_images, m
         When the store holds descriptors but its trunk is gone: a new calibration would give
         other descriptors, which would be mixed with the old ones.
     """
-    from .features import build_model
-
     path = trunk_path(store.root)
     if os.path.exists(path):
         return path
@@ -183,7 +179,7 @@ def calibrate_store(store, files, content_dir, weights, layer, seed, n_images, m
         )
     paths = [os.path.join(content_dir, f.relpath) for f in files]
     calibrate_on_sample(
-        build_model(weights=weights, layer=layer, seed=seed), paths, n_images, path, max_pixels, colour, trim
+        model_.build_model(weights=weights, layer=layer, seed=seed), paths, n_images, path, max_pixels, colour, trim
     )
     return path
 
@@ -191,8 +187,6 @@ def calibrate_store(store, files, content_dir, weights, layer, seed, n_images, m
 def calibrate_on_sample(model, paths, n_images, path, max_pixels, colour, trim):
     """:func:`calibrate` ``model`` on a seeded sample of ``n_images`` of ``paths`` (all when
     fewer), prepared as the extraction prepares them, and save it at ``path``."""
-    from .blocks import sample_images
-
     sample = [paths[i] for i in sample_images(len(paths), n_images, random_state=0)]
     pixels, n_rejected = calibration_pixels(sample, max_pixels, colour, trim)
     logger.info("int8 calibration on %d images (%d could not be decoded)", len(pixels), n_rejected)

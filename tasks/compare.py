@@ -22,9 +22,9 @@ from pipeline import collection, evaluation, extraction, int8, store
 from pipeline.blocks import DescriptorBlocks
 from pipeline.compare import compare_layer, sort_rows, table
 from pipeline.errors import PipelineError
-from pipeline.features import layer_side, unknown_layer_message
 from pipeline.histograms import MAX_ASSIGN
 from pipeline.images import COLOURS
+from pipeline.model import layer_side, unknown_layer_message
 from pipeline.neighbours import METRICS, WEIGHTINGS
 from pipeline.reduction import DESCRIPTOR_NORMS, REDUCED_NORMS
 from pipeline.selfcheck import Copies

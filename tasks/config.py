@@ -12,9 +12,9 @@ import luigi
 from pipeline.cms import BATCH_ROWS, MARKER_TABLE, TABLE, resolve_url
 from pipeline.codebook import DEFAULT_SAMPLE_SIZE
 from pipeline.errors import ConfigError
-from pipeline.features import DEFAULT_LAYER, layer_side, unknown_layer_message
 from pipeline.histograms import DEFAULT_ASSIGN, MAX_ASSIGN
 from pipeline.images import COLOURS, DECODE_TIMEOUT, DEFAULT_COLOUR, DEFAULT_TRIM, MAX_PIXELS
+from pipeline.model import DEFAULT_LAYER, layer_side, unknown_layer_message
 from pipeline.neighbours import (
     DEFAULT_METRIC,
     DEFAULT_POWER,

@@ -5,9 +5,10 @@ import logging
 
 import numpy as np
 
-from pipeline import collection, features, histograms, output, store
+from pipeline import collection, histograms, output, store
 from pipeline.codebook import Codebook as CodebookModel
 from pipeline.h5io import read_attrs
+from pipeline.model import MODEL, RANDOM_WEIGHTS_NOTE
 from pipeline.neighbours import WeightedHistograms
 from pipeline.search import NightSearch, why_full
 from pipeline.verdicts import load_verdicts
@@ -162,7 +163,7 @@ class Similarities(NeighbourInputs):
         own_record = float((records[nearest] == records[:, None]).mean()) if len(nearest) else 0.0
         attrs = self.attrs(
             metric=config.neighbours().metric, weighting=config.neighbours().weighting,
-            power=config.neighbours().power, codebook_size=codebook.size, model=features.MODEL,
+            power=config.neighbours().power, codebook_size=codebook.size, model=MODEL,
             layer=config.resnet().layer, weights=config.resnet().weights, basis=self.basis(),
             search=searches.pop() if len(searches) == 1 else "mixed", queried=sum(a["queried"] for a in shards),
             shards=len(shards), shard_seconds=round(sum(a["seconds"] for a in ran), 3), verdicts=len(honoured),
@@ -175,7 +176,7 @@ class Similarities(NeighbourInputs):
             100 * own_record, config.neighbours().same_record,
         )  # fmt: skip
         if config.resnet().weights == "random":
-            attrs["weights_note"] = features.RANDOM_WEIGHTS_NOTE
+            attrs["weights_note"] = RANDOM_WEIGHTS_NOTE
         if len(honoured):
             logger.info(
                 "%d verdicts honoured: the lists of %d of the %d judged images differ from their raw lists",

@@ -9,13 +9,14 @@ import os
 import h5py
 import luigi
 
-from pipeline import blocks, collection, extraction, features, histograms, int8, store
+from pipeline import blocks, collection, extraction, histograms, int8, store
 from pipeline.blocks import sample_images
 from pipeline.codebook import DESCRIPTORS_PER_WORD, check_size, fit_codebook
 from pipeline.codebook import FORMAT as CODEBOOK_FORMAT
 from pipeline.codebook import Codebook as CodebookModel
 from pipeline.errors import ConfigError
 from pipeline.h5io import read_attrs
+from pipeline.model import MODEL, layer_side, weights_identity
 from pipeline.neighbours import check_k
 from pipeline.records import check_records
 from pipeline.reduction import Reducer as ReducerModel
@@ -87,7 +88,7 @@ class Inventory(ArtifactTask):
         check_k(config.neighbours().k, len(inventory))
         k, same_record = config.neighbours().k, config.neighbours().same_record
         check_records(inventory.records, k, same_record.own(k), same_record)
-        n_local = features.layer_side(config.resnet().layer) ** 2
+        n_local = layer_side(config.resnet().layer) ** 2
         check_size(config.codebook().size, len(inventory), n_local, config.codebook().sample_size)
         self._found = inventory.fingerprint()
         previous = self.recorded() and collection.load_inventory(self.output().path)
@@ -104,9 +105,9 @@ def feature_settings(layer=None, colour=None, trim=None):
     """The settings the descriptors depend on (the feature store's identity): those of luigi.cfg,
     or another layer, colour or trim."""
     settings = {
-        "model": features.MODEL,
+        "model": MODEL,
         "layer": layer or config.resnet().layer,
-        "weights": features.weights_identity(config.resnet().weights),
+        "weights": weights_identity(config.resnet().weights),
         "seed": config.resnet().seed if config.resnet().weights == "random" else None,
         "colour": colour or config.images().colour,
         "trim": config.images().trim if trim is None else trim,
@@ -280,7 +281,7 @@ class Features(ArtifactTask):
         attrs = self.attrs(
             images=len(index), extracted=extracted, reused=len(index) + len(index.rejected) - extracted,
             shards=len(shards), shard_seconds=round(sum(a["seconds"] for a in ran), 3), decoded_by=json.dumps(decoded_by),
-            model=features.MODEL, layer=config.resnet().layer, weights=config.resnet().weights,
+            model=MODEL, layer=config.resnet().layer, weights=config.resnet().weights,
             colour=config.images().colour, trim=config.images().trim,
             precision=config.precision()[0], precision_reason=config.precision()[1],
         )  # fmt: skip

@@ -18,7 +18,7 @@ import time
 import luigi
 
 import tasks  # noqa: F401 (registers the pipeline's tasks)
-from pipeline import features
+from pipeline import features, model
 from tasks.base import Progress
 
 
@@ -59,7 +59,7 @@ if KILL_COUNT is not None:
 def tiny_model(weights, layer, seed, precision="float32", trunk=None):
     """A seeded stand-in for ResNet50 cut at a 7 x 7 layer: 224 x 224 x 3 -> 7 x 7 x 64 (at float32:
     the tests that use it set precision = float32)."""
-    keras = features._keras()
+    keras = model.import_keras()
     keras.utils.set_random_seed(seed)
     inputs = keras.Input((224, 224, 3))
     x = keras.layers.AveragePooling2D(8)(inputs)

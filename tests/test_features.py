@@ -3,7 +3,8 @@ import pytest
 from PIL import Image
 
 from pipeline.errors import ConfigError, WeightsError
-from pipeline.features import IMAGENET_FILE, DescriptorExtractor, build_model, layer_side, weights_identity
+from pipeline.features import DescriptorExtractor
+from pipeline.model import IMAGENET_FILE, build_model, layer_side, weights_identity
 
 from .decoders import decoder_processes, misbehaving
 

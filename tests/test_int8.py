@@ -104,7 +104,7 @@ def test_a_store_is_calibrated_once_and_never_extended_by_another_trunk(monkeypa
 
     content, _ = small_collection
     files = scan_content(str(content))
-    monkeypatch.setattr("pipeline.features.build_model", lambda **kwargs: tiny_model("random", "tiny", 0))
+    monkeypatch.setattr("pipeline.model.build_model", lambda **kwargs: tiny_model("random", "tiny", 0))
     store = FeatureStore(str(tmp_path / "store"))
     settings = dict(weights="random", layer="tiny", seed=0, n_images=16, max_pixels=10**8, colour="rgb", trim=False)
     path = int8.calibrate_store(store, files, str(content), **settings)
@@ -118,7 +118,7 @@ def test_a_store_is_calibrated_once_and_never_extended_by_another_trunk(monkeypa
 
 def test_a_run_at_int8_calibrates_into_its_store_and_queries_with_that_trunk(monkeypatch, small_collection, tmp_path):
     (tmp_path / "content").symlink_to(small_collection[0])
-    monkeypatch.setattr("pipeline.features.build_model", lambda **kwargs: tiny_model("random", "tiny", 0))
+    monkeypatch.setattr("pipeline.model.build_model", lambda **kwargs: tiny_model("random", "tiny", 0))
     config = pipeline_config(tmp_path, resnet__precision="int8", resnet__calibration_images=16)
     with luigi_config(monkeypatch, config):
         result = luigi.build([Similarities()], local_scheduler=True, detailed_summary=True, workers=1)

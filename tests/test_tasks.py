@@ -20,8 +20,8 @@ from PIL import Image
 from pipeline.collection import load_inventory
 from pipeline.copies import read_copies, selfcheck_threshold
 from pipeline.demo import make_cms
-from pipeline.features import RANDOM_WEIGHTS_NOTE
 from pipeline.h5io import read_attrs
+from pipeline.model import RANDOM_WEIGHTS_NOTE
 from pipeline.output import read_similarities
 from tasks import (
     Codebook,
