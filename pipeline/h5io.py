@@ -3,6 +3,7 @@
 import contextlib
 import glob
 import os
+import shutil
 import tempfile
 
 import h5py
@@ -47,12 +48,15 @@ def read_attrs(path):
 
 
 def remove_stale_temporaries(path):
-    """Remove the temporary files that killed writes of ``path`` left behind; return how many."""
+    """Remove the temporary files (and folders) that killed writes of ``path`` left behind; return how many."""
     directory, name = os.path.split(os.path.abspath(path))
     stale = glob.glob(os.path.join(glob.escape(directory), f".{glob.escape(name)}.*.tmp"))
     for tmp in stale:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(tmp)
+        if os.path.isdir(tmp) and not os.path.islink(tmp):
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(tmp)
     return len(stale)
 
 

@@ -9,6 +9,7 @@ another one.
 
 import logging
 import os
+import shutil
 import warnings
 
 import numpy as np
@@ -16,6 +17,7 @@ import numpy as np
 from . import model as model_
 from .blocks import sample_images
 from .errors import ArtifactError, ImageError
+from .h5io import remove_stale_temporaries
 from .images import INPUT_SIZE, load_image
 
 logger = logging.getLogger(__name__)
@@ -101,11 +103,17 @@ def calibrate(model, pixels, path):
     quantized = nncf.quantize(convert(model), nncf.Dataset(batches), subset_size=len(pixels))
     folder, name = os.path.split(path)
     os.makedirs(folder or ".", exist_ok=True)
-    tmp = os.path.join(folder, f".{name}.{os.getpid()}.tmp.xml")
-    ov.save_model(quantized, tmp, compress_to_fp16=False)
-    # the .bin first: the .xml in place means the trunk is whole
-    os.replace(tmp[: -len(".xml")] + ".bin", path[: -len(".xml")] + ".bin")
-    os.replace(tmp, path)
+    remove_stale_temporaries(path)  # what a killed calibration left
+    scratch = os.path.join(folder, f".{name}.{os.getpid()}.tmp")  # a folder of h5io's temporary names
+    os.makedirs(scratch, exist_ok=True)
+    try:
+        tmp = os.path.join(scratch, name)
+        ov.save_model(quantized, tmp, compress_to_fp16=False)
+        # the .bin first: the .xml in place means the trunk is whole
+        os.replace(tmp[: -len(".xml")] + ".bin", path[: -len(".xml")] + ".bin")
+        os.replace(tmp, path)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def load_trunk(path):

@@ -50,13 +50,16 @@ def pixels(small_collection):
 @pytest.fixture(scope="module")
 def trunk(model, pixels, tmp_path_factory):
     path = str(tmp_path_factory.mktemp("trunk") / int8.TRUNK_FILE)
+    killed = os.path.join(os.path.dirname(path), f".{int8.TRUNK_FILE}.99999.tmp")  # a killed calibration's
+    os.makedirs(killed)
+    open(os.path.join(killed, int8.TRUNK_FILE), "w").close()
     int8.calibrate(model, pixels[0], path)
     return path
 
 
 def test_the_trunk_is_written_whole_and_gives_the_float32_maps_to_within_int8(model, pixels, trunk):
     folder = os.path.dirname(trunk)
-    assert sorted(os.listdir(folder)) == ["int8-trunk.bin", "int8-trunk.xml"]  # no temporary left
+    assert sorted(os.listdir(folder)) == ["int8-trunk.bin", "int8-trunk.xml"]  # no temporary left, nor a killed one's
     paths = pixels[1][:4]
     with DescriptorExtractor(model, batch_size=4) as extractor:
         full = extract(extractor, paths)[0]
