@@ -16,7 +16,7 @@ import sqlalchemy as sa
 
 from pipeline import cms
 
-from .common import Timer, report
+from .common import Timer, add_record_option, recording, report
 
 URLS = {
     "postgresql": os.environ.get("CMS_TEST_POSTGRESQL_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"),
@@ -56,12 +56,14 @@ def run(images=100_000, databases=("sqlite", "postgresql", "mariadb"), k=5):
     return figures
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=100_000)
     parser.add_argument("--databases", nargs="+", default=["sqlite", "postgresql", "mariadb"])
-    args = parser.parse_args()
-    run(args.images, tuple(args.databases))
+    add_record_option(parser)
+    args = parser.parse_args(argv)
+    with recording("cms", args, argv):
+        run(args.images, tuple(args.databases))
 
 
 if __name__ == "__main__":

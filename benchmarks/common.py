@@ -1,8 +1,13 @@
-"""Helpers shared by the benchmarks: timing, peak memory, synthetic images, output."""
+"""Helpers shared by the benchmarks: timing, peak memory, synthetic images, output, and the
+machine-tagged records that ``--record`` appends to ``benchmarks/results/<bench>.jsonl``."""
 
+import contextlib
+import datetime
 import json
 import os
 import resource
+import subprocess
+import sys
 import threading
 import time
 
@@ -68,9 +73,81 @@ def scan_like_images(directory, n, seed=0, size=(1200, 900)):
     return paths
 
 
+#: Where ``--record`` appends; docs/performance.md is generated from these files.
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+#: The /proc/cpuinfo flags that set the forward pass's speed; a record names those present.
+SPEED_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
+_reported = []
+
+
 def report(rows, figures):
-    """Print a small table of (what, value) rows, then the JSON line of the figures."""
+    """Print a small table of (what, value) rows, then the JSON line of the figures; a
+    :func:`recording` block around the run keeps both for its record."""
     width = max(len(what) for what, _ in rows)
     for what, value in rows:
         print(f"{what:<{width}}  {value}")
     print(json.dumps(figures))
+    _reported.append(([[what, str(value)] for what, value in rows], figures))
+
+
+def machine():
+    """The machine a figure comes from: CPU model, the flags that set its speed, cores usable."""
+    from pipeline.precision import cpu_flags
+
+    model = "unknown CPU"
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
+        model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), model)
+    flags = cpu_flags()
+    return {"cpu": model, "flags": [f for f in SPEED_FLAGS if f in flags], "cores": len(os.sched_getaffinity(0))}
+
+
+def machine_name(tag):
+    """One line for a machine tag: ``AMD EPYC (avx2, avx512_bf16), 2 cores``."""
+    return f"{tag['cpu']} ({', '.join(tag['flags']) or 'no vector flags named'}), {tag['cores']} cores"
+
+
+def commit():
+    """The commit the benchmark ran at, ``+`` where the working tree differs from it."""
+
+    def git(*args):
+        done = subprocess.run(["git", *args], capture_output=True, text=True, cwd=os.path.dirname(RESULTS))
+        return done.stdout.strip() if done.returncode == 0 else ""
+
+    head = git("rev-parse", "--short", "HEAD") or "unknown"
+    return head + ("+" if git("status", "--porcelain", "--untracked-files=no") else "")
+
+
+def add_record_option(parser):
+    parser.add_argument(
+        "--record",
+        action="store_true",
+        help="append the figures, tagged with this machine, date and commit, to benchmarks/results/<bench>.jsonl "
+        "(then python -m benchmarks.performance writes docs/performance.md)",
+    )
+    return parser
+
+
+@contextlib.contextmanager
+def recording(bench, args, argv=None, results=None):
+    """Keep what :func:`report` prints in the block; with ``args.record``, append it to
+    ``<results>/<bench>.jsonl`` as one record: the command (``argv``, default the process's
+    arguments), machine, date and commit, the printed rows and the figures."""
+    start = len(_reported)
+    yield
+    if not args.record:
+        return
+    argv = sys.argv[1:] if argv is None else list(argv)
+    tables = _reported[start:]
+    line = {
+        "bench": bench,
+        "command": " ".join(["python -m", f"benchmarks.{bench}", *(a for a in argv if a != "--record")]),
+        "machine": machine(),
+        "date": datetime.date.today().isoformat(),
+        "commit": commit(),
+        "rows": [row for rows, _ in tables for row in rows],
+        "figures": [figures for _, figures in tables],
+    }
+    results = results or RESULTS
+    os.makedirs(results, exist_ok=True)
+    with open(os.path.join(results, f"{bench}.jsonl"), "a") as f:
+        f.write(json.dumps(line) + "\n")

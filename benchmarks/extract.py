@@ -35,7 +35,7 @@ from pipeline.precision import PRECISIONS, choose_precision
 from pipeline.store import FeatureStore, quantize
 
 from . import masters as archival
-from .common import Timer, report, scan_like_images
+from .common import Timer, add_record_option, recording, report, scan_like_images
 
 
 def bare_forward(extractor, pixels, batch_size):
@@ -304,6 +304,7 @@ def main(argv=None):
     parser.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
     parser.add_argument("--masters", type=int, default=40, help="mixed archival masters (0: none)")
     parser.add_argument("--rounds", type=int, default=3, help="bare and pipeline measured in turn, medians kept")
+    add_record_option(parser)
     args = parser.parse_args(argv)
     if args.device == "gpu" and not gpus():
         print(
@@ -312,16 +313,17 @@ def main(argv=None):
             file=sys.stderr,
         )
         return 1
-    figures = run(
-        args.images,
-        args.batch_size,
-        args.per_image,
-        args.precision,
-        args.decode_processes,
-        args.device,
-        args.masters,
-        args.rounds,
-    )
+    with recording("extract", args, argv):
+        figures = run(
+            args.images,
+            args.batch_size,
+            args.per_image,
+            args.precision,
+            args.decode_processes,
+            args.device,
+            args.masters,
+            args.rounds,
+        )
     return 0 if args.device == "cpu" or figures["gpu_used"] else 1
 
 

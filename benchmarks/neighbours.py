@@ -33,7 +33,7 @@ from pipeline.neighbours import (
     sparse_neighbours,
 )
 
-from .common import Timer, peak_rss_mb, report
+from .common import Timer, add_record_option, peak_rss_mb, recording, report
 
 #: Exponent of the rank-frequency profile of visual words, measured by ``benchmarks.words``.
 EXPONENT = 0.6
@@ -134,7 +134,7 @@ def run(
     return figures
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=20000)
     parser.add_argument("--words", type=int, nargs="+", default=[8500])
@@ -145,10 +145,18 @@ def main():
     parser.add_argument(
         "--stop", type=float, nargs="+", default=[0.0], help="shares of the most widespread words left out (stop lists)"
     )
-    args = parser.parse_args()
-    run(
-        args.images, tuple(args.words), args.tree_queries, args.exponent, args.queries, tuple(args.distances), args.stop
-    )
+    add_record_option(parser)
+    args = parser.parse_args(argv)
+    with recording("neighbours", args, argv):
+        run(
+            args.images,
+            tuple(args.words),
+            args.tree_queries,
+            args.exponent,
+            args.queries,
+            tuple(args.distances),
+            args.stop,
+        )
 
 
 if __name__ == "__main__":

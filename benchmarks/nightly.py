@@ -57,7 +57,7 @@ from pipeline.verdicts import COLUMNS as VERDICT_COLUMNS
 from pipeline.verdicts import check_verdicts
 
 from .cms import URLS
-from .common import StagePeak, Timer, peak_rss_mb, report
+from .common import StagePeak, Timer, add_record_option, peak_rss_mb, recording, report
 from .neighbours import synthetic_counts
 from .synthetic import SyntheticBlocks
 
@@ -391,7 +391,7 @@ def run(
     return figures
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=100_000)
     parser.add_argument("--added", type=int, default=1000)
@@ -408,11 +408,13 @@ def main():
     )
     parser.add_argument("--shards", type=int, default=16, help="feature shards, for the files' part")
     parser.add_argument("--cold", action="store_true", help="empty the kernel's caches before the inventory (root)")
-    args = parser.parse_args()
-    run(
-        args.images, args.added, args.changed, args.removed, args.words, args.database, args.check,
-        args.parts.split(","), args.shards, args.cold, args.verdicts,
-    )  # fmt: skip
+    add_record_option(parser)
+    args = parser.parse_args(argv)
+    with recording("nightly", args, argv):
+        run(
+            args.images, args.added, args.changed, args.removed, args.words, args.database, args.check,
+            args.parts.split(","), args.shards, args.cold, args.verdicts,
+        )  # fmt: skip
 
 
 if __name__ == "__main__":

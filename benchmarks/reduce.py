@@ -13,7 +13,7 @@ from sklearn.preprocessing import StandardScaler
 from pipeline.blocks import ArrayBlocks
 from pipeline.reduction import Reducer
 
-from .common import Timer, report
+from .common import Timer, add_record_option, recording, report
 
 
 def synthetic_descriptors(images, channels, n_local=49, rank=64, seed=0):
@@ -60,12 +60,14 @@ def run(images=300, channels=2048, variance=0.97):
     return figures
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=300)
     parser.add_argument("--channels", type=int, default=2048)
-    args = parser.parse_args()
-    run(args.images, args.channels)
+    add_record_option(parser)
+    args = parser.parse_args(argv)
+    with recording("reduce", args, argv):
+        run(args.images, args.channels)
 
 
 if __name__ == "__main__":

@@ -1,16 +1,21 @@
-"""The histograms and neighbours of ``benchmarks.scale`` split into shards and run by worker
-processes of one core each on a local Luigi central scheduler (``luigid``), as
-HistogramShard and NeighbourShard run them: ``python -m benchmarks.scale --workers N``.
+"""The pipeline's own sharded stages (HistogramShard and Histograms, NeighbourShard and
+Similarities) on a simulated collection, run by 1 worker process of one core and then by N
+on a local Luigi central scheduler (``luigid``), side by side: ``python -m benchmarks.scale
+--workers N``.
 
-The tasks here call the library functions the pipeline's shards call (the assignment of one
-shard's images by the stable hash of their paths, the exact search of one block of rows
-against all, the gathers), on the simulated collection of ``benchmarks.scale``, whose
-descriptors no feature store holds. Each task records when it started and finished; a
-stage's time is from its first shard's start to its gather's end.
+The collection is a real content folder (small files that are never decoded) with its ID
+mapping, taken in by the real Inventory task. Its feature store holds synthetic descriptors
+(:mod:`benchmarks.synthetic`, no extraction here can make that many), written as the
+extraction writes them. The feature shards (nothing left to extract), the reducer and the
+codebook then run as the real tasks of one night; the histograms and the neighbours are made
+again for each number of workers. A stage's time runs from its first shard's start to its
+gather's end (the artifacts' own times).
 """
 
 import contextlib
+import csv
 import functools
+import glob
 import os
 import socket
 import subprocess
@@ -18,204 +23,112 @@ import sys
 import tempfile
 import time
 
-import h5py
-import luigi
 import numpy as np
 
-from pipeline import extraction, histograms, output
-from pipeline.codebook import Codebook
-from pipeline.neighbours import WeightedHistograms
-from pipeline.reduction import Reducer
-from pipeline.search import NightSearch
+from pipeline import collection
+from pipeline.h5io import read_attrs
+from pipeline.output import read_similarities
 
 from .synthetic import SyntheticBlocks
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BIN = os.path.dirname(sys.executable)
 #: Each worker's threads: one core.
 ONE_CORE = {name: "1" for name in ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
-K = 5
+#: A worker's exit status when other workers ran some of the tasks it had scheduled (luigi.cfg's).
+NOT_RUN = 25
+#: Images written to the feature store per chunk.
+CHUNK = 256
 
 
-def image_paths(n):
-    """The paths below content/ of the n simulated images: what their shard is hashed from."""
-    return np.array([f"PPN{i // 10}/{i:08d}.jpg" for i in range(n)])
+def write_collection(folder, images):
+    """``images`` small files in record folders of 10, and their ID mapping; the content folder."""
+    content = os.path.join(folder, "content")
+    rows = []
+    for i in range(images):
+        ppn, name = f"PPN{i // 10:07d}", f"{i:08d}.jpg"
+        os.makedirs(os.path.join(content, ppn), exist_ok=True)
+        with open(os.path.join(content, ppn, name), "wb") as f:
+            f.write(i.to_bytes(4, "little"))  # never decoded: the store has its descriptors
+        rows.append((i + 1, ppn, name))
+    with open(os.path.join(content, "image_ids.csv"), "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["id", "ppn", "filename"])
+        writer.writerows(rows)
+    return content
 
 
-class Part(luigi.Task):
-    """A task of the benchmark writing ``<folder>/<name>.h5`` with its start and end times."""
-
-    folder = luigi.Parameter()
-    images = luigi.IntParameter()
-    rank = luigi.IntParameter()
-    shards = luigi.IntParameter()
-
-    def output(self):
-        return luigi.LocalTarget(os.path.join(self.folder, f"{self.name()}.h5"), format=luigi.format.Nop)
-
-    def common(self):
-        return {"folder": self.folder, "images": self.images, "rank": self.rank, "shards": self.shards}
-
-    def run(self):
-        started = time.time()
-        with self.output().temporary_path() as tmp:
-            self.make(tmp, started)
-
-    def times(self, started):
-        return {"started": started, "finished": time.time(), "pid": os.getpid()}
-
-
-class HistogramPart(Part):
-    shard = luigi.IntParameter()
-
-    def name(self):
-        return f"histograms-{self.shard}"
-
-    def make(self, tmp, started):
-        keys = image_paths(self.images)
-        mine = extraction.in_shard(keys, self.shard, self.shards)
-        reducer, codebook = (
-            Reducer.load(os.path.join(self.folder, "reducer.h5")),
-            Codebook.load(os.path.join(self.folder, "codebook.h5")),
-        )
-        blocks = SyntheticBlocks(self.images, rank=self.rank).subset(mine)
-        counts, _ = histograms.compute_histograms(blocks, keys[mine], reducer, codebook)
-        histograms.save_histograms(tmp, keys[mine], counts, 49, self.times(started))
+def write_config(folder, content, words, sample_images, sample_size, shards):
+    path = os.path.join(folder, "luigi.cfg")
+    sections = {
+        "paths": {"content": content, "artifacts": os.path.join(folder, "artifacts")},
+        "ids": {"source": "csv", "csv": os.path.join(content, "image_ids.csv")},
+        "resnet": {"weights": "random", "precision": "float32"},
+        "reduction": {"sample_images": sample_images},
+        "codebook": {"size": words, "sample_size": sample_size},
+        "histograms": {"shards": shards},
+        "neighbours": {"shards": shards},
+        "selfcheck": {"sample": 0},
+        "copies": {"threshold": "off"},
+        "retcode": {
+            "already_running": 10,
+            "missing_data": 20,
+            "not_run": NOT_RUN,
+            "task_failed": 30,
+            "unhandled_exception": 40,
+        },
+    }
+    with open(path, "w") as f:
+        for section, values in sections.items():
+            f.write(f"[{section}]\n" + "".join(f"{key} = {value}\n" for key, value in values.items()))
+    return path
 
 
-class AllHistograms(Part):
-    def name(self):
-        return "histograms"
-
-    def requires(self):
-        return [HistogramPart(**self.common(), shard=i) for i in range(self.shards)]
-
-    def make(self, tmp, started):
-        keys = image_paths(self.images)
-        parts = [histograms.load_counts(t.path)[:2] for t in self.input()]
-        keys, counts = histograms.gather(keys, parts)
-        histograms.save_histograms(tmp, keys, counts, 49, self.times(started))
+def luigi_run(config, task, *args, env=None, **popen):
+    """``luigi --module tasks <task>`` with ``config`` (a luigi.cfg), as a night runs it."""
+    environment = {**os.environ, **(env or {}), "LUIGI_CONFIG_PATH": config, "PYTHONPATH": ROOT}
+    # run in the benchmark's folder: no luigi.cfg but the benchmark's own is read
+    return subprocess.Popen(
+        [os.path.join(BIN, "luigi"), "--module", "tasks", task, *args],
+        cwd=os.path.dirname(config),
+        env=environment,
+        **popen,
+    )
 
 
-_SEARCH = {}
+def _checked(process, what, log, allowed=(0,)):
+    if process.wait() not in allowed:
+        with open(log) as f:
+            tail = f.read()[-3000:]
+        raise RuntimeError(f"{what} failed (exit {process.returncode}); its log ends with:\n{tail}")
 
 
-def weighted(folder, path):
-    """The weighted histograms of ``path``, read once per worker process (their inverted file with them)."""
-    if path not in _SEARCH:
-        _, counts, n_local = histograms.load_counts(path)
-        codebook = Codebook.load(os.path.join(folder, "codebook.h5"))
-        _SEARCH[path] = WeightedHistograms.from_codebook(counts, n_local, np.arange(counts.shape[0]), codebook)
-    return _SEARCH[path]
+def fill_store(config, artifacts, rank):
+    """The real Inventory task, then the synthetic descriptors of its images written into the
+    run's feature store as the extraction writes them (chunks of 8-bit codes)."""
+    log = os.path.join(os.path.dirname(config), "inventory.log")
+    with open(log, "w") as f:
+        _checked(luigi_run(config, "Inventory", "--local-scheduler", stdout=f, stderr=f), "the inventory", log)
+    from luigi.configuration import LuigiConfigParser
 
+    from tasks.stages import feature_settings, feature_store
 
-class NeighbourPart(Part):
-    shard = luigi.IntParameter()
-
-    def name(self):
-        return f"neighbours-{self.shard}"
-
-    def requires(self):
-        return AllHistograms(**self.common())
-
-    def make(self, tmp, started):
-        data = weighted(self.folder, self.input().path)
-        rows = output.block_rows(len(data), self.shard, self.shards)
-        lists = NightSearch(data, K, why_full="the benchmark's full search").lists(rows)
-        output.write_neighbours(tmp, lists, self.times(started))
-
-
-class AllNeighbours(Part):
-    def name(self):
-        return "neighbours"
-
-    def requires(self):
-        return [NeighbourPart(**self.common(), shard=i) for i in range(self.shards)]
-
-    def make(self, tmp, started):
-        nearest, distances, *_ = output.gather_neighbours([t.path for t in self.input()], self.images, K)
-        with h5py.File(tmp, "w") as f:
-            f.attrs.update(self.times(started))
-            f.create_dataset("neighbours", data=nearest)
-            f.create_dataset("distances", data=distances)
-
-
-def log_path(folder, worker):
-    return os.path.join(folder, f"worker-{worker}.log")
+    LuigiConfigParser._instance, LuigiConfigParser._config_paths = None, [config]  # this run's settings
+    files = collection.load_inventory(os.path.join(artifacts, "inventory.h5")).files
+    store = feature_store(feature_settings())
+    # the descriptors follow each image's number, whatever order the inventory lists them in
+    numbers = np.array([int(os.path.splitext(f.filename)[0]) for f in files])
+    blocks = SyntheticBlocks(len(files), rank=rank)
+    for start in range(0, len(files), CHUNK):
+        part = slice(start, start + CHUNK)
+        store.write_chunk([f.key for f in files[part]], blocks.read(numbers[part]).astype(np.float32), {})
+    LuigiConfigParser._instance = None
 
 
 def _free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def _read(folder, name):
-    with h5py.File(os.path.join(folder, f"{name}.h5"), "r") as f:
-        return dict(f.attrs), {key: f[key][:] for key in f if key in ("neighbours", "distances")}
-
-
-def run_sharded(folder, images, rank, workers, shards):
-    """The sharded histograms and neighbours of the collection whose reducer.h5 and codebook.h5
-    are in ``folder``, by ``workers`` worker processes of one core each on a new luigid.
-
-    Returns
-    -------
-    figures : dict
-        Seconds of the histograms and of the neighbours (first shard started to gather
-        finished), and how many distinct worker processes ran shards.
-    result : dict
-        The gathered neighbours and distances.
-    """
-    port, bin_dir = _free_port(), os.path.dirname(sys.executable)
-    with tempfile.TemporaryDirectory(prefix="luigid-") as state:
-        config = os.path.join(state, "luigid.cfg")
-        with open(config, "w") as f:
-            # a failed part is a fault of the benchmark: disabled at once, so the workers end and say why
-            f.write(f"[scheduler]\nstate_path = {os.path.join(state, 'state.pickle')}\nretry_count = 1\n")
-        luigid = subprocess.Popen(
-            [os.path.join(bin_dir, "luigid"), "--port", str(port), "--logdir", state],
-            env={**os.environ, "LUIGI_CONFIG_PATH": config}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        try:
-            _wait_for(port, luigid)
-            cores = sorted(os.sched_getaffinity(0))
-            command = [
-                os.path.join(bin_dir, "luigi"), "--module", "benchmarks.shards", "AllNeighbours", "--folder", folder,
-                "--images", str(images), "--rank", str(rank), "--shards", str(shards),
-                "--scheduler-host", "127.0.0.1", "--scheduler-port", str(port), "--workers", "1",
-                "--worker-keep-alive", "--no-lock",
-            ]  # fmt: skip
-            with contextlib.ExitStack() as logs:
-                processes = [
-                    subprocess.Popen(
-                        command,
-                        cwd=ROOT,
-                        env={**os.environ, **ONE_CORE, "LUIGI_CONFIG_PATH": config},
-                        preexec_fn=functools.partial(os.sched_setaffinity, 0, {cores[w % len(cores)]}),
-                        stdout=subprocess.DEVNULL,
-                        stderr=logs.enter_context(open(log_path(folder, w), "w")),
-                    )  # fmt: skip
-                    for w in range(workers)
-                ]
-                for process in processes:
-                    process.wait()
-        finally:
-            luigid.terminate()
-            luigid.wait(30)
-    if not os.path.exists(os.path.join(folder, "neighbours.h5")):
-        tail = "".join(open(log_path(folder, w)).read()[-2000:] for w in range(workers))
-        raise RuntimeError(f"the sharded stages did not finish; the workers' logs end with:\n{tail}")
-    parts = {
-        name: _read(folder, name)[0]
-        for name in [f"{kind}-{i}" for kind in ("histograms", "neighbours") for i in range(shards)]
-    }
-    gathered = {name: _read(folder, name) for name in ("histograms", "neighbours")}
-    figures = {}
-    for kind in ("histograms", "neighbours"):
-        first = min(a["started"] for name, a in parts.items() if name.startswith(kind))
-        figures[f"{kind}_seconds"] = round(gathered[kind][0]["finished"] - first, 1)
-    figures["worker_processes"] = len({a["pid"] for a in parts.values()})
-    return figures, gathered["neighbours"][1]
 
 
 def _wait_for(port, process, seconds=60):
@@ -228,3 +141,102 @@ def _wait_for(port, process, seconds=60):
             if time.monotonic() > deadline or process.poll() is not None:
                 raise RuntimeError(f"luigid did not start on port {port}") from None
             time.sleep(0.2)
+
+
+def stage_seconds(artifacts, kind, gathered):
+    """From the first of ``kind``'s shards starting to ``gathered`` being written."""
+    shards = glob.glob(os.path.join(artifacts, "shards", f"{kind}-*.h5"))
+    first = min(os.stat(p).st_mtime - read_attrs(p)["seconds"] for p in shards)
+    return os.stat(os.path.join(artifacts, gathered)).st_mtime - first
+
+
+def run_workers(config, artifacts, workers):
+    """Similarities by ``workers`` worker processes of one core each on a new luigid, the
+    histograms and neighbours made again. Returns the seconds of each stage."""
+    for path in glob.glob(os.path.join(artifacts, "shards", "histograms-*")) + glob.glob(
+        os.path.join(artifacts, "shards", "neighbours-*")
+    ):
+        os.remove(path)
+    for name in ("histograms.h5", "similarities.hdf5"):
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(os.path.join(artifacts, name))
+    port, folder = _free_port(), os.path.dirname(config)
+    with tempfile.TemporaryDirectory(prefix="luigid-") as state:
+        scheduler = os.path.join(state, "luigid.cfg")
+        with open(scheduler, "w") as f:  # a failed shard is the benchmark's fault: the workers end and say why
+            f.write(f"[scheduler]\nstate_path = {os.path.join(state, 'state.pickle')}\nretry_count = 1\n")
+        luigid = subprocess.Popen(
+            [os.path.join(BIN, "luigid"), "--port", str(port), "--logdir", state],
+            env={**os.environ, "LUIGI_CONFIG_PATH": scheduler},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            _wait_for(port, luigid)
+            cores = sorted(os.sched_getaffinity(0))
+            # as docs/operations.md runs a worker; --no-lock: Luigi's own lock admits one such
+            # command line per machine, and these workers share one
+            args = ("--scheduler-host", "127.0.0.1", "--scheduler-port", str(port), "--workers", "1")
+            args += ("--worker-keep-alive", "--no-lock")
+            logs = [os.path.join(folder, f"worker-{workers}-{w}.log") for w in range(workers)]
+            with contextlib.ExitStack() as stack:
+                processes = [
+                    luigi_run(
+                        config,
+                        "Similarities",
+                        *args,
+                        env=ONE_CORE,
+                        stdout=subprocess.DEVNULL,
+                        stderr=stack.enter_context(open(log, "w")),
+                        preexec_fn=functools.partial(os.sched_setaffinity, 0, {cores[w % len(cores)]}),
+                    )
+                    for w, log in enumerate(logs)
+                ]
+                for process, log in zip(processes, logs):
+                    # NOT_RUN: a worker some of whose scheduled tasks another worker ran
+                    _checked(process, f"a worker of {workers}", log, allowed=(0, NOT_RUN))
+        finally:
+            luigid.terminate()
+            luigid.wait(30)
+    if not os.path.exists(os.path.join(artifacts, "similarities.hdf5")):
+        raise RuntimeError(f"the workers ended without similarities.hdf5; see {', '.join(logs)}")
+    return {
+        "histograms_seconds": round(stage_seconds(artifacts, "histograms", "histograms.h5"), 1),
+        "neighbours_seconds": round(stage_seconds(artifacts, "neighbours", "similarities.hdf5"), 1),
+    }
+
+
+def run_sharded(folder, images, rank, words, sample_images, sample_size, workers, shards):
+    """The night up to the codebook once, then the sharded histograms and neighbours by 1 worker
+    and by ``workers``.
+
+    Returns
+    -------
+    prepared : dict
+        Seconds of the store's filling and of the night up to the codebook (one local worker).
+    timed : dict of int to dict
+        For 1 and ``workers`` workers, :func:`run_workers`'s figures.
+    identical : bool
+        Whether both gave the same similarities.hdf5, array for array.
+    """
+    content = write_collection(folder, images)
+    config = write_config(folder, content, words, sample_images, sample_size, shards)
+    artifacts = os.path.join(folder, "artifacts")
+    started = time.perf_counter()
+    fill_store(config, artifacts, rank)
+    filled = time.perf_counter()
+    log = os.path.join(folder, "codebook.log")
+    with open(log, "w") as f:
+        _checked(
+            luigi_run(config, "Codebook", "--local-scheduler", stdout=f, stderr=f), "the night up to the codebook", log
+        )
+    prepared = {
+        "store_seconds": round(filled - started, 1),
+        "to_codebook_seconds": round(time.perf_counter() - filled, 1),
+    }
+    timed, results = {}, []
+    for n in (1, workers):
+        timed[n] = run_workers(config, artifacts, n)
+        results.append(read_similarities(os.path.join(artifacts, "similarities.hdf5")))
+    identical = all(np.array_equal(results[0][key], results[1][key]) for key in ("ids", "neighbours", "distances"))
+    return prepared, timed, identical

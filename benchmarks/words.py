@@ -19,7 +19,7 @@ from pipeline.histograms import word_histograms
 from pipeline.model import build_model
 from pipeline.reduction import Reducer
 
-from .common import Timer, report
+from .common import Timer, add_record_option, recording, report
 
 PHOTOS = (
     "astronaut", "camera", "coffee", "chelsea", "rocket", "hubble_deep_field", "immunohistochemistry", "moon",
@@ -99,12 +99,14 @@ def run(n_crops=600, words=(250, 1000), batch_size=16):
     return figures
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--crops", type=int, default=600)
     parser.add_argument("--words", type=int, nargs="+", default=[250, 1000])
-    args = parser.parse_args()
-    run(args.crops, tuple(args.words))
+    add_record_option(parser)
+    args = parser.parse_args(argv)
+    with recording("words", args, argv):
+        run(args.crops, tuple(args.words))
 
 
 if __name__ == "__main__":

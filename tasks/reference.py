@@ -59,31 +59,37 @@ def table(shipped_path=None):
     return "\n".join(lines)
 
 
-def updated(text, generated):
+def updated(text, generated, begin=BEGIN, end=END, doc=DOC):
     """``text`` with the part between the markers replaced by ``generated``."""
     try:
-        head, rest = text.split(BEGIN, 1)
-        _, tail = rest.split(END, 1)
+        head, rest = text.split(begin, 1)
+        _, tail = rest.split(end, 1)
     except ValueError:
-        raise SystemExit(f"{DOC} lacks the markers {BEGIN!r} and {END!r}") from None
-    return f"{head}{BEGIN}\n{generated}\n{END}{tail}"
+        raise SystemExit(f"{doc} lacks the markers {begin!r} and {end!r}") from None
+    return f"{head}{begin}\n{generated}\n{end}{tail}"
+
+
+def rewrite(doc, generated, begin, end, check, command):
+    """Replace the generated part of ``doc``; with ``check``, only say whether it is stale.
+    Returns the exit status: 1 when ``check`` finds the file out of date."""
+    with open(doc, encoding="utf-8") as f:
+        text = f.read()
+    new = updated(text, generated, begin, end, doc)
+    if check:
+        if new != text:
+            print(f"{doc} is out of date: run {command}", file=sys.stderr)
+            return 1
+        return 0
+    with open(doc, "w", encoding="utf-8") as f:
+        f.write(new)
+    return 0
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="exit 1 when docs/configuration.md is out of date")
     args = parser.parse_args(argv)
-    with open(DOC, encoding="utf-8") as f:
-        text = f.read()
-    new = updated(text, table())
-    if args.check:
-        if new != text:
-            print(f"{DOC} is out of date: run python -m tasks.reference", file=sys.stderr)
-            return 1
-        return 0
-    with open(DOC, "w", encoding="utf-8") as f:
-        f.write(new)
-    return 0
+    return rewrite(DOC, table(), BEGIN, END, args.check, "python -m tasks.reference")
 
 
 if __name__ == "__main__":

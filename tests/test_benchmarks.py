@@ -13,6 +13,35 @@ def last_json_line(capsys):
     return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
 
 
+def test_a_recorded_run_appends_a_machine_tagged_record_and_the_page_shows_the_latest(capsys, monkeypatch, tmp_path):
+    from benchmarks import common, performance
+
+    monkeypatch.setattr(common, "RESULTS", str(tmp_path))
+    for images, record in ((20, ["--record"]), (20, []), (30, ["--record"]), (20, ["--record"])):
+        reduce.main(["--images", str(images), "--channels", "64", *record])
+    records = [json.loads(line) for line in (tmp_path / "reduce.jsonl").read_text().splitlines()]
+    assert [r["command"] for r in records] == [
+        "python -m benchmarks.reduce --images 20 --channels 64",
+        "python -m benchmarks.reduce --images 30 --channels 64",
+        "python -m benchmarks.reduce --images 20 --channels 64",
+    ]  # the run without --record left no record
+    first = records[0]
+    assert first["machine"]["cores"] >= 1 and first["machine"]["cpu"] and first["date"] and first["commit"]
+    assert first["figures"][0]["bench"] == "reduce" and first["figures"][0]["descriptors"] == 20 * 49
+    assert first["rows"][0] == [
+        "descriptors x channels -> components",
+        f"980 x 64 -> {first['figures'][0]['components']}",
+    ]
+    (tmp_path / "old.jsonl").write_text(
+        '{"bench": "old", "seconds": 1}\n'
+    )  # written by hand before --record: history only
+    page = performance.page(performance.records(str(tmp_path)))
+    assert page.count("### `python -m benchmarks.reduce") == 2  # the latest of each command on this machine
+    assert common.machine_name(first["machine"]) in page and "old" not in page
+    latest = records[2]["rows"][1][1]
+    assert f"| streamed exact fit (X^T X + eigh), s | {latest} |" in page
+
+
 def test_reduce_benchmark_prints_its_figures(capsys):
     reduce.run(images=20, channels=64)
     figures = last_json_line(capsys)
@@ -72,6 +101,7 @@ def test_scale_benchmark_shards_the_stages_over_workers_on_luigid(capsys):
     scale.run(images=300, words=20, rank=8, sample_images_=100, sample_size=2000, workers=2, shards=4)
     figures = last_json_line(capsys)
     assert figures["identical"] is True and figures["workers"] == 2 and figures["shards"] == 4
+    assert figures["store_seconds"] > 0 and figures["to_codebook_seconds"] > 0  # the real tasks up to the codebook
     for stage in ("histograms", "neighbours"):
         assert figures[f"{stage}_seconds_1_workers"] > 0 and figures[f"{stage}_seconds_2_workers"] > 0
         assert figures[f"{stage}_speedup"] > 0

@@ -1,5 +1,7 @@
-"""The settings reference in docs/configuration.md is generated from tasks/config.py."""
+"""The generated pages stay in step with their sources: the settings reference with tasks/config.py,
+the performance page with the benchmarks' records."""
 
+from benchmarks import performance
 from tasks import reference
 
 
@@ -15,3 +17,7 @@ def test_the_reference_lists_every_setting_with_its_description():
     assert all(row.count(" | ") == 5 and not row.endswith("|  |") for row in rows)  # a description each
     weights = next(r for r in rows if "`weights`" in r)
     assert "| `imagenet` | `random` | yes |" in weights  # the code's default and the shipped file's value
+
+
+def test_the_performance_page_shows_the_latest_recorded_figures():
+    assert performance.main(["--check"]) == 0, "run python -m benchmarks.performance"
