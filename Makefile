@@ -6,6 +6,8 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+# the tests on every core (pytest-xdist), a test module to one worker (its shared runs made once)
+PARALLEL := -n auto --dist loadfile
 
 .PHONY: demo test test-all lint quality clean
 
@@ -21,10 +23,10 @@ demo: $(BIN)/.installed
 	@echo "similarities: artifacts/similarities.hdf5, loaded into table image_similarity of artifacts/demo-cms.sqlite; run report: artifacts/run_report.json; visual report: artifacts/report.html (demo: random weights, see README)"
 
 test: $(BIN)/.installed
-	$(BIN)/python -m pytest -m "not slow"
+	$(BIN)/python -m pytest -m "not slow" $(PARALLEL)
 
 test-all: $(BIN)/.installed
-	$(BIN)/python -m pytest --durations=15
+	$(BIN)/python -m pytest --durations=15 $(PARALLEL)
 
 lint: $(BIN)/.installed
 	$(BIN)/ruff check .

@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import sys
+import threading
 import time
 
 import luigi
@@ -125,6 +126,29 @@ class RunTask(luigi.Task):
         return {"date": self.date, "refit": self.refit, "full": self.full}
 
 
+_CHECK = threading.local()
+
+
+def requirements_complete(task):
+    """Whether every task ``task`` requires is complete. Each stage's completeness takes in that
+    of what it requires, so one check reaches a stage by many paths of the graph: within the
+    outermost call each stage is asked once."""
+    memo = getattr(_CHECK, "memo", None)
+    outer = memo is None
+    if outer:
+        memo = _CHECK.memo = {}
+    try:
+        for required in luigi.task.flatten(task.requires()):
+            if required.task_id not in memo:
+                memo[required.task_id] = required.complete()
+            if not memo[required.task_id]:
+                return False
+        return True
+    finally:
+        if outer:
+            _CHECK.memo = None
+
+
 def hold_artifacts(date):
     """Hold ``[paths] artifacts`` for the run of ``date`` until the process ends: one run at a
     time per folder, whatever its date and whichever machine starts it; the workers of one run
@@ -194,7 +218,7 @@ class ArtifactTask(RunTask):
             return None
 
     def complete(self):
-        if not all(t.complete() for t in luigi.task.flatten(self.requires())):
+        if not requirements_complete(self):
             return False
         attrs = self.recorded()
         return (

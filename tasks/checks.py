@@ -17,7 +17,7 @@ from pipeline.report import read_json, write_json
 from pipeline.selfcheck import self_check
 
 from . import config, inputs
-from .base import RunTask, artifacts_writable
+from .base import RunTask, artifacts_writable, requirements_complete
 from .neighbours import Similarities
 from .stages import Codebook, Features, Histograms, Inventory, Reducer
 from .verdicts import Verdicts
@@ -39,7 +39,7 @@ class RunCheck(RunTask):
         raise NotImplementedError
 
     def complete(self):
-        if not all(t.complete() for t in luigi.task.flatten(self.requires())):
+        if not requirements_complete(self):
             return False
         recorded = read_json(self.output().path)
         return recorded is not None and recorded.get("made_from") == self.inputs_identity()

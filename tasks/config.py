@@ -8,6 +8,7 @@ import os
 import sys
 
 import luigi
+import luigi.cmdline_parser
 
 from pipeline.cms import BATCH_ROWS, MARKER_TABLE, TABLE, resolve_url
 from pipeline.codebook import DEFAULT_SAMPLE_SIZE
@@ -522,8 +523,24 @@ def precision():
     return _precision(resnet().precision)
 
 
+#: settings_problem's answers, by what it read: every stage's completeness asks it.
+_PROBLEMS = {}
+
+
+def _settings_read():
+    """What settings_problem's answer depends on: our sections of luigi.cfg as written, and the
+    command line's parameters."""
+    parser = luigi.configuration.get_config()
+    written = tuple(
+        (c.__name__, tuple(parser.items(c.__name__, raw=True))) for c in SECTIONS if parser.has_section(c.__name__)
+    )
+    command_line = luigi.cmdline_parser.CmdlineParser.get_instance()
+    return written, repr(sorted(vars(command_line.known_args).items())) if command_line else None
+
+
 def settings_problem():
-    """The first setting that cannot work, as a one-line message naming it and the fix; None if all can.
+    """The first setting that cannot work, as a one-line message naming it and the fix; None if
+    all can (worked out once for the same settings).
 
     Checks what can be known before any work: every value of luigi.cfg parses, the values
     are in range, the weights are ``imagenet``, ``random`` or a readable file, and the CMS URL
@@ -532,6 +549,14 @@ def settings_problem():
     (``k`` against the number of images, K against the number of descriptors) are checked
     once the inventory is taken, before any extraction.
     """
+    read = _settings_read()
+    if read not in _PROBLEMS:
+        _PROBLEMS.clear()
+        _PROBLEMS[read] = _first_problem()
+    return _PROBLEMS[read]
+
+
+def _first_problem():
     sections = {c.__name__: c for c in SECTIONS}
     parser = luigi.configuration.get_config()
     for name, config_class in sections.items():

@@ -10,7 +10,7 @@ from pipeline.h5io import read_attrs, read_ids
 from pipeline.output import read_similarities
 
 from . import config, inputs
-from .base import RunTask
+from .base import RunTask, requirements_complete
 from .copies import Copies, copies_wanted
 from .neighbours import Similarities
 
@@ -57,7 +57,7 @@ class LoadSimilarities(RunTask):
         )  # fmt: skip
 
     def complete(self):
-        if not self.requires().complete():
+        if not requirements_complete(self):
             return False
         with h5py.File(self.input().path, "r") as f:
             ids = read_ids(f["ids"])
@@ -117,7 +117,7 @@ class LoadCopies(RunTask):
         return read_attrs(self.input().path)["digest"]
 
     def complete(self):
-        if not self.requires().complete():
+        if not requirements_complete(self):
             return False
         images = int(read_attrs(self.input().path)["images"])
         return cms.holds_copies(

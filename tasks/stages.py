@@ -22,7 +22,7 @@ from pipeline.records import check_records
 from pipeline.reduction import Reducer as ReducerModel
 
 from . import config, inputs
-from .base import ArtifactTask, Progress, RunTask, artifacts_writable, settings_digest
+from .base import ArtifactTask, Progress, RunTask, artifacts_writable, requirements_complete, settings_digest
 
 logger = logging.getLogger("luigi-interface")
 
@@ -311,7 +311,7 @@ class Reducer(ArtifactTask):
     def complete(self):
         # frozen: valid for any later run with the same settings, until a refit is asked for
         # or the collection has grown past [codebook] refit_growth since the fit
-        if not self.requires().complete():
+        if not requirements_complete(self):
             return False
         attrs = self.recorded()
         if attrs is None or attrs.get("settings_digest") != settings_digest(self.settings()):

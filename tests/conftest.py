@@ -1,4 +1,6 @@
 import contextlib
+import fcntl
+import json
 import os
 import pathlib
 import shutil
@@ -54,6 +56,7 @@ def pipeline_config(root, **overrides):
         "paths": {"content": root / "content", "artifacts": root / "artifacts"},
         "ids": {"csv": root / "content" / "image_ids.csv"},
         "resnet": {"weights": "random", "batch_size": 4, "precision": "float32"},  # the same on every CPU
+        "images": {"decode_processes": 1},  # the tests run on every core already (make test)
         "progress": {"interval": 0},  # a progress line after every batch
         "selfcheck": {"sample": 0},  # model work: only where a test asks for it
         "copies": {"threshold": "off"},  # the threshold comes from the self-check
@@ -71,12 +74,28 @@ def pipeline_config(root, **overrides):
     return write_config(root / "luigi.cfg", sections)
 
 
+def made_once(tmp_path_factory, name, make):
+    """The folder ``name`` made by ``make(folder)`` once per test session, whichever of the
+    session's processes (pytest-xdist's workers) asks first; the others wait for it and share
+    it. ``make``'s return value is kept beside it as JSON. Returns (folder, value)."""
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # each worker has a folder of its own in the session's
+        base = base.parent
+    folder, made = base / name, base / f"{name}.json"
+    with open(base / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file is closed, or the process ends
+        if not made.exists():
+            if folder.exists():  # what a failed attempt left
+                shutil.rmtree(folder)
+            folder.mkdir()
+            made.write_text(json.dumps(make(folder)))
+        return folder, json.loads(made.read_text())
+
+
 @pytest.fixture(scope="session")
 def small_collection(tmp_path_factory):
     """A demo collection with 18 mapped images, one unmapped file and one row without a file."""
-    root = tmp_path_factory.mktemp("collection")
-    groups = make_collection(root, bases=SMALL_BASES)
-    return root, groups
+    return made_once(tmp_path_factory, "collection", lambda root: make_collection(root, bases=SMALL_BASES))
 
 
 def png_declaring(path, width, height):
@@ -191,3 +210,17 @@ def database(request, tmp_path):
         environment_lacks(f"no {request.param} server answers at {url}")
     yield db
     db.drop()
+
+
+#: The test modules whose tests run whole pipeline runs, started first and in this order (the
+#: first two make the two shared runs, one each): the parallel workers (make test) then end on
+#: the short tests, none left waiting for a long one.
+LONG_FIRST = (
+    "test_runs.py", "test_demo_run.py", "test_run_inputs.py", "test_nights.py", "test_verdict_nights.py",
+    "test_nightly.py", "test_luigid.py",
+)  # fmt: skip
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(LONG_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(LONG_FIRST)))  # stable: in order within each
