@@ -50,8 +50,13 @@ def run(images=100_000, databases=("sqlite", "postgresql", "mariadb"), k=5):
                 engine.dispose()
             figures[f"{name}_seconds"] = round(seconds[1], 1)
             figures[f"{name}_rows_per_s"] = round(images * k / seconds[1])
-            rows.append((name, f"{images * k} rows: first load {seconds[0]:.1f} s, replacing load {seconds[1]:.1f} s "
-                               f"({images * k / seconds[1]:,.0f} rows/s)"))  # fmt: skip
+            rows.append(
+                (
+                    name,
+                    f"{images * k} rows: first load {seconds[0]:.1f} s, replacing load {seconds[1]:.1f} s "
+                    f"({images * k / seconds[1]:,.0f} rows/s)",
+                )
+            )
     report(rows, figures)
     return figures
 

@@ -59,9 +59,12 @@ def pairwise(groups, labels):
 def group_row(groups, labels, records):
     precision, recall, pairs = pairwise(groups, labels)
     return {
-        "precision": round(precision, 4), "recall": round(recall, 4), "groups": len(groups), "pairs": pairs,
+        "precision": round(precision, 4),
+        "recall": round(recall, 4),
+        "groups": len(groups),
+        "pairs": pairs,
         "spanning": sum(len(set(records[g])) > 1 for g in groups),
-    }  # fmt: skip
+    }
 
 
 #: Share of the images whose histograms change on the measured later night.
@@ -127,18 +130,29 @@ def tables(name, info, figures):
             f"| {text} | {row['map']:.3f} | {row['precision_at_1']:.3f} | {row['recall_at_5']:.3f} | "
             f"{100 * row['own_record_share']:.1f} % |"
         )
-    lines += ["", "| copies at quantile | threshold | precision | recall | groups | spanning records |",
-              "|---|---:|---:|---:|---:|---:|"]  # fmt: skip
+    lines += [
+        "",
+        "| copies at quantile | threshold | precision | recall | groups | spanning records |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
     for q, row in figures["copies"].items():
         shipped = " (shipped)" if float(q) == QUANTILE else ""
         lines.append(
             f"| {q}{shipped} | {row['threshold']:.4g} | {row['precision']:.3f} | {row['recall']:.3f} | "
             f"{row['groups']} | {row['spanning']} |"
         )
-    lines += ["", "a later night's copies (seconds; sets worked out / sets): " + ", ".join(
-        f"{name} {r['seconds']:.3f} s, {r['regrouped']} / {r['sets']}" for name, r in figures["nights"].items())]  # fmt: skip
-    lines += ["", "curve (threshold: precision / recall): " + ", ".join(
-        f"{r['threshold']:.4g}: {r['precision']:.3f} / {r['recall']:.3f}" for r in figures["curve"])]  # fmt: skip
+    lines += [
+        "",
+        "a later night's copies (seconds; sets worked out / sets): "
+        + ", ".join(
+            f"{name} {r['seconds']:.3f} s, {r['regrouped']} / {r['sets']}" for name, r in figures["nights"].items()
+        ),
+    ]
+    lines += [
+        "",
+        "curve (threshold: precision / recall): "
+        + ", ".join(f"{r['threshold']:.4g}: {r['precision']:.3f} / {r['recall']:.3f}" for r in figures["curve"]),
+    ]
     return "\n".join(lines)
 
 
@@ -182,7 +196,7 @@ def main(argv=None):
                 "quantile": QUANTILE,
                 "seconds": round(whole.seconds, 1),
                 "collections": results,
-            }  # fmt: skip
+            }
         )
     )
     return 0

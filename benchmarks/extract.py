@@ -143,9 +143,12 @@ def masters_run(directory, n, pixels, batch_size, decoders, preparation, rounds,
     """The masters' figures: per format decoding, and the pipeline on ``n`` mixed masters (of the
     first page size) beside the same pages as small JPEGs at the precision ``auto`` chooses here
     and at int8."""
-    figures = {"masters": n, "masters_decode": archival.decoding_figures(
-        archival.write_masters(os.path.join(directory, "masters"), pages=pages), **preparation
-    )}  # fmt: skip
+    figures = {
+        "masters": n,
+        "masters_decode": archival.decoding_figures(
+            archival.write_masters(os.path.join(directory, "masters"), pages=pages), **preparation
+        ),
+    }
     shots = archival.pictures(n, seed=1)
     paths = {
         "masters": archival.write_mixed(os.path.join(directory, "content-masters", "PPN1"), shots, page=pages[0]),

@@ -75,9 +75,13 @@ def run(
     for size, distance, stop in [(w, d, s) for w in words for d in distances for s in stops]:
         weighting, metric = distance.split("/")
         counts = WeightedHistograms(
-            synthetic_counts(images, size, exponent=exponent, stop=stop), 49, np.arange(images), weighting, metric,
+            synthetic_counts(images, size, exponent=exponent, stop=stop),
+            49,
+            np.arange(images),
+            weighting,
+            metric,
             power=power_of(distance),
-        )  # fmt: skip
+        )
         first_rows = np.arange(min(images, 16))
         sparse_neighbours(counts, k=5, rows=first_rows)  # compiles the kernel
         timed = (

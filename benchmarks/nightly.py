@@ -98,10 +98,16 @@ def verdict_rows(rng, ids, n, day, first_neighbours=None):
         b[:n_wrong] = first_neighbours[np.searchsorted(ids, a[:n_wrong])]
     b = np.where(a == b, ids[(np.searchsorted(ids, b) + 1) % len(ids)], b)
     verdict = np.where(np.arange(n) < n_wrong, "wrong", "right")
-    return pd.DataFrame({
-        "image_id": a, "similar_image_id": b, "verdict": verdict, "verdict_time": f"{day}T15:00:00Z", "author": "",
-        "where": [f"row {i}" for i in range(n)],
-    })[[*VERDICT_COLUMNS, "where"]]  # fmt: skip
+    return pd.DataFrame(
+        {
+            "image_id": a,
+            "similar_image_id": b,
+            "verdict": verdict,
+            "verdict_time": f"{day}T15:00:00Z",
+            "author": "",
+            "where": [f"row {i}" for i in range(n)],
+        }
+    )[[*VERDICT_COLUMNS, "where"]]
 
 
 def first_run(stages, ids, keys, words, engine, database, table, marker, folder, n_verdicts):
@@ -120,11 +126,18 @@ def first_run(stages, ids, keys, words, engine, database, table, marker, folder,
     stages.run(
         "first: similarities.hdf5",
         lambda: output.write_similarities(
-            os.path.join(folder, "first.hdf5"), ids, ppn, filename, nearest, distances, {"digest": "first"},
-            keys=keys, raw=(lists.judged, lists.raw[lists.judged], lists.raw_distances[lists.judged]),
+            os.path.join(folder, "first.hdf5"),
+            ids,
+            ppn,
+            filename,
+            nearest,
+            distances,
+            {"digest": "first"},
+            keys=keys,
+            raw=(lists.judged, lists.raw[lists.judged], lists.raw_distances[lists.judged]),
             verdicts=honoured,
         ),
-    )  # fmt: skip
+    )
     stages.run(
         "first: histograms.h5",
         lambda: histograms.save_histograms(os.path.join(folder, "first-histograms.h5"), keys, counts, N_LOCAL, {}),
@@ -223,13 +236,15 @@ def files_night(stages, images, added, changed, removed, tmp, shards, cold):
             f.write("3")
     note = "caches emptied first" if cold else "files just written: caches warm"
     night, _ = stages.run(
-        "files: inventory", lambda: take_inventory(content, mapping_csv, first_path, night_path),
+        "files: inventory",
+        lambda: take_inventory(content, mapping_csv, first_path, night_path),
         f"{images + added - removed} files scanned, {note}",
-    )  # fmt: skip
+    )
     stages.run(
-        "files: shard reads", lambda: shard_reads(night_path, feature_store, 0, shards),
+        "files: shard reads",
+        lambda: shard_reads(night_path, feature_store, 0, shards),
         f"one feature shard of {shards}: the inventory and the store's catalog read",
-    )  # fmt: skip
+    )
     done = feature_store.scan()[0]
     tonight = [f.key for f in night.files if f.key not in done]
     extract_empty(feature_store, tonight)
@@ -310,21 +325,37 @@ def search_night(stages, images, added, changed, removed, words, database, check
         stages.run(
             "night: similarities.hdf5",
             lambda: output.write_similarities(
-                night_path, night_ids, night_ppn, night_filename, night_nearest, night_distances,
-                {"digest": "night"}, keys=night_keys, earlier=earlier,
-                raw=(lists.judged, lists.raw[lists.judged], lists.raw_distances[lists.judged]), verdicts=honoured,
+                night_path,
+                night_ids,
+                night_ppn,
+                night_filename,
+                night_nearest,
+                night_distances,
+                {"digest": "night"},
+                keys=night_keys,
+                earlier=earlier,
+                raw=(lists.judged, lists.raw[lists.judged], lists.raw_distances[lists.judged]),
+                verdicts=honoured,
             ),
-        )  # fmt: skip
+        )
         written = output.read_similarities(night_path)
         if engine is not None:
             stages.run(
                 f"night: {database} load, changed rows",
                 lambda: cms.load_similarities(
-                    engine, night_ids, night_ids[night_nearest], night_distances, "night", "2026-01-02", table,
-                    marker, changed=written["changed"], removed=written["removed"],
+                    engine,
+                    night_ids,
+                    night_ids[night_nearest],
+                    night_distances,
+                    "night",
+                    "2026-01-02",
+                    table,
+                    marker,
+                    changed=written["changed"],
+                    removed=written["removed"],
                 ),
                 f"{int(written['changed'].sum())} images' rows, {len(written['removed'])} removed",
-            )  # fmt: skip
+            )
         # the check: a full search of the night with the same verdicts
         if check == "full":
             rows = np.arange(len(night_ids))
@@ -362,17 +393,29 @@ def search_night(stages, images, added, changed, removed, words, database, check
         checked_rows=len(rows),
     )
     stages.rows.append(
-        ("night, all stages", f"{figures['night_seconds']:8.1f} s  peak RSS {stages.night_peak:6.0f} MB  "
-                              f"(the first run's full search alone: {full:.1f} s)")
-    )  # fmt: skip
+        (
+            "night, all stages",
+            f"{figures['night_seconds']:8.1f} s  peak RSS {stages.night_peak:6.0f} MB  "
+            f"(the first run's full search alone: {full:.1f} s)",
+        )
+    )
     stages.rows.append(("identical to a full search", f"{identical} ({len(rows)} rows compared)"))
     return figures
 
 
 def run(
-    images=100_000, added=1000, changed=100, removed=100, words=8500, database="postgresql", check="full",
-    parts=("search",), shards=16, cold=False, verdicts=0,
-):  # fmt: skip
+    images=100_000,
+    added=1000,
+    changed=100,
+    removed=100,
+    words=8500,
+    database="postgresql",
+    check="full",
+    parts=("search",),
+    shards=16,
+    cold=False,
+    verdicts=0,
+):
     stages = Stages()
     figures = {"bench": "nightly", "images": images, "added": added, "changed": changed, "removed": removed}
     figures["new_verdicts"] = verdicts
@@ -412,9 +455,18 @@ def main(argv=None):
     args = parser.parse_args(argv)
     with recording("nightly", args, argv):
         run(
-            args.images, args.added, args.changed, args.removed, args.words, args.database, args.check,
-            args.parts.split(","), args.shards, args.cold, args.verdicts,
-        )  # fmt: skip
+            args.images,
+            args.added,
+            args.changed,
+            args.removed,
+            args.words,
+            args.database,
+            args.check,
+            args.parts.split(","),
+            args.shards,
+            args.cold,
+            args.verdicts,
+        )
 
 
 if __name__ == "__main__":

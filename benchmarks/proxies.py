@@ -29,9 +29,25 @@ from PIL import Image, ImageEnhance, ImageFilter, ImageOps
 #: Bump when the collections change: a cached collection of another version is made again.
 VERSION = 1
 SAMPLE_PHOTOS = (
-    "astronaut", "brick", "camera", "chelsea", "clock", "coffee", "coins", "grass", "gravel", "hubble_deep_field",
-    "immunohistochemistry", "moon", "page", "retina", "rocket", "text", "cell", "stereo_motorcycle",
-)  # fmt: skip
+    "astronaut",
+    "brick",
+    "camera",
+    "chelsea",
+    "clock",
+    "coffee",
+    "coins",
+    "grass",
+    "gravel",
+    "hubble_deep_field",
+    "immunohistochemistry",
+    "moon",
+    "page",
+    "retina",
+    "rocket",
+    "text",
+    "cell",
+    "stereo_motorcycle",
+)
 WALLPAPERS = "/usr/share/wallpapers"
 GNOME = "/usr/share/backgrounds/gnome"
 #: The Debian packages of the sources that are not pip packages.
@@ -71,17 +87,43 @@ COLLECTIONS = (
 #: crops, page borders, greyscale), as a held-out check of the defaults.
 MILD = ("rescan", "crop", "border", "greyscale")
 EXTRA = (
-    Spec("tens-wallpapers", ("wallpapers",), groups=25, distractors=50, cell=220, longest=1800, alterations=MILD,
-         seed=11, group_sizes=(10, 10)),
-    Spec("tens-mixed", ("samples", "gnome"), groups=25, distractors=50, cell=150, longest=900, alterations=MILD,
-         seed=12, group_sizes=(10, 10)),
-)  # fmt: skip
+    Spec(
+        "tens-wallpapers",
+        ("wallpapers",),
+        groups=25,
+        distractors=50,
+        cell=220,
+        longest=1800,
+        alterations=MILD,
+        seed=11,
+        group_sizes=(10, 10),
+    ),
+    Spec(
+        "tens-mixed",
+        ("samples", "gnome"),
+        groups=25,
+        distractors=50,
+        cell=150,
+        longest=900,
+        alterations=MILD,
+        seed=12,
+        group_sizes=(10, 10),
+    ),
+)
 #: A collection whose records hold pages that resemble each other (each record's distractors are
 #: windows of one picture), its groups spread over records: what ``same_record`` is for.
 BOOKS = (
-    Spec("books", ("samples", "wallpapers", "gnome"), groups=30, distractors=300, cell=200, longest=1600, seed=21,
-         uniform_records=True),
-)  # fmt: skip
+    Spec(
+        "books",
+        ("samples", "wallpapers", "gnome"),
+        groups=30,
+        distractors=300,
+        cell=200,
+        longest=1600,
+        seed=21,
+        uniform_records=True,
+    ),
+)
 
 
 def missing_sources(specs=COLLECTIONS):
@@ -178,9 +220,11 @@ def alter(image, kind, rng):
     w, h = image.size
     if kind == "rescan":
         turned = image.rotate(
-            float(rng.uniform(0.5, 4)) * rng.choice([-1, 1]), resample=Image.Resampling.BICUBIC, expand=True,
+            float(rng.uniform(0.5, 4)) * rng.choice([-1, 1]),
+            resample=Image.Resampling.BICUBIC,
+            expand=True,
             fillcolor=tuple(int(v) for v in PAPER),
-        )  # fmt: skip
+        )
         turned = ImageEnhance.Brightness(turned).enhance(float(rng.uniform(0.75, 1.25)))
         turned = ImageEnhance.Contrast(turned).enhance(float(rng.uniform(0.75, 1.25)))
         return turned.filter(ImageFilter.GaussianBlur(float(rng.uniform(0, 1.2))))
@@ -273,9 +317,14 @@ def make_collection(spec, dest):
     with open(os.path.join(dest, "labels.csv"), "w", newline="") as f:
         csv.writer(f).writerows([("id", "label"), *labels])
     summary = {
-        "version": VERSION, "spec": asdict(spec), "images": len(rows), "groups": spec.groups,
-        "group_sizes": [int(s) for s in sizes], "distractors": spec.distractors, "cells": len(pool),
-    }  # fmt: skip
+        "version": VERSION,
+        "spec": asdict(spec),
+        "images": len(rows),
+        "groups": spec.groups,
+        "group_sizes": [int(s) for s in sizes],
+        "distractors": spec.distractors,
+        "cells": len(pool),
+    }
     with open(os.path.join(dest, "collection.json"), "w") as f:
         json.dump(summary, f)
     return json.loads(json.dumps(summary))  # as ensure_collection reads it back

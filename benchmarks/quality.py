@@ -47,9 +47,18 @@ logger = logging.getLogger("benchmarks.quality")
 #: The original scripts' method: res5c_branch2c (Keras 3: conv5_block3_3_conv), StandardScaler +
 #: PCA(0.97), K = 800, L1-normalised histograms, Euclidean BallTree.
 ORIGINAL = {
-    "layer": "conv5_block3_3_conv", "colour": "rgb", "trim": False, "descriptors": "raw", "variance": 0.97, "reduced": "raw", "size": "800",
-    "assign": 1, "weighting": "raw", "power": 1.0, "metric": "euclidean",
-}  # fmt: skip
+    "layer": "conv5_block3_3_conv",
+    "colour": "rgb",
+    "trim": False,
+    "descriptors": "raw",
+    "variance": 0.97,
+    "reduced": "raw",
+    "size": "800",
+    "assign": 1,
+    "weighting": "raw",
+    "power": 1.0,
+    "metric": "euclidean",
+}
 #: Alternatives of each setting that ``--grid`` tries, one at a time.
 ALTERNATIVES = {
     "layer": ("conv5_block3_out", "conv5_block3_3_conv", "conv4_block6_out"),
@@ -75,10 +84,18 @@ def shipped():
     from tasks.config import codebook, histograms, images, neighbours, reduction, resnet
 
     return {
-        "layer": resnet().layer, "colour": images().colour, "trim": images().trim, "descriptors": reduction().descriptors, "variance": reduction().variance,
-        "reduced": reduction().reduced, "size": str(codebook().size), "assign": histograms().assign, "weighting": neighbours().weighting,
-        "power": neighbours().power, "metric": neighbours().metric,
-    }  # fmt: skip
+        "layer": resnet().layer,
+        "colour": images().colour,
+        "trim": images().trim,
+        "descriptors": reduction().descriptors,
+        "variance": reduction().variance,
+        "reduced": reduction().reduced,
+        "size": str(codebook().size),
+        "assign": histograms().assign,
+        "weighting": neighbours().weighting,
+        "power": neighbours().power,
+        "metric": neighbours().metric,
+    }
 
 
 def grid(defaults):
@@ -139,9 +156,16 @@ class Collection:
         missing = [m for m in made if not os.path.exists(self.cache(m, weights, seed, precision))]
         for (colour, trim), layers in by_preparation(missing).items():
             descriptors, decoded, errors = descriptors_of(
-                self.paths, layers, colour, trim, weights, seed, precision, batch_size,
+                self.paths,
+                layers,
+                colour,
+                trim,
+                weights,
+                seed,
+                precision,
+                batch_size,
                 self.calibration(layers, colour, trim, weights, seed),
-            )  # fmt: skip
+            )
             if errors:
                 raise RuntimeError(f"{self.spec.name}: {len(errors)} images could not be decoded: {errors}")
             for layer, d in zip(layers, descriptors):
@@ -272,9 +296,14 @@ class Scorer:
         if key not in self.counts:
             self.counts[key] = compute_histograms(blocks, self.c.keys, reducer, codebook, config["assign"])[0]
         data = WeightedHistograms.from_codebook(
-            self.counts[key], blocks.n_local(), self.c.ids, Stopped(codebook, self.counts[key], config.get("stop", 0.0)),
-            config["assign"], Distance(config["weighting"], config["metric"], config["power"]), records=self.c.records,
-        )  # fmt: skip
+            self.counts[key],
+            blocks.n_local(),
+            self.c.ids,
+            Stopped(codebook, self.counts[key], config.get("stop", 0.0)),
+            config["assign"],
+            Distance(config["weighting"], config["metric"], config["power"]),
+            records=self.c.records,
+        )
         return data, reducer, codebook
 
     def copy_distances(self, config, data, reducer, codebook):
@@ -310,9 +339,16 @@ def prepared(spec, configs, args, scratch):
         copies = Copies(collection.paths, scratch, sample=args.selfcheck, seed=0)
         for (colour, trim), layers in by_preparation(kinds).items():
             descriptors, decoded, errors = descriptors_of(
-                copies.paths, layers, colour, trim, args.weights, args.seed, args.precision, args.batch_size,
+                copies.paths,
+                layers,
+                colour,
+                trim,
+                args.weights,
+                args.seed,
+                args.precision,
+                args.batch_size,
                 collection.calibration(layers, colour, trim, args.weights, args.seed),
-            )  # fmt: skip
+            )
             for layer, d in zip(layers, descriptors):
                 copy_descriptors[layer, colour, trim] = (d, decoded, errors)
     scorer = Scorer(collection, copies, copy_descriptors, seed=args.kmeans_seed)
@@ -331,9 +367,12 @@ def run_collection(spec, configs, defaults, args):
             rows.append(row)
             logger.info("%s %s: %s", spec.name, row["name"], {k: row.get(k) for k in MEASURES})
     info = {
-        "collection": spec.name, "images": collection.summary["images"], "groups": collection.summary["groups"],
-        "distractors": collection.summary["distractors"], **seconds,
-    }  # fmt: skip
+        "collection": spec.name,
+        "images": collection.summary["images"],
+        "groups": collection.summary["groups"],
+        "distractors": collection.summary["distractors"],
+        **seconds,
+    }
     return info, rows
 
 
@@ -435,7 +474,7 @@ def main(argv=None):
                 "mean_map": mean,
                 "shipped_beats_original": wins,
                 "collections": figures,
-            }  # fmt: skip
+            }
         )
     )
     return 0

@@ -35,8 +35,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.dirname(sys.executable)
 #: Each worker's threads: one core.
 ONE_CORE = {name: "1" for name in ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
-#: A worker's exit status when other workers ran some of the tasks it had scheduled (luigi.cfg's).
-NOT_RUN = 25
+#: A worker's exit status when other workers ran some of the tasks it had scheduled (luigi.cfg's
+#: already_running, docs/operations.md).
+ALREADY_RUNNING = 10
 #: Images written to the feature store per chunk.
 CHUNK = 256
 
@@ -71,9 +72,8 @@ def write_config(folder, content, words, sample_images, sample_size, shards):
         "selfcheck": {"sample": 0},
         "copies": {"threshold": "off"},
         "retcode": {
-            "already_running": 10,
+            "already_running": ALREADY_RUNNING,
             "missing_data": 20,
-            "not_run": NOT_RUN,
             "task_failed": 30,
             "unhandled_exception": 40,
         },
@@ -193,8 +193,7 @@ def run_workers(config, artifacts, workers):
                     for w, log in enumerate(logs)
                 ]
                 for process, log in zip(processes, logs):
-                    # NOT_RUN: a worker some of whose scheduled tasks another worker ran
-                    _checked(process, f"a worker of {workers}", log, allowed=(0, NOT_RUN))
+                    _checked(process, f"a worker of {workers}", log, allowed=(0, ALREADY_RUNNING))
         finally:
             luigid.terminate()
             luigid.wait(30)

@@ -22,10 +22,31 @@ from pipeline.reduction import Reducer
 from .common import Timer, add_record_option, recording, report
 
 PHOTOS = (
-    "astronaut", "camera", "coffee", "chelsea", "rocket", "hubble_deep_field", "immunohistochemistry", "moon",
-    "page", "text", "horse", "coins", "clock", "grass", "gravel", "brick", "colorwheel", "logo",
-    "motorcycle_left", "retina", "skin", "cat", "eagle", "microaneurysms",
-)  # fmt: skip
+    "astronaut",
+    "camera",
+    "coffee",
+    "chelsea",
+    "rocket",
+    "hubble_deep_field",
+    "immunohistochemistry",
+    "moon",
+    "page",
+    "text",
+    "horse",
+    "coins",
+    "clock",
+    "grass",
+    "gravel",
+    "brick",
+    "colorwheel",
+    "logo",
+    "motorcycle_left",
+    "retina",
+    "skin",
+    "cat",
+    "eagle",
+    "microaneurysms",
+)
 
 
 def photos():

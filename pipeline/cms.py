@@ -166,36 +166,41 @@ def similarity_tables(table=TABLE, marker_table=MARKER_TABLE, id_type=sa.BigInte
     """
     metadata = sa.MetaData()
     similarity = sa.Table(
-        table, metadata,
+        table,
+        metadata,
         sa.Column("image_id", id_type, primary_key=True, autoincrement=False),
         sa.Column("rank", sa.SmallInteger, primary_key=True, autoincrement=False),
         sa.Column("similar_image_id", id_type, nullable=False),
         sa.Column("distance", sa.Double, nullable=False),
         sa.Column("run_id", sa.String(64), nullable=False),
-    )  # fmt: skip
+    )
     return metadata, similarity, _marker(metadata, marker_table)
 
 
 def _marker(metadata, marker_table):
     return sa.Table(
-        marker_table, metadata,
+        marker_table,
+        metadata,
         sa.Column("load_id", sa.Integer, primary_key=True, autoincrement=True),
         sa.Column("target_table", sa.String(128), nullable=False),
         sa.Column("run_id", sa.String(64), nullable=False),
         sa.Column("run_date", sa.String(10), nullable=False),
         sa.Column("n_rows", sa.BigInteger, nullable=False),
         sa.Column("loaded_at", sa.DateTime(timezone=True), nullable=False),
-    )  # fmt: skip
+    )
 
 
 def _record(conn, marker, target, run_id, run_date, n_rows):
     """The marker row of a load, written in the load's transaction."""
     conn.execute(
         marker.insert().values(
-            target_table=target, run_id=run_id, run_date=run_date, n_rows=n_rows,
+            target_table=target,
+            run_id=run_id,
+            run_date=run_date,
+            n_rows=n_rows,
             loaded_at=datetime.datetime.now(datetime.UTC),
         )
-    )  # fmt: skip
+    )
 
 
 def siblings_target(images_table, siblings_column):
@@ -280,9 +285,18 @@ def holds_load(engine, run_id, ids, table=TABLE, marker_table=MARKER_TABLE, sibl
 
 
 def load_similarities(
-    engine, ids, neighbours, distances, run_id, run_date,
-    table=TABLE, marker_table=MARKER_TABLE, batch_rows=BATCH_ROWS, changed=None, removed=(),
-):  # fmt: skip
+    engine,
+    ids,
+    neighbours,
+    distances,
+    run_id,
+    run_date,
+    table=TABLE,
+    marker_table=MARKER_TABLE,
+    batch_rows=BATCH_ROWS,
+    changed=None,
+    removed=(),
+):
     """Bring the similarity table to this run's rows, and record the load, in one transaction.
 
     The tables are created when absent. Readers see last night's complete set until the
@@ -331,9 +345,11 @@ def load_similarities(
                 for start in range(0, len(gone), batch_rows):
                     conn.execute(similarity.delete().where(similarity.c.image_id.in_(gone[start : start + batch_rows])))
             columns = (
-                np.repeat(ids[chosen], k), np.tile(np.arange(1, k + 1), int(chosen.sum())), neighbours[chosen].ravel(),
+                np.repeat(ids[chosen], k),
+                np.tile(np.arange(1, k + 1), int(chosen.sum())),
+                neighbours[chosen].ravel(),
                 np.asarray(distances, dtype=np.float64)[chosen].ravel(),
-            )  # fmt: skip
+            )
             _write_rows(conn, similarity, columns, run_id, batch_rows, where)
             _record(conn, marker, table, run_id, run_date, written)
     except (SQLAlchemyError, engine.dialect.loaded_dbapi.Error) as exc:  # the driver's own, from COPY
@@ -341,10 +357,14 @@ def load_similarities(
             f"loading [cms] table={table!r} into {where} failed and was rolled back: {_one_line(exc)}"
         ) from None
     logger.info(
-        "%d similarity rows of run %s loaded into %s of %s in %.1f s%s", written, run_id, table, where,
+        "%d similarity rows of run %s loaded into %s of %s in %.1f s%s",
+        written,
+        run_id,
+        table,
+        where,
         time.monotonic() - started,
         "" if changed is None else f" (the rows of {int(chosen.sum())} changed images; {len(removed)} removed)",
-    )  # fmt: skip
+    )
     return written
 
 
@@ -379,12 +399,13 @@ def copies_table(table, id_type=sa.BigInteger):
     date it joined the group), run_id; primary key image_id (an image is in one group at most)."""
     metadata = sa.MetaData()
     copies = sa.Table(
-        table, metadata,
+        table,
+        metadata,
         sa.Column("copy_group", sa.BigInteger, nullable=False, index=True),
         sa.Column("image_id", id_type, primary_key=True, autoincrement=False),
         sa.Column("first_seen", sa.String(10), nullable=False),
         sa.Column("run_id", sa.String(64), nullable=False),
-    )  # fmt: skip
+    )
     return metadata, copies
 
 
@@ -433,9 +454,19 @@ def holds_copies(engine, run_id, n_rows, table, marker_table=MARKER_TABLE):
 
 
 def load_siblings(
-    engine, ids, neighbours, run_id, run_date, images_table="images", id_column="id", siblings_column="siblings",
-    marker_table=MARKER_TABLE, batch_rows=BATCH_ROWS, changed=None, removed=(),
-):  # fmt: skip
+    engine,
+    ids,
+    neighbours,
+    run_id,
+    run_date,
+    images_table="images",
+    id_column="id",
+    siblings_column="siblings",
+    marker_table=MARKER_TABLE,
+    batch_rows=BATCH_ROWS,
+    changed=None,
+    removed=(),
+):
     """The original CMS's shape: each image's neighbour IDs as a JSON array, nearest first, in
     a column of the images table; one transaction, with the marker row, as :func:`load_similarities`.
 
@@ -495,7 +526,12 @@ def load_siblings(
     except SQLAlchemyError as exc:
         raise CmsError(f"loading {source} into {where} failed and was rolled back: {_one_line(exc)}") from None
     logger.info(
-        "siblings of %d images (run %s) written to %s.%s of %s in %.1f s", len(ids), run_id, images_table,
-        siblings_column, where, time.monotonic() - started,
-    )  # fmt: skip
+        "siblings of %d images (run %s) written to %s.%s of %s in %.1f s",
+        len(ids),
+        run_id,
+        images_table,
+        siblings_column,
+        where,
+        time.monotonic() - started,
+    )
     return len(ids)

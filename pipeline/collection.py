@@ -21,10 +21,30 @@ logger = logging.getLogger(__name__)
 #: skipped quietly. A file named by the mapping is an image whatever its extension.
 IMAGE_EXTENSIONS = frozenset(
     {
-        ".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".tif", ".tiff", ".gif", ".bmp", ".dib", ".webp", ".tga",
-        ".jp2", ".j2k", ".j2c", ".jpc", ".jpf", ".jpx", ".ppm", ".pgm", ".pbm", ".pnm",
+        ".jpg",
+        ".jpeg",
+        ".jpe",
+        ".jfif",
+        ".png",
+        ".tif",
+        ".tiff",
+        ".gif",
+        ".bmp",
+        ".dib",
+        ".webp",
+        ".tga",
+        ".jp2",
+        ".j2k",
+        ".j2c",
+        ".jpc",
+        ".jpf",
+        ".jpx",
+        ".ppm",
+        ".pgm",
+        ".pbm",
+        ".pnm",
     }
-)  # fmt: skip
+)
 MAPPING_COLUMNS = ("id", "ppn", "filename")
 _INTEGER = re.compile(r"^-?[0-9]+$")
 _INT64_MIN, _INT64_MAX = np.iinfo(np.int64).min, np.iinfo(np.int64).max
@@ -326,8 +346,10 @@ def build_inventory(files, mapping):
     by_name = {(f.ppn, f.filename): f for f in files}
     if "record" not in mapping.columns:
         mapping = mapping.assign(record="PPN" + mapping["ppn"])
-    rows = {(ppn, name): (image_id, record) for image_id, ppn, name, record in mapping[
-        [*MAPPING_COLUMNS, "record"]].itertuples(index=False)}  # fmt: skip
+    rows = {
+        (ppn, name): (image_id, record)
+        for image_id, ppn, name, record in mapping[[*MAPPING_COLUMNS, "record"]].itertuples(index=False)
+    }
     matched = sorted((by_name[key].relpath, *row, by_name[key]) for key, row in rows.items() if key in by_name)
     missing = [f"{row[0]} PPN{ppn}/{name}" for (ppn, name), row in rows.items() if (ppn, name) not in by_name]
     unmapped = [f.relpath for f in files if (f.ppn, f.filename) not in rows]
@@ -371,10 +393,13 @@ def load_inventory(path):
         files = [
             ImageFile(ppn, name, int(size), int(mtime), sha)
             for ppn, name, size, mtime, sha in zip(
-                read_strings(f["ppn"]), read_strings(f["filename"]), f["size"][:], f["mtime_ns"][:],
+                read_strings(f["ppn"]),
+                read_strings(f["filename"]),
+                f["size"][:],
+                f["mtime_ns"][:],
                 read_strings(f["sha256"]),
             )
-        ]  # fmt: skip
+        ]
         return Inventory(
             ids=read_ids(f["ids"]),
             files=files,

@@ -39,10 +39,26 @@ COLUMNS = (
 
 
 def compare_layer(
-    blocks, index, made_with, sizes, weightings, metrics, labels=None, verdicts=None, copies=None, copy_features=None,
-    variance=DEFAULT_VARIANCE, sample_images_=DEFAULT_SAMPLE_IMAGES, sample_size=DEFAULT_SAMPLE_SIZE, seed=0, k=5,
-    descriptors=(DEFAULT_DESCRIPTORS,), reduced=(DEFAULT_REDUCED,), assigns=(DEFAULT_ASSIGN,), powers=(DEFAULT_POWER,),
-):  # fmt: skip
+    blocks,
+    index,
+    made_with,
+    sizes,
+    weightings,
+    metrics,
+    labels=None,
+    verdicts=None,
+    copies=None,
+    copy_features=None,
+    variance=DEFAULT_VARIANCE,
+    sample_images_=DEFAULT_SAMPLE_IMAGES,
+    sample_size=DEFAULT_SAMPLE_SIZE,
+    seed=0,
+    k=5,
+    descriptors=(DEFAULT_DESCRIPTORS,),
+    reduced=(DEFAULT_REDUCED,),
+    assigns=(DEFAULT_ASSIGN,),
+    powers=(DEFAULT_POWER,),
+):
     """Score every combination of the settings on one set of descriptors (one layer, one image preparation).
 
     The reducer is fitted once per descriptor normalisation, the codebook once per
@@ -107,15 +123,25 @@ def compare_layer(
                         for power in powers:
                             for metric in metrics:
                                 data = WeightedHistograms.from_codebook(
-                                    counts, blocks.n_local(), index.ids, codebook, assign,
+                                    counts,
+                                    blocks.n_local(),
+                                    index.ids,
+                                    codebook,
+                                    assign,
                                     Distance(weighting, metric, power),
-                                )  # fmt: skip
+                                )
                                 nearest, _ = sparse_neighbours(data, k=k)
                                 row = {
-                                    **made_with, "descriptors": descriptor_norm, "reduced": reduced_norm,
-                                    "size": size, "codebook": f"{size} (auto)" if "auto" in settings else str(size),
-                                    "assign": assign, "weighting": weighting, "power": power, "metric": metric,
-                                }  # fmt: skip
+                                    **made_with,
+                                    "descriptors": descriptor_norm,
+                                    "reduced": reduced_norm,
+                                    "size": size,
+                                    "codebook": f"{size} (auto)" if "auto" in settings else str(size),
+                                    "assign": assign,
+                                    "weighting": weighting,
+                                    "power": power,
+                                    "metric": metric,
+                                }
                                 if labels is not None:
                                     scores = evaluation.evaluate(index.ids, index.ids[nearest], labels, k=k)
                                     row.update({key: value for key, value in scores.items() if key != "per_label"})

@@ -156,9 +156,17 @@ class Grouping:
 
 
 def copy_groups(
-    neighbours, distances, threshold, histograms, wrong=(), ids=None, keys=None, basis="", known=None,
+    neighbours,
+    distances,
+    threshold,
+    histograms,
+    wrong=(),
+    ids=None,
+    keys=None,
+    basis="",
+    known=None,
     max_component=MAX_COMPONENT,
-):  # fmt: skip
+):
     """The groups of copies (see the module); only the sets of linked images not in ``known``
     are worked out, so a night's cost beyond one pass over the lists follows what changed.
 
@@ -216,17 +224,26 @@ def copy_groups(
     if crowded:
         logger.info(
             "%d images are left out of the copies: all %d of their neighbours are within the threshold (blank or "
-            "uniform pages)", crowded, neighbours.shape[1],
-        )  # fmt: skip
+            "uniform pages)",
+            crowded,
+            neighbours.shape[1],
+        )
     if left_out:
         logger.warning(
             "%d sets of more than %d linked images are left out of the copies (blank or uniform pages, or a "
-            "threshold too high)", left_out, max_component,
-        )  # fmt: skip
+            "threshold too high)",
+            left_out,
+            max_component,
+        )
     return Grouping(
-        groups, crowded, left_out, [set_keys[c] for _, c, _ in order], [set_keys[c] for c in found if not found[c]],
-        len(todo), len(components),
-    )  # fmt: skip
+        groups,
+        crowded,
+        left_out,
+        [set_keys[c] for _, c, _ in order],
+        [set_keys[c] for c in found if not found[c]],
+        len(todo),
+        len(components),
+    )
 
 
 def known_sets(numbered, settled):

@@ -65,8 +65,10 @@ class _Decoder:
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}  # the same imports
         self.process = subprocess.Popen(
             [sys.executable, "-c", "from pipeline.decoders import _serve; _serve()", str(theirs.fileno())],
-            pass_fds=[theirs.fileno()], env=env, stdin=subprocess.DEVNULL,
-        )  # fmt: skip
+            pass_fds=[theirs.fileno()],
+            env=env,
+            stdin=subprocess.DEVNULL,
+        )
         theirs.close()
         self.connection = multiprocessing.connection.Connection(ours.detach())
         self.settings = (decode, size, max_pixels, options)

@@ -19,9 +19,24 @@ from PIL import Image, ImageEnhance, ImageFilter, ImageOps
 
 #: (name, loader) of the base photos; each becomes a group of near-duplicates.
 BASES = (
-    "astronaut", "camera", "coffee", "chelsea", "rocket", "hubble_deep_field", "immunohistochemistry",
-    "moon", "page", "text", "clock", "coins", "retina", "brick", "colorwheel", "china", "flower",
-)  # fmt: skip
+    "astronaut",
+    "camera",
+    "coffee",
+    "chelsea",
+    "rocket",
+    "hubble_deep_field",
+    "immunohistochemistry",
+    "moon",
+    "page",
+    "text",
+    "clock",
+    "coins",
+    "retina",
+    "brick",
+    "colorwheel",
+    "china",
+    "flower",
+)
 VARIANTS = ("crop", "rescan", "greyscale", "border", "small")
 MAX_SIDE = 480
 

@@ -279,11 +279,15 @@ def render(
     plots = [
         _histogram_bars("Distance to the first neighbour (images per range)", distances[:, 0]),
         _histogram_bars(f"Distance to the {neighbours.shape[1]}th neighbour (images per range)", distances[:, -1]),
-        _bars("Visual-word usage: share of all descriptors of the r-th most used word", [f"r = {r}" for r in ranks],
-              [100 * share[r - 1] for r in ranks], unit=" %"),
+        _bars(
+            "Visual-word usage: share of all descriptors of the r-th most used word",
+            [f"r = {r}" for r in ranks],
+            [100 * share[r - 1] for r in ranks],
+            unit=" %",
+        ),
         _histogram_bars("Images per PPN (PPNs per range)", per_ppn, bins=min(10, max(1, len(set(per_ppn))))),
         _bars("Stage timings of this run", list(stage_seconds), list(stage_seconds.values()), unit=" s"),
-    ]  # fmt: skip
+    ]
 
     rejected = run.get("rejected", [])
     rejected_rows = "".join(
@@ -310,9 +314,10 @@ def render(
         keys = ("queries", "precision_at_1", "precision_at_5", "recall_at_5", "map")
         rows = [("all labels", evaluation), *evaluation["per_label"].items()]
         quality = '<h2 id="quality">Quality against the labels</h2>' + _table(
-            "quality", ["", *(k.replace("_at_", "@").replace("_", " ") for k in keys)],
+            "quality",
+            ["", *(k.replace("_at_", "@").replace("_", " ") for k in keys)],
             [[name, *(f"{scores[k]:.4g}" for k in keys)] for name, scores in rows],
-        )  # fmt: skip
+        )
     check = run.get("selfcheck")
     if check:
         rows = [("all alterations", check), *check["per_alteration"].items()]
@@ -321,9 +326,10 @@ def render(
             "against the collection: how often the original is the first neighbour, and within the first five "
             f"(by chance: {100 * check['chance_top1']:.2f} % and {100 * check['chance_top5']:.2f} %).</p>"
         ) + _table(
-            "selfcheck", ["alteration", "copies", "original first", "within 5"],
+            "selfcheck",
+            ["alteration", "copies", "original first", "within 5"],
             [[name, r["queries"], f"{100 * r['top1']:.1f} %", f"{100 * r['top5']:.1f} %"] for name, r in rows],
-        )  # fmt: skip
+        )
     if "verdicts" in run:
         quality += _verdicts_section(run["verdicts"], recent, row_of, thumb, name)
     quality += _copies_section(copies, thumb, name)
@@ -386,10 +392,21 @@ def _verdicts_section(found, recent, row_of, thumb, name):
             "the share of the pairs judged right that the raw lists hold, and the share of the raw lists' judged "
             "entries judged right.</p>"
         ) + _table(
-            "verdicts", ["judged on", "pairs", "wrong", "right", "right pairs found", "judged entries", "judged right"],
-            [[day, r["pairs"], r["wrong"], r["right"], share(r["right_found"]), r["judged_in_lists"],
-              share(r["judged_right"])] for day, r in rows],
-        )  # fmt: skip
+            "verdicts",
+            ["judged on", "pairs", "wrong", "right", "right pairs found", "judged entries", "judged right"],
+            [
+                [
+                    day,
+                    r["pairs"],
+                    r["wrong"],
+                    r["right"],
+                    share(r["right_found"]),
+                    r["judged_in_lists"],
+                    share(r["judged_right"]),
+                ]
+                for day, r in rows
+            ],
+        )
     pairs = []
     for v in recent:
         a, b = row_of.get(str(v["image_id"])), row_of.get(str(v["similar_image_id"]))
@@ -424,18 +441,31 @@ def recent_verdicts(verdicts, n=6):
     order = np.argsort(verdicts.time, kind="stable")[::-1][:n]
     return [
         {
-            "image_id": verdicts.image_id[i].item(), "similar_image_id": verdicts.similar_image_id[i].item(),
-            "verdict": "right" if verdicts.right[i] else "wrong", "time": str(verdicts.time[i]),
+            "image_id": verdicts.image_id[i].item(),
+            "similar_image_id": verdicts.similar_image_id[i].item(),
+            "verdict": "right" if verdicts.right[i] else "wrong",
+            "time": str(verdicts.time[i]),
             "author": str(verdicts.author[i]),
         }
         for i in order
-    ]  # fmt: skip
+    ]
 
 
 def write_report(
-    path, run, result, counts, data, paths, sample=12, named=(), seed=0, evaluation=None, recent=(), copies=None,
+    path,
+    run,
+    result,
+    counts,
+    data,
+    paths,
+    sample=12,
+    named=(),
+    seed=0,
+    evaluation=None,
+    recent=(),
+    copies=None,
     **decoding,
-):  # fmt: skip
+):
     """Write the report page to ``path`` atomically: ``sample`` images chosen at random (seeded)
     after those of the IDs ``named``, each beside its neighbours; see :func:`render`.
 

@@ -155,9 +155,16 @@ class WeightedHistograms:
     """
 
     def __init__(
-        self, counts, n_local, ids, weighting=DEFAULT_WEIGHTING, metric=DEFAULT_METRIC, weights=None,
-        power=DEFAULT_POWER, records=None,
-    ):  # fmt: skip
+        self,
+        counts,
+        n_local,
+        ids,
+        weighting=DEFAULT_WEIGHTING,
+        metric=DEFAULT_METRIC,
+        weights=None,
+        power=DEFAULT_POWER,
+        records=None,
+    ):
         if metric not in METRICS:
             raise ConfigError(f"[neighbours] metric={metric!r} must be one of {', '.join(METRICS)}")
         counts = sp.csr_matrix(counts, dtype=np.int64)
@@ -188,9 +195,15 @@ class WeightedHistograms:
         with the codebook. Every stage, command and benchmark that compares a run's histograms
         makes them here."""
         return cls(
-            counts, n_local * assign, ids, distance.weighting, distance.metric, power=distance.power,
-            weights=codebook.word_weights(distance.weighting, assign), records=records,
-        )  # fmt: skip
+            counts,
+            n_local * assign,
+            ids,
+            distance.weighting,
+            distance.metric,
+            power=distance.power,
+            weights=codebook.word_weights(distance.weighting, assign),
+            records=records,
+        )
 
     @property
     def distance(self):
@@ -601,9 +614,16 @@ def _inverted_file(csr, block, dense_share):
 
 
 def sparse_neighbours(
-    counts, k=5, rows=None, chunk_size=4096, block=1 << 15, dense_share=DENSE_SHARE, checkpoints=None, progress=None,
+    counts,
+    k=5,
+    rows=None,
+    chunk_size=4096,
+    block=1 << 15,
+    dense_share=DENSE_SHARE,
+    checkpoints=None,
+    progress=None,
     own=None,
-):  # fmt: skip
+):
     """The k nearest other images of every image, exactly, from an inverted file over visual words.
 
     For each query image, the posting lists of its words (at most n_local of them) give the
@@ -644,14 +664,21 @@ class InvertedFile:
         chosen = slice(None) if positions is None else np.asarray(positions, dtype=np.int64)
         vectors = counts.vectors[chosen]
         self.queries = (  # the weighted counts as int32: the kernel runs 13 % faster than on int64
-            counts.vectors.indptr.astype(np.int64, copy=False), counts.vectors.indices.astype(np.int32, copy=False),
-            counts.vectors.data.astype(np.int32), counts.norms, counts.roots,
-        )  # fmt: skip
+            counts.vectors.indptr.astype(np.int64, copy=False),
+            counts.vectors.indices.astype(np.int32, copy=False),
+            counts.vectors.data.astype(np.int32),
+            counts.norms,
+            counts.roots,
+        )
         self.k, self.block, self.cosine = k, block, counts.cosine
         self.candidates = (
-            *_inverted_file(vectors, block, dense_share), counts.norms[chosen], counts.roots[chosen],
-            counts.id_rank[chosen].astype(np.int64), counts.records[chosen], counts.records,
-        )  # fmt: skip
+            *_inverted_file(vectors, block, dense_share),
+            counts.norms[chosen],
+            counts.roots[chosen],
+            counts.id_rank[chosen].astype(np.int64),
+            counts.records[chosen],
+            counts.records,
+        )
         # every candidate in the order of its key with an image it shares no word with: a query
         # leaving out s candidates finds its best such images among the first k + s
         self.sharing_no_word = counts.sharing_no_word_order(chosen).astype(np.int64)
@@ -668,9 +695,18 @@ class InvertedFile:
         ptr, idx = skip if skip is not None else (np.zeros(len(rows) + 1, dtype=np.int64), np.zeros(0, dtype=np.int64))
         most = int(np.diff(ptr).max(initial=0)) + (self.largest_record if other_records else 0)
         return _inverted_file_top_k(
-            rows, ptr, idx, *self.queries, *self.candidates, other_records, self.sharing_no_word[: self.k + most],
-            self.cosine, self.k, self.block, self.accumulators,
-        )  # fmt: skip
+            rows,
+            ptr,
+            idx,
+            *self.queries,
+            *self.candidates,
+            other_records,
+            self.sharing_no_word[: self.k + most],
+            self.cosine,
+            self.k,
+            self.block,
+            self.accumulators,
+        )
 
 
 def skip_self(selves):
@@ -727,9 +763,18 @@ def _list_keys(rows, listed, indptr, indices, data, norms, roots, cosine):
 
 
 def update_neighbours(
-    counts, previous, new, k=5, rows=None, chunk_size=4096, block=1 << 15, dense_share=DENSE_SHARE, checkpoints=None,
-    progress=None, own=None,
-):  # fmt: skip
+    counts,
+    previous,
+    new,
+    k=5,
+    rows=None,
+    chunk_size=4096,
+    block=1 << 15,
+    dense_share=DENSE_SHARE,
+    checkpoints=None,
+    progress=None,
+    own=None,
+):
     """The k nearest other images of every image, as :func:`sparse_neighbours` finds them, from
     the lists of a run over the same word weights: only where they can have changed.
 
@@ -794,8 +839,14 @@ def update_neighbours(
     neighbours[kept], distances[kept] = listed, counts.distances(keys)
     logger.info(
         "%d nearest neighbours of %d of %d images: %d queried (%d of the collection new or changed), %d kept with "
-        "the new images offered", k, len(rows), n, len(asked), len(entering), len(kept),
-    )  # fmt: skip
+        "the new images offered",
+        k,
+        len(rows),
+        n,
+        len(asked),
+        len(entering),
+        len(kept),
+    )
     return neighbours, distances, queried
 
 

@@ -22,9 +22,17 @@ def now():
 
 
 def run_report(
-    date, artifacts, inventory, index, similarities, load=None, evaluation=None, selfcheck=None, bad_verdicts=None,
+    date,
+    artifacts,
+    inventory,
+    index,
+    similarities,
+    load=None,
+    evaluation=None,
+    selfcheck=None,
+    bad_verdicts=None,
     copies=None,
-):  # fmt: skip
+):
     """The report of a finished run.
 
     Parameters
@@ -93,9 +101,17 @@ def run_report(
             report["verdicts"]["scores"] = evaluation["verdicts"]
     if copies is not None:
         keys = (
-            "threshold", "threshold_source", "groups", "images", "spanning_records", "new", "crowded", "left_out",
-            "sets", "regrouped",
-        )  # fmt: skip
+            "threshold",
+            "threshold_source",
+            "groups",
+            "images",
+            "spanning_records",
+            "new",
+            "crowded",
+            "left_out",
+            "sets",
+            "regrouped",
+        )
         report["copies"] = {key: copies[key] for key in keys if key in copies}
     if selfcheck is not None:
         keys = ("images", "queries", "top1", "top5", "chance_top1", "chance_top5", "per_alteration", "failed")

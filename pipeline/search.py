@@ -232,8 +232,10 @@ def judged_lists(data, judgements, rows, k, previous=None, new=None, verdicts_ch
         lists[i, : len(chosen)], keys[i, : len(chosen)] = chosen[order], chosen_keys[order]
     logger.info(
         "lists of %d judged images under their verdicts: %d searched in full, %d kept with the new images offered",
-        m, int(queried.sum()), int((settled & (n_right < k)).sum()),
-    )  # fmt: skip
+        m,
+        int(queried.sum()),
+        int((settled & (n_right < k)).sum()),
+    )
     return lists, data.distances(keys), queried
 
 
@@ -248,9 +250,15 @@ def _list_keys_of(data, rows, listed):
     """The ranking keys of each row with its ``listed`` images (positions, shape (m, L))."""
     v = data.vectors
     return _list_keys(
-        np.asarray(rows, dtype=np.int64), np.asarray(listed, dtype=np.int64).reshape(len(rows), -1), v.indptr,
-        v.indices, v.data, data.norms, data.roots, data.cosine,
-    )  # fmt: skip
+        np.asarray(rows, dtype=np.int64),
+        np.asarray(listed, dtype=np.int64).reshape(len(rows), -1),
+        v.indptr,
+        v.indices,
+        v.data,
+        data.norms,
+        data.roots,
+        data.cosine,
+    )
 
 
 def _keys_of(data, rows, lists):

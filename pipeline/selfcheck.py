@@ -198,7 +198,12 @@ def self_check(index, extractor, image_paths, dest, sample=50, seed=0, k=5):
     logger.info(
         "self-check: %d altered copies of %d images found their original first in %.1f%% and within %d in %.1f%% "
         "(chance %.2f%% / %.2f%%)",
-        result["queries"], result["images"], 100 * result["top1"], k, 100 * result["top5"],
-        100 * result["chance_top1"], 100 * result["chance_top5"],
-    )  # fmt: skip
+        result["queries"],
+        result["images"],
+        100 * result["top1"],
+        k,
+        100 * result["top5"],
+        100 * result["chance_top1"],
+        100 * result["chance_top5"],
+    )
     return result

@@ -321,12 +321,16 @@ def check_verdicts(rows, ids, known=(), k=5):
     frame, times = frame.iloc[good], times.iloc[good]
     first, second = frame["image_id"].to_numpy(dtype=str), frame["similar_image_id"].to_numpy(dtype=str)
     swap = first > second  # the unordered pair, by ID text
-    table = pd.DataFrame({
-        "a": np.where(swap, second, first), "b": np.where(swap, first, second), "time": times.to_numpy(),
-        "right": np.char.lower(frame["verdict"].to_numpy(dtype=str)) == "right",
-        "author": frame["author"].to_numpy(dtype=str),
-        "where": frame["where"].to_numpy(dtype=str),
-    })  # fmt: skip
+    table = pd.DataFrame(
+        {
+            "a": np.where(swap, second, first),
+            "b": np.where(swap, first, second),
+            "time": times.to_numpy(),
+            "right": np.char.lower(frame["verdict"].to_numpy(dtype=str)) == "right",
+            "author": frame["author"].to_numpy(dtype=str),
+            "where": frame["where"].to_numpy(dtype=str),
+        }
+    )
     # the pair's latest verdict; at one time wrong is the later (a wrong pair is never shown by a tie)
     table = table.sort_values(["a", "b", "time", "right", "author"], ascending=[True, True, True, False, True])
     latest = table.drop_duplicates(["a", "b"], keep="last")
@@ -366,10 +370,13 @@ def _keep_lists_full(latest, n, k, bad):
         mine = wrong[((wrong["a"] == image) | (wrong["b"] == image)) & ~wrong.index.isin(dropped)]
         for index, row in mine.sort_values("time", ascending=False).iloc[: max(len(mine) - limit, 0)].iterrows():
             dropped.add(index)
-            bad.append(BadRow(
-                f"{row['where']}: {row['a']},{row['b']},wrong,{row['time'].isoformat()}", "too many wrong",
-                f"image {image} has more pairs judged wrong than its list of {k} can leave out among {n} images",
-            ))  # fmt: skip
+            bad.append(
+                BadRow(
+                    f"{row['where']}: {row['a']},{row['b']},wrong,{row['time'].isoformat()}",
+                    "too many wrong",
+                    f"image {image} has more pairs judged wrong than its list of {k} can leave out among {n} images",
+                )
+            )
     return latest.drop(index=list(dropped))
 
 

@@ -113,9 +113,10 @@ class RunTask(luigi.Task):
         default=False, significant=False, description="Refit the reducer and the codebook in this run."
     )
     full = luigi.BoolParameter(
-        default=False, significant=False,
+        default=False,
+        significant=False,
         description="Find every image's neighbours again, not only where they can have changed.",
-    )  # fmt: skip
+    )
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -163,9 +164,12 @@ def hold_artifacts(date):
     try:
         os.makedirs(folder, exist_ok=True)
         runlock.hold(
-            folder, date.isoformat(), central=not luigi.interface.core().local_scheduler,
-            heartbeat=max(heartbeat, 0.01), stale_after=stale_after,
-        )  # fmt: skip
+            folder,
+            date.isoformat(),
+            central=not luigi.interface.core().local_scheduler,
+            heartbeat=max(heartbeat, 0.01),
+            stale_after=stale_after,
+        )
     except runlock.RunLockHeld as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         raise luigi.interface.PidLockAlreadyTakenExit() from None

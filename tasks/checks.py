@@ -88,9 +88,12 @@ class Evaluate(RunCheck):
                 )
             logger.info(
                 "evaluation over %d queries: precision@1 %.3f, precision@5 %.3f, recall@5 %.3f, mAP %.3f",
-                scores["queries"], scores["precision_at_1"], scores["precision_at_5"], scores["recall_at_5"],
+                scores["queries"],
+                scores["precision_at_1"],
+                scores["precision_at_5"],
+                scores["recall_at_5"],
                 scores["map"],
-            )  # fmt: skip
+            )
         if config.verdict_source()[0] != "none":
             positions = pd.Index(result["ids"]).get_indexer(raw.ravel()).reshape(raw.shape)
             judged = verdicts.verdict_scores(
@@ -99,9 +102,12 @@ class Evaluate(RunCheck):
             scores["verdicts"] = judged
             logger.info(
                 "the raw lists against %d verdicts: %s of the pairs judged right found, %s of their %d judged "
-                "entries judged right", judged["pairs"], _share(judged["right_found"]), _share(judged["judged_right"]),
+                "entries judged right",
+                judged["pairs"],
+                _share(judged["right_found"]),
+                _share(judged["judged_right"]),
                 judged["judged_in_lists"],
-            )  # fmt: skip
+            )
         self.write(scores)
 
 
@@ -154,7 +160,12 @@ class SelfCheck(RunCheck):
         )
         with query_extractor(index.model) as extractor, tempfile.TemporaryDirectory(prefix="selfcheck-") as copies:
             result = self_check(
-                index, extractor, files, copies, sample=config.selfcheck().sample, seed=config.selfcheck().seed,
+                index,
+                extractor,
+                files,
+                copies,
+                sample=config.selfcheck().sample,
+                seed=config.selfcheck().seed,
                 k=min(5, len(files)),
-            )  # fmt: skip
+            )
         self.write(result)

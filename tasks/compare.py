@@ -127,10 +127,18 @@ def run(args):
             if config.precision()[0] == "int8":
                 calibrate_int8(layer_store, inventory.files, layer, colour, trim)
             extraction.extract_features(
-                layer_store, inventory.files, config.paths().content, weights=config.resnet().weights, layer=layer,
-                seed=config.resnet().seed, precision=config.precision()[0], batch_size=config.resnet().batch_size,
-                colour=colour, trim=trim, **decoding,
-            )  # fmt: skip
+                layer_store,
+                inventory.files,
+                config.paths().content,
+                weights=config.resnet().weights,
+                layer=layer,
+                seed=config.resnet().seed,
+                precision=config.precision()[0],
+                batch_size=config.resnet().batch_size,
+                colour=colour,
+                trim=trim,
+                **decoding,
+            )
             index = store.index_inventory(layer_store, inventory)
             if first_ids is None:
                 first_ids = index.ids
@@ -140,26 +148,46 @@ def run(args):
                 if config.verdict_source()[0] != "none":
                     site_verdicts, bad, _, read = checked(index.ids)
                     logger.info(
-                        "%d verdicts of %d rows from %s score each setting (%d rows left out)", len(site_verdicts),
-                        len(read), where(), len(bad),
-                    )  # fmt: skip
+                        "%d verdicts of %d rows from %s score each setting (%d rows left out)",
+                        len(site_verdicts),
+                        len(read),
+                        where(),
+                        len(bad),
+                    )
             elif list(index.ids) != list(first_ids):
                 raise PipelineError(f"the images with descriptors differ between settings at {made_with}; run again")
             copy_features = None
             if copies is not None:
                 model = {
-                    "weights": config.resnet().weights, "seed": config.resnet().seed,
-                    "precision": config.precision()[0], "trunk": int8.trunk_path(layer_store.root), **made_with,
-                }  # fmt: skip
+                    "weights": config.resnet().weights,
+                    "seed": config.resnet().seed,
+                    "precision": config.precision()[0],
+                    "trunk": int8.trunk_path(layer_store.root),
+                    **made_with,
+                }
                 with query_extractor(model) as extractor:
                     copy_features = copies.extract(extractor)
             rows += compare_layer(
-                DescriptorBlocks(layer_store, index), index, made_with, args.sizes, args.weightings, args.metrics,
-                labels=labels, verdicts=site_verdicts, copies=copies, copy_features=copy_features,
+                DescriptorBlocks(layer_store, index),
+                index,
+                made_with,
+                args.sizes,
+                args.weightings,
+                args.metrics,
+                labels=labels,
+                verdicts=site_verdicts,
+                copies=copies,
+                copy_features=copy_features,
                 variance=config.reduction().variance,
-                sample_images_=config.reduction().sample_images, sample_size=config.codebook().sample_size, seed=config.codebook().seed,
-                k=5, descriptors=args.descriptors, reduced=args.reduced, assigns=args.assigns, powers=args.powers,
-            )  # fmt: skip
+                sample_images_=config.reduction().sample_images,
+                sample_size=config.codebook().sample_size,
+                seed=config.codebook().seed,
+                k=5,
+                descriptors=args.descriptors,
+                reduced=args.reduced,
+                assigns=args.assigns,
+                powers=args.powers,
+            )
     return sort_rows(rows), len(first_ids)
 
 

@@ -54,9 +54,13 @@ class Number(luigi.NumericalParameter):
     def __init__(self, var_type, low, high=None, low_open=False, high_open=False, *, must, **kwargs):
         top = (sys.maxsize if var_type is int else math.inf) if high is None else high
         super().__init__(
-            var_type=var_type, min_value=low, max_value=top, left_op=operator.lt if low_open else operator.le,
-            right_op=operator.lt if high_open else operator.le, **kwargs,
-        )  # fmt: skip
+            var_type=var_type,
+            min_value=low,
+            max_value=top,
+            left_op=operator.lt if low_open else operator.le,
+            right_op=operator.lt if high_open else operator.le,
+            **kwargs,
+        )
         self.description = kwargs.get("description", "")
         self.must = must
 
@@ -335,9 +339,14 @@ class images(luigi.Config):
 
 class reduction(luigi.Config):
     variance = Number(
-        float, 0.0, 1.0, low_open=True, default=DEFAULT_VARIANCE, must="a fraction in (0, 1]",
+        float,
+        0.0,
+        1.0,
+        low_open=True,
+        default=DEFAULT_VARIANCE,
+        must="a fraction in (0, 1]",
         description="Fraction of the variance the PCA components keep.",
-    )  # fmt: skip
+    )
     sample_images = count(
         DEFAULT_SAMPLE_IMAGES,
         low=0,
@@ -471,17 +480,37 @@ class collection(luigi.Config):
 
 #: Every section of luigi.cfg that is the pipeline's, in the order docs/configuration.md lists them.
 SECTIONS = (
-    paths, ids, cms, resnet, features, images, reduction, codebook, histograms, neighbours, verdicts, collection,
-    evaluate, selfcheck, copies, report, progress, lock,
-)  # fmt: skip
+    paths,
+    ids,
+    cms,
+    resnet,
+    features,
+    images,
+    reduction,
+    codebook,
+    histograms,
+    neighbours,
+    verdicts,
+    collection,
+    evaluate,
+    selfcheck,
+    copies,
+    report,
+    progress,
+    lock,
+)
 
 #: (section, key, check, what the value must be) of the settings whose type cannot say what
 #: they must be; the others are Choice and Number parameters, checked as they are read.
 RULES = (
-    ("codebook", "size", lambda v: v.strip().lower() == "auto" or (v.strip().isdigit() and int(v) >= 2),
-     "auto or a whole number >= 2"),
+    (
+        "codebook",
+        "size",
+        lambda v: v.strip().lower() == "auto" or (v.strip().isdigit() and int(v) >= 2),
+        "auto or a whole number >= 2",
+    ),
     ("lock", "stale_after", lambda v: v >= 3 * lock().heartbeat, "a number of seconds >= 3 x [lock] heartbeat"),
-)  # fmt: skip
+)
 
 
 #: Settings that moved: (section, old key) -> where the setting is now.

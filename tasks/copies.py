@@ -69,9 +69,10 @@ class Copies(ArtifactTask):
         threshold, source = self.threshold()
         # what a set's groups depend on besides its images: the histograms' words, weights and distance
         made = [read_attrs(self.input()[name].path) for name in ("codebook", "histograms")]
-        basis = json.dumps([made[0]["digest"], made[1]["settings_digest"], repr(threshold)] + [
-            str(result["attrs"].get(name)) for name in ("weighting", "metric", "power")
-        ])  # fmt: skip
+        basis = json.dumps(
+            [made[0]["digest"], made[1]["settings_digest"], repr(threshold)]
+            + [str(result["attrs"].get(name)) for name in ("weighting", "metric", "power")]
+        )
         earlier = copies.load_copies(self.output().path)
         known = copies.known_sets(*earlier) if earlier else {}
 
@@ -82,24 +83,42 @@ class Copies(ArtifactTask):
             listed, result["distances"], threshold, histograms, wrong, ids=ids, keys=keys, basis=basis, known=known
         )
         numbered = copies.number_groups(
-            grouping.groups, ids, result["ppn"], result["filename"], self.date.isoformat(),
-            earlier[0].rows if earlier else None, earlier[0].next_group if earlier else 1, sets=grouping.keys,
-        )  # fmt: skip
+            grouping.groups,
+            ids,
+            result["ppn"],
+            result["filename"],
+            self.date.isoformat(),
+            earlier[0].rows if earlier else None,
+            earlier[0].next_group if earlier else 1,
+            sets=grouping.keys,
+        )
         spanning = copies.spanning(numbered.rows)
         attrs = self.attrs(
-            threshold=threshold, threshold_source=source, groups=len(grouping.groups),
-            images=int(sum(len(g) for g in grouping.groups)), spanning_records=len(spanning),
-            new=len(numbered.new_groups), crowded=grouping.crowded, left_out=grouping.left_out,
-            sets=grouping.sets, regrouped=grouping.regrouped,
-        )  # fmt: skip
+            threshold=threshold,
+            threshold_source=source,
+            groups=len(grouping.groups),
+            images=int(sum(len(g) for g in grouping.groups)),
+            spanning_records=len(spanning),
+            new=len(numbered.new_groups),
+            crowded=grouping.crowded,
+            left_out=grouping.left_out,
+            sets=grouping.sets,
+            regrouped=grouping.regrouped,
+        )
         copies.save_copies(tmp, numbered, attrs, grouping.settled)
         copies.write_csv(os.path.join(config.paths().artifacts, self.csv), numbered.rows)
         logger.info(
             "%d groups of copies (%d images, %d spanning several records, %d new) within distance %.4g (%s); "
             "%d of %d sets of linked images worked out, the others as the earlier night left them",
-            len(grouping.groups), attrs["images"], len(spanning), len(numbered.new_groups), threshold, source,
-            grouping.regrouped, grouping.sets,
-        )  # fmt: skip
+            len(grouping.groups),
+            attrs["images"],
+            len(spanning),
+            len(numbered.new_groups),
+            threshold,
+            source,
+            grouping.regrouped,
+            grouping.sets,
+        )
 
 
 def copies_wanted():

@@ -52,9 +52,14 @@ class LoadSimilarities(RunTask):
 
     def holds(self, run_id, ids, written=None):
         return cms.holds_load(
-            inputs.engine(), run_id, ids, config.cms().table, config.cms().marker_table, siblings=self.siblings(),
+            inputs.engine(),
+            run_id,
+            ids,
+            config.cms().table,
+            config.cms().marker_table,
+            siblings=self.siblings(),
             written=written,
-        )  # fmt: skip
+        )
 
     def complete(self):
         if not requirements_complete(self):
@@ -82,8 +87,10 @@ class LoadSimilarities(RunTask):
         if cms.loaded_run(inputs.engine(), self.target(), config.cms().marker_table) == common["run_id"]:
             logger.warning(
                 "%s no longer holds the rows of run %s that the marker table records (dropped, emptied or restored "
-                "outside the pipeline): loading them again", self.target(), common["run_id"],
-            )  # fmt: skip
+                "outside the pipeline): loading them again",
+                self.target(),
+                common["run_id"],
+            )
         why_whole = self.incremental(result)
         if why_whole is None:
             common.update(changed=result["changed"], removed=result["removed"])
@@ -91,15 +98,25 @@ class LoadSimilarities(RunTask):
             logger.info("%s: every row is loaded (%s)", self.task_family, why_whole)
         if config.cms().mode == "siblings":
             cms.load_siblings(
-                inputs.engine(), result["ids"], result["neighbours"], images_table=config.cms().images_table,
-                id_column=config.cms().id_column, siblings_column=config.cms().siblings_column, batch_rows=config.cms().batch_rows,
+                inputs.engine(),
+                result["ids"],
+                result["neighbours"],
+                images_table=config.cms().images_table,
+                id_column=config.cms().id_column,
+                siblings_column=config.cms().siblings_column,
+                batch_rows=config.cms().batch_rows,
                 **common,
-            )  # fmt: skip
+            )
         else:
             cms.load_similarities(
-                inputs.engine(), result["ids"], result["neighbours"], result["distances"], table=config.cms().table,
-                batch_rows=config.cms().batch_rows, **common,
-            )  # fmt: skip
+                inputs.engine(),
+                result["ids"],
+                result["neighbours"],
+                result["distances"],
+                table=config.cms().table,
+                batch_rows=config.cms().batch_rows,
+                **common,
+            )
 
 
 class LoadCopies(RunTask):
@@ -127,9 +144,14 @@ class LoadCopies(RunTask):
     def run(self):
         numbered, _ = copies.load_copies(self.input().path)
         cms.load_copies(
-            inputs.engine(), numbered.rows, self.run_id(), self.date.isoformat(), config.cms().copies_table,
-            config.cms().marker_table, config.cms().batch_rows,
-        )  # fmt: skip
+            inputs.engine(),
+            numbered.rows,
+            self.run_id(),
+            self.date.isoformat(),
+            config.cms().copies_table,
+            config.cms().marker_table,
+            config.cms().batch_rows,
+        )
 
 
 def copies_loaded():

@@ -39,9 +39,11 @@ class NeighbourInputs(ArtifactTask):
     @staticmethod
     def neighbour_settings():
         settings = {
-            "k": config.neighbours().k, "metric": config.neighbours().metric, "weighting": config.neighbours().weighting,
+            "k": config.neighbours().k,
+            "metric": config.neighbours().metric,
+            "weighting": config.neighbours().weighting,
             "power": config.neighbours().power,
-        }  # fmt: skip
+        }
         if config.neighbours().same_record.own(config.neighbours().k) is not None:  # keep: the digests of before
             settings["same_record"] = str(config.neighbours().same_record)
         return settings
@@ -91,9 +93,14 @@ def night_search(task):
         records = task.records(index)
         keys = task.list_keys(keys, records, index)
         data = WeightedHistograms.from_codebook(
-            counts, n_local, index.ids, CodebookModel.load(task.input()["codebook"].path),
-            histograms.load_assign(histograms_path), config.distance(), records=records,
-        )  # fmt: skip
+            counts,
+            n_local,
+            index.ids,
+            CodebookModel.load(task.input()["codebook"].path),
+            histograms.load_assign(histograms_path),
+            config.distance(),
+            records=records,
+        )
         del counts  # the search reads the weighted copy
         earlier = task.earlier(index.ids, keys)
         try:
@@ -127,9 +134,11 @@ class NeighbourShard(Shard, NeighbourInputs):
         rows = output.block_rows(len(search.data), self.shard, self.shards)
         lists = search.lists(rows, self.checkpoints(), Progress(self, "neighbours of"))
         attrs = self.attrs(
-            search="incremental" if search.why_full is None else "full", queried=int(lists.queried.sum()),
-            judged=len(lists.judged), judged_queried=int(lists.judged_queried.sum()),
-        )  # fmt: skip
+            search="incremental" if search.why_full is None else "full",
+            queried=int(lists.queried.sum()),
+            judged=len(lists.judged),
+            judged_queried=int(lists.judged_queried.sum()),
+        )
         output.write_neighbours(tmp, lists, attrs)
 
 
@@ -162,27 +171,49 @@ class Similarities(NeighbourInputs):
         changed_by_verdicts = int((nearest[judged] != raw).any(axis=1).sum())
         own_record = float((records[nearest] == records[:, None]).mean()) if len(nearest) else 0.0
         attrs = self.attrs(
-            metric=config.neighbours().metric, weighting=config.neighbours().weighting,
-            power=config.neighbours().power, codebook_size=codebook.size, model=MODEL,
-            layer=config.resnet().layer, weights=config.resnet().weights, basis=self.basis(),
-            search=searches.pop() if len(searches) == 1 else "mixed", queried=sum(a["queried"] for a in shards),
-            shards=len(shards), shard_seconds=round(sum(a["seconds"] for a in ran), 3), verdicts=len(honoured),
-            judged=len(judged), judged_queried=sum(a.get("judged_queried", 0) for a in shards),
-            changed_by_verdicts=changed_by_verdicts, same_record=str(config.neighbours().same_record),
+            metric=config.neighbours().metric,
+            weighting=config.neighbours().weighting,
+            power=config.neighbours().power,
+            codebook_size=codebook.size,
+            model=MODEL,
+            layer=config.resnet().layer,
+            weights=config.resnet().weights,
+            basis=self.basis(),
+            search=searches.pop() if len(searches) == 1 else "mixed",
+            queried=sum(a["queried"] for a in shards),
+            shards=len(shards),
+            shard_seconds=round(sum(a["seconds"] for a in ran), 3),
+            verdicts=len(honoured),
+            judged=len(judged),
+            judged_queried=sum(a.get("judged_queried", 0) for a in shards),
+            changed_by_verdicts=changed_by_verdicts,
+            same_record=str(config.neighbours().same_record),
             own_record_share=round(own_record, 4),
-        )  # fmt: skip
+        )
         logger.info(
             "%.1f %% of the neighbours are of the image's own record (same_record = %s)",
-            100 * own_record, config.neighbours().same_record,
-        )  # fmt: skip
+            100 * own_record,
+            config.neighbours().same_record,
+        )
         if config.resnet().weights == "random":
             attrs["weights_note"] = RANDOM_WEIGHTS_NOTE
         if len(honoured):
             logger.info(
                 "%d verdicts honoured: the lists of %d of the %d judged images differ from their raw lists",
-                len(honoured), changed_by_verdicts, len(judged),
-            )  # fmt: skip
+                len(honoured),
+                changed_by_verdicts,
+                len(judged),
+            )
         output.write_similarities(
-            tmp, index.ids, index.ppn, index.filename, nearest, distances, attrs, keys=keys,
-            earlier=self.earlier(index.ids, keys), raw=(judged, raw, raw_distances), verdicts=honoured,
-        )  # fmt: skip
+            tmp,
+            index.ids,
+            index.ppn,
+            index.filename,
+            nearest,
+            distances,
+            attrs,
+            keys=keys,
+            earlier=self.earlier(index.ids, keys),
+            raw=(judged, raw, raw_distances),
+            verdicts=honoured,
+        )

@@ -85,9 +85,16 @@ class Nightly(RunTask):
             bad = load_verdicts(Verdicts(date=self.date).output().path)[1]
         copies = read_attrs(self.input()["copies"].path) if "copies" in self.input() else None
         report = run_report(
-            date, artifacts, inventory, index, os.path.abspath(self.input()["similarities"].path), load, **checks,
-            bad_verdicts=bad, copies=copies,
-        )  # fmt: skip
+            date,
+            artifacts,
+            inventory,
+            index,
+            os.path.abspath(self.input()["similarities"].path),
+            load,
+            **checks,
+            bad_verdicts=bad,
+            copies=copies,
+        )
         with artifacts_writable():
             publish_report(config.paths().artifacts, date, report)
             visual_report(self.date, report, self.show, inventory)
@@ -95,11 +102,16 @@ class Nightly(RunTask):
         logger.info(
             "run of %s done: %d images, %d extracted, %d reused, %d rejected, %d with neighbours%s; similarities: %s; "
             "report: %s",
-            date, report["images_total"], report["extracted"], report["reused"], len(report["rejected"]),
+            date,
+            report["images_total"],
+            report["extracted"],
+            report["reused"],
+            len(report["rejected"]),
             report["images_with_neighbours"],
             f"; self-check: original first for {100 * check['top1']:.1f}% of altered copies" if check else "",
-            report["similarities"], os.path.join(config.paths().artifacts, "report.html"),
-        )  # fmt: skip
+            report["similarities"],
+            os.path.join(config.paths().artifacts, "report.html"),
+        )
 
 
 def visual_report(date, run, show="", inventory=None):

@@ -183,10 +183,17 @@ def calibrate_int8(store, files, layer, colour, trim):
     """The int8 trunk of ``store`` (descriptors of ``layer``, images prepared with ``colour`` and
     ``trim``), calibrated on the collection ``files`` with luigi.cfg's settings unless it has one."""
     return int8.calibrate_store(
-        store, files, config.paths().content, weights=config.resnet().weights, layer=layer,
-        seed=config.resnet().seed, n_images=config.resnet().calibration_images,
-        max_pixels=config.images().max_pixels, colour=colour, trim=trim,
-    )  # fmt: skip
+        store,
+        files,
+        config.paths().content,
+        weights=config.resnet().weights,
+        layer=layer,
+        seed=config.resnet().seed,
+        n_images=config.resnet().calibration_images,
+        max_pixels=config.images().max_pixels,
+        colour=colour,
+        trim=trim,
+    )
 
 
 class FeatureShard(Shard, ArtifactTask):
@@ -279,12 +286,20 @@ class Features(ArtifactTask):
         for a in ran:
             decoded_by.update(json.loads(a.get("decoded_by", "{}")))
         attrs = self.attrs(
-            images=len(index), extracted=extracted, reused=len(index) + len(index.rejected) - extracted,
-            shards=len(shards), shard_seconds=round(sum(a["seconds"] for a in ran), 3), decoded_by=json.dumps(decoded_by),
-            model=MODEL, layer=config.resnet().layer, weights=config.resnet().weights,
-            colour=config.images().colour, trim=config.images().trim,
-            precision=config.precision()[0], precision_reason=config.precision()[1],
-        )  # fmt: skip
+            images=len(index),
+            extracted=extracted,
+            reused=len(index) + len(index.rejected) - extracted,
+            shards=len(shards),
+            shard_seconds=round(sum(a["seconds"] for a in ran), 3),
+            decoded_by=json.dumps(decoded_by),
+            model=MODEL,
+            layer=config.resnet().layer,
+            weights=config.resnet().weights,
+            colour=config.images().colour,
+            trim=config.images().trim,
+            precision=config.precision()[0],
+            precision_reason=config.precision()[1],
+        )
         if config.precision()[0] == "int8":
             attrs["int8_trunk"] = int8.trunk_path(feature_store.root)
         store.save_index(tmp, index, attrs)

@@ -86,24 +86,41 @@ class Verdicts(ArtifactTask):
         n_rows = len(rows)
         named = {str(i) for i in (*honoured.image_id.tolist(), *honoured.similar_image_id.tolist())}
         self._found = settings_digest(
-            [honoured.image_id.tolist(), honoured.similar_image_id.tolist(), honoured.right.tolist(),
-             honoured.time.tolist(), honoured.author.tolist(), [list(b) for b in bad]]
-        )  # fmt: skip
+            [
+                honoured.image_id.tolist(),
+                honoured.similar_image_id.tolist(),
+                honoured.right.tolist(),
+                honoured.time.tolist(),
+                honoured.author.tolist(),
+                [list(b) for b in bad],
+            ]
+        )
         n_right = int(honoured.right.sum())
         logger.info(
             "verdicts from %s: %d rows, %d pairs honoured (%d wrong, %d right), %d rows replaced by a later verdict "
-            "on their pair, %d left out", where(), n_rows, len(honoured), len(honoured) - n_right, n_right,
-            superseded, len(bad),
-        )  # fmt: skip
+            "on their pair, %d left out",
+            where(),
+            n_rows,
+            len(honoured),
+            len(honoured) - n_right,
+            n_right,
+            superseded,
+            len(bad),
+        )
         if bad:
             listed = "; ".join(f"{b.row}: {b.reason}" for b in bad[:20])
             logger.warning(
                 "%d verdict rows cannot be honoured: %s%s", len(bad), listed, " ..." if len(bad) > 20 else ""
             )
         attrs = self.attrs(
-            rows=n_rows, honoured=len(honoured), wrong=len(honoured) - n_right, right=n_right,
-            superseded=superseded, bad=len(bad), where=where() or "none",
-        )  # fmt: skip
+            rows=n_rows,
+            honoured=len(honoured),
+            wrong=len(honoured) - n_right,
+            right=n_right,
+            superseded=superseded,
+            bad=len(bad),
+            where=where() or "none",
+        )
         # the IDs of the rows that were images once stay known, so that they keep being "gone"
         mentioned = {str(v).strip() for column in ("image_id", "similar_image_id") for v in rows[column]}
         verdicts.save_verdicts(tmp, honoured, bad, earlier | named | (known & mentioned), attrs)

@@ -66,7 +66,7 @@ def pipeline_config(root, **overrides):
             "task_failed": 30,
             "scheduling_error": 35,
             "unhandled_exception": 40,
-        },  # fmt: skip
+        },
     }
     for key, value in overrides.items():
         section, name = key.split("__")
@@ -182,8 +182,14 @@ class Database:
 
     def rows(self):
         with self.engine.connect() as conn:
-            table = sa.table(self.table, sa.column("image_id"), sa.column("rank"), sa.column("similar_image_id"),
-                             sa.column("distance"), sa.column("run_id"))  # fmt: skip
+            table = sa.table(
+                self.table,
+                sa.column("image_id"),
+                sa.column("rank"),
+                sa.column("similar_image_id"),
+                sa.column("distance"),
+                sa.column("run_id"),
+            )
             return sorted(tuple(r) for r in conn.execute(sa.select(table)))
 
     def load(self, result, run_id, **kwargs):
@@ -216,9 +222,14 @@ def database(request, tmp_path):
 #: first two make the two shared runs, one each): the parallel workers (make test) then end on
 #: the short tests, none left waiting for a long one.
 LONG_FIRST = (
-    "test_runs.py", "test_demo_run.py", "test_run_inputs.py", "test_nights.py", "test_verdict_nights.py",
-    "test_nightly.py", "test_luigid.py",
-)  # fmt: skip
+    "test_runs.py",
+    "test_demo_run.py",
+    "test_run_inputs.py",
+    "test_nights.py",
+    "test_verdict_nights.py",
+    "test_nightly.py",
+    "test_luigid.py",
+)
 
 
 def pytest_collection_modifyitems(items):

@@ -95,8 +95,12 @@ def luigi_cli(config, cwd):
     return subprocess.run(
         # Luigi's own lock in the test's folder: it admits one such command line per folder of locks
         [luigi_bin, "--module", "tasks", "Similarities", "--local-scheduler", "--lock-pid-dir", str(cwd / "locks")],
-        cwd=cwd, env=env, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def cms_rows(database, table="image_similarity"):
@@ -231,9 +235,13 @@ def run_module(module, config, *args):
     """``python -m module args`` in the folder of ``config``, as a user runs it."""
     env = {**os.environ, "LUIGI_CONFIG_PATH": str(config)}
     return subprocess.run(
-        [sys.executable, "-m", module, *map(str, args)], cwd=config.parent, env=env, capture_output=True, text=True,
+        [sys.executable, "-m", module, *map(str, args)],
+        cwd=config.parent,
+        env=env,
+        capture_output=True,
+        text=True,
         timeout=600,
-    )  # fmt: skip
+    )
 
 
 #: Images of the demo the self-check alters (6 copies each): forward passes of ResNet50, the test's cost.
@@ -248,9 +256,12 @@ def demo_run(tmp_path_factory):
     def make(root):
         (root / "content").symlink_to(DEMO)
         config = pipeline_config(
-            root, evaluate__labels=os.path.join(DEMO, "labels.csv"), selfcheck__sample=SELFCHECK, report__sample=2,
+            root,
+            evaluate__labels=os.path.join(DEMO, "labels.csv"),
+            selfcheck__sample=SELFCHECK,
+            report__sample=2,
             copies__threshold="auto",
-        )  # fmt: skip
+        )
         with pytest.MonkeyPatch.context() as monkeypatch:
             result = build(monkeypatch, config, Nightly)
         assert result.status == luigi.execution_summary.LuigiStatusCode.SUCCESS, result.summary_text

@@ -25,10 +25,16 @@ def expected_rows(result, run_id):
     ids, neighbours, distances = result
     n, k = neighbours.shape
     return sorted(
-        (int(ids[i]) if ids.dtype.kind == "i" else str(ids[i]), r + 1,
-         int(neighbours[i, r]) if ids.dtype.kind == "i" else str(neighbours[i, r]), float(distances[i, r]), run_id)
-        for i in range(n) for r in range(k)
-    )  # fmt: skip
+        (
+            int(ids[i]) if ids.dtype.kind == "i" else str(ids[i]),
+            r + 1,
+            int(neighbours[i, r]) if ids.dtype.kind == "i" else str(neighbours[i, r]),
+            float(distances[i, r]),
+            run_id,
+        )
+        for i in range(n)
+        for r in range(k)
+    )
 
 
 # -- the URL ------------------------------------------------------------------------------
@@ -77,9 +83,13 @@ def test_a_password_in_an_unparsable_url_from_the_environment_is_not_shown(monke
 def make_images(db, rows, columns=("id", "ppn", "filename")):
     with db.engine.begin() as conn:
         table = sa.Table(
-            db.images, sa.MetaData(), sa.Column(columns[0], sa.BigInteger), sa.Column(columns[1], sa.String(64)),
-            sa.Column(columns[2], sa.String(255)), *(sa.Column(c, sa.String(64)) for c in columns[3:]),
-        )  # fmt: skip
+            db.images,
+            sa.MetaData(),
+            sa.Column(columns[0], sa.BigInteger),
+            sa.Column(columns[1], sa.String(64)),
+            sa.Column(columns[2], sa.String(255)),
+            *(sa.Column(c, sa.String(64)) for c in columns[3:]),
+        )
         table.create(conn)
         if rows:
             conn.execute(table.insert(), [dict(zip(columns, row)) for row in rows])
@@ -157,8 +167,12 @@ def test_a_load_is_held_only_while_its_table_holds_its_rows(database):
     assert cms.holds_load(database.engine, "run-1", result[0], database.table, database.marker)
     assert not cms.holds_load(database.engine, "run-2", result[0], database.table, database.marker)
     quoted = database.engine.dialect.identifier_preparer.quote(database.table)
-    for change in (f"DELETE FROM {quoted}", f"DROP TABLE {quoted}", f"UPDATE {quoted} SET run_id = 'run-0'",
-                   f"DELETE FROM {quoted} WHERE image_id = 400"):  # fmt: skip
+    for change in (
+        f"DELETE FROM {quoted}",
+        f"DROP TABLE {quoted}",
+        f"UPDATE {quoted} SET run_id = 'run-0'",
+        f"DELETE FROM {quoted} WHERE image_id = 400",
+    ):
         with database.engine.begin() as conn:
             conn.execute(sa.text(change))
         assert not cms.holds_load(database.engine, "run-1", result[0], database.table, database.marker), change
@@ -418,8 +432,13 @@ def test_copies_are_replaced_whole_and_a_failed_load_keeps_the_previous_groups(d
     )
     with database.engine.connect() as conn:
         rows = sorted(tuple(r) for r in conn.execute(sa.select(copies)))
-    assert rows == [(1, 10, "2026-11-24", "c-2"), (1, 11, "2026-11-24", "c-2"), (1, 12, "2026-11-24", "c-2"),
-                    (3, 30, "2026-11-24", "c-2"), (3, 31, "2026-11-24", "c-2")]  # fmt: skip
+    assert rows == [
+        (1, 10, "2026-11-24", "c-2"),
+        (1, 11, "2026-11-24", "c-2"),
+        (1, 12, "2026-11-24", "c-2"),
+        (3, 30, "2026-11-24", "c-2"),
+        (3, 31, "2026-11-24", "c-2"),
+    ]
     assert not cms.holds_copies(database.engine, "c-1", 5, table, database.marker)
     # an image in two groups breaks the primary key: rolled back, the groups of c-2 stay whole
     with pytest.raises(CmsError, match=f"loading \\[cms\\] copies_table='{table}' into .* failed and was rolled back"):

@@ -22,8 +22,18 @@ def touch(path, data=b"x"):
 
 
 def test_scan_lists_images_one_level_down_and_skips_the_rest(tmp_path):
-    for name in ["PPN1/b.jpg", "PPN1/a.PNG", "PPN2/c.tif", "PPN1/.hidden.jpg", "PPN1/Thumbs.db",
-                 "PPN1/meta.xml", "image_ids.csv", "loose.jpg", "other/d.jpg", "PPN2/sub/e.jpg"]:  # fmt: skip
+    for name in [
+        "PPN1/b.jpg",
+        "PPN1/a.PNG",
+        "PPN2/c.tif",
+        "PPN1/.hidden.jpg",
+        "PPN1/Thumbs.db",
+        "PPN1/meta.xml",
+        "image_ids.csv",
+        "loose.jpg",
+        "other/d.jpg",
+        "PPN2/sub/e.jpg",
+    ]:
         touch(tmp_path / name)
     files = scan_content(tmp_path)
     assert [f.relpath for f in files] == ["PPN1/a.PNG", "PPN1/b.jpg", "PPN2/c.tif"]
@@ -148,8 +158,21 @@ def test_files_without_read_permission_are_listed_and_of_an_unreadable_folder_th
 
 
 def test_the_mapping_decides_what_an_image_is_and_missing_means_no_such_file(tmp_path):
-    names = ["Iggy.1024.ppm", "baboon.pgm", "marbles.pbm", "x.pnm", "a.j2k", "b.jpf", "c.jpx", "d.tga", "E.TIFF",
-             "no extension", "notes.txt", ".hidden.jpg", "folder.jpg"]  # fmt: skip
+    names = [
+        "Iggy.1024.ppm",
+        "baboon.pgm",
+        "marbles.pbm",
+        "x.pnm",
+        "a.j2k",
+        "b.jpf",
+        "c.jpx",
+        "d.tga",
+        "E.TIFF",
+        "no extension",
+        "notes.txt",
+        ".hidden.jpg",
+        "folder.jpg",
+    ]
     for name in names[:-1]:
         touch(tmp_path / "PPN1" / name)
     (tmp_path / "PPN1" / "folder.jpg").mkdir()

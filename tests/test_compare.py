@@ -63,9 +63,18 @@ def test_without_labels_the_self_check_orders_the_rows():
 def test_normalisations_assignments_and_powers_are_each_scored():
     blocks, index, labels = grouped_collection()
     rows = compare_layer(
-        blocks, index, {"layer": "conv5_block3_out"}, [8], ["tfidf"], ["cosine"], labels=labels,
-        descriptors=["raw", "l2"], reduced=["raw", "l2"], assigns=[1, 2], powers=[1.0, 0.5],
-    )  # fmt: skip
+        blocks,
+        index,
+        {"layer": "conv5_block3_out"},
+        [8],
+        ["tfidf"],
+        ["cosine"],
+        labels=labels,
+        descriptors=["raw", "l2"],
+        reduced=["raw", "l2"],
+        assigns=[1, 2],
+        powers=[1.0, 0.5],
+    )
     settings = {(r["descriptors"], r["reduced"], r["assign"], r["power"]) for r in rows}
     assert len(rows) == len(settings) == 2 * 2 * 2 * 2
     assert all(r["queries"] == 24 and 0 < r["map"] <= 1 for r in rows)
@@ -80,10 +89,12 @@ def test_settings_are_scored_on_the_verdicts_without_labels():
     same = [(ids[i], ids[i + 4]) for i in range(8)]
     other = [(ids[i], ids[i + 1]) for i in range(8)]
     found = Verdicts(
-        image_id=np.array([a for a, _ in same + other]), similar_image_id=np.array([b for _, b in same + other]),
-        right=np.array([True] * 8 + [False] * 8), time=np.array(["2026-12-01T00:00:00+00:00"] * 16),
+        image_id=np.array([a for a, _ in same + other]),
+        similar_image_id=np.array([b for _, b in same + other]),
+        right=np.array([True] * 8 + [False] * 8),
+        time=np.array(["2026-12-01T00:00:00+00:00"] * 16),
         author=np.array([""] * 16),
-    )  # fmt: skip
+    )
     rows = compare_layer(blocks, index, {"layer": "conv5_block3_out"}, [4, 30], ["tfidf"], ["cosine"], verdicts=found)
     assert len(rows) == 2 and all(r["verdict_pairs"] == 16 and "map" not in r for r in rows)
     # groups this far apart: the lists find every pair judged right and hold none judged wrong

@@ -136,9 +136,16 @@ def test_a_later_night_works_out_only_the_sets_whose_images_or_verdicts_changed(
     one, other = first.groups[0], first.groups[1]
     changed[one[0]] = "k-new"
     later = copy_groups(
-        neighbours, distances, THRESHOLD, histograms, wrong=[(other[0], other[1])], ids=ids, keys=changed, basis="b",
+        neighbours,
+        distances,
+        THRESHOLD,
+        histograms,
+        wrong=[(other[0], other[1])],
+        ids=ids,
+        keys=changed,
+        basis="b",
         known=known,
-    )  # fmt: skip
+    )
     assert later.regrouped == 2 and sorted(asked[0].tolist()) == sorted([*one.tolist(), *other.tolist()])
     assert not any(other[0] in g and other[1] in g for g in later.groups)
     asked.clear()  # another basis (a refit, another threshold): every set again

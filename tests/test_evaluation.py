@@ -10,15 +10,17 @@ LABELS = {"1": "a", "2": "a", "3": "a", "4": "b", "5": "b", "6": "c", "99": "a"}
 
 
 def test_metrics_match_hand_computed_values_on_a_mixed_ranking():
-    neighbours = np.array([
-        [2, 3, 4, 5, 6],  # hits 1 1 0 0 0, 2 relevant: P@1 1, P@5 .4, R@5 1, AP (1/1 + 2/2) / 2 = 1
-        [4, 5, 6, 7, 1],  # hits 0 0 0 0 1: P@1 0, P@5 .2, R@5 .5, AP (1/5) / 2 = .1
-        [4, 1, 5, 2, 6],  # hits 0 1 0 1 0: P@1 0, P@5 .4, R@5 1, AP (1/2 + 2/4) / 2 = .5
-        [5, 1, 2, 3, 6],  # 1 relevant, first: P@1 1, P@5 .2, R@5 1, AP 1
-        [1, 2, 3, 6, 4],  # 1 relevant, fifth: P@1 0, P@5 .2, R@5 1, AP (1/5) / 1 = .2
-        [1, 2, 3, 4, 5],  # c occurs once: not a query
-        [1, 2, 3, 4, 5],  # unlabelled: not a query
-    ])  # fmt: skip
+    neighbours = np.array(
+        [
+            [2, 3, 4, 5, 6],  # hits 1 1 0 0 0, 2 relevant: P@1 1, P@5 .4, R@5 1, AP (1/1 + 2/2) / 2 = 1
+            [4, 5, 6, 7, 1],  # hits 0 0 0 0 1: P@1 0, P@5 .2, R@5 .5, AP (1/5) / 2 = .1
+            [4, 1, 5, 2, 6],  # hits 0 1 0 1 0: P@1 0, P@5 .4, R@5 1, AP (1/2 + 2/4) / 2 = .5
+            [5, 1, 2, 3, 6],  # 1 relevant, first: P@1 1, P@5 .2, R@5 1, AP 1
+            [1, 2, 3, 6, 4],  # 1 relevant, fifth: P@1 0, P@5 .2, R@5 1, AP (1/5) / 1 = .2
+            [1, 2, 3, 4, 5],  # c occurs once: not a query
+            [1, 2, 3, 4, 5],  # unlabelled: not a query
+        ]
+    )
     result = evaluate(IDS, neighbours, LABELS)
     assert result["queries"] == 5
     assert result["precision_at_1"] == pytest.approx(0.4)
@@ -42,13 +44,31 @@ def test_metrics_match_hand_computed_values_on_a_mixed_ranking():
 
 
 def test_a_perfect_ranking_scores_one_and_a_ranking_without_relevant_images_zero():
-    perfect = np.array([[2, 3, 6, 7, 4], [1, 3, 6, 7, 4], [1, 2, 6, 7, 4], [5, 6, 7, 1, 2], [4, 6, 7, 1, 2],
-                        [1, 2, 3, 4, 5], [1, 2, 3, 4, 5]])  # fmt: skip
+    perfect = np.array(
+        [
+            [2, 3, 6, 7, 4],
+            [1, 3, 6, 7, 4],
+            [1, 2, 6, 7, 4],
+            [5, 6, 7, 1, 2],
+            [4, 6, 7, 1, 2],
+            [1, 2, 3, 4, 5],
+            [1, 2, 3, 4, 5],
+        ]
+    )
     best = evaluate(IDS, perfect, LABELS)
     assert (best["precision_at_1"], best["recall_at_5"], best["map"]) == (1.0, 1.0, 1.0)
     assert best["precision_at_5"] == pytest.approx((2 / 5 * 3 + 1 / 5 * 2) / 5)  # at most |R| of 5 can be relevant
-    worst = np.array([[4, 5, 6, 7, 4], [4, 5, 6, 7, 4], [4, 5, 6, 7, 4], [1, 2, 3, 6, 7], [1, 2, 3, 6, 7],
-                      [1, 2, 3, 4, 5], [1, 2, 3, 4, 5]])  # fmt: skip
+    worst = np.array(
+        [
+            [4, 5, 6, 7, 4],
+            [4, 5, 6, 7, 4],
+            [4, 5, 6, 7, 4],
+            [1, 2, 3, 6, 7],
+            [1, 2, 3, 6, 7],
+            [1, 2, 3, 4, 5],
+            [1, 2, 3, 4, 5],
+        ]
+    )
     none = evaluate(IDS, worst, LABELS)
     assert (none["precision_at_1"], none["precision_at_5"], none["recall_at_5"], none["map"]) == (0.0, 0.0, 0.0, 0.0)
 

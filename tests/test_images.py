@@ -273,11 +273,19 @@ def test_a_decoder_bug_that_names_the_file_is_reported_without_its_folder(tmp_pa
 @pytest.mark.parametrize(
     "name, fmt, options",
     [
-        ("a.ppm", None, {}), ("a.pgm", None, {}), ("a.pbm", None, {}), ("a.pnm", None, {}), ("a.tga", None, {}),
-        ("a.j2k", "JPEG2000", {"no_jp2": True}), ("a.jpf", "JPEG2000", {}), ("a.jpx", "JPEG2000", {}),
-        ("A.JPG", "JPEG", {}), ("no extension", "PNG", {}), ("png named.jpg", "PNG", {}),
+        ("a.ppm", None, {}),
+        ("a.pgm", None, {}),
+        ("a.pbm", None, {}),
+        ("a.pnm", None, {}),
+        ("a.tga", None, {}),
+        ("a.j2k", "JPEG2000", {"no_jp2": True}),
+        ("a.jpf", "JPEG2000", {}),
+        ("a.jpx", "JPEG2000", {}),
+        ("A.JPG", "JPEG", {}),
+        ("no extension", "PNG", {}),
+        ("png named.jpg", "PNG", {}),
     ],
-)  # fmt: skip
+)
 def test_files_are_decoded_by_their_content_whatever_their_extension(tmp_path, name, fmt, options):
     mode = {"a.pgm": "L", "a.pbm": "1"}.get(name, "RGB")
     Image.new("RGB", (60, 40), (200, 30, 30)).convert(mode).save(tmp_path / name, fmt, **options)
@@ -307,7 +315,7 @@ def page_scan(seed=0, size=(1500, 2100)):
         (lambda im, p: im.save(p, "BMP"), None, "Pillow"),
     ],
     ids=["jpeg", "small-tiff", "tiff", "tiff-lzw", "grey-tiff-deflate", "png", "jpeg2000", "bmp"],
-)  # fmt: skip
+)
 @pytest.mark.parametrize("colour", ["grey", "rgb"])
 def test_every_decoder_gives_the_picture_a_whole_decode_gives(
     tmp_path, monkeypatch, save, vips_tiff_bytes, decoder, colour

@@ -41,8 +41,9 @@ def luigid(tmp_path):
     process = subprocess.Popen(
         [os.path.join(BIN, "luigid"), "--port", str(port), "--logdir", str(tmp_path / "luigid-logs")],
         env={**os.environ, "LUIGI_CONFIG_PATH": str(config)},
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 60
     while True:
         try:
@@ -62,10 +63,22 @@ def start_worker(root, port, name, **faults):
     """``luigi --module tests.faults Nightly`` (the pipeline's tasks with the tiny model, and ``faults``)
     against the central scheduler, as one machine's worker would run it."""
     command = [
-        os.path.join(BIN, "luigi"), "--module", "tests.faults", "Nightly", "--date", "2026-01-01",
-        "--scheduler-host", "127.0.0.1", "--scheduler-port", str(port), "--workers", "1",
-        "--worker-keep-alive", "--lock-pid-dir", str(root / f"lock-{name}"),
-    ]  # fmt: skip
+        os.path.join(BIN, "luigi"),
+        "--module",
+        "tests.faults",
+        "Nightly",
+        "--date",
+        "2026-01-01",
+        "--scheduler-host",
+        "127.0.0.1",
+        "--scheduler-port",
+        str(port),
+        "--workers",
+        "1",
+        "--worker-keep-alive",
+        "--lock-pid-dir",
+        str(root / f"lock-{name}"),
+    ]
     log = open(root / f"{name}.log", "w")
     return subprocess.Popen(command, cwd=root, env=environment(root, **faults), stdout=subprocess.DEVNULL, stderr=log)
 

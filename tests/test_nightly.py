@@ -39,9 +39,12 @@ def environment(root, **faults):
     """The command's environment: the run's config, the tiny model, and faults such as
     ``FAULT_KILL_AT="Codebook"`` (see tests/faults.py)."""
     return {
-        **os.environ, "LUIGI_CONFIG_PATH": str(root / "luigi.cfg"), "PYTHONPATH": ROOT, "FAULT_TINY_MODEL": "1",
+        **os.environ,
+        "LUIGI_CONFIG_PATH": str(root / "luigi.cfg"),
+        "PYTHONPATH": ROOT,
+        "FAULT_TINY_MODEL": "1",
         **faults,
-    }  # fmt: skip
+    }
 
 
 def nightly(root, date="2026-01-01", *extra, **faults):
@@ -149,9 +152,17 @@ def test_incremental_nightly_runs(tmp_path, small_collection):
     share = searched.pop("own_record_share")  # neighbours from the image's own record
     assert searched == {"search": "full", "queried": 18, "same_record": "keep"} and 0 <= share <= 1
     stages = {
-        "Inventory", "FeatureShard", "Features", "Reducer", "Codebook", "HistogramShard", "Histograms", "Verdicts",
-        "NeighbourShard", "Similarities",
-    }  # fmt: skip
+        "Inventory",
+        "FeatureShard",
+        "Features",
+        "Reducer",
+        "Codebook",
+        "HistogramShard",
+        "Histograms",
+        "Verdicts",
+        "NeighbourShard",
+        "Similarities",
+    }
     assert set(first["stage_seconds"]) == stages and first["stage_seconds"]["FeatureShard"] > 0
 
     # a second call for the same date does nothing

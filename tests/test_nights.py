@@ -94,8 +94,9 @@ def test_incremental_neighbours_and_loads_equal_a_full_run_date_after_date(
         result = read_similarities(artifacts / "similarities.hdf5")
         assert [row[:4] for row in cms_rows(database)] == sorted(
             (int(i), r + 1, int(result["neighbours"][p, r]), float(result["distances"][p, r]))
-            for p, i in enumerate(result["ids"]) for r in range(5)
-        )  # fmt: skip
+            for p, i in enumerate(result["ids"])
+            for r in range(5)
+        )
         assert ("every row is loaded" in caplog.text) == (day == 0), caplog.text[-2000:]
         # the same date again from scratch, without the earlier lists: every image searched
         full = tmp_path / f"full-{day}"

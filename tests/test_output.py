@@ -26,9 +26,14 @@ def test_similarities_are_byte_strings(tmp_path):
     import h5py
 
     write_similarities(
-        tmp_path / "s.hdf5", np.array([1, 2]), np.array(["5", "6"]), np.array(["a", "b"]),
-        np.array([[1], [0]]), np.array([[0.5], [0.5]]), {},
-    )  # fmt: skip
+        tmp_path / "s.hdf5",
+        np.array([1, 2]),
+        np.array(["5", "6"]),
+        np.array(["a", "b"]),
+        np.array([[1], [0]]),
+        np.array([[0.5], [0.5]]),
+        {},
+    )
     with h5py.File(tmp_path / "s.hdf5") as f:
         assert f["similarities"].dtype.kind == "S"
         assert f["similarities"][0, 0].tolist() == [b"6", b"b"]

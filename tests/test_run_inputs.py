@@ -76,8 +76,9 @@ def test_load_similarities_fills_the_cms_once_per_run_and_again_when_its_table_i
     own_run, monkeypatch, database
 ):
     root = own_run.root
-    config = own_run.config(cms__url=database.url, cms__table=database.table, cms__marker_table=database.marker,
-                             cms__batch_rows=7)  # fmt: skip
+    config = own_run.config(
+        cms__url=database.url, cms__table=database.table, cms__marker_table=database.marker, cms__batch_rows=7
+    )
     quoted = database.engine.dialect.identifier_preparer.quote(database.table)
     for change in (None, f"DROP TABLE {quoted}", f"DELETE FROM {quoted}"):  # a DBA's cleanup, a test database reset
         if change:
@@ -89,10 +90,16 @@ def test_load_similarities_fills_the_cms_once_per_run_and_again_when_its_table_i
         similarities = read_similarities(root / "artifacts" / "similarities.hdf5")
         run_id = similarities["attrs"]["digest"]
         expected = [
-            (int(image_id), rank + 1, int(similarities["neighbours"][i, rank]),
-             float(similarities["distances"][i, rank]), run_id)
-            for i, image_id in enumerate(similarities["ids"]) for rank in range(5)
-        ]  # fmt: skip
+            (
+                int(image_id),
+                rank + 1,
+                int(similarities["neighbours"][i, rank]),
+                float(similarities["distances"][i, rank]),
+                run_id,
+            )
+            for i, image_id in enumerate(similarities["ids"])
+            for rank in range(5)
+        ]
         assert [(*row[:3], pytest.approx(row[3]), row[4]) for row in database.rows()] == sorted(expected)
         again = build(monkeypatch, config, LoadSimilarities)
         assert "ran successfully" not in again.summary_text, change
@@ -128,9 +135,11 @@ def test_records_from_a_cms_column_limit_the_lists_and_a_changed_record_is_searc
         db.execute("ALTER TABLE images ADD COLUMN work TEXT")
         db.execute("UPDATE images SET work = 'w' || (id % 3)")
     settings = {
-        "ids__source": "cms", "cms__url": f"sqlite:///{database}", "cms__record_column": "work",
+        "ids__source": "cms",
+        "cms__url": f"sqlite:///{database}",
+        "cms__record_column": "work",
         "neighbours__same_record": "exclude",
-    }  # fmt: skip
+    }
     for day, date in enumerate(["2026-03-01", "2026-03-02"]):
         if day:  # the CMS moves some images to another work
             with sqlite3.connect(database) as db:
@@ -206,12 +215,18 @@ def test_files_that_must_be_rejected_change_nothing_else(run, monkeypatch, small
         ({"collection__fingerprint": "md5"}, "[collection] fingerprint='md5' must be one of stat, sha256"),
         ({"resnet__seed": "x"}, "[resnet] seed='x' cannot be read (invalid literal for int() with base 10: 'x')"),
         ({"lock__heartbeat": "0"}, "[lock] heartbeat=0.0 must be a number of seconds > 0"),
-        ({"resnet__weights": "/nonexistent/weights.h5"}, "[resnet] weights='/nonexistent/weights.h5' is not a readable file"),
+        (
+            {"resnet__weights": "/nonexistent/weights.h5"},
+            "[resnet] weights='/nonexistent/weights.h5' is not a readable file",
+        ),
         ({"ids__source": "cms"}, "[cms] url is empty"),
         ({"resnet__layer": "conv5_block4_out"}, "[resnet] layer='conv5_block4_out' is not a layer of ResNet50"),
         ({"images__decode_timeout": "0"}, "[images] decode_timeout=0.0 must be a number of seconds > 0"),
         ({"codebook__sise": "50"}, "[codebook] sise is not a setting; the settings of [codebook] are size, "),
-        ({"resnet__decode_threads": "2"}, "[resnet] decode_threads is not a setting; it is now [images] decode_processes"),
+        (
+            {"resnet__decode_threads": "2"},
+            "[resnet] decode_threads is not a setting; it is now [images] decode_processes",
+        ),
         ({"reduction__descriptors": "l1"}, "[reduction] descriptors='l1' must be one of raw, l2, root"),
         ({"histograms__assign": "4"}, "[histograms] assign=4 must be a whole number from 1 to 3"),
         ({"neighbours__power": "0"}, "[neighbours] power=0.0 must be a number in (0, 1]"),
@@ -226,17 +241,27 @@ def test_files_that_must_be_rejected_change_nothing_else(run, monkeypatch, small
         ({"neighbours__same_record": "most 2"}, "[neighbours] same_record='most 2' must be keep, exclude or at_most N"),
         ({"neighbours__same_record": "at_most -1"}, "[neighbours] same_record='at_most -1' must be keep, exclude or"),
         ({"cms__copies_table": "copies"}, "[cms] copies_table needs [cms] url"),
-        ({"cms__copies_table": "copies", "cms__url": "sqlite:///cms.sqlite"}, "[cms] copies_table is set but [copies] threshold = off"),
-        ({"cms__copies_table": "image_similarity", "cms__url": "sqlite:///cms.sqlite", "copies__threshold": "0.1"},
-         "[cms] copies_table='image_similarity' is another table of the pipeline's"),
+        (
+            {"cms__copies_table": "copies", "cms__url": "sqlite:///cms.sqlite"},
+            "[cms] copies_table is set but [copies] threshold = off",
+        ),
+        (
+            {"cms__copies_table": "image_similarity", "cms__url": "sqlite:///cms.sqlite", "copies__threshold": "0.1"},
+            "[cms] copies_table='image_similarity' is another table of the pipeline's",
+        ),
         # known once the collection is listed, still before any image is extracted
         ({"neighbours__k": "18"}, "[neighbours] k=18 must be between 1 and the number of images - 1 = 17; lower it"),
         ({"neighbours__k": "16", "neighbours__same_record": "exclude"}, "[neighbours] same_record=exclude leaves the "),
-        ({"codebook__size": "1000"}, "[codebook] size=1000 must be between 2 and the number of sampled descriptors=882"),
-        ({"resnet__layer": "conv4_block6_out", "codebook__size": "1000", "codebook__sample_size": "1000"},
-         "[codebook] size=1000 must be between 2 and the number of sampled descriptors=980"),
+        (
+            {"codebook__size": "1000"},
+            "[codebook] size=1000 must be between 2 and the number of sampled descriptors=882",
+        ),
+        (
+            {"resnet__layer": "conv4_block6_out", "codebook__size": "1000", "codebook__sample_size": "1000"},
+            "[codebook] size=1000 must be between 2 and the number of sampled descriptors=980",
+        ),
     ],
-)  # fmt: skip
+)
 def test_bad_settings_stop_the_run_before_any_work(monkeypatch, caplog, tmp_path, small_collection, override, message):
     (tmp_path / "content").symlink_to(small_collection[0])
     code = luigi_in_process(monkeypatch, pipeline_config(tmp_path, **override), tmp_path)
@@ -347,9 +372,19 @@ def test_the_visual_report_shows_in_a_headless_browser(monkeypatch, small_collec
         )
     )
     done = subprocess.run(
-        [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=5000", "--dump-dom", probe.as_uri()],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        [
+            chromium,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--virtual-time-budget=5000",
+            "--dump-dom",
+            probe.as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert 'data-broken="0"' in done.stdout and 'data-images="' in done.stdout
     assert 'data-overlapping="0"' in done.stdout and 'data-outside="0"' in done.stdout

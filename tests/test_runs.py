@@ -186,9 +186,19 @@ def test_compare_prints_the_grid_best_first_reusing_the_features(run, tmp_path):
     labels.write_text("id,label\n" + "".join(f"{i},{name}\n" for name, members in groups.items() for i in members))
     rows = tmp_path / "rows.json"
     done = run_module(
-        "tasks.compare", own.config(), "--sizes", "8,auto", "--trims", "true,false", "--labels", labels,
-        "--selfcheck", 3, "--json", rows,
-    )  # fmt: skip
+        "tasks.compare",
+        own.config(),
+        "--sizes",
+        "8,auto",
+        "--trims",
+        "true,false",
+        "--labels",
+        labels,
+        "--selfcheck",
+        3,
+        "--json",
+        rows,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "extracting 0 images, reusing 18" in done.stderr  # the run's feature store (trim = true)
     assert "extracting 18 images, reusing 0" in done.stderr  # another for trim = false

@@ -93,8 +93,14 @@ def test_lists_under_verdicts_equal_a_brute_force_night_after_night(
     ).weights  # frozen from night 0
     pairs, lists, earlier_path = {}, {}, None
     # added, changed, removed images; then wrong, right, flipped and withdrawn verdicts
-    nights = [(0, 0, 0, 6, 3, 0, 0), (0, 0, 0, 0, 0, 0, 0), (5, 3, 4, 4, 2, 1, 1), (0, 0, 0, 3, 0, 2, 0),
-              (0, 2, 0, 0, 0, 0, 3), (8, 4, 6, 5, 4, 2, 2)]  # fmt: skip
+    nights = [
+        (0, 0, 0, 6, 3, 0, 0),
+        (0, 0, 0, 0, 0, 0, 0),
+        (5, 3, 4, 4, 2, 1, 1),
+        (0, 0, 0, 3, 0, 2, 0),
+        (0, 2, 0, 0, 0, 0, 3),
+        (8, 4, 6, 5, 4, 2, 2),
+    ]
     for night, (added, changed, removed, *judging) in enumerate(nights):
         if added + changed + removed:
             ids, rows, is_new = changed_collection(rng, ids, rows, words, n_local, zipf, added, changed, removed)
@@ -137,9 +143,17 @@ def test_lists_under_verdicts_equal_a_brute_force_night_after_night(
         got, got_d = tonight.assembled()
         earlier_path = tmp_path / f"night-{night}.hdf5"
         write_similarities(
-            earlier_path, ids, ids.astype(str), ids.astype(str), got, got_d, {"digest": str(night)}, keys=keys,
-            raw=(tonight.judged, tonight.raw[tonight.judged], tonight.raw_distances[tonight.judged]), verdicts=verdicts,
-        )  # fmt: skip
+            earlier_path,
+            ids,
+            ids.astype(str),
+            ids.astype(str),
+            got,
+            got_d,
+            {"digest": str(night)},
+            keys=keys,
+            raw=(tonight.judged, tonight.raw[tonight.judged], tonight.raw_distances[tonight.judged]),
+            verdicts=verdicts,
+        )
         lists = dict(zip(ids.tolist(), ids[got].tolist()))
 
 
@@ -153,9 +167,17 @@ def test_a_new_verdict_searches_only_the_two_images_it_judges(tmp_path):
     got, got_d = first.assembled()
     path = tmp_path / "first.hdf5"
     write_similarities(
-        path, ids, keys, keys, got, got_d, {"digest": "first"}, keys=keys,
-        raw=(first.judged, first.raw[first.judged], first.raw_distances[first.judged]), verdicts=before,
-    )  # fmt: skip
+        path,
+        ids,
+        keys,
+        keys,
+        got,
+        got_d,
+        {"digest": "first"},
+        keys=keys,
+        raw=(first.judged, first.raw[first.judged], first.raw_distances[first.judged]),
+        verdicts=before,
+    )
     after = as_verdicts({(100, 101): False, (102, 150): True, (110, 111): False})
     tonight = NightSearch(data, 5, after.judgements(ids), Earlier(path, ids, keys), None).lists()
     assert not tonight.queried.any()

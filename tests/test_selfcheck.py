@@ -12,9 +12,15 @@ def picture(width=200, height=100):
 
 @pytest.mark.parametrize(
     "kind, size",
-    [("crop", (150, 75)), ("rescale", (80, 40)), ("rotation", (200, 100)), ("greyscale", (200, 100)),
-     ("jpeg", (200, 100)), ("border", (200 + 2 * 18, 100 + 2 * 18))],
-)  # fmt: skip
+    [
+        ("crop", (150, 75)),
+        ("rescale", (80, 40)),
+        ("rotation", (200, 100)),
+        ("greyscale", (200, 100)),
+        ("jpeg", (200, 100)),
+        ("border", (200 + 2 * 18, 100 + 2 * 18)),
+    ],
+)
 def test_each_alteration_changes_the_image_as_documented(kind, size):
     original = picture()
     copy = alter(original, kind, np.random.default_rng(1))

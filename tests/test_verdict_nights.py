@@ -38,9 +38,13 @@ class Site:
         root.mkdir()
         (root / "content").symlink_to(content)
         settings = dict(
-            cms__url=database.url, cms__table=database.table, cms__marker_table=database.marker,
-            verdicts__table=database.verdicts, selfcheck__sample=0, report__sample=2,
-        )  # fmt: skip
+            cms__url=database.url,
+            cms__table=database.table,
+            cms__marker_table=database.marker,
+            verdicts__table=database.verdicts,
+            selfcheck__sample=0,
+            report__sample=2,
+        )
         if source == "csv":
             settings["verdicts__csv"] = root / "verdicts.csv"
         self.settings = settings
@@ -112,7 +116,7 @@ def lists_of(result):
         "sqlite",
         pytest.param("postgresql", marks=pytest.mark.slow),
         pytest.param("mariadb", marks=pytest.mark.slow),
-    ]  # fmt: skip
+    ]
 )
 def site(request, small_collection, tmp_path, monkeypatch):
     monkeypatch.setattr(features, "cached_model", tiny_model)  # the verdicts are not about the model

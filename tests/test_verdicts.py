@@ -74,8 +74,12 @@ def test_bad_rows_are_listed_with_their_reason_and_never_stop_the_others():
     ]
     assert bad[0].row == "line 2: 10,999,wrong,2026-11-01T10:00:00Z"
     assert verdicts.bad_reasons(bad) == {
-        "unknown ID": 2, "self-pair": 1, "unknown verdict": 1, "bad verdict_time": 1, "image has gone": 1,
-    }  # fmt: skip
+        "unknown ID": 2,
+        "self-pair": 1,
+        "unknown verdict": 1,
+        "bad verdict_time": 1,
+        "image has gone": 1,
+    }
 
 
 def test_ids_from_a_float_column_are_whole_numbers():
@@ -105,19 +109,31 @@ def test_no_rows_no_verdicts():
 def test_verdict_scores_count_the_raw_lists_judged_entries():
     lists = np.array([[1, 2], [0, 3], [3, 0], [2, 1], [0, 1], [0, 1], [0, 1], [0, 1]])  # positions, k = 2
     found = Verdicts(
-        image_id=np.array([10, 10, 10, 50]), similar_image_id=np.array([20, 30, 40, 60]),
+        image_id=np.array([10, 10, 10, 50]),
+        similar_image_id=np.array([20, 30, 40, 60]),
         right=np.array([True, False, True, True]),
-        time=np.array(["2026-11-01T09:00:00+00:00", "2026-11-01T10:00:00+00:00", "2026-11-02T10:00:00+00:00",
-                       "2026-11-02T11:00:00+00:00"]),
+        time=np.array(
+            [
+                "2026-11-01T09:00:00+00:00",
+                "2026-11-01T10:00:00+00:00",
+                "2026-11-02T10:00:00+00:00",
+                "2026-11-02T11:00:00+00:00",
+            ]
+        ),
         author=np.array(["", "", "", ""]),
-    )  # fmt: skip
+    )
     scores = verdict_scores(IDS, lists, found)
     # right pairs (10, 20): in both lists; (10, 40): in neither; (50, 60): in neither. Wrong (10, 30): in 10's and 30's
     assert scores["right_found"] == pytest.approx(2 / 6)
     assert scores["judged_in_lists"] == 4 and scores["judged_right"] == pytest.approx(2 / 4)
     assert scores["per_day"]["2026-11-01"] == {
-        "pairs": 2, "right": 1, "wrong": 1, "right_found": 1.0, "judged_in_lists": 4, "judged_right": 0.5,
-    }  # fmt: skip
+        "pairs": 2,
+        "right": 1,
+        "wrong": 1,
+        "right_found": 1.0,
+        "judged_in_lists": 4,
+        "judged_right": 0.5,
+    }
     assert scores["per_day"]["2026-11-02"]["right_found"] == 0.0
     assert scores["per_day"]["2026-11-02"]["judged_right"] is None
 
@@ -138,8 +154,10 @@ def test_the_table_is_created_when_missing_and_written_and_read(database):
     found, bad, _ = check_verdicts(verdicts.read_table(database.engine, database.verdicts), IDS)
     assert bad == []
     assert sorted(zip(found.image_id.tolist(), found.similar_image_id.tolist(), found.right.tolist())) == [
-        (10, 20, False), (30, 40, True), (50, 60, False),
-    ]  # fmt: skip
+        (10, 20, False),
+        (30, 40, True),
+        (50, 60, False),
+    ]
     assert found.time[found.image_id == 10][0] == "2026-11-30T18:05:00+00:00"
     assert found.author[found.image_id == 10][0] == "a curator"
     assert verdicts.withdraw_from_table(database.engine, database.verdicts, 20, 10) == 1  # either direction
@@ -148,10 +166,12 @@ def test_the_table_is_created_when_missing_and_written_and_read(database):
 
 def test_a_table_of_the_cms_own_making_is_read(database):
     with database.engine.begin() as conn:
-        conn.execute(sa.text(
-            f"CREATE TABLE {database.verdicts} (image_id VARCHAR(20), similar_image_id VARCHAR(20), "
-            "verdict VARCHAR(10), verdict_time VARCHAR(40))"
-        ))  # fmt: skip
+        conn.execute(
+            sa.text(
+                f"CREATE TABLE {database.verdicts} (image_id VARCHAR(20), similar_image_id VARCHAR(20), "
+                "verdict VARCHAR(10), verdict_time VARCHAR(40))"
+            )
+        )
         conn.execute(sa.text(f"INSERT INTO {database.verdicts} VALUES ('10', '20', 'right', '2026-11-30 10:00:00')"))
     found, bad, _ = check_verdicts(verdicts.read_table(database.engine, database.verdicts), IDS)
     assert bad == [] and found.right.tolist() == [True] and found.author.tolist() == [""]
