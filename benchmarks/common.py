@@ -107,14 +107,16 @@ def machine_name(tag):
 
 
 def commit():
-    """The commit the benchmark ran at, ``+`` where the working tree differs from it."""
+    """The commit the benchmark ran at, ``+`` where the working tree differs from it (the records
+    themselves aside)."""
 
     def git(*args):
         done = subprocess.run(["git", *args], capture_output=True, text=True, cwd=os.path.dirname(RESULTS))
         return done.stdout.strip() if done.returncode == 0 else ""
 
     head = git("rev-parse", "--short", "HEAD") or "unknown"
-    return head + ("+" if git("status", "--porcelain", "--untracked-files=no") else "")
+    changed = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!benchmarks/results")
+    return head + ("+" if changed else "")
 
 
 def add_record_option(parser):
