@@ -40,7 +40,7 @@ PHOTOS = (
     "brick",
     "colorwheel",
     "logo",
-    "motorcycle_left",
+    "stereo_motorcycle",
     "retina",
     "skin",
     "cat",
@@ -55,7 +55,8 @@ def photos():
 
     images = []
     for name in PHOTOS:
-        a = np.asarray(getattr(skimage.data, name)())
+        a = getattr(skimage.data, name)()
+        a = np.asarray(a[0] if isinstance(a, tuple) else a)  # a stereo pair: its left image
         if a.dtype == bool:
             a = a.astype(np.uint8) * 255
         if a.dtype != np.uint8:

@@ -2,6 +2,7 @@ import hashlib
 import itertools
 import os
 
+import h5py
 import numpy as np
 import pytest
 
@@ -9,7 +10,7 @@ from pipeline.blocks import ArrayBlocks, DescriptorBlocks, sample_images
 from pipeline.collection import ImageFile, Inventory
 from pipeline.errors import ArtifactError
 from pipeline.extraction import extract_to_store, shard_of
-from pipeline.h5io import atomic_path
+from pipeline.h5io import atomic_path, read_attrs
 from pipeline.store import FeatureStore, dequantize, index_inventory, load_index, quantize, save_index
 
 
@@ -161,3 +162,24 @@ def test_the_catalog_spares_reading_old_chunks_and_misses_no_new_one(tmp_path):
     extract_to_store(store, FakeExtractor, inventory(["5.jpg"]).files, "content")  # written after the catalog
     done, rejected = store.scan()
     assert sorted(done) == sorted([*full[0], ImageFile("1", "5.jpg", 10, 20).key]) and rejected == full[1]
+
+
+def test_attributes_are_read_again_whenever_the_file_changes(tmp_path):
+    path = tmp_path / "artifact.h5"
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+        f.attrs["digest"] = "first"
+    assert read_attrs(path)["digest"] == "first"
+    read_attrs(path)["digest"] = "changed by a caller"  # a copy: the next reader is not misled
+    assert read_attrs(path)["digest"] == "first"
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:  # replaced, as every artifact is
+        f.attrs["digest"] = "second"
+    assert read_attrs(path)["digest"] == "second"
+    with h5py.File(path, "a") as f:  # written in place
+        f.attrs["digest"] = "third"
+    assert read_attrs(path)["digest"] == "third"
+    path.write_bytes(path.read_bytes()[:100])  # truncated
+    with pytest.raises(OSError):
+        read_attrs(path)
+    path.unlink()
+    with pytest.raises(FileNotFoundError):
+        read_attrs(path)
