@@ -20,33 +20,7 @@ from pipeline.model import build_model
 from pipeline.reduction import Reducer
 
 from .common import Timer, add_record_option, recording, report
-
-PHOTOS = (
-    "astronaut",
-    "camera",
-    "coffee",
-    "chelsea",
-    "rocket",
-    "hubble_deep_field",
-    "immunohistochemistry",
-    "moon",
-    "page",
-    "text",
-    "horse",
-    "coins",
-    "clock",
-    "grass",
-    "gravel",
-    "brick",
-    "colorwheel",
-    "logo",
-    "stereo_motorcycle",
-    "retina",
-    "skin",
-    "cat",
-    "eagle",
-    "microaneurysms",
-)
+from .proxies import SAMPLE_PHOTOS
 
 
 def photos():
@@ -54,7 +28,7 @@ def photos():
     from sklearn.datasets import load_sample_images
 
     images = []
-    for name in PHOTOS:
+    for name in SAMPLE_PHOTOS:  # the photos scikit-image ships (no download)
         a = getattr(skimage.data, name)()
         a = np.asarray(a[0] if isinstance(a, tuple) else a)  # a stereo pair: its left image
         if a.dtype == bool:
