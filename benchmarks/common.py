@@ -73,8 +73,9 @@ def scan_like_images(directory, n, seed=0, size=(1200, 900)):
     return paths
 
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 #: Where ``--record`` appends; docs/performance.md is generated from these files.
-RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+RESULTS = os.path.join(ROOT, "benchmarks", "results")
 #: The /proc/cpuinfo flags that set the forward pass's speed; a record names those present.
 SPEED_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
 _reported = []
@@ -111,7 +112,7 @@ def commit():
     themselves aside)."""
 
     def git(*args):
-        done = subprocess.run(["git", *args], capture_output=True, text=True, cwd=os.path.dirname(RESULTS))
+        done = subprocess.run(["git", *args], capture_output=True, text=True, cwd=ROOT)
         return done.stdout.strip() if done.returncode == 0 else ""
 
     head = git("rev-parse", "--short", "HEAD") or "unknown"
