@@ -24,12 +24,13 @@ import zlib
 
 import numpy as np
 
+from pipeline.backends import ModelSpec
 from pipeline.collection import scan_content
 from pipeline.decoders import default_processes
 from pipeline.extraction import extract_to_store
 from pipeline.features import DescriptorExtractor, extract
-from pipeline.images import load_image
-from pipeline.int8 import TRUNK_FILE, OpenVinoTrunk, calibrate, convert, load_trunk
+from pipeline.images import MAX_PIXELS, load_image
+from pipeline.int8 import OpenVinoTrunk, convert
 from pipeline.model import build_model
 from pipeline.precision import PRECISIONS, choose_precision
 from pipeline.store import FeatureStore, quantize
@@ -53,13 +54,13 @@ def bare_forward(extractor, pixels, batch_size):
     return len(pixels) / t.seconds, device
 
 
-def model_at(precision, pixels, directory):
-    """The random-weight model at ``precision``; at int8, calibrated on ``pixels``."""
-    if precision != "int8":
-        return build_model(weights="random", precision=precision)
-    path = os.path.join(directory, "int8", TRUNK_FILE)
-    calibrate(build_model(weights="random"), pixels, path)
-    return load_trunk(path)
+def model_at(precision, paths, directory, preparation):
+    """The random-weight model at ``precision``, as the pipeline's backend makes it (at int8,
+    calibrated on ``paths``, prepared as ``preparation`` says)."""
+    backend = ModelSpec(weights="random", precision=precision, **preparation).backend()
+    folder = os.path.join(directory, f"model-{precision}")
+    backend.calibrate(folder, paths, MAX_PIXELS)
+    return backend.model(folder)
 
 
 def pipeline_extraction(extractor, paths, store):
@@ -139,7 +140,7 @@ def gpus():
     return tf.config.list_physical_devices("GPU")
 
 
-def masters_run(directory, n, pixels, batch_size, decoders, preparation, rounds, pages=archival.PAGES):
+def masters_run(directory, n, pixels, paths, batch_size, decoders, preparation, rounds, pages=archival.PAGES):
     """The masters' figures: per format decoding, and the pipeline on ``n`` mixed masters (of the
     first page size) beside the same pages as small JPEGs at the precision ``auto`` chooses here
     and at int8."""
@@ -150,16 +151,16 @@ def masters_run(directory, n, pixels, batch_size, decoders, preparation, rounds,
         ),
     }
     shots = archival.pictures(n, seed=1)
-    paths = {
+    content = {
         "masters": archival.write_mixed(os.path.join(directory, "content-masters", "PPN1"), shots, page=pages[0]),
         "small": archival.write_mixed(os.path.join(directory, "content-small", "PPN1"), shots, small=True),
     }
     for name in dict.fromkeys([choose_precision("auto")[0], "int8"]):
-        model = model_at(name, pixels, os.path.join(directory, "masters-model"))
+        model = model_at(name, paths, directory, preparation)
         with DescriptorExtractor(model, batch_size, decoders, **preparation) as extractor:
             measured = {
                 kind: alternated(extractor, pixels, files, os.path.join(directory, f"{kind}-{name}"), rounds)
-                for kind, files in paths.items()
+                for kind, files in content.items()
             }
             rate = {kind: m[1] for kind, m in measured.items()}
             bare = measured["masters"][0]
@@ -220,7 +221,7 @@ def run(
         decode_untrimmed = decode_ms(paths, **{**preparation, "trim": False})
         pixels = np.stack([load_image(p, **preparation) for p in paths]).astype(np.float32)
         for name in dict.fromkeys(["float32", chosen]):  # float32 first, then the other precision if any
-            model = model_at(name, pixels, directory)
+            model = model_at(name, paths, directory, preparation)
             with DescriptorExtractor(model, batch_size, decoders, **preparation) as extractor:
                 bare, pipeline, store_bytes, ran_on = alternated(
                     extractor, pixels, paths, os.path.join(directory, f"store-{name}"), rounds
@@ -234,7 +235,9 @@ def run(
             openvino_float32 = bare_forward(extractor, pixels, batch_size)[0]
         single = per_image_predict(build_model(weights="random"), paths[:per_image])
         on_masters = (
-            masters_run(directory, masters, pixels, batch_size, decoders, preparation, rounds, pages) if masters else {}
+            masters_run(directory, masters, pixels, paths, batch_size, decoders, preparation, rounds, pages)
+            if masters
+            else {}
         )
     auto, full = measured[chosen], measured["float32"]
     figures = {

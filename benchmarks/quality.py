@@ -26,13 +26,14 @@ import time
 import numpy as np
 import scipy.sparse as sp
 
-from pipeline import evaluation, features, int8, store
+from pipeline import backends, evaluation, store
+from pipeline.backends import ModelSpec
 from pipeline.blocks import Blocks
 from pipeline.codebook import check_size, fit_codebook
 from pipeline.features import extract
 from pipeline.histograms import MAX_ASSIGN, compute_histograms
 from pipeline.images import COLOURS, MAX_PIXELS
-from pipeline.model import build_model, weights_identity
+from pipeline.model import weights_identity
 from pipeline.neighbours import METRICS, WEIGHTINGS, Distance, WeightedHistograms, query_neighbours, sparse_neighbours
 from pipeline.precision import PRECISIONS, choose_precision
 from pipeline.query import word_counts
@@ -155,17 +156,8 @@ class Collection:
         preparation for the missing ones."""
         missing = [m for m in made if not os.path.exists(self.cache(m, weights, seed, precision))]
         for (colour, trim), layers in by_preparation(missing).items():
-            descriptors, decoded, errors = descriptors_of(
-                self.paths,
-                layers,
-                colour,
-                trim,
-                weights,
-                seed,
-                precision,
-                batch_size,
-                self.calibration(layers, colour, trim, weights, seed),
-            )
+            spec = model_spec(layers, colour, trim, weights, seed, precision)
+            descriptors, decoded, errors = descriptors_of(self.paths, spec, batch_size, self.calibration(spec))
             if errors:
                 raise RuntimeError(f"{self.spec.name}: {len(errors)} images could not be decoded: {errors}")
             for layer, d in zip(layers, descriptors):
@@ -177,13 +169,12 @@ class Collection:
                 with np.load(self.cache(m, weights, seed, precision)) as f:
                     self.coded[m] = (f["codes"], f["offset"], f["scale"])
 
-    def calibration(self, layers, colour, trim, weights, seed):
-        """What an int8 trunk of ``layers`` is calibrated on and kept in (:func:`model_of`)."""
-        from tasks.config import resnet
-
-        n = resnet().calibration_images
-        name = f"int8-{'+'.join(layers)}-{colour}-{'trim' if trim else 'whole'}-{weights_identity(weights)}-{seed}"
-        return self.paths, os.path.join(self.folder, f"{name}-{n}.xml"), n
+    def calibration(self, spec):
+        """Where a backend that calibrates keeps the calibration of ``spec`` for this collection, and
+        the images it is calibrated on (:func:`descriptors_of`)."""
+        name = f"{'+'.join(spec.layer)}-{spec.colour}-{'trim' if spec.trim else 'whole'}"
+        folder = f"{spec.precision}-{name}-{weights_identity(spec.weights)}-{spec.seed}-{spec.calibration_images}"
+        return os.path.join(self.folder, folder), self.paths
 
     def blocks(self, made):
         return CodedBlocks(*self.coded[made])
@@ -202,23 +193,20 @@ def by_preparation(made):
     return layers
 
 
-def model_of(layers, colour, trim, weights, seed, precision, calibration):
-    """The model of :func:`descriptors_of`. At int8, the trunk calibrated on a seeded sample of the
-    collection, ``calibration`` = (its image paths, the trunk's file, images sampled): calibrated
-    once, so that the collection and its altered copies go through the same trunk."""
-    if precision != "int8":
-        return build_model(weights=weights, layer=tuple(layers), seed=seed, precision=precision)
-    paths, trunk, n_images = calibration
-    if not os.path.exists(trunk):
-        model = build_model(weights=weights, layer=tuple(layers), seed=seed)
-        int8.calibrate_on_sample(model, paths, n_images, trunk, MAX_PIXELS, colour, trim)
-    return int8.load_trunk(trunk)
+def model_spec(layers, colour, trim, weights, seed, precision):
+    """The ModelSpec of one forward pass over ``layers`` (calibrated, at int8, on luigi.cfg's number of images)."""
+    from tasks.config import resnet
+
+    return ModelSpec(weights, tuple(layers), seed, precision, colour, trim, resnet().calibration_images)
 
 
-def descriptors_of(paths, layers, colour, trim, weights, seed, precision, batch_size, calibration=None):
-    """One forward pass over ``paths``: (descriptors of each layer, decoded, errors) as :func:`extract` gives them."""
-    model = model_of(layers, colour, trim, weights, seed, precision, calibration)
-    with features.DescriptorExtractor(model, batch_size=batch_size, colour=colour, trim=trim) as extractor:
+def descriptors_of(paths, spec, batch_size, calibration):
+    """One forward pass over ``paths``: (descriptors of each layer, decoded, errors) as :func:`extract` gives them.
+    ``calibration`` = (folder, the collection's image paths): a backend that calibrates (int8) does so once, on a
+    seeded sample of the collection, so that the collection and its altered copies go through the same model."""
+    folder, collection_paths = calibration
+    spec.backend().calibrate(folder, collection_paths, MAX_PIXELS)
+    with backends.extractor(spec, folder, batch_size) as extractor:
         descriptors, decoded, errors = extract(extractor, paths)
     return (
         (descriptors if isinstance(descriptors, list) else [descriptors]),
@@ -338,16 +326,9 @@ def prepared(spec, configs, args, scratch):
     if args.selfcheck:
         copies = Copies(collection.paths, scratch, sample=args.selfcheck, seed=0)
         for (colour, trim), layers in by_preparation(kinds).items():
+            spec = model_spec(layers, colour, trim, args.weights, args.seed, args.precision)
             descriptors, decoded, errors = descriptors_of(
-                copies.paths,
-                layers,
-                colour,
-                trim,
-                args.weights,
-                args.seed,
-                args.precision,
-                args.batch_size,
-                collection.calibration(layers, colour, trim, args.weights, args.seed),
+                copies.paths, spec, args.batch_size, collection.calibration(spec)
             )
             for layer, d in zip(layers, descriptors):
                 copy_descriptors[layer, colour, trim] = (d, decoded, errors)

@@ -9,9 +9,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from . import features
+from . import backends
 from .images import FALLBACK
-from .int8 import trunk_path
 
 logger = logging.getLogger(__name__)
 
@@ -99,23 +98,18 @@ def extract_to_store(store, make_extractor, files, content_dir, progress=None):
     return Extracted(len(todo), len(files) - len(todo), decoded_by)
 
 
-def extract_features(
-    store, files, content_dir, weights, layer, seed, batch_size, progress=None, precision="float32", **decoding
-):
-    """Bring the store up to date with ``files`` (all of an inventory's, or one shard's).
+def extract_features(store, files, content_dir, spec, batch_size=16, progress=None, **decoding):
+    """Bring the store up to date with ``files`` (all of an inventory's, or one shard's), their
+    descriptors made as the :class:`~pipeline.backends.ModelSpec` ``spec`` says, by the model of
+    its backend for this store (at int8, the store's calibrated trunk: :func:`pipeline.backends.calibrate_store`).
 
     ``decoding`` holds the DescriptorExtractor's decoding settings (``decode_processes``,
-    ``decode_timeout``, ``max_pixels``). At ``precision="int8"`` the store's calibrated trunk
-    extracts (:func:`pipeline.int8.calibrate_store` makes it).
+    ``decode_timeout``, ``max_pixels``).
 
     Returns
     -------
     Extracted
     """
-    trunk = trunk_path(store.root) if precision == "int8" else None  # the store's calibrated trunk
-
-    def make_extractor():
-        model = features.cached_model(weights, layer, seed, precision, trunk)  # tests put a tiny model there
-        return features.DescriptorExtractor(model, batch_size=batch_size, **decoding)
-
-    return extract_to_store(store, make_extractor, files, content_dir, progress)
+    return extract_to_store(
+        store, lambda: backends.extractor(spec, store.root, batch_size, **decoding), files, content_dir, progress
+    )

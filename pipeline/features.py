@@ -1,8 +1,7 @@
-"""ResNet50 local descriptors: the model of a run (:mod:`pipeline.model`, or its int8 trunk) run
+"""ResNet50 local descriptors: the model of a run (its backend's, :mod:`pipeline.backends`) run
 over batches of image files."""
 
 import contextlib
-import functools
 import logging
 import queue
 import threading
@@ -12,8 +11,7 @@ import numpy as np
 from .decoders import DecoderPool
 from .errors import ConfigError, ImageError
 from .images import COLOURS, DECODE_TIMEOUT, DEFAULT_COLOUR, DEFAULT_TRIM, INPUT_SIZE, MAX_PIXELS
-from .int8 import load_trunk
-from .model import build_model, import_keras
+from .model import import_keras
 
 logger = logging.getLogger(__name__)
 
@@ -59,15 +57,6 @@ def prefetch(produce, depth=1):
         thread.join()
 
 
-@functools.lru_cache(maxsize=1)
-def cached_model(weights, layer, seed, precision="float32", trunk=None):
-    """:func:`build_model`, built once per process for the shards it extracts one after another;
-    at ``precision="int8"``, the calibrated trunk at ``trunk`` (:func:`pipeline.int8.load_trunk`)."""
-    if precision == "int8":
-        return load_trunk(trunk)
-    return build_model(weights=weights, layer=layer, seed=seed, precision=precision)
-
-
 class DescriptorExtractor:
     """Runs the model over image files in fixed-size batches, decoding ahead in other processes.
 
@@ -79,8 +68,8 @@ class DescriptorExtractor:
 
     Parameters
     ----------
-    model : keras.Model from :func:`build_model`, or a callable mapping decoded images to their
-        maps as float32 (:class:`pipeline.int8.OpenVinoTrunk`)
+    model : keras.Model from :func:`~pipeline.model.build_model`, or a callable mapping decoded images
+        to their maps as float32 (:class:`pipeline.int8.OpenVinoTrunk`): a backend's model
     batch_size : int
     decode_processes : int, optional
         Processes decoding images while the model runs: one per core when None or 0.

@@ -4,7 +4,7 @@ collection's own images, and run by OpenVINO's CPU plugin.
 The calibrated trunk is saved once (``int8-trunk.xml`` and ``.bin``) in the feature store it
 extracts for: the calibration sample is part of what the descriptors are, so every image of
 a store goes through the same trunk, and a store whose trunk is gone is not extended by
-another one.
+another one. :class:`pipeline.backends.OpenVinoInt8Backend` calibrates and runs it.
 """
 
 import logging
@@ -15,7 +15,6 @@ import warnings
 import numpy as np
 
 from . import model as model_
-from .blocks import sample_images
 from .errors import ArtifactError, ImageError
 from .h5io import remove_stale_temporaries
 from .images import INPUT_SIZE, load_image
@@ -24,6 +23,8 @@ logger = logging.getLogger(__name__)
 
 #: The calibrated trunk's file in its feature store (the weights are in the .bin beside it).
 TRUNK_FILE = "int8-trunk.xml"
+#: Images of the collection (a seeded sample) a trunk is calibrated on, by default.
+CALIBRATION_IMAGES = 300
 #: Images decoded per calibration batch.
 CALIBRATION_BATCH = 16
 
@@ -148,54 +149,3 @@ class OpenVinoTrunk:
         result = compiled(self._preprocess(np.array(pixels, dtype=np.float32)))
         maps = [result[output] for output in compiled.outputs]
         return maps if len(maps) > 1 else maps[0]
-
-
-def calibrate_store(store, files, content_dir, weights, layer, seed, n_images, max_pixels, colour, trim):
-    """Calibrate the int8 trunk of ``store`` on a seeded sample of ``files``, unless it has one.
-
-    Parameters
-    ----------
-    store : FeatureStore
-    files : list of ImageFile
-        The collection (an inventory's files).
-    content_dir : str
-    weights, layer, seed
-        The float32 model quantized (:func:`pipeline.model.build_model`).
-    n_images : int
-        Images sampled for the calibration (all when fewer).
-    max_pixels, colour, trim
-        How the images are prepared, as for the extraction.
-
-    Returns
-    -------
-    str : the trunk's path
-
-    Raises
-    ------
-    ArtifactError
-        When the store holds descriptors but its trunk is gone: a new calibration would give
-        other descriptors, which would be mixed with the old ones.
-    """
-    path = trunk_path(store.root)
-    if os.path.exists(path):
-        return path
-    done, rejected = store.scan()
-    if done or rejected:
-        raise ArtifactError(
-            f"the feature store {store.root} holds the descriptors of {len(done):,} images made by an int8 trunk "
-            f"that is gone ({TRUNK_FILE}); remove that folder to calibrate again and extract every image anew"
-        )
-    paths = [os.path.join(content_dir, f.relpath) for f in files]
-    calibrate_on_sample(
-        model_.build_model(weights=weights, layer=layer, seed=seed), paths, n_images, path, max_pixels, colour, trim
-    )
-    return path
-
-
-def calibrate_on_sample(model, paths, n_images, path, max_pixels, colour, trim):
-    """:func:`calibrate` ``model`` on a seeded sample of ``n_images`` of ``paths`` (all when
-    fewer), prepared as the extraction prepares them, and save it at ``path``."""
-    sample = [paths[i] for i in sample_images(len(paths), n_images, random_state=0)]
-    pixels, n_rejected = calibration_pixels(sample, max_pixels, colour, trim)
-    logger.info("int8 calibration on %d images (%d could not be decoded)", len(pixels), n_rejected)
-    calibrate(model, pixels, path)

@@ -8,6 +8,7 @@ int8 is a trunk quantized after training, calibrated on the collection and run b
 (:mod:`pipeline.int8`).
 """
 
+import functools
 import os
 
 from .errors import ConfigError
@@ -98,3 +99,9 @@ def choose_precision(setting, flags=None, gpus=None):
     if native:
         return "bfloat16", f"auto: the CPU computes in bfloat16 natively ({', '.join(native)})"
     return "float32", "auto: no GPU with tensor cores, and the CPU has neither avx512_bf16 nor amx_bf16"
+
+
+@functools.cache
+def chosen_precision(setting):
+    """:func:`choose_precision` on this machine, decided once per process: (precision, reason)."""
+    return choose_precision(setting)

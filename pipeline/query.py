@@ -8,9 +8,11 @@ import os
 import numpy as np
 
 from . import histograms, store
+from .backends import ModelSpec
 from .codebook import Codebook
 from .errors import ArtifactError
 from .h5io import read_attrs
+from .int8 import CALIBRATION_IMAGES
 from .neighbours import Distance, WeightedHistograms, query_neighbours
 from .output import honoured_verdicts
 from .reduction import Reducer
@@ -50,13 +52,25 @@ class SimilarityIndex:
     """
 
     def __init__(
-        self, images, histograms_, reducer, codebook, model, assign=histograms.DEFAULT_ASSIGN, judgements=None
+        self,
+        images,
+        histograms_,
+        reducer,
+        codebook,
+        spec,
+        store=None,
+        assign=histograms.DEFAULT_ASSIGN,
+        judgements=None,
     ):
         self.images = images
         """FeatureIndex: the run's images (IDs, PPNs, file names), in the order of the histograms."""
         self.histograms = histograms_
         """WeightedHistograms of the run's images, weighted and compared as its neighbours were."""
-        self.reducer, self.codebook, self.model, self.assign = reducer, codebook, model, assign
+        self.reducer, self.codebook, self.assign = reducer, codebook, assign
+        self.spec = spec
+        """ModelSpec: what the run's descriptors were made with."""
+        self.store = store
+        """The run's feature store, where its backend's calibration is kept (None for older runs)."""
         self.judgements = judgements if judgements is not None else Judgements(len(images), [], [], [])
         """The verdicts the run's lists honoured, over the positions of ``images``."""
 
@@ -95,18 +109,20 @@ class SimilarityIndex:
         codebook_ = Codebook.load(codebook)
         _, data = run_counts(histograms_path, codebook_, index.ids, attrs["Similarities"])
         feature_settings = json.loads(attrs["Features"]["settings"])
-        model = {
-            "weights": attrs["Features"]["weights"],
-            "layer": attrs["Features"]["layer"],
-            "seed": feature_settings.get("seed") or 0,
-            "colour": feature_settings.get("colour", "rgb"),  # runs before [images] colour and trim
-            "trim": feature_settings.get("trim", False),
-            "precision": feature_settings.get("precision", "float32"),
-            "trunk": attrs["Features"].get("int8_trunk"),  # at int8, the store's calibrated trunk
-        }
+        spec = ModelSpec(
+            weights=attrs["Features"]["weights"],
+            layer=attrs["Features"]["layer"],
+            seed=feature_settings.get("seed") or 0,
+            precision=feature_settings.get("precision", "float32"),
+            colour=feature_settings.get("colour", "rgb"),  # runs before [images] colour and trim
+            trim=feature_settings.get("trim", False),
+            calibration_images=feature_settings.get("calibration_images", CALIBRATION_IMAGES),
+        )
+        trunk = attrs["Features"].get("int8_trunk")  # runs before the store was recorded
+        folder = attrs["Features"].get("store", trunk and os.path.dirname(trunk))
         judgements = honoured_verdicts(similarities).judgements(index.ids)
         assign = histograms.load_assign(histograms_path)
-        return cls(index, data, Reducer.load(reducer), codebook_, model, assign, judgements)
+        return cls(index, data, Reducer.load(reducer), codebook_, spec, folder, assign, judgements)
 
     def positions_of(self, files, content_dir):
         """The position of each file among the run's images (the same file under ``content_dir``), -1 for

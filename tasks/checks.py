@@ -8,7 +8,7 @@ import tempfile
 import luigi
 import pandas as pd
 
-from pipeline import collection, evaluation, features, verdicts
+from pipeline import backends, collection, evaluation, verdicts
 from pipeline.errors import ConfigError
 from pipeline.h5io import read_attrs
 from pipeline.output import raw_lists, read_similarities
@@ -19,7 +19,7 @@ from pipeline.selfcheck import self_check
 from . import config, inputs
 from .base import RunTask, artifacts_writable, requirements_complete
 from .neighbours import Similarities
-from .stages import Codebook, Features, Histograms, Inventory, Reducer
+from .stages import Codebook, Features, Histograms, Inventory, Reducer, decoding
 from .verdicts import Verdicts
 
 logger = logging.getLogger("luigi-interface")
@@ -121,18 +121,10 @@ def latest_index():
     return SimilarityIndex.load(*(os.path.join(config.paths().artifacts, stage.filename) for stage in stages))
 
 
-def query_extractor(model):
-    """A DescriptorExtractor over the model and image preparation a SimilarityIndex records, with this
-    machine's decoding settings."""
-    return features.DescriptorExtractor(
-        features.cached_model(model["weights"], model["layer"], model["seed"], model["precision"], model.get("trunk")),
-        batch_size=config.resnet().batch_size,
-        decode_processes=config.images().decode_processes,
-        decode_timeout=config.images().decode_timeout,
-        max_pixels=config.images().max_pixels,
-        colour=model["colour"],
-        trim=model["trim"],
-    )
+def query_extractor(spec, folder):
+    """A DescriptorExtractor of the :class:`~pipeline.backends.ModelSpec` ``spec`` (a SimilarityIndex's
+    ``spec`` and ``store``: the model and image preparation of its run), with this machine's decoding settings."""
+    return backends.extractor(spec, folder, config.resnet().batch_size, **decoding())
 
 
 class SelfCheck(RunCheck):
@@ -158,7 +150,10 @@ class SelfCheck(RunCheck):
         files = collection.load_inventory(self.input()["inventory"].path).paths(
             index.images.ids, config.paths().content
         )
-        with query_extractor(index.model) as extractor, tempfile.TemporaryDirectory(prefix="selfcheck-") as copies:
+        with (
+            query_extractor(index.spec, index.store) as extractor,
+            tempfile.TemporaryDirectory(prefix="selfcheck-") as copies,
+        ):
             result = self_check(
                 index,
                 extractor,

@@ -18,7 +18,7 @@ import logging
 import sys
 import tempfile
 
-from pipeline import collection, evaluation, extraction, int8, store
+from pipeline import collection, evaluation, extraction, store
 from pipeline.blocks import DescriptorBlocks
 from pipeline.compare import compare_layer, sort_rows, table
 from pipeline.errors import PipelineError
@@ -32,7 +32,7 @@ from pipeline.selfcheck import Copies
 from . import config
 from .checks import query_extractor
 from .inputs import read_id_mapping
-from .stages import calibrate_int8, feature_settings, feature_store
+from .stages import calibrate, decoding, feature_settings, feature_store
 from .verdicts import checked, where
 
 logger = logging.getLogger("tasks.compare")
@@ -115,29 +115,19 @@ def run(args):
     labels = evaluation.read_labels(args.labels) if args.labels.strip() else None
     inventory = collection.take_inventory(config.paths().content, *read_id_mapping(), config.collection().fingerprint)
     rows, copies, first_ids, site_verdicts = [], None, None, None
-    decoding = dict(
-        decode_processes=config.images().decode_processes,
-        decode_timeout=config.images().decode_timeout,
-        max_pixels=config.images().max_pixels,
-    )
     with tempfile.TemporaryDirectory(prefix="compare-") as scratch:
         for layer, colour, trim in itertools.product(args.layers, args.colours, args.trims):
             made_with = {"layer": layer, "colour": colour, "trim": trim}
-            layer_store = feature_store(feature_settings(**made_with))
-            if config.precision()[0] == "int8":
-                calibrate_int8(layer_store, inventory.files, layer, colour, trim)
+            spec = config.model_spec(**made_with)
+            layer_store = feature_store(feature_settings(spec))
+            calibrate(spec, inventory.files)
             extraction.extract_features(
                 layer_store,
                 inventory.files,
                 config.paths().content,
-                weights=config.resnet().weights,
-                layer=layer,
-                seed=config.resnet().seed,
-                precision=config.precision()[0],
+                spec,
                 batch_size=config.resnet().batch_size,
-                colour=colour,
-                trim=trim,
-                **decoding,
+                **decoding(),
             )
             index = store.index_inventory(layer_store, inventory)
             if first_ids is None:
@@ -158,14 +148,7 @@ def run(args):
                 raise PipelineError(f"the images with descriptors differ between settings at {made_with}; run again")
             copy_features = None
             if copies is not None:
-                model = {
-                    "weights": config.resnet().weights,
-                    "seed": config.resnet().seed,
-                    "precision": config.precision()[0],
-                    "trunk": int8.trunk_path(layer_store.root),
-                    **made_with,
-                }
-                with query_extractor(model) as extractor:
+                with query_extractor(spec, layer_store.root) as extractor:
                     copy_features = copies.extract(extractor)
             rows += compare_layer(
                 DescriptorBlocks(layer_store, index),

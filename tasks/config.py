@@ -10,11 +10,13 @@ import sys
 import luigi
 import luigi.cmdline_parser
 
+from pipeline.backends import ModelSpec
 from pipeline.cms import BATCH_ROWS, MARKER_TABLE, TABLE, resolve_url
 from pipeline.codebook import DEFAULT_SAMPLE_SIZE
 from pipeline.errors import ConfigError
 from pipeline.histograms import DEFAULT_ASSIGN, MAX_ASSIGN
 from pipeline.images import COLOURS, DECODE_TIMEOUT, DEFAULT_COLOUR, DEFAULT_TRIM, MAX_PIXELS
+from pipeline.int8 import CALIBRATION_IMAGES
 from pipeline.model import DEFAULT_LAYER, layer_side, unknown_layer_message
 from pipeline.neighbours import (
     DEFAULT_METRIC,
@@ -25,7 +27,7 @@ from pipeline.neighbours import (
     WEIGHTINGS,
     Distance,
 )
-from pipeline.precision import PRECISIONS, choose_precision
+from pipeline.precision import PRECISIONS, chosen_precision
 from pipeline.records import SameRecord
 from pipeline.reduction import (
     DEFAULT_DESCRIPTORS,
@@ -215,7 +217,7 @@ class resnet(luigi.Config):
         "is part of the feature store's identity: a change re-extracts every image.",
     )
     calibration_images = count(
-        300,
+        CALIBRATION_IMAGES,
         low=16,
         description="At precision = int8: images of the collection (a seeded sample) the int8 trunk is calibrated "
         "on, once per feature store.",
@@ -536,7 +538,7 @@ def shards(section):
 
 @functools.cache
 def _precision(setting):
-    precision, reason = choose_precision(setting)
+    precision, reason = chosen_precision(setting)
     logging.getLogger("luigi-interface").info("[resnet] precision: %s (%s)", precision, reason)
     return precision, reason
 
@@ -550,6 +552,23 @@ def precision():
     """The precision the model computes in on this machine, and why: ``[resnet] precision``
     with ``auto`` decided (once per process, logged)."""
     return _precision(resnet().precision)
+
+
+def model_spec(**changes):
+    """The :class:`~pipeline.backends.ModelSpec` of ``[resnet]`` and ``[images]`` (the precision
+    decided on this machine), with ``changes`` (another ``layer``, ``colour`` or ``trim``)."""
+    return ModelSpec(
+        **{
+            "weights": resnet().weights,
+            "layer": resnet().layer,
+            "seed": resnet().seed,
+            "precision": precision()[0],
+            "colour": images().colour,
+            "trim": images().trim,
+            "calibration_images": resnet().calibration_images,
+            **changes,
+        }
+    )
 
 
 #: settings_problem's answers, by what it read: every stage's completeness asks it.

@@ -26,7 +26,7 @@ def query(files, k=5):
         raise PipelineError(
             f"-k {k} must be between 1 and the number of images in the collection = {len(index.images)}"
         )
-    with query_extractor(index.model) as extractor:
+    with query_extractor(index.spec, index.store) as extractor:
         descriptors, decoded, errors = extract(extractor, files)
     results = [{"query": path, "error": errors.get(i, "")} for i, path in enumerate(files)]
     if decoded:

@@ -9,14 +9,14 @@ import os
 import h5py
 import luigi
 
-from pipeline import blocks, collection, extraction, histograms, int8, store
+from pipeline import backends, blocks, collection, extraction, histograms, store
 from pipeline.blocks import sample_images
 from pipeline.codebook import DESCRIPTORS_PER_WORD, check_size, fit_codebook
 from pipeline.codebook import FORMAT as CODEBOOK_FORMAT
 from pipeline.codebook import Codebook as CodebookModel
 from pipeline.errors import ConfigError
 from pipeline.h5io import read_attrs
-from pipeline.model import MODEL, layer_side, weights_identity
+from pipeline.model import MODEL, layer_side
 from pipeline.neighbours import check_k
 from pipeline.records import check_records
 from pipeline.reduction import Reducer as ReducerModel
@@ -101,24 +101,10 @@ class Inventory(ArtifactTask):
         )
 
 
-def feature_settings(layer=None, colour=None, trim=None):
-    """The settings the descriptors depend on (the feature store's identity): those of luigi.cfg,
-    or another layer, colour or trim."""
-    settings = {
-        "model": MODEL,
-        "layer": layer or config.resnet().layer,
-        "weights": weights_identity(config.resnet().weights),
-        "seed": config.resnet().seed if config.resnet().weights == "random" else None,
-        "colour": colour or config.images().colour,
-        "trim": config.images().trim if trim is None else trim,
-        "store_format": store.FORMAT,
-    }
-    precision = config.precision()[0]
-    if precision != "float32":  # float32 stores made before the setting keep their identity
-        settings["precision"] = precision
-    if precision == "int8":
-        settings["calibration_images"] = config.resnet().calibration_images
-    return settings
+def feature_settings(spec=None):
+    """The settings the descriptors depend on (the feature store's identity): those of the
+    :class:`~pipeline.backends.ModelSpec` ``spec``, luigi.cfg's by default."""
+    return {**(spec or config.model_spec()).identity(), "store_format": store.FORMAT}
 
 
 def feature_store(settings):
@@ -149,51 +135,48 @@ class Shard:
         return {**settings, "shard": self.shard, "shards": self.shards}
 
 
-def int8_precision():
-    """Whether the model is the int8 trunk (False while the setting cannot be read: CheckSettings names it)."""
+def needs_calibration():
+    """Whether the model's backend is calibrated per feature store (False while the settings
+    cannot be read: CheckSettings names them)."""
     try:
-        return config.precision()[0] == "int8"
+        spec = config.model_spec()
     except (ValueError, ConfigError):
         return False
+    return spec.backend().needs_calibration
 
 
 class Calibration(RunTask):
-    """At ``[resnet] precision = int8``: the trunk quantized and calibrated on a seeded sample of
-    the inventory's images (``[resnet] calibration_images``), once per feature store; every
-    shard extracts with it (``pipeline.int8``)."""
+    """The calibration of the model's backend (at ``[resnet] precision = int8``: the trunk
+    quantized and calibrated on a seeded sample of ``[resnet] calibration_images`` of the
+    inventory's images), once per feature store; every shard extracts with it."""
 
     def requires(self):
         return Inventory(date=self.date)
 
     def output(self):
-        return luigi.LocalTarget(int8.trunk_path(feature_store(feature_settings()).root))
+        spec = config.model_spec()
+        return luigi.LocalTarget(spec.backend().calibration(feature_store(feature_settings(spec)).root))
 
     def run(self):
         with artifacts_writable():
-            calibrate_int8(
-                feature_store(feature_settings()),
-                collection.load_inventory(self.input().path).files,
-                config.resnet().layer,
-                config.images().colour,
-                config.images().trim,
-            )
+            calibrate(config.model_spec(), collection.load_inventory(self.input().path).files)
 
 
-def calibrate_int8(store, files, layer, colour, trim):
-    """The int8 trunk of ``store`` (descriptors of ``layer``, images prepared with ``colour`` and
-    ``trim``), calibrated on the collection ``files`` with luigi.cfg's settings unless it has one."""
-    return int8.calibrate_store(
-        store,
-        files,
-        config.paths().content,
-        weights=config.resnet().weights,
-        layer=layer,
-        seed=config.resnet().seed,
-        n_images=config.resnet().calibration_images,
-        max_pixels=config.images().max_pixels,
-        colour=colour,
-        trim=trim,
+def calibrate(spec, files):
+    """Calibrate the backend of ``spec`` for its feature store on the collection ``files``,
+    unless it needs none or has one (:func:`pipeline.backends.calibrate_store`)."""
+    backends.calibrate_store(
+        feature_store(feature_settings(spec)), spec, files, config.paths().content, config.images().max_pixels
     )
+
+
+def decoding():
+    """The extraction's decoding settings on this machine (``[images]``)."""
+    return {
+        "decode_processes": config.images().decode_processes,
+        "decode_timeout": config.images().decode_timeout,
+        "max_pixels": config.images().max_pixels,
+    }
 
 
 class FeatureShard(Shard, ArtifactTask):
@@ -208,7 +191,7 @@ class FeatureShard(Shard, ArtifactTask):
 
     def requires(self):
         required = {"inventory": Inventory(date=self.date)}
-        if int8_precision():
+        if needs_calibration():
             required["calibration"] = Calibration(date=self.date)
         return required
 
@@ -224,17 +207,10 @@ class FeatureShard(Shard, ArtifactTask):
             Features(date=self.date).store(),
             files,
             config.paths().content,
-            weights=config.resnet().weights,
-            layer=config.resnet().layer,
-            seed=config.resnet().seed,
-            precision=config.precision()[0],
+            config.model_spec(),
             batch_size=config.resnet().batch_size,
             progress=Progress(self, "extracted"),
-            decode_processes=config.images().decode_processes,
-            decode_timeout=config.images().decode_timeout,
-            max_pixels=config.images().max_pixels,
-            colour=config.images().colour,
-            trim=config.images().trim,
+            **decoding(),
         )
         with h5py.File(tmp, "w") as f:
             f.attrs.update(
@@ -299,9 +275,9 @@ class Features(ArtifactTask):
             trim=config.images().trim,
             precision=config.precision()[0],
             precision_reason=config.precision()[1],
+            store=feature_store.root,
+            **config.model_spec().backend().attrs(feature_store.root),
         )
-        if config.precision()[0] == "int8":
-            attrs["int8_trunk"] = int8.trunk_path(feature_store.root)
         store.save_index(tmp, index, attrs)
 
 

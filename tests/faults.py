@@ -18,7 +18,7 @@ import time
 import luigi
 
 import tasks  # noqa: F401 (registers the pipeline's tasks)
-from pipeline import features, model
+from pipeline import backends, model
 from tasks.base import Progress
 
 
@@ -56,7 +56,7 @@ if KILL_COUNT is not None:
     Progress.__call__ = _counting
 
 
-def tiny_model(weights, layer, seed, precision="float32", trunk=None):
+def tiny_model(seed=0):
     """A seeded stand-in for ResNet50 cut at a 7 x 7 layer: 224 x 224 x 3 -> 7 x 7 x 64 (at float32:
     the tests that use it set precision = float32)."""
     keras = model.import_keras()
@@ -69,5 +69,13 @@ def tiny_model(weights, layer, seed, precision="float32", trunk=None):
     return keras.Model(inputs, outputs)
 
 
+class TinyBackend(backends.KerasBackend):
+    """The Keras backend with :func:`tiny_model` in place of ResNet50 (any layer, any precision);
+    at int8, the trunk is quantized from it. Put in ``backends.BACKENDS["keras"]``."""
+
+    def build(self):
+        return tiny_model(self.spec.seed)
+
+
 if os.environ.get("FAULT_TINY_MODEL") == "1":
-    features.cached_model = tiny_model
+    backends.BACKENDS["keras"] = TinyBackend

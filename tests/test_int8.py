@@ -9,7 +9,8 @@ import luigi
 import numpy as np
 import pytest
 
-from pipeline import int8
+from pipeline import backends, int8
+from pipeline.backends import ModelSpec
 from pipeline.errors import ArtifactError
 from pipeline.features import DescriptorExtractor, extract
 from pipeline.h5io import read_attrs
@@ -22,7 +23,7 @@ from tasks.checks import query_extractor
 from tasks.stages import feature_settings
 
 from .conftest import luigi_config, pipeline_config
-from .faults import tiny_model
+from .faults import TinyBackend, tiny_model
 
 TRUNK = int8.TRUNK_FILE
 
@@ -37,7 +38,7 @@ def home(tmp_path, monkeypatch):
 
 @pytest.fixture(scope="module")
 def model():
-    return tiny_model("random", "tiny", 0)
+    return tiny_model()
 
 
 @pytest.fixture(scope="module")
@@ -107,21 +108,23 @@ def test_a_store_is_calibrated_once_and_never_extended_by_another_trunk(monkeypa
 
     content, _ = small_collection
     files = scan_content(str(content))
-    monkeypatch.setattr("pipeline.model.build_model", lambda **kwargs: tiny_model("random", "tiny", 0))
+    monkeypatch.setitem(backends.BACKENDS, "keras", TinyBackend)
     store = FeatureStore(str(tmp_path / "store"))
-    settings = dict(weights="random", layer="tiny", seed=0, n_images=16, max_pixels=10**8, colour="rgb", trim=False)
-    path = int8.calibrate_store(store, files, str(content), **settings)
+    spec = ModelSpec(weights="random", layer="tiny", precision="int8", colour="rgb", trim=False, calibration_images=16)
+    path = int8.trunk_path(store.root)
+    backends.calibrate_store(store, spec, files, str(content), max_pixels=10**8)
     made = os.stat(path).st_mtime_ns
-    assert int8.calibrate_store(store, files, str(content), **settings) == path and os.stat(path).st_mtime_ns == made
+    backends.calibrate_store(store, spec, files, str(content), max_pixels=10**8)
+    assert os.stat(path).st_mtime_ns == made
     store.write_chunk(["a key"], np.zeros((1, 49, 64), np.float32), {})
     os.remove(path)
     with pytest.raises(ArtifactError, match=r"holds the descriptors of 1 images made by an int8 trunk that is gone"):
-        int8.calibrate_store(store, files, str(content), **settings)
+        backends.calibrate_store(store, spec, files, str(content), max_pixels=10**8)
 
 
 def test_a_run_at_int8_calibrates_into_its_store_and_queries_with_that_trunk(monkeypatch, small_collection, tmp_path):
     (tmp_path / "content").symlink_to(small_collection[0])
-    monkeypatch.setattr("pipeline.model.build_model", lambda **kwargs: tiny_model("random", "tiny", 0))
+    monkeypatch.setitem(backends.BACKENDS, "keras", TinyBackend)
     config = pipeline_config(tmp_path, resnet__precision="int8", resnet__calibration_images=16)
     with luigi_config(monkeypatch, config):
         result = luigi.build([Similarities()], local_scheduler=True, detailed_summary=True, workers=1)
@@ -135,8 +138,11 @@ def test_a_run_at_int8_calibrates_into_its_store_and_queries_with_that_trunk(mon
     artifacts = tmp_path / "artifacts"
     names = ("features.h5", "reducer.h5", "codebook.h5", "histograms.h5", "similarities.hdf5")
     index = SimilarityIndex.load(*(str(artifacts / name) for name in names))
-    assert index.model["precision"] == "int8" and index.model["trunk"] == attrs["int8_trunk"]
-    with luigi_config(monkeypatch, config), query_extractor(index.model) as extractor:  # a query: the same trunk
+    assert index.spec.precision == "int8" and index.store == store_root
+    with (
+        luigi_config(monkeypatch, config),
+        query_extractor(index.spec, index.store) as extractor,
+    ):  # a query: the same trunk
         image = next((tmp_path / "content").glob("PPN*/*.jpg"))
         distances = index.query(extract(extractor, [str(image)])[0], k=3)[1]
     assert distances[0, 0] < 1e-9  # the collection's own image, found as itself
