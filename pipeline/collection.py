@@ -267,17 +267,18 @@ def check_mapping(frame, source, header_fix, row_name, first_line=1):
     line = np.arange(len(frame)) + first_line
     empty = (frame == "").any(axis=1).to_numpy()
     if empty.any():
-        raise MappingError(f"{source} has empty or NULL values on {row_name}(s) {_first(line[empty])}")
+        raise MappingError(f"{source} has empty or NULL values on {row_name}(s) {first(line[empty])}")
     for columns, what in ((["id"], "ID"), (["ppn", "filename"], "(ppn, filename) pair")):
         repeated = frame.duplicated(columns, keep=False).to_numpy()
         if repeated.any():
-            raise MappingError(f"{source} repeats the same {what} on {row_name}s {_first(line[repeated])}")
+            raise MappingError(f"{source} repeats the same {what} on {row_name}s {first(line[repeated])}")
     # each image's catalogue record: the optional column record, else (or where empty) its PPN folder
     frame["record"] = np.where(given == "", "PPN" + frame["ppn"].to_numpy(dtype=str), given)
     return frame.reset_index(drop=True)
 
 
-def _first(values, n=10):
+def first(values, n=10):
+    """The first ``n`` of ``values``, joined, and how many more there are."""
     values = [str(v) for v in values]
     return ", ".join(values[:n]) + (f" and {len(values) - n} more" if len(values) > n else "")
 
@@ -329,6 +330,42 @@ def removed_images(previous, current):
     """Relative paths of the images of ``previous`` that ``current`` no longer has."""
     now = {f.relpath for f in current.files}
     return [f.relpath for f in previous.files if f.relpath not in now]
+
+
+def gone_from_disk(previous, content_dir):
+    """The images of ``previous`` whose files are no longer listed under ``content_dir``, by record
+    folder (names only: one listing per folder, no file is opened).
+
+    A folder that cannot be listed for another reason than its absence (no permission, a
+    network error) has nothing gone: its files may be there, and the inventory says why it could not list them.
+
+    Returns
+    -------
+    gone : dict of str to int
+        Record folder (as the previous run named it) -> number of its images gone, for the folders with any.
+    emptied : list of str
+        The folders of ``gone`` that are missing or hold none of their images any more.
+    """
+    wanted = {}
+    for f in previous.files:
+        folder, name = os.path.split(f.relpath)
+        wanted.setdefault(folder, set()).add(name)
+
+    def count(item):
+        folder, names = item
+        try:
+            with os.scandir(os.path.join(content_dir, folder)) as listing:
+                listed = {entry.name for entry in listing}
+        except (FileNotFoundError, NotADirectoryError):
+            listed = set()
+        except OSError:
+            return folder, 0, False
+        missing = len(names - listed)
+        return folder, missing, missing == len(names)
+
+    with concurrent.futures.ThreadPoolExecutor(SCAN_THREADS) as pool:
+        counted = list(pool.map(count, sorted(wanted.items()), chunksize=64))
+    return {folder: n for folder, n, _ in counted if n}, [folder for folder, n, whole in counted if n and whole]
 
 
 def build_inventory(files, mapping):
@@ -417,7 +454,7 @@ def log_inventory(inventory, content_dir, shown=20):
         (inventory.missing, "ID mapping rows have no file under the content folder and are left out"),
     ):
         if items:
-            logger.warning("%d %s: %s", len(items), what, _first(items, shown))
+            logger.warning("%d %s: %s", len(items), what, first(items, shown))
 
 
 def log_rejected(rejected, shown=20):

@@ -478,6 +478,23 @@ class collection(luigi.Config):
         description="How a changed image is recognised: stat (size and modification time) or sha256 "
         "(a hash of the content, for storage whose times can't be trusted).",
     )
+    max_removed = Number(
+        float,
+        0.0,
+        1.0,
+        must="a fraction from 0 to 1",
+        default=0.05,
+        significant=False,
+        description="The largest share of the previous run's images a night may find gone from disk; a night "
+        "that finds more gone (an unmounted volume, a failed sync) stops before any task writes, naming the "
+        "folders (exit code 20). 1: no limit.",
+    )
+    allow_removals = luigi.BoolParameter(
+        default=False,
+        significant=False,
+        description="Let this run remove more than max_removed of the images: give it once on the command line "
+        "(--collection-allow-removals) to confirm a real deletion.",
+    )
 
 
 #: Every section of luigi.cfg that is the pipeline's, in the order docs/configuration.md lists them.

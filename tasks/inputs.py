@@ -8,6 +8,7 @@ import luigi
 
 from pipeline import cms, collection
 from pipeline.errors import ConfigError
+from pipeline.h5io import read_attrs
 
 from . import config
 from .base import RunInput
@@ -69,6 +70,62 @@ class CmsDatabase(RunInput):
             f"the CMS database at [cms] url={cms.shown(cms.resolve_url(config.cms().url))} does not answer, and the "
             f"verdicts are kept there ([verdicts] table={config.verdicts().table!r}); check that the server runs"
         )
+
+
+class CollectionOnDisk(RunInput):
+    """The previous run's images still on disk: when more than ``[collection] max_removed`` of them
+    are gone, the night stops here, before any task writes, as for a missing input (exit code 20)."""
+
+    def complete(self):
+        return removal_problem(self.date) is None
+
+    def missing_message(self):
+        return removal_problem(self.date)
+
+
+#: removal_problem's answers, by the run date, the folder and the previous inventory's file.
+_REMOVALS = {}
+
+
+def removal_problem(date):
+    """One line naming the images gone and the folders they were in, when more than
+    ``[collection] max_removed`` of the previous run's images are gone from disk and
+    ``[collection] allow_removals`` is not given; None otherwise, or when there is no previous run
+    to compare with (worked out once per run date and previous inventory)."""
+    c, content = config.collection(), config.paths().content
+    path = os.path.join(config.paths().artifacts, "inventory.h5")
+    try:
+        made = os.stat(path)
+        run_date = read_attrs(path).get("run_date")
+    except OSError:  # no previous run, or its inventory is damaged (taken again, with a warning)
+        return None
+    if c.allow_removals or c.max_removed >= 1 or run_date == date.isoformat() or not os.path.isdir(content):
+        return None  # allowed, or today's inventory is taken, or ContentFolder names the missing folder
+    key = (date, os.path.abspath(content), made.st_ino, made.st_mtime_ns, c.max_removed)
+    if key not in _REMOVALS:
+        _REMOVALS[key] = _removal_problem(collection.load_inventory(path), content, c.max_removed)
+    return _REMOVALS[key]
+
+
+def _removal_problem(previous, content, max_removed):
+    gone, emptied = collection.gone_from_disk(previous, content)
+    n = sum(gone.values())
+    if n <= max_removed * len(previous):
+        return None
+    where = []
+    if emptied:
+        folders = "record folder is" if len(emptied) == 1 else "record folders are"
+        where.append(f"{len(emptied):,} {folders} gone or empty ({collection.first(emptied)})")
+    elsewhere = n - sum(gone[f] for f in emptied)
+    if elsewhere:
+        others = [f for f in gone if f not in set(emptied)]
+        where.append(f"{elsewhere:,} images are gone from {len(others):,} other folders ({collection.first(others)})")
+    return (
+        f"{n:,} of the previous run's {len(previous):,} images ({n / len(previous):.1%}) are gone from "
+        f"[paths] content={content!r}, more than [collection] max_removed={max_removed:g}: {'; '.join(where)}. "
+        "Nothing was written: mount or restore the missing storage and run again, or, if the images were "
+        "removed on purpose, run once with --collection-allow-removals"
+    )
 
 
 def read_mapping():

@@ -53,6 +53,7 @@ class Inventory(ArtifactTask):
         return {
             "settings": CheckSettings(date=self.date),
             "content": inputs.ContentFolder(date=self.date, path=config.paths().content),
+            "on_disk": inputs.CollectionOnDisk(date=self.date),
             "mapping": mapping,
         }
 
