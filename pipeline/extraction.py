@@ -16,12 +16,38 @@ logger = logging.getLogger(__name__)
 
 
 class Extracted(NamedTuple):
-    """What one extraction did: files extracted (or rejected), files already in the store, and
-    the files decoded by each decoder (:attr:`pipeline.images.Decoded.decoder`)."""
+    """What one extraction did: files extracted (or rejected), files already in the store, the
+    files decoded by each decoder (:attr:`pipeline.images.Decoded.decoder`), and the damaged or
+    missing chunks whose images it extracted again, and how many those were."""
 
     extracted: int
     reused: int
     decoded_by: dict
+    repaired_chunks: int = 0
+    repaired_images: int = 0
+
+
+def done_whole(store, files):
+    """The store's scan (:meth:`FeatureStore.scan`), less the images of ``files`` whose chunk is
+    damaged or missing (those chunks set aside, so that the images are extracted again).
+
+    Returns
+    -------
+    done, rejected : as :meth:`FeatureStore.scan`
+    repaired_chunks, repaired_images : int
+    """
+    done, rejected = store.scan()
+    chunk_of = {f.key: done[f.key][0] for f in files if f.key in done}
+    damaged = store.damaged(sorted(set(chunk_of.values())))
+    for name, reason in damaged.items():
+        store.set_aside(name, reason)
+    if not damaged:
+        return done, rejected, 0, 0
+    lost = [key for key, name in chunk_of.items() if name in damaged]
+    for key in lost:
+        del done[key]
+    logger.warning("%d damaged or missing feature chunks: %d images to extract again", len(damaged), len(lost))
+    return done, rejected, len(damaged), len(lost)
 
 
 def shard_of(relpath, shards):
@@ -57,7 +83,7 @@ def extract_to_store(store, make_extractor, files, content_dir, progress=None):
     -------
     Extracted
     """
-    done, rejected = store.scan()
+    done, rejected, repaired_chunks, repaired_images = done_whole(store, files)
     todo = [f for f in files if f.key not in done and f.key not in rejected]
     logger.info("extracting %d images, reusing %d already in the feature store", len(todo), len(files) - len(todo))
     if not todo:
@@ -95,7 +121,7 @@ def extract_to_store(store, make_extractor, files, content_dir, progress=None):
             "%d files libvips could not read (or whose pixels are not 8- or 16-bit) were decoded whole by Pillow",
             decoded_by[FALLBACK],
         )
-    return Extracted(len(todo), len(files) - len(todo), decoded_by)
+    return Extracted(len(todo), len(files) - len(todo), decoded_by, repaired_chunks, repaired_images)
 
 
 def extract_features(store, files, content_dir, spec, batch_size=16, progress=None, **decoding):

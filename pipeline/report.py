@@ -74,6 +74,12 @@ def run_report(
         "unmapped": inventory.unmapped,
         "missing": inventory.missing,
         "refit": stage_summary(artifacts["Reducer"], date)[1],
+        # damaged artifacts made again by this run, and what that did
+        "repaired": [
+            attrs["repaired"]
+            for attrs in [*artifacts.values(), copies or {}]
+            if attrs.get("repaired") and stage_summary(attrs, date)[1]
+        ],
         "stage_seconds": seconds,
         "similarities": similarities,
         "images_with_neighbours": len(index),

@@ -17,12 +17,15 @@ run with :class:`RunLockHeld` before it touches anything.
 import atexit
 import datetime
 import json
+import logging
 import os
 import socket
 import threading
 import uuid
 
 from .errors import PipelineError
+
+logger = logging.getLogger(__name__)
 
 CLAIM = "run.lock"
 PARTICIPANTS = "run.lock.d"
@@ -111,8 +114,9 @@ class RunLock:
         for _ in range(5):  # a claim that vanishes or is broken meanwhile: look again
             claim, _ = _read(self.claim)
             if claim is None:
-                if os.path.exists(self.claim):
-                    continue  # being written or replaced
+                if os.path.exists(self.claim):  # made whole (link, rename): it is damaged
+                    self._break_damaged()
+                    continue
                 self._join()
                 if self._link_claim():
                     return self._held()
@@ -177,7 +181,7 @@ class RunLock:
             os.unlink(probe)
 
     def _live_participants(self, date):
-        """Participant files of other processes of the run of ``date`` that are alive."""
+        """Participant files of other processes of the run of ``date`` (of any run: None) that are alive."""
         try:
             names = os.listdir(self.participants)
         except FileNotFoundError:
@@ -188,7 +192,7 @@ class RunLock:
             if path == self.participant or not name.endswith(".json"):
                 continue
             who, mtime = _read(path)
-            if who is None or who.get("date") != date:
+            if who is None or (date is not None and who.get("date") != date):
                 continue
             if who.get("host") == self.me["host"]:
                 if _pid_alive(who.get("pid", -1), who.get("ticks")):
@@ -216,6 +220,24 @@ class RunLock:
             except FileExistsError:
                 pass
         os.unlink(aside)
+
+    def _break_damaged(self):
+        """Remove a claim that cannot be read (truncated, zeroed, unreadable), unless a process of
+        some run is alive: that one's claim it may be."""
+        alive = self._live_participants(None)
+        if alive:
+            self._leave()
+            raise RunLockHeld(
+                f"the claim {self.claim} cannot be read, and a process of a run is alive ({alive[0]}); "
+                "the run stops without touching the folder: try again when that run has ended"
+            )
+        logger.warning("the claim %s cannot be read (a damaged file): removed, the folder taken", self.claim)
+        aside = f"{self.claim}.{uuid.uuid4().hex}.stale"
+        try:
+            os.rename(self.claim, aside)
+            os.unlink(aside)
+        except FileNotFoundError:
+            pass
 
     def touch(self):
         """The heartbeat: the participant file's time set to the file server's now."""

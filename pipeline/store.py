@@ -78,6 +78,11 @@ class FeatureStore:
     An image is done once a chunk names it, so an interrupted extraction loses at most the
     batch in flight, and a changed file (new key) is extracted again.
 
+    A chunk's arrays carry HDF5's fletcher32 checksum (chunks of before have none and read the
+    same). A chunk that is missing, cannot be read, or whose size or time differs from what the
+    catalog recorded and whose checksums fail, is damaged: :meth:`set_aside` moves it into
+    ``damaged/``, its images are no longer done, and the next extraction makes them again.
+
     Parameters
     ----------
     root : str
@@ -91,6 +96,67 @@ class FeatureStore:
     @property
     def catalog_path(self):
         return os.path.join(self.root, "catalog.h5")
+
+    @property
+    def damaged_dir(self):
+        """Where damaged chunks are set aside until their images are extracted again."""
+        return os.path.join(self.root, "damaged")
+
+    def set_aside(self, name, reason):
+        """Move the damaged chunk ``name`` into :attr:`damaged_dir`, with a warning; its images are
+        extracted again by the next extraction."""
+        logger.warning("feature chunk %s is damaged (%s): set aside, its images will be extracted again", name, reason)
+        os.makedirs(self.damaged_dir, exist_ok=True)
+        aside = os.path.join(self.damaged_dir, name)
+        try:
+            os.replace(os.path.join(self.chunk_dir, name), aside)
+        except FileNotFoundError:  # gone already, or set aside by another shard: a mark that it was
+            open(aside, "a").close()
+        os.utime(aside)  # when it was set aside (:meth:`set_aside_after`)
+
+    def set_aside_chunks(self):
+        """The names of the chunks set aside and not yet cleared (:meth:`clear_set_aside`)."""
+        try:
+            return sorted(os.listdir(self.damaged_dir))
+        except FileNotFoundError:
+            return []
+
+    def set_aside_after(self, mtime_ns):
+        """Whether a chunk was set aside after ``mtime_ns`` (a file's modification time)."""
+        for name in self.set_aside_chunks():
+            try:
+                if os.stat(os.path.join(self.damaged_dir, name)).st_mtime_ns > mtime_ns:
+                    return True
+            except FileNotFoundError:
+                pass
+        return False
+
+    def clear_set_aside(self):
+        """Remove the chunks set aside, once their images are extracted again."""
+        for name in self.set_aside_chunks():
+            os.remove(os.path.join(self.damaged_dir, name))
+
+    def damaged(self, names):
+        """The chunks of ``names`` that are damaged, with the reason: dict of str to str.
+
+        A chunk whose size and modification time are those the catalog recorded is taken as
+        whole (one ``stat``); any other is opened and read in full, its checksums checked.
+        """
+        recorded = self._read_catalog_stats()
+        found = {}
+        for name in names:
+            path = os.path.join(self.chunk_dir, name)
+            try:
+                stat = os.stat(path)
+            except OSError as exc:
+                found[name] = exc.strerror or "cannot be read"
+                continue
+            if recorded.get(name) == (stat.st_size, stat.st_mtime_ns) and os.access(path, os.R_OK):
+                continue
+            problem = chunk_problem(path)
+            if problem:
+                found[name] = problem
+        return found
 
     def scan(self):
         """Read the keys of every committed chunk: from the catalog, and from the chunks
@@ -113,9 +179,15 @@ class FeatureStore:
         for name in sorted(os.listdir(self.chunk_dir)):
             if not name.endswith(".h5") or name.startswith(".") or name in read:
                 continue  # a temporary file of an interrupted write, or a chunk the catalog lists
-            with h5py.File(os.path.join(self.chunk_dir, name), "r") as f:
-                done.update((key, (name, row)) for row, key in enumerate(read_strings(f["keys"])))
-                rejected.update(zip(read_strings(f["rejected_keys"]), read_strings(f["rejected_reasons"])))
+            try:
+                with h5py.File(os.path.join(self.chunk_dir, name), "r") as f:
+                    keys = read_strings(f["keys"])
+                    reasons = dict(zip(read_strings(f["rejected_keys"]), read_strings(f["rejected_reasons"])))
+            except (OSError, KeyError) as exc:
+                self.set_aside(name, _reason(exc))
+                continue
+            done.update((key, (name, row)) for row, key in enumerate(keys))
+            rejected.update(reasons)
             read.add(name)
         return done, rejected, read
 
@@ -126,8 +198,21 @@ class FeatureStore:
                 done = dict(zip(read_strings(f["keys"]), zip(chunk_names[f["chunk"][:]], f["row"][:].tolist())))
                 rejected = dict(zip(read_strings(f["rejected_keys"]), read_strings(f["rejected_reasons"])))
                 return done, rejected, set(chunk_names)
-        except (OSError, KeyError):  # none yet, or unreadable: every chunk is read
+        except (OSError, KeyError) as exc:  # none yet, or unreadable: every chunk is read
+            if os.path.exists(self.catalog_path):
+                logger.warning("the feature store's catalog is unreadable (%s): every chunk is read", _reason(exc))
             return {}, {}, set()
+
+    def _read_catalog_stats(self):
+        """Chunk name -> (size, mtime_ns) as the catalog recorded them (none in catalogs of before)."""
+        try:
+            with h5py.File(self.catalog_path, "r") as f:
+                if "chunk_sizes" not in f:
+                    return {}
+                sizes, times = f["chunk_sizes"][:].tolist(), f["chunk_mtimes"][:].tolist()
+                return dict(zip(read_strings(f["chunk_names"]), zip(sizes, times)))
+        except OSError:
+            return {}
 
     def update_catalog(self):
         """Scan the store and record what every chunk holds in one file, so that the next scan
@@ -139,11 +224,21 @@ class FeatureStore:
         done, rejected : as :meth:`scan`
         """
         done, rejected, read = self._scan()
-        names = sorted(read)
+        stats = {}
+        for name in sorted(read):
+            try:
+                stat = os.stat(os.path.join(self.chunk_dir, name))
+                stats[name] = (stat.st_size, stat.st_mtime_ns)
+            except FileNotFoundError:  # set aside since the catalog listed it: its images are not done
+                pass
+        done = {key: place for key, place in done.items() if place[0] in stats}
+        names = sorted(stats)
         number = {name: i for i, name in enumerate(names)}
         with atomic_path(self.catalog_path) as tmp:
             with h5py.File(tmp, "w") as f:
                 write_strings(f, "chunk_names", names)
+                f.create_dataset("chunk_sizes", data=np.array([stats[n][0] for n in names], dtype=np.int64))
+                f.create_dataset("chunk_mtimes", data=np.array([stats[n][1] for n in names], dtype=np.int64))
                 write_strings(f, "keys", list(done))
                 f.create_dataset("chunk", data=np.array([number[c] for c, _ in done.values()], dtype=np.int64))
                 f.create_dataset("row", data=np.array([r for _, r in done.values()], dtype=np.int64))
@@ -176,10 +271,11 @@ class FeatureStore:
         with h5py.File(memory, "w") as f:
             write_strings(f, "keys", keys)
             codes, offset, scale = quantize(descriptors)
-            # not compressed: gzip level 1 saved 8 % of the bytes for 3.3 ms per image (docs/performance.md)
-            f.create_dataset("codes", data=codes)
-            f.create_dataset("offset", data=offset)
-            f.create_dataset("scale", data=scale)
+            # not compressed: gzip level 1 saved 8 % of the bytes for 3.3 ms per image (docs/performance.md);
+            # checksummed, so that a flipped byte is found as the chunk is read
+            for dataset, data in (("codes", codes), ("offset", offset), ("scale", scale)):
+                rows = (1, *data.shape[1:]) if data.size else None  # an image per HDF5 chunk, read alone
+                f.create_dataset(dataset, data=data, fletcher32=True, chunks=rows)
             write_strings(f, "rejected_keys", list(rejected))
             write_strings(f, "rejected_reasons", list(rejected.values()))
         with atomic_path(os.path.join(self.chunk_dir, name)) as tmp:
@@ -264,17 +360,54 @@ def load_index(path):
         )
 
 
+def _reason(exc):
+    """The first line of an h5py error: what is wrong with the file."""
+    return (str(exc).splitlines() or [type(exc).__name__])[0]
+
+
+def chunk_problem(path):
+    """Why the chunk at ``path`` cannot be read whole (its checksums included), or None."""
+    try:
+        with h5py.File(path, "r") as f:
+            keys = read_strings(f["keys"])
+            shapes = {name: f[name][()].shape for name in ("codes", "offset", "scale")}
+            read_strings(f["rejected_keys"]), read_strings(f["rejected_reasons"])
+    except (OSError, KeyError, ValueError) as exc:
+        return _reason(exc)
+    if not len(keys) == shapes["codes"][0] == shapes["offset"][0] == shapes["scale"][0]:
+        return f"{len(keys)} keys for {shapes['codes'][0]} rows of descriptors"
+    return None
+
+
+class DamagedChunk(ArtifactError):
+    """A chunk of the feature store was found damaged as it was read (and set aside)."""
+
+
 def read_block(store, index, positions):
-    """Descriptors of the images at ``positions``: ndarray of shape (n, n_local, c), float32."""
+    """Descriptors of the images at ``positions``: ndarray of shape (n, n_local, c), float32.
+
+    Raises
+    ------
+    DamagedChunk
+        When a chunk cannot be read or its checksums fail: it is set aside, and the next run
+        extracts its images again.
+    """
     chunks = index.chunk[positions]
     out = None
     for name in dict.fromkeys(chunks):  # chunks in order of first use
         mine = np.flatnonzero(chunks == name)
-        with h5py.File(os.path.join(store.chunk_dir, name), "r") as f:
-            if out is None:
-                out = np.empty((len(positions), *f["codes"].shape[1:]), dtype=np.float32)
-            rows = index.row[positions[mine]]
-            order = np.argsort(rows)
-            rows = rows[order]  # h5py reads increasing rows
-            out[mine[order]] = dequantize(f["codes"][rows], f["offset"][rows], f["scale"][rows])
+        try:
+            with h5py.File(os.path.join(store.chunk_dir, name), "r") as f:
+                if out is None:
+                    out = np.empty((len(positions), *f["codes"].shape[1:]), dtype=np.float32)
+                rows = index.row[positions[mine]]
+                order = np.argsort(rows)
+                rows = rows[order]  # h5py reads increasing rows
+                out[mine[order]] = dequantize(f["codes"][rows], f["offset"][rows], f["scale"][rows])
+        except (OSError, KeyError) as exc:
+            store.set_aside(name, _reason(exc))
+            raise DamagedChunk(
+                f"feature chunk {name} of {store.root} is damaged ({_reason(exc)}); it is set aside: run again "
+                "to extract its images anew"
+            ) from None
     return out

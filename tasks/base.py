@@ -195,10 +195,14 @@ class ArtifactTask(RunTask):
     and the current digests of its inputs. So a rerun skips what is done, a changed setting
     or input redoes the stages after it, and a truncated or outdated file is made again.
 
-    Subclasses implement :meth:`make`, which writes the artifact to a temporary path.
+    Subclasses implement :meth:`make`, which writes the artifact to a temporary path. An
+    artifact that is there but cannot be read is made again with a warning, in the log and, as
+    ``repaired``, in its new attributes (the run report lists them).
     """
 
     filename = None
+    #: What making an unreadable artifact again does, for the warning.
+    remade = "made again"
 
     def settings(self):
         """The settings that change this stage's result (JSON-serialisable)."""
@@ -238,6 +242,9 @@ class ArtifactTask(RunTask):
             logger.info("%s: the existing artifact is still valid", self.task_family)
             return
         self._started = time.time()
+        self._repaired = self.damage()
+        if self._repaired:
+            logger.warning("%s", self._repaired)
         with artifacts_writable():
             remove_stale_temporaries(self.output().path)  # the run lock: no other run writes here
             with atomic_path(self.output().path) as tmp:
@@ -246,6 +253,23 @@ class ArtifactTask(RunTask):
 
     def make(self, tmp):
         raise NotImplementedError
+
+    def damage(self):
+        """A warning when the artifact is there but cannot be read (truncated, zeroed, unreadable), or
+        is missing where an earlier run made one it is kept from (:meth:`made_before`); else None."""
+        path = self.output().path
+        if not os.path.lexists(path):
+            return f"{os.path.basename(path)} is missing: {self.remade}" if self.made_before() else None
+        try:
+            read_attrs(path)
+        except OSError as exc:
+            reason = (str(exc).splitlines() or [type(exc).__name__])[0]
+            return f"{os.path.basename(path)} is unreadable ({reason}): {self.remade}"
+        return None
+
+    def made_before(self):
+        """Whether an earlier run made this artifact, for a stage kept across runs (none by default)."""
+        return False
 
     def digest(self):
         """This artifact's digest: of its settings and its inputs' digests."""
@@ -261,6 +285,7 @@ class ArtifactTask(RunTask):
             "stage": self.task_family,
             "run_date": self.date.isoformat(),
             "seconds": round(time.time() - self._started, 3),
+            **({"repaired": self._repaired} if getattr(self, "_repaired", None) else {}),
             **extra,
         }
 

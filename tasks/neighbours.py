@@ -15,7 +15,7 @@ from pipeline.verdicts import load_verdicts
 
 from . import config
 from .base import ArtifactTask, Progress, settings_digest
-from .stages import Codebook, Features, Histograms, Inventory, Shard, shard_attrs
+from .stages import Codebook, Features, Histograms, Inventory, Shard, repairs, shard_attrs
 from .verdicts import Verdicts
 
 logger = logging.getLogger("luigi-interface")
@@ -189,6 +189,7 @@ class Similarities(NeighbourInputs):
             changed_by_verdicts=changed_by_verdicts,
             same_record=str(config.neighbours().same_record),
             own_record_share=round(own_record, 4),
+            **repairs(self, ran),
         )
         logger.info(
             "%.1f %% of the neighbours are of the image's own record (same_record = %s)",

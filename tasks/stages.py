@@ -119,6 +119,14 @@ def shard_attrs(task):
     return shards, [a for a in shards if a["run_date"] == task.date.isoformat()]
 
 
+def repairs(task, ran, *more):
+    """``repaired``: the warnings of ``task``'s own repair, of its shards that ran (their attributes
+    ``ran``) and ``more``, in one line for the run report; empty when there were none."""
+    notes = [getattr(task, "_repaired", None), *(a.get("repaired") for a in ran), *more]
+    notes = [note for note in notes if note]
+    return {"repaired": "; ".join(notes)} if notes else {}
+
+
 class Shard:
     """One of ``shards`` parts of a sharded stage's work (its ``kind``), with its artifact
     ``<artifacts>/shards/<kind>-<shard>-of-<shards>.h5``."""
@@ -190,6 +198,13 @@ class FeatureShard(Shard, ArtifactTask):
 
     kind = "features"
 
+    def complete(self):
+        # a chunk set aside since this shard extracted (found damaged as it was read): extract again
+        if not super().complete():
+            return False
+        made = os.stat(self.output().path).st_mtime_ns
+        return not Features(date=self.date).store().set_aside_after(made)
+
     def requires(self):
         required = {"inventory": Inventory(date=self.date)}
         if needs_calibration():
@@ -220,6 +235,8 @@ class FeatureShard(Shard, ArtifactTask):
                     extracted=done.extracted,
                     reused=done.reused,
                     decoded_by=json.dumps(done.decoded_by),
+                    repaired_chunks=done.repaired_chunks,
+                    repaired_images=done.repaired_images,
                 )
             )
 
@@ -240,6 +257,9 @@ class Features(ArtifactTask):
     def made_from(self):
         return [self.requires()["inventory"]]  # the number of shards does not change the result
 
+    def complete(self):
+        return super().complete() and not self.store().set_aside_chunks()
+
     def settings(self):
         if getattr(self, "_settings", None) is None:
             self._settings = feature_settings()
@@ -258,6 +278,13 @@ class Features(ArtifactTask):
         feature_store.remove_stale_temporaries()  # every shard has finished
         index = store.index_inventory(feature_store, collection.load_inventory(self.input()["inventory"].path))
         shards, ran = shard_attrs(self)
+        repaired = {key: sum(a.get(key, 0) for a in ran) for key in ("repaired_chunks", "repaired_images")}
+        chunks = repaired["repaired_chunks"] and (
+            f"{repaired['repaired_chunks']} damaged or missing feature chunks: their "
+            f"{repaired['repaired_images']} images extracted again"
+        )
+        repaired.update(repairs(self, ran, chunks))
+        feature_store.clear_set_aside()  # their images are extracted again
         extracted = sum(a["extracted"] for a in ran)
         decoded_by = collections.Counter()
         for a in ran:
@@ -278,6 +305,7 @@ class Features(ArtifactTask):
             precision_reason=config.precision()[1],
             store=feature_store.root,
             **config.model_spec().backend().attrs(feature_store.root),
+            **repaired,
         )
         store.save_index(tmp, index, attrs)
 
@@ -286,6 +314,10 @@ class Reducer(ArtifactTask):
     """StandardScaler + PCA over every descriptor of a sample of images; kept across runs until a refit."""
 
     filename = "reducer.h5"
+    remade = "refitted (the codebook with it); every list may change"
+
+    def made_before(self):
+        return os.path.exists(os.path.join(config.paths().artifacts, Histograms.filename))  # made from a fit
 
     def requires(self):
         return Features(date=self.date)
@@ -327,6 +359,10 @@ class Codebook(ArtifactTask):
     """k-means visual words over a sample of the reduced descriptors; refitted with the reducer."""
 
     filename = "codebook.h5"
+    remade = "refitted; every list may change"
+
+    def made_before(self):
+        return os.path.exists(os.path.join(config.paths().artifacts, Histograms.filename))  # made from a fit
 
     def requires(self):
         return {"features": Features(date=self.date), "reducer": Reducer(**self.run_args())}
@@ -438,5 +474,6 @@ class Histograms(HistogramInputs):
             reused=sum(a["reused"] for a in attrs),
             shards=len(attrs),
             shard_seconds=round(sum(a["seconds"] for a in ran), 3),
+            **repairs(self, ran),
         )
         histograms.save_histograms(tmp, keys, counts, shards[0][2], attrs, config.histograms().assign)

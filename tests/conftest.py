@@ -232,6 +232,7 @@ LONG_FIRST = (
     "test_verdict_nights.py",
     "test_nightly.py",
     "test_luigid.py",
+    "test_faults.py",
 )
 
 

@@ -9,6 +9,8 @@ import json
 import os
 import shutil
 import sqlite3
+import subprocess
+import sys
 
 import luigi
 import numpy as np
@@ -18,10 +20,11 @@ from pipeline import backends, collection
 from pipeline.output import read_similarities
 from tasks import Nightly
 
-from .conftest import luigi_config, pipeline_config
+from .conftest import environment_lacks, luigi_config, pipeline_config
 from .faults import TinyBackend
 from .runs import cms_rows
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIRST, SECOND = datetime.date(2026, 5, 1), datetime.date(2026, 5, 2)
 Status = luigi.execution_summary.LuigiStatusCode
 
@@ -49,7 +52,7 @@ def first_night(small_collection, tmp_path_factory):
 def site(first_night, tmp_path):
     """A copy of the first night's folder that a test may damage."""
     root = tmp_path / "site"
-    shutil.copytree(first_night, root, symlinks=True)
+    shutil.copytree(first_night, root, symlinks=True, ignore=shutil.ignore_patterns("run.lock*"))  # this process's
     return root
 
 
@@ -124,3 +127,155 @@ def test_the_folders_gone_are_counted_and_an_unlistable_one_is_not(tmp_path, mon
     monkeypatch.setattr(os, "scandir", refusing)
     gone, emptied = collection.gone_from_disk(previous, str(content))
     assert gone == {"PPN1": 1, "PPN2": 3} and emptied == ["PPN2"]  # PPN3 cannot be listed: its files may be there
+
+
+#: Each artifact of a finished night, by the name the matrix gives it: a path under artifacts/ (a glob).
+ARTIFACT_PATHS = {
+    "inventory": "inventory.h5",
+    "store catalog": "features/*/catalog.h5",
+    "chunk": "features/*/chunks/*.h5",
+    "features": "features.h5",
+    "reducer": "reducer.h5",
+    "codebook": "codebook.h5",
+    "feature shard": "shards/features-*.h5",
+    "histogram shard": "shards/histograms-*.h5",
+    "neighbour shard": "shards/neighbours-*.h5",
+    "histograms": "histograms.h5",
+    "similarities": "similarities.hdf5",
+    "run lock": "run.lock",
+    "report": "run_report.json",
+}
+FAULTS = ("truncated", "zeroed", "deleted", "unreadable")
+#: What the run report's ``repaired`` must say of the artifact made again (None: nothing to say).
+SAID = {
+    "chunk": "damaged or missing feature chunks: their",
+    "reducer": "reducer.h5 is unreadable",
+    "codebook": "codebook.h5 is unreadable",
+    "features": "features.h5 is unreadable",
+    "histograms": "histograms.h5 is unreadable",
+    "similarities": "similarities.hdf5 is unreadable",
+}
+#: The cases of the default tier; the rest are marked slow (.ci/run runs them all).
+QUICK = {("chunk", "truncated"), ("chunk", "unreadable"), ("codebook", "truncated"), ("similarities", "zeroed")}
+
+
+def damage(path, fault):
+    """Leave ``path`` as a fault leaves it."""
+    if fault == "deleted":
+        path.unlink()
+        return
+    data = path.read_bytes()
+    if fault == "truncated":  # an interrupted copy, a full disk on another host
+        path.write_bytes(data[: len(data) // 2])
+    elif fault == "zeroed":  # a filesystem fault: the right size, nothing in it
+        path.write_bytes(bytes(len(data)))
+    else:  # unreadable: no permission (the night runs without root's override, see unprivileged_night)
+        path.chmod(0)
+
+
+def unprivileged_night(root, date):
+    """The ``luigi`` command's Nightly of ``date`` under ``root`` with the tiny model, in a process
+    without root's right to read any file (so that a file's permissions count, as for a site's
+    user): its exit code and output."""
+    if shutil.which("setpriv") is None:
+        environment_lacks("setpriv (util-linux) is not installed")
+    caps = "-dac_override,-dac_read_search"
+    env = {**os.environ, "LUIGI_CONFIG_PATH": str(root / "luigi.cfg"), "FAULT_TINY_MODEL": "1", "PYTHONPATH": REPO}
+    luigi_bin = os.path.join(os.path.dirname(sys.executable), "luigi")
+    command = ["setpriv", f"--inh-caps={caps}", f"--bounding-set={caps}", luigi_bin, "--module", "tests.faults"]
+    command += ["Nightly", "--date", date.isoformat(), "--local-scheduler", "--no-lock"]
+    done = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, timeout=300)
+    return done.returncode, done.stdout + done.stderr
+
+
+@pytest.fixture(scope="module")
+def clean_second_night(first_night, tmp_path_factory):
+    """The lists of the second night of an undamaged copy of the first night's folder."""
+    root = tmp_path_factory.mktemp("clean") / "site"
+    shutil.copytree(first_night, root, symlinks=True, ignore=shutil.ignore_patterns("run.lock*"))
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        result = night(monkeypatch, root, SECOND)
+    assert result.status == Status.SUCCESS, result.summary_text
+    return read_similarities(root / "artifacts" / "similarities.hdf5")
+
+
+def matrix():
+    for artifact in ARTIFACT_PATHS:
+        for fault in FAULTS:
+            marks = () if (artifact, fault) in QUICK else (pytest.mark.slow,)
+            yield pytest.param(artifact, fault, marks=marks, id=f"{artifact}-{fault}")
+
+
+@pytest.mark.parametrize("artifact, fault", matrix())
+def test_the_night_after_a_damaged_artifact_gives_the_lists_of_a_clean_night(
+    site, clean_second_night, monkeypatch, artifact, fault
+):
+    artifacts = site / "artifacts"
+    if artifact == "run lock":  # a claim a killed run left: what is left of it is damaged
+        (artifacts / "run.lock").write_text(json.dumps({"host": "elsewhere", "pid": 1, "date": "2026-04-30"}))
+    path = sorted(artifacts.glob(ARTIFACT_PATHS[artifact]))[0]
+    damage(path, fault)
+    if fault == "unreadable":
+        pipeline_config(site, cms__url=f"sqlite:///{site / 'cms.sqlite'}")
+        code, output = unprivileged_night(site, SECOND)
+        assert code == 0, output[-3000:]
+    else:
+        result = night(monkeypatch, site, SECOND)
+        assert result.status == Status.SUCCESS, result.summary_text
+    lists = read_similarities(artifacts / "similarities.hdf5")
+    for key, expected in clean_second_night.items():
+        # without an earlier similarities.hdf5, nothing is told changed (and every list is loaded)
+        if isinstance(expected, np.ndarray) and not (artifact == "similarities" and key in ("changed", "removed")):
+            np.testing.assert_array_equal(lists[key], expected, err_msg=key)
+    report = json.loads((artifacts / "run_report.json").read_text())
+    assert report["status"] == "ok"
+    said = SAID.get(artifact)
+    if said and (fault != "deleted" or artifact in ("chunk", "reducer", "codebook")):
+        if fault == "deleted" and artifact != "chunk":
+            said = said.replace("unreadable", "missing")
+        assert any(said in note for note in report["repaired"]), report["repaired"]
+    if artifact in ("reducer", "codebook"):
+        assert any("every list may change" in note for note in report["repaired"])
+    assert cms_rows(site / "cms.sqlite")  # loaded
+
+
+def flip_a_byte(path, keep_time):
+    """Flip one byte inside the descriptors of the chunk at ``path``; with ``keep_time``, as bit rot
+    does it (the file's size and times unchanged)."""
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        offset = f["codes"].id.get_chunk_info(0).byte_offset  # the first image's codes
+    times = os.stat(path)
+    data = bytearray(path.read_bytes())
+    data[offset + 100] ^= 0x40
+    path.write_bytes(bytes(data))
+    if keep_time:
+        os.utime(path, ns=(times.st_atime_ns, times.st_mtime_ns))
+
+
+def test_a_flipped_byte_in_a_chunk_is_found_by_its_checksum_and_repaired(site, monkeypatch, tmp_path):
+    chunks = sorted((site / "artifacts").glob(ARTIFACT_PATHS["chunk"]))
+    flip_a_byte(chunks[0], keep_time=False)  # a write: the night's stat of the chunk finds it
+    result = night(monkeypatch, site, SECOND)
+    assert result.status == Status.SUCCESS, result.summary_text
+    report = json.loads((site / "artifacts" / "run_report.json").read_text())
+    assert any("1 damaged or missing feature chunks" in note for note in report["repaired"])
+
+    # bit rot under an unchanged file: found as the chunk is read (here by a refit's sample)
+    chunks = sorted((site / "artifacts").glob(ARTIFACT_PATHS["chunk"]))
+    flip_a_byte(chunks[0], keep_time=True)
+    later = SECOND + datetime.timedelta(days=1)
+    config = pipeline_config(site, cms__url=f"sqlite:///{site / 'cms.sqlite'}")
+    monkeypatch.setitem(backends.BACKENDS, "keras", TinyBackend)
+    with luigi_config(monkeypatch, config):
+        failed = luigi.build([Nightly(date=later, refit=True)], local_scheduler=True, detailed_summary=True)
+    report = json.loads((site / "artifacts" / "runs" / later.isoformat() / "run_report.json").read_text())
+    assert failed.status == Status.FAILED, failed.summary_text
+    assert "DamagedChunk" in report["error"] and "set aside" in report["error"]
+    with luigi_config(monkeypatch, config):  # the same night again: the chunk's images extracted anew
+        result = luigi.build([Nightly(date=later, refit=True)], local_scheduler=True, detailed_summary=True)
+    assert result.status == Status.SUCCESS, result.summary_text
+    report = json.loads((site / "artifacts" / "run_report.json").read_text())
+    assert any("1 damaged or missing feature chunks" in note for note in report["repaired"])
+    assert not list((site / "artifacts").glob("features/*/damaged/*"))  # cleared once extracted again
