@@ -2,6 +2,7 @@
 CMS database), the labels; each missing one reads as a missing input naming its setting."""
 
 import functools
+import math
 import os
 
 import luigi
@@ -92,7 +93,10 @@ def removal_problem(date):
     ``[collection] max_removed`` of the previous run's images are gone from disk and
     ``[collection] allow_removals`` is not given; None otherwise, or when there is no previous run
     to compare with (worked out once per run date and previous inventory)."""
-    c, content = config.collection(), config.paths().content
+    try:
+        c, content = config.collection(), config.paths().content
+    except (ValueError, ConfigError):  # CheckSettings names the setting
+        return None
     path = os.path.join(config.paths().artifacts, "inventory.h5")
     try:
         made = os.stat(path)
@@ -110,7 +114,7 @@ def removal_problem(date):
 def _removal_problem(previous, content, max_removed):
     gone, emptied = collection.gone_from_disk(previous, content)
     n = sum(gone.values())
-    if n <= max_removed * len(previous):
+    if n <= math.ceil(max_removed * len(previous)):  # rounded up: a small collection may lose one image
         return None
     where = []
     if emptied:

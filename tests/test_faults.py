@@ -98,15 +98,16 @@ def test_hiding_half_the_record_folders_stops_the_night_before_any_write(site, m
 
 def test_a_few_removed_images_and_an_emptied_mount_point(site, monkeypatch):
     content = site / "content"
-    folders = record_folders(content)
-    (folders[0] / sorted(os.listdir(folders[0]))[0]).unlink()  # one image withdrawn: under max_removed
-    assert night(monkeypatch, site, SECOND, collection__max_removed=0.1).status == Status.SUCCESS
-    for path in folders[1].iterdir():  # the mount point of an unmounted volume stays, empty
+    folders = sorted(record_folders(content), key=lambda f: len(os.listdir(f)))
+    (folders[0] / sorted(os.listdir(folders[0]))[0]).unlink()  # one image of 18 withdrawn: 5 %, rounded up
+    assert night(monkeypatch, site, SECOND).status == Status.SUCCESS
+    assert json.loads((site / "artifacts" / "run_report.json").read_text())["removed"] == 1
+    for path in folders[-1].iterdir():  # the mount point of an unmounted volume stays, empty
         path.unlink()
-    result = night(monkeypatch, site, SECOND + datetime.timedelta(days=1))  # 1 of 17 is more than 5 %
+    result = night(monkeypatch, site, SECOND + datetime.timedelta(days=1))
     assert result.status == Status.MISSING_EXT, result.summary_text
     report = json.loads((site / "artifacts" / "runs" / "2026-05-03" / "run_report.json").read_text())
-    assert f"1 record folder is gone or empty ({folders[1].name})" in report["error"]
+    assert f"1 record folder is gone or empty ({folders[-1].name})" in report["error"]
 
 
 def test_the_folders_gone_are_counted_and_an_unlistable_one_is_not(tmp_path, monkeypatch):
