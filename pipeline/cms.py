@@ -85,9 +85,13 @@ def shown(url):
 
 
 def connect(url):
-    """An engine for the URL; SQLite waits up to a minute for a lock instead of failing at once."""
+    """An engine for the URL; SQLite waits up to a minute for a lock instead of failing at once. A
+    server's pooled connections are tested before use, so that a server restarted or stopped since
+    (a keep-alive worker, the next night in one process) reads as such, not as a lost connection."""
     try:
-        return sa.create_engine(url, connect_args={"timeout": 60} if url.get_backend_name() == "sqlite" else {})
+        if url.get_backend_name() == "sqlite":
+            return sa.create_engine(url, connect_args={"timeout": 60})
+        return sa.create_engine(url, pool_pre_ping=True)
     except (ArgumentError, ImportError) as exc:
         raise ConfigError(f"[cms] url={shown(url)} cannot be used: {_one_line(exc)}") from None
 

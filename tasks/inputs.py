@@ -61,15 +61,17 @@ class CmsImages(RunInput):
 
 
 class CmsDatabase(RunInput):
-    """The CMS database at ``[cms] url``, where the verdicts are read (``[verdicts] source``)."""
+    """The CMS database at ``[cms] url``, where the lists are loaded and the verdicts read
+    (``[verdicts] source``); one that does not answer stops the stages that need it, the work
+    before them kept."""
 
     def output(self):
         return CmsTable(None, new_file=True)
 
     def missing_message(self):
         return (
-            f"the CMS database at [cms] url={cms.shown(cms.resolve_url(config.cms().url))} does not answer, and the "
-            f"verdicts are kept there ([verdicts] table={config.verdicts().table!r}); check that the server runs"
+            f"the CMS database at [cms] url={cms.shown(cms.resolve_url(config.cms().url))} does not answer; check "
+            "that the server runs, then run again (what the run made so far is kept, and the CMS is as it was)"
         )
 
 

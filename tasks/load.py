@@ -33,11 +33,12 @@ class LoadSimilarities(RunTask):
     INCREMENTAL_SHARE = 0.5
 
     def requires(self):
-        return Similarities(**self.run_args())
+        # the database first: a server that does not answer is a missing input (exit code 20), the lists kept
+        return {"made": Similarities(**self.run_args()), "cms": inputs.CmsDatabase(date=self.date)}
 
     def run_id(self):
         """The identity of the similarities to load: the digest of similarities.hdf5."""
-        return read_attrs(self.input().path)["digest"]
+        return read_attrs(self.input()["made"].path)["digest"]
 
     def siblings(self):
         """The siblings mode's target, or None in table mode."""
@@ -64,7 +65,7 @@ class LoadSimilarities(RunTask):
     def complete(self):
         if not requirements_complete(self):
             return False
-        with h5py.File(self.input().path, "r") as f:
+        with h5py.File(self.input()["made"].path, "r") as f:
             ids = read_ids(f["ids"])
             written = ids[f["changed"][:]] if "changed" in f else ids
         return self.holds(self.run_id(), ids, written)
@@ -82,7 +83,7 @@ class LoadSimilarities(RunTask):
         return None
 
     def run(self):
-        result = read_similarities(self.input().path)
+        result = read_similarities(self.input()["made"].path)
         common = dict(run_id=self.run_id(), run_date=self.date.isoformat(), marker_table=config.cms().marker_table)
         if cms.loaded_run(inputs.engine(), self.target(), config.cms().marker_table) == common["run_id"]:
             logger.warning(
@@ -127,22 +128,22 @@ class LoadCopies(RunTask):
     holds its rows."""
 
     def requires(self):
-        return Copies(**self.run_args())
+        return {"made": Copies(**self.run_args()), "cms": inputs.CmsDatabase(date=self.date)}
 
     def run_id(self):
         """The identity of the copies to load: the digest of copies.h5."""
-        return read_attrs(self.input().path)["digest"]
+        return read_attrs(self.input()["made"].path)["digest"]
 
     def complete(self):
         if not requirements_complete(self):
             return False
-        images = int(read_attrs(self.input().path)["images"])
+        images = int(read_attrs(self.input()["made"].path)["images"])
         return cms.holds_copies(
             inputs.engine(), self.run_id(), images, config.cms().copies_table, config.cms().marker_table
         )
 
     def run(self):
-        numbered, _ = copies.load_copies(self.input().path)
+        numbered, _ = copies.load_copies(self.input()["made"].path)
         cms.load_copies(
             inputs.engine(),
             numbered.rows,
