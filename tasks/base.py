@@ -3,6 +3,7 @@
 import contextlib
 import datetime
 import errno
+import functools
 import hashlib
 import json
 import logging
@@ -102,11 +103,33 @@ class RunDate(luigi.DateParameter):
         pass
 
 
+def _holding(method):
+    """``method`` (a task's ``complete`` or ``run``), after holding the artifacts folder for the task's run."""
+
+    @functools.wraps(method)
+    def holding(self, *args, **kwargs):
+        hold_artifacts(self.date)
+        return method(self, *args, **kwargs)
+
+    holding.holds_artifacts = True
+    return holding
+
+
 class RunTask(luigi.Task):
     """A task of one run: the run's date, whether it refits the reducer and codebook, and whether
     it finds every image's neighbours again.
 
-    Making one holds the artifacts folder for the run of its date (:func:`hold_artifacts`)."""
+    Asking whether one is complete, or running it, first holds the artifacts folder for the run
+    of its date (:func:`hold_artifacts`): the first question Luigi asks of a run's graph takes the
+    folder, before anything is scheduled. Making a task (to find a path) holds nothing.
+    """
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        for name in ("complete", "run"):
+            method = cls.__dict__.get(name)
+            if method is not None and not getattr(method, "holds_artifacts", False):
+                setattr(cls, name, _holding(method))
 
     date = RunDate(description="The run's date: one run per date (default today, told when the run starts).")
     refit = luigi.BoolParameter(
@@ -118,9 +141,9 @@ class RunTask(luigi.Task):
         description="Find every image's neighbours again, not only where they can have changed.",
     )
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        hold_artifacts(self.date)
+    @_holding
+    def complete(self):
+        return super().complete()
 
     def run_args(self):
         """This run's parameters, for the tasks it requires."""

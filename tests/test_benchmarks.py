@@ -61,7 +61,8 @@ def test_extract_benchmark_prints_its_figures(capsys, monkeypatch, tmp_path, pre
     assert figures["auto_vs_float32"] == pytest.approx(
         figures["pipeline_ips_auto"] / figures["pipeline_ips_float32"], 0.01
     )
-    assert 49 * 2048 < figures["store_bytes_per_image"] < 1.05 * 49 * 2048  # 8-bit codes, uncompressed
+    # 8-bit codes, uncompressed; the checksums' chunk index weighs most on these batches of 4 (1.4 % at 16)
+    assert 49 * 2048 < figures["store_bytes_per_image"] < 1.1 * 49 * 2048
     assert figures["device"].endswith(device) and not figures["gpu_used"]
     decoders = {name: row["decoder"] for name, row in figures["masters_decode"].items()}
     assert decoders["JPEG q90"] == "Pillow draft" and decoders["PNG RGB"] == "libvips"
