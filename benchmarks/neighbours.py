@@ -24,14 +24,8 @@ import numpy as np
 import scipy.sparse as sp
 
 from pipeline.histograms import word_histograms
-from pipeline.neighbours import (
-    DEFAULT_METRIC,
-    DEFAULT_POWER,
-    DEFAULT_WEIGHTING,
-    WeightedHistograms,
-    balltree_neighbours,
-    sparse_neighbours,
-)
+from pipeline.neighbours import balltree_neighbours, sparse_neighbours
+from pipeline.weighting import DEFAULT_METRIC, DEFAULT_POWER, DEFAULT_WEIGHTING, WeightedHistograms
 
 from .common import Timer, add_record_option, peak_rss_mb, recording, report
 

@@ -49,12 +49,12 @@ from pipeline import cms, collection, histograms, output, store
 from pipeline.codebook import Codebook
 from pipeline.extraction import shard_of
 from pipeline.histograms import MAX_ASSIGN, compute_histograms
-from pipeline.neighbours import DEFAULT_WEIGHTING, WeightedHistograms, counts_weights
 from pipeline.reduction import Reducer
 from pipeline.search import NightSearch
 from pipeline.store import FeatureStore
 from pipeline.verdicts import COLUMNS as VERDICT_COLUMNS
 from pipeline.verdicts import check_verdicts
+from pipeline.weighting import DEFAULT_WEIGHTING, WeightedHistograms, counts_weights
 
 from .cms import URLS
 from .common import StagePeak, Timer, add_record_option, peak_rss_mb, recording, report

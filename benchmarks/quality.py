@@ -34,11 +34,12 @@ from pipeline.features import extract
 from pipeline.histograms import MAX_ASSIGN, compute_histograms
 from pipeline.images import COLOURS, MAX_PIXELS
 from pipeline.model import weights_identity
-from pipeline.neighbours import METRICS, WEIGHTINGS, Distance, WeightedHistograms, query_neighbours, sparse_neighbours
+from pipeline.neighbours import query_neighbours, sparse_neighbours
 from pipeline.precision import PRECISIONS, choose_precision
 from pipeline.query import word_counts
 from pipeline.reduction import DESCRIPTOR_NORMS, REDUCED_NORMS, Reducer
 from pipeline.selfcheck import Copies
+from pipeline.weighting import METRICS, WEIGHTINGS, Distance, WeightedHistograms
 
 from . import proxies
 from .common import Timer

@@ -23,8 +23,9 @@ import numpy as np
 from pipeline.blocks import sample_images
 from pipeline.codebook import fit_codebook
 from pipeline.histograms import compute_histograms
-from pipeline.neighbours import WeightedHistograms, sparse_neighbours
+from pipeline.neighbours import sparse_neighbours
 from pipeline.reduction import Reducer
+from pipeline.weighting import WeightedHistograms
 
 from .common import StagePeak, Timer, add_record_option, recording, report
 from .shards import run_sharded

@@ -11,7 +11,7 @@ from sklearn.metrics import pairwise_distances_argmin
 from .blocks import sample_images
 from .errors import ConfigError
 from .histograms import MAX_ASSIGN, word_histograms
-from .neighbours import word_weights
+from .weighting import word_weights
 
 logger = logging.getLogger(__name__)
 
@@ -100,7 +100,7 @@ class Codebook:
 
     def word_weights(self, weighting, assign):
         """The integer word weights of ``weighting`` for histograms made with ``assign``
-        (:func:`pipeline.neighbours.word_weights`), from the images the codebook was fitted on."""
+        (:func:`pipeline.weighting.word_weights`), from the images the codebook was fitted on."""
         return word_weights(self.document_frequency_[assign - 1], self.documents_, weighting)
 
     def predict(self, x):

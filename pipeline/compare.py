@@ -8,10 +8,11 @@ from . import evaluation
 from .blocks import sample_images
 from .codebook import DEFAULT_SAMPLE_SIZE, check_size, fit_codebook
 from .histograms import DEFAULT_ASSIGN, compute_histograms
-from .neighbours import DEFAULT_POWER, Distance, WeightedHistograms, query_neighbours, sparse_neighbours
+from .neighbours import query_neighbours, sparse_neighbours
 from .query import word_counts
 from .reduction import DEFAULT_DESCRIPTORS, DEFAULT_REDUCED, DEFAULT_SAMPLE_IMAGES, DEFAULT_VARIANCE, Reducer
 from .verdicts import verdict_scores
+from .weighting import DEFAULT_POWER, Distance, WeightedHistograms
 
 logger = logging.getLogger(__name__)
 

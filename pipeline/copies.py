@@ -105,7 +105,7 @@ def split_component(data, threshold, apart=()):
 
     Parameters
     ----------
-    data : pipeline.neighbours.WeightedHistograms
+    data : pipeline.weighting.WeightedHistograms
         The histograms of the set's images (only theirs).
     apart : iterable of (int, int)
         Pairs of positions of ``data`` judged wrong.

@@ -66,7 +66,7 @@ def map_layout(data, rows, seed=0):
 
     Parameters
     ----------
-    data : pipeline.neighbours.WeightedHistograms
+    data : pipeline.weighting.WeightedHistograms
         The weighted histograms and metric the run's neighbours were found with.
     rows : ndarray of int
         Positions of the images placed.
@@ -211,7 +211,7 @@ def render(
         ``similarities.hdf5`` as read by :func:`pipeline.output.read_similarities`.
     counts : csr_matrix of shape (n_images, K)
         The histograms, in the order of ``result["ids"]``.
-    data : pipeline.neighbours.WeightedHistograms
+    data : pipeline.weighting.WeightedHistograms
         The same, weighted as the run's neighbours were found (:func:`pipeline.query.run_counts`):
         the map places images by those distances, and the similarities are shown beside them.
     chosen : sequence of int

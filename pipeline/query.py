@@ -13,10 +13,11 @@ from .codebook import Codebook
 from .errors import ArtifactError
 from .h5io import read_attrs
 from .int8 import CALIBRATION_IMAGES
-from .neighbours import Distance, WeightedHistograms, query_neighbours
+from .neighbours import query_neighbours
 from .output import honoured_verdicts
 from .reduction import Reducer
 from .verdicts import Judgements
+from .weighting import Distance, WeightedHistograms
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +35,7 @@ def run_counts(histograms_path, codebook, ids, similarity_attrs, rows=None):
     Returns
     -------
     counts : csr_matrix of shape (n_images, K)
-    data : pipeline.neighbours.WeightedHistograms
+    data : pipeline.weighting.WeightedHistograms
     """
     counts, n_local = histograms.load_counts_of(histograms_path, rows)
     data = WeightedHistograms.from_codebook(

@@ -87,7 +87,7 @@ def record_best(data, rows, own, among=None, skip=None):
 
     Parameters
     ----------
-    data : pipeline.neighbours.WeightedHistograms
+    data : pipeline.weighting.WeightedHistograms
     rows : ndarray of shape (m,), int
     own : int
     among : ndarray of shape (n_images,), bool, optional
@@ -139,7 +139,7 @@ def limited_best(data, rows, positions, keys, k, own):
 
     Parameters
     ----------
-    data : pipeline.neighbours.WeightedHistograms
+    data : pipeline.weighting.WeightedHistograms
     rows : ndarray of shape (m,), int
     positions : ndarray of shape (m, L), int
         Each row's candidates, -1 for none; none twice in a row.

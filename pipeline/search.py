@@ -19,7 +19,8 @@ import logging
 
 import numpy as np
 
-from .neighbours import InvertedFile, _list_keys, nearest_neighbours, skip_lists, update_neighbours
+from .inverted import InvertedFile
+from .neighbours import _list_keys, nearest_neighbours, skip_lists, update_neighbours
 from .records import limited_best, record_best
 from .verdicts import Judgements, changed_images
 
@@ -82,7 +83,7 @@ class NightSearch:
 
     Parameters
     ----------
-    data : pipeline.neighbours.WeightedHistograms
+    data : pipeline.weighting.WeightedHistograms
     k : int
     judgements : pipeline.verdicts.Judgements, optional
         The night's verdicts over the positions of ``data``; none by default.
@@ -143,7 +144,7 @@ def judged_lists(data, judgements, rows, k, previous=None, new=None, verdicts_ch
 
     Parameters
     ----------
-    data : pipeline.neighbours.WeightedHistograms
+    data : pipeline.weighting.WeightedHistograms
     judgements : pipeline.verdicts.Judgements
     rows : ndarray of int
         Positions of judged images.

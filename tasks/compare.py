@@ -25,9 +25,9 @@ from pipeline.errors import PipelineError
 from pipeline.histograms import MAX_ASSIGN
 from pipeline.images import COLOURS
 from pipeline.model import layer_side, unknown_layer_message
-from pipeline.neighbours import METRICS, WEIGHTINGS
 from pipeline.reduction import DESCRIPTOR_NORMS, REDUCED_NORMS
 from pipeline.selfcheck import Copies
+from pipeline.weighting import METRICS, WEIGHTINGS
 
 from . import config
 from .checks import query_extractor

@@ -18,15 +18,7 @@ from pipeline.histograms import DEFAULT_ASSIGN, MAX_ASSIGN
 from pipeline.images import COLOURS, DECODE_TIMEOUT, DEFAULT_COLOUR, DEFAULT_TRIM, MAX_PIXELS
 from pipeline.int8 import CALIBRATION_IMAGES
 from pipeline.model import DEFAULT_LAYER, layer_side, unknown_layer_message
-from pipeline.neighbours import (
-    DEFAULT_METRIC,
-    DEFAULT_POWER,
-    DEFAULT_WEIGHTING,
-    METHODS,
-    METRICS,
-    WEIGHTINGS,
-    Distance,
-)
+from pipeline.neighbours import METHODS
 from pipeline.precision import PRECISIONS, chosen_precision
 from pipeline.records import SameRecord
 from pipeline.reduction import (
@@ -39,6 +31,7 @@ from pipeline.reduction import (
 )
 from pipeline.runlock import HEARTBEAT, STALE_AFTER
 from pipeline.verdicts import TABLE as VERDICT_TABLE
+from pipeline.weighting import DEFAULT_METRIC, DEFAULT_POWER, DEFAULT_WEIGHTING, METRICS, WEIGHTINGS, Distance
 
 
 class Choice(luigi.ChoiceParameter):
@@ -561,7 +554,7 @@ def _precision(setting):
 
 
 def distance():
-    """The :class:`~pipeline.neighbours.Distance` of ``[neighbours] weighting``, ``metric`` and ``power``."""
+    """The :class:`~pipeline.weighting.Distance` of ``[neighbours] weighting``, ``metric`` and ``power``."""
     return Distance(neighbours().weighting, neighbours().metric, neighbours().power)
 
 

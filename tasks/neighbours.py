@@ -9,9 +9,9 @@ from pipeline import collection, histograms, output, store
 from pipeline.codebook import Codebook as CodebookModel
 from pipeline.h5io import read_attrs
 from pipeline.model import MODEL, RANDOM_WEIGHTS_NOTE
-from pipeline.neighbours import WeightedHistograms
 from pipeline.search import NightSearch, why_full
 from pipeline.verdicts import load_verdicts
+from pipeline.weighting import WeightedHistograms
 
 from . import config
 from .base import ArtifactTask, Progress, settings_digest

@@ -5,8 +5,8 @@ from pipeline.blocks import ArrayBlocks
 from pipeline.codebook import Codebook, auto_size, fit_codebook, resolve_size
 from pipeline.errors import ConfigError
 from pipeline.histograms import compute_histograms
-from pipeline.neighbours import counts_weights
 from pipeline.reduction import Reducer
+from pipeline.weighting import counts_weights
 
 
 @pytest.mark.parametrize("n, k", [(1, 2), (15_337, 1917), (2450, 306), (67_996, 8500), (147_000, 8500), (10**9, 8500)])

@@ -16,7 +16,8 @@ from pipeline.copies import (
 )
 from pipeline.errors import ConfigError
 from pipeline.histograms import word_histograms
-from pipeline.neighbours import WeightedHistograms, nearest_neighbours
+from pipeline.neighbours import nearest_neighbours
+from pipeline.weighting import WeightedHistograms
 
 WORDS, N_LOCAL = 60, 20
 

@@ -4,7 +4,8 @@ import scipy.sparse as sp
 
 from pipeline.errors import ConfigError
 from pipeline.html_report import choose_rows, make_thumbnails, map_layout, neighbours_beside, thumbnail_pixels
-from pipeline.neighbours import WeightedHistograms, sparse_neighbours
+from pipeline.neighbours import sparse_neighbours
+from pipeline.weighting import WeightedHistograms
 
 
 def test_named_images_come_first_then_a_seeded_sample_of_the_others():

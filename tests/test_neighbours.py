@@ -6,18 +6,13 @@ from pipeline.checkpoints import Checkpoints
 from pipeline.errors import ConfigError
 from pipeline.histograms import word_histograms
 from pipeline.neighbours import (
-    IDF_SCALE,
-    POWER_SCALE,
-    Distance,
-    WeightedHistograms,
     balltree_neighbours,
-    counts_weights,
     nearest_neighbours,
     query_neighbours,
     sparse_neighbours,
     update_neighbours,
-    word_weights,
 )
+from pipeline.weighting import IDF_SCALE, POWER_SCALE, Distance, WeightedHistograms, counts_weights, word_weights
 
 METHODS = [balltree_neighbours, sparse_neighbours]
 #: (weighting, metric) of every distance the pipeline offers.
@@ -188,7 +183,7 @@ def test_multiple_assignment_counts_follow_the_tie_rule(method, power):
 
 
 def test_power_takes_the_counts_to_the_power_in_fixed_point():
-    from pipeline.neighbours import power_table
+    from pipeline.weighting import power_table
 
     np.testing.assert_array_equal(power_table(4, 1.0), [0, 1, 2, 3, 4])
     np.testing.assert_array_equal(power_table(4, 0.5), np.rint(POWER_SCALE * np.sqrt([0, 1, 2, 3, 4])))

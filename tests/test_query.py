@@ -5,10 +5,11 @@ from pipeline.blocks import ArrayBlocks
 from pipeline.codebook import fit_codebook
 from pipeline.errors import ArtifactError
 from pipeline.histograms import compute_histograms
-from pipeline.neighbours import WeightedHistograms, sparse_neighbours
+from pipeline.neighbours import sparse_neighbours
 from pipeline.query import SimilarityIndex
 from pipeline.reduction import Reducer
 from pipeline.store import FeatureIndex, dequantize, quantize
+from pipeline.weighting import WeightedHistograms
 
 
 @pytest.fixture(scope="module")

@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from pipeline.neighbours import WeightedHistograms
 from pipeline.output import Earlier, write_similarities
 from pipeline.search import NightSearch, why_full
 from pipeline.verdicts import Judgements, Verdicts
+from pipeline.weighting import WeightedHistograms
 
 from .test_neighbours import brute_keys, changed_collection, random_counts, thirds
 
