@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 import sqlalchemy as sa
 
-from pipeline import backends, cms
+from pipeline import backends
+from pipeline.cms import load as cms_load
 from pipeline.output import read_similarities
 from tasks import Nightly
 
@@ -76,7 +77,7 @@ def test_a_killed_load_or_a_down_server_rolls_back_and_the_next_night_loads_ever
     assert first == lists_of(root)
 
     # the connection killed after the first batch of rows: the load rolls back
-    write_rows = cms._write_rows
+    write_rows = cms_load._write_rows
 
     def killed_midway(conn, similarity, columns, run_id, batch_rows, where):
         write_rows(conn, similarity, [c[:batch_rows] for c in columns], run_id, batch_rows, where)
@@ -85,7 +86,7 @@ def test_a_killed_load_or_a_down_server_rolls_back_and_the_next_night_loads_ever
 
     change_collection(root / "content", rng, NIGHTS[1].isoformat())
     with monkeypatch.context() as killing:
-        killing.setattr(cms, "_write_rows", killed_midway)
+        killing.setattr(cms_load, "_write_rows", killed_midway)
         result = night(monkeypatch, root, server, NIGHTS[1])
     assert result.status == Status.FAILED, result.summary_text
     report = report_of(root, NIGHTS[1])

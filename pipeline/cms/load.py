@@ -1,4 +1,5 @@
-"""The CMS database: the ID mapping read from it, and the similarities loaded into it in one transaction.
+"""The loads into the CMS, each in one transaction with its marker row (Luigi's marker-table
+pattern), and the probes that tell whether the database still holds a load.
 
 Everything goes through SQLAlchemy, so SQLite, PostgreSQL and MariaDB/MySQL take the same
 code; only the bulk write differs (COPY on PostgreSQL, batched executemany elsewhere).
@@ -7,191 +8,20 @@ code; only the bulk write differs (COPY on PostgreSQL, batched executemany elsew
 import datetime
 import json
 import logging
-import os
 import time
 
 import numpy as np
-import pandas as pd
 import sqlalchemy as sa
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+from sqlalchemy.exc import SQLAlchemyError
 
-from .collection import MAPPING_COLUMNS, check_mapping
-from .errors import CmsError, ConfigError, MappingError
+from ..errors import CmsError
+from .schema import BATCH_ROWS, MARKER_TABLE, TABLE, copies_table, marker_of, siblings_target, similarity_tables
+from .url import one_line, shown
 
 logger = logging.getLogger(__name__)
 
 #: Seconds between two progress lines of a load.
 PROGRESS_SECONDS = 10.0
-#: Defaults of ``[cms] table``, ``marker_table`` and ``batch_rows``.
-TABLE, MARKER_TABLE, BATCH_ROWS = "image_similarity", "image_similarity_load", 10_000
-
-
-def resolve_url(setting):
-    """The SQLAlchemy URL that the ``[cms] url`` setting names.
-
-    ``env:NAME`` reads the URL from the environment variable NAME and ``file:PATH`` from the
-    first non-empty line of the file PATH: the two places a password may be. Anything else is
-    the URL itself, which then must not hold a password (luigi.cfg is no place for one; a
-    PostgreSQL URL without one still authenticates through ~/.pgpass or the server's rules).
-
-    Returns
-    -------
-    sqlalchemy.engine.URL
-
-    Raises
-    ------
-    ConfigError
-        When the setting is empty, the variable or file is missing, the URL does not parse,
-        or a URL written in luigi.cfg holds a password. No message shows a password.
-    """
-    setting = str(setting).strip()
-    if not setting:
-        raise ConfigError("[cms] url is empty; set it to the CMS database's SQLAlchemy URL, env:NAME or file:PATH")
-    if setting.startswith("env:"):
-        name = setting[len("env:") :]
-        value, where = os.environ.get(name, "").strip(), f"the environment variable {name}"
-        if not value:
-            raise ConfigError(f"[cms] url={setting}: {where} is not set; set it to the database's SQLAlchemy URL")
-    elif setting.startswith("file:"):
-        path = setting[len("file:") :]
-        where = f"the file {path}"
-        try:
-            with open(path, encoding="utf-8") as f:
-                value = next((line.strip() for line in f if line.strip()), "")
-        except OSError as exc:
-            raise ConfigError(f"[cms] url={setting}: {where} cannot be read ({exc.strerror})") from None
-        if not value:
-            raise ConfigError(f"[cms] url={setting}: {where} is empty; write the database's SQLAlchemy URL in it")
-    else:
-        value, where = setting, "luigi.cfg"
-    try:
-        url = make_url(value)
-    except ArgumentError:
-        raise ConfigError(
-            f"[cms] url in {where} is not an SQLAlchemy URL such as postgresql+psycopg://user@host/database"
-        ) from None
-    if where == "luigi.cfg" and url.password is not None:
-        raise ConfigError(
-            "[cms] url in luigi.cfg holds a password; move the URL to an environment variable "
-            "(url = env:NAME) or to a file only the job can read (url = file:PATH)"
-        )
-    return url
-
-
-def shown(url):
-    """The URL as logs and messages show it: the password replaced by ***."""
-    return url.render_as_string(hide_password=True)
-
-
-def connect(url):
-    """An engine for the URL; SQLite waits up to a minute for a lock instead of failing at once. A
-    server's pooled connections are tested before use, so that a server restarted or stopped since
-    (a keep-alive worker, the next night in one process) reads as such, not as a lost connection."""
-    try:
-        if url.get_backend_name() == "sqlite":
-            return sa.create_engine(url, connect_args={"timeout": 60})
-        return sa.create_engine(url, pool_pre_ping=True)
-    except (ArgumentError, ImportError) as exc:
-        raise ConfigError(f"[cms] url={shown(url)} cannot be used: {_one_line(exc)}") from None
-
-
-def _one_line(exc):
-    """The first line of a database error, without SQLAlchemy's background link."""
-    error = getattr(exc, "orig", None) or exc
-    return f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}"
-
-
-def reachable(engine, table=None):
-    """Whether the database answers (and holds ``table``, when one is named)."""
-    url = engine.url
-    if url.get_backend_name() == "sqlite" and url.database and not os.path.exists(url.database):
-        return False  # connecting would create an empty database file
-    try:
-        with engine.connect() as conn:
-            return table is None or sa.inspect(conn).has_table(table)
-    except SQLAlchemyError:
-        return False
-
-
-def read_mapping(
-    engine, table="images", id_column="id", ppn_column="ppn", filename_column="filename", query="", record_column=""
-):
-    """Read the ID mapping from the CMS: a table's id, ppn and filename columns, or a query.
-
-    Parameters
-    ----------
-    engine : sqlalchemy.engine.Engine
-    table, id_column, ppn_column, filename_column : str
-        Where the mapping is, when no query is given.
-    query : str
-        A SELECT returning the columns id, ppn and filename (and optionally record); replaces
-        the table when given.
-    record_column : str
-        The table's column of each image's catalogue record, when it is not the PPN (empty).
-
-    Returns
-    -------
-    mapping : DataFrame from :func:`pipeline.collection.check_mapping`
-
-    Raises
-    ------
-    MappingError
-        When the query fails (a missing table or column), a value is NULL or empty, or an ID
-        or a (ppn, filename) pair repeats.
-    """
-    if query.strip():
-        statement, source = sa.text(query), "[cms] ids_query"
-        fix = "the query must return the columns id, ppn and filename"
-    else:
-        columns, names = (id_column, ppn_column, filename_column), MAPPING_COLUMNS
-        if record_column.strip():
-            columns, names = (*columns, record_column.strip()), (*names, "record")
-        statement = sa.select(*(sa.column(c).label(name) for c, name in zip(columns, names)))
-        statement = statement.select_from(sa.table(table))
-        source = f"[cms] images_table={table!r}"
-        fix = "set [cms] id_column, ppn_column, filename_column (and record_column) to its columns"
-    try:
-        with engine.connect() as conn:
-            result = conn.execute(statement)
-            frame = pd.DataFrame(result.fetchall(), columns=list(result.keys()), dtype=object)
-    except SQLAlchemyError as exc:
-        raise MappingError(f"{source} cannot be read from {shown(engine.url)}: {_one_line(exc)}") from None
-    logger.info("%d rows of the ID mapping read from %s", len(frame), shown(engine.url))
-    return check_mapping(frame, source, fix, "row")
-
-
-def similarity_tables(table=TABLE, marker_table=MARKER_TABLE, id_type=sa.BigInteger):
-    """The table the neighbours are loaded into and the table recording each load.
-
-    ``table``: one row per image and rank: image_id, rank (1..k, nearest first),
-    similar_image_id, distance, run_id; primary key (image_id, rank).
-    ``marker_table``: one row per load: load_id, target_table, run_id, run_date, n_rows, loaded_at.
-    """
-    metadata = sa.MetaData()
-    similarity = sa.Table(
-        table,
-        metadata,
-        sa.Column("image_id", id_type, primary_key=True, autoincrement=False),
-        sa.Column("rank", sa.SmallInteger, primary_key=True, autoincrement=False),
-        sa.Column("similar_image_id", id_type, nullable=False),
-        sa.Column("distance", sa.Double, nullable=False),
-        sa.Column("run_id", sa.String(64), nullable=False),
-    )
-    return metadata, similarity, _marker(metadata, marker_table)
-
-
-def _marker(metadata, marker_table):
-    return sa.Table(
-        marker_table,
-        metadata,
-        sa.Column("load_id", sa.Integer, primary_key=True, autoincrement=True),
-        sa.Column("target_table", sa.String(128), nullable=False),
-        sa.Column("run_id", sa.String(64), nullable=False),
-        sa.Column("run_date", sa.String(10), nullable=False),
-        sa.Column("n_rows", sa.BigInteger, nullable=False),
-        sa.Column("loaded_at", sa.DateTime(timezone=True), nullable=False),
-    )
 
 
 def _record(conn, marker, target, run_id, run_date, n_rows):
@@ -207,14 +37,9 @@ def _record(conn, marker, target, run_id, run_date, n_rows):
     )
 
 
-def siblings_target(images_table, siblings_column):
-    """What the marker table calls a load in siblings mode."""
-    return f"{images_table}.{siblings_column}"
-
-
 def loaded_run(engine, table=TABLE, marker_table=MARKER_TABLE):
     """The run_id of the last load into ``table`` (or :func:`siblings_target`), or None when none is recorded."""
-    marker = _marker(sa.MetaData(), marker_table)
+    marker = marker_of(sa.MetaData(), marker_table)
     statement = (
         sa.select(marker.c.run_id).where(marker.c.target_table == table).order_by(marker.c.load_id.desc()).limit(1)
     )
@@ -225,7 +50,7 @@ def loaded_run(engine, table=TABLE, marker_table=MARKER_TABLE):
             return conn.execute(statement).scalar()
     except SQLAlchemyError as exc:
         raise CmsError(
-            f"[cms] marker_table={marker_table!r} cannot be read from {shown(engine.url)}: {_one_line(exc)}"
+            f"[cms] marker_table={marker_table!r} cannot be read from {shown(engine.url)}: {one_line(exc)}"
         ) from None
 
 
@@ -284,7 +109,7 @@ def holds_load(engine, run_id, ids, table=TABLE, marker_table=MARKER_TABLE, sibl
                 ):
                     return False
     except SQLAlchemyError as exc:
-        raise CmsError(f"[cms] table={rows.name!r} cannot be read from {shown(engine.url)}: {_one_line(exc)}") from None
+        raise CmsError(f"[cms] table={rows.name!r} cannot be read from {shown(engine.url)}: {one_line(exc)}") from None
     return True
 
 
@@ -358,7 +183,7 @@ def load_similarities(
             _record(conn, marker, table, run_id, run_date, written)
     except (SQLAlchemyError, engine.dialect.loaded_dbapi.Error) as exc:  # the driver's own, from COPY
         raise CmsError(
-            f"loading [cms] table={table!r} into {where} failed and was rolled back: {_one_line(exc)}"
+            f"loading [cms] table={table!r} into {where} failed and was rolled back: {one_line(exc)}"
         ) from None
     logger.info(
         "%d similarity rows of run %s loaded into %s of %s in %.1f s%s",
@@ -397,22 +222,6 @@ def _write_rows(conn, similarity, columns, run_id, batch_rows, where):
             last_report = time.monotonic()
 
 
-def copies_table(table, id_type=sa.BigInteger):
-    """The table the copies are loaded into (``[cms] copies_table``): one row per image in a group
-    of copies: copy_group (its number, kept from night to night), image_id, first_seen (the
-    date it joined the group), run_id; primary key image_id (an image is in one group at most)."""
-    metadata = sa.MetaData()
-    copies = sa.Table(
-        table,
-        metadata,
-        sa.Column("copy_group", sa.BigInteger, nullable=False, index=True),
-        sa.Column("image_id", id_type, primary_key=True, autoincrement=False),
-        sa.Column("first_seen", sa.String(10), nullable=False),
-        sa.Column("run_id", sa.String(64), nullable=False),
-    )
-    return metadata, copies
-
-
 def load_copies(engine, rows, run_id, run_date, table, marker_table=MARKER_TABLE, batch_rows=BATCH_ROWS):
     """Replace the rows of the copies table by ``rows`` (copies.csv's: group, image_id,
     first_seen) and record the load, in one transaction: readers see last night's groups whole
@@ -420,7 +229,7 @@ def load_copies(engine, rows, run_id, run_date, table, marker_table=MARKER_TABLE
     ids = rows["image_id"].to_numpy()
     id_type = sa.BigInteger if ids.dtype.kind in "iu" else sa.String(255)
     metadata, copies = copies_table(table, id_type)
-    marker = _marker(metadata, marker_table)
+    marker = marker_of(metadata, marker_table)
     where = shown(engine.url)
     columns = (rows["group"].to_numpy(dtype=np.int64), ids, rows["first_seen"].astype(str).to_numpy())
     try:
@@ -431,7 +240,7 @@ def load_copies(engine, rows, run_id, run_date, table, marker_table=MARKER_TABLE
             _record(conn, marker, table, run_id, run_date, len(ids))
     except (SQLAlchemyError, engine.dialect.loaded_dbapi.Error) as exc:
         raise CmsError(
-            f"loading [cms] copies_table={table!r} into {where} failed and was rolled back: {_one_line(exc)}"
+            f"loading [cms] copies_table={table!r} into {where} failed and was rolled back: {one_line(exc)}"
         ) from None
     logger.info("%d rows of copies (run %s) loaded into %s of %s", len(ids), run_id, table, where)
     return len(ids)
@@ -453,7 +262,7 @@ def holds_copies(engine, run_id, n_rows, table, marker_table=MARKER_TABLE):
             )
     except SQLAlchemyError as exc:
         raise CmsError(
-            f"[cms] copies_table={table!r} cannot be read from {shown(engine.url)}: {_one_line(exc)}"
+            f"[cms] copies_table={table!r} cannot be read from {shown(engine.url)}: {one_line(exc)}"
         ) from None
 
 
@@ -486,7 +295,7 @@ def load_siblings(
     """
     ids, neighbours = np.asarray(ids), np.asarray(neighbours)
     metadata = sa.MetaData()
-    marker = _marker(metadata, marker_table)
+    marker = marker_of(metadata, marker_table)
     where, source = shown(engine.url), f"[cms] siblings_column={siblings_column!r}"
     images = sa.table(images_table, sa.column(id_column), sa.column(siblings_column))
     started = time.monotonic()
@@ -528,7 +337,7 @@ def load_siblings(
     except sa.exc.NoSuchTableError:
         raise CmsError(f"[cms] images_table={images_table!r} does not exist in {where}") from None
     except SQLAlchemyError as exc:
-        raise CmsError(f"loading {source} into {where} failed and was rolled back: {_one_line(exc)}") from None
+        raise CmsError(f"loading {source} into {where} failed and was rolled back: {one_line(exc)}") from None
     logger.info(
         "siblings of %d images (run %s) written to %s.%s of %s in %.1f s",
         len(ids),
