@@ -111,7 +111,7 @@ def fill_store(config, artifacts, rank):
         _checked(luigi_run(config, "Inventory", "--local-scheduler", stdout=f, stderr=f), "the inventory", log)
     from luigi.configuration import LuigiConfigParser
 
-    from tasks.stages import feature_settings, feature_store
+    from tasks.extraction import feature_settings, feature_store
 
     LuigiConfigParser._instance, LuigiConfigParser._config_paths = None, [config]  # this run's settings
     files = collection.load_inventory(os.path.join(artifacts, "inventory.h5")).files

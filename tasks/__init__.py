@@ -9,11 +9,14 @@
 from .checks import Evaluate, SelfCheck
 from .config import cms, codebook, collection, ids, neighbours, paths, reduction, resnet, verdicts
 from .copies import Copies
+from .extraction import Calibration, Features, FeatureShard
+from .fitting import Codebook, Reducer
+from .histograms import Histograms, HistogramShard
 from .inputs import CmsDatabase, CmsImages, ContentFolder, IdMapping, LabelsFile
+from .inventory import Inventory
 from .load import LoadCopies, LoadSimilarities
 from .neighbours import NeighbourShard, Similarities
 from .nightly import Nightly, Report
-from .stages import Calibration, Codebook, Features, FeatureShard, Histograms, HistogramShard, Inventory, Reducer
 from .verdicts import Verdicts
 
 __all__ = [

@@ -18,8 +18,11 @@ from pipeline.selfcheck import self_check
 
 from . import config, inputs
 from .base import RunTask, artifacts_writable, requirements_complete
+from .extraction import Features, decoding
+from .fitting import Codebook, Reducer
+from .histograms import Histograms
+from .inventory import Inventory
 from .neighbours import Similarities
-from .stages import Codebook, Features, Histograms, Inventory, Reducer, decoding
 from .verdicts import Verdicts
 
 logger = logging.getLogger("luigi-interface")

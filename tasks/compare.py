@@ -31,8 +31,8 @@ from pipeline.weighting import METRICS, WEIGHTINGS
 
 from . import config
 from .checks import query_extractor
+from .extraction import calibrate, decoding, feature_settings, feature_store
 from .inputs import read_id_mapping
-from .stages import calibrate, decoding, feature_settings, feature_store
 from .verdicts import checked, where
 
 logger = logging.getLogger("tasks.compare")

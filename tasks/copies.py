@@ -16,8 +16,9 @@ from pipeline.report import read_json
 from . import config
 from .base import ArtifactTask
 from .checks import SelfCheck
+from .fitting import Codebook
+from .histograms import Histograms
 from .neighbours import Similarities
-from .stages import Codebook, Histograms
 
 logger = logging.getLogger("luigi-interface")
 

@@ -15,7 +15,11 @@ from pipeline.weighting import WeightedHistograms
 
 from . import config
 from .base import ArtifactTask, Progress, settings_digest
-from .stages import Codebook, Features, Histograms, Inventory, Shard, repairs, shard_attrs
+from .extraction import Features
+from .fitting import Codebook
+from .histograms import Histograms
+from .inventory import Inventory
+from .shards import Shard, repairs, shard_attrs
 from .verdicts import Verdicts
 
 logger = logging.getLogger("luigi-interface")

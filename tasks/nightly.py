@@ -18,9 +18,12 @@ from . import config
 from .base import RunInput, RunTask, artifacts_writable
 from .checks import Evaluate, SelfCheck
 from .copies import Copies, copies_wanted
+from .extraction import Features
+from .fitting import Codebook, Reducer
+from .histograms import Histograms
+from .inventory import Inventory
 from .load import LoadCopies, LoadSimilarities, copies_loaded
 from .neighbours import Similarities
-from .stages import Codebook, Features, Histograms, Inventory, Reducer
 from .verdicts import Verdicts
 
 logger = logging.getLogger("luigi-interface")

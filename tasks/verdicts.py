@@ -9,7 +9,8 @@ from pipeline.cms import shown
 
 from . import config, inputs
 from .base import ArtifactTask, settings_digest
-from .stages import Features, Inventory
+from .extraction import Features
+from .inventory import Inventory
 
 logger = logging.getLogger("luigi-interface")
 

@@ -20,7 +20,7 @@ from pipeline.query import SimilarityIndex
 from pipeline.store import FeatureStore
 from tasks import Features, Similarities, compare
 from tasks.checks import query_extractor
-from tasks.stages import feature_settings
+from tasks.extraction import feature_settings
 
 from .conftest import luigi_config, pipeline_config
 from .faults import TinyBackend, tiny_model

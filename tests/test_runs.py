@@ -99,7 +99,7 @@ def test_a_new_distance_or_auto_rule_redoes_only_what_depends_on_it(own_run, mon
     with luigi_config(monkeypatch, root / "luigi.cfg"):
         assert Codebook().complete() and Similarities().complete()
         with pytest.MonkeyPatch.context() as patch:
-            patch.setattr("tasks.stages.DESCRIPTORS_PER_WORD", 5)  # what a new release of auto does
+            patch.setattr("tasks.fitting.DESCRIPTORS_PER_WORD", 5)  # what a new release of auto does
             assert Reducer().complete() and not Codebook().complete()
     for override in ({"neighbours__metric": "euclidean"}, {"neighbours__weighting": "raw"}, {"neighbours__power": 1.0}):
         with luigi_config(monkeypatch, own_run.config(**override)):

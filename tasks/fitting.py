@@ -1,0 +1,103 @@
+"""The reducer (StandardScaler + PCA) and the k-means codebook, frozen across runs until a refit."""
+
+import logging
+import os
+
+from pipeline.blocks import sample_images
+from pipeline.codebook import DESCRIPTORS_PER_WORD, fit_codebook
+from pipeline.codebook import FORMAT as CODEBOOK_FORMAT
+from pipeline.h5io import read_attrs
+from pipeline.reduction import Reducer as ReducerModel
+
+from . import config
+from .base import ArtifactTask, requirements_complete, settings_digest
+from .extraction import Features
+
+logger = logging.getLogger("luigi-interface")
+
+
+def fitted_before():
+    """Whether an earlier run fitted the reducer and codebook: its histograms (made from them) are there."""
+    return os.path.exists(os.path.join(config.paths().artifacts, "histograms.h5"))
+
+
+class Reducer(ArtifactTask):
+    """StandardScaler + PCA over every descriptor of a sample of images; kept across runs until a refit."""
+
+    filename = "reducer.h5"
+    remade = "refitted (the codebook with it); every list may change"
+
+    def made_before(self):
+        return fitted_before()
+
+    def requires(self):
+        return Features(date=self.date)
+
+    def settings(self):
+        return {
+            "variance": config.reduction().variance,
+            "sample_images": config.reduction().sample_images,
+            "seed": config.reduction().seed,
+            "features": settings_digest(self.requires().settings()),
+            "descriptors": config.reduction().descriptors,
+            "reduced": config.reduction().reduced,
+        }
+
+    def complete(self):
+        # frozen: valid for any later run with the same settings, until a refit is asked for
+        # or the collection has grown past [codebook] refit_growth since the fit
+        if not requirements_complete(self):
+            return False
+        attrs = self.recorded()
+        if attrs is None or attrs.get("settings_digest") != settings_digest(self.settings()):
+            return False
+        if self.refit and attrs["run_date"] != self.date.isoformat():
+            return False
+        images_now = read_attrs(self.input().path)["images"]
+        return images_now <= attrs["images"] * (1 + config.codebook().refit_growth)
+
+    def make(self, tmp):
+        blocks = self.requires().blocks()
+        sample = blocks.subset(
+            sample_images(blocks.n_images, config.reduction().sample_images, config.reduction().seed)
+        )
+        reducer = ReducerModel(config.reduction().variance, config.reduction().descriptors, config.reduction().reduced)
+        reducer.fit(sample, checkpoints=self.checkpoints())
+        reducer.save(tmp, self.attrs(images=len(blocks.index)))
+
+
+class Codebook(ArtifactTask):
+    """k-means visual words over a sample of the reduced descriptors; refitted with the reducer."""
+
+    filename = "codebook.h5"
+    remade = "refitted; every list may change"
+
+    def made_before(self):
+        return fitted_before()
+
+    def requires(self):
+        return {"features": Features(date=self.date), "reducer": Reducer(**self.run_args())}
+
+    def made_from(self):
+        return [self.requires()["reducer"]]
+
+    def settings(self):
+        settings = {
+            "size": str(config.codebook().size),
+            "sample_size": config.codebook().sample_size,
+            "seed": config.codebook().seed,
+            "format": CODEBOOK_FORMAT,
+        }
+        if str(config.codebook().size).strip().lower() == "auto":  # a new rule for auto refits the codebook
+            settings["descriptors_per_word"] = DESCRIPTORS_PER_WORD
+        return settings
+
+    def make(self, tmp):
+        model = fit_codebook(
+            self.requires()["features"].blocks(),
+            ReducerModel.load(self.input()["reducer"].path),
+            size=config.codebook().size,
+            sample_size=config.codebook().sample_size,
+            random_state=config.codebook().seed,
+        )
+        model.save(tmp, self.attrs())

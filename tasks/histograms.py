@@ -1,0 +1,103 @@
+"""Each image's histogram of visual words: its shards, and histograms.h5 gathered from them."""
+
+import json
+import logging
+
+from pipeline import extraction, histograms, store
+from pipeline.codebook import Codebook as CodebookModel
+from pipeline.reduction import Reducer as ReducerModel
+
+from . import config
+from .base import ArtifactTask, Progress, settings_digest
+from .extraction import Features
+from .fitting import Codebook, Reducer
+from .shards import Shard, repairs, shard_attrs
+
+logger = logging.getLogger("luigi-interface")
+
+
+class HistogramInputs(ArtifactTask):
+    """What the histograms are made from, for Histograms and its shards."""
+
+    def inputs(self):
+        return {
+            "features": Features(date=self.date),
+            "reducer": Reducer(**self.run_args()),
+            "codebook": Codebook(**self.run_args()),
+        }
+
+    def made_from(self):
+        return list(self.inputs().values())  # the number of shards does not change the result
+
+
+class HistogramShard(Shard, HistogramInputs):
+    """The histograms of one shard of the run's images: those whose path hashes to it, as for
+    the extraction (``pipeline.extraction.shard_of``); unchanged images keep the histogram of
+    the last run's histograms.h5. Shards run independently, on any worker of any machine."""
+
+    kind = "histograms"
+
+    def requires(self):
+        return self.inputs()
+
+    def settings(self):
+        return self.of_shard(Histograms.histogram_settings())
+
+    def make(self, tmp):
+        blocks = self.requires()["features"].blocks()
+        index = blocks.index
+        mine = extraction.in_shard([f"PPN{p}/{f}" for p, f in zip(index.ppn, index.filename)], self.shard, self.shards)
+        counts, n_reused = histograms.compute_histograms(
+            blocks.subset(mine),
+            index.keys[mine],
+            ReducerModel.load(self.input()["reducer"].path),
+            CodebookModel.load(self.input()["codebook"].path),
+            assign=config.histograms().assign,
+            previous=Histograms(**self.run_args()).previous(),
+            checkpoints=self.checkpoints(),
+            progress=Progress(self, "histograms of"),
+        )
+        histograms.save_histograms(
+            tmp, index.keys[mine], counts, blocks.n_local(), self.attrs(reused=n_reused), config.histograms().assign
+        )
+
+
+class Histograms(HistogramInputs):
+    """Each image's histogram of visual words, sparse, gathered from its shards."""
+
+    filename = "histograms.h5"
+
+    def requires(self):
+        n = config.shards("histograms")
+        return {**self.inputs(), "shards": [HistogramShard(**self.run_args(), shard=i, shards=n) for i in range(n)]}
+
+    @staticmethod
+    def histogram_settings():
+        return {"assign": config.histograms().assign}
+
+    def settings(self):
+        return self.histogram_settings()
+
+    def previous(self):
+        """The histograms of the last run, when made with the current reducer, codebook and settings."""
+        attrs = self.recorded()
+        if attrs is None or attrs.get("settings_digest") != settings_digest(self.settings()):
+            return None
+        inputs, now = json.loads(attrs["inputs"]), self.input_digests()
+        if any(inputs.get(stage) != now[stage] for stage in ("Reducer", "Codebook")):
+            return None
+        keys, counts, _ = histograms.load_counts(self.output().path)
+        return keys, counts
+
+    def make(self, tmp):
+        index = store.load_index(self.input()["features"].path)
+        shards = [histograms.load_counts(t.path) for t in self.input()["shards"]]
+        keys, counts = histograms.gather(index.keys, [(k, c) for k, c, _ in shards])
+        attrs, ran = shard_attrs(self)
+        attrs = self.attrs(
+            reused=sum(a["reused"] for a in attrs),
+            shards=len(attrs),
+            shard_seconds=round(sum(a["seconds"] for a in ran), 3),
+            **repairs(self, ran),
+        )
+        histograms.save_histograms(tmp, keys, counts, shards[0][2], attrs, config.histograms().assign)

@@ -1,0 +1,92 @@
+"""The run's first stages: the settings checked, and the inventory of the images both on disk and in the ID mapping."""
+
+import datetime
+import logging
+import os
+
+from pipeline import collection
+from pipeline.codebook import check_size
+from pipeline.errors import ConfigError
+from pipeline.model import layer_side
+from pipeline.neighbours import check_k
+from pipeline.records import check_records
+
+from . import config, inputs
+from .base import ArtifactTask, RunTask, settings_digest
+
+logger = logging.getLogger("luigi-interface")
+
+
+class CheckSettings(RunTask):
+    """The settings of luigi.cfg, checked before any work: complete when every one can work,
+    failing with a one-line message naming the setting and the fix when one cannot."""
+
+    def complete(self):
+        return config.settings_problem() is None
+
+    def run(self):
+        raise ConfigError(config.settings_problem())
+
+
+class Inventory(ArtifactTask):
+    """The images both on disk and in the ID mapping, taken once per run date."""
+
+    filename = "inventory.h5"
+
+    def requires(self):
+        # the paths as parameters, so a missing input is named in Luigi's summary
+        mapping = (
+            inputs.IdMapping(date=self.date, path=config.ids().csv)
+            if config.ids().source == "csv"
+            else inputs.CmsImages(date=self.date)
+        )
+        return {
+            "settings": CheckSettings(date=self.date),
+            "content": inputs.ContentFolder(date=self.date, path=config.paths().content),
+            "on_disk": inputs.CollectionOnDisk(date=self.date),
+            "mapping": mapping,
+        }
+
+    def settings(self):
+        settings = {
+            "date": self.date.isoformat(),
+            "content": os.path.abspath(config.paths().content),
+            "fingerprint": config.collection().fingerprint,
+            "source": config.ids().source,
+        }
+        if config.ids().source == "cms":  # read again on every run date
+            c = config.cms()
+            settings["cms"] = [c.url, c.images_table, c.id_column, c.ppn_column, c.filename_column, c.ids_query]
+            if c.record_column.strip():  # the digests of before without one
+                settings["cms"].append(c.record_column)
+            return settings
+        try:
+            csv = os.stat(config.ids().csv)
+            csv_fingerprint = [csv.st_size, csv.st_mtime_ns]
+        except OSError:  # IdMapping reports the missing file
+            csv_fingerprint = None
+        return {**settings, "csv": os.path.abspath(config.ids().csv), "csv_fingerprint": csv_fingerprint}
+
+    def digest(self):
+        # of the settings (the date among them) and of what was found
+        return settings_digest({"settings": self.settings(), "images": self._found})
+
+    def make(self, tmp):
+        inventory = collection.take_inventory(
+            config.paths().content, *inputs.read_id_mapping(), config.collection().fingerprint
+        )
+        # the settings that depend on the collection's size, before any image is extracted
+        check_k(config.neighbours().k, len(inventory))
+        k, same_record = config.neighbours().k, config.neighbours().same_record
+        check_records(inventory.records, k, same_record.own(k), same_record)
+        n_local = layer_side(config.resnet().layer) ** 2
+        check_size(config.codebook().size, len(inventory), n_local, config.codebook().sample_size)
+        self._found = inventory.fingerprint()
+        previous = self.recorded() and collection.load_inventory(self.output().path)
+        removed = collection.removed_images(previous, inventory) if previous else []
+        if removed:
+            logger.info("%d images of the previous run are gone: %s", len(removed), ", ".join(removed[:20]))
+        started = datetime.datetime.fromtimestamp(self._started, datetime.UTC).isoformat(timespec="seconds")
+        collection.save_inventory(
+            tmp, inventory, self.attrs(images_total=len(inventory), removed=len(removed), started=started)
+        )
