@@ -10,7 +10,8 @@ import configparser
 import os
 import sys
 
-from .config import SECTIONS, Processes
+from .config import SECTIONS
+from .parameters import Processes
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DOC = os.path.join(ROOT, "docs", "configuration.md")
