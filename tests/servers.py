@@ -43,8 +43,13 @@ class OwnServer:
     def url(self):
         raise NotImplementedError
 
+    @property
+    def probe_url(self):
+        """A database that answers as soon as the server does."""
+        return self.url
+
     def wait(self):
-        engine = sa.create_engine(self.url)
+        engine = sa.create_engine(self.probe_url)
         for _ in range(300):
             try:
                 with engine.connect():
@@ -127,22 +132,14 @@ class OwnMariaDB(OwnServer):
             stderr=subprocess.DEVNULL,
         )
         self.wait()
-        engine = sa.create_engine(self.url.rsplit("/", 1)[0] + "/mysql")
+        engine = sa.create_engine(self.probe_url)
         with engine.begin() as conn:
             conn.execute(sa.text("CREATE DATABASE IF NOT EXISTS test"))
         engine.dispose()
 
-    def wait(self):
-        engine = sa.create_engine(self.url.rsplit("/", 1)[0] + "/mysql")
-        for _ in range(300):
-            try:
-                with engine.connect():
-                    return
-            except sa.exc.OperationalError:
-                time.sleep(0.1)
-            finally:
-                engine.dispose()
-        raise RuntimeError(f"the mariadb server in {self.folder} did not start")
+    @property
+    def probe_url(self):
+        return self.url.rsplit("/", 1)[0] + "/mysql"  # the test database is made once the server answers
 
     def stop(self):
         self.process.terminate()
