@@ -48,20 +48,23 @@ import sqlalchemy as sa
 from pipeline import cms, collection, histograms, output, store
 from pipeline.codebook import Codebook
 from pipeline.extraction import shard_of
+from pipeline.h5io import read_attrs
 from pipeline.histograms import MAX_ASSIGN, compute_histograms
 from pipeline.reduction import Reducer
-from pipeline.search import NightSearch
+from pipeline.search import NeighbourSettings, NightSearch, why_full
 from pipeline.store import FeatureStore
 from pipeline.verdicts import COLUMNS as VERDICT_COLUMNS
 from pipeline.verdicts import check_verdicts
-from pipeline.weighting import DEFAULT_WEIGHTING, WeightedHistograms, counts_weights
+from pipeline.weighting import WeightedHistograms, counts_weights
 
 from .cms import URLS
 from .common import StagePeak, Timer, add_record_option, peak_rss_mb, recording, report
 from .neighbours import synthetic_counts
 from .synthetic import SyntheticBlocks
 
-K, N_LOCAL = 5, 49
+#: The shipped settings; N_LOCAL descriptors per image (ResNet50's last stage at 224 pixels).
+SETTINGS, N_LOCAL = NeighbourSettings(), 49
+K = SETTINGS.k
 
 
 class Stages:
@@ -84,7 +87,16 @@ class Stages:
 def weigh(counts, ids, weights):
     """The shipped distance's weighted histograms, with the frozen word weights (the synthetic
     collection has no codebook to keep them)."""
-    return WeightedHistograms(counts, N_LOCAL, ids, weights=weights)
+    distance = SETTINGS.distance
+    return WeightedHistograms(
+        counts, N_LOCAL, ids, distance.weighting, distance.metric, weights=weights, power=distance.power
+    )
+
+
+def basis(words):
+    """What the simulated run's distances depend on, recorded in its similarities.hdf5 as the
+    pipeline records its basis: the settings and the codebook."""
+    return f"{SETTINGS.identity()} {words} words"
 
 
 def verdict_rows(rng, ids, n, day, first_neighbours=None):
@@ -110,29 +122,32 @@ def verdict_rows(rng, ids, n, day, first_neighbours=None):
     )[[*VERDICT_COLUMNS, "where"]]
 
 
-def first_run(stages, ids, keys, words, engine, database, table, marker, folder, n_verdicts):
+def first_run(stages, ids, keys, words, engine, database, destination, folder, n_verdicts):
     """The first run: every image searched, ``first.hdf5`` and ``first-histograms.h5`` written
     under ``folder``, every row loaded. Returns the full search's seconds, the word weights and
     the verdict rows it honoured."""
     counts = synthetic_counts(len(ids), words, seed=0).astype(np.int32)
-    weights = counts_weights(counts, DEFAULT_WEIGHTING)  # frozen from the collection, as a codebook keeps them
+    first_path = os.path.join(folder, "first.hdf5")
+    weights = counts_weights(
+        counts, SETTINGS.distance.weighting
+    )  # frozen from the collection, as a codebook keeps them
     ppn, filename = np.array([f"{i // 10}" for i in ids]), np.array([f"{i:08d}.jpg" for i in ids])
     data, _ = stages.run("first: weighting", lambda: weigh(counts, ids, weights))
     rows = verdict_rows(np.random.default_rng(5), ids, n_verdicts, "2026-01-01")
     honoured = check_verdicts(rows, ids, k=K)[0]
-    search = NightSearch(data, K, honoured.judgements(ids), why_full="the first run")
+    search = NightSearch(data, SETTINGS, honoured.judgements(ids), why_full=why_full())
     lists, full = stages.run("first: neighbours, full", lambda: search.lists())
     nearest, distances = lists.assembled()
     stages.run(
         "first: similarities.hdf5",
         lambda: output.write_similarities(
-            os.path.join(folder, "first.hdf5"),
+            first_path,
             ids,
             ppn,
             filename,
             nearest,
             distances,
-            {"digest": "first"},
+            {"digest": "first", "basis": basis(words)},
             keys=keys,
             raw=(lists.judged, lists.raw[lists.judged], lists.raw_distances[lists.judged]),
             verdicts=honoured,
@@ -145,7 +160,7 @@ def first_run(stages, ids, keys, words, engine, database, table, marker, folder,
     if engine is not None:
         stages.run(
             f"first: {database} load, every row",
-            lambda: cms.load_similarities(engine, ids, ids[nearest], distances, "first", "2026-01-01", table, marker),
+            lambda: cms.load_lists(engine, destination, output.read_similarities(first_path), "first", "2026-01-01"),
         )
     return full, weights, rows
 
@@ -267,19 +282,21 @@ def search_night(stages, images, added, changed, removed, words, database, check
     figures of the night as a whole."""
     ids = np.arange(1, images + 1, dtype=np.int64)
     keys = np.array([f"PPN{i // 10}/{i:08d}.jpg 0" for i in ids])
-    engine = None
+    engine, load = None, "not measured"
     if database != "none":
         engine = cms.connect(cms.resolve_url(URLS[database] if database in URLS else database))
         if engine.url.get_backend_name() != "sqlite" and not cms.reachable(engine):
             stages.rows.append(("CMS loads", f"not measured: no {database} server answers at {cms.shown(engine.url)}"))
             engine = None
-    table, marker = f"bench_sim_{uuid.uuid4().hex[:8]}", f"bench_load_{uuid.uuid4().hex[:8]}"
+    destination = cms.Destination(
+        table=f"bench_sim_{uuid.uuid4().hex[:8]}", marker_table=f"bench_load_{uuid.uuid4().hex[:8]}"
+    )
     first_path, night_path = os.path.join(tmp, "first.hdf5"), os.path.join(tmp, "night.hdf5")
     first_histograms = os.path.join(tmp, "first-histograms.h5")
     try:
         # the first full run, its memory freed on return: the night starts from its files
         full, weights, first_verdicts = first_run(
-            stages, ids, keys, words, engine, database, table, marker, tmp, n_verdicts
+            stages, ids, keys, words, engine, database, destination, tmp, n_verdicts
         )
         # the night: images removed, changed and added
         kept, changed_at, new_ids = night_collection(images, added, changed, removed)
@@ -315,13 +332,14 @@ def search_night(stages, images, added, changed, removed, words, database, check
             "night: verdicts checked", lambda: check_verdicts(rows, night_ids, k=K), f"{len(rows)} rows"
         )
         judgements = honoured.judgements(night_ids)
-        (lists, search), night = stages.run(
-            "night: neighbours, incremental",
-            lambda: (lambda s: (s.lists(), s))(NightSearch(night_data, K, judgements, earlier, why_full=None)),
+        reason = why_full(earlier=earlier, recorded_basis=read_attrs(first_path)["basis"], basis=basis(words))
+        lists, night = stages.run(
+            f"night: neighbours, {'full' if reason else 'incremental'}",
+            lambda: NightSearch(night_data, SETTINGS, judgements, earlier, reason).lists(),
         )
+        night_data = None  # the search released, as by the pipeline's Similarities before the write
         night_nearest, night_distances = lists.assembled()
         queried = lists.queried
-        night_data.release_inverted_files()  # as the pipeline's Similarities, before the write
         stages.run(
             "night: similarities.hdf5",
             lambda: output.write_similarities(
@@ -331,7 +349,7 @@ def search_night(stages, images, added, changed, removed, words, database, check
                 night_filename,
                 night_nearest,
                 night_distances,
-                {"digest": "night"},
+                {"digest": "night", "basis": basis(words)},
                 keys=night_keys,
                 earlier=earlier,
                 raw=(lists.judged, lists.raw[lists.judged], lists.raw_distances[lists.judged]),
@@ -340,21 +358,15 @@ def search_night(stages, images, added, changed, removed, words, database, check
         )
         written = output.read_similarities(night_path)
         if engine is not None:
-            stages.run(
-                f"night: {database} load, changed rows",
-                lambda: cms.load_similarities(
-                    engine,
-                    night_ids,
-                    night_ids[night_nearest],
-                    night_distances,
-                    "night",
-                    "2026-01-02",
-                    table,
-                    marker,
-                    changed=written["changed"],
-                    removed=written["removed"],
-                ),
-                f"{int(written['changed'].sum())} images' rows, {len(written['removed'])} removed",
+            plan, _ = stages.run(
+                f"night: {database} load",
+                lambda: cms.load_lists(engine, destination, written, "night", "2026-01-02"),
+            )
+            load = "changed rows" if plan.why_whole is None else f"every row: {plan.why_whole}"
+            name, timed = stages.rows[-1]
+            stages.rows[-1] = (
+                name,
+                f"{timed}{load} ({int(written['changed'].sum())} images' lists changed, {len(written['removed'])} removed)",
             )
         # the check: a full search of the night with the same verdicts
         if check == "full":
@@ -362,7 +374,8 @@ def search_night(stages, images, added, changed, removed, words, database, check
         else:
             rows = np.random.default_rng(3).choice(len(night_ids), int(check), replace=False)
             rows = np.union1d(rows, judgements.rows)
-        full_search = NightSearch(night_data, K, judgements, why_full="the check")
+        check_data = weigh(histograms.load_counts(histograms_path)[1], night_ids, weights)
+        full_search = NightSearch(check_data, SETTINGS, judgements, why_full=why_full(full=True))
         expected, _ = stages.run(f"check: {len(rows)} rows searched in full", lambda: full_search.lists(rows))
         expected, expected_d = expected.assembled()
         identical = bool(
@@ -371,7 +384,7 @@ def search_night(stages, images, added, changed, removed, words, database, check
     finally:
         if engine is not None:
             with engine.begin() as conn:
-                for drop in (table, marker):
+                for drop in (destination.table, destination.marker_table):
                     conn.execute(sa.text(f"DROP TABLE IF EXISTS {engine.dialect.identifier_preparer.quote(drop)}"))
             engine.dispose()
     night_stages = [k for k in stages.figures if k.startswith("night_")]
@@ -388,6 +401,7 @@ def search_night(stages, images, added, changed, removed, words, database, check
             (lists.final != lists.raw[np.searchsorted(lists.rows, lists.judged)]).any(axis=1).sum()
         ),
         changed_lists=int(written["changed"].sum()),
+        night_load=load,
         reused_histograms=int(reused),
         identical=identical,
         checked_rows=len(rows),

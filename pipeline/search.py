@@ -21,10 +21,40 @@ import numpy as np
 
 from .inverted import InvertedFile
 from .neighbours import _list_keys, nearest_neighbours, skip_lists, update_neighbours
-from .records import limited_best, record_best
+from .records import SameRecord, limited_best, record_best
 from .verdicts import Judgements, changed_images
+from .weighting import Distance
 
 logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class NeighbourSettings:
+    """How the lists are found (``[neighbours]``); the shipped ones by default."""
+
+    k: int = 5
+    distance: Distance = Distance()
+    same_record: SameRecord = SameRecord()
+    method: str = "auto"
+    """The full search's method (``pipeline.neighbours.METHODS``): all give the same lists."""
+
+    @property
+    def own(self):
+        """The most neighbours from an image's own record, or None (no limit): ``SameRecord.own``."""
+        return self.same_record.own(self.k)
+
+    def identity(self):
+        """What the lists depend on of these settings, as the artifacts' digests take them (the
+        method does not count; ``same_record`` only where it limits the lists)."""
+        settings = {
+            "k": self.k,
+            "metric": self.distance.metric,
+            "weighting": self.distance.weighting,
+            "power": self.distance.power,
+        }
+        if self.own is not None:  # keep: the digests of before
+            settings["same_record"] = str(self.same_record)
+        return settings
 
 
 def why_full(full=False, refit=False, earlier=None, recorded_basis=None, basis=None):
@@ -84,22 +114,19 @@ class NightSearch:
     Parameters
     ----------
     data : pipeline.weighting.WeightedHistograms
-    k : int
+        Weighted by ``settings.distance``, with the records ``settings.same_record`` limits.
+    settings : NeighbourSettings
     judgements : pipeline.verdicts.Judgements, optional
         The night's verdicts over the positions of ``data``; none by default.
     earlier : pipeline.output.Earlier, optional
         The earlier run's similarities: needed when ``why_full`` is None.
     why_full : str or None
         :func:`why_full`: every list searched again, or (None) only where it can have changed.
-    method : str
-        The full search's method (``pipeline.neighbours.METHODS``).
-    own : int, optional
-        The most neighbours from an image's own record (``data.records``; ``pipeline.records``);
-        None: no limit.
     """
 
-    def __init__(self, data, k, judgements=None, earlier=None, why_full=None, method="auto", own=None):
-        self.data, self.k, self.why_full, self.method, self.own = data, k, why_full, method, own
+    def __init__(self, data, settings=NeighbourSettings(), judgements=None, earlier=None, why_full=None):
+        self.data, self.settings, self.why_full = data, settings, why_full
+        self.k, self.method, self.own = settings.k, settings.method, settings.own
         self.judgements = judgements if judgements is not None else Judgements(len(data), [], [], [])
         self.earlier = None
         if why_full is None:

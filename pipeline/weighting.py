@@ -203,11 +203,6 @@ class WeightedHistograms:
             self._inverted_files[key] = InvertedFile(self, k, block=block, dense_share=dense_share)
         return self._inverted_files[key]
 
-    def release_inverted_files(self):
-        """Drop the inverted files kept by :meth:`inverted_file` (the largest part of a search's
-        memory); a later search makes them again."""
-        self._inverted_files.clear()
-
     def weigh(self, counts):
         """The weighted vectors of counts over the same words: csr_matrix, int64."""
         weighted = sp.csr_matrix(counts, dtype=np.int64, copy=True)

@@ -8,7 +8,7 @@ import luigi
 import luigi.cmdline_parser
 
 from pipeline.backends import ModelSpec
-from pipeline.cms import BATCH_ROWS, MARKER_TABLE, TABLE, resolve_url
+from pipeline.cms import BATCH_ROWS, MARKER_TABLE, TABLE, Destination, resolve_url
 from pipeline.codebook import DEFAULT_SAMPLE_SIZE
 from pipeline.errors import ConfigError
 from pipeline.histograms import DEFAULT_ASSIGN, MAX_ASSIGN
@@ -27,6 +27,7 @@ from pipeline.reduction import (
     REDUCED_NORMS,
 )
 from pipeline.runlock import HEARTBEAT, STALE_AFTER
+from pipeline.search import NeighbourSettings
 from pipeline.verdicts import TABLE as VERDICT_TABLE
 from pipeline.weighting import DEFAULT_METRIC, DEFAULT_POWER, DEFAULT_WEIGHTING, METRICS, WEIGHTINGS, Distance
 
@@ -461,6 +462,18 @@ def _precision(setting):
 def distance():
     """The :class:`~pipeline.weighting.Distance` of ``[neighbours] weighting``, ``metric`` and ``power``."""
     return Distance(neighbours().weighting, neighbours().metric, neighbours().power)
+
+
+def neighbour_settings():
+    """The :class:`~pipeline.search.NeighbourSettings` of ``[neighbours]``."""
+    n = neighbours()
+    return NeighbourSettings(n.k, distance(), n.same_record, n.method)
+
+
+def destination():
+    """The :class:`~pipeline.cms.Destination` of ``[cms]``: where the lists are loaded."""
+    c = cms()
+    return Destination(c.mode, c.table, c.marker_table, c.images_table, c.id_column, c.siblings_column, c.batch_rows)
 
 
 def precision():

@@ -42,15 +42,7 @@ class NeighbourInputs(ArtifactTask):
 
     @staticmethod
     def neighbour_settings():
-        settings = {
-            "k": config.neighbours().k,
-            "metric": config.neighbours().metric,
-            "weighting": config.neighbours().weighting,
-            "power": config.neighbours().power,
-        }
-        if config.neighbours().same_record.own(config.neighbours().k) is not None:  # keep: the digests of before
-            settings["same_record"] = str(config.neighbours().same_record)
-        return settings
+        return config.neighbour_settings().identity()
 
     def basis(self):
         """What the distances between unchanged images depend on: the settings, the codebook (and
@@ -88,7 +80,8 @@ _SEARCH = {}
 def night_search(task):
     """The :class:`~pipeline.search.NightSearch` of ``task``'s inputs, read once per worker process
     for all the shards it runs."""
-    made_from = (json.dumps(task.input_digests()), task.full, task.refit, settings_digest(task.neighbour_settings()))
+    settings = config.neighbour_settings()
+    made_from = (json.dumps(task.input_digests()), task.full, task.refit, settings)
     if made_from not in _SEARCH:
         _SEARCH.clear()  # another run's, or other inputs: released first
         index = store.load_index(task.input()["features"].path)
@@ -102,7 +95,7 @@ def night_search(task):
             index.ids,
             CodebookModel.load(task.input()["codebook"].path),
             histograms.load_assign(histograms_path),
-            config.distance(),
+            settings.distance,
             records=records,
         )
         del counts  # the search reads the weighted copy
@@ -113,9 +106,7 @@ def night_search(task):
             recorded = {}
         reason = why_full(task.full, task.refit, earlier, recorded.get("basis"), task.basis())
         judgements = load_verdicts(task.input()["verdicts"].path)[0].judgements(index.ids)
-        k = config.neighbours().k
-        own = config.neighbours().same_record.own(k)
-        _SEARCH[made_from] = NightSearch(data, k, judgements, earlier, reason, config.neighbours().method, own)
+        _SEARCH[made_from] = NightSearch(data, settings, judgements, earlier, reason)
     return _SEARCH[made_from]
 
 
@@ -160,13 +151,12 @@ class Similarities(NeighbourInputs):
         return self.neighbour_settings()
 
     def make(self, tmp):
+        settings = config.neighbour_settings()
         index = store.load_index(self.input()["features"].path)
         records = self.records(index)
         keys = self.list_keys(histograms.load_keys(self.input()["histograms"].path), records, index)
         paths = [t.path for t in self.input()["shards"]]
-        nearest, distances, judged, raw, raw_distances = output.gather_neighbours(
-            paths, len(index.ids), config.neighbours().k
-        )
+        nearest, distances, judged, raw, raw_distances = output.gather_neighbours(paths, len(index.ids), settings.k)
         _SEARCH.clear()  # the shards are done: this process's search is released
         honoured = load_verdicts(self.input()["verdicts"].path)[0]
         shards, ran = shard_attrs(self)
@@ -175,9 +165,9 @@ class Similarities(NeighbourInputs):
         changed_by_verdicts = int((nearest[judged] != raw).any(axis=1).sum())
         own_record = float((records[nearest] == records[:, None]).mean()) if len(nearest) else 0.0
         attrs = self.attrs(
-            metric=config.neighbours().metric,
-            weighting=config.neighbours().weighting,
-            power=config.neighbours().power,
+            metric=settings.distance.metric,
+            weighting=settings.distance.weighting,
+            power=settings.distance.power,
             codebook_size=codebook.size,
             model=MODEL,
             layer=config.resnet().layer,
@@ -191,14 +181,14 @@ class Similarities(NeighbourInputs):
             judged=len(judged),
             judged_queried=sum(a.get("judged_queried", 0) for a in shards),
             changed_by_verdicts=changed_by_verdicts,
-            same_record=str(config.neighbours().same_record),
+            same_record=str(settings.same_record),
             own_record_share=round(own_record, 4),
             **repairs(self, ran),
         )
         logger.info(
             "%.1f %% of the neighbours are of the image's own record (same_record = %s)",
             100 * own_record,
-            config.neighbours().same_record,
+            settings.same_record,
         )
         if config.resnet().weights == "random":
             attrs["weights_note"] = RANDOM_WEIGHTS_NOTE

@@ -76,7 +76,7 @@ class Nightly(RunTask):
             load = {
                 "url": cms.shown(cms.resolve_url(config.cms().url)),
                 "mode": config.cms().mode,
-                "target": LoadSimilarities(**self.run_args()).target(),
+                "target": config.destination().target,
             }
             if "cms_copies" in self.input():
                 load["copies_table"] = config.cms().copies_table

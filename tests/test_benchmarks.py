@@ -133,6 +133,7 @@ def test_nightly_benchmark_checks_the_night_against_a_full_search(capsys, tmp_pa
     assert figures["bench"] == "nightly" and figures["identical"] is True and figures["checked_rows"] == 407
     assert figures["reused_histograms"] == 392 and figures["queried"] >= 15 and figures["night_seconds"] > 0
     assert figures["changed_lists"] >= 15 and figures["peak_rss_mb"] > 0
+    assert figures["night_load"] == "changed rows"  # the load plan's: the table holds the first run's load
     # the night's verdicts: the first run's 10 and 10 new ones (less those on removed images), honoured
     assert 15 <= figures["verdicts"] + figures["verdicts_bad"] <= 20 and figures["changed_by_verdicts"] > 0
     assert 0 < figures["judged_queried"] < figures["judged"]  # the first run's judged images mostly kept

@@ -1,6 +1,7 @@
 """Night after night: copy groups and incremental lists against runs from scratch, and the run's date."""
 
 import datetime
+import logging
 import os
 import shutil
 import sqlite3
@@ -9,6 +10,7 @@ import luigi
 import numpy as np
 import pandas as pd
 
+from pipeline.cms import plan as cms_plan
 from pipeline.copies import read_copies
 from pipeline.h5io import read_attrs
 from pipeline.output import read_similarities
@@ -81,7 +83,8 @@ def test_incremental_neighbours_and_loads_equal_a_full_run_date_after_date(
     config = pipeline_config(tmp_path, cms__url=f"sqlite:///{database}")
     rng = np.random.default_rng(0)
     artifacts = tmp_path / "artifacts"
-    monkeypatch.setattr(LoadSimilarities, "INCREMENTAL_SHARE", 1.0)  # in 20 images, most lists change
+    monkeypatch.setattr(cms_plan, "INCREMENTAL_SHARE", 1.0)  # in 20 images, most lists change
+    caplog.set_level(logging.INFO, logger=cms_plan.__name__)
     for day, date in enumerate(["2026-03-01", "2026-03-02", "2026-03-03", "2026-03-04"]):
         if day:
             change_collection(content, rng, date)

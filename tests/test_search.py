@@ -5,11 +5,18 @@ import pytest
 import scipy.sparse as sp
 
 from pipeline.output import Earlier, write_similarities
-from pipeline.search import NightSearch, why_full
+from pipeline.records import SameRecord
+from pipeline.search import NeighbourSettings, NightSearch, why_full
 from pipeline.verdicts import Judgements, Verdicts
 from pipeline.weighting import WeightedHistograms
 
 from .test_neighbours import brute_keys, changed_collection, random_counts, thirds
+
+
+def settings(k, own=None, method="auto"):
+    """The NeighbourSettings of ``k`` neighbours, at most ``own`` of the image's own record (None: no limit)."""
+    same_record = SameRecord() if own is None else SameRecord("at_most", own) if own else SameRecord("exclude")
+    return NeighbourSettings(k, same_record=same_record, method=method)
 
 
 def brute_force_lists(counts, ids, k, verdicts, weighting, metric, power, weights, records=None, own=None):
@@ -123,10 +130,12 @@ def test_lists_under_verdicts_equal_a_brute_force_night_after_night(
         earlier = Earlier(earlier_path, ids, keys) if earlier_path else None
         reason = why_full(earlier=earlier, recorded_basis="same", basis="same")
         assert (reason is None) == (night > 0)
-        tonight = NightSearch(data, k, judgements, earlier, reason, own=own).lists()
-        full = NightSearch(data, k, judgements, None, "--full", own=own).lists()
-        balltree = NightSearch(data, k, judgements, None, "--full", method="balltree", own=own).lists()
-        shards = [NightSearch(data, k, judgements, earlier, reason, own=own).lists(part) for part in thirds(len(ids))]
+        tonight = NightSearch(data, settings(k, own), judgements, earlier, reason).lists()
+        full = NightSearch(data, settings(k, own), judgements, None, "--full").lists()
+        balltree = NightSearch(data, settings(k, own, "balltree"), judgements, None, "--full").lists()
+        shards = [
+            NightSearch(data, settings(k, own), judgements, earlier, reason).lists(part) for part in thirds(len(ids))
+        ]
         for found in (tonight, full, balltree):
             got, got_d = found.assembled()
             np.testing.assert_array_equal(got, expected, err_msg=f"night {night}")
@@ -163,7 +172,7 @@ def test_a_new_verdict_searches_only_the_two_images_it_judges(tmp_path):
     data = WeightedHistograms(counts, 9, ids, "tfidf", "cosine", power=0.5)
     keys = ids.astype(str)
     before = as_verdicts({(100, 101): False, (102, 150): True})
-    first = NightSearch(data, 5, before.judgements(ids), None, "no earlier similarities").lists()
+    first = NightSearch(data, settings(5), before.judgements(ids), None, "no earlier similarities").lists()
     got, got_d = first.assembled()
     path = tmp_path / "first.hdf5"
     write_similarities(
@@ -179,7 +188,7 @@ def test_a_new_verdict_searches_only_the_two_images_it_judges(tmp_path):
         verdicts=before,
     )
     after = as_verdicts({(100, 101): False, (102, 150): True, (110, 111): False})
-    tonight = NightSearch(data, 5, after.judgements(ids), Earlier(path, ids, keys), None).lists()
+    tonight = NightSearch(data, settings(5), after.judgements(ids), Earlier(path, ids, keys), None).lists()
     assert not tonight.queried.any()
     assert sorted(ids[tonight.judged[tonight.judged_queried]].tolist()) == [110, 111]
     assert 111 not in ids[tonight.assembled()[0][10]] and 110 not in ids[tonight.assembled()[0][11]]
@@ -190,7 +199,7 @@ def test_more_images_judged_right_than_k_keep_the_nearest_k():
     ids = np.arange(30)
     data = WeightedHistograms(counts, 5, ids, "raw", "euclidean", power=1.0)
     pairs = {(0, j): True for j in range(1, 8)}
-    found = NightSearch(data, 3, as_verdicts(pairs).judgements(ids), None, "--full").lists()
+    found = NightSearch(data, settings(3), as_verdicts(pairs).judgements(ids), None, "--full").lists()
     expected, _ = brute_force_lists(counts, ids, 3, pairs, "raw", "euclidean", 1.0, data.weights)
     np.testing.assert_array_equal(found.assembled()[0], expected)
     assert set(found.assembled()[0][0]) <= set(range(1, 8))
