@@ -9,7 +9,7 @@ from sklearn.cluster import KMeans
 from sklearn.metrics import pairwise_distances_argmin
 
 from .blocks import sample_images
-from .errors import ConfigError
+from .errors import ConfigError, named
 from .histograms import MAX_ASSIGN, word_histograms
 from .weighting import word_weights
 
@@ -42,10 +42,10 @@ def resolve_size(size, n_descriptors):
     try:
         k = int(size)
     except ValueError:
-        raise ConfigError(f"[codebook] size={size!r} must be a whole number or auto") from None
+        raise ConfigError(f"{named('codebook_size')}={size!r} must be a whole number or auto") from None
     if not 2 <= k <= n_descriptors:
         raise ConfigError(
-            f"[codebook] size={k} must be between 2 and the number of sampled descriptors={n_descriptors}; "
+            f"{named('codebook_size')}={k} must be between 2 and the number of sampled descriptors={n_descriptors}; "
             "lower it or use auto"
         )
     return k

@@ -11,7 +11,7 @@ import h5py
 import numpy as np
 import pandas as pd
 
-from .errors import CollectionError, ConfigError, MappingError
+from .errors import CollectionError, ConfigError, MappingError, named
 from .h5io import read_ids, read_strings, write_ids, write_strings
 
 logger = logging.getLogger(__name__)
@@ -119,14 +119,14 @@ def scan_content(content_dir, fingerprint="stat", mapped=()):
     files : list of ImageFile, sorted by relative path
     """
     if fingerprint not in FINGERPRINTS:
-        raise ConfigError(f"[collection] fingerprint={fingerprint!r} must be one of {', '.join(FINGERPRINTS)}")
+        raise ConfigError(f"{named('fingerprint')}={fingerprint!r} must be one of {', '.join(FINGERPRINTS)}")
     if not os.path.isdir(content_dir):
         raise CollectionError(
-            f"[paths] content={content_dir!r} is not a folder; set it to the folder that holds the PPN<id>/ folders"
+            f"{named('content_dir')}={content_dir!r} is not a folder; set it to the folder that holds the PPN<id>/ folders"
         )
-    named = {}
+    mapped_names = {}
     for ppn, name in mapped:
-        named.setdefault(ppn, set()).add(name)
+        mapped_names.setdefault(ppn, set()).add(name)
     with os.scandir(content_dir) as entries:
         records = [
             (strip_ppn(r.name), r.name, r.path)
@@ -136,7 +136,7 @@ def scan_content(content_dir, fingerprint="stat", mapped=()):
 
     def scan_record(record):
         ppn, folder, path = record
-        return _scan_record(ppn, folder, path, named.get(ppn, set()), fingerprint)
+        return _scan_record(ppn, folder, path, mapped_names.get(ppn, set()), fingerprint)
 
     # the folders listed and their files' times read by several threads at once: on a network
     # file system each is a round trip to the server, which threads overlap
@@ -217,7 +217,7 @@ def read_mapping(csv_path):
         When the file is unreadable, a column is missing, a value is empty, or an ID or a
         (ppn, filename) pair repeats.
     """
-    source = f"[ids] csv={csv_path!r}"
+    source = f"{named('ids_csv')}={csv_path!r}"
     try:
         frame = pd.read_csv(csv_path, dtype=str, keep_default_na=False, skipinitialspace=True)
     except FileNotFoundError:
@@ -486,7 +486,7 @@ def take_inventory(content_dir, mapping, source, fingerprint="stat"):
     log_inventory(inventory, content_dir)
     if not len(inventory):
         raise CollectionError(
-            f"no image under [paths] content={content_dir!r} ({len(files)} image files) has a row in "
+            f"no image under {named('content_dir')}={content_dir!r} ({len(files)} image files) has a row in "
             f"{source}; check that the mapping's ppn and filename match the PPN<id>/<file> paths"
         )
     return inventory

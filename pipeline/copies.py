@@ -28,7 +28,7 @@ from scipy.cluster.hierarchy import fcluster, linkage
 from scipy.sparse.csgraph import connected_components
 from scipy.spatial.distance import squareform
 
-from .errors import ConfigError
+from .errors import ConfigError, named
 from .h5io import atomic_path, read_ids, read_strings, write_ids, write_strings
 
 logger = logging.getLogger(__name__)
@@ -53,8 +53,8 @@ def selfcheck_threshold(distances, quantile=QUANTILE):
     distances = np.asarray(distances, dtype=np.float64)
     if not len(distances):
         raise ConfigError(
-            "[copies] threshold = auto needs altered copies that find their original, and the self-check found "
-            "none; raise [selfcheck] sample or set [copies] threshold to a distance"
+            f"{named('copies_threshold')} = auto needs altered copies that find their original, and the self-check found "
+            f"none; raise {named('selfcheck_sample')} or set {named('copies_threshold')} to a distance"
         )
     return float(np.quantile(distances, quantile, method="lower"))  # a distance that was measured
 

@@ -11,7 +11,8 @@ import subprocess
 import sys
 import time
 
-from .errors import ImageError, PipelineError
+from . import errors
+from .errors import ImageError, PipelineError, named
 from .images import DECODE_TIMEOUT, INPUT_SIZE, MAX_PIXELS, decode_image, without_path
 
 #: Seconds a new decoder process may take to start (import numpy, Pillow and libvips).
@@ -39,7 +40,8 @@ def _serve():
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # an interrupt is the parent's to handle
     connection = multiprocessing.connection.Connection(int(sys.argv[1]))
-    decode, size, max_pixels, options = connection.recv()
+    decode, size, max_pixels, options, names = connection.recv()
+    errors.NAMES.update(names)  # the messages name the settings as the parent's do
     connection.send("ready")
     while True:
         try:
@@ -71,7 +73,7 @@ class _Decoder:
         )
         theirs.close()
         self.connection = multiprocessing.connection.Connection(ours.detach())
-        self.settings = (decode, size, max_pixels, options)
+        self.settings = (decode, size, max_pixels, options, dict(errors.NAMES))
         self.job = None  # (position, deadline) of the file it decodes
 
     def wait_ready(self):
@@ -233,6 +235,6 @@ class DecoderPool:
                 decoder.job = None
             elif time.monotonic() > deadline:
                 results[position] = ImageError(
-                    f"decoding took longer than [images] decode_timeout={self.timeout:g} s; the decoder was stopped"
+                    f"decoding took longer than {named('decode_timeout')}={self.timeout:g} s; the decoder was stopped"
                 )
                 self._replace(decoder)

@@ -1,4 +1,18 @@
-"""The exceptions the pipeline raises; each message is one line that names the value and the fix."""
+"""The exceptions the pipeline raises; each message is one line that names the value and the fix.
+
+A message names a setting by the library's name of the parameter (``k``, ``max_pixels``) unless
+the application that calls the library names its settings otherwise (``tasks`` names ``k``
+``[neighbours] k``, as luigi.cfg sets it): :func:`named`, from :data:`NAMES`.
+"""
+
+#: How messages name the library's parameters, where the application names them otherwise:
+#: {parameter: name}, filled by the application (``tasks.config``).
+NAMES = {}
+
+
+def named(parameter):
+    """How the messages name the library's ``parameter``: :data:`NAMES`'s name, else the parameter."""
+    return NAMES.get(parameter, parameter)
 
 
 class PipelineError(Exception):

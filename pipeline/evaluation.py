@@ -5,7 +5,7 @@ import csv
 
 import numpy as np
 
-from .errors import ConfigError
+from .errors import ConfigError, named
 
 
 def read_labels(path):
@@ -16,7 +16,7 @@ def read_labels(path):
     ConfigError
         When the file cannot be read, lacks a column, repeats an ID or has an empty value.
     """
-    where = f"[evaluate] labels={str(path)!r}"
+    where = f"{named('labels')}={str(path)!r}"
     try:
         with open(path, newline="", encoding="utf-8") as f:
             rows = list(csv.DictReader(f))

@@ -27,7 +27,7 @@ from typing import NamedTuple
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .errors import ImageError
+from .errors import ImageError, named
 
 INPUT_SIZE = 224
 #: Default of ``[images] max_pixels``: larger images are rejected unread, against decompression bombs.
@@ -204,7 +204,7 @@ def reduced_copy(path, side, max_pixels, grey=False):
     with Image.open(path) as image:
         width, height = image.size
         if width * height > max_pixels:
-            raise ImageError(f"{width} x {height} pixels is more than [images] max_pixels={max_pixels}")
+            raise ImageError(f"{width} x {height} pixels is more than {named('max_pixels')}={max_pixels}")
         decoder = "Pillow"
         if image.format == "PNG" or (
             image.format == "TIFF" and width * height * len(image.getbands()) > VIPS_TIFF_BYTES

@@ -6,7 +6,7 @@ import logging
 import os
 import re
 
-from .errors import ConfigError, WeightsError
+from .errors import ConfigError, WeightsError, named
 from .images import INPUT_SIZE
 from .precision import POLICIES
 
@@ -54,7 +54,7 @@ def layer_side(layer):
 
 def unknown_layer_message(layer):
     return (
-        f"[resnet] layer={layer!r} is not a layer of ResNet50; use one of the block outputs "
+        f"{named('layer')}={layer!r} is not a layer of ResNet50; use one of the block outputs "
         f"conv2_block3_out, conv3_block4_out, conv4_block6_out, conv5_block3_out, or a convolution such as "
         f"conv5_block3_3_conv (default {DEFAULT_LAYER})"
     )
@@ -85,7 +85,7 @@ def weights_identity(weights):
                 digest.update(block)
     except OSError as exc:
         raise WeightsError(
-            f"[resnet] weights={weights!r} cannot be read ({exc.strerror}); "
+            f"{named('weights')}={weights!r} cannot be read ({exc.strerror}); "
             "give the path of a readable Keras weights file, or imagenet or random"
         ) from None
     return f"sha256:{digest.hexdigest()}"
@@ -137,12 +137,12 @@ def build_model(weights="imagenet", layer=DEFAULT_LAYER, seed=0, precision="floa
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         if weights == "imagenet":
             raise WeightsError(
-                f"[resnet] weights=imagenet: the ImageNet weights could not be had ({reason}); "
-                f"put {IMAGENET_FILE} into {keras_cache_dir()}, or set [resnet] weights to the path "
+                f"{named('weights')}=imagenet: the ImageNet weights could not be had ({reason}); "
+                f"put {IMAGENET_FILE} into {keras_cache_dir()}, or set {named('weights')} to the path "
                 "of that file (or to random for a smoke test)"
             ) from None
         raise WeightsError(
-            f"[resnet] weights={weights!r} is not a ResNet50 weights file without the top ({reason}); "
+            f"{named('weights')}={weights!r} is not a ResNet50 weights file without the top ({reason}); "
             f"use Keras's {IMAGENET_FILE}"
         ) from None
     finally:

@@ -17,7 +17,7 @@ import numba
 import numpy as np
 from sklearn.neighbors import BallTree
 
-from .errors import ConfigError
+from .errors import ConfigError, named
 from .inverted import DENSE_SHARE, InvertedFile, pair_key
 from .records import limited_best, record_best
 
@@ -70,7 +70,7 @@ def query_neighbours(collection, counts, k=5, chunk_size=16):
 def check_k(k, n):
     """Raise ConfigError unless 1 <= k <= n - 1 (each of n images has k other images)."""
     if not 1 <= k <= n - 1:
-        raise ConfigError(f"[neighbours] k={k} must be between 1 and the number of images - 1 = {n - 1}; lower it")
+        raise ConfigError(f"{named('k')}={k} must be between 1 and the number of images - 1 = {n - 1}; lower it")
 
 
 def _chunked(n, k, rows, chunk_size, checkpoints, query_chunk, progress=None):
@@ -336,7 +336,7 @@ def nearest_neighbours(counts, k=5, method="auto", rows=None, checkpoints=None, 
     """The k nearest other images of every image (of those at ``rows``), at most ``own`` of them
     from its own record (None: no limit), by ``method`` (see METHODS and AUTO_METHOD)."""
     if method not in METHODS:
-        raise ConfigError(f"[neighbours] method={method!r} must be one of {', '.join(METHODS)}")
+        raise ConfigError(f"{named('method')}={method!r} must be one of {', '.join(METHODS)}")
     if method == "auto":
         method = AUTO_METHOD
     if method == "balltree":

@@ -11,7 +11,7 @@ int8 is a trunk quantized after training, calibrated on the collection and run b
 import functools
 import os
 
-from .errors import ConfigError
+from .errors import ConfigError, named
 
 PRECISIONS = ("auto", "float32", "bfloat16", "float16", "int8")
 #: Keras's dtype policy of each precision.
@@ -25,7 +25,7 @@ TENSOR_CORES = (7, 0)
 def check_precision(precision):
     """Raise ConfigError naming the setting unless ``precision`` is one of PRECISIONS."""
     if precision not in PRECISIONS:
-        raise ConfigError(f"[resnet] precision={precision!r} must be one of {', '.join(PRECISIONS)}")
+        raise ConfigError(f"{named('precision')}={precision!r} must be one of {', '.join(PRECISIONS)}")
 
 
 def cpu_flags(path="/proc/cpuinfo"):
@@ -85,13 +85,19 @@ def choose_precision(setting, flags=None, gpus=None):
         if setting == "bfloat16" and not native:
             return (
                 setting,
-                "set in luigi.cfg; this CPU has no native bfloat16, so it is emulated and slower than float32",
+                f"set in {named('the settings')}; this CPU has no native bfloat16, so it is emulated and slower than float32",
             )
         if setting == "float16":
-            return setting, "set in luigi.cfg; float16 is fast on a GPU with tensor cores, emulated on a CPU"
+            return (
+                setting,
+                f"set in {named('the settings')}; float16 is fast on a GPU with tensor cores, emulated on a CPU",
+            )
         if setting == "int8":
-            return setting, "set in luigi.cfg; calibrated on a sample of the collection, run by OpenVINO on the CPU"
-        return setting, "set in luigi.cfg"
+            return (
+                setting,
+                f"set in {named('the settings')}; calibrated on a sample of the collection, run by OpenVINO on the CPU",
+            )
+        return setting, f"set in {named('the settings')}"
     gpus = tensor_core_gpus() if gpus is None else gpus
     if gpus:
         name, (major, minor) = gpus[0]

@@ -14,7 +14,7 @@ import dataclasses
 
 import numpy as np
 
-from .errors import ConfigError
+from .errors import ConfigError, named
 
 #: Entries of the dense block of keys the own-record search computes at once.
 BLOCK = 1 << 22
@@ -39,7 +39,7 @@ class SameRecord:
         if len(words) == 3 and words[:2] == ["at", "most"] and words[2].isdigit():
             return cls("at_most", int(words[2]))
         raise ConfigError(
-            f"[neighbours] same_record={text!r} must be keep, exclude or at_most N (N a whole number, "
+            f"{named('same_record')}={text!r} must be keep, exclude or at_most N (N a whole number, "
             "the most neighbours from the image's own record)"
         )
 
@@ -73,8 +73,8 @@ def check_records(records, k, own, setting="", names=None):
     worst = int(np.argmin(available)) if len(sizes) else 0
     if len(sizes) and available[worst] < k:
         raise ConfigError(
-            f"[neighbours] same_record={setting} leaves the {sizes[worst]} images of record {names[worst]} "
-            f"{available[worst]} images to list, fewer than k={k}; lower k or allow more of an image's own record"
+            f"{named('same_record')}={setting} leaves the {sizes[worst]} images of record {names[worst]} "
+            f"{available[worst]} images to list, fewer than {named('k')}={k}; lower it or allow more of an image's own record"
         )
 
 

@@ -7,7 +7,7 @@ import logging
 import h5py
 import numpy as np
 
-from .errors import ConfigError
+from .errors import ConfigError, named
 
 logger = logging.getLogger(__name__)
 
@@ -79,11 +79,11 @@ class Reducer:
         """
         if not 0 < self.variance <= 1:
             raise ConfigError(
-                f"[reduction] variance={self.variance} must be in (0, 1]; the default is {DEFAULT_VARIANCE}"
+                f"{named('variance')}={self.variance} must be in (0, 1]; the default is {DEFAULT_VARIANCE}"
             )
         if self.descriptors not in DESCRIPTOR_NORMS or self.reduced not in REDUCED_NORMS:
             raise ConfigError(
-                f"[reduction] descriptors={self.descriptors!r} must be one of {', '.join(DESCRIPTOR_NORMS)} and "
+                f"{named('descriptors')}={self.descriptors!r} must be one of {', '.join(DESCRIPTOR_NORMS)} and "
                 f"reduced={self.reduced!r} one of {', '.join(REDUCED_NORMS)}"
             )
         if isinstance(blocks, np.ndarray):

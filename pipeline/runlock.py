@@ -23,7 +23,7 @@ import socket
 import threading
 import uuid
 
-from .errors import PipelineError
+from .errors import PipelineError, named
 
 logger = logging.getLogger(__name__)
 
@@ -138,7 +138,7 @@ class RunLock:
             f"another run holds the artifacts folder {os.path.abspath(self.folder)}: the run of {claim.get('date')}, "
             f"since {claim.get('since')}, on host {claim.get('host')}, pid {claim.get('pid')}; the run of {self.date} "
             f"stops without touching it (a claim whose processes have ended is taken over: at once on the same "
-            f"host, after [lock] stale_after={self.stale_after:g} s without a heartbeat from another host)"
+            f"host, after {named('stale_after')}={self.stale_after:g} s without a heartbeat from another host)"
         )
 
     def _claim_content(self):

@@ -9,7 +9,7 @@ import logging
 import numpy as np
 import scipy.sparse as sp
 
-from .errors import ConfigError
+from .errors import ConfigError, named
 from .inverted import DENSE_SHARE, InvertedFile
 
 logger = logging.getLogger(__name__)
@@ -50,7 +50,7 @@ def power_table(mass, power):
     else round(POWER_SCALE * count**power) (0.5: the square root, Hellinger's kernel with cosine)."""
     if not 0 < power <= 1:
         raise ConfigError(
-            f"[neighbours] power={power} must be in (0, 1]; 1 keeps the counts, 0.5 takes their square root"
+            f"{named('power')}={power} must be in (0, 1]; 1 keeps the counts, 0.5 takes their square root"
         )
     counts = np.arange(mass + 1, dtype=np.float64)
     if power == 1:
@@ -61,7 +61,7 @@ def power_table(mass, power):
 def check_weighting(weighting):
     """Raise ConfigError unless ``weighting`` is one of WEIGHTINGS."""
     if weighting not in WEIGHTINGS:
-        raise ConfigError(f"[neighbours] weighting={weighting!r} must be one of {', '.join(WEIGHTINGS)}")
+        raise ConfigError(f"{named('weighting')}={weighting!r} must be one of {', '.join(WEIGHTINGS)}")
 
 
 def word_weights(document_frequency, n_images, weighting):
@@ -139,7 +139,7 @@ class WeightedHistograms:
         records=None,
     ):
         if metric not in METRICS:
-            raise ConfigError(f"[neighbours] metric={metric!r} must be one of {', '.join(METRICS)}")
+            raise ConfigError(f"{named('metric')}={metric!r} must be one of {', '.join(METRICS)}")
         counts = sp.csr_matrix(counts, dtype=np.int64)
         self.weighting, self.metric, self.n_local, self.power = weighting, metric, n_local, power
         self.cosine = metric == "cosine"

@@ -29,7 +29,7 @@ from pipeline.reduction import DESCRIPTOR_NORMS, REDUCED_NORMS
 from pipeline.selfcheck import Copies
 from pipeline.weighting import METRICS, WEIGHTINGS
 
-from . import config
+from . import config, settings
 from .checks import query_extractor
 from .extraction import calibrate, decoding, feature_settings, feature_store
 from .inputs import read_id_mapping
@@ -109,7 +109,7 @@ def parse(argv):
 
 
 def run(args):
-    problem = config.settings_problem()
+    problem = settings.settings_problem()
     if problem:
         raise PipelineError(problem)
     labels = evaluation.read_labels(args.labels) if args.labels.strip() else None

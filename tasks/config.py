@@ -2,19 +2,18 @@
 
 import functools
 import logging
-import os
 
 import luigi
 import luigi.cmdline_parser
 
+from pipeline import errors
 from pipeline.backends import ModelSpec
-from pipeline.cms import BATCH_ROWS, MARKER_TABLE, TABLE, Destination, resolve_url
+from pipeline.cms import BATCH_ROWS, MARKER_TABLE, TABLE, Destination
 from pipeline.codebook import DEFAULT_SAMPLE_SIZE
-from pipeline.errors import ConfigError
 from pipeline.histograms import DEFAULT_ASSIGN, MAX_ASSIGN
 from pipeline.images import COLOURS, DECODE_TIMEOUT, DEFAULT_COLOUR, DEFAULT_TRIM, MAX_PIXELS
 from pipeline.int8 import CALIBRATION_IMAGES
-from pipeline.model import DEFAULT_LAYER, layer_side, unknown_layer_message
+from pipeline.model import DEFAULT_LAYER
 from pipeline.neighbours import METHODS
 from pipeline.precision import PRECISIONS, chosen_precision
 from pipeline.records import SameRecord
@@ -418,29 +417,47 @@ SECTIONS = (
     lock,
 )
 
-#: (section, key, check, what the value must be) of the settings whose type cannot say what
-#: they must be; the others are Choice and Number parameters, checked as they are read.
-RULES = (
-    (
-        "codebook",
-        "size",
-        lambda v: v.strip().lower() == "auto" or (v.strip().isdigit() and int(v) >= 2),
-        "auto or a whole number >= 2",
-    ),
-    ("lock", "stale_after", lambda v: v >= 3 * lock().heartbeat, "a number of seconds >= 3 x [lock] heartbeat"),
-)
-
-
-#: Settings that moved: (section, old key) -> where the setting is now.
-MOVED = {("resnet", "decode_threads"): "it is now [images] decode_processes (decoding runs in processes)"}
-
-
-def _typed(parameter, raw):
-    """A setting's text as its type reads it (``0`` for ``k = 0``), or the text when it cannot."""
-    try:
-        return getattr(parameter, "_var_type", str)(raw)
-    except (ValueError, TypeError):
-        return raw
+#: How the library's messages name its parameters here (``pipeline.errors.named``): as luigi.cfg
+#: sets them.
+NAMES = {
+    "the settings": "luigi.cfg",
+    "content_dir": "[paths] content",
+    "ids_csv": "[ids] csv",
+    "url": "[cms] url",
+    "ids_query": "[cms] ids_query",
+    "images_table": "[cms] images_table",
+    "id_column": "[cms] id_column",
+    "ppn_column": "[cms] ppn_column",
+    "filename_column": "[cms] filename_column",
+    "record_column": "[cms] record_column",
+    "mode": "[cms] mode",
+    "table": "[cms] table",
+    "marker_table": "[cms] marker_table",
+    "siblings_column": "[cms] siblings_column",
+    "copies_table": "[cms] copies_table",
+    "layer": "[resnet] layer",
+    "weights": "[resnet] weights",
+    "precision": "[resnet] precision",
+    "max_pixels": "[images] max_pixels",
+    "decode_timeout": "[images] decode_timeout",
+    "variance": "[reduction] variance",
+    "descriptors": "[reduction] descriptors",
+    "codebook_size": "[codebook] size",
+    "k": "[neighbours] k",
+    "weighting": "[neighbours] weighting",
+    "metric": "[neighbours] metric",
+    "power": "[neighbours] power",
+    "same_record": "[neighbours] same_record",
+    "method": "[neighbours] method",
+    "verdicts_table": "[verdicts] table",
+    "verdicts_csv": "[verdicts] csv",
+    "fingerprint": "[collection] fingerprint",
+    "labels": "[evaluate] labels",
+    "selfcheck_sample": "[selfcheck] sample",
+    "copies_threshold": "[copies] threshold",
+    "stale_after": "[lock] stale_after",
+}
+errors.NAMES.update(NAMES)
 
 
 def shards(section):
@@ -497,92 +514,6 @@ def model_spec(**changes):
             **changes,
         }
     )
-
-
-#: settings_problem's answers, by what it read: every stage's completeness asks it.
-_PROBLEMS = {}
-
-
-def _settings_read():
-    """What settings_problem's answer depends on: our sections of luigi.cfg as written, and the
-    command line's parameters."""
-    parser = luigi.configuration.get_config()
-    written = tuple(
-        (c.__name__, tuple(parser.items(c.__name__, raw=True))) for c in SECTIONS if parser.has_section(c.__name__)
-    )
-    command_line = luigi.cmdline_parser.CmdlineParser.get_instance()
-    return written, repr(sorted(vars(command_line.known_args).items())) if command_line else None
-
-
-def settings_problem():
-    """The first setting that cannot work, as a one-line message naming it and the fix; None if
-    all can (worked out once for the same settings).
-
-    Checks what can be known before any work: every value of luigi.cfg parses, the values
-    are in range, the weights are ``imagenet``, ``random`` or a readable file, and the CMS URL
-    resolves when it is needed, the layer is one of ResNet50's, and no key of our sections is
-    unknown (a misspelt key would otherwise be ignored). Settings that depend on the data
-    (``k`` against the number of images, K against the number of descriptors) are checked
-    once the inventory is taken, before any extraction.
-    """
-    read = _settings_read()
-    if read not in _PROBLEMS:
-        _PROBLEMS.clear()
-        _PROBLEMS[read] = _first_problem()
-    return _PROBLEMS[read]
-
-
-def _first_problem():
-    sections = {c.__name__: c for c in SECTIONS}
-    parser = luigi.configuration.get_config()
-    for name, config_class in sections.items():
-        known = dict(config_class.get_params())
-        for key in parser.options(name) if parser.has_section(name) else ():
-            if key.replace("-", "_") not in known:
-                fix = MOVED.get((name, key), f"the settings of [{name}] are {', '.join(known)}")
-                return f"[{name}] {key} is not a setting; {fix}"
-        for key, parameter in known.items():
-            raw = parser.get(name, key, None)
-            if raw is None:
-                continue
-            try:
-                parameter.parse(raw)
-            except (ValueError, TypeError) as exc:
-                if hasattr(parameter, "must"):
-                    return f"[{name}] {key}={_typed(parameter, raw)!r} must be {parameter.must}"
-                return f"[{name}] {key}={raw!r} cannot be read ({exc}); {parameter.description}"
-    for name, key, check, must in RULES:
-        value = getattr(sections[name](), key)
-        if not check(value):
-            return f"[{name}] {key}={value!r} must be {must}"
-    if layer_side(resnet().layer) is None:
-        return unknown_layer_message(resnet().layer)
-    weights = resnet().weights
-    if weights not in ("imagenet", "random") and not os.access(weights, os.R_OK):
-        return f"[resnet] weights={weights!r} is not a readable file; give the path of a Keras weights file, or imagenet or random"
-    if ids().source == "cms" or cms().url.strip():
-        try:
-            resolve_url(cms().url)
-        except ConfigError as exc:
-            return str(exc)
-    if verdicts().source == "cms" and not cms().url.strip():
-        return "[verdicts] source = cms needs [cms] url; set it, or keep the verdicts in a file: [verdicts] csv = PATH"
-    if verdicts().source == "csv" and not verdicts().csv.strip():
-        return "[verdicts] source = csv needs [verdicts] csv, the path of the verdicts' CSV file"
-    if copies().threshold == "auto" and selfcheck().sample == 0:
-        return "[copies] threshold = auto needs the self-check; set [selfcheck] sample above 0, a distance, or off"
-    copies_table = cms().copies_table.strip()
-    if copies_table and not cms().url.strip():
-        return "[cms] copies_table needs [cms] url; set it, or leave copies_table empty (copies.csv only)"
-    if copies_table and copies().threshold == "off":
-        return (
-            "[cms] copies_table is set but [copies] threshold = off makes no copies; set a threshold or empty the table"
-        )
-    if copies_table and copies_table in (cms().table, cms().marker_table, cms().images_table, verdicts().table):
-        return f"[cms] copies_table={copies_table!r} is another table of the pipeline's; name a table of its own"
-    if verdict_source()[0] == "cms" and not verdicts().table.strip():
-        return "[verdicts] table is empty; name the table of the verdicts (default image_similarity_verdict)"
-    return None
 
 
 def verdict_source():

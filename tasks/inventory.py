@@ -11,7 +11,7 @@ from pipeline.model import layer_side
 from pipeline.neighbours import check_k
 from pipeline.records import check_records
 
-from . import config, inputs
+from . import config, inputs, settings
 from .base import ArtifactTask, RunTask, settings_digest
 
 logger = logging.getLogger("luigi-interface")
@@ -22,10 +22,10 @@ class CheckSettings(RunTask):
     failing with a one-line message naming the setting and the fix when one cannot."""
 
     def complete(self):
-        return config.settings_problem() is None
+        return settings.settings_problem() is None
 
     def run(self):
-        raise ConfigError(config.settings_problem())
+        raise ConfigError(settings.settings_problem())
 
 
 class Inventory(ArtifactTask):

@@ -18,7 +18,7 @@ from pipeline import verdicts
 from pipeline.errors import ConfigError, PipelineError
 from pipeline.h5io import read_ids
 
-from . import config, inputs
+from . import config, inputs, settings
 from .neighbours import Similarities
 
 CHOICES = (*verdicts.VERDICTS, "withdraw")
@@ -36,7 +36,7 @@ def last_run_ids():
 
 def judge(image_id, similar_image_id, verdict, author=None):
     """Write one verdict (or withdraw the pair's) where luigi.cfg keeps them; returns what was done, one line."""
-    problem = config.settings_problem()
+    problem = settings.settings_problem()
     if problem:
         raise ConfigError(problem)
     kind, place = config.verdict_source()

@@ -207,7 +207,7 @@ def matrix():
             yield pytest.param(artifact, fault, marks=marks, id=f"{artifact}-{fault}")
 
 
-@pytest.mark.parametrize("artifact, fault", matrix())
+@pytest.mark.parametrize("artifact, fault", list(matrix()))
 def test_the_night_after_a_damaged_artifact_gives_the_lists_of_a_clean_night(
     site, clean_second_night, monkeypatch, artifact, fault
 ):

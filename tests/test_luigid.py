@@ -120,7 +120,14 @@ def wait(process, seconds=600):
 
 def test_two_workers_share_the_shards_and_give_the_local_result(small_collection, reference, luigid, tmp_path):
     root = sharded_project(tmp_path, small_collection[0])
-    workers = [start_worker(root, luigid, name) for name in ("a", "b")]
+    # each worker holds its first feature shard until the other holds one too: both take part,
+    # however long either takes to start
+    workers = [start_worker(root, luigid, name, FAULT_PAUSE_AT=f"FeatureShard:{root / 'release'}") for name in "ab"]
+    deadline = time.monotonic() + 300
+    while len(shard_runs(root, ["a", "b"])) < 2:
+        assert all(w.poll() is None for w in workers) and time.monotonic() < deadline
+        time.sleep(0.1)
+    (root / "release").touch()
     codes = [wait(w) for w in workers]
     assert all(code in SHARED for code in codes), (root / "a.log").read_text()[-3000:] + (root / "b.log").read_text()[
         -3000:

@@ -1,7 +1,11 @@
-"""The code's structure: no module of the project imports another that imports it back."""
+"""The code's structure: no module of the project imports another that imports it back, and the
+library's messages name its own parameters, which the tasks name as luigi.cfg sets them."""
 
 import ast
 import pathlib
+import re
+
+import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 PACKAGES = ("pipeline", "tasks", "benchmarks")
@@ -69,3 +73,46 @@ def test_no_module_imports_one_that_imports_it_back():
     # a package's __init__ gathers its modules; a module importing its own package is the cycle to find
     graph = {module_name(p): imports(p, modules) for p in paths}
     assert cycles(graph) == []
+
+
+def message_texts(path):
+    """The string constants of ``path`` that are not docstrings (messages, formats, names)."""
+    tree = ast.parse(path.read_text())
+    docstrings = set()
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if isinstance(body, list):
+            for statement in body:  # a module's, class's or function's, and attribute docstrings
+                if isinstance(statement, ast.Expr) and isinstance(statement.value, ast.Constant):
+                    docstrings.add(id(statement.value))
+    return [
+        node.value
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings
+    ]
+
+
+def test_the_library_names_its_parameters_and_the_tasks_name_each_as_luigi_cfg_sets_it(monkeypatch):
+    from pipeline import errors
+    from pipeline.errors import ConfigError
+    from pipeline.neighbours import check_k
+    from tasks import config
+
+    library = list((ROOT / "pipeline").rglob("*.py"))
+    settings = [f"[{m[0]}] {m[1]}" for p in library for t in message_texts(p) for m in re.findall(SETTING, t)]
+    assert settings == []  # the library's messages name no section of luigi.cfg
+    used = {name for p in library for name in re.findall(r"named\(['\"]([^'\"]+)['\"]\)", p.read_text())}
+    assert used == set(config.NAMES)  # each one named by the tasks, none left over
+    keys = {section.__name__: dict(section.get_params()) for section in config.SECTIONS}
+    for parameter, name in config.NAMES.items():
+        section, key = re.fullmatch(SETTING, name).groups() if name != "luigi.cfg" else ("paths", "content")
+        assert key in keys[section], (parameter, name)
+    with pytest.raises(ConfigError, match=r"^\[neighbours\] k=9 must be between 1 and"):
+        check_k(9, 5)
+    monkeypatch.setattr(errors, "NAMES", {})  # the library alone
+    with pytest.raises(ConfigError, match=r"^k=9 must be between 1 and"):
+        check_k(9, 5)
+
+
+#: A setting as luigi.cfg's sections name it: [section] key.
+SETTING = r"\[([a-z_]+)\] ([a-z_]+)"

@@ -14,7 +14,7 @@ import numpy as np
 import sqlalchemy as sa
 from sqlalchemy.exc import SQLAlchemyError
 
-from ..errors import CmsError
+from ..errors import CmsError, named
 from .schema import BATCH_ROWS, MARKER_TABLE, TABLE, copies_table, marker_of, siblings_target, similarity_tables
 from .url import one_line, shown
 
@@ -50,7 +50,7 @@ def loaded_run(engine, table=TABLE, marker_table=MARKER_TABLE):
             return conn.execute(statement).scalar()
     except SQLAlchemyError as exc:
         raise CmsError(
-            f"[cms] marker_table={marker_table!r} cannot be read from {shown(engine.url)}: {one_line(exc)}"
+            f"{named('marker_table')}={marker_table!r} cannot be read from {shown(engine.url)}: {one_line(exc)}"
         ) from None
 
 
@@ -109,7 +109,9 @@ def holds_load(engine, run_id, ids, table=TABLE, marker_table=MARKER_TABLE, sibl
                 ):
                     return False
     except SQLAlchemyError as exc:
-        raise CmsError(f"[cms] table={rows.name!r} cannot be read from {shown(engine.url)}: {one_line(exc)}") from None
+        raise CmsError(
+            f"{named('table')}={rows.name!r} cannot be read from {shown(engine.url)}: {one_line(exc)}"
+        ) from None
     return True
 
 
@@ -183,7 +185,7 @@ def load_similarities(
             _record(conn, marker, table, run_id, run_date, written)
     except (SQLAlchemyError, engine.dialect.loaded_dbapi.Error) as exc:  # the driver's own, from COPY
         raise CmsError(
-            f"loading [cms] table={table!r} into {where} failed and was rolled back: {one_line(exc)}"
+            f"loading {named('table')}={table!r} into {where} failed and was rolled back: {one_line(exc)}"
         ) from None
     logger.info(
         "%d similarity rows of run %s loaded into %s of %s in %.1f s%s",
@@ -240,7 +242,7 @@ def load_copies(engine, rows, run_id, run_date, table, marker_table=MARKER_TABLE
             _record(conn, marker, table, run_id, run_date, len(ids))
     except (SQLAlchemyError, engine.dialect.loaded_dbapi.Error) as exc:
         raise CmsError(
-            f"loading [cms] copies_table={table!r} into {where} failed and was rolled back: {one_line(exc)}"
+            f"loading {named('copies_table')}={table!r} into {where} failed and was rolled back: {one_line(exc)}"
         ) from None
     logger.info("%d rows of copies (run %s) loaded into %s of %s", len(ids), run_id, table, where)
     return len(ids)
@@ -262,7 +264,7 @@ def holds_copies(engine, run_id, n_rows, table, marker_table=MARKER_TABLE):
             )
     except SQLAlchemyError as exc:
         raise CmsError(
-            f"[cms] copies_table={table!r} cannot be read from {shown(engine.url)}: {one_line(exc)}"
+            f"{named('copies_table')}={table!r} cannot be read from {shown(engine.url)}: {one_line(exc)}"
         ) from None
 
 
@@ -296,7 +298,7 @@ def load_siblings(
     ids, neighbours = np.asarray(ids), np.asarray(neighbours)
     metadata = sa.MetaData()
     marker = marker_of(metadata, marker_table)
-    where, source = shown(engine.url), f"[cms] siblings_column={siblings_column!r}"
+    where, source = shown(engine.url), f"{named('siblings_column')}={siblings_column!r}"
     images = sa.table(images_table, sa.column(id_column), sa.column(siblings_column))
     started = time.monotonic()
     try:
@@ -305,8 +307,8 @@ def load_siblings(
         if siblings_column not in columns or id_column not in columns:
             missing = siblings_column if siblings_column not in columns else id_column
             raise CmsError(
-                f"{source}: {missing!r} is not a column of [cms] images_table={images_table!r} in {where}; "
-                "add it (siblings: a JSON or text column) or set [cms] mode = table"
+                f"{source}: {missing!r} is not a column of {named('images_table')}={images_table!r} in {where}; "
+                f"add it (siblings: a JSON or text column) or set {named('mode')} = table"
             )
         metadata.create_all(engine)
         update = (
@@ -335,7 +337,7 @@ def load_siblings(
                 )
             _record(conn, marker, siblings_target(images_table, siblings_column), run_id, run_date, len(ids))
     except sa.exc.NoSuchTableError:
-        raise CmsError(f"[cms] images_table={images_table!r} does not exist in {where}") from None
+        raise CmsError(f"{named('images_table')}={images_table!r} does not exist in {where}") from None
     except SQLAlchemyError as exc:
         raise CmsError(f"loading {source} into {where} failed and was rolled back: {one_line(exc)}") from None
     logger.info(

@@ -7,7 +7,7 @@ import sqlalchemy as sa
 from sqlalchemy.exc import SQLAlchemyError
 
 from ..collection import MAPPING_COLUMNS, check_mapping
-from ..errors import MappingError
+from ..errors import MappingError, named
 from .url import one_line, shown
 
 logger = logging.getLogger(__name__)
@@ -40,7 +40,7 @@ def read_mapping(
         or a (ppn, filename) pair repeats.
     """
     if query.strip():
-        statement, source = sa.text(query), "[cms] ids_query"
+        statement, source = sa.text(query), named("ids_query")
         fix = "the query must return the columns id, ppn and filename"
     else:
         columns, names = (id_column, ppn_column, filename_column), MAPPING_COLUMNS
@@ -48,8 +48,8 @@ def read_mapping(
             columns, names = (*columns, record_column.strip()), (*names, "record")
         statement = sa.select(*(sa.column(c).label(name) for c, name in zip(columns, names)))
         statement = statement.select_from(sa.table(table))
-        source = f"[cms] images_table={table!r}"
-        fix = "set [cms] id_column, ppn_column, filename_column (and record_column) to its columns"
+        source = f"{named('images_table')}={table!r}"
+        fix = f"set {named('id_column')}, {named('ppn_column')}, {named('filename_column')} (and {named('record_column')}) to its columns"
     try:
         with engine.connect() as conn:
             result = conn.execute(statement)

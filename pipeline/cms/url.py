@@ -7,7 +7,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
-from ..errors import ConfigError
+from ..errors import ConfigError, named
 
 logger = logging.getLogger(__name__)
 
@@ -32,12 +32,14 @@ def resolve_url(setting):
     """
     setting = str(setting).strip()
     if not setting:
-        raise ConfigError("[cms] url is empty; set it to the CMS database's SQLAlchemy URL, env:NAME or file:PATH")
+        raise ConfigError(
+            f"{named('url')} is empty; set it to the CMS database's SQLAlchemy URL, env:NAME or file:PATH"
+        )
     if setting.startswith("env:"):
         name = setting[len("env:") :]
         value, where = os.environ.get(name, "").strip(), f"the environment variable {name}"
         if not value:
-            raise ConfigError(f"[cms] url={setting}: {where} is not set; set it to the database's SQLAlchemy URL")
+            raise ConfigError(f"{named('url')}={setting}: {where} is not set; set it to the database's SQLAlchemy URL")
     elif setting.startswith("file:"):
         path = setting[len("file:") :]
         where = f"the file {path}"
@@ -45,20 +47,20 @@ def resolve_url(setting):
             with open(path, encoding="utf-8") as f:
                 value = next((line.strip() for line in f if line.strip()), "")
         except OSError as exc:
-            raise ConfigError(f"[cms] url={setting}: {where} cannot be read ({exc.strerror})") from None
+            raise ConfigError(f"{named('url')}={setting}: {where} cannot be read ({exc.strerror})") from None
         if not value:
-            raise ConfigError(f"[cms] url={setting}: {where} is empty; write the database's SQLAlchemy URL in it")
+            raise ConfigError(f"{named('url')}={setting}: {where} is empty; write the database's SQLAlchemy URL in it")
     else:
-        value, where = setting, "luigi.cfg"
+        value, where = setting, named("the settings")
     try:
         url = make_url(value)
     except ArgumentError:
         raise ConfigError(
-            f"[cms] url in {where} is not an SQLAlchemy URL such as postgresql+psycopg://user@host/database"
+            f"{named('url')} in {where} is not an SQLAlchemy URL such as postgresql+psycopg://user@host/database"
         ) from None
-    if where == "luigi.cfg" and url.password is not None:
+    if where == named("the settings") and url.password is not None:
         raise ConfigError(
-            "[cms] url in luigi.cfg holds a password; move the URL to an environment variable "
+            f"{named('url')} in {where} holds a password; move the URL to an environment variable "
             "(url = env:NAME) or to a file only the job can read (url = file:PATH)"
         )
     return url
@@ -78,7 +80,7 @@ def connect(url):
             return sa.create_engine(url, connect_args={"timeout": 60})
         return sa.create_engine(url, pool_pre_ping=True)
     except (ArgumentError, ImportError) as exc:
-        raise ConfigError(f"[cms] url={shown(url)} cannot be used: {one_line(exc)}") from None
+        raise ConfigError(f"{named('url')}={shown(url)} cannot be used: {one_line(exc)}") from None
 
 
 def one_line(exc):

@@ -12,7 +12,7 @@ import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy.exc import SQLAlchemyError
 
-from ..errors import CmsError, ConfigError
+from ..errors import CmsError, ConfigError, named
 from ..h5io import atomic_path
 
 logger = logging.getLogger(__name__)
@@ -50,7 +50,7 @@ def _one_line(exc):
 
 
 def _where(engine, table):
-    return f"[verdicts] table={table!r} of {engine.url.render_as_string(hide_password=True)}"
+    return f"{named('verdicts_table')}={table!r} of {engine.url.render_as_string(hide_password=True)}"
 
 
 def ensure_table(engine, table=TABLE, id_type=sa.BigInteger):
@@ -104,7 +104,7 @@ def read_csv(path):
     ConfigError
         When the file cannot be read or lacks a required column.
     """
-    where = f"[verdicts] csv={str(path)!r}"
+    where = f"{named('verdicts_csv')}={str(path)!r}"
     if not os.path.exists(path):
         logger.info("%s does not exist yet: no verdicts", where)
         return no_rows()
