@@ -21,25 +21,21 @@ import logging
 import os
 import sys
 import tempfile
-import time
 
 import numpy as np
 import scipy.sparse as sp
 
-from pipeline import backends, evaluation, store
+from pipeline import backends, compare, evaluation, store
 from pipeline.backends import ModelSpec
 from pipeline.blocks import Blocks
-from pipeline.codebook import check_size, fit_codebook
 from pipeline.features import extract
-from pipeline.histograms import MAX_ASSIGN, compute_histograms
+from pipeline.histograms import MAX_ASSIGN
 from pipeline.images import COLOURS, MAX_PIXELS
 from pipeline.model import weights_identity
-from pipeline.neighbours import query_neighbours, sparse_neighbours
 from pipeline.precision import PRECISIONS, choose_precision
-from pipeline.query import word_counts
-from pipeline.reduction import DESCRIPTOR_NORMS, REDUCED_NORMS, Reducer
+from pipeline.reduction import DESCRIPTOR_NORMS, REDUCED_NORMS
 from pipeline.selfcheck import Copies
-from pipeline.weighting import METRICS, WEIGHTINGS, Distance, WeightedHistograms
+from pipeline.weighting import METRICS, WEIGHTINGS
 
 from . import proxies
 from .common import Timer
@@ -253,66 +249,29 @@ class Stopped:
         return stop_words(self.counts, self.codebook.word_weights(weighting, assign), self.share)
 
 
-class Scorer:
-    """Scores configurations on one collection, fitting each reducer and codebook once."""
+class Scorer(compare.Scorer):
+    """The pipeline's scorer (``pipeline.compare.Scorer``) on one proxy collection, its records
+    and labels, with the benchmark's stop lists (a configuration's ``stop``)."""
 
     def __init__(self, collection, copies=None, copy_descriptors=None, sample_size=200_000, seed=0):
-        self.c, self.copies, self.copy_descriptors = collection, copies, copy_descriptors
-        self.sample_size, self.seed = sample_size, seed
-        self.reducers, self.codebooks, self.counts = {}, {}, {}
-
-    def _reducer(self, config):
-        key = (made_with(config), config["descriptors"], config["variance"])
-        if key not in self.reducers:
-            reducer = Reducer(config["variance"], config["descriptors"])
-            self.reducers[key] = reducer.fit(self.c.blocks(made_with(config)))
-        return self.reducers[key].with_reduced(config["reduced"])
-
-    def _codebook(self, config, reducer):
-        blocks = self.c.blocks(made_with(config))
-        size = check_size(config["size"], blocks.n_images, blocks.n_local(), self.sample_size)
-        key = (made_with(config), config["descriptors"], config["variance"], config["reduced"], size)
-        if key not in self.codebooks:
-            self.codebooks[key] = fit_codebook(blocks, reducer, size, self.sample_size, self.seed)
-        return self.codebooks[key], key
-
-    def weighted(self, config):
-        """The collection's WeightedHistograms at ``config`` (records: the PPN folders), its reducer and codebook."""
-        blocks = self.c.blocks(made_with(config))
-        reducer = self._reducer(config)
-        codebook, key = self._codebook(config, reducer)
-        key = (*key, config["assign"])
-        if key not in self.counts:
-            self.counts[key] = compute_histograms(blocks, self.c.keys, reducer, codebook, config["assign"])[0]
-        data = WeightedHistograms.from_codebook(
-            self.counts[key],
-            blocks.n_local(),
-            self.c.ids,
-            Stopped(codebook, self.counts[key], config.get("stop", 0.0)),
-            config["assign"],
-            Distance(config["weighting"], config["metric"], config["power"]),
-            records=self.c.records,
+        super().__init__(
+            collection.blocks,
+            collection.ids,
+            collection.keys,
+            records=collection.records,
+            labels=collection.labels,
+            copies=copies,
+            copy_features=(copy_descriptors or {}).__getitem__,
+            sample_size=sample_size,
+            seed=seed,
         )
-        return data, reducer, codebook
+        self.c = collection
 
-    def copy_distances(self, config, data, reducer, codebook):
-        """The self-check's result at ``config`` (with ``first_distances``)."""
-        descriptors, decoded, errors = self.copy_descriptors[made_with(config)]
-        found, distances = query_neighbours(data, word_counts(descriptors, reducer, codebook, config["assign"]), k=5)
-        return self.copies.score(found, decoded, errors, self.c.ids, distances)
+    def word_weights(self, config, codebook, counts):
+        return Stopped(codebook, counts, config.get("stop", 0.0))
 
     def score(self, config):
-        started = time.monotonic()
-        data, reducer, codebook = self.weighted(config)
-        nearest, _ = sparse_neighbours(data, k=5)
-        scores = evaluation.evaluate(self.c.ids, self.c.ids[nearest], self.c.labels, k=5)
-        row = {**NO_STOP, **config, "codebook": str(codebook.size)}
-        row.update({k: v for k, v in scores.items() if k != "per_label"})
-        if self.copies is not None:
-            check = self.copy_distances(config, data, reducer, codebook)
-            row.update(selfcheck_top1=check["top1"], selfcheck_top5=check["top5"])
-        row["seconds"] = round(time.monotonic() - started, 1)
-        return row
+        return {**NO_STOP, **super().score(config)}
 
 
 def prepared(spec, configs, args, scratch):
@@ -356,23 +315,6 @@ def run_collection(spec, configs, defaults, args):
         **seconds,
     }
     return info, rows
-
-
-COLUMNS = (
-    "name",
-    "layer",
-    "colour",
-    "trim",
-    "descriptors",
-    "variance",
-    "reduced",
-    "codebook",
-    "assign",
-    "weighting",
-    "power",
-    "metric",
-    "stop",
-)
 
 
 def main(argv=None):
@@ -430,7 +372,7 @@ def main(argv=None):
                 f"\n## {spec.name}: {info['images']} images, {info['groups']} groups, {info['distractors']} distractors "
                 f"(weights {args.weights}, precision {args.precision})"
             )
-            print(table_rows(rows))
+            print(compare.table(sorted(rows, key=lambda r: -r["map"])))
             figures[spec.name] = {
                 who: {m: round(by_name[who][m], 4) for m in MEASURES if m in by_name[who]}
                 for who in ("shipped", "original")
@@ -460,24 +402,6 @@ def main(argv=None):
         )
     )
     return 0
-
-
-def table_rows(rows):
-    """The rows as a Markdown table, best mAP first."""
-    ordered = sorted(rows, key=lambda r: -r["map"])
-    shown = [{**{k: r[k] for k in COLUMNS if k in r}, **{m: r[m] for m in MEASURES if m in r}} for r in ordered]
-    head = ["name", *COLUMNS[1:]]
-    lines = ["| " + " | ".join(head + ["mAP", "P@1", "P@5", "R@5", "self-check top-1", "top-5"]) + " |"]
-    lines.append("|" + "---|" * len(head) + "---:|" * 6)
-    for r in shown:
-        lines.append(
-            "| "
-            + " | ".join(str(r[k]) for k in head)
-            + " | "
-            + " | ".join(f"{r[m]:.3f}" if m in r else "" for m in MEASURES)
-            + " |"
-        )
-    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -1,33 +1,39 @@
 """Retrieval quality over a grid of settings: descriptors, descriptor normalisation, codebook size,
-assignment, word weighting, power and distance, each step reusing what the settings before it allow."""
+assignment, word weighting, power and distance, each step reusing what the settings before it
+allow (:class:`Scorer`, which the compare command and the quality benchmark share), and the
+table of the scores."""
 
+import itertools
 import logging
 import time
 
 from . import evaluation
-from .blocks import sample_images
 from .codebook import DEFAULT_SAMPLE_SIZE, check_size, fit_codebook
 from .histograms import DEFAULT_ASSIGN, compute_histograms
 from .neighbours import query_neighbours, sparse_neighbours
 from .query import word_counts
-from .reduction import DEFAULT_DESCRIPTORS, DEFAULT_REDUCED, DEFAULT_SAMPLE_IMAGES, DEFAULT_VARIANCE, Reducer
+from .reduction import DEFAULT_DESCRIPTORS, DEFAULT_REDUCED, DEFAULT_SAMPLE_IMAGES, DEFAULT_VARIANCE, fit_reducer
 from .verdicts import verdict_scores
 from .weighting import DEFAULT_POWER, Distance, WeightedHistograms
 
 logger = logging.getLogger(__name__)
 
-#: Columns of the comparison table: (key, heading, format).
+#: Columns of the comparison tables (the compare command's, the quality benchmark's): (key,
+#: heading, format); a table shows those its rows have.
 COLUMNS = (
+    ("name", "name", "{}"),
     ("layer", "layer", "{}"),
     ("colour", "colour", "{}"),
     ("trim", "trim", "{}"),
     ("descriptors", "descriptors", "{}"),
+    ("variance", "variance", "{}"),
     ("reduced", "reduced", "{}"),
     ("codebook", "K", "{}"),
     ("assign", "assign", "{}"),
     ("weighting", "weighting", "{}"),
     ("power", "power", "{}"),
     ("metric", "metric", "{}"),
+    ("stop", "stop", "{}"),
     ("map", "mAP", "{:.3f}"),
     ("precision_at_1", "P@1", "{:.3f}"),
     ("precision_at_5", "P@5", "{:.3f}"),
@@ -37,6 +43,155 @@ COLUMNS = (
     ("selfcheck_top1", "self-check top-1", "{:.3f}"),
     ("selfcheck_top5", "self-check top-5", "{:.3f}"),
 )
+
+
+#: What a configuration's descriptors are made with: the keys of it that name them.
+MADE_WITH = ("layer", "colour", "trim")
+
+
+class Scorer:
+    """Scores configurations of the settings after extraction on one collection, fitting each
+    reducer and codebook, and making each set of histograms, once, as a run with those
+    settings would make them: the grids of the compare command and of the quality benchmark.
+
+    A configuration is a dict: what its descriptors are made with (those of MADE_WITH it
+    names), and ``descriptors``, ``reduced``, ``size``, ``assign``, ``weighting``, ``power``
+    and ``metric`` (``[reduction]``, ``[codebook]``, ``[histograms]`` and ``[neighbours]``);
+    ``variance`` too, else the scorer's.
+
+    Parameters
+    ----------
+    blocks : callable
+        What a configuration's descriptors are made with (a tuple, in the order of MADE_WITH)
+        -> the descriptors of the collection's images (Blocks).
+    ids, keys : ndarray
+        The images' database IDs and histogram keys, in the blocks' order.
+    records : ndarray, optional
+        Each image's catalogue record, carried by the weighted histograms.
+    labels : dict of str to str, optional
+        Database ID -> label, for precision, recall and mAP (:func:`pipeline.evaluation.evaluate`).
+    verdicts : pipeline.verdicts.Verdicts, optional
+        The site's verdicts, for the share of pairs judged right that the lists find and the
+        share of their judged entries judged right (:func:`pipeline.verdicts.verdict_scores`).
+    copies : pipeline.selfcheck.Copies, optional
+        Altered copies of a sample of the collection, for the self-check.
+    copy_features : callable, optional
+        What the descriptors are made with -> the copies' (descriptors, decoded, errors), made
+        as the blocks' were (:meth:`Copies.extract`).
+    variance, sample_images_, reduction_seed
+        The reducer's settings (``[reduction]``).
+    sample_size, seed
+        The codebook's (``[codebook]``).
+    k : int
+        Neighbours scored per image.
+    """
+
+    def __init__(
+        self,
+        blocks,
+        ids,
+        keys,
+        records=None,
+        labels=None,
+        verdicts=None,
+        copies=None,
+        copy_features=None,
+        variance=DEFAULT_VARIANCE,
+        sample_images_=DEFAULT_SAMPLE_IMAGES,
+        reduction_seed=0,
+        sample_size=DEFAULT_SAMPLE_SIZE,
+        seed=0,
+        k=5,
+    ):
+        self.blocks, self.ids, self.keys, self.records = blocks, ids, keys, records
+        self.labels, self.verdicts, self.copies, self.copy_features = labels, verdicts, copies, copy_features
+        self.variance, self.sample_images, self.reduction_seed = variance, sample_images_, reduction_seed
+        self.sample_size, self.seed, self.k = sample_size, seed, k
+        self.reducers, self.codebooks, self.counts, self.copy_counts = {}, {}, {}, {}
+
+    @staticmethod
+    def made(config):
+        """What ``config``'s descriptors are made with: a tuple in the order of MADE_WITH."""
+        return tuple(config.get(key) for key in MADE_WITH)
+
+    def key(self, config):
+        """What ``config``'s histograms are made from: (made with, descriptors, variance, reduced,
+        words, assign); its first three make the reducer, its first five the codebook."""
+        blocks = self.blocks(self.made(config))
+        words = check_size(config["size"], blocks.n_images, blocks.n_local(), self.sample_size)
+        variance = config.get("variance", self.variance)
+        return (self.made(config), config["descriptors"], variance, config["reduced"], words, config["assign"])
+
+    def fitted(self, config):
+        """The configuration's reducer and codebook, each fitted once."""
+        key = self.key(config)
+        made, descriptors, variance, reduced, words, _ = key
+        if key[:3] not in self.reducers:
+            self.reducers[key[:3]] = fit_reducer(
+                self.blocks(made), variance, descriptors, DEFAULT_REDUCED, self.sample_images, self.reduction_seed
+            )
+        reducer = self.reducers[key[:3]].with_reduced(reduced)
+        if key[:5] not in self.codebooks:
+            self.codebooks[key[:5]] = fit_codebook(self.blocks(made), reducer, words, self.sample_size, self.seed)
+        return reducer, self.codebooks[key[:5]]
+
+    def word_weights(self, config, codebook, counts):
+        """What gives the configuration's word weights: the codebook (a scorer of other weights overrides it)."""
+        return codebook
+
+    def weighted(self, config):
+        """The collection's WeightedHistograms at ``config``, its reducer and codebook."""
+        key, (reducer, codebook) = self.key(config), self.fitted(config)
+        blocks = self.blocks(key[0])
+        if key not in self.counts:
+            self.counts[key] = compute_histograms(blocks, self.keys, reducer, codebook, config["assign"])[0]
+        data = WeightedHistograms.from_codebook(
+            self.counts[key],
+            blocks.n_local(),
+            self.ids,
+            self.word_weights(config, codebook, self.counts[key]),
+            config["assign"],
+            Distance(config["weighting"], config["metric"], config["power"]),
+            records=self.records,
+        )
+        return data, reducer, codebook
+
+    def copy_distances(self, config, data, reducer, codebook):
+        """The self-check's result at ``config`` (with ``first_distances``)."""
+        descriptors, decoded, errors = self.copy_features(self.made(config))
+        key = self.key(config)
+        if key not in self.copy_counts:  # once per codebook and assignment
+            self.copy_counts[key] = word_counts(descriptors, reducer, codebook, config["assign"])
+        found, distances = query_neighbours(data, self.copy_counts[key], k=self.k)
+        return self.copies.score(found, decoded, errors, self.ids, distances)
+
+    def score(self, config):
+        """The row of ``config``: its settings; ``size``, the number of words, and ``codebook``,
+        the same ("(auto)" added when ``size = auto`` gives it); with labels, ``queries``,
+        ``precision_at_1``, ``precision_at_5``, ``recall_at_5`` and ``map``; with verdicts,
+        ``verdict_pairs``, ``verdict_right_found`` and ``verdict_judged_right`` (where there is
+        something to count); with copies, ``selfcheck_top1`` and ``selfcheck_top5``; and
+        ``seconds``, what it took (the fits it made among them)."""
+        started = time.monotonic()
+        data, reducer, codebook = self.weighted(config)
+        nearest, _ = sparse_neighbours(data, k=self.k)
+        auto = str(config["size"]).strip().lower() == "auto"
+        row = {**config, "size": codebook.size, "codebook": f"{codebook.size} (auto)" if auto else str(codebook.size)}
+        if self.labels is not None:
+            scores = evaluation.evaluate(self.ids, self.ids[nearest], self.labels, k=self.k)
+            row.update({key: value for key, value in scores.items() if key != "per_label"})
+        if self.verdicts is not None:
+            judged = verdict_scores(self.ids, nearest, self.verdicts)
+            row["verdict_pairs"] = judged["pairs"]
+            for key in ("right_found", "judged_right"):
+                if judged[key] is not None:
+                    row[f"verdict_{key}"] = judged[key]
+        if self.copies is not None:
+            check = self.copy_distances(config, data, reducer, codebook)
+            row.update(selfcheck_top1=check["top1"], selfcheck_top5=check["top5"])
+        row["seconds"] = round(time.monotonic() - started, 2)
+        logger.info("compared %s", row)
+        return row
 
 
 def compare_layer(
@@ -52,6 +207,7 @@ def compare_layer(
     copy_features=None,
     variance=DEFAULT_VARIANCE,
     sample_images_=DEFAULT_SAMPLE_IMAGES,
+    reduction_seed=0,
     sample_size=DEFAULT_SAMPLE_SIZE,
     seed=0,
     k=5,
@@ -60,11 +216,8 @@ def compare_layer(
     assigns=(DEFAULT_ASSIGN,),
     powers=(DEFAULT_POWER,),
 ):
-    """Score every combination of the settings on one set of descriptors (one layer, one image preparation).
-
-    The reducer is fitted once per descriptor normalisation, the codebook once per
-    (normalisation, reduced normalisation, size), the histograms once per assignment, and the
-    neighbours once per (weighting, power, metric), as a run with those settings would make them.
+    """Score every combination of the settings on one set of descriptors (one layer, one image
+    preparation), by a :class:`Scorer`: each reducer, codebook and set of histograms made once.
 
     Parameters
     ----------
@@ -75,20 +228,14 @@ def compare_layer(
     made_with : dict
         What the descriptors were made with (``layer``, ``colour``, ``trim``), the first columns of each row.
     sizes : sequence of int or "auto"
-        Codebook sizes; one that gives the same number of words as another is made once.
+        Codebook sizes; one that gives the same number of words as another is scored once.
     weightings, metrics : sequence of str
-    labels : dict of str to str, optional
-        Database ID -> label, for precision, recall and mAP (:func:`pipeline.evaluation.evaluate`).
-    verdicts : pipeline.verdicts.Verdicts, optional
-        The site's verdicts, for the share of pairs judged right that the lists find and the
-        share of their judged entries judged right (:func:`pipeline.verdicts.verdict_scores`).
-    copies : Copies, optional
-        Altered copies of a sample of the collection, for the self-check.
+    labels, verdicts, copies
+        As :class:`Scorer`.
     copy_features : (descriptors, decoded, errors), optional
         The copies' descriptors, made as ``blocks``' were, from :meth:`Copies.extract`.
-    variance, sample_images_, sample_size, seed
-        The reducer's and codebook's settings, as ``[reduction]`` and ``[codebook]``.
-    k : int
+    variance, sample_images_, reduction_seed, sample_size, seed, k
+        As :class:`Scorer`.
     descriptors, reduced, assigns, powers : sequences
         Values of ``[reduction] descriptors``, ``[reduction] reduced``, ``[histograms] assign``
         and ``[neighbours] power``.
@@ -96,70 +243,30 @@ def compare_layer(
     Returns
     -------
     rows : list of dict
-        ``made_with``'s keys, ``descriptors``, ``reduced``, ``size`` (the number of words), ``codebook`` (the
-        same, "(auto)" added when ``size = auto`` gives it), ``assign``, ``weighting``, ``power``,
-        ``metric``, ``seconds`` and,
-        with labels, ``queries``, ``precision_at_1``, ``precision_at_5``, ``recall_at_5``,
-        ``map``; with verdicts, ``verdict_pairs``, ``verdict_right_found`` and ``verdict_judged_right``
-        (where there is something to count); with copies, ``selfcheck_top1`` and ``selfcheck_top5``.
+        :meth:`Scorer.score`'s, in the order of the grid.
     """
-    rows = []
-    words = {}  # number of words -> the settings that give it ("auto" among them, maybe)
+    scorer = Scorer(
+        lambda made: blocks,
+        index.ids,
+        index.keys,
+        labels=labels,
+        verdicts=verdicts,
+        copies=copies,
+        copy_features=lambda made: copy_features,
+        variance=variance,
+        sample_images_=sample_images_,
+        reduction_seed=reduction_seed,
+        sample_size=sample_size,
+        seed=seed,
+        k=k,
+    )
+    words = {}  # number of words -> the size scored for it (auto, where auto gives it)
     for size in sizes:
-        words.setdefault(check_size(size, blocks.n_images, blocks.n_local(), sample_size), []).append(str(size))
-    sample = blocks.subset(sample_images(blocks.n_images, sample_images_, seed))
-    for descriptor_norm in descriptors:
-        started = time.monotonic()
-        fitted = Reducer(variance, descriptor_norm).fit(sample)
-        for reduced_norm in reduced:
-            reducer = fitted.with_reduced(reduced_norm)
-            for size, settings in words.items():
-                codebook = fit_codebook(blocks, reducer, size=size, sample_size=sample_size, random_state=seed)
-                for assign in assigns:
-                    counts, _ = compute_histograms(blocks, index.keys, reducer, codebook, assign=assign)
-                    if copies is not None:
-                        copy_descriptors, decoded, errors = copy_features
-                        copy_counts = word_counts(copy_descriptors, reducer, codebook, assign)  # once per codebook
-                    for weighting in weightings:
-                        for power in powers:
-                            for metric in metrics:
-                                data = WeightedHistograms.from_codebook(
-                                    counts,
-                                    blocks.n_local(),
-                                    index.ids,
-                                    codebook,
-                                    assign,
-                                    Distance(weighting, metric, power),
-                                )
-                                nearest, _ = sparse_neighbours(data, k=k)
-                                row = {
-                                    **made_with,
-                                    "descriptors": descriptor_norm,
-                                    "reduced": reduced_norm,
-                                    "size": size,
-                                    "codebook": f"{size} (auto)" if "auto" in settings else str(size),
-                                    "assign": assign,
-                                    "weighting": weighting,
-                                    "power": power,
-                                    "metric": metric,
-                                }
-                                if labels is not None:
-                                    scores = evaluation.evaluate(index.ids, index.ids[nearest], labels, k=k)
-                                    row.update({key: value for key, value in scores.items() if key != "per_label"})
-                                if verdicts is not None:
-                                    judged = verdict_scores(index.ids, nearest, verdicts)
-                                    row["verdict_pairs"] = judged["pairs"]
-                                    for key in ("right_found", "judged_right"):
-                                        if judged[key] is not None:
-                                            row[f"verdict_{key}"] = judged[key]
-                                if copies is not None:
-                                    found = query_neighbours(data, copy_counts, k=k)[0]
-                                    check = copies.score(found, decoded, errors, index.ids)
-                                    row.update(selfcheck_top1=check["top1"], selfcheck_top5=check["top5"])
-                                row["seconds"] = round(time.monotonic() - started, 2)
-                                rows.append(row)
-                                logger.info("compared %s", row)
-    return rows
+        n = check_size(size, blocks.n_images, blocks.n_local(), sample_size)
+        words[n] = "auto" if "auto" in (words.get(n), str(size)) else size
+    grid = itertools.product(descriptors, reduced, words.values(), assigns, weightings, powers, metrics)
+    keys = ("descriptors", "reduced", "size", "assign", "weighting", "power", "metric")
+    return [scorer.score({**made_with, **dict(zip(keys, values))}) for values in grid]
 
 
 def sort_rows(rows):

@@ -7,6 +7,7 @@ import logging
 import h5py
 import numpy as np
 
+from .blocks import sample_images
 from .errors import ConfigError, named
 
 logger = logging.getLogger(__name__)
@@ -184,3 +185,18 @@ class Reducer:
                 setattr(reducer, name, f[name.rstrip("_")][:])
             reducer.n_components_ = len(reducer.components_)
         return reducer
+
+
+def fit_reducer(
+    blocks,
+    variance=DEFAULT_VARIANCE,
+    descriptors=DEFAULT_DESCRIPTORS,
+    reduced=DEFAULT_REDUCED,
+    sample_images_=DEFAULT_SAMPLE_IMAGES,
+    seed=0,
+    checkpoints=None,
+):
+    """The reducer of a run: fitted on every descriptor of a seeded sample of ``sample_images_``
+    images of ``blocks`` (all of them when there are no more; ``[reduction]``'s settings)."""
+    sample = blocks.subset(sample_images(blocks.n_images, sample_images_, seed))
+    return Reducer(variance, descriptors, reduced).fit(sample, checkpoints=checkpoints)

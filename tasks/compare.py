@@ -163,6 +163,7 @@ def run(args):
                 copy_features=copy_features,
                 variance=config.reduction().variance,
                 sample_images_=config.reduction().sample_images,
+                reduction_seed=config.reduction().seed,
                 sample_size=config.codebook().sample_size,
                 seed=config.codebook().seed,
                 k=5,

@@ -3,11 +3,11 @@
 import logging
 import os
 
-from pipeline.blocks import sample_images
 from pipeline.codebook import DESCRIPTORS_PER_WORD, fit_codebook
 from pipeline.codebook import FORMAT as CODEBOOK_FORMAT
 from pipeline.h5io import read_attrs
 from pipeline.reduction import Reducer as ReducerModel
+from pipeline.reduction import fit_reducer
 
 from . import config
 from .base import ArtifactTask, requirements_complete, settings_digest
@@ -57,12 +57,16 @@ class Reducer(ArtifactTask):
         return images_now <= attrs["images"] * (1 + config.codebook().refit_growth)
 
     def make(self, tmp):
-        blocks = self.requires().blocks()
-        sample = blocks.subset(
-            sample_images(blocks.n_images, config.reduction().sample_images, config.reduction().seed)
+        blocks, settings = self.requires().blocks(), config.reduction()
+        reducer = fit_reducer(
+            blocks,
+            settings.variance,
+            settings.descriptors,
+            settings.reduced,
+            settings.sample_images,
+            settings.seed,
+            checkpoints=self.checkpoints(),
         )
-        reducer = ReducerModel(config.reduction().variance, config.reduction().descriptors, config.reduction().reduced)
-        reducer.fit(sample, checkpoints=self.checkpoints())
         reducer.save(tmp, self.attrs(images=len(blocks.index)))
 
 
