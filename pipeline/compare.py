@@ -201,20 +201,12 @@ def compare_layer(
     sizes,
     weightings,
     metrics,
-    labels=None,
-    verdicts=None,
-    copies=None,
-    copy_features=None,
-    variance=DEFAULT_VARIANCE,
-    sample_images_=DEFAULT_SAMPLE_IMAGES,
-    reduction_seed=0,
-    sample_size=DEFAULT_SAMPLE_SIZE,
-    seed=0,
-    k=5,
     descriptors=(DEFAULT_DESCRIPTORS,),
     reduced=(DEFAULT_REDUCED,),
     assigns=(DEFAULT_ASSIGN,),
     powers=(DEFAULT_POWER,),
+    copy_features=None,
+    **scoring,
 ):
     """Score every combination of the settings on one set of descriptors (one layer, one image
     preparation), by a :class:`Scorer`: each reducer, codebook and set of histograms made once.
@@ -230,39 +222,23 @@ def compare_layer(
     sizes : sequence of int or "auto"
         Codebook sizes; one that gives the same number of words as another is scored once.
     weightings, metrics : sequence of str
-    labels, verdicts, copies
-        As :class:`Scorer`.
-    copy_features : (descriptors, decoded, errors), optional
-        The copies' descriptors, made as ``blocks``' were, from :meth:`Copies.extract`.
-    variance, sample_images_, reduction_seed, sample_size, seed, k
-        As :class:`Scorer`.
     descriptors, reduced, assigns, powers : sequences
         Values of ``[reduction] descriptors``, ``[reduction] reduced``, ``[histograms] assign``
         and ``[neighbours] power``.
+    copy_features : (descriptors, decoded, errors), optional
+        The copies' descriptors, made as ``blocks``' were, from :meth:`Copies.extract`.
+    **scoring
+        The :class:`Scorer`'s ``labels``, ``verdicts``, ``copies`` and settings.
 
     Returns
     -------
     rows : list of dict
         :meth:`Scorer.score`'s, in the order of the grid.
     """
-    scorer = Scorer(
-        lambda made: blocks,
-        index.ids,
-        index.keys,
-        labels=labels,
-        verdicts=verdicts,
-        copies=copies,
-        copy_features=lambda made: copy_features,
-        variance=variance,
-        sample_images_=sample_images_,
-        reduction_seed=reduction_seed,
-        sample_size=sample_size,
-        seed=seed,
-        k=k,
-    )
+    scorer = Scorer(lambda made: blocks, index.ids, index.keys, copy_features=lambda made: copy_features, **scoring)
     words = {}  # number of words -> the size scored for it (auto, where auto gives it)
     for size in sizes:
-        n = check_size(size, blocks.n_images, blocks.n_local(), sample_size)
+        n = check_size(size, blocks.n_images, blocks.n_local(), scorer.sample_size)
         words[n] = "auto" if "auto" in (words.get(n), str(size)) else size
     grid = itertools.product(descriptors, reduced, words.values(), assigns, weightings, powers, metrics)
     keys = ("descriptors", "reduced", "size", "assign", "weighting", "power", "metric")
