@@ -265,6 +265,31 @@ def test_an_incremental_load_writes_only_the_changed_rows(database):
     assert holds(written=ids[changed]) and not holds()  # the unchanged rows keep run-1
 
 
+def test_the_load_plan_writes_only_the_changed_rows_where_the_table_holds_their_base(database):
+    destination = cms.Destination(table=database.table, marker_table=database.marker)
+    first = similarities(n=40, seed=0)
+    as_read = lambda result, **more: dict(zip(("ids", "neighbours", "distances"), result), attrs={}, **more)  # noqa: E731
+    assert cms.load_lists(database.engine, destination, as_read(first), "run-1", "2026-11-23").why_whole == (
+        "no earlier run to compare with"
+    )
+    second, changed, removed = next_night(first, 1)
+    night = as_read(second, changed=changed, removed=removed)
+    night["attrs"]["earlier_digest"] = "run-0"  # not what the table holds: every row
+    plan = cms.plan_load(database.engine, destination, night)
+    assert (
+        plan.changed is None and plan.why_whole == f"{database.table} does not hold the load of the earlier run run-0"
+    )
+    assert cms.plan_load(database.engine, destination, night, share=0.1).why_whole == "22% of the images changed"
+    night["attrs"]["earlier_digest"] = "run-1"
+    plan = cms.load_lists(database.engine, destination, night, "run-2", "2026-11-24")
+    assert plan.why_whole is None and plan.changed is changed and list(plan.removed) == list(removed)
+    ids = second[0]
+    assert database.rows() == sorted(
+        (*row[:4], "run-2" if row[0] in set(ids[changed].tolist()) else "run-1") for row in expected_rows(second, "")
+    )
+    assert destination.holds(database.engine, "run-2", ids, written=ids[changed])
+
+
 def test_readers_during_an_incremental_load_see_one_complete_set(database):
     result = similarities(n=400, seed=0)
     database.load(result, "run-1")
