@@ -332,9 +332,14 @@ def removed_images(previous, current):
     return [f.relpath for f in previous.files if f.relpath not in now]
 
 
+def relpath_of(key):
+    """The relative path of the file of an :attr:`ImageFile.key`."""
+    return key.rsplit("|", 1 if "|sha256:" in key else 2)[0]
+
+
 def gone_from_disk(previous, content_dir):
-    """The images of ``previous`` whose files are no longer listed under ``content_dir``, by record
-    folder (names only: one listing per folder, no file is opened).
+    """The images of ``previous`` (their relative paths) whose files are no longer listed under
+    ``content_dir``, by record folder (names only: one listing per folder, no file is opened).
 
     A folder that cannot be listed for another reason than its absence (no permission, a
     network error) has nothing gone: its files may be there, and the inventory says why it could not list them.
@@ -347,8 +352,8 @@ def gone_from_disk(previous, content_dir):
         The folders of ``gone`` that are missing or hold none of their images any more.
     """
     wanted = {}
-    for f in previous.files:
-        folder, name = os.path.split(f.relpath)
+    for relpath in previous:
+        folder, name = os.path.split(relpath)
         wanted.setdefault(folder, set()).add(name)
 
     def count(item):

@@ -7,7 +7,7 @@ import os
 
 import luigi
 
-from pipeline import cms, collection
+from pipeline import cms, collection, store
 from pipeline.errors import ConfigError
 from pipeline.h5io import read_attrs
 
@@ -86,31 +86,54 @@ class CollectionOnDisk(RunInput):
         return removal_problem(self.date)
 
 
-#: removal_problem's answers, by the run date, the folder and the previous inventory's file.
+#: removal_problem's answers, by the run date, the folder and the previous run's files.
 _REMOVALS = {}
+
+#: Where the previous run's images are listed: its inventory, else (damaged) its features index.
+PREVIOUS = ("inventory.h5", "features.h5")
 
 
 def removal_problem(date):
     """One line naming the images gone and the folders they were in, when more than
     ``[collection] max_removed`` of the previous run's images are gone from disk and
     ``[collection] allow_removals`` is not given; None otherwise, or when there is no previous run
-    to compare with (worked out once per run date and previous inventory)."""
+    to compare with (worked out once per run date and previous run's files)."""
     try:
         c, content = config.collection(), config.paths().content
     except (ValueError, ConfigError):  # CheckSettings names the setting
         return None
-    path = os.path.join(config.paths().artifacts, "inventory.h5")
+    if c.allow_removals or c.max_removed >= 1 or not os.path.isdir(content):
+        return None  # allowed, or ContentFolder names the missing folder
+    paths = [os.path.join(config.paths().artifacts, name) for name in PREVIOUS]
+    key = (date, os.path.abspath(content), c.max_removed, *(_made(p) for p in paths))
+    if key not in _REMOVALS:
+        previous = previous_images(paths, date)
+        _REMOVALS[key] = None if previous is None else _removal_problem(previous, content, c.max_removed)
+    return _REMOVALS[key]
+
+
+def _made(path):
     try:
         made = os.stat(path)
-        run_date = read_attrs(path).get("run_date")
-    except OSError:  # no previous run, or its inventory is damaged (taken again, with a warning)
+    except OSError:
         return None
-    if c.allow_removals or c.max_removed >= 1 or run_date == date.isoformat() or not os.path.isdir(content):
-        return None  # allowed, or today's inventory is taken, or ContentFolder names the missing folder
-    key = (date, os.path.abspath(content), made.st_ino, made.st_mtime_ns, c.max_removed)
-    if key not in _REMOVALS:
-        _REMOVALS[key] = _removal_problem(collection.load_inventory(path), content, c.max_removed)
-    return _REMOVALS[key]
+    return made.st_ino, made.st_size, made.st_mtime_ns
+
+
+def previous_images(paths, date):
+    """The relative paths of the previous run's images, from the first of ``paths`` (its
+    inventory, its features index) that can be read; None when none can, or when today's
+    inventory is taken already."""
+    for path in paths:
+        try:
+            if read_attrs(path).get("run_date") == date.isoformat():
+                return None  # today's: the comparison was made before it was taken
+            if os.path.basename(path) == "inventory.h5":
+                return [f.relpath for f in collection.load_inventory(path).files]
+            return [collection.relpath_of(key) for key in store.load_index(path).keys]
+        except (OSError, KeyError):  # missing or damaged (made again, with a warning): the next one
+            continue
+    return None
 
 
 def _removal_problem(previous, content, max_removed):

@@ -16,7 +16,7 @@ import luigi
 import numpy as np
 import pytest
 
-from pipeline import backends, collection
+from pipeline import backends, collection, store
 from pipeline.output import read_similarities
 from tasks import Nightly
 
@@ -96,6 +96,22 @@ def test_hiding_half_the_record_folders_stops_the_night_before_any_write(site, m
     assert json.loads((artifacts / "run_report.json").read_text())["removed"] == hidden_images
 
 
+def test_with_its_inventory_damaged_the_previous_run_is_read_from_its_features_index(site, monkeypatch):
+    content, artifacts = site / "content", site / "artifacts"
+    hidden = record_folders(content)[:2]
+    listed = [collection.relpath_of(key) for key in store.load_index(artifacts / "features.h5").keys]
+    images = sum(relpath.split("/")[0] in {h.name for h in hidden} for relpath in listed)  # with descriptors
+    with open(artifacts / "inventory.h5", "r+b") as f:  # the same failing storage: truncated
+        f.truncate(100)
+    (site / "unmounted").mkdir()
+    for folder in hidden:
+        folder.rename(site / "unmounted" / folder.name)
+    result = night(monkeypatch, site, SECOND)
+    assert result.status == Status.MISSING_EXT, result.summary_text
+    report = json.loads((artifacts / "runs" / SECOND.isoformat() / "run_report.json").read_text())
+    assert f"{images} of the previous run's" in report["error"] and hidden[0].name in report["error"]
+
+
 def test_a_few_removed_images_and_an_emptied_mount_point(site, monkeypatch):
     content = site / "content"
     folders = sorted(record_folders(content), key=lambda f: len(os.listdir(f)))
@@ -126,7 +142,7 @@ def test_the_folders_gone_are_counted_and_an_unlistable_one_is_not(tmp_path, mon
         return scandir(path)
 
     monkeypatch.setattr(os, "scandir", refusing)
-    gone, emptied = collection.gone_from_disk(previous, str(content))
+    gone, emptied = collection.gone_from_disk([f.relpath for f in previous.files], str(content))
     assert gone == {"PPN1": 1, "PPN2": 3} and emptied == ["PPN2"]  # PPN3 cannot be listed: its files may be there
 
 
