@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from pipeline import images
+from pipeline import errors, images
 from pipeline.decoders import DecoderPool
 from pipeline.errors import ImageError, PipelineError
 from pipeline.images import decode_image, load_image, trim_box
@@ -169,6 +169,16 @@ def test_decompression_bomb_is_rejected_before_decoding(tmp_path):
     Image.new("RGB", (300, 200)).save(tmp_path / "big.png")
     with pytest.raises(ImageError, match="max_pixels=50000"):
         load_image(tmp_path / "big.png", max_pixels=50_000)
+
+
+@pytest.mark.parametrize("names, named", [(None, "[images] max_pixels=50000"), ({}, "is more than max_pixels=50000")])
+def test_a_decoder_process_names_the_setting_as_its_parent_does(tmp_path, monkeypatch, names, named):
+    if names is not None:  # the library alone; else as the tasks name it
+        monkeypatch.setattr(errors, "NAMES", names)
+    Image.new("RGB", (300, 200)).save(tmp_path / "big.png")
+    with DecoderPool(processes=1, max_pixels=50_000) as pool:
+        (result,) = pool.imap([str(tmp_path / "big.png")])
+    assert isinstance(result, ImageError) and named in str(result)
 
 
 @pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
