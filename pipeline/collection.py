@@ -3,6 +3,7 @@
 import concurrent.futures
 import hashlib
 import logging
+import math
 import os
 import re
 from dataclasses import dataclass
@@ -330,6 +331,12 @@ def removed_images(previous, current):
     """Relative paths of the images of ``previous`` that ``current`` no longer has."""
     now = {f.relpath for f in current.files}
     return [f.relpath for f in previous.files if f.relpath not in now]
+
+
+def too_many_removed(removed, previous, max_removed):
+    """Whether ``removed`` of ``previous`` images is more than the share ``max_removed`` allows
+    (rounded up to whole images: a small collection may lose one)."""
+    return removed > math.ceil(max_removed * previous)
 
 
 def relpath_of(key):

@@ -2,7 +2,6 @@
 CMS database), the labels; each missing one reads as a missing input naming its setting."""
 
 import functools
-import math
 import os
 
 import luigi
@@ -139,7 +138,7 @@ def previous_images(paths, date):
 def _removal_problem(previous, content, max_removed):
     gone, emptied = collection.gone_from_disk(previous, content)
     n = sum(gone.values())
-    if n <= math.ceil(max_removed * len(previous)):  # rounded up: a small collection may lose one image
+    if not collection.too_many_removed(n, len(previous), max_removed):
         return None
     where = []
     if emptied:

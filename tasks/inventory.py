@@ -6,7 +6,7 @@ import os
 
 from pipeline import collection
 from pipeline.codebook import check_size
-from pipeline.errors import ConfigError
+from pipeline.errors import CollectionError, ConfigError
 from pipeline.model import layer_side
 from pipeline.neighbours import check_k
 from pipeline.records import check_records
@@ -26,6 +26,25 @@ class CheckSettings(RunTask):
 
     def run(self):
         raise ConfigError(settings.settings_problem())
+
+
+def check_removals(removed, previous, inventory, source):
+    """Stop the run before the inventory is written when more than ``[collection] max_removed``
+    of the previous run's images are gone tonight, most of them still on disk but no longer in
+    the ID mapping (a truncated export, a broken query: CollectionOnDisk has counted the files
+    gone from disk already), unless ``[collection] allow_removals`` is given."""
+    c = config.collection()
+    if c.allow_removals or not collection.too_many_removed(len(removed), len(previous), c.max_removed):
+        return
+    unmapped = set(inventory.unmapped)
+    still = [relpath for relpath in removed if relpath in unmapped]
+    raise CollectionError(
+        f"{len(removed):,} of the previous run's {len(previous):,} images ({len(removed) / len(previous):.1%}) are "
+        f"gone tonight, more than [collection] max_removed={c.max_removed:g}; {len(still):,} of them are on disk "
+        f"but no longer in the ID mapping, {source} ({collection.first(still or removed)}). Nothing was written: "
+        "mend the mapping and run again, or, if the images were removed on purpose, run once with "
+        "--collection-allow-removals"
+    )
 
 
 class Inventory(ArtifactTask):
@@ -72,9 +91,8 @@ class Inventory(ArtifactTask):
         return settings_digest({"settings": self.settings(), "images": self._found})
 
     def make(self, tmp):
-        inventory = collection.take_inventory(
-            config.paths().content, *inputs.read_id_mapping(), config.collection().fingerprint
-        )
+        mapping, source = inputs.read_id_mapping()
+        inventory = collection.take_inventory(config.paths().content, mapping, source, config.collection().fingerprint)
         # the settings that depend on the collection's size, before any image is extracted
         check_k(config.neighbours().k, len(inventory))
         k, same_record = config.neighbours().k, config.neighbours().same_record
@@ -86,6 +104,7 @@ class Inventory(ArtifactTask):
         removed = collection.removed_images(previous, inventory) if previous else []
         if removed:
             logger.info("%d images of the previous run are gone: %s", len(removed), ", ".join(removed[:20]))
+            check_removals(removed, previous, inventory, source)
         started = datetime.datetime.fromtimestamp(self._started, datetime.UTC).isoformat(timespec="seconds")
         collection.save_inventory(
             tmp, inventory, self.attrs(images_total=len(inventory), removed=len(removed), started=started)

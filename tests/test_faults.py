@@ -112,6 +112,24 @@ def test_with_its_inventory_damaged_the_previous_run_is_read_from_its_features_i
     assert f"{images} of the previous run's" in report["error"] and hidden[0].name in report["error"]
 
 
+def test_a_mapping_that_loses_half_its_rows_stops_the_night_before_the_inventory_is_written(site, monkeypatch):
+    artifacts, mapping = site / "artifacts", site / "content" / "image_ids.csv"
+    rows = mapping.read_text().splitlines()
+    mapping.write_text("\n".join(rows[: 1 + (len(rows) - 1) // 2]) + "\n")  # a truncated export
+    cms_before, times_before = cms_rows(site / "cms.sqlite"), artifact_times(artifacts)
+
+    result = night(monkeypatch, site, SECOND)
+
+    assert result.status == Status.FAILED, result.summary_text
+    assert cms_rows(site / "cms.sqlite") == cms_before and artifact_times(artifacts) == times_before
+    report = json.loads((artifacts / "runs" / SECOND.isoformat() / "run_report.json").read_text())
+    assert report["failed_stage"] == "Inventory" and "on disk but no longer in the ID mapping" in report["error"]
+    assert "--collection-allow-removals" in report["error"]
+    result = night(monkeypatch, site, SECOND, collection__allow_removals="true")  # withdrawn on purpose
+    assert result.status == Status.SUCCESS, result.summary_text
+    assert json.loads((artifacts / "run_report.json").read_text())["removed"] > 0
+
+
 def test_a_few_removed_images_and_an_emptied_mount_point(site, monkeypatch):
     content = site / "content"
     folders = sorted(record_folders(content), key=lambda f: len(os.listdir(f)))
