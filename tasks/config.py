@@ -383,9 +383,10 @@ class collection(luigi.Config):
         must="a fraction from 0 to 1",
         default=0.05,
         significant=False,
-        description="The largest share of the previous run's images a night may find gone from disk (rounded up "
-        "to whole images); a night that finds more gone (an unmounted volume, a failed sync) stops before any "
-        "task writes, naming the folders (exit code 20). 1: no limit.",
+        description="The largest share of the previous run's images a night may find gone (rounded up to whole "
+        "images); a night that finds more gone from disk (an unmounted volume, a failed sync) stops before any "
+        "task writes, naming the folders (exit code 20), and one that finds more gone from the ID mapping (a "
+        "truncated export) stops before the inventory is written (exit code 30). 1: no limit.",
     )
     allow_removals = luigi.BoolParameter(
         default=False,
