@@ -477,15 +477,10 @@ def _precision(setting):
     return precision, reason
 
 
-def distance():
-    """The :class:`~pipeline.weighting.Distance` of ``[neighbours] weighting``, ``metric`` and ``power``."""
-    return Distance(neighbours().weighting, neighbours().metric, neighbours().power)
-
-
 def neighbour_settings():
     """The :class:`~pipeline.search.NeighbourSettings` of ``[neighbours]``."""
     n = neighbours()
-    return NeighbourSettings(n.k, distance(), n.same_record, n.method)
+    return NeighbourSettings(n.k, Distance(n.weighting, n.metric, n.power), n.same_record, n.method)
 
 
 def destination():

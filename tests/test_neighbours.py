@@ -342,10 +342,13 @@ def test_blocks_of_rows_searched_apart_give_the_whole_search(method):
 def test_the_library_defaults_are_the_shipped_settings():
     import inspect
 
+    from pipeline.cms import Destination
+    from pipeline.search import NeighbourSettings
     from tasks import config
 
     shipped = config.neighbours()
-    assert Distance() == Distance(shipped.weighting, shipped.metric, shipped.power) == config.distance()
+    assert Distance() == Distance(shipped.weighting, shipped.metric, shipped.power)
+    assert config.neighbour_settings() == NeighbourSettings() and config.destination() == Destination()
     defaults = {k: p.default for k, p in inspect.signature(WeightedHistograms).parameters.items()}
     assert Distance(defaults["weighting"], defaults["metric"], defaults["power"]) == Distance()
     counts = random_counts(2, n=30, words=9, n_local=6)
