@@ -122,9 +122,8 @@ class Scorer:
         variance = config.get("variance", self.variance)
         return (self.made(config), config["descriptors"], variance, config["reduced"], words, config["assign"])
 
-    def fitted(self, config):
-        """The configuration's reducer and codebook, each fitted once."""
-        key = self.key(config)
+    def fitted(self, key):
+        """The reducer and codebook of a configuration's :meth:`key`, each fitted once."""
         made, descriptors, variance, reduced, words, _ = key
         if key[:3] not in self.reducers:
             self.reducers[key[:3]] = fit_reducer(
@@ -141,7 +140,8 @@ class Scorer:
 
     def weighted(self, config):
         """The collection's WeightedHistograms at ``config``, its reducer and codebook."""
-        key, (reducer, codebook) = self.key(config), self.fitted(config)
+        key = self.key(config)
+        reducer, codebook = self.fitted(key)
         blocks = self.blocks(key[0])
         if key not in self.counts:
             self.counts[key] = compute_histograms(blocks, self.keys, reducer, codebook, config["assign"])[0]

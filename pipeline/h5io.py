@@ -108,3 +108,8 @@ def atomic_path(path):
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def read_problem(exc):
+    """What is wrong with a file h5py could not read: the first line of its error."""
+    return (str(exc).splitlines() or [type(exc).__name__])[0]

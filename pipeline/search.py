@@ -126,7 +126,6 @@ class NightSearch:
 
     def __init__(self, data, settings=NeighbourSettings(), judgements=None, earlier=None, why_full=None):
         self.data, self.settings, self.why_full = data, settings, why_full
-        self.k, self.method, self.own = settings.k, settings.method, settings.own
         self.judgements = judgements if judgements is not None else Judgements(len(data), [], [], [])
         self.earlier = None
         if why_full is None:
@@ -140,23 +139,23 @@ class NightSearch:
 
     def lists(self, rows=None, checkpoints=None, progress=None):
         """The :class:`Lists` of the images at ``rows`` (all by default)."""
-        n = len(self.data)
+        n, k, own = len(self.data), self.settings.k, self.settings.own
         rows = np.arange(n) if rows is None else np.asarray(rows, dtype=np.int64)
         if self.why_full is None:
             new, previous, previous_final, changed = self.earlier
             raw, raw_distances, queried = update_neighbours(
-                self.data, previous, new, k=self.k, rows=rows, checkpoints=checkpoints, progress=progress, own=self.own
+                self.data, previous, new, k=k, rows=rows, checkpoints=checkpoints, progress=progress, own=own
             )
         else:
             logger.info("every image's neighbours are found again (%s)", self.why_full)
             raw, raw_distances = nearest_neighbours(
-                self.data, self.k, self.method, rows, checkpoints, progress, own=self.own
+                self.data, k, self.settings.method, rows, checkpoints, progress, own=own
             )
             queried = np.ones(len(rows), dtype=bool)
             new = previous_final = changed = None
         judged = np.intersect1d(rows, self.judgements.rows)
         final, final_distances, judged_queried = judged_lists(
-            self.data, self.judgements, judged, self.k, previous_final, new, changed, own=self.own
+            self.data, self.judgements, judged, k, previous_final, new, changed, own=own
         )
         return Lists(rows, raw, raw_distances, queried, judged, final, final_distances, judged_queried)
 

@@ -12,7 +12,7 @@ import numpy as np
 
 from .collection import log_rejected
 from .errors import ArtifactError
-from .h5io import atomic_path, read_ids, read_strings, write_ids, write_strings
+from .h5io import atomic_path, read_ids, read_problem, read_strings, write_ids, write_strings
 
 logger = logging.getLogger(__name__)
 
@@ -184,7 +184,7 @@ class FeatureStore:
                     keys = read_strings(f["keys"])
                     reasons = dict(zip(read_strings(f["rejected_keys"]), read_strings(f["rejected_reasons"])))
             except (OSError, KeyError) as exc:
-                self.set_aside(name, _reason(exc))
+                self.set_aside(name, read_problem(exc))
                 continue
             done.update((key, (name, row)) for row, key in enumerate(keys))
             rejected.update(reasons)
@@ -200,7 +200,7 @@ class FeatureStore:
                 return done, rejected, set(chunk_names)
         except (OSError, KeyError) as exc:  # none yet, or unreadable: every chunk is read
             if os.path.exists(self.catalog_path):
-                logger.warning("the feature store's catalog is unreadable (%s): every chunk is read", _reason(exc))
+                logger.warning("the feature store's catalog is unreadable (%s): every chunk is read", read_problem(exc))
             return {}, {}, set()
 
     def _read_catalog_stats(self):
@@ -360,11 +360,6 @@ def load_index(path):
         )
 
 
-def _reason(exc):
-    """The first line of an h5py error: what is wrong with the file."""
-    return (str(exc).splitlines() or [type(exc).__name__])[0]
-
-
 def chunk_problem(path):
     """Why the chunk at ``path`` cannot be read whole (its checksums included), or None."""
     try:
@@ -373,7 +368,7 @@ def chunk_problem(path):
             shapes = {name: f[name][()].shape for name in ("codes", "offset", "scale")}
             read_strings(f["rejected_keys"]), read_strings(f["rejected_reasons"])
     except (OSError, KeyError, ValueError) as exc:
-        return _reason(exc)
+        return read_problem(exc)
     if not len(keys) == shapes["codes"][0] == shapes["offset"][0] == shapes["scale"][0]:
         return f"{len(keys)} keys for {shapes['codes'][0]} rows of descriptors"
     return None
@@ -405,9 +400,9 @@ def read_block(store, index, positions):
                 rows = rows[order]  # h5py reads increasing rows
                 out[mine[order]] = dequantize(f["codes"][rows], f["offset"][rows], f["scale"][rows])
         except (OSError, KeyError) as exc:
-            store.set_aside(name, _reason(exc))
+            store.set_aside(name, read_problem(exc))
             raise DamagedChunk(
-                f"feature chunk {name} of {store.root} is damaged ({_reason(exc)}); it is set aside: run again "
+                f"feature chunk {name} of {store.root} is damaged ({read_problem(exc)}); it is set aside: run again "
                 "to extract its images anew"
             ) from None
     return out

@@ -18,7 +18,7 @@ import luigi.interface
 from pipeline import runlock
 from pipeline.checkpoints import Checkpoints
 from pipeline.errors import ArtifactError
-from pipeline.h5io import atomic_path, read_attrs, remove_stale_temporaries
+from pipeline.h5io import atomic_path, read_attrs, read_problem, remove_stale_temporaries
 
 from . import config
 
@@ -286,8 +286,7 @@ class ArtifactTask(RunTask):
         try:
             read_attrs(path)
         except OSError as exc:
-            reason = (str(exc).splitlines() or [type(exc).__name__])[0]
-            return f"{os.path.basename(path)} is unreadable ({reason}): {self.remade}"
+            return f"{os.path.basename(path)} is unreadable ({read_problem(exc)}): {self.remade}"
         return None
 
     def made_before(self):

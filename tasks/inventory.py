@@ -94,9 +94,9 @@ class Inventory(ArtifactTask):
         mapping, source = inputs.read_id_mapping()
         inventory = collection.take_inventory(config.paths().content, mapping, source, config.collection().fingerprint)
         # the settings that depend on the collection's size, before any image is extracted
-        check_k(config.neighbours().k, len(inventory))
-        k, same_record = config.neighbours().k, config.neighbours().same_record
-        check_records(inventory.records, k, same_record.own(k), same_record)
+        lists = config.neighbour_settings()
+        check_k(lists.k, len(inventory))
+        check_records(inventory.records, lists.k, lists.own, lists.same_record)
         n_local = layer_side(config.resnet().layer) ** 2
         check_size(config.codebook().size, len(inventory), n_local, config.codebook().sample_size)
         self._found = inventory.fingerprint()
