@@ -181,7 +181,7 @@ class DecoderPool:
 
         Yields
         ------
-        result : ndarray of shape (size, size, 3), uint8, or ImageError
+        result : Decoded (what ``decode`` returns), or ImageError
             One per path, in the order of ``paths``.
         """
         paths = list(paths)
@@ -231,7 +231,7 @@ class DecoderPool:
                     continue
                 if ok:
                     self.decoded_by[value.decoder] += 1
-                results[position] = value.pixels if ok else ImageError(value)
+                results[position] = value if ok else ImageError(value)
                 decoder.job = None
             elif time.monotonic() > deadline:
                 results[position] = ImageError(

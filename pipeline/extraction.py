@@ -62,7 +62,7 @@ def in_shard(relpaths, shard, shards):
     return np.array([i for i, p in enumerate(relpaths) if shard_of(p, shards) == shard], dtype=np.int64)
 
 
-def extract_to_store(store, make_extractor, files, content_dir, progress=None):
+def extract_to_store(store, make_extractor, files, content_dir, progress=None, inbox=None):
     """Extract the descriptors of the files the store does not hold yet.
 
     Batches are formed over the files still to do in their given order, so a resumed run
@@ -78,6 +78,8 @@ def extract_to_store(store, make_extractor, files, content_dir, progress=None):
     content_dir : str
     progress : callable(done, total), optional
         Called after each committed batch.
+    inbox : pipeline.thumbnails.Inbox, optional
+        Where each batch's views go (the extractor then makes them), before its chunk is committed.
 
     Returns
     -------
@@ -94,7 +96,9 @@ def extract_to_store(store, make_extractor, files, content_dir, progress=None):
     # flight, and a failed commit stops the extraction
     committed, pending = 0, None
 
-    def commit(keys, descriptors, rejected):
+    def commit(keys, descriptors, rejected, views):
+        if inbox is not None:
+            inbox.put(list(views), list(views.values()))
         store.write_chunk(keys, descriptors, rejected)
         return len(keys) + len(rejected)
 
@@ -105,13 +109,14 @@ def extract_to_store(store, make_extractor, files, content_dir, progress=None):
             progress(committed, len(todo))
 
     with make_extractor() as extractor, concurrent.futures.ThreadPoolExecutor(1) as writer:
-        for start, descriptors, errors in extractor.run(paths):
+        for start, descriptors, errors, views in extractor.run(paths):
             batch = todo[start : start + len(descriptors)]
             good = [i for i in range(len(batch)) if i not in errors]
             rejected = {batch[i].key: reason for i, reason in errors.items()}
+            views = {batch[i].key: pair for i, pair in views.items()}
             if pending is not None:
                 wait_for_commit()
-            pending = writer.submit(commit, [batch[i].key for i in good], descriptors[good], rejected)
+            pending = writer.submit(commit, [batch[i].key for i in good], descriptors[good], rejected, views)
         if pending is not None:
             wait_for_commit()
         decoded_by = extractor.decoded_by
@@ -124,10 +129,11 @@ def extract_to_store(store, make_extractor, files, content_dir, progress=None):
     return Extracted(len(todo), len(files) - len(todo), decoded_by, repaired_chunks, repaired_images)
 
 
-def extract_features(store, files, content_dir, spec, batch_size=16, progress=None, **decoding):
+def extract_features(store, files, content_dir, spec, batch_size=16, progress=None, inbox=None, **decoding):
     """Bring the store up to date with ``files`` (all of an inventory's, or one shard's), their
     descriptors made as the :class:`~pipeline.backends.ModelSpec` ``spec`` says, by the model of
-    its backend for this store (at int8, the store's calibrated trunk: :func:`pipeline.backends.calibrate_store`).
+    its backend for this store (at int8, the store's calibrated trunk: :func:`pipeline.backends.calibrate_store`),
+    and their views into ``inbox`` when given (:func:`extract_to_store`).
 
     ``decoding`` holds the DescriptorExtractor's decoding settings (``decode_processes``,
     ``decode_timeout``, ``max_pixels``).
@@ -136,6 +142,12 @@ def extract_features(store, files, content_dir, spec, batch_size=16, progress=No
     -------
     Extracted
     """
+    views = inbox is not None
     return extract_to_store(
-        store, lambda: backends.extractor(spec, store.root, batch_size, **decoding), files, content_dir, progress
+        store,
+        lambda: backends.extractor(spec, store.root, batch_size, views=views, **decoding),
+        files,
+        content_dir,
+        progress,
+        inbox,
     )

@@ -82,6 +82,9 @@ class DescriptorExtractor:
     colour : {"grey", "rgb"}
     trim : bool
         How each image is prepared for the model (:func:`~pipeline.images.load_image`).
+    views : bool
+        Make each image's thumbnail and preview as well, from the copy decoded for the model
+        (:func:`~pipeline.images.make_views`).
     """
 
     def __init__(
@@ -94,6 +97,7 @@ class DescriptorExtractor:
         decode=None,
         colour=DEFAULT_COLOUR,
         trim=DEFAULT_TRIM,
+        views=False,
     ):
         self.model = model
         self.batch_size = batch_size
@@ -103,7 +107,7 @@ class DescriptorExtractor:
         self.decode = decode
         if colour not in COLOURS:
             raise ConfigError(f"colour={colour!r} must be one of {', '.join(COLOURS)}")
-        self.options = {"colour": colour, "trim": bool(trim)}
+        self.options = {"colour": colour, "trim": bool(trim), **({"views": True} if views else {})}
         self._compiled = None
         self._pool = None
 
@@ -148,11 +152,11 @@ class DescriptorExtractor:
         return forward
 
     def _batches(self, pool, paths, stop):
-        """(start, pixels of shape (batch_size, 224, 224, 3) float32, errors) for each batch of ``paths``."""
+        """(start, pixels of shape (batch_size, 224, 224, 3) float32, errors, views) for each batch of ``paths``."""
         decoded = pool.imap(paths, stop)
         for start in range(0, len(paths), self.batch_size):
             pixels = np.zeros((self.batch_size, INPUT_SIZE, INPUT_SIZE, 3), np.float32)
-            errors = {}
+            errors, views = {}, {}
             for i in range(min(self.batch_size, len(paths) - start)):
                 result = next(decoded, None)
                 if result is None:  # stopped early
@@ -160,8 +164,10 @@ class DescriptorExtractor:
                 if isinstance(result, ImageError):
                     errors[i] = str(result)
                 else:
-                    pixels[i] = result
-            yield start, pixels, errors
+                    pixels[i] = result.pixels
+                    if result.views is not None:
+                        views[i] = result.views
+            yield start, pixels, errors, views
 
     def run(self, paths):
         """Extract the descriptors of every file, batch after batch.
@@ -179,6 +185,8 @@ class DescriptorExtractor:
             outputs gives a list of such arrays, one per output.
         errors : dict of int to str
             Position within the batch -> one-line reason, for the files that could not be decoded.
+        views : dict of int to (bytes, bytes)
+            Position within the batch -> thumbnail and preview, with ``views`` (else empty).
         """
         forward = self._forward()
         paths = list(paths)
@@ -188,12 +196,12 @@ class DescriptorExtractor:
             )
         pool = self._pool
         with contextlib.closing(prefetch(lambda stop: self._batches(pool, paths, stop))) as batches:
-            for start, pixels, errors in batches:
+            for start, pixels, errors, views in batches:
                 n = min(self.batch_size, len(paths) - start)
                 outputs = forward(pixels)
                 several = isinstance(outputs, (list, tuple))
                 descriptors = [self._descriptors(o, n, errors) for o in (outputs if several else [outputs])]
-                yield start, descriptors if several else descriptors[0], errors
+                yield start, descriptors if several else descriptors[0], errors, views
 
     @staticmethod
     def _descriptors(maps, n, errors):
@@ -223,7 +231,7 @@ def extract(extractor, paths):
         Position -> one-line reason, for the files that could not be decoded.
     """
     parts, decoded, errors, several = [], [], {}, False
-    for start, batch, batch_errors in extractor.run(paths):
+    for start, batch, batch_errors, _ in extractor.run(paths):
         several = isinstance(batch, list)
         ok = [i for i in range(len(batch[0] if several else batch)) if i not in batch_errors]
         parts.append([b[ok] for b in batch] if several else [batch[ok]])

@@ -40,7 +40,7 @@ def make_thumbnails(paths, rows_by_side, processes=None, timeout=DECODE_TIMEOUT,
         rows = sorted(set(int(r) for r in rows))
         with DecoderPool(processes, timeout, max_pixels, decode=thumbnail_pixels, size=side) as pool:
             for row, pixels in zip(rows, pool.imap([paths[r] for r in rows])):
-                found[row, side] = None if isinstance(pixels, ImageError) else _data_uri(pixels)
+                found[row, side] = None if isinstance(pixels, ImageError) else _data_uri(pixels.pixels)
     return found
 
 

@@ -17,8 +17,12 @@ about :func:`reduced_side` (:attr:`Decoded.decoder` names it):
 - ``Pillow after libvips``: a file libvips fails on, or whose pixels are not 8- or 16-bit
   integers, decoded as ``Pillow`` does; a file that fails there fails with Pillow's reason, as
   before libvips was used.
+
+The same reduced copy gives the image's thumbnail and preview for the web app
+(:func:`make_views`), so that the night reads each file once.
 """
 
+import io
 import logging
 import math
 import os
@@ -56,6 +60,10 @@ FALLBACK = "Pillow after libvips"
 #: Pillow modes its ``reduce`` takes (the others are converted by :func:`to_rgb` first).
 REDUCIBLE = ("L", "LA", "RGB", "RGBA", "CMYK", "I", "F", "La", "RGBa")
 
+#: Longest side of a thumbnail and of a preview, in pixels (at most; a smaller image keeps its size).
+THUMBNAIL, PREVIEW = 200, 640
+#: JPEG quality of both.
+QUALITY = 82
 #: What decoders raise on a file they cannot decode.
 DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, MemoryError, Image.DecompressionBombError)
 
@@ -64,11 +72,12 @@ Image.MAX_IMAGE_PIXELS = None
 
 
 class Decoded(NamedTuple):
-    """A decoded file: the model's input, and the decoder that read it (the module's docstring
-    lists them)."""
+    """A decoded file: the model's input, the decoder that read it (the module's docstring
+    lists them), and its thumbnail and preview when asked for (:mod:`pipeline.thumbnails`)."""
 
     pixels: np.ndarray
     decoder: str
+    views: tuple = None
 
 
 def to_rgb(image):
@@ -141,7 +150,7 @@ def reduced_side(size=INPUT_SIZE, trim=DEFAULT_TRIM):
     return math.ceil(size * TRIM_SPARE) if trim else size
 
 
-def decode_image(path, size=INPUT_SIZE, max_pixels=MAX_PIXELS, colour=DEFAULT_COLOUR, trim=DEFAULT_TRIM):
+def decode_image(path, size=INPUT_SIZE, max_pixels=MAX_PIXELS, colour=DEFAULT_COLOUR, trim=DEFAULT_TRIM, views=False):
     """Decode an image file into the model's input, and say how.
 
     The first frame is taken (multi-page TIFF, animated GIF), the EXIF orientation is applied
@@ -159,6 +168,9 @@ def decode_image(path, size=INPUT_SIZE, max_pixels=MAX_PIXELS, colour=DEFAULT_CO
         Images with more pixels are rejected before decoding (decompression bombs).
     colour : {"grey", "rgb"}
     trim : bool
+    views : bool
+        Make the image's thumbnail and preview too, in colour, from the same reduced copy
+        (:func:`pipeline.thumbnails.make_views`; a colour JPEG read in grey is read again in colour).
 
     Returns
     -------
@@ -171,12 +183,72 @@ def decode_image(path, size=INPUT_SIZE, max_pixels=MAX_PIXELS, colour=DEFAULT_CO
         When the file cannot be read or decoded, or is larger than ``max_pixels``.
     """
     try:
-        image, decoder = reduced_copy(path, reduced_side(size, trim), max_pixels, grey=colour == "grey")
+        side = reduced_side(size, trim)
+        image, decoder = reduced_copy(path, side, max_pixels, grey=colour == "grey")
+        seen = _views(path, image, side, max_pixels) if views else None
         if colour == "grey":
             image = image.convert("L")
         box = trim_box(image) if trim else None
         pixels = np.asarray(image.resize((size, size), Image.Resampling.BILINEAR, box=box), dtype=np.uint8)
-        return Decoded(np.repeat(pixels[:, :, None], 3, axis=2) if pixels.ndim == 2 else pixels, decoder)
+        return Decoded(np.repeat(pixels[:, :, None], 3, axis=2) if pixels.ndim == 2 else pixels, decoder, seen)
+    except DECODE_ERRORS as exc:
+        raise ImageError(reason_of(exc, path)) from None
+
+
+def _views(path, image, side, max_pixels):
+    """The views of the file at ``path`` from its reduced copy ``image``, which is grey only where
+    the file is, or where a colour JPEG was read in grey (then read again in colour)."""
+    if image.mode == "L":
+        with Image.open(path) as header:
+            colour = header.mode not in ("1", "L", "LA", "I", "I;16", "F")
+        if colour:
+            image = reduced_copy(path, side, max_pixels)[0]
+    return make_views(image)
+
+
+def _fit(image, side):
+    """``image`` reduced by a whole factor (each pixel the mean of a square) so that its longest side is at most ``side``."""
+    factor = math.ceil(max(image.size) / side)
+    return image.reduce(factor) if factor > 1 else image
+
+
+def _jpeg(image):
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", quality=QUALITY)
+    return buffer.getvalue()
+
+
+def make_views(image):
+    """The thumbnail and the preview of an upright decoded image, as JPEG bytes.
+
+    Parameters
+    ----------
+    image : PIL.Image.Image
+        RGB or L (any other mode is converted to RGB).
+
+    Returns
+    -------
+    views : tuple of (bytes, bytes)
+        Thumbnail (longest side at most THUMBNAIL) and preview (at most PREVIEW).
+    """
+    if image.mode not in ("RGB", "L"):
+        image = image.convert("RGB")
+    preview = _fit(image, PREVIEW)
+    return _jpeg(_fit(preview, THUMBNAIL)), _jpeg(preview)
+
+
+def decode_views(path, size=None, max_pixels=MAX_PIXELS, side=None):
+    """The views of an image file alone (a decoder process's function for the images that have
+    none): a Decoded without pixels, whose ``views`` are :func:`make_views`'s.
+
+    Raises
+    ------
+    ImageError
+        When the file cannot be read or decoded, or is larger than ``max_pixels``.
+    """
+    try:
+        image, decoder = reduced_copy(path, side or reduced_side(), max_pixels)
+        return Decoded(None, decoder, make_views(image))
     except DECODE_ERRORS as exc:
         raise ImageError(reason_of(exc, path)) from None
 

@@ -32,6 +32,7 @@ def run_report(
     selfcheck=None,
     bad_verdicts=None,
     copies=None,
+    views=None,
 ):
     """The report of a finished run.
 
@@ -54,6 +55,8 @@ def run_report(
         The verdict rows left out and why, when the run reads verdicts.
     copies : dict, optional
         The attributes of copies.h5, when the run groups copies.
+    views : dict, optional
+        What bringing the thumbnails up to date did (:class:`pipeline.thumbnails.ViewsDone`), when the run makes them.
     """
     seconds = {name: stage_summary(attrs, date)[0] for name, attrs in artifacts.items()}
     # the work of the shards of a stage, summed over those this run made (in parallel, they overlap)
@@ -119,6 +122,10 @@ def run_report(
             "regrouped",
         )
         report["copies"] = {key: copies[key] for key in keys if key in copies}
+    if views is not None:
+        report["thumbnails"] = {key: value for key, value in views.items() if key != "run_date"}
+        if views.get("repaired") and views.get("run_date") == date:
+            report["repaired"].append(views["repaired"])
     if selfcheck is not None:
         keys = ("images", "queries", "top1", "top5", "chance_top1", "chance_top5", "per_alteration", "failed")
         report["selfcheck"] = {key: selfcheck[key] for key in keys}

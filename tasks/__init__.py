@@ -6,6 +6,7 @@
 ``python -m tasks.query FILE ...`` and ``python -m tasks.compare`` (see their modules).
 """
 
+from .atlas import Map, MapLayout
 from .checks import Evaluate, SelfCheck
 from .config import cms, codebook, collection, ids, neighbours, paths, reduction, resnet, verdicts
 from .copies import Copies
@@ -17,6 +18,7 @@ from .inventory import Inventory
 from .load import LoadCopies, LoadSimilarities
 from .neighbours import NeighbourShard, Similarities
 from .nightly import Nightly, Report
+from .thumbnails import Thumbnails
 from .verdicts import Verdicts
 
 __all__ = [
@@ -36,12 +38,15 @@ __all__ = [
     "Inventory",
     "LoadCopies",
     "LoadSimilarities",
+    "Map",
+    "MapLayout",
     "NeighbourShard",
     "Nightly",
     "Reducer",
     "Report",
     "SelfCheck",
     "Similarities",
+    "Thumbnails",
     "Verdicts",
     "cms",
     "codebook",

@@ -2,6 +2,7 @@
 
 import functools
 import logging
+import os
 
 import luigi
 import luigi.cmdline_parser
@@ -27,6 +28,7 @@ from pipeline.reduction import (
 )
 from pipeline.runlock import HEARTBEAT, STALE_AFTER
 from pipeline.search import NeighbourSettings
+from pipeline.thumbnails import Inbox, ViewStore
 from pipeline.verdicts import TABLE as VERDICT_TABLE
 from pipeline.weighting import DEFAULT_METRIC, DEFAULT_POWER, DEFAULT_WEIGHTING, METRICS, WEIGHTINGS, Distance
 
@@ -396,6 +398,86 @@ class collection(luigi.Config):
     )
 
 
+class serve(luigi.Config):
+    host = luigi.Parameter(
+        default="127.0.0.1",
+        significant=False,
+        description="Address the web app listens on (similar-images-serve): 127.0.0.1 answers this machine only; "
+        "behind a reverse proxy on another machine, the address the proxy reaches (docs/operations.md).",
+    )
+    port = Number(
+        int,
+        1,
+        65535,
+        default=8000,
+        must="a port number from 1 to 65535",
+        significant=False,
+        description="Port the web app listens on.",
+    )
+    public = Flag(
+        default=True,
+        significant=False,
+        description="Browsing and search open to whoever reaches the app (true), or only after a curator's login "
+        "(false); writing a verdict always needs a curator's login.",
+    )
+    users = luigi.Parameter(
+        default="curators.txt",
+        significant=False,
+        description="File of the curators' names and password hashes (argon2), managed with "
+        "similar-images-serve --add-user NAME and --remove-user NAME.",
+    )
+    secret_key = luigi.Parameter(
+        default="serve-secret.key",
+        significant=False,
+        description="File of the key that signs the app's session cookies, made (readable by its owner only) at the "
+        "first start; a new key logs every curator out.",
+    )
+    trusted_proxy = luigi.Parameter(
+        default="",
+        significant=False,
+        description="Address of the reverse proxy (several: comma-separated) whose user_header names the logged-in "
+        "curator and whose X-Forwarded-Proto and X-Forwarded-Prefix are honoured; empty: no proxy is trusted.",
+    )
+    user_header = luigi.Parameter(
+        default="X-Remote-User",
+        significant=False,
+        description="Header in which the trusted proxy names the curator it authenticated.",
+    )
+    viewer_url = luigi.Parameter(
+        default="",
+        significant=False,
+        description="URL of an image in the site's viewer, with {ppn}, {filename} and {id} (an IIIF viewer, the "
+        "catalogue's page view), linked beside every image; empty: no link.",
+    )
+    image_url = luigi.Parameter(
+        default="",
+        significant=False,
+        description="URL of an image at a size on the site's image server, with {ppn}, {filename}, {id} and {side} "
+        "(longest side in pixels; IIIF: .../full/!{side},{side}/0/default.jpg): the app shows those, and the night "
+        "makes no thumbnails; empty: the night makes them.",
+    )
+    max_upload_mb = Number(
+        float,
+        0.0,
+        low_open=True,
+        default=20.0,
+        must="a number of MB > 0",
+        significant=False,
+        description="Largest image file a query by upload may send, in MB; a larger one is refused (413).",
+    )
+    threads = count(8, significant=False, description="Threads serving requests.")
+    reload_seconds = seconds(
+        5.0,
+        significant=False,
+        description="Seconds between the app's looks at the artifacts folder for a night's new lists.",
+    )
+    secure_cookies = Flag(
+        default=False,
+        significant=False,
+        description="Send the session cookie over HTTPS only: true when people reach the app through an HTTPS proxy.",
+    )
+
+
 #: Every section of luigi.cfg that is the pipeline's, in the order docs/configuration.md lists them.
 SECTIONS = (
     paths,
@@ -416,6 +498,7 @@ SECTIONS = (
     report,
     progress,
     lock,
+    serve,
 )
 
 #: How the library's messages name its parameters here (``pipeline.errors.named``): as luigi.cfg
@@ -510,6 +593,25 @@ def model_spec(**changes):
             **changes,
         }
     )
+
+
+def view_store():
+    """The store of the images' thumbnails and previews, ``<artifacts>/thumbnails/views.sqlite``."""
+    return ViewStore(os.path.join(paths().artifacts, "thumbnails", "views.sqlite"))
+
+
+def inbox():
+    """Where the extraction leaves each batch's views, ``<artifacts>/thumbnails/incoming/``."""
+    return Inbox(os.path.join(paths().artifacts, "thumbnails", "incoming"))
+
+
+def views_made():
+    """Whether the night makes each image's thumbnail and preview (no ``[serve] image_url``
+    serves them; a bad value: yes, CheckSettings names it)."""
+    try:
+        return not serve().image_url.strip()
+    except ValueError:
+        return True
 
 
 def verdict_source():

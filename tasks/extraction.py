@@ -113,6 +113,7 @@ class FeatureShard(Shard, ArtifactTask):
             config.model_spec(),
             batch_size=config.resnet().batch_size,
             progress=Progress(self, "extracted"),
+            inbox=config.inbox() if config.views_made() else None,
             **decoding(),
         )
         with h5py.File(tmp, "w") as f:

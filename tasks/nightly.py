@@ -15,6 +15,7 @@ from pipeline.report import now, publish_report, read_json, run_report
 from pipeline.verdicts import load_verdicts
 
 from . import config
+from .atlas import Map, MapLayout
 from .base import RunInput, RunTask, artifacts_writable
 from .checks import Evaluate, SelfCheck
 from .copies import Copies, copies_wanted
@@ -24,11 +25,12 @@ from .histograms import Histograms
 from .inventory import Inventory
 from .load import LoadCopies, LoadSimilarities, copies_loaded
 from .neighbours import Similarities
+from .thumbnails import Thumbnails, views_summary
 from .verdicts import Verdicts
 
 logger = logging.getLogger("luigi-interface")
 
-STAGES = (Inventory, Features, Reducer, Codebook, Histograms, Verdicts, Similarities)
+STAGES = (Inventory, Features, Reducer, Codebook, Histograms, Verdicts, Similarities, MapLayout, Map)
 
 
 class Nightly(RunTask):
@@ -55,6 +57,9 @@ class Nightly(RunTask):
             required["copies"] = Copies(**self.run_args())
         if copies_loaded():
             required["cms_copies"] = LoadCopies(**self.run_args())
+        required["map"] = Map(**self.run_args())
+        if config.views_made():
+            required["thumbnails"] = Thumbnails(date=self.date)
         return required
 
     def output(self):
@@ -97,6 +102,7 @@ class Nightly(RunTask):
             **checks,
             bad_verdicts=bad,
             copies=copies,
+            views=views_summary() if "thumbnails" in self.input() else None,
         )
         with artifacts_writable():
             publish_report(config.paths().artifacts, date, report)

@@ -7,6 +7,7 @@ the reason), 2 when nothing could be queried (no finished run, a bad argument).
 """
 
 import argparse
+import contextlib
 import json
 import logging
 import sys
@@ -18,23 +19,44 @@ from . import config
 from .checks import latest_index, query_extractor
 
 
+class Querier:
+    """The last run's index (:func:`~tasks.checks.latest_index`) and its model, kept between
+    queries: the model is built at the first query of a file and its decoder processes stay up
+    until :meth:`close`. The command makes one per call; the web app keeps one."""
+
+    def __init__(self, index=None):
+        self.index = index if index is not None else latest_index()
+        self._extractor = None
+
+    def close(self):
+        if self._extractor is not None:
+            self._extractor.close()
+            self._extractor = None
+
+    def query(self, files, k=5):
+        """One dict per file: ``query`` (the path) and ``neighbours`` (see SimilarityIndex.describe),
+        or ``query`` and ``error`` (one line) for a file that could not be read."""
+        index = self.index
+        if not 1 <= k <= len(index.images):
+            raise PipelineError(
+                f"-k {k} must be between 1 and the number of images in the collection = {len(index.images)}"
+            )
+        if self._extractor is None:
+            self._extractor = query_extractor(index.spec, index.store)
+        descriptors, decoded, errors = extract(self._extractor, files)
+        results = [{"query": path, "error": errors.get(i, "")} for i, path in enumerate(files)]
+        if decoded:
+            selves = index.positions_of([files[i] for i in decoded], config.paths().content)
+            described = index.describe(*index.query(descriptors, k=k), selves=selves)
+            for position, neighbours in zip(decoded, described):
+                results[position] = {"query": files[position], "neighbours": neighbours}
+        return results
+
+
 def query(files, k=5):
-    """One dict per file: ``query`` (the path) and ``neighbours`` (see SimilarityIndex.describe),
-    or ``query`` and ``error`` (one line) for a file that could not be read."""
-    index = latest_index()
-    if not 1 <= k <= len(index.images):
-        raise PipelineError(
-            f"-k {k} must be between 1 and the number of images in the collection = {len(index.images)}"
-        )
-    with query_extractor(index.spec, index.store) as extractor:
-        descriptors, decoded, errors = extract(extractor, files)
-    results = [{"query": path, "error": errors.get(i, "")} for i, path in enumerate(files)]
-    if decoded:
-        selves = index.positions_of([files[i] for i in decoded], config.paths().content)
-        described = index.describe(*index.query(descriptors, k=k), selves=selves)
-        for position, neighbours in zip(decoded, described):
-            results[position] = {"query": files[position], "neighbours": neighbours}
-    return results
+    """:meth:`Querier.query` of the last run, its model built for this call."""
+    with contextlib.closing(Querier()) as querier:
+        return querier.query(files, k)
 
 
 def as_text(results):

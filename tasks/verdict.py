@@ -34,8 +34,24 @@ def last_run_ids():
         return None
 
 
-def judge(image_id, similar_image_id, verdict, author=None):
-    """Write one verdict (or withdraw the pair's) where luigi.cfg keeps them; returns what was done, one line."""
+class RunImages:
+    """The images of the last run that a verdict may name: ``dtype`` of their IDs, and ``len`` and
+    ``row_of`` as :class:`pipeline.browse.ServedRun` has them (the web app hands its own)."""
+
+    def __init__(self, ids):
+        self.dtype = ids.dtype
+        self._known = set(map(str, ids.tolist()))
+
+    def __len__(self):
+        return len(self._known)
+
+    def row_of(self, text):
+        return 0 if str(text) in self._known else None
+
+
+def judge(image_id, similar_image_id, verdict, author=None, images=None):
+    """Write one verdict (or withdraw the pair's) where luigi.cfg keeps them; returns what was done,
+    one line. ``images`` are the run's (:class:`RunImages`; by default the last run's, read now)."""
     problem = settings.settings_problem()
     if problem:
         raise ConfigError(problem)
@@ -47,13 +63,14 @@ def judge(image_id, similar_image_id, verdict, author=None):
     image_id, similar_image_id = str(image_id).strip(), str(similar_image_id).strip()
     if image_id == similar_image_id:
         raise PipelineError(f"a verdict is on two images; {image_id} and {similar_image_id} are the same one")
-    ids = last_run_ids()
-    if ids is not None:
-        known = set(map(str, ids.tolist()))
+    if images is None:
+        ids = last_run_ids()
+        images = RunImages(ids) if ids is not None else None
+    if images is not None:
         for x in (image_id, similar_image_id):
-            if x not in known and verdict != "withdraw":
-                raise PipelineError(f"ID {x} is not an image of the last run ({len(ids):,} images); check the ID")
-    integers = ids.dtype.kind in "iu" if ids is not None else image_id.isdigit() and similar_image_id.isdigit()
+            if images.row_of(x) is None and verdict != "withdraw":
+                raise PipelineError(f"ID {x} is not an image of the last run ({len(images):,} images); check the ID")
+    integers = images.dtype.kind in "iu" if images is not None else image_id.isdigit() and similar_image_id.isdigit()
     pair = (int(image_id), int(similar_image_id)) if integers else (image_id, similar_image_id)
     where = f"[verdicts] csv={os.path.abspath(place)!r}" if kind == "csv" else f"[verdicts] table={place!r}"
     if kind == "csv":

@@ -39,8 +39,8 @@ def test_default_layer_gives_49_descriptors_of_2048(model):
 
 def test_descriptors_do_not_depend_on_batch_neighbours(extractor, image_paths):
     paths, bad = image_paths
-    together = np.concatenate([d for _, d, _ in extractor.run(paths)])
-    alone = np.concatenate([d for _, d, _ in extractor.run(paths[::-1])])[::-1]
+    together = np.concatenate([d for _, d, _, _ in extractor.run(paths)])
+    alone = np.concatenate([d for _, d, _, _ in extractor.run(paths[::-1])])[::-1]
     assert together.shape == (5, 49, 2048) and together.dtype == np.float32
     np.testing.assert_array_equal(together, alone)
     assert np.isfinite(together.astype(np.float32)).all()
@@ -58,7 +58,7 @@ def test_a_bad_file_fails_alone(extractor, image_paths):
 
 def test_batches_cover_every_path_in_order(extractor, image_paths):
     paths, _ = image_paths
-    starts = [(s, len(d)) for s, d, _ in extractor.run(paths + paths)]
+    starts = [(s, len(d)) for s, d, _, _ in extractor.run(paths + paths)]
     assert starts == [(0, 4), (4, 4), (8, 2)]
 
 
@@ -132,11 +132,11 @@ def test_a_file_whose_decoder_hangs_or_crashes_fails_alone(model, image_paths, t
     mixed = [paths[0], str(tmp_path / "hang.png"), paths[1], str(tmp_path / "crash.png"), paths[2]]
     with DescriptorExtractor(model, batch_size=4, decode_timeout=3, decode=misbehaving) as extractor:
         batches = list(extractor.run(mixed))
-    assert [(start, sorted(errors)) for start, _, errors in batches] == [(0, [1, 3]), (4, [])]
+    assert [(start, sorted(errors)) for start, _, errors, _ in batches] == [(0, [1, 3]), (4, [])]
     assert "decode_timeout=3 s" in batches[0][2][1] and "SIGSEGV" in batches[0][2][3]
     descriptors = np.concatenate([d for _, d, _ in batches])
     with DescriptorExtractor(model, batch_size=4) as clean_extractor:
-        clean = np.concatenate([d for _, d, _ in clean_extractor.run(paths[:3])])
+        clean = np.concatenate([d for _, d, _, _ in clean_extractor.run(paths[:3])])
     np.testing.assert_array_equal(descriptors[[0, 2, 4]], clean)
 
 

@@ -91,7 +91,7 @@ def test_the_decoder_pool_prepares_images_as_asked(tmp_path):
     framed = ImageOps.expand(picture(2), border=40, fill=(255, 255, 255))
     framed.save(tmp_path / "framed.png")
     with DecoderPool(processes=1, options={"colour": "grey", "trim": True}) as pool:
-        pixels = next(pool.imap([str(tmp_path / "framed.png")]))
+        pixels = next(pool.imap([str(tmp_path / "framed.png")])).pixels
     np.testing.assert_array_equal(pixels, load_image(tmp_path / "framed.png", colour="grey", trim=True))
 
 
@@ -211,10 +211,10 @@ def test_decoder_pool_rejects_only_the_file_that_hangs_crashes_or_fails(misbehav
     assert str(by_name["bug.png"]) == "decoder error struct_error: unpack requires a buffer of 4 bytes"
     for path, result in results.items():
         if os.path.basename(path) in ("a.png", "b.png", "c.png", "d.png"):
-            np.testing.assert_array_equal(result, load_image(path))
+            np.testing.assert_array_equal(result.pixels, load_image(path))
         else:
             assert isinstance(result, ImageError)
-    np.testing.assert_array_equal(again[0], load_image(misbehaving_files[0]))
+    np.testing.assert_array_equal(again[0].pixels, load_image(misbehaving_files[0]))
     assert decoder_processes() == []
 
 
@@ -248,7 +248,7 @@ def test_a_decoder_that_died_while_idle_is_replaced(misbehaving_files):
         (pid,) = decoder_processes()
         os.kill(pid, signal.SIGKILL)
         os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)  # dead, not yet reaped by the pool
-        np.testing.assert_array_equal(next(pool.imap(misbehaving_files[:1])), load_image(misbehaving_files[0]))
+        np.testing.assert_array_equal(next(pool.imap(misbehaving_files[:1])).pixels, load_image(misbehaving_files[0]))
 
 
 @pytest.mark.parametrize(
@@ -369,7 +369,7 @@ def test_the_pool_counts_the_files_of_each_decoder(tmp_path):
     (tmp_path / "bad.png").write_bytes(b"")
     with DecoderPool(processes=1) as pool:
         results = list(pool.imap([str(tmp_path / n) for n in ("a.bmp", "page.png", "a.bmp", "bad.png")]))
-    assert [r.shape for r in results[:3]] == [(224, 224, 3)] * 3 and isinstance(results[3], ImageError)
+    assert [r.pixels.shape for r in results[:3]] == [(224, 224, 3)] * 3 and isinstance(results[3], ImageError)
     assert pool.decoded_by == {"Pillow": 2, "libvips": 1}
 
 
@@ -382,7 +382,7 @@ def test_a_large_scan_is_never_held_at_full_resolution_in_its_decoder(tmp_path):
         list(pool.imap([str(tmp_path / "small.png")]))  # started, libvips loaded
         (pid,) = decoder_processes()
         before = memory_mb(pid, "VmRSS")
-        pixels = next(pool.imap([str(tmp_path / "page.tif")]))
+        pixels = next(pool.imap([str(tmp_path / "page.tif")])).pixels
         peak = memory_mb(pid, "VmHWM")
     assert pixels.shape == (224, 224, 3)
     assert peak - before < full_mb / 3, (

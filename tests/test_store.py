@@ -36,7 +36,7 @@ class FakeExtractor:
             values = [float(os.path.basename(p).split(".")[0].strip("bad") or 0) for p in batch]
             descriptors = np.array(values, dtype=np.float16)[:, None, None] * np.ones((1, 3, 2), np.float16)
             errors = {i: "cannot identify image file" for i, p in enumerate(batch) if "bad" in p}
-            yield start, descriptors, errors
+            yield start, descriptors, errors, {}
 
 
 def inventory(names):

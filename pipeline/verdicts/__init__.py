@@ -16,9 +16,11 @@ from .judged import (
     bad_reasons,
     changed_images,
     check_verdicts,
+    latest_verdicts,
     load_verdicts,
     save_verdicts,
     verdict_scores,
+    verdicts_in_force,
 )
 from .sources import (
     COLUMNS,
@@ -56,7 +58,9 @@ __all__ = [
     "read_csv",
     "read_table",
     "save_verdicts",
+    "latest_verdicts",
     "verdict_scores",
+    "verdicts_in_force",
     "verdict_table",
     "withdraw_from_csv",
     "withdraw_from_table",

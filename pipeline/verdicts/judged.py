@@ -132,9 +132,7 @@ def check_verdicts(rows, ids, known=(), k=5):
             "where": frame["where"].to_numpy(dtype=str),
         }
     )
-    # the pair's latest verdict; at one time wrong is the later (a wrong pair is never shown by a tie)
-    table = table.sort_values(["a", "b", "time", "right", "author"], ascending=[True, True, True, False, True])
-    latest = table.drop_duplicates(["a", "b"], keep="last")
+    latest = latest_verdicts(table)
     superseded = len(table) - len(latest)
     latest = _keep_lists_full(latest, len(ids), k, bad)
     latest = latest.sort_values(["time", "a", "b"])
@@ -149,6 +147,45 @@ def check_verdicts(rows, ids, known=(), k=5):
         bad,
         superseded,
     )
+
+
+def latest_verdicts(table):
+    """The pair's latest verdict of each pair of a table with columns a and b (the unordered pair's
+    IDs as text, a < b), time, right, author and where; at one time wrong is the later, so that
+    a tie never shows a pair judged wrong."""
+    table = table.sort_values(["a", "b", "time", "right", "author"], ascending=[True, True, True, False, True])
+    return table.drop_duplicates(["a", "b"], keep="last")
+
+
+def verdicts_in_force(rows):
+    """The verdict in force on each pair the rows judge, by the rule of :mod:`pipeline.verdicts`, the
+    rows that cannot be read left out (the night lists them): a DataFrame of a, b (IDs as text,
+    a < b), right, time and author."""
+    frame = rows.copy()
+    for column in ("image_id", "similar_image_id", "verdict", "author"):
+        frame[column] = [_text(v) for v in frame[column]]
+    frame["time"] = pd.to_datetime(frame["verdict_time"], utc=True, errors="coerce", format="mixed")
+    frame["verdict"] = [v.lower() for v in frame["verdict"]]
+    frame = frame[
+        frame["verdict"].isin(VERDICTS)
+        & frame["time"].notna()
+        & (frame["image_id"] != frame["similar_image_id"])
+        & (frame["image_id"] != "")
+        & (frame["similar_image_id"] != "")
+    ]
+    first, second = frame["image_id"].to_numpy(dtype=str), frame["similar_image_id"].to_numpy(dtype=str)
+    swap = first > second
+    table = pd.DataFrame(
+        {
+            "a": np.where(swap, second, first),
+            "b": np.where(swap, first, second),
+            "time": frame["time"].to_numpy(),
+            "right": frame["verdict"].to_numpy(dtype=str) == "right",
+            "author": frame["author"].to_numpy(dtype=str),
+            "where": frame["where"].to_numpy(dtype=str),
+        }
+    )
+    return latest_verdicts(table)[["a", "b", "right", "time", "author"]].reset_index(drop=True)
 
 
 def _text(value):
