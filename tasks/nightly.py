@@ -175,9 +175,17 @@ class Report(RunTask):
             visual_report(self.date, read_json(self.input().path), self.show)
 
 
+#: The dates whose run failed in this process: a stage whose input was undone by that failure
+#: (Luigi's "Unfulfilled dependency at run time") does not hide its reason in the report.
+_FAILED = set()
+
+
 @RunTask.event_handler(luigi.Event.FAILURE)
 def report_failure(task, exception):
     """A failed stage leaves a report with status failed, the stage and the one-line reason."""
+    if str(exception).startswith("Unfulfilled dependency at run time") and task.date in _FAILED:
+        return
+    _FAILED.add(task.date)
     publish_failure(task, f"{type(exception).__name__}: {str(exception).splitlines()[0] if str(exception) else ''}")
 
 

@@ -50,7 +50,7 @@ def test_a_bad_file_fails_alone(extractor, image_paths):
     paths, bad = image_paths
     batches = list(extractor.run([paths[0], bad, paths[1]]))
     assert len(batches) == 1
-    start, descriptors, errors = batches[0]
+    start, descriptors, errors, _ = batches[0]
     assert start == 0 and list(errors) == [1] and "\n" not in errors[1]
     clean = next(extractor.run([paths[0], paths[1]]))[1]
     np.testing.assert_array_equal(descriptors[[0, 2]], clean)
@@ -134,7 +134,7 @@ def test_a_file_whose_decoder_hangs_or_crashes_fails_alone(model, image_paths, t
         batches = list(extractor.run(mixed))
     assert [(start, sorted(errors)) for start, _, errors, _ in batches] == [(0, [1, 3]), (4, [])]
     assert "decode_timeout=3 s" in batches[0][2][1] and "SIGSEGV" in batches[0][2][3]
-    descriptors = np.concatenate([d for _, d, _ in batches])
+    descriptors = np.concatenate([d for _, d, _, _ in batches])
     with DescriptorExtractor(model, batch_size=4) as clean_extractor:
         clean = np.concatenate([d for _, d, _, _ in clean_extractor.run(paths[:3])])
     np.testing.assert_array_equal(descriptors[[0, 2, 4]], clean)

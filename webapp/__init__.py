@@ -24,7 +24,7 @@ logger = logging.getLogger(__name__)
 __all__ = ["App", "ServeSettings", "Site", "create_app"]
 
 #: Paths open without a login when ``[serve] public = false``.
-OPEN = ("auth.login", "run.health", "static")
+OPEN = ("auth.login", "auth.check", "auth.logout", "run.health", "static")
 
 
 @dataclasses.dataclass
@@ -76,7 +76,7 @@ def create_app(settings, site, start=True):
             _check_csrf()
         if not settings.public and g.user is None and request.endpoint not in OPEN:
             if wants_json() or request.method != "GET":
-                abort(401, description="this app needs a curator's login")
+                abort(403, description="this app needs a curator's login")
             return redirect(url_for("auth.login", next=request.full_path))
         return None
 
