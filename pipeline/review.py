@@ -5,8 +5,8 @@ Four kinds of pair, in this order, each at most ``QUOTA`` and each nearest first
 
 1. ``copies across records``: an image of a copy group with each image of the group from
    another record. A verdict there links two catalogue records, or splits a group that would.
-2. ``just past the copy threshold``: first neighbours farther apart than the copy threshold,
-   the nearest first: the copies the threshold missed, if any are.
+2. ``just past the copy threshold``: first neighbours farther apart than the copy threshold
+   but within ``BAND`` times it, the nearest first: the copies the threshold missed, if any are.
 3. ``one-sided first neighbour``: an image whose first neighbour does not list it at all; such
    a pair is either a near copy the other image's list is too crowded to show, or a hub that
    many lists point to without reason.
@@ -20,6 +20,8 @@ import numpy as np
 
 #: Pairs of each kind at most.
 QUOTA = 250
+#: How far past the copy threshold a pair is still "just past" it, as a multiple of it.
+BAND = 1.5
 KINDS = ("copies across records", "just past the copy threshold", "one-sided first neighbour", "new tonight")
 
 
@@ -72,7 +74,7 @@ def review_queue(run, quota=QUOTA):
     a, b = _copies_across(run)
     candidates.append((a, b, _pair_distances(run, a, b)))
     if run.copies_threshold is not None:
-        beyond = first_d > run.copies_threshold
+        beyond = (first_d > run.copies_threshold) & (first_d <= BAND * run.copies_threshold)
         candidates.append((rows[beyond], first[beyond], first_d[beyond]))
     else:
         candidates.append((np.zeros(0, np.int64),) * 2 + (np.zeros(0),))

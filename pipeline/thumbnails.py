@@ -44,7 +44,7 @@ class Inbox:
     """
 
     def __init__(self, folder):
-        self.folder = folder
+        self.folder = os.fspath(folder)
 
     def put(self, keys, views):
         """Leave the views of one batch: ``keys`` (file keys) and ``views`` (one (thumbnail,
@@ -116,7 +116,7 @@ class ViewStore:
     """
 
     def __init__(self, path):
-        self.path = path
+        self.path = os.fspath(path)
         self._local = threading.local()
 
     def _connect(self, readonly):

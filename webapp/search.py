@@ -26,8 +26,12 @@ def home():
     return render_template("home.html", run=served.run, queue=len(served.queue[0]))
 
 
-@blueprint.get("/search")
 @blueprint.get("/search.json")
+def by_text_json():
+    return by_text()
+
+
+@blueprint.get("/search")
 def by_text():
     run = snapshot().run
     text = request.args.get("q", "").strip()
