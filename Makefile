@@ -21,6 +21,7 @@ demo: $(BIN)/.installed
 	$(BIN)/python -m pipeline.demo cms artifacts/demo-cms.sqlite
 	$(BIN)/luigi --module tasks Nightly --local-scheduler
 	@echo "similarities: artifacts/similarities.hdf5, loaded into table image_similarity of artifacts/demo-cms.sqlite; run report: artifacts/run_report.json; visual report: artifacts/report.html (demo: random weights, see README)"
+	@echo "the web app: $(BIN)/similar-images-serve, then open http://127.0.0.1:8000/ (a curator to judge with: $(BIN)/similar-images-serve --add-user NAME)"
 
 test: $(BIN)/.installed
 	$(BIN)/python -m pytest -m "not slow" $(PARALLEL)

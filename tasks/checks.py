@@ -124,10 +124,11 @@ def latest_index():
     return SimilarityIndex.load(*(os.path.join(config.paths().artifacts, stage.filename) for stage in stages))
 
 
-def query_extractor(spec, folder):
+def query_extractor(spec, folder, batch_size=None):
     """A DescriptorExtractor of the :class:`~pipeline.backends.ModelSpec` ``spec`` (a SimilarityIndex's
-    ``spec`` and ``store``: the model and image preparation of its run), with this machine's decoding settings."""
-    return backends.extractor(spec, folder, config.resnet().batch_size, **decoding())
+    ``spec`` and ``store``: the model and image preparation of its run), with this machine's decoding
+    settings, ``batch_size`` images per forward pass (default ``[resnet] batch_size``)."""
+    return backends.extractor(spec, folder, batch_size or config.resnet().batch_size, **decoding())
 
 
 class SelfCheck(RunCheck):

@@ -24,8 +24,10 @@ class Querier:
     queries: the model is built at the first query of a file and its decoder processes stay up
     until :meth:`close`. The command makes one per call; the web app keeps one."""
 
-    def __init__(self, index=None):
+    def __init__(self, index=None, batch_size=None):
         self.index = index if index is not None else latest_index()
+        self.batch_size = batch_size
+        """Images per forward pass (default ``[resnet] batch_size``): 1 for one file at a time."""
         self._extractor = None
 
     def close(self):
@@ -42,7 +44,7 @@ class Querier:
                 f"-k {k} must be between 1 and the number of images in the collection = {len(index.images)}"
             )
         if self._extractor is None:
-            self._extractor = query_extractor(index.spec, index.store)
+            self._extractor = query_extractor(index.spec, index.store, self.batch_size)
         descriptors, decoded, errors = extract(self._extractor, files)
         results = [{"query": path, "error": errors.get(i, "")} for i, path in enumerate(files)]
         if decoded:

@@ -66,10 +66,11 @@ def read_verdicts():
 
 
 def make_querier(previous):
-    """The query command's :class:`~tasks.query.Querier` for the last run, keeping ``previous``'s
+    """The query command's :class:`~tasks.query.Querier` for the last run, one image per forward
+    pass (an upload is one file: a batch of 16 would cost 16 images' pass), keeping ``previous``'s
     model when the run was made with the same one."""
     index = latest_index()
-    querier = Querier(index)
+    querier = Querier(index, batch_size=1)
     if previous is not None:
         if previous.index.spec == index.spec and previous.index.store == index.store:
             querier._extractor, previous._extractor = previous._extractor, None
