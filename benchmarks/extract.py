@@ -29,11 +29,12 @@ from pipeline.collection import scan_content
 from pipeline.decoders import default_processes
 from pipeline.extraction import extract_to_store
 from pipeline.features import DescriptorExtractor, extract
-from pipeline.images import MAX_PIXELS, load_image
+from pipeline.images import MAX_PIXELS, decode_image, load_image
 from pipeline.int8 import OpenVinoTrunk, convert
 from pipeline.model import build_model
 from pipeline.precision import PRECISIONS, choose_precision
 from pipeline.store import FeatureStore, quantize
+from pipeline.thumbnails import Inbox
 
 from . import masters as archival
 from .common import Timer, add_record_option, recording, report, scan_like_images
@@ -65,15 +66,19 @@ def model_at(precision, paths, directory, preparation):
 
 def pipeline_extraction(extractor, paths, store):
     """Images per second of the extraction stage's own loop, ``extract_to_store`` (decoding in
-    the decoder processes, the forward pass, 8-bit codes committed to the feature store), and
-    the store's bytes per image."""
+    the decoder processes, the forward pass, 8-bit codes committed to the feature store, and,
+    where the extractor makes them as the shipped settings do, each image's views left in an
+    inbox), and the store's bytes per image."""
     content = os.path.dirname(os.path.dirname(paths[0]))
     files = scan_content(content)
     kept = lambda: contextlib.nullcontext(extractor)  # noqa: E731 (the decoder processes stay up between the runs)
+    views = "views" in extractor.options
     warm = FeatureStore(store.root + "-warm-up")  # starts the decoder processes, traces the model
-    extract_to_store(warm, kept, files[: extractor.batch_size], content)
+    extract_to_store(
+        warm, kept, files[: extractor.batch_size], content, inbox=Inbox(warm.root + "-views") if views else None
+    )
     with Timer() as t:
-        extract_to_store(store, kept, files, content)
+        extract_to_store(store, kept, files, content, inbox=Inbox(store.root + "-views") if views else None)
     size = sum(os.path.getsize(os.path.join(store.chunk_dir, name)) for name in os.listdir(store.chunk_dir))
     return len(paths) / t.seconds, size / len(paths)
 
@@ -108,11 +113,14 @@ def commit_ms(store, descriptors, repeats=5):
 
 
 def decode_ms(paths, **preparation):
-    """Milliseconds per image of decoding alone, in this process."""
+    """Milliseconds per image of decoding alone, in this process (``views``: the thumbnail and
+    preview made too, as the night's decoders make them), and the views' bytes per image."""
+    size = 0
     with Timer() as t:
         for path in paths:
-            load_image(path, **preparation)
-    return 1000 * t.seconds / len(paths)
+            views = decode_image(path, **preparation).views
+            size += sum(map(len, views or ()))
+    return 1000 * t.seconds / len(paths), size / len(paths)
 
 
 def per_image_predict(model, paths):
@@ -140,7 +148,9 @@ def gpus():
     return tf.config.list_physical_devices("GPU")
 
 
-def masters_run(directory, n, pixels, paths, batch_size, decoders, preparation, rounds, pages=archival.PAGES):
+def masters_run(
+    directory, n, pixels, paths, batch_size, decoders, preparation, rounds, pages=archival.PAGES, views=None
+):
     """The masters' figures: per format decoding, and the pipeline on ``n`` mixed masters (of the
     first page size) beside the same pages as small JPEGs at the precision ``auto`` chooses here
     and at int8."""
@@ -157,7 +167,7 @@ def masters_run(directory, n, pixels, paths, batch_size, decoders, preparation, 
     }
     for name in dict.fromkeys([choose_precision("auto")[0], "int8"]):
         model = model_at(name, paths, directory, preparation)
-        with DescriptorExtractor(model, batch_size, decoders, **preparation) as extractor:
+        with DescriptorExtractor(model, batch_size, decoders, **preparation, **(views or {})) as extractor:
             measured = {
                 kind: alternated(extractor, pixels, files, os.path.join(directory, f"{kind}-{name}"), rounds)
                 for kind, files in content.items()
@@ -205,7 +215,7 @@ def run(
     pages=archival.PAGES,
 ):
     from tasks.config import images as shipped
-    from tasks.config import resnet
+    from tasks.config import resnet, views_made
 
     if device == "cpu" and gpus():
         import tensorflow as tf
@@ -213,16 +223,18 @@ def run(
         tf.config.set_visible_devices([], "GPU")  # the CPU's figures, on a machine with a GPU too
     chosen, reason = choose_precision(precision or resnet().precision)
     preparation = {"colour": shipped().colour, "trim": shipped().trim}
+    views = {"views": True} if views_made() else {}  # the night's decoders make each image's views
     decoders = decode_processes or shipped().decode_processes or default_processes()
     measured = {}
     with tempfile.TemporaryDirectory() as directory:
         paths = scan_like_images(os.path.join(directory, "content", "PPN1"), images)
-        decode_plain, decode_prepared = decode_ms(paths), decode_ms(paths, **preparation)
-        decode_untrimmed = decode_ms(paths, **{**preparation, "trim": False})
+        decode_plain, decode_prepared = decode_ms(paths)[0], decode_ms(paths, **preparation)[0]
+        decode_untrimmed = decode_ms(paths, **{**preparation, "trim": False})[0]
+        decode_views, views_bytes = decode_ms(paths, **preparation, views=True)
         pixels = np.stack([load_image(p, **preparation) for p in paths]).astype(np.float32)
         for name in dict.fromkeys(["float32", chosen]):  # float32 first, then the other precision if any
             model = model_at(name, paths, directory, preparation)
-            with DescriptorExtractor(model, batch_size, decoders, **preparation) as extractor:
+            with DescriptorExtractor(model, batch_size, decoders, **preparation, **views) as extractor:
                 bare, pipeline, store_bytes, ran_on = alternated(
                     extractor, pixels, paths, os.path.join(directory, f"store-{name}"), rounds
                 )
@@ -235,7 +247,7 @@ def run(
             openvino_float32 = bare_forward(extractor, pixels, batch_size)[0]
         single = per_image_predict(build_model(weights="random"), paths[:per_image])
         on_masters = (
-            masters_run(directory, masters, pixels, paths, batch_size, decoders, preparation, rounds, pages)
+            masters_run(directory, masters, pixels, paths, batch_size, decoders, preparation, rounds, pages, views)
             if masters
             else {}
         )
@@ -266,6 +278,9 @@ def run(
         "decode_ms": round(decode_prepared, 2),
         "decode_ms_rgb_whole": round(decode_plain, 2),
         "decode_ms_untrimmed": round(decode_untrimmed, 2),
+        "decode_ms_with_views": round(decode_views, 2),
+        "views_bytes_per_image": round(views_bytes),
+        "pipeline_makes_views": bool(views),
         **on_masters,
     }
     report(
@@ -286,6 +301,11 @@ def run(
                 f"decoding, ms per image: colour={preparation['colour']} trim={preparation['trim']}",
                 figures["decode_ms"],
             ),
+            (
+                "decoding with the thumbnail and preview (the night's decoders), ms per image; their bytes per image",
+                f"{figures['decode_ms_with_views']}; {figures['views_bytes_per_image']:,}",
+            ),
+            ("the pipeline lines make the views (the shipped settings)", "yes" if views else "no ([serve] image_url)"),
             ("decoding, ms per image: colour=rgb trim=False", figures["decode_ms_rgb_whole"]),
             (f"decoding, ms per image: colour={preparation['colour']} trim=False", figures["decode_ms_untrimmed"]),
             (

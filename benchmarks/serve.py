@@ -73,7 +73,9 @@ def serve_folder(folder, port, threads):
 
     from webapp import ServeSettings, create_app
 
-    settings = ServeSettings(artifacts=folder, secret_key=os.path.join(folder, "secret.key"), threads=threads, reload_seconds=1.0)
+    settings = ServeSettings(
+        artifacts=folder, secret_key=os.path.join(folder, "secret.key"), threads=threads, reload_seconds=1.0
+    )
     app = create_app(settings, _site(folder))
     logging.getLogger("waitress.queue").setLevel(logging.ERROR)  # "queue depth" under 32 clients
     server = waitress.create_server(app, host="127.0.0.1", port=port, threads=threads, ident="bench")
@@ -85,7 +87,9 @@ def server_times(folder, ids, n_requests=400):
     """p50, p95 and max milliseconds of each kind of request, timed inside the app (no network)."""
     from webapp import ServeSettings, create_app
 
-    app = create_app(ServeSettings(artifacts=folder, secret_key=os.path.join(folder, "secret.key")), _site(folder), start=False)
+    app = create_app(
+        ServeSettings(artifacts=folder, secret_key=os.path.join(folder, "secret.key")), _site(folder), start=False
+    )
     with Timer() as load:
         app.extensions["webapp"].served.refresh()
     client = app.test_client()
@@ -237,7 +241,9 @@ def upload_query(queries=10):
         def once():
             with open(path, "rb") as f, Timer() as t:
                 answer = client.post(
-                    "/search", data={"file": (f, "scan.jpg"), "csrf_token": token}, headers={"Accept": "application/json"}
+                    "/search",
+                    data={"file": (f, "scan.jpg"), "csrf_token": token},
+                    headers={"Accept": "application/json"},
                 )
             if answer.status_code != 200:
                 raise RuntimeError(f"POST /search: {answer.status_code} {answer.text[:200]}")
@@ -267,7 +273,15 @@ def upload_search(images, words=8_500, queries=5):
         with Timer() as t:
             query_neighbours(data, asked[row], k=5)
         times.append(t.seconds)
-    arrays = (data.vectors.data, data.vectors.indices, data.vectors.indptr, data.norms, data.roots, data.id_rank, data.records)
+    arrays = (
+        data.vectors.data,
+        data.vectors.indices,
+        data.vectors.indptr,
+        data.norms,
+        data.roots,
+        data.id_rank,
+        data.records,
+    )
     return float(np.median(times)), sum(a.nbytes for a in arrays) / 2**20
 
 
@@ -294,7 +308,10 @@ def run(images=1_000_000, clients=32, seconds=60.0):
         ),
         ("errors while browsing", f"{len(browsed['errors'])} ({', '.join(browsed['errors'][:3]) or 'none'})"),
         ("the new night served after the swap", "yes" if browsed["swapped"] else "no"),
-        ("app memory: after reading the run / peak (two runs during the swap)", f"{browsed['loaded_mb']:,.0f} / {browsed['peak_mb']:,.0f} MB"),
+        (
+            "app memory: after reading the run / peak (two runs during the swap)",
+            f"{browsed['loaded_mb']:,.0f} / {browsed['peak_mb']:,.0f} MB",
+        ),
     ]
     figures = {
         "bench": "serve",

@@ -64,6 +64,9 @@ def test_extract_benchmark_prints_its_figures(capsys, monkeypatch, tmp_path, pre
     # 8-bit codes, uncompressed; the checksums' chunk index weighs most on these batches of 4 (1.4 % at 16)
     assert 49 * 2048 < figures["store_bytes_per_image"] < 1.1 * 49 * 2048
     assert figures["device"].endswith(device) and not figures["gpu_used"]
+    # the night's decoders make each image's views: the pipeline lines include them, their cost is shown
+    assert figures["pipeline_makes_views"] and figures["decode_ms_with_views"] > figures["decode_ms"]
+    assert 5_000 < figures["views_bytes_per_image"] < 200_000
     decoders = {name: row["decoder"] for name, row in figures["masters_decode"].items()}
     assert decoders["JPEG q90"] == "Pillow draft" and decoders["PNG RGB"] == "libvips"
     assert (
@@ -72,6 +75,19 @@ def test_extract_benchmark_prints_its_figures(capsys, monkeypatch, tmp_path, pre
     assert all(row["pipeline"] > 0 and row["decoder_peak_mb"] > 0 for row in figures["masters_decode"].values())
     here = choose_precision("auto")[0]  # float32 on AVX2 only, bfloat16 with AVX512_BF16
     assert {f"masters_ips_{p}" for p in (here, "int8")} <= set(figures) and figures["masters_ips_int8"] > 0
+
+
+def test_serve_benchmark_browses_over_a_nights_swap_without_an_error(capsys, monkeypatch, tmp_path):
+    from benchmarks import serve
+
+    monkeypatch.chdir(tmp_path)  # [paths] artifacts: an empty folder, no run to query
+    serve.run(images=300, clients=4, seconds=3)
+    figures = last_json_line(capsys)
+    assert figures["bench"] == "serve" and figures["images"] == 300 and figures["browse_errors"] == 0
+    assert 0 < figures["image_page_p95_ms"] and 0 < figures["search_by_ID_p95_ms"] and figures["rss_mb"] > 0
+    assert "upload_first_s" not in figures  # no run in the test's artifacts folder: said, not measured
+    assert figures["upload_search_s"] >= 0 and figures["upload_search_mb"] > 0
+    assert "the new night served after the swap  yes" in " ".join(capsys.readouterr().out.split())
 
 
 def test_neighbours_benchmark_prints_its_figures(capsys):
