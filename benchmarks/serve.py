@@ -341,7 +341,7 @@ def run(images=1_000_000, clients=32, seconds=60.0):
             f"{search_seconds:.2f} s, {search_mb:,.0f} MB",
         )
     )
-    figures.update(upload_search_s=round(search_seconds, 3), upload_search_mb=round(search_mb))
+    figures.update(upload_search_s=round(search_seconds, 3), upload_search_mb=round(search_mb, 1))
     report(rows, figures)
     return figures
 
