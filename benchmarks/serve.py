@@ -321,6 +321,7 @@ def run(images=1_000_000, clients=32, seconds=60.0):
         "clients": clients,
         "browse_p95_ms": round(browsed["p95"], 1),
         "browse_errors": len(browsed["errors"]),
+        "swap_served": browsed["swapped"],
         "rss_mb": round(browsed["loaded_mb"]),
         "peak_rss_mb": round(browsed["peak_mb"]),
     }
