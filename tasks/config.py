@@ -540,6 +540,10 @@ NAMES = {
     "selfcheck_sample": "[selfcheck] sample",
     "copies_threshold": "[copies] threshold",
     "stale_after": "[lock] stale_after",
+    "trusted_proxy": "[serve] trusted_proxy",
+    "viewer_url": "[serve] viewer_url",
+    "image_url": "[serve] image_url",
+    "max_upload_mb": "[serve] max_upload_mb",
 }
 errors.NAMES.update(NAMES)
 

@@ -126,13 +126,12 @@ def main(argv=None):
             return 0
         chosen = serve_settings()
         host, port = args.host or chosen.host, args.port or chosen.port
-        app = create_app(chosen, site())
+        app = create_app(chosen, site(), start=False)
     except PipelineError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    logger.info("the app of %s on http://%s:%d/ (Ctrl-C stops it)", chosen.artifacts, host, port)
     try:
-        waitress.serve(
+        server = waitress.create_server(
             app,
             host=host,
             port=port,
@@ -143,6 +142,15 @@ def main(argv=None):
     except OSError as exc:
         print(f"error: cannot listen on {host}:{port}: {exc.strerror or exc}", file=sys.stderr)
         return 2
+    app.extensions["webapp"].served.start()
+    logger.info("the app of %s on http://%s:%d/ (Ctrl-C stops it)", chosen.artifacts, host, port)
+    try:
+        server.run()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        app.extensions["webapp"].served.stop()
+        app.extensions["webapp"].queries.close()
     return 0
 
 

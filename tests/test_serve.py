@@ -372,3 +372,31 @@ def test_the_maps_data_holds_every_image(served):
     xy = np.frombuffer(points[: 8 * N], dtype="<f4").reshape(N, 2)
     assert np.isfinite(xy).all() and (0 <= xy).all() and (xy <= 1).all()
     assert client.get("/map").status_code == 200
+
+
+def test_the_command_adds_curators_and_stops_on_a_bad_setting_or_a_port_in_use(tmp_path, monkeypatch, capsys):
+    import socket
+
+    users = tmp_path / "curators.txt"
+    config_path = write_config(
+        tmp_path / "luigi.cfg",
+        {"paths": {"artifacts": tmp_path / "artifacts"}, "serve": {"users": users, "secret_key": tmp_path / "key"}},
+    )
+    with luigi_config(monkeypatch, config_path):
+        monkeypatch.setattr("sys.stdin", io.StringIO(PASSWORD + "\n"))
+        assert serve.main(["--add-user", "jdoe"]) == 0
+        assert Users(users).verify("jdoe", PASSWORD) and not Users(users).verify("jdoe", "other password")
+        assert oct(users.stat().st_mode & 0o777) == "0o600"
+        monkeypatch.setattr("sys.stdin", io.StringIO("short\n"))
+        assert serve.main(["--add-user", "ann"]) == 2
+        assert "at least 8 characters" in capsys.readouterr().err
+        with socket.socket() as taken:
+            taken.bind(("127.0.0.1", 0))
+            taken.listen()
+            assert serve.main(["--port", str(taken.getsockname()[1])]) == 2
+        assert "cannot listen on 127.0.0.1:" in capsys.readouterr().err
+    bad = write_config(tmp_path / "bad.cfg", {"serve": {"viewer_url": "https://viewer/{page}"}})
+    with luigi_config(monkeypatch, bad):
+        assert serve.main([]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: [serve] viewer_url='https://viewer/{page}' names {page}") and "\n" not in err

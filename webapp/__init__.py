@@ -14,7 +14,7 @@ import urllib.parse
 from flask import Flask, abort, g, redirect, render_template, request, session, url_for
 from werkzeug.exceptions import HTTPException
 
-from . import security
+from . import atlas, auth, images, judging, run, search, security
 from .common import Site, json_answer, wants_json
 from .settings import ServeSettings
 from .state import Ledger, Queries, Served
@@ -56,8 +56,6 @@ def create_app(settings, site, start=True):
     app.extensions["webapp"] = App(
         settings, site, served, Queries(site.make_querier), security.Users(settings.users), security.Throttle()
     )
-    from . import atlas, auth, images, judging, run, search
-
     for module in (search, images, judging, atlas, run, auth):
         app.register_blueprint(module.blueprint)
     origin = urllib.parse.urlsplit(settings.image_url)

@@ -9,7 +9,7 @@ import tempfile
 from flask import Blueprint, abort, redirect, render_template, request, url_for
 from PIL import Image, UnidentifiedImageError
 
-from pipeline.errors import PipelineError
+from pipeline.errors import PipelineError, named
 
 from .common import json_answer, shown, snapshot, state, wants_json
 
@@ -69,7 +69,8 @@ def by_upload():
         upload.save(path)
         if os.path.getsize(path) > limit:
             abort(
-                413, description=f"the file is larger than [serve] max_upload_mb={state().settings.max_upload_mb:g} MB"
+                413,
+                description=f"the file is larger than {named('max_upload_mb')}={state().settings.max_upload_mb:g} MB",
             )
         _check_format(path)
         size = os.path.getsize(path)

@@ -16,7 +16,7 @@ import time
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, named
 from pipeline.h5io import atomic_path
 
 logger = logging.getLogger(__name__)
@@ -158,7 +158,7 @@ def proxies(addresses):
         try:
             networks.append(ipaddress.ip_network(text.strip(), strict=False))
         except ValueError:
-            raise ConfigError(f"[serve] trusted_proxy has {text.strip()!r}, which is not an IP address") from None
+            raise ConfigError(f"{named('trusted_proxy')} has {text.strip()!r}, which is not an IP address") from None
     return tuple(networks)
 
 

@@ -29,16 +29,20 @@ class ServeSettings:
     secure_cookies: bool = False
 
     def __post_init__(self):
-        for name, fields in TEMPLATE_FIELDS.items():
-            template = getattr(self, name)
-            try:
-                used = {f for _, f, _, _ in string.Formatter().parse(template) if f is not None}
-            except ValueError as exc:
-                raise ConfigError(f"{named(name)}={template!r} is not a URL template ({exc})") from None
-            unknown = sorted(used - set(fields))
-            if unknown:
-                raise ConfigError(
-                    f"{named(name)}={template!r} names {{{unknown[0]}}}; a template may name {', '.join(f'{{{f}}}' for f in fields)}"
-                )
-            if template and not template.startswith(("http://", "https://", "/")):
-                raise ConfigError(f"{named(name)}={template!r} must be an http(s) URL or a path starting with /")
+        _check_template(self.viewer_url, named("viewer_url"), TEMPLATE_FIELDS["viewer_url"])
+        _check_template(self.image_url, named("image_url"), TEMPLATE_FIELDS["image_url"])
+
+
+def _check_template(template, name, fields):
+    """ConfigError unless ``template`` is a URL template naming only ``fields``."""
+    try:
+        used = {f for _, f, _, _ in string.Formatter().parse(template) if f is not None}
+    except ValueError as exc:
+        raise ConfigError(f"{name}={template!r} is not a URL template ({exc})") from None
+    unknown = sorted(used - set(fields))
+    if unknown:
+        raise ConfigError(
+            f"{name}={template!r} names {{{unknown[0]}}}; a template may name {', '.join(f'{{{f}}}' for f in fields)}"
+        )
+    if template and not template.startswith(("http://", "https://", "/")):
+        raise ConfigError(f"{name}={template!r} must be an http(s) URL or a path starting with /")
