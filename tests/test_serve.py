@@ -400,3 +400,45 @@ def test_the_command_adds_curators_and_stops_on_a_bad_setting_or_a_port_in_use(t
         assert serve.main([]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: [serve] viewer_url='https://viewer/{page}' names {page}") and "\n" not in err
+
+
+@pytest.mark.parametrize(
+    "target", ["//evil.example/x", "/\\evil.example", "https://evil.example/", "javascript:alert(1)"]
+)
+def test_a_login_never_redirects_off_the_app(served, target):
+    client = served.client()
+    token = csrf(client.get("/login"))
+    answer = client.post("/login", data={"name": "curator", "password": PASSWORD, "csrf_token": token, "next": target})
+    assert answer.status_code == 303 and answer.headers["Location"] == "/"
+
+
+def test_uploads_beyond_the_one_queried_and_the_one_waiting_are_refused_at_once():
+    import threading
+    import time
+
+    from webapp.state import Queries
+
+    release = threading.Event()
+
+    class Slow:
+        def query(self, files, k):
+            release.wait(10)
+            return [{"query": files[0], "neighbours": []}]
+
+        def close(self):
+            pass
+
+    queries = Queries(lambda previous: Slow())
+    answers = []
+    threads = [threading.Thread(target=lambda: answers.append(queries.query("x", 5, "d"))) for _ in range(2)]
+    for t in threads:
+        t.start()
+    time.sleep(0.2)
+    started = time.monotonic()
+    with pytest.raises(TimeoutError, match="keep the model busy"):
+        queries.query("x", 5, "d")
+    assert time.monotonic() - started < 1
+    release.set()
+    for t in threads:
+        t.join()
+    assert len(answers) == 2

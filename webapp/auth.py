@@ -5,15 +5,14 @@ import logging
 
 from flask import Blueprint, abort, g, redirect, render_template, request, session, url_for
 
-from .common import state
+from .common import local_path, state
 
 logger = logging.getLogger(__name__)
 blueprint = Blueprint("auth", __name__)
 
 
 def _next():
-    target = request.values.get("next", "")
-    return target if target.startswith("/") and not target.startswith("//") else url_for("search.home")
+    return local_path(request.values.get("next", ""), url_for("search.home"))
 
 
 @blueprint.get("/login")

@@ -105,6 +105,22 @@ def shown(run, row, **extra):
     }
 
 
+def local_path(target, default):
+    """``target`` when it is a path of this site (``/...``, no scheme, host or backslash), else ``default``:
+    a redirect never leaves the app."""
+    parts = urllib.parse.urlsplit(target or "")
+    if (
+        not target
+        or not target.startswith("/")
+        or "\\" in target
+        or parts.scheme
+        or parts.netloc
+        or target.startswith("//")
+    ):
+        return default
+    return target
+
+
 def curator():
     """The curator's name for a writing request; 403 without one."""
     if not g.user:

@@ -9,7 +9,7 @@ from flask import Blueprint, abort, redirect, render_template, request, url_for
 from pipeline.errors import CmsError, PipelineError
 from pipeline.review import KINDS
 
-from .common import curator, image_src, json_answer, row_or_404, shown, snapshot, state, wants_json
+from .common import curator, image_src, json_answer, local_path, row_or_404, shown, snapshot, state, wants_json
 from .images import verdict_of
 from .state import in_queue_order
 
@@ -42,10 +42,7 @@ def write(image_id):
     logger.info("verdict by %s: %s and %s %s (%s)", author, me, other, verdict, request.remote_addr)
     if wants_json():
         return json_answer({"message": message, "verdict": verdict_of(served, me, other)})
-    target = request.form.get("next", "")
-    if not (target.startswith("/") and not target.startswith("//")):
-        target = url_for("images.page", image_id=str(me))
-    return redirect(target, 303)
+    return redirect(local_path(request.form.get("next", ""), url_for("images.page", image_id=str(me))), 303)
 
 
 def _queue():

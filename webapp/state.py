@@ -219,11 +219,16 @@ class Queries:
         run served now (``previous``: the one made for an earlier run, whose model it may keep)
     """
 
+    #: Uploads at once, the one queried and those waiting for it: the others are refused at once,
+    #: so that uploads never take every thread that serves the pages.
+    ADMITTED = 2
+
     def __init__(self, make):
         self._make = make
         self._querier = None
         self._digest = None
         self._lock = threading.Lock()
+        self._admitted = threading.BoundedSemaphore(self.ADMITTED)
 
     def query(self, path, k, digest, wait=60.0):
         """The neighbours of the image file at ``path`` (one result dict, as the query command's).
@@ -231,17 +236,23 @@ class Queries:
         Raises
         ------
         TimeoutError
-            When other queries keep the model busy for ``wait`` seconds.
+            When ADMITTED uploads are in already, or the one queried keeps the model busy for ``wait`` seconds.
         """
-        if not self._lock.acquire(timeout=wait):
-            raise TimeoutError("other queries by upload keep the model busy; try again in a minute")
+        busy = TimeoutError("other queries by upload keep the model busy; try again in a minute")
+        if not self._admitted.acquire(blocking=False):
+            raise busy
         try:
-            if self._querier is None or self._digest != digest:
-                self._querier = self._make(self._querier)
-                self._digest = digest
-            return self._querier.query([path], k=k)[0]
+            if not self._lock.acquire(timeout=wait):
+                raise busy
+            try:
+                if self._querier is None or self._digest != digest:
+                    self._querier = self._make(self._querier)
+                    self._digest = digest
+                return self._querier.query([path], k=k)[0]
+            finally:
+                self._lock.release()
         finally:
-            self._lock.release()
+            self._admitted.release()
 
     def close(self):
         with self._lock:
