@@ -1,6 +1,6 @@
 """The web app's figures: server time of an image's page and of searches on a made-up run of a
 million images, 32 clients browsing over loopback while a night's new lists replace the old,
-the app's memory, and a query by upload with the model warm.
+the app's memory, a query by upload with the model warm, and the map's frames in a browser.
 
     python -m benchmarks.serve [--images 1000000] [--clients 32] [--seconds 60] [--record]
 
@@ -285,6 +285,53 @@ def upload_search(images, words=8_500, queries=5):
     return float(np.median(times)), sum(a.nbytes for a in arrays) / 2**20
 
 
+#: The map page in a browser: its images at most, and Debian's chromium.
+MAP_IMAGES, CHROMIUM = 100_000, "/usr/bin/chromium"
+#: Zoom steps about the map's centre, each waiting for two animation frames (a frame is drawn
+#: in the first, so at 60 frames a second a step takes 33 ms when drawing keeps up).
+ZOOM_STEPS = """async () => {
+  const c = document.getElementById("map"); const r = c.getBoundingClientRect(); const gaps = [];
+  let last = performance.now();
+  for (let i = 0; i < 40; i++) {
+    c.dispatchEvent(new WheelEvent("wheel", {deltaY: i < 20 ? -40 : 40, clientX: r.left + r.width / 2,
+                                             clientY: r.top + r.height / 2, bubbles: true, cancelable: true}));
+    await new Promise(done => requestAnimationFrame(() => requestAnimationFrame(done)));
+    const now = performance.now(); gaps.push(now - last); last = now;
+  }
+  return gaps;
+}"""
+
+
+def map_frames(images):
+    """Milliseconds of a zoom step on the map page (median, p95) with ``images`` made-up images, in
+    Debian's chromium, and the seconds until the page has drawn; None without chromium."""
+    import waitress
+    from playwright.sync_api import sync_playwright
+
+    from webapp import ServeSettings, create_app
+
+    if not os.path.exists(CHROMIUM):
+        return None
+    with tempfile.TemporaryDirectory(prefix="bench-map-") as folder:
+        served_run(folder, images)
+        app = create_app(ServeSettings(artifacts=folder, secret_key=os.path.join(folder, "key")), _site(folder))
+        server = waitress.create_server(app, host="127.0.0.1", port=0, threads=4)
+        threading.Thread(target=server.run, daemon=True).start()
+        try:
+            with sync_playwright() as playwright:
+                browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
+                page = browser.new_page(viewport={"width": 1280, "height": 900})
+                with Timer() as drawn:
+                    page.goto(f"http://127.0.0.1:{server.effective_port}/map")
+                    page.wait_for_selector("#map[data-drawn]", timeout=120_000)
+                gaps = page.evaluate(ZOOM_STEPS)
+                browser.close()
+        finally:
+            app.extensions["webapp"].served.stop()
+            server.close()
+    return float(np.median(gaps)), float(np.percentile(gaps, 95)), drawn.seconds
+
+
 def run(images=1_000_000, clients=32, seconds=60.0):
     with tempfile.TemporaryDirectory(prefix="bench-serve-") as scratch:
         folder, other = os.path.join(scratch, "artifacts"), os.path.join(scratch, "next-night")
@@ -296,6 +343,7 @@ def run(images=1_000_000, clients=32, seconds=60.0):
         browsed = browsing(folder, other, ids, clients, seconds)
     uploaded = upload_query()
     search_seconds, search_mb = upload_search(images)
+    frames = map_frames(min(images, MAP_IMAGES))
     rows = [("made-up run", f"{images:,} images, k = 5 ({made.seconds:.0f} s to write two nights)")]
     rows.append(("the app reads the run (and works out its review queue)", f"{load_seconds:.1f} s"))
     for name, (p50, p95, top) in times.items():
@@ -343,6 +391,18 @@ def run(images=1_000_000, clients=32, seconds=60.0):
         )
     )
     figures.update(upload_search_s=round(search_seconds, 3), upload_search_mb=round(search_mb, 1))
+    if frames is None:
+        rows.append(("the map in a browser", f"not measured: no {CHROMIUM} (Debian's chromium)"))
+    else:
+        median, p95, drawn = frames
+        rows.append(
+            (
+                f"the map of {min(images, MAP_IMAGES):,} images in Debian's chromium: a zoom step of two frames, "
+                "median / p95 (33 ms: every frame drawn at 60 a second); loaded and drawn",
+                f"{median:.1f} / {p95:.1f} ms; {drawn:.1f} s",
+            )
+        )
+        figures.update(map_step_ms=round(median, 1), map_step_p95_ms=round(p95, 1))
     report(rows, figures)
     return figures
 

@@ -81,7 +81,8 @@ def make_querier(previous):
 def site():
     """The :class:`~webapp.Site` of luigi.cfg: where verdicts go, the query, the night's views."""
     kind, place = config.verdict_source()
-    where = {"csv": f"[verdicts] csv={place!r}", "cms": f"[verdicts] table={place!r} of the CMS database"}
+    # named as luigi.cfg names them, not by the machine's paths, which readers need not see
+    where = {"csv": "the verdict file of [verdicts] csv", "cms": f"the CMS database's table {place}"}
     return Site(
         judge=judge,
         read_verdicts=read_verdicts,

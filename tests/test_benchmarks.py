@@ -1,6 +1,7 @@
 """The benchmarks run and end with their JSON figures (no timing is asserted)."""
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -88,6 +89,8 @@ def test_serve_benchmark_browses_over_a_nights_swap_without_an_error(capsys, mon
     assert "upload_first_s" not in figures  # no run in the test's artifacts folder: said, not measured
     assert figures["upload_search_s"] >= 0 and figures["upload_search_mb"] > 0
     assert figures["swap_served"]  # the night of the swap was served by the end
+    if os.path.exists(serve.CHROMIUM):  # .ci/run installs it
+        assert figures["map_step_ms"] > 0 and figures["map_step_p95_ms"] >= figures["map_step_ms"]
 
 
 def test_neighbours_benchmark_prints_its_figures(capsys):
