@@ -15,7 +15,7 @@ import h5py
 import sqlalchemy as sa
 
 from pipeline import verdicts
-from pipeline.errors import ConfigError, PipelineError
+from pipeline.errors import CmsError, ConfigError, PipelineError
 from pipeline.h5io import read_ids
 
 from . import config, inputs, settings
@@ -74,13 +74,19 @@ def judge(image_id, similar_image_id, verdict, author=None, images=None):
     pair = (int(image_id), int(similar_image_id)) if integers else (image_id, similar_image_id)
     where = f"[verdicts] csv={os.path.abspath(place)!r}" if kind == "csv" else f"[verdicts] table={place!r}"
     if kind == "csv":
-        if verdict == "withdraw":
-            return f"{verdicts.withdraw_from_csv(place, *pair)} verdicts on {image_id} and {similar_image_id} withdrawn from {where}"
-        verdicts.add_to_csv(place, *pair, verdict, author)
+        try:
+            if verdict == "withdraw":
+                gone = verdicts.withdraw_from_csv(place, *pair)
+                return f"{gone} verdicts on {image_id} and {similar_image_id} withdrawn from {where}"
+            verdicts.add_to_csv(place, *pair, verdict, author)
+        except OSError as exc:  # a full or read-only volume, a file without write permission
+            raise ConfigError(
+                f"{where} cannot be written ({exc.strerror or exc}); the verdict was not written"
+            ) from None
     else:
         engine = inputs.engine()
         if not inputs.CmsTable(None, new_file=True).exists():
-            raise PipelineError(f"the CMS database at [cms] url does not answer; {where} cannot be written")
+            raise CmsError(f"the CMS database at [cms] url does not answer; {where} cannot be written")
         if verdict == "withdraw":
             gone = verdicts.withdraw_from_table(engine, place, *pair)
             return f"{gone} verdicts on {image_id} and {similar_image_id} withdrawn from {where}"

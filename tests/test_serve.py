@@ -442,3 +442,31 @@ def test_uploads_beyond_the_one_queried_and_the_one_waiting_are_refused_at_once(
     for t in threads:
         t.join()
     assert len(answers) == 2
+
+
+def test_a_verdict_that_cannot_be_written_is_503_with_the_reason(tmp_path, monkeypatch):
+    served = Served(tmp_path, monkeypatch)
+    (tmp_path / "not-a-folder").write_text("")
+    dead = write_config(
+        tmp_path / "dead.cfg",
+        {
+            "paths": {"artifacts": served.artifacts},
+            "cms": {"url": "postgresql+psycopg://postgres@127.0.0.1:1/test"},
+            "verdicts": {"source": "cms"},
+        },
+    )
+    for config_path, reason in (
+        (
+            write_config(tmp_path / "csv.cfg", {"verdicts": {"csv": tmp_path / "not-a-folder" / "v.csv"}}),
+            "cannot be written",
+        ),
+        (dead, "does not answer"),
+    ):
+        served.config = config_path
+        client, token = served.logged_in()
+        answer = served.judge(
+            client, served.ids[0], served.ids[1], "wrong", token, headers={"Accept": "application/json"}
+        )
+        assert answer.status_code == 503 and reason in answer.get_json()["error"]
+        page = served.judge(client, served.ids[0], served.ids[1], "wrong", token)
+        assert page.status_code == 503 and reason in page.text and "Traceback" not in page.text

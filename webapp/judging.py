@@ -6,7 +6,7 @@ import logging
 
 from flask import Blueprint, abort, redirect, render_template, request, url_for
 
-from pipeline.errors import CmsError, PipelineError
+from pipeline.errors import CmsError, ConfigError, PipelineError
 from pipeline.review import KINDS
 
 from .common import curator, image_src, json_answer, local_path, row_or_404, shown, snapshot, state, wants_json
@@ -34,7 +34,7 @@ def write(image_id):
     me = run.id_of(row)
     try:
         message = state().site.judge(me, other, verdict, author, images=run)
-    except CmsError as exc:
+    except (CmsError, ConfigError) as exc:  # the place of the verdicts, not the request, is at fault
         abort(503, description=str(exc))
     except PipelineError as exc:
         abort(400, description=str(exc))
