@@ -162,6 +162,8 @@ def test_incremental_nightly_runs(tmp_path, small_collection):
         "Verdicts",
         "NeighbourShard",
         "Similarities",
+        "MapLayout",
+        "Map",
     }
     assert set(first["stage_seconds"]) == stages and first["stage_seconds"]["FeatureShard"] > 0
 

@@ -6,6 +6,7 @@ The app serves a night of the small collection made with the tiny stand-in model
 the point, not the model); the upload is queried through the query command's path with it.
 """
 
+import base64
 import datetime
 import shutil
 import threading
@@ -141,6 +142,17 @@ def test_search_by_id_by_ppn_and_by_upload(page, site):
     found = [int(i) for i in page.locator("ol.neighbours .neighbour .id a").all_text_contents()]
     assert image in found  # an image of the collection finds itself, at distance 0 (its copies may tie)
     assert page.locator("ol.neighbours .similarity").first.text_content() == "100.0 %"
+
+    page.goto("/")  # the same file dropped on the form
+    dropped = page.evaluate_handle(
+        """(b64) => { const bytes = Uint8Array.from(atob(b64), c => c.charCodeAt(0));
+        const files = new DataTransfer(); files.items.add(new File([bytes], "dropped.jpg", {type: "image/jpeg"}));
+        return files; }""",
+        base64.b64encode(path.read_bytes()).decode(),
+    )
+    page.dispatch_event("#drop", "drop", {"dataTransfer": dropped})
+    page.wait_for_selector("text=The images most similar to dropped.jpg")
+    assert image in [int(i) for i in page.locator("ol.neighbours .neighbour .id a").all_text_contents()]
 
 
 def test_browsing_from_neighbour_to_neighbour(page, site):
