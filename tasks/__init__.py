@@ -3,7 +3,8 @@
 ``luigi --module tasks Nightly --local-scheduler`` (the scheduled run),
 ``luigi --module tasks Similarities --local-scheduler`` (the result alone) or
 ``luigi --module tasks LoadSimilarities --local-scheduler`` (the result, loaded into the CMS);
-``python -m tasks.query FILE ...`` and ``python -m tasks.compare`` (see their modules).
+``python -m tasks.query FILE ...``, ``python -m tasks.compare`` and ``python -m tasks.serve`` (the
+web app; see their modules).
 """
 
 from .atlas import Map, MapLayout
