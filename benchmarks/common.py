@@ -6,6 +6,7 @@ import datetime
 import json
 import os
 import resource
+import socket
 import subprocess
 import sys
 import threading
@@ -54,6 +55,13 @@ class Timer:
 
     def __exit__(self, *exc):
         self.seconds = time.perf_counter() - self.start
+
+
+def free_port():
+    """A TCP port of 127.0.0.1 that no one listens on now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def scan_like_images(directory, n, seed=0, size=(1200, 900)):

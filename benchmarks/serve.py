@@ -26,7 +26,7 @@ import time
 import numpy as np
 from PIL import Image
 
-from .common import ROOT, Timer, add_record_option, recording, report, scan_like_images
+from .common import ROOT, Timer, add_record_option, free_port, recording, report, scan_like_images
 from .synthetic import served_run
 
 #: Distinct thumbnails the made-up run's images share (a view store of a million images would
@@ -163,14 +163,6 @@ class Clients:
             t.join()
 
 
-def _free_port():
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _memory_mb(pid, field):
     with open(f"/proc/{pid}/status") as f:
         return int(re.search(rf"{field}:\s+(\d+)", f.read()).group(1)) / 1024
@@ -178,7 +170,7 @@ def _memory_mb(pid, field):
 
 def browsing(folder, other, ids, clients, seconds):
     """32 clients over loopback for ``seconds``, the artifacts replaced by ``other``'s halfway."""
-    port = _free_port()
+    port = free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "benchmarks.serve", "--serve-folder", folder, "--port", str(port)],
         stdout=subprocess.PIPE,

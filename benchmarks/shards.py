@@ -29,6 +29,7 @@ from pipeline import collection
 from pipeline.h5io import read_attrs
 from pipeline.output import read_similarities
 
+from .common import free_port
 from .synthetic import SyntheticBlocks
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -125,12 +126,6 @@ def fill_store(config, artifacts, rank):
     LuigiConfigParser._instance = None
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _wait_for(port, process, seconds=60):
     deadline = time.monotonic() + seconds
     while True:
@@ -160,7 +155,7 @@ def run_workers(config, artifacts, workers):
     for name in ("histograms.h5", "similarities.hdf5"):
         with contextlib.suppress(FileNotFoundError):
             os.remove(os.path.join(artifacts, name))
-    port, folder = _free_port(), os.path.dirname(config)
+    port, folder = free_port(), os.path.dirname(config)
     with tempfile.TemporaryDirectory(prefix="luigid-") as state:
         scheduler = os.path.join(state, "luigid.cfg")
         with open(scheduler, "w") as f:  # a failed shard is the benchmark's fault: the workers end and say why

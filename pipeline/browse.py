@@ -24,7 +24,7 @@ from .h5io import read_attrs, read_ids
 from .query import run_counts
 from .report import read_json
 from .verdicts import Verdicts
-from .weighting import Distance
+from .weighting import Distance, similarity
 
 logger = logging.getLogger(__name__)
 
@@ -192,7 +192,10 @@ class ServedRun:
 
     def _read_beside(self, artifacts):
         """What is shown beside the lists: the copy groups, the map, the report and the checks."""
-        path = lambda name: os.path.join(artifacts, FILES[name])  # noqa: E731
+
+        def path(name):
+            return os.path.join(artifacts, FILES[name])
+
         distance = Distance.recorded(self.attrs)
         if distance.metric != "cosine":
             self.max_distance = _max_distance(artifacts, self.attrs)
@@ -231,10 +234,10 @@ class ServedRun:
 
     def _find(self, ids):
         values = self._ids.values
-        at = np.searchsorted(values, ids)
-        at = np.minimum(at, max(len(values) - 1, 0))
-        hit = (values[at] == ids) if len(values) else np.zeros(len(ids), dtype=bool)
-        return np.where(hit, self._ids.order[at] if len(values) else -1, -1).astype(np.int64)
+        if not len(values):
+            return np.full(len(ids), -1, dtype=np.int64)
+        at = np.minimum(np.searchsorted(values, ids), len(values) - 1)
+        return np.where(values[at] == ids, self._ids.order[at], -1).astype(np.int64)
 
     def row_of(self, text):
         """The row of the image with database ID ``text`` (as typed, in a URL), or None."""
@@ -248,7 +251,7 @@ class ServedRun:
 
     def similarity(self, distances):
         """Similarity in percent of distances, as the query command gives it (1 decimal)."""
-        return np.round(np.clip(100.0 * (1.0 - np.asarray(distances, dtype=np.float64) / self.max_distance), 0, 100), 1)
+        return np.round(similarity(distances, self.max_distance), 1)
 
     def entry(self, row):
         """The image at ``row``: id, ppn, filename."""
@@ -298,12 +301,7 @@ class ServedRun:
         rows = self.record_rows(text)
         if len(rows):
             return Found("ppn", rows[:limit], len(rows))
-        rows = self._files.prefix(text)
-        rows = (
-            rows[np.lexsort((self.filename[rows].astype(str), self.ppn[rows].astype(str)))]
-            if len(rows) <= 10_000
-            else rows
-        )
+        rows = self._files.prefix(text)  # by file name, then in the run's order (by record)
         return Found("filename" if len(rows) else "none", rows[:limit], len(rows))
 
 

@@ -43,8 +43,8 @@ def _copies_across(run):
     return np.array(a, dtype=np.int64), np.array(b, dtype=np.int64)
 
 
-def _pair_distances(run, a, b):
-    """The distance of each pair where b is in a's list or a in b's, else +inf (a group's pair may be in neither)."""
+def pair_distances(run, a, b):
+    """The distance of each pair (rows) where b is in a's list or a in b's, else +inf (a group's pair may be in neither)."""
     found = np.full(len(a), np.inf)
     for x, y in ((a, b), (b, a)):
         hit = run.neighbours[x] == y[:, None]
@@ -72,7 +72,7 @@ def review_queue(run, quota=QUOTA):
     rows = np.arange(n)
     candidates = []
     a, b = _copies_across(run)
-    candidates.append((a, b, _pair_distances(run, a, b)))
+    candidates.append((a, b, pair_distances(run, a, b)))
     if run.copies_threshold is not None:
         beyond = (first_d > run.copies_threshold) & (first_d <= BAND * run.copies_threshold)
         candidates.append((rows[beyond], first[beyond], first_d[beyond]))

@@ -45,6 +45,13 @@ class Distance:
         return cls(attrs.get("weighting", "raw"), attrs.get("metric", "euclidean"), float(attrs.get("power", 1.0)))
 
 
+def similarity(distances, max_distance=1.0):
+    """Similarity in percent: 100 x (1 - distance / ``max_distance``), the largest distance two images
+    can have (:meth:`WeightedHistograms.max_distance`), so 100 for the same histogram and 0 for the
+    farthest two images can be; for cosine, 100 x the cosine similarity."""
+    return np.clip(100.0 * (1.0 - np.asarray(distances, dtype=np.float64) / max_distance), 0.0, 100.0)
+
+
 def power_table(mass, power):
     """Integer value of each count 0..mass raised to ``power`` in (0, 1]: the count itself for 1,
     else round(POWER_SCALE * count**power) (0.5: the square root, Hellinger's kernel with cosine)."""
@@ -233,9 +240,8 @@ class WeightedHistograms:
         return float(np.sqrt((top**2).sum()) / self.unit)
 
     def similarity(self, distances):
-        """Similarity in percent: 100 x (1 - distance / :meth:`max_distance`), so 100 for the same
-        histogram and 0 for the farthest two images can be; for cosine, 100 x the cosine similarity."""
-        return np.clip(100.0 * (1.0 - np.asarray(distances) / self.max_distance()), 0.0, 100.0)
+        """Similarity in percent of ``distances`` (:func:`similarity`)."""
+        return similarity(distances, self.max_distance())
 
     def pair_keys(self, query, candidates):
         """Ranking keys of a query position against candidate positions: ndarray of float64."""

@@ -29,23 +29,10 @@ logger = logging.getLogger("webapp")
 
 def serve_settings():
     """The app's :class:`~webapp.ServeSettings` of ``[serve]`` and ``[paths] artifacts``."""
-    s = config.serve()
-    return ServeSettings(
-        artifacts=config.paths().artifacts,
-        host=s.host,
-        port=s.port,
-        public=s.public,
-        users=s.users,
-        secret_key=s.secret_key,
-        trusted_proxy=tuple(p.strip() for p in s.trusted_proxy.split(",") if p.strip()),
-        user_header=s.user_header,
-        viewer_url=s.viewer_url,
-        image_url=s.image_url,
-        max_upload_mb=s.max_upload_mb,
-        threads=s.threads,
-        reload_seconds=s.reload_seconds,
-        secure_cookies=s.secure_cookies,
-    )
+    section = config.serve()
+    values = {name: getattr(section, name) for name, _ in section.get_params()}
+    values["trusted_proxy"] = tuple(p.strip() for p in section.trusted_proxy.split(",") if p.strip())
+    return ServeSettings(artifacts=config.paths().artifacts, **values)
 
 
 def read_verdicts():

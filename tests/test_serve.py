@@ -470,3 +470,8 @@ def test_a_verdict_that_cannot_be_written_is_503_with_the_reason(tmp_path, monke
         assert answer.status_code == 503 and reason in answer.get_json()["error"]
         page = served.judge(client, served.ids[0], served.ids[1], "wrong", token)
         assert page.status_code == 503 and reason in page.text and "Traceback" not in page.text
+
+
+def test_the_apps_settings_defaults_are_the_shipped_ones(tmp_path, monkeypatch):
+    with luigi_config(monkeypatch, write_config(tmp_path / "empty.cfg", {})):
+        assert serve.serve_settings() == ServeSettings()

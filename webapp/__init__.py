@@ -12,7 +12,7 @@ import secrets
 import urllib.parse
 
 from flask import Flask, abort, g, redirect, render_template, request, session, url_for
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, InternalServerError
 
 from . import atlas, auth, images, judging, run, search, security
 from .common import Site, json_answer, wants_json
@@ -104,19 +104,12 @@ def create_app(settings, site, start=True):
         message = "the app failed on this request; the error is in its log"
         if wants_json():
             return json_answer({"error": message, "status": 500}, 500)
-        return render_template("error.html", error=_Shown(500, "Internal error", message)), 500
+        return render_template("error.html", error=InternalServerError(message)), 500
 
     app.wsgi_app = security.ProxyFix(app.wsgi_app, security.proxies(settings.trusted_proxy))
     if start:
         served.start()
     return app
-
-
-@dataclasses.dataclass
-class _Shown:
-    code: int
-    name: str
-    description: str
 
 
 def csrf_token():

@@ -36,14 +36,11 @@ def _data(run):
 
 
 def _cached(body, mimetype, tag):
-    if request.if_none_match.contains(tag):
-        response = make_response("", 304)
-    else:
-        response = make_response(body)
-        response.mimetype = mimetype
+    response = make_response(body)
+    response.mimetype = mimetype
     response.set_etag(tag)
     response.headers["Cache-Control"] = "no-cache"
-    return response
+    return response.make_conditional(request)
 
 
 @blueprint.get("/map")

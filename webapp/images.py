@@ -96,12 +96,8 @@ def view(image_id, kind):
     data = views.view(run.id_of(row), kind) if views is not None else None
     if data is None:
         abort(404, description="the night has made no such view of this image yet")
-    tag = hashlib.sha1(data).hexdigest()[:20]
-    if request.if_none_match.contains(tag):
-        response = make_response("", 304)
-    else:
-        response = make_response(data)
-        response.mimetype = "image/jpeg"
-    response.set_etag(tag)
+    response = make_response(data)
+    response.mimetype = "image/jpeg"
+    response.set_etag(hashlib.sha1(data).hexdigest()[:20])
     response.headers["Cache-Control"] = "public, max-age=300"
-    return response
+    return response.make_conditional(request)

@@ -4,10 +4,11 @@ pairs most worth a curator's minute (``pipeline.review``; docs/operations.md say
 
 import logging
 
+import numpy as np
 from flask import Blueprint, abort, redirect, render_template, request, url_for
 
 from pipeline.errors import CmsError, ConfigError, PipelineError
-from pipeline.review import KINDS
+from pipeline.review import KINDS, pair_distances
 
 from .common import curator, image_src, json_answer, local_path, row_or_404, shown, snapshot, state, wants_json
 from .images import verdict_of
@@ -76,10 +77,8 @@ def queue():
     if at >= len(a):
         return render_template("review.html", run=run, pair=None, at=at, total=len(a), kinds=KINDS)
     x, y = int(a[at]), int(b[at])
-    listed = run.neighbours[x] == y
-    distance = float(run.distances[x][listed.argmax()]) if listed.any() else None
-    if distance is None and (run.neighbours[y] == x).any():
-        distance = float(run.distances[y][(run.neighbours[y] == x).argmax()])
+    distance = float(pair_distances(run, a[at : at + 1], b[at : at + 1])[0])
+    distance = distance if np.isfinite(distance) else None
     pair = {
         "image": {**shown(run, x), "preview": image_src(run, x, "preview")},
         "other": {**shown(run, y), "preview": image_src(run, y, "preview")},
