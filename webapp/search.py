@@ -67,13 +67,13 @@ def by_upload():
     with tempfile.TemporaryDirectory(prefix="similar-images-upload-") as folder:
         path = os.path.join(folder, "upload")
         upload.save(path)
-        if os.path.getsize(path) > limit:
+        size = os.path.getsize(path)
+        if size > limit:
             abort(
                 413,
                 description=f"the file is larger than {named('max_upload_mb')}={state().settings.max_upload_mb:g} MB",
             )
         _check_format(path)
-        size = os.path.getsize(path)
         k = int(run.attrs.get("k", 5))
         try:
             result = state().queries.query(path, k, served.run.digest)

@@ -129,10 +129,6 @@ class Ledger:
         """(verdict, time, author) in force at the source on the pair, or None."""
         return self._in_force.get(pair_of(a, b))
 
-    def pairs(self):
-        """Every pair with a verdict at the source."""
-        return set(self._in_force)
-
     def partners(self, image_id):
         """The IDs (as text) the image has a verdict with at the source."""
         return set(self._by_image.get(str(image_id), ()))
@@ -266,9 +262,6 @@ def in_queue_order(snapshot, ledger):
     a, b, kinds = snapshot.queue
     if not len(a):
         return a, b, kinds
-    judged = ledger.pairs()
     run = snapshot.run
-    keep = np.array(
-        [pair_of(run.id_of(x), run.id_of(y)) not in judged for x, y in zip(a.tolist(), b.tolist())], dtype=bool
-    )
+    keep = np.array([ledger.verdict(run.id_of(x), run.id_of(y)) is None for x, y in zip(a.tolist(), b.tolist())], bool)
     return a[keep], b[keep], kinds[keep]
