@@ -96,7 +96,11 @@ class MapLayout:
         nearest = min(self.nearest, m)
         for start in range(0, n, BLOCK):
             y = self._reduce(_unit(vectors[start : start + BLOCK]))
-            similarity = y @ self.landmark_vectors_.T
+            # always BLOCK rows to the product: BLAS sums in an order of its shape's choosing, and an
+            # image keeps its place to the last bit whatever the images beside it
+            full = np.zeros((BLOCK, y.shape[1]), dtype=y.dtype)
+            full[: len(y)] = y
+            similarity = (full @ self.landmark_vectors_.T)[: len(y)]
             best = (
                 np.argpartition(-similarity, nearest - 1, axis=1)[:, :nearest]
                 if nearest < m
