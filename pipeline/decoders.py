@@ -41,6 +41,7 @@ def _serve():
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # an interrupt is the parent's to handle
     connection = multiprocessing.connection.Connection(int(sys.argv[1]))
     decode, size, max_pixels, options, names = connection.recv()
+    errors.NAMES.clear()
     errors.NAMES.update(names)  # the messages name the settings as the parent's do
     connection.send("ready")
     while True:

@@ -1,13 +1,52 @@
 """The exceptions the pipeline raises; each message is one line that names the value and the fix.
 
-A message names a setting by the library's name of the parameter (``k``, ``max_pixels``) unless
-the application that calls the library names its settings otherwise (``tasks`` names ``k``
-``[neighbours] k``, as luigi.cfg sets it): :func:`named`, from :data:`NAMES`.
+A message names a setting as luigi.cfg sets it (``k`` is ``[neighbours] k``): :func:`named`,
+from :data:`NAMES`, the one table of those names.
 """
 
-#: How messages name the library's parameters, where the application names them otherwise:
-#: {parameter: name}, filled by the application (``tasks.config``).
-NAMES = {}
+#: How messages name the library's parameters: {parameter: the luigi.cfg setting}.
+NAMES = {
+    "the settings": "luigi.cfg",
+    "content_dir": "[paths] content",
+    "ids_csv": "[ids] csv",
+    "url": "[cms] url",
+    "ids_query": "[cms] ids_query",
+    "images_table": "[cms] images_table",
+    "id_column": "[cms] id_column",
+    "ppn_column": "[cms] ppn_column",
+    "filename_column": "[cms] filename_column",
+    "record_column": "[cms] record_column",
+    "mode": "[cms] mode",
+    "table": "[cms] table",
+    "marker_table": "[cms] marker_table",
+    "siblings_column": "[cms] siblings_column",
+    "copies_table": "[cms] copies_table",
+    "layer": "[resnet] layer",
+    "weights": "[resnet] weights",
+    "precision": "[resnet] precision",
+    "max_pixels": "[images] max_pixels",
+    "decode_timeout": "[images] decode_timeout",
+    "variance": "[reduction] variance",
+    "descriptors": "[reduction] descriptors",
+    "codebook_size": "[codebook] size",
+    "k": "[neighbours] k",
+    "weighting": "[neighbours] weighting",
+    "metric": "[neighbours] metric",
+    "power": "[neighbours] power",
+    "same_record": "[neighbours] same_record",
+    "method": "[neighbours] method",
+    "verdicts_table": "[verdicts] table",
+    "verdicts_csv": "[verdicts] csv",
+    "fingerprint": "[collection] fingerprint",
+    "labels": "[evaluate] labels",
+    "selfcheck_sample": "[selfcheck] sample",
+    "copies_threshold": "[copies] threshold",
+    "stale_after": "[lock] stale_after",
+    "trusted_proxy": "[serve] trusted_proxy",
+    "viewer_url": "[serve] viewer_url",
+    "image_url": "[serve] image_url",
+    "max_upload_mb": "[serve] max_upload_mb",
+}
 
 
 def named(parameter):

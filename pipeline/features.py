@@ -12,6 +12,7 @@ from .decoders import DecoderPool
 from .errors import ConfigError, ImageError
 from .images import COLOURS, DECODE_TIMEOUT, DEFAULT_COLOUR, DEFAULT_TRIM, INPUT_SIZE, MAX_PIXELS
 from .model import import_keras
+from .precision import cpu_flags
 
 logger = logging.getLogger(__name__)
 
@@ -141,12 +142,18 @@ class DescriptorExtractor:
         import tensorflow as tf
 
         preprocess = keras.applications.resnet50.preprocess_input
+        # oneDNN's AVX2 kernels sum the rows at the end of a batch in another order than the others:
+        # a spare last image keeps each image's descriptors independent of the images beside it
+        spare = 1 if "avx512f" not in cpu_flags() else 0
 
         @tf.function(reduce_retracing=True)
         def forward(pixels):
+            if spare:
+                pixels = tf.concat([pixels, tf.zeros_like(pixels[:spare])], axis=0)
             # a mixed-precision model's maps come out in its compute dtype: float32 for the store
             return tf.nest.map_structure(
-                lambda maps: tf.cast(maps, tf.float32), model(preprocess(pixels), training=False)
+                lambda maps: tf.cast(maps[: tf.shape(maps)[0] - spare], tf.float32),
+                model(preprocess(pixels), training=False),
             )
 
         return forward

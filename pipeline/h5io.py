@@ -1,12 +1,10 @@
 """Small HDF5 helpers shared by every artifact: strings, IDs, attributes, atomic writes."""
 
-import collections
 import contextlib
 import glob
 import os
 import shutil
 import tempfile
-import threading
 
 import h5py
 import numpy as np
@@ -43,38 +41,10 @@ def read_ids(dataset):
     return read_strings(dataset)
 
 
-#: The attributes read last, by file: path -> (its identity, attributes). A run asks the same
-#: artifacts' attributes many times over (every stage's completeness looks at its inputs').
-_ATTRS = collections.OrderedDict()
-_ATTRS_KEPT = 256
-_ATTRS_LOCK = threading.Lock()
-
-
-def _identity(path):
-    """What changes whenever the file does: a new file (every artifact is renamed into place)
-    or a write in place changes the inode, the size or the modification time."""
-    stat = os.stat(path)
-    return stat.st_ino, stat.st_dev, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns
-
-
 def read_attrs(path):
-    """Return the file attributes of an HDF5 file as a dict (values as plain Python types);
-    read again only when the file has changed."""
-    key = os.path.abspath(path)
-    identity = _identity(key)
-    with _ATTRS_LOCK:
-        kept = _ATTRS.get(key)
-        if kept is not None and kept[0] == identity:
-            _ATTRS.move_to_end(key)
-            return dict(kept[1])
+    """Return the file attributes of an HDF5 file as a dict (values as plain Python types)."""
     with h5py.File(path, "r") as f:
-        attrs = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in f.attrs.items()}
-    if _identity(key) == identity:  # not replaced while it was read
-        with _ATTRS_LOCK:
-            _ATTRS[key] = (identity, attrs)
-            while len(_ATTRS) > _ATTRS_KEPT:
-                _ATTRS.popitem(last=False)
-    return dict(attrs)
+        return {k: (v.item() if isinstance(v, np.generic) else v) for k, v in f.attrs.items()}
 
 
 def remove_stale_temporaries(path):

@@ -32,6 +32,7 @@ class MapLayout(ArtifactTask):
 
     filename = "map_layout.h5"
     remade = "refitted; every image may move on the map"
+    sections = ("codebook", "neighbours")
 
     def requires(self):
         return {
@@ -56,6 +57,7 @@ class Map(ArtifactTask):
     """Each image's place on the map, ``map.h5`` (database IDs and places in the unit square)."""
 
     filename = "map.h5"
+    sections = ("codebook", "neighbours")
 
     def requires(self):
         return {

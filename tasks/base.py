@@ -9,7 +9,6 @@ import json
 import logging
 import os
 import sys
-import threading
 import time
 
 import luigi
@@ -17,10 +16,10 @@ import luigi.interface
 
 from pipeline import runlock
 from pipeline.checkpoints import Checkpoints
-from pipeline.errors import ArtifactError
+from pipeline.errors import ArtifactError, ConfigError
 from pipeline.h5io import atomic_path, read_attrs, read_problem, remove_stale_temporaries
 
-from . import config
+from . import config, settings
 
 logger = logging.getLogger("luigi-interface")
 
@@ -104,11 +103,14 @@ class RunDate(luigi.DateParameter):
 
 
 def _holding(method):
-    """``method`` (a task's ``complete`` or ``run``), after holding the artifacts folder for the task's run."""
+    """``method`` (a task's ``complete`` or ``run``), after holding the artifacts folder for the task's
+    run and, asked whether it is complete, after taking its graph into the run's settings check."""
 
     @functools.wraps(method)
     def holding(self, *args, **kwargs):
         hold_artifacts(self.date)
+        if method.__name__ == "complete" and not isinstance(self, CheckSettings):
+            CheckSettings(date=self.date).include(self)
         return method(self, *args, **kwargs)
 
     holding.holds_artifacts = True
@@ -123,6 +125,10 @@ class RunTask(luigi.Task):
     of its date (:func:`hold_artifacts`): the first question Luigi asks of a run's graph takes the
     folder, before anything is scheduled. Making a task (to find a path) holds nothing.
     """
+
+    #: The sections of luigi.cfg this task reads besides those every task reads (:data:`SECTIONS`):
+    #: a run checks those of its tasks before any work.
+    sections = ()
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -150,27 +156,57 @@ class RunTask(luigi.Task):
         return {"date": self.date, "refit": self.refit, "full": self.full}
 
 
-_CHECK = threading.local()
+#: The sections of luigi.cfg every task reads: where the artifacts are, the run lock, the progress lines.
+SECTIONS = ("paths", "lock", "progress")
 
 
-def requirements_complete(task):
-    """Whether every task ``task`` requires is complete. Each stage's completeness takes in that
-    of what it requires, so one check reaches a stage by many paths of the graph: within the
-    outermost call each stage is asked once."""
-    memo = getattr(_CHECK, "memo", None)
-    outer = memo is None
-    if outer:
-        memo = _CHECK.memo = {}
-    try:
-        for required in luigi.task.flatten(task.requires()):
-            if required.task_id not in memo:
-                memo[required.task_id] = required.complete()
-            if not memo[required.task_id]:
-                return False
-        return True
-    finally:
-        if outer:
-            _CHECK.memo = None
+def graph(task):
+    """``task`` and every task it requires, directly or not, once each."""
+    found, waiting = {}, [task]
+    while waiting:
+        current = waiting.pop()
+        if current.task_id not in found:
+            found[current.task_id] = current
+            waiting.extend(luigi.task.flatten(current.requires()))
+    return list(found.values())
+
+
+class SettingsChecked(luigi.Target):
+    """Whether the settings of a run's tasks can all work."""
+
+    def __init__(self, check):
+        self.check = check
+
+    def exists(self):
+        return self.check.problem() is None
+
+
+class CheckSettings(RunTask):
+    """The settings of the run's tasks (the sections of luigi.cfg they read), checked before any work:
+    complete when every one can work, failing with a one-line message naming the setting and the
+    fix when one cannot. Every stage of the run requires it through the inventory, and none is
+    complete while it fails, so a bad setting stops the run before anything is made."""
+
+    def include(self, task):
+        """Check the sections read by ``task`` and the tasks it requires, too."""
+        covered = self.__dict__.setdefault("_covered", set())
+        if task.task_id not in covered:
+            for found in graph(task):
+                covered.add(found.task_id)
+                self.__dict__.setdefault("_sections", set(SECTIONS)).update(found.sections)
+
+    def problem(self):
+        """The first problem of the run's settings as one line, or None (worked out once per set of sections)."""
+        sections = frozenset(self.__dict__.get("_sections", ()))
+        if self.__dict__.get("_checked", (None,))[0] != sections:
+            self._checked = (sections, settings.settings_problem(sections))
+        return self._checked[1]
+
+    def output(self):
+        return SettingsChecked(self)
+
+    def run(self):
+        raise ConfigError(self.problem())
 
 
 def hold_artifacts(date):
@@ -209,14 +245,103 @@ class RunInput(RunTask, luigi.ExternalTask):
         raise NotImplementedError
 
 
-class ArtifactTask(RunTask):
-    """A stage of one run writing one HDF5 file under ``[paths] artifacts``.
+class Stage(RunTask):
+    """A stage of one run, whose result carries its identity in a small record.
 
-    The file records the digest of the settings that change the stage's result and the
-    digests of the artifacts it was made from. The stage is complete when every stage it
-    requires is complete, and its file exists, is readable and records the current settings
-    and the current digests of its inputs. So a rerun skips what is done, a changed setting
-    or input redoes the stages after it, and a truncated or outdated file is made again.
+    A stage's identity is the digest of the settings that change its result and of the
+    identities of the stages it is made from: worked out from the settings alone, once per task,
+    without reading any result. Two kinds of stage take theirs from their record instead:
+    ``observed`` ones, whose result depends on what they found outside the graph (the inventory,
+    the verdicts: the recorded identity holds for the settings and inputs it records), and
+    ``kept`` ones, made on an earlier date and kept until a refit (the recorded identity holds
+    for the settings it records, unless :meth:`outdated`).
+
+    A stage is complete when the run's settings can work and its record names its identity:
+    one small record read per stage. So a rerun skips what is done, and a changed setting or
+    input redoes the stages after it.
+    """
+
+    observed = False
+    kept = False
+
+    def settings(self):
+        """The settings that change this stage's result (JSON-serialisable)."""
+        return {}
+
+    def made_from(self):
+        """The required stages whose results this one is made from (all, by default)."""
+        return [t for t in luigi.task.flatten(self.requires()) if isinstance(t, Stage)]
+
+    def record(self):
+        """What the existing result records of itself (a dict with ``digest``), or None when there
+        is none or it cannot be read."""
+        raise NotImplementedError
+
+    def outdated(self, record):
+        """Why a result whose record is otherwise current must be made again (a reason), or None."""
+        return None
+
+    def input_identities(self):
+        """The identities of the stages this one is made from, by stage; None while one is unknown."""
+        identities = {t.task_family: t.identity() for t in self.made_from()}
+        return None if None in identities.values() else identities
+
+    def identity(self):
+        """This stage's identity, or None while it cannot be known (an observed or kept stage still
+        to be made, or one made from it)."""
+        known = self.__dict__.get("_identity")
+        if known is None:
+            known = self._work_out_identity()
+            if known is not None:
+                self.__dict__["_identity"] = known
+        return known
+
+    def _work_out_identity(self):
+        inputs = self.input_identities()
+        if inputs is None:
+            return None
+        if not (self.observed or self.kept):
+            return settings_digest({"settings": self.settings(), "inputs": inputs})
+        record = self.record()
+        if record is None or record.get("settings_digest") != settings_digest(self.settings()):
+            return None
+        if self.observed and json.loads(record.get("inputs", "null")) != inputs:
+            return None
+        if self.kept and (self.outdated(record) or not all(t.complete() for t in self.made_from())):
+            return None  # decided once what it is kept from is made: a refit depends on it
+        return record.get("digest")
+
+    def made_identity(self):
+        """The identity of the result being made now: of the settings, the inputs and, for an observed
+        stage, what it found (``self.found``)."""
+        made = {"settings": self.settings(), "inputs": self.input_identities()}
+        if self.observed:
+            made["found"] = self.found
+        return settings_digest(made)
+
+    def complete(self):
+        if CheckSettings(date=self.date).problem() is not None:
+            return False
+        identity = self.identity()
+        record = self.record() if identity is not None else None
+        return record is not None and record.get("digest") == identity and not self.outdated(record)
+
+    def record_fields(self, **extra):
+        """What every result records of itself, plus ``extra``."""
+        return {
+            "digest": self.made_identity(),
+            "settings_digest": settings_digest(self.settings()),
+            "settings": json.dumps(self.settings(), default=str),
+            "inputs": json.dumps(self.input_identities()),
+            "stage": self.task_family,
+            "run_date": self.date.isoformat(),
+            **extra,
+        }
+
+
+class ArtifactTask(Stage):
+    """A stage of one run writing one HDF5 file under ``[paths] artifacts``, its record in the
+    file's attributes.
 
     Subclasses implement :meth:`make`, which writes the artifact to a temporary path. An
     artifact that is there but cannot be read is made again with a warning, in the log and, as
@@ -227,36 +352,14 @@ class ArtifactTask(RunTask):
     #: What making an unreadable artifact again does, for the warning.
     remade = "made again"
 
-    def settings(self):
-        """The settings that change this stage's result (JSON-serialisable)."""
-        return {}
-
-    def made_from(self):
-        """The required stages whose artifacts this one is made from (all, by default)."""
-        return [t for t in luigi.task.flatten(self.requires()) if isinstance(t, ArtifactTask)]
-
-    def input_digests(self):
-        return {t.task_family: read_attrs(t.output().path)["digest"] for t in self.made_from()}
-
     def output(self):
         return luigi.LocalTarget(os.path.join(config.paths().artifacts, self.filename), format=luigi.format.Nop)
 
-    def recorded(self):
-        """The attributes of the existing artifact, or None when there is none or it is unreadable."""
+    def record(self):
         try:
             return read_attrs(self.output().path)
         except OSError:  # missing, truncated or not HDF5: make it again
             return None
-
-    def complete(self):
-        if not requirements_complete(self):
-            return False
-        attrs = self.recorded()
-        return (
-            attrs is not None
-            and attrs.get("settings_digest") == settings_digest(self.settings())
-            and json.loads(attrs.get("inputs", "null")) == self.input_digests()
-        )
 
     def run(self):
         if self.complete():
@@ -293,24 +396,11 @@ class ArtifactTask(RunTask):
         """Whether an earlier run made this artifact, for a stage kept across runs (none by default)."""
         return False
 
-    def digest(self):
-        """This artifact's digest: of its settings and its inputs' digests."""
-        return settings_digest({"settings": self.settings(), "inputs": self.input_digests()})
-
     def attrs(self, **extra):
         """File attributes every artifact carries, plus ``extra``."""
-        return {
-            "digest": self.digest(),
-            "settings_digest": settings_digest(self.settings()),
-            "settings": json.dumps(self.settings(), default=str),
-            "inputs": json.dumps(self.input_digests()),
-            "stage": self.task_family,
-            "run_date": self.date.isoformat(),
-            "seconds": round(time.time() - self._started, 3),
-            **({"repaired": self._repaired} if getattr(self, "_repaired", None) else {}),
-            **extra,
-        }
+        repaired = {"repaired": self._repaired} if getattr(self, "_repaired", None) else {}
+        return self.record_fields(**{"seconds": round(time.time() - self._started, 3), **repaired, **extra})
 
     def checkpoints(self):
         """Checkpoints of this stage for its current inputs, under ``<artifacts>/work/``."""
-        return Checkpoints(os.path.join(config.paths().artifacts, "work", f"{self.task_family}-{self.digest()}"))
+        return Checkpoints(os.path.join(config.paths().artifacts, "work", f"{self.task_family}-{self.made_identity()}"))

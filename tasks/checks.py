@@ -10,14 +10,13 @@ import pandas as pd
 
 from pipeline import backends, collection, evaluation, verdicts
 from pipeline.errors import ConfigError
-from pipeline.h5io import read_attrs
 from pipeline.output import raw_lists, read_similarities
 from pipeline.query import SimilarityIndex
 from pipeline.report import read_json, write_json
 from pipeline.selfcheck import self_check
 
 from . import config, inputs
-from .base import RunTask, artifacts_writable, requirements_complete
+from .base import Stage, artifacts_writable
 from .extraction import Features, decoding
 from .fitting import Codebook, Reducer
 from .histograms import Histograms
@@ -28,30 +27,22 @@ from .verdicts import Verdicts
 logger = logging.getLogger("luigi-interface")
 
 
-class RunCheck(RunTask):
-    """A check of this run's neighbours, written to ``<artifacts>/<filename>`` (JSON) with what it
-    was made from: complete while that is unchanged."""
+class RunCheck(Stage):
+    """A check of this run's neighbours, written to ``<artifacts>/<filename>`` (JSON) with its
+    settings and identity."""
 
     filename = None
 
     def output(self):
         return luigi.LocalTarget(os.path.join(config.paths().artifacts, self.filename))
 
-    def inputs_identity(self):
-        """What the check is made from (JSON-serialisable)."""
-        raise NotImplementedError
-
-    def complete(self):
-        if not requirements_complete(self):
-            return False
-        recorded = read_json(self.output().path)
-        return recorded is not None and recorded.get("made_from") == self.inputs_identity()
+    def record(self):
+        return read_json(self.output().path)
 
     def write(self, result):
+        identity = {"settings": self.settings(), "digest": self.made_identity()}
         with artifacts_writable():
-            write_json(
-                self.output().path, {"date": self.date.isoformat(), **result, "made_from": self.inputs_identity()}
-            )
+            write_json(self.output().path, {"date": self.date.isoformat(), **result, **identity})
 
 
 class Evaluate(RunCheck):
@@ -59,24 +50,22 @@ class Evaluate(RunCheck):
     are applied, so that they never score themselves) against ``[evaluate] labels`` (precision,
     recall and mAP) and against the verdicts, into ``<artifacts>/evaluation.json``."""
 
+    filename = "evaluation.json"
+    sections = ("evaluate", "verdicts")
+
     def requires(self):
         required = {"similarities": Similarities(**self.run_args()), "verdicts": Verdicts(date=self.date)}
         if config.evaluate().labels.strip():
             required["labels"] = inputs.LabelsFile(date=self.date, path=config.evaluate().labels)
         return required
 
-    filename = "evaluation.json"
-
-    def inputs_identity(self):
-        """What the evaluation was made from: the similarities' and verdicts' digests and the labels file's size and time."""
-        identity = {
-            "similarities": read_attrs(self.input()["similarities"].path)["digest"],
-            "verdicts": read_attrs(self.input()["verdicts"].path)["digest"],
-        }
-        if "labels" in self.input():
-            labels = os.stat(self.input()["labels"].path)
-            identity["labels"] = [os.path.abspath(self.input()["labels"].path), labels.st_size, labels.st_mtime_ns]
-        return identity
+    def settings(self):
+        """The labels file, by its path, size and time."""
+        try:
+            labels = os.stat(config.evaluate().labels) if config.evaluate().labels.strip() else None
+        except OSError:  # LabelsFile names it
+            return {"labels": None}
+        return {"labels": labels and [os.path.abspath(config.evaluate().labels), labels.st_size, labels.st_mtime_ns]}
 
     def run(self):
         result = read_similarities(self.input()["similarities"].path)
@@ -136,18 +125,14 @@ class SelfCheck(RunCheck):
     the collection find their original, into ``<artifacts>/selfcheck.json``; part of every
     run unless ``[selfcheck] sample = 0``."""
 
+    filename = "selfcheck.json"
+    sections = ("selfcheck", "resnet", "images")
+
     def requires(self):
         return {"inventory": Inventory(date=self.date), "similarities": Similarities(**self.run_args())}
 
-    filename = "selfcheck.json"
-
-    def inputs_identity(self):
-        """What the check was made from: the similarities' digest and the sample's settings."""
-        return {
-            "similarities": read_attrs(self.input()["similarities"].path)["digest"],
-            "sample": config.selfcheck().sample,
-            "seed": config.selfcheck().seed,
-        }
+    def settings(self):
+        return {"sample": config.selfcheck().sample, "seed": config.selfcheck().seed}
 
     def run(self):
         index = latest_index()

@@ -7,7 +7,6 @@ import os
 import luigi
 import luigi.cmdline_parser
 
-from pipeline import errors
 from pipeline.backends import ModelSpec
 from pipeline.cms import BATCH_ROWS, MARKER_TABLE, TABLE, Destination
 from pipeline.codebook import DEFAULT_SAMPLE_SIZE
@@ -501,51 +500,6 @@ SECTIONS = (
     serve,
 )
 
-#: How the library's messages name its parameters here (``pipeline.errors.named``): as luigi.cfg
-#: sets them.
-NAMES = {
-    "the settings": "luigi.cfg",
-    "content_dir": "[paths] content",
-    "ids_csv": "[ids] csv",
-    "url": "[cms] url",
-    "ids_query": "[cms] ids_query",
-    "images_table": "[cms] images_table",
-    "id_column": "[cms] id_column",
-    "ppn_column": "[cms] ppn_column",
-    "filename_column": "[cms] filename_column",
-    "record_column": "[cms] record_column",
-    "mode": "[cms] mode",
-    "table": "[cms] table",
-    "marker_table": "[cms] marker_table",
-    "siblings_column": "[cms] siblings_column",
-    "copies_table": "[cms] copies_table",
-    "layer": "[resnet] layer",
-    "weights": "[resnet] weights",
-    "precision": "[resnet] precision",
-    "max_pixels": "[images] max_pixels",
-    "decode_timeout": "[images] decode_timeout",
-    "variance": "[reduction] variance",
-    "descriptors": "[reduction] descriptors",
-    "codebook_size": "[codebook] size",
-    "k": "[neighbours] k",
-    "weighting": "[neighbours] weighting",
-    "metric": "[neighbours] metric",
-    "power": "[neighbours] power",
-    "same_record": "[neighbours] same_record",
-    "method": "[neighbours] method",
-    "verdicts_table": "[verdicts] table",
-    "verdicts_csv": "[verdicts] csv",
-    "fingerprint": "[collection] fingerprint",
-    "labels": "[evaluate] labels",
-    "selfcheck_sample": "[selfcheck] sample",
-    "copies_threshold": "[copies] threshold",
-    "stale_after": "[lock] stale_after",
-    "trusted_proxy": "[serve] trusted_proxy",
-    "viewer_url": "[serve] viewer_url",
-    "image_url": "[serve] image_url",
-    "max_upload_mb": "[serve] max_upload_mb",
-}
-errors.NAMES.update(NAMES)
 
 
 def shards(section):

@@ -29,6 +29,7 @@ class Copies(ArtifactTask):
 
     filename = "copies.h5"
     csv = "copies.csv"
+    sections = ("copies", "selfcheck", "neighbours")
 
     def requires(self):
         required = {

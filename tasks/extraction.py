@@ -46,6 +46,8 @@ class Calibration(RunTask):
     quantized and calibrated on a seeded sample of ``[resnet] calibration_images`` of the
     inventory's images), once per feature store; every shard extracts with it."""
 
+    sections = ("resnet", "images")
+
     def requires(self):
         return Inventory(date=self.date)
 
@@ -84,13 +86,13 @@ class FeatureShard(Shard, ArtifactTask):
     """
 
     kind = "features"
+    sections = ("resnet", "images", "features", "serve")
 
-    def complete(self):
-        # a chunk set aside since this shard extracted (found damaged as it was read): extract again
-        if not super().complete():
-            return False
+    def outdated(self, record):
         made = os.stat(self.output().path).st_mtime_ns
-        return not Features(date=self.date).store().set_aside_after(made)
+        if Features(date=self.date).store().set_aside_after(made):
+            return "a chunk of its images was found damaged and set aside since it extracted them"
+        return None
 
     def requires(self):
         required = {"inventory": Inventory(date=self.date)}
@@ -134,6 +136,7 @@ class Features(ArtifactTask):
     once every shard has extracted its images."""
 
     filename = "features.h5"
+    sections = ("resnet", "images", "features")
 
     def requires(self):
         n = config.shards("features")
@@ -145,8 +148,10 @@ class Features(ArtifactTask):
     def made_from(self):
         return [self.requires()["inventory"]]  # the number of shards does not change the result
 
-    def complete(self):
-        return super().complete() and not self.store().set_aside_chunks()
+    def outdated(self, record):
+        if self.store().set_aside_chunks():
+            return "chunks of the feature store were found damaged and set aside"
+        return None
 
     def settings(self):
         if getattr(self, "_settings", None) is None:

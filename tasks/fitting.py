@@ -5,12 +5,11 @@ import os
 
 from pipeline.codebook import DESCRIPTORS_PER_WORD, fit_codebook
 from pipeline.codebook import FORMAT as CODEBOOK_FORMAT
-from pipeline.h5io import read_attrs
 from pipeline.reduction import Reducer as ReducerModel
 from pipeline.reduction import fit_reducer
 
 from . import config
-from .base import ArtifactTask, requirements_complete, settings_digest
+from .base import ArtifactTask, settings_digest
 from .extraction import Features
 
 logger = logging.getLogger("luigi-interface")
@@ -26,6 +25,8 @@ class Reducer(ArtifactTask):
 
     filename = "reducer.h5"
     remade = "refitted (the codebook with it); every list may change"
+    kept = True  # valid for any later run with the same settings, until a refit
+    sections = ("reduction", "codebook")
 
     def made_before(self):
         return fitted_before()
@@ -43,18 +44,14 @@ class Reducer(ArtifactTask):
             "reduced": config.reduction().reduced,
         }
 
-    def complete(self):
-        # frozen: valid for any later run with the same settings, until a refit is asked for
-        # or the collection has grown past [codebook] refit_growth since the fit
-        if not requirements_complete(self):
-            return False
-        attrs = self.recorded()
-        if attrs is None or attrs.get("settings_digest") != settings_digest(self.settings()):
-            return False
-        if self.refit and attrs["run_date"] != self.date.isoformat():
-            return False
-        images_now = read_attrs(self.input().path)["images"]
-        return images_now <= attrs["images"] * (1 + config.codebook().refit_growth)
+    def outdated(self, record):
+        if self.refit and record["run_date"] != self.date.isoformat():
+            return "a refit was asked for"
+        images_now = self.requires().record()
+        growth = config.codebook().refit_growth
+        if images_now is not None and images_now["images"] > record["images"] * (1 + growth):
+            return f"the collection has grown past [codebook] refit_growth={growth:g} since the fit"
+        return None
 
     def make(self, tmp):
         blocks, settings = self.requires().blocks(), config.reduction()
@@ -75,6 +72,7 @@ class Codebook(ArtifactTask):
 
     filename = "codebook.h5"
     remade = "refitted; every list may change"
+    sections = ("codebook",)
 
     def made_before(self):
         return fitted_before()

@@ -19,6 +19,8 @@ logger = logging.getLogger("luigi-interface")
 class HistogramInputs(ArtifactTask):
     """What the histograms are made from, for Histograms and its shards."""
 
+    sections = ("histograms",)
+
     def inputs(self):
         return {
             "features": Features(date=self.date),
@@ -80,10 +82,10 @@ class Histograms(HistogramInputs):
 
     def previous(self):
         """The histograms of the last run, when made with the current reducer, codebook and settings."""
-        attrs = self.recorded()
+        attrs = self.record()
         if attrs is None or attrs.get("settings_digest") != settings_digest(self.settings()):
             return None
-        inputs, now = json.loads(attrs["inputs"]), self.input_digests()
+        inputs, now = json.loads(attrs["inputs"]), self.input_identities()
         if any(inputs.get(stage) != now[stage] for stage in ("Reducer", "Codebook")):
             return None
         keys, counts, _ = histograms.load_counts(self.output().path)

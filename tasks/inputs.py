@@ -44,6 +44,8 @@ class CmsTable(luigi.Target):
 class CmsImages(RunInput):
     """The CMS's ID mapping: ``[cms] images_table`` (or ``ids_query``) in the database at ``[cms] url``."""
 
+    sections = ("cms",)
+
     def output(self):
         return CmsTable(None if config.cms().ids_query.strip() else config.cms().images_table)
 
@@ -64,6 +66,8 @@ class CmsDatabase(RunInput):
     (``[verdicts] source``); one that does not answer stops the stages that need it, the work
     before them kept."""
 
+    sections = ("cms",)
+
     def output(self):
         return CmsTable(None, new_file=True)
 
@@ -78,15 +82,20 @@ class CollectionOnDisk(RunInput):
     """The previous run's images still on disk: when more than ``[collection] max_removed`` of them
     are gone, the night stops here, before any task writes, as for a missing input (exit code 20)."""
 
+    sections = ("collection",)
+
     def complete(self):
-        return removal_problem(self.date) is None
+        return self.problem() is None
 
     def missing_message(self):
-        return removal_problem(self.date)
+        return self.problem()
 
+    def problem(self):
+        """:func:`removal_problem` of this run, worked out once (reading the previous run's images)."""
+        if "_problem" not in self.__dict__:
+            self._problem = removal_problem(self.date)
+        return self._problem
 
-#: removal_problem's answers, by the run date, the folder and the previous run's files.
-_REMOVALS = {}
 
 #: Where the previous run's images are listed: its inventory, else (damaged) its features index.
 PREVIOUS = ("inventory.h5", "features.h5")
@@ -96,27 +105,15 @@ def removal_problem(date):
     """One line naming the images gone and the folders they were in, when more than
     ``[collection] max_removed`` of the previous run's images are gone from disk and
     ``[collection] allow_removals`` is not given; None otherwise, or when there is no previous run
-    to compare with (worked out once per run date and previous run's files)."""
+    to compare with."""
     try:
         c, content = config.collection(), config.paths().content
     except (ValueError, ConfigError):  # CheckSettings names the setting
         return None
     if c.allow_removals or c.max_removed >= 1 or not os.path.isdir(content):
         return None  # allowed, or ContentFolder names the missing folder
-    paths = [os.path.join(config.paths().artifacts, name) for name in PREVIOUS]
-    key = (date, os.path.abspath(content), c.max_removed, *(_made(p) for p in paths))
-    if key not in _REMOVALS:
-        previous = previous_images(paths, date)
-        _REMOVALS[key] = None if previous is None else _removal_problem(previous, content, c.max_removed)
-    return _REMOVALS[key]
-
-
-def _made(path):
-    try:
-        made = os.stat(path)
-    except OSError:
-        return None
-    return made.st_ino, made.st_size, made.st_mtime_ns
+    previous = previous_images([os.path.join(config.paths().artifacts, name) for name in PREVIOUS], date)
+    return None if previous is None else _removal_problem(previous, content, c.max_removed)
 
 
 def previous_images(paths, date):
@@ -192,6 +189,7 @@ class IdMapping(InputPath):
     """The CMS's ID mapping as a CSV file: ``[ids] csv``."""
 
     setting = "[ids] csv"
+    sections = ("ids",)
     fix = "export the CMS's images to it (id,ppn,filename) or read them from the CMS with [ids] source = cms"
 
 
@@ -199,6 +197,7 @@ class LabelsFile(InputPath):
     """The labels the neighbours are evaluated against: ``[evaluate] labels``."""
 
     setting = "[evaluate] labels"
+    sections = ("evaluate",)
     fix = "give a CSV file id,label of (some of) the collection's images"
 
 

@@ -6,26 +6,15 @@ import os
 
 from pipeline import collection
 from pipeline.codebook import check_size
-from pipeline.errors import CollectionError, ConfigError
+from pipeline.errors import CollectionError
 from pipeline.model import layer_side
 from pipeline.neighbours import check_k
 from pipeline.records import check_records
 
-from . import config, inputs, settings
-from .base import ArtifactTask, RunTask, settings_digest
+from . import config, inputs
+from .base import ArtifactTask, CheckSettings
 
 logger = logging.getLogger("luigi-interface")
-
-
-class CheckSettings(RunTask):
-    """The settings of luigi.cfg, checked before any work: complete when every one can work,
-    failing with a one-line message naming the setting and the fix when one cannot."""
-
-    def complete(self):
-        return settings.settings_problem() is None
-
-    def run(self):
-        raise ConfigError(settings.settings_problem())
 
 
 def check_removals(removed, previous, inventory, source):
@@ -51,6 +40,8 @@ class Inventory(ArtifactTask):
     """The images both on disk and in the ID mapping, taken once per run date."""
 
     filename = "inventory.h5"
+    observed = True  # its identity is that of the images it found
+    sections = ("ids", "collection", "neighbours", "codebook", "resnet")
 
     def requires(self):
         # the paths as parameters, so a missing input is named in Luigi's summary
@@ -75,20 +66,14 @@ class Inventory(ArtifactTask):
         }
         if config.ids().source == "cms":  # read again on every run date
             c = config.cms()
-            settings["cms"] = [c.url, c.images_table, c.id_column, c.ppn_column, c.filename_column, c.ids_query]
-            if c.record_column.strip():  # the digests of before without one
-                settings["cms"].append(c.record_column)
-            return settings
+            columns = (c.images_table, c.id_column, c.ppn_column, c.filename_column, c.ids_query, c.record_column)
+            return {**settings, "cms": [c.url, *columns]}
         try:
             csv = os.stat(config.ids().csv)
             csv_fingerprint = [csv.st_size, csv.st_mtime_ns]
         except OSError:  # IdMapping reports the missing file
             csv_fingerprint = None
         return {**settings, "csv": os.path.abspath(config.ids().csv), "csv_fingerprint": csv_fingerprint}
-
-    def digest(self):
-        # of the settings (the date among them) and of what was found
-        return settings_digest({"settings": self.settings(), "images": self._found})
 
     def make(self, tmp):
         mapping, source = inputs.read_id_mapping()
@@ -99,8 +84,8 @@ class Inventory(ArtifactTask):
         check_records(inventory.records, lists.k, lists.own, lists.same_record)
         n_local = layer_side(config.resnet().layer) ** 2
         check_size(config.codebook().size, len(inventory), n_local, config.codebook().sample_size)
-        self._found = inventory.fingerprint()
-        previous = self.recorded() and collection.load_inventory(self.output().path)
+        self.found = inventory.fingerprint()
+        previous = self.record() and collection.load_inventory(self.output().path)
         removed = collection.removed_images(previous, inventory) if previous else []
         if removed:
             logger.info("%d images of the previous run are gone: %s", len(removed), ", ".join(removed[:20]))

@@ -8,7 +8,7 @@ from pipeline.h5io import read_attrs, read_ids
 from pipeline.output import read_similarities
 
 from . import config, inputs
-from .base import RunTask, requirements_complete
+from .base import RunTask
 from .copies import Copies, copies_wanted
 from .neighbours import Similarities
 
@@ -25,6 +25,8 @@ class LoadSimilarities(RunTask):
     or emptied outside the pipeline is loaded again, whole, by the next run.
     """
 
+    sections = ("cms",)
+
     def requires(self):
         # the database first: a server that does not answer is a missing input (exit code 20), the lists kept
         return {"made": Similarities(**self.run_args()), "cms": inputs.CmsDatabase(date=self.date)}
@@ -34,7 +36,7 @@ class LoadSimilarities(RunTask):
         return read_attrs(self.input()["made"].path)["digest"]
 
     def complete(self):
-        if not requirements_complete(self):
+        if not (self.requires()["made"].complete() and self.requires()["cms"].complete()):
             return False
         with h5py.File(self.input()["made"].path, "r") as f:
             ids = read_ids(f["ids"])
@@ -53,6 +55,8 @@ class LoadCopies(RunTask):
     Complete when the last marker row for the table names this run's copies.h5 and the table
     holds its rows."""
 
+    sections = ("cms", "copies")
+
     def requires(self):
         return {"made": Copies(**self.run_args()), "cms": inputs.CmsDatabase(date=self.date)}
 
@@ -61,7 +65,7 @@ class LoadCopies(RunTask):
         return read_attrs(self.input()["made"].path)["digest"]
 
     def complete(self):
-        if not requirements_complete(self):
+        if not (self.requires()["made"].complete() and self.requires()["cms"].complete()):
             return False
         images = int(read_attrs(self.input()["made"].path)["images"])
         return cms.holds_copies(

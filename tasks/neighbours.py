@@ -28,6 +28,8 @@ logger = logging.getLogger("luigi-interface")
 class NeighbourInputs(ArtifactTask):
     """What the neighbours are found from, and how, for Similarities and its shards."""
 
+    sections = ("neighbours", "resnet")
+
     def inputs(self):
         return {
             "features": Features(date=self.date),
@@ -48,7 +50,7 @@ class NeighbourInputs(ArtifactTask):
         """What the distances between unchanged images depend on: the settings, the codebook (and
         with it the reducer and the word weights) and the histograms' settings. An earlier run
         on the same basis has lists that stay valid where nothing near them changed."""
-        codebook = read_attrs(self.inputs()["codebook"].output().path)["digest"]
+        codebook = self.inputs()["codebook"].identity()
         return settings_digest([self.neighbour_settings(), codebook, Histograms.histogram_settings()])
 
     def records(self, index):
@@ -81,7 +83,7 @@ def night_search(task):
     """The :class:`~pipeline.search.NightSearch` of ``task``'s inputs, read once per worker process
     for all the shards it runs."""
     settings = config.neighbour_settings()
-    made_from = (json.dumps(task.input_digests()), task.full, task.refit, settings)
+    made_from = (json.dumps(task.input_identities()), task.full, task.refit, settings)
     if made_from not in _SEARCH:
         _SEARCH.clear()  # another run's, or other inputs: released first
         index = store.load_index(task.input()["features"].path)

@@ -33,12 +33,29 @@ logger = logging.getLogger("luigi-interface")
 STAGES = (Inventory, Features, Reducer, Codebook, Histograms, Verdicts, Similarities, MapLayout, Map)
 
 
+class RunReport(luigi.LocalTarget):
+    """A run's report, there when the run ended well (status ok)."""
+
+    def exists(self):
+        report = read_json(self.path)
+        return report is not None and report.get("status") == "ok"
+
+
+class Asked(luigi.Target):
+    """The result of a task made whenever it is asked for: never there before."""
+
+    def exists(self):
+        return False
+
+
 class Nightly(RunTask):
     """``luigi --module tasks Nightly --local-scheduler [--date YYYY-MM-DD] [--refit]``.
 
     Brings similarities.hdf5 up to date with the collection and writes the run report;
     a second call for the same date does nothing.
     """
+
+    sections = ("cms", "evaluate", "verdicts", "selfcheck", "copies", "serve", "images", "report")
 
     show = luigi.Parameter(
         default="", significant=False, description="Database IDs the visual report shows first, comma-separated."
@@ -63,13 +80,7 @@ class Nightly(RunTask):
         return required
 
     def output(self):
-        return luigi.LocalTarget(
-            os.path.join(config.paths().artifacts, "runs", self.date.isoformat(), "run_report.json")
-        )
-
-    def complete(self):
-        report = read_json(self.output().path)
-        return report is not None and report.get("status") == "ok"
+        return RunReport(os.path.join(config.paths().artifacts, "runs", self.date.isoformat(), "run_report.json"))
 
     def run(self):
         date = self.date.isoformat()
@@ -163,12 +174,13 @@ class Report(RunTask):
     run of ``--date`` again, showing the images of the given IDs first."""
 
     show = luigi.Parameter(default="", significant=False, description="Database IDs shown first, comma-separated.")
+    sections = ("images", "report")
 
     def requires(self):
         return Nightly(**self.run_args())
 
-    def complete(self):
-        return False  # made whenever it is asked for
+    def output(self):
+        return Asked()
 
     def run(self):
         with artifacts_writable():

@@ -4,7 +4,6 @@ a one-line message naming it and the fix, before any work."""
 import os
 
 import luigi
-import luigi.cmdline_parser
 
 from pipeline.cms import resolve_url
 from pipeline.errors import ConfigError
@@ -37,41 +36,28 @@ def _typed(parameter, raw):
         return raw
 
 
-#: settings_problem's answers, by what it read: every stage's completeness asks it.
-_PROBLEMS = {}
+def settings_problem(sections=None):
+    """The first setting of ``sections`` (the names of luigi.cfg's sections a run reads; default:
+    all) that cannot work, as a one-line message naming it and the fix; None if all can.
 
-
-def _settings_read():
-    """What settings_problem's answer depends on: our sections of luigi.cfg as written, and the
-    command line's parameters."""
-    parser = luigi.configuration.get_config()
-    written = tuple(
-        (c.__name__, tuple(parser.items(c.__name__, raw=True))) for c in SECTIONS if parser.has_section(c.__name__)
-    )
-    command_line = luigi.cmdline_parser.CmdlineParser.get_instance()
-    return written, repr(sorted(vars(command_line.known_args).items())) if command_line else None
-
-
-def settings_problem():
-    """The first setting that cannot work, as a one-line message naming it and the fix; None if
-    all can (worked out once for the same settings).
-
-    Checks what can be known before any work: every value of luigi.cfg parses, the values
-    are in range, the weights are ``imagenet``, ``random`` or a readable file, and the CMS URL
-    resolves when it is needed, the layer is one of ResNet50's, and no key of our sections is
-    unknown (a misspelt key would otherwise be ignored). Settings that depend on the data
-    (``k`` against the number of images, K against the number of descriptors) are checked
+    Checks what can be known before any work: every value parses, the values are in range, no
+    key is unknown (a misspelt key would otherwise be ignored), the weights are ``imagenet``,
+    ``random`` or a readable file, the layer is one of ResNet50's, the CMS URL resolves when it
+    is needed, and the settings that depend on each other agree. Settings that depend on the
+    data (``k`` against the number of images, K against the number of descriptors) are checked
     once the inventory is taken, before any extraction.
     """
-    read = _settings_read()
-    if read not in _PROBLEMS:
-        _PROBLEMS.clear()
-        _PROBLEMS[read] = _first_problem()
-    return _PROBLEMS[read]
+    names = {c.__name__ for c in SECTIONS}
+    used = names if sections is None else set(sections) & names
+    needed = used | {read for owner, reads, _ in AGREEMENTS if owner in used for read in reads}
+    return _unreadable(needed) or next(
+        (problem for owner, _, agree in AGREEMENTS if owner in used for problem in [agree()] if problem), None
+    )
 
 
-def _first_problem():
-    sections = {c.__name__: c for c in SECTIONS}
+def _unreadable(needed):
+    """The first setting of the sections ``needed`` that is not one, or cannot be read, or is out of range."""
+    sections = {c.__name__: c for c in SECTIONS if c.__name__ in needed}
     parser = luigi.configuration.get_config()
     for name, config_class in sections.items():
         known = dict(config_class.get_params())
@@ -90,23 +76,41 @@ def _first_problem():
                     return f"[{name}] {key}={_typed(parameter, raw)!r} must be {parameter.must}"
                 return f"[{name}] {key}={raw!r} cannot be read ({exc}); {parameter.description}"
     for name, key, check, must in RULES:
-        value = getattr(sections[name](), key)
-        if not check(value):
-            return f"[{name}] {key}={value!r} must be {must}"
+        if name in sections and not check(getattr(sections[name](), key)):
+            return f"[{name}] {key}={getattr(sections[name](), key)!r} must be {must}"
+    return None
+
+
+def _model():
     if layer_side(resnet().layer) is None:
         return unknown_layer_message(resnet().layer)
     weights = resnet().weights
     if weights not in ("imagenet", "random") and not os.access(weights, os.R_OK):
         return f"[resnet] weights={weights!r} is not a readable file; give the path of a Keras weights file, or imagenet or random"
-    if ids().source == "cms" or cms().url.strip():
-        try:
-            resolve_url(cms().url)
-        except ConfigError as exc:
-            return str(exc)
+    return None
+
+
+def _cms_url():
+    if not (ids().source == "cms" or cms().url.strip()):
+        return None
+    try:
+        resolve_url(cms().url)
+    except ConfigError as exc:
+        return str(exc)
+    return None
+
+
+def _verdicts():
     if verdicts().source == "cms" and not cms().url.strip():
         return "[verdicts] source = cms needs [cms] url; set it, or keep the verdicts in a file: [verdicts] csv = PATH"
     if verdicts().source == "csv" and not verdicts().csv.strip():
         return "[verdicts] source = csv needs [verdicts] csv, the path of the verdicts' CSV file"
+    if verdict_source()[0] == "cms" and not verdicts().table.strip():
+        return "[verdicts] table is empty; name the table of the verdicts (default image_similarity_verdict)"
+    return None
+
+
+def _copies():
     if copies().threshold == "auto" and selfcheck().sample == 0:
         return "[copies] threshold = auto needs the self-check; set [selfcheck] sample above 0, a distance, or off"
     copies_table = cms().copies_table.strip()
@@ -118,6 +122,14 @@ def _first_problem():
         )
     if copies_table and copies_table in (cms().table, cms().marker_table, cms().images_table, verdicts().table):
         return f"[cms] copies_table={copies_table!r} is another table of the pipeline's; name a table of its own"
-    if verdict_source()[0] == "cms" and not verdicts().table.strip():
-        return "[verdicts] table is empty; name the table of the verdicts (default image_similarity_verdict)"
     return None
+
+
+#: The settings that must agree with each other: (the section whose tasks need them, the sections
+#: read, the check). A run checks those of the sections its tasks read.
+AGREEMENTS = (
+    ("resnet", ("resnet",), _model),
+    ("cms", ("cms", "ids"), _cms_url),
+    ("verdicts", ("verdicts", "cms"), _verdicts),
+    ("copies", ("copies", "selfcheck", "cms", "verdicts"), _copies),
+)

@@ -9,19 +9,20 @@ import luigi
 
 from pipeline import store
 from pipeline.decoders import DecoderPool
-from pipeline.h5io import read_attrs
 from pipeline.images import decode_views
 from pipeline.thumbnails import record, update_views
 
 from . import config
-from .base import Progress, RunTask, artifacts_writable, requirements_complete
+from .base import Progress, Stage, artifacts_writable
 from .extraction import Features, decoding
 
 
-class Thumbnails(RunTask):
+class Thumbnails(Stage):
     """The views of every image of the run in the store: those the extraction made moved in, the
-    missing ones made by decoding their files, those of images gone forgotten. Complete while the
-    store records the run's feature index (``features.h5``) it was brought up to date with."""
+    missing ones made by decoding their files, those of images gone forgotten. The store's
+    metadata is its record: the identity of the run's feature index it was brought up to date with."""
+
+    sections = ("images", "serve")
 
     def requires(self):
         return Features(date=self.date)
@@ -29,10 +30,9 @@ class Thumbnails(RunTask):
     def output(self):
         return luigi.LocalTarget(config.view_store().path)
 
-    def complete(self):
-        if not requirements_complete(self):
-            return False
-        return config.view_store().meta().get("features") == read_attrs(self.input().path)["digest"]
+    def record(self):
+        meta = config.view_store().meta()
+        return meta if "digest" in meta else None
 
     def run(self):
         index = store.load_index(self.input().path)
@@ -50,7 +50,7 @@ class Thumbnails(RunTask):
             summary = {**dataclasses.asdict(done), "failed": len(done.failed), "run_date": self.date.isoformat()}
             record(
                 config.view_store(),
-                {"features": read_attrs(self.input().path)["digest"], "summary": json.dumps(summary)},
+                {"digest": self.made_identity(), "summary": json.dumps(summary)},
             )
 
 

@@ -49,6 +49,8 @@ class Verdicts(ArtifactTask):
     images of the run, one per pair; every row left out is listed with its reason."""
 
     filename = "verdicts.h5"
+    observed = True  # its identity is that of the verdicts it read
+    sections = ("verdicts", "neighbours")
 
     def requires(self):
         required = {"features": Features(date=self.date), "inventory": Inventory(date=self.date)}
@@ -64,10 +66,6 @@ class Verdicts(ArtifactTask):
             "place": os.path.abspath(place) if kind == "csv" else place,
             "k": config.neighbours().k,
         }
-
-    def digest(self):
-        # of the settings (the date among them), the inputs and what was read
-        return settings_digest({"settings": self.settings(), "inputs": self.input_digests(), "found": self._found})
 
     def previous_known(self):
         """The IDs the last run's verdicts.h5 knew as images (none when it cannot be read)."""
@@ -86,7 +84,7 @@ class Verdicts(ArtifactTask):
         honoured, bad, superseded, rows = checked(index.ids, known)
         n_rows = len(rows)
         named = {str(i) for i in (*honoured.image_id.tolist(), *honoured.similar_image_id.tolist())}
-        self._found = settings_digest(
+        self.found = settings_digest(
             [
                 honoured.image_id.tolist(),
                 honoured.similar_image_id.tolist(),

@@ -36,9 +36,6 @@ def luigi_config(monkeypatch, path=None):
 
 @pytest.fixture(autouse=True)
 def isolated_luigi(monkeypatch):
-    from tasks import inputs
-
-    monkeypatch.setattr(inputs, "_REMOVALS", {})  # the removal guard's answers, of another test's folders
     with luigi_config(monkeypatch):
         yield
 

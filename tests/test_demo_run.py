@@ -30,7 +30,7 @@ def test_self_check_finds_altered_copies_far_better_than_chance_on_the_demo(demo
     assert check["top1"] >= 0.33 and check["top5"] >= 0.66
     assert all(rates["queries"] == SELFCHECK for rates in check["per_alteration"].values())
     saved = json.loads((demo_run / "artifacts" / "selfcheck.json").read_text())
-    assert saved["top1"] == check["top1"] and saved["made_from"]["sample"] == SELFCHECK
+    assert saved["top1"] == check["top1"] and saved["settings"]["sample"] == SELFCHECK
     assert 'class="selfcheck"' in (demo_run / "artifacts" / "report.html").read_text()
     assert report["evaluation"]["queries"] == 51 and report["evaluation"]["precision_at_1"] > 0.5
 

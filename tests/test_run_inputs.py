@@ -264,7 +264,8 @@ def test_files_that_must_be_rejected_change_nothing_else(run, monkeypatch, small
 )
 def test_bad_settings_stop_the_run_before_any_work(monkeypatch, caplog, tmp_path, small_collection, override, message):
     (tmp_path / "content").symlink_to(small_collection[0])
-    code = luigi_in_process(monkeypatch, pipeline_config(tmp_path, **override), tmp_path)
+    task = "Nightly" if "cms__copies_table" in override else "Similarities"  # the copies are the night's
+    code = luigi_in_process(monkeypatch, pipeline_config(tmp_path, **override), tmp_path, task)
     assert code == 30, caplog.text[-2000:]
     report = json.loads((tmp_path / "artifacts" / "run_report.json").read_text())
     stage = "Inventory" if "the number of" in message or "leaves the" in message else "CheckSettings"
@@ -272,6 +273,17 @@ def test_bad_settings_stop_the_run_before_any_work(monkeypatch, caplog, tmp_path
     assert "\n" not in report["error"] and message in caplog.text
     written = sorted(p.name for p in (tmp_path / "artifacts").iterdir() if not p.name.startswith("run.lock"))
     assert written == ["run_report.json", "runs"]  # and the run lock, which this process holds
+
+
+def test_a_run_checks_the_settings_of_its_own_stages_only(monkeypatch, caplog, tmp_path, small_collection):
+    (tmp_path / "content").symlink_to(small_collection[0])
+    config = pipeline_config(tmp_path, copies__threshold="auto", selfcheck__sample=0)  # copies need the self-check
+    code = luigi_in_process(monkeypatch, config, tmp_path, "Inventory")
+    assert code == 0, caplog.text[-2000:]  # a run without the copies is not stopped by their settings
+    assert luigi_in_process(monkeypatch, config, tmp_path, "Nightly") == 30
+    report = json.loads((tmp_path / "artifacts" / "run_report.json").read_text())
+    assert report["failed_stage"] == "CheckSettings" and "[copies] threshold = auto needs the self-check" in report["error"]
+    assert not (tmp_path / "artifacts" / "features.h5").exists()  # stopped before any work
 
 
 def test_unusual_images_are_processed_and_bad_files_rejected_in_one_run(run, monkeypatch, small_collection, tmp_path):
@@ -408,5 +420,6 @@ def test_evaluate_scores_the_neighbours_against_labels_in_every_run(monkeypatch,
     assert 'class="quality"' in (tmp_path / "artifacts" / "report.html").read_text()
     with luigi_config(monkeypatch, tmp_path / "luigi.cfg"):
         assert Evaluate(date=Nightly().date).complete()  # up to date until the neighbours or the labels change
-        labels.write_text(labels.read_text() + "999,unknown\n")
+    labels.write_text(labels.read_text() + "999,unknown\n")
+    with luigi_config(monkeypatch, tmp_path / "luigi.cfg"):  # the next run
         assert not Evaluate(date=Nightly().date).complete()

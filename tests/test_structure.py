@@ -1,5 +1,5 @@
 """The code's structure: no module of the project imports another that imports it back, and the
-library's messages name its own parameters, which the tasks name as luigi.cfg sets them."""
+library's messages name its parameters as luigi.cfg sets them, from one table."""
 
 import ast
 import pathlib
@@ -92,26 +92,38 @@ def message_texts(path):
     ]
 
 
-def test_the_library_names_its_parameters_and_the_tasks_name_each_as_luigi_cfg_sets_it(monkeypatch):
+def test_the_library_names_its_parameters_as_luigi_cfg_sets_them_from_one_table(monkeypatch):
     from pipeline import errors
     from pipeline.errors import ConfigError
     from pipeline.neighbours import check_k
     from tasks import config
 
     library = [*(ROOT / "pipeline").rglob("*.py"), *(ROOT / "webapp").rglob("*.py")]
-    settings = [f"[{m[0]}] {m[1]}" for p in library for t in message_texts(p) for m in re.findall(SETTING, t)]
-    assert settings == []  # the library's (and the web app's) messages name no section of luigi.cfg
+    table = ROOT / "pipeline" / "errors.py"
+    texts = [t for p in library if p != table for t in message_texts(p)]
+    assert [m for t in texts for m in re.findall(SETTING, t)] == []  # only the table names a section
     used = {name for p in library for name in re.findall(r"named\(['\"]([^'\"]+)['\"]\)", p.read_text())}
-    assert used == set(config.NAMES)  # each one named by the tasks, none left over
+    assert used == set(errors.NAMES)  # each one named, none left over
     keys = {section.__name__: dict(section.get_params()) for section in config.SECTIONS}
-    for parameter, name in config.NAMES.items():
+    for parameter, name in errors.NAMES.items():
         section, key = re.fullmatch(SETTING, name).groups() if name != "luigi.cfg" else ("paths", "content")
         assert key in keys[section], (parameter, name)
     with pytest.raises(ConfigError, match=r"^\[neighbours\] k=9 must be between 1 and"):
         check_k(9, 5)
-    monkeypatch.setattr(errors, "NAMES", {})  # the library alone
+    monkeypatch.setattr(errors, "NAMES", {})  # without the table
     with pytest.raises(ConfigError, match=r"^k=9 must be between 1 and"):
         check_k(9, 5)
+
+
+def test_importing_a_module_changes_no_other():
+    """No import has side effects on the library: a fresh interpreter's table of names is the same
+    before and after the tasks are imported."""
+    import subprocess
+    import sys
+
+    code = "from pipeline import errors; before = dict(errors.NAMES); import tasks; print(before == errors.NAMES)"
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.stdout.strip() == "True", done.stderr[-2000:]
 
 
 #: A setting as luigi.cfg's sections name it: [section] key.
