@@ -294,3 +294,11 @@ def test_pairwise_precision_and_recall_count_pairs():
     precision, recall, pairs = pairwise([np.array([0, 1]), np.array([2, 3, 4])], labels)
     assert (precision, recall, pairs) == (2 / 4, 2 / 4, 4)
     assert pairwise([], labels) == (1.0, 0.0, 0)
+
+
+def test_completeness_benchmark_asks_a_finished_made_up_night(capsys):
+    from benchmarks import completeness
+
+    completeness.run(images=100)
+    figures = last_json_line(capsys)
+    assert figures["all_complete"] and figures["stages"] >= 12 and figures["tasks"] > figures["stages"]

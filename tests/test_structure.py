@@ -128,3 +128,11 @@ def test_importing_a_module_changes_no_other():
 
 #: A setting as luigi.cfg's sections name it: [section] key.
 SETTING = r"\[([a-z_]+)\] ([a-z_]+)"
+
+
+def test_completeness_is_the_base_classes_own_but_for_external_inputs_and_database_loads():
+    from benchmarks.codesize import overrides
+
+    base = {"base.RunTask.complete", "base.Stage.complete"}  # Luigi's, holding the run; the stages'
+    allowed = {"inputs.CollectionOnDisk.complete", "load.LoadSimilarities.complete", "load.LoadCopies.complete"}
+    assert set(overrides(ROOT)) - base <= allowed, "a task works out its completeness itself: see tasks.base.Stage"
