@@ -8,7 +8,7 @@ import re
 
 from .errors import ConfigError, WeightsError, named
 from .images import INPUT_SIZE
-from .precision import POLICIES
+from .precision import POLICIES, import_quietly
 
 logger = logging.getLogger(__name__)
 
@@ -61,11 +61,8 @@ def unknown_layer_message(layer):
 
 
 def import_keras():
-    """Keras, imported on first use (TensorFlow is slow to import and chatty)."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter
-    import keras
-
-    return keras
+    """Keras, imported on first use (TensorFlow is slow to import), quietly (:func:`import_quietly`)."""
+    return import_quietly("keras")
 
 
 def keras_cache_dir():

@@ -9,7 +9,10 @@ int8 is a trunk quantized after training, calibrated on the collection and run b
 """
 
 import functools
+import importlib
 import os
+import sys
+import tempfile
 
 from .errors import ConfigError, named
 
@@ -40,6 +43,32 @@ def cpu_flags(path="/proc/cpuinfo"):
     return set()
 
 
+def import_quietly(name):
+    """The module ``name`` (TensorFlow or Keras), imported without TensorFlow's start-up lines on
+    the standard error, which its C++ runtime writes whatever the log level on some builds; they
+    are shown when the import fails, or when ``TF_CPP_MIN_LOG_LEVEL=0`` asks for TensorFlow's log."""
+    if name in sys.modules:
+        return sys.modules[name]
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if os.environ["TF_CPP_MIN_LOG_LEVEL"] == "0":
+        return importlib.import_module(name)
+    sys.stderr.flush()
+    kept = os.dup(2)
+    with tempfile.TemporaryFile() as said:
+        os.dup2(said.fileno(), 2)
+        try:
+            return importlib.import_module(name)
+        except BaseException:
+            os.dup2(kept, 2)
+            said.seek(0)
+            sys.stderr.buffer.write(said.read())
+            sys.stderr.flush()
+            raise
+        finally:
+            os.dup2(kept, 2)
+            os.close(kept)
+
+
 def tensor_core_gpus():
     """Names and compute capabilities of the NVIDIA GPUs with tensor cores that TensorFlow can
     use: list of (str, (major, minor)). TensorFlow is asked only where the NVIDIA driver lists a
@@ -47,8 +76,7 @@ def tensor_core_gpus():
     listed = "/proc/driver/nvidia/gpus"
     if not (os.path.isdir(listed) and os.listdir(listed)):
         return []
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import tensorflow as tf
+    tf = import_quietly("tensorflow")
 
     found = []
     for gpu in tf.config.list_physical_devices("GPU"):  # none with a CPU-only TensorFlow

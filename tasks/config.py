@@ -501,7 +501,6 @@ SECTIONS = (
 )
 
 
-
 def shards(section):
     """``[section] shards``, or 1 while a setting of the section cannot be read: the tasks are
     scheduled, and CheckSettings then stops the run with the setting's name before any work."""

@@ -1,3 +1,5 @@
+import sys
+
 import pytest
 
 from pipeline.errors import ConfigError
@@ -41,3 +43,21 @@ def test_cpu_flags_are_read_from_cpuinfo(tmp_path):
     cpuinfo.write_text("processor\t: 0\nmodel name\t: Some CPU\nflags\t\t: fpu sse2 avx2 avx512_bf16\n\n")
     assert cpu_flags(str(cpuinfo)) == {"fpu", "sse2", "avx2", "avx512_bf16"}
     assert cpu_flags(str(tmp_path / "none")) == set()
+
+
+def test_a_quiet_import_hides_the_runtimes_start_up_lines_and_shows_them_when_it_fails(tmp_path, monkeypatch, capfd):
+    from pipeline.precision import import_quietly
+
+    (tmp_path / "chatty.py").write_text("import os\nos.write(2, b'I0000 start-up line\\n')\n")
+    (tmp_path / "broken.py").write_text("import os\nos.write(2, b'I0000 why it broke\\n')\nraise ImportError('no')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "2")
+    assert import_quietly("chatty").__name__ == "chatty"
+    assert "start-up line" not in capfd.readouterr().err
+    with pytest.raises(ImportError):
+        import_quietly("broken")
+    assert "why it broke" in capfd.readouterr().err
+    monkeypatch.delitem(sys.modules, "chatty")
+    monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "0")  # asked for: TensorFlow's log
+    import_quietly("chatty")
+    assert "start-up line" in capfd.readouterr().err

@@ -282,7 +282,10 @@ def test_a_run_checks_the_settings_of_its_own_stages_only(monkeypatch, caplog, t
     assert code == 0, caplog.text[-2000:]  # a run without the copies is not stopped by their settings
     assert luigi_in_process(monkeypatch, config, tmp_path, "Nightly") == 30
     report = json.loads((tmp_path / "artifacts" / "run_report.json").read_text())
-    assert report["failed_stage"] == "CheckSettings" and "[copies] threshold = auto needs the self-check" in report["error"]
+    assert (
+        report["failed_stage"] == "CheckSettings"
+        and "[copies] threshold = auto needs the self-check" in report["error"]
+    )
     assert not (tmp_path / "artifacts" / "features.h5").exists()  # stopped before any work
 
 
