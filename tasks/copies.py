@@ -18,6 +18,7 @@ from .base import ArtifactTask
 from .checks import SelfCheck
 from .fitting import Codebook
 from .histograms import Histograms
+from .inputs import LastRun, previous
 from .neighbours import Similarities
 
 logger = logging.getLogger("luigi-interface")
@@ -36,6 +37,7 @@ class Copies(ArtifactTask):
             "similarities": Similarities(**self.run_args()),
             "histograms": Histograms(**self.run_args()),
             "codebook": Codebook(**self.run_args()),
+            "previous": LastRun(date=self.date),
         }
         if config.copies().threshold == "auto":
             required["selfcheck"] = SelfCheck(**self.run_args())
@@ -75,7 +77,7 @@ class Copies(ArtifactTask):
             [made[0]["digest"], made[1]["settings_digest"], repr(threshold)]
             + [str(result["attrs"].get(name)) for name in ("weighting", "metric", "power")]
         )
-        earlier = copies.load_copies(self.output().path)
+        earlier = copies.load_copies(previous(self, self.filename))
         known = copies.known_sets(*earlier) if earlier else {}
 
         def histograms(rows):

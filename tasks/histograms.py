@@ -5,12 +5,14 @@ import logging
 
 from pipeline import extraction, histograms, store
 from pipeline.codebook import Codebook as CodebookModel
+from pipeline.h5io import read_attrs
 from pipeline.reduction import Reducer as ReducerModel
 
 from . import config
 from .base import ArtifactTask, Progress, settings_digest
 from .extraction import Features
 from .fitting import Codebook, Reducer
+from .inputs import LastRun, previous
 from .shards import Shard, repairs, shard_attrs
 
 logger = logging.getLogger("luigi-interface")
@@ -26,10 +28,26 @@ class HistogramInputs(ArtifactTask):
             "features": Features(date=self.date),
             "reducer": Reducer(**self.run_args()),
             "codebook": Codebook(**self.run_args()),
+            "previous": LastRun(date=self.date),
         }
 
     def made_from(self):
-        return list(self.inputs().values())  # the number of shards does not change the result
+        return [t for t in self.inputs().values() if isinstance(t, ArtifactTask)]  # not the number of shards
+
+    def previous(self):
+        """The histograms of the previous run, when made with the current reducer, codebook and settings."""
+        path = previous(self, Histograms.filename)
+        try:
+            attrs = read_attrs(path)
+        except OSError:  # none, or unreadable
+            return None
+        if attrs.get("settings_digest") != settings_digest(Histograms.histogram_settings()):
+            return None
+        inputs, now = json.loads(attrs["inputs"]), self.input_identities()
+        if any(inputs.get(stage) != now[stage] for stage in ("Reducer", "Codebook")):
+            return None
+        keys, counts, _ = histograms.load_counts(path)
+        return keys, counts
 
 
 class HistogramShard(Shard, HistogramInputs):
@@ -55,7 +73,7 @@ class HistogramShard(Shard, HistogramInputs):
             ReducerModel.load(self.input()["reducer"].path),
             CodebookModel.load(self.input()["codebook"].path),
             assign=config.histograms().assign,
-            previous=Histograms(**self.run_args()).previous(),
+            previous=self.previous(),
             checkpoints=self.checkpoints(),
             progress=Progress(self, "histograms of"),
         )
@@ -79,17 +97,6 @@ class Histograms(HistogramInputs):
 
     def settings(self):
         return self.histogram_settings()
-
-    def previous(self):
-        """The histograms of the last run, when made with the current reducer, codebook and settings."""
-        attrs = self.record()
-        if attrs is None or attrs.get("settings_digest") != settings_digest(self.settings()):
-            return None
-        inputs, now = json.loads(attrs["inputs"]), self.input_identities()
-        if any(inputs.get(stage) != now[stage] for stage in ("Reducer", "Codebook")):
-            return None
-        keys, counts, _ = histograms.load_counts(self.output().path)
-        return keys, counts
 
     def make(self, tmp):
         index = store.load_index(self.input()["features"].path)

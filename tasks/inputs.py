@@ -9,9 +9,10 @@ import luigi
 from pipeline import cms, collection, store
 from pipeline.errors import ConfigError
 from pipeline.h5io import read_attrs
+from pipeline.lastrun import keep_previous
 
 from . import config
-from .base import RunInput
+from .base import CheckSettings, RunInput, RunTask, artifacts_writable
 
 
 def engine():
@@ -206,3 +207,28 @@ def read_id_mapping():
     if config.ids().source == "cms":
         return read_mapping()
     return collection.read_mapping(config.ids().csv), f"[ids] csv={config.ids().csv!r}"
+
+
+class LastRun(RunTask):
+    """The results the previous run left, as this run's input: linked under
+    ``<artifacts>/runs/<date>/previous/`` before the run writes any (:func:`pipeline.lastrun.keep_previous`),
+    for the stages that carry the previous night forward (the removed images, the histograms
+    and lists of unchanged images, the verdicts' known images, the copy groups' numbers)."""
+
+    #: The files of a run that the next one reads.
+    FILES = ("inventory.h5", "histograms.h5", "verdicts.h5", "similarities.hdf5", "copies.h5")
+
+    def requires(self):
+        return {"settings": CheckSettings(date=self.date), "on_disk": CollectionOnDisk(date=self.date)}
+
+    def output(self):
+        return luigi.LocalTarget(os.path.join(config.paths().artifacts, "runs", self.date.isoformat(), "previous"))
+
+    def run(self):
+        with artifacts_writable():
+            keep_previous(config.paths().artifacts, self.output().path, self.FILES, self.date.isoformat())
+
+
+def previous(task, filename):
+    """The path of ``filename`` as the previous run left it, for ``task``, which requires :class:`LastRun` as ``previous``."""
+    return os.path.join(task.input()["previous"].path, filename)

@@ -55,6 +55,7 @@ class Inventory(ArtifactTask):
             "content": inputs.ContentFolder(date=self.date, path=config.paths().content),
             "on_disk": inputs.CollectionOnDisk(date=self.date),
             "mapping": mapping,
+            "previous": inputs.LastRun(date=self.date),
         }
 
     def settings(self):
@@ -85,7 +86,10 @@ class Inventory(ArtifactTask):
         n_local = layer_side(config.resnet().layer) ** 2
         check_size(config.codebook().size, len(inventory), n_local, config.codebook().sample_size)
         self.found = inventory.fingerprint()
-        previous = self.record() and collection.load_inventory(self.output().path)
+        try:
+            previous = collection.load_inventory(inputs.previous(self, self.filename))
+        except (OSError, KeyError):  # none, or damaged: nothing to compare with (CollectionOnDisk has)
+            previous = None
         removed = collection.removed_images(previous, inventory) if previous else []
         if removed:
             logger.info("%d images of the previous run are gone: %s", len(removed), ", ".join(removed[:20]))

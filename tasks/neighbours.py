@@ -18,6 +18,7 @@ from .base import ArtifactTask, Progress, settings_digest
 from .extraction import Features
 from .fitting import Codebook
 from .histograms import Histograms
+from .inputs import LastRun, previous
 from .inventory import Inventory
 from .shards import Shard, repairs, shard_attrs
 from .verdicts import Verdicts
@@ -36,6 +37,7 @@ class NeighbourInputs(ArtifactTask):
             "codebook": Codebook(**self.run_args()),
             "histograms": Histograms(**self.run_args()),
             "verdicts": Verdicts(date=self.date),
+            "previous": LastRun(date=self.date),
         }
 
     def made_from(self):
@@ -66,10 +68,10 @@ class NeighbourInputs(ArtifactTask):
         return np.where(records == own, keys, np.char.add(np.char.add(keys.astype(str), "\t"), records))
 
     def earlier(self, ids, keys):
-        """The earlier run's similarities.hdf5 (``output.Earlier``), or None when there is none
+        """The previous run's similarities.hdf5 (``output.Earlier``), or None when there is none
         or it cannot be read."""
         try:
-            return output.Earlier(Similarities(date=self.date).output().path, ids, keys)
+            return output.Earlier(previous(self, Similarities.filename), ids, keys)
         except (OSError, KeyError):  # missing, truncated, or from a version before keys
             return None
 
@@ -103,7 +105,7 @@ def night_search(task):
         del counts  # the search reads the weighted copy
         earlier = task.earlier(index.ids, keys)
         try:
-            recorded = read_attrs(Similarities(date=task.date).output().path)
+            recorded = read_attrs(previous(task, Similarities.filename))
         except OSError:
             recorded = {}
         reason = why_full(task.full, task.refit, earlier, recorded.get("basis"), task.basis())

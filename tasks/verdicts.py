@@ -53,7 +53,11 @@ class Verdicts(ArtifactTask):
     sections = ("verdicts", "neighbours")
 
     def requires(self):
-        required = {"features": Features(date=self.date), "inventory": Inventory(date=self.date)}
+        required = {
+            "features": Features(date=self.date),
+            "inventory": Inventory(date=self.date),
+            "previous": inputs.LastRun(date=self.date),
+        }
         if config.verdict_source()[0] == "cms":
             required["cms"] = inputs.CmsDatabase(date=self.date)
         return required
@@ -68,9 +72,9 @@ class Verdicts(ArtifactTask):
         }
 
     def previous_known(self):
-        """The IDs the last run's verdicts.h5 knew as images (none when it cannot be read)."""
+        """The IDs the previous run's verdicts.h5 knew as images (none when it cannot be read)."""
         try:
-            return verdicts.load_verdicts(self.output().path)[2]
+            return verdicts.load_verdicts(inputs.previous(self, self.filename))[2]
         except (OSError, KeyError):
             return set()
 

@@ -58,6 +58,7 @@ def test_copy_groups_keep_their_numbers_night_after_night(monkeypatch, small_col
     assert nights["2026-03-02"]["attrs"]["regrouped"] == 0 < nights["2026-03-02"]["attrs"]["sets"]  # all known
     # the third night's groups, worked out only where the collection changed, are those of a night from scratch
     os.remove(tmp_path / "artifacts" / "copies.h5")
+    os.remove(tmp_path / "artifacts" / "runs" / "2026-03-03" / "previous" / "copies.h5")  # the night's input
     with luigi_config(monkeypatch, pipeline_config(tmp_path, copies__threshold=threshold)):
         assert luigi.build([Copies(date=datetime.date(2026, 3, 3))], local_scheduler=True, workers=1)
     scratch = read_copies(tmp_path / "artifacts" / "copies.csv")
