@@ -36,6 +36,6 @@ def test_the_previous_runs_files_are_linked_and_earlier_runs_folders_removed(tmp
 
     monkeypatch.setattr(os, "link", refused)  # a storage without hard links: a copy
     later = artifacts / "runs" / "2026-01-03" / "previous"
-    assert keep_previous(str(artifacts), str(later), names, "2026-01-03") == names[1:]
+    assert keep_previous(str(artifacts), str(later), names, "2026-01-03") == list(names[1:])
     assert not os.path.samefile(later / "histograms.h5", artifacts / "histograms.h5")
     assert not folder.exists()
