@@ -2,6 +2,7 @@
 
 import logging
 import os
+import shutil
 
 import luigi
 
@@ -22,6 +23,7 @@ from .copies import Copies, copies_wanted
 from .extraction import Features
 from .fitting import Codebook, Reducer
 from .histograms import Histograms
+from .inputs import LastRun
 from .inventory import Inventory
 from .load import LoadCopies, LoadSimilarities, copies_loaded
 from .neighbours import Similarities
@@ -118,6 +120,7 @@ class Nightly(RunTask):
         with artifacts_writable():
             publish_report(config.paths().artifacts, date, report)
             visual_report(self.date, report, self.show, inventory)
+        shutil.rmtree(LastRun(date=self.date).output().path, ignore_errors=True)  # the night is done with it
         check = report.get("selfcheck")
         logger.info(
             "run of %s done: %d images, %d extracted, %d reused, %d rejected, %d with neighbours%s; similarities: %s; "
