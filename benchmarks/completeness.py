@@ -48,10 +48,15 @@ def make_night(images, date):
     from tasks import Nightly, config
     from tasks.base import ArtifactTask, Stage, graph
     from tasks.checks import RunCheck
+    from tasks.inputs import LastRun
     from tasks.thumbnails import Thumbnails
 
     ids = np.arange(images, dtype=np.int64)
-    stages = [t for t in graph(Nightly(date=date)) if isinstance(t, Stage)]
+    night = graph(Nightly(date=date))
+    for task in night:
+        if isinstance(task, LastRun):  # the previous night's files, kept as the night keeps them
+            task.run()
+    stages = [t for t in night if isinstance(t, Stage)]
     made = set()
     while len(made) < len(stages):  # each after the stages it is made from
         for task in stages:

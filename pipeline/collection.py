@@ -502,3 +502,53 @@ def take_inventory(content_dir, mapping, source, fingerprint="stat"):
             f"{source}; check that the mapping's ppn and filename match the PPN<id>/<file> paths"
         )
     return inventory
+
+
+def removal_from_disk(previous, content_dir, max_removed):
+    """The removal guard before a night: one line naming how many of the previous run's images
+    (their relative paths ``previous``) are gone from ``content_dir`` and the folders they were
+    in, when more than the share ``max_removed``; else None."""
+    gone, emptied = gone_from_disk(previous, content_dir)
+    n = sum(gone.values())
+    if not too_many_removed(n, len(previous), max_removed):
+        return None
+    where = []
+    if emptied:
+        folders = "record folder is" if len(emptied) == 1 else "record folders are"
+        where.append(f"{len(emptied):,} {folders} gone or empty ({first(emptied)})")
+    elsewhere = n - sum(gone[f] for f in emptied)
+    if elsewhere:
+        others = [f for f in gone if f not in set(emptied)]
+        where.append(f"{elsewhere:,} images are gone from {len(others):,} other folders ({first(others)})")
+    return (
+        f"{n:,} of the previous run's {len(previous):,} images ({n / len(previous):.1%}) are gone from "
+        f"{named('content_dir')}={content_dir!r}, more than {named('max_removed')}={max_removed:g}: "
+        f"{'; '.join(where)}. Nothing was written: mount or restore the missing storage and run again, or, if "
+        f"the images were removed on purpose, run once with {named('allow_removals')}"
+    )
+
+
+def check_removal_from_mapping(previous, inventory, source, max_removed):
+    """The removal guard once the inventory is taken: raise CollectionError when more than the
+    share ``max_removed`` of the ``previous`` inventory's images are gone from ``inventory``,
+    naming those still on disk but no longer in the ID mapping (``source``: where it came from).
+
+    Returns
+    -------
+    removed : list of str
+        The relative paths of the previous run's images gone.
+    """
+    removed = removed_images(previous, inventory)
+    if removed:
+        logger.info("%d images of the previous run are gone: %s", len(removed), ", ".join(removed[:20]))
+    if not too_many_removed(len(removed), len(previous.files), max_removed):
+        return removed
+    unmapped = set(inventory.unmapped)
+    still = [relpath for relpath in removed if relpath in unmapped]
+    n, total = len(removed), len(previous.files)
+    raise CollectionError(
+        f"{n:,} of the previous run's {total:,} images ({n / total:.1%}) are gone tonight, more than "
+        f"{named('max_removed')}={max_removed:g}; {len(still):,} of them are on disk but no longer in the ID "
+        f"mapping, {source} ({first(still or removed)}). Nothing was written: mend the mapping and run again, or, "
+        f"if the images were removed on purpose, run once with {named('allow_removals')}"
+    )

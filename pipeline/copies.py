@@ -373,3 +373,75 @@ def spanning(rows):
     """Group number -> its rows, for the groups whose images lie in more than one record."""
     records = rows.groupby("group")["ppn"].nunique()
     return {int(g): rows[rows["group"] == g] for g in records.index[records > 1]}
+
+
+def night_groups(result, threshold, source, histograms, basis, earlier, date):
+    """A night's groups of copies from its lists, numbered as the earlier night numbered them.
+
+    Parameters
+    ----------
+    result : dict
+        The night's similarities (:func:`pipeline.output.read_similarities`).
+    threshold : float
+        The distance within which images are copies; ``source`` says where it came from.
+    histograms : callable
+        Rows (positions) -> their weighted histograms, for :func:`copy_groups`.
+    basis : str
+        What a set's groups depend on besides its images (the words, weights and distance).
+    earlier : (Numbered, settled set keys) or None
+        The earlier night's copies (:func:`load_copies`).
+    date : str
+        The night's date (ISO), for the new groups' ``first_seen``.
+
+    Returns
+    -------
+    numbered : Numbered
+    grouping : the :func:`copy_groups` result
+    summary : dict
+        What copies.h5 records of the night's groups.
+    """
+    ids, keys = result["ids"], result.get("keys", result["ids"].astype(str))
+    at = pd.Index(ids)
+    listed = at.get_indexer(result["neighbours"].ravel()).reshape(result["neighbours"].shape)
+    verdicts = result["verdicts"]
+    a, b = at.get_indexer(verdicts.image_id), at.get_indexer(verdicts.similar_image_id)
+    wrong = [(x, y) for x, y, right in zip(a, b, verdicts.right) if x >= 0 and y >= 0 and not right]
+    known = known_sets(*earlier) if earlier else {}
+    grouping = copy_groups(
+        listed, result["distances"], threshold, histograms, wrong, ids=ids, keys=keys, basis=basis, known=known
+    )
+    numbered = number_groups(
+        grouping.groups,
+        ids,
+        result["ppn"],
+        result["filename"],
+        date,
+        earlier[0].rows if earlier else None,
+        earlier[0].next_group if earlier else 1,
+        sets=grouping.keys,
+    )
+    summary = {
+        "threshold": threshold,
+        "threshold_source": source,
+        "groups": len(grouping.groups),
+        "images": int(sum(len(g) for g in grouping.groups)),
+        "spanning_records": len(spanning(numbered.rows)),
+        "new": len(numbered.new_groups),
+        "crowded": grouping.crowded,
+        "left_out": grouping.left_out,
+        "sets": grouping.sets,
+        "regrouped": grouping.regrouped,
+    }
+    logger.info(
+        "%d groups of copies (%d images, %d spanning several records, %d new) within distance %.4g (%s); "
+        "%d of %d sets of linked images worked out, the others as the earlier night left them",
+        summary["groups"],
+        summary["images"],
+        summary["spanning_records"],
+        summary["new"],
+        threshold,
+        source,
+        grouping.regrouped,
+        grouping.sets,
+    )
+    return numbered, grouping, summary

@@ -38,6 +38,8 @@ NAMES = {
     "verdicts_table": "[verdicts] table",
     "verdicts_csv": "[verdicts] csv",
     "fingerprint": "[collection] fingerprint",
+    "max_removed": "[collection] max_removed",
+    "allow_removals": "--collection-allow-removals",
     "labels": "[evaluate] labels",
     "selfcheck_sample": "[selfcheck] sample",
     "copies_threshold": "[copies] threshold",

@@ -1,6 +1,7 @@
 """similarities.hdf5: every image's nearest neighbours keyed to the CMS's database IDs."""
 
 import datetime
+import logging
 
 import h5py
 import numpy as np
@@ -10,6 +11,8 @@ from . import __version__
 from .errors import ArtifactError
 from .h5io import read_attrs, read_ids, read_strings, write_ids, write_strings
 from .verdicts import Verdicts
+
+logger = logging.getLogger(__name__)
 
 
 def write_similarities(
@@ -185,6 +188,45 @@ def gather_neighbours(paths, n, k):
         neighbours[judged] = np.concatenate(final)[order]
         distances[judged] = np.concatenate(final_distances)[order]
     return neighbours, distances, judged, raw, raw_distances
+
+
+def lists_summary(neighbours, judged, raw, records, settings, honoured):
+    """What the night's lists say of themselves, for similarities.hdf5's attributes and the log.
+
+    Parameters
+    ----------
+    neighbours : ndarray of shape (n, k)
+        Positions of each image's neighbours, under the verdicts.
+    judged, raw : ndarray
+        The judged images' positions and raw lists (:func:`gather_neighbours`).
+    records : ndarray of shape (n,)
+        Each image's catalogue record.
+    settings : NeighbourSettings
+    honoured : Verdicts
+        The verdicts the lists honour.
+    """
+    changed = int((neighbours[judged] != raw).any(axis=1).sum())
+    own = float((records[neighbours] == records[:, None]).mean()) if len(neighbours) else 0.0
+    logger.info(
+        "%.1f %% of the neighbours are of the image's own record (same_record = %s)", 100 * own, settings.same_record
+    )
+    if len(honoured):
+        logger.info(
+            "%d verdicts honoured: the lists of %d of the %d judged images differ from their raw lists",
+            len(honoured),
+            changed,
+            len(judged),
+        )
+    return {
+        "metric": settings.distance.metric,
+        "weighting": settings.distance.weighting,
+        "power": settings.distance.power,
+        "verdicts": len(honoured),
+        "judged": len(judged),
+        "changed_by_verdicts": changed,
+        "same_record": str(settings.same_record),
+        "own_record_share": round(own, 4),
+    }
 
 
 class Earlier:

@@ -114,7 +114,7 @@ def removal_problem(date):
     if c.allow_removals or c.max_removed >= 1 or not os.path.isdir(content):
         return None  # allowed, or ContentFolder names the missing folder
     previous = previous_images([os.path.join(config.paths().artifacts, name) for name in PREVIOUS], date)
-    return None if previous is None else _removal_problem(previous, content, c.max_removed)
+    return None if previous is None else collection.removal_from_disk(previous, content, c.max_removed)
 
 
 def previous_images(paths, date):
@@ -131,27 +131,6 @@ def previous_images(paths, date):
         except (OSError, KeyError):  # missing or damaged (made again, with a warning): the next one
             continue
     return None
-
-
-def _removal_problem(previous, content, max_removed):
-    gone, emptied = collection.gone_from_disk(previous, content)
-    n = sum(gone.values())
-    if not collection.too_many_removed(n, len(previous), max_removed):
-        return None
-    where = []
-    if emptied:
-        folders = "record folder is" if len(emptied) == 1 else "record folders are"
-        where.append(f"{len(emptied):,} {folders} gone or empty ({collection.first(emptied)})")
-    elsewhere = n - sum(gone[f] for f in emptied)
-    if elsewhere:
-        others = [f for f in gone if f not in set(emptied)]
-        where.append(f"{elsewhere:,} images are gone from {len(others):,} other folders ({collection.first(others)})")
-    return (
-        f"{n:,} of the previous run's {len(previous):,} images ({n / len(previous):.1%}) are gone from "
-        f"[paths] content={content!r}, more than [collection] max_removed={max_removed:g}: {'; '.join(where)}. "
-        "Nothing was written: mount or restore the missing storage and run again, or, if the images were "
-        "removed on purpose, run once with --collection-allow-removals"
-    )
 
 
 def read_mapping():

@@ -6,7 +6,6 @@ import os
 
 from pipeline import collection
 from pipeline.codebook import check_size
-from pipeline.errors import CollectionError
 from pipeline.model import layer_side
 from pipeline.neighbours import check_k
 from pipeline.records import check_records
@@ -15,25 +14,6 @@ from . import config, inputs
 from .base import ArtifactTask, CheckSettings
 
 logger = logging.getLogger("luigi-interface")
-
-
-def check_removals(removed, previous, inventory, source):
-    """Stop the run before the inventory is written when more than ``[collection] max_removed``
-    of the previous run's images are gone tonight, most of them still on disk but no longer in
-    the ID mapping (a truncated export, a broken query: CollectionOnDisk has counted the files
-    gone from disk already), unless ``[collection] allow_removals`` is given."""
-    c = config.collection()
-    if c.allow_removals or not collection.too_many_removed(len(removed), len(previous), c.max_removed):
-        return
-    unmapped = set(inventory.unmapped)
-    still = [relpath for relpath in removed if relpath in unmapped]
-    raise CollectionError(
-        f"{len(removed):,} of the previous run's {len(previous):,} images ({len(removed) / len(previous):.1%}) are "
-        f"gone tonight, more than [collection] max_removed={c.max_removed:g}; {len(still):,} of them are on disk "
-        f"but no longer in the ID mapping, {source} ({collection.first(still or removed)}). Nothing was written: "
-        "mend the mapping and run again, or, if the images were removed on purpose, run once with "
-        "--collection-allow-removals"
-    )
 
 
 class Inventory(ArtifactTask):
@@ -90,10 +70,11 @@ class Inventory(ArtifactTask):
             previous = collection.load_inventory(inputs.previous(self, self.filename))
         except (OSError, KeyError):  # none, or damaged: nothing to compare with (CollectionOnDisk has)
             previous = None
-        removed = collection.removed_images(previous, inventory) if previous else []
-        if removed:
-            logger.info("%d images of the previous run are gone: %s", len(removed), ", ".join(removed[:20]))
-            check_removals(removed, previous, inventory, source)
+        c = config.collection()
+        removed = []
+        if previous is not None:  # the guard, unless a run is told to allow removals
+            limit = 1.0 if c.allow_removals else c.max_removed
+            removed = collection.check_removal_from_mapping(previous, inventory, source, limit)
         started = datetime.datetime.fromtimestamp(self._started, datetime.UTC).isoformat(timespec="seconds")
         collection.save_inventory(
             tmp, inventory, self.attrs(images_total=len(inventory), removed=len(removed), started=started)

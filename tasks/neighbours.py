@@ -165,54 +165,23 @@ class Similarities(NeighbourInputs):
         honoured = load_verdicts(self.input()["verdicts"].path)[0]
         shards, ran = shard_attrs(self)
         searches = {a["search"] for a in shards}
-        codebook = CodebookModel.load(self.input()["codebook"].path)
-        changed_by_verdicts = int((nearest[judged] != raw).any(axis=1).sum())
-        own_record = float((records[nearest] == records[:, None]).mean()) if len(nearest) else 0.0
         attrs = self.attrs(
-            metric=settings.distance.metric,
-            weighting=settings.distance.weighting,
-            power=settings.distance.power,
-            codebook_size=codebook.size,
+            **output.lists_summary(nearest, judged, raw, records, settings, honoured),
+            codebook_size=CodebookModel.load(self.input()["codebook"].path).size,
             model=MODEL,
             layer=config.resnet().layer,
             weights=config.resnet().weights,
+            **({"weights_note": RANDOM_WEIGHTS_NOTE} if config.resnet().weights == "random" else {}),
             basis=self.basis(),
             search=searches.pop() if len(searches) == 1 else "mixed",
             queried=sum(a["queried"] for a in shards),
             shards=len(shards),
             shard_seconds=round(sum(a["seconds"] for a in ran), 3),
-            verdicts=len(honoured),
-            judged=len(judged),
             judged_queried=sum(a.get("judged_queried", 0) for a in shards),
-            changed_by_verdicts=changed_by_verdicts,
-            same_record=str(settings.same_record),
-            own_record_share=round(own_record, 4),
             **repairs(self, ran),
         )
-        logger.info(
-            "%.1f %% of the neighbours are of the image's own record (same_record = %s)",
-            100 * own_record,
-            settings.same_record,
-        )
-        if config.resnet().weights == "random":
-            attrs["weights_note"] = RANDOM_WEIGHTS_NOTE
-        if len(honoured):
-            logger.info(
-                "%d verdicts honoured: the lists of %d of the %d judged images differ from their raw lists",
-                len(honoured),
-                changed_by_verdicts,
-                len(judged),
-            )
+        earlier = self.earlier(index.ids, keys)
+        lists = (index.ids, index.ppn, index.filename, nearest, distances)
         output.write_similarities(
-            tmp,
-            index.ids,
-            index.ppn,
-            index.filename,
-            nearest,
-            distances,
-            attrs,
-            keys=keys,
-            earlier=self.earlier(index.ids, keys),
-            raw=(judged, raw, raw_distances),
-            verdicts=honoured,
+            tmp, *lists, attrs, keys=keys, earlier=earlier, raw=(judged, raw, raw_distances), verdicts=honoured
         )

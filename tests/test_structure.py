@@ -105,9 +105,10 @@ def test_the_library_names_its_parameters_as_luigi_cfg_sets_them_from_one_table(
     used = {name for p in library for name in re.findall(r"named\(['\"]([^'\"]+)['\"]\)", p.read_text())}
     assert used == set(errors.NAMES)  # each one named, none left over
     keys = {section.__name__: dict(section.get_params()) for section in config.SECTIONS}
-    for parameter, name in errors.NAMES.items():
-        section, key = re.fullmatch(SETTING, name).groups() if name != "luigi.cfg" else ("paths", "content")
-        assert key in keys[section], (parameter, name)
+    for parameter, name in errors.NAMES.items():  # a setting of luigi.cfg, or its flag on the command line
+        setting = re.fullmatch(SETTING, name) or re.fullmatch(r"--([a-z]+)-([a-z-]+)", name)
+        section, key = setting.groups() if name != "luigi.cfg" else ("paths", "content")
+        assert key.replace("-", "_") in keys[section], (parameter, name)
     with pytest.raises(ConfigError, match=r"^\[neighbours\] k=9 must be between 1 and"):
         check_k(9, 5)
     monkeypatch.setattr(errors, "NAMES", {})  # without the table
