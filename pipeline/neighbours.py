@@ -5,9 +5,9 @@ weighted visual-word histograms.
 Each image is a vector of integers: its count of each visual word, raised to ``power`` (in
 steps of 1/POWER_SCALE when below 1), times the word's integer weight (1 for ``raw``; for
 ``tfidf``, the word's inverse document frequency in steps of 1/IDF_SCALE). Every distance is computed from the exact integer dot products and squared
-norms of these vectors with one formula: the Euclidean key is the integer
-S = |a|^2 + |b|^2 - 2 a.b, the cosine key 1 - a.b / (|a| |b|) in float64. Both methods find
-candidates their own way and rank them by that key, then by ascending database ID: ties,
+norms of these vectors with one formula: the Euclidean ranking value is the integer
+S = |a|^2 + |b|^2 - 2 a.b, the cosine one 1 - a.b / (|a| |b|) in float64. Both methods find
+candidates their own way and rank them by that value, then by ascending database ID: ties,
 which are common, are broken the same way by both, and their results are identical.
 """
 
@@ -23,8 +23,6 @@ from .records import limited_best, record_best
 
 logger = logging.getLogger(__name__)
 
-
-METHODS = ("auto", "balltree", "sparse")
 
 METHODS = ("auto", "balltree", "sparse")
 
@@ -222,8 +220,8 @@ def _query_chunk(counts, search, own=None):
 
 
 @numba.njit(parallel=True, cache=True)
-def _list_keys(rows, listed, indptr, indices, data, norms, roots, cosine):
-    """The key of each image of ``rows`` with each of its ``listed`` images (CSR rows with sorted indices)."""
+def ranking_values(rows, listed, indptr, indices, data, norms, roots, cosine):
+    """The ranking value of each image of ``rows`` with each of its ``listed`` images (CSR rows with sorted indices)."""
     keys = np.empty(listed.shape, dtype=np.float64)
     for i in numba.prange(len(rows)):
         a = rows[i]
@@ -307,7 +305,7 @@ def update_neighbours(
     kept = np.flatnonzero(~queried)
     listed = previous[kept]
     v = counts.vectors
-    keys = _list_keys(rows[kept], listed, v.indptr, v.indices, v.data, counts.norms, counts.roots, counts.cosine)
+    keys = ranking_values(rows[kept], listed, v.indptr, v.indices, v.data, counts.norms, counts.roots, counts.cosine)
     entering = np.flatnonzero(new)
     if len(kept) and len(entering):
         offered = InvertedFile(counts, k, entering, block, dense_share)

@@ -20,7 +20,7 @@ import logging
 import numpy as np
 
 from .inverted import InvertedFile
-from .neighbours import _list_keys, nearest_neighbours, skip_lists, update_neighbours
+from .neighbours import nearest_neighbours, ranking_values, skip_lists, update_neighbours
 from .records import SameRecord, limited_best, record_best
 from .verdicts import Judgements, changed_images
 from .weighting import Distance
@@ -202,7 +202,7 @@ def judged_lists(data, judgements, rows, k, previous=None, new=None, verdicts_ch
     partners = [judgements.partners(r) for r in rows]
     wrong = [w for w, _ in partners]
     right = [r for _, r in partners]
-    right_keys = _keys_of(data, rows, right)
+    right_keys = _ranking_values_in_lists(data, rows, right)
     n_right = np.array([len(r) for r in right])
     fill = {}  # row index -> (candidate positions, their keys) from which the rest of the list is taken
     settled = np.zeros(m, dtype=bool)
@@ -220,7 +220,9 @@ def judged_lists(data, judgements, rows, k, previous=None, new=None, verdicts_ch
             kept = np.full((len(offered), k), -1, dtype=np.int64)  # k - (images judged right) each
             for j, i in enumerate(offered):
                 kept[j, : len(kept_lists[i])] = kept_lists[i]
-            kept_keys = np.where(kept >= 0, _list_keys_of(data, rows[offered], np.where(kept >= 0, kept, 0)), np.inf)
+            kept_keys = np.where(
+                kept >= 0, _ranking_values_of(data, rows[offered], np.where(kept >= 0, kept, 0)), np.inf
+            )
             entering = np.flatnonzero(new)
             if len(entering):
                 skip = [np.searchsorted(entering, np.intersect1d(wrong[i], entering)) for i in offered]
@@ -273,10 +275,10 @@ def _best(data, positions, keys, k):
     return positions[order], keys[order]
 
 
-def _list_keys_of(data, rows, listed):
-    """The ranking keys of each row with its ``listed`` images (positions, shape (m, L))."""
+def _ranking_values_of(data, rows, listed):
+    """The ranking values of each row with its ``listed`` images (positions, shape (m, L))."""
     v = data.vectors
-    return _list_keys(
+    return ranking_values(
         np.asarray(rows, dtype=np.int64),
         np.asarray(listed, dtype=np.int64).reshape(len(rows), -1),
         v.indptr,
@@ -288,10 +290,10 @@ def _list_keys_of(data, rows, listed):
     )
 
 
-def _keys_of(data, rows, lists):
-    """The ranking keys of each row with each image of its own list (lists of several lengths)."""
+def _ranking_values_in_lists(data, rows, lists):
+    """The ranking values of each row with each image of its own list (lists of several lengths)."""
     lengths = np.array([len(x) for x in lists])
     if not lengths.sum():
         return [np.zeros(0) for _ in lists]
-    flat = _list_keys_of(data, np.repeat(rows, lengths), np.concatenate(lists)[:, None])[:, 0]
+    flat = _ranking_values_of(data, np.repeat(rows, lengths), np.concatenate(lists)[:, None])[:, 0]
     return np.split(flat, np.cumsum(lengths)[:-1])

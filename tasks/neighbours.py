@@ -61,7 +61,7 @@ class NeighbourInputs(ArtifactTask):
         return inventory.records_of([f"PPN{p}/{f}" for p, f in zip(index.ppn, index.filename)])
 
     @staticmethod
-    def list_keys(keys, records, index):
+    def list_identities(keys, records, index):
         """What an image's list depends on besides the others' histograms: its histogram's key and,
         where it is not its PPN, its record (an image whose record changes is searched again)."""
         own = np.char.add("PPN", index.ppn.astype(str))
@@ -92,7 +92,7 @@ def night_search(task):
         histograms_path = task.input()["histograms"].path
         keys, counts, n_local = histograms.load_counts(histograms_path)
         records = task.records(index)
-        keys = task.list_keys(keys, records, index)
+        keys = task.list_identities(keys, records, index)
         data = WeightedHistograms.from_codebook(
             counts,
             n_local,
@@ -158,7 +158,7 @@ class Similarities(NeighbourInputs):
         settings = config.neighbour_settings()
         index = store.load_index(self.input()["features"].path)
         records = self.records(index)
-        keys = self.list_keys(histograms.load_keys(self.input()["histograms"].path), records, index)
+        keys = self.list_identities(histograms.load_keys(self.input()["histograms"].path), records, index)
         paths = [t.path for t in self.input()["shards"]]
         nearest, distances, judged, raw, raw_distances = output.gather_neighbours(paths, len(index.ids), settings.k)
         _SEARCH.clear()  # the shards are done: this process's search is released
