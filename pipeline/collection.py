@@ -320,10 +320,7 @@ class Inventory:
         """A digest of the images and their IDs: equal for equal collections."""
         digest = hashlib.sha256()
         for image_id, f, record in zip(self.ids, self.files, self.records):
-            tail = (
-                "" if record == f"PPN{f.ppn}" else f"\t{record}"
-            )  # the digests of before, where the PPN is the record
-            digest.update(f"{image_id}\t{f.key}{tail}\n".encode())
+            digest.update(f"{image_id}\t{f.key}\t{record}\n".encode())
         return digest.hexdigest()[:16]
 
 

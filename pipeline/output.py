@@ -256,17 +256,14 @@ class Earlier:
     def __init__(self, path, ids, keys):
         with h5py.File(path, "r") as f:
             earlier_ids, listed, self._distances = read_ids(f["ids"]), read_ids(f["neighbours"]), f["distances"][:]
-            earlier_keys = read_strings(f["keys"]) if "keys" in f else None
+            earlier_keys = read_strings(f["keys"])
             self.digest = str(f.attrs["digest"])
             raw = (f["raw_rows"][:], read_ids(f["raw_neighbours"])) if "raw_rows" in f else None
             self._verdicts = _honoured(f)
         ids, keys = np.asarray(ids), np.asarray(keys, dtype=str)
         by_id = pd.Index(ids).get_indexer(earlier_ids)
         same = by_id >= 0
-        if earlier_keys is None:  # made before keys were stored: nothing can be told unchanged
-            same[:] = False
-        else:
-            same &= keys[np.maximum(by_id, 0)] == earlier_keys
+        same &= keys[np.maximum(by_id, 0)] == earlier_keys
         self.now = np.where(same, by_id, -1)
         self.new = np.ones(len(ids), dtype=bool)
         self.new[self.now[same]] = False

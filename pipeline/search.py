@@ -46,15 +46,13 @@ class NeighbourSettings:
     def identity(self):
         """What the lists depend on of these settings, as the artifacts' digests take them (the
         method does not count; ``same_record`` only where it limits the lists)."""
-        settings = {
+        return {
             "k": self.k,
             "metric": self.distance.metric,
             "weighting": self.distance.weighting,
             "power": self.distance.power,
+            "same_record": str(self.same_record),
         }
-        if self.own is not None:  # keep: the digests of before
-            settings["same_record"] = str(self.same_record)
-        return settings
 
 
 def why_full(full=False, refit=False, earlier=None, recorded_basis=None, basis=None):

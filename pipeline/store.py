@@ -74,12 +74,10 @@ class FeatureStore:
     A chunk holds the keys (relative path plus size and modification time) of its images,
     their descriptors as 8-bit codes (see :func:`quantize`; 98 KiB per image of 49 x 2048
     values, a quarter of float32), and the images of the batch that could not be decoded with
-    the reason. Chunks written gzip-compressed by earlier versions read the same.
-    An image is done once a chunk names it, so an interrupted extraction loses at most the
+    the reason. An image is done once a chunk names it, so an interrupted extraction loses at most the
     batch in flight, and a changed file (new key) is extracted again.
 
-    A chunk's arrays carry HDF5's fletcher32 checksum (chunks of before have none and read the
-    same). A chunk that is missing, cannot be read, or whose size or time differs from what the
+    A chunk's arrays carry HDF5's fletcher32 checksum. A chunk that is missing, cannot be read, or whose size or time differs from what the
     catalog recorded and whose checksums fail, is damaged: :meth:`set_aside` moves it into
     ``damaged/``, its images are no longer done, and the next extraction makes them again.
 
@@ -204,14 +202,12 @@ class FeatureStore:
             return {}, {}, set()
 
     def _read_catalog_stats(self):
-        """Chunk name -> (size, mtime_ns) as the catalog recorded them (none in catalogs of before)."""
+        """Chunk name -> (size, mtime_ns) as the catalog recorded them."""
         try:
             with h5py.File(self.catalog_path, "r") as f:
-                if "chunk_sizes" not in f:
-                    return {}
                 sizes, times = f["chunk_sizes"][:].tolist(), f["chunk_mtimes"][:].tolist()
                 return dict(zip(read_strings(f["chunk_names"]), zip(sizes, times)))
-        except OSError:
+        except (OSError, KeyError):  # none yet, or unreadable
             return {}
 
     def update_catalog(self):

@@ -72,7 +72,7 @@ class NeighbourInputs(ArtifactTask):
         or it cannot be read."""
         try:
             return output.Earlier(previous(self, Similarities.filename), ids, keys)
-        except (OSError, KeyError):  # missing, truncated, or from a version before keys
+        except (OSError, KeyError):  # missing or damaged
             return None
 
 
