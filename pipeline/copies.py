@@ -1,19 +1,11 @@
-"""Copies of one picture across the collection: groups of images closer than a threshold, with a
-guard against chains, numbered stably from one night to the next.
+"""Copies of one picture across the collection: groups of images closer than a threshold that
+cannot chain, numbered stably from one night to the next.
 
-The rule: two images are linked when each is in the other's list (mutual neighbours) at a
-distance of at most the threshold, unless one of them has its whole list within the threshold
-(more near-identical images than a list shows: blank or uniform pages). The linked images form components; a component is a group
-when no two of its images (by their exact distance, ``pipeline.neighbours``) are farther apart
-than the threshold and no curator judged two of them wrong; otherwise complete linkage cuts it
-until every group holds to that. So a group never chains unlike pictures through a series of
-close pairs, and a pair judged wrong is never in one group. An image in no group has no copy.
-
-The threshold comes from what the run already knows: the distances at which the self-check's
-altered copies (crops, rescans, rotations, greyscale, recompression, page borders) find their
-original first. It is the ``QUANTILE`` of those distances, chosen for precision by
-``python -m benchmarks.copies`` (docs/quality.md), or a site's own ``threshold``.
-"""
+Two images are linked when each is in the other's list within the threshold (unless one's
+whole list is: a blank page); a set of linked images is a group only when no two of its
+images are farther apart than the threshold and no two were judged wrong, else complete
+linkage cuts it until every group holds to that. The threshold is the ``QUANTILE`` of the
+distances at which the self-check's altered copies find their original, or a site's own."""
 
 import dataclasses
 import hashlib

@@ -1,26 +1,12 @@
 """Decoding image files into the model's input (224 x 224 x 3): a reduced copy made while the
 file is read, its margin trimmed, resized.
 
-Every file is first opened by Pillow, which reads its header only: the format, the size (checked
-against ``max_pixels`` before any pixel is decoded), and a file Pillow does not recognise is
-rejected as it always was. The pixels then come from the decoder measured fastest for the
-format and size (``python -m benchmarks.extract``), which makes a copy whose shorter side is
-about :func:`reduced_side` (:attr:`Decoded.decoder` names it):
-
-- ``Pillow draft``: JPEG, by libjpeg-turbo at 1/2, 1/4 or 1/8 scale while it decodes, in grey
-  straight from the luma when ``colour = grey``;
-- ``Pillow levels``: JPEG 2000, by OpenJPEG at the reduced resolution levels only;
-- ``libvips``: PNG, and TIFF whose pixels would take more than ``VIPS_TIFF_BYTES`` at full
-  resolution, by libvips' ``thumbnail``, which streams strips and rows through its shrink
-  (or reads a pyramid's nearest level), so that such a file is never held at full resolution;
-- ``Pillow``: smaller TIFFs (faster so), and every other format: decoded whole, reduced at once;
-- ``Pillow after libvips``: a file libvips fails on, or whose pixels are not 8- or 16-bit
-  integers, decoded as ``Pillow`` does; a file that fails there fails with Pillow's reason, as
-  before libvips was used.
-
-The same reduced copy gives the image's thumbnail and preview for the web app
-(:func:`make_views`), so that the night reads each file once.
-"""
+Pillow reads each file's header first (its format; its size against ``max_pixels`` before any
+pixel is decoded); the pixels come from the decoder measured fastest for the format, each
+making a copy whose shorter side is about :func:`reduced_side` (:attr:`Decoded.decoder` names
+it: ``Pillow draft``, ``Pillow levels``, ``libvips``, ``Pillow``, ``Pillow after libvips``), so
+that no file is held at full resolution but those Pillow decodes whole. The same copy gives
+the image's thumbnail and preview (:func:`make_views`)."""
 
 import io
 import logging

@@ -1,20 +1,9 @@
-"""The review queue: the pairs of a run's lists most worth a curator's minute, in the order a
-curator should judge them.
+"""The review queue: the pairs of a run's lists most worth a curator's minute, in order.
 
-Four kinds of pair, in this order, each at most ``QUOTA`` and each nearest first:
-
-1. ``copies across records``: an image of a copy group with each image of the group from
-   another record. A verdict there links two catalogue records, or splits a group that would.
-2. ``just past the copy threshold``: first neighbours farther apart than the copy threshold
-   but within ``BAND`` times it, the nearest first: the copies the threshold missed, if any are.
-3. ``one-sided first neighbour``: an image whose first neighbour does not list it at all; such
-   a pair is either a near copy the other image's list is too crowded to show, or a hub that
-   many lists point to without reason.
-4. ``new tonight``: the first neighbour of a list that changed tonight.
-
-A pair is in the queue once (as the first kind that finds it), and never when the lists
-already honour a verdict on it.
-"""
+Four kinds, each at most ``QUOTA`` pairs, nearest first: copies across records, first
+neighbours just past the copy threshold (within ``BAND`` times it), one-sided first
+neighbours, and first neighbours of the lists new tonight. A pair is in the queue once, as
+the first kind that finds it, and never when a verdict on it is honoured or waiting."""
 
 import numpy as np
 

@@ -1,18 +1,10 @@
-"""The night's neighbour lists, as the tasks, the benchmarks and the comparison find them: each
-image's raw list (its k nearest, searched in full or only where it can have changed) and, for an
-image with verdicts, the list the verdicts make of it.
+"""The night's neighbour lists: each image's raw list (its k nearest, searched in full or only
+where it can have changed) and, for a judged image, the list the verdicts make of it.
 
-A judged image's list follows one rule, kept by every search here and by the brute force of the
-tests: the images judged right with it, nearest first (at most k), then the nearest images that
-are neither it nor judged with it, up to k in all; the whole list in the order of the ranking key,
-then database ID (``pipeline.neighbours``). So a pair judged wrong never appears in either image's
-list, the next nearest taking its place, and a pair judged right appears in both, placed by its
-distance, displacing the farthest neighbour not itself judged right. With a limit on the images of
-an image's own record (``pipeline.records``), those judged right count towards it, and the rest of
-the list takes at most what is left of it. The lists are a function of
-the histograms and the verdicts alone: the full, sharded and incremental searches give the same,
-value for value. An image without verdicts keeps its raw list.
-"""
+A judged image's list is the images judged right with it, nearest first (at most k), then its
+nearest images not judged with it, up to k, ordered by ranking value then database ID
+(``pipeline.neighbours``). The lists are a function of the histograms and the verdicts alone:
+the full, sharded and incremental searches give the same, value for value."""
 
 import dataclasses
 import logging
