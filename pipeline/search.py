@@ -11,11 +11,15 @@ import logging
 
 import numpy as np
 
+from .codebook import Codebook
+from .h5io import read_attrs
+from .histograms import load_assign, load_counts
 from .inverted import InvertedFile
 from .neighbours import nearest_neighbours, ranking_values, skip_lists, update_neighbours
+from .output import Earlier
 from .records import SameRecord, limited_best, record_best
-from .verdicts import Judgements, changed_images
-from .weighting import Distance
+from .verdicts import Judgements, changed_images, load_verdicts
+from .weighting import Distance, WeightedHistograms
 
 logger = logging.getLogger(__name__)
 
@@ -287,3 +291,51 @@ def _ranking_values_in_lists(data, rows, lists):
         return [np.zeros(0) for _ in lists]
     flat = _ranking_values_of(data, np.repeat(rows, lengths), np.concatenate(lists)[:, None])[:, 0]
     return np.split(flat, np.cumsum(lengths)[:-1])
+
+
+def list_identities(keys, records, ppn):
+    """What each image's list depends on besides the others' histograms: its image key and,
+    where it is not its PPN, its record (an image whose record changes is searched again)."""
+    own = np.char.add("PPN", np.asarray(ppn).astype(str))
+    keys = np.asarray(keys).astype(str)
+    return np.where(records == own, keys, np.char.add(np.char.add(keys, "\t"), records))
+
+
+def plan_night(index, records, paths, settings, full=False, refit=False, basis=None):
+    """The :class:`NightSearch` of a run: its images, their weighted histograms, the verdicts, and
+    the previous run's lists where they stay valid.
+
+    Parameters
+    ----------
+    index : pipeline.store.FeatureIndex
+        The run's images.
+    records : ndarray of shape (n,)
+        Each image's catalogue record.
+    paths : dict
+        ``histograms``, ``codebook``, ``verdicts``: the run's artifacts; ``previous``: the previous
+        run's similarities.hdf5 (which may be missing or damaged: every list is then searched).
+    settings : NeighbourSettings
+    full, refit : bool
+        The run asks for every list to be searched again.
+    basis : str
+        What tonight's distances depend on (:func:`why_full`).
+    """
+    keys, counts, n_local = load_counts(paths["histograms"])
+    keys = list_identities(keys, records, index.ppn)
+    data = WeightedHistograms.from_codebook(
+        counts,
+        n_local,
+        index.ids,
+        Codebook.load(paths["codebook"]),
+        load_assign(paths["histograms"]),
+        settings.distance,
+        records=records,
+    )
+    del counts  # the search reads the weighted copy
+    try:
+        earlier, recorded = Earlier(paths["previous"], index.ids, keys), read_attrs(paths["previous"])
+    except (OSError, KeyError):  # none, or damaged
+        earlier, recorded = None, {}
+    reason = why_full(full, refit, earlier, recorded.get("basis"), basis)
+    judgements = load_verdicts(paths["verdicts"])[0].judgements(index.ids)
+    return NightSearch(data, settings, judgements, earlier, reason)

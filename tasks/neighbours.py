@@ -3,15 +3,11 @@
 import json
 import logging
 
-import numpy as np
-
 from pipeline import collection, histograms, output, store
 from pipeline.codebook import Codebook as CodebookModel
-from pipeline.h5io import read_attrs
 from pipeline.model import MODEL, RANDOM_WEIGHTS_NOTE
-from pipeline.search import NightSearch, why_full
+from pipeline.search import list_identities, plan_night
 from pipeline.verdicts import load_verdicts
-from pipeline.weighting import WeightedHistograms
 
 from . import config
 from .base import ArtifactTask, Progress, settings_digest
@@ -60,13 +56,6 @@ class NeighbourInputs(ArtifactTask):
         inventory = collection.load_inventory(Inventory(date=self.date).output().path)
         return inventory.records_of([f"PPN{p}/{f}" for p, f in zip(index.ppn, index.filename)])
 
-    @staticmethod
-    def list_identities(keys, records, index):
-        """What an image's list depends on besides the others' histograms: its histogram's key and,
-        where it is not its PPN, its record (an image whose record changes is searched again)."""
-        own = np.char.add("PPN", index.ppn.astype(str))
-        return np.where(records == own, keys, np.char.add(np.char.add(keys.astype(str), "\t"), records))
-
     def earlier(self, ids, keys):
         """The previous run's similarities.hdf5 (``output.Earlier``), or None when there is none
         or it cannot be read."""
@@ -89,28 +78,10 @@ def night_search(task):
     if made_from not in _SEARCH:
         _SEARCH.clear()  # another run's, or other inputs: released first
         index = store.load_index(task.input()["features"].path)
-        histograms_path = task.input()["histograms"].path
-        keys, counts, n_local = histograms.load_counts(histograms_path)
-        records = task.records(index)
-        keys = task.list_identities(keys, records, index)
-        data = WeightedHistograms.from_codebook(
-            counts,
-            n_local,
-            index.ids,
-            CodebookModel.load(task.input()["codebook"].path),
-            histograms.load_assign(histograms_path),
-            settings.distance,
-            records=records,
-        )
-        del counts  # the search reads the weighted copy
-        earlier = task.earlier(index.ids, keys)
-        try:
-            recorded = read_attrs(previous(task, Similarities.filename))
-        except OSError:
-            recorded = {}
-        reason = why_full(task.full, task.refit, earlier, recorded.get("basis"), task.basis())
-        judgements = load_verdicts(task.input()["verdicts"].path)[0].judgements(index.ids)
-        _SEARCH[made_from] = NightSearch(data, settings, judgements, earlier, reason)
+        paths = {name: task.input()[name].path for name in ("histograms", "codebook", "verdicts")}
+        paths["previous"] = previous(task, Similarities.filename)
+        search = plan_night(index, task.records(index), paths, settings, task.full, task.refit, task.basis())
+        _SEARCH[made_from] = search
     return _SEARCH[made_from]
 
 
@@ -158,7 +129,7 @@ class Similarities(NeighbourInputs):
         settings = config.neighbour_settings()
         index = store.load_index(self.input()["features"].path)
         records = self.records(index)
-        keys = self.list_identities(histograms.load_keys(self.input()["histograms"].path), records, index)
+        keys = list_identities(histograms.load_keys(self.input()["histograms"].path), records, index.ppn)
         paths = [t.path for t in self.input()["shards"]]
         nearest, distances, judged, raw, raw_distances = output.gather_neighbours(paths, len(index.ids), settings.k)
         _SEARCH.clear()  # the shards are done: this process's search is released
