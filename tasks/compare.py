@@ -27,13 +27,14 @@ from pipeline.images import COLOURS
 from pipeline.model import layer_side, unknown_layer_message
 from pipeline.reduction import DESCRIPTOR_NORMS, REDUCED_NORMS
 from pipeline.selfcheck import Copies
+from pipeline.verdicts import night_verdicts
 from pipeline.weighting import METRICS, WEIGHTINGS
 
 from . import config, settings
 from .checks import query_extractor
 from .extraction import calibrate, decoding, feature_settings, feature_store
 from .inputs import read_id_mapping
-from .verdicts import checked, where
+from .verdicts import read_rows, where
 
 logger = logging.getLogger("tasks.compare")
 
@@ -136,14 +137,9 @@ def run(args):
                     files = inventory.paths(index.ids, config.paths().content)
                     copies = Copies(files, scratch, sample=args.selfcheck, seed=config.selfcheck().seed)
                 if config.verdict_source()[0] != "none":
-                    site_verdicts, bad, _, read = checked(index.ids)
-                    logger.info(
-                        "%d verdicts of %d rows from %s score each setting (%d rows left out)",
-                        len(site_verdicts),
-                        len(read),
-                        where(),
-                        len(bad),
-                    )
+                    k = config.neighbours().k
+                    site_verdicts = night_verdicts(read_rows(index.ids), index.ids, set(), k, where()).honoured
+                    logger.info("%d verdicts score each setting", len(site_verdicts))
             elif list(index.ids) != list(first_ids):
                 raise PipelineError(f"the images with descriptors differ between settings at {made_with}; run again")
             copy_features = None

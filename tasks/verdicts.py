@@ -37,13 +37,6 @@ def read_rows(ids):
     return verdicts.no_rows()
 
 
-def checked(ids, known=()):
-    """The configured verdicts checked against the images ``ids`` (``pipeline.verdicts.check_verdicts``):
-    (Verdicts, bad rows, superseded, the rows read)."""
-    rows = read_rows(ids)
-    return (*verdicts.check_verdicts(rows, ids, known, config.neighbours().k), rows)
-
-
 class Verdicts(ArtifactTask):
     """The verdicts this run honours (``verdicts.h5``): those of ``[verdicts] source`` that name two
     images of the run, one per pair; every row left out is listed with its reason."""
@@ -85,45 +78,7 @@ class Verdicts(ArtifactTask):
         # images once: the mapping's rows without a file, images without a list (rejected), earlier ones
         known = earlier | {m.split(" ", 1)[0] for m in inventory.missing}
         known |= set(map(str, inventory.ids.tolist())) - set(map(str, index.ids.tolist()))
-        honoured, bad, superseded, rows = checked(index.ids, known)
-        n_rows = len(rows)
-        named = {str(i) for i in (*honoured.image_id.tolist(), *honoured.similar_image_id.tolist())}
-        self.found = settings_digest(
-            [
-                honoured.image_id.tolist(),
-                honoured.similar_image_id.tolist(),
-                honoured.right.tolist(),
-                honoured.time.tolist(),
-                honoured.author.tolist(),
-                [list(b) for b in bad],
-            ]
-        )
-        n_right = int(honoured.right.sum())
-        logger.info(
-            "verdicts from %s: %d rows, %d pairs honoured (%d wrong, %d right), %d rows replaced by a later verdict "
-            "on their pair, %d left out",
-            where(),
-            n_rows,
-            len(honoured),
-            len(honoured) - n_right,
-            n_right,
-            superseded,
-            len(bad),
-        )
-        if bad:
-            listed = "; ".join(f"{b.row}: {b.reason}" for b in bad[:20])
-            logger.warning(
-                "%d verdict rows cannot be honoured: %s%s", len(bad), listed, " ..." if len(bad) > 20 else ""
-            )
-        attrs = self.attrs(
-            rows=n_rows,
-            honoured=len(honoured),
-            wrong=len(honoured) - n_right,
-            right=n_right,
-            superseded=superseded,
-            bad=len(bad),
-            where=where() or "none",
-        )
-        # the IDs of the rows that were images once stay known, so that they keep being "gone"
-        mentioned = {str(v).strip() for column in ("image_id", "similar_image_id") for v in rows[column]}
-        verdicts.save_verdicts(tmp, honoured, bad, earlier | named | (known & mentioned), attrs)
+        night = verdicts.night_verdicts(read_rows(index.ids), index.ids, known, config.neighbours().k, where())
+        self.found = settings_digest(night.found())
+        attrs = self.attrs(**night.summary(), where=where() or "none")
+        verdicts.save_verdicts(tmp, night.honoured, night.bad, earlier | night.known, attrs)

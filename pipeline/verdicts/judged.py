@@ -277,6 +277,74 @@ def changed_images(now, before):
     return changed
 
 
+@dataclasses.dataclass
+class NightVerdicts:
+    """The verdicts a night honours (:func:`night_verdicts`)."""
+
+    honoured: Verdicts
+    bad: list
+    superseded: int
+    rows: int
+    known: set
+    """The IDs known to have been images, kept so that they stay "gone"."""
+
+    def summary(self):
+        """What verdicts.h5 records of them."""
+        right = int(self.honoured.right.sum())
+        return {
+            "rows": self.rows,
+            "honoured": len(self.honoured),
+            "wrong": len(self.honoured) - right,
+            "right": right,
+            "superseded": self.superseded,
+            "bad": len(self.bad),
+        }
+
+    def found(self):
+        """What was read, as one JSON-serialisable value: the pairs honoured and the rows left out."""
+        h = self.honoured
+        columns = (h.image_id, h.similar_image_id, h.right, h.time, h.author)
+        return [*(c.tolist() for c in columns), [list(b) for b in self.bad]]
+
+
+def night_verdicts(rows, ids, known_before, k, where="the verdicts"):
+    """The verdict ``rows`` checked against a night's images ``ids`` (:func:`check_verdicts`).
+
+    Parameters
+    ----------
+    rows : DataFrame
+        The rows read (:func:`~pipeline.verdicts.read_table`, :func:`~pipeline.verdicts.read_csv`).
+    ids : ndarray
+        The database IDs of the night's images with a list.
+    known_before : set of str
+        The IDs known to have been images: the previous night's, those of mapping rows without a
+        file and of images without a list tonight; a row naming one is "gone", not "unknown".
+    k : int
+    where : str
+        How the log names where the rows were read.
+    """
+    honoured, bad, superseded = check_verdicts(rows, ids, known_before, k)
+    named = {str(i) for i in (*honoured.image_id.tolist(), *honoured.similar_image_id.tolist())}
+    mentioned = {str(v).strip() for column in ("image_id", "similar_image_id") for v in rows[column]}
+    night = NightVerdicts(honoured, bad, superseded, len(rows), named | (known_before & mentioned))
+    s = night.summary()
+    logger.info(
+        "verdicts from %s: %d rows, %d pairs honoured (%d wrong, %d right), %d rows replaced by a later verdict "
+        "on their pair, %d left out",
+        where,
+        s["rows"],
+        s["honoured"],
+        s["wrong"],
+        s["right"],
+        superseded,
+        len(bad),
+    )
+    if bad:
+        listed = "; ".join(f"{b.row}: {b.reason}" for b in bad[:20])
+        logger.warning("%d verdict rows cannot be honoured: %s%s", len(bad), listed, " ..." if len(bad) > 20 else "")
+    return night
+
+
 def save_verdicts(path, verdicts, bad, known, attrs):
     """Write the night's verdicts, the rows left out and the IDs known to have been images."""
     with h5py.File(path, "w") as f:
