@@ -2,10 +2,16 @@
 
 import collections
 import csv
+import logging
 
 import numpy as np
+import pandas as pd
 
 from .errors import ConfigError, named
+from .output import raw_lists
+from .verdicts import verdict_scores
+
+logger = logging.getLogger(__name__)
 
 
 def read_labels(path):
@@ -107,3 +113,48 @@ def evaluate(ids, neighbours, labels, k=5):
     result = summary([s for scores in per_label.values() for s in scores])
     result["per_label"] = {label: summary(scores) for label, scores in sorted(per_label.items())}
     return result
+
+
+def score_night(result, labels=None, verdicts=None, labels_path=""):
+    """A night's raw lists (before the verdicts, so that they never score themselves) against
+    ``labels`` (:func:`read_labels`, read from ``labels_path``) and against ``verdicts``: the
+    scores evaluation.json keeps, logged.
+
+    Raises
+    ------
+    ConfigError
+        When the labels give no query (no label is shared by two images of the run).
+    """
+    ids, raw = result["ids"], raw_lists(result)
+    scores = {}
+    if labels is not None:
+        scores = evaluate(ids, raw, labels)
+        if scores["queries"] == 0:
+            raise ConfigError(
+                f"{named('labels')}={labels_path!r} gives no query: no label is shared by two images of this "
+                "run; label groups of similar images"
+            )
+        logger.info(
+            "evaluation over %d queries: precision@1 %.3f, precision@5 %.3f, recall@5 %.3f, mAP %.3f",
+            scores["queries"],
+            scores["precision_at_1"],
+            scores["precision_at_5"],
+            scores["recall_at_5"],
+            scores["map"],
+        )
+    if verdicts is not None:
+        positions = pd.Index(ids).get_indexer(raw.ravel()).reshape(raw.shape)
+        judged = scores["verdicts"] = verdict_scores(ids, positions, verdicts)
+        logger.info(
+            "the raw lists against %d verdicts: %s of the pairs judged right found, %s of their %d judged "
+            "entries judged right",
+            judged["pairs"],
+            _share(judged["right_found"]),
+            _share(judged["judged_right"]),
+            judged["judged_in_lists"],
+        )
+    return scores
+
+
+def _share(value):
+    return "none" if value is None else f"{100 * value:.1f} %"

@@ -6,11 +6,9 @@ import os
 import tempfile
 
 import luigi
-import pandas as pd
 
 from pipeline import backends, collection, evaluation, verdicts
-from pipeline.errors import ConfigError
-from pipeline.output import raw_lists, read_similarities
+from pipeline.output import read_similarities
 from pipeline.query import SimilarityIndex
 from pipeline.report import read_json, write_json
 from pipeline.selfcheck import self_check
@@ -68,43 +66,14 @@ class Evaluate(RunCheck):
         return {"labels": labels and [os.path.abspath(config.evaluate().labels), labels.st_size, labels.st_mtime_ns]}
 
     def run(self):
-        result = read_similarities(self.input()["similarities"].path)
-        raw = raw_lists(result)
-        scores = {}
+        labels = None
         if "labels" in self.input():
-            scores = evaluation.evaluate(result["ids"], raw, evaluation.read_labels(self.input()["labels"].path))
-            if scores["queries"] == 0:
-                raise ConfigError(
-                    f"[evaluate] labels={config.evaluate().labels!r} gives no query: no label is shared by two "
-                    "images of this run; label groups of similar images"
-                )
-            logger.info(
-                "evaluation over %d queries: precision@1 %.3f, precision@5 %.3f, recall@5 %.3f, mAP %.3f",
-                scores["queries"],
-                scores["precision_at_1"],
-                scores["precision_at_5"],
-                scores["recall_at_5"],
-                scores["map"],
-            )
+            labels = evaluation.read_labels(self.input()["labels"].path)
+        honoured = None
         if config.verdict_source()[0] != "none":
-            positions = pd.Index(result["ids"]).get_indexer(raw.ravel()).reshape(raw.shape)
-            judged = verdicts.verdict_scores(
-                result["ids"], positions, verdicts.load_verdicts(self.input()["verdicts"].path)[0]
-            )
-            scores["verdicts"] = judged
-            logger.info(
-                "the raw lists against %d verdicts: %s of the pairs judged right found, %s of their %d judged "
-                "entries judged right",
-                judged["pairs"],
-                _share(judged["right_found"]),
-                _share(judged["judged_right"]),
-                judged["judged_in_lists"],
-            )
-        self.write(scores)
-
-
-def _share(value):
-    return "none" if value is None else f"{100 * value:.1f} %"
+            honoured = verdicts.load_verdicts(self.input()["verdicts"].path)[0]
+        result = read_similarities(self.input()["similarities"].path)
+        self.write(evaluation.score_night(result, labels, honoured, config.evaluate().labels))
 
 
 def latest_index():
