@@ -90,3 +90,15 @@ def test_bad_labels_files_are_one_line_errors(tmp_path, text, message):
 def test_labels_are_read_as_strings(tmp_path):
     (tmp_path / "labels.csv").write_text("id, label\n 7 , plate \n8,map\n")
     assert read_labels(tmp_path / "labels.csv") == {"7": "plate", "8": "map"}
+
+
+def test_a_night_is_scored_on_its_raw_lists_and_labels_that_give_no_query_name_the_setting():
+    from pipeline.evaluation import score_night
+
+    neighbours = np.array([[j for j in IDS if j != i][:5] for i in IDS])
+    result = {"ids": IDS, "neighbours": neighbours.copy(), "raw_rows": np.array([0]), "raw_neighbours": neighbours[:1]}
+    result["neighbours"][0] = [4, 5, 6, 7, 2]  # image 1's list under the verdicts
+    scores = score_night(result, LABELS)
+    assert scores["queries"] == 5 and scores["per_label"]["a"]["precision_at_1"] == 1.0  # the raw list counts
+    with pytest.raises(ConfigError, match=r"^\[evaluate\] labels='l.csv' gives no query"):
+        score_night(result, {"1": "x", "2": "y"}, labels_path="l.csv")
