@@ -28,8 +28,9 @@ import numpy as np
 from pipeline import evaluation
 from pipeline.copies import QUANTILE, copy_groups, known_sets, number_groups, selfcheck_threshold
 from pipeline.neighbours import nearest_neighbours
-from pipeline.precision import PRECISIONS, choose_precision
+from pipeline.precision import choose_precision
 from pipeline.records import SameRecord
+from pipeline.settings import PRECISIONS
 
 from . import proxies, quality
 from .common import Timer

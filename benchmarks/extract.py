@@ -32,7 +32,8 @@ from pipeline.features import DescriptorExtractor, extract
 from pipeline.images import MAX_PIXELS, decode_image, load_image
 from pipeline.int8 import OpenVinoTrunk, convert
 from pipeline.model import build_model
-from pipeline.precision import PRECISIONS, choose_precision
+from pipeline.precision import choose_precision
+from pipeline.settings import PRECISIONS
 from pipeline.store import FeatureStore, quantize
 from pipeline.thumbnails import Inbox
 

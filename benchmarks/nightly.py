@@ -49,9 +49,10 @@ from pipeline import cms, collection, histograms, output, store
 from pipeline.codebook import Codebook
 from pipeline.extraction import shard_of
 from pipeline.h5io import read_attrs
-from pipeline.histograms import MAX_ASSIGN, compute_histograms
+from pipeline.histograms import compute_histograms
 from pipeline.reduction import Reducer
 from pipeline.search import NeighbourSettings, NightSearch, why_full
+from pipeline.settings import MAX_ASSIGN
 from pipeline.store import FeatureStore
 from pipeline.verdicts import COLUMNS as VERDICT_COLUMNS
 from pipeline.verdicts import check_verdicts

@@ -29,13 +29,11 @@ from pipeline import backends, compare, evaluation, store
 from pipeline.backends import ModelSpec
 from pipeline.blocks import Blocks
 from pipeline.features import extract
-from pipeline.histograms import MAX_ASSIGN
-from pipeline.images import COLOURS, MAX_PIXELS
+from pipeline.images import MAX_PIXELS
 from pipeline.model import weights_identity
-from pipeline.precision import PRECISIONS, choose_precision
-from pipeline.reduction import DESCRIPTOR_NORMS, REDUCED_NORMS
+from pipeline.precision import choose_precision
 from pipeline.selfcheck import Copies
-from pipeline.weighting import METRICS, WEIGHTINGS
+from pipeline.settings import COLOURS, DESCRIPTOR_NORMS, MAX_ASSIGN, METRICS, PRECISIONS, REDUCED_NORMS, WEIGHTINGS
 
 from . import proxies
 from .common import Timer

@@ -17,11 +17,11 @@ import os
 
 from . import int8
 from .blocks import sample_images
-from .errors import ArtifactError, ConfigError
+from .errors import ArtifactError
 from .features import DescriptorExtractor
-from .images import COLOURS, DEFAULT_COLOUR, DEFAULT_TRIM
-from .model import DEFAULT_LAYER, MODEL, build_model, weights_identity
-from .precision import PRECISIONS, chosen_precision
+from .model import MODEL, build_model, weights_identity
+from .precision import chosen_precision
+from .settings import Images, Resnet
 
 logger = logging.getLogger(__name__)
 
@@ -47,21 +47,19 @@ class ModelSpec:
         At int8: the images of the collection (a seeded sample) the trunk is calibrated on.
     """
 
-    weights: str = "imagenet"
-    layer: str | tuple = DEFAULT_LAYER
-    seed: int = 0
-    precision: str = "auto"
-    colour: str = DEFAULT_COLOUR
-    trim: bool = DEFAULT_TRIM
-    calibration_images: int = int8.CALIBRATION_IMAGES
+    weights: str = Resnet.weights
+    layer: str | tuple = Resnet.layer
+    seed: int = Resnet.seed
+    precision: str = Resnet.precision
+    colour: str = Images.colour
+    trim: bool = Images.trim
+    calibration_images: int = Resnet.calibration_images
 
     def __post_init__(self):
-        if self.precision not in PRECISIONS:
-            raise ConfigError(f"precision={self.precision!r} must be one of {', '.join(PRECISIONS)}")
+        Resnet.check("precision", self.precision)
+        Images.check("colour", self.colour)
         if self.precision == "auto":
             object.__setattr__(self, "precision", chosen_precision("auto")[0])
-        if self.colour not in COLOURS:
-            raise ConfigError(f"colour={self.colour!r} must be one of {', '.join(COLOURS)}")
 
     def identity(self):
         """The settings the descriptors depend on, as a feature store records them (the weights

@@ -10,7 +10,8 @@ from sklearn.metrics import pairwise_distances_argmin
 
 from .blocks import sample_images
 from .errors import ConfigError, named
-from .histograms import MAX_ASSIGN, word_histograms
+from .histograms import word_histograms
+from .settings import MAX_ASSIGN, Codebook
 from .weighting import word_weights
 
 logger = logging.getLogger(__name__)
@@ -22,7 +23,7 @@ MAX_AUTO_SIZE = 8500
 #: descriptors (one word per 5 to 10) and still at 6,400-8,500 at 147,000 (one per 17 to 23).
 DESCRIPTORS_PER_WORD = 8
 #: Default of ``[codebook] sample_size``: most descriptors k-means is fitted on.
-DEFAULT_SAMPLE_SIZE = 200_000
+DEFAULT_SAMPLE_SIZE = Codebook.sample_size
 #: How a codebook is made and stored; part of the Codebook stage's settings, so a change refits.
 #: 2: random initialisation, and the document frequencies the word weights are made from.
 FORMAT = 2

@@ -9,10 +9,11 @@ import threading
 import numpy as np
 
 from .decoders import DecoderPool
-from .errors import ConfigError, ImageError
-from .images import COLOURS, DECODE_TIMEOUT, DEFAULT_COLOUR, DEFAULT_TRIM, INPUT_SIZE, MAX_PIXELS
+from .errors import ImageError
+from .images import DECODE_TIMEOUT, DEFAULT_COLOUR, DEFAULT_TRIM, INPUT_SIZE, MAX_PIXELS
 from .model import import_keras
 from .precision import cpu_flags
+from .settings import Images
 
 logger = logging.getLogger(__name__)
 
@@ -106,8 +107,7 @@ class DescriptorExtractor:
         self.decode_timeout = decode_timeout
         self.max_pixels = max_pixels
         self.decode = decode
-        if colour not in COLOURS:
-            raise ConfigError(f"colour={colour!r} must be one of {', '.join(COLOURS)}")
+        Images.check("colour", colour)
         self.options = {"colour": colour, "trim": bool(trim), **({"views": True} if views else {})}
         self._compiled = None
         self._pool = None

@@ -12,14 +12,14 @@ import scipy.sparse as sp
 
 from .errors import ArtifactError
 from .h5io import read_strings, write_strings
+from .settings import Histograms
 
 logger = logging.getLogger(__name__)
 
 
 #: ``[histograms] assign``: the words each descriptor counts for, 1 (its nearest) to MAX_ASSIGN.
-MAX_ASSIGN = 3
 #: The shipped setting (docs/quality.md says why).
-DEFAULT_ASSIGN = 1
+DEFAULT_ASSIGN = Histograms.assign
 
 
 def word_histograms(words, size):

@@ -18,17 +18,17 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import ImageError, named
+from .settings import Images
 
 INPUT_SIZE = 224
 #: Default of ``[images] max_pixels``: larger images are rejected unread, against decompression bombs.
-MAX_PIXELS = 400_000_000
+MAX_PIXELS = Images.max_pixels
 #: Default of ``[images] decode_timeout``: seconds one file may take to decode.
-DECODE_TIMEOUT = 120.0
+DECODE_TIMEOUT = Images.decode_timeout
 #: Values of ``[images] colour``: the model sees every image in grey (its luma in the three
 #: channels), or in its own colours.
-COLOURS = ("grey", "rgb")
 #: The shipped ``[images] colour`` and ``trim`` (docs/quality.md says why).
-DEFAULT_COLOUR, DEFAULT_TRIM = "grey", True
+DEFAULT_COLOUR, DEFAULT_TRIM = Images.colour, Images.trim
 #: A margin row or column of :func:`trim_box` differs from the margin's colour by more than this
 #: (of 255) in at most this share of its pixels.
 TRIM_TOLERANCE, TRIM_SHARE = 24, 0.02

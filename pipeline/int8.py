@@ -18,13 +18,14 @@ from . import model as model_
 from .errors import ArtifactError, ImageError
 from .h5io import remove_stale_temporaries
 from .images import INPUT_SIZE, load_image
+from .settings import Resnet
 
 logger = logging.getLogger(__name__)
 
 #: The calibrated trunk's file in its feature store (the weights are in the .bin beside it).
 TRUNK_FILE = "int8-trunk.xml"
 #: Images of the collection (a seeded sample) a trunk is calibrated on, by default.
-CALIBRATION_IMAGES = 300
+CALIBRATION_IMAGES = Resnet.calibration_images
 #: Images decoded per calibration batch.
 CALIBRATION_BATCH = 16
 

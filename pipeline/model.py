@@ -9,12 +9,13 @@ import re
 from .errors import ConfigError, WeightsError, named
 from .images import INPUT_SIZE
 from .precision import POLICIES, import_quietly
+from .settings import Resnet
 
 logger = logging.getLogger(__name__)
 
 MODEL = "ResNet50"
 #: The original scripts' res5c_branch2c (Keras 3 names it conv5_block3_3_conv); docs/quality.md says why.
-DEFAULT_LAYER = "conv5_block3_3_conv"
+DEFAULT_LAYER = Resnet.layer
 #: Keras's file name for the ImageNet weights without the classification head.
 IMAGENET_FILE = "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"
 RANDOM_WEIGHTS_NOTE = (

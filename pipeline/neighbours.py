@@ -20,11 +20,9 @@ from sklearn.neighbors import BallTree
 from .errors import ConfigError, named
 from .inverted import DENSE_SHARE, InvertedFile, pair_key
 from .records import limited_best, record_best
+from .settings import Neighbours
 
 logger = logging.getLogger(__name__)
-
-
-METHODS = ("auto", "balltree", "sparse")
 
 
 #: What ``method = auto`` takes. Measured with ``python -m benchmarks.neighbours`` (word
@@ -333,8 +331,7 @@ def update_neighbours(
 def nearest_neighbours(counts, k=5, method="auto", rows=None, checkpoints=None, progress=None, own=None):
     """The k nearest other images of every image (of those at ``rows``), at most ``own`` of them
     from its own record (None: no limit), by ``method`` (see METHODS and AUTO_METHOD)."""
-    if method not in METHODS:
-        raise ConfigError(f"{named('method')}={method!r} must be one of {', '.join(METHODS)}")
+    Neighbours.check("method", method)
     if method == "auto":
         method = AUTO_METHOD
     if method == "balltree":

@@ -14,21 +14,15 @@ import os
 import sys
 import tempfile
 
-from .errors import ConfigError, named
+from .errors import named
+from .settings import Resnet
 
-PRECISIONS = ("auto", "float32", "bfloat16", "float16", "int8")
 #: Keras's dtype policy of each precision.
 POLICIES = {"float32": "float32", "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}
 #: /proc/cpuinfo flags of the CPUs that compute in bfloat16 natively (AVX512_BF16, AMX).
 CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 #: NVIDIA GPUs have tensor cores from compute capability 7.0 (Volta) on.
 TENSOR_CORES = (7, 0)
-
-
-def check_precision(precision):
-    """Raise ConfigError naming the setting unless ``precision`` is one of PRECISIONS."""
-    if precision not in PRECISIONS:
-        raise ConfigError(f"{named('precision')}={precision!r} must be one of {', '.join(PRECISIONS)}")
 
 
 def cpu_flags(path="/proc/cpuinfo"):
@@ -106,7 +100,7 @@ def choose_precision(setting, flags=None, gpus=None):
     precision : {"float32", "bfloat16", "float16", "int8"}
     reason : str
     """
-    check_precision(setting)
+    Resnet.check("precision", setting)
     flags = cpu_flags() if flags is None else flags
     native = [flag for flag in CPU_BF16_FLAGS if flag in flags]
     if setting != "auto":

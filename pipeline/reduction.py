@@ -8,20 +8,19 @@ import h5py
 import numpy as np
 
 from .blocks import sample_images
-from .errors import ConfigError, named
+from .errors import ConfigError
+from .settings import DESCRIPTOR_NORMS, Reduction
 
 logger = logging.getLogger(__name__)
 
 #: ``[reduction] descriptors``: each local descriptor as the model gives it (raw), divided by its
 #: L2 norm (l2), or the square root of its absolute values divided by their sum, with its signs
 #: (root, as RootSIFT: the Hellinger kernel of the descriptors).
-DESCRIPTOR_NORMS = ("raw", "l2", "root")
 #: ``[reduction] reduced``: each projected descriptor as it is (raw) or divided by its L2 norm (l2).
-REDUCED_NORMS = ("raw", "l2")
 #: The shipped settings (docs/quality.md says why).
-DEFAULT_DESCRIPTORS, DEFAULT_REDUCED = "l2", "l2"
+DEFAULT_DESCRIPTORS, DEFAULT_REDUCED = Reduction.descriptors, Reduction.reduced
 #: Default of ``[reduction] variance`` (the original's PCA(0.97)) and ``sample_images``.
-DEFAULT_VARIANCE, DEFAULT_SAMPLE_IMAGES = 0.97, 20_000
+DEFAULT_VARIANCE, DEFAULT_SAMPLE_IMAGES = Reduction.variance, Reduction.sample_images
 
 
 def normalise_rows(x, norm):
@@ -78,15 +77,8 @@ class Reducer:
         -------
         self
         """
-        if not 0 < self.variance <= 1:
-            raise ConfigError(
-                f"{named('variance')}={self.variance} must be in (0, 1]; the default is {DEFAULT_VARIANCE}"
-            )
-        if self.descriptors not in DESCRIPTOR_NORMS or self.reduced not in REDUCED_NORMS:
-            raise ConfigError(
-                f"{named('descriptors')}={self.descriptors!r} must be one of {', '.join(DESCRIPTOR_NORMS)} and "
-                f"reduced={self.reduced!r} one of {', '.join(REDUCED_NORMS)}"
-            )
+        for name in ("variance", "descriptors", "reduced"):
+            Reduction.check(name, getattr(self, name))
         if isinstance(blocks, np.ndarray):
             blocks = [blocks]
         done, state = checkpoints.latest_state() if checkpoints else (None, None)

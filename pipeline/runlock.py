@@ -24,13 +24,14 @@ import threading
 import uuid
 
 from .errors import PipelineError, named
+from .settings import Lock
 
 logger = logging.getLogger(__name__)
 
 CLAIM = "run.lock"
 PARTICIPANTS = "run.lock.d"
 #: Defaults of ``[lock] heartbeat`` and ``[lock] stale_after``, in seconds.
-HEARTBEAT, STALE_AFTER = 10.0, 120.0
+HEARTBEAT, STALE_AFTER = Lock.heartbeat, Lock.stale_after
 
 
 class RunLockHeld(PipelineError):

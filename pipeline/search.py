@@ -18,6 +18,7 @@ from .inverted import InvertedFile
 from .neighbours import nearest_neighbours, ranking_values, skip_lists, update_neighbours
 from .output import Earlier
 from .records import SameRecord, limited_best, record_best
+from .settings import Neighbours
 from .verdicts import Judgements, changed_images, load_verdicts
 from .weighting import Distance, WeightedHistograms
 
@@ -26,13 +27,18 @@ logger = logging.getLogger(__name__)
 
 @dataclasses.dataclass(frozen=True)
 class NeighbourSettings:
-    """How the lists are found (``[neighbours]``); the shipped ones by default."""
+    """How the lists are found: ``[neighbours]`` (:class:`pipeline.settings.Neighbours`) as the
+    search takes it, validated by its table; the shipped ones by default."""
 
-    k: int = 5
+    k: int = Neighbours.k
     distance: Distance = Distance()
-    same_record: SameRecord = SameRecord()
-    method: str = "auto"
-    """The full search's method (``pipeline.neighbours.METHODS``): all give the same lists."""
+    same_record: SameRecord = Neighbours.same_record
+    method: str = Neighbours.method
+    """The full search's method (``pipeline.settings.METHODS``): all give the same lists."""
+
+    def __post_init__(self):
+        for name in ("k", "same_record", "method"):
+            Neighbours.check(name, getattr(self, name))
 
     @property
     def own(self):

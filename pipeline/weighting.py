@@ -9,21 +9,19 @@ import logging
 import numpy as np
 import scipy.sparse as sp
 
-from .errors import ConfigError, named
 from .inverted import DENSE_SHARE, InvertedFile
+from .settings import Neighbours
 
 logger = logging.getLogger(__name__)
 
-WEIGHTINGS = ("raw", "tfidf")
-METRICS = ("euclidean", "cosine")
 #: The shipped ``[neighbours] weighting`` and ``metric`` (docs/quality.md says why).
-DEFAULT_WEIGHTING, DEFAULT_METRIC = "tfidf", "cosine"
+DEFAULT_WEIGHTING, DEFAULT_METRIC = Neighbours.weighting, Neighbours.metric
 #: tf-idf weights are whole multiples of 1 / IDF_SCALE, so that products stay exact integers.
 IDF_SCALE = 256
 #: Counts raised to a power below 1 are whole multiples of 1 / POWER_SCALE, for the same reason.
 POWER_SCALE = 64
 #: The shipped ``[neighbours] power`` (docs/quality.md says why).
-DEFAULT_POWER = 0.5
+DEFAULT_POWER = Neighbours.power
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,20 +53,11 @@ def similarity(distances, max_distance=1.0):
 def power_table(mass, power):
     """Integer value of each count 0..mass raised to ``power`` in (0, 1]: the count itself for 1,
     else round(POWER_SCALE * count**power) (0.5: the square root, Hellinger's kernel with cosine)."""
-    if not 0 < power <= 1:
-        raise ConfigError(
-            f"{named('power')}={power} must be in (0, 1]; 1 keeps the counts, 0.5 takes their square root"
-        )
+    Neighbours.check("power", power)
     counts = np.arange(mass + 1, dtype=np.float64)
     if power == 1:
         return counts.astype(np.int64)
     return np.rint(POWER_SCALE * counts**power).astype(np.int64)
-
-
-def check_weighting(weighting):
-    """Raise ConfigError unless ``weighting`` is one of WEIGHTINGS."""
-    if weighting not in WEIGHTINGS:
-        raise ConfigError(f"{named('weighting')}={weighting!r} must be one of {', '.join(WEIGHTINGS)}")
 
 
 def word_weights(document_frequency, n_images, weighting):
@@ -86,7 +75,7 @@ def word_weights(document_frequency, n_images, weighting):
     -------
     weights : ndarray of shape (K,), int64
     """
-    check_weighting(weighting)
+    Neighbours.check("weighting", weighting)
     df = np.asarray(document_frequency, dtype=np.int64)
     if weighting == "raw":
         return np.ones(len(df), dtype=np.int64)
@@ -145,13 +134,12 @@ class WeightedHistograms:
         power=DEFAULT_POWER,
         records=None,
     ):
-        if metric not in METRICS:
-            raise ConfigError(f"{named('metric')}={metric!r} must be one of {', '.join(METRICS)}")
+        Neighbours.check("metric", metric)
         counts = sp.csr_matrix(counts, dtype=np.int64)
         self.weighting, self.metric, self.n_local, self.power = weighting, metric, n_local, power
         self.cosine = metric == "cosine"
         self.table = power_table(n_local, power)
-        check_weighting(weighting)
+        Neighbours.check("weighting", weighting)
         self.weights = counts_weights(counts, weighting) if weights is None else np.asarray(weights, dtype=np.int64)
         # the value of an image with all its descriptors on one word of weight 1: the histograms' scale
         self.unit = (1 if weighting == "raw" else IDF_SCALE) * int(self.table[n_local])

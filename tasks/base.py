@@ -218,7 +218,7 @@ def hold_artifacts(date):
     folder = config.paths().artifacts
     try:
         heartbeat, stale_after = config.lock().heartbeat, config.lock().stale_after
-    except ValueError:  # CheckSettings names the bad value; the defaults hold the folder meanwhile
+    except ConfigError:  # CheckSettings names the bad value; the defaults hold the folder meanwhile
         heartbeat, stale_after = runlock.HEARTBEAT, runlock.STALE_AFTER
     try:
         os.makedirs(folder, exist_ok=True)

@@ -22,13 +22,10 @@ from pipeline import collection, evaluation, extraction, store
 from pipeline.blocks import DescriptorBlocks
 from pipeline.compare import compare_layer, sort_rows, table
 from pipeline.errors import PipelineError
-from pipeline.histograms import MAX_ASSIGN
-from pipeline.images import COLOURS
 from pipeline.model import layer_side, unknown_layer_message
-from pipeline.reduction import DESCRIPTOR_NORMS, REDUCED_NORMS
 from pipeline.selfcheck import Copies
+from pipeline.settings import COLOURS, DESCRIPTOR_NORMS, MAX_ASSIGN, METRICS, REDUCED_NORMS, WEIGHTINGS
 from pipeline.verdicts import night_verdicts
-from pipeline.weighting import METRICS, WEIGHTINGS
 
 from . import config, settings
 from .checks import query_extractor

@@ -5,6 +5,7 @@ import os
 
 from pipeline import copies
 from pipeline.codebook import Codebook as CodebookModel
+from pipeline.errors import ConfigError
 from pipeline.h5io import read_attrs
 from pipeline.output import read_similarities
 from pipeline.query import run_counts
@@ -82,5 +83,5 @@ def copies_wanted():
     """Whether the run makes copies.csv (``[copies] threshold`` is not off; a bad value: no, CheckSettings names it)."""
     try:
         return config.copies().threshold != "off"
-    except ValueError:
+    except ConfigError:
         return False

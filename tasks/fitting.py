@@ -90,7 +90,7 @@ class Codebook(ArtifactTask):
             "seed": config.codebook().seed,
             "format": CODEBOOK_FORMAT,
         }
-        if str(config.codebook().size).strip().lower() == "auto":  # a new rule for auto refits the codebook
+        if config.codebook().size == "auto":  # a new rule for auto refits the codebook
             settings["descriptors_per_word"] = DESCRIPTORS_PER_WORD
         return settings
 

@@ -30,7 +30,7 @@ logger = logging.getLogger("webapp")
 def serve_settings():
     """The app's :class:`~webapp.ServeSettings` of ``[serve]`` and ``[paths] artifacts``."""
     section = config.serve()
-    values = {name: getattr(section, name) for name, _ in section.get_params()}
+    values = {name: getattr(section, name) for name in section.names()}
     values["trusted_proxy"] = tuple(p.strip() for p in section.trusted_proxy.split(",") if p.strip())
     return ServeSettings(artifacts=config.paths().artifacts, **values)
 

@@ -8,32 +8,9 @@ import luigi
 from pipeline.cms import resolve_url
 from pipeline.errors import ConfigError
 from pipeline.model import layer_side, unknown_layer_message
+from pipeline.settings import SECTIONS
 
-from .config import SECTIONS, cms, copies, ids, lock, resnet, selfcheck, verdict_source, verdicts
-
-#: (section, key, check, what the value must be) of the settings whose type cannot say what
-#: they must be; the others are Choice and Number parameters, checked as they are read.
-RULES = (
-    (
-        "codebook",
-        "size",
-        lambda v: v.strip().lower() == "auto" or (v.strip().isdigit() and int(v) >= 2),
-        "auto or a whole number >= 2",
-    ),
-    ("lock", "stale_after", lambda v: v >= 3 * lock().heartbeat, "a number of seconds >= 3 x [lock] heartbeat"),
-)
-
-
-#: Settings that moved: (section, old key) -> where the setting is now.
-MOVED = {("resnet", "decode_threads"): "it is now [images] decode_processes (decoding runs in processes)"}
-
-
-def _typed(parameter, raw):
-    """A setting's text as its type reads it (``0`` for ``k = 0``), or the text when it cannot."""
-    try:
-        return getattr(parameter, "_var_type", str)(raw)
-    except (ValueError, TypeError):
-        return raw
+from .config import cms, copies, ids, read, resnet, selfcheck, verdict_source, verdicts
 
 
 def settings_problem(sections=None):
@@ -47,37 +24,27 @@ def settings_problem(sections=None):
     data (``k`` against the number of images, K against the number of descriptors) are checked
     once the inventory is taken, before any extraction.
     """
-    names = {c.__name__ for c in SECTIONS}
+    names = {section.section for section in SECTIONS}
     used = names if sections is None else set(sections) & names
-    needed = used | {read for owner, reads, _ in AGREEMENTS if owner in used for read in reads}
+    needed = used | {name for owner, reads, _ in AGREEMENTS if owner in used for name in reads}
     return _unreadable(needed) or next(
         (problem for owner, _, agree in AGREEMENTS if owner in used for problem in [agree()] if problem), None
     )
 
 
 def _unreadable(needed):
-    """The first setting of the sections ``needed`` that is not one, or cannot be read, or is out of range."""
-    sections = {c.__name__: c for c in SECTIONS if c.__name__ in needed}
+    """The first setting of the sections ``needed`` that is not one, or cannot be read, or does not work."""
     parser = luigi.configuration.get_config()
-    for name, config_class in sections.items():
-        known = dict(config_class.get_params())
-        for key in parser.options(name) if parser.has_section(name) else ():
-            if key.replace("-", "_") not in known:
-                fix = MOVED.get((name, key), f"the settings of [{name}] are {', '.join(known)}")
-                return f"[{name}] {key} is not a setting; {fix}"
-        for key, parameter in known.items():
-            raw = parser.get(name, key, None)
-            if raw is None:
-                continue
-            try:
-                parameter.parse(raw)
-            except (ValueError, TypeError) as exc:
-                if hasattr(parameter, "must"):
-                    return f"[{name}] {key}={_typed(parameter, raw)!r} must be {parameter.must}"
-                return f"[{name}] {key}={raw!r} cannot be read ({exc}); {parameter.description}"
-    for name, key, check, must in RULES:
-        if name in sections and not check(getattr(sections[name](), key)):
-            return f"[{name}] {key}={getattr(sections[name](), key)!r} must be {must}"
+    for section in SECTIONS:
+        if section.section not in needed:
+            continue
+        problem = section.unknown(parser.options(section.section) if parser.has_section(section.section) else ())
+        if problem:
+            return problem
+        try:
+            read(section)
+        except ConfigError as exc:
+            return str(exc)
     return None
 
 

@@ -213,7 +213,7 @@ def test_files_that_must_be_rejected_change_nothing_else(run, monkeypatch, small
         ({"codebook__size": "lots"}, "[codebook] size='lots' must be auto or a whole number >= 2"),
         ({"reduction__variance": "1.5"}, "[reduction] variance=1.5 must be a fraction in (0, 1]"),
         ({"collection__fingerprint": "md5"}, "[collection] fingerprint='md5' must be one of stat, sha256"),
-        ({"resnet__seed": "x"}, "[resnet] seed='x' cannot be read (invalid literal for int() with base 10: 'x')"),
+        ({"resnet__seed": "x"}, "[resnet] seed='x' must be a whole number"),
         ({"lock__heartbeat": "0"}, "[lock] heartbeat=0.0 must be a number of seconds > 0"),
         (
             {"resnet__weights": "/nonexistent/weights.h5"},

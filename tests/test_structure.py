@@ -96,15 +96,15 @@ def test_the_library_names_its_parameters_as_luigi_cfg_sets_them_from_one_table(
     from pipeline import errors
     from pipeline.errors import ConfigError
     from pipeline.neighbours import check_k
-    from tasks import config
+    from pipeline.settings import SECTIONS
 
     library = [*(ROOT / "pipeline").rglob("*.py"), *(ROOT / "webapp").rglob("*.py")]
-    table = ROOT / "pipeline" / "errors.py"
-    texts = [t for p in library if p != table for t in message_texts(p)]
-    assert [m for t in texts for m in re.findall(SETTING, t)] == []  # only the table names a section
+    tables = (ROOT / "pipeline" / "errors.py", ROOT / "pipeline" / "settings.py")
+    texts = [t for p in library if p not in tables for t in message_texts(p)]
+    assert [m for t in texts for m in re.findall(SETTING, t)] == []  # only the tables name a section
     used = {name for p in library for name in re.findall(r"named\(['\"]([^'\"]+)['\"]\)", p.read_text())}
     assert used == set(errors.NAMES)  # each one named, none left over
-    keys = {section.__name__: dict(section.get_params()) for section in config.SECTIONS}
+    keys = {section.section: section.names() for section in SECTIONS}
     for parameter, name in errors.NAMES.items():  # a setting of luigi.cfg, or its flag on the command line
         setting = re.fullmatch(SETTING, name) or re.fullmatch(r"--([a-z]+)-([a-z-]+)", name)
         section, key = setting.groups() if name != "luigi.cfg" else ("paths", "content")

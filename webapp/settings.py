@@ -4,6 +4,7 @@ import dataclasses
 import string
 
 from pipeline.errors import ConfigError, named
+from pipeline.settings import Paths, Serve
 
 #: The fields each URL template may name.
 TEMPLATE_FIELDS = {"viewer_url": ("ppn", "filename", "id"), "image_url": ("ppn", "filename", "id", "side")}
@@ -11,22 +12,23 @@ TEMPLATE_FIELDS = {"viewer_url": ("ppn", "filename", "id"), "image_url": ("ppn",
 
 @dataclasses.dataclass(frozen=True)
 class ServeSettings:
-    """What the app serves and how; the defaults are the shipped ones (tasks.config.serve documents each)."""
+    """What the app serves and how: ``[serve]`` (:class:`pipeline.settings.Serve`, which documents
+    each) and ``[paths] artifacts``, the trusted proxies as a tuple; the shipped ones by default."""
 
-    artifacts: str = "artifacts"
-    host: str = "127.0.0.1"
-    port: int = 8000
-    public: bool = True
-    users: str = "curators.txt"
-    secret_key: str = "serve-secret.key"
+    artifacts: str = Paths.artifacts
+    host: str = Serve.host
+    port: int = Serve.port
+    public: bool = Serve.public
+    users: str = Serve.users
+    secret_key: str = Serve.secret_key
     trusted_proxy: tuple = ()
-    user_header: str = "X-Remote-User"
-    viewer_url: str = ""
-    image_url: str = ""
-    max_upload_mb: float = 20.0
-    threads: int = 8
-    reload_seconds: float = 5.0
-    secure_cookies: bool = False
+    user_header: str = Serve.user_header
+    viewer_url: str = Serve.viewer_url
+    image_url: str = Serve.image_url
+    max_upload_mb: float = Serve.max_upload_mb
+    threads: int = Serve.threads
+    reload_seconds: float = Serve.reload_seconds
+    secure_cookies: bool = Serve.secure_cookies
 
     def __post_init__(self):
         _check_template(self.viewer_url, named("viewer_url"), TEMPLATE_FIELDS["viewer_url"])

@@ -4,9 +4,11 @@ import logging
 
 import sqlalchemy as sa
 
+from ..settings import Cms
+
 logger = logging.getLogger(__name__)
 #: Defaults of ``[cms] table``, ``marker_table`` and ``batch_rows``.
-TABLE, MARKER_TABLE, BATCH_ROWS = "image_similarity", "image_similarity_load", 10_000
+TABLE, MARKER_TABLE, BATCH_ROWS = Cms.table, Cms.marker_table, Cms.batch_rows
 
 
 def similarity_tables(table=TABLE, marker_table=MARKER_TABLE, id_type=sa.BigInteger):

@@ -14,11 +14,12 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from ..errors import CmsError, ConfigError, named
 from ..h5io import atomic_path
+from ..settings import Verdicts
 
 logger = logging.getLogger(__name__)
 
 #: Default name of the verdict table; its columns, ``author`` optional.
-TABLE = "image_similarity_verdict"
+TABLE = Verdicts.table
 COLUMNS = ("image_id", "similar_image_id", "verdict", "verdict_time", "author")
 REQUIRED = COLUMNS[:4]
 
