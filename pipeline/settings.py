@@ -243,6 +243,17 @@ class Section:
             must = "" if isinstance(constraint, Text) else f" Must be {constraint.must}."
             yield f.name, f.default, f.metadata["significant"], f.metadata["doc"] + must
 
+    def identity(self):
+        """The values that change results (the significant fields), JSON-serialisable: what a
+        stage's identity takes of its section."""
+        return {
+            f.name: getattr(self, f.name)
+            if isinstance(getattr(self, f.name), (str, int, float))
+            else str(getattr(self, f.name))
+            for f in dataclasses.fields(self)
+            if f.metadata["significant"]
+        }
+
     @classmethod
     def flags(cls):
         """The fields the command line gives as flags."""
@@ -485,6 +496,7 @@ class Codebook(Section):
         0.25,
         "Refit the reducer and codebook when the number of images has grown by more than "
         "this fraction since the last fit (they stay frozen otherwise, unless a run asks --refit).",
+        significant=False,  # when to fit, not what a fit makes
     )
 
 

@@ -101,7 +101,7 @@ class SelfCheck(RunCheck):
         return {"inventory": Inventory(date=self.date), "similarities": Similarities(**self.run_args())}
 
     def settings(self):
-        return {"sample": config.selfcheck().sample, "seed": config.selfcheck().seed}
+        return config.selfcheck().identity()
 
     def run(self):
         index = latest_index()

@@ -36,7 +36,7 @@ def needs_calibration():
     cannot be read: CheckSettings names them)."""
     try:
         spec = config.model_spec()
-    except (ValueError, ConfigError):
+    except ConfigError:
         return False
     return spec.backend().needs_calibration
 

@@ -35,14 +35,7 @@ class Reducer(ArtifactTask):
         return Features(date=self.date)
 
     def settings(self):
-        return {
-            "variance": config.reduction().variance,
-            "sample_images": config.reduction().sample_images,
-            "seed": config.reduction().seed,
-            "features": settings_digest(self.requires().settings()),
-            "descriptors": config.reduction().descriptors,
-            "reduced": config.reduction().reduced,
-        }
+        return {**config.reduction().identity(), "features": settings_digest(self.requires().settings())}
 
     def outdated(self, record):
         if self.refit and record["run_date"] != self.date.isoformat():
@@ -84,12 +77,7 @@ class Codebook(ArtifactTask):
         return [self.requires()["reducer"]]
 
     def settings(self):
-        settings = {
-            "size": str(config.codebook().size),
-            "sample_size": config.codebook().sample_size,
-            "seed": config.codebook().seed,
-            "format": CODEBOOK_FORMAT,
-        }
+        settings = {**config.codebook().identity(), "format": CODEBOOK_FORMAT}
         if config.codebook().size == "auto":  # a new rule for auto refits the codebook
             settings["descriptors_per_word"] = DESCRIPTORS_PER_WORD
         return settings

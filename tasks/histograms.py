@@ -93,7 +93,7 @@ class Histograms(HistogramInputs):
 
     @staticmethod
     def histogram_settings():
-        return {"assign": config.histograms().assign}
+        return config.histograms().identity()
 
     def settings(self):
         return self.histogram_settings()

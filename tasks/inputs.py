@@ -109,7 +109,7 @@ def removal_problem(date):
     to compare with."""
     try:
         c, content = config.collection(), config.paths().content
-    except (ValueError, ConfigError):  # CheckSettings names the setting
+    except ConfigError:  # CheckSettings names the setting
         return None
     if c.allow_removals or c.max_removed >= 1 or not os.path.isdir(content):
         return None  # allowed, or ContentFolder names the missing folder
