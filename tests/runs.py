@@ -38,21 +38,18 @@ def mtimes(artifacts):
 
 @pytest.fixture(scope="session")
 def run(small_collection, tmp_path_factory):
-    """One pipeline run on the small collection, and the same run again into other artifacts
-    (made once per session, whichever test process asks first)."""
+    """One pipeline run on the small collection (made once per session, whichever test process
+    asks first): its folder, and the collection's groups of like images."""
     content, groups = small_collection
 
     def make(folder):
         with pytest.MonkeyPatch.context() as monkeypatch:
-            for name in ("first", "second"):
-                root = folder / name
-                root.mkdir()
-                (root / "content").symlink_to(content)
-                result = build(monkeypatch, pipeline_config(root))
-                assert result.status == luigi.execution_summary.LuigiStatusCode.SUCCESS, result.summary_text
+            (folder / "content").symlink_to(content)
+            result = build(monkeypatch, pipeline_config(folder))
+            assert result.status == luigi.execution_summary.LuigiStatusCode.SUCCESS, result.summary_text
 
     folder, _ = made_once(tmp_path_factory, "run", make)
-    return [folder / "first", folder / "second"], groups
+    return folder, groups
 
 
 class OwnRun:
@@ -74,7 +71,7 @@ class OwnRun:
 def own_run(run, tmp_path):
     """A copy of the module's first run that a test may change: the module's run stays as it
     was whatever the test does, and whether it passes."""
-    (first, _), _ = run
+    first, _ = run
     return OwnRun(first, tmp_path)
 
 

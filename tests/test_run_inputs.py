@@ -109,7 +109,7 @@ def test_load_similarities_fills_the_cms_once_per_run_and_again_when_its_table_i
 
 
 def test_ids_read_from_the_cms_give_the_csv_result(run, monkeypatch, small_collection, tmp_path):
-    (first, _), _ = run
+    first, _ = run
     content = small_collection[0]
     make_cms(tmp_path / "cms.sqlite", content / "image_ids.csv")
     (tmp_path / "content").symlink_to(content)
@@ -192,7 +192,7 @@ def test_a_missing_cms_database_is_a_missing_input(monkeypatch, caplog, tmp_path
 
 
 def test_files_that_must_be_rejected_change_nothing_else(run, monkeypatch, small_collection, tmp_path):
-    (first, _), _ = run
+    first, _ = run
     shutil.copytree(small_collection[0], tmp_path / "content", symlinks=True)
     names = write_bad_files(tmp_path / "content" / "PPN77 Ärchiv")
     with open(tmp_path / "content" / "image_ids.csv", "a") as f:
@@ -300,7 +300,7 @@ def test_unusual_images_are_processed_and_bad_files_rejected_in_one_run(run, mon
     result = build(monkeypatch, pipeline_config(tmp_path), Nightly)
     assert result.status == luigi.execution_summary.LuigiStatusCode.SUCCESS, result.summary_text
     similarities = read_similarities(tmp_path / "artifacts" / "similarities.hdf5")
-    expected = {*load_inventory(run[0][0] / "artifacts" / "inventory.h5").ids.tolist(), *range(8000, 8000 + len(good))}
+    expected = {*load_inventory(run[0] / "artifacts" / "inventory.h5").ids.tolist(), *range(8000, 8000 + len(good))}
     assert set(similarities["ids"].tolist()) == expected  # every good image, none of the bad
     assert set(similarities["neighbours"].ravel().tolist()) <= expected
     report = json.loads((tmp_path / "artifacts" / "run_report.json").read_text())
