@@ -1,8 +1,10 @@
 """Extraction into the feature store: which files a shard extracts, and the loop that commits
 each batch while the model runs on the next."""
 
+import collections
 import concurrent.futures
 import hashlib
+import json
 import logging
 import os
 from typing import NamedTuple
@@ -151,3 +153,23 @@ def extract_features(store, files, content_dir, spec, batch_size=16, progress=No
         progress,
         inbox,
     )
+
+
+def shards_done(ran):
+    """What the extraction's shards that ran did, summed from their records ``ran`` (dicts): the
+    images extracted, the shards' seconds, the decoders used (JSON), the feature chunks repaired
+    and their images; and a line saying what was repaired, or None."""
+    decoded_by = collections.Counter()
+    for record in ran:
+        decoded_by.update(json.loads(record.get("decoded_by", "{}")))
+    done = {
+        "extracted": sum(r["extracted"] for r in ran),
+        "shard_seconds": round(sum(r["seconds"] for r in ran), 3),
+        "decoded_by": json.dumps(decoded_by),
+        **{key: sum(r.get(key, 0) for r in ran) for key in ("repaired_chunks", "repaired_images")},
+    }
+    chunks = done["repaired_chunks"] and (
+        f"{done['repaired_chunks']} damaged or missing feature chunks: their "
+        f"{done['repaired_images']} images extracted again"
+    )
+    return done, chunks or None

@@ -152,3 +152,14 @@ def publish_report(artifacts, date, report):
     """Write ``runs/<date>/run_report.json`` and the latest copy ``run_report.json``."""
     write_json(os.path.join(artifacts, "runs", date, "run_report.json"), report)
     write_json(os.path.join(artifacts, "run_report.json"), report)
+
+
+def summary_line(report, html):
+    """The run report ``report`` in one line for the log, naming the visual report ``html``."""
+    check = report.get("selfcheck")
+    selfcheck = f"; self-check: original first for {100 * check['top1']:.1f}% of altered copies" if check else ""
+    return (
+        f"run of {report['date']} done: {report['images_total']} images, {report['extracted']} extracted, "
+        f"{report['reused']} reused, {len(report['rejected'])} rejected, {report['images_with_neighbours']} with "
+        f"neighbours{selfcheck}; similarities: {report['similarities']}; report: {html}"
+    )

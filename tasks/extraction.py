@@ -1,6 +1,5 @@
 """The descriptors: the model's calibration where its backend needs one, the extraction shards, and the feature store's index of the run's images."""
 
-import collections
 import json
 import logging
 import os
@@ -171,24 +170,14 @@ class Features(ArtifactTask):
         feature_store.remove_stale_temporaries()  # every shard has finished
         index = store.index_inventory(feature_store, collection.load_inventory(self.input()["inventory"].path))
         shards, ran = shard_attrs(self)
-        repaired = {key: sum(a.get(key, 0) for a in ran) for key in ("repaired_chunks", "repaired_images")}
-        chunks = repaired["repaired_chunks"] and (
-            f"{repaired['repaired_chunks']} damaged or missing feature chunks: their "
-            f"{repaired['repaired_images']} images extracted again"
-        )
-        repaired.update(repairs(self, ran, chunks))
+        done, chunks = extraction.shards_done(ran)
         feature_store.clear_set_aside()  # their images are extracted again
-        extracted = sum(a["extracted"] for a in ran)
-        decoded_by = collections.Counter()
-        for a in ran:
-            decoded_by.update(json.loads(a.get("decoded_by", "{}")))
         attrs = self.attrs(
             images=len(index),
-            extracted=extracted,
-            reused=len(index) + len(index.rejected) - extracted,
+            reused=len(index) + len(index.rejected) - done["extracted"],
             shards=len(shards),
-            shard_seconds=round(sum(a["seconds"] for a in ran), 3),
-            decoded_by=json.dumps(decoded_by),
+            **done,
+            **repairs(self, ran, chunks),
             model=MODEL,
             layer=config.resnet().layer,
             weights=config.resnet().weights,
@@ -198,6 +187,5 @@ class Features(ArtifactTask):
             precision_reason=config.precision()[1],
             store=feature_store.root,
             **config.model_spec().backend().attrs(feature_store.root),
-            **repaired,
         )
         store.save_index(tmp, index, attrs)

@@ -12,7 +12,7 @@ from pipeline.copies import load_copies
 from pipeline.h5io import read_attrs
 from pipeline.output import read_similarities
 from pipeline.query import run_counts
-from pipeline.report import now, publish_report, read_json, run_report
+from pipeline.report import now, publish_report, read_json, run_report, summary_line
 from pipeline.verdicts import load_verdicts
 
 from . import config
@@ -89,15 +89,6 @@ class Nightly(RunTask):
         artifacts = {stage.__name__: read_attrs(stage(**self.run_args()).output().path) for stage in STAGES}
         inventory = collection.load_inventory(Inventory(date=self.date).output().path)
         index = store.load_index(Features(date=self.date).output().path)
-        load = None
-        if "cms" in self.input():
-            load = {
-                "url": cms.shown(cms.resolve_url(config.cms().url)),
-                "mode": config.cms().mode,
-                "target": config.destination().target,
-            }
-            if "cms_copies" in self.input():
-                load["copies_table"] = config.cms().copies_table
         checks = {
             name: read_json(self.input()[name].path) for name in ("evaluation", "selfcheck") if name in self.input()
         }
@@ -111,7 +102,7 @@ class Nightly(RunTask):
             inventory,
             index,
             os.path.abspath(self.input()["similarities"].path),
-            load,
+            load_summary(self.input()),
             **checks,
             bad_verdicts=bad,
             copies=copies,
@@ -121,20 +112,21 @@ class Nightly(RunTask):
             publish_report(config.paths().artifacts, date, report)
             visual_report(self.date, report, self.show, inventory)
         shutil.rmtree(LastRun(date=self.date).output().path, ignore_errors=True)  # the night is done with it
-        check = report.get("selfcheck")
-        logger.info(
-            "run of %s done: %d images, %d extracted, %d reused, %d rejected, %d with neighbours%s; similarities: %s; "
-            "report: %s",
-            date,
-            report["images_total"],
-            report["extracted"],
-            report["reused"],
-            len(report["rejected"]),
-            report["images_with_neighbours"],
-            f"; self-check: original first for {100 * check['top1']:.1f}% of altered copies" if check else "",
-            report["similarities"],
-            os.path.join(config.paths().artifacts, "report.html"),
-        )
+        logger.info("%s", summary_line(report, os.path.join(config.paths().artifacts, "report.html")))
+
+
+def load_summary(inputs):
+    """Where the night's lists (and copies) were loaded, for the report; None without a CMS."""
+    if "cms" not in inputs:
+        return None
+    load = {
+        "url": cms.shown(cms.resolve_url(config.cms().url)),
+        "mode": config.cms().mode,
+        "target": config.destination().target,
+    }
+    if "cms_copies" in inputs:
+        load["copies_table"] = config.cms().copies_table
+    return load
 
 
 def visual_report(date, run, show="", inventory=None):
