@@ -246,13 +246,8 @@ class Section:
     def identity(self):
         """The values that change results (the significant fields), JSON-serialisable: what a
         stage's identity takes of its section."""
-        return {
-            f.name: getattr(self, f.name)
-            if isinstance(getattr(self, f.name), (str, int, float))
-            else str(getattr(self, f.name))
-            for f in dataclasses.fields(self)
-            if f.metadata["significant"]
-        }
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.metadata["significant"]}
+        return {name: v if isinstance(v, (str, int, float)) else str(v) for name, v in values.items()}
 
     @classmethod
     def flags(cls):

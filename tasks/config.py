@@ -67,12 +67,25 @@ def _reader(section):
     return reader
 
 
-paths, ids, cms, resnet, features, images, reduction, codebook, histograms, neighbours = (
-    _reader(s) for s in settings.SECTIONS[:10]
-)
-verdicts, collection, evaluate, selfcheck, copies, report, progress, lock, serve = (
-    _reader(s) for s in settings.SECTIONS[10:]
-)
+paths = _reader(settings.Paths)
+ids = _reader(settings.Ids)
+cms = _reader(settings.Cms)
+resnet = _reader(settings.Resnet)
+features = _reader(settings.Features)
+images = _reader(settings.Images)
+reduction = _reader(settings.Reduction)
+codebook = _reader(settings.Codebook)
+histograms = _reader(settings.Histograms)
+neighbours = _reader(settings.Neighbours)
+verdicts = _reader(settings.Verdicts)
+collection = _reader(settings.Collection)
+evaluate = _reader(settings.Evaluate)
+selfcheck = _reader(settings.Selfcheck)
+copies = _reader(settings.Copies)
+report = _reader(settings.Report)
+progress = _reader(settings.Progress)
+lock = _reader(settings.Lock)
+serve = _reader(settings.Serve)
 
 
 def shards(section):

@@ -87,3 +87,9 @@ def test_a_stages_identity_takes_the_significant_values_only():
     }  # shards and method do not change the lists
     assert settings.Neighbours(shards=4, method="balltree").identity() == shipped.identity()
     assert settings.Lock().identity() == {}
+
+
+def test_each_section_has_a_reader_of_its_name_giving_its_dataclass():
+    from tasks import config
+
+    assert [type(getattr(config, s.section)()) for s in settings.SECTIONS] == list(settings.SECTIONS)
