@@ -324,14 +324,14 @@ def map_frames(images):
     return float(np.median(gaps)), float(np.percentile(gaps, 95)), drawn.seconds
 
 
-def run(images=1_000_000, clients=32, seconds=60.0):
+def run(images=1_000_000, clients=32, seconds=60.0, requests=400):
     with tempfile.TemporaryDirectory(prefix="bench-serve-") as scratch:
         folder, other = os.path.join(scratch, "artifacts"), os.path.join(scratch, "next-night")
         with Timer() as made:
             ids = served_run(folder, images)
             served_run(other, images, seed=1, date="2026-12-02")
             views_for(folder, ids)
-        load_seconds, times = server_times(folder, ids)
+        load_seconds, times = server_times(folder, ids, requests)
         browsed = browsing(folder, other, ids, clients, seconds)
     uploaded = upload_query()
     search_seconds, search_mb = upload_search(images)
@@ -404,6 +404,7 @@ def main(argv=None):
     parser.add_argument("--images", type=int, default=1_000_000, help="images of the made-up run")
     parser.add_argument("--clients", type=int, default=32, help="clients browsing at once")
     parser.add_argument("--seconds", type=float, default=60.0, help="how long they browse")
+    parser.add_argument("--requests", type=int, default=400, help="requests of each kind timed inside the app")
     parser.add_argument("--serve-folder", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -411,7 +412,7 @@ def main(argv=None):
         serve_folder(args.serve_folder, args.port, threads=8)
         return
     with recording("serve", args, argv):
-        run(args.images, args.clients, args.seconds)
+        run(args.images, args.clients, args.seconds, args.requests)
 
 
 if __name__ == "__main__":

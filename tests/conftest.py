@@ -15,7 +15,7 @@ import pytest
 import sqlalchemy as sa
 from luigi.configuration import LuigiConfigParser
 
-from pipeline import cms
+from pipeline import backends, cms
 from pipeline.demo import make_collection
 
 #: A small collection for the end-to-end tests: 6 groups of 3 near-duplicates.
@@ -34,10 +34,46 @@ def luigi_config(monkeypatch, path=None):
         luigi.task_register.Register.clear_instance_cache()
 
 
+#: The thread pools of TensorFlow, OpenMP and BLAS: one thread each in a parallel worker.
+THREADS = (
+    "TF_NUM_INTRAOP_THREADS",
+    "TF_NUM_INTEROP_THREADS",
+    "OMP_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
+    "MKL_NUM_THREADS",
+)
+
+
+def pytest_configure(config):
+    """With parallel workers (make test: one per core), each computes on one thread: pools of a
+    thread per core in every worker contend for the cores and made the tier a fifth slower. Set
+    here, before the workers start, they inherit it; a variable set by the user is kept."""
+    if getattr(config.option, "numprocesses", None):
+        for name in THREADS:
+            os.environ.setdefault(name, "1")
+
+
 @pytest.fixture(autouse=True)
 def isolated_luigi(monkeypatch):
     with luigi_config(monkeypatch):
         yield
+
+
+@pytest.fixture(scope="session", autouse=True)
+def stand_in_model():
+    """The tiny stand-in for ResNet50 (``tests.faults.TinyBackend``) in this process, from before any
+    other fixture: the tests marked ``resnet`` (the model's own, the demo's night) build ResNet50."""
+    from .faults import TinyBackend
+
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        monkeypatch.setitem(backends.BACKENDS, "keras", TinyBackend)
+        yield
+
+
+@pytest.fixture(autouse=True)
+def resnet_where_marked(request, monkeypatch):
+    if request.node.get_closest_marker("resnet") is not None:
+        monkeypatch.setitem(backends.BACKENDS, "keras", backends.KerasBackend)
 
 
 def write_config(path, sections):

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from pipeline import backends
 from pipeline.output import read_similarities
 from tasks import (
     Nightly,
@@ -242,7 +243,7 @@ def run_module(module, config, *args):
 
 
 #: Images of the demo the self-check alters (6 copies each): forward passes of ResNet50, the test's cost.
-SELFCHECK = 20
+SELFCHECK = 10
 
 
 @pytest.fixture(scope="session")
@@ -260,6 +261,7 @@ def demo_run(tmp_path_factory):
             copies__threshold="auto",
         )
         with pytest.MonkeyPatch.context() as monkeypatch:
+            monkeypatch.setitem(backends.BACKENDS, "keras", backends.KerasBackend)  # ResNet50
             result = build(monkeypatch, config, Nightly)
         assert result.status == luigi.execution_summary.LuigiStatusCode.SUCCESS, result.summary_text
 

@@ -51,6 +51,7 @@ def test_reduce_benchmark_prints_its_figures(capsys):
 
 
 @pytest.mark.slow
+@pytest.mark.resnet
 @pytest.mark.parametrize("precision, device", [("bfloat16", "CPU:0"), ("int8", "CPU (OpenVINO)")])
 def test_extract_benchmark_prints_its_figures(capsys, monkeypatch, tmp_path, precision, device):
     monkeypatch.setenv("HOME", str(tmp_path))  # OpenVINO's telemetry decision, written under $HOME
@@ -82,7 +83,7 @@ def test_serve_benchmark_browses_over_a_nights_swap_without_an_error(capsys, mon
     from benchmarks import serve
 
     monkeypatch.chdir(tmp_path)  # [paths] artifacts: an empty folder, no run to query
-    serve.run(images=300, clients=4, seconds=3)
+    serve.run(images=300, clients=4, seconds=3, requests=20)
     figures = last_json_line(capsys)
     assert figures["bench"] == "serve" and figures["images"] == 300 and figures["browse_errors"] == 0
     assert 0 < figures["image_page_p95_ms"] and 0 < figures["search_by_ID_p95_ms"] and figures["rss_mb"] > 0

@@ -12,13 +12,11 @@ import numpy as np
 import pytest
 import sqlalchemy as sa
 
-from pipeline import backends
 from pipeline.cms import load as cms_load
 from pipeline.output import read_similarities
 from tasks import Nightly
 
 from .conftest import luigi_config, pipeline_config
-from .faults import TinyBackend
 from .runs import change_collection
 from .servers import SERVERS
 
@@ -34,7 +32,6 @@ def server(request):
 
 
 def night(monkeypatch, root, server, date):
-    monkeypatch.setitem(backends.BACKENDS, "keras", TinyBackend)
     config = pipeline_config(root, cms__url=server.url, cms__batch_rows=20)
     with luigi_config(monkeypatch, config):
         return luigi.build([Nightly(date=date)], local_scheduler=True, detailed_summary=True, workers=1)

@@ -7,6 +7,7 @@ import shutil
 
 import h5py
 import numpy as np
+import pytest
 
 from pipeline.collection import load_inventory
 from pipeline.copies import read_copies, selfcheck_threshold
@@ -19,6 +20,8 @@ from .runs import (
     demo_run,  # noqa: F401 (fixtures)
     run_module,
 )
+
+pytestmark = pytest.mark.resnet  # the demo's night and its queries build ResNet50
 
 
 def test_self_check_finds_altered_copies_far_better_than_chance_on_the_demo(demo_run):

@@ -16,12 +16,11 @@ import luigi
 import numpy as np
 import pytest
 
-from pipeline import backends, collection, store
+from pipeline import collection, store
 from pipeline.output import read_similarities
 from tasks import Nightly
 
 from .conftest import environment_lacks, luigi_config, pipeline_config
-from .faults import TinyBackend
 from .runs import cms_rows
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -31,7 +30,6 @@ Status = luigi.execution_summary.LuigiStatusCode
 
 def night(monkeypatch, root, date, **overrides):
     """Nightly of ``date`` under ``root`` (its content, artifacts and SQLite CMS) with the tiny model."""
-    monkeypatch.setitem(backends.BACKENDS, "keras", TinyBackend)
     config = pipeline_config(root, cms__url=f"sqlite:///{root / 'cms.sqlite'}", **overrides)
     with luigi_config(monkeypatch, config):
         return luigi.build([Nightly(date=date)], local_scheduler=True, detailed_summary=True, workers=1)
@@ -302,7 +300,6 @@ def test_a_flipped_byte_in_a_chunk_is_found_by_its_checksum_and_repaired(site, m
     flip_a_byte(chunks[0], keep_time=True)
     later = SECOND + datetime.timedelta(days=1)
     config = pipeline_config(site, cms__url=f"sqlite:///{site / 'cms.sqlite'}")
-    monkeypatch.setitem(backends.BACKENDS, "keras", TinyBackend)
     with luigi_config(monkeypatch, config):
         failed = luigi.build([Nightly(date=later, refit=True)], local_scheduler=True, detailed_summary=True)
     report = json.loads((site / "artifacts" / "runs" / later.isoformat() / "run_report.json").read_text())

@@ -7,11 +7,20 @@ from pipeline.features import DescriptorExtractor
 from pipeline.model import IMAGENET_FILE, build_model, layer_side, weights_identity
 
 from .decoders import decoder_processes, misbehaving
+from .faults import tiny_model
+
+pytestmark = pytest.mark.resnet  # the model's own tests
 
 
 @pytest.fixture(scope="module")
 def model():
     return build_model(weights="random", layer="conv5_block3_out", seed=0)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    """The stand-in model, for the tests of the decoders around the model."""
+    return tiny_model()
 
 
 @pytest.fixture(scope="module")
@@ -125,24 +134,24 @@ def test_unreadable_or_wrong_weights_file_is_a_one_line_error(tmp_path, content)
     assert "\n" not in str(info.value)
 
 
-def test_a_file_whose_decoder_hangs_or_crashes_fails_alone(model, image_paths, tmp_path):
+def test_a_file_whose_decoder_hangs_or_crashes_fails_alone(tiny, image_paths, tmp_path):
     paths, _ = image_paths
     for name in ("hang.png", "crash.png"):
         Image.new("RGB", (50, 50)).save(tmp_path / name)
     mixed = [paths[0], str(tmp_path / "hang.png"), paths[1], str(tmp_path / "crash.png"), paths[2]]
-    with DescriptorExtractor(model, batch_size=4, decode_timeout=3, decode=misbehaving) as extractor:
+    with DescriptorExtractor(tiny, batch_size=4, decode_timeout=3, decode=misbehaving) as extractor:
         batches = list(extractor.run(mixed))
     assert [(start, sorted(errors)) for start, _, errors, _ in batches] == [(0, [1, 3]), (4, [])]
     assert "decode_timeout=3 s" in batches[0][2][1] and "SIGSEGV" in batches[0][2][3]
     descriptors = np.concatenate([d for _, d, _, _ in batches])
-    with DescriptorExtractor(model, batch_size=4) as clean_extractor:
+    with DescriptorExtractor(tiny, batch_size=4) as clean_extractor:
         clean = np.concatenate([d for _, d, _, _ in clean_extractor.run(paths[:3])])
     np.testing.assert_array_equal(descriptors[[0, 2, 4]], clean)
 
 
-def test_decoders_outlive_a_run_left_early_and_stop_with_the_extractor(model, image_paths):
+def test_decoders_outlive_a_run_left_early_and_stop_with_the_extractor(tiny, image_paths):
     others = set(decoder_processes())  # the module's extractor's
-    with DescriptorExtractor(model, batch_size=4, decode_processes=2) as extractor:
+    with DescriptorExtractor(tiny, batch_size=4, decode_processes=2) as extractor:
         run = extractor.run(image_paths[0] * 3)
         next(run)
         run.close()

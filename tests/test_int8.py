@@ -23,7 +23,7 @@ from tasks.checks import query_extractor
 from tasks.extraction import feature_settings
 
 from .conftest import luigi_config, pipeline_config
-from .faults import TinyBackend, tiny_model
+from .faults import tiny_model
 
 TRUNK = int8.TRUNK_FILE
 
@@ -108,7 +108,6 @@ def test_a_store_is_calibrated_once_and_never_extended_by_another_trunk(monkeypa
 
     content, _ = small_collection
     files = scan_content(str(content))
-    monkeypatch.setitem(backends.BACKENDS, "keras", TinyBackend)
     store = FeatureStore(str(tmp_path / "store"))
     spec = ModelSpec(weights="random", layer="tiny", precision="int8", colour="rgb", trim=False, calibration_images=16)
     path = int8.trunk_path(store.root)
@@ -124,7 +123,6 @@ def test_a_store_is_calibrated_once_and_never_extended_by_another_trunk(monkeypa
 
 def test_a_run_at_int8_calibrates_into_its_store_and_queries_with_that_trunk(monkeypatch, small_collection, tmp_path):
     (tmp_path / "content").symlink_to(small_collection[0])
-    monkeypatch.setitem(backends.BACKENDS, "keras", TinyBackend)
     config = pipeline_config(tmp_path, resnet__precision="int8", resnet__calibration_images=16)
     with luigi_config(monkeypatch, config):
         result = luigi.build([Similarities()], local_scheduler=True, detailed_summary=True, workers=1)

@@ -82,7 +82,7 @@ def test_incremental_neighbours_and_loads_equal_a_full_run_date_after_date(
     shutil.copytree(small_collection[0], content)
     database = tmp_path / "cms.sqlite"
     config = pipeline_config(tmp_path, cms__url=f"sqlite:///{database}")
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(1)  # changes that leave some lists as they were (on the stand-in model)
     artifacts = tmp_path / "artifacts"
     monkeypatch.setattr(cms_plan, "INCREMENTAL_SHARE", 1.0)  # in 20 images, most lists change
     caplog.set_level(logging.INFO, logger=cms_plan.__name__)

@@ -1,6 +1,7 @@
 """A run of the small collection: its output, what a rerun or a changed setting redoes, shards and compare."""
 
 import json
+import logging
 
 import h5py
 import luigi
@@ -21,7 +22,7 @@ from tasks import (
 )
 
 from .conftest import luigi_config, pipeline_config
-from .runs import ARTIFACTS, OwnRun, build, mtimes, nightly_equals, own_run, run, run_module  # noqa: F401 (fixtures)
+from .runs import ARTIFACTS, OwnRun, build, mtimes, nightly_equals, own_run, run  # noqa: F401 (fixtures)
 
 
 def test_output_follows_the_contract(run):
@@ -173,30 +174,23 @@ def test_sharded_stages_give_the_same_result(run, monkeypatch, small_collection,
     assert all(report["stage_seconds"][stage] > 0 for stage in ("FeatureShard", "HistogramShard", "NeighbourShard"))
 
 
-def test_compare_prints_the_grid_best_first_reusing_the_features(run, tmp_path):
+def test_compare_prints_the_grid_best_first_reusing_the_features(run, monkeypatch, capsys, caplog, tmp_path):
     root, groups = run
     own = OwnRun(root, tmp_path / "run")  # compare adds a feature store: to a copy of the shared run
     labels = tmp_path / "labels.csv"
     labels.write_text("id,label\n" + "".join(f"{i},{name}\n" for name, members in groups.items() for i in members))
     rows = tmp_path / "rows.json"
-    done = run_module(
-        "tasks.compare",
-        own.config(),
-        "--sizes",
-        "8,auto",
-        "--trims",
-        "true,false",
-        "--labels",
-        labels,
-        "--selfcheck",
-        3,
-        "--json",
-        rows,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert "extracting 0 images, reusing 18" in done.stderr  # the run's feature store (trim = true)
-    assert "extracting 18 images, reusing 0" in done.stderr  # another for trim = false
-    lines = done.stdout.strip().splitlines()
+    from tasks import compare  # the command's own main, in this process (on the stand-in model)
+
+    caplog.set_level(logging.INFO)
+    monkeypatch.chdir(own.root)
+    with luigi_config(monkeypatch, own.config()):
+        argv = ["--sizes", "8,auto", "--trims", "true,false", "--labels", str(labels), "--selfcheck", "3"]
+        assert compare.main([*argv, "--json", str(rows)]) == 0
+    out = capsys.readouterr().out
+    assert "extracting 0 images, reusing 18" in caplog.text  # the run's feature store (trim = true)
+    assert "extracting 18 images, reusing 0" in caplog.text  # another for trim = false
+    lines = out.strip().splitlines()
     assert lines[0] == "18 images, weights random; best first"
     assert lines[1].startswith(
         "| layer | colour | trim | descriptors | reduced | K | assign | weighting | power | metric | mAP | P@1 | P@5 | R@5 | self-check top-1 |"

@@ -15,14 +15,13 @@ import luigi
 import pytest
 import sqlalchemy as sa
 
-from pipeline import backends, cms
+from pipeline import cms
 from pipeline.output import read_similarities
 from tasks import Nightly, Verdicts, config, serve
 from webapp import ServeSettings, create_app
 from webapp.security import Users
 
 from .conftest import environment_lacks, luigi_config, pipeline_config
-from .faults import TinyBackend
 
 FIRST, SECOND = datetime.date(2026, 12, 1), datetime.date(2026, 12, 2)
 PASSWORD = "a long password"
@@ -59,7 +58,6 @@ def site(small_collection, tmp_path_factory):
         serve__reload_seconds=0.2,
     )
     with pytest.MonkeyPatch.context() as monkeypatch:
-        monkeypatch.setitem(backends.BACKENDS, "keras", TinyBackend)
         night(monkeypatch, config_path, FIRST)
         with luigi_config(monkeypatch, config_path):
             Users(config.serve().users).add("curator", PASSWORD)
@@ -99,7 +97,6 @@ def browser():
 def page(browser, site, monkeypatch):
     """A fresh browser window on the app, luigi.cfg the site's while the test runs (the app's
     verdicts go through the verdict command's code, which reads it)."""
-    monkeypatch.setitem(backends.BACKENDS, "keras", TinyBackend)
     with luigi_config(monkeypatch, site["config"]):
         context = browser.new_context(base_url=site["url"])
         window = context.new_page()
@@ -184,7 +181,6 @@ def test_judging_with_keys_writes_the_cms_table_and_the_next_night_honours_it(pa
         ).fetchall()
     assert (image, other, "wrong", "curator") in [tuple(r) for r in rows]
 
-    monkeypatch.setitem(backends.BACKENDS, "keras", TinyBackend)
     night(monkeypatch, site["config"], SECOND)
     page.wait_for_function("async () => (await (await fetch('/health')).json()).date === '2026-12-02'", timeout=20_000)
     page.goto(f"/images/{image}")
@@ -201,7 +197,6 @@ def test_judging_with_keys_writes_the_cms_table_and_the_next_night_honours_it(pa
 
 def test_a_verdict_written_while_a_night_runs_is_kept_for_the_next_night(page, site, monkeypatch):
     third, fourth = datetime.date(2026, 12, 3), datetime.date(2026, 12, 4)
-    monkeypatch.setitem(backends.BACKENDS, "keras", TinyBackend)
     with luigi_config(monkeypatch, site["config"]):  # the night has read the verdicts, and goes on
         assert luigi.build([Verdicts(date=third)], local_scheduler=True, workers=1)
     result = read_similarities(site["root"] / "artifacts" / "similarities.hdf5")

@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline import backends
 from pipeline.decoders import DecoderPool
 from pipeline.demo import make_collection
 from pipeline.images import PREVIEW, THUMBNAIL, decode_image, decode_views, make_views
@@ -21,7 +20,6 @@ from pipeline.thumbnails import Inbox, ViewStore, update_views
 from tasks import Nightly
 
 from .conftest import SMALL_BASES, luigi_config, pipeline_config
-from .faults import TinyBackend
 
 
 def jpeg(data):
@@ -98,7 +96,6 @@ def test_an_unreadable_store_is_set_aside_and_made_anew(tmp_path):
 def test_nights_keep_the_views_up_to_date_with_the_collection(tmp_path, monkeypatch):
     make_collection(tmp_path / "content", bases=SMALL_BASES)
     config = pipeline_config(tmp_path)
-    monkeypatch.setitem(backends.BACKENDS, "keras", TinyBackend)
     artifacts = tmp_path / "artifacts"
 
     def views_of(date):

@@ -11,14 +11,13 @@ import numpy as np
 import pytest
 import sqlalchemy as sa
 
-from pipeline import backends, cms, verdicts
+from pipeline import cms, verdicts
 from pipeline.collection import load_inventory
 from pipeline.output import read_similarities
 from tasks import Nightly, Similarities
 from tasks.verdict import main as verdict_command
 
 from .conftest import SERVERS, Database, environment_lacks, luigi_config, pipeline_config
-from .faults import TinyBackend
 
 DAYS = [datetime.date(2026, 12, d) for d in (1, 2, 3, 4)]
 
@@ -119,7 +118,6 @@ def lists_of(result):
     ]
 )
 def site(request, small_collection, tmp_path, monkeypatch):
-    monkeypatch.setitem(backends.BACKENDS, "keras", TinyBackend)  # the verdicts are not about the model
     backend = "sqlite" if request.param == "csv" else request.param
     url = f"sqlite:///{tmp_path / 'cms.sqlite'}" if backend == "sqlite" else SERVERS[backend]
     db = Database(url)
