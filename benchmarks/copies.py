@@ -12,7 +12,12 @@ descriptors and Scorer):
   of images in one group is right when they share a label), groups, groups spanning records;
 - a precision-recall curve over thresholds, from 0 to the self-check's largest distance;
 - what a later night's grouping costs: from scratch, with nothing changed, and with 1 % of the
-  images changed (seconds, and the sets of linked images worked out again).
+  images changed (seconds, and the sets of linked images worked out again);
+- the geometric verification (``pipeline.verify``) of each image's ``CANDIDATES`` nearest: how
+  much of the candidate pairs of one picture it finds at a pair precision of 0.95, beside what
+  the distance alone finds there, the scores of those pairs and of the others, of the
+  self-check's copies against their originals and against them with their cells shuffled (the
+  same words at other places), at each of ``TOLERANCES``, and its cost per pair.
 
 It prints a table per collection and a JSON line with every figure.
 """
@@ -27,10 +32,13 @@ import numpy as np
 
 from pipeline import evaluation
 from pipeline.copies import QUANTILE, copy_groups, known_sets, number_groups, selfcheck_threshold
+from pipeline.histograms import assign_words
 from pipeline.neighbours import nearest_neighbours
 from pipeline.precision import choose_precision
 from pipeline.records import SameRecord
 from pipeline.settings import PRECISIONS
+from pipeline.verify import verify_pairs
+from pipeline.weighting import IDF_SCALE
 
 from . import proxies, quality
 from .common import Timer
@@ -66,6 +74,60 @@ def group_row(groups, labels, records):
         "pairs": pairs,
         "spanning": sum(len(set(records[g])) > 1 for g in groups),
     }
+
+
+#: The candidates of each image verified (its nearest by distance), and the verification's
+#: tolerances compared (cells).
+CANDIDATES = 50
+TOLERANCES = (0.5, 0.75, 1.0)
+#: The pair precision at which the recall of the candidate pairs is read.
+PAIR_PRECISION = 0.95
+
+
+def recall_at_precision(order_by, right, precision=PAIR_PRECISION):
+    """The share of the ``right`` pairs found, taking the pairs in decreasing ``order_by``, at the
+    last point where the pairs taken are at least ``precision`` right (0 when none is)."""
+    order = np.argsort(-np.asarray(order_by, dtype=np.float64), kind="stable")
+    taken = np.cumsum(right[order])
+    held = np.flatnonzero(taken / np.arange(1, len(order) + 1) >= precision)
+    return round(float(taken[held[-1]] / right.sum()), 4) if len(held) and right.any() else 0.0
+
+
+def verification(scorer, defaults, data, reducer, codebook, labels):
+    """The verification's figures on one collection (see the module)."""
+    c = scorer.c
+    made = quality.made_with(defaults)
+    n = len(c.ids)
+    words = assign_words(c.blocks(made).read(np.arange(n)), reducer, codebook, 1)
+    side = int(round(np.sqrt(words.shape[1])))
+    weights = codebook.word_weights("tfidf", 1) / IDF_SCALE  # each word's idf
+    nearest, distances = nearest_neighbours(data, min(CANDIDATES, n - 1))
+    pairs = np.stack([np.repeat(np.arange(n), nearest.shape[1]), nearest.ravel()], axis=1)
+    labelled = ~np.char.startswith(labels, "none")
+    right = labelled[pairs[:, 0]] & (labels[pairs[:, 0]] == labels[pairs[:, 1]])
+    descriptors, decoded, _ = scorer.copy_features(made)
+    copy_words = assign_words(descriptors, reducer, codebook, 1)
+    originals = np.array([scorer.copies.originals[q] for q in decoded], dtype=np.int64)
+    shuffled = np.random.default_rng(0).permuted(copy_words, axis=1)
+    together = np.concatenate([words, copy_words, shuffled])
+    copy_pairs = np.stack([n + np.arange(len(decoded)), originals], axis=1)
+    shuffled_pairs = np.stack([n + len(decoded) + np.arange(len(decoded)), originals], axis=1)
+    figures = {"candidates": int(nearest.shape[1]), "pairs": len(pairs), "right_pairs": int(right.sum())}
+    figures["recall_by_distance"] = recall_at_precision(-distances.ravel(), right)
+    for tolerance in TOLERANCES:
+        with Timer() as t:
+            scores, _ = verify_pairs(words, pairs, weights, side, tolerance)
+        copies_, _ = verify_pairs(together, copy_pairs, weights, side, tolerance)
+        null, _ = verify_pairs(together, shuffled_pairs, weights, side, tolerance)
+        figures[str(tolerance)] = {
+            "recall": recall_at_precision(scores, right),
+            "right_p50": round(float(np.median(scores[right])), 1) if right.any() else 0.0,
+            "other_p50_p99": np.percentile(scores[~right], [50, 99]).round(1).tolist(),
+            "copies_p50": round(float(np.median(copies_)), 1) if len(copies_) else 0.0,
+            "shuffled_max": round(float(null.max()), 1) if len(null) else 0.0,
+            "us_per_pair": round(1e6 * t.seconds / len(pairs), 2),
+        }
+    return figures
 
 
 #: Share of the images whose histograms change on the measured later night.
@@ -118,6 +180,7 @@ def score_collection(scorer, defaults):
         groups = copy_groups(nearest, distances, threshold, data.subset).groups
         figures["copies"][str(q)] = {"threshold": round(threshold, 6), **group_row(groups, labels, c.records)}
     figures["nights"] = nights(data, nearest, distances, selfcheck_threshold(check["first_distances"]), c.ids)
+    figures["verification"] = verification(scorer, defaults, data, reducer, codebook, labels)
     for threshold in np.linspace(0.0, max(check["first_distances"], default=0.0), CURVE):
         groups = copy_groups(nearest, distances, threshold, data.subset).groups
         figures["curve"].append({"threshold": round(float(threshold), 6), **group_row(groups, labels, c.records)})
@@ -149,6 +212,22 @@ def tables(name, info, figures):
             f"{name} {r['seconds']:.3f} s, {r['regrouped']} / {r['sets']}" for name, r in figures["nights"].items()
         ),
     ]
+    v = figures["verification"]
+    lines += [
+        "",
+        f"verification of each image's {v['candidates']} nearest ({v['right_pairs']} of {v['pairs']} candidate pairs "
+        f"of one picture); their recall at pair precision {PAIR_PRECISION}: by distance {v['recall_by_distance']:.3f}",
+        "",
+        "| tolerance | recall | score: pairs of one picture p50 | other pairs p50 / p99 | self-check copies p50 "
+        "| shuffled max | us per pair |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for tolerance in TOLERANCES:
+        r = v[str(tolerance)]
+        lines.append(
+            f"| {tolerance} | {r['recall']:.3f} | {r['right_p50']:g} | {r['other_p50_p99'][0]:g} / "
+            f"{r['other_p50_p99'][1]:g} | {r['copies_p50']:g} | {r['shuffled_max']:g} | {r['us_per_pair']:.1f} |"
+        )
     lines += [
         "",
         "curve (threshold: precision / recall): "

@@ -136,7 +136,7 @@ def _verify_all(words, pairs, word_weight, centres, side, scales, max_aspect, to
     return scores, counts
 
 
-def verify_pairs(words, pairs, word_weight, side):
+def verify_pairs(words, pairs, word_weight, side, tolerance=TOLERANCE):
     """The verification score of each pair of images.
 
     Parameters
@@ -149,6 +149,8 @@ def verify_pairs(words, pairs, word_weight, side):
         Each word's weight (its idf, or ones).
     side : int
         The grid's side.
+    tolerance : float
+        How far, in cells, a match may lie from where the transform puts it.
 
     Returns
     -------
@@ -169,6 +171,6 @@ def verify_pairs(words, pairs, word_weight, side):
         side,
         SCALES,
         MAX_ASPECT,
-        TOLERANCE,
+        float(tolerance),
         CANDIDATES,
     )

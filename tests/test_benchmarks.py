@@ -286,6 +286,23 @@ def test_copies_benchmark_scores_same_record_and_the_copy_groups(capsys, monkeyp
     later = figures["nights"]
     assert later["scratch"]["regrouped"] == later["scratch"]["sets"] and later["unchanged"]["regrouped"] == 0
     assert later["1% changed"]["regrouped"] <= later["scratch"]["sets"]
+    verified = figures["verification"]
+    assert verified["pairs"] > 0 and verified["pairs"] % verified["candidates"] == 0  # each image's candidates
+    assert 0 <= verified["recall_by_distance"] <= 1
+    for tolerance in copies.TOLERANCES:
+        row = verified[str(tolerance)]
+        assert 0 <= row["recall"] <= 1 and row["us_per_pair"] > 0 and row["shuffled_max"] >= 0
+
+
+def test_recall_at_a_pair_precision_reads_the_last_point_that_holds_it():
+    from benchmarks.copies import recall_at_precision
+
+    right = np.array([True, True, False, True, False, True])
+    # taken by score: right, right, wrong (2/3), right (3/4), ...: 1.0 holds after two, 0.75 after four
+    assert recall_at_precision([6, 5, 4, 3, 2, 1], right, 1.0) == 0.5
+    assert recall_at_precision([6, 5, 4, 3, 2, 1], right, 0.75) == 0.75
+    assert recall_at_precision([1, 2, 3, 4, 5, 6], right, 0.95) == 0.25  # a right pair first, then a wrong one
+    assert recall_at_precision([1, 1], np.array([False, False])) == 0.0
 
 
 def test_pairwise_precision_and_recall_count_pairs():
