@@ -17,7 +17,7 @@ descriptors and Scorer):
   much of the candidate pairs of one picture it finds at a pair precision of 0.95, beside what
   the distance alone finds there, the scores of those pairs and of the others, of the
   self-check's copies against their originals and against them with their cells shuffled (the
-  same words at other places), at each of ``TOLERANCES``, and its cost per pair.
+  same words at other places), for each of ``VARIANTS``, and its cost per pair.
 
 It prints a table per collection and a JSON line with every figure.
 """
@@ -76,10 +76,10 @@ def group_row(groups, labels, records):
     }
 
 
-#: The candidates of each image verified (its nearest by distance), and the verification's
-#: tolerances compared (cells).
+#: The candidates of each image verified (its nearest by distance), and the verifications
+#: compared: (tolerance in cells, words a cell).
 CANDIDATES = 50
-TOLERANCES = (0.5, 0.75, 1.0)
+VARIANTS = ((0.5, 1), (0.75, 1), (1.0, 1), (0.5, 2), (0.75, 2))
 #: The pair precision at which the recall of the candidate pairs is read.
 PAIR_PRECISION = 0.95
 
@@ -98,28 +98,31 @@ def verification(scorer, defaults, data, reducer, codebook, labels):
     c = scorer.c
     made = quality.made_with(defaults)
     n = len(c.ids)
-    words = assign_words(c.blocks(made).read(np.arange(n)), reducer, codebook, 1)
-    side = int(round(np.sqrt(words.shape[1])))
-    weights = codebook.word_weights("tfidf", 1) / IDF_SCALE  # each word's idf
+    descriptors = c.blocks(made).read(np.arange(n))
+    side = int(round(np.sqrt(descriptors.shape[1])))
     nearest, distances = nearest_neighbours(data, min(CANDIDATES, n - 1))
     pairs = np.stack([np.repeat(np.arange(n), nearest.shape[1]), nearest.ravel()], axis=1)
     labelled = ~np.char.startswith(labels, "none")
     right = labelled[pairs[:, 0]] & (labels[pairs[:, 0]] == labels[pairs[:, 1]])
-    descriptors, decoded, _ = scorer.copy_features(made)
-    copy_words = assign_words(descriptors, reducer, codebook, 1)
+    copy_descriptors, decoded, _ = scorer.copy_features(made)
     originals = np.array([scorer.copies.originals[q] for q in decoded], dtype=np.int64)
-    shuffled = np.random.default_rng(0).permuted(copy_words, axis=1)
-    together = np.concatenate([words, copy_words, shuffled])
     copy_pairs = np.stack([n + np.arange(len(decoded)), originals], axis=1)
     shuffled_pairs = np.stack([n + len(decoded) + np.arange(len(decoded)), originals], axis=1)
     figures = {"candidates": int(nearest.shape[1]), "pairs": len(pairs), "right_pairs": int(right.sum())}
     figures["recall_by_distance"] = recall_at_precision(-distances.ravel(), right)
-    for tolerance in TOLERANCES:
+    for tolerance, assign in VARIANTS:
+        words = assign_words(descriptors, reducer, codebook, assign)
+        copy_words = assign_words(copy_descriptors, reducer, codebook, assign)
+        weights = codebook.word_weights("tfidf", assign) / IDF_SCALE  # each word's idf
+        cells = copy_words.reshape(len(copy_words), side * side, assign)
+        places = np.random.default_rng(0).permuted(np.tile(np.arange(side * side), (len(cells), 1)), axis=1)
+        shuffled = np.take_along_axis(cells, places[:, :, None], axis=1).reshape(copy_words.shape)
+        together = np.concatenate([words, copy_words, shuffled])
         with Timer() as t:
-            scores, _ = verify_pairs(words, pairs, weights, side, tolerance)
-        copies_, _ = verify_pairs(together, copy_pairs, weights, side, tolerance)
-        null, _ = verify_pairs(together, shuffled_pairs, weights, side, tolerance)
-        figures[str(tolerance)] = {
+            scores, _ = verify_pairs(words, pairs, weights, side, tolerance, assign)
+        copies_, _ = verify_pairs(together, copy_pairs, weights, side, tolerance, assign)
+        null, _ = verify_pairs(together, shuffled_pairs, weights, side, tolerance, assign)
+        figures[f"{tolerance}/{assign}"] = {
             "recall": recall_at_precision(scores, right),
             "right_p50": round(float(np.median(scores[right])), 1) if right.any() else 0.0,
             "other_p50_p99": np.percentile(scores[~right], [50, 99]).round(1).tolist(),
@@ -218,14 +221,14 @@ def tables(name, info, figures):
         f"verification of each image's {v['candidates']} nearest ({v['right_pairs']} of {v['pairs']} candidate pairs "
         f"of one picture); their recall at pair precision {PAIR_PRECISION}: by distance {v['recall_by_distance']:.3f}",
         "",
-        "| tolerance | recall | score: pairs of one picture p50 | other pairs p50 / p99 | self-check copies p50 "
-        "| shuffled max | us per pair |",
+        "| tolerance / words a cell | recall | score: pairs of one picture p50 | other pairs p50 / p99 "
+        "| self-check copies p50 | shuffled max | us per pair |",
         "|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for tolerance in TOLERANCES:
-        r = v[str(tolerance)]
+    for tolerance, assign in VARIANTS:
+        r = v[f"{tolerance}/{assign}"]
         lines.append(
-            f"| {tolerance} | {r['recall']:.3f} | {r['right_p50']:g} | {r['other_p50_p99'][0]:g} / "
+            f"| {tolerance} / {assign} | {r['recall']:.3f} | {r['right_p50']:g} | {r['other_p50_p99'][0]:g} / "
             f"{r['other_p50_p99'][1]:g} | {r['copies_p50']:g} | {r['shuffled_max']:g} | {r['us_per_pair']:.1f} |"
         )
     lines += [

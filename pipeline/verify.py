@@ -73,32 +73,39 @@ def _explained(xa, ya, xb, yb, weight, cell_a, cell_b, sx, tx, sy, ty, tolerance
 
 
 @numba.njit(cache=True)
-def _verify_pair(words_a, words_b, word_weight, centres, side, scales, max_aspect, tolerance, candidates):
-    n_local = len(words_a)
-    # tentative matches: cells with one word, weighted by the word's weight over its burst (how
-    # often the word is in each image: a word on every cell of both is one piece of evidence)
+def _verify_pair(words_a, words_b, assign, word_weight, centres, scales, max_aspect, tolerance, candidates):
+    n_local = len(words_a) // assign
+    side = int(np.sqrt(n_local) + 0.5)
+    # tentative matches: cells that share a word, weighted by the word's weight over its burst
+    # (how often the word is in each image: a word on every cell of both is one piece of evidence);
+    # two cells that share several words match once, by the heaviest
     count_a = np.zeros(len(word_weight), dtype=np.int64)
     count_b = np.zeros(len(word_weight), dtype=np.int64)
-    for i in range(n_local):
-        count_a[words_a[i]] += 1
-        count_b[words_b[i]] += 1
+    for w in words_a:
+        count_a[w] += 1
+    for w in words_b:
+        count_b[w] += 1
+    most = 0
+    for w in words_a:
+        most += count_b[w]
+    cell_a = np.empty(most, dtype=np.int64)
+    cell_b = np.empty(most, dtype=np.int64)
+    weight = np.empty(most)
     n = 0
     for i in range(n_local):
-        n += count_b[words_a[i]]
-    cell_a = np.empty(n, dtype=np.int64)
-    cell_b = np.empty(n, dtype=np.int64)
-    weight = np.empty(n)
-    n = 0
-    for i in range(n_local):
-        w = words_a[i]
         for j in range(n_local):
-            if words_b[j] == w:
-                cell_a[n], cell_b[n] = i, j
-                weight[n] = word_weight[w] / np.sqrt(count_a[w] * count_b[w])
+            best = 0.0
+            for u in range(assign):
+                w = words_a[i * assign + u]
+                for v in range(assign):
+                    if words_b[j * assign + v] == w:
+                        best = max(best, word_weight[w] / np.sqrt(count_a[w] * count_b[w]))
+            if best > 0.0:
+                cell_a[n], cell_b[n], weight[n] = i, j, best
                 n += 1
     if n == 0:
         return 0.0, 0
-    order = np.argsort(-weight, kind="mergesort")
+    order = np.argsort(-weight[:n], kind="mergesort")
     cell_a, cell_b, weight = cell_a[order], cell_b[order], weight[order]
     xa, ya = centres[cell_a, 0], centres[cell_a, 1]
     xb, yb = centres[cell_b, 0], centres[cell_b, 1]
@@ -118,16 +125,16 @@ def _verify_pair(words_a, words_b, word_weight, centres, side, scales, max_aspec
 
 
 @numba.njit(parallel=True, cache=True)
-def _verify_all(words, pairs, word_weight, centres, side, scales, max_aspect, tolerance, candidates):
+def _verify_all(words, pairs, assign, word_weight, centres, scales, max_aspect, tolerance, candidates):
     scores = np.zeros(len(pairs))
     counts = np.zeros(len(pairs), dtype=np.int64)
     for p in numba.prange(len(pairs)):
         scores[p], counts[p] = _verify_pair(
             words[pairs[p, 0]],
             words[pairs[p, 1]],
+            assign,
             word_weight,
             centres,
-            side,
             scales,
             max_aspect,
             tolerance,
@@ -136,13 +143,14 @@ def _verify_all(words, pairs, word_weight, centres, side, scales, max_aspect, to
     return scores, counts
 
 
-def verify_pairs(words, pairs, word_weight, side, tolerance=TOLERANCE):
+def verify_pairs(words, pairs, word_weight, side, tolerance=TOLERANCE, assign=1):
     """The verification score of each pair of images.
 
     Parameters
     ----------
-    words : ndarray of shape (n_images, side * side), int
-        Each image's visual word per cell of its grid, row by row.
+    words : ndarray of shape (n_images, side * side * assign), int
+        Each image's visual words per cell of its grid, row by row, ``assign`` per cell (as
+        :func:`pipeline.histograms.assign_words` gives them).
     pairs : ndarray of shape (n_pairs, 2), int
         Rows of ``words``.
     word_weight : ndarray of shape (n_words,)
@@ -151,6 +159,8 @@ def verify_pairs(words, pairs, word_weight, side, tolerance=TOLERANCE):
         The grid's side.
     tolerance : float
         How far, in cells, a match may lie from where the transform puts it.
+    assign : int
+        Words per cell: two cells match when they share one.
 
     Returns
     -------
@@ -160,15 +170,15 @@ def verify_pairs(words, pairs, word_weight, side, tolerance=TOLERANCE):
         How many matches it explains.
     """
     words = np.ascontiguousarray(words, dtype=np.int64)
-    if words.shape[1] != side * side:
-        raise ValueError(f"words of {words.shape[1]} cells do not lie on a {side} x {side} grid")
+    if words.shape[1] != side * side * assign:
+        raise ValueError(f"{words.shape[1]} words, {assign} a cell, do not lie on a {side} x {side} grid")
     pairs = np.ascontiguousarray(pairs, dtype=np.int64).reshape(-1, 2)
     return _verify_all(
         words,
         pairs,
+        int(assign),
         np.ascontiguousarray(word_weight, dtype=np.float64),
         cell_centres(side),
-        side,
         SCALES,
         MAX_ASPECT,
         float(tolerance),

@@ -289,8 +289,8 @@ def test_copies_benchmark_scores_same_record_and_the_copy_groups(capsys, monkeyp
     verified = figures["verification"]
     assert verified["pairs"] > 0 and verified["pairs"] % verified["candidates"] == 0  # each image's candidates
     assert 0 <= verified["recall_by_distance"] <= 1
-    for tolerance in copies.TOLERANCES:
-        row = verified[str(tolerance)]
+    for tolerance, assign in copies.VARIANTS:
+        row = verified[f"{tolerance}/{assign}"]
         assert 0 <= row["recall"] <= 1 and row["us_per_pair"] > 0 and row["shuffled_max"] >= 0
 
 

@@ -59,5 +59,18 @@ def test_the_score_weighs_each_word_and_no_match_scores_zero():
 
 
 def test_words_off_the_grid_are_refused():
-    with pytest.raises(ValueError, match="48 cells do not lie on a 7 x 7 grid"):
+    with pytest.raises(ValueError, match="48 words, 1 a cell, do not lie on a 7 x 7 grid"):
         verify_pairs(np.zeros((2, 48), dtype=np.int64), [[0, 1]], np.ones(3), SIDE)
+
+
+def test_with_two_words_a_cell_cells_that_share_either_match_once():
+    rng = np.random.default_rng(2)
+    nearest, second, other = (rng.choice(WORDS // 3, SIDE * SIDE, replace=False) + WORDS // 3 * t for t in range(3))
+    a = np.stack([nearest, second], axis=1).ravel()
+    b = np.stack([other, nearest], axis=1).ravel()  # b's nearest words differ; its second are a's nearest
+    c = np.stack([second, nearest], axis=1).ravel()  # both words shared, in the other order
+    words = np.stack([a, b, c])
+    scores, matches = verify_pairs(words, [[0, 1], [0, 2]], np.ones(WORDS), SIDE, assign=2)
+    assert matches.tolist() == [SIDE * SIDE, SIDE * SIDE] and scores.tolist() == [SIDE * SIDE] * 2
+    firsts, _ = verify_pairs(words[:, ::2], [[0, 1]], np.ones(WORDS), SIDE)
+    assert firsts[0] == 0.0
