@@ -17,7 +17,8 @@ descriptors and Scorer):
   much of the candidate pairs of one picture it finds at a pair precision of 0.95, beside what
   the distance alone finds there, the scores of those pairs and of the others, of the
   self-check's copies against their originals and against them with their cells shuffled (the
-  same words at other places), for each of ``VARIANTS``, and its cost per pair.
+  same words at other places), for each of ``VARIANTS``, and its cost per pair; and what a
+  label-free threshold gives (the self-check's hard negatives at ``FALSE_POSITIVE_RATES``).
 
 It prints a table per collection and a JSON line with every figure.
 """
@@ -33,8 +34,9 @@ import numpy as np
 from pipeline import evaluation
 from pipeline.copies import QUANTILE, copy_groups, known_sets, number_groups, selfcheck_threshold
 from pipeline.histograms import assign_words
-from pipeline.neighbours import nearest_neighbours
+from pipeline.neighbours import nearest_neighbours, query_neighbours
 from pipeline.precision import choose_precision
+from pipeline.query import word_counts
 from pipeline.records import SameRecord
 from pipeline.settings import PRECISIONS
 from pipeline.verify import verify_pairs
@@ -82,6 +84,10 @@ CANDIDATES = 50
 VARIANTS = ((0.5, 1), (0.75, 1), (1.0, 1), (0.5, 2), (0.75, 2))
 #: The pair precision at which the recall of the candidate pairs is read.
 PAIR_PRECISION = 0.95
+#: A label-free threshold: the scores of the self-check's hard negatives (each altered copy's
+#: candidates but its original and the original's own HARD_SKIP nearest) at these rates.
+FALSE_POSITIVE_RATES = (0.01, 0.001)
+HARD_SKIP = 10
 
 
 def recall_at_precision(order_by, right, precision=PAIR_PRECISION):
@@ -129,6 +135,32 @@ def verification(scorer, defaults, data, reducer, codebook, labels):
             "copies_p50": round(float(np.median(copies_)), 1) if len(copies_) else 0.0,
             "shuffled_max": round(float(null.max()), 1) if len(null) else 0.0,
             "us_per_pair": round(1e6 * t.seconds / len(pairs), 2),
+        }
+    # the label-free threshold, at the shipped tolerance and one word a cell
+    words = assign_words(descriptors, reducer, codebook, 1)
+    copy_words = assign_words(copy_descriptors, reducer, codebook, 1)
+    weights = codebook.word_weights("tfidf", 1) / IDF_SCALE
+    together = np.concatenate([words, copy_words])
+    scores, _ = verify_pairs(words, pairs, weights, side)
+    copies_, _ = verify_pairs(together, copy_pairs, weights, side)
+    counts = word_counts(copy_descriptors, reducer, codebook, defaults["assign"])
+    found, _ = query_neighbours(data, counts, k=nearest.shape[1])
+    hard = [
+        (n + q, int(x))
+        for q in range(len(decoded))
+        for x in found[q]
+        if x != originals[q] and x not in set(nearest[originals[q], :HARD_SKIP].tolist())
+    ]
+    null, _ = verify_pairs(together, np.array(hard, dtype=np.int64).reshape(-1, 2), weights, side)
+    figures["label_free"] = {"hard_negatives": len(hard)}
+    for rate in FALSE_POSITIVE_RATES:
+        threshold = float(np.quantile(null, 1 - rate, method="higher")) if len(null) else 0.0
+        taken = scores >= threshold
+        figures["label_free"][str(rate)] = {
+            "threshold": round(threshold, 2),
+            "copies_verified": round(float(np.mean(copies_ >= threshold)), 4) if len(copies_) else 0.0,
+            "precision": round(float(right[taken].mean()), 4) if taken.any() else 1.0,
+            "recall": round(float(right[taken].sum() / right.sum()), 4) if right.any() else 0.0,
         }
     return figures
 
@@ -231,6 +263,17 @@ def tables(name, info, figures):
             f"| {tolerance} / {assign} | {r['recall']:.3f} | {r['right_p50']:g} | {r['other_p50_p99'][0]:g} / "
             f"{r['other_p50_p99'][1]:g} | {r['copies_p50']:g} | {r['shuffled_max']:g} | {r['us_per_pair']:.1f} |"
         )
+    free = v["label_free"]
+    lines += [
+        "",
+        f"label-free thresholds from the self-check's {free['hard_negatives']} hard negatives (shipped tolerance, one "
+        "word a cell): "
+        + ", ".join(
+            f"rate {rate}: {free[str(rate)]['threshold']:g}, copies verified {free[str(rate)]['copies_verified']:.2f}, "
+            f"candidate pairs precision / recall {free[str(rate)]['precision']:.3f} / {free[str(rate)]['recall']:.3f}"
+            for rate in FALSE_POSITIVE_RATES
+        ),
+    ]
     lines += [
         "",
         "curve (threshold: precision / recall): "

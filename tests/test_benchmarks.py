@@ -292,6 +292,11 @@ def test_copies_benchmark_scores_same_record_and_the_copy_groups(capsys, monkeyp
     for tolerance, assign in copies.VARIANTS:
         row = verified[f"{tolerance}/{assign}"]
         assert 0 <= row["recall"] <= 1 and row["us_per_pair"] > 0 and row["shuffled_max"] >= 0
+    free = verified["label_free"]
+    assert free["hard_negatives"] > 0
+    thresholds = [free[str(rate)]["threshold"] for rate in copies.FALSE_POSITIVE_RATES]
+    assert thresholds == sorted(thresholds)  # a lower rate, a threshold as high or higher
+    assert all(0 <= free[str(rate)]["precision"] <= 1 for rate in copies.FALSE_POSITIVE_RATES)
 
 
 def test_recall_at_a_pair_precision_reads_the_last_point_that_holds_it():
