@@ -39,7 +39,7 @@ from pipeline.precision import choose_precision
 from pipeline.query import word_counts
 from pipeline.records import SameRecord
 from pipeline.settings import PRECISIONS
-from pipeline.verify import verify_pairs
+from pipeline.verify import TOLERANCE, verify_pairs
 from pipeline.weighting import IDF_SCALE
 
 from . import proxies, quality
@@ -116,9 +116,16 @@ def verification(scorer, defaults, data, reducer, codebook, labels):
     shuffled_pairs = np.stack([n + len(decoded) + np.arange(len(decoded)), originals], axis=1)
     figures = {"candidates": int(nearest.shape[1]), "pairs": len(pairs), "right_pairs": int(right.sum())}
     figures["recall_by_distance"] = recall_at_precision(-distances.ravel(), right)
+    words_of = {  # each image's and copy's words, once for each number of words a cell
+        assign: (
+            assign_words(descriptors, reducer, codebook, assign),
+            assign_words(copy_descriptors, reducer, codebook, assign),
+        )
+        for assign in sorted({assign for _, assign in VARIANTS} | {1})
+    }
+    shipped = None  # the scores at the shipped tolerance and one word a cell
     for tolerance, assign in VARIANTS:
-        words = assign_words(descriptors, reducer, codebook, assign)
-        copy_words = assign_words(copy_descriptors, reducer, codebook, assign)
+        words, copy_words = words_of[assign]
         weights = codebook.word_weights("tfidf", assign) / IDF_SCALE  # each word's idf
         cells = copy_words.reshape(len(copy_words), side * side, assign)
         places = np.random.default_rng(0).permuted(np.tile(np.arange(side * side), (len(cells), 1)), axis=1)
@@ -128,6 +135,8 @@ def verification(scorer, defaults, data, reducer, codebook, labels):
             scores, _ = verify_pairs(words, pairs, weights, side, tolerance, assign)
         copies_, _ = verify_pairs(together, copy_pairs, weights, side, tolerance, assign)
         null, _ = verify_pairs(together, shuffled_pairs, weights, side, tolerance, assign)
+        if (tolerance, assign) == (TOLERANCE, 1):
+            shipped = scores, copies_, weights
         figures[f"{tolerance}/{assign}"] = {
             "recall": recall_at_precision(scores, right),
             "right_p50": round(float(np.median(scores[right])), 1) if right.any() else 0.0,
@@ -137,20 +146,13 @@ def verification(scorer, defaults, data, reducer, codebook, labels):
             "us_per_pair": round(1e6 * t.seconds / len(pairs), 2),
         }
     # the label-free threshold, at the shipped tolerance and one word a cell
-    words = assign_words(descriptors, reducer, codebook, 1)
-    copy_words = assign_words(copy_descriptors, reducer, codebook, 1)
-    weights = codebook.word_weights("tfidf", 1) / IDF_SCALE
+    words, copy_words = words_of[1]
+    scores, copies_, weights = shipped
     together = np.concatenate([words, copy_words])
-    scores, _ = verify_pairs(words, pairs, weights, side)
-    copies_, _ = verify_pairs(together, copy_pairs, weights, side)
     counts = word_counts(copy_descriptors, reducer, codebook, defaults["assign"])
     found, _ = query_neighbours(data, counts, k=nearest.shape[1])
-    hard = [
-        (n + q, int(x))
-        for q in range(len(decoded))
-        for x in found[q]
-        if x != originals[q] and x not in set(nearest[originals[q], :HARD_SKIP].tolist())
-    ]
+    near_original = [set(nearest[o, :HARD_SKIP].tolist()) | {int(o)} for o in originals]
+    hard = [(n + q, int(x)) for q in range(len(decoded)) for x in found[q] if int(x) not in near_original[q]]
     null, _ = verify_pairs(together, np.array(hard, dtype=np.int64).reshape(-1, 2), weights, side)
     figures["label_free"] = {"hard_negatives": len(hard)}
     for rate in FALSE_POSITIVE_RATES:
