@@ -123,6 +123,12 @@ def verdict_rows(rng, ids, n, day, first_neighbours=None):
     )[[*VERDICT_COLUMNS, "where"]]
 
 
+def cells_of(counts):
+    """Words per cell that give the synthetic ``counts`` (each row holding N_LOCAL words), in the
+    order of the words: what histograms.h5 keeps beside the counts."""
+    return np.repeat(counts.indices, counts.data).reshape(-1, N_LOCAL).astype(histograms.word_type(counts.shape[1]))
+
+
 def first_run(stages, ids, keys, words, engine, database, destination, folder, n_verdicts):
     """The first run: every image searched, ``first.hdf5`` and ``first-histograms.h5`` written
     under ``folder``, every row loaded. Returns the full search's seconds, the word weights and
@@ -156,7 +162,9 @@ def first_run(stages, ids, keys, words, engine, database, destination, folder, n
     )
     stages.run(
         "first: histograms.h5",
-        lambda: histograms.save_histograms(os.path.join(folder, "first-histograms.h5"), keys, counts, N_LOCAL, {}),
+        lambda: histograms.save_histograms(
+            os.path.join(folder, "first-histograms.h5"), keys, counts, N_LOCAL, {}, words=cells_of(counts)
+        ),
     )
     if engine is not None:
         stages.run(
@@ -307,17 +315,23 @@ def search_night(stages, images, added, changed, removed, words, database, check
         night_keys[changed_at] = np.char.add(night_keys[changed_at], " changed")
         blocks = SyntheticBlocks(len(night_ids), seed=7)
         reducer, codebook = descriptors_codebook(blocks, words)
-        (night_counts, reused), _ = stages.run(
+        (night_counts, reused, night_words), _ = stages.run(
             "night: histograms",
             lambda: compute_histograms(
-                blocks, night_keys, reducer, codebook, previous=histograms.load_counts(first_histograms)[:2]
+                blocks,
+                night_keys,
+                reducer,
+                codebook,
+                previous=(*histograms.load_counts(first_histograms)[:2], histograms.load_words(first_histograms)),
             ),
             f"{added + changed} assigned, the rest reused from the first run's file",
         )
         histograms_path = os.path.join(tmp, "histograms.h5")
         stages.run(
             "night: histograms.h5 rewritten",
-            lambda: histograms.save_histograms(histograms_path, night_keys, night_counts, N_LOCAL, {}),
+            lambda: histograms.save_histograms(
+                histograms_path, night_keys, night_counts, N_LOCAL, {}, words=night_words
+            ),
         )
         night_ppn = np.array([f"{i // 10}" for i in night_ids])
         night_filename = np.array([f"{i:08d}.jpg" for i in night_ids])

@@ -49,7 +49,7 @@ def run(images=20000, words=1000, rank=64, sample_images_=20000, sample_size=200
     stages.append(("codebook", t.seconds, peak.mb, f"K = {words} on {min(images, sample_size // 49) * 49} descriptors"))
     keys = np.array([str(i) for i in range(images)])
     with StagePeak() as peak, Timer() as t:
-        counts, _ = compute_histograms(blocks, keys, reducer, codebook)
+        counts, _, _ = compute_histograms(blocks, keys, reducer, codebook)
     stages.append(("histograms", t.seconds, peak.mb, f"{images / t.seconds:.0f} images/s assigned"))
     figures["assignment_ips"] = round(images / t.seconds, 1)
     with StagePeak() as peak, Timer() as t:

@@ -83,9 +83,10 @@ def compute_histograms(
     codebook : Codebook
     assign : int
         Words each descriptor counts for (:func:`assign_words`).
-    previous : (keys, counts), optional
-        Histograms made with the same reducer, codebook and assignment: rows of unchanged images are
-        taken from there instead of being computed again.
+    previous : (keys, counts, words), optional
+        Histograms made with the same reducer, codebook and assignment (their keys, counts and
+        words as :func:`load_counts` and :func:`load_words` read them): rows of unchanged images
+        are taken from there instead of being computed again.
     checkpoints : Checkpoints, optional
         Where each computed block is committed, so a killed run resumes after it.
     progress : callable(done, total), optional
@@ -96,32 +97,48 @@ def compute_histograms(
     counts : csr_matrix of shape (n_images, K), int32
     n_reused : int
         Rows taken from ``previous``.
+    words : ndarray of shape (n_images, n_local * assign)
+        Each image's words per cell of its grid, row by row (:func:`assign_words`), in the
+        smallest integer type that holds K (what geometric verification matches, ``pipeline.verify``).
     """
     n_images = len(keys)
     where = {key: i for i, key in enumerate(previous[0])} if previous is not None else {}
     reused = np.array([p for p, key in enumerate(keys) if key in where], dtype=np.int64)
     todo = np.array([p for p, key in enumerate(keys) if key not in where], dtype=np.int64)
-    parts = []
+    parts, word_parts = [], []
     if len(reused):
-        parts.append(previous[1][np.array([where[keys[p]] for p in reused])])
+        at = np.array([where[keys[p]] for p in reused])
+        parts.append(previous[1][at])
+        word_parts.append(previous[2][at])
     for b, start in enumerate(range(0, len(todo), block_size)):
         saved = checkpoints.load(b) if checkpoints else None
         if saved is None:
-            saved = {"words": assign_words(blocks.read(todo[start : start + block_size]), reducer, codebook, assign)}
+            found = assign_words(blocks.read(todo[start : start + block_size]), reducer, codebook, assign)
+            saved = {"words": found.astype(word_type(codebook.size))}
             if checkpoints:
                 checkpoints.save(b, saved)
         parts.append(word_histograms(saved["words"], codebook.size))  # sparse at once: memory per image stays small
+        word_parts.append(saved["words"])
         if progress is not None:
             progress(min(start + block_size, len(todo)), len(todo))
     stacked = sp.vstack(parts, format="csr") if parts else sp.csr_matrix((0, codebook.size), dtype=np.int32)
-    counts = stacked[np.argsort(np.concatenate([reused, todo]), kind="stable")].astype(np.int32)
+    order = np.argsort(np.concatenate([reused, todo]), kind="stable")
+    counts = stacked[order].astype(np.int32)
+    empty = np.zeros((0, blocks.n_local() * assign), dtype=word_type(codebook.size))
+    words = (np.concatenate(word_parts) if word_parts else empty)[order]
     logger.info(
         "histograms of %d images over %d words: %d computed, %d reused", n_images, codebook.size, len(todo), len(reused)
     )
-    return counts, len(reused)
+    return counts, len(reused), words
 
 
-def save_histograms(path, keys, counts, n_local, attrs, assign=DEFAULT_ASSIGN):
+def word_type(size):
+    """The smallest unsigned integer type that holds the words of a codebook of ``size`` words."""
+    return np.uint16 if size <= 1 << 16 else np.uint32
+
+
+def save_histograms(path, keys, counts, n_local, attrs, assign=DEFAULT_ASSIGN, words=None):
+    """Write histograms.h5: each image's key, its counts (CSR) and, when given, its words per cell."""
     with h5py.File(path, "w") as f:
         f.attrs.update(attrs)
         write_strings(f, "keys", keys)
@@ -131,6 +148,8 @@ def save_histograms(path, keys, counts, n_local, attrs, assign=DEFAULT_ASSIGN):
         f.create_dataset("data", data=counts.data.astype(np.int32))
         f.create_dataset("indices", data=counts.indices.astype(np.int32))
         f.create_dataset("indptr", data=counts.indptr.astype(np.int64))
+        if words is not None:
+            f.create_dataset("words", data=np.asarray(words).astype(word_type(counts.shape[1])))
 
 
 def load_keys(path):
@@ -140,29 +159,51 @@ def load_keys(path):
 
 
 def gather(keys, parts):
-    """The histograms of the images ``keys`` (in that order) from ``parts``, (keys, counts) pairs
-    that hold each of them once (the histograms of shards): (keys, csr_matrix int32).
+    """The histograms of the images ``keys`` (in that order) from ``parts``, (keys, counts, words)
+    that hold each of them once (the histograms of shards): (keys, csr_matrix int32, words).
 
     Raises
     ------
     ArtifactError
         When an image is in no part or in several (shards of different runs).
     """
-    part_keys = np.concatenate([k for k, _ in parts]) if parts else np.array([], dtype=str)
+    part_keys = np.concatenate([k for k, _, _ in parts]) if parts else np.array([], dtype=str)
     where = {key: i for i, key in enumerate(part_keys)}
     if len(where) != len(part_keys) or len(part_keys) != len(keys) or any(key not in where for key in keys):
         raise ArtifactError(
             f"the histogram shards hold {len(part_keys)} images ({len(where)} distinct), the run {len(keys)}: "
             "they are not all of this run; run the pipeline again"
         )
-    counts = sp.vstack([c for _, c in parts], format="csr")
-    return np.asarray(keys), counts[np.array([where[key] for key in keys], dtype=np.int64)].astype(np.int32)
+    counts = sp.vstack([c for _, c, _ in parts], format="csr")
+    at = np.array([where[key] for key in keys], dtype=np.int64)
+    return np.asarray(keys), counts[at].astype(np.int32), np.concatenate([w for _, _, w in parts])[at]
 
 
 def load_assign(path):
     """The ``assign`` the histograms of ``path`` were made with."""
     with h5py.File(path, "r") as f:
         return int(f.attrs.get("assign", 1))
+
+
+def load_words(path, rows=None):
+    """The words per cell of the images of histograms file ``path`` (:func:`compute_histograms`), of
+    those at positions ``rows`` (increasing) only when given.
+
+    Raises
+    ------
+    ArtifactError
+        When the file holds none (made by an earlier version).
+    """
+    with h5py.File(path, "r") as f:
+        if "words" not in f:
+            raise ArtifactError(f"{path} holds no words per cell (an earlier version made it); run with --refit")
+        return f["words"][:] if rows is None else f["words"][np.asarray(rows, dtype=np.int64)]
+
+
+def has_words(path):
+    """Whether histograms file ``path`` holds each image's words per cell."""
+    with h5py.File(path, "r") as f:
+        return "words" in f
 
 
 def load_counts(path):

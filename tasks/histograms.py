@@ -47,7 +47,7 @@ class HistogramInputs(ArtifactTask):
         if any(inputs.get(stage) != now[stage] for stage in ("Reducer", "Codebook")):
             return None
         keys, counts, _ = histograms.load_counts(path)
-        return keys, counts
+        return keys, counts, histograms.load_words(path)
 
 
 class HistogramShard(Shard, HistogramInputs):
@@ -67,7 +67,7 @@ class HistogramShard(Shard, HistogramInputs):
         blocks = self.requires()["features"].blocks()
         index = blocks.index
         mine = extraction.in_shard([f"PPN{p}/{f}" for p, f in zip(index.ppn, index.filename)], self.shard, self.shards)
-        counts, n_reused = histograms.compute_histograms(
+        counts, n_reused, words = histograms.compute_histograms(
             blocks.subset(mine),
             index.keys[mine],
             ReducerModel.load(self.input()["reducer"].path),
@@ -77,8 +77,9 @@ class HistogramShard(Shard, HistogramInputs):
             checkpoints=self.checkpoints(),
             progress=Progress(self, "histograms of"),
         )
+        attrs = self.attrs(reused=n_reused)
         histograms.save_histograms(
-            tmp, index.keys[mine], counts, blocks.n_local(), self.attrs(reused=n_reused), config.histograms().assign
+            tmp, index.keys[mine], counts, blocks.n_local(), attrs, config.histograms().assign, words
         )
 
 
@@ -93,7 +94,8 @@ class Histograms(HistogramInputs):
 
     @staticmethod
     def histogram_settings():
-        return config.histograms().identity()
+        # "cells": the file holds each image's words per cell (pipeline.verify); files without are made again
+        return {**config.histograms().identity(), "cells": True}
 
     def settings(self):
         return self.histogram_settings()
@@ -101,7 +103,8 @@ class Histograms(HistogramInputs):
     def make(self, tmp):
         index = store.load_index(self.input()["features"].path)
         shards = [histograms.load_counts(t.path) for t in self.input()["shards"]]
-        keys, counts = histograms.gather(index.keys, [(k, c) for k, c, _ in shards])
+        parts = [(k, c, histograms.load_words(t.path)) for (k, c, _), t in zip(shards, self.input()["shards"])]
+        keys, counts, words = histograms.gather(index.keys, parts)
         attrs, ran = shard_attrs(self)
         attrs = self.attrs(
             reused=sum(a["reused"] for a in attrs),
@@ -109,4 +112,4 @@ class Histograms(HistogramInputs):
             shard_seconds=round(sum(a["seconds"] for a in ran), 3),
             **repairs(self, ran),
         )
-        histograms.save_histograms(tmp, keys, counts, shards[0][2], attrs, config.histograms().assign)
+        histograms.save_histograms(tmp, keys, counts, shards[0][2], attrs, config.histograms().assign, words)

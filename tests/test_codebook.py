@@ -80,7 +80,7 @@ def test_word_weights_are_those_of_the_images_fitted_on(assign):
     reducer = Reducer(1.0).fit(x)
     blocks = ArrayBlocks(descriptors, block_size=7)
     codebook = fit_codebook(blocks, reducer, 6, 200, random_state=0)  # every image sampled
-    counts, _ = compute_histograms(blocks, np.arange(40).astype(str), reducer, codebook, assign=assign)
+    counts, _, _ = compute_histograms(blocks, np.arange(40).astype(str), reducer, codebook, assign=assign)
     assert codebook.documents_ == 40
     np.testing.assert_array_equal(codebook.word_weights("tfidf", assign), counts_weights(counts, "tfidf"))
     np.testing.assert_array_equal(codebook.word_weights("raw", assign), np.ones(6))

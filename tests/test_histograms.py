@@ -10,6 +10,7 @@ from pipeline.histograms import (
     load_assign,
     load_counts,
     load_rows,
+    load_words,
     save_histograms,
     word_histograms,
 )
@@ -39,12 +40,18 @@ def fitted():
 @pytest.mark.parametrize("block_size", [1, 4, 64])
 def test_blocked_histograms_equal_the_whole(fitted, block_size, tmp_path):
     descriptors, keys, reducer, codebook, whole = fitted
-    counts, n_reused = compute_histograms(ArrayBlocks(descriptors), keys, reducer, codebook, block_size=block_size)
+    counts, n_reused, words = compute_histograms(
+        ArrayBlocks(descriptors), keys, reducer, codebook, block_size=block_size
+    )
     assert n_reused == 0
     np.testing.assert_array_equal(counts.toarray(), whole)
     assert counts.getnnz(axis=1).max() <= 6
+    np.testing.assert_array_equal(word_histograms(words, 7).toarray(), whole)  # the words per cell give the counts
+    assert words.dtype == np.uint16
 
-    save_histograms(tmp_path / "h.h5", keys, counts, 6, {"digest": "d"})
+    save_histograms(tmp_path / "h.h5", keys, counts, 6, {"digest": "d"}, words=words)
+    np.testing.assert_array_equal(load_words(tmp_path / "h.h5"), words)
+    np.testing.assert_array_equal(load_words(tmp_path / "h.h5", [2, 5]), words[[2, 5]])
     loaded_keys, loaded, n_local = load_counts(tmp_path / "h.h5")
     assert loaded_keys.tolist() == keys.tolist() and n_local == 6
     np.testing.assert_array_equal(loaded.toarray(), whole)
@@ -65,15 +72,18 @@ class CountingBlocks(ArrayBlocks):
 def test_unchanged_images_reuse_their_rows(fitted):
     descriptors, keys, reducer, codebook, whole = fitted
     previous_keys = np.array([*keys[10:20][::-1], "gone"])
-    previous = (previous_keys, word_histograms(np.zeros((11, 6), dtype=int), 7).tocsr())
+    previous_words = np.zeros((11, 6), dtype=np.uint16)
+    previous = (previous_keys, word_histograms(previous_words, 7).tocsr(), previous_words)
     blocks = CountingBlocks(descriptors)
-    counts, n_reused = compute_histograms(blocks, keys, reducer, codebook, previous=previous, block_size=4)
+    counts, n_reused, words = compute_histograms(blocks, keys, reducer, codebook, previous=previous, block_size=4)
     assert n_reused == 10
     assert sorted(blocks.read_positions) == [*range(10), *range(20, 30)]
     dense = counts.toarray()
     np.testing.assert_array_equal(dense[10:20], np.tile([6, 0, 0, 0, 0, 0, 0], (10, 1)))  # the previous rows
     np.testing.assert_array_equal(dense[:10], whole[:10])
     np.testing.assert_array_equal(dense[20:], whole[20:])
+    np.testing.assert_array_equal(word_histograms(words, 7).toarray(), dense)  # the words follow the counts
+    assert (words[10:20] == 0).all()
 
 
 def test_a_resumed_computation_reads_only_the_missing_blocks(fitted, tmp_path):
@@ -83,7 +93,7 @@ def test_a_resumed_computation_reads_only_the_missing_blocks(fitted, tmp_path):
         ArrayBlocks(descriptors[:12]), keys[:12], reducer, codebook, checkpoints=checkpoints, block_size=4
     )
     blocks = CountingBlocks(descriptors)
-    counts, _ = compute_histograms(blocks, keys, reducer, codebook, checkpoints=checkpoints, block_size=4)
+    counts, _, _ = compute_histograms(blocks, keys, reducer, codebook, checkpoints=checkpoints, block_size=4)
     assert blocks.read_positions == list(range(12, 30))
     np.testing.assert_array_equal(counts.toarray(), whole)
 
@@ -97,7 +107,8 @@ def test_multiple_assignment_counts_each_descriptor_for_its_nearest_words(fitted
     np.testing.assert_array_equal(
         assign_words(descriptors, reducer, codebook, 1), codebook.predict(flat).reshape(30, 6)
     )
-    counts, _ = compute_histograms(ArrayBlocks(descriptors), keys, reducer, codebook, assign=2, block_size=7)
+    counts, _, words = compute_histograms(ArrayBlocks(descriptors), keys, reducer, codebook, assign=2, block_size=7)
+    assert words.shape == (30, 12)
     assert (counts.sum(axis=1) == 12).all() and (counts.toarray() >= whole).all()
     # a query counts its descriptors as the run counted the collection's (after the store's 8-bit coding)
     np.testing.assert_array_equal(

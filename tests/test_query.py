@@ -25,7 +25,7 @@ def collection():
     index = FeatureIndex(ids, np.array(["1"] * 30), np.array([f"{i}.jpg" for i in range(30)]), keys, keys, ids, [])
     reducer = Reducer(0.9).fit(blocks)
     codebook = fit_codebook(blocks, reducer, size=12, sample_size=10_000, random_state=0)
-    counts, _ = compute_histograms(blocks, keys, reducer, codebook)
+    counts, _, _ = compute_histograms(blocks, keys, reducer, codebook)
     return raw, index, counts, reducer, codebook
 
 
