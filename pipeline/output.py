@@ -8,15 +8,30 @@ import numpy as np
 import pandas as pd
 
 from . import __version__
-from .errors import ArtifactError
 from .h5io import read_attrs, read_ids, read_strings, write_ids, write_strings
 from .verdicts import Verdicts
+from .verify import pair_codes
 
 logger = logging.getLogger(__name__)
 
+#: The ID a short list holds where it is shorter (fewer images than its length may be listed), by
+#: the IDs' kind: no image has it.
+MISSING_ID = {"i": -1, "u": -1, "U": "", "O": ""}
+
 
 def write_similarities(
-    path, ids, ppn, filename, neighbours, distances, attrs, keys=None, earlier=None, raw=None, verdicts=None
+    path,
+    ids,
+    ppn,
+    filename,
+    neighbours,
+    distances,
+    attrs,
+    keys=None,
+    earlier=None,
+    raw=None,
+    verdicts=None,
+    short=None,
 ):
     """Write the similarities file.
 
@@ -46,6 +61,11 @@ def write_similarities(
     verdicts : pipeline.verdicts.Verdicts, optional
         The verdicts the lists honour: ``verdict_image_id``, ``verdict_similar_image_id``,
         ``verdict_right``, for the next run (what changed) and the query command.
+    short : pipeline.search.Lists, optional
+        With re-ranking, the short lists the lists were ranked from, of every image (rows in
+        order): ``candidates``, ``candidate_distances`` and ``candidate_scores`` under the
+        verdicts, and ``raw_candidates`` (with their distances and scores) of the judged images
+        at ``raw_rows``: what the next run searches and verifies only where they changed.
     """
     ids, ppn, filename = np.asarray(ids), np.asarray(ppn, dtype=str), np.asarray(filename, dtype=str)
     k = neighbours.shape[1]
@@ -69,6 +89,16 @@ def write_similarities(
             f.create_dataset("raw_rows", data=np.asarray(rows, dtype=np.int64))
             write_ids(f, "raw_neighbours", ids[np.asarray(raw_neighbours, dtype=np.int64).reshape(-1, k)])
             f.create_dataset("raw_distances", data=np.asarray(raw_distances).reshape(-1, k).astype(np.float32))
+        if short is not None:
+            candidates, candidate_distances = short.assembled()
+            raw_candidates, raw_candidate_distances = short.judged_raw()
+            for name, lists, d, scores in (
+                ("candidates", candidates, candidate_distances, short.scores),
+                ("raw_candidates", raw_candidates, raw_candidate_distances, short.raw_scores),
+            ):
+                write_ids(f, name, np.where(lists >= 0, ids[np.maximum(lists, 0)], MISSING_ID[ids.dtype.kind]))
+                f.create_dataset(name.replace("candidates", "candidate_distances"), data=d.astype(np.float32))
+                f.create_dataset(name.replace("candidates", "candidate_scores"), data=scores.astype(np.float32))
         if verdicts is not None:
             write_ids(f, "verdict_image_id", verdicts.image_id.astype(ids.dtype))
             write_ids(f, "verdict_similar_image_id", verdicts.similar_image_id.astype(ids.dtype))
@@ -132,64 +162,6 @@ def block_rows(n, shard, shards):
     return np.arange(shard * n // shards, (shard + 1) * n // shards)
 
 
-def write_neighbours(path, lists, attrs):
-    """Write a neighbour shard's :class:`pipeline.search.Lists`, as :func:`gather_neighbours` reads them."""
-    with h5py.File(path, "w") as f:
-        f.attrs.update(attrs)
-        f.create_dataset("rows", data=lists.rows)
-        f.create_dataset("neighbours", data=lists.raw)
-        f.create_dataset("distances", data=lists.raw_distances)
-        f.create_dataset("judged", data=lists.judged)
-        f.create_dataset("judged_neighbours", data=lists.final)
-        f.create_dataset("judged_distances", data=lists.final_distances)
-
-
-def gather_neighbours(paths, n, k):
-    """Each image's lists from the files of the neighbour shards, which together hold each of
-    the n images' rows once.
-
-    Returns
-    -------
-    neighbours, distances : ndarray of shape (n, k)
-        The lists under the verdicts: the raw lists, but for the judged images'.
-    judged : ndarray of int64
-        Positions of the judged images, increasing.
-    raw, raw_distances : ndarray of shape (len(judged), k)
-        The judged images' raw lists.
-
-    Raises
-    ------
-    ArtifactError
-        When they do not (shards of different runs).
-    """
-    neighbours, distances = np.empty((n, k), dtype=np.int64), np.empty((n, k), dtype=np.float64)
-    seen = np.zeros(n, dtype=np.int64)
-    judged, final, final_distances = [], [], []
-    for path in paths:
-        with h5py.File(path, "r") as f:
-            rows = f["rows"][:]
-            if f["neighbours"].shape != (len(rows), k) or (len(rows) and not 0 <= rows.min() <= rows.max() < n):
-                raise ArtifactError(f"{path} holds neighbours of another run; run the pipeline again")
-            neighbours[rows], distances[rows] = f["neighbours"][:], f["distances"][:]
-            np.add.at(seen, rows, 1)
-            judged.append(f["judged"][:])
-            final.append(f["judged_neighbours"][:].reshape(-1, k))
-            final_distances.append(f["judged_distances"][:].reshape(-1, k))
-    if not (seen == 1).all():
-        raise ArtifactError(
-            f"the neighbour shards hold {int((seen > 0).sum())} of the {n} images' lists, {int((seen > 1).sum())} "
-            "more than once: they are not all of this run; run the pipeline again"
-        )
-    judged = np.concatenate(judged).astype(np.int64) if judged else np.zeros(0, dtype=np.int64)
-    order = np.argsort(judged, kind="stable")
-    judged = judged[order]
-    raw, raw_distances = neighbours[judged], distances[judged]
-    if len(judged):
-        neighbours[judged] = np.concatenate(final)[order]
-        distances[judged] = np.concatenate(final_distances)[order]
-    return neighbours, distances, judged, raw, raw_distances
-
-
 def lists_summary(neighbours, judged, raw, records, settings, honoured):
     """What the night's lists say of themselves, for similarities.hdf5's attributes and the log.
 
@@ -198,7 +170,7 @@ def lists_summary(neighbours, judged, raw, records, settings, honoured):
     neighbours : ndarray of shape (n, k)
         Positions of each image's neighbours, under the verdicts.
     judged, raw : ndarray
-        The judged images' positions and raw lists (:func:`gather_neighbours`).
+        The judged images' positions and raw lists (:func:`pipeline.search.gather_neighbours`).
     records : ndarray of shape (n,)
         Each image's catalogue record.
     settings : NeighbourSettings
@@ -260,6 +232,11 @@ class Earlier:
             self.digest = str(f.attrs["digest"])
             raw = (f["raw_rows"][:], read_ids(f["raw_neighbours"])) if "raw_rows" in f else None
             self._verdicts = _honoured(f)
+            self._scores = None
+            short = listed
+            if "candidates" in f:  # re-ranked lists: the next night starts from their short lists
+                short, raw = read_ids(f["candidates"]), (raw[0], read_ids(f["raw_candidates"]))
+                self._scores = (f["candidate_scores"][:], f["raw_candidate_scores"][:])
         ids, keys = np.asarray(ids), np.asarray(keys, dtype=str)
         by_id = pd.Index(ids).get_indexer(earlier_ids)
         same = by_id >= 0
@@ -269,8 +246,9 @@ class Earlier:
         self.new[self.now[same]] = False
         self.removed = earlier_ids[by_id < 0]
         earlier_index = pd.Index(earlier_ids)
-        listed_at = earlier_index.get_indexer(listed.ravel()).reshape(listed.shape)
+        listed_at = earlier_index.get_indexer(short.ravel()).reshape(short.shape)
         self._raw_at = listed_at.copy()
+        self._raw_rows = raw[0] if raw is not None else np.zeros(0, dtype=np.int64)
         if raw is not None and len(raw[0]):
             self._raw_at[raw[0]] = earlier_index.get_indexer(raw[1].ravel()).reshape(raw[1].shape)
         self._lists = (self.now, listed_at, ids, listed)
@@ -284,6 +262,22 @@ class Earlier:
         kept = now >= 0
         previous[now[kept]] = now[at[kept]]
         return previous
+
+    def known_scores(self):
+        """The verification scores of the earlier short lists' pairs whose images are both unchanged:
+        (codes, scores) over the positions now, codes increasing (``pipeline.verify.pair_codes``),
+        or None when the earlier lists were not re-ranked."""
+        if self._scores is None:
+            return None
+        now, listed_at, ids, _ = self._lists
+        at = np.concatenate([listed_at, self._raw_at[self._raw_rows]])
+        rows = np.concatenate([np.arange(len(listed_at)), self._raw_rows])
+        scores = np.concatenate(self._scores)
+        other = np.where(at >= 0, now[np.maximum(at, 0)], -1)
+        kept = (now[rows][:, None] >= 0) & (other >= 0)
+        codes = pair_codes(now[rows], np.maximum(other, 0), len(ids))[kept]
+        codes, first = np.unique(codes, return_index=True)
+        return codes, scores[kept][first].astype(np.float64)
 
     def judgements(self):
         """The verdicts the earlier lists honoured, over the positions now (by database ID: a

@@ -17,6 +17,7 @@ from .neighbours import query_neighbours
 from .output import honoured_verdicts
 from .reduction import Reducer
 from .verdicts import Judgements
+from .verify import Verifier
 from .weighting import Distance, WeightedHistograms
 
 logger = logging.getLogger(__name__)
@@ -74,6 +75,8 @@ class SimilarityIndex:
         """The run's feature store, where its backend's calibration is kept (None for older runs)."""
         self.judgements = judgements if judgements is not None else Judgements(len(images), [], [], [])
         """The verdicts the run's lists honoured, over the positions of ``images``."""
+        self.histograms_path = None
+        """The run's histograms.h5, when it was read from one (:meth:`of_run`)."""
 
     @classmethod
     def load(cls, features, reducer, codebook, histograms_path, similarities):
@@ -106,9 +109,20 @@ class SimilarityIndex:
                         f"{paths.get(stage, similarities)} was not made from the current {paths[source]}: the last run "
                         "did not finish; finish it (luigi --module tasks Nightly --local-scheduler) and query again"
                     )
+        judgements = honoured_verdicts(similarities).judgements(store.load_index(features).ids)
+        distance = Distance.recorded(attrs["Similarities"])
+        return cls.of_run(features, reducer, codebook, histograms_path, distance, judgements)
+
+    @classmethod
+    def of_run(cls, features, reducer, codebook, histograms_path, distance, judgements=None):
+        """The collection of one run's features.h5, reducer.h5, codebook.h5 and histograms.h5 (paths),
+        compared by ``distance`` (pipeline.weighting.Distance), before its lists are found."""
+        attrs = {"Features": read_attrs(features)}
         index = store.load_index(features)
         codebook_ = Codebook.load(codebook)
-        _, data = run_counts(histograms_path, codebook_, index.ids, attrs["Similarities"])
+        counts, n_local = histograms.load_counts_of(histograms_path)
+        assign = histograms.load_assign(histograms_path)
+        data = WeightedHistograms.from_codebook(counts, n_local, index.ids, codebook_, assign, distance)
         feature_settings = json.loads(attrs["Features"]["settings"])
         spec = ModelSpec(
             weights=attrs["Features"]["weights"],
@@ -121,9 +135,9 @@ class SimilarityIndex:
         )
         trunk = attrs["Features"].get("int8_trunk")  # runs before the store was recorded
         folder = attrs["Features"].get("store", trunk and os.path.dirname(trunk))
-        judgements = honoured_verdicts(similarities).judgements(index.ids)
-        assign = histograms.load_assign(histograms_path)
-        return cls(index, data, Reducer.load(reducer), codebook_, spec, folder, assign, judgements)
+        made = cls(index, data, Reducer.load(reducer), codebook_, spec, folder, assign, judgements)
+        made.histograms_path = histograms_path
+        return made
 
     def positions_of(self, files, content_dir):
         """The position of each file among the run's images (the same file under ``content_dir``), -1 for
@@ -142,6 +156,14 @@ class SimilarityIndex:
                 f"descriptors have {descriptors.shape[1]} local descriptors per image; the run's have {n_local}"
             )
         return word_counts(descriptors, self.reducer, self.codebook, self.assign)
+
+    def verifier(self, descriptors):
+        """The :class:`~pipeline.verify.Verifier` of the collection's images and, after them (positions
+        from ``len(self.images)``), the images of ``descriptors`` (ndarray of shape (n, n_local, c))."""
+        words = histograms.load_words(self.histograms_path)
+        restored = store.dequantize(*store.quantize(descriptors))
+        new = histograms.assign_words(restored, self.reducer, self.codebook, self.assign).astype(words.dtype)
+        return Verifier.of_codebook(np.concatenate([words, new]), self.codebook, self.assign)
 
     def query(self, descriptors, k=5):
         """The k nearest collection images of each image's descriptors.

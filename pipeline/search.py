@@ -9,17 +9,20 @@ the full, sharded and incremental searches give the same, value for value."""
 import dataclasses
 import logging
 
+import h5py
 import numpy as np
 
 from .codebook import Codebook
+from .errors import ArtifactError
 from .h5io import read_attrs
-from .histograms import load_assign, load_counts
+from .histograms import load_assign, load_counts, load_words
 from .inverted import InvertedFile
 from .neighbours import nearest_neighbours, ranking_values, skip_lists, update_neighbours
 from .output import Earlier
 from .records import SameRecord, limited_best, record_best
 from .settings import Neighbours
 from .verdicts import Judgements, changed_images, load_verdicts
+from .verify import Verifier
 from .weighting import Distance, WeightedHistograms
 
 logger = logging.getLogger(__name__)
@@ -35,10 +38,17 @@ class NeighbourSettings:
     same_record: SameRecord = Neighbours.same_record
     method: str = Neighbours.method
     """The full search's method (``pipeline.settings.METHODS``): all give the same lists."""
+    rerank: bool = Neighbours.rerank == "on"
+    """Whether each list is its short list re-ranked by geometric verification (:func:`rerank`)."""
+    candidates: int = Neighbours.candidates
 
     def __post_init__(self):
-        for name in ("k", "same_record", "method"):
+        for name in ("k", "same_record", "method", "candidates"):
             Neighbours.check(name, getattr(self, name))
+
+    def width(self, n):
+        """The length of the lists searched among ``n`` images: the short list with ``rerank``, else k."""
+        return max(self.k, min(self.candidates, n - 1)) if self.rerank else self.k
 
     @property
     def own(self):
@@ -54,6 +64,7 @@ class NeighbourSettings:
             "weighting": self.distance.weighting,
             "power": self.distance.power,
             "same_record": str(self.same_record),
+            **({"rerank": "on", "candidates": self.candidates} if self.rerank else {}),
         }
 
 
@@ -99,6 +110,12 @@ class Lists:
     final_distances: np.ndarray
     judged_queried: np.ndarray
     """bool, shape (j,): judged lists searched against the whole collection."""
+    scores: np.ndarray = None
+    """With re-ranking, the verification score of each pair of :meth:`assembled`, shape (m, width)."""
+    raw_scores: np.ndarray = None
+    """With re-ranking, those of the judged images' raw lists, shape (j, width)."""
+    verified: int = 0
+    """Pairs verified tonight (the others' scores were known)."""
 
     def assembled(self):
         """Every row's list under the verdicts: (neighbours, distances), the raw lists but for the judged images'."""
@@ -106,6 +123,107 @@ class Lists:
         at = np.searchsorted(self.rows, self.judged)
         neighbours[at], distances[at] = self.final, self.final_distances
         return neighbours, distances
+
+    def judged_raw(self):
+        """The judged images' raw lists: (neighbours, distances)."""
+        at = np.searchsorted(self.rows, self.judged)
+        return self.raw[at], self.raw_distances[at]
+
+    def ranked(self, k, threshold, judgements):
+        """The night's lists of k, and the judged images' raw lists of k: each short list re-ranked
+        (:func:`rerank`) with the pairs scoring ``threshold`` or more and those judged right
+        verified, or (without scores) the lists as they are.
+
+        Returns
+        -------
+        neighbours, distances : ndarray of shape (m, k)
+        raw, raw_distances : ndarray of shape (j, k)
+        """
+        lists, distances = self.assembled()
+        raw, raw_distances = self.judged_raw()
+        if self.scores is None:
+            return lists, distances, raw, raw_distances
+        verified = self.scores >= threshold
+        for i in np.flatnonzero(np.isin(self.rows, judgements.rows)):
+            verified[i] |= np.isin(lists[i], judgements.partners(self.rows[i])[1])
+        return (*rerank(lists, distances, verified, k), *rerank(raw, raw_distances, self.raw_scores >= threshold, k))
+
+
+def rerank(lists, distances, verified, k):
+    """The first k of each list with its ``verified`` images first, each part in its order (by
+    distance, then database ID): a list of k with its verified copies in front.
+
+    Parameters
+    ----------
+    lists, distances : ndarray of shape (m, width)
+        Each image's short list, nearest first (-1 at the end where it is shorter).
+    verified : ndarray of shape (m, width), bool
+    k : int
+    """
+    order = np.argsort(~(verified & (lists >= 0)), axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(lists, order, axis=1), np.take_along_axis(distances, order, axis=1)
+
+
+def write_neighbours(path, lists, attrs):
+    """Write a neighbour shard's :class:`pipeline.search.Lists`, as :func:`gather_neighbours` reads them."""
+    with h5py.File(path, "w") as f:
+        f.attrs.update(attrs)
+        f.create_dataset("rows", data=lists.rows)
+        f.create_dataset("neighbours", data=lists.raw)
+        f.create_dataset("distances", data=lists.raw_distances)
+        f.create_dataset("judged", data=lists.judged)
+        f.create_dataset("judged_neighbours", data=lists.final)
+        f.create_dataset("judged_distances", data=lists.final_distances)
+        f.create_dataset("queried", data=lists.queried)
+        f.create_dataset("judged_queried", data=lists.judged_queried)
+        if lists.scores is not None:
+            f.create_dataset("scores", data=lists.scores)
+            f.create_dataset("raw_scores", data=lists.raw_scores)
+
+
+def gather_neighbours(paths, n, width):
+    """Every image's lists from the files of the neighbour shards, which together hold each of
+    the n images' rows once: :class:`pipeline.search.Lists` of all n, rows in order.
+
+    Raises
+    ------
+    ArtifactError
+        When they do not (shards of different runs).
+    """
+    raw, raw_distances = np.empty((n, width), dtype=np.int64), np.empty((n, width), dtype=np.float64)
+    queried, seen = np.zeros(n, dtype=bool), np.zeros(n, dtype=np.int64)
+    scores, parts = None, []
+    for path in paths:
+        with h5py.File(path, "r") as f:
+            rows = f["rows"][:]
+            if f["neighbours"].shape != (len(rows), width) or (len(rows) and not 0 <= rows.min() <= rows.max() < n):
+                raise ArtifactError(f"{path} holds neighbours of another run; run the pipeline again")
+            raw[rows], raw_distances[rows], queried[rows] = f["neighbours"][:], f["distances"][:], f["queried"][:]
+            np.add.at(seen, rows, 1)
+            if "scores" in f:
+                scores = np.zeros((n, width)) if scores is None else scores
+                scores[rows] = f["scores"][:]
+            parts.append(
+                [f["judged"][:]]
+                + [f[name][:].reshape(-1, width) for name in ("judged_neighbours", "judged_distances")]
+                + [f["judged_queried"][:]]
+                + ([f["raw_scores"][:].reshape(-1, width)] if "raw_scores" in f else [])
+            )
+    if not (seen == 1).all():
+        raise ArtifactError(
+            f"the neighbour shards hold {int((seen > 0).sum())} of the {n} images' lists, {int((seen > 1).sum())} "
+            "more than once: they are not all of this run; run the pipeline again"
+        )
+    if scores is not None and any(len(p) < 5 for p in parts):
+        raise ArtifactError("the neighbour shards are of several runs, re-ranked and not; run the pipeline again")
+    judged = np.concatenate([p[0] for p in parts]).astype(np.int64) if parts else np.zeros(0, dtype=np.int64)
+    order = np.argsort(judged, kind="stable")
+    final, final_distances, judged_queried, raw_scores = (
+        np.concatenate([p[c] for p in parts])[order] if parts and len(parts[0]) > c else None for c in (1, 2, 3, 4)
+    )
+    lists = Lists(np.arange(n), raw, raw_distances, queried, judged[order], final, final_distances, judged_queried)
+    lists.scores, lists.raw_scores = scores, raw_scores if scores is not None else None
+    return lists
 
 
 class NightSearch:
@@ -122,10 +240,14 @@ class NightSearch:
         The earlier run's similarities: needed when ``why_full`` is None.
     why_full : str or None
         :func:`why_full`: every list searched again, or (None) only where it can have changed.
+    verifier : pipeline.verify.Verifier, optional
+        With ``settings.rerank``: the verification of the short lists' pairs.
     """
 
-    def __init__(self, data, settings=NeighbourSettings(), judgements=None, earlier=None, why_full=None):
-        self.data, self.settings, self.why_full = data, settings, why_full
+    def __init__(self, data, settings=NeighbourSettings(), judgements=None, earlier=None, why_full=None, verifier=None):
+        self.data, self.settings, self.why_full, self.verifier = data, settings, why_full, verifier
+        if settings.rerank and verifier is None:
+            raise ValueError("re-ranking needs a Verifier")
         self.judgements = judgements if judgements is not None else Judgements(len(data), [], [], [])
         self.earlier = None
         if why_full is None:
@@ -139,7 +261,8 @@ class NightSearch:
 
     def lists(self, rows=None, checkpoints=None, progress=None):
         """The :class:`Lists` of the images at ``rows`` (all by default)."""
-        n, k, own = len(self.data), self.settings.k, self.settings.own
+        n, own = len(self.data), self.settings.own
+        k = self.settings.width(n)
         rows = np.arange(n) if rows is None else np.asarray(rows, dtype=np.int64)
         if self.why_full is None:
             new, previous, previous_final, changed = self.earlier
@@ -157,7 +280,14 @@ class NightSearch:
         final, final_distances, judged_queried = judged_lists(
             self.data, self.judgements, judged, k, previous_final, new, changed, own=own
         )
-        return Lists(rows, raw, raw_distances, queried, judged, final, final_distances, judged_queried)
+        lists = Lists(rows, raw, raw_distances, queried, judged, final, final_distances, judged_queried)
+        if self.settings.rerank:
+            lists.scores, worked = self.verifier.scores(rows, lists.assembled()[0])
+            lists.raw_scores, worked_raw = self.verifier.scores(judged, lists.judged_raw()[0])
+            lists.verified = worked + worked_raw
+            listed = int((lists.assembled()[0] >= 0).sum() + (lists.judged_raw()[0] >= 0).sum())
+            logger.info("%d pairs of the short lists verified, %d known", lists.verified, listed - lists.verified)
+        return lists
 
 
 def judged_lists(data, judgements, rows, k, previous=None, new=None, verdicts_changed=None, own=None):
@@ -328,14 +458,9 @@ def plan_night(index, records, paths, settings, full=False, refit=False, basis=N
     """
     keys, counts, n_local = load_counts(paths["histograms"])
     keys = list_identities(keys, records, index.ppn)
+    codebook, assign = Codebook.load(paths["codebook"]), load_assign(paths["histograms"])
     data = WeightedHistograms.from_codebook(
-        counts,
-        n_local,
-        index.ids,
-        Codebook.load(paths["codebook"]),
-        load_assign(paths["histograms"]),
-        settings.distance,
-        records=records,
+        counts, n_local, index.ids, codebook, assign, settings.distance, records=records
     )
     del counts  # the search reads the weighted copy
     try:
@@ -344,4 +469,8 @@ def plan_night(index, records, paths, settings, full=False, refit=False, basis=N
         earlier, recorded = None, {}
     reason = why_full(full, refit, earlier, recorded.get("basis"), basis)
     judgements = load_verdicts(paths["verdicts"])[0].judgements(index.ids)
-    return NightSearch(data, settings, judgements, earlier, reason)
+    verifier = None
+    if settings.rerank:  # the scores of the earlier short lists hold on the same basis
+        known = earlier.known_scores() if reason is None else None
+        verifier = Verifier.of_codebook(load_words(paths["histograms"]), codebook, assign, known)
+    return NightSearch(data, settings, judgements, earlier, reason, verifier)

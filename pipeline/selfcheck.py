@@ -16,6 +16,13 @@ from .blocks import sample_images
 from .errors import ImageError
 from .features import extract
 from .images import reason_of
+from .neighbours import nearest_neighbours
+from .search import rerank as rerank_lists
+
+#: The share of the hard negatives whose verification score may reach the threshold.
+FALSE_POSITIVE_RATE = 0.001
+#: A copy's original's nearest images that are no hard negatives of the copy (they may show the same picture).
+HARD_SKIP = 10
 
 logger = logging.getLogger(__name__)
 
@@ -174,27 +181,84 @@ class Copies:
         return result
 
 
-def self_check(index, extractor, image_paths, dest, sample=50, seed=0, k=5):
+def verification_threshold(index, verifier, found, originals, rate=FALSE_POSITIVE_RATE):
+    """The score that ``rate`` of the self-check's hard negatives reach: the pairs of each copy with
+    its short list ``found`` but its original and the original's HARD_SKIP nearest (another view
+    of the same picture is no negative). The copies are ``verifier``'s images after the collection's.
+
+    Returns
+    -------
+    threshold : float
+        The least score at or above the (1 - rate) quantile of the negatives' scores (inf when there are none).
+    negatives : int
+    """
+    n = len(index.images)
+    unique = np.unique(originals)
+    near = nearest_neighbours(index.histograms, min(HARD_SKIP, n - 1), rows=unique)[0] if len(unique) else None
+    skip = {int(o): {int(o), *near[i].tolist()} for i, o in enumerate(unique)}
+    hard = [(n + q, int(x)) for q in range(len(found)) for x in found[q] if int(x) not in skip[int(originals[q])]]
+    pairs = np.array(hard, dtype=np.int64).reshape(-1, 2)
+    if not len(pairs):
+        return np.inf, 0
+    scores = verifier.scores(pairs[:, 0], pairs[:, 1:])[0][:, 0]
+    return float(np.quantile(scores, 1 - rate, method="higher")), len(pairs)
+
+
+def self_check(index, extractor, image_paths, dest, sample=50, seed=0, k=5, candidates=50, rerank=False):
     """Query altered copies of a seeded sample of the collection and count how often each finds its original.
+
+    Each copy's short list of ``candidates`` nearest is verified (``pipeline.verify``), and the
+    verification's threshold is set from the hard negatives among them
+    (:func:`verification_threshold`); the counts are those of the lists re-ranked with it
+    (``rerank``), or of the lists by distance, and the other's beside them.
 
     Parameters
     ----------
     index : SimilarityIndex
+        Read from the run's histograms (:meth:`SimilarityIndex.of_run`).
     extractor : DescriptorExtractor
         Over the model the collection's descriptors were made with.
     image_paths, dest, sample, seed
         As :class:`Copies`.
     k : int
         A copy counts as found within k when its original is among its first k neighbours.
+    candidates : int
+        The short list's length.
+    rerank : bool
+        Whether the run's lists are re-ranked (``[neighbours] rerank``).
 
     Returns
     -------
-    dict, see :meth:`Copies.score`
+    dict, see :meth:`Copies.score`, with ``verification``: the ``threshold``, the ``rate`` and
+    the ``hard_negatives`` it was set from; and ``by_distance`` or ``reranked``: the counts of
+    the order the run's lists do not have.
     """
     copies = Copies(image_paths, dest, sample, seed)
     descriptors, decoded, errors = copies.extract(extractor)
-    found, distances = index.query(descriptors, k=k) if decoded else (np.empty((0, k), dtype=np.int64),) * 2
-    result = copies.score(found, decoded, errors, index.images.ids, distances)
+    n, width = len(index.images), max(k, min(candidates, len(index.images) - 1))
+    if decoded:
+        found, distances = index.query(descriptors, k=width)
+        verifier = index.verifier(descriptors)
+        originals = np.array([copies.originals[c] for c in decoded], dtype=np.int64)
+        scores = verifier.scores(n + np.arange(len(decoded)), found)[0]
+        threshold, negatives = verification_threshold(index, verifier, found, originals)
+        ranked = rerank_lists(found, distances, scores >= threshold, k)
+    else:
+        found = distances = np.empty((0, width), dtype=np.int64)
+        threshold, negatives, ranked = np.inf, 0, (found[:, :k], distances[:, :k])
+    by_distance = copies.score(found[:, :k], decoded, errors, index.images.ids, distances[:, :k])
+    reranked = copies.score(*ranked[:1], decoded, errors, index.images.ids)
+    result, other = (reranked, by_distance) if rerank else (by_distance, reranked)
+    result["first_distances"] = by_distance.get("first_distances", [])  # the copies' threshold: by distance
+    result["reranked" if not rerank else "by_distance"] = {
+        name: other[name] for name in ("top1", "top5", "per_alteration")
+    }
+    result["verification"] = {
+        "threshold": threshold if np.isfinite(threshold) else None,
+        "rate": FALSE_POSITIVE_RATE,
+        "hard_negatives": negatives,
+        "candidates": width,
+    }
     logger.info(
         "self-check: %d altered copies of %d images found their original first in %.1f%% and within %d in %.1f%% "
         "(chance %.2f%% / %.2f%%)",
@@ -205,5 +269,14 @@ def self_check(index, extractor, image_paths, dest, sample=50, seed=0, k=5):
         100 * result["top5"],
         100 * result["chance_top1"],
         100 * result["chance_top5"],
+    )
+    logger.info(
+        "self-check: verification threshold %s from %d hard negatives (false-positive rate %s); original first %.1f%% "
+        "re-ranked, %.1f%% by distance",
+        threshold,
+        negatives,
+        FALSE_POSITIVE_RATE,
+        100 * (result if rerank else result["reranked"])["top1"],
+        100 * (result["by_distance"] if rerank else result)["top1"],
     )
     return result

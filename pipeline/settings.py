@@ -522,6 +522,8 @@ class Neighbours(Section):
         "power": Number(float, 0.0, 1.0, low_open=True, must="a number in (0, 1]"),
         "same_record": Records(),
         "method": Options(*METHODS),
+        "rerank": Options("on", "off"),
+        "candidates": whole(),
     }
 
     k: int = setting(5, "Neighbours per image.")
@@ -552,6 +554,13 @@ class Neighbours(Section):
         "balltree, sparse (exact, inverted file over visual words) or auto (sparse, measured faster).",
         significant=False,  # both methods give the same result
     )
+    rerank: str = setting(
+        "off",
+        "on: each list is the image's nearest [neighbours] candidates re-ranked by geometric verification (pairs "
+        "whose visual words agree at places one crop, scale or border explains first, then the rest by distance; "
+        "the score a pair must reach is set by the self-check, so [selfcheck] sample must not be 0); off: the k nearest.",
+    )
+    candidates: int = setting(50, "With rerank = on: the short list of nearest images each list is re-ranked from.")
 
 
 @dataclasses.dataclass(frozen=True)

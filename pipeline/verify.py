@@ -10,8 +10,15 @@ the same visual word; the transforms are found by votes of every match under eac
 cell of either image counted once.
 """
 
+import dataclasses
+import logging
+
 import numba
 import numpy as np
+
+from .weighting import IDF_SCALE
+
+logger = logging.getLogger(__name__)
 
 #: The scales of an axis a copy may have (b's size of a's content over a's): crops to half a side,
 #: borders and margins to half the size again.
@@ -169,7 +176,9 @@ def verify_pairs(words, pairs, word_weight, side, tolerance=TOLERANCE, assign=1)
     matches : ndarray of shape (n_pairs,), int64
         How many matches it explains.
     """
-    words = np.ascontiguousarray(words, dtype=np.int64)
+    words = np.ascontiguousarray(words)
+    if words.dtype.kind not in "iu":
+        words = words.astype(np.int64)
     if words.shape[1] != side * side * assign:
         raise ValueError(f"{words.shape[1]} words, {assign} a cell, do not lie on a {side} x {side} grid")
     pairs = np.ascontiguousarray(pairs, dtype=np.int64).reshape(-1, 2)
@@ -184,3 +193,73 @@ def verify_pairs(words, pairs, word_weight, side, tolerance=TOLERANCE, assign=1)
         float(tolerance),
         CANDIDATES,
     )
+
+
+def pair_codes(rows, lists, n):
+    """Each (row, listed image) pair as one integer, row * n + image: ndarray of the shape of ``lists``."""
+    return np.asarray(rows, dtype=np.int64)[:, None] * n + np.asarray(lists, dtype=np.int64)
+
+
+@dataclasses.dataclass
+class Verifier:
+    """The verification of a collection's pairs: its images' words per cell and the words' weights.
+
+    Parameters
+    ----------
+    words : ndarray of shape (n_images, cells * assign)
+        As histograms.h5 keeps them (``pipeline.histograms.load_words``).
+    word_weight : ndarray of shape (K,)
+        Each word's idf (:meth:`of_codebook`).
+    assign : int
+        Words per cell.
+    known : (codes, scores), optional
+        Scores of pairs verified before (:func:`pair_codes` over the same positions, increasing):
+        taken as they are instead of being worked out again.
+    """
+
+    words: np.ndarray
+    word_weight: np.ndarray
+    assign: int = 1
+    known: tuple = None
+
+    @classmethod
+    def of_codebook(cls, words, codebook, assign, known=None):
+        """The Verifier of words assigned with ``codebook``: each word weighs its idf (whatever the lists' weighting)."""
+        return cls(words, codebook.word_weights("tfidf", assign) / IDF_SCALE, assign, known)
+
+    @property
+    def side(self):
+        cells = self.words.shape[1] // self.assign
+        side = int(round(np.sqrt(cells)))
+        if side * side != cells:
+            raise ValueError(f"{cells} cells do not lie on a square grid")
+        return side
+
+    def scores(self, rows, lists):
+        """The score of each image of ``rows`` with each of its ``lists`` images (positions, -1: none, scored 0).
+
+        Returns
+        -------
+        scores : ndarray of the shape of ``lists``, float64
+            Rounded to float32, as similarities.hdf5 keeps them: a known score is the same.
+        worked_out : int
+            Pairs verified now (the others were known).
+        """
+        lists = np.asarray(lists, dtype=np.int64).reshape(len(rows), -1)
+        scores = np.zeros(lists.shape)
+        wanted = lists >= 0
+        if self.known is not None and len(self.known[0]):
+            codes, known_scores = self.known
+            wanted_codes = pair_codes(rows, lists, len(self.words))[wanted]
+            at = np.minimum(np.searchsorted(codes, wanted_codes), len(codes) - 1)
+            hit = codes[at] == wanted_codes
+            scores[wanted] = np.where(hit, known_scores[at], 0.0)
+            left = np.zeros(lists.shape, dtype=bool)
+            left[wanted] = ~hit
+        else:
+            left = wanted
+        pairs = np.stack([np.broadcast_to(np.asarray(rows)[:, None], lists.shape)[left], lists[left]], axis=1)
+        if len(pairs):
+            found = verify_pairs(self.words, pairs, self.word_weight, self.side, assign=self.assign)[0]
+            scores[left] = found.astype(np.float32)
+        return scores, len(pairs)

@@ -98,13 +98,21 @@ class SelfCheck(RunCheck):
     sections = ("selfcheck", "resnet", "images")
 
     def requires(self):
-        return {"inventory": Inventory(date=self.date), "similarities": Similarities(**self.run_args())}
+        return {
+            "inventory": Inventory(date=self.date),
+            "features": Features(date=self.date),
+            "reducer": Reducer(**self.run_args()),
+            "codebook": Codebook(**self.run_args()),
+            "histograms": Histograms(**self.run_args()),
+        }
 
     def settings(self):
-        return config.selfcheck().identity()
+        return {**config.selfcheck().identity(), "neighbours": config.neighbour_settings().identity()}
 
     def run(self):
-        index = latest_index()
+        settings = config.neighbour_settings()
+        paths = [self.input()[name].path for name in ("features", "reducer", "codebook", "histograms")]
+        index = SimilarityIndex.of_run(*paths, settings.distance)
         files = collection.load_inventory(self.input()["inventory"].path).paths(
             index.images.ids, config.paths().content
         )
@@ -119,6 +127,8 @@ class SelfCheck(RunCheck):
                 copies,
                 sample=config.selfcheck().sample,
                 seed=config.selfcheck().seed,
-                k=min(5, len(files)),
+                k=min(settings.k, len(files) - 1),
+                candidates=settings.candidates,
+                rerank=settings.rerank,
             )
         self.write(result)

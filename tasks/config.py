@@ -107,7 +107,9 @@ def _precision(setting):
 def neighbour_settings():
     """The :class:`~pipeline.search.NeighbourSettings` of ``[neighbours]``."""
     n = neighbours()
-    return NeighbourSettings(n.k, Distance(n.weighting, n.metric, n.power), n.same_record, n.method)
+    return NeighbourSettings(
+        n.k, Distance(n.weighting, n.metric, n.power), n.same_record, n.method, n.rerank == "on", n.candidates
+    )
 
 
 def destination():

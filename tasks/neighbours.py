@@ -3,9 +3,14 @@
 import json
 import logging
 
+import numpy as np
+
 from pipeline import collection, histograms, output, store
+from pipeline import search as search_
 from pipeline.codebook import Codebook as CodebookModel
+from pipeline.errors import ConfigError
 from pipeline.model import MODEL, RANDOM_WEIGHTS_NOTE
+from pipeline.report import read_json
 from pipeline.search import list_identities, plan_night
 from pipeline.verdicts import load_verdicts
 
@@ -109,7 +114,7 @@ class NeighbourShard(Shard, NeighbourInputs):
             judged=len(lists.judged),
             judged_queried=int(lists.judged_queried.sum()),
         )
-        output.write_neighbours(tmp, lists, attrs)
+        search_.write_neighbours(tmp, lists, attrs)
 
 
 class Similarities(NeighbourInputs):
@@ -120,7 +125,16 @@ class Similarities(NeighbourInputs):
 
     def requires(self):
         n = config.shards("neighbours")
-        return {**self.inputs(), "shards": [NeighbourShard(**self.run_args(), shard=i, shards=n) for i in range(n)]}
+        required = {**self.inputs(), "shards": [NeighbourShard(**self.run_args(), shard=i, shards=n) for i in range(n)]}
+        if reranked():
+            from .checks import SelfCheck  # the self-check needs no lists: it sets the verification's threshold
+
+            required["selfcheck"] = SelfCheck(**self.run_args())
+        return required
+
+    def made_from(self):
+        made = super().made_from()
+        return made + [self.requires()["selfcheck"]] if reranked() else made
 
     def settings(self):
         return self.neighbour_settings()
@@ -131,9 +145,12 @@ class Similarities(NeighbourInputs):
         records = self.records(index)
         keys = list_identities(histograms.load_keys(self.input()["histograms"].path), records, index.ppn)
         paths = [t.path for t in self.input()["shards"]]
-        nearest, distances, judged, raw, raw_distances = output.gather_neighbours(paths, len(index.ids), settings.k)
+        short = search_.gather_neighbours(paths, len(index.ids), settings.width(len(index.ids)))
         _SEARCH.clear()  # the shards are done: this process's search is released
         honoured = load_verdicts(self.input()["verdicts"].path)[0]
+        threshold, source = self.verification_threshold()
+        nearest, distances, raw, raw_distances = short.ranked(settings.k, threshold, honoured.judgements(index.ids))
+        judged = short.judged
         shards, ran = shard_attrs(self)
         searches = {a["search"] for a in shards}
         attrs = self.attrs(
@@ -145,6 +162,7 @@ class Similarities(NeighbourInputs):
             **({"weights_note": RANDOM_WEIGHTS_NOTE} if config.resnet().weights == "random" else {}),
             basis=self.basis(),
             search=searches.pop() if len(searches) == 1 else "mixed",
+            **self.reranking(short, nearest, threshold, source),
             queried=sum(a["queried"] for a in shards),
             shards=len(shards),
             shard_seconds=round(sum(a["seconds"] for a in ran), 3),
@@ -154,5 +172,56 @@ class Similarities(NeighbourInputs):
         earlier = self.earlier(index.ids, keys)
         lists = (index.ids, index.ppn, index.filename, nearest, distances)
         output.write_similarities(
-            tmp, *lists, attrs, keys=keys, earlier=earlier, raw=(judged, raw, raw_distances), verdicts=honoured
+            tmp,
+            *lists,
+            attrs,
+            keys=keys,
+            earlier=earlier,
+            raw=(judged, raw, raw_distances),
+            verdicts=honoured,
+            short=short if settings.rerank else None,
         )
+
+    def verification_threshold(self):
+        """The score a pair must reach to be verified, and where it came from; (None, None) without re-ranking."""
+        if not reranked():
+            return None, None
+        check = read_json(self.input()["selfcheck"].path)
+        if check["verification"]["threshold"] is None:
+            return np.inf, "none: the self-check had no hard negatives"
+        return check["verification"]["threshold"], (
+            f"the self-check's {check['verification']['hard_negatives']} hard negatives at a false-positive rate "
+            f"of {check['verification']['rate']}"
+        )
+
+    @staticmethod
+    def reranking(short, nearest, threshold, source):
+        """What the re-ranking did, for the attributes (none without it)."""
+        if threshold is None:
+            return {}
+        verified = short.scores >= threshold
+        moved = int((nearest != short.assembled()[0][:, : nearest.shape[1]]).any(axis=1).sum())
+        logger.info(
+            "lists re-ranked from the %d nearest: %d pairs verified (score >= %.2f, %s), %d lists changed",
+            short.raw.shape[1],
+            int(verified.sum()),
+            threshold,
+            source,
+            moved,
+        )
+        return {
+            "rerank_threshold": threshold,
+            "rerank_threshold_source": source,
+            "candidates": short.raw.shape[1],
+            "verified_pairs": int(verified.sum()),
+            "reranked_lists": moved,
+            "pairs_verified_tonight": int(short.verified),
+        }
+
+
+def reranked():
+    """Whether the lists are re-ranked (``[neighbours] rerank``; a bad setting: no, CheckSettings names it)."""
+    try:
+        return config.neighbour_settings().rerank
+    except ConfigError:
+        return False

@@ -4,10 +4,12 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
+from pipeline.histograms import word_histograms
 from pipeline.output import Earlier, write_similarities
 from pipeline.records import SameRecord
-from pipeline.search import NeighbourSettings, NightSearch, why_full
+from pipeline.search import NeighbourSettings, NightSearch, gather_neighbours, why_full, write_neighbours
 from pipeline.verdicts import Judgements, Verdicts
+from pipeline.verify import Verifier, verify_pairs
 from pipeline.weighting import WeightedHistograms
 
 from .test_neighbours import brute_keys, changed_collection, random_counts, thirds
@@ -212,3 +214,119 @@ def test_judgements_hold_in_both_directions():
     assert [x.tolist() for x in judgements.partners(3)] == [[0], []]
     assert judgements.verdict(2, 0) == "right" and judgements.verdict(0, 3) == "wrong"
     assert judgements.verdict(1, 2) is None
+
+
+def window_words(rng, bases, vocabulary):
+    """One image's words on a 3 x 3 grid: a window of one of ``bases`` (5 x 5 grids of words) at a
+    random place, with a cell or two of other words (two windows of a base are views of one picture)."""
+    base = bases[rng.integers(len(bases))]
+    y, x = rng.integers(0, 3, size=2)
+    words = base[y : y + 3, x : x + 3].ravel().copy()
+    noisy = rng.choice(9, size=rng.integers(0, 3), replace=False)
+    words[noisy] = rng.integers(0, vocabulary, size=len(noisy))
+    return words
+
+
+def brute_force_ranked(lists, words, rows_words_ids, threshold, k, right=None):
+    """Each short list re-ranked, the rule spelled out pair by pair: the images whose pair scores
+    ``threshold`` or more (verified one pair at a time) or is judged right (``right``: {row: set}),
+    in the list's order, then the others in the list's order; the first k."""
+    ranked = []
+    for i, short in enumerate(lists):
+        scores = [verify_pairs(words, np.array([[i, j]]), np.ones(VOCABULARY), 3)[0][0] for j in short]
+        verified = [
+            np.float32(s) >= threshold or (right is not None and j in right.get(i, ())) for s, j in zip(scores, short)
+        ]
+        ranked.append([j for j, v in zip(short, verified) if v] + [j for j, v in zip(short, verified) if not v])
+    return np.array([r[:k] for r in ranked])
+
+
+VOCABULARY = 24
+
+
+@pytest.mark.parametrize("own", [None, 0, 1])  # same_record: keep, exclude, at_most 1
+def test_reranked_lists_equal_a_brute_force_in_full_sharded_and_incremental_nights(tmp_path, own):
+    rng = np.random.default_rng(7)
+    bases = rng.integers(0, VOCABULARY, size=(6, 5, 5))
+    words = {int(i): window_words(rng, bases, VOCABULARY) for i in rng.permutation(1000)[:50]}
+    k, width, threshold = 3, 12, np.float32(3.0)
+    rerank_settings = NeighbourSettings(k, same_record=settings(k, own).same_record, rerank=True, candidates=width)
+    weights, pairs, earlier_path = None, {}, None
+    nights = [(0, 0, 0, 4, 2), (0, 0, 0, 0, 0), (4, 3, 3, 3, 2), (0, 0, 0, 0, 0), (6, 2, 4, 2, 3)]
+    for night, (added, changed, removed, n_wrong, n_right) in enumerate(nights):
+        ids_now = np.array(sorted(words))
+        for i in rng.choice(ids_now, size=removed, replace=False):
+            del words[int(i)]
+        for i in rng.choice(np.array(sorted(words)), size=changed, replace=False):
+            words[int(i)] = window_words(rng, bases, VOCABULARY)
+        for i in 1000 + night * 100 + np.arange(added):
+            words[int(i)] = window_words(rng, bases, VOCABULARY)
+        versions = {i: hash(w.tobytes()) for i, w in words.items()}
+        ids = rng.permutation(np.array(sorted(words)))
+        grid = np.stack([words[int(i)] for i in ids]).astype(np.uint16)
+        counts = word_histograms(grid, VOCABULARY)
+        if weights is None:
+            weights = WeightedHistograms(counts, 9, ids, "tfidf", "cosine", power=1.0).weights
+        records = ids % 5
+        data = WeightedHistograms(counts, 9, ids, "tfidf", "cosine", weights=weights, power=0.5, records=records)
+        present = set(ids.tolist())
+        pairs = {p: r for p, r in pairs.items() if set(p) <= present}
+        for _ in range(n_wrong + n_right):
+            a, b = rng.choice(ids, size=2, replace=False)
+            pairs[tuple(sorted((int(a), int(b))))] = len(pairs) % 3 != 0
+        verdicts = as_verdicts(pairs)
+        judgements = verdicts.judgements(ids)
+        keys = np.array([f"{i} {versions[int(i)]}" for i in ids])
+
+        short, _ = brute_force_lists(counts, ids, width, pairs, "tfidf", "cosine", 0.5, weights, records, own)
+        raw_short, _ = brute_force_lists(counts, ids, width, {}, "tfidf", "cosine", 0.5, weights, records, own)
+        by_id = {int(i): p for p, i in enumerate(ids)}
+        right = {}
+        for (a, b), is_right in pairs.items():
+            if is_right:
+                right.setdefault(by_id[a], set()).add(by_id[b])
+                right.setdefault(by_id[b], set()).add(by_id[a])
+        expected = brute_force_ranked(short, grid, ids, threshold, k, right)
+        expected_raw = brute_force_ranked(raw_short, grid, ids, threshold, k)
+
+        earlier = Earlier(earlier_path, ids, keys) if earlier_path else None
+        reason = why_full(earlier=earlier, recorded_basis="same", basis="same")
+
+        def search(reason=reason, earlier=earlier, grid=grid, data=data, judgements=judgements):
+            known = earlier.known_scores() if earlier is not None and reason is None else None
+            verifier = Verifier(grid, np.ones(VOCABULARY), known=known)
+            return NightSearch(data, rerank_settings, judgements, earlier, reason, verifier)
+
+        tonight, full = search().lists(), search("--full", None).lists()
+        shard_paths = []
+        for s, part in enumerate(thirds(len(ids))):
+            shard_paths.append(tmp_path / f"night-{night}-shard-{s}.h5")
+            write_neighbours(shard_paths[-1], search().lists(part), {})
+        gathered = gather_neighbours(shard_paths, len(ids), width)
+        for found in (tonight, full, gathered):
+            got, _, got_raw, _ = found.ranked(k, threshold, judgements)
+            np.testing.assert_array_equal(got, expected, err_msg=f"night {night}")
+            np.testing.assert_array_equal(got_raw, expected_raw[found.judged], err_msg=f"night {night}")
+        np.testing.assert_array_equal(tonight.scores, full.scores)
+        if night in (1, 3):  # nothing changed: every score was known
+            assert tonight.verified == 0 and gathered.verified == 0
+        assert full.verified > 0
+        reranked = (got != short[:, :k]).any(axis=1)
+        if night == 0:
+            assert reranked.any()  # the test is about something: some lists moved
+
+        got, got_d, raw, raw_d = gathered.ranked(k, threshold, judgements)
+        earlier_path = tmp_path / f"night-{night}.hdf5"
+        write_similarities(
+            earlier_path,
+            ids,
+            ids.astype(str),
+            ids.astype(str),
+            got,
+            got_d,
+            {"digest": str(night)},
+            keys=keys,
+            raw=(gathered.judged, raw, raw_d),
+            verdicts=verdicts,
+            short=gathered,
+        )

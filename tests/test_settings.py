@@ -84,6 +84,8 @@ def test_a_stages_identity_takes_the_significant_values_only():
         "metric": "cosine",
         "power": 0.5,
         "same_record": "keep",
+        "rerank": settings.Neighbours.rerank,
+        "candidates": 50,
     }  # shards and method do not change the lists
     assert settings.Neighbours(shards=4, method="balltree").identity() == shipped.identity()
     assert settings.Lock().identity() == {}
