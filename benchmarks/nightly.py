@@ -56,7 +56,8 @@ from pipeline.settings import MAX_ASSIGN
 from pipeline.store import FeatureStore
 from pipeline.verdicts import COLUMNS as VERDICT_COLUMNS
 from pipeline.verdicts import check_verdicts
-from pipeline.weighting import WeightedHistograms, counts_weights
+from pipeline.verify import Verifier
+from pipeline.weighting import IDF_SCALE, WeightedHistograms, counts_weights
 
 from .cms import URLS
 from .common import StagePeak, Timer, add_record_option, peak_rss_mb, recording, report
@@ -142,9 +143,11 @@ def first_run(stages, ids, keys, words, engine, database, destination, folder, n
     data, _ = stages.run("first: weighting", lambda: weigh(counts, ids, weights))
     rows = verdict_rows(np.random.default_rng(5), ids, n_verdicts, "2026-01-01")
     honoured = check_verdicts(rows, ids, k=K)[0]
-    search = NightSearch(data, SETTINGS, honoured.judgements(ids), why_full=why_full())
+    verifier = Verifier(cells_of(counts), verification_weights(counts)) if SETTINGS.rerank else None
+    search = NightSearch(data, SETTINGS, honoured.judgements(ids), why_full=why_full(), verifier=verifier)
     lists, full = stages.run("first: neighbours, full", lambda: search.lists())
-    nearest, distances = lists.assembled()
+    threshold = verification_threshold(lists)
+    nearest, distances, raw, raw_distances = lists.ranked(K, threshold, honoured.judgements(ids))
     stages.run(
         "first: similarities.hdf5",
         lambda: output.write_similarities(
@@ -156,8 +159,9 @@ def first_run(stages, ids, keys, words, engine, database, destination, folder, n
             distances,
             {"digest": "first", "basis": basis(words)},
             keys=keys,
-            raw=(lists.judged, lists.raw[lists.judged], lists.raw_distances[lists.judged]),
+            raw=(lists.judged, raw, raw_distances),
             verdicts=honoured,
+            short=lists if SETTINGS.rerank else None,
         ),
     )
     stages.run(
@@ -171,7 +175,18 @@ def first_run(stages, ids, keys, words, engine, database, destination, folder, n
             f"first: {database} load, every row",
             lambda: cms.load_lists(engine, destination, output.read_similarities(first_path), "first", "2026-01-01"),
         )
-    return full, weights, rows
+    return full, weights, rows, threshold, verification_weights(counts)
+
+
+def verification_weights(counts):
+    """The words' idf in the simulated collection, as the verification weighs them (``Verifier.of_codebook``)."""
+    return counts_weights(counts, "tfidf") / IDF_SCALE
+
+
+def verification_threshold(lists):
+    """The score a simulated run's pairs must reach to be verified (its words are synthetic: no
+    self-check sets it): the 99th percentile of its short lists' scores, or None without re-ranking."""
+    return float(np.quantile(lists.scores, 0.99)) if lists.scores is not None else None
 
 
 def descriptors_codebook(blocks, words, seed=0):
@@ -304,7 +319,7 @@ def search_night(stages, images, added, changed, removed, words, database, check
     first_histograms = os.path.join(tmp, "first-histograms.h5")
     try:
         # the first full run, its memory freed on return: the night starts from its files
-        full, weights, first_verdicts = first_run(
+        full, weights, first_verdicts, threshold, idf = first_run(
             stages, ids, keys, words, engine, database, destination, tmp, n_verdicts
         )
         # the night: images removed, changed and added
@@ -348,12 +363,15 @@ def search_night(stages, images, added, changed, removed, words, database, check
         )
         judgements = honoured.judgements(night_ids)
         reason = why_full(earlier=earlier, recorded_basis=read_attrs(first_path)["basis"], basis=basis(words))
+        verifier = None
+        if SETTINGS.rerank:
+            verifier = Verifier(night_words, idf, known=earlier.known_scores() if reason is None else None)
         lists, night = stages.run(
             f"night: neighbours, {'full' if reason else 'incremental'}",
-            lambda: NightSearch(night_data, SETTINGS, judgements, earlier, reason).lists(),
+            lambda: NightSearch(night_data, SETTINGS, judgements, earlier, reason, verifier).lists(),
         )
         night_data = None  # the search released, as by the pipeline's Similarities before the write
-        night_nearest, night_distances = lists.assembled()
+        night_nearest, night_distances, night_raw, night_raw_distances = lists.ranked(K, threshold, judgements)
         queried = lists.queried
         stages.run(
             "night: similarities.hdf5",
@@ -367,8 +385,9 @@ def search_night(stages, images, added, changed, removed, words, database, check
                 {"digest": "night", "basis": basis(words)},
                 keys=night_keys,
                 earlier=earlier,
-                raw=(lists.judged, lists.raw[lists.judged], lists.raw_distances[lists.judged]),
+                raw=(lists.judged, night_raw, night_raw_distances),
                 verdicts=honoured,
+                short=lists if SETTINGS.rerank else None,
             ),
         )
         written = output.read_similarities(night_path)
@@ -390,9 +409,10 @@ def search_night(stages, images, added, changed, removed, words, database, check
             rows = np.random.default_rng(3).choice(len(night_ids), int(check), replace=False)
             rows = np.union1d(rows, judgements.rows)
         check_data = weigh(histograms.load_counts(histograms_path)[1], night_ids, weights)
-        full_search = NightSearch(check_data, SETTINGS, judgements, why_full=why_full(full=True))
+        verifier = Verifier(night_words, idf) if SETTINGS.rerank else None
+        full_search = NightSearch(check_data, SETTINGS, judgements, why_full=why_full(full=True), verifier=verifier)
         expected, _ = stages.run(f"check: {len(rows)} rows searched in full", lambda: full_search.lists(rows))
-        expected, expected_d = expected.assembled()
+        expected, expected_d = expected.ranked(K, threshold, judgements)[:2]
         identical = bool(
             np.array_equal(expected, night_nearest[rows]) and np.array_equal(expected_d, night_distances[rows])
         )
@@ -418,6 +438,7 @@ def search_night(stages, images, added, changed, removed, words, database, check
         changed_lists=int(written["changed"].sum()),
         night_load=load,
         reused_histograms=int(reused),
+        pairs_verified=int(lists.verified),
         identical=identical,
         checked_rows=len(rows),
     )

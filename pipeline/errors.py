@@ -28,6 +28,7 @@ NAMES = {
     "codebook_size": "[codebook] size",
     "k": "[neighbours] k",
     "same_record": "[neighbours] same_record",
+    "candidates": "[neighbours] candidates",
     "verdicts_table": "[verdicts] table",
     "verdicts_csv": "[verdicts] csv",
     "fingerprint": "[collection] fingerprint",

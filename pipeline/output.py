@@ -263,6 +263,11 @@ class Earlier:
         previous[now[kept]] = now[at[kept]]
         return previous
 
+    @property
+    def width(self):
+        """The length of the earlier lists the search starts from (the short lists', with re-ranking)."""
+        return self._lists[1].shape[1]
+
     def known_scores(self):
         """The verification scores of the earlier short lists' pairs whose images are both unchanged:
         (codes, scores) over the positions now, codes increasing (``pipeline.verify.pair_codes``),

@@ -13,7 +13,7 @@ import h5py
 import numpy as np
 
 from .codebook import Codebook
-from .errors import ArtifactError
+from .errors import ArtifactError, named
 from .h5io import read_attrs
 from .histograms import load_assign, load_counts, load_words
 from .inverted import InvertedFile
@@ -250,6 +250,8 @@ class NightSearch:
             raise ValueError("re-ranking needs a Verifier")
         self.judgements = judgements if judgements is not None else Judgements(len(data), [], [], [])
         self.earlier = None
+        if why_full is None and earlier.width != settings.width(len(data)):
+            self.why_full = why_full = f"the short lists' length changed (fewer images than {named('candidates')})"
         if why_full is None:
             judged = len(self.judgements) > 0  # the lists under the verdicts are wanted only then
             self.earlier = (

@@ -245,7 +245,8 @@ class Verifier:
         worked_out : int
             Pairs verified now (the others were known).
         """
-        lists = np.asarray(lists, dtype=np.int64).reshape(len(rows), -1)
+        lists = np.asarray(lists, dtype=np.int64)
+        lists = lists.reshape(len(rows), lists.shape[-1] if lists.ndim == 2 else -1)
         scores = np.zeros(lists.shape)
         wanted = lists >= 0
         if self.known is not None and len(self.known[0]):

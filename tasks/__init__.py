@@ -8,9 +8,10 @@ web app; see their modules).
 """
 
 from .atlas import Map, MapLayout
-from .checks import Evaluate, SelfCheck
+from .checks import SelfCheck
 from .config import cms, codebook, collection, ids, neighbours, paths, reduction, resnet, verdicts
 from .copies import Copies
+from .evaluation import Evaluate
 from .extraction import Calibration, Features, FeatureShard
 from .fitting import Codebook, Reducer
 from .histograms import Histograms, HistogramShard

@@ -1,5 +1,5 @@
-"""The checks of a run's neighbours (the evaluation against labels, the self-check with altered
-copies), and the index of the last run that they and the query command read."""
+"""The checks of a run: the self-check with altered copies (which sets the verification's threshold),
+and what checks and queries share."""
 
 import logging
 import os
@@ -7,20 +7,17 @@ import tempfile
 
 import luigi
 
-from pipeline import backends, collection, evaluation, verdicts
-from pipeline.output import read_similarities
+from pipeline import backends, collection
 from pipeline.query import SimilarityIndex
 from pipeline.report import read_json, write_json
 from pipeline.selfcheck import self_check
 
-from . import config, inputs
+from . import config
 from .base import Stage, artifacts_writable
 from .extraction import Features, decoding
 from .fitting import Codebook, Reducer
 from .histograms import Histograms
 from .inventory import Inventory
-from .neighbours import Similarities
-from .verdicts import Verdicts
 
 logger = logging.getLogger("luigi-interface")
 
@@ -41,45 +38,6 @@ class RunCheck(Stage):
         identity = {"settings": self.settings(), "digest": self.made_identity()}
         with artifacts_writable():
             write_json(self.output().path, {"date": self.date.isoformat(), **result, **identity})
-
-
-class Evaluate(RunCheck):
-    """``luigi --module tasks Evaluate --local-scheduler``: this run's raw lists (before the verdicts
-    are applied, so that they never score themselves) against ``[evaluate] labels`` (precision,
-    recall and mAP) and against the verdicts, into ``<artifacts>/evaluation.json``."""
-
-    filename = "evaluation.json"
-    sections = ("evaluate", "verdicts")
-
-    def requires(self):
-        required = {"similarities": Similarities(**self.run_args()), "verdicts": Verdicts(date=self.date)}
-        if config.evaluate().labels.strip():
-            required["labels"] = inputs.LabelsFile(date=self.date, path=config.evaluate().labels)
-        return required
-
-    def settings(self):
-        """The labels file, by its path, size and time."""
-        try:
-            labels = os.stat(config.evaluate().labels) if config.evaluate().labels.strip() else None
-        except OSError:  # LabelsFile names it
-            return {"labels": None}
-        return {"labels": labels and [os.path.abspath(config.evaluate().labels), labels.st_size, labels.st_mtime_ns]}
-
-    def run(self):
-        labels = None
-        if "labels" in self.input():
-            labels = evaluation.read_labels(self.input()["labels"].path)
-        honoured = None
-        if config.verdict_source()[0] != "none":
-            honoured = verdicts.load_verdicts(self.input()["verdicts"].path)[0]
-        result = read_similarities(self.input()["similarities"].path)
-        self.write(evaluation.score_night(result, labels, honoured, config.evaluate().labels))
-
-
-def latest_index():
-    """The :class:`~pipeline.query.SimilarityIndex` of the artifacts the last run left."""
-    stages = (Features, Reducer, Codebook, Histograms, Similarities)
-    return SimilarityIndex.load(*(os.path.join(config.paths().artifacts, stage.filename) for stage in stages))
 
 
 def query_extractor(spec, folder, batch_size=None):

@@ -16,6 +16,7 @@ from pipeline.verdicts import load_verdicts
 
 from . import config
 from .base import ArtifactTask, Progress, settings_digest
+from .checks import SelfCheck
 from .extraction import Features
 from .fitting import Codebook
 from .histograms import Histograms
@@ -127,8 +128,6 @@ class Similarities(NeighbourInputs):
         n = config.shards("neighbours")
         required = {**self.inputs(), "shards": [NeighbourShard(**self.run_args(), shard=i, shards=n) for i in range(n)]}
         if reranked():
-            from .checks import SelfCheck  # the self-check needs no lists: it sets the verification's threshold
-
             required["selfcheck"] = SelfCheck(**self.run_args())
         return required
 

@@ -18,8 +18,9 @@ from pipeline.verdicts import load_verdicts
 from . import config
 from .atlas import Map, MapLayout
 from .base import RunInput, RunTask, artifacts_writable
-from .checks import Evaluate, SelfCheck
+from .checks import SelfCheck
 from .copies import Copies, copies_wanted
+from .evaluation import Evaluate
 from .extraction import Features
 from .fitting import Codebook, Reducer
 from .histograms import Histograms

@@ -16,11 +16,12 @@ from pipeline.errors import PipelineError
 from pipeline.features import extract
 
 from . import config
-from .checks import latest_index, query_extractor
+from .checks import query_extractor
+from .evaluation import latest_index
 
 
 class Querier:
-    """The last run's index (:func:`~tasks.checks.latest_index`) and its model, kept between
+    """The last run's index (:func:`~tasks.evaluation.latest_index`) and its model, kept between
     queries: the model is built at the first query of a file and its decoder processes stay up
     until :meth:`close`. The command makes one per call; the web app keeps one."""
 

@@ -20,7 +20,7 @@ from webapp import ServeSettings, Site, create_app
 from webapp.security import Users
 
 from . import config, inputs, settings
-from .checks import latest_index
+from .evaluation import latest_index
 from .query import Querier
 from .verdict import judge
 

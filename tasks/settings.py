@@ -10,7 +10,7 @@ from pipeline.errors import ConfigError
 from pipeline.model import layer_side, unknown_layer_message
 from pipeline.settings import SECTIONS
 
-from .config import cms, copies, ids, read, resnet, selfcheck, verdict_source, verdicts
+from .config import cms, copies, ids, neighbours, read, resnet, selfcheck, verdict_source, verdicts
 
 
 def settings_problem(sections=None):
@@ -92,6 +92,15 @@ def _copies():
     return None
 
 
+def _rerank():
+    if neighbours().rerank == "on" and selfcheck().sample == 0:
+        return (
+            "[neighbours] rerank = on needs the self-check (it sets the verification's threshold); "
+            "set [selfcheck] sample above 0, or rerank = off"
+        )
+    return None
+
+
 #: The settings that must agree with each other: (the section whose tasks need them, the sections
 #: read, the check). A run checks those of the sections its tasks read.
 AGREEMENTS = (
@@ -99,4 +108,5 @@ AGREEMENTS = (
     ("cms", ("cms", "ids"), _cms_url),
     ("verdicts", ("verdicts", "cms"), _verdicts),
     ("copies", ("copies", "selfcheck", "cms", "verdicts"), _copies),
+    ("neighbours", ("neighbours", "selfcheck"), _rerank),
 )

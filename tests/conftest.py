@@ -95,6 +95,7 @@ def pipeline_config(root, **overrides):
         "images": {"decode_processes": 1},  # the tests run on every core already (make test)
         "progress": {"interval": 0},  # a progress line after every batch
         "selfcheck": {"sample": 0},  # model work: only where a test asks for it
+        "neighbours": {"rerank": "off"},  # it needs the self-check
         "copies": {"threshold": "off"},  # the threshold comes from the self-check
         "retcode": {
             "already_running": 10,

@@ -18,7 +18,7 @@ from .test_neighbours import brute_keys, changed_collection, random_counts, thir
 def settings(k, own=None, method="auto"):
     """The NeighbourSettings of ``k`` neighbours, at most ``own`` of the image's own record (None: no limit)."""
     same_record = SameRecord() if own is None else SameRecord("at_most", own) if own else SameRecord("exclude")
-    return NeighbourSettings(k, same_record=same_record, method=method)
+    return NeighbourSettings(k, same_record=same_record, method=method, rerank=False)
 
 
 def brute_force_lists(counts, ids, k, verdicts, weighting, metric, power, weights, records=None, own=None):
