@@ -7,13 +7,19 @@ import itertools
 import logging
 import time
 
+import numpy as np
+
 from . import evaluation
 from .codebook import DEFAULT_SAMPLE_SIZE, check_size, fit_codebook
-from .histograms import DEFAULT_ASSIGN, compute_histograms
-from .neighbours import query_neighbours, sparse_neighbours
-from .query import word_counts
+from .histograms import DEFAULT_ASSIGN, compute_histograms, word_histograms
+from .neighbours import sparse_neighbours
+from .query import query_words
 from .reduction import DEFAULT_DESCRIPTORS, DEFAULT_REDUCED, DEFAULT_SAMPLE_IMAGES, DEFAULT_VARIANCE, fit_reducer
+from .search import NeighbourSettings, NightSearch
+from .selfcheck import check_copies
+from .settings import Neighbours
 from .verdicts import verdict_scores
+from .verify import Verifier
 from .weighting import DEFAULT_POWER, Distance, WeightedHistograms
 
 logger = logging.getLogger(__name__)
@@ -33,6 +39,7 @@ COLUMNS = (
     ("weighting", "weighting", "{}"),
     ("power", "power", "{}"),
     ("metric", "metric", "{}"),
+    ("rerank", "rerank", "{}"),
     ("stop", "stop", "{}"),
     ("map", "mAP", "{:.3f}"),
     ("precision_at_1", "P@1", "{:.3f}"),
@@ -84,6 +91,8 @@ class Scorer:
         The codebook's (``[codebook]``).
     k : int
         Neighbours scored per image.
+    candidates : int
+        The short list's length of the configurations with ``rerank = on`` (``[neighbours] candidates``).
     """
 
     def __init__(
@@ -102,12 +111,14 @@ class Scorer:
         sample_size=DEFAULT_SAMPLE_SIZE,
         seed=0,
         k=5,
+        candidates=Neighbours.candidates,
     ):
+        self.candidates = candidates
         self.blocks, self.ids, self.keys, self.records = blocks, ids, keys, records
         self.labels, self.verdicts, self.copies, self.copy_features = labels, verdicts, copies, copy_features
         self.variance, self.sample_images, self.reduction_seed = variance, sample_images_, reduction_seed
         self.sample_size, self.seed, self.k = sample_size, seed, k
-        self.reducers, self.codebooks, self.counts, self.copy_counts = {}, {}, {}, {}
+        self.reducers, self.codebooks, self.counts, self.words, self.copy_words = {}, {}, {}, {}, {}
 
     @staticmethod
     def made(config):
@@ -144,7 +155,8 @@ class Scorer:
         reducer, codebook = self.fitted(key)
         blocks = self.blocks(key[0])
         if key not in self.counts:
-            self.counts[key] = compute_histograms(blocks, self.keys, reducer, codebook, config["assign"])[0]
+            counts, _, self.words[key] = compute_histograms(blocks, self.keys, reducer, codebook, config["assign"])
+            self.counts[key] = counts
         data = WeightedHistograms.from_codebook(
             self.counts[key],
             blocks.n_local(),
@@ -157,13 +169,38 @@ class Scorer:
         return data, reducer, codebook
 
     def copy_distances(self, config, data, reducer, codebook):
-        """The self-check's result at ``config`` (with ``first_distances``)."""
+        """The self-check's result at ``config`` (:func:`pipeline.selfcheck.check_copies`, with
+        ``first_distances`` and the verification's threshold)."""
         descriptors, decoded, errors = self.copy_features(self.made(config))
         key = self.key(config)
-        if key not in self.copy_counts:  # once per codebook and assignment
-            self.copy_counts[key] = word_counts(descriptors, reducer, codebook, config["assign"])
-        found, distances = query_neighbours(data, self.copy_counts[key], k=self.k)
-        return self.copies.score(found, decoded, errors, self.ids, distances)
+        if key not in self.copy_words:  # once per codebook and assignment
+            self.copy_words[key] = query_words(descriptors, reducer, codebook, config["assign"]) if decoded else None
+        counts = verifier = None
+        if decoded:
+            counts = word_histograms(self.copy_words[key], codebook.size)
+            verifier = self.verifier(config, codebook, self.copy_words[key])
+        rerank = config.get("rerank", "off") == "on"
+        return check_copies(
+            self.copies, decoded, errors, self.ids, data, counts, verifier, self.k, self.candidates, rerank
+        )
+
+    def verifier(self, config, codebook, more=None):
+        """The Verifier of the collection's images at ``config`` (and, after them, of the images of words ``more``)."""
+        words = self.words[self.key(config)]
+        return Verifier.of_codebook(
+            words if more is None else np.concatenate([words, more]), codebook, config["assign"]
+        )
+
+    def neighbours(self, config, data, codebook, check=None):
+        """The lists of ``config``: the k nearest, or with ``rerank = on`` the short lists re-ranked
+        with the threshold of the self-check ``check`` (as a run finds them)."""
+        if config.get("rerank", "off") != "on":
+            return sparse_neighbours(data, k=self.k)[0]
+        if check is None or check["verification"]["threshold"] is None:
+            raise ValueError("rerank = on needs the self-check's threshold: give the scorer altered copies")
+        settings = NeighbourSettings(self.k, data.distance, rerank=True, candidates=self.candidates)
+        search = NightSearch(data, settings, why_full="compared", verifier=self.verifier(config, codebook))
+        return search.lists().ranked(self.k, check["verification"]["threshold"], search.judgements)[0]
 
     def score(self, config):
         """The row of ``config``: its settings; ``size``, the number of words, and ``codebook``,
@@ -174,7 +211,8 @@ class Scorer:
         ``seconds``, what it took (the fits it made among them)."""
         started = time.monotonic()
         data, reducer, codebook = self.weighted(config)
-        nearest, _ = sparse_neighbours(data, k=self.k)
+        check = self.copy_distances(config, data, reducer, codebook) if self.copies is not None else None
+        nearest = self.neighbours(config, data, codebook, check)
         auto = str(config["size"]).strip().lower() == "auto"
         row = {**config, "size": codebook.size, "codebook": f"{codebook.size} (auto)" if auto else str(codebook.size)}
         if self.labels is not None:
@@ -186,8 +224,7 @@ class Scorer:
             for key in ("right_found", "judged_right"):
                 if judged[key] is not None:
                     row[f"verdict_{key}"] = judged[key]
-        if self.copies is not None:
-            check = self.copy_distances(config, data, reducer, codebook)
+        if check is not None:
             row.update(selfcheck_top1=check["top1"], selfcheck_top5=check["top5"])
         row["seconds"] = round(time.monotonic() - started, 2)
         logger.info("compared %s", row)

@@ -160,10 +160,9 @@ class SimilarityIndex:
     def verifier(self, descriptors):
         """The :class:`~pipeline.verify.Verifier` of the collection's images and, after them (positions
         from ``len(self.images)``), the images of ``descriptors`` (ndarray of shape (n, n_local, c))."""
-        words = histograms.load_words(self.histograms_path)
-        restored = store.dequantize(*store.quantize(descriptors))
-        new = histograms.assign_words(restored, self.reducer, self.codebook, self.assign).astype(words.dtype)
-        return Verifier.of_codebook(np.concatenate([words, new]), self.codebook, self.assign)
+        new = query_words(descriptors, self.reducer, self.codebook, self.assign)
+        words = np.concatenate([histograms.load_words(self.histograms_path), new])
+        return Verifier.of_codebook(words, self.codebook, self.assign)
 
     def query(self, descriptors, k=5):
         """The k nearest collection images of each image's descriptors.
@@ -224,5 +223,12 @@ def word_counts(descriptors, reducer, codebook, assign=histograms.DEFAULT_ASSIGN
     -------
     counts : csr_matrix of shape (n, K), int32
     """
+    return histograms.word_histograms(query_words(descriptors, reducer, codebook, assign), codebook.size)
+
+
+def query_words(descriptors, reducer, codebook, assign=histograms.DEFAULT_ASSIGN):
+    """Each new image's words per cell (after the feature store's 8-bit coding, as the collection's),
+    in the type histograms.h5 keeps them: ndarray of shape (n, n_local * assign)."""
     restored = store.dequantize(*store.quantize(descriptors))
-    return histograms.word_histograms(histograms.assign_words(restored, reducer, codebook, assign), codebook.size)
+    words = histograms.assign_words(restored, reducer, codebook, assign)
+    return words.astype(histograms.word_type(codebook.size))

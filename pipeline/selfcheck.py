@@ -16,7 +16,7 @@ from .blocks import sample_images
 from .errors import ImageError
 from .features import extract
 from .images import reason_of
-from .neighbours import nearest_neighbours
+from .neighbours import nearest_neighbours, query_neighbours
 from .search import rerank as rerank_lists
 
 #: The share of the hard negatives whose verification score may reach the threshold.
@@ -181,10 +181,11 @@ class Copies:
         return result
 
 
-def verification_threshold(index, verifier, found, originals, rate=FALSE_POSITIVE_RATE):
+def verification_threshold(data, verifier, found, originals, rate=FALSE_POSITIVE_RATE):
     """The score that ``rate`` of the self-check's hard negatives reach: the pairs of each copy with
     its short list ``found`` but its original and the original's HARD_SKIP nearest (another view
-    of the same picture is no negative). The copies are ``verifier``'s images after the collection's.
+    of the same picture is no negative). The copies are ``verifier``'s images after those of the
+    collection (``data``, its WeightedHistograms).
 
     Returns
     -------
@@ -192,9 +193,9 @@ def verification_threshold(index, verifier, found, originals, rate=FALSE_POSITIV
         The least score at or above the (1 - rate) quantile of the negatives' scores (inf when there are none).
     negatives : int
     """
-    n = len(index.images)
+    n = len(data)
     unique = np.unique(originals)
-    near = nearest_neighbours(index.histograms, min(HARD_SKIP, n - 1), rows=unique)[0] if len(unique) else None
+    near = nearest_neighbours(data, min(HARD_SKIP, n - 1), rows=unique)[0] if len(unique) else None
     skip = {int(o): {int(o), *near[i].tolist()} for i, o in enumerate(unique)}
     hard = [(n + q, int(x)) for q in range(len(found)) for x in found[q] if int(x) not in skip[int(originals[q])]]
     pairs = np.array(hard, dtype=np.int64).reshape(-1, 2)
@@ -202,6 +203,51 @@ def verification_threshold(index, verifier, found, originals, rate=FALSE_POSITIV
         return np.inf, 0
     scores = verifier.scores(pairs[:, 0], pairs[:, 1:])[0][:, 0]
     return float(np.quantile(scores, 1 - rate, method="higher")), len(pairs)
+
+
+def check_copies(copies, decoded, errors, ids, data, counts, verifier, k=5, candidates=50, rerank=False):
+    """How often the altered copies found their original, by distance and re-ranked (see :func:`self_check`).
+
+    Parameters
+    ----------
+    copies : Copies
+    decoded, errors
+        From :meth:`Copies.extract`.
+    ids : ndarray
+        Database IDs of the collection's images.
+    data : pipeline.weighting.WeightedHistograms
+        The collection, weighted and compared as its lists are.
+    counts : sparse matrix of shape (len(decoded), K)
+        The copies' word counts (``pipeline.query.word_counts``).
+    verifier : pipeline.verify.Verifier
+        Over the collection's images' words and, after them, the copies'.
+    k, candidates, rerank
+        As :func:`self_check`.
+    """
+    n, width = len(data), max(k, min(candidates, len(data) - 1))
+    if decoded:
+        found, distances = query_neighbours(data, counts, k=width)
+        originals = np.array([copies.originals[c] for c in decoded], dtype=np.int64)
+        scores = verifier.scores(n + np.arange(len(decoded)), found)[0]
+        threshold, negatives = verification_threshold(data, verifier, found, originals)
+        ranked = rerank_lists(found, distances, scores >= threshold, k)
+    else:
+        found = distances = np.empty((0, width), dtype=np.int64)
+        threshold, negatives, ranked = np.inf, 0, (found[:, :k], distances[:, :k])
+    by_distance = copies.score(found[:, :k], decoded, errors, ids, distances[:, :k])
+    reranked = copies.score(*ranked[:1], decoded, errors, ids)
+    result, other = (reranked, by_distance) if rerank else (by_distance, reranked)
+    result["first_distances"] = by_distance.get("first_distances", [])  # the copies' threshold: by distance
+    result["reranked" if not rerank else "by_distance"] = {
+        name: other[name] for name in ("top1", "top5", "per_alteration")
+    }
+    result["verification"] = {
+        "threshold": threshold if np.isfinite(threshold) else None,
+        "rate": FALSE_POSITIVE_RATE,
+        "hard_negatives": negatives,
+        "candidates": width,
+    }
+    return result
 
 
 def self_check(index, extractor, image_paths, dest, sample=50, seed=0, k=5, candidates=50, rerank=False):
@@ -235,30 +281,11 @@ def self_check(index, extractor, image_paths, dest, sample=50, seed=0, k=5, cand
     """
     copies = Copies(image_paths, dest, sample, seed)
     descriptors, decoded, errors = copies.extract(extractor)
-    n, width = len(index.images), max(k, min(candidates, len(index.images) - 1))
-    if decoded:
-        found, distances = index.query(descriptors, k=width)
-        verifier = index.verifier(descriptors)
-        originals = np.array([copies.originals[c] for c in decoded], dtype=np.int64)
-        scores = verifier.scores(n + np.arange(len(decoded)), found)[0]
-        threshold, negatives = verification_threshold(index, verifier, found, originals)
-        ranked = rerank_lists(found, distances, scores >= threshold, k)
-    else:
-        found = distances = np.empty((0, width), dtype=np.int64)
-        threshold, negatives, ranked = np.inf, 0, (found[:, :k], distances[:, :k])
-    by_distance = copies.score(found[:, :k], decoded, errors, index.images.ids, distances[:, :k])
-    reranked = copies.score(*ranked[:1], decoded, errors, index.images.ids)
-    result, other = (reranked, by_distance) if rerank else (by_distance, reranked)
-    result["first_distances"] = by_distance.get("first_distances", [])  # the copies' threshold: by distance
-    result["reranked" if not rerank else "by_distance"] = {
-        name: other[name] for name in ("top1", "top5", "per_alteration")
-    }
-    result["verification"] = {
-        "threshold": threshold if np.isfinite(threshold) else None,
-        "rate": FALSE_POSITIVE_RATE,
-        "hard_negatives": negatives,
-        "candidates": width,
-    }
+    counts = index.word_counts(descriptors) if decoded else None
+    verifier = index.verifier(descriptors) if decoded else None
+    ids = index.images.ids
+    result = check_copies(copies, decoded, errors, ids, index.histograms, counts, verifier, k, candidates, rerank)
+    threshold, negatives = result["verification"]["threshold"], result["verification"]["hard_negatives"]
     logger.info(
         "self-check: %d altered copies of %d images found their original first in %.1f%% and within %d in %.1f%% "
         "(chance %.2f%% / %.2f%%)",

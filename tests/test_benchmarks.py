@@ -227,11 +227,12 @@ def test_quality_benchmark_scores_the_shipped_defaults_beside_the_original(capsy
     # at int8, one trunk per image preparation, calibrated on the collection, for it and its altered copies
     assert len(list((tmp_path / "work").rglob("int8-*.xml"))) == (2 if precision == "int8" else 0)
     scores = figures["collections"]["tiny"]
-    for who in ("shipped", "original"):
+    flipped = f"shipped rerank={'off' if figures['defaults']['rerank'] == 'on' else 'on'}"
+    for who in ("shipped", "original", flipped):  # the shipped defaults with and without the verification
         assert set(scores[who]) == set(quality.MEASURES) and 0 <= scores[who]["map"] <= 1
     assert figures["shipped_beats_original"]["tiny"] == (scores["shipped"]["map"] >= scores["original"]["map"])
     rows = json.loads((tmp_path / "rows.json").read_text())["collections"][0]["rows"]
-    assert [r["name"] for r in rows] == ["shipped", "original"] and rows[1]["layer"] == "conv5_block3_3_conv"
+    assert [r["name"] for r in rows] == ["shipped", "original", flipped] and rows[1]["layer"] == "conv5_block3_3_conv"
     assert (rows[0]["colour"], rows[0]["trim"], rows[1]["colour"], rows[1]["trim"]) == ("grey", True, "rgb", False)
 
 
