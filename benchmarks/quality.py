@@ -326,7 +326,9 @@ def main(argv=None):
     parser.add_argument(
         "--collections",
         default=",".join(s.name for s in proxies.COLLECTIONS),
-        help="collections to score (default the five; also " + ", ".join(s.name for s in proxies.EXTRA) + ")",
+        help="collections to score (default the five; also "
+        + ", ".join(s.name for s in proxies.EXTRA + proxies.BOOKS)
+        + ")",
     )
     parser.add_argument("--grid", action="store_true", help="also each setting's alternatives, one at a time")
     parser.add_argument("--configs", help="also the configurations of this JSON file (a list of settings dicts)")
@@ -355,7 +357,7 @@ def main(argv=None):
     args.weights, args.seed, args.batch_size = resnet().weights, resnet().seed, resnet().batch_size
     args.precision = choose_precision(args.precision)[0] if args.precision else precision()[0]
     names = [n.strip() for n in args.collections.split(",") if n.strip()]
-    specs = [s for s in proxies.COLLECTIONS + proxies.EXTRA if s.name in names]
+    specs = [s for s in proxies.COLLECTIONS + proxies.EXTRA + proxies.BOOKS if s.name in names]
     unknown = set(names) - {s.name for s in specs}
     problems = [f"no collection {n!r}" for n in sorted(unknown)] + proxies.missing_sources(specs)
     if problems:

@@ -16,6 +16,7 @@ from .int8 import CALIBRATION_IMAGES
 from .neighbours import query_neighbours
 from .output import honoured_verdicts
 from .reduction import Reducer
+from .search import rerank
 from .verdicts import Judgements
 from .verify import Verifier
 from .weighting import Distance, WeightedHistograms
@@ -77,6 +78,8 @@ class SimilarityIndex:
         """The verdicts the run's lists honoured, over the positions of ``images``."""
         self.histograms_path = None
         """The run's histograms.h5, when it was read from one (:meth:`of_run`)."""
+        self.rerank = None
+        """(threshold, short list's length) of the run's re-ranked lists, or None: lists by distance."""
 
     @classmethod
     def load(cls, features, reducer, codebook, histograms_path, similarities):
@@ -111,7 +114,10 @@ class SimilarityIndex:
                     )
         judgements = honoured_verdicts(similarities).judgements(store.load_index(features).ids)
         distance = Distance.recorded(attrs["Similarities"])
-        return cls.of_run(features, reducer, codebook, histograms_path, distance, judgements)
+        index = cls.of_run(features, reducer, codebook, histograms_path, distance, judgements)
+        if "rerank_threshold" in attrs["Similarities"]:  # queries are ranked as the run's lists
+            index.rerank = (float(attrs["Similarities"]["rerank_threshold"]), int(attrs["Similarities"]["candidates"]))
+        return index
 
     @classmethod
     def of_run(cls, features, reducer, codebook, histograms_path, distance, judgements=None):
@@ -165,7 +171,8 @@ class SimilarityIndex:
         return Verifier.of_codebook(words, self.codebook, self.assign)
 
     def query(self, descriptors, k=5):
-        """The k nearest collection images of each image's descriptors.
+        """The k nearest collection images of each image's descriptors, re-ranked as the run's lists
+        were (:attr:`rerank`).
 
         Parameters
         ----------
@@ -177,7 +184,14 @@ class SimilarityIndex:
         neighbours : ndarray of shape (n, k), int64 positions in ``self.images``, nearest first
         distances : ndarray of shape (n, k), float64
         """
-        return query_neighbours(self.histograms, self.word_counts(descriptors), k=k)
+        counts = self.word_counts(descriptors)
+        if self.rerank is None:
+            return query_neighbours(self.histograms, counts, k=k)
+        threshold, candidates = self.rerank
+        n = len(self.images)
+        found, distances = query_neighbours(self.histograms, counts, k=max(k, min(candidates, n)))
+        scores = self.verifier(descriptors).scores(n + np.arange(len(found)), found)[0]
+        return rerank(found, distances, scores >= threshold, k)
 
     def describe(self, neighbours, distances, selves=None):
         """The neighbour lists as dicts: rank, id, ppn, filename, distance, similarity (percent), and

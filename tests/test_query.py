@@ -84,3 +84,36 @@ def test_a_judged_neighbour_of_a_collection_image_is_marked(collection, tmp_path
     other = tmp_path / "elsewhere.jpg"
     other.write_bytes(b"")
     assert query.positions_of([str(content / "PPN1" / "4.jpg"), str(other)], str(content)).tolist() == [4, -1]
+
+
+def test_a_query_is_re_ranked_as_the_runs_lists_were(tmp_path):
+    from pipeline.histograms import save_histograms
+    from pipeline.verify import Verifier
+
+    rng = np.random.default_rng(1)
+    centres = rng.normal(size=(4, 9, 16)) * 3  # four pictures, each cell its own content
+    raw = centres[np.arange(24) % 4] + rng.normal(size=(24, 9, 16))
+    descriptors = dequantize(*quantize(raw))
+    blocks = ArrayBlocks(descriptors)
+    ids, keys = np.arange(100, 124), np.array([f"k{i}" for i in range(24)])
+    index = FeatureIndex(ids, np.array(["1"] * 24), np.array([f"{i}.jpg" for i in range(24)]), keys, keys, ids, [])
+    reducer = Reducer(0.9).fit(blocks)
+    codebook = fit_codebook(blocks, reducer, size=20, sample_size=10_000, random_state=0)
+    counts, _, words = compute_histograms(blocks, keys, reducer, codebook)
+    save_histograms(tmp_path / "h.h5", keys, counts, 9, {}, words=words)
+    query = SimilarityIndex(
+        index, WeightedHistograms(counts, 9, ids, "tfidf", "cosine", power=0.5), reducer, codebook, None
+    )
+    query.histograms_path = tmp_path / "h.h5"
+    nearest, nearest_d = query.query(raw[[5]], k=12)  # by distance: the run's lists were not re-ranked
+    together = np.concatenate([words, words[[5]]])  # the query's words are the collection image's
+    scores = Verifier.of_codebook(together, codebook, 1).scores(np.array([24]), nearest)[0][0]
+    threshold = float(np.sort(scores)[-4])  # the four best pairs verified
+    query.rerank = (threshold, 12)
+    found, found_d = query.query(raw[[5]], k=6)
+    verified = scores >= threshold
+    expected = np.concatenate([nearest[0][verified], nearest[0][~verified]])[:6]
+    np.testing.assert_array_equal(found[0], expected)
+    np.testing.assert_array_equal(found_d[0], np.concatenate([nearest_d[0][verified], nearest_d[0][~verified]])[:6])
+    assert found[0, 0] == 5 and verified.sum() >= 4
+    assert not np.array_equal(found[0], nearest[0][:6])  # the verification moved some
