@@ -32,7 +32,7 @@ import tempfile
 import numpy as np
 
 from pipeline import evaluation
-from pipeline.copies import QUANTILE, copy_groups, known_sets, number_groups, selfcheck_threshold
+from pipeline.copies import QUANTILE, by_distance, copy_groups, known_sets, number_groups, selfcheck_threshold
 from pipeline.histograms import assign_words
 from pipeline.neighbours import nearest_neighbours, query_neighbours
 from pipeline.precision import choose_precision
@@ -179,7 +179,9 @@ def nights(data, nearest, distances, threshold, ids):
 
     def night(name, keys, known):
         with Timer() as t:
-            g = copy_groups(nearest, distances, threshold, data.subset, ids=ids, keys=keys, basis="b", known=known)
+            g = copy_groups(
+                nearest, distances, threshold, by_distance(data.subset), ids=ids, keys=keys, basis="b", known=known
+            )
         rows[name] = {"seconds": round(t.seconds, 4), "sets": g.sets, "regrouped": g.regrouped}
         return g
 
@@ -214,12 +216,12 @@ def score_collection(scorer, defaults):
     figures["selfcheck_first"] = len(check["first_distances"])
     for q in QUANTILES:
         threshold = selfcheck_threshold(check["first_distances"], q)
-        groups = copy_groups(nearest, distances, threshold, data.subset).groups
+        groups = copy_groups(nearest, distances, threshold, by_distance(data.subset)).groups
         figures["copies"][str(q)] = {"threshold": round(threshold, 6), **group_row(groups, labels, c.records)}
     figures["nights"] = nights(data, nearest, distances, selfcheck_threshold(check["first_distances"]), c.ids)
     figures["verification"] = verification(scorer, defaults, data, reducer, codebook, labels)
     for threshold in np.linspace(0.0, max(check["first_distances"], default=0.0), CURVE):
-        groups = copy_groups(nearest, distances, threshold, data.subset).groups
+        groups = copy_groups(nearest, distances, threshold, by_distance(data.subset)).groups
         figures["curve"].append({"threshold": round(float(threshold), 6), **group_row(groups, labels, c.records)})
     return figures
 

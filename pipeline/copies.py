@@ -1,11 +1,18 @@
 """Copies of one picture across the collection: groups of images closer than a threshold that
 cannot chain, numbered stably from one night to the next.
 
-Two images are linked when each is in the other's list within the threshold (unless one's
-whole list is: a blank page); a set of linked images is a group only when no two of its
+"Closer" is one of two measures. With re-ranked lists (``[neighbours] rerank = on``), it is the
+geometric verification (``pipeline.verify``): two images are as far apart as 1 / their pair's
+score, and the threshold is the self-check's verification threshold (:func:`by_verification`).
+Otherwise it is the distance of the histograms, and the threshold the ``QUANTILE`` of the
+distances at which the self-check's altered copies find their original (:func:`by_distance`);
+or a site's own.
+
+Two images are linked when each is in the other's list within the threshold, or one is in the
+other's (verified pairs: a verification is no nearest-neighbour accident), unless one's whole
+list is within it (a blank page); a set of linked images is a group only when no two of its
 images are farther apart than the threshold and no two were judged wrong, else complete
-linkage cuts it until every group holds to that. The threshold is the ``QUANTILE`` of the
-distances at which the self-check's altered copies find their original, or a site's own."""
+linkage cuts it until every group holds to that."""
 
 import dataclasses
 import hashlib
@@ -51,6 +58,41 @@ def selfcheck_threshold(distances, quantile=QUANTILE):
     return float(np.quantile(distances, quantile, method="lower"))  # a distance that was measured
 
 
+def by_distance(histograms):
+    """The ``pairwise`` of :func:`copy_groups` by the histograms' distance: ``histograms(rows)`` gives
+    the weighted histograms of the images at ``rows`` (``WeightedHistograms.subset``, or a partial read)."""
+
+    def pairwise(rows):
+        data = histograms(rows)
+        return lambda local: _pair_distances(data.subset(local), np.arange(len(local)))
+
+    return pairwise
+
+
+def by_verification(verifier):
+    """The ``pairwise`` of :func:`copy_groups` by geometric verification: two images are 1 / the
+    lesser score of their pair, either way round, apart (``pipeline.verify.Verifier`` of the collection)."""
+
+    def pairwise(rows):
+        def apart(local):
+            members = np.asarray(rows)[local]
+            m = len(members)
+            others = np.broadcast_to(members, (m, m))
+            scores = verifier.scores(members, others)[0]
+            return as_distance(np.minimum(scores, scores.T))
+
+        return apart
+
+    return pairwise
+
+
+def as_distance(scores):
+    """Verification scores as the distances of :func:`copy_groups`: 1 / score (inf for none)."""
+    scores = np.asarray(scores, dtype=np.float64)
+    with np.errstate(divide="ignore"):
+        return np.where(scores > 0, 1.0 / np.maximum(scores, 1e-300), np.inf)
+
+
 def _pair_distances(data, members):
     """The exact distances between the images at ``members`` (a square matrix)."""
     v = data.vectors[members]
@@ -64,8 +106,9 @@ def _pair_distances(data, members):
     return distances
 
 
-def linked_components(neighbours, distances, threshold, max_component=MAX_COMPONENT):
-    """The sets of images joined by mutual links within ``threshold`` (see the module).
+def linked_components(neighbours, distances, threshold, max_component=MAX_COMPONENT, mutual=True):
+    """The sets of images joined by links within ``threshold`` (see the module): mutual ones, or
+    (not ``mutual``) either way.
 
     Returns
     -------
@@ -79,11 +122,11 @@ def linked_components(neighbours, distances, threshold, max_component=MAX_COMPON
     n, k = neighbours.shape
     # an image whose whole list lies within the threshold has more near-identical images than a
     # list can show: a blank or uniform page far more often than a picture (benchmarks.copies)
-    crowded = (distances[:, -1] <= threshold) & (neighbours[:, -1] >= 0)
+    crowded = (distances <= threshold).all(axis=1) & (neighbours >= 0).all(axis=1)
     rows = np.repeat(np.arange(n), k)
     close = (distances.ravel() <= threshold) & (neighbours.ravel() >= 0) & ~np.repeat(crowded, k)
     linked = sp.csr_matrix((np.ones(int(close.sum()), dtype=np.int8), (rows[close], neighbours.ravel()[close])), (n, n))
-    _, component = connected_components(linked.multiply(linked.T), directed=False)
+    _, component = connected_components(linked.multiply(linked.T) if mutual else linked, directed=False)
     sizes = np.bincount(component, minlength=n)
     order = np.argsort(component, kind="stable")
     starts = np.concatenate([[0], np.cumsum(sizes)])
@@ -91,29 +134,31 @@ def linked_components(neighbours, distances, threshold, max_component=MAX_COMPON
     return [order[starts[c] : starts[c + 1]] for c in chosen], int(crowded.sum()), int((sizes > max_component).sum())
 
 
-def split_component(data, threshold, apart=()):
+def split_component(pair, threshold, apart=()):
     """The groups of one set of linked images: the whole set when no two of its images are
     farther apart than ``threshold`` and none of ``apart`` is in it, else complete linkage's cut.
 
     Parameters
     ----------
-    data : pipeline.weighting.WeightedHistograms
-        The histograms of the set's images (only theirs).
+    pair : ndarray of shape (m, m)
+        How far apart each two of the set's images are (its diagonal 0).
     apart : iterable of (int, int)
-        Pairs of positions of ``data`` judged wrong.
+        Pairs of the set's images (positions in it) judged wrong.
 
     Returns
     -------
     list of ndarray of int64
-        Positions of ``data`` of each group of two or more, increasing.
+        Positions in the set of each group of two or more, increasing.
     """
-    members = np.arange(len(data))
-    pair = _pair_distances(data, members)
+    members = np.arange(len(pair))
+    pair = np.array(pair, dtype=np.float64)
+    np.fill_diagonal(pair, 0.0)
     for a, b in apart:
         pair[a, b] = pair[b, a] = np.inf
     if pair.max() <= threshold:
         return [members]
-    cut = np.where(np.isinf(pair), 2 * threshold + 1.0, pair)  # linkage takes finite distances
+    finite = pair[np.isfinite(pair)]
+    cut = np.where(np.isinf(pair), 2 * max(threshold, finite.max()) + 1.0, pair)  # linkage takes finite distances
     labels = fcluster(linkage(squareform(cut, checks=False), method="complete"), t=threshold, criterion="distance")
     return [part for part in (members[labels == label] for label in np.unique(labels)) if len(part) >= 2]
 
@@ -151,13 +196,14 @@ def copy_groups(
     neighbours,
     distances,
     threshold,
-    histograms,
+    pairwise,
     wrong=(),
     ids=None,
     keys=None,
     basis="",
     known=None,
     max_component=MAX_COMPONENT,
+    mutual=True,
 ):
     """The groups of copies (see the module); only the sets of linked images not in ``known``
     are worked out, so a night's cost beyond one pass over the lists follows what changed.
@@ -167,11 +213,12 @@ def copy_groups(
     neighbours : ndarray of shape (n_images, k), int
         Each image's list, positions.
     distances : ndarray of shape (n_images, k), float
+        How far apart each image and its listed ones are (distances, or :func:`as_distance`).
     threshold : float
-    histograms : callable
-        ``histograms(positions)``: the WeightedHistograms the lists were found with, of the
-        images at ``positions`` (increasing) only, in that order; called once, with the images of
-        every set to work out (``WeightedHistograms.subset`` of the whole, or a partial read).
+    pairwise : callable
+        ``pairwise(positions)`` -> ``apart(local)``: how far apart each two of the images at
+        ``positions[local]`` are (a square matrix); called once, with the images of every set to
+        work out (:func:`by_distance`, :func:`by_verification`).
     wrong : iterable of (int, int)
         Pairs of positions judged wrong.
     ids, keys : ndarray of shape (n_images,), optional
@@ -181,12 +228,14 @@ def copy_groups(
     known : dict, optional
         Component key -> its groups as lists of IDs: an earlier night's (:func:`known_sets`).
     max_component : int
+    mutual : bool
+        Links need both images in the other's list (distances), or one (verified pairs).
 
     Returns
     -------
     Grouping
     """
-    components, crowded, left_out = linked_components(neighbours, distances, threshold, max_component)
+    components, crowded, left_out = linked_components(neighbours, distances, threshold, max_component, mutual)
     where = np.full(len(neighbours), -1, dtype=np.int64)
     for c, members in enumerate(components):
         where[members] = c
@@ -206,11 +255,10 @@ def copy_groups(
     todo = [c for c in range(len(components)) if c not in found]
     if todo:
         rows = np.sort(np.concatenate([components[c] for c in todo]))
-        data = histograms(rows)
+        apart_of = pairwise(rows)
         for c in todo:
-            local = np.searchsorted(rows, components[c])
-            sub = data.subset(local)
-            found[c] = [components[c][part] for part in split_component(sub, threshold, apart[c])]
+            pair = apart_of(np.searchsorted(rows, components[c]))
+            found[c] = [components[c][part] for part in split_component(pair, threshold, apart[c])]
     order = sorted((int(g[0]), c, g) for c in found for g in found[c])
     groups = [g for _, _, g in order]
     if crowded:
@@ -367,17 +415,20 @@ def spanning(rows):
     return {int(g): rows[rows["group"] == g] for g in records.index[records > 1]}
 
 
-def night_groups(result, threshold, source, histograms, basis, earlier, date):
-    """A night's groups of copies from its lists, numbered as the earlier night numbered them.
+def night_groups(result, threshold, source, pairwise, basis, earlier, date):
+    """A night's groups of copies from its lists, numbered as the earlier night numbered them:
+    from the short lists' verified pairs when the lists were re-ranked, else from the lists'
+    distances.
 
     Parameters
     ----------
     result : dict
         The night's similarities (:func:`pipeline.output.read_similarities`).
     threshold : float
-        The distance within which images are copies; ``source`` says where it came from.
-    histograms : callable
-        Rows (positions) -> their weighted histograms, for :func:`copy_groups`.
+        The verification score a pair of copies reaches (re-ranked lists), or the distance within
+        which images are copies; ``source`` says where it came from.
+    pairwise : callable
+        For :func:`copy_groups`: :func:`by_verification` or :func:`by_distance`, as the lists were made.
     basis : str
         What a set's groups depend on besides its images (the words, weights and distance).
     earlier : (Numbered, settled set keys) or None
@@ -394,13 +445,17 @@ def night_groups(result, threshold, source, histograms, basis, earlier, date):
     """
     ids, keys = result["ids"], result.get("keys", result["ids"].astype(str))
     at = pd.Index(ids)
-    listed = at.get_indexer(result["neighbours"].ravel()).reshape(result["neighbours"].shape)
+    verified = "candidates" in result
+    lists = result["candidates"] if verified else result["neighbours"]
+    listed = at.get_indexer(lists.ravel()).reshape(lists.shape)
+    apart = as_distance(result["candidate_scores"]) if verified else result["distances"]
+    within = 1.0 / threshold if verified else threshold
     verdicts = result["verdicts"]
     a, b = at.get_indexer(verdicts.image_id), at.get_indexer(verdicts.similar_image_id)
     wrong = [(x, y) for x, y, right in zip(a, b, verdicts.right) if x >= 0 and y >= 0 and not right]
     known = known_sets(*earlier) if earlier else {}
     grouping = copy_groups(
-        listed, result["distances"], threshold, histograms, wrong, ids=ids, keys=keys, basis=basis, known=known
+        listed, apart, within, pairwise, wrong, ids=ids, keys=keys, basis=basis, known=known, mutual=not verified
     )
     numbered = number_groups(
         grouping.groups,
@@ -415,6 +470,7 @@ def night_groups(result, threshold, source, histograms, basis, earlier, date):
     summary = {
         "threshold": threshold,
         "threshold_source": source,
+        "measure": "verification" if verified else "distance",
         "groups": len(grouping.groups),
         "images": int(sum(len(g) for g in grouping.groups)),
         "spanning_records": len(spanning(numbered.rows)),
@@ -425,12 +481,13 @@ def night_groups(result, threshold, source, histograms, basis, earlier, date):
         "regrouped": grouping.regrouped,
     }
     logger.info(
-        "%d groups of copies (%d images, %d spanning several records, %d new) within distance %.4g (%s); "
+        "%d groups of copies (%d images, %d spanning several records, %d new) at %s %.4g (%s); "
         "%d of %d sets of linked images worked out, the others as the earlier night left them",
         summary["groups"],
         summary["images"],
         summary["spanning_records"],
         summary["new"],
+        "verification score" if verified else "distance",
         threshold,
         source,
         grouping.regrouped,

@@ -127,6 +127,8 @@ def read_similarities(path):
         if "raw_rows" in f:
             result["raw_rows"], result["raw_neighbours"] = f["raw_rows"][:], read_ids(f["raw_neighbours"])
             result["raw_distances"] = f["raw_distances"][:]
+        if "candidates" in f:  # the short lists of re-ranked lists, and their verification scores
+            result["candidates"], result["candidate_scores"] = read_ids(f["candidates"]), f["candidate_scores"][:]
         result["verdicts"] = _honoured(f)
     result["attrs"] = read_attrs(path)
     return result

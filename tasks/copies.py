@@ -4,12 +4,14 @@ import json
 import os
 
 from pipeline import copies
+from pipeline import histograms as histograms_
 from pipeline.codebook import Codebook as CodebookModel
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, named
 from pipeline.h5io import read_attrs
 from pipeline.output import read_similarities
 from pipeline.query import run_counts
 from pipeline.report import read_json
+from pipeline.verify import Verifier
 
 from . import config
 from .base import ArtifactTask
@@ -48,18 +50,28 @@ class Copies(ArtifactTask):
             settings.update(quantile=copies.QUANTILE, sample=config.selfcheck().sample, seed=config.selfcheck().seed)
         return settings
 
-    def threshold(self):
-        """The distance within which images are copies, and where it came from."""
+    def threshold(self, verified):
+        """The verification score copies reach (``verified``: the lists were re-ranked) or the
+        distance within which images are copies, and where it came from."""
         if config.copies().threshold != "auto":
             return float(config.copies().threshold), "[copies] threshold"
         check = read_json(self.input()["selfcheck"].path)
+        if verified:
+            threshold = check["verification"]["threshold"]
+            if threshold is None:
+                raise ConfigError(
+                    f"{named('copies_threshold')} = auto needs the self-check's verification threshold, and it had no "
+                    f"hard negatives; raise {named('selfcheck_sample')} or set {named('copies_threshold')} to a score"
+                )
+            return threshold, Similarities.threshold_source(check)
         distances = check.get("first_distances", [])
         return copies.selfcheck_threshold(distances), f"the self-check's {len(distances)} copies found first"
 
     def make(self, tmp):
         result = read_similarities(self.input()["similarities"].path)
         codebook = CodebookModel.load(self.input()["codebook"].path)
-        threshold, source = self.threshold()
+        verified = "candidates" in result
+        threshold, source = self.threshold(verified)
         # what a set's groups depend on besides its images: the histograms' words, weights and distance
         made = [read_attrs(self.input()[name].path) for name in ("codebook", "histograms")]
         basis = json.dumps(
@@ -71,9 +83,15 @@ class Copies(ArtifactTask):
             ids = result["ids"][rows]
             return run_counts(self.input()["histograms"].path, codebook, ids, result["attrs"], rows)[1]
 
+        if verified:  # the verification of the images' words, as the lists were re-ranked
+            words = histograms_.load_words(self.input()["histograms"].path)
+            assign = histograms_.load_assign(self.input()["histograms"].path)
+            pairwise = copies.by_verification(Verifier.of_codebook(words, codebook, assign))
+        else:
+            pairwise = copies.by_distance(histograms)
         earlier = copies.load_copies(previous(self, self.filename))
         numbered, grouping, summary = copies.night_groups(
-            result, threshold, source, histograms, basis, earlier, self.date.isoformat()
+            result, threshold, source, pairwise, basis, earlier, self.date.isoformat()
         )
         copies.save_copies(tmp, numbered, self.attrs(**summary), grouping.settled)
         copies.write_csv(os.path.join(config.paths().artifacts, self.csv), numbered.rows)

@@ -188,10 +188,13 @@ class Similarities(NeighbourInputs):
         check = read_json(self.input()["selfcheck"].path)
         if check["verification"]["threshold"] is None:
             return np.inf, "none: the self-check had no hard negatives"
-        return check["verification"]["threshold"], (
-            f"the self-check's {check['verification']['hard_negatives']} hard negatives at a false-positive rate "
-            f"of {check['verification']['rate']}"
-        )
+        return check["verification"]["threshold"], self.threshold_source(check)
+
+    @staticmethod
+    def threshold_source(check):
+        """Where the verification's threshold of the self-check's record ``check`` came from."""
+        v = check["verification"]
+        return f"the self-check's {v['hard_negatives']} hard negatives at a false-positive rate of {v['rate']}"
 
     @staticmethod
     def reranking(short, nearest, threshold, source):

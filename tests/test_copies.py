@@ -6,6 +6,7 @@ import pytest
 
 from pipeline.copies import (
     Numbered,
+    by_distance,
     copy_groups,
     known_sets,
     number_groups,
@@ -58,7 +59,7 @@ def brute_distance(data, a, b):
 
 
 def grouped(data, neighbours, distances, threshold, **kwargs):
-    g = copy_groups(neighbours, distances, threshold, data.subset, **kwargs)
+    g = copy_groups(neighbours, distances, threshold, by_distance(data.subset), **kwargs)
     return g.groups, g.crowded, g.left_out
 
 
@@ -120,9 +121,11 @@ def test_a_later_night_works_out_only_the_sets_whose_images_or_verdicts_changed(
     ids, keys = np.arange(1000, 1000 + len(draws)), np.array([f"k{i}" for i in range(len(draws))])
     asked = []
 
-    def histograms(rows):
+    def read(rows):
         asked.append(rows)
         return data.subset(rows)
+
+    histograms = by_distance(read)
 
     first = copy_groups(neighbours, distances, THRESHOLD, histograms, ids=ids, keys=keys, basis="b")
     assert first.regrouped == first.sets == 4 and len(first.groups) == 4
@@ -198,3 +201,49 @@ def test_the_threshold_is_a_measured_distance_and_needs_some():
     assert selfcheck_threshold([0.3, 0.1, 0.2, 0.4], 0.5) == 0.2
     with pytest.raises(ConfigError, match=r"\[copies\] threshold = auto needs"):
         selfcheck_threshold([])
+
+
+def views(seed, groups=(3, 6, 2, 12), distractors=40, vocabulary=200):
+    """Words on 4 x 4 grids: views of pictures (windows of a 6 x 6 grid of words at several places,
+    a cell changed) among distractors: (words, labels: picture number or -1)."""
+    rng = np.random.default_rng(seed)
+    words, labels = [], []
+    for g, size in enumerate(groups):
+        picture = rng.integers(0, vocabulary, size=(6, 6))
+        for _ in range(size):
+            y, x = rng.integers(0, 3, size=2)
+            view = picture[y : y + 4, x : x + 4].ravel().copy()
+            view[rng.integers(0, 16)] = rng.integers(0, vocabulary)
+            words.append(view)
+            labels.append(g)
+    words += list(rng.integers(0, vocabulary, size=(distractors, 16)))
+    labels += [-1] * distractors
+    order = rng.permutation(len(words))
+    return np.array(words)[order], np.array(labels)[order]
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_verified_pairs_group_the_views_of_a_picture_without_chaining(seed):
+    from pipeline.copies import as_distance, by_verification
+    from pipeline.verify import Verifier
+
+    words, labels = views(seed)
+    verifier = Verifier(words, np.ones(200))
+    data = WeightedHistograms(word_histograms(words, 200), 16, np.arange(len(words)), "tfidf", "cosine", power=0.5)
+    short, _ = nearest_neighbours(data, 20)
+    scores = verifier.scores(np.arange(len(words)), short)[0]
+    threshold = 5.0  # five cells explained: no two distractors get there
+    g = copy_groups(short, as_distance(scores), 1 / threshold, by_verification(verifier), mutual=False)
+    assert g.left_out == 0 and g.crowded == 0
+    for group in g.groups:  # no distractor, one picture, and every pair verified (no chain)
+        assert (labels[group] >= 0).all() and len(set(labels[group])) == 1
+        pair = verifier.scores(group, np.broadcast_to(group, (len(group), len(group))))[0]
+        assert np.minimum(pair, pair.T)[~np.eye(len(group), dtype=bool)].min() >= threshold
+    found = {int(labels[group[0]]) for group in g.groups}
+    assert found == {0, 1, 2, 3}  # every picture found
+    biggest = max(g.groups, key=len)
+    assert len(biggest) >= 4
+    # a verdict of wrong between two of a group's views parts them
+    a, b = int(biggest[0]), int(biggest[1])
+    parted = copy_groups(short, as_distance(scores), 1 / threshold, by_verification(verifier), [(a, b)], mutual=False)
+    assert not any(a in group and b in group for group in parted.groups)
