@@ -114,6 +114,7 @@ class NeighbourShard(Shard, NeighbourInputs):
             queried=int(lists.queried.sum()),
             judged=len(lists.judged),
             judged_queried=int(lists.judged_queried.sum()),
+            verified=int(lists.verified),
         )
         search_.write_neighbours(tmp, lists, attrs)
 
@@ -161,7 +162,7 @@ class Similarities(NeighbourInputs):
             **({"weights_note": RANDOM_WEIGHTS_NOTE} if config.resnet().weights == "random" else {}),
             basis=self.basis(),
             search=searches.pop() if len(searches) == 1 else "mixed",
-            **self.reranking(short, nearest, threshold, source),
+            **self.reranking(short, nearest, threshold, source, sum(a.get("verified", 0) for a in shards)),
             queried=sum(a["queried"] for a in shards),
             shards=len(shards),
             shard_seconds=round(sum(a["seconds"] for a in ran), 3),
@@ -197,7 +198,7 @@ class Similarities(NeighbourInputs):
         return f"the self-check's {v['hard_negatives']} hard negatives at a false-positive rate of {v['rate']}"
 
     @staticmethod
-    def reranking(short, nearest, threshold, source):
+    def reranking(short, nearest, threshold, source, verified_tonight):
         """What the re-ranking did, for the attributes (none without it)."""
         if threshold is None:
             return {}
@@ -217,7 +218,7 @@ class Similarities(NeighbourInputs):
             "candidates": short.raw.shape[1],
             "verified_pairs": int(verified.sum()),
             "reranked_lists": moved,
-            "pairs_verified_tonight": int(short.verified),
+            "pairs_verified_tonight": int(verified_tonight),
         }
 
 

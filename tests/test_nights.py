@@ -9,6 +9,7 @@ import sqlite3
 import luigi
 import numpy as np
 import pandas as pd
+import pytest
 
 from pipeline.cms import plan as cms_plan
 from pipeline.copies import read_copies
@@ -75,13 +76,20 @@ def test_copy_groups_keep_their_numbers_night_after_night(monkeypatch, small_col
             assert g > max(members) and "2026-03-03" in set(r["first_seen"])
 
 
+#: Re-ranked lists: a short list of 8 (the collection has about 20 images) and the self-check that
+#: sets the verification's threshold, on three images.
+RERANKED = {"neighbours__rerank": "on", "neighbours__candidates": 8, "selfcheck__sample": 3}
+
+
+@pytest.mark.parametrize("rerank", ["off", "on"])
 def test_incremental_neighbours_and_loads_equal_a_full_run_date_after_date(
-    monkeypatch, caplog, small_collection, tmp_path
+    monkeypatch, caplog, small_collection, tmp_path, rerank
 ):
     content = tmp_path / "content"
     shutil.copytree(small_collection[0], content)
     database = tmp_path / "cms.sqlite"
-    config = pipeline_config(tmp_path, cms__url=f"sqlite:///{database}")
+    reranked = RERANKED if rerank == "on" else {}
+    config = pipeline_config(tmp_path, cms__url=f"sqlite:///{database}", **reranked)
     rng = np.random.default_rng(1)  # changes that leave some lists as they were (on the stand-in model)
     artifacts = tmp_path / "artifacts"
     monkeypatch.setattr(cms_plan, "INCREMENTAL_SHARE", 1.0)  # in 20 images, most lists change
@@ -107,7 +115,7 @@ def test_incremental_neighbours_and_loads_equal_a_full_run_date_after_date(
         ignored = shutil.ignore_patterns("similarities.hdf5", "neighbours-*", "run.lock*")
         shutil.copytree(artifacts, full / "artifacts", ignore=ignored)
         with luigi_config(
-            monkeypatch, pipeline_config(full, paths__content=content, ids__csv=content / "image_ids.csv")
+            monkeypatch, pipeline_config(full, paths__content=content, ids__csv=content / "image_ids.csv", **reranked)
         ):
             assert luigi.build([Similarities(date=datetime.date.fromisoformat(date))], local_scheduler=True, workers=1)
         assert read_attrs(full / "artifacts" / "similarities.hdf5")["search"] == "full"
@@ -119,6 +127,11 @@ def test_incremental_neighbours_and_loads_equal_a_full_run_date_after_date(
             np.testing.assert_array_equal(a[key], b[key], err_msg=f"{date} {key}")
         if day:
             assert 0 < attrs["queried"] < len(a["ids"])
+        if rerank == "on":  # the short lists kept, and only the pairs not verified before verified tonight
+            assert "candidates" in a and a["candidates"].shape == (len(a["ids"]), 8)
+            np.testing.assert_array_equal(a["candidate_scores"], b["candidate_scores"])
+            verified = read_attrs(artifacts / "similarities.hdf5")["pairs_verified_tonight"]
+            assert (verified < 8 * len(a["ids"])) == (day > 0)
 
 
 def test_the_run_date_is_told_when_the_run_starts_not_at_import(monkeypatch, tmp_path):
