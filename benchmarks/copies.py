@@ -13,6 +13,8 @@ descriptors and Scorer):
 - a precision-recall curve over thresholds, from 0 to the self-check's largest distance;
 - what a later night's grouping costs: from scratch, with nothing changed, and with 1 % of the
   images changed (seconds, and the sets of linked images worked out again);
+- the copy groups of verified pairs (as a run with re-ranked lists makes them) at the thresholds
+  the self-check's hard negatives give at VERIFIED_RATES;
 - the geometric verification (``pipeline.verify``) of each image's ``CANDIDATES`` nearest: how
   much of the candidate pairs of one picture it finds at a pair precision of 0.95, beside what
   the distance alone finds there, the scores of those pairs and of the others, of the
@@ -32,13 +34,23 @@ import tempfile
 import numpy as np
 
 from pipeline import evaluation
-from pipeline.copies import QUANTILE, by_distance, copy_groups, known_sets, number_groups, selfcheck_threshold
-from pipeline.histograms import assign_words
+from pipeline.copies import (
+    QUANTILE,
+    as_distance,
+    by_distance,
+    by_verification,
+    copy_groups,
+    known_sets,
+    number_groups,
+    selfcheck_threshold,
+)
+from pipeline.histograms import assign_words, word_histograms
 from pipeline.neighbours import nearest_neighbours, query_neighbours
 from pipeline.precision import choose_precision
 from pipeline.query import word_counts
 from pipeline.records import SameRecord
-from pipeline.settings import PRECISIONS
+from pipeline.selfcheck import verification_threshold
+from pipeline.settings import PRECISIONS, Neighbours
 from pipeline.verify import TOLERANCE, verify_pairs
 from pipeline.weighting import IDF_SCALE
 
@@ -195,6 +207,39 @@ def nights(data, nearest, distances, threshold, ids):
     return rows
 
 
+#: The false-positive rates of the self-check's hard negatives whose thresholds the verified copies are scored at.
+VERIFIED_RATES = (0.01, 0.001, 0.0001)
+
+
+def verified_copies(scorer, defaults, data, codebook, labels):
+    """The copy groups of verified pairs (``pipeline.copies.by_verification``, as a run with re-ranked
+    lists makes them) at the threshold of each of VERIFIED_RATES: pairwise precision, recall and
+    groups, the seconds of the verification of every short list, and of the grouping."""
+    c = scorer.c
+    width = min(Neighbours.candidates, len(c.ids) - 1)
+    short, _ = nearest_neighbours(data, width)
+    verifier = scorer.verifier(defaults, codebook)
+    with Timer() as t:
+        scores = verifier.scores(np.arange(len(short)), short)[0]
+    _, decoded, _ = scorer.copy_features(quality.made_with(defaults))
+    copy_words = scorer.copy_words[scorer.key(defaults)]
+    found, _ = query_neighbours(data, word_histograms(copy_words, codebook.size), k=width)
+    originals = np.array([scorer.copies.originals[q] for q in decoded], dtype=np.int64)
+    together = scorer.verifier(defaults, codebook, copy_words)
+    figures = {"candidates": width, "verify_seconds": round(t.seconds, 2)}
+    for rate in VERIFIED_RATES:
+        threshold, negatives = verification_threshold(data, together, found, originals, rate)
+        with Timer() as t:
+            groups = copy_groups(short, as_distance(scores), 1 / threshold, by_verification(verifier), mutual=False)
+        figures[str(rate)] = {
+            "threshold": round(threshold, 2),
+            "hard_negatives": negatives,
+            **group_row(groups.groups, labels, c.records),
+            "group_seconds": round(t.seconds, 2),
+        }
+    return figures
+
+
 def score_collection(scorer, defaults):
     """The figures of one collection at the shipped settings ``defaults``."""
     c = scorer.c
@@ -220,6 +265,7 @@ def score_collection(scorer, defaults):
         figures["copies"][str(q)] = {"threshold": round(threshold, 6), **group_row(groups, labels, c.records)}
     figures["nights"] = nights(data, nearest, distances, selfcheck_threshold(check["first_distances"]), c.ids)
     figures["verification"] = verification(scorer, defaults, data, reducer, codebook, labels)
+    figures["verified_copies"] = verified_copies(scorer, defaults, data, codebook, labels)
     for threshold in np.linspace(0.0, max(check["first_distances"], default=0.0), CURVE):
         groups = copy_groups(nearest, distances, threshold, by_distance(data.subset)).groups
         figures["curve"].append({"threshold": round(float(threshold), 6), **group_row(groups, labels, c.records)})
@@ -278,6 +324,20 @@ def tables(name, info, figures):
             for rate in FALSE_POSITIVE_RATES
         ),
     ]
+    vc = figures["verified_copies"]
+    lines += [
+        "",
+        f"copies of verified pairs (each image's {vc['candidates']} nearest verified in {vc['verify_seconds']} s):",
+        "",
+        "| false-positive rate | score threshold | precision | recall | groups | spanning records |",
+        "|---:|---:|---:|---:|---:|---:|",
+    ]
+    for rate in VERIFIED_RATES:
+        r = vc[str(rate)]
+        lines.append(
+            f"| {rate} | {r['threshold']:g} | {r['precision']:.3f} | {r['recall']:.3f} | {r['groups']} | "
+            f"{r['spanning']} |"
+        )
     lines += [
         "",
         "curve (threshold: precision / recall): "

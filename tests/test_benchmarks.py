@@ -298,6 +298,12 @@ def test_copies_benchmark_scores_same_record_and_the_copy_groups(capsys, monkeyp
     thresholds = [free[str(rate)]["threshold"] for rate in copies.FALSE_POSITIVE_RATES]
     assert thresholds == sorted(thresholds)  # a lower rate, a threshold as high or higher
     assert all(0 <= free[str(rate)]["precision"] <= 1 for rate in copies.FALSE_POSITIVE_RATES)
+    grouped = figures["verified_copies"]  # the copy groups of verified pairs, at each rate's threshold
+    thresholds = [grouped[str(rate)]["threshold"] for rate in copies.VERIFIED_RATES]
+    assert thresholds == sorted(thresholds) and grouped["candidates"] > 0
+    assert all(
+        0 <= grouped[str(r)]["precision"] <= 1 and 0 <= grouped[str(r)]["recall"] <= 1 for r in copies.VERIFIED_RATES
+    )
 
 
 def test_recall_at_a_pair_precision_reads_the_last_point_that_holds_it():
