@@ -555,7 +555,7 @@ class Neighbours(Section):
         significant=False,  # both methods give the same result
     )
     rerank: str = setting(
-        "on",
+        "off",
         "on: each list is the image's nearest [neighbours] candidates re-ranked by geometric verification (pairs "
         "whose visual words agree at places one crop, scale or border explains first, then the rest by distance; "
         "the score a pair must reach is set by the self-check, so [selfcheck] sample must not be 0); off: the k nearest.",
