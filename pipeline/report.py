@@ -87,7 +87,15 @@ def run_report(
         "similarities": similarities,
         "images_with_neighbours": len(index),
         "neighbours": {
-            key: artifacts["Similarities"].get(key) for key in ("search", "queried", "same_record", "own_record_share")
+            **{
+                key: artifacts["Similarities"].get(key)
+                for key in ("search", "queried", "same_record", "own_record_share")
+            },
+            **{  # re-ranked lists only
+                key: artifacts["Similarities"][key]
+                for key in ("rerank_threshold", "verified_pairs", "reranked_lists", "pairs_verified_tonight")
+                if key in artifacts["Similarities"]
+            },
         },
     }
     if load is not None:
@@ -112,6 +120,7 @@ def run_report(
         keys = (
             "threshold",
             "threshold_source",
+            "measure",
             "groups",
             "images",
             "spanning_records",
@@ -128,7 +137,8 @@ def run_report(
             report["repaired"].append(views["repaired"])
     if selfcheck is not None:
         keys = ("images", "queries", "top1", "top5", "chance_top1", "chance_top5", "per_alteration", "failed")
-        report["selfcheck"] = {key: selfcheck[key] for key in keys}
+        keys += ("verification", "reranked", "by_distance")  # the verification's threshold, the other order's counts
+        report["selfcheck"] = {key: selfcheck[key] for key in keys if key in selfcheck}
     return report
 
 
