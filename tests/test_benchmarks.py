@@ -162,6 +162,20 @@ def test_nightly_benchmark_checks_the_night_against_a_full_search(capsys, tmp_pa
     assert {"files_inventory_seconds", "files_features_index_seconds"} <= set(figures)
 
 
+def test_nightly_benchmark_re_ranked_verifies_only_the_new_pairs_and_equals_a_full_search(capsys, tmp_path):
+    from benchmarks import nightly
+
+    shipped = nightly.SETTINGS
+    try:
+        nightly.run(images=300, added=8, changed=3, removed=4, words=40, database="none", verdicts=6, rerank="on")
+    finally:
+        nightly.SETTINGS = shipped
+    figures = last_json_line(capsys)
+    assert figures["rerank"] == "on" and figures["identical"] is True and figures["checked_rows"] == 304
+    width = min(nightly.SETTINGS.candidates, 303)
+    assert 0 < figures["pairs_verified"] < 304 * width / 4  # the unchanged pairs' scores kept
+
+
 #: A proxy collection small enough for a test: 3 groups and 8 distractors from scikit-image's photos.
 TINY = dict(name="tiny", sources=("samples",), groups=3, distractors=8, cell=128, longest=512, seed=7)
 
