@@ -556,9 +556,9 @@ class Neighbours(Section):
     )
     rerank: str = setting(
         "off",
-        "on: each list is the image's nearest [neighbours] candidates re-ranked by geometric verification (pairs "
-        "whose visual words agree at places one crop, scale or border explains first, then the rest by distance; "
-        "the score a pair must reach is set by the self-check, so [selfcheck] sample must not be 0); off: the k nearest.",
+        "on: each list is the image's [neighbours] candidates nearest, those verified by geometry first (their "
+        "words at places one crop, scale or border explains; the self-check sets the threshold), and copies are "
+        "made of verified pairs; off: the k nearest.",
     )
     candidates: int = setting(50, "With rerank = on: the short list of nearest images each list is re-ranked from.")
 
