@@ -55,6 +55,30 @@ def brute_force_lists(counts, ids, k, verdicts, weighting, metric, power, weight
     return np.array(lists), np.array(distances)
 
 
+def write_night(path, ids, keys, night, found, verdicts, ranked=None):
+    """The similarities.hdf5 of a night's :class:`Lists` ``found``, for the next night: its lists
+    under the verdicts, or (``ranked``: (k, threshold, judgements)) re-ranked, with the short lists."""
+    if ranked is None:
+        got, got_d = found.assembled()
+        raw = (found.judged, *found.judged_raw())
+    else:
+        got, got_d, raw_lists, raw_d = found.ranked(*ranked)
+        raw = (found.judged, raw_lists, raw_d)
+    write_similarities(
+        path,
+        ids,
+        ids.astype(str),
+        ids.astype(str),
+        got,
+        got_d,
+        {"digest": str(night)},
+        keys=keys,
+        raw=raw,
+        verdicts=verdicts,
+        short=found if ranked else None,
+    )
+
+
 def as_verdicts(pairs):
     """{(id, id): right} as Verdicts."""
     items = sorted(pairs.items())
@@ -151,20 +175,9 @@ def test_lists_under_verdicts_equal_a_brute_force_night_after_night(
             assert not tonight.queried.any() and not tonight.judged_queried.any()  # nothing changed: nothing searched
 
         # the next night starts from tonight's similarities.hdf5
-        got, got_d = tonight.assembled()
         earlier_path = tmp_path / f"night-{night}.hdf5"
-        write_similarities(
-            earlier_path,
-            ids,
-            ids.astype(str),
-            ids.astype(str),
-            got,
-            got_d,
-            {"digest": str(night)},
-            keys=keys,
-            raw=(tonight.judged, tonight.raw[tonight.judged], tonight.raw_distances[tonight.judged]),
-            verdicts=verdicts,
-        )
+        write_night(earlier_path, ids, keys, night, tonight, verdicts)
+        got = tonight.assembled()[0]
         lists = dict(zip(ids.tolist(), ids[got].tolist()))
 
 
@@ -315,18 +328,5 @@ def test_reranked_lists_equal_a_brute_force_in_full_sharded_and_incremental_nigh
         if night == 0:
             assert reranked.any()  # the test is about something: some lists moved
 
-        got, got_d, raw, raw_d = gathered.ranked(k, threshold, judgements)
         earlier_path = tmp_path / f"night-{night}.hdf5"
-        write_similarities(
-            earlier_path,
-            ids,
-            ids.astype(str),
-            ids.astype(str),
-            got,
-            got_d,
-            {"digest": str(night)},
-            keys=keys,
-            raw=(gathered.judged, raw, raw_d),
-            verdicts=verdicts,
-            short=gathered,
-        )
+        write_night(earlier_path, ids, keys, night, gathered, verdicts, (k, threshold, judgements))
