@@ -653,7 +653,9 @@ class Copies(Section):
     threshold: object = setting(
         "auto",
         "Distance within which images count as copies of one picture (copies.csv): auto (a quantile "
-        "of the distances at which the self-check's altered copies find their original), a distance, or off.",
+        "of the distances at which the self-check's altered copies find their original), a distance, or off. "
+        "With [neighbours] rerank = on, the verification score a pair of copies reaches instead: auto (the "
+        "self-check's verification threshold) or a score.",
     )
 
 
