@@ -145,3 +145,31 @@ def test_the_run_date_is_told_when_the_run_starts_not_at_import(monkeypatch, tmp
         after = Nightly()
         assert (before.date, after.date) == (datetime.date(2026, 3, 1), datetime.date(2026, 3, 2))
         assert Nightly(date=datetime.date(2026, 1, 5)).date == datetime.date(2026, 1, 5)
+
+
+def test_re_ranked_nights_group_verified_pairs_and_keep_their_numbers(monkeypatch, small_collection, tmp_path):
+    from pipeline.codebook import Codebook as CodebookModel
+    from pipeline.histograms import load_words
+    from pipeline.verify import Verifier
+
+    content = tmp_path / "content"
+    shutil.copytree(small_collection[0], content)
+    artifacts = tmp_path / "artifacts"
+    nights = []
+    for date in ["2026-03-01", "2026-03-02"]:  # the collection unchanged: the same groups, numbers and dates
+        # a threshold of the site's, a score that some of the small collection's pairs reach
+        with luigi_config(monkeypatch, pipeline_config(tmp_path, copies__threshold=20.0, **RERANKED)):
+            assert luigi.build([Copies(date=datetime.date.fromisoformat(date))], local_scheduler=True, workers=1)
+        nights.append((read_copies(artifacts / "copies.csv"), read_attrs(artifacts / "copies.h5")))
+    (first, attrs), (second, _) = nights
+    pd.testing.assert_frame_equal(second, first)
+    assert attrs["measure"] == "verification" and attrs["groups"] > 0
+    result = read_similarities(artifacts / "similarities.hdf5")
+    verifier = Verifier.of_codebook(
+        load_words(artifacts / "histograms.h5"), CodebookModel.load(artifacts / "codebook.h5"), 1
+    )
+    at = pd.Index(result["ids"])
+    for _, group in first.groupby("group"):  # every pair of a group verified, either way round
+        members = at.get_indexer(group["image_id"].astype(result["ids"].dtype))
+        scores = verifier.scores(members, np.broadcast_to(members, (len(members), len(members))))[0]
+        assert np.minimum(scores, scores.T)[~np.eye(len(members), dtype=bool)].min() >= 20.0
