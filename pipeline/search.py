@@ -3,7 +3,10 @@ where it can have changed) and, for a judged image, the list the verdicts make o
 
 A judged image's list is the images judged right with it, nearest first (at most k), then its
 nearest images not judged with it, up to k, ordered by ranking value then database ID
-(``pipeline.neighbours``). The lists are a function of the histograms and the verdicts alone:
+(``pipeline.neighbours``). With re-ranking (``[neighbours] rerank``), these lists are short
+lists of ``candidates`` images, each pair verified (``pipeline.verify``), and a list of k is
+its short list's verified images (and those judged right) first, then the rest, each in that
+order (:func:`rerank`). The lists are a function of the histograms and the verdicts alone:
 the full, sharded and incremental searches give the same, value for value."""
 
 import dataclasses
@@ -198,7 +201,8 @@ def gather_neighbours(paths, n, width):
             rows = f["rows"][:]
             if f["neighbours"].shape != (len(rows), width) or (len(rows) and not 0 <= rows.min() <= rows.max() < n):
                 raise ArtifactError(f"{path} holds neighbours of another run; run the pipeline again")
-            raw[rows], raw_distances[rows], queried[rows] = f["neighbours"][:], f["distances"][:], f["queried"][:]
+            raw[rows], raw_distances[rows] = f["neighbours"][:], f["distances"][:]
+            queried[rows] = f["queried"][:] if "queried" in f else True  # a shard of an earlier version
             np.add.at(seen, rows, 1)
             if "scores" in f:
                 scores = np.zeros((n, width)) if scores is None else scores
@@ -206,7 +210,7 @@ def gather_neighbours(paths, n, width):
             parts.append(
                 [f["judged"][:]]
                 + [f[name][:].reshape(-1, width) for name in ("judged_neighbours", "judged_distances")]
-                + [f["judged_queried"][:]]
+                + [f["judged_queried"][:] if "judged_queried" in f else np.ones(len(f["judged"]), dtype=bool)]
                 + ([f["raw_scores"][:].reshape(-1, width)] if "raw_scores" in f else [])
             )
     if not (seen == 1).all():
