@@ -126,7 +126,7 @@ class ServedRun:
         self.group = np.full(n, -1, dtype=np.int64)
         self.xy = None
         self.report = self.evaluation = self.selfcheck = None
-        self.copies_threshold = None
+        self.copies_threshold = None  # the copies' distance threshold (none when they are made of verified pairs)
         self.max_distance = 1.0
         self._ids = _Sorted(self.ids)
         self._records = _Sorted(self.ppn)
@@ -205,7 +205,9 @@ class ServedRun:
             at = self.rows_of(rows["image_id"].to_numpy())
             self.group[at[at >= 0]] = rows["group"].to_numpy()[at >= 0]
             try:
-                self.copies_threshold = float(read_attrs(path("copies"))["threshold"])
+                made = read_attrs(path("copies"))
+                if made.get("measure", "distance") == "distance":  # not a verification score
+                    self.copies_threshold = float(made["threshold"])
             except (OSError, KeyError):
                 pass
             self._groups = _Sorted(self.group)
