@@ -242,6 +242,7 @@ def compare_layer(
     reduced=(DEFAULT_REDUCED,),
     assigns=(DEFAULT_ASSIGN,),
     powers=(DEFAULT_POWER,),
+    reranks=("off",),
     copy_features=None,
     **scoring,
 ):
@@ -259,9 +260,9 @@ def compare_layer(
     sizes : sequence of int or "auto"
         Codebook sizes; one that gives the same number of words as another is scored once.
     weightings, metrics : sequence of str
-    descriptors, reduced, assigns, powers : sequences
-        Values of ``[reduction] descriptors``, ``[reduction] reduced``, ``[histograms] assign``
-        and ``[neighbours] power``.
+    descriptors, reduced, assigns, powers, reranks : sequences
+        Values of ``[reduction] descriptors``, ``[reduction] reduced``, ``[histograms] assign``,
+        ``[neighbours] power`` and ``[neighbours] rerank`` (``on`` needs ``copies``).
     copy_features : (descriptors, decoded, errors), optional
         The copies' descriptors, made as ``blocks``' were, from :meth:`Copies.extract`.
     **scoring
@@ -277,8 +278,8 @@ def compare_layer(
     for size in sizes:
         n = check_size(size, blocks.n_images, blocks.n_local(), scorer.sample_size)
         words[n] = "auto" if "auto" in (words.get(n), str(size)) else size
-    grid = itertools.product(descriptors, reduced, words.values(), assigns, weightings, powers, metrics)
-    keys = ("descriptors", "reduced", "size", "assign", "weighting", "power", "metric")
+    grid = itertools.product(descriptors, reduced, words.values(), assigns, weightings, powers, metrics, reranks)
+    keys = ("descriptors", "reduced", "size", "assign", "weighting", "power", "metric", "rerank")
     return [scorer.score({**made_with, **dict(zip(keys, values))}) for values in grid]
 
 

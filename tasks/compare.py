@@ -66,6 +66,11 @@ def parse(argv):
         "--powers", default=str(config.neighbours().power), help="in (0, 1] (default [neighbours] power)"
     )
     parser.add_argument("--metrics", default=",".join(METRICS), help="euclidean, cosine (default both)")
+    parser.add_argument(
+        "--rerank",
+        default=config.neighbours().rerank,
+        help="on, off: lists re-ranked by verification (needs --selfcheck above 0; default [neighbours] rerank)",
+    )
     parser.add_argument("--labels", default=config.evaluate().labels, help="CSV id,label (default [evaluate] labels)")
     parser.add_argument(
         "--selfcheck",
@@ -75,7 +80,7 @@ def parse(argv):
     )
     parser.add_argument("--json", help="also write the rows to this JSON file")
     args = parser.parse_args(argv)
-    for name in ("layers", "colours", "trims", "weightings", "metrics", "descriptors", "reduced"):
+    for name in ("layers", "colours", "trims", "weightings", "metrics", "descriptors", "reduced", "rerank"):
         setattr(args, name, listed(getattr(args, name)))
     try:
         args.sizes = [s if s.lower() == "auto" else int(s) for s in listed(args.sizes)] if args.sizes else []
@@ -93,6 +98,7 @@ def parse(argv):
         "metrics": METRICS,
         "descriptors": DESCRIPTOR_NORMS,
         "reduced": REDUCED_NORMS,
+        "rerank": ("on", "off"),
     }
     for name, allowed in choices.items():
         for value in getattr(args, name):
@@ -102,6 +108,8 @@ def parse(argv):
         parser.error(f"--assigns must be whole numbers from 1 to {MAX_ASSIGN}, --powers numbers in (0, 1]")
     if any(s != "auto" and s < 2 for s in args.sizes):
         parser.error("--sizes must be auto or whole numbers >= 2")
+    if "on" in args.rerank and args.selfcheck <= 0:
+        parser.error("--rerank on needs the self-check's threshold: --selfcheck above 0")
     args.trims = [t == "true" for t in args.trims]
     return args
 
@@ -164,6 +172,8 @@ def run(args):
                 reduced=args.reduced,
                 assigns=args.assigns,
                 powers=args.powers,
+                reranks=args.rerank,
+                candidates=config.neighbours().candidates,
             )
     return sort_rows(rows), len(first_ids)
 

@@ -193,10 +193,27 @@ def test_compare_prints_the_grid_best_first_reusing_the_features(run, monkeypatc
     lines = out.strip().splitlines()
     assert lines[0] == "18 images, weights random; best first"
     assert lines[1].startswith(
-        "| layer | colour | trim | descriptors | reduced | K | assign | weighting | power | metric | mAP | P@1 | P@5 | R@5 | self-check top-1 |"
+        "| layer | colour | trim | descriptors | reduced | K | assign | weighting | power | metric | rerank | mAP | P@1 | P@5 | R@5 | self-check top-1 |"
     )
     assert len(lines) == 3 + 2 * 2 * 2 * 2
     saved = json.loads(rows.read_text())["rows"]
     assert [r["map"] for r in saved] == sorted((r["map"] for r in saved), reverse=True)
     assert {r["codebook"] for r in saved} == {"8", "110 (auto)"} and {r["trim"] for r in saved} == {True, False}
     assert all(r["queries"] == 18 and 0 <= r["selfcheck_top1"] <= 1 for r in saved)
+    # the lists re-ranked, beside the same settings' lists by distance
+    with luigi_config(monkeypatch, own.config()):
+        argv = [
+            "--sizes",
+            "8",
+            "--weightings",
+            "tfidf",
+            "--metrics",
+            "cosine",
+            "--selfcheck",
+            "3",
+            "--rerank",
+            "on,off",
+        ]
+        assert compare.main([*argv, "--labels", str(labels), "--json", str(rows)]) == 0
+    saved = json.loads(rows.read_text())["rows"]
+    assert sorted(r["rerank"] for r in saved) == ["off", "on"] and all(r["queries"] == 18 for r in saved)
