@@ -88,10 +88,9 @@ KINDS = ("FeatureShard", "HistogramShard", "NeighbourShard")
 
 
 def sharded_project(root, content):
-    root = project(root, content)
-    with open(root / "luigi.cfg", "a") as f:
-        f.write("".join(f"[{section}]\nshards = {SHARDS}\n" for section in ("features", "histograms", "neighbours")))
-    return root
+    return project(
+        root, content, **{f"{section}__shards": SHARDS for section in ("features", "histograms", "neighbours")}
+    )
 
 
 def shard_runs(root, names, kind="FeatureShard"):

@@ -69,10 +69,11 @@ def report(root):
     return json.loads((root / "artifacts" / "run_report.json").read_text())
 
 
-def project(root, content):
-    """A run folder whose config reads ``content`` and writes its own artifacts."""
+def project(root, content, **overrides):
+    """A run folder whose config reads ``content`` and writes its own artifacts (with ``overrides``,
+    as :func:`pipeline_config` takes them)."""
     root.mkdir(parents=True, exist_ok=True)
-    config = pipeline_config(root)
+    config = pipeline_config(root, **overrides)
     text = config.read_text().replace(str(root / "content"), str(content))
     logging_cfg = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "logging.cfg")
     config.write_text(text + f"[core]\nlock_pid_dir = {root / 'locks'}\nlogging_conf_file = {logging_cfg}\n")
