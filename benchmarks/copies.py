@@ -15,6 +15,7 @@ descriptors and Scorer):
   images changed (seconds, and the sets of linked images worked out again);
 - the copy groups of verified pairs (as a run with re-ranked lists makes them) at the thresholds
   the self-check's hard negatives give at VERIFIED_RATES;
+- the same verification on a finer grid (FINER_LAYER's 14 x 14, with a codebook of its own);
 - the geometric verification (``pipeline.verify``) of each image's ``CANDIDATES`` nearest: how
   much of the candidate pairs of one picture it finds at a pair precision of 0.95, beside what
   the distance alone finds there, the scores of those pairs and of the others, of the
@@ -128,6 +129,7 @@ def verification(scorer, defaults, data, reducer, codebook, labels):
     shuffled_pairs = np.stack([n + len(decoded) + np.arange(len(decoded)), originals], axis=1)
     figures = {"candidates": int(nearest.shape[1]), "pairs": len(pairs), "right_pairs": int(right.sum())}
     figures["recall_by_distance"] = recall_at_precision(-distances.ravel(), right)
+    figures["grids"] = grids(scorer, defaults, pairs, right)
     words_of = {  # each image's and copy's words, once for each number of words a cell
         assign: (
             assign_words(descriptors, reducer, codebook, assign),
@@ -205,6 +207,38 @@ def nights(data, nearest, distances, threshold, ids):
     changed[picked] = np.char.add(changed[picked], "*")
     night(f"{CHANGED:.0%} changed", changed, known)
     return rows
+
+
+#: The finer grid the verification is compared on, beside the shipped layer's (7 x 7 at conv5):
+#: conv4's 14 x 14, its words from a codebook of its own, on the same candidate pairs.
+FINER_LAYER = "conv4_block6_out"
+GRID_TOLERANCES = (0.75, 1.5)
+
+
+def grids(scorer, defaults, pairs, right):
+    """The verification of the candidate ``pairs`` (``right``: of one picture) on the shipped
+    layer's grid and on FINER_LAYER's: the recall at PAIR_PRECISION and the microseconds a pair,
+    at each of GRID_TOLERANCES (in each grid's cells)."""
+    rows = {}
+    for config in (defaults, finer(defaults)):
+        _, _, codebook = scorer.weighted(config)
+        words = scorer.words[scorer.key(config)]
+        side = int(round(np.sqrt(words.shape[1] / config["assign"])))
+        weights = codebook.word_weights("tfidf", config["assign"]) / IDF_SCALE
+        for tolerance in GRID_TOLERANCES:
+            with Timer() as t:
+                scores, _ = verify_pairs(words, pairs, weights, side, tolerance, config["assign"])
+            rows[f"{config['layer']} {side}x{side} {tolerance}"] = {
+                "recall": recall_at_precision(scores, right),
+                "us_per_pair": round(1e6 * t.seconds / len(pairs), 1),
+                "words": codebook.size,
+            }
+    return rows
+
+
+def finer(defaults):
+    """The shipped settings with FINER_LAYER's descriptors."""
+    return {**defaults, "layer": FINER_LAYER}
 
 
 #: The false-positive rates of the self-check's hard negatives whose thresholds the verified copies are scored at.
@@ -313,6 +347,12 @@ def tables(name, info, figures):
             f"| {tolerance} / {assign} | {r['recall']:.3f} | {r['right_p50']:g} | {r['other_p50_p99'][0]:g} / "
             f"{r['other_p50_p99'][1]:g} | {r['copies_p50']:g} | {r['shuffled_max']:g} | {r['us_per_pair']:.1f} |"
         )
+    lines += [
+        "",
+        "the same pairs verified on each grid (recall at pair precision "
+        f"{PAIR_PRECISION}, us a pair): "
+        + ", ".join(f"{name}: {r['recall']:.3f}, {r['us_per_pair']:g}" for name, r in v["grids"].items()),
+    ]
     free = v["label_free"]
     lines += [
         "",
@@ -372,7 +412,7 @@ def main(argv=None):
     with Timer() as whole:
         for spec in specs:
             with tempfile.TemporaryDirectory(prefix="copies-") as scratch:
-                scorer, seconds = quality.prepared(spec, [defaults], args, scratch)
+                scorer, seconds = quality.prepared(spec, [defaults, finer(defaults)], args, scratch)
                 figures = score_collection(scorer, defaults)
             info = f"{scorer.c.summary['images']} images, {scorer.c.summary['groups']} groups, records {len(set(scorer.c.records))}"
             results[spec.name] = {**figures, **seconds}

@@ -56,9 +56,10 @@ if KILL_COUNT is not None:
     Progress.__call__ = _counting
 
 
-def tiny_model(seed=0):
+def tiny_model(seed=0, layers=1):
     """A seeded stand-in for ResNet50 cut at a 7 x 7 layer: 224 x 224 x 3 -> 7 x 7 x 64 (at float32:
-    the tests that use it set precision = float32)."""
+    the tests that use it set precision = float32); the same output once for each of ``layers`` asked
+    for together."""
     keras = model.import_keras()
     keras.utils.set_random_seed(seed)
     inputs = keras.Input((224, 224, 3))
@@ -66,7 +67,7 @@ def tiny_model(seed=0):
     x = keras.layers.Conv2D(64, 3, padding="same", activation="relu")(x)
     x = keras.layers.AveragePooling2D(4)(x)
     outputs = keras.layers.Conv2D(64, 1)(x)
-    return keras.Model(inputs, outputs)
+    return keras.Model(inputs, outputs if layers == 1 else [outputs] * layers)
 
 
 class TinyBackend(backends.KerasBackend):
@@ -74,7 +75,8 @@ class TinyBackend(backends.KerasBackend):
     at int8, the trunk is quantized from it. Put in ``backends.BACKENDS["keras"]``."""
 
     def build(self):
-        return tiny_model(self.spec.seed)
+        layers = self.spec.layer
+        return tiny_model(self.spec.seed, 1 if isinstance(layers, str) else len(layers))
 
 
 if os.environ.get("FAULT_TINY_MODEL") == "1":

@@ -312,6 +312,8 @@ def test_copies_benchmark_scores_same_record_and_the_copy_groups(capsys, monkeyp
     thresholds = [free[str(rate)]["threshold"] for rate in copies.FALSE_POSITIVE_RATES]
     assert thresholds == sorted(thresholds)  # a lower rate, a threshold as high or higher
     assert all(0 <= free[str(rate)]["precision"] <= 1 for rate in copies.FALSE_POSITIVE_RATES)
+    assert len(verified["grids"]) == 2 * len(copies.GRID_TOLERANCES)  # the shipped layer's grid and the finer one
+    assert all(0 <= r["recall"] <= 1 and r["us_per_pair"] > 0 for r in verified["grids"].values())
     grouped = figures["verified_copies"]  # the copy groups of verified pairs, at each rate's threshold
     thresholds = [grouped[str(rate)]["threshold"] for rate in copies.VERIFIED_RATES]
     assert thresholds == sorted(thresholds) and grouped["candidates"] > 0
