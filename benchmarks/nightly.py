@@ -82,6 +82,7 @@ class Stages:
 
     def __init__(self):
         self.rows, self.figures, self.night_peak = [], {}, 0.0
+        self.seconds = {}  # each stage's seconds, unrounded: the sums of many short stages
 
     def run(self, name, function, note=""):
         with StagePeak() as peak, Timer() as t:
@@ -91,6 +92,7 @@ class Stages:
             self.night_peak = max(self.night_peak, peak.mb)
         key = name.replace(": ", "_").replace(" ", "_").replace(",", "").replace(".", "_")
         self.figures[f"{key}_seconds"] = round(t.seconds, 2)
+        self.seconds[key] = t.seconds
         return result, t.seconds
 
 
@@ -430,11 +432,10 @@ def search_night(stages, images, added, changed, removed, words, database, check
                 for drop in (destination.table, destination.marker_table):
                     conn.execute(sa.text(f"DROP TABLE IF EXISTS {engine.dialect.identifier_preparer.quote(drop)}"))
             engine.dispose()
-    night_stages = [k for k in stages.figures if k.startswith("night_")]
     figures = dict(
-        full_seconds=round(sum(v for k, v in stages.figures.items() if k.startswith("first_")), 1),
+        full_seconds=round(sum(v for k, v in stages.seconds.items() if k.startswith("first_")), 3),
         night_peak_rss_mb=round(stages.night_peak),
-        night_seconds=round(sum(stages.figures[k] for k in night_stages), 1),
+        night_seconds=round(sum(v for k, v in stages.seconds.items() if k.startswith("night_")), 3),
         queried=int(queried.sum()),
         verdicts=len(honoured),
         verdicts_bad=len(bad),
