@@ -88,9 +88,8 @@ def by_verification(verifier):
 
 def as_distance(scores):
     """Verification scores as the distances of :func:`copy_groups`: 1 / score (inf for none)."""
-    scores = np.asarray(scores, dtype=np.float64)
     with np.errstate(divide="ignore"):
-        return np.where(scores > 0, 1.0 / np.maximum(scores, 1e-300), np.inf)
+        return 1.0 / np.asarray(scores, dtype=np.float64)
 
 
 def _pair_distances(data, members):

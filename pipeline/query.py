@@ -154,21 +154,25 @@ class SimilarityIndex:
         }
         return np.array([where.get(os.path.realpath(f), -1) for f in files], dtype=np.int64)
 
-    def word_counts(self, descriptors):
-        """Visual-word counts of descriptors, as the run counted the collection's (see :func:`word_counts`)."""
+    def words_of(self, descriptors):
+        """The words per cell of new images' descriptors, as the run assigned the collection's
+        (:func:`query_words`); their counts are ``histograms.word_histograms(words, K)``."""
         n_local = self.histograms.n_local // self.assign
         if descriptors.shape[1] != n_local:
             raise ArtifactError(
                 f"descriptors have {descriptors.shape[1]} local descriptors per image; the run's have {n_local}"
             )
-        return word_counts(descriptors, self.reducer, self.codebook, self.assign)
+        return query_words(descriptors, self.reducer, self.codebook, self.assign)
 
-    def verifier(self, descriptors):
-        """The :class:`~pipeline.verify.Verifier` of the collection's images and, after them (positions
-        from ``len(self.images)``), the images of ``descriptors`` (ndarray of shape (n, n_local, c))."""
-        new = query_words(descriptors, self.reducer, self.codebook, self.assign)
-        words = np.concatenate([histograms.load_words(self.histograms_path), new])
-        return Verifier.of_codebook(words, self.codebook, self.assign)
+    def word_counts(self, descriptors):
+        """Visual-word counts of descriptors, as the run counted the collection's (see :func:`word_counts`)."""
+        return histograms.word_histograms(self.words_of(descriptors), self.codebook.size)
+
+    def verifier(self, words, rows=None):
+        """The :class:`~pipeline.verify.Verifier` of the collection's images (those at ``rows``,
+        increasing, when given) and, after them, of new images with ``words`` (:meth:`words_of`)."""
+        kept = histograms.load_words(self.histograms_path, rows)
+        return Verifier.of_codebook(np.concatenate([kept, words.astype(kept.dtype)]), self.codebook, self.assign)
 
     def query(self, descriptors, k=5):
         """The k nearest collection images of each image's descriptors, re-ranked as the run's lists
@@ -184,13 +188,14 @@ class SimilarityIndex:
         neighbours : ndarray of shape (n, k), int64 positions in ``self.images``, nearest first
         distances : ndarray of shape (n, k), float64
         """
-        counts = self.word_counts(descriptors)
+        words = self.words_of(descriptors)
+        counts = histograms.word_histograms(words, self.codebook.size)
         if self.rerank is None:
             return query_neighbours(self.histograms, counts, k=k)
         threshold, candidates = self.rerank
-        n = len(self.images)
-        found, distances = query_neighbours(self.histograms, counts, k=max(k, min(candidates, n)))
-        scores = self.verifier(descriptors).scores(n + np.arange(len(found)), found)[0]
+        found, distances = query_neighbours(self.histograms, counts, k=max(k, min(candidates, len(self.images))))
+        listed, at = np.unique(found, return_inverse=True)  # only the listed images' words are read
+        scores = self.verifier(words, listed).scores(len(listed) + np.arange(len(found)), at.reshape(found.shape))[0]
         return rerank(found, distances, scores >= threshold, k)
 
     def describe(self, neighbours, distances, selves=None):

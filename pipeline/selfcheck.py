@@ -15,6 +15,7 @@ from PIL import Image, ImageOps
 from .blocks import sample_images
 from .errors import ImageError
 from .features import extract
+from .histograms import word_histograms
 from .images import reason_of
 from .neighbours import nearest_neighbours, query_neighbours
 from .search import rerank as rerank_lists
@@ -283,8 +284,9 @@ def self_check(index, extractor, image_paths, dest, sample=50, seed=0, k=5, cand
     """
     copies = Copies(image_paths, dest, sample, seed)
     descriptors, decoded, errors = copies.extract(extractor)
-    counts = index.word_counts(descriptors) if decoded else None
-    verifier = index.verifier(descriptors) if decoded else None
+    words = index.words_of(descriptors) if decoded else None
+    counts = word_histograms(words, index.codebook.size) if decoded else None
+    verifier = index.verifier(words) if decoded else None
     ids = index.images.ids
     result = check_copies(copies, decoded, errors, ids, index.histograms, counts, verifier, k, candidates, rerank)
     threshold, negatives = result["verification"]["threshold"], result["verification"]["hard_negatives"]

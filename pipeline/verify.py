@@ -11,14 +11,11 @@ cell of either image counted once.
 """
 
 import dataclasses
-import logging
 
 import numba
 import numpy as np
 
 from .weighting import IDF_SCALE
-
-logger = logging.getLogger(__name__)
 
 #: The scales of an axis a copy may have (b's size of a's content over a's): crops to half a side,
 #: borders and margins to half the size again.
