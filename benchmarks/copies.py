@@ -47,7 +47,6 @@ from pipeline.copies import (
 )
 from pipeline.histograms import assign_words, word_histograms
 from pipeline.neighbours import nearest_neighbours, query_neighbours
-from pipeline.precision import choose_precision
 from pipeline.query import word_counts
 from pipeline.records import SameRecord
 from pipeline.selfcheck import verification_threshold
@@ -398,7 +397,7 @@ def main(argv=None):
     from tasks.config import precision, resnet
 
     args.weights, args.seed, args.batch_size = resnet().weights, resnet().seed, resnet().batch_size
-    args.precision = choose_precision(args.precision)[0] if args.precision else precision()[0]
+    args.precision = precision().precision if args.precision in (None, "auto") else args.precision
     args.kmeans_seed = 0
     names = [n.strip() for n in args.collections.split(",") if n.strip()]
     specs = [s for s in every if s.name in names]

@@ -24,7 +24,7 @@ import zlib
 
 import numpy as np
 
-from pipeline.backends import ModelSpec
+from pipeline.backends import ModelSpec, decide_precision
 from pipeline.collection import scan_content
 from pipeline.decoders import default_processes
 from pipeline.extraction import extract_to_store
@@ -32,7 +32,6 @@ from pipeline.features import DescriptorExtractor, extract
 from pipeline.images import MAX_PIXELS, decode_image, load_image
 from pipeline.int8 import OpenVinoTrunk, convert
 from pipeline.model import build_model
-from pipeline.precision import choose_precision
 from pipeline.settings import PRECISIONS
 from pipeline.store import FeatureStore, quantize
 from pipeline.thumbnails import Inbox
@@ -150,11 +149,10 @@ def gpus():
 
 
 def masters_run(
-    directory, n, pixels, paths, batch_size, decoders, preparation, rounds, pages=archival.PAGES, views=None
+    directory, n, pixels, paths, batch_size, decoders, preparation, rounds, chosen, pages=archival.PAGES, views=None
 ):
     """The masters' figures: per format decoding, and the pipeline on ``n`` mixed masters (of the
-    first page size) beside the same pages as small JPEGs at the precision ``auto`` chooses here
-    and at int8."""
+    first page size) beside the same pages as small JPEGs at the precision ``chosen`` and at int8."""
     figures = {
         "masters": n,
         "masters_decode": archival.decoding_figures(
@@ -166,7 +164,7 @@ def masters_run(
         "masters": archival.write_mixed(os.path.join(directory, "content-masters", "PPN1"), shots, page=pages[0]),
         "small": archival.write_mixed(os.path.join(directory, "content-small", "PPN1"), shots, small=True),
     }
-    for name in dict.fromkeys([choose_precision("auto")[0], "int8"]):
+    for name in dict.fromkeys([chosen, "int8"]):
         model = model_at(name, paths, directory, preparation)
         with DescriptorExtractor(model, batch_size, decoders, **preparation, **(views or {})) as extractor:
             measured = {
@@ -222,8 +220,10 @@ def run(
         import tensorflow as tf
 
         tf.config.set_visible_devices([], "GPU")  # the CPU's figures, on a machine with a GPU too
-    chosen, reason = choose_precision(precision or resnet().precision)
     preparation = {"colour": shipped().colour, "trim": shipped().trim}
+    chosen, reason, rates = decide_precision(
+        ModelSpec(weights="random", precision=precision or resnet().precision, **preparation), batch_size=batch_size
+    )
     views = {"views": True} if views_made() else {}  # the night's decoders make each image's views
     decoders = decode_processes or shipped().decode_processes or default_processes()
     measured = {}
@@ -248,7 +248,9 @@ def run(
             openvino_float32 = bare_forward(extractor, pixels, batch_size)[0]
         single = per_image_predict(build_model(weights="random"), paths[:per_image])
         on_masters = (
-            masters_run(directory, masters, pixels, paths, batch_size, decoders, preparation, rounds, pages, views)
+            masters_run(
+                directory, masters, pixels, paths, batch_size, decoders, preparation, rounds, chosen, pages, views
+            )
             if masters
             else {}
         )
@@ -263,6 +265,7 @@ def run(
         "gpu_used": "GPU" in auto["device"],
         "precision_auto": chosen,
         "precision_reason": reason,
+        "precision_measured": rates,
         "pipeline_ips_float32": round(full["pipeline"], 2),
         "pipeline_ips_auto": round(auto["pipeline"], 2),
         "bare_ips_float32": round(full["bare"], 2),

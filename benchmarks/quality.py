@@ -31,7 +31,6 @@ from pipeline.blocks import Blocks
 from pipeline.features import extract
 from pipeline.images import MAX_PIXELS
 from pipeline.model import weights_identity
-from pipeline.precision import choose_precision
 from pipeline.selfcheck import Copies
 from pipeline.settings import COLOURS, DESCRIPTOR_NORMS, MAX_ASSIGN, METRICS, PRECISIONS, REDUCED_NORMS, WEIGHTINGS
 
@@ -149,7 +148,7 @@ class Collection:
         prepared = f"{colour}-{'trim' if trim else 'whole'}"
         return os.path.join(
             self.folder,
-            f"{layer}-{prepared}-{weights_identity(weights)}-{seed}-{precision}-{summary}-f{store.FORMAT}.npz",
+            f"{layer}-{prepared}-{weights_identity(weights)}-{seed}-{runtime(precision)}-{summary}-f{store.FORMAT}.npz",
         )
 
     def extract(self, made, weights, seed, precision, batch_size):
@@ -192,6 +191,12 @@ def by_preparation(made):
     for layer, colour, trim in sorted(set(made)):
         layers.setdefault((colour, trim), []).append(layer)
     return layers
+
+
+def runtime(precision):
+    """The name of what computes at ``precision`` (bfloat16 by OpenVINO: descriptors cached from
+    another runtime are not taken)."""
+    return "-".join(map(str, ModelSpec(precision=precision).backend().identity().values())) or precision
 
 
 def model_spec(layers, colour, trim, weights, seed, precision):
@@ -355,7 +360,7 @@ def main(argv=None):
     from tasks.config import precision, resnet
 
     args.weights, args.seed, args.batch_size = resnet().weights, resnet().seed, resnet().batch_size
-    args.precision = choose_precision(args.precision)[0] if args.precision else precision()[0]
+    args.precision = precision().precision if args.precision in (None, "auto") else args.precision
     names = [n.strip() for n in args.collections.split(",") if n.strip()]
     specs = [s for s in proxies.COLLECTIONS + proxies.EXTRA + proxies.BOOKS if s.name in names]
     unknown = set(names) - {s.name for s in specs}

@@ -368,7 +368,7 @@ def run(images=1_000_000, clients=32, seconds=60.0, requests=400):
     if uploaded is None:
         rows.append(("query by upload", "not measured: no run in [paths] artifacts (make demo makes one)"))
     else:
-        first, p50, p95, (precision, reason) = uploaded
+        first, p50, p95, (precision, reason, _) = uploaded
         rows.append(
             (
                 f"query by upload of a 1140 x 840 JPEG at {precision} ({reason})",

@@ -23,6 +23,7 @@ NAMES = {
     "copies_table": "[cms] copies_table",
     "layer": "[resnet] layer",
     "weights": "[resnet] weights",
+    "precision": "[resnet] precision",
     "max_pixels": "[images] max_pixels",
     "decode_timeout": "[images] decode_timeout",
     "codebook_size": "[codebook] size",

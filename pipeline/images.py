@@ -156,7 +156,8 @@ def decode_image(path, size=INPUT_SIZE, max_pixels=MAX_PIXELS, colour=DEFAULT_CO
     trim : bool
     views : bool
         Make the image's thumbnail and preview too, in colour, from the same reduced copy
-        (:func:`pipeline.thumbnails.make_views`; a colour JPEG read in grey is read again in colour).
+        (:func:`pipeline.thumbnails.make_views`; a colour JPEG is then read once, in YCbCr: its luma is
+    the grey copy bit for bit, and its colours make the views).
 
     Returns
     -------
@@ -170,8 +171,11 @@ def decode_image(path, size=INPUT_SIZE, max_pixels=MAX_PIXELS, colour=DEFAULT_CO
     """
     try:
         side = reduced_side(size, trim)
-        image, decoder = reduced_copy(path, side, max_pixels, grey=colour == "grey")
-        seen = _views(path, image, side, max_pixels) if views else None
+        image, decoder = reduced_copy(path, side, max_pixels, grey=colour == "grey", colour_too=views)
+        if image.mode == "YCbCr":  # a colour JPEG, read once for its grey and its views
+            seen, image = make_views(image.convert("RGB")), image.getchannel(0)
+        else:
+            seen = _views(path, image, side, max_pixels) if views else None
         if colour == "grey":
             image = image.convert("L")
         box = trim_box(image) if trim else None
@@ -249,9 +253,11 @@ def load_image(path, size=INPUT_SIZE, max_pixels=MAX_PIXELS, colour=DEFAULT_COLO
     return decode_image(path, size, max_pixels, colour, trim).pixels
 
 
-def reduced_copy(path, side, max_pixels, grey=False):
+def reduced_copy(path, side, max_pixels, grey=False, colour_too=False):
     """The file's first frame, upright, in RGB (:func:`to_rgb`), or left in L with ``grey``
     when it is grey already, with its shorter side reduced to about ``side`` pixels (never below).
+    A colour JPEG is decoded in grey with ``grey`` (libjpeg skips its colours), and in YCbCr
+    with ``colour_too`` as well: its Y band is that grey, and its colours cost no second decode.
 
     Returns
     -------
@@ -272,7 +278,9 @@ def reduced_copy(path, side, max_pixels, grey=False):
                 return reduced, "libvips"
             decoder = FALLBACK
         elif image.format in ("JPEG", "MPO"):
-            image.draft("L" if grey else "RGB", (side, side))  # libjpeg scales by 1/2, 1/4 or 1/8
+            # libjpeg scales by 1/2, 1/4 or 1/8
+            luma = "YCbCr" if colour_too and _ycbcr_coded(image) else "L"
+            image.draft(luma if grey else "RGB", (side, side))
             decoder = "Pillow draft"
         elif image.format == "JPEG2000":
             image.reduce = _halvings(min(width, height), side)  # OpenJPEG decodes only these levels
@@ -280,10 +288,24 @@ def reduced_copy(path, side, max_pixels, grey=False):
         image.load()
         image = ImageOps.exif_transpose(image)
         factor = min(image.size) // side
+        if image.mode == "YCbCr":
+            return (image.reduce(factor) if factor >= 2 else image), decoder
         if factor >= 2 and image.mode in REDUCIBLE:  # the one full-resolution copy goes at once
             return _converted(image.reduce(factor), grey), decoder
         image = _converted(image, grey)
         return (image.reduce(factor) if factor >= 2 else image), decoder
+
+
+def _ycbcr_coded(image):
+    """Whether a JPEG's three components are YCbCr, by libjpeg's own rule (``jdapimin.c``):
+    those libjpeg decodes in YCbCr (an RGB-coded one only to RGB or grey)."""
+    if image.mode != "RGB" or len(image.layer) != 3:
+        return False
+    if "jfif" in image.info:
+        return True
+    if "adobe_transform" in image.info:
+        return image.info["adobe_transform"] != 0
+    return [component[0] for component in image.layer] != [82, 71, 66]  # "R", "G", "B"
 
 
 def _converted(image, grey):

@@ -103,8 +103,9 @@ def build_model(weights="imagenet", layer=DEFAULT_LAYER, seed=0, precision="floa
         with one output per layer (one forward pass for all, as the quality benchmark needs).
     seed : int
         Seed of the random initialisation when ``weights="random"``.
-    precision : {"float32", "bfloat16", "float16"}
-        What the layers compute in (:mod:`pipeline.precision`; the weights are the same).
+    precision : {"float32", "float16"}
+        What the layers compute in (:mod:`pipeline.precision`; the weights are the same). bfloat16
+        is this float32 model run by OpenVINO (:class:`pipeline.backends.OpenVinoBfloat16Backend`).
 
     Returns
     -------

@@ -1,24 +1,27 @@
-"""The precision the model computes in: float32, or bfloat16 / float16 mixed precision where
-the processor runs it natively, chosen by ``auto`` from what this machine has; or int8, only
-when set.
+"""The precision the model computes in: float32; bfloat16 on a CPU that computes in it
+natively (AVX512_BF16, AMX), run by OpenVINO with the weights converted once; float16 mixed
+precision on an NVIDIA GPU with tensor cores; int8 (a trunk quantized after training, calibrated
+on the collection, run by OpenVINO: :mod:`pipeline.int8`), only when set.
 
-Mixed precision is a Keras dtype policy set while the model is built: the weights stay
-float32, the layers compute in the lower precision, and the descriptors come out as float32.
-int8 is a trunk quantized after training, calibrated on the collection and run by OpenVINO
-(:mod:`pipeline.int8`).
+``auto`` is decided by measurement: each candidate this machine offers (:func:`candidates`, never
+int8) runs the model for a few seconds, and :func:`decide` keeps the fastest, never one slower
+than float32. :func:`pipeline.backends.decide_precision` measures, and keeps the decision where
+every later run and worker reads it.
 """
 
-import functools
 import importlib
 import os
 import sys
 import tempfile
+from typing import NamedTuple
 
 from .errors import named
 from .settings import Resnet
 
-#: Keras's dtype policy of each precision.
-POLICIES = {"float32": "float32", "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}
+#: Keras's dtype policy of each precision Keras runs (bfloat16 is OpenVINO's, float32 both's).
+POLICIES = {"float32": "float32", "float16": "mixed_float16"}
+#: ``auto`` keeps a lower precision only where it measures at least this many times float32's speed.
+MARGIN = 1.1
 #: /proc/cpuinfo flags of the CPUs that compute in bfloat16 natively (AVX512_BF16, AMX).
 CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 #: NVIDIA GPUs have tensor cores from compute capability 7.0 (Volta) on.
@@ -81,15 +84,21 @@ def tensor_core_gpus():
     return found
 
 
-def choose_precision(setting, flags=None, gpus=None):
-    """The precision to compute in, and why.
+class Decision(NamedTuple):
+    """The precision the model computes in, why, and what ``auto`` measured (images per second
+    of each candidate; None for a set precision)."""
+
+    precision: str
+    reason: str
+    rates: dict = None
+
+
+def candidates(flags=None, gpus=None):
+    """The precisions ``auto`` measures on this machine: float32 always; float16 where an NVIDIA
+    GPU has tensor cores (the model runs there); else bfloat16 where the CPU computes in it natively.
 
     Parameters
     ----------
-    setting : {"auto", "float32", "bfloat16", "float16", "int8"}
-        ``auto``: float16 with an NVIDIA GPU with tensor cores, bfloat16 on a CPU with native
-        bfloat16 (AVX512_BF16 or AMX), float32 elsewhere (never int8); any other value is
-        taken as it is.
     flags : set of str, optional
         The CPU's flags (:func:`cpu_flags` by default).
     gpus : list of (str, (int, int)), optional
@@ -97,39 +106,50 @@ def choose_precision(setting, flags=None, gpus=None):
 
     Returns
     -------
-    precision : {"float32", "bfloat16", "float16", "int8"}
-    reason : str
+    candidates : list of str
+        float32 first.
     """
-    Resnet.check("precision", setting)
     flags = cpu_flags() if flags is None else flags
-    native = [flag for flag in CPU_BF16_FLAGS if flag in flags]
-    if setting != "auto":
-        if setting == "bfloat16" and not native:
-            return (
-                setting,
-                f"set in {named('the settings')}; this CPU has no native bfloat16, so it is emulated and slower than float32",
-            )
-        if setting == "float16":
-            return (
-                setting,
-                f"set in {named('the settings')}; float16 is fast on a GPU with tensor cores, emulated on a CPU",
-            )
-        if setting == "int8":
-            return (
-                setting,
-                f"set in {named('the settings')}; calibrated on a sample of the collection, run by OpenVINO on the CPU",
-            )
-        return setting, f"set in {named('the settings')}"
     gpus = tensor_core_gpus() if gpus is None else gpus
     if gpus:
-        name, (major, minor) = gpus[0]
-        return "float16", f"auto: {name} has tensor cores (compute capability {major}.{minor})"
-    if native:
-        return "bfloat16", f"auto: the CPU computes in bfloat16 natively ({', '.join(native)})"
-    return "float32", "auto: no GPU with tensor cores, and the CPU has neither avx512_bf16 nor amx_bf16"
+        return ["float32", "float16"]
+    return ["float32", "bfloat16"] if any(flag in flags for flag in CPU_BF16_FLAGS) else ["float32"]
 
 
-@functools.cache
-def chosen_precision(setting):
-    """:func:`choose_precision` on this machine, decided once per process: (precision, reason)."""
-    return choose_precision(setting)
+def decide(rates):
+    """``auto``'s choice from the measured images per second of each candidate (float32 among
+    them; float32 alone, unmeasured, is taken as it is): the fastest, where it is at least
+    ``MARGIN`` times float32's (a lower precision rounds, so it must pay for that), else float32.
+
+    Returns
+    -------
+    decision : Decision
+    """
+    if len(rates) == 1:
+        return Decision("float32", "auto: float32, the only precision this machine computes natively", rates)
+    fastest = max(rates, key=lambda name: (rates[name], name == "float32"))
+    chosen = fastest if rates[fastest] >= MARGIN * rates["float32"] else "float32"
+    measured = ", ".join(f"{name} {rate:.1f}" for name, rate in sorted(rates.items(), key=lambda item: -item[1]))
+    return Decision(chosen, f"auto: {chosen}, the fastest of those measured (images/s: {measured})", rates)
+
+
+def stated(setting, flags=None):
+    """The :class:`Decision` of a precision set in the settings (not ``auto``): taken as it is,
+    with a word where it is emulated or calibrated."""
+    Resnet.check("precision", setting)
+    flags = cpu_flags() if flags is None else flags
+    if setting == "bfloat16" and not any(flag in flags for flag in CPU_BF16_FLAGS):
+        return Decision(
+            setting,
+            f"set in {named('the settings')}; this CPU has no native bfloat16, so it is emulated and slower than float32",
+        )
+    if setting == "float16":
+        return Decision(
+            setting, f"set in {named('the settings')}; float16 is fast on a GPU with tensor cores, emulated on a CPU"
+        )
+    if setting == "int8":
+        return Decision(
+            setting,
+            f"set in {named('the settings')}; calibrated on a sample of the collection, run by OpenVINO on the CPU",
+        )
+    return Decision(setting, f"set in {named('the settings')}")

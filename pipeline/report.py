@@ -72,6 +72,12 @@ def run_report(
         "extracted": extracted,
         "reused": len(inventory) - extracted,
         "decoded_by": json.loads(artifacts["Features"].get("decoded_by", "{}")) if extracted else {},
+        # what the model computes in, why, and what auto measured (images/s of each candidate)
+        "precision": {
+            "precision": artifacts["Features"].get("precision"),
+            "reason": artifacts["Features"].get("precision_reason"),
+            "measured": json.loads(artifacts["Features"].get("precision_rates", "null")),
+        },
         "removed": artifacts["Inventory"]["removed"],
         "rejected": [{"path": path, "reason": reason} for path, reason in index.rejected],
         "unmapped": inventory.unmapped,

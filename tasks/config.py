@@ -6,17 +6,17 @@ reads the section and its command-line flags (``--neighbours-k 3``, ``--collecti
 as it reads its own; the dataclass parses the text, checks it and names the key of a bad value.
 """
 
+import dataclasses
 import functools
 import logging
 import os
 
 import luigi
 
-from pipeline import settings
+from pipeline import backends, settings
 from pipeline.backends import ModelSpec
 from pipeline.cms import Destination
 from pipeline.errors import ConfigError
-from pipeline.precision import chosen_precision
 from pipeline.search import NeighbourSettings
 from pipeline.thumbnails import Inbox, ViewStore
 from pipeline.weighting import Distance
@@ -98,10 +98,8 @@ def shards(section):
 
 
 @functools.cache
-def _precision(setting):
-    precision, reason = chosen_precision(setting)
+def _logged(precision, reason):
     logging.getLogger("luigi-interface").info("[resnet] precision: %s (%s)", precision, reason)
-    return precision, reason
 
 
 def neighbour_settings():
@@ -119,26 +117,35 @@ def destination():
 
 
 def precision():
-    """The precision the model computes in on this machine, and why: ``[resnet] precision``
-    with ``auto`` decided (once per process, logged)."""
-    return _precision(resnet().precision)
+    """The precision the model computes in, and why (a :class:`~pipeline.precision.Decision`,
+    logged once): ``[resnet] precision``, with ``auto`` measured by the first run that needs it
+    and kept in ``<artifacts>/features/precision-<digest of the model's settings>.json``, which
+    every later run and every worker follows (:func:`pipeline.backends.decide_precision`)."""
+    spec = _spec_as_set()
+    record = (
+        os.path.join(paths().artifacts, "features", backends.record_name(spec)) if spec.precision == "auto" else None
+    )
+    decision = backends.decide_precision(spec, record, resnet().batch_size)
+    _logged(decision.precision, decision.reason)
+    return decision
+
+
+def _spec_as_set():
+    return ModelSpec(
+        weights=resnet().weights,
+        layer=resnet().layer,
+        seed=resnet().seed,
+        precision=resnet().precision,
+        colour=images().colour,
+        trim=images().trim,
+        calibration_images=resnet().calibration_images,
+    )
 
 
 def model_spec(**changes):
-    """The :class:`~pipeline.backends.ModelSpec` of ``[resnet]`` and ``[images]`` (the precision
-    decided on this machine), with ``changes`` (another ``layer``, ``colour`` or ``trim``)."""
-    return ModelSpec(
-        **{
-            "weights": resnet().weights,
-            "layer": resnet().layer,
-            "seed": resnet().seed,
-            "precision": precision()[0],
-            "colour": images().colour,
-            "trim": images().trim,
-            "calibration_images": resnet().calibration_images,
-            **changes,
-        }
-    )
+    """The :class:`~pipeline.backends.ModelSpec` of ``[resnet]`` and ``[images]`` with the
+    precision decided (:func:`precision`), and ``changes`` (another ``layer``, ``colour`` or ``trim``)."""
+    return dataclasses.replace(_spec_as_set(), precision=precision().precision, **changes)
 
 
 def view_store():

@@ -183,8 +183,9 @@ class Features(ArtifactTask):
             weights=config.resnet().weights,
             colour=config.images().colour,
             trim=config.images().trim,
-            precision=config.precision()[0],
-            precision_reason=config.precision()[1],
+            precision=config.precision().precision,
+            precision_reason=config.precision().reason,
+            precision_rates=json.dumps(config.precision().rates),
             store=feature_store.root,
             **config.model_spec().backend().attrs(feature_store.root),
         )

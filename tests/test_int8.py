@@ -15,7 +15,7 @@ from pipeline.errors import ArtifactError
 from pipeline.features import DescriptorExtractor, extract
 from pipeline.h5io import read_attrs
 from pipeline.images import load_image
-from pipeline.precision import choose_precision
+from pipeline.precision import candidates, stated
 from pipeline.query import SimilarityIndex
 from pipeline.store import FeatureStore
 from tasks import Features, Similarities, compare
@@ -89,9 +89,9 @@ def test_a_missing_trunk_or_no_calibration_image_is_one_line(tmp_path, model):
 
 
 def test_int8_is_taken_only_when_set():
-    precision, reason = choose_precision("int8", flags=set(), gpus=[])
+    precision, reason, _ = stated("int8", flags=set())
     assert precision == "int8" and "OpenVINO" in reason
-    assert choose_precision("auto", flags={"avx512_vnni", "amx_int8"}, gpus=[])[0] == "float32"
+    assert candidates(flags={"avx512_vnni", "amx_int8"}, gpus=[]) == ["float32"]
 
 
 def test_telemetry_is_declined_unless_the_site_decided(home):

@@ -1,41 +1,169 @@
+"""The precision the model computes in: ``auto`` decided by measurement and kept for every worker,
+a set precision taken as it is, and bfloat16 run by OpenVINO to within its rounding."""
+
+import json
+import os
 import sys
 
+import luigi
 import pytest
 
+from pipeline import backends
+from pipeline.backends import ModelSpec, decide_precision
 from pipeline.errors import ConfigError
-from pipeline.precision import choose_precision, cpu_flags
+from pipeline.h5io import read_attrs
+from pipeline.precision import Decision, candidates, cpu_flags, decide, stated
+from tasks import Features, Nightly
+from tasks.base import settings_digest
+from tasks.extraction import feature_settings
+
+from .conftest import luigi_config, pipeline_config
 
 A100 = [("NVIDIA A100-SXM4-40GB", (8, 0))]
 
 
+@pytest.fixture(autouse=True)
+def home(tmp_path, monkeypatch):
+    """OpenVINO's telemetry decision is written under $HOME: a home of the test's own."""
+    (tmp_path / "home").mkdir()
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+
+
+@pytest.fixture(autouse=True)
+def decided_afresh():
+    decide_precision.cache_clear()  # decided once per process: once per test here
+    yield
+    decide_precision.cache_clear()
+
+
 @pytest.mark.parametrize(
-    "flags, gpus, chosen, because",
+    "flags, gpus, expected",
     [
-        ({"avx2", "avx512f", "avx512_bf16"}, [], "bfloat16", "avx512_bf16"),
-        ({"avx2", "amx_bf16", "amx_tile"}, [], "bfloat16", "amx_bf16"),
-        ({"avx2", "avx512f", "avx512_vnni"}, [], "float32", "neither avx512_bf16 nor amx_bf16"),
-        (set(), [], "float32", "no GPU with tensor cores"),
-        ({"avx512_bf16"}, A100, "float16", "NVIDIA A100-SXM4-40GB has tensor cores (compute capability 8.0)"),
+        ({"avx2", "avx512f", "avx512_bf16"}, [], ["float32", "bfloat16"]),
+        ({"avx2", "amx_bf16", "amx_tile"}, [], ["float32", "bfloat16"]),
+        ({"avx2", "avx512f", "avx512_vnni", "amx_int8"}, [], ["float32"]),  # int8 needs calibration: never auto's
+        (set(), [], ["float32"]),
+        ({"avx512_bf16"}, A100, ["float32", "float16"]),  # the model runs on the GPU
     ],
 )
-def test_auto_takes_what_the_machine_computes_natively(flags, gpus, chosen, because):
-    precision, reason = choose_precision("auto", flags=flags, gpus=gpus)
-    assert precision == chosen and reason.startswith("auto: ") and because in reason
+def test_auto_measures_what_the_machine_computes_natively(flags, gpus, expected):
+    assert candidates(flags=flags, gpus=gpus) == expected
+
+
+@pytest.mark.parametrize(
+    "rates, chosen",
+    [
+        ({"float32": 32.0, "bfloat16": 257.3}, "bfloat16"),
+        ({"float32": 18.0, "bfloat16": 17.0}, "float32"),  # slower than float32: never
+        ({"float32": 18.0, "bfloat16": 19.0}, "float32"),  # within the margin: rounding must pay
+        ({"float32": 18.0, "bfloat16": 18.0}, "float32"),
+        ({"float32": 100.0, "float16": 300.0}, "float16"),
+    ],
+)
+def test_auto_keeps_the_fastest_and_never_one_slower_than_float32(rates, chosen):
+    decision = decide(rates)
+    assert decision.precision == chosen and decision.rates == rates
+    assert decision.reason.startswith(f"auto: {chosen}, the fastest of those measured (images/s: ")
+    assert decide({"float32": None}) == Decision(
+        "float32", "auto: float32, the only precision this machine computes natively", {"float32": None}
+    )
 
 
 def test_a_set_precision_is_kept_and_an_emulated_one_said():
-    assert choose_precision("float32", flags=set(), gpus=[]) == ("float32", "set in luigi.cfg")
-    precision, reason = choose_precision("bfloat16", flags={"avx2"}, gpus=[])
-    assert precision == "bfloat16" and "emulated" in reason
-    assert choose_precision("bfloat16", flags={"avx512_bf16"}, gpus=[]) == ("bfloat16", "set in luigi.cfg")
-    assert choose_precision("float16", flags=set(), gpus=A100)[0] == "float16"
+    assert stated("float32", flags=set()) == ("float32", "set in luigi.cfg", None)
+    decision = stated("bfloat16", flags={"avx2"})
+    assert decision.precision == "bfloat16" and "emulated" in decision.reason
+    assert stated("bfloat16", flags={"avx512_bf16"}).reason == "set in luigi.cfg"
+    assert stated("float16", flags=set()).precision == "float16"
+    assert "OpenVINO" in stated("int8").reason
 
 
 def test_an_unknown_precision_names_the_setting_and_the_choices():
     with pytest.raises(
         ConfigError, match=r"\[resnet\] precision='int4' must be one of auto, float32, bfloat16, float16"
     ):
-        choose_precision("int4")
+        stated("int4")
+
+
+def measuring(monkeypatch, rates, names=("float32", "bfloat16")):
+    """auto on a machine with ``names`` to measure, whose measurement gives ``rates``; the
+    measurements made are appended to the list returned."""
+    made = []
+    monkeypatch.setattr(backends, "candidates", lambda: list(names))
+
+    def measure(spec, names, batch_size=16):
+        made.append((spec.precision, tuple(names)))
+        return dict(rates)
+
+    monkeypatch.setattr(backends, "measure_precisions", measure)
+    return made
+
+
+def test_auto_is_measured_once_and_kept_for_every_worker_and_night(monkeypatch, tmp_path):
+    record = str(tmp_path / "features" / "precision-x.json")
+    spec = ModelSpec(weights="random", layer="tiny")
+    made = measuring(monkeypatch, {"float32": 30.0, "bfloat16": 200.0})
+    first = decide_precision(spec, record)
+    assert first.precision == "bfloat16" and made == [("auto", ("float32", "bfloat16"))]
+    kept = json.loads(open(record).read())
+    assert kept["precision"] == "bfloat16" and kept["rates"] == {"float32": 30.0, "bfloat16": 200.0}
+    assert os.listdir(tmp_path / "features") == ["precision-x.json"]  # no temporary left
+    decide_precision.cache_clear()  # another worker, on a machine that would measure otherwise
+    measuring(monkeypatch, {"float32": 30.0, "bfloat16": 20.0})
+    follower = decide_precision(spec, record)
+    assert follower.precision == "bfloat16" and follower.rates == first.rates
+    assert "measured on " in follower.reason and "kept in precision-x.json" in follower.reason
+
+
+def test_an_unreadable_decision_is_measured_and_kept_again(monkeypatch, tmp_path, caplog):
+    record = tmp_path / "precision-x.json"
+    record.write_text('{"precision": "bflo')  # a write cut short
+    made = measuring(monkeypatch, {"float32": 30.0, "bfloat16": 31.0})
+    assert decide_precision(ModelSpec(weights="random", layer="tiny"), str(record)).precision == "float32"
+    assert len(made) == 1 and "cannot be read" in caplog.text
+    assert json.loads(record.read_text())["precision"] == "float32"
+
+
+def test_a_decision_that_cannot_be_kept_is_still_made(monkeypatch, tmp_path, caplog):
+    (tmp_path / "a file").write_text("")  # where the artifacts' folder should be: nothing can be kept
+    measuring(monkeypatch, {"float32": 30.0, "bfloat16": 200.0})
+    record = tmp_path / "a file" / "features" / "precision-x.json"
+    assert decide_precision(ModelSpec(weights="random", layer="tiny"), str(record)).precision == "bfloat16"
+    assert "the decision cannot be kept" in caplog.text
+
+
+def test_a_set_precision_and_a_machine_of_one_candidate_measure_nothing(monkeypatch, tmp_path):
+    made = measuring(monkeypatch, {}, names=("float32",))
+    assert decide_precision(ModelSpec(precision="int8"), str(tmp_path / "a.json")).precision == "int8"
+    decision = decide_precision(ModelSpec(weights="random", layer="tiny"), str(tmp_path / "b.json"))
+    assert decision.precision == "float32" and made == []
+    assert not (tmp_path / "a.json").exists() and (tmp_path / "b.json").exists()
+
+
+def test_the_measurement_runs_each_candidates_forward_pass(monkeypatch):
+    rates = backends.measure_precisions(
+        ModelSpec(weights="random", layer="tiny"), ["float32", "bfloat16"], batch_size=4, seconds=0.3, rounds=2
+    )
+    assert set(rates) == {"float32", "bfloat16"} and all(rate > 0 for rate in rates.values())
+
+
+def test_a_run_at_auto_records_its_decision_and_why(monkeypatch, small_collection, tmp_path):
+    (tmp_path / "content").symlink_to(small_collection[0])
+    measuring(monkeypatch, {"float32": 30.0, "bfloat16": 200.0})
+    config = pipeline_config(tmp_path, resnet__precision="auto")
+    with luigi_config(monkeypatch, config):
+        result = luigi.build([Nightly()], local_scheduler=True, detailed_summary=True, workers=1)
+        assert result.status == luigi.execution_summary.LuigiStatusCode.SUCCESS, result.summary_text
+        attrs = read_attrs(Features().output().path)
+        store = Features().store().root
+        settings = feature_settings()
+    assert attrs["precision"] == "bfloat16" and "the fastest of those measured" in attrs["precision_reason"]
+    assert settings["precision"] == "bfloat16" and settings["runtime"] == "openvino"  # the store of its runtime
+    assert store.endswith(settings_digest(settings))
+    report = json.loads((tmp_path / "artifacts" / "run_report.json").read_text())
+    assert report["precision"]["precision"] == "bfloat16"
+    assert report["precision"]["measured"] == {"float32": 30.0, "bfloat16": 200.0}
+    assert list((tmp_path / "artifacts" / "features").glob("precision-*.json"))
 
 
 def test_cpu_flags_are_read_from_cpuinfo(tmp_path):

@@ -46,16 +46,37 @@ def test_views_fit_their_sides_and_keep_the_aspect(size):
     assert max(preview.size) >= min(max(size), PREVIEW // 2)
 
 
-def test_a_colour_jpeg_read_in_grey_for_the_model_has_views_in_colour(tmp_path):
-    path = colourful(tmp_path / "red.jpg")
+@pytest.mark.parametrize(
+    "coding, size",
+    [
+        ({}, (1140, 840)),  # JFIF, YCbCr: read once, in YCbCr
+        ({}, (5000, 4800)),  # reduced after libjpeg's 1/8
+        ({"keep_rgb": True}, (1140, 840)),  # coded in RGB: libjpeg gives no YCbCr, so read twice
+        ({"exif": 6}, (1140, 840)),  # turned upright
+    ],
+)
+def test_a_colour_jpeg_read_in_grey_for_the_model_has_views_in_colour(tmp_path, coding, size):
+    path = colourful(tmp_path / "red.jpg", size=size)
+    if coding:
+        exif = Image.Exif()
+        exif[0x0112] = coding.get("exif", 1)
+        Image.open(path).save(path, quality=90, keep_rgb=coding.get("keep_rgb", False), exif=exif)
     decoded = decode_image(path, colour="grey", views=True)
     assert (decoded.pixels[..., 0] == decoded.pixels[..., 2]).all()  # the model's input: grey
-    thumbnail = np.asarray(jpeg(decoded.views[0]).convert("RGB"), dtype=int)
-    assert thumbnail[..., 0].mean() > thumbnail[..., 2].mean() + 100  # the view: red
-    np.testing.assert_array_equal(decoded.pixels, decode_image(path, colour="grey").pixels)  # input unchanged
+    thumbnail = jpeg(decoded.views[0]).convert("RGB")
+    assert np.asarray(thumbnail, dtype=int)[..., 0].mean() > np.asarray(thumbnail, dtype=int)[..., 2].mean() + 100
+    upright = size[::-1] if coding.get("exif") == 6 else size
+    assert abs(thumbnail.size[0] / thumbnail.size[1] - upright[0] / upright[1]) < 0.02
+    # the input is the same, bit for bit, whether the views are made or not
+    np.testing.assert_array_equal(decoded.pixels, decode_image(path, colour="grey").pixels)
+
+
+def test_a_grey_file_has_grey_views(tmp_path):
     grey = tmp_path / "grey.png"
     Image.new("L", (400, 300), 90).save(grey)
     assert jpeg(decode_image(grey, views=True).views[1]).mode == "L"
+    Image.new("L", (400, 300), 90).save(tmp_path / "grey.jpg")
+    assert jpeg(decode_image(tmp_path / "grey.jpg", colour="grey", views=True).views[1]).mode == "L"
 
 
 def test_the_store_takes_the_inbox_makes_the_missing_and_forgets_the_gone(tmp_path):
