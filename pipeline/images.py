@@ -173,7 +173,7 @@ def decode_image(path, size=INPUT_SIZE, max_pixels=MAX_PIXELS, colour=DEFAULT_CO
         side = reduced_side(size, trim)
         image, decoder = reduced_copy(path, side, max_pixels, grey=colour == "grey", colour_too=views)
         if image.mode == "YCbCr":  # a colour JPEG, read once for its grey and its views
-            seen, image = make_views(image.convert("RGB")), image.getchannel(0)
+            seen, image = make_views(image), image.getchannel(0)
         else:
             seen = _views(path, image, side, max_pixels) if views else None
         if colour == "grey":
@@ -214,14 +214,15 @@ def make_views(image):
     Parameters
     ----------
     image : PIL.Image.Image
-        RGB or L (any other mode is converted to RGB).
+        RGB, L or YCbCr (a JPEG's own colours, encoded as they are); any other mode is
+        converted to RGB.
 
     Returns
     -------
     views : tuple of (bytes, bytes)
         Thumbnail (longest side at most THUMBNAIL) and preview (at most PREVIEW).
     """
-    if image.mode not in ("RGB", "L"):
+    if image.mode not in ("RGB", "L", "YCbCr"):
         image = image.convert("RGB")
     preview = _fit(image, PREVIEW)
     return _jpeg(_fit(preview, THUMBNAIL)), _jpeg(preview)
