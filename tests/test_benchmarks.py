@@ -77,6 +77,22 @@ def test_extract_benchmark_prints_its_figures(capsys, monkeypatch, tmp_path, pre
     assert {f"masters_ips_{p}" for p in (precision, "int8")} <= set(figures) and figures["masters_ips_int8"] > 0
 
 
+def test_firstnight_benchmark_times_every_stage_after_extraction(capsys):
+    from benchmarks import firstnight
+    from pipeline.codebook import auto_size
+
+    firstnight.run(images=400, store_images=64)
+    figures = last_json_line(capsys)
+    stages = ("reducer", "codebook", "histograms", "weighting", "neighbours_full", "similarities_hdf5")
+    assert figures["bench"] == "firstnight" and figures["images"] == 400
+    assert all(figures[f"{stage}_seconds"] >= 0 for stage in (*stages, "sqlite_load_every_row"))
+    # the shipped settings: every descriptor sampled at this size, K = auto of them
+    assert figures["words"] == auto_size(400 * 49) and figures["components"] > 0
+    assert figures["store_read_ms_per_image"] > 0 and figures["synthetic_seconds"] > 0
+    total = sum(figures[f"{stage}_seconds"] for stage in (*stages, "sqlite_load_every_row"))
+    assert figures["after_extraction_seconds"] == pytest.approx(total, abs=0.5)
+
+
 def test_serve_benchmark_browses_over_a_nights_swap_without_an_error(capsys, monkeypatch, tmp_path):
     from benchmarks import serve
 

@@ -1,0 +1,211 @@
+"""A site's first night at scale: every stage after extraction, run by the pipeline's own stage
+functions at the shipped settings, on synthetic descriptors shaped like ResNet50's; the
+extraction itself extrapolated from this machine's recorded extraction rates.
+
+    python -m benchmarks.firstnight [--images 1000000] [--database sqlite|postgresql|mariadb|none]
+
+The stages: the reducer fitted on ``[reduction] sample_images`` images (``fit_reducer``), the
+codebook on ``[codebook] sample_size`` descriptors at ``size = auto`` (``fit_codebook``), every
+image's histogram (``compute_histograms`` at ``[histograms] assign``), the full exact search at
+the shipped ``[neighbours]`` (``NightSearch``, as the first night runs it), ``similarities.hdf5``
+(``write_similarities``) and the CMS load of every row (``cms.load_lists``).
+
+The descriptors of image i are made from i alone (``benchmarks.synthetic``: 49 x 2,048, rank
+64). Making them is not the pipeline's work: it is timed apart and taken off the histograms'
+seconds, and what the pipeline does instead, reading 8-bit codes from the feature store, is
+measured on a store of ``--store-images`` images and counted at the same rate per image.
+
+The extraction line is the latest ``benchmarks.extract`` record of this machine (at ``auto``
+and at int8, decoding and thumbnails included) times the images: an extrapolation, said so.
+"""
+
+import argparse
+import os
+import tempfile
+import time
+
+import numpy as np
+import sqlalchemy as sa
+
+from pipeline import cms, output
+from pipeline.blocks import DescriptorBlocks
+from pipeline.codebook import fit_codebook
+from pipeline.histograms import compute_histograms
+from pipeline.reduction import fit_reducer
+from pipeline.search import NeighbourSettings, NightSearch, why_full
+from pipeline.settings import Codebook, Histograms, Reduction
+from pipeline.store import FeatureIndex, FeatureStore
+from pipeline.weighting import WeightedHistograms
+
+from .cms import URLS
+from .common import add_record_option, machine, peak_rss_mb, recording, report
+from .nightly import Stages
+from .performance import records
+from .synthetic import SyntheticBlocks
+
+#: The shipped settings of the stages after extraction.
+SETTINGS = NeighbourSettings()
+
+
+class TimedBlocks(SyntheticBlocks):
+    """Synthetic descriptors whose making is timed (``made_seconds``), to be taken off the stage
+    that reads them."""
+
+    made_seconds = 0.0
+
+    def read(self, positions):
+        started = time.perf_counter()
+        try:
+            return super().read(positions)
+        finally:
+            TimedBlocks.made_seconds += time.perf_counter() - started
+
+
+def store_read_ms(blocks, folder, n):
+    """Milliseconds per image of reading ``n`` images' descriptors back from a feature store of
+    their 8-bit codes, block by block as the histograms read them (``DescriptorBlocks``)."""
+    store = FeatureStore(folder)
+    os.makedirs(store.chunk_dir)
+    keys = np.array([f"image {i}" for i in range(n)])
+    for start in range(0, n, 128):
+        store.write_chunk(list(keys[start : start + 128]), blocks.read(np.arange(start, min(n, start + 128))), {})
+    done, _ = store.scan()
+    chunk, row = np.array([done[k][0] for k in keys]), np.array([done[k][1] for k in keys])
+    index = FeatureIndex(np.arange(n), keys, keys, keys, chunk, row, [])
+    stored = DescriptorBlocks(store, index)
+    started = time.perf_counter()
+    for start in range(0, n, 128):
+        stored.read(np.arange(start, min(n, start + 128)))
+    return 1000 * (time.perf_counter() - started) / n
+
+
+def extraction_rates(tag):
+    """This machine's latest recorded pipeline extraction rates, images/s: {precision: rate}."""
+    rates = {}
+    for record in records():
+        if record["bench"] != "extract" or record["machine"] != tag:
+            continue
+        figures = record["figures"][0]
+        rates[figures["precision_auto"]] = figures["pipeline_ips_auto"]
+    return rates
+
+
+def run(images=1_000_000, database="sqlite", store_images=2000):
+    figures = {"bench": "firstnight", "images": images}
+    rates = extraction_rates(machine())
+    stages = Stages()
+    blocks = TimedBlocks(images)
+    TimedBlocks.made_seconds = 0.0
+    reduction, codebook_settings = Reduction, Codebook
+    reducer, reducer_seconds = stages.run(
+        "reducer",
+        lambda: fit_reducer(
+            blocks,
+            reduction.variance,
+            reduction.descriptors,
+            reduction.reduced,
+            reduction.sample_images,
+            reduction.seed,
+        ),
+    )
+    made = TimedBlocks.made_seconds
+    codebook, _ = stages.run(
+        "codebook",
+        lambda: fit_codebook(
+            blocks, reducer, codebook_settings.size, codebook_settings.sample_size, codebook_settings.seed
+        ),
+        f"reducer: {reducer.n_components_} components",
+    )
+    made_before = TimedBlocks.made_seconds
+    keys = np.array([f"PPN{i // 20}/{i:08d}.jpg 0" for i in range(images)])
+    (counts, _, _), histogram_seconds = stages.run(
+        "histograms",
+        lambda: compute_histograms(blocks, keys, reducer, codebook, assign=Histograms().assign),
+        f"K = {codebook.size}",
+    )
+    made_here = TimedBlocks.made_seconds - made_before
+    with tempfile.TemporaryDirectory() as tmp:
+        read_ms = store_read_ms(SyntheticBlocks(store_images, seed=3), os.path.join(tmp, "store"), store_images)
+        histogram_pipeline = histogram_seconds - made_here + read_ms * images / 1000
+        stages.rows[-1] = (
+            "histograms",
+            f"{histogram_pipeline:8.1f} s  ({histogram_seconds:.1f} s less {made_here:.1f} s making the synthetic "
+            f"descriptors, plus the store's reads at {read_ms:.2f} ms per image); K = {codebook.size}",
+        )
+        stages.seconds["histograms"] = histogram_pipeline
+        ids = np.arange(1, images + 1, dtype=np.int64)
+        ppn, filename = np.array([f"{i // 20}" for i in ids]), np.array([f"{i:08d}.jpg" for i in ids])
+        data, _ = stages.run(
+            "weighting",
+            lambda: WeightedHistograms.from_codebook(
+                counts, blocks.n_local(), ids, codebook, Histograms.assign, SETTINGS.distance
+            ),
+        )
+        counts = None  # the search reads the weighted copy
+        lists, _ = stages.run(
+            "neighbours, full", lambda: NightSearch(data, SETTINGS, why_full=why_full(full=True)).lists()
+        )
+        nearest, distances = lists.ranked(SETTINGS.k, None, None)[:2]
+        path = os.path.join(tmp, "similarities.hdf5")
+        stages.run(
+            "similarities.hdf5",
+            lambda: output.write_similarities(
+                path, ids, ppn, filename, nearest, distances, {"digest": "first"}, keys=keys
+            ),
+        )
+        if database != "none":
+            url = f"sqlite:///{os.path.join(tmp, 'cms.sqlite')}" if database == "sqlite" else URLS[database]
+            engine = cms.connect(cms.resolve_url(url))
+            destination = cms.Destination(table="bench_first_similarity", marker_table="bench_first_load")
+            try:
+                stages.run(
+                    f"{database} load, every row",
+                    lambda: cms.load_lists(engine, destination, output.read_similarities(path), "first", "2026-01-01"),
+                )
+            finally:
+                with engine.begin() as conn:
+                    for drop in (destination.table, destination.marker_table):
+                        conn.execute(sa.text(f"DROP TABLE IF EXISTS {engine.dialect.identifier_preparer.quote(drop)}"))
+                engine.dispose()
+    after = sum(stages.seconds.values())
+    rows = [("images; descriptors made (not timed as the pipeline's)", f"{images:,}; {made + made_here:.0f} s")]
+    rows += [(name, timed) for name, timed in stages.rows]
+    rows.append(
+        ("every stage after extraction", f"{after:8.1f} s ({after / 60:.1f} min), peak RSS {peak_rss_mb():.0f} MB")
+    )
+    for name, seconds in stages.seconds.items():
+        rows.append((f"  share: {name}", f"{100 * seconds / after:5.1f} %"))
+    for precision, rate in sorted(rates.items()):
+        rows.append(
+            (
+                f"extraction at {precision}, extrapolated ({rate} images/s, benchmarks.extract)",
+                f"{images / rate / 3600:.2f} h",
+            )
+        )
+    figures.update(
+        {f"{name}_seconds": round(seconds, 1) for name, seconds in stages.seconds.items()},
+        after_extraction_seconds=round(after, 1),
+        components=int(reducer.n_components_),
+        words=int(codebook.size),
+        store_read_ms_per_image=round(read_ms, 3),
+        synthetic_seconds=round(made + made_here, 1),
+        peak_rss_mb=round(peak_rss_mb()),
+        extraction_hours={p: round(images / r / 3600, 2) for p, r in rates.items()},
+    )
+    report(rows, figures)
+    return figures
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=1_000_000)
+    parser.add_argument("--database", default="sqlite", choices=("sqlite", *URLS, "none"))
+    parser.add_argument("--store-images", type=int, default=2000, help="images of the store the reads are timed on")
+    add_record_option(parser)
+    args = parser.parse_args(argv)
+    with recording("firstnight", args, argv):
+        run(args.images, args.database, args.store_images)
+
+
+if __name__ == "__main__":
+    main()
