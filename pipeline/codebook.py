@@ -6,7 +6,6 @@ import logging
 import h5py
 import numpy as np
 from sklearn.cluster import KMeans
-from sklearn.metrics import pairwise_distances_argmin
 
 from .blocks import sample_images
 from .errors import ConfigError, named
@@ -106,25 +105,52 @@ class Codebook:
 
     def predict(self, x):
         """Nearest visual word of each descriptor: ndarray of shape (n,), int64."""
-        return pairwise_distances_argmin(np.asarray(x, dtype=np.float32), self.centers_).astype(np.int64)
+        return self.nearest(x, 1)[:, 0]
 
-    def nearest(self, x, m, chunk_size=4096):
+    def nearest(self, x, m, chunk_size=2048):
         """The ``m`` nearest visual words of each descriptor, nearest first (ties by word number).
+
+        Every word is scored in float32 as x . c - |c|^2 / 2, one matrix product per chunk of
+        descriptors; the words scoring within twice float32's rounding bound of the m-th best
+        are then ordered by their exact squared distance (float64), so that rounding never
+        decides between two words: the result is the exact nearest words, whatever the chunk.
 
         Returns
         -------
         words : ndarray of shape (n, m), int64
         """
-        if m == 1:
-            return self.predict(x)[:, None]
         x = np.asarray(x, dtype=np.float32)
-        squared = np.einsum("ij,ij->i", self.centers_, self.centers_)
+        centers = self.centers_.astype(np.float32)
+        m = min(m, len(centers))
+        half = 0.5 * np.einsum("ij,ij->i", centers.astype(np.float64), centers.astype(np.float64))
+        transposed, half32 = np.ascontiguousarray(centers.T), half.astype(np.float32)
+        # each float32 score lies within bound of its exact value: the dot product's
+        # gamma_d * |x| |c|, and the rounding of |c|^2 / 2 and of the difference
+        u = 2.0**-24
+        gamma = x.shape[1] * u / (1 - x.shape[1] * u)
+        largest_center = float(np.sqrt(2 * half.max())) if len(half) else 0.0
         words = np.empty((len(x), m), dtype=np.int64)
         for start in range(0, len(x), chunk_size):
-            # |x - c|^2 less the |x|^2 every word shares
-            d = squared[None, :] - 2 * (x[start : start + chunk_size] @ self.centers_.T)
-            order = np.argsort(d, axis=1, kind="stable")[:, :m]
-            words[start : start + chunk_size] = order
+            part = x[start : start + chunk_size]
+            n = len(part)
+            scores = part @ transposed
+            scores -= half32
+            at, top = np.arange(n), np.empty((n, m), dtype=np.int64)
+            for j in range(m):  # the m best in float32, each taken out before the next
+                top[:, j] = scores.argmax(axis=1)
+                kth = scores[at, top[:, j]]
+                scores[at, top[:, j]] = -np.inf
+            bound = (gamma + 2 * u) * np.sqrt(np.einsum("ij,ij->i", part, part)) * largest_center + 3 * u * half.max()
+            threshold = kth - 2 * bound
+            close = np.flatnonzero(scores.max(axis=1) >= threshold)  # a word past the m-th may be as near
+            extra_rows, extra_cols = np.nonzero(scores[close] >= threshold[close][:, None])
+            rows = np.concatenate([np.repeat(np.arange(n), m), close[extra_rows]])
+            cols = np.concatenate([top.ravel(), extra_cols])
+            exact = part[rows].astype(np.float64) - centers[cols].astype(np.float64)
+            distance = np.einsum("ij,ij->i", exact, exact)
+            order = np.lexsort((cols, distance, rows))  # by row, then distance, then word
+            first = np.searchsorted(rows[order], np.arange(n))
+            words[start : start + n] = cols[order][first[:, None] + np.arange(m)]
         return words
 
     def save(self, path, attrs):

@@ -96,3 +96,22 @@ def test_nearest_words_are_in_order_of_distance():
     distances = ((x[:, None, :] - codebook.centers_[None]) ** 2).sum(axis=2)
     np.testing.assert_array_equal(codebook.nearest(x, 3, chunk_size=64), np.argsort(distances, axis=1)[:, :3])
     np.testing.assert_array_equal(codebook.nearest(x, 1)[:, 0], codebook.predict(x))
+
+
+@pytest.mark.parametrize("m", [1, 2, 3])
+def test_nearest_words_are_exact_where_float32_cannot_tell_them_apart(m):
+    """Words at the same distance (twins), and words nearer by less than float32 can tell in a
+    score of the dot product: the exact order, ties by word number, whatever the chunk."""
+    rng = np.random.default_rng(6)
+    words = rng.normal(size=(40, 64))
+    words = np.concatenate([words, words[:10], words[:5] + 1e-6])  # twins, and near-twins
+    codebook = Codebook(len(words))
+    codebook.centers_ = words.astype(np.float32)
+    picked = rng.integers(0, 40, size=200)
+    x = (words[picked] * 0.999 + rng.normal(scale=1e-4, size=(200, 64))).astype(np.float32)
+    x[:20] = 0.5 * (codebook.centers_[0] + codebook.centers_[1])  # halfway between two words
+    exact = ((x[:, None, :].astype(np.float64) - codebook.centers_[None].astype(np.float64)) ** 2).sum(axis=2)
+    order = np.lexsort((np.broadcast_to(np.arange(len(words)), exact.shape), exact), axis=1)[:, :m]
+    for chunk_size in (7, 64, 4096):
+        np.testing.assert_array_equal(codebook.nearest(x, m, chunk_size=chunk_size), order)
+    assert codebook.nearest(x, 3).shape == (200, 3) and Codebook(2).fit(x[:50]).nearest(x, 3).shape == (200, 2)
