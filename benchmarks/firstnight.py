@@ -94,7 +94,7 @@ def run(images=1_000_000, database="sqlite", store_images=2000):
     figures = {"bench": "firstnight", "images": images}
     rates = extraction_rates(machine())
     stages = Stages()
-    blocks = TimedBlocks(images)
+    blocks = TimedBlocks(images, dtype=np.float32)  # as the store gives them
     TimedBlocks.made_seconds = 0.0
     reduction, codebook_settings = Reduction, Codebook
     reducer, reducer_seconds = stages.run(

@@ -6,21 +6,22 @@ from pipeline.blocks import Blocks
 
 
 class SyntheticBlocks(Blocks):
-    """Descriptors of ``n_images`` simulated images, made on demand (float16, to halve their memory)."""
+    """Descriptors of ``n_images`` simulated images, made on demand (float16 by default, to halve
+    their memory; float32 as the feature store gives them costs less to make)."""
 
-    def __init__(self, n_images, n_local=49, channels=2048, rank=64, themes=512, seed=0):
+    def __init__(self, n_images, n_local=49, channels=2048, rank=64, themes=512, seed=0, dtype=np.float16):
         super().__init__(n_images)
         rng = np.random.default_rng(seed)
         self.basis = (rng.normal(size=(rank, channels)) / np.sqrt(rank)).astype(np.float32)
         self.themes = (3 * rng.normal(size=(themes, rank))).astype(np.float32)
-        self.local, self.seed = n_local, seed
+        self.local, self.seed, self.dtype = n_local, seed, dtype
 
     def read(self, positions):
         z = np.empty((len(positions), self.local, len(self.themes[0])), dtype=np.float32)
         for i, p in enumerate(positions):
             rng = np.random.default_rng((self.seed, int(p)))
             z[i] = self.themes[rng.integers(len(self.themes), size=self.local)] + rng.normal(size=z.shape[1:])
-        return (z @ self.basis).astype(np.float16)
+        return (z @ self.basis).astype(self.dtype, copy=False)
 
     def n_local(self):
         return self.local
