@@ -24,7 +24,7 @@ DEFAULT_VARIANCE, DEFAULT_SAMPLE_IMAGES = Reduction.variance, Reduction.sample_i
 
 
 def normalise_rows(x, norm):
-    """Rows of ``x`` normalised by ``norm`` (see DESCRIPTOR_NORMS); rows of zeros stay zero."""
+    """Rows of ``x`` (float64) normalised by ``norm`` (see DESCRIPTOR_NORMS); rows of zeros stay zero."""
     if norm == "raw":
         return x
     if norm == "l2":
@@ -144,13 +144,15 @@ class Reducer:
         -------
         reduced : ndarray of shape (n, n_components_), float32
         """
-        x = np.asarray(x, dtype=np.float32).reshape(-1, len(self.mean_))
-        # ((x - mean) / scale) @ components.T as one float32 product, x @ weights - offset: no
-        # pass over the standardised copy, and the CPU's single-precision speed (the descriptors
-        # themselves are 8-bit codes: float32 holds them and their product to about 1e-6)
-        weights = (self.components_ / self.scale_).T.astype(np.float32)
+        x = np.asarray(x, dtype=np.float64).reshape(-1, len(self.mean_))
+        # ((x - mean) / scale) @ components.T as x @ weights - offset: no pass over a standardised
+        # copy of the 2,048 channels, and with l2 the length divides the product, not the channels.
+        # In float64, as before (the reordering moves only float64's last bits): a float32 product
+        # differs in its last bits with the number of rows beside it, and a night reduces only
+        # its new images
+        weights = (self.components_ / self.scale_).T
         offset = (self.mean_ / self.scale_) @ self.components_.T
-        if self.descriptors == "l2":  # the length divides the product, not the 2,048 channels
+        if self.descriptors == "l2":
             length = np.sqrt(np.einsum("ij,ij->i", x, x))
             projected = (x @ weights) / np.where(length > 0, length, 1.0)[:, None] - offset
         else:

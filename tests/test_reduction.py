@@ -125,3 +125,15 @@ def test_another_reduced_normalisation_keeps_the_fit():
     raw = fitted.transform(x)
     np.testing.assert_allclose(unit.transform(x), raw / np.linalg.norm(raw, axis=1, keepdims=True), rtol=1e-5)
     assert fitted.reduced == "raw"  # the original is unchanged
+
+
+@pytest.mark.parametrize("norm", ["raw", "l2", "root"])
+def test_a_descriptors_reduction_does_not_depend_on_the_others_beside_it(norm):
+    """Bit for bit, whatever block it is reduced in (a night reduces only the new images)."""
+    rng = np.random.default_rng(4)
+    x = np.abs(rng.normal(size=(49 * 130, 64)) @ rng.normal(size=(64, 512))).astype(np.float32)
+    reducer = Reducer(0.97, descriptors=norm).fit(x[:3000])
+    together = reducer.transform(x)
+    for size in (1, 49, 49 * 3, 49 * 128):
+        start = 49 * 2
+        np.testing.assert_array_equal(reducer.transform(x[start : start + size]), together[start : start + size])
