@@ -110,12 +110,12 @@ class Codebook:
     def nearest(self, x, m, chunk_size=2048):
         """The ``m`` nearest visual words of each descriptor, nearest first (ties by word number).
 
-        Every word is scored in float32 as x . c - |c|^2 / 2, and the m + 1 best kept, by one
-        fused product and selection per chunk of descriptors (:class:`BestScores`: no descriptor
-        x word matrix is held). Where a word past the m-th scores within twice float32's rounding
-        bound of the m-th, the descriptor's words within that band are ordered by their exact
-        squared distance (float64), as the m found are: rounding never decides between two
-        words, and the result is the exact nearest words whatever the chunk.
+        Every word is scored in float32 as x . c - |c|^2 / 2, one matrix product per chunk of
+        descriptors; the words scoring within twice float32's rounding bound of the m-th best
+        are then ordered by their exact squared distance (float64), so that rounding never
+        decides between two words: the result is the exact nearest words, whatever the chunk.
+        (OpenVINO's fused product and selection was faster alone, and slower in the histograms,
+        where its threads and numpy's, which reduce each block first, took turns spinning.)
 
         Returns
         -------
@@ -129,25 +129,23 @@ class Codebook:
         u = 2.0**-24
         gamma = x.shape[1] * u / (1 - x.shape[1] * u)
         largest_center = float(np.sqrt(2 * half.max())) if len(half) else 0.0
-        scored = self._scorer(m + 1) if m < len(centers) else None
         words = np.empty((len(x), m), dtype=np.int64)
         for start in range(0, len(x), chunk_size):
             part = x[start : start + chunk_size]
             n = len(part)
+            scores = part @ transposed
+            scores -= half32
+            at, top = np.arange(n), np.empty((n, m), dtype=np.int64)
+            for j in range(m):  # the m best in float32, each taken out before the next
+                top[:, j] = scores.argmax(axis=1)
+                kth = scores[at, top[:, j]]
+                scores[at, top[:, j]] = -np.inf
             bound = (gamma + 2 * u) * np.sqrt(np.einsum("ij,ij->i", part, part)) * largest_center + 3 * u * half.max()
-            if scored is None:  # no more words than asked for: every word is one
-                top, threshold = np.empty((n, 0), dtype=np.int64), np.full(n, -np.inf)
-                close = np.arange(n)
-            else:
-                values, top = scored(part)
-                threshold = values[:, m - 1] - 2 * bound
-                close = np.flatnonzero(values[:, m] >= threshold)  # a word past the m-th may be as near
-                top = top[:, :m]
-            scores = scored.every(part[close]) if scored is not None else part @ transposed - half32
-            extra_rows, extra_cols = np.nonzero(scores >= threshold[close][:, None])
-            alone = np.setdiff1d(np.arange(n), close)
-            rows = np.concatenate([np.repeat(alone, m), close[extra_rows]])
-            cols = np.concatenate([top[alone].ravel(), extra_cols])
+            threshold = kth - 2 * bound
+            close = np.flatnonzero(scores.max(axis=1) >= threshold)  # a word past the m-th may be as near
+            extra_rows, extra_cols = np.nonzero(scores[close] >= threshold[close][:, None])
+            rows = np.concatenate([np.repeat(np.arange(n), m), close[extra_rows]])
+            cols = np.concatenate([top.ravel(), extra_cols])
             exact = part[rows].astype(np.float64) - centers[cols].astype(np.float64)
             distance = np.einsum("ij,ij->i", exact, exact)
             order = np.lexsort((cols, distance, rows))  # by row, then distance, then word
@@ -155,26 +153,18 @@ class Codebook:
             words[start : start + n] = cols[order][first[:, None] + np.arange(m)]
         return words
 
-    def _prepared(self):
-        """What :meth:`nearest` uses of the words, made once per codebook (anew when ``centers_`` is set anew)."""
+    def _words(self):
+        """The words in float32, transposed, and |c|^2 / 2 in float64 and float32: made once per
+        codebook (anew when ``centers_`` is set anew)."""
         kept = self.__dict__.get("_kept")
-        if kept is None or kept["centers"] is not self.centers_:
+        if kept is None or kept[0] is not self.centers_:
             centers = self.centers_.astype(np.float32)
             half = 0.5 * np.einsum("ij,ij->i", centers.astype(np.float64), centers.astype(np.float64))
-            words = (centers, np.ascontiguousarray(centers.T), half, half.astype(np.float32))
-            kept = self.__dict__["_kept"] = {"centers": self.centers_, "words": words, "scorers": {}}
-        return kept
-
-    def _words(self):
-        """The words in float32, transposed, and |c|^2 / 2 in float64 and float32."""
-        return self._prepared()["words"]
-
-    def _scorer(self, m):
-        """:class:`BestScores` of these words' ``m`` best, compiled once per codebook."""
-        scorers, (_, transposed, _, half32) = self._prepared()["scorers"], self._words()
-        if m not in scorers:
-            scorers[m] = BestScores(transposed, half32, m)
-        return scorers[m]
+            kept = self.__dict__["_kept"] = (
+                self.centers_,
+                (centers, np.ascontiguousarray(centers.T), half, half.astype(np.float32)),
+            )
+        return kept[1]
 
     def save(self, path, attrs):
         with h5py.File(path, "w") as f:
@@ -195,41 +185,6 @@ class Codebook:
             codebook.documents_ = int(f.attrs["documents"])
             codebook.document_frequency_ = f["document_frequency"][:]
         return codebook
-
-
-class BestScores:
-    """The ``m`` best scores x . c - |c|^2 / 2 of descriptors (n, d) float32 over the words
-    ``transposed`` (d, K) with ``half`` = |c|^2 / 2, computed in float32 by OpenVINO on the CPU.
-
-    Called, it gives each descriptor's m best, highest first, and their words: (values (n, m)
-    float32, words (n, m) int64), the product and the selection fused (1.4 times numpy's product
-    alone for 8,500 words of 235 components, whose n x K result must then be read again).
-    :meth:`every` gives every word's score, for the few descriptors whose m-th best is in doubt
-    (in OpenVINO too: numpy's threads, woken between two calls, would spin beside OpenVINO's).
-    """
-
-    def __init__(self, transposed, half, m):
-        import openvino
-        from openvino import opset13 as ops
-
-        descriptors = ops.parameter([-1, transposed.shape[0]], np.float32)
-        scores = ops.subtract(ops.matmul(descriptors, ops.constant(transposed), False, False), ops.constant(half))
-        best = ops.topk(scores, ops.constant(np.int64(m)), 1, "max", "value", "i64")
-        core, precision = openvino.Core(), {"INFERENCE_PRECISION_HINT": "f32"}
-        self._best = core.compile_model(
-            openvino.Model([best.output(0), best.output(1)], [descriptors]), "CPU", precision
-        )
-        self._every = core.compile_model(openvino.Model([scores], [descriptors]), "CPU", precision)
-        self._requests = self._best.create_infer_request(), self._every.create_infer_request()
-
-    def __call__(self, x):
-        result = self._requests[0].infer([np.ascontiguousarray(x)])
-        return result[self._best.output(0)], result[self._best.output(1)]
-
-    def every(self, x):
-        if not len(x):
-            return np.empty((0, self._every.output(0).get_partial_shape()[1].get_length()), np.float32)
-        return self._requests[1].infer([np.ascontiguousarray(x)])[self._every.output(0)]
 
 
 def document_frequency(words, size):
