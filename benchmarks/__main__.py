@@ -2,13 +2,14 @@
 
 import json
 
-from . import cms, extract, neighbours, nightly, reduce, scale
+from . import cms, extract, firstnight, neighbours, nightly, reduce, scale
 
 
 def main():
     results = []
     for name, bench in (
         ("extract", extract.run),
+        ("firstnight", lambda: firstnight.run(images=20_000)),
         ("reduce", reduce.run),
         ("neighbours", neighbours.run),
         ("scale", scale.run),
