@@ -196,7 +196,7 @@ def measure_precisions(spec, names, batch_size=16, seconds=MEASURE_SECONDS, roun
     pixels = np.random.default_rng(0).uniform(0, 255, (batch_size, INPUT_SIZE, INPUT_SIZE, 3)).astype(np.float32)
     forwards = {}
     for name in names:
-        model = BACKENDS[RUNS_ON.get(name, "keras")](dataclasses.replace(spec, precision=name)).build()
+        model = dataclasses.replace(spec, precision=name).backend().build()
         forwards[name] = DescriptorExtractor(model, batch_size)._forward()
         np.asarray(forwards[name](pixels))  # traced, compiled
     measured = {name: [] for name in names}

@@ -172,6 +172,7 @@ class Features(ArtifactTask):
         shards, ran = shard_attrs(self)
         done, chunks = extraction.shards_done(ran)
         feature_store.clear_set_aside()  # their images are extracted again
+        decision = config.precision()
         attrs = self.attrs(
             images=len(index),
             reused=len(index) + len(index.rejected) - done["extracted"],
@@ -183,9 +184,9 @@ class Features(ArtifactTask):
             weights=config.resnet().weights,
             colour=config.images().colour,
             trim=config.images().trim,
-            precision=config.precision().precision,
-            precision_reason=config.precision().reason,
-            precision_rates=json.dumps(config.precision().rates),
+            precision=decision.precision,
+            precision_reason=decision.reason,
+            precision_rates=json.dumps(decision.rates),
             store=feature_store.root,
             **config.model_spec().backend().attrs(feature_store.root),
         )
