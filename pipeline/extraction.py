@@ -31,7 +31,8 @@ class Extracted(NamedTuple):
 
 def done_whole(store, files):
     """The store's scan (:meth:`FeatureStore.scan`), less the images of ``files`` whose chunk is
-    damaged or missing (those chunks set aside, so that the images are extracted again).
+    damaged or missing, extracted or rejected (those chunks set aside, so that their images are
+    extracted again and their rejected files tried again).
 
     Returns
     -------
@@ -39,7 +40,7 @@ def done_whole(store, files):
     repaired_chunks, repaired_images : int
     """
     done, rejected = store.scan()
-    chunk_of = {f.key: done[f.key][0] for f in files if f.key in done}
+    chunk_of = {f.key: found[f.key][0] for f in files for found in (done, rejected) if f.key in found}
     damaged = store.damaged(sorted(set(chunk_of.values())))
     for name, reason in damaged.items():
         store.set_aside(name, reason)
@@ -47,7 +48,8 @@ def done_whole(store, files):
         return done, rejected, 0, 0
     lost = [key for key, name in chunk_of.items() if name in damaged]
     for key in lost:
-        del done[key]
+        done.pop(key, None)
+        rejected.pop(key, None)
     logger.warning("%d damaged or missing feature chunks: %d images to extract again", len(damaged), len(lost))
     return done, rejected, len(damaged), len(lost)
 

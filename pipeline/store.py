@@ -164,8 +164,9 @@ class FeatureStore:
         -------
         done : dict of str to (str, int)
             Key -> (chunk name, row) of every image with descriptors.
-        rejected : dict of str to str
-            Key -> reason of every image that could not be decoded.
+        rejected : dict of str to (str, str)
+            Key -> (chunk name, reason) of every image that could not be decoded: its chunk too,
+            so that the rejections of a chunk set aside are tried again with its images.
         """
         return self._scan()[:2]
 
@@ -180,12 +181,13 @@ class FeatureStore:
             try:
                 with h5py.File(os.path.join(self.chunk_dir, name), "r") as f:
                     keys = read_strings(f["keys"])
-                    reasons = dict(zip(read_strings(f["rejected_keys"]), read_strings(f["rejected_reasons"])))
+                    reasons = read_strings(f["rejected_reasons"])
+                    rejected_keys = read_strings(f["rejected_keys"])
             except (OSError, KeyError) as exc:
                 self.set_aside(name, read_problem(exc))
                 continue
             done.update((key, (name, row)) for row, key in enumerate(keys))
-            rejected.update(reasons)
+            rejected.update((key, (name, reason)) for key, reason in zip(rejected_keys, reasons))
             read.add(name)
         return done, rejected, read
 
@@ -193,10 +195,18 @@ class FeatureStore:
         try:
             with h5py.File(self.catalog_path, "r") as f:
                 chunk_names = read_strings(f["chunk_names"])
+                if "rejected_chunk" not in f:  # made by an earlier version: read every chunk once
+                    logger.info("the feature store's catalog does not say where its rejections are: every chunk is read")
+                    return {}, {}, set()
                 done = dict(zip(read_strings(f["keys"]), zip(chunk_names[f["chunk"][:]], f["row"][:].tolist())))
-                rejected = dict(zip(read_strings(f["rejected_keys"]), read_strings(f["rejected_reasons"])))
+                rejected = dict(
+                    zip(
+                        read_strings(f["rejected_keys"]),
+                        zip(chunk_names[f["rejected_chunk"][:]], read_strings(f["rejected_reasons"])),
+                    )
+                )
                 return done, rejected, set(chunk_names)
-        except (OSError, KeyError) as exc:  # none yet, or unreadable: every chunk is read
+        except (OSError, KeyError, IndexError) as exc:  # none yet, or unreadable: every chunk is read
             if os.path.exists(self.catalog_path):
                 logger.warning("the feature store's catalog is unreadable (%s): every chunk is read", read_problem(exc))
             return {}, {}, set()
@@ -228,6 +238,7 @@ class FeatureStore:
             except FileNotFoundError:  # set aside since the catalog listed it: its images are not done
                 pass
         done = {key: place for key, place in done.items() if place[0] in stats}
+        rejected = {key: place for key, place in rejected.items() if place[0] in stats}
         names = sorted(stats)
         number = {name: i for i, name in enumerate(names)}
         with atomic_path(self.catalog_path) as tmp:
@@ -239,7 +250,8 @@ class FeatureStore:
                 f.create_dataset("chunk", data=np.array([number[c] for c, _ in done.values()], dtype=np.int64))
                 f.create_dataset("row", data=np.array([r for _, r in done.values()], dtype=np.int64))
                 write_strings(f, "rejected_keys", list(rejected))
-                write_strings(f, "rejected_reasons", list(rejected.values()))
+                f.create_dataset("rejected_chunk", data=np.array([number[c] for c, _ in rejected.values()], dtype=np.int64))
+                write_strings(f, "rejected_reasons", [reason for _, reason in rejected.values()])
         return done, rejected
 
     def remove_stale_temporaries(self):
@@ -313,7 +325,7 @@ def index_inventory(store, inventory):
             chunk.append(done[f.key][0])
             row.append(done[f.key][1])
         elif f.key in rejected:
-            failed.append((f.relpath, rejected[f.key]))
+            failed.append((f.relpath, rejected[f.key][1]))
         else:
             raise ArtifactError(
                 f"{f.relpath} has no descriptors in the feature store {store.root}; run the extraction again"

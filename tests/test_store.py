@@ -164,6 +164,41 @@ def test_the_catalog_spares_reading_old_chunks_and_misses_no_new_one(tmp_path):
     assert sorted(done) == sorted([*full[0], ImageFile("1", "5.jpg", 10, 20).key]) and rejected == full[1]
 
 
+@pytest.mark.parametrize("catalogued", [False, True])
+@pytest.mark.parametrize("damage", ["removed", "overwritten"])
+def test_the_rejected_files_of_a_chunk_set_aside_are_tried_again(tmp_path, catalogued, damage):
+    store = FeatureStore(tmp_path / "store")
+    files = inventory(["1.jpg", "bad2.jpg", "3.jpg", "bad4.jpg"]).files  # batches of 2: each chunk one of each
+    extract_to_store(store, FakeExtractor, files, "content")
+    if catalogued:
+        store.update_catalog()
+    first_chunk = store.scan()[0][files[0].key][0]
+    path = tmp_path / "store" / "chunks" / first_chunk
+    if damage == "removed":
+        path.unlink()
+    else:
+        path.write_bytes(b"\0" * path.stat().st_size)
+    again = FakeExtractor()
+    extracted = extract_to_store(store, lambda: again, files, "content")
+    assert again.seen == ["1.jpg", "bad2.jpg"]  # the good file and the rejected one of that chunk
+    # counted as repaired where the catalog had listed the chunk (else it is simply not in the store)
+    assert (extracted.repaired_chunks, extracted.repaired_images) == ((1, 2) if catalogued else (0, 0))
+    store.clear_set_aside()
+    assert sorted(store.update_catalog()[1]) == sorted([files[1].key, files[3].key])
+    assert index_inventory(store, inventory(["1.jpg", "bad2.jpg", "3.jpg", "bad4.jpg"])).ids.tolist() == [100, 102]
+
+
+def test_a_catalog_of_an_earlier_version_is_read_past(tmp_path):
+    store = FeatureStore(tmp_path / "store")
+    files = inventory(["1.jpg", "bad2.jpg"]).files
+    extract_to_store(store, FakeExtractor, files, "content")
+    full = store.update_catalog()
+    with h5py.File(store.catalog_path, "a") as f:  # as an earlier version wrote it
+        del f["rejected_chunk"]
+    assert store.scan() == full  # every chunk read again
+    assert extract_to_store(store, FakeExtractor, files, "content")[:2] == (0, 2)
+
+
 def test_attributes_are_read_again_whenever_the_file_changes(tmp_path):
     path = tmp_path / "artifact.h5"
     with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
