@@ -240,7 +240,8 @@ def take_inventory(content, mapping_csv, previous_path, path):
     """What the Inventory stage does: the ID mapping read, the folder scanned and joined with it,
     compared with the previous inventory, saved."""
     inventory = collection.take_inventory(content, collection.read_mapping(mapping_csv), "the mapping")
-    removed = collection.removed_images(collection.load_inventory(previous_path), inventory) if previous_path else []
+    previous = [f.relpath for f in collection.load_inventory(previous_path).files] if previous_path else []
+    removed = collection.removed_images(previous, inventory)
     collection.save_inventory(path, inventory, {"removed": len(removed)})
     return inventory
 

@@ -325,9 +325,10 @@ class Inventory:
 
 
 def removed_images(previous, current):
-    """Relative paths of the images of ``previous`` that ``current`` no longer has."""
+    """Relative paths of the images ``previous`` (their relative paths) that the inventory
+    ``current`` no longer has."""
     now = {f.relpath for f in current.files}
-    return [f.relpath for f in previous.files if f.relpath not in now]
+    return [relpath for relpath in previous if relpath not in now]
 
 
 def too_many_removed(removed, previous, max_removed):
@@ -527,7 +528,7 @@ def removal_from_disk(previous, content_dir, max_removed):
 
 def check_removal_from_mapping(previous, inventory, source, max_removed):
     """The removal guard once the inventory is taken: raise CollectionError when more than the
-    share ``max_removed`` of the ``previous`` inventory's images are gone from ``inventory``,
+    share ``max_removed`` of the previous run's images (their relative paths ``previous``) are gone from ``inventory``,
     naming those still on disk but no longer in the ID mapping (``source``: where it came from).
 
     Returns
@@ -538,11 +539,11 @@ def check_removal_from_mapping(previous, inventory, source, max_removed):
     removed = removed_images(previous, inventory)
     if removed:
         logger.info("%d images of the previous run are gone: %s", len(removed), ", ".join(removed[:20]))
-    if not too_many_removed(len(removed), len(previous.files), max_removed):
+    if not too_many_removed(len(removed), len(previous), max_removed):
         return removed
     unmapped = set(inventory.unmapped)
     still = [relpath for relpath in removed if relpath in unmapped]
-    n, total = len(removed), len(previous.files)
+    n, total = len(removed), len(previous)
     raise CollectionError(
         f"{n:,} of the previous run's {total:,} images ({n / total:.1%}) are gone tonight, more than "
         f"{named('max_removed')}={max_removed:g}; {len(still):,} of them are on disk but no longer in the ID "

@@ -196,7 +196,9 @@ class FeatureStore:
             with h5py.File(self.catalog_path, "r") as f:
                 chunk_names = read_strings(f["chunk_names"])
                 if "rejected_chunk" not in f:  # made by an earlier version: read every chunk once
-                    logger.info("the feature store's catalog does not say where its rejections are: every chunk is read")
+                    logger.info(
+                        "the feature store's catalog does not say where its rejections are: every chunk is read"
+                    )
                     return {}, {}, set()
                 done = dict(zip(read_strings(f["keys"]), zip(chunk_names[f["chunk"][:]], f["row"][:].tolist())))
                 rejected = dict(
@@ -250,7 +252,9 @@ class FeatureStore:
                 f.create_dataset("chunk", data=np.array([number[c] for c, _ in done.values()], dtype=np.int64))
                 f.create_dataset("row", data=np.array([r for _, r in done.values()], dtype=np.int64))
                 write_strings(f, "rejected_keys", list(rejected))
-                f.create_dataset("rejected_chunk", data=np.array([number[c] for c, _ in rejected.values()], dtype=np.int64))
+                f.create_dataset(
+                    "rejected_chunk", data=np.array([number[c] for c, _ in rejected.values()], dtype=np.int64)
+                )
                 write_strings(f, "rejected_reasons", [reason for _, reason in rejected.values()])
         return done, rejected
 

@@ -2,17 +2,20 @@
 CMS database), the labels; each missing one reads as a missing input naming its setting."""
 
 import functools
+import logging
 import os
 
 import luigi
 
 from pipeline import cms, collection, store
 from pipeline.errors import ConfigError
-from pipeline.h5io import read_attrs
+from pipeline.h5io import read_attrs, read_problem
 from pipeline.lastrun import keep_previous
 
 from . import config
 from .base import CheckSettings, RunInput, RunTask, artifacts_writable
+
+logger = logging.getLogger(__name__)
 
 
 def engine():
@@ -119,17 +122,25 @@ def removal_problem(date):
 
 def previous_images(paths, date):
     """The relative paths of the previous run's images, from the first of ``paths`` (its
-    inventory, its features index) that can be read; None when none can, or when today's
-    inventory is taken already."""
+    inventory, then its features index: the images with descriptors and those rejected) that
+    can be read; None when none can, or when today's inventory is taken already."""
+    unreadable = []
     for path in paths:
         try:
             if read_attrs(path).get("run_date") == date.isoformat():
                 return None  # today's: the comparison was made before it was taken
             if os.path.basename(path) == "inventory.h5":
                 return [f.relpath for f in collection.load_inventory(path).files]
-            return [collection.relpath_of(key) for key in store.load_index(path).keys]
-        except (OSError, KeyError):  # missing or damaged (made again, with a warning): the next one
+            index = store.load_index(path)
+        except (OSError, KeyError) as exc:  # missing or damaged (made again, with a warning): the next one
+            if os.path.exists(path):
+                unreadable.append(f"{path} ({read_problem(exc)})")
             continue
+        if unreadable:
+            logger.warning("the removal guard reads the previous run's images from %s: %s", path, "; ".join(unreadable))
+        return [collection.relpath_of(key) for key in index.keys] + [relpath for relpath, _ in index.rejected]
+    if unreadable:
+        logger.warning("the removal guard has no record of the previous run's images: %s", "; ".join(unreadable))
     return None
 
 
@@ -195,7 +206,7 @@ class LastRun(RunTask):
     and lists of unchanged images, the verdicts' known images, the copy groups' numbers)."""
 
     #: The files of a run that the next one reads.
-    FILES = ("inventory.h5", "histograms.h5", "verdicts.h5", "similarities.hdf5", "copies.h5")
+    FILES = ("inventory.h5", "features.h5", "histograms.h5", "verdicts.h5", "similarities.hdf5", "copies.h5")
 
     def requires(self):
         return {"settings": CheckSettings(date=self.date), "on_disk": CollectionOnDisk(date=self.date)}

@@ -66,10 +66,8 @@ class Inventory(ArtifactTask):
         n_local = layer_side(config.resnet().layer) ** 2
         check_size(config.codebook().size, len(inventory), n_local, config.codebook().sample_size)
         self.found = inventory.fingerprint()
-        try:
-            previous = collection.load_inventory(inputs.previous(self, self.filename))
-        except (OSError, KeyError):  # none, or damaged: nothing to compare with (CollectionOnDisk has)
-            previous = None
+        # the previous run's images: from its inventory, or its features index when that is damaged
+        previous = inputs.previous_images([inputs.previous(self, name) for name in inputs.PREVIOUS], self.date)
         c = config.collection()
         removed = []
         if previous is not None:  # the guard, unless a run is told to allow removals

@@ -128,6 +128,22 @@ def test_a_mapping_that_loses_half_its_rows_stops_the_night_before_the_inventory
     assert json.loads((artifacts / "run_report.json").read_text())["removed"] > 0
 
 
+def test_with_its_inventory_damaged_a_mapping_that_loses_half_its_rows_still_stops_the_night(site, monkeypatch):
+    artifacts, mapping = site / "artifacts", site / "content" / "image_ids.csv"
+    with open(artifacts / "inventory.h5", "r+b") as f:  # truncated: the guard reads the features index
+        f.truncate(100)
+    rows = mapping.read_text().splitlines()
+    mapping.write_text("\n".join(rows[: 1 + (len(rows) - 1) // 2]) + "\n")
+    cms_before = cms_rows(site / "cms.sqlite")
+
+    result = night(monkeypatch, site, SECOND)
+
+    assert result.status == Status.FAILED, result.summary_text
+    assert cms_rows(site / "cms.sqlite") == cms_before
+    report = json.loads((artifacts / "runs" / SECOND.isoformat() / "run_report.json").read_text())
+    assert report["failed_stage"] == "Inventory" and "on disk but no longer in the ID mapping" in report["error"]
+
+
 def test_a_few_removed_images_and_an_emptied_mount_point(site, monkeypatch):
     content = site / "content"
     folders = sorted(record_folders(content), key=lambda f: len(os.listdir(f)))
