@@ -32,6 +32,7 @@ NAMES = {
     "candidates": "[neighbours] candidates",
     "verdicts_table": "[verdicts] table",
     "verdicts_csv": "[verdicts] csv",
+    "allow_empty": "--verdicts-allow-empty",
     "fingerprint": "[collection] fingerprint",
     "max_removed": "[collection] max_removed",
     "allow_removals": "--collection-allow-removals",

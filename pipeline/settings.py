@@ -568,7 +568,12 @@ class Neighbours(Section):
 @dataclasses.dataclass(frozen=True)
 class Verdicts(Section):
     section = "verdicts"
-    _parameter_constraints = {"source": Options("auto", "cms", "csv", "none"), "table": Text(), "csv": Text()}
+    _parameter_constraints = {
+        "source": Options("auto", "cms", "csv", "none"),
+        "table": Text(),
+        "csv": Text(),
+        "allow_empty": Boolean(),
+    }
 
     source: str = setting(
         "auto",
@@ -587,6 +592,14 @@ class Verdicts(Section):
         "",
         "CSV file of the verdicts, with the table's columns as its header, for a site without a CMS database.",
         significant=False,
+    )
+    allow_empty: bool = setting(
+        False,
+        "Let this run read no verdicts where the last run read some (a night that finds its verdicts gone "
+        "stops with exit code 20, the lists and the CMS as they were): give it once on the command line "
+        "(--verdicts-allow-empty) to confirm that every verdict was withdrawn on purpose.",
+        significant=False,
+        flag=True,
     )
 
 

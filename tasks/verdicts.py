@@ -6,9 +6,11 @@ import os
 
 from pipeline import collection, store, verdicts
 from pipeline.cms import shown
+from pipeline.errors import CmsError, ConfigError
+from pipeline.h5io import read_attrs
 
 from . import config, inputs
-from .base import ArtifactTask, settings_digest
+from .base import ArtifactTask, RunInput, settings_digest
 from .extraction import Features
 from .inventory import Inventory
 
@@ -37,6 +39,46 @@ def read_rows(ids):
     return verdicts.no_rows()
 
 
+def vanished_problem():
+    """One line when the last run read verdicts and ``[verdicts] source`` holds none tonight
+    (missing or empty), unless ``[verdicts] allow_empty`` confirms it; else None. A source that
+    cannot be read is the Verdicts stage's to report."""
+    kind, place = config.verdict_source()
+    if kind == "none" or config.verdicts().allow_empty:
+        return None
+    try:
+        last = read_attrs(os.path.join(config.paths().artifacts, Verdicts.filename))
+    except OSError:  # none yet, or damaged (made again)
+        return None
+    if not int(last.get("rows", 0)):
+        return None
+    try:
+        now = verdicts.count_rows(inputs.engine(), place) if kind == "cms" else len(verdicts.read_csv(place))
+    except (CmsError, ConfigError):
+        return None
+    return None if now else verdicts.vanished(where(), int(last["rows"]), last.get("where", "its source"))
+
+
+class VerdictsKept(RunInput):
+    """The verdicts still there: when the last run read some and ``[verdicts] source`` holds none
+    tonight, the night stops before its lists are made, as for a missing input (exit code 20),
+    unless ``[verdicts] allow_empty`` confirms that every verdict was withdrawn."""
+
+    sections = ("verdicts",)
+
+    def complete(self):
+        return self.problem() is None
+
+    def missing_message(self):
+        return self.problem()
+
+    def problem(self):
+        """:func:`vanished_problem`, worked out once."""
+        if "_problem" not in self.__dict__:
+            self._problem = vanished_problem()
+        return self._problem
+
+
 class Verdicts(ArtifactTask):
     """The verdicts this run honours (``verdicts.h5``): those of ``[verdicts] source`` that name two
     images of the run, one per pair; every row left out is listed with its reason."""
@@ -50,6 +92,7 @@ class Verdicts(ArtifactTask):
             "features": Features(date=self.date),
             "inventory": Inventory(date=self.date),
             "previous": inputs.LastRun(date=self.date),
+            "kept": VerdictsKept(date=self.date),
         }
         if config.verdict_source()[0] == "cms":
             required["cms"] = inputs.CmsDatabase(date=self.date)

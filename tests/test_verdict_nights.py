@@ -218,3 +218,40 @@ def test_verdicts_added_changed_withdrawn_and_bad_over_four_nights(site, monkeyp
     assert lists_of(fourth) == lists and site.cms_lists() == lists
     assert fourth["attrs"]["queried"] == 0 and fourth["attrs"]["judged_queried"] == 0
     assert site.loaded_rows()[-1] == 0
+
+
+def test_verdicts_gone_stop_the_night_until_they_are_back_or_confirmed_withdrawn(site, monkeypatch):
+    raw = lists_of(site.night(monkeypatch, DAYS[0]))
+    image = sorted(raw)[0]
+    site.judge(image, raw[image][0], "wrong", DAYS[0])
+    judged = lists_of(site.night(monkeypatch, DAYS[1]))
+    assert raw[image][0] not in judged[image]
+    artifacts = site.root / "artifacts"
+    kept = (artifacts / "similarities.hdf5").read_bytes(), site.cms_lists()
+
+    # the verdicts vanish: a volume that did not mount, or an emptied table
+    if site.source == "csv":
+        (site.root / "verdicts.csv").rename(site.root / "unmounted.csv")
+    else:
+        with site.db.engine.begin() as conn:
+            conn.execute(sa.text(f"DELETE FROM {site.db.verdicts}"))
+    with luigi_config(monkeypatch, site.config):
+        result = luigi.build([Nightly(date=DAYS[2])], local_scheduler=True, detailed_summary=True, workers=1)
+    assert result.status == luigi.execution_summary.LuigiStatusCode.MISSING_EXT, result.summary_text
+    report = json.loads((artifacts / "runs" / DAYS[2].isoformat() / "run_report.json").read_text())
+    assert "holds no verdicts, where the last run read 1 rows" in report["error"]
+    assert "--verdicts-allow-empty" in report["error"]
+    assert ((artifacts / "similarities.hdf5").read_bytes(), site.cms_lists()) == kept
+
+    # back the next night: the judged pair stays out
+    if site.source == "csv":
+        (site.root / "unmounted.csv").rename(site.root / "verdicts.csv")
+    else:
+        site.judge(image, raw[image][0], "wrong", DAYS[0])
+    assert lists_of(site.night(monkeypatch, DAYS[2])) == judged
+
+    # withdrawn on purpose, and confirmed for one night: the pair comes back
+    with luigi_config(monkeypatch, site.config):
+        assert verdict_command([str(image), str(raw[image][0]), "withdraw"]) == 0
+    site.config = pipeline_config(site.root, **site.settings, verdicts__allow_empty="true")
+    assert lists_of(site.night(monkeypatch, DAYS[3])) == raw

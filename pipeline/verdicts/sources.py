@@ -96,6 +96,34 @@ def read_table(engine, table=TABLE):
     return frame
 
 
+def count_rows(engine, table=TABLE):
+    """How many rows the verdict table holds: 0 when it does not exist.
+
+    Raises
+    ------
+    CmsError
+        When the database cannot be read.
+    """
+    try:
+        with engine.connect() as conn:
+            if not sa.inspect(conn).has_table(table):
+                return 0
+            return int(conn.execute(sa.select(sa.func.count()).select_from(sa.table(table))).scalar_one())
+    except SQLAlchemyError as exc:
+        raise CmsError(f"{_where(engine, table)} cannot be read: {_one_line(exc)}") from None
+
+
+def vanished(where, rows_before, where_before):
+    """The line that stops a night whose verdict source (``where``) holds no rows, where the last
+    run read ``rows_before`` from ``where_before``: a file on a volume that did not mount, or an
+    emptied table, would otherwise bring back every pair judged wrong."""
+    return (
+        f"{where} holds no verdicts, where the last run read {rows_before:,} rows from {where_before}; the lists and "
+        f"the CMS are left as they were: mount or restore the verdicts and run again, or, if every verdict was "
+        f"withdrawn on purpose, run once with {named('allow_empty')}"
+    )
+
+
 def read_csv(path):
     """The rows of a verdict CSV file (header: COLUMNS, ``author`` optional) as :func:`read_table`
     gives them, each named by its line; a missing file holds no verdicts.
