@@ -245,6 +245,28 @@ class RunInput(RunTask, luigi.ExternalTask):
         raise NotImplementedError
 
 
+class RunGuard(RunInput):
+    """A guard on the run's inputs (the images still on disk, the verdicts still there): when
+    :meth:`check` finds a problem, the run stops here as for a missing input (exit code 20), the
+    tasks that depend on it not run, and its report gives the problem's line."""
+
+    def check(self):
+        """One line naming the problem and the fix, or None."""
+        raise NotImplementedError
+
+    def problem(self):
+        """:meth:`check`, worked out once per task."""
+        if "_problem" not in self.__dict__:
+            self._problem = self.check()
+        return self._problem
+
+    def complete(self):
+        return self.problem() is None
+
+    def missing_message(self):
+        return self.problem()
+
+
 class Stage(RunTask):
     """A stage of one run, whose result carries its identity in a small record.
 

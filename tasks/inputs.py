@@ -13,7 +13,7 @@ from pipeline.h5io import read_attrs, read_problem
 from pipeline.lastrun import keep_previous
 
 from . import config
-from .base import CheckSettings, RunInput, RunTask, artifacts_writable
+from .base import CheckSettings, RunGuard, RunInput, RunTask, artifacts_writable
 
 logger = logging.getLogger(__name__)
 
@@ -82,23 +82,14 @@ class CmsDatabase(RunInput):
         )
 
 
-class CollectionOnDisk(RunInput):
+class CollectionOnDisk(RunGuard):
     """The previous run's images still on disk: when more than ``[collection] max_removed`` of them
     are gone, the night stops here, before any task writes, as for a missing input (exit code 20)."""
 
     sections = ("collection",)
 
-    def complete(self):
-        return self.problem() is None
-
-    def missing_message(self):
-        return self.problem()
-
-    def problem(self):
-        """:func:`removal_problem` of this run, worked out once (reading the previous run's images)."""
-        if "_problem" not in self.__dict__:
-            self._problem = removal_problem(self.date)
-        return self._problem
+    def check(self):
+        return removal_problem(self.date)
 
 
 #: Where the previous run's images are listed: its inventory, else (damaged) its features index.

@@ -10,7 +10,7 @@ from pipeline.errors import CmsError, ConfigError
 from pipeline.h5io import read_attrs
 
 from . import config, inputs
-from .base import ArtifactTask, RunInput, settings_digest
+from .base import ArtifactTask, RunGuard, settings_digest
 from .extraction import Features
 from .inventory import Inventory
 
@@ -59,24 +59,15 @@ def vanished_problem():
     return None if now else verdicts.vanished(where(), int(last["rows"]), last.get("where", "its source"))
 
 
-class VerdictsKept(RunInput):
+class VerdictsKept(RunGuard):
     """The verdicts still there: when the last run read some and ``[verdicts] source`` holds none
     tonight, the night stops before its lists are made, as for a missing input (exit code 20),
     unless ``[verdicts] allow_empty`` confirms that every verdict was withdrawn."""
 
     sections = ("verdicts",)
 
-    def complete(self):
-        return self.problem() is None
-
-    def missing_message(self):
-        return self.problem()
-
-    def problem(self):
-        """:func:`vanished_problem`, worked out once."""
-        if "_problem" not in self.__dict__:
-            self._problem = vanished_problem()
-        return self._problem
+    def check(self):
+        return vanished_problem()
 
 
 class Verdicts(ArtifactTask):
