@@ -316,7 +316,8 @@ def hold(folder, date, central=False, heartbeat=HEARTBEAT, stale_after=STALE_AFT
 
 
 @atexit.register
-def _release_all():
+def release_all():
+    """Leave every run this process holds (as when it ends)."""
     for lock in list(_HELD.values()):
         try:
             lock.release()

@@ -5,6 +5,7 @@ import os
 
 from pipeline.codebook import DESCRIPTORS_PER_WORD, fit_codebook
 from pipeline.codebook import FORMAT as CODEBOOK_FORMAT
+from pipeline.h5io import read_attrs, read_problem
 from pipeline.reduction import Reducer as ReducerModel
 from pipeline.reduction import fit_reducer
 
@@ -18,6 +19,20 @@ logger = logging.getLogger("luigi-interface")
 def fitted_before():
     """Whether an earlier run fitted the reducer and codebook: its histograms (made from them) are there."""
     return os.path.exists(os.path.join(config.paths().artifacts, "histograms.h5"))
+
+
+def codebook_lost():
+    """Why the codebook is gone (missing or unreadable), or None. A codebook fitted again on
+    today's images differs from the lost one while its identity, made from the reducer's, would
+    not: so the reducer is refitted with it, and whatever was made from the two is made anew."""
+    path = os.path.join(config.paths().artifacts, Codebook.filename)
+    try:
+        read_attrs(path)
+    except FileNotFoundError:
+        return "missing" if fitted_before() else None
+    except OSError as exc:
+        return f"unreadable ({read_problem(exc)})"
+    return None
 
 
 class Reducer(ArtifactTask):
@@ -40,6 +55,9 @@ class Reducer(ArtifactTask):
     def outdated(self, record):
         if self.refit and record["run_date"] != self.date.isoformat():
             return "a refit was asked for"
+        lost = record["run_date"] != self.date.isoformat() and codebook_lost()
+        if lost:
+            return f"the codebook fitted with it is {lost}"
         images_now = self.requires().record()
         growth = config.codebook().refit_growth
         if images_now is not None and images_now["images"] > record["images"] * (1 + growth):

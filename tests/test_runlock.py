@@ -131,7 +131,7 @@ def test_one_process_runs_its_dates_one_after_another(tmp_path):
     runlock.hold(tmp_path, "2026-02-01")
     runlock.hold(tmp_path, "2026-02-02")  # the same process: its next run takes the claim over
     assert json.loads((tmp_path / CLAIM).read_text())["date"] == "2026-02-02"
-    runlock._release_all()
+    runlock.release_all()
     assert listing(tmp_path) == []
 
 
