@@ -2,7 +2,7 @@
 
 import json
 
-from . import cms, extract, firstnight, neighbours, nightly, reduce, scale
+from . import cms, extract, firstnight, neighbours, nightly, reduce, scale, soak
 
 
 def main():
@@ -15,6 +15,7 @@ def main():
         ("scale", scale.run),
         ("cms", cms.run),
         ("nightly", lambda: nightly.run(images=20_000, added=200, changed=20, removed=20)),
+        ("soak", lambda: soak.run(nights=20, stop_at_first=False)),
     ):
         print(f"\n== {name} ==")
         results.append(bench())
