@@ -14,10 +14,14 @@ Each night draws from the seed, as a site meets them:
 - faults: the process killed (SIGKILL, a separate process) as a random stage starts; an artifact
   damaged (truncated, zeroed, deleted, filled with other bytes); the verdict file gone (a volume
   that did not mount; then back, or every verdict withdrawn and confirmed with
-  ``--verdicts-allow-empty``); a second run started while the first holds the folder.
+  ``--verdicts-allow-empty``); verdicts written while the night runs (as it starts, read that
+  night, or as it loads the CMS, read the next); a second run started while the first holds the
+  folder; a full disk as the night writes (the artifacts on a tmpfs of their own, where one can
+  be mounted: as root; elsewhere that fault is not drawn, and the figures say so).
 
 A night ends when a run succeeds: a failure must exit with the documented code and a one-line
-reason, and leave the CMS as it was; the scheduler's next run follows. After every night that
+reason, and leave the CMS as it was (or with the night's lists whole, where only the run report
+failed after the load); the scheduler's next run follows. After every night that
 succeeds, the invariants:
 
 - ``similarities.hdf5`` equals, array for array, a run from scratch (a fresh artifacts folder
@@ -37,6 +41,7 @@ import contextlib
 import csv
 import datetime
 import json
+import math
 import os
 import shutil
 import sqlite3
@@ -83,12 +88,19 @@ class Site:
         self.bases = [demo.base_image(name) for name in BASES]
         self.verdict_csv = os.path.join(root, "verdicts.csv")
         self.cms = os.path.join(root, "cms.sqlite")
+        # the artifacts on a disk of their own where one can be mounted (root), for the full disk
+        os.makedirs(self.artifacts)
+        mounted = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=256m", "tmpfs", self.artifacts], capture_output=True
+        )
+        self.small_disk = mounted.returncode == 0
         self.config = self.write_config(root, self.artifacts)
         self.next_id = 50_000
         self.broken = set()  # (ppn, filename) of the files written broken on purpose
         self.verdicts = {}  # frozenset pair -> "wrong" / "right", as the simulation wrote them
+        self.read_rows = 0  # the verdict rows the last night read
 
-    def write_config(self, root, artifacts):
+    def write_config(self, root, artifacts, verdict_csv=None):
         sections = {
             "paths": {"content": self.content, "artifacts": artifacts},
             "ids": {"csv": self.mapping_path},
@@ -100,7 +112,7 @@ class Site:
             "copies": {"threshold": 0.35},
             "report": {"sample": 2},
             "cms": {"url": f"sqlite:///{self.cms}", "copies_table": "image_copies"},
-            "verdicts": {"csv": self.verdict_csv},
+            "verdicts": {"csv": verdict_csv or self.verdict_csv},
             "retcode": {"already_running": 10, "missing_data": 20, "task_failed": 30, "unhandled_exception": 40},
         }
         path = os.path.join(root, "luigi.cfg")
@@ -108,6 +120,10 @@ class Site:
             for section, values in sections.items():
                 f.write(f"[{section}]\n" + "".join(f"{k} = {v}\n" for k, v in values.items()))
         return path
+
+    def close(self):
+        if self.small_disk:
+            subprocess.run(["umount", "-l", self.artifacts], check=True)
 
     @property
     def mapping_path(self):
@@ -196,21 +212,31 @@ class Site:
                 self.new_image(ppn)
             counts["records added"] += 1
 
-    def withdraw_record(self):
-        """Remove the record folder with the most images, and its mapping rows: past the guard.
-        Returns (what to put back, the folder moved aside)."""
-        counts = collections.Counter(pf[0] for pf in self.on_disk().values())
-        ppn = max(sorted(counts), key=counts.get)
-        aside = os.path.join(self.root, "aside", ppn)
-        os.makedirs(os.path.dirname(aside), exist_ok=True)
-        shutil.move(os.path.join(self.content, ppn), aside)
-        rows = self.mapping()
-        gone = {i: pf for i, pf in rows.items() if pf[0] == ppn}
-        self.write_mapping({i: pf for i, pf in rows.items() if pf[0] != ppn})
-        return gone, aside
+    def withdraw_records(self, last_night):
+        """Remove the largest record folders, and their mapping rows, until more of the last
+        night's ``last_night`` images are gone than ``[collection] max_removed`` (5 %) allows.
+        Returns (the rows to put back, the folders moved aside)."""
+        on_disk = self.on_disk()
+        counts = collections.Counter(pf[0] for pf in on_disk.values())
+        limit = math.ceil(0.05 * last_night)
+        chosen = []
+        for ppn in sorted(counts, key=lambda p: (-counts[p], p)):
+            if sum(counts[p] for p in chosen) > limit:
+                break
+            chosen.append(ppn)
+        rows, asides = self.mapping(), []
+        for ppn in chosen:
+            aside = os.path.join(self.root, "aside", ppn)
+            os.makedirs(os.path.dirname(aside), exist_ok=True)
+            shutil.move(os.path.join(self.content, ppn), aside)
+            asides.append(aside)
+        gone = {i: pf for i, pf in rows.items() if pf[0] in chosen}
+        self.write_mapping({i: pf for i, pf in rows.items() if pf[0] not in chosen})
+        return gone, asides
 
-    def restore_record(self, gone, aside):
-        shutil.move(aside, os.path.join(self.content, os.path.basename(aside)))
+    def restore_records(self, gone, asides):
+        for aside in asides:
+            shutil.move(aside, os.path.join(self.content, os.path.basename(aside)))
         rows = self.mapping()
         rows.update(gone)
         self.write_mapping(rows)
@@ -346,6 +372,46 @@ def run_report(site):
         return json.load(f)
 
 
+@contextlib.contextmanager
+def held(runner, date, stage):
+    """A run in a process of its own, held as ``stage`` starts while the block runs, then let go;
+    yields a dict whose ``code`` is its exit code once it has ended (None: it never got there)."""
+    hold = os.path.join(runner.site.root, f"hold-{date}")
+    process = runner.process(date, FAULT_PAUSE_AT=f"{stage}:{hold}")
+    deadline = time.monotonic() + 120
+    while not os.path.exists(hold + ".paused") and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    ended = {"paused": os.path.exists(hold + ".paused")}
+    try:
+        yield ended
+    finally:
+        open(hold, "w").close()
+        ended["code"] = process.wait(timeout=600)
+        for name in (hold, hold + ".paused"):
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(name)
+
+
+def list_rows(found):
+    """The CMS's rows (image, rank, similar image, distance) of a similarities.hdf5 as read."""
+    return sorted(
+        (int(i), r + 1, int(n), d)
+        for i, row, dist in zip(found["ids"], found["neighbours"], found["distances"])
+        for r, (n, d) in enumerate(zip(row, dist))
+        if n >= 0
+    )
+
+
+def cms_unchanged_or_whole(site, cms_before):
+    """Whether the CMS is as it was, or holds the night's lists whole: a night whose last step,
+    the run report, fails after the load (a full disk) has loaded them in one transaction."""
+    now = site.cms_state()
+    if now == cms_before:
+        return True
+    found = read_similarities(os.path.join(site.artifacts, "similarities.hdf5"))
+    return [r[:3] for r in now[0]] == [r[:3] for r in list_rows(found)]
+
+
 def check_failure(site, code, expected, cms_before):
     """A failed run: the documented exit code, one line of reason, the CMS as it was."""
     if code != expected:
@@ -358,15 +424,17 @@ def check_failure(site, code, expected, cms_before):
         raise Violation("a failed run changed the CMS")
 
 
-def check_night(site, runner, date, scratch):
-    """The invariants after a night that succeeded; raises Violation."""
+def check_night(site, runner, date, scratch, read=None):
+    """The invariants after a night that succeeded; raises Violation. ``read``: (the verdict file
+    as the night read it, the verdicts in force then) when verdicts were written after it read them."""
+    verdict_csv, in_force = read or (None, site.verdicts)
     found = read_similarities(os.path.join(site.artifacts, "similarities.hdf5"))
     # a run from scratch: the night's reducer and codebook (a kept fit), everything else made anew
     shutil.rmtree(scratch, ignore_errors=True)
     os.makedirs(os.path.join(scratch, "artifacts"))
     for name in ("reducer.h5", "codebook.h5"):
         shutil.copy2(os.path.join(site.artifacts, name), os.path.join(scratch, "artifacts", name))
-    config = site.write_config(scratch, os.path.join(scratch, "artifacts"))
+    config = site.write_config(scratch, os.path.join(scratch, "artifacts"), verdict_csv)
     code = runner.run(date, config=config, task="Similarities")
     if code != OK:
         raise Violation(f"the run from scratch failed: exit {code}")
@@ -375,12 +443,7 @@ def check_night(site, runner, date, scratch):
         if not np.array_equal(found[key], fresh[key]):
             raise Violation(f"similarities.hdf5 {key} differ from a run from scratch")
     lists, copies = site.cms_state()
-    expected = sorted(
-        (int(i), r + 1, int(n), d)
-        for i, row, dist in zip(found["ids"], found["neighbours"], found["distances"])
-        for r, (n, d) in enumerate(zip(row, dist))
-        if n >= 0
-    )
+    expected = list_rows(found)
     if [(a, b, c) for a, b, c, _ in lists] != [(a, b, c) for a, b, c, _ in expected]:
         raise Violation("the CMS's lists differ from similarities.hdf5")
     if not np.allclose([d for *_, d in lists], [d for *_, d in expected]):
@@ -389,7 +452,7 @@ def check_night(site, runner, date, scratch):
     if sorted((int(g), int(i)) for g, i in groups[["group", "image_id"]].values) != copies:
         raise Violation("the CMS's copies differ from copies.csv")
     listed = {int(i): {int(n) for n in row if n >= 0} for i, row in zip(found["ids"], found["neighbours"])}
-    for pair, verdict in site.verdicts.items():
+    for pair, verdict in in_force.items():
         a, b = sorted(pair)
         if a not in listed or b not in listed:
             continue  # an image gone: the verdict waits
@@ -414,11 +477,16 @@ def night(site, runner, date, faults, counts, failed, scratch):
     """One simulated night: changes, verdicts, one fault or none, and the runs a scheduler makes
     until one succeeds; then the invariants. Returns the runs it took."""
     rng = site.rng
+    last_night = len(site.on_disk())  # the images the last night had (changes are made after this)
     site.change(counts)
     site.judge(counts, date)
     cms_before = site.cms_state()
     fault = faults[int(rng.integers(len(faults)))] if faults and rng.random() < 0.6 else None
-    runs, confirm = 0, []
+    runs, confirm, read = 0, [], None
+    if fault == "verdicts gone" and not site.read_rows:
+        fault = None  # the last night read none: nothing to lose
+    if fault == "full disk" and not site.small_disk:
+        fault = None
     if fault is not None:
         counts[f"fault: {fault}"] += 1
     if fault == "damage":
@@ -441,7 +509,7 @@ def night(site, runner, date, faults, counts, failed, scratch):
             raise Violation(f"a run killed at {stage} ended with exit {code}: {' | '.join(said[-3:])}")
         if code == -9:
             counts["recoveries: killed run"] += 1
-    elif fault == "verdicts gone" and site.verdicts:
+    elif fault == "verdicts gone":
         os.rename(site.verdict_csv, site.verdict_csv + ".unmounted")
         code = runner.run(date)
         runs += 1
@@ -455,36 +523,63 @@ def night(site, runner, date, faults, counts, failed, scratch):
             confirm = ["--verdicts-allow-empty"]
         counts["recoveries: verdicts gone"] += 1
     elif fault == "record withdrawn":
-        gone, aside = site.withdraw_record()
+        gone, aside = site.withdraw_records(last_night)
         code = runner.run(date)
         runs += 1
         failed[code] += 1
         check_failure(site, code, MISSING, cms_before)
         if rng.random() < 0.5:
-            site.restore_record(gone, aside)  # the storage comes back
+            site.restore_records(gone, aside)  # the storage comes back
         else:
-            shutil.rmtree(aside)
+            for folder in aside:
+                shutil.rmtree(folder)
             confirm = ["--collection-allow-removals"]
         counts["recoveries: removal guard"] += 1
     elif fault == "two runs":
-        hold = os.path.join(site.root, f"hold-{date}")
-        first = runner.process(date, FAULT_PAUSE_AT=f"Inventory:{hold}")
-        deadline = time.monotonic() + 120
-        while not os.path.exists(hold + ".paused") and first.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.05)
-        code = runner.run(date)
+        with held(runner, date, "Inventory") as first:
+            code = runner.run(date)
+            runs += 2
+            if first["paused"]:
+                failed[code] += 1
+                check_failure(site, code, RUNNING, cms_before)
+        if first["code"] != OK:
+            raise Violation(f"the first of two runs ended with exit {first['code']}")
+    elif fault == "verdicts while it runs":
+        # written as the night starts (read tonight), or as it loads the CMS (read the next night)
+        stage = ("Inventory", "LoadSimilarities")[int(rng.integers(2))]
+        fault = f"verdicts while it runs (at {stage})"
+        before = (site.verdict_csv + ".read", dict(site.verdicts))
+        if os.path.exists(site.verdict_csv):
+            shutil.copy2(site.verdict_csv, before[0])
+        else:
+            open(before[0], "w").close()
+        with held(runner, date, stage) as run_:
+            site.judge(counts, date)
         runs += 1
-        if os.path.exists(hold + ".paused"):
+        if run_["code"] != OK:
+            raise Violation(f"the night whose verdicts were written as it ran ended with exit {run_['code']}")
+        read = before if stage == "LoadSimilarities" or not run_["paused"] else None  # after it read them
+    elif fault == "full disk" and site.small_disk:
+        free = os.statvfs(site.artifacts)
+        filler = os.path.join(site.artifacts, "filler")
+        with open(filler, "wb") as f:  # all but a few hundred kilobytes
+            f.truncate(max(0, free.f_bavail * free.f_frsize - int(rng.integers(0, 400_000))))
+            with contextlib.suppress(OSError):
+                os.posix_fallocate(f.fileno(), 0, f.seek(0, os.SEEK_END))
+        code = runner.process(date).wait(timeout=600)  # a process of its own: a crash would not stop the soak
+        runs += 1
+        os.remove(filler)
+        if code not in (OK, FAILED):
+            raise Violation(f"a night on a full disk ended with exit {code}")
+        if code == FAILED:
             failed[code] += 1
-            check_failure(site, code, RUNNING, cms_before)
-        open(hold, "w").close()
-        code = first.wait(timeout=600)
-        runs += 1
-        if code != OK:
-            raise Violation(f"the first of two runs ended with exit {code}")
-        for name in (hold, hold + ".paused"):
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(name)
+            with open(runner.log) as log:
+                said = [line for line in log.read().splitlines() if "No space left on device" in line]
+            if not said:
+                raise Violation("a night on a full disk did not say so")
+            if not cms_unchanged_or_whole(site, cms_before):
+                raise Violation("a night on a full disk left the CMS neither as it was nor with its lists whole")
+            counts["recoveries: full disk"] += 1
     for _ in range(3):  # the scheduler's runs until one succeeds
         code = runner.run(date, *confirm)
         runs += 1
@@ -494,12 +589,13 @@ def night(site, runner, date, faults, counts, failed, scratch):
     else:
         reason = run_report(site).get("error", "")
         raise Violation(f"three runs after the fault {fault} failed, the last with exit {code}: {reason}")
-    check_night(site, runner, date, scratch)
+    check_night(site, runner, date, scratch, read)
+    site.read_rows = len(verdicts.read_csv(read[0] if read else site.verdict_csv))  # what the night read
     return runs
 
 
 #: The faults a night may draw.
-FAULTS = ("kill", "damage", "verdicts gone", "record withdrawn", "two runs")
+FAULTS = ("kill", "damage", "verdicts gone", "record withdrawn", "two runs", "verdicts while it runs", "full disk")
 
 
 def run(nights=200, seed=0, faults=FAULTS, stop_at_first=True):
@@ -511,15 +607,21 @@ def run(nights=200, seed=0, faults=FAULTS, stop_at_first=True):
     with tempfile.TemporaryDirectory(prefix="soak-") as tmp:
         site = Site(os.path.join(tmp, "site"), seed)
         runner = Runner(site)
-        for n in range(nights):
-            date = FIRST_DATE + datetime.timedelta(days=n)
-            try:
-                runs += night(site, runner, date, faults if n else (), counts, failed, os.path.join(tmp, "scratch"))
-            except Violation as exc:
-                violations.append(f"seed {seed}, night {n + 1} ({date}): {exc}")
-                if stop_at_first:
-                    raise Violation(violations[-1]) from None
-                break
+        # a full disk needs a disk of its own: elsewhere a night that draws it has no fault (the
+        # figures say so), and every other night draws what it draws on any machine
+        drawn = tuple(f for f in faults if f != "full disk" or site.small_disk)
+        try:
+            for n in range(nights):
+                date = FIRST_DATE + datetime.timedelta(days=n)
+                try:
+                    runs += night(site, runner, date, faults if n else (), counts, failed, os.path.join(tmp, "scratch"))
+                except Violation as exc:
+                    violations.append(f"seed {seed}, night {n + 1} ({date}): {exc}")
+                    if stop_at_first:
+                        raise Violation(violations[-1]) from None
+                    break
+        finally:
+            site.close()
     return {
         "bench": "soak",
         "seed": seed,
@@ -530,6 +632,7 @@ def run(nights=200, seed=0, faults=FAULTS, stop_at_first=True):
         "faults": {k.split(": ", 1)[1]: v for k, v in sorted(counts.items()) if k.startswith("fault")},
         "recoveries": {k.split(": ", 1)[1]: v for k, v in sorted(counts.items()) if k.startswith("recoveries")},
         "failed_runs_by_exit": {str(k): v for k, v in sorted(failed.items())},
+        "not_drawn": sorted(set(faults) - set(drawn)),
         "violations": violations,
     }
 
@@ -545,6 +648,7 @@ def main(argv=None):
             ("nights simulated", f"{figures['nights']} ({figures['runs']} runs, {figures['seconds']:.0f} s)"),
             ("changes", ", ".join(f"{k} {v}" for k, v in figures["changes"].items())),
             ("faults", ", ".join(f"{k} {v}" for k, v in figures["faults"].items()) or "none"),
+            ("faults not drawn here", ", ".join(figures["not_drawn"]) or "none"),
             (
                 "failed runs by exit code",
                 ", ".join(f"{k}: {v}" for k, v in figures["failed_runs_by_exit"].items()) or "none",

@@ -21,7 +21,7 @@ from sklearn.decomposition import TruncatedSVD
 from sklearn.manifold import TSNE
 from sklearn.preprocessing import normalize
 
-from .h5io import read_ids, write_ids
+from .h5io import create, read_ids, write_ids
 
 logger = logging.getLogger(__name__)
 
@@ -117,7 +117,7 @@ class MapLayout:
         return np.clip(xy, 0.0, 1.0)
 
     def save(self, path, attrs):
-        with h5py.File(path, "w") as f:
+        with create(path) as f:
             f.attrs.update(attrs)
             f.attrs.update(
                 components=self.components,
@@ -165,7 +165,7 @@ def _unit_square(xy):
 
 def save_map(path, ids, xy, attrs):
     """Write map.h5: each image's database ID and place."""
-    with h5py.File(path, "w") as f:
+    with create(path) as f:
         f.attrs.update(attrs)
         write_ids(f, "ids", ids)
         f.create_dataset("xy", data=np.asarray(xy, dtype=np.float32))

@@ -9,7 +9,7 @@ import time
 
 import h5py
 
-from .h5io import atomic_path
+from .h5io import atomic_path, create
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ class Checkpoints:
 
     def _write(self, path, arrays):
         with atomic_path(path) as tmp:
-            with h5py.File(tmp, "w") as f:
+            with create(tmp) as f:
                 for name, value in arrays.items():
                     f.create_dataset(name, data=value)
 

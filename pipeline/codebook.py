@@ -9,6 +9,7 @@ from sklearn.cluster import KMeans
 
 from .blocks import sample_images
 from .errors import ConfigError, named
+from .h5io import create
 from .histograms import word_histograms
 from .settings import MAX_ASSIGN, Codebook
 from .weighting import word_weights
@@ -167,7 +168,7 @@ class Codebook:
         return kept[1]
 
     def save(self, path, attrs):
-        with h5py.File(path, "w") as f:
+        with create(path) as f:
             f.attrs.update(attrs)
             f.attrs["size"] = self.size
             f.attrs["random_state"] = self.random_state

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import CollectionError, ConfigError, MappingError, named
-from .h5io import read_ids, read_strings, write_ids, write_strings
+from .h5io import create, read_ids, read_strings, write_ids, write_strings
 
 logger = logging.getLogger(__name__)
 
@@ -421,7 +421,7 @@ def parse_ids(values):
 
 def save_inventory(path, inventory, attrs):
     """Write an Inventory to an HDF5 file with the given file attributes."""
-    with h5py.File(path, "w") as f:
+    with create(path) as f:
         f.attrs.update(attrs)
         write_ids(f, "ids", inventory.ids)
         write_strings(f, "ppn", [x.ppn for x in inventory.files])

@@ -28,7 +28,7 @@ from scipy.sparse.csgraph import connected_components
 from scipy.spatial.distance import squareform
 
 from .errors import ConfigError, named
-from .h5io import atomic_path, read_ids, read_strings, write_ids, write_strings
+from .h5io import atomic_path, create, read_ids, read_strings, write_ids, write_strings
 
 logger = logging.getLogger(__name__)
 
@@ -367,7 +367,7 @@ def save_copies(path, numbered, attrs, settled=()):
     """Write the night's groups (:class:`Numbered`, with their set keys) and the keys of the sets
     that gave no group (:attr:`Grouping.settled`) to an HDF5 file with ``attrs``."""
     rows = numbered.rows
-    with h5py.File(path, "w") as f:
+    with create(path) as f:
         f.attrs.update({**attrs, "next_group": numbered.next_group, "new_groups": json.dumps(numbered.new_groups)})
         f.create_dataset("group", data=rows["group"].to_numpy(dtype=np.int64))
         write_ids(f, "image_id", rows["image_id"].to_numpy())

@@ -11,7 +11,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from .errors import ArtifactError
-from .h5io import read_strings, write_strings
+from .h5io import create, read_strings, write_strings
 from .settings import Histograms
 
 logger = logging.getLogger(__name__)
@@ -139,7 +139,7 @@ def word_type(size):
 
 def save_histograms(path, keys, counts, n_local, attrs, assign=DEFAULT_ASSIGN, words=None):
     """Write histograms.h5: each image's key, its counts (CSR) and, when given, its words per cell."""
-    with h5py.File(path, "w") as f:
+    with create(path) as f:
         f.attrs.update(attrs)
         write_strings(f, "keys", keys)
         f.attrs["n_local"] = n_local

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 
 from . import __version__
-from .h5io import read_attrs, read_ids, read_strings, write_ids, write_strings
+from .h5io import create, read_attrs, read_ids, read_strings, write_ids, write_strings
 from .verdicts import Verdicts
 from .verify import pair_codes
 
@@ -69,7 +69,7 @@ def write_similarities(
     """
     ids, ppn, filename = np.asarray(ids), np.asarray(ppn, dtype=str), np.asarray(filename, dtype=str)
     k = neighbours.shape[1]
-    with h5py.File(path, "w") as f:
+    with create(path) as f:
         f.attrs.update(attrs)
         f.attrs["k"] = k
         f.attrs["created"] = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")

@@ -9,6 +9,7 @@ import numpy as np
 
 from .blocks import sample_images
 from .errors import ConfigError
+from .h5io import create
 from .settings import DESCRIPTOR_NORMS, Reduction
 
 logger = logging.getLogger(__name__)
@@ -166,7 +167,7 @@ class Reducer:
         return other
 
     def save(self, path, attrs):
-        with h5py.File(path, "w") as f:
+        with create(path) as f:
             f.attrs.update(attrs)
             f.attrs["variance"] = self.variance
             f.attrs["descriptors"] = self.descriptors

@@ -17,7 +17,7 @@ import numpy as np
 
 from .codebook import Codebook
 from .errors import ArtifactError, named
-from .h5io import read_attrs
+from .h5io import create, read_attrs
 from .histograms import load_assign, load_counts, load_words
 from .inverted import InvertedFile
 from .neighbours import nearest_neighbours, ranking_values, skip_lists, update_neighbours
@@ -169,7 +169,7 @@ def rerank(lists, distances, verified, k):
 
 def write_neighbours(path, lists, attrs):
     """Write a neighbour shard's :class:`pipeline.search.Lists`, as :func:`gather_neighbours` reads them."""
-    with h5py.File(path, "w") as f:
+    with create(path) as f:
         f.attrs.update(attrs)
         f.create_dataset("rows", data=lists.rows)
         f.create_dataset("neighbours", data=lists.raw)

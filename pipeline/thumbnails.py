@@ -23,7 +23,7 @@ import h5py
 import numpy as np
 
 from .errors import ArtifactError, ImageError
-from .h5io import atomic_path, read_strings, write_strings
+from .h5io import atomic_path, create, read_strings, write_strings
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ class Inbox:
         if not keys:
             return
         with atomic_path(os.path.join(self.folder, f"{uuid.uuid4().hex}.h5")) as tmp:
-            with h5py.File(tmp, "w") as f:
+            with create(tmp) as f:
                 write_strings(f, "keys", keys)
                 for i, kind in enumerate(KINDS):
                     data = f.create_dataset(kind, (len(keys),), dtype=_VLEN)

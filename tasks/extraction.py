@@ -4,11 +4,11 @@ import json
 import logging
 import os
 
-import h5py
 import luigi
 
 from pipeline import backends, blocks, collection, extraction, store
 from pipeline.errors import ConfigError
+from pipeline.h5io import create
 from pipeline.model import MODEL
 
 from . import config
@@ -117,7 +117,7 @@ class FeatureShard(Shard, ArtifactTask):
             inbox=config.inbox() if config.views_made() else None,
             **decoding(),
         )
-        with h5py.File(tmp, "w") as f:
+        with create(tmp) as f:
             f.attrs.update(
                 self.attrs(
                     images=len(files),

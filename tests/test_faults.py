@@ -288,6 +288,27 @@ def test_the_night_after_a_damaged_artifact_gives_the_lists_of_a_clean_night(
     assert cms_rows(site / "cms.sqlite")  # loaded
 
 
+def test_a_codebook_lost_after_the_collection_grew_is_refitted_with_its_reducer(site, monkeypatch):
+    """Found by the soak (seed 0, night 4): a codebook fitted again on a grown collection has other
+    words (and, at size auto, another number of them) under the identity of the lost one, so the
+    last night's histograms were reused with it."""
+    from pipeline.h5io import read_attrs
+
+    from .runs import change_collection
+
+    change_collection(site / "content", np.random.default_rng(5), SECOND.isoformat())  # one image more
+    codebook = site / "artifacts" / "codebook.h5"
+    size_before = read_attrs(codebook)["size"]
+    codebook.write_bytes(np.random.default_rng(0).bytes(codebook.stat().st_size))
+    result = night(monkeypatch, site, SECOND)
+    assert result.status == Status.SUCCESS, result.summary_text
+    artifacts = site / "artifacts"
+    assert read_attrs(artifacts / "reducer.h5")["run_date"] == SECOND.isoformat()  # refitted with it
+    size = read_attrs(codebook)["size"]
+    assert size != size_before and read_attrs(artifacts / "histograms.h5")["size"] == size
+    assert read_attrs(artifacts / "histograms.h5")["reused"] == 0
+
+
 def flip_a_byte(path, keep_time):
     """Flip one byte inside the descriptors of the chunk at ``path``; with ``keep_time``, as bit rot
     does it (the file's size and times unchanged)."""

@@ -1,6 +1,8 @@
 import hashlib
 import itertools
 import os
+import subprocess
+import sys
 
 import h5py
 import numpy as np
@@ -12,6 +14,8 @@ from pipeline.errors import ArtifactError
 from pipeline.extraction import extract_to_store, shard_of
 from pipeline.h5io import atomic_path, read_attrs
 from pipeline.store import FeatureStore, dequantize, index_inventory, load_index, quantize, save_index
+
+from .conftest import small_disk
 
 
 class FakeExtractor:
@@ -89,6 +93,37 @@ def test_leftover_temporary_chunk_is_not_taken_as_done(tmp_path):
     assert store.scan() == ({}, {})
     with pytest.raises(ArtifactError, match="no descriptors in the feature store"):
         index_inventory(store, inventory(["1.jpg"]))
+
+
+WRITE_ON_A_FULL_DISK = """
+import os, sys
+import numpy as np
+from pipeline.codebook import Codebook
+from pipeline.h5io import atomic_path
+folder, rows = sys.argv[1], int(sys.argv[2])
+codebook = Codebook(rows)
+codebook.centers_ = np.zeros((rows, 256), dtype=np.float32)
+codebook.inertia_, codebook.documents_ = 0.0, 1
+codebook.document_frequency_ = np.zeros((1, rows), dtype=np.int64)
+try:
+    with atomic_path(os.path.join(folder, "codebook.h5")) as tmp:
+        codebook.save(tmp, {"run_date": "2027-01-01"})
+except OSError as exc:
+    print("OSError", exc.errno)
+    kept = exc  # as a task's runner keeps the failure (its traceback) until the process ends
+print(sorted(os.listdir(folder)))
+"""
+
+
+@pytest.mark.parametrize("rows", [1000, 1010, 1016, 1020, 2000])
+def test_an_artifact_written_on_a_full_disk_fails_with_an_oserror_not_a_crash(tmp_path, rows):
+    # HDF5 crashes the process (SIGSEGV) as it closes a file one of whose writes met a full disk
+    with small_disk(tmp_path / "disk", size="1m") as disk:
+        done = subprocess.run(
+            [sys.executable, "-c", WRITE_ON_A_FULL_DISK, str(disk), str(rows)], capture_output=True, text=True
+        )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.splitlines() in (["OSError 28", "[]"], ["['codebook.h5']"])
 
 
 def test_atomic_path_leaves_nothing_when_the_write_fails(tmp_path):

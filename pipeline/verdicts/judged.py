@@ -11,7 +11,7 @@ import h5py
 import numpy as np
 import pandas as pd
 
-from ..h5io import read_ids, read_strings, write_ids, write_strings
+from ..h5io import create, read_ids, read_strings, write_ids, write_strings
 
 logger = logging.getLogger(__name__)
 
@@ -347,7 +347,7 @@ def night_verdicts(rows, ids, known_before, k, where="the verdicts"):
 
 def save_verdicts(path, verdicts, bad, known, attrs):
     """Write the night's verdicts, the rows left out and the IDs known to have been images."""
-    with h5py.File(path, "w") as f:
+    with create(path) as f:
         f.attrs.update(attrs)
         write_ids(f, "image_id", verdicts.image_id)
         write_ids(f, "similar_image_id", verdicts.similar_image_id)
