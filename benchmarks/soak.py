@@ -17,7 +17,8 @@ Each night draws from the seed, as a site meets them:
   ``--verdicts-allow-empty``); verdicts written while the night runs (as it starts, read that
   night, or as it loads the CMS, read the next); a second run started while the first holds the
   folder; a full disk as the night writes (the artifacts on a tmpfs of their own, where one can
-  be mounted: as root; elsewhere that fault is not drawn, and the figures say so).
+  be mounted: as root; elsewhere that fault is not drawn, and the figures say so); the verdict
+  file unreadable (its name taken by a folder: root reads any file whatever its mode).
 
 A night ends when a run succeeds: a failure must exit with the documented code and a one-line
 reason, and leave the CMS as it was (or with the night's lists whole, where only the run report
@@ -483,6 +484,8 @@ def night(site, runner, date, faults, counts, failed, scratch):
     cms_before = site.cms_state()
     fault = faults[int(rng.integers(len(faults)))] if faults and rng.random() < 0.6 else None
     runs, confirm, read = 0, [], None
+    if fault in ("verdicts gone", "verdicts unreadable") and not os.path.exists(site.verdict_csv):
+        fault = None  # none written yet: nothing to lose
     if fault == "verdicts gone" and not site.read_rows:
         fault = None  # the last night read none: nothing to lose
     if fault == "full disk" and not site.small_disk:
@@ -522,6 +525,17 @@ def night(site, runner, date, faults, counts, failed, scratch):
             site.verdicts.clear()
             confirm = ["--verdicts-allow-empty"]
         counts["recoveries: verdicts gone"] += 1
+    elif fault == "verdicts unreadable":
+        # the file's name taken by a folder (a mount point that did not mount): root reads any file
+        os.rename(site.verdict_csv, site.verdict_csv + ".aside")
+        os.mkdir(site.verdict_csv)
+        code = runner.run(date)
+        runs += 1
+        failed[code] += 1
+        check_failure(site, code, FAILED, cms_before)
+        os.rmdir(site.verdict_csv)
+        os.rename(site.verdict_csv + ".aside", site.verdict_csv)
+        counts["recoveries: verdicts unreadable"] += 1
     elif fault == "record withdrawn":
         gone, aside = site.withdraw_records(last_night)
         code = runner.run(date)
@@ -594,8 +608,17 @@ def night(site, runner, date, faults, counts, failed, scratch):
     return runs
 
 
-#: The faults a night may draw.
-FAULTS = ("kill", "damage", "verdicts gone", "record withdrawn", "two runs", "verdicts while it runs", "full disk")
+#: The faults a night may draw. New ones go at the end: a seed draws the same nights from the faults before them.
+FAULTS = (
+    "kill",
+    "damage",
+    "verdicts gone",
+    "record withdrawn",
+    "two runs",
+    "verdicts while it runs",
+    "full disk",
+    "verdicts unreadable",
+)
 
 
 def run(nights=200, seed=0, faults=FAULTS, stop_at_first=True):
