@@ -18,7 +18,8 @@ Each night draws from the seed, as a site meets them:
   night, or as it loads the CMS, read the next); a second run started while the first holds the
   folder; a full disk as the night writes (the artifacts on a tmpfs of their own, where one can
   be mounted: as root; elsewhere that fault is not drawn, and the figures say so); the verdict
-  file unreadable (its name taken by a folder: root reads any file whatever its mode).
+  file unreadable (its name taken by a folder: root reads any file whatever its mode); the CMS's
+  server not answering for a run (a URL where none listens).
 
 A night ends when a run succeeds: a failure must exit with the documented code and a one-line
 reason, and leave the CMS as it was (or with the night's lists whole, where only the run report
@@ -101,7 +102,7 @@ class Site:
         self.verdicts = {}  # frozenset pair -> "wrong" / "right", as the simulation wrote them
         self.read_rows = 0  # the verdict rows the last night read
 
-    def write_config(self, root, artifacts, verdict_csv=None):
+    def write_config(self, root, artifacts, verdict_csv=None, cms_url=None):
         sections = {
             "paths": {"content": self.content, "artifacts": artifacts},
             "ids": {"csv": self.mapping_path},
@@ -112,7 +113,7 @@ class Site:
             "neighbours": {"rerank": "off"},
             "copies": {"threshold": 0.35},
             "report": {"sample": 2},
-            "cms": {"url": f"sqlite:///{self.cms}", "copies_table": "image_copies"},
+            "cms": {"url": cms_url or f"sqlite:///{self.cms}", "copies_table": "image_copies"},
             "verdicts": {"csv": verdict_csv or self.verdict_csv},
             "retcode": {"already_running": 10, "missing_data": 20, "task_failed": 30, "unhandled_exception": 40},
         }
@@ -268,11 +269,6 @@ class Site:
             verdicts.withdraw_from_csv(self.verdict_csv, *sorted(pair))
             del self.verdicts[pair]
             counts["verdicts withdrawn"] += 1
-
-    def withdraw_all_verdicts(self):
-        for pair in sorted(self.verdicts, key=sorted):
-            verdicts.withdraw_from_csv(self.verdict_csv, *sorted(pair))
-        self.verdicts.clear()
 
     # what the night left -----------------------------------------------------------------
 
@@ -536,6 +532,15 @@ def night(site, runner, date, faults, counts, failed, scratch):
         os.rmdir(site.verdict_csv)
         os.rename(site.verdict_csv + ".aside", site.verdict_csv)
         counts["recoveries: verdicts unreadable"] += 1
+    elif fault == "CMS down":
+        # the CMS's server not answering: its URL names a port where none listens, for one run
+        site.write_config(site.root, site.artifacts, cms_url=DOWN)
+        code = runner.run(date)
+        runs += 1
+        failed[code] += 1
+        site.write_config(site.root, site.artifacts)
+        check_failure(site, code, MISSING, cms_before)
+        counts["recoveries: CMS down"] += 1
     elif fault == "record withdrawn":
         gone, aside = site.withdraw_records(last_night)
         code = runner.run(date)
@@ -600,6 +605,11 @@ def night(site, runner, date, faults, counts, failed, scratch):
         if code == OK:
             break
         failed[code] += 1
+        emptied = not site.verdicts and "holds no verdicts" in str(run_report(site).get("error"))
+        if code == MISSING and emptied:  # the curators withdrew every verdict: the site confirms it
+            check_failure(site, code, MISSING, cms_before)
+            confirm = [*confirm, "--verdicts-allow-empty"]
+            counts["recoveries: every verdict withdrawn"] += 1
     else:
         reason = run_report(site).get("error", "")
         raise Violation(f"three runs after the fault {fault} failed, the last with exit {code}: {reason}")
@@ -618,7 +628,10 @@ FAULTS = (
     "verdicts while it runs",
     "full disk",
     "verdicts unreadable",
+    "CMS down",
 )
+#: A database server that does not answer: nothing listens on port 1.
+DOWN = "postgresql+psycopg://soak@127.0.0.1:1/cms"
 
 
 def run(nights=200, seed=0, faults=FAULTS, stop_at_first=True):
