@@ -328,6 +328,7 @@ class Runner:
         from luigi.configuration import LuigiConfigParser
         from luigi.retcodes import run_with_retcodes
 
+        kept = LuigiConfigParser._instance, LuigiConfigParser._config_paths, backends.BACKENDS["keras"]
         LuigiConfigParser._instance = None
         LuigiConfigParser._config_paths = [config or self.site.config]
         luigi.task_register.Register.clear_instance_cache()
@@ -340,6 +341,8 @@ class Runner:
             return int(done.code or 0)
         finally:
             runlock.release_all()  # as the command's process does when it ends
+            LuigiConfigParser._instance, LuigiConfigParser._config_paths, backends.BACKENDS["keras"] = kept
+            luigi.task_register.Register.clear_instance_cache()
         return 0
 
     def process(self, date, **env):
@@ -372,7 +375,8 @@ def run_report(site):
 @contextlib.contextmanager
 def held(runner, date, stage):
     """A run in a process of its own, held as ``stage`` starts while the block runs, then let go;
-    yields a dict whose ``code`` is its exit code once it has ended (None: it never got there)."""
+    yields a dict: ``paused`` (whether it got to ``stage``), and ``code``, its exit code, once it
+    has ended."""
     hold = os.path.join(runner.site.root, f"hold-{date}")
     process = runner.process(date, FAULT_PAUSE_AT=f"{stage}:{hold}")
     deadline = time.monotonic() + 120
