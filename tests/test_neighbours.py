@@ -155,6 +155,27 @@ def test_sparse_blocks_of_images_give_the_same_neighbours(block, dense_share, we
     np.testing.assert_allclose(got_d, expected_d, rtol=1e-12, atol=1e-15)
 
 
+@pytest.mark.parametrize("power", [1.0, 0.5])
+@pytest.mark.parametrize("weighting, metric", [("raw", "euclidean"), ("tfidf", "cosine")])
+def test_postings_hold_counts_up_to_an_images_whole_mass(power, weighting, metric):
+    # a posting keeps the image's count of its word (147 at most: 49 descriptors with assign = 3),
+    # and the kernel weighs it: counts of every size, weights to IDF_SCALE, blocks of 1 to 2**16
+    rng = np.random.default_rng(13)
+    words = rng.choice(12, size=(70, 147), p=np.arange(12, 0, -1) / 78)
+    words[:6] = rng.integers(12)  # six images with all 147 on one word
+    words[6:9, :140] = words[6:9, :1]
+    counts = word_histograms(words, 12)
+    ids = rng.permutation(70)
+    expected, expected_d = brute_force(counts, ids, 4, weighting, metric, power)
+    data = WeightedHistograms(counts, 147, ids, weighting, metric, power=power)
+    for block in (1, 9, 1 << 16):
+        got, got_d = sparse_neighbours(data, k=4, block=block, dense_share=1.0)
+        np.testing.assert_array_equal(got, expected)
+        np.testing.assert_allclose(got_d, expected_d, rtol=1e-12, atol=1e-15)
+    with pytest.raises(ValueError, match="at most 65536"):
+        sparse_neighbours(data, k=4, block=(1 << 16) + 1)
+
+
 @pytest.mark.parametrize("dense_share", [0.0, 1.0])
 @pytest.mark.parametrize("weighting, metric", DISTANCES)
 def test_sparse_finds_images_that_share_no_word(dense_share, weighting, metric):
