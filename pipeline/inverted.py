@@ -10,10 +10,12 @@ import numpy as np
 #: Accumulator entries the sparse method checks at once against its bound.
 GROUP = 64
 #: Words found in more than this share of the images are accumulated from a dense row of
-#: counts (n_images int16) instead of their posting list: cheaper from about 1 in 40 images
-#: on (``python -m benchmarks.neighbours``). Words this frequent number at most
-#: n_local / DENSE_SHARE, about 116 with the measured word profile.
-DENSE_SHARE = 0.03
+#: counts (n_images int16) instead of their posting list. With postings of 4 bytes, 0.12 was
+#: within 14 % of the fastest share on both word profiles, 0.03 the slowest (1.3 to 1.4 times
+#: 0.12) at 300,000 images (``python -m benchmarks.neighbours --images 300000 --queries 1500
+#: --tree-queries 0 --distances tfidf/cosine --exponent 0.6 0.41 --dense-share 0.03 0.06 0.12
+#: 0.25 1``, docs/performance.md).
+DENSE_SHARE = 0.12
 #: Bits of a posting that hold the image's position within its block (the rest, its count).
 POSITION_BITS = 16
 POSITION_MASK = (1 << POSITION_BITS) - 1
