@@ -98,14 +98,12 @@ def run(
             else np.random.default_rng(2).choice(images, min(queries, images), replace=False)
         )
         for share, seconds in time_shares(counts, timed, dense_shares).items():
-            row, figures = timed_row(images, size, exponent, exponents, distance, stop, share, dense_shares, seconds)
-            figures["query_rows_timed"] = len(timed)
-            extrapolated = "" if len(timed) == images else f" ({len(timed)} query rows timed, the rest extrapolated)"
-            row = (row[0], f"{row[1]}{extrapolated}, peak RSS {figures['peak_rss_mb']} MB")
+            what, line, figures = timed_row(
+                images, size, exponent, exponents, distance, stop, share, dense_shares, seconds, len(timed)
+            )
             if tree_queries:
-                line = compare_balltree(counts, share, images, tree_queries, seconds, figures)
-                row = (row[0], f"{row[1]}; {line}")
-            rows.append(row)
+                line += "; " + compare_balltree(counts, share, images, tree_queries, seconds, figures)
+            rows.append((what, line))
             results.append(figures)
     figures = results[0] if len(results) == 1 else {"bench": "neighbours", "runs": results}
     report(rows, figures)
@@ -133,7 +131,8 @@ def time_shares(counts, timed, dense_shares, rounds=3):
     return seconds
 
 
-def timed_row(images, size, exponent, exponents, distance, stop, share, dense_shares, seconds):
+def timed_row(images, size, exponent, exponents, distance, stop, share, dense_shares, seconds, timed):
+    """The row of one timed search (what, line) and its figures."""
     figures = {
         "bench": "neighbours",
         "n_images": images,
@@ -144,12 +143,15 @@ def timed_row(images, size, exponent, exponents, distance, stop, share, dense_sh
         "exponent": exponent,
         "dense_share": share,
         "seconds": round(seconds, 2),
+        "query_rows_timed": timed,
         "peak_rss_mb": round(peak_rss_mb()),
     }
+    extrapolated = "" if timed == images else f" ({timed} query rows timed, the rest extrapolated)"
     stopped = f", the {stop:.1%} most widespread words stopped" if stop else ""
     profile = f", rank**-{exponent:g}" if len(exponents) > 1 else ""
     dense = f", dense rows above {share:g}" if len(dense_shares) > 1 else ""
-    return (f"{images} images, {size} words{profile}, {distance}{stopped}{dense}", f"sparse {seconds:.2f} s"), figures
+    what = f"{images} images, {size} words{profile}, {distance}{stopped}{dense}"
+    return what, f"sparse {seconds:.2f} s{extrapolated}, peak RSS {figures['peak_rss_mb']} MB", figures
 
 
 def compare_balltree(counts, share, images, tree_queries, seconds, figures):

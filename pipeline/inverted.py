@@ -163,9 +163,11 @@ def _inverted_file_top_k(
 
 
 @numba.njit(cache=True)
-def _fill_postings(indptr, indices, data, levels, dense_row, dense, word_start, block, n_blocks):
+def _fill_postings(indptr, indices, data, word_weights, table, dense_row, dense, word_start, block, n_blocks):
     """The postings of the CSR rows, word by word in image order (see :func:`_inverted_file`),
-    in two passes over the rows: no transposed copy of the counts."""
+    in two passes over the rows: no transposed copy of the counts. Each weighted count is
+    kept as the count whose ``table`` entry times its word's weight it is; ``ok`` is False
+    when one is not such a product."""
     n_words = len(word_start) - 1
     block_ptr = np.zeros((n_words, n_blocks + 1), dtype=np.int64)
     for i in range(len(indptr) - 1):
@@ -186,9 +188,12 @@ def _fill_postings(indptr, indices, data, levels, dense_row, dense, word_start, 
         for p in range(indptr[i], indptr[i + 1]):
             w = indices[p]
             if dense_row[w] < 0:
-                postings[cursor[w]] = (i % block) | (levels[p] << POSITION_BITS)
+                level = np.searchsorted(table, data[p] // max(word_weights[w], 1))
+                if level >= min(len(table), 1 << (32 - POSITION_BITS)) or table[level] * word_weights[w] != data[p]:
+                    return block_ptr, postings, False
+                postings[cursor[w]] = (i % block) | (np.uint32(level) << POSITION_BITS)
                 cursor[w] += 1
-    return block_ptr, postings
+    return block_ptr, postings, True
 
 
 def _inverted_file(csr, word_weights, table, block, dense_share):
@@ -218,17 +223,14 @@ def _inverted_file(csr, word_weights, table, block, dense_share):
     word_start = np.concatenate([[0], np.cumsum(np.where(dense_row < 0, df, 0))]).astype(np.int64)
     if block > 1 << POSITION_BITS:
         raise ValueError(f"blocks of {block} images: at most {1 << POSITION_BITS}")
-    weight = word_weights[csr.indices]
-    levels = np.searchsorted(table, csr.data // np.maximum(weight, 1))
-    if levels.max(initial=0) >= 1 << (32 - POSITION_BITS) or not np.array_equal(
-        table[np.minimum(levels, len(table) - 1)] * weight, csr.data
-    ):
-        raise ValueError("the weighted counts are not their words' weights times the power table")
+    word_weights, table = word_weights.astype(np.int64), table.astype(np.int64)
     indptr = csr.indptr.astype(np.int64, copy=False)
-    block_ptr, postings = _fill_postings(
-        indptr, csr.indices, csr.data, levels.astype(np.uint32), dense_row, dense, word_start, block, -(-n // block)
+    block_ptr, postings, ok = _fill_postings(
+        indptr, csr.indices, csr.data, word_weights, table, dense_row, dense, word_start, block, -(-n // block)
     )
-    return block_ptr, postings, word_weights.astype(np.int64), table.astype(np.int64), dense_row, dense
+    if not ok:
+        raise ValueError("the weighted counts are not their words' weights times the power table")
+    return block_ptr, postings, word_weights, table, dense_row, dense
 
 
 class InvertedFile:
