@@ -4,6 +4,7 @@ document frequency of each word in that sample, which the word weights are made 
 import logging
 
 import h5py
+import numba
 import numpy as np
 from sklearn.cluster import KMeans
 
@@ -12,6 +13,7 @@ from .errors import ConfigError, named
 from .h5io import create
 from .histograms import word_histograms
 from .settings import MAX_ASSIGN, Codebook
+from .threads import by_rows
 from .weighting import word_weights
 
 logger = logging.getLogger(__name__)
@@ -91,9 +93,10 @@ class Codebook:
         logger.info("codebook of %d words fitted on %d descriptors in %d iterations", self.size, len(x), kmeans.n_iter_)
         n_local = n_local or 1
         self.documents_ = len(x) // n_local
+        nearest = by_rows(lambda part: self.nearest(part, MAX_ASSIGN), x)  # the m nearest lead the MAX_ASSIGN
         self.document_frequency_ = np.array(
             [
-                document_frequency(self.nearest(x, m).reshape(self.documents_, -1), self.size)
+                document_frequency(nearest[:, :m].reshape(self.documents_, -1), self.size)
                 for m in range(1, MAX_ASSIGN + 1)
             ]
         )
@@ -108,15 +111,15 @@ class Codebook:
         """Nearest visual word of each descriptor: ndarray of shape (n,), int64."""
         return self.nearest(x, 1)[:, 0]
 
-    def nearest(self, x, m, chunk_size=2048):
+    def nearest(self, x, m, chunk_size=256):
         """The ``m`` nearest visual words of each descriptor, nearest first (ties by word number).
 
         Every word is scored in float32 as x . c - |c|^2 / 2, one matrix product per chunk of
-        descriptors; the words scoring within twice float32's rounding bound of the m-th best
-        are then ordered by their exact squared distance (float64), so that rounding never
-        decides between two words: the result is the exact nearest words, whatever the chunk.
-        (OpenVINO's fused product and selection was faster alone, and slower in the histograms,
-        where its threads and numpy's, which reduce each block first, took turns spinning.)
+        descriptors (small enough for its scores to stay in cache); the words scoring within
+        twice float32's rounding bound of the m-th best are then ordered by their exact squared
+        distance (float64, :func:`_settle`), so that rounding never decides between two words:
+        the result is the exact nearest words, whatever the chunk. One thread: the histograms
+        split their descriptors among the cores (:func:`pipeline.threads.by_rows`).
 
         Returns
         -------
@@ -133,25 +136,8 @@ class Codebook:
         words = np.empty((len(x), m), dtype=np.int64)
         for start in range(0, len(x), chunk_size):
             part = x[start : start + chunk_size]
-            n = len(part)
-            scores = part @ transposed
-            scores -= half32
-            at, top = np.arange(n), np.empty((n, m), dtype=np.int64)
-            for j in range(m):  # the m best in float32, each taken out before the next
-                top[:, j] = scores.argmax(axis=1)
-                kth = scores[at, top[:, j]]
-                scores[at, top[:, j]] = -np.inf
             bound = (gamma + 2 * u) * np.sqrt(np.einsum("ij,ij->i", part, part)) * largest_center + 3 * u * half.max()
-            threshold = kth - 2 * bound
-            close = np.flatnonzero(scores.max(axis=1) >= threshold)  # a word past the m-th may be as near
-            extra_rows, extra_cols = np.nonzero(scores[close] >= threshold[close][:, None])
-            rows = np.concatenate([np.repeat(np.arange(n), m), close[extra_rows]])
-            cols = np.concatenate([top.ravel(), extra_cols])
-            exact = part[rows].astype(np.float64) - centers[cols].astype(np.float64)
-            distance = np.einsum("ij,ij->i", exact, exact)
-            order = np.lexsort((cols, distance, rows))  # by row, then distance, then word
-            first = np.searchsorted(rows[order], np.arange(n))
-            words[start : start + n] = cols[order][first[:, None] + np.arange(m)]
+            _settle(part @ transposed, half32, part, centers, bound, words[start : start + chunk_size])
         return words
 
     def _words(self):
@@ -186,6 +172,80 @@ class Codebook:
             codebook.documents_ = int(f.attrs["documents"])
             codebook.document_frequency_ = f["document_frequency"][:]
         return codebook
+
+
+#: Scores scanned per group for its best: the groups whose best cannot reach the m-th best word
+#: are passed over as one comparison.
+GROUP = 16
+
+
+@numba.njit(nogil=True, cache=True, fastmath={"nnan", "nsz", "reassoc"})
+def _group_best(row, half, best):
+    """The best score ``row[j] - half[j]`` of each GROUP of words, into ``best``."""
+    k = len(row)
+    for g in range(len(best)):
+        top = np.float32(-np.inf)
+        for j in range(g * GROUP, min(g * GROUP + GROUP, k)):
+            s = row[j] - half[j]
+            top = s if s > top else top
+        best[g] = top
+
+
+@numba.njit(nogil=True, cache=True)
+def _insert(value, key, values, keys):
+    """Insert (value, key) into the ascending (value, key) pairs ``values``, ``keys`` if it is
+    smaller than the last, which it pushes out."""
+    m = len(values)
+    if value > values[m - 1] or (value == values[m - 1] and key >= keys[m - 1]):
+        return
+    p = m - 1
+    while p > 0 and (values[p - 1] > value or (values[p - 1] == value and keys[p - 1] > key)):
+        values[p], keys[p] = values[p - 1], keys[p - 1]
+        p -= 1
+    values[p], keys[p] = value, key
+
+
+@numba.njit(nogil=True, cache=True)
+def _settle(products, half, part, centers, bound, words):
+    """Each row's m = ``words.shape[1]`` nearest words, nearest first, ties by word number.
+
+    ``products[i, j]`` is the float32 product part[i] . centers[j]; its score less ``half[j]``
+    (|c_j|^2 / 2) lies within ``bound[i]`` of the exact score, so every word that may be among
+    the m nearest scores at least the m-th best score less 2 ``bound[i]``: those words are
+    ordered by their exact squared distance in float64."""
+    n, k = products.shape
+    m = words.shape[1]
+    groups = np.empty((k + GROUP - 1) // GROUP, dtype=np.float32)
+    top = np.empty(m, dtype=np.float32)  # negated, so ascending: the m best scores
+    slot = np.zeros(m, dtype=np.int64)
+    distance = np.empty(m, dtype=np.float64)
+    nearest = np.empty(m, dtype=np.int64)
+    for i in range(n):
+        row = products[i]
+        _group_best(row, half, groups)
+        top[:] = np.inf
+        for g in range(len(groups)):
+            _insert(-groups[g], g, top, slot)
+        if m > 1:  # the m-th best score lies in the groups whose best reaches the m-th best group's
+            reach = -top[m - 1]
+            top[:] = np.inf
+            for g in range(len(groups)):
+                if groups[g] >= reach:
+                    for j in range(g * GROUP, min(g * GROUP + GROUP, k)):
+                        _insert(-(row[j] - half[j]), j, top, slot)
+        threshold = -top[m - 1] - 2 * bound[i]
+        distance[:] = np.inf
+        nearest[:] = k
+        for g in range(len(groups)):
+            if groups[g] >= threshold:
+                for j in range(g * GROUP, min(g * GROUP + GROUP, k)):
+                    if row[j] - half[j] >= threshold:
+                        d = 0.0
+                        for c in range(part.shape[1]):
+                            e = np.float64(part[i, c]) - np.float64(centers[j, c])
+                            d += e * e
+                        _insert(d, j, distance, nearest)
+        words[i, :] = nearest
 
 
 def document_frequency(words, size):
@@ -230,5 +290,5 @@ def fit_codebook(blocks, reducer, size, sample_size, random_state):
     """
     n_local = blocks.n_local()
     chosen = blocks.subset(sample_images(blocks.n_images, _sample_images(n_local, sample_size), random_state))
-    sample = np.concatenate([reducer.transform(b.reshape(-1, b.shape[-1])) for b in chosen])
+    sample = np.concatenate([by_rows(reducer.transform, b.reshape(-1, b.shape[-1])) for b in chosen])
     return Codebook(resolve_size(size, len(sample)), random_state).fit(sample, n_local)

@@ -13,6 +13,7 @@ import scipy.sparse as sp
 from .errors import ArtifactError
 from .h5io import create, read_strings, write_strings
 from .settings import Histograms
+from .threads import by_rows
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +58,8 @@ def assign_words(descriptors, reducer, codebook, assign=DEFAULT_ASSIGN):
     words : ndarray of shape (n_images, n_local * assign), int64
     """
     n, n_local, c = descriptors.shape
-    return codebook.nearest(reducer.transform(descriptors.reshape(-1, c)), assign).reshape(n, n_local * assign)
+    words = by_rows(lambda x: codebook.nearest(reducer.transform(x), assign), descriptors.reshape(-1, c))
+    return words.reshape(n, n_local * assign)
 
 
 def compute_histograms(
