@@ -62,9 +62,29 @@ def _quantize_rows(rows, codes, offset, scale):
             codes[i, j] = np.uint8(np.rint((rows[i, j] - low) / step))
 
 
-def dequantize(codes, offset, scale):
-    """Inverse of :func:`quantize`: ndarray of shape (n, n_local, c), float32."""
-    return codes * scale[..., None] + offset[..., None]
+def dequantize(codes, offset, scale, out=None, at=None):
+    """Inverse of :func:`quantize`: ndarray of shape (n, n_local, c), float32.
+
+    With ``out`` (shape (N, n_local, c), float32), image i is written to ``out[at[i]]`` instead
+    (``at``: every image in order by default), and ``out`` is returned."""
+    c = codes.shape[-1]
+    if out is None:
+        out = np.empty(codes.shape, dtype=np.float32)
+    at = np.arange(len(codes)) if at is None else np.asarray(at)
+    n_local = int(np.prod(codes.shape[1:-1], dtype=np.int64))
+    rows = (at[:, None] * n_local + np.arange(n_local)).ravel()
+    _dequantize_rows(codes.reshape(-1, c), offset.reshape(-1), scale.reshape(-1), out.reshape(-1, c), rows)
+    return out
+
+
+@numba.njit(nogil=True, cache=True)
+def _dequantize_rows(codes, offset, scale, out, rows):
+    """out[rows[i]] = codes[i] * scale[i] + offset[i] in float32, rounded after the product and
+    after the sum as numpy's two operations were: one pass, no temporary arrays."""
+    for i in range(codes.shape[0]):
+        target, step, low = out[rows[i]], scale[i], offset[i]
+        for j in range(codes.shape[1]):
+            target[j] = np.float32(codes[i, j]) * step + low
 
 
 class FeatureStore:
@@ -403,7 +423,7 @@ def read_block(store, index, positions):
                 rows = index.row[positions[mine]]
                 order = np.argsort(rows)
                 rows = rows[order]  # h5py reads increasing rows
-                out[mine[order]] = dequantize(f["codes"][rows], f["offset"][rows], f["scale"][rows])
+                dequantize(f["codes"][rows], f["offset"][rows], f["scale"][rows], out, mine[order])
         except (OSError, KeyError) as exc:
             store.set_aside(name, read_problem(exc))
             raise DamagedChunk(

@@ -281,3 +281,20 @@ def test_chunks_are_checksummed_and_a_flipped_byte_is_found(tmp_path):
         DescriptorBlocks(store, index).read(np.arange(3))
     assert store.set_aside_chunks() == [name] and not os.path.exists(path)
     assert "No such file" in store.damaged([name])[name]  # the next extraction makes its images again
+
+
+def test_images_read_in_any_order_across_chunks_are_their_codes_times_scale_plus_offset(tmp_path):
+    store = FeatureStore(str(tmp_path / "store"))
+    files = [ImageFile("1", f"{name}.jpg", 1, 1) for name in "abcdefg"]
+    rng = np.random.default_rng(1)
+    descriptors = rng.normal(size=(7, 4, 16)).astype(np.float32) * rng.uniform(0.01, 100, size=(7, 4, 1))
+    store.write_chunk([f.key for f in files[:4]], descriptors[:4], {})
+    store.write_chunk([f.key for f in files[4:]], descriptors[4:], {})
+    store.update_catalog()
+    index = index_inventory(store, Inventory(np.arange(7), files, [], []))
+    codes, offset, scale = quantize(descriptors)
+    formula = codes * scale[..., None] + offset[..., None]  # numpy's float32 product, then sum
+    positions = np.array([6, 1, 4, 0, 2])  # both chunks, out of order
+    read = DescriptorBlocks(store, index).read(positions)
+    assert read.dtype == np.float32
+    np.testing.assert_array_equal(read.view(np.uint32), formula[positions].view(np.uint32))
