@@ -88,6 +88,7 @@ class Stages:
         with StagePeak() as peak, Timer() as t:
             result = function()
         self.rows.append((name, f"{t.seconds:8.1f} s  peak RSS {peak.mb:6.0f} MB  {note}"))
+        self.last_peak = peak.mb
         if name.startswith("night"):
             self.night_peak = max(self.night_peak, peak.mb)
         key = name.replace(": ", "_").replace(" ", "_").replace(",", "").replace(".", "_")
