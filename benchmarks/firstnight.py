@@ -13,9 +13,10 @@ the shipped ``[neighbours]`` (``NightSearch``, as the first night runs it), ``si
 The descriptors of image i are made from i alone (``benchmarks.synthetic``: 49 x 2,048, of rank
 ``--rank``, 256 by default: the reducer then keeps about as many components as ResNet50's
 random-weight descriptors give, 238 on the ``large`` proxy collection). Making them is not the
-pipeline's work: it is timed apart and taken off the seconds of each stage that reads them (reducer, codebook, histograms), and what the pipeline
-does instead, reading 8-bit codes from the feature store, is measured on a store of
-``--store-images`` images and counted at the same rate per image.
+pipeline's work: it is timed apart and taken off the seconds of each stage that reads them
+(reducer, codebook, histograms), and what the pipeline does instead, reading 8-bit codes from
+the feature store, is measured on a store of ``--store-images`` images and counted at the same
+rate per image.
 
 The extraction line is the latest ``benchmarks.extract`` record of this machine (at ``auto``
 and at int8, decoding and thumbnails included) times the images: an extrapolation, said so.
