@@ -26,6 +26,11 @@ MAX_AUTO_SIZE = 8500
 DESCRIPTORS_PER_WORD = 8
 #: Default of ``[codebook] sample_size``: most descriptors k-means is fitted on.
 DEFAULT_SAMPLE_SIZE = Codebook.sample_size
+#: Components of each descriptor scored by a matrix product before the rest is bounded
+#: (:meth:`Codebook.nearest`); the first components hold the most variance.
+HEAD = 64
+#: Share of the words past which a descriptor's bound is too loose and its whole product is made.
+SURVIVORS = 1 / 32
 #: How a codebook is made and stored; part of the Codebook stage's settings, so a change refits.
 #: 2: random initialisation, and the document frequencies the word weights are made from.
 FORMAT = 2
@@ -111,47 +116,86 @@ class Codebook:
         """Nearest visual word of each descriptor: ndarray of shape (n,), int64."""
         return self.nearest(x, 1)[:, 0]
 
-    def nearest(self, x, m, chunk_size=256):
+    def nearest(self, x, m, chunk_size=256, head=HEAD):
         """The ``m`` nearest visual words of each descriptor, nearest first (ties by word number).
 
-        Every word is scored in float32 as x . c - |c|^2 / 2, one matrix product per chunk of
-        descriptors (small enough for its scores to stay in cache); the words scoring within
-        twice float32's rounding bound of the m-th best are then ordered by their exact squared
-        distance (float64, :func:`_settle`), so that rounding never decides between two words:
-        the result is the exact nearest words, whatever the chunk. One thread: the histograms
-        split their descriptors among the cores (:func:`pipeline.threads.by_rows`).
+        The words are bounded before they are scored: a float32 matrix product over the first
+        ``head`` components (those of the most variance) gives each word's score x . c - |c|^2 / 2
+        but for the rest, which Cauchy-Schwarz bounds by |x_rest| |c_rest|. Only the words whose
+        upper bound reaches the m-th best exact score among the words of the highest bounds can
+        be among the m nearest: they are ordered by their exact squared distance (float64,
+        :func:`_nearest_rows`). A descriptor whose bound leaves more than
+        ``max(GROUP, K * SURVIVORS)`` words is scored over every component (the rest of the
+        product added), and its words within float32's rounding of the m-th best settled the
+        same way. Either way the result is the exact nearest words, whatever the chunk or
+        ``head``. One thread: the histograms split their descriptors among the cores
+        (:func:`pipeline.threads.by_rows`).
 
         Returns
         -------
         words : ndarray of shape (n, m), int64
         """
         x = np.asarray(x, dtype=np.float32)
-        centers, transposed, half, half32 = self._words()
-        m = min(m, len(centers))
-        # each float32 score lies within bound of its exact value: the dot product's
-        # gamma_d * |x| |c|, and the rounding of |c|^2 / 2 and of the difference
+        centers, half, half32, heads, largest = self._words(head)
+        head_t, rest_t, rest_norms = heads
+        m, h = min(m, len(centers)), head_t.shape[0]
+        # every float32 upper bound lies within margin of its exact value: the products' gamma_d
+        # |x| |c|, and the few roundings of the sum (docs/pipeline.md)
         u = 2.0**-24
         gamma = x.shape[1] * u / (1 - x.shape[1] * u)
-        largest_center = float(np.sqrt(2 * half.max())) if len(half) else 0.0
+        limit = max(GROUP, int(len(centers) * SURVIVORS))
         words = np.empty((len(x), m), dtype=np.int64)
         for start in range(0, len(x), chunk_size):
             part = x[start : start + chunk_size]
-            bound = (gamma + 2 * u) * np.sqrt(np.einsum("ij,ij->i", part, part)) * largest_center + 3 * u * half.max()
-            _settle(part @ transposed, half32, part, centers, bound, words[start : start + chunk_size])
+            wide = part.astype(np.float64)
+            norms = np.sqrt(np.einsum("ij,ij->i", wide, wide))
+            rests = np.sqrt(np.einsum("ij,ij->i", wide[:, h:], wide[:, h:])).astype(np.float32)
+            margin = ((gamma + 16 * u) * (norms * largest + half.max())).astype(np.float32)
+            products = part[:, :h] @ head_t
+            out = words[start : start + chunk_size]
+            undecided = np.flatnonzero(
+                _nearest_rows(products, half32, rest_norms, rests, margin, part, centers, out, limit)
+            )
+            if len(undecided):  # the whole product for these: no bound on the rest
+                whole = products[undecided] + part[undecided, h:] @ rest_t
+                settled = np.empty((len(undecided), m), dtype=np.int64)
+                no_rest = np.zeros(len(undecided), dtype=np.float32)
+                _nearest_rows(
+                    whole,
+                    half32,
+                    rest_norms,
+                    no_rest,
+                    margin[undecided],
+                    part[undecided],
+                    centers,
+                    settled,
+                    len(centers),
+                )
+                out[undecided] = settled
         return words
 
-    def _words(self):
-        """The words in float32, transposed, and |c|^2 / 2 in float64 and float32: made once per
-        codebook (anew when ``centers_`` is set anew)."""
+    def _words(self, head):
+        """The words in float32, |c|^2 / 2 in float64 and float32, the products' matrices (the
+        first ``head`` components transposed, the rest transposed, the rest's norms in float32,
+        rounded up) and the largest |c|: made once per codebook and head."""
         kept = self.__dict__.get("_kept")
         if kept is None or kept[0] is not self.centers_:
             centers = self.centers_.astype(np.float32)
-            half = 0.5 * np.einsum("ij,ij->i", centers.astype(np.float64), centers.astype(np.float64))
-            kept = self.__dict__["_kept"] = (
-                self.centers_,
-                (centers, np.ascontiguousarray(centers.T), half, half.astype(np.float32)),
+            wide = centers.astype(np.float64)
+            half = 0.5 * np.einsum("ij,ij->i", wide, wide)
+            largest = float(np.sqrt(2 * half.max())) if len(half) else 0.0
+            kept = self.__dict__["_kept"] = (self.centers_, (centers, half, half.astype(np.float32), largest), {})
+        centers, half, half32, largest = kept[1]
+        heads = kept[2]
+        if head not in heads:
+            h = min(head, centers.shape[1])
+            rest = centers[:, h:].astype(np.float64)
+            heads[head] = (
+                np.ascontiguousarray(centers[:, :h].T),
+                np.ascontiguousarray(centers[:, h:].T),
+                np.nextafter(np.sqrt(np.einsum("ij,ij->i", rest, rest)).astype(np.float32), np.float32(np.inf)),
             )
-        return kept[1]
+        return centers, half, half32, heads[head], largest
 
     def save(self, path, attrs):
         with create(path) as f:
@@ -174,21 +218,23 @@ class Codebook:
         return codebook
 
 
-#: Scores scanned per group for its best: the groups whose best cannot reach the m-th best word
+#: Bounds scanned per group for its best: the groups whose best cannot reach the m-th best word
 #: are passed over as one comparison.
 GROUP = 16
 
 
-@numba.njit(nogil=True, cache=True, fastmath={"nnan", "nsz", "reassoc"})
-def _group_best(row, half, best):
-    """The best score ``row[j] - half[j]`` of each GROUP of words, into ``best``."""
-    k = len(row)
-    for g in range(len(best)):
+@numba.njit(nogil=True, cache=True, fastmath=True)
+def _bounds(products, half, rest_norms, rest, margin, bound, groups):
+    """Each word's upper bound ``products[j] - half[j] + rest * rest_norms[j] + margin`` into
+    ``bound``, and the best of each GROUP of words into ``groups``."""
+    k = len(products)
+    for j in range(k):
+        bound[j] = products[j] - half[j] + rest * rest_norms[j] + margin
+    for g in range(len(groups)):
         top = np.float32(-np.inf)
         for j in range(g * GROUP, min(g * GROUP + GROUP, k)):
-            s = row[j] - half[j]
-            top = s if s > top else top
-        best[g] = top
+            top = bound[j] if bound[j] > top else top
+        groups[g] = top
 
 
 @numba.njit(nogil=True, cache=True)
@@ -206,46 +252,84 @@ def _insert(value, key, values, keys):
 
 
 @numba.njit(nogil=True, cache=True)
-def _settle(products, half, part, centers, bound, words):
-    """Each row's m = ``words.shape[1]`` nearest words, nearest first, ties by word number.
+def _distance(x, center):
+    """The squared distance in float64, summed in four lanes in a fixed order (the same on every
+    machine: no vectorising reorders it)."""
+    a0 = a1 = a2 = a3 = 0.0
+    d = len(x)
+    c = 0
+    while c + 4 <= d:
+        e0 = np.float64(x[c]) - np.float64(center[c])
+        e1 = np.float64(x[c + 1]) - np.float64(center[c + 1])
+        e2 = np.float64(x[c + 2]) - np.float64(center[c + 2])
+        e3 = np.float64(x[c + 3]) - np.float64(center[c + 3])
+        a0 += e0 * e0
+        a1 += e1 * e1
+        a2 += e2 * e2
+        a3 += e3 * e3
+        c += 4
+    while c < d:
+        e0 = np.float64(x[c]) - np.float64(center[c])
+        a0 += e0 * e0
+        c += 1
+    return (a0 + a1) + (a2 + a3)
 
-    ``products[i, j]`` is the float32 product part[i] . centers[j]; its score less ``half[j]``
-    (|c_j|^2 / 2) lies within ``bound[i]`` of the exact score, so every word that may be among
-    the m nearest scores at least the m-th best score less 2 ``bound[i]``: those words are
-    ordered by their exact squared distance in float64."""
+
+@numba.njit(nogil=True, cache=True)
+def _nearest_rows(products, half, rest_norms, rests, margin, part, centers, words, limit):
+    """Each row's m = ``words.shape[1]`` nearest words, nearest first, ties by word number, from
+    an upper bound of every word's exact score x . c - |c|^2 / 2 (:func:`_bounds`).
+
+    The m words of the highest bounds have exact scores; the least of them, s, is at most the
+    m-th best exact score, so a word whose bound is below s cannot be among the m nearest. The
+    others are ordered by their exact squared distance. Rows that leave more than ``limit``
+    words are left to the caller: returns True for each of them."""
     n, k = products.shape
     m = words.shape[1]
+    bound = np.empty(k, dtype=np.float32)
     groups = np.empty((k + GROUP - 1) // GROUP, dtype=np.float32)
-    top = np.empty(m, dtype=np.float32)  # negated, so ascending: the m best scores
+    top = np.empty(m, dtype=np.float32)  # negated, so ascending: the m highest bounds
     slot = np.zeros(m, dtype=np.int64)
     distance = np.empty(m, dtype=np.float64)
     nearest = np.empty(m, dtype=np.int64)
+    undecided = np.zeros(n, dtype=np.bool_)
+    largest = 2 * half.max() if k else 0.0
     for i in range(n):
-        row = products[i]
-        _group_best(row, half, groups)
+        x = part[i]
+        _bounds(products[i], half, rest_norms, rests[i], margin[i], bound, groups)
         top[:] = np.inf
         for g in range(len(groups)):
             _insert(-groups[g], g, top, slot)
-        if m > 1:  # the m-th best score lies in the groups whose best reaches the m-th best group's
-            reach = -top[m - 1]
-            top[:] = np.inf
-            for g in range(len(groups)):
-                if groups[g] >= reach:
-                    for j in range(g * GROUP, min(g * GROUP + GROUP, k)):
-                        _insert(-(row[j] - half[j]), j, top, slot)
-        threshold = -top[m - 1] - 2 * bound[i]
+        reach = -top[m - 1]  # the m highest bounds lie in the groups whose best reaches it
+        top[:] = np.inf
+        for g in range(len(groups)):
+            if groups[g] >= reach:
+                for j in range(g * GROUP, min(g * GROUP + GROUP, k)):
+                    _insert(-bound[j], j, top, slot)
+        norm = 0.0
+        for c in range(len(x)):
+            norm += np.float64(x[c]) * np.float64(x[c])
+        least = np.inf
+        for p in range(m):
+            least = min(least, 0.5 * (norm - _distance(x, centers[slot[p]])))
+        least -= 1e-9 * (norm + largest + 1.0)  # float64's rounding of the scores, amply
+        survivors = 0
+        for g in range(len(groups)):
+            if groups[g] >= least:
+                for j in range(g * GROUP, min(g * GROUP + GROUP, k)):
+                    survivors += bound[j] >= least
+        if survivors > limit:
+            undecided[i] = True
+            continue
         distance[:] = np.inf
         nearest[:] = k
         for g in range(len(groups)):
-            if groups[g] >= threshold:
+            if groups[g] >= least:
                 for j in range(g * GROUP, min(g * GROUP + GROUP, k)):
-                    if row[j] - half[j] >= threshold:
-                        d = 0.0
-                        for c in range(part.shape[1]):
-                            e = np.float64(part[i, c]) - np.float64(centers[j, c])
-                            d += e * e
-                        _insert(d, j, distance, nearest)
+                    if bound[j] >= least:
+                        _insert(_distance(x, centers[j]), j, distance, nearest)
         words[i, :] = nearest
+    return undecided
 
 
 def document_frequency(words, size):

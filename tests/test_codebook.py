@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from pipeline.blocks import ArrayBlocks
-from pipeline.codebook import Codebook, auto_size, fit_codebook, resolve_size
+from pipeline.codebook import HEAD, Codebook, auto_size, fit_codebook, resolve_size
 from pipeline.errors import ConfigError
 from pipeline.histograms import compute_histograms
 from pipeline.reduction import Reducer
@@ -98,10 +98,13 @@ def test_nearest_words_are_in_order_of_distance():
     np.testing.assert_array_equal(codebook.nearest(x, 1)[:, 0], codebook.predict(x))
 
 
+@pytest.mark.parametrize("head", [0, 5, 64])
 @pytest.mark.parametrize("m", [1, 2, 3])
-def test_nearest_words_are_exact_where_float32_cannot_tell_them_apart(m):
+def test_nearest_words_are_exact_where_float32_cannot_tell_them_apart(m, head):
     """Words at the same distance (twins), and words nearer by less than float32 can tell in a
-    score of the dot product: the exact order, ties by word number, whatever the chunk."""
+    score of the dot product: the exact order, ties by word number, whatever the chunk, and
+    whether the bound on the components past ``head`` decides (5), leaves every descriptor to
+    the whole product (0: no component scored before the bound) or has nothing to bound (64)."""
     rng = np.random.default_rng(6)
     words = rng.normal(size=(40, 64))
     words = np.concatenate([words, words[:10], words[:5] + 1e-6])  # twins, and near-twins
@@ -113,5 +116,21 @@ def test_nearest_words_are_exact_where_float32_cannot_tell_them_apart(m):
     exact = ((x[:, None, :].astype(np.float64) - codebook.centers_[None].astype(np.float64)) ** 2).sum(axis=2)
     order = np.lexsort((np.broadcast_to(np.arange(len(words)), exact.shape), exact), axis=1)[:, :m]
     for chunk_size in (7, 64, 4096):
-        np.testing.assert_array_equal(codebook.nearest(x, m, chunk_size=chunk_size), order)
+        np.testing.assert_array_equal(codebook.nearest(x, m, chunk_size=chunk_size, head=head), order)
     assert codebook.nearest(x, 3).shape == (200, 3) and Codebook(2).fit(x[:50]).nearest(x, 3).shape == (200, 2)
+
+
+@pytest.mark.parametrize("head", [0, 16, HEAD])
+def test_nearest_words_of_clustered_descriptors_are_exact_whatever_the_bound(head):
+    """Descriptors of decreasing variance per component, as the reducer gives them, unit length,
+    and words fitted on them: the bound leaves few words for most and many for some (those far
+    from every word), which take the whole product; the words are the brute force's."""
+    rng = np.random.default_rng(7)
+    themes = rng.normal(size=(30, 96)) * np.linspace(2, 0.2, 96)
+    x = themes[rng.integers(0, 30, size=3000)] + rng.normal(size=(3000, 96)) * np.linspace(0.6, 0.1, 96)
+    x[:100] = rng.normal(size=(100, 96))  # far from every theme
+    x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+    codebook = Codebook(400, random_state=0).fit(x[:2000])
+    exact = ((x[:, None, :].astype(np.float64) - codebook.centers_[None].astype(np.float64)) ** 2).sum(axis=2)
+    order = np.lexsort((np.broadcast_to(np.arange(400), exact.shape), exact), axis=1)[:, :3]
+    np.testing.assert_array_equal(codebook.nearest(x, 3, head=head), order)
