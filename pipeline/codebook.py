@@ -140,7 +140,8 @@ class Codebook:
         head_t, rest_t, rest_norms = heads
         m, h = min(m, len(centers)), head_t.shape[0]
         # every float32 upper bound lies within margin of its exact value: the products' gamma_d
-        # |x| |c|, and the few roundings of the sum (docs/pipeline.md)
+        # |x| |c|, and the float32 roundings of |c|^2 / 2, of |x_rest| |c_rest| and of the sums,
+        # each at most u (|x| |c| + |c|^2 / 2): 16 u of that, amply
         u = 2.0**-24
         gamma = x.shape[1] * u / (1 - x.shape[1] * u)
         limit = max(GROUP, int(len(centers) * SURVIVORS))

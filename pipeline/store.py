@@ -65,8 +65,8 @@ def _quantize_rows(rows, codes, offset, scale):
 def dequantize(codes, offset, scale, out=None, at=None):
     """Inverse of :func:`quantize`: ndarray of shape (n, n_local, c), float32.
 
-    With ``out`` (shape (N, n_local, c), float32), image i is written to ``out[at[i]]`` instead
-    (``at``: every image in order by default), and ``out`` is returned."""
+    With ``out`` (C-contiguous, shape (N, n_local, c), float32), image i is written to ``out[at[i]]``
+    instead (``at``: every image in order by default), and ``out`` is returned."""
     c = codes.shape[-1]
     if out is None:
         out = np.empty(codes.shape, dtype=np.float32)
