@@ -144,18 +144,18 @@ class Codebook:
         # each at most u (|x| |c| + |c|^2 / 2): 16 u of that, amply
         u = 2.0**-24
         gamma = x.shape[1] * u / (1 - x.shape[1] * u)
-        limit = max(GROUP, int(len(centers) * SURVIVORS))
+        limit, half_max = max(GROUP, int(len(centers) * SURVIVORS)), half.max()
         words = np.empty((len(x), m), dtype=np.int64)
         for start in range(0, len(x), chunk_size):
             part = x[start : start + chunk_size]
             wide = part.astype(np.float64)
-            norms = np.sqrt(np.einsum("ij,ij->i", wide, wide))
+            squares = np.einsum("ij,ij->i", wide, wide)
             rests = np.sqrt(np.einsum("ij,ij->i", wide[:, h:], wide[:, h:])).astype(np.float32)
-            margin = ((gamma + 16 * u) * (norms * largest + half.max())).astype(np.float32)
+            margin = ((gamma + 16 * u) * (np.sqrt(squares) * largest + half_max)).astype(np.float32)
             products = part[:, :h] @ head_t
             out = words[start : start + chunk_size]
             undecided = np.flatnonzero(
-                _nearest_rows(products, half32, rest_norms, rests, margin, part, centers, out, limit)
+                _nearest_rows(products, half32, rest_norms, rests, margin, part, squares, centers, out, limit)
             )
             if len(undecided):  # the whole product for these: no bound on the rest
                 whole = products[undecided] + part[undecided, h:] @ rest_t
@@ -168,6 +168,7 @@ class Codebook:
                     no_rest,
                     margin[undecided],
                     part[undecided],
+                    squares[undecided],
                     centers,
                     settled,
                     len(centers),
@@ -277,14 +278,15 @@ def _distance(x, center):
 
 
 @numba.njit(nogil=True, cache=True)
-def _nearest_rows(products, half, rest_norms, rests, margin, part, centers, words, limit):
+def _nearest_rows(products, half, rest_norms, rests, margin, part, squares, centers, words, limit):
     """Each row's m = ``words.shape[1]`` nearest words, nearest first, ties by word number, from
     an upper bound of every word's exact score x . c - |c|^2 / 2 (:func:`_bounds`).
 
-    The m words of the highest bounds have exact scores; the least of them, s, is at most the
-    m-th best exact score, so a word whose bound is below s cannot be among the m nearest. The
-    others are ordered by their exact squared distance. Rows that leave more than ``limit``
-    words are left to the caller: returns True for each of them."""
+    The m words of the highest bounds have exact scores (|x|^2, ``squares``, less their exact
+    squared distance, halved); the least of them, s, is at most the m-th best exact score, so a
+    word whose bound is below s cannot be among the m nearest. The others are ordered by their
+    exact squared distance. Rows that leave more than ``limit`` words are left to the caller:
+    returns True for each of them."""
     n, k = products.shape
     m = words.shape[1]
     bound = np.empty(k, dtype=np.float32)
@@ -307,9 +309,7 @@ def _nearest_rows(products, half, rest_norms, rests, margin, part, centers, word
             if groups[g] >= reach:
                 for j in range(g * GROUP, min(g * GROUP + GROUP, k)):
                     _insert(-bound[j], j, top, slot)
-        norm = 0.0
-        for c in range(len(x)):
-            norm += np.float64(x[c]) * np.float64(x[c])
+        norm = squares[i]
         least = np.inf
         for p in range(m):
             least = min(least, 0.5 * (norm - _distance(x, centers[slot[p]])))
