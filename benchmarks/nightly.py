@@ -204,7 +204,7 @@ def descriptors_codebook(blocks, words, seed=0):
     """A reducer fitted on 2,000 simulated images and ``words`` of their reduced descriptors as words."""
     sample = blocks.subset(np.arange(min(2000, blocks.n_images)))
     reducer = Reducer(0.97, "l2", "l2").fit(sample)
-    reduced = np.concatenate([reducer.transform(b.reshape(-1, b.shape[-1])) for b in sample])
+    reduced = np.concatenate([reducer.transform(b).reshape(-1, reducer.n_components_) for b in sample])
     codebook = Codebook(words, seed)
     codebook.centers_ = reduced[np.random.default_rng(seed).choice(len(reduced), words, replace=False)]
     codebook.inertia_, codebook.documents_ = 0.0, 1

@@ -63,7 +63,7 @@ def run(n_crops=600, words=(250, 1000), batch_size=16):
         )
     descriptors = maps.reshape(-1, maps.shape[-1])
     reducer = Reducer(0.97).fit(descriptors)
-    reduced = reducer.transform(descriptors)
+    reduced = reducer.transform(maps.reshape(len(maps), -1, maps.shape[-1])).reshape(-1, reducer.n_components_)
     rows, results = (
         [
             (

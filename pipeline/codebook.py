@@ -11,7 +11,7 @@ from sklearn.cluster import KMeans
 from .blocks import sample_images
 from .errors import ConfigError, named
 from .h5io import create
-from .histograms import word_histograms
+from .histograms import images_per_thread, word_histograms
 from .settings import MAX_ASSIGN, Codebook
 from .threads import by_rows
 from .weighting import word_weights
@@ -119,85 +119,75 @@ class Codebook:
     def nearest(self, x, m, chunk_size=256, head=HEAD):
         """The ``m`` nearest visual words of each descriptor, nearest first (ties by word number).
 
-        The words are bounded before they are scored: a float32 matrix product over the first
-        ``head`` components (those of the most variance) gives each word's score x . c - |c|^2 / 2
-        but for the rest, which Cauchy-Schwarz bounds by |x_rest| |c_rest|. Only the words whose
-        upper bound reaches the m-th best exact score among the words of the highest bounds can
-        be among the m nearest: they are ordered by their exact squared distance (float64,
-        :func:`_nearest_rows`). A descriptor whose bound leaves more than
-        ``max(GROUP, K * SURVIVORS)`` words is scored over every component (the rest of the
-        product added), and its words within float32's rounding of the m-th best settled the
-        same way. Either way the result is the exact nearest words, whatever the chunk or
-        ``head``. One thread: the histograms split their descriptors among the cores
-        (:func:`pipeline.threads.by_rows`).
+        The words are bounded before they are scored: one float32 matrix product over the first
+        ``head`` components (those of the most variance), with two more columns, gives each
+        word's score x . c - |c|^2 / 2 but for the rest, plus |x_rest| |c_rest|, which bounds
+        the rest by Cauchy-Schwarz. Only the words whose upper bound reaches the m-th best exact
+        score among the words of the highest bounds can be among the m nearest: they are ordered
+        by their exact squared distance (float64, :func:`_nearest_rows`). A descriptor whose
+        bound leaves more than ``max(GROUP, K * SURVIVORS)`` words is scored over every component,
+        and its words within float32's rounding of the m-th best settled the same way. Either
+        way the result is the exact nearest words, whatever the chunk or ``head``. One thread:
+        the histograms split their descriptors among the cores (:func:`pipeline.threads.by_rows`).
 
         Returns
         -------
         words : ndarray of shape (n, m), int64
         """
         x = np.asarray(x, dtype=np.float32)
-        centers, half, half32, heads, largest = self._words(head)
-        head_t, rest_t, rest_norms = heads
-        m, h = min(m, len(centers)), head_t.shape[0]
-        # every float32 upper bound lies within margin of its exact value: the products' gamma_d
-        # |x| |c|, and the float32 roundings of |c|^2 / 2, of |x_rest| |c_rest| and of the sums,
-        # each at most u (|x| |c| + |c|^2 / 2): 16 u of that, amply
+        centers, half32, bounding, largest = self._words(head)
+        m, h = min(m, len(centers)), bounding.shape[0] - 2
+        # every float32 bound lies within margin of its exact value: the product's gamma_d times
+        # the sum of its terms' magnitudes, at most |x| |c| + |c|^2 / 2, and the float32 roundings
+        # of |c|^2 / 2, |x_rest| and |c_rest| (rounded up), each at most u of that: 16 u, amply
         u = 2.0**-24
         gamma = x.shape[1] * u / (1 - x.shape[1] * u)
-        limit, half_max = max(GROUP, int(len(centers) * SURVIVORS)), half.max()
+        limit, half_max = max(GROUP, int(len(centers) * SURVIVORS)), float(half32.max())
         words = np.empty((len(x), m), dtype=np.int64)
+        rows = min(chunk_size, len(x))
+        scores = np.empty((rows, len(centers)), dtype=np.float32)  # one buffer: no pages mapped per chunk
+        augmented = np.empty((rows, h + 2), dtype=np.float32)
+        augmented[:, h] = 1
         for start in range(0, len(x), chunk_size):
             part = x[start : start + chunk_size]
+            n = len(part)
             wide = part.astype(np.float64)
             squares = np.einsum("ij,ij->i", wide, wide)
-            rests = np.sqrt(np.einsum("ij,ij->i", wide[:, h:], wide[:, h:])).astype(np.float32)
-            margin = ((gamma + 16 * u) * (np.sqrt(squares) * largest + half_max)).astype(np.float32)
-            products = part[:, :h] @ head_t
+            augmented[:n, :h] = part[:, :h]
+            augmented[:n, h + 1] = np.sqrt(np.einsum("ij,ij->i", wide[:, h:], wide[:, h:]))
+            # float64's rounding of the exact scores, amply, as well
+            slack = (gamma + 16 * u) * (np.sqrt(squares) * largest + half_max) + 1e-9 * (squares + 2 * half_max + 1)
+            np.matmul(augmented[:n], bounding, out=scores[:n])
             out = words[start : start + chunk_size]
-            undecided = np.flatnonzero(
-                _nearest_rows(products, half32, rest_norms, rests, margin, part, squares, centers, out, limit)
-            )
-            if len(undecided):  # the whole product for these: no bound on the rest
-                whole = products[undecided] + part[undecided, h:] @ rest_t
+            undecided = np.flatnonzero(_nearest_rows(scores[:n], slack, part, squares, centers, out, limit))
+            if len(undecided):  # every component for these: no bound on the rest
+                whole = part[undecided] @ centers.T - half32
                 settled = np.empty((len(undecided), m), dtype=np.int64)
-                no_rest = np.zeros(len(undecided), dtype=np.float32)
                 _nearest_rows(
-                    whole,
-                    half32,
-                    rest_norms,
-                    no_rest,
-                    margin[undecided],
-                    part[undecided],
-                    squares[undecided],
-                    centers,
-                    settled,
-                    len(centers),
+                    whole, slack[undecided], part[undecided], squares[undecided], centers, settled, len(centers)
                 )
                 out[undecided] = settled
         return words
 
     def _words(self, head):
-        """The words in float32, |c|^2 / 2 in float64 and float32, the products' matrices (the
-        first ``head`` components transposed, the rest transposed, the rest's norms in float32,
-        rounded up) and the largest |c|: made once per codebook and head."""
+        """The words in float32, |c|^2 / 2 in float32, the bounds' matrix of ``head`` (the words'
+        first ``head`` components, -|c|^2 / 2 and |c_rest| rounded up, as columns of shape
+        (head + 2, K)) and the largest |c|: made once per codebook and head."""
         kept = self.__dict__.get("_kept")
         if kept is None or kept[0] is not self.centers_:
-            centers = self.centers_.astype(np.float32)
+            centers = np.ascontiguousarray(self.centers_, dtype=np.float32)
             wide = centers.astype(np.float64)
             half = 0.5 * np.einsum("ij,ij->i", wide, wide)
             largest = float(np.sqrt(2 * half.max())) if len(half) else 0.0
-            kept = self.__dict__["_kept"] = (self.centers_, (centers, half, half.astype(np.float32), largest), {})
-        centers, half, half32, largest = kept[1]
+            kept = self.__dict__["_kept"] = (self.centers_, (centers, half.astype(np.float32), largest), {})
+        centers, half32, largest = kept[1]
         heads = kept[2]
         if head not in heads:
             h = min(head, centers.shape[1])
             rest = centers[:, h:].astype(np.float64)
-            heads[head] = (
-                np.ascontiguousarray(centers[:, :h].T),
-                np.ascontiguousarray(centers[:, h:].T),
-                np.nextafter(np.sqrt(np.einsum("ij,ij->i", rest, rest)).astype(np.float32), np.float32(np.inf)),
-            )
-        return centers, half, half32, heads[head], largest
+            rest_norms = np.nextafter(np.sqrt(np.einsum("ij,ij->i", rest, rest)).astype(np.float32), np.float32(np.inf))
+            heads[head] = np.ascontiguousarray(np.vstack([centers[:, :h].T, -half32, rest_norms]))
+        return centers, half32, heads[head], largest
 
     def save(self, path, attrs):
         with create(path) as f:
@@ -226,17 +216,19 @@ GROUP = 16
 
 
 @numba.njit(nogil=True, cache=True, fastmath=True)
-def _bounds(products, half, rest_norms, rest, margin, bound, groups):
-    """Each word's upper bound ``products[j] - half[j] + rest * rest_norms[j] + margin`` into
-    ``bound``, and the best of each GROUP of words into ``groups``."""
-    k = len(products)
-    for j in range(k):
-        bound[j] = products[j] - half[j] + rest * rest_norms[j] + margin
-    for g in range(len(groups)):
-        top = np.float32(-np.inf)
-        for j in range(g * GROUP, min(g * GROUP + GROUP, k)):
-            top = bound[j] if bound[j] > top else top
+def _group_tops(scores, groups):
+    """The best score of each GROUP of words into ``groups``."""
+    k = len(scores)
+    for g in range(k // GROUP):
+        top = scores[g * GROUP]
+        for j in range(g * GROUP + 1, g * GROUP + GROUP):
+            top = max(top, scores[j])
         groups[g] = top
+    if k % GROUP:
+        top = scores[k - k % GROUP]
+        for j in range(k - k % GROUP, k):
+            top = max(top, scores[j])
+        groups[k // GROUP] = top
 
 
 @numba.njit(nogil=True, cache=True)
@@ -278,47 +270,48 @@ def _distance(x, center):
 
 
 @numba.njit(nogil=True, cache=True)
-def _nearest_rows(products, half, rest_norms, rests, margin, part, squares, centers, words, limit):
+def _nearest_rows(scores, slack, part, squares, centers, words, limit):
     """Each row's m = ``words.shape[1]`` nearest words, nearest first, ties by word number, from
-    an upper bound of every word's exact score x . c - |c|^2 / 2 (:func:`_bounds`).
+    ``scores`` that bound every word's exact score x . c - |c|^2 / 2 from above once the row's
+    ``slack`` is added (:meth:`Codebook.nearest`; the slack covers float64's rounding of the
+    exact scores too).
 
     The m words of the highest bounds have exact scores (|x|^2, ``squares``, less their exact
     squared distance, halved); the least of them, s, is at most the m-th best exact score, so a
     word whose bound is below s cannot be among the m nearest. The others are ordered by their
     exact squared distance. Rows that leave more than ``limit`` words are left to the caller:
     returns True for each of them."""
-    n, k = products.shape
+    n, k = scores.shape
     m = words.shape[1]
-    bound = np.empty(k, dtype=np.float32)
     groups = np.empty((k + GROUP - 1) // GROUP, dtype=np.float32)
     top = np.empty(m, dtype=np.float32)  # negated, so ascending: the m highest bounds
     slot = np.zeros(m, dtype=np.int64)
     distance = np.empty(m, dtype=np.float64)
     nearest = np.empty(m, dtype=np.int64)
     undecided = np.zeros(n, dtype=np.bool_)
-    largest = 2 * half.max() if k else 0.0
     for i in range(n):
-        x = part[i]
-        _bounds(products[i], half, rest_norms, rests[i], margin[i], bound, groups)
+        x, row = part[i], scores[i]
+        _group_tops(row, groups)
         top[:] = np.inf
         for g in range(len(groups)):
-            _insert(-groups[g], g, top, slot)
+            if -groups[g] < top[m - 1]:
+                _insert(-groups[g], g, top, slot)
         reach = -top[m - 1]  # the m highest bounds lie in the groups whose best reaches it
         top[:] = np.inf
         for g in range(len(groups)):
             if groups[g] >= reach:
                 for j in range(g * GROUP, min(g * GROUP + GROUP, k)):
-                    _insert(-bound[j], j, top, slot)
+                    _insert(-row[j], j, top, slot)
         norm = squares[i]
         least = np.inf
         for p in range(m):
             least = min(least, 0.5 * (norm - _distance(x, centers[slot[p]])))
-        least -= 1e-9 * (norm + largest + 1.0)  # float64's rounding of the scores, amply
+        least -= slack[i]  # the bounds' margin, and float64's rounding of the exact scores
         survivors = 0
         for g in range(len(groups)):
             if groups[g] >= least:
                 for j in range(g * GROUP, min(g * GROUP + GROUP, k)):
-                    survivors += bound[j] >= least
+                    survivors += row[j] >= least
         if survivors > limit:
             undecided[i] = True
             continue
@@ -327,7 +320,7 @@ def _nearest_rows(products, half, rest_norms, rests, margin, part, squares, cent
         for g in range(len(groups)):
             if groups[g] >= least:
                 for j in range(g * GROUP, min(g * GROUP + GROUP, k)):
-                    if bound[j] >= least:
+                    if row[j] >= least:
                         _insert(_distance(x, centers[j]), j, distance, nearest)
         words[i, :] = nearest
     return undecided
@@ -375,5 +368,7 @@ def fit_codebook(blocks, reducer, size, sample_size, random_state):
     """
     n_local = blocks.n_local()
     chosen = blocks.subset(sample_images(blocks.n_images, _sample_images(n_local, sample_size), random_state))
-    sample = np.concatenate([by_rows(reducer.transform, b.reshape(-1, b.shape[-1])) for b in chosen])
+    sample = np.concatenate(
+        [by_rows(reducer.transform, b, images_per_thread(n_local)).reshape(-1, reducer.n_components_) for b in chosen]
+    )
     return Codebook(resolve_size(size, len(sample)), random_state).fit(sample, n_local)

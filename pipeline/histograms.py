@@ -13,7 +13,7 @@ import scipy.sparse as sp
 from .errors import ArtifactError
 from .h5io import create, read_strings, write_strings
 from .settings import Histograms
-from .threads import by_rows
+from .threads import MIN_ROWS, by_rows
 
 logger = logging.getLogger(__name__)
 
@@ -58,8 +58,19 @@ def assign_words(descriptors, reducer, codebook, assign=DEFAULT_ASSIGN):
     words : ndarray of shape (n_images, n_local * assign), int64
     """
     n, n_local, c = descriptors.shape
-    words = by_rows(lambda x: codebook.nearest(reducer.transform(x), assign), descriptors.reshape(-1, c))
-    return words.reshape(n, n_local * assign)
+    return by_rows(
+        lambda images: codebook.nearest(reducer.transform(images).reshape(-1, reducer.n_components_), assign).reshape(
+            len(images), n_local * assign
+        ),
+        descriptors,
+        images_per_thread(n_local),
+    )
+
+
+def images_per_thread(n_local):
+    """Fewest images worth a thread of their own (:func:`pipeline.threads.by_rows`), for images
+    of ``n_local`` descriptors: the reducer takes each image whole."""
+    return max(1, MIN_ROWS // max(n_local, 1))
 
 
 def compute_histograms(

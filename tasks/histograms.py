@@ -94,8 +94,10 @@ class Histograms(HistogramInputs):
 
     @staticmethod
     def histogram_settings():
-        # "cells": the file holds each image's words per cell (pipeline.verify); files without are made again
-        return {**config.histograms().identity(), "cells": True}
+        # "cells": the file holds each image's words per cell (pipeline.verify); "reduced": each
+        # image's descriptors reduced by one float32 product of its own (Reducer.transform).
+        # Files without either are made again
+        return {**config.histograms().identity(), "cells": True, "reduced": "float32 per image"}
 
     def settings(self):
         return self.histogram_settings()

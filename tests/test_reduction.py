@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 from sklearn.decomposition import PCA
 from sklearn.preprocessing import StandardScaler
+from threadpoolctl import threadpool_limits
 
 from pipeline.errors import ConfigError
 from pipeline.reduction import Reducer
@@ -129,11 +130,14 @@ def test_another_reduced_normalisation_keeps_the_fit():
 
 @pytest.mark.parametrize("norm", ["raw", "l2", "root"])
 def test_a_descriptors_reduction_does_not_depend_on_the_others_beside_it(norm):
-    """Bit for bit, whatever block it is reduced in (a night reduces only the new images)."""
+    """Bit for bit, whatever images it is reduced with (a night reduces only the new images),
+    and on however many BLAS threads."""
     rng = np.random.default_rng(4)
-    x = np.abs(rng.normal(size=(49 * 130, 64)) @ rng.normal(size=(64, 512))).astype(np.float32)
-    reducer = Reducer(0.97, descriptors=norm).fit(x[:3000])
-    together = reducer.transform(x)
-    for size in (1, 49, 49 * 3, 49 * 128):
-        start = 49 * 2
-        np.testing.assert_array_equal(reducer.transform(x[start : start + size]), together[start : start + size])
+    x = np.abs(rng.normal(size=(130 * 49, 64)) @ rng.normal(size=(64, 512))).astype(np.float32).reshape(130, 49, 512)
+    reducer = Reducer(0.97, descriptors=norm).fit(x[:60])
+    with threadpool_limits(2, user_api="blas"):
+        together = reducer.transform(x)
+    assert together.shape == (130, 49, reducer.n_components_) and together.dtype == np.float32
+    for size in (1, 3, 128):
+        np.testing.assert_array_equal(reducer.transform(x[2 : 2 + size]), together[2 : 2 + size])
+    np.testing.assert_array_equal(reducer.transform(x[7]), together[7])  # one image, shape (n_local, c)
