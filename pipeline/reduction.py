@@ -154,7 +154,7 @@ class Reducer:
         float64.
         """
         x = np.asarray(x)
-        images = x.reshape(-1, *x.shape[-2:])
+        images = x.reshape(-1 if x.size else 0, *x.shape[-2:])
         weights, offset = self._projection()
         out = np.empty((len(images), images.shape[1], len(offset)), dtype=np.float32)
         with one_blas_thread():

@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 from threadpoolctl import ThreadpoolController
 
-#: Fewest rows worth a thread of their own: fewer run in the calling thread, as they are.
+#: Fewest rows worth a thread of their own: fewer run in the calling thread, on one BLAS thread.
 MIN_ROWS = 512
 
 # a limit changes the whole process's BLAS: one at a time, so that one call never restores the
@@ -30,10 +30,11 @@ _controller = []
 @contextlib.contextmanager
 def _limited():
     """BLAS on one thread, the lock held; yields the number of threads it had before."""
-    if not _controller:  # made at first use, once numpy's BLAS is loaded (ThreadpoolController
-        _controller.append(ThreadpoolController())  # costs 0.5 ms; its limit 0.03 ms)
-    with _lock, _controller[0].limit(limits=1, user_api="blas") as limits:
-        yield limits.get_original_num_threads().get("blas") or 1
+    with _lock:
+        if not _controller:  # made at first use, once numpy's BLAS is loaded (making one costs
+            _controller.append(ThreadpoolController())  # 0.5 ms, a limit 0.03 ms)
+        with _controller[0].limit(limits=1, user_api="blas") as limits:
+            yield limits.get_original_num_threads().get("blas") or 1
 
 
 @contextlib.contextmanager

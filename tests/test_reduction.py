@@ -141,3 +141,9 @@ def test_a_descriptors_reduction_does_not_depend_on_the_others_beside_it(norm):
     for size in (1, 3, 128):
         np.testing.assert_array_equal(reducer.transform(x[2 : 2 + size]), together[2 : 2 + size])
     np.testing.assert_array_equal(reducer.transform(x[7]), together[7])  # one image, shape (n_local, c)
+
+
+def test_no_descriptors_reduce_to_none():
+    reducer = Reducer(0.9).fit(np.random.default_rng(0).normal(size=(200, 16)))
+    assert reducer.transform(np.zeros((0, 16), np.float32)).shape == (0, reducer.n_components_)
+    assert reducer.transform(np.zeros((0, 49, 16), np.float32)).shape == (0, 49, reducer.n_components_)
