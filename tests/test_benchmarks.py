@@ -362,3 +362,15 @@ def test_completeness_benchmark_asks_a_finished_made_up_night(capsys):
     completeness.run(images=100)
     figures = last_json_line(capsys)
     assert figures["all_complete"] and figures["stages"] >= 12 and figures["tasks"] > figures["stages"]
+
+
+def test_against_benchmark_times_both_commits_on_the_same_images(capsys):
+    from benchmarks import against
+    from pipeline.settings import Codebook, Reduction
+
+    settings = {"reduction": Reduction(sample_images=40), "fitting": Codebook(size=50, sample_size=3000)}
+    figures = against.run("HEAD", images=64, rounds=1, **settings)
+    out = capsys.readouterr().out
+    assert "compute_histograms, HEAD" in out and "words the same" in out
+    assert figures["words"] == 64 * 49 and len(figures["us_per_descriptor"]["against"]) == 1
+    assert figures["words_same"] == figures["words"]  # two processes, the same words
