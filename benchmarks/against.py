@@ -81,19 +81,13 @@ def side(root, folder, name, images, rank, assign):
     return json.loads(done.stdout.strip().splitlines()[-1])["seconds"]
 
 
-def run(against, images=2048, rounds=3, rank=256, reduction=None, fitting=None):
-    """Both sides' seconds; ``reduction`` and ``fitting`` (``[reduction]``, ``[codebook]``) the shipped ones by default."""
-    reduction, fitting, assign = reduction or Reduction(), fitting or Codebook(), Histograms().assign
+def run(against, images=2048, rounds=3, rank=256, sample_images=None, fitting=None):
+    """Both sides' seconds, the reducer fitted on ``sample_images`` images (``[reduction]
+    sample_images``) and the codebook at ``fitting`` (``[codebook]``): the shipped by default."""
+    fitting, assign = fitting or Codebook(), Histograms().assign
     with tempfile.TemporaryDirectory() as tmp:
         blocks = SyntheticBlocks(10**6, rank=rank, dtype=np.float32)
-        reducer = fit_reducer(
-            blocks,
-            reduction.variance,
-            reduction.descriptors,
-            reduction.reduced,
-            reduction.sample_images,
-            reduction.seed,
-        )
+        reducer = fit_reducer(blocks, sample_images_=sample_images or Reduction.sample_images)
         codebook = fit_codebook(blocks, reducer, fitting.size, fitting.sample_size, fitting.seed)
         reducer.save(os.path.join(tmp, "reducer.h5"), {})
         codebook.save(os.path.join(tmp, "codebook.h5"), {})
@@ -141,14 +135,14 @@ def run(against, images=2048, rounds=3, rank=256, reduction=None, fitting=None):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("against", help="the commit to compare with (any git revision)")
-    parser.add_argument("--images", type=int, default=2048)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--images", type=int, default=2048, help="images timed on each side")
     parser.add_argument("--rank", type=int, default=256, help="rank of the synthetic descriptors")
+    parser.add_argument("--rounds", type=int, default=3, help="times each side runs, in turn")
+    parser.add_argument("against", help="the commit to compare with (any git revision)")
     add_record_option(parser)
     args = parser.parse_args(argv)
     with recording("against", args, argv):
-        run(args.against, args.images, args.rounds, args.rank)
+        run(args.against, images=args.images, rounds=args.rounds, rank=args.rank)
 
 
 if __name__ == "__main__":

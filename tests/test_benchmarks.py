@@ -366,10 +366,9 @@ def test_completeness_benchmark_asks_a_finished_made_up_night(capsys):
 
 def test_against_benchmark_times_both_commits_on_the_same_images(capsys):
     from benchmarks import against
-    from pipeline.settings import Codebook, Reduction
+    from pipeline.settings import Codebook
 
-    settings = {"reduction": Reduction(sample_images=40), "fitting": Codebook(size=50, sample_size=3000)}
-    figures = against.run("HEAD", images=64, rounds=1, **settings)
+    figures = against.run("HEAD", images=64, rounds=1, sample_images=40, fitting=Codebook(size=50, sample_size=3000))
     out = capsys.readouterr().out
     assert "compute_histograms, HEAD" in out and "words the same" in out
     assert figures["words"] == 64 * 49 and len(figures["us_per_descriptor"]["against"]) == 1
