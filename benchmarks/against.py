@@ -97,10 +97,10 @@ def run(against, images=2048, rounds=3, rank=256, sample_images=None, fitting=No
             commit = subprocess.run(
                 ["git", "-C", other, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
             ).stdout.strip()
-            times = {"this": [], against: []}
+            times = {"this": [], "other": []}
             for _ in range(rounds):
                 times["this"].append(side(ROOT, tmp, "this", images, rank, assign))
-                times[against].append(side(other, tmp, "other", images, rank, assign))
+                times["other"].append(side(other, tmp, "other", images, rank, assign))
             same = np.load(os.path.join(tmp, "words-this.npy")) == np.load(os.path.join(tmp, "words-other.npy"))
         finally:
             subprocess.run(["git", "-C", ROOT, "worktree", "remove", "--force", other], check=False)
@@ -114,9 +114,9 @@ def run(against, images=2048, rounds=3, rank=256, sample_images=None, fitting=No
         ),
         *(
             (f"compute_histograms, {name}", f"{' / '.join(f'{v:.1f}' for v in values)} us per descriptor (rounds)")
-            for name, values in (("this checkout", us["this"]), (f"{against} ({commit})", us[against]))
+            for name, values in (("this checkout", us["this"]), (f"{against} ({commit})", us["other"]))
         ),
-        (f"{against} / this checkout, best rounds", f"{best[against] / best['this']:.2f}"),
+        (f"{against} / this checkout, best rounds", f"{best['other'] / best['this']:.2f}"),
         ("words the same", f"{int(same.sum()):,} of {same.size:,}"),
     ]
     figures = {
@@ -124,8 +124,8 @@ def run(against, images=2048, rounds=3, rank=256, sample_images=None, fitting=No
         "against": against,
         "against_commit": commit,
         "images": images,
-        "us_per_descriptor": {"this": us["this"], "against": us[against]},
-        "ratio": round(best[against] / best["this"], 3),
+        "us_per_descriptor": {"this": us["this"], "against": us["other"]},
+        "ratio": round(best["other"] / best["this"], 3),
         "words_same": int(same.sum()),
         "words": int(same.size),
     }

@@ -57,14 +57,13 @@ def assign_words(descriptors, reducer, codebook, assign=DEFAULT_ASSIGN):
     -------
     words : ndarray of shape (n_images, n_local * assign), int64
     """
-    n, n_local, c = descriptors.shape
-    return by_rows(
-        lambda images: codebook.nearest(reducer.transform(images).reshape(-1, reducer.n_components_), assign).reshape(
-            len(images), n_local * assign
-        ),
-        descriptors,
-        images_per_thread(n_local),
-    )
+    n_local = descriptors.shape[1]
+
+    def words(images):
+        reduced = reducer.transform(images).reshape(-1, reducer.n_components_)
+        return codebook.nearest(reduced, assign).reshape(len(images), n_local * assign)
+
+    return by_rows(words, descriptors, images_per_thread(n_local))
 
 
 def images_per_thread(n_local):

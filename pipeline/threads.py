@@ -38,26 +38,29 @@ def _limited():
 
 
 @contextlib.contextmanager
+def _marked():
+    """This thread marked as under a limit for the work inside."""
+    _local.single = True
+    try:
+        yield
+    finally:
+        _local.single = False
+
+
+@contextlib.contextmanager
 def one_blas_thread():
     """The work inside on one BLAS thread; within :func:`by_rows` and nested calls, as it is."""
     if getattr(_local, "single", False):
         yield
         return
-    with _limited():
-        _local.single = True
-        try:
-            yield
-        finally:
-            _local.single = False
+    with _limited(), _marked():
+        yield
 
 
 def _single(fn):
     def run(part):
-        _local.single = True
-        try:
+        with _marked():
             return fn(part)
-        finally:
-            _local.single = False
 
     return run
 
