@@ -142,8 +142,9 @@ def add_record_option(parser):
 def recording(bench, args, argv=None, results=None):
     """Keep what :func:`report` prints in the block; with ``args.record``, append it to
     ``<results>/<bench>.jsonl`` as one record: the command (``argv``, default the process's
-    arguments), machine, date and commit, the printed rows and the figures."""
-    start = len(_reported)
+    arguments), machine, date and commit (taken as the block starts: the code the process
+    loaded, whatever is edited while it runs), the printed rows and the figures."""
+    start, ran_at = len(_reported), commit() if args.record else None
     yield
     if not args.record:
         return
@@ -154,7 +155,7 @@ def recording(bench, args, argv=None, results=None):
         "command": " ".join(["python -m", f"benchmarks.{bench}", *(a for a in argv if a != "--record")]),
         "machine": machine(),
         "date": datetime.date.today().isoformat(),
-        "commit": commit(),
+        "commit": ran_at,
         "rows": [row for rows, _ in tables for row in rows],
         "figures": [figures for _, figures in tables],
     }
