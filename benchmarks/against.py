@@ -36,6 +36,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIDE = """
 import json, sys, time
 import numpy as np
+from threadpoolctl import threadpool_limits
 from benchmarks.synthetic import SyntheticBlocks
 from pipeline.codebook import Codebook
 from pipeline.histograms import compute_histograms
@@ -48,7 +49,8 @@ class Timed(SyntheticBlocks):
     def read(self, positions):
         started = time.perf_counter()
         try:
-            return super().read(positions)
+            with threadpool_limits(1, "blas"):  # made alike on both sides, whatever their SyntheticBlocks
+                return super().read(positions)
         finally:
             made[0] += time.perf_counter() - started
 

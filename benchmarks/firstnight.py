@@ -13,7 +13,8 @@ the shipped ``[neighbours]`` (``NightSearch``, as the first night runs it), ``si
 The descriptors of image i are made from i alone (``benchmarks.synthetic``: 49 x 2,048, of rank
 ``--rank``, 256 by default: the reducer then keeps about as many components as ResNet50's
 random-weight descriptors give, 238 on the ``large`` proxy collection). Making them is not the
-pipeline's work: it is timed apart and taken off the seconds of each stage that reads them
+pipeline's work: it is done on one BLAS thread (no thread of its product left spinning beside
+the stage), timed apart and taken off the seconds of each stage that reads them
 (reducer, codebook, histograms), and what the pipeline does instead, reading 8-bit codes from
 the feature store, is measured on a store of ``--store-images`` images and counted at the same
 rate per image.

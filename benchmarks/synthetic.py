@@ -3,6 +3,7 @@
 import numpy as np
 
 from pipeline.blocks import Blocks
+from pipeline.threads import one_blas_thread
 
 
 class SyntheticBlocks(Blocks):
@@ -21,7 +22,10 @@ class SyntheticBlocks(Blocks):
         for i, p in enumerate(positions):
             rng = np.random.default_rng((self.seed, int(p)))
             z[i] = self.themes[rng.integers(len(self.themes), size=self.local)] + rng.normal(size=z.shape[1:])
-        return (z @ self.basis).astype(self.dtype, copy=False)
+        # on one BLAS thread: the threads of a product over both cores go on spinning after it and
+        # slowed the stage reading these descriptors by about 1.45 times (benchmarks.firstnight)
+        with one_blas_thread():
+            return (z @ self.basis).astype(self.dtype, copy=False)
 
     def n_local(self):
         return self.local
