@@ -105,7 +105,7 @@ def build_model(weights="imagenet", layer=DEFAULT_LAYER, seed=0, precision="floa
         Seed of the random initialisation when ``weights="random"``.
     precision : {"float32", "float16"}
         What the layers compute in (:mod:`pipeline.precision`; the weights are the same). bfloat16
-        is this float32 model run by OpenVINO (:class:`pipeline.backends.OpenVinoBfloat16Backend`).
+        is this float32 model run by OpenVINO (:class:`pipeline.backends.OpenVinoBackend`).
 
     Returns
     -------

@@ -1,4 +1,5 @@
-"""The precision the model computes in: float32; bfloat16 on a CPU that computes in it
+"""The precision the model computes in: float32, run by Keras or by OpenVINO's CPU kernels
+(``float32-openvino``: the same model and precision); bfloat16 on a CPU that computes in it
 natively (AVX512_BF16, AMX), run by OpenVINO with the weights converted once; float16 mixed
 precision on an NVIDIA GPU with tensor cores; int8 (a trunk quantized after training, calibrated
 on the collection, run by OpenVINO: :mod:`pipeline.int8`), only when set.
@@ -95,7 +96,8 @@ class Decision(NamedTuple):
 
 def candidates(flags=None, gpus=None):
     """The precisions ``auto`` measures on this machine: float32 always; float16 where an NVIDIA
-    GPU has tensor cores (the model runs there); else bfloat16 where the CPU computes in it natively.
+    GPU has tensor cores (the model runs there); else float32 run by OpenVINO, and bfloat16 where
+    the CPU computes in it natively.
 
     Parameters
     ----------
@@ -113,20 +115,19 @@ def candidates(flags=None, gpus=None):
     gpus = tensor_core_gpus() if gpus is None else gpus
     if gpus:
         return ["float32", "float16"]
-    return ["float32", "bfloat16"] if any(flag in flags for flag in CPU_BF16_FLAGS) else ["float32"]
+    bfloat16 = ["bfloat16"] if any(flag in flags for flag in CPU_BF16_FLAGS) else []
+    return ["float32", "float32-openvino", *bfloat16]
 
 
 def decide(rates):
     """``auto``'s choice from the measured images per second of each candidate (float32 among
-    them; float32 alone, unmeasured, is taken as it is): the fastest, where it is at least
-    ``MARGIN`` times float32's (a lower precision rounds, so it must pay for that), else float32.
+    them): the fastest, where it is at least ``MARGIN`` times float32's (a lower precision rounds,
+    and another runtime is another feature store, so it must pay for that), else float32.
 
     Returns
     -------
     decision : Decision
     """
-    if len(rates) == 1:
-        return Decision("float32", "auto: float32, the only precision this machine computes natively", rates)
     fastest = max(rates, key=lambda name: (rates[name], name == "float32"))
     chosen = fastest if rates[fastest] >= MARGIN * rates["float32"] else "float32"
     measured = ", ".join(f"{name} {rate:.1f}" for name, rate in sorted(rates.items(), key=lambda item: -item[1]))

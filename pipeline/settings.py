@@ -256,7 +256,7 @@ class Section:
 
 
 #: The choices of the settings that take one of a few words.
-PRECISIONS = ("auto", "float32", "bfloat16", "float16", "int8")
+PRECISIONS = ("auto", "float32", "float32-openvino", "bfloat16", "float16", "int8")
 COLOURS = ("grey", "rgb")
 DESCRIPTOR_NORMS = ("raw", "l2", "root")
 REDUCED_NORMS = ("raw", "l2")
@@ -383,10 +383,12 @@ class Resnet(Section):
     seed: int = setting(0, "Seed of the random initialisation when weights = random.")
     precision: str = setting(
         "auto",
-        "What the model computes in: auto (measured once: float32 against bfloat16 on a CPU with "
-        "avx512_bf16 or amx_bf16, or float16 on an NVIDIA GPU with tensor cores; the fastest is kept, never "
-        "one slower than float32, in <artifacts>/features/precision-*.json for every later run and "
-        "worker), float32, bfloat16 (the CPU's, run by OpenVINO), float16 (a GPU's), or int8 (quantized, "
+        "What the model computes in: auto (measured once: float32 against float32-openvino, and "
+        "bfloat16 on a CPU with avx512_bf16 or amx_bf16, or float32 against float16 on an NVIDIA GPU with "
+        "tensor cores; the fastest is kept, never one slower than float32, in "
+        "<artifacts>/features/precision-*.json for every later run and worker), float32 (run by Keras), "
+        "float32-openvino (the same model at float32, run by OpenVINO's CPU kernels), bfloat16 (the "
+        "CPU's, run by OpenVINO), float16 (a GPU's), or int8 (quantized, "
         "calibrated on the collection, run by OpenVINO on the CPU; never chosen by auto). The precision used "
         "is part of the feature store's identity: a change re-extracts every image.",
     )

@@ -99,6 +99,16 @@ def test_bfloat16_runs_the_float32_model_in_openvino_to_within_its_rounding(mode
         build_model(weights="random", precision="bfloat16")  # Keras's mixed bfloat16 cast the weights at every call
 
 
+def test_float32_openvino_gives_the_keras_maps_to_within_float32_rounding(model, extractor, image_paths):
+    ported = OpenVinoTrunk(convert(model), "float32")  # what precision = float32-openvino runs (pipeline.backends)
+    paths = image_paths[0]
+    full = np.concatenate([d for _, d, _, _ in extractor.run(paths)])
+    with DescriptorExtractor(ported, batch_size=4) as other:
+        same = np.concatenate([d for _, d, _, _ in other.run(paths)])
+    assert same.dtype == np.float32
+    np.testing.assert_allclose(same, full, rtol=0, atol=1e-4 * np.abs(full).max())
+
+
 def test_unknown_layer_names_the_setting_and_the_choices():
     with pytest.raises(ConfigError, match=r"\[resnet\] layer='conv9'.*conv5_block3_out"):
         build_model(weights="random", layer="conv9")

@@ -1,5 +1,5 @@
 """The precision the model computes in: ``auto`` decided by measurement and kept for every worker,
-a set precision taken as it is, and bfloat16 run by OpenVINO to within its rounding."""
+a set precision taken as it is."""
 
 import json
 import os
@@ -12,7 +12,7 @@ from pipeline import backends
 from pipeline.backends import ModelSpec, decide_precision
 from pipeline.errors import ConfigError
 from pipeline.h5io import read_attrs
-from pipeline.precision import Decision, candidates, cpu_flags, decide, stated
+from pipeline.precision import candidates, cpu_flags, decide, stated
 from tasks import Features, Nightly
 from tasks.base import settings_digest
 from tasks.extraction import feature_settings
@@ -39,10 +39,10 @@ def decided_afresh():
 @pytest.mark.parametrize(
     "flags, gpus, expected",
     [
-        ({"avx2", "avx512f", "avx512_bf16"}, [], ["float32", "bfloat16"]),
-        ({"avx2", "amx_bf16", "amx_tile"}, [], ["float32", "bfloat16"]),
-        ({"avx2", "avx512f", "avx512_vnni", "amx_int8"}, [], ["float32"]),  # int8 needs calibration: never auto's
-        (set(), [], ["float32"]),
+        ({"avx2", "avx512f", "avx512_bf16"}, [], ["float32", "float32-openvino", "bfloat16"]),
+        ({"avx2", "amx_bf16", "amx_tile"}, [], ["float32", "float32-openvino", "bfloat16"]),
+        ({"avx2", "avx512f", "avx512_vnni", "amx_int8"}, [], ["float32", "float32-openvino"]),  # int8: never auto's
+        (set(), [], ["float32", "float32-openvino"]),
         ({"avx512_bf16"}, A100, ["float32", "float16"]),  # the model runs on the GPU
     ],
 )
@@ -58,15 +58,14 @@ def test_auto_measures_what_the_machine_computes_natively(flags, gpus, expected)
         ({"float32": 18.0, "bfloat16": 19.0}, "float32"),  # within the margin: rounding must pay
         ({"float32": 18.0, "bfloat16": 18.0}, "float32"),
         ({"float32": 100.0, "float16": 300.0}, "float16"),
+        ({"float32": 14.4, "float32-openvino": 24.4}, "float32-openvino"),  # the AVX2-only EPYC's bare passes
+        ({"float32": 32.0, "float32-openvino": 50.0, "bfloat16": 257.3}, "bfloat16"),
     ],
 )
 def test_auto_keeps_the_fastest_and_never_one_slower_than_float32(rates, chosen):
     decision = decide(rates)
     assert decision.precision == chosen and decision.rates == rates
     assert decision.reason.startswith(f"auto: {chosen}, the fastest of those measured (images/s: ")
-    assert decide({"float32": None}) == Decision(
-        "float32", "auto: float32, the only precision this machine computes natively", {"float32": None}
-    )
 
 
 def test_a_set_precision_is_kept_and_an_emulated_one_said():
@@ -75,12 +74,14 @@ def test_a_set_precision_is_kept_and_an_emulated_one_said():
     assert decision.precision == "bfloat16" and "emulated" in decision.reason
     assert stated("bfloat16", flags={"avx512_bf16"}).reason == "set in luigi.cfg"
     assert stated("float16", flags=set()).precision == "float16"
+    assert stated("float32-openvino", flags=set()) == ("float32-openvino", "set in luigi.cfg", None)
     assert "OpenVINO" in stated("int8").reason
 
 
 def test_an_unknown_precision_names_the_setting_and_the_choices():
     with pytest.raises(
-        ConfigError, match=r"\[resnet\] precision='int4' must be one of auto, float32, bfloat16, float16"
+        ConfigError,
+        match=r"\[resnet\] precision='int4' must be one of auto, float32, float32-openvino, bfloat16, float16",
     ):
         stated("int4")
 
@@ -132,24 +133,49 @@ def test_a_decision_that_cannot_be_kept_is_still_made(monkeypatch, tmp_path, cap
     assert "the decision cannot be kept" in caplog.text
 
 
-def test_a_set_precision_and_a_machine_of_one_candidate_measure_nothing(monkeypatch, tmp_path):
-    made = measuring(monkeypatch, {}, names=("float32",))
-    assert decide_precision(ModelSpec(precision="int8"), str(tmp_path / "a.json")).precision == "int8"
-    decision = decide_precision(ModelSpec(weights="random", layer="tiny"), str(tmp_path / "b.json"))
-    assert decision.precision == "float32" and made == []
-    assert not (tmp_path / "a.json").exists() and (tmp_path / "b.json").exists()
+def test_a_set_precision_measures_nothing_and_keeps_nothing(monkeypatch, tmp_path):
+    made = measuring(monkeypatch, {})
+    for precision in ("int8", "float32", "float32-openvino"):
+        assert decide_precision(ModelSpec(precision=precision), str(tmp_path / "a.json")).precision == precision
+    assert made == [] and not (tmp_path / "a.json").exists()
+
+
+def test_a_decision_kept_by_an_earlier_release_on_a_float32_only_machine_is_followed(monkeypatch, tmp_path):
+    """Earlier releases kept float32 unmeasured where it was the only candidate: that store stays
+    Keras's float32 (another runtime would extract every image again) until the file is deleted."""
+    record = tmp_path / "precision-x.json"
+    reason = "auto: float32, the only precision this machine computes natively"
+    record.write_text(json.dumps({"precision": "float32", "reason": reason, "rates": {"float32": None}}))
+    made = measuring(monkeypatch, {"float32": 14.4, "float32-openvino": 24.4})
+    assert decide_precision(ModelSpec(weights="random", layer="tiny"), str(record)) == (
+        "float32",
+        reason,
+        {"float32": None},
+    )
+    assert made == []
 
 
 def test_the_measurement_runs_each_candidates_forward_pass(monkeypatch):
     rates = backends.measure_precisions(
-        ModelSpec(weights="random", layer="tiny"), ["float32", "bfloat16"], batch_size=4, seconds=0.3, rounds=2
+        ModelSpec(weights="random", layer="tiny"),
+        ["float32", "float32-openvino", "bfloat16"],
+        batch_size=4,
+        seconds=0.3,
+        rounds=2,
     )
-    assert set(rates) == {"float32", "bfloat16"} and all(rate > 0 for rate in rates.values())
+    assert set(rates) == {"float32", "float32-openvino", "bfloat16"} and all(rate > 0 for rate in rates.values())
 
 
-def test_a_run_at_auto_records_its_decision_and_why(monkeypatch, small_collection, tmp_path):
+@pytest.mark.parametrize(
+    "rates, chosen, computes",
+    [
+        ({"float32": 30.0, "float32-openvino": 50.0, "bfloat16": 200.0}, "bfloat16", "bfloat16"),
+        ({"float32": 14.4, "float32-openvino": 24.4}, "float32-openvino", "float32"),
+    ],
+)
+def test_a_run_at_auto_records_its_decision_and_why(monkeypatch, small_collection, tmp_path, rates, chosen, computes):
     (tmp_path / "content").symlink_to(small_collection[0])
-    measuring(monkeypatch, {"float32": 30.0, "bfloat16": 200.0})
+    measuring(monkeypatch, rates, names=tuple(rates))
     config = pipeline_config(tmp_path, resnet__precision="auto")
     with luigi_config(monkeypatch, config):
         result = luigi.build([Nightly()], local_scheduler=True, detailed_summary=True, workers=1)
@@ -157,12 +183,12 @@ def test_a_run_at_auto_records_its_decision_and_why(monkeypatch, small_collectio
         attrs = read_attrs(Features().output().path)
         store = Features().store().root
         settings = feature_settings()
-    assert attrs["precision"] == "bfloat16" and "the fastest of those measured" in attrs["precision_reason"]
-    assert settings["precision"] == "bfloat16" and settings["runtime"] == "openvino"  # the store of its runtime
+    assert attrs["precision"] == chosen and "the fastest of those measured" in attrs["precision_reason"]
+    assert settings["precision"] == computes and settings["runtime"] == "openvino"  # the store of its runtime
     assert store.endswith(settings_digest(settings))
     report = json.loads((tmp_path / "artifacts" / "run_report.json").read_text())
-    assert report["precision"]["precision"] == "bfloat16"
-    assert report["precision"]["measured"] == {"float32": 30.0, "bfloat16": 200.0}
+    assert report["precision"]["precision"] == chosen
+    assert report["precision"]["measured"] == rates
     assert list((tmp_path / "artifacts" / "features").glob("precision-*.json"))
 
 

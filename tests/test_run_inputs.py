@@ -232,7 +232,10 @@ def test_files_that_must_be_rejected_change_nothing_else(run, monkeypatch, small
         ({"neighbours__power": "0"}, "[neighbours] power=0.0 must be a number in (0, 1]"),
         ({"images__colour": "sepia"}, "[images] colour='sepia' must be one of grey, rgb"),
         ({"images__trim": "yes"}, "[images] trim='yes' must be true or false"),
-        ({"resnet__precision": "int4"}, "[resnet] precision='int4' must be one of auto, float32, bfloat16, float16"),
+        (
+            {"resnet__precision": "int4"},
+            "[resnet] precision='int4' must be one of auto, float32, float32-openvino, bfloat16, float16",
+        ),
         ({"verdicts__source": "cms"}, "[verdicts] source = cms needs [cms] url"),
         ({"verdicts__source": "csv"}, "[verdicts] source = csv needs [verdicts] csv"),
         ({"verdicts__source": "sql"}, "[verdicts] source='sql' must be one of auto, cms, csv, none"),
